@@ -1,0 +1,77 @@
+"""The `trawl` console command.
+
+Each package registers its own subcommands through a ``register(subparsers)``
+function in its ``cli`` module; this module only wires them together and turns
+user errors (see :mod:`extractor.errors`) into one clear line on
+stderr and a non-zero exit code (never a traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from extractor.errors import is_user_error
+
+# Packages whose cli module provides register(subparsers). Order = order in --help.
+_COMMAND_MODULES = [
+    "extractor.demo_cli",
+    "corpora.cli",
+    "suffix_index.cli",
+    "extractor.run_cli",
+    "reports.cli",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trawl",
+        description=(
+            "Audit a language model for memorized training data: drive it with extraction "
+            "attacks, find verbatim copies of a reference corpus in what it says, and report "
+            "how much training data an outsider can extract per dollar."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as exc:  # a part not built yet must not break the rest
+            if exc.name == name:
+                continue
+            raise
+        mod.register(sub)
+    return parser
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return "trawl " + version("trawl")
+    except Exception:
+        return "trawl (not installed)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args.func(args)
+    except Exception as exc:
+        if not is_user_error(exc):
+            raise
+        print(f"trawl: error: {exc}", file=sys.stderr)
+        return int(getattr(exc, "exit_code", 2))
+    except KeyboardInterrupt:
+        print("trawl: interrupted; rerun the same command with --resume to continue", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
