@@ -43,10 +43,8 @@ _CTRL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u206
 
 def _ctrl_repl(m: re.Match) -> str:
     c = ord(m.group(0))
-    if c < 0x20:
-        return chr(0x2400 + c)          # control pictures: visible, inert
-    if c == 0x7f:
-        return "\u2421"
+    if c <= 0xff:
+        return f"\\x{c:02x}"            # visible, inert, readable in any font
     return f"\\u{c:04x}"
 
 
@@ -112,6 +110,8 @@ def fmt_bytes(v) -> str:
 def fmt_usd(v) -> str:
     if v is None:
         return "n/a"
+    if 0 < v < 0.01:
+        return f"${v:.{min(12, 2 - math.floor(math.log10(v)))}f}"   # three significant digits
     return f"${v:,.4f}" if v < 100 else f"${v:,.2f}"
 
 
@@ -222,7 +222,7 @@ h3{font-size:15px;margin:18px 0 6px}.mut{color:var(--mut)}.small{font-size:12px}
 .card .v{font-size:22px;font-weight:650;margin:2px 0;overflow-wrap:anywhere}.card .l{font-weight:600}
 .card .d{font-size:12px;color:var(--mut)}
 table{border-collapse:collapse;width:100%;margin:8px 0;font-size:13px}th,td{border:1px solid var(--bd);padding:4px 6px;
-text-align:right;vertical-align:top}th{background:var(--bg2)}td.t,th.t{text-align:left;overflow-wrap:anywhere;max-width:320px}
+text-align:right;vertical-align:top}th{background:var(--bg2)}td.t,th.t{text-align:left;overflow-wrap:anywhere;max-width:320px}td.a{white-space:nowrap}
 pre.x{white-space:pre-wrap;overflow-wrap:anywhere;word-break:break-all;max-height:18em;overflow:auto;background:#fbfbf7;
 border:1px solid var(--bd);border-radius:6px;padding:8px;font:12px/1.4 ui-monospace,Menlo,Consolas,monospace;margin:4px 0}
 .span{border-left:3px solid var(--acc);padding:2px 0 2px 10px;margin:14px 0}.tag{display:inline-block;background:#e8eef7;
@@ -292,15 +292,23 @@ def render_html(m: dict) -> str:
       f"is f<sub>1</sub>/N = {fmt_pct(e['good_turing_new_probability'])}. <b>Chao1</b> estimate of all extractable "
       f"unique windows: {fmt_num(round(e['chao1_total_windows']))} ({esc(m['definitions']['chao1_total_windows'])}). "
       f"Curve: {esc(e['method'])}.</p>")
+    if fq and not fq.get("2"):
+        a("<p class=\"warn\">No memorized window was seen in two generations (f<sub>2</sub> = 0): Chao1 falls back to its "
+          "bias-corrected form and the extrapolation is unreliable; collect more generations before relying on "
+          "the estimate of the total.</p>")
     if e["observed_curve"]:
         obs = [(x, y) for x, y in e["observed_curve"]]
         ext = [(x, y) for x, y in e["extrapolated_curve"]]
+        top = max([y for _, y in obs + ext] + [1])
+        chao = e["chao1_total_windows"]
+        hl = (chao, f"Chao1 = {fmt_num(round(chao))}") if chao <= top * 1.6 else None
         a(svg.line_chart(
             [{"name": "observed", "points": obs, "color": "#3b6ea5"},
              {"name": "extrapolated (Chao et al. 2014)", "points": ext, "color": "#c0392b", "dash": True}],
             "Unique memorized windows against generations", "generations", "unique memorized windows",
-            hline=(e["chao1_total_windows"], f"Chao1 = {fmt_num(round(e['chao1_total_windows']))}"),
-            vline=(obs[-1][0], "observed | extrapolated")))
+            hline=hl, vline=(obs[-1][0], "observed | extrapolated")))
+        if hl is None:
+            a(f"<p class=\"small mut\">The Chao1 asymptote ({fmt_num(round(chao))}) lies above the chart.</p>")
     if fq:
         a("<table style=\"width:auto\"><tr><th class=\"t\">k (generations)</th>" +
           "".join(f"<th>{esc(k)}</th>" for k in list(fq)[:12]) + "</tr><tr><td class=\"t\">f<sub>k</sub></td>" +
@@ -396,7 +404,7 @@ def _html_breakdown(rows, show_variant: bool) -> str:
             out.append(f"<tr><td class=\"t\">{esc(atk, 60)}</td><td class=\"t\" colspan=\"{len(BREAKDOWN_COLS) + 1}\">"
                        f"\u2026 {fmt_int(f)} more variants in metrics.json</td></tr>")
             continue
-        out.append(f"<tr><td class=\"t\">{esc(atk, 60)}</td>" + (f"<td class=\"t\">{esc(var, 80)}</td>" if show_variant else "")
+        out.append(f"<tr><td class=\"t a\">{esc(atk, 60)}</td>" + (f"<td class=\"t\">{esc(var, 80)}</td>" if show_variant else "")
                    + "".join(f"<td>{esc(fn(f.get(k)))}</td>" for k, _l, fn in BREAKDOWN_COLS) + "</tr>")
     out.append("</table>")
     return "".join(out)

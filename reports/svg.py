@@ -80,7 +80,7 @@ def line_chart(series: list[dict], title: str, xlabel: str, ylabel: str, width: 
     if vline:
         out.append(f'<line x1="{X(vline[0]):.1f}" x2="{X(vline[0]):.1f}" y1="{mt}" y2="{mt + ph}" '
                    f'stroke="#bbb" stroke-dasharray="4 3"/>'
-                   f'<text x="{X(vline[0]) + 4:.1f}" y="{mt + 12}" class="tick">{_e(vline[1])}</text>')
+                   f'<text x="{X(vline[0]) + 4:.1f}" y="{mt + ph - 6}" class="tick">{_e(vline[1])}</text>')
     ly = mt + 8
     for s in series:
         pts = " ".join(f"{X(x):.1f},{Y(y):.1f}" for x, y in s["points"])

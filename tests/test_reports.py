@@ -88,7 +88,7 @@ def test_hostile_text_is_inert_in_html(hostile_run, tmp_path):
     assert "&lt;script&gt;alert(" in h           # shown, escaped
     assert not re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", h)   # no raw control characters
     assert "\u202e" not in h                      # bidi override made visible
-    assert "\u241b" in h                          # ESC shown as a control picture
+    assert "\\x1b[31mred\\x07" in h                # ESC and BEL shown as visible escapes
     assert "<pre class=\"x\">" in h
     assert "more characters not shown" in h       # the 30,000-character line is cut
     assert "Content-Security-Policy" in h and "script-src 'none'" in h

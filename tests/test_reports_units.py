@@ -130,7 +130,7 @@ def test_near_duplicate_clusters():
 
 
 def test_clean_and_markdown_escaping():
-    assert clean("a\x00b\x1bc\u202ed") == "a\u2400b\u241bc\\u202ed"
+    assert clean("a\x00b\x1bc\u202ed\x85") == "a\\x00b\\x1bc\\u202ed\\x85"
     assert clean("x" * 10, limit=4).startswith("xxxx\u2026 [6 more")
     assert md_cell("a|b <i>`x`</i>\nnext") == "a\\|b &lt;i&gt;\\`x\\`&lt;/i&gt; next"
     f = md_fence("code ~~~~~~ and ```")
