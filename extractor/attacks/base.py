@@ -1,0 +1,170 @@
+"""The attack interface: documented parameters, a deterministic plan of jobs, and a finish hook."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from extractor.errors import TrawlError
+
+
+@dataclass(frozen=True)
+class Param:
+    """One documented attack parameter."""
+
+    name: str
+    kind: str          # "int", "float", "str", "list", "bool", "path", "int_list"
+    default: Any
+    help: str
+    choices: tuple | None = None
+
+    def parse(self, value: Any, attack: str) -> Any:
+        """Parse a CLI string or check a Python value."""
+        try:
+            if self.kind == "int":
+                v = int(value)
+            elif self.kind == "float":
+                v = float(value)
+            elif self.kind == "bool":
+                if isinstance(value, str):
+                    if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                        raise ValueError(value)
+                    v = value.lower() in ("1", "true", "yes")
+                else:
+                    v = bool(value)
+            elif self.kind == "list":
+                if isinstance(value, str):
+                    v = _split_list(value)
+                else:
+                    v = [str(x) for x in value]
+            elif self.kind == "int_list":
+                if isinstance(value, str):
+                    v = [int(x) for x in value.split(",") if x.strip()]
+                else:
+                    v = [int(x) for x in value]
+            elif self.kind in ("str", "path"):
+                if value is None:
+                    v = None
+                else:
+                    v = str(value)
+            else:  # pragma: no cover
+                raise ValueError(self.kind)
+        except (TypeError, ValueError):
+            raise TrawlError(f"attack {attack}: parameter {self.name} expects {self.kind}, got {value!r}") from None
+        if self.choices is not None and v not in self.choices:
+            raise TrawlError(f"attack {attack}: parameter {self.name} must be one of {', '.join(map(str, self.choices))}; got {v!r}")
+        return v
+
+
+def _split_list(value: str) -> list[str]:
+    """Comma-separated; a backslash escapes a comma (``\\,``); ``\\n``-style escapes are decoded."""
+    out, cur, i = [], [], 0
+    while i < len(value):
+        ch = value[i]
+        if ch == "\\" and i + 1 < len(value):
+            nxt = value[i + 1]
+            cur.append({"n": "\n", "t": "\t", "r": "\r", ",": ",", "\\": "\\", "s": " "}.get(nxt, "\\" + nxt))
+            i += 2
+            continue
+        if ch == ",":
+            out.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+        i += 1
+    out.append("".join(cur))
+    return [w for w in out if w != ""]
+
+
+@dataclass
+class Job:
+    """One planned generation (a row of generations.parquet once done)."""
+
+    attack: str
+    variant: str
+    prompt: str
+    sample: int
+    params: dict                 # sampling parameters as sent (temperature, top_k, max_tokens, ...)
+    extra: dict = field(default_factory=dict)
+    steps: list[dict] | None = None   # multi-call plan (temperature decay): params of the leading calls
+    request_id: str = ""
+    seed: int | None = None
+
+    def group_key(self) -> tuple:
+        """Jobs with the same key differ only in sample index: one request with ``n`` can serve them."""
+        return (self.attack, self.variant, self.prompt, json.dumps(self.params, sort_keys=True), self.steps is None)
+
+
+def request_id(run_id: str, attack: str, variant: str, prompt: str, sample: int) -> str:
+    """The contract's deterministic id: sha1 of (run_id, attack, variant, prompt, sample index)[:16]."""
+    h = hashlib.sha1()
+    for part in (run_id, attack, variant, prompt, str(sample)):
+        h.update(part.encode("utf-8", "surrogatepass"))
+        h.update(b"\x00")
+    return h.hexdigest()[:16]
+
+
+def seed_for(request_id_: str) -> int:
+    """A per-request sampling seed derived from the request id (31 bits: every server accepts it)."""
+    return int(request_id_[:8], 16) & 0x7FFFFFFF
+
+
+@dataclass
+class PlanContext:
+    run_id: str
+    backend: Any                       # has tokenize()/detokenize() when the server offers them
+    seed: int = 0                      # run seed for attacks that draw (prefix positions, letters)
+    log: Callable[[str], None] = lambda msg: None
+
+
+class Attack:
+    """Base class. Subclasses set ``name``, ``summary``, ``reference`` and ``PARAMS``."""
+
+    name = ""
+    summary = ""
+    reference = ""
+    PARAMS: tuple[Param, ...] = ()
+
+    @classmethod
+    def param_table(cls) -> dict[str, Param]:
+        return {p.name: p for p in cls.PARAMS}
+
+    @classmethod
+    def resolve(cls, given: dict | None) -> dict:
+        """Defaults + given values, parsed; unknown names are an error."""
+        table = cls.param_table()
+        out = {p.name: p.default for p in cls.PARAMS}
+        for k, v in (given or {}).items():
+            if k not in table:
+                raise TrawlError(f"attack {cls.name}: unknown parameter {k!r}; known: {', '.join(table)}")
+            out[k] = table[k].parse(v, cls.name)
+        cls.validate(out)
+        return out
+
+    @classmethod
+    def validate(cls, params: dict) -> None:
+        for k in ("samples", "max_tokens"):
+            if k in params and params[k] is not None and int(params[k]) < 1:
+                raise TrawlError(f"attack {cls.name}: {k} must be >= 1")
+
+    def plan(self, params: dict, ctx: PlanContext) -> Iterator[Job]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def finish(self, job: Job, text: str, token_offsets: list[int] | None) -> dict:
+        """Attack-specific facts about a finished generation, merged into ``extra``."""
+        return {}
+
+
+def sampling_params(params: dict, *, keys=("temperature", "top_p", "top_k", "max_tokens")) -> dict:
+    out = {}
+    for k in keys:
+        v = params.get(k)
+        if v is None:
+            continue
+        if k == "top_k" and int(v) <= 0:
+            continue
+        if k == "top_p" and float(v) >= 1.0:
+            continue
+        out[k] = v
+    return out

@@ -1,0 +1,20 @@
+"""Model-serving backends. ``make_backend("openai", endpoint=..., model=...)``."""
+from __future__ import annotations
+
+from extractor.backends.base import BackendError, Capabilities, Choice, CompletionResult
+from extractor.backends.openai import OpenAIBackend, normalize_endpoint
+from extractor.errors import TrawlError
+
+BACKENDS = {"openai": OpenAIBackend}
+
+
+def make_backend(name: str, **kwargs):
+    try:
+        cls = BACKENDS[name]
+    except KeyError:
+        raise TrawlError(f"unknown backend {name!r}; known: {', '.join(sorted(BACKENDS))}") from None
+    return cls(**kwargs)
+
+
+__all__ = ["BACKENDS", "BackendError", "Capabilities", "Choice", "CompletionResult", "OpenAIBackend",
+           "make_backend", "normalize_endpoint"]

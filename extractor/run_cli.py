@@ -1,0 +1,162 @@
+"""CLI: ``trawl sample`` (run attacks against a served model) and ``trawl attacks`` (list them).
+
+Registered by :mod:`extractor.cli` through :func:`register`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+
+from extractor.errors import TrawlError
+
+SAMPLE_EPILOG = """\
+examples:
+  trawl sample --endpoint http://127.0.0.1:8000 --model my-model --out runs/div \\
+      --attack divergence --param words=poem,company --param samples=5 --max-dollars 20
+  trawl sample --endpoint http://127.0.0.1:8000 --model my-model --out runs/disc \\
+      --attack discoverable --param corpus=corpus/ --param documents=1000 --resume
+  trawl sample ... --attack divergence --attack special_chars   (several attacks, one run)
+
+--param NAME=VALUE applies to the --attack before it (lists are comma-separated;
+see `trawl attacks NAME` for each attack's parameters and defaults).
+Budget caps stop the run cleanly (run.json says why); rerun with --resume to
+continue, after a crash or kill too: no finished generation is lost or repeated.
+The API key is read from the environment variable named by --api-key-env and is
+never written anywhere.
+"""
+
+
+class _AttackAction(argparse.Action):
+    def __call__(self, parser, ns, values, option_string=None):
+        items = getattr(ns, "attack_list", None) or []
+        items.append([values, {}])
+        ns.attack_list = items
+
+
+class _ParamAction(argparse.Action):
+    def __call__(self, parser, ns, values, option_string=None):
+        items = getattr(ns, "attack_list", None) or []
+        if not items:
+            parser.error("--param must follow the --attack it belongs to")
+        if "=" not in values:
+            parser.error(f"--param expects NAME=VALUE, got {values!r}")
+        k, v = values.split("=", 1)
+        items[-1][1][k.strip()] = v
+        ns.attack_list = items
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "sample",
+        help="run extraction attacks against a served model and store the generations",
+        description="Run extraction attacks against an OpenAI-compatible /v1/completions server "
+                    "(vLLM, llama.cpp, OpenAI) and store every generation in a run folder "
+                    "(docs/CONTRACTS.md section 3).",
+        epilog=SAMPLE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("server")
+    g.add_argument("--endpoint", required=True, metavar="URL",
+                   help="server base URL, e.g. http://127.0.0.1:8000 (a trailing /v1 is accepted)")
+    g.add_argument("--model", required=True, metavar="NAME", help="model name to send in each request")
+    g.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="VAR",
+                   help="environment variable holding the API key (default: OPENAI_API_KEY; unset is fine "
+                        "for local servers)")
+    g.add_argument("--concurrency", type=int, default=64, metavar="N",
+                   help="requests in flight (default: 64, sized for vLLM's continuous batching; use 1-4 for "
+                        "llama.cpp)")
+    g.add_argument("--timeout", type=float, default=300.0, metavar="S",
+                   help="total time limit of one request in seconds (default: 300)")
+    g.add_argument("--max-retries", type=int, default=6, metavar="N",
+                   help="retries of a failed request (connection errors, timeouts, 429, 5xx; default: 6)")
+    g.add_argument("--token-info", choices=("auto", "logprobs", "tokenize"), default="auto",
+                   help="where token boundaries come from: per-token logprobs or the server's tokenize "
+                        "endpoint (default: auto; llama.cpp uses tokenize, its logprobs are slow)")
+    a = p.add_argument_group("attacks")
+    a.add_argument("--attack", action=_AttackAction, metavar="NAME", dest="attack_placeholder",
+                   help="attack to run (repeatable); see `trawl attacks`")
+    a.add_argument("--param", action=_ParamAction, metavar="NAME=VALUE", dest="param_placeholder",
+                   help="parameter of the preceding --attack (repeatable)")
+    a.add_argument("--seed", type=int, default=0, help="run seed (document selection, prompt sampling)")
+    r = p.add_argument_group("run folder")
+    r.add_argument("--out", required=True, metavar="RUN", help="run folder (created; must be new unless --resume)")
+    r.add_argument("--resume", action="store_true",
+                   help="continue the run in RUN (after a crash, kill or budget stop); starts it if absent")
+    r.add_argument("--run-id", default=None, help="run id (default: a hash of model + attacks + seed)")
+    b = p.add_argument_group("budget (a run stops cleanly at the first cap reached)")
+    b.add_argument("--max-generations", type=int, default=None, metavar="N", help="generations in the whole run")
+    b.add_argument("--max-tokens", type=int, default=None, metavar="N",
+                   help="prompt + completion tokens billed in the whole run")
+    b.add_argument("--max-dollars", type=float, default=None, metavar="X", help="spend in the whole run")
+    b.add_argument("--max-seconds", type=float, default=None, metavar="S", help="wall time of this invocation")
+    c = p.add_argument_group("cost (per-million-token prices, or an hourly GPU price times wall time)")
+    c.add_argument("--price-input-per-mtok", type=float, default=0.0, metavar="P", help="USD per 1M prompt tokens")
+    c.add_argument("--price-output-per-mtok", type=float, default=0.0, metavar="P",
+                   help="USD per 1M completion tokens")
+    c.add_argument("--gpu-hourly-usd", type=float, default=None, metavar="P", help="USD per hour of wall time")
+    o = p.add_argument_group("output")
+    o.add_argument("--no-progress", action="store_true", help="no progress bar")
+    o.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
+    p.set_defaults(func=cmd_sample)
+
+    q = subparsers.add_parser("attacks", help="list the extraction attacks, their parameters and defaults",
+                              description="List the extraction attacks with their parameters and literature "
+                                          "defaults; name one for its full description.")
+    q.add_argument("name", nargs="?", help="show one attack in detail")
+    q.set_defaults(func=cmd_attacks)
+
+
+def cmd_sample(args) -> int:
+    from extractor.attacks import AttackSpec
+    from extractor.budget import Budget, Pricing
+    from extractor.sampler import run_attacks
+
+    items = getattr(args, "attack_list", None) or []
+    if not items:
+        raise TrawlError("no attack given; use --attack NAME (see `trawl attacks`)")
+    specs = [AttackSpec(name, params) for name, params in items]
+    budget = Budget(max_generations=args.max_generations, max_tokens=args.max_tokens,
+                    max_dollars=args.max_dollars, max_seconds=args.max_seconds)
+    pricing = Pricing(input_per_mtok=args.price_input_per_mtok, output_per_mtok=args.price_output_per_mtok,
+                      gpu_hourly_usd=args.gpu_hourly_usd)
+    summary = run_attacks(args.out, endpoint=args.endpoint, model=args.model, attacks=specs, budget=budget,
+                          pricing=pricing, concurrency=args.concurrency, resume=args.resume,
+                          progress=not args.no_progress, api_key_env=args.api_key_env, timeout=args.timeout,
+                          max_retries=args.max_retries, run_id=args.run_id, seed=args.seed,
+                          token_info=args.token_info)
+    print(f"trawl: {summary.line()}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(summary.to_dict(), indent=2))
+    return 0 if summary.status in ("finished", "stopped") else 3
+
+
+def describe_attack(name: str) -> str:
+    from extractor.attacks import get_attack
+
+    cls = get_attack(name)
+    lines = [f"{cls.name}: {cls.summary}", f"  reference: {cls.reference}", "  parameters:"]
+    for prm in cls.PARAMS:
+        default = prm.default
+        if prm.kind == "list" and isinstance(default, list) and len(default) > 8:
+            shown = ",".join(repr(x)[1:-1] for x in default[:8]) + f",... ({len(default)} entries)"
+        else:
+            shown = json.dumps(default, ensure_ascii=False) if not isinstance(default, str) else repr(default)
+        lines.append(f"    {prm.name} ({prm.kind}, default {shown})")
+        lines.extend(textwrap.wrap(prm.help, 88, initial_indent="        ", subsequent_indent="        "))
+    return "\n".join(lines)
+
+
+def cmd_attacks(args) -> int:
+    from extractor.attacks import ATTACKS
+
+    if args.name:
+        print(describe_attack(args.name))
+        import importlib
+
+        doc = importlib.import_module(ATTACKS[args.name].__module__).__doc__ or ""
+        print("\n" + doc.strip())
+        return 0
+    for name in ATTACKS:
+        print(describe_attack(name))
+        print()
+    return 0

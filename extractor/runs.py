@@ -1,0 +1,244 @@
+"""The run folder: frozen config, crash-safe generation storage, status.
+
+Layout (docs/CONTRACTS.md §3)::
+
+    RUN/
+      config.json                    frozen at the first start (no secrets)
+      generations/part-00000.parquet ...
+      generations/journal.jsonl      write-ahead journal of finished generations not yet in a part
+      run.json                       status
+
+Crash safety
+    Every finished generation is appended to ``journal.jsonl`` and flushed to the
+    kernel at once, so a ``kill -9`` of the process loses nothing that finished
+    (only a power cut can lose what the OS had not yet written; parts are
+    fsynced). Every ``flush_rows`` generations or ``flush_seconds`` seconds the
+    buffered rows become a Parquet part written atomically (``.tmp-<pid>``,
+    fsync, ``os.replace``, directory fsync) and only then is the journal
+    emptied. :meth:`RunDir.recover` (run at every start) deletes stray temporary
+    files, moves journal rows that are not in a part yet into a new part, and
+    returns the request ids already done: a crash between writing a part and
+    emptying the journal therefore duplicates nothing, and a torn last journal
+    line (a kill in the middle of a write) is dropped because that generation was
+    never counted as done.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import glob
+import json
+import os
+import re
+from typing import Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from extractor.errors import TrawlError
+
+GENERATIONS_SCHEMA = pa.schema([
+    ("run_id", pa.string()),
+    ("request_id", pa.string()),
+    ("attack", pa.string()),
+    ("variant", pa.string()),
+    ("prompt", pa.string()),
+    ("completion", pa.string()),
+    ("token_offsets", pa.list_(pa.int32())),
+    ("token_logprobs", pa.list_(pa.float32())),
+    ("prompt_tokens", pa.int32()),
+    ("completion_tokens", pa.int32()),
+    ("finish_reason", pa.string()),
+    ("model", pa.string()),
+    ("endpoint", pa.string()),
+    ("params", pa.string()),
+    ("seed", pa.int64()),
+    ("latency_s", pa.float64()),
+    ("cost_usd", pa.float64()),
+    ("created_at", pa.timestamp("us", tz="UTC")),
+    ("extra", pa.string()),
+])
+
+_PART_RE = re.compile(r"part-(\d{5,})\.parquet$")
+
+
+def utcnow_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def write_json_atomic(path: str, obj) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=False, ensure_ascii=False)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(path) or ".")
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def rows_to_table(rows: list[dict]) -> pa.Table:
+    cols = {name: [] for name in GENERATIONS_SCHEMA.names}
+    for r in rows:
+        for name in cols:
+            v = r.get(name)
+            if name == "created_at" and isinstance(v, str):
+                v = _dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
+            cols[name].append(v)
+    return pa.table(cols, schema=GENERATIONS_SCHEMA)
+
+
+class RunDir:
+    def __init__(self, path: str, *, flush_rows: int = 256, flush_seconds: float = 30.0):
+        self.path = os.path.abspath(path)
+        self.gen_dir = os.path.join(self.path, "generations")
+        self.config_path = os.path.join(self.path, "config.json")
+        self.status_path = os.path.join(self.path, "run.json")
+        self.journal_path = os.path.join(self.gen_dir, "journal.jsonl")
+        self.flush_rows = flush_rows
+        self.flush_seconds = flush_seconds
+        self._buffer: list[dict] = []
+        self._journal = None
+        self._next_part = 0
+
+    # -- config ---------------------------------------------------------------------------
+    def has_run(self) -> bool:
+        return os.path.exists(self.config_path)
+
+    def is_nonempty(self) -> bool:
+        return os.path.isdir(self.path) and bool(os.listdir(self.path))
+
+    def load_config(self) -> dict:
+        try:
+            with open(self.config_path, encoding="utf-8") as fh:
+                return json.load(fh)
+        except (OSError, ValueError) as exc:
+            raise TrawlError(f"{self.config_path}: cannot read the frozen run config ({exc})") from None
+
+    def freeze_config(self, config: dict) -> None:
+        os.makedirs(self.gen_dir, exist_ok=True)
+        write_json_atomic(self.config_path, config)
+
+    def load_status(self) -> dict:
+        try:
+            with open(self.status_path, encoding="utf-8") as fh:
+                return json.load(fh)
+        except (OSError, ValueError):
+            return {}
+
+    def write_status(self, status: dict) -> None:
+        os.makedirs(self.path, exist_ok=True)
+        write_json_atomic(self.status_path, status)
+
+    # -- parts ----------------------------------------------------------------------------
+    def part_paths(self) -> list[str]:
+        paths = [p for p in glob.glob(os.path.join(self.gen_dir, "part-*.parquet")) if _PART_RE.search(p)]
+        return sorted(paths, key=lambda p: int(_PART_RE.search(p).group(1)))
+
+    def done_ids(self) -> set[str]:
+        done: set[str] = set()
+        for p in self.part_paths():
+            col = pq.read_table(p, columns=["request_id"]).column("request_id").to_pylist()
+            done.update(col)
+        return done
+
+    def read_generations(self, columns: list[str] | None = None) -> pa.Table:
+        parts = self.part_paths()
+        if not parts:
+            return GENERATIONS_SCHEMA.empty_table() if columns is None else \
+                pa.schema([GENERATIONS_SCHEMA.field(c) for c in columns]).empty_table()
+        return pa.concat_tables([pq.read_table(p, columns=columns) for p in parts])
+
+    def _write_part(self, rows: list[dict]) -> str:
+        table = rows_to_table(rows)
+        name = os.path.join(self.gen_dir, f"part-{self._next_part:05d}.parquet")
+        tmp = f"{name}.tmp-{os.getpid()}"
+        pq.write_table(table, tmp, compression="zstd")
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, name)
+        _fsync_dir(self.gen_dir)
+        self._next_part += 1
+        return name
+
+    # -- recovery and appending ------------------------------------------------------------
+    def recover(self) -> set[str]:
+        """Clean up after a crash; return the request ids already stored."""
+        os.makedirs(self.gen_dir, exist_ok=True)
+        for tmp in glob.glob(os.path.join(self.gen_dir, "*.tmp-*")) + glob.glob(os.path.join(self.path, "*.tmp-*")):
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        parts = self.part_paths()
+        self._next_part = (int(_PART_RE.search(parts[-1]).group(1)) + 1) if parts else 0
+        done = self.done_ids()
+        pending: list[dict] = []
+        seen: set[str] = set()
+        if os.path.exists(self.journal_path):
+            with open(self.journal_path, "rb") as fh:
+                for line in fh:
+                    try:
+                        row = json.loads(line)
+                    except ValueError:
+                        continue  # torn last line: that generation was never done
+                    rid = row.get("request_id") if isinstance(row, dict) else None
+                    if not rid or rid in done or rid in seen:
+                        continue
+                    seen.add(rid)
+                    pending.append(row)
+        if pending:
+            self._write_part(pending)
+            done.update(seen)
+        self._truncate_journal()
+        return done
+
+    def _truncate_journal(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+        self._journal = open(self.journal_path, "w", encoding="utf-8")
+        self._journal.flush()
+        os.fsync(self._journal.fileno())
+
+    def append(self, row: dict) -> None:
+        """Record one finished generation (durable against kill -9 when this returns)."""
+        self._journal.write(json.dumps(row, ensure_ascii=False, allow_nan=True) + "\n")
+        self._journal.flush()
+        self._buffer.append(row)
+
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    def flush(self) -> str | None:
+        """Turn buffered generations into a part, then empty the journal."""
+        if not self._buffer:
+            return None
+        name = self._write_part(self._buffer)
+        self._buffer = []
+        self._truncate_journal()
+        return name
+
+    def close(self) -> None:
+        self.flush()
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+
+
+def iter_rows(table: pa.Table) -> Iterable[dict]:
+    return table.to_pylist()

@@ -1,0 +1,645 @@
+"""The sampler: turns attack plans into stored generations as fast as the server allows.
+
+Python entry point (used by ``trawl sample`` and ``trawl demo``)::
+
+    from extractor.sampler import run_attacks
+    from extractor.attacks import AttackSpec
+    from extractor.budget import Budget, Pricing
+
+    summary = run_attacks(
+        "runs/demo", endpoint="http://127.0.0.1:8080", model="gemma-3-270m",
+        attacks=[AttackSpec("divergence", {"words": ["poem", "company"], "repetitions": 50,
+                                           "samples": 2, "max_tokens": 256}),
+                 AttackSpec("discoverable", {"corpus": "corpus/", "documents": 20,
+                                             "prefix_tokens": 32, "suffix_tokens": 50})],
+        budget=Budget(max_seconds=180), concurrency=4, resume=True, progress=True)
+    summary.status, summary.stop_reason, summary.finished, summary.tokens_per_s
+
+How it works
+    1. Attack parameters are checked (unknown attack/parameter: TrawlError).
+    2. The server is probed (:meth:`OpenAIBackend.probe`); an unreachable server or
+       one with no token information is a TrawlError.
+    3. The run folder's config is frozen (or, with ``resume``, compared with the
+       frozen one); :meth:`RunDir.recover` returns the request ids already stored.
+    4. The attacks' plans are expanded in a fixed order with deterministic request
+       ids (``sha1(run_id, attack, variant, prompt, sample)[:16]``) and per-request
+       seeds derived from them; ids already stored are skipped.
+    5. ``concurrency`` daemon worker threads send requests; the main thread keeps at
+       most ``concurrency`` requests in flight, records each finished generation in
+       the journal at once, enforces the budget, and rolls parts.
+    Samples of one prompt share a request with ``n`` when the server honours ``n``
+    (and ``use_n`` is on); otherwise they are separate requests.
+
+The run id defaults to a hash of the frozen plan (model + resolved attacks +
+seed), so the same campaign on the same model gets the same request ids in any
+folder: an uninterrupted run and a killed-and-resumed one can be compared row
+for row.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import queue
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+from extractor.attacks import AttackSpec, Job, PlanContext, get_attack, request_id, seed_for
+from extractor.backends import BackendError, CompletionResult, OpenAIBackend, make_backend
+from extractor.budget import Budget, Pricing, Usage, stop_reason
+from extractor.errors import TrawlError
+from extractor.runs import RunDir, utcnow_iso
+
+FORMAT = "trawl-run"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class RunSummary:
+    run_dir: str
+    run_id: str
+    status: str                 # "finished", "stopped" (a budget cap), "interrupted", "failed"
+    stop_reason: str | None     # None when every planned generation is stored
+    planned: int
+    finished: int               # generations stored (all sessions)
+    new_generations: int        # stored by this call
+    failed_requests: int        # requests that failed for good in this call (retried on --resume)
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    elapsed_s: float            # this call
+    tokens_per_s: float         # completion tokens per second in this call
+    capabilities: dict = field(default_factory=dict)
+    attacks: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def line(self) -> str:
+        why = f" ({self.stop_reason})" if self.stop_reason else ""
+        return (f"{self.status}{why}: {self.finished}/{self.planned} generations, "
+                f"{self.completion_tokens} completion tokens, ${self.cost_usd:.4f}, "
+                f"{self.tokens_per_s:.1f} tokens/s, {self.failed_requests} failed requests -> {self.run_dir}")
+
+
+@dataclass
+class _Unit:
+    jobs: list[Job]
+    reserve_tokens: int
+    reserve_dollars: float
+
+
+@dataclass
+class _Done:
+    unit: _Unit
+    result: list[dict] | None = None   # rows (without cost, extra finished)
+    error: BaseException | None = None
+    billed_prompt: int = 0
+    billed_completion: int = 0
+    finished_at: float = 0.0
+
+
+def _canonical(obj) -> str:
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def _clean_text(text: str) -> str:
+    """Replace lone surrogates (invalid UTF-8 from the server, JSON-escaped) with U+FFFD."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
+def run_attacks(
+    run_dir: str,
+    *,
+    endpoint: str,
+    model: str,
+    attacks: list[AttackSpec],
+    budget: Budget | None = None,
+    pricing: Pricing | None = None,
+    concurrency: int = 64,
+    resume: bool = False,
+    progress: bool = True,
+    api_key_env: str | None = "OPENAI_API_KEY",
+    timeout: float = 300.0,
+    max_retries: int = 6,
+    backoff_base: float = 0.5,
+    backoff_max: float = 30.0,
+    run_id: str | None = None,
+    seed: int = 0,
+    use_n: bool = True,
+    max_n: int = 16,
+    flush_rows: int = 256,
+    flush_seconds: float = 30.0,
+    drain_seconds: float = 60.0,
+    max_consecutive_failures: int | None = None,
+    backend: str = "openai",
+    token_info: str = "auto",
+    log: Callable[[str], None] | None = None,
+) -> RunSummary:
+    """Run ``attacks`` against the model server and store generations in ``run_dir``.
+
+    Returns a :class:`RunSummary` (also written to ``run_dir/run.json``). Raises
+    :class:`extractor.errors.TrawlError` for bad input, an unreachable or unusable
+    server, a folder holding another run (without ``resume``), or a resumed run
+    whose attacks/model differ from the frozen config. ``KeyboardInterrupt`` stops
+    cleanly (everything finished is stored; ``run.json`` says ``interrupted``) and
+    is re-raised.
+    """
+    log = log or (lambda msg: print(f"trawl: {msg}", file=sys.stderr))
+    budget = budget or Budget()
+    pricing = pricing or Pricing()
+    if concurrency < 1:
+        raise TrawlError("concurrency must be >= 1")
+    if not attacks:
+        raise TrawlError("no attacks given")
+    resolved = []
+    for spec in attacks:
+        if isinstance(spec, str):
+            spec = AttackSpec(spec)
+        cls = get_attack(spec.name)
+        resolved.append({"name": spec.name, "params": cls.resolve(spec.params)})
+    plan_config = {"model": model, "attacks": resolved, "seed": seed}
+    auto_id = hashlib.sha1(_canonical(plan_config).encode()).hexdigest()[:12]
+
+    rd = RunDir(run_dir, flush_rows=flush_rows, flush_seconds=flush_seconds)
+    if rd.has_run():
+        if not resume:
+            raise TrawlError(f"{rd.path} already holds a run; pass --resume to continue it, or choose another folder")
+        frozen = rd.load_config()
+        if frozen.get("format") != FORMAT:
+            raise TrawlError(f"{rd.config_path}: not a trawl run config")
+        fplan = {"model": frozen.get("model"), "attacks": frozen.get("attacks"), "seed": frozen.get("seed")}
+        if _canonical(fplan) != _canonical(json.loads(_canonical(plan_config))):
+            raise TrawlError(f"{rd.path}: the attacks/model/seed differ from the run's frozen config.json; "
+                             f"resume with the same ones, or start a new folder")
+        if run_id and run_id != frozen.get("run_id"):
+            raise TrawlError(f"{rd.path}: run id {run_id!r} differs from the frozen {frozen.get('run_id')!r}")
+        run_id = frozen["run_id"]
+        created = False
+    else:
+        if rd.is_nonempty() and not os.path.isdir(rd.gen_dir):
+            raise TrawlError(f"{rd.path} exists and is not a trawl run folder; choose an empty or new folder")
+        run_id = run_id or auto_id
+        created = True
+
+    be: OpenAIBackend = make_backend(backend, endpoint=endpoint, model=model, api_key_env=api_key_env,
+                                     timeout=timeout, max_retries=max_retries, backoff_base=backoff_base,
+                                     backoff_max=backoff_max, pool_size=max(concurrency, 4),
+                                     token_info=token_info)
+    caps = be.probe()
+    be.retries = 0
+
+    if created:
+        rd.freeze_config({
+            "format": FORMAT, "format_version": FORMAT_VERSION, "run_id": run_id, "model": model,
+            "attacks": resolved, "seed": seed, "backend": be.describe(),
+            "budget": budget.to_dict(), "pricing": pricing.to_dict(), "concurrency": concurrency,
+            "created_at": utcnow_iso(),
+        })
+    done = rd.recover()
+    prev = rd.load_status()
+    usage = Usage(generations=len(done),
+                  prompt_tokens=int(prev.get("prompt_tokens", 0)) if not created else 0,
+                  completion_tokens=int(prev.get("completion_tokens", 0)) if not created else 0,
+                  cost_usd=float(prev.get("cost_usd", 0.0)) if not created else 0.0)
+    if done and prev.get("finished", -1) != len(done):
+        # the status file lags behind after a crash: recount from the stored rows
+        _recount(rd, usage)
+
+    # -- plan ------------------------------------------------------------------------------
+    ctx = PlanContext(run_id=run_id, backend=be, seed=seed, log=log)
+    pending: list[Job] = []
+    seen: set[str] = set()
+    planned = 0
+    for spec in resolved:
+        attack = get_attack(spec["name"])()
+        for job in attack.plan(spec["params"], ctx):
+            rid = request_id(run_id, job.attack, job.variant, job.prompt, job.sample)
+            if rid in seen:
+                raise TrawlError(f"two planned generations share request id {rid} ({job.attack} {job.variant!r} "
+                                 f"sample {job.sample}); give repeated attacks different parameters")
+            seen.add(rid)
+            job.request_id = rid
+            job.seed = seed_for(rid)
+            planned += 1
+            if rid not in done:
+                pending.append(job)
+    attack_objs = {spec["name"]: get_attack(spec["name"])() for spec in resolved}
+
+    engine = _Engine(be, rd, attack_objs, usage, budget, pricing, run_id=run_id, model=model,
+                     concurrency=concurrency, use_n=use_n and caps.n, max_n=max_n, progress=progress,
+                     planned=planned, drain_seconds=drain_seconds,
+                     max_consecutive_failures=max_consecutive_failures or max(10, 2 * concurrency), log=log)
+    status = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "run_id": run_id, "status": "running",
+        "stopped_early": False, "stop_reason": None, "planned": planned, "finished": len(done),
+        "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+        "cost_usd": usage.cost_usd, "endpoint": be.endpoint, "model": model,
+        "capabilities": caps.to_dict(), "sessions": list(prev.get("sessions", [])),
+        "updated_at": utcnow_iso(),
+    }
+    session = {"started_at": utcnow_iso(), "resumed": not created, "skipped_done": planned - len(pending)}
+    status["sessions"].append(session)
+    engine.status = status
+    engine.session = session
+    rd.write_status(status)
+
+    interrupted = False
+    try:
+        engine.run(pending)
+    except KeyboardInterrupt:
+        interrupted = True
+        engine.stop_reason = "interrupted"
+    finally:
+        be.interrupt()
+        rd.close()
+
+    summary = engine.finish(interrupted)
+    if interrupted:
+        raise KeyboardInterrupt
+    if engine.fatal is not None:
+        raise engine.fatal
+    return summary
+
+
+def _recount(rd: RunDir, usage: Usage) -> None:
+    t = rd.read_generations(columns=["prompt_tokens", "completion_tokens", "cost_usd"])
+    usage.prompt_tokens = int(sum(x or 0 for x in t.column("prompt_tokens").to_pylist()))
+    usage.completion_tokens = int(sum(x or 0 for x in t.column("completion_tokens").to_pylist()))
+    usage.cost_usd = float(sum(x or 0 for x in t.column("cost_usd").to_pylist()))
+
+
+class _Engine:
+    def __init__(self, be, rd, attacks, usage, budget, pricing, *, run_id, model, concurrency, use_n, max_n,
+                 progress, planned, drain_seconds, max_consecutive_failures, log):
+        self.be, self.rd, self.attacks, self.usage = be, rd, attacks, usage
+        self.budget, self.pricing = budget, pricing
+        self.run_id, self.model = run_id, model
+        self.concurrency, self.use_n, self.max_n = concurrency, use_n, max(1, max_n)
+        self.progress, self.planned = progress, planned
+        self.drain_seconds = drain_seconds
+        self.max_consecutive_failures = max_consecutive_failures
+        self.log = log
+        self.stop_reason: str | None = None
+        self.fatal: BaseException | None = None
+        self.failed = 0
+        self.new = 0
+        self.errors: list[str] = []
+        self.session_completion = 0
+        self.t0 = time.monotonic()
+        self.last_done_t = self.t0
+        self.prompt_bytes_per_token = 4.0
+        self._ppt_samples = [0, 0]  # prompt bytes, prompt tokens seen
+        self.status: dict = {}
+        self.session: dict = {}
+
+    # -- units ----------------------------------------------------------------------------
+    def _units(self, jobs: list[Job]):
+        i = 0
+        while i < len(jobs):
+            j = jobs[i]
+            group = [j]
+            if self.use_n and j.steps is None and float(j.params.get("temperature", 1.0)) > 0:
+                key = j.group_key()
+                while (i + len(group) < len(jobs) and len(group) < self.max_n
+                       and jobs[i + len(group)].group_key() == key):
+                    group.append(jobs[i + len(group)])
+            i += len(group)
+            yield group
+
+    def _reserve(self, group: list[Job]) -> _Unit:
+        j = group[0]
+        calls = (j.steps or []) + [j.params]
+        est_prompt = int(math.ceil(len(j.prompt.encode("utf-8")) / self.prompt_bytes_per_token)) + 2
+        max_new = sum(int(c.get("max_tokens", 16)) for c in calls)
+        tokens = (est_prompt + max_new) * len(calls) if j.steps else est_prompt + max_new * len(group)
+        dollars = 0.0 if self.pricing.hourly else self.pricing.token_cost(est_prompt * len(calls), max_new * len(group))
+        return _Unit(jobs=group, reserve_tokens=tokens, reserve_dollars=dollars)
+
+    # -- worker ---------------------------------------------------------------------------
+    def _execute(self, unit: _Unit) -> _Done:
+        jobs = unit.jobs
+        j = jobs[0]
+        d = _Done(unit=unit)
+        if j.steps:
+            d.result = [self._execute_steps(j, d)]
+            d.finished_at = time.monotonic()
+            return d
+        t0 = time.time()
+        n = len(jobs)
+        res: CompletionResult = self.be.complete(j.prompt, j.params, n=n, seed=j.seed)
+        d.billed_prompt, d.billed_completion = res.prompt_tokens, res.completion_tokens
+        sent = dict(j.params)
+        if not self.be.capabilities.top_k:
+            sent.pop("top_k", None)
+        rows = []
+        for k, (job, ch) in enumerate(zip(jobs, res.choices)):
+            p = dict(sent)
+            if n > 1:
+                p["n"] = n
+            extra = {"sample": job.sample, "token_source": ch.token_source, "attempts": res.attempts}
+            if n > 1:
+                extra["n_choice"] = k
+            rows.append(self._row(job, ch.text, ch.token_offsets, ch.token_logprobs,
+                                  res.prompt_tokens, ch.completion_tokens, ch.finish_reason, p,
+                                  j.seed if self.be.capabilities.seed else None, res.latency_s, t0, extra))
+        d.result = rows
+        d.finished_at = time.monotonic()
+        return d
+
+    def _execute_steps(self, job: Job, d: _Done) -> dict:
+        """Multi-call generation (temperature decay): leading calls, then the final one, text chained."""
+        t0 = time.time()
+        text, offsets, logprobs = "", [], []
+        latency = 0.0
+        first_prompt_tokens = None
+        sources, attempts = set(), 0
+        calls = list(job.steps) + [job.params]
+        finish = "length"
+        for idx, params in enumerate(calls):
+            seed = (job.seed + idx) & 0x7FFFFFFF if job.seed is not None else None
+            res = self.be.complete(job.prompt + text, params, n=1, seed=seed)
+            ch = res.choices[0]
+            latency += res.latency_s
+            attempts += res.attempts
+            d.billed_prompt += res.prompt_tokens
+            d.billed_completion += res.completion_tokens
+            if first_prompt_tokens is None:
+                first_prompt_tokens = res.prompt_tokens
+            base = len(text.encode("utf-8"))
+            if ch.token_offsets is not None:
+                offsets.extend(base + o for o in ch.token_offsets)
+            if ch.token_logprobs is not None:
+                logprobs.extend(ch.token_logprobs)
+            sources.add(ch.token_source)
+            text += ch.text
+            finish = ch.finish_reason
+            if ch.finish_reason == "stop":
+                break
+        lp = logprobs if len(logprobs) == len(offsets) and logprobs else None
+        extra = {"sample": job.sample, "token_source": "+".join(sorted(sources)), "attempts": attempts,
+                 "calls": [dict(c) for c in calls]}
+        return self._row(job, text, offsets, lp, first_prompt_tokens or 0, len(offsets), finish,
+                         dict(job.params), job.seed if self.be.capabilities.seed else None, latency, t0, extra)
+
+    def _row(self, job, text, offsets, logprobs, prompt_tokens, completion_tokens, finish, params, seed,
+             latency, t0, extra) -> dict:
+        clean = _clean_text(text)
+        if clean != text and offsets is not None:
+            try:
+                offsets = self.be.token_offsets(clean) if self.be.capabilities.tokenize else None
+            except Exception:  # noqa: BLE001 - token info is best effort for a garbled text
+                offsets = None
+        return {
+            "run_id": self.run_id, "request_id": job.request_id, "attack": job.attack, "variant": job.variant,
+            "prompt": _clean_text(job.prompt), "completion": clean, "token_offsets": offsets,
+            "token_logprobs": logprobs, "prompt_tokens": int(prompt_tokens),
+            "completion_tokens": int(completion_tokens), "finish_reason": finish, "model": self.model,
+            "endpoint": self.be.endpoint, "params": json.dumps(params, sort_keys=True),
+            "seed": seed, "latency_s": float(latency), "cost_usd": 0.0,
+            "created_at": utcnow_iso(), "_extra": {**job.extra, **extra},
+        }
+
+    def _worker(self, work_q: queue.Queue, done_q: queue.Queue) -> None:
+        while True:
+            unit = work_q.get()
+            if unit is None:
+                return
+            try:
+                d = self._execute(unit)
+            except BaseException as exc:  # noqa: BLE001 - reported to the main thread
+                d = _Done(unit=unit, error=exc, finished_at=time.monotonic())
+            done_q.put(d)
+
+    # -- main loop --------------------------------------------------------------------------
+    def run(self, jobs: list[Job]) -> None:
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.planned, initial=self.planned - len(jobs), unit="gen", dynamic_ncols=True,
+                       desc="sampling", file=sys.stderr, smoothing=0.1)
+        self.bar = bar
+        work_q: queue.Queue = queue.Queue()
+        done_q: queue.Queue = queue.Queue()
+        threads = [threading.Thread(target=self._worker, args=(work_q, done_q), daemon=True,
+                                    name=f"trawl-worker-{i}") for i in range(min(self.concurrency, max(1, len(jobs))))]
+        for t in threads:
+            t.start()
+        units = self._units(jobs)
+        next_unit = None
+        in_flight: dict[int, _Unit] = {}
+        reserved = [0, 0, 0.0]  # generations, tokens, dollars
+        consecutive_failures = 0
+        last_flush = time.monotonic()
+        last_status = time.monotonic()
+        exhausted = False
+        stop_at = None
+        try:
+            while True:
+                # dispatch
+                while self.stop_reason is None and len(in_flight) < self.concurrency and not exhausted:
+                    if next_unit is None:
+                        group = next(units, None)
+                        if group is None:
+                            exhausted = True
+                            break
+                        next_unit = self._reserve(group)
+                    why = stop_reason(self.budget, self.usage, reserved_generations=reserved[0] + len(next_unit.jobs),
+                                      reserved_tokens=reserved[1] + next_unit.reserve_tokens,
+                                      reserved_dollars=reserved[2] + next_unit.reserve_dollars,
+                                      elapsed_s=time.monotonic() - self.t0, extra_dollars=self._time_cost_pending())
+                    if why is not None:
+                        # a group served by n may be split to fit a generation cap
+                        if why == "max_generations" and len(next_unit.jobs) > 1:
+                            room = (self.budget.max_generations or 0) - self.usage.generations - reserved[0]
+                            if room >= 1:
+                                rest = next_unit.jobs[room:]
+                                next_unit = self._reserve(next_unit.jobs[:room])
+                                units = _chain([rest], units)
+                                continue
+                        self.stop_reason = why
+                        break
+                    unit, next_unit = next_unit, None
+                    in_flight[id(unit)] = unit
+                    reserved[0] += len(unit.jobs)
+                    reserved[1] += unit.reserve_tokens
+                    reserved[2] += unit.reserve_dollars
+                    work_q.put(unit)
+                if not in_flight:
+                    break
+                if self.stop_reason is not None and stop_at is None:
+                    stop_at = time.monotonic()
+                    if self.stop_reason not in ("errors",):
+                        self.log(f"stopping: {self.stop_reason} reached; waiting for {len(in_flight)} request(s) in flight")
+                if stop_at is not None and time.monotonic() - stop_at > self.drain_seconds:
+                    self.log(f"abandoning {len(in_flight)} request(s) still in flight after {self.drain_seconds:.0f} s "
+                             f"(not recorded; --resume redoes them)")
+                    self.be.interrupt()
+                    break
+                try:
+                    d = done_q.get(timeout=0.5)
+                except queue.Empty:
+                    self._tick(bar, last_status)
+                    if self.budget.max_seconds is not None and self.stop_reason is None and \
+                            time.monotonic() - self.t0 >= self.budget.max_seconds:
+                        self.stop_reason = "max_seconds"
+                    continue
+                unit = in_flight.pop(id(d.unit))
+                reserved[0] -= len(unit.jobs)
+                reserved[1] -= unit.reserve_tokens
+                reserved[2] -= unit.reserve_dollars
+                if d.error is not None:
+                    if isinstance(d.error, (BackendError, TrawlError)):
+                        self.failed += len(unit.jobs)
+                        consecutive_failures += 1
+                        msg = str(d.error)
+                        if len(self.errors) < 20:
+                            self.errors.append(msg)
+                        if consecutive_failures >= self.max_consecutive_failures and self.stop_reason is None:
+                            self.stop_reason = "errors"
+                            self.fatal = TrawlError(f"{consecutive_failures} requests in a row failed; last error: {msg}")
+                            self.log(f"stopping: {self.fatal}")
+                    else:
+                        self.stop_reason = "crashed"
+                        self.fatal = d.error
+                    continue
+                consecutive_failures = 0
+                self._record(d)
+                now = time.monotonic()
+                if self.rd.buffered() >= self.rd.flush_rows or now - last_flush >= self.rd.flush_seconds:
+                    self.rd.flush()
+                    last_flush = now
+                if now - last_status >= 5.0:
+                    self._write_status("running")
+                    last_status = now
+                self._tick(bar, 0)
+        finally:
+            for _ in threads:
+                work_q.put(None)
+            if bar is not None:
+                self._tick(bar, 0)
+                bar.close()
+        if self.fatal is not None and not isinstance(self.fatal, TrawlError):
+            raise self.fatal
+
+    def _time_cost_pending(self) -> float:
+        """With an hourly price: the cost of the wall time since the last recorded generation."""
+        if not self.pricing.hourly:
+            return 0.0
+        return self.pricing.time_cost(time.monotonic() - self.last_done_t)
+
+    def _record(self, d: _Done) -> None:
+        rows = d.result or []
+        if self.pricing.hourly:
+            cost_total = self.pricing.time_cost(max(0.0, d.finished_at - self.last_done_t))
+            self.last_done_t = max(self.last_done_t, d.finished_at)
+        else:
+            cost_total = self.pricing.token_cost(d.billed_prompt, d.billed_completion)
+        share = cost_total / max(1, len(rows))
+        for row in rows:
+            job_attack = self.attacks[row["attack"]]
+            extra = row.pop("_extra")
+            job = next(j for j in d.unit.jobs if j.request_id == row["request_id"])
+            try:
+                extra.update(job_attack.finish(job, row["completion"], row["token_offsets"]))
+            except Exception as exc:  # noqa: BLE001 - an analysis bug must not lose the generation
+                extra["finish_error"] = f"{type(exc).__name__}: {exc}"
+            row["extra"] = json.dumps(extra, ensure_ascii=False, sort_keys=True)
+            row["cost_usd"] = share
+            self.rd.append(row)
+            self.usage.generations += 1
+            self.new += 1
+            self.session_completion += row["completion_tokens"]
+        self.usage.prompt_tokens += d.billed_prompt
+        self.usage.completion_tokens += d.billed_completion
+        self.usage.cost_usd += cost_total
+        pb = len(d.unit.jobs[0].prompt.encode("utf-8"))
+        if d.billed_prompt > 0 and not d.unit.jobs[0].steps:
+            self._ppt_samples[0] += pb
+            self._ppt_samples[1] += d.billed_prompt
+            self.prompt_bytes_per_token = max(1.0, self._ppt_samples[0] / self._ppt_samples[1]) * 0.9
+        if self.bar is not None:
+            self.bar.update(len(rows))
+
+    def _tick(self, bar, _last) -> None:
+        if bar is None:
+            return
+        el = max(1e-6, time.monotonic() - self.t0)
+        bar.set_postfix_str(f"{self.session_completion / el:.1f} tok/s, ${self.usage.cost_usd:.4f}", refresh=False)
+
+    def _write_status(self, state: str) -> None:
+        st = self.status
+        el = time.monotonic() - self.t0
+        st.update({
+            "status": state, "finished": self.usage.generations, "prompt_tokens": self.usage.prompt_tokens,
+            "completion_tokens": self.usage.completion_tokens, "cost_usd": round(self.usage.cost_usd, 8),
+            "failed_requests": self.failed, "retries": self.be.retries, "updated_at": utcnow_iso(),
+        })
+        self.session.update({"elapsed_s": round(el, 3), "new_generations": self.new,
+                             "completion_tokens": self.session_completion,
+                             "tokens_per_s": round(self.session_completion / max(el, 1e-6), 3),
+                             "failed_requests": self.failed, "errors": self.errors[:20]})
+        self.rd.write_status(st)
+
+    def finish(self, interrupted: bool) -> RunSummary:
+        el = time.monotonic() - self.t0
+        if interrupted:
+            state = "interrupted"
+        elif self.fatal is not None:
+            state = "failed"
+        elif self.usage.generations >= self.planned:
+            state, self.stop_reason = "finished", None
+        elif self.stop_reason is not None:
+            state = "stopped"
+        else:
+            state = "incomplete"  # some requests failed for good: --resume retries them
+            self.stop_reason = "failed_requests"
+        self.status["stopped_early"] = state != "finished"
+        self.status["stop_reason"] = self.stop_reason
+        self.session["ended_at"] = utcnow_iso()
+        attacks = _attack_summaries(self.rd)
+        self.status["attacks"] = attacks
+        self._write_status(state)
+        return RunSummary(
+            run_dir=self.rd.path, run_id=self.run_id, status=state, stop_reason=self.stop_reason,
+            planned=self.planned, finished=self.usage.generations, new_generations=self.new,
+            failed_requests=self.failed, prompt_tokens=self.usage.prompt_tokens,
+            completion_tokens=self.usage.completion_tokens, cost_usd=self.usage.cost_usd, elapsed_s=el,
+            tokens_per_s=self.session_completion / max(el, 1e-6),
+            capabilities=self.be.capabilities.to_dict(), attacks=attacks)
+
+
+def _chain(first, rest):
+    yield from first
+    yield from rest
+
+
+def _attack_summaries(rd: RunDir) -> dict:
+    t = rd.read_generations(columns=["attack", "extra", "completion_tokens"])
+    out: dict = {}
+    by: dict = {}
+    for attack, extra, ct in zip(t.column("attack").to_pylist(), t.column("extra").to_pylist(),
+                                 t.column("completion_tokens").to_pylist()):
+        e = json.loads(extra) if extra else {}
+        by.setdefault(attack, []).append((e, ct or 0))
+    for attack, items in by.items():
+        s = {"generations": len(items), "completion_tokens": sum(ct for _, ct in items)}
+        extras = [e for e, _ in items]
+        if attack == "divergence":
+            div = sum(1 for e in extras if e.get("diverged"))
+            s.update({"diverged": div, "diverged_rate": div / len(extras)})
+        elif attack == "discoverable":
+            from extractor.attacks.discoverable import summarize
+
+            s.update(summarize(extras))
+        out[attack] = s
+    return out

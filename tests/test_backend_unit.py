@@ -1,0 +1,53 @@
+"""Backend pieces without a model: token alignment, endpoint parsing, unreachable servers, secrets."""
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from extractor.backends import OpenAIBackend, normalize_endpoint
+from extractor.backends.tokens import AlignmentError, align_tokens
+from extractor.errors import TrawlError
+
+
+def test_align_plain_tokens():
+    assert align_tokens(" jumps over", [" jumps", " over"]) == [0, 6]
+    assert align_tokens("", []) == []
+
+
+def test_align_split_characters():
+    text = "a🙂b"  # the emoji is 4 bytes, split over 2 byte tokens the server could not decode alone
+    assert align_tokens(text, ["a", "", "", "b"]) == [0, 1, 2, 5]
+    assert align_tokens(text, ["a", "\ufffd", "\ufffd", "b"]) == [0, 1, 2, 5]
+    assert align_tokens(text, ["a", "bytes:\\xf0\\x9f", "bytes:\\x99\\x82", "b"]) == [0, 1, 3, 5]
+    assert align_tokens("é", ["", ""]) == [0, 1]
+
+
+def test_align_rejects_mismatch():
+    with pytest.raises(AlignmentError):
+        align_tokens("hello", ["help"])
+    with pytest.raises(AlignmentError):
+        align_tokens("hello world", ["hello"])
+
+
+def test_normalize_endpoint():
+    assert normalize_endpoint("http://127.0.0.1:8000/v1/") == "http://127.0.0.1:8000"
+    assert normalize_endpoint("http://user:pw@host:1/v1") == "http://host:1"
+    with pytest.raises(TrawlError):
+        normalize_endpoint("127.0.0.1:8000")
+
+
+def _dead_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_server_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("TRAWL_UNIT_KEY", "sk-secret-value-123")
+    be = OpenAIBackend(f"http://127.0.0.1:{_dead_port()}", "m", api_key_env="TRAWL_UNIT_KEY",
+                       max_retries=1, backoff_base=0.01, timeout=2)
+    assert "sk-secret" not in repr(be) and "sk-secret" not in str(be.describe())
+    with pytest.raises(TrawlError, match="cannot reach the model server") as ei:
+        be.probe(use_cache=False)
+    assert "sk-secret" not in str(ei.value)

@@ -1,0 +1,122 @@
+"""End-to-end: the sampler against the real embedded model server (llama.cpp, Gemma-3-270m)."""
+from __future__ import annotations
+
+import json
+import os
+
+import pyarrow.parquet as pq
+import pytest
+
+from extractor.attacks import AttackSpec
+from extractor.budget import Budget, Pricing
+from extractor.errors import TrawlError
+from extractor.runs import GENERATIONS_SCHEMA, RunDir
+from extractor.sampler import run_attacks
+from sampler_helpers import write_corpus
+
+pytestmark = pytest.mark.slow
+
+
+def _attacks(corpus):
+    return [
+        AttackSpec("divergence", {"words": ["poem", "company"], "repetitions": 20, "samples": 2, "max_tokens": 24}),
+        AttackSpec("discoverable", {"corpus": corpus, "documents": 2, "prefix_tokens": 16, "suffix_tokens": 20,
+                                    "selection": "first"}),
+    ]
+
+
+def check_generations(run_dir, expect_rows):
+    rd = RunDir(run_dir)
+    parts = rd.part_paths()
+    assert parts, "no parts written"
+    for p in parts:
+        assert pq.read_schema(p).remove_metadata() == GENERATIONS_SCHEMA
+    t = rd.read_generations()
+    rows = t.to_pylist()
+    assert len(rows) == expect_rows
+    ids = [r["request_id"] for r in rows]
+    assert len(set(ids)) == len(ids)
+    for r in rows:
+        data = r["completion"].encode("utf-8")
+        off = r["token_offsets"]
+        assert off is not None
+        assert r["completion_tokens"] == len(off)
+        assert all(0 <= o < max(1, len(data)) for o in off)
+        assert off == sorted(off) and (not off or off[0] == 0)
+        assert r["endpoint"].startswith("http://127.0.0.1:")
+        json.loads(r["params"])
+        extra = json.loads(r["extra"])
+        if r["attack"] == "divergence":
+            assert {"word", "repetitions", "diverged", "diverged_at"} <= extra.keys()
+        else:
+            assert {"doc_id", "prefix_tokens", "target", "target_tokens", "exact", "edit_distance_ratio"} <= extra.keys()
+            assert r["prompt_tokens"] >= 16
+    return rows
+
+
+def test_run_attacks_end_to_end_and_resume(local_server, tmp_path):
+    corpus = write_corpus(tmp_path / "corpus")
+    run = tmp_path / "run"
+    os.environ["TRAWL_TEST_SECRET_KEY"] = "sk-test-should-never-appear"
+    s = run_attacks(str(run), endpoint=local_server.base_url, model=local_server.model, attacks=_attacks(corpus),
+                    concurrency=2, progress=False, api_key_env="TRAWL_TEST_SECRET_KEY",
+                    pricing=Pricing(input_per_mtok=1.0, output_per_mtok=2.0))
+    assert s.status == "finished" and s.stop_reason is None
+    assert s.planned == 6 and s.finished == 6 and s.new_generations == 6
+    rows = check_generations(run, 6)
+    assert s.cost_usd == pytest.approx((s.prompt_tokens * 1.0 + s.completion_tokens * 2.0) / 1e6)
+    assert sum(r["cost_usd"] for r in rows) == pytest.approx(s.cost_usd)
+    status = json.loads((run / "run.json").read_text())
+    assert status["status"] == "finished" and status["stopped_early"] is False
+    assert status["attacks"]["discoverable"]["documents"] == 2
+    for f in ("config.json", "run.json"):
+        assert "sk-test-should-never-appear" not in (run / f).read_text()
+    # resume of a finished run: nothing new, nothing duplicated
+    s2 = run_attacks(str(run), endpoint=local_server.base_url, model=local_server.model, attacks=_attacks(corpus),
+                     concurrency=2, progress=False, resume=True)
+    assert s2.new_generations == 0 and s2.finished == 6
+    rows2 = check_generations(run, 6)
+    assert sorted(r["request_id"] for r in rows2) == sorted(r["request_id"] for r in rows)
+    # same folder without --resume: refused
+    with pytest.raises(TrawlError, match="already holds a run"):
+        run_attacks(str(run), endpoint=local_server.base_url, model=local_server.model, attacks=_attacks(corpus),
+                    progress=False)
+    # changed attacks on resume: refused
+    with pytest.raises(TrawlError, match="differ from the run's frozen"):
+        run_attacks(str(run), endpoint=local_server.base_url, model=local_server.model,
+                    attacks=_attacks(corpus)[:1], progress=False, resume=True)
+
+
+def test_budget_stops_cleanly_then_resume_completes(local_server, tmp_path):
+    run = tmp_path / "run"
+    spec = [AttackSpec("divergence", {"words": ["book"], "repetitions": 10, "samples": 5, "max_tokens": 8})]
+    s = run_attacks(str(run), endpoint=local_server.base_url, model=local_server.model, attacks=spec,
+                    budget=Budget(max_generations=3), concurrency=2, progress=False)
+    assert s.status == "stopped" and s.stop_reason == "max_generations" and s.finished == 3
+    st = json.loads((run / "run.json").read_text())
+    assert st["stopped_early"] is True and st["stop_reason"] == "max_generations"
+    s = run_attacks(str(run), endpoint=local_server.base_url, model=local_server.model, attacks=spec,
+                    budget=Budget(max_tokens=1), concurrency=2, progress=False, resume=True)
+    assert s.status == "stopped" and s.stop_reason == "max_tokens" and s.new_generations == 0
+    s = run_attacks(str(run), endpoint=local_server.base_url, model=local_server.model, attacks=spec,
+                    concurrency=2, progress=False, resume=True, pricing=Pricing(gpu_hourly_usd=3.6))
+    assert s.status == "finished" and s.finished == 5 and s.new_generations == 2
+    assert s.cost_usd > 0
+    check_generations(run, 5)
+
+
+def test_cli_sample_and_attacks(local_server, tmp_path, capsys):
+    from extractor.cli import main
+
+    run = tmp_path / "cli-run"
+    rc = main(["sample", "--endpoint", local_server.base_url + "/v1", "--model", local_server.model,
+               "--attack", "divergence", "--param", "words=poem", "--param", "samples=1",
+               "--param", "repetitions=5", "--param", "max_tokens=8", "--out", str(run), "--concurrency", "2",
+               "--no-progress", "--json", "--max-dollars", "1", "--price-output-per-mtok", "10"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["status"] == "finished" and out["finished"] == 1
+    check_generations(run, 1)
+    assert main(["attacks"]) == 0
+    text = capsys.readouterr().out
+    assert "divergence" in text and "discoverable" in text and "repetitions" in text
