@@ -117,15 +117,20 @@ def _read_corpus_shard(path: Path, n_docs: int, text_bytes: int) -> tuple[np.nda
             del chunk
             lengths = np.diff(offs)
             starts = pos + (offs[:-1] - o0) + np.arange(1, k + 1, dtype=np.int64)
+            # take() copies the small columns: a slice would keep the whole batch (text included) alive
+            every = pa.array(np.arange(k))
             doc_batches.append(
                 pa.record_batch(
-                    [batch.column("doc_id"), pa.array(starts), pa.array(lengths), batch.column("source"),
-                     batch.column("ext_id"), batch.column("metadata")],
+                    [batch.column("doc_id").take(every), pa.array(starts), pa.array(lengths),
+                     batch.column("source").take(every), batch.column("ext_id").take(every),
+                     batch.column("metadata").take(every)],
                     schema=DOCS_SCHEMA,
                 )
             )
             pos += size
+            del batch, text, data, offs
         src.close()
+        pa.default_memory_pool().release_unused()
     except pa.ArrowException as exc:
         raise CorpusError(f"{path}: corrupt corpus shard: {exc}") from None
     except KeyError as exc:
@@ -168,8 +173,11 @@ def build_shard(corpus_shard: str, out_dir: str, index: int, n_docs: int, text_b
     sa = suffix_array(buf)
     t_sort = time.perf_counter() - t1
     side.join()
+    # write and checksum the suffix array at the same time (both release the GIL)
+    hasher = threading.Thread(target=_sha256_into, args=(sa, sums, "sa"))
+    hasher.start()
     _write_array(out / names["sa"], sa)
-    _sha256_into(sa, sums, "sa")
+    hasher.join()
     width = sa.dtype.itemsize
     del sa
     with pa.OSFile(str(out / names["docs"]), "wb") as sink:
