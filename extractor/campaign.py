@@ -610,6 +610,19 @@ class _Runner:
         added = append_rows(h["ledger"], rows)
         return {"recorded": added, "ledger": h["ledger"]}
 
+    def gates_on_stored(self, rep: dict) -> list[str]:
+        """The current ``report.fail_if`` gates evaluated on the stored metrics (a finished campaign)."""
+        from reports.gate import Gate
+
+        try:
+            metrics = json.loads((self.report_dir / "metrics.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return list(rep.get("gates_crossed", []))
+        gates = [Gate(e) for e in self.cfg["report"]["fail_if"]]
+        for g in gates:
+            g.check_names(metrics)
+        return [g.explain(metrics) for g in gates if g.evaluate(metrics)]
+
     # -- executor -------------------------------------------------------------------------------
     def run(self, stop_after: str | None = None) -> CampaignResult:
         c = self.c
@@ -630,7 +643,7 @@ class _Runner:
         if st["status"] == "finished":
             rep = st["steps"]["report"].get("result", {})
             return CampaignResult(c.name, str(self.out), "finished", skipped=True, report_html=rep.get("html"),
-                                  gates_crossed=list(rep.get("gates_crossed", [])),
+                                  gates_crossed=self.gates_on_stored(rep),
                                   sample=st["steps"]["sample"].get("result", {}), metrics=st.get("metrics", {}))
         atomic_write_text(self.out / "campaign.toml", dump_toml(self.cfg))
         session = {"started_at": utcnow(), "pid": os.getpid(), "steps_run": []}
