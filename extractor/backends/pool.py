@@ -46,6 +46,7 @@ from typing import Callable
 
 from extractor.backends.base import BackendError, Capabilities, CompletionResult
 from extractor.backends.openai import OpenAIBackend, normalize_endpoint
+from extractor.backends.tokens import AlignmentError
 from extractor.errors import TrawlError
 
 _SHARED_BOOLS = ("n", "prompt_list", "seed", "top_k", "logprobs_tokens", "logprobs_values")
@@ -266,8 +267,12 @@ class PoolBackend:
             for ch in res.choices:
                 if ch.text and ch.token_offsets is None:
                     # the member died between completing and tokenizing: ask a live replica
-                    ch.token_offsets = self._call(lambda be: be.token_offsets(ch.text), "tokenize")
-                    ch.completion_tokens = len(ch.token_offsets)
+                    try:
+                        offsets = self._call(lambda be: be.token_offsets(ch.text), "tokenize")
+                    except (AlignmentError, ValueError, TypeError):
+                        continue  # not a dead member: a text the tokenizer cannot align, as with one server
+                    ch.token_offsets = offsets
+                    ch.completion_tokens = len(offsets)
                     ch.token_source = "tokenize"
                     ch.token_logprobs = None
             self._local.endpoint = served_by
