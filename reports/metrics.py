@@ -78,7 +78,7 @@ from reports.errors import ReportError
 SCHEMA_VERSION = "1.0"
 THRESHOLDS = (10, 20, 30, 40, 50)
 APPROX_EDIT_RATIO = 0.1
-BATCH_ROWS = 32_768
+BATCH_ROWS = 16_384
 TOP_SPANS = 100
 
 REQUIRED_GEN_COLUMNS = ("request_id", "attack", "variant", "completion", "token_offsets", "completion_tokens")

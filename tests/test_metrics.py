@@ -270,3 +270,61 @@ def test_observed_curve_is_cumulative_unique(known_run):
     ext = m["extrapolation"]["extrapolated_curve"]
     assert ext[0][1] == pytest.approx(m["metrics"]["unique_memorized_windows"])
     assert ext[-1][1] <= m["metrics"]["chao1_total_windows"] + 1e-9
+
+
+def test_small_batches_give_the_same_figures(known_run, monkeypatch):
+    """Streaming: per-batch partial aggregates (groups, threshold counts) merge exactly."""
+    import reports.metrics as rm
+    ref = compute_metrics(known_run["run"])
+    monkeypatch.setattr(rm, "BATCH_ROWS", 2)
+    got = compute_metrics(known_run["run"])
+    for k in ("metrics", "per_attack", "per_variant", "extrapolation", "run_lengths", "categories"):
+        assert got[k] == pytest.approx(ref[k]) if k == "metrics" else _approx_tree(got[k], ref[k]), k
+
+
+def _approx_tree(a, b):
+    """Equal trees, floats compared to 1e-12 relative (sums in another order)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys()
+        return all(_approx_tree(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b)
+        return all(_approx_tree(x, y) for x, y in zip(a, b))
+    if isinstance(a, float):
+        assert a == pytest.approx(b, rel=1e-12)
+        return True
+    assert a == b
+    return True
+
+
+def test_planted_run_figures(tmp_path):
+    """The benchmark's planted runs: known spans, so known answers."""
+    import pyarrow.parquet as pq
+
+    from reports.testing import write_planted_run
+    info = write_planted_run(str(tmp_path / "run"), 3000, part_rows=1000, row_group_rows=256, seed=3)
+    m = compute_metrics(str(tmp_path / "run"))["metrics"]
+    spans = pq.read_table(tmp_path / "run" / "matches.parquet").to_pylist()
+    long_ = [s for s in spans if s["tokens"] >= W]
+    assert m["generations"] == 3000 and m["generated_tokens"] == 3000 * 256
+    assert m["memorized_generations"] == info["planted_memorized"] == len(long_)
+    assert m["memorized_tokens"] == sum(s["tokens"] for s in long_)
+    assert m["spans_ge_10"] == info["spans"] and m["spans_ge_50"] == len(long_)
+    # windows: the planted passages are " wNNN" tokens, so windows are runs of 50 words
+    per_gen = [set() for _ in long_]
+    for ws, s in zip(per_gen, long_):
+        toks = s["text"].split(" ")[1:]
+        for i in range(len(toks) - W + 1):
+            ws.add(" " + " ".join(toks[i:i + W]))
+    assert m["unique_memorized_windows"] == len(set().union(*per_gen))
+    cells = {(s["doc_id"], p) for s in long_ for p in range(s["doc_offset"], s["doc_offset"] + len(s["text"]))}
+    assert m["unique_memorized_bytes"] == len(cells)
+
+
+def test_reports_never_imports_extractor():
+    import pathlib
+    import re as _re
+    root = pathlib.Path(__file__).resolve().parents[1] / "reports"
+    for p in root.glob("*.py"):
+        src = p.read_text()
+        assert not _re.search(r"^\s*(from|import)\s+extractor\b", src, _re.M), p

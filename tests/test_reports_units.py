@@ -135,3 +135,12 @@ def test_clean_and_markdown_escaping():
     assert md_cell("a|b <i>`x`</i>\nnext") == "a\\|b &lt;i&gt;\\`x\\`&lt;/i&gt; next"
     f = md_fence("code ~~~~~~ and ```")
     assert f.startswith("~~~~~~~text\n") and f.endswith("\n~~~~~~~")
+
+
+def test_number_formatting():
+    from reports.render import fmt_bytes, fmt_pct, fmt_usd
+    assert fmt_usd(None) == "n/a"
+    assert fmt_usd(0.0000169) == "$0.0000169"
+    assert fmt_usd(0.5) == "$0.5000" and fmt_usd(1234.5) == "$1,234.50"
+    assert fmt_pct(0.011814) == "1.18%" and fmt_pct(0) == "0%" and fmt_pct(None) == "n/a"
+    assert fmt_bytes(1_414_756) == "1.41 MB (1,414,756 bytes)"
