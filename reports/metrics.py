@@ -163,6 +163,16 @@ def _bytes(col: pa.Array) -> list[bytes]:
     return [b if b is not None else b"" for b in col.to_pylist()]
 
 
+def _as_string(col: pa.Array) -> pa.Array:
+    return col if col.type == pa.string() else pc.cast(col, pa.string())
+
+
+def _offsets_ok(offs: list, nbytes: int) -> bool:
+    if offs[0] < 0 or offs[-1] > nbytes:
+        return False
+    return all(a < b for a, b in zip(offs, offs[1:]))
+
+
 def _h8(b: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(b, digest_size=8).digest(), "little")
 
@@ -240,6 +250,13 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
     run_json = _read_json(os.path.join(run_dir, "run.json"))
     config = _read_json(os.path.join(run_dir, "config.json"))
     warnings: list[str] = []
+    timings: dict[str, dict] = {}
+    t_prev = [t0]
+
+    def stage(name: str) -> None:
+        now = time.time()
+        timings[name] = {"seconds": round(now - t_prev[0], 3), "peak_rss_mb": _peak_rss_mb()}
+        t_prev[0] = now
 
     # ---- pass 1: matches --------------------------------------------------------------
     mpath = os.path.join(run_dir, "matches.parquet")
@@ -268,7 +285,7 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
             run_length_counts = bc
         else:
             run_length_counts[: len(bc)] += bc
-        cols = {"request_id": batch.column("request_id")}
+        cols = {"request_id": _as_string(batch.column("request_id"))}
         for i, t in enumerate(THRESHOLDS):
             cols[f"s{i}"] = pa.array((tok >= t).astype(np.int64))
         small = pa.table(cols).group_by(["request_id"]).aggregate([(f"s{i}", "sum") for i in range(len(THRESHOLDS))])
@@ -284,7 +301,8 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
             for r, s, e, tk, sh, d, do, oc, src, tx in zip(rid, g("span_start"), g("span_end"), g("tokens"),
                                                             g("shard", 0), g("doc_id"), g("doc_offset"),
                                                             g("occurrences", 1), sources, texts):
-                mem_spans[r].append((int(s), int(e), int(tk), int(sh or 0), int(d), int(do), int(oc or 1), src, tx))
+                mem_spans[r].append((int(s), int(e), int(tk), int(sh or 0), -1 if d is None else int(d),
+                                     int(do or 0), int(oc or 1), src, tx))
     if "min_tokens" in meta:
         try:
             min_tokens = int(meta["min_tokens"])
@@ -313,6 +331,7 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
         small_tbl = None
     mem_rids = pa.array(list(mem_spans.keys()), type=pa.string())
 
+    stage("matches")
     # ---- pass 2: generations (streamed) ------------------------------------------------
     groups: dict[tuple[str, str], int] = {}
     G: list[_Group] = []
@@ -324,7 +343,7 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
     span_records: list[dict] = []   # memorized spans, for tables / categories / near-dups
     models, endpoints, run_ids = set(), set(), set()
     approx_examples: list[dict] = []
-    no_offsets = 0
+    no_offsets = bad_offsets = 0
     gen_ordinal = 0
     seen_rids_mem = 0
     for path in parts:
@@ -370,7 +389,7 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
             lut = np.array([groups[tuple(k.split("\x00", 1))] for k in uniq.to_pylist()], dtype=np.int32)
             row_gid = lut[pc.index_in(keys, value_set=uniq).to_numpy(zero_copy_only=False)]
             if small_tbl is not None:
-                rid_gid_parts.append(pa.table({"request_id": batch.column("request_id"),
+                rid_gid_parts.append(pa.table({"request_id": _as_string(batch.column("request_id")),
                                                "gid": pa.array(row_gid)}))
             # discoverable rows: exact / approximate hits
             if extra is not None:
@@ -401,7 +420,7 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
                                         "completion": _text(batch.column("completion").slice(i, 1))[0][:2000]})
             # generations holding memorized spans: windows, tokens, byte intervals
             if len(mem_rids):
-                hit = np.nonzero(pc.is_in(batch.column("request_id"), value_set=mem_rids)
+                hit = np.nonzero(pc.is_in(_as_string(batch.column("request_id")), value_set=mem_rids)
                                  .to_numpy(zero_copy_only=False))[0]
             else:
                 hit = ()
@@ -418,6 +437,9 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
                     spans = mem_spans.get(rids[j], ())
                     grp.memorized_generations += 1
                     gen_no = gen_ordinal + i
+                    if offs and not _offsets_ok(offs, len(comp)):
+                        bad_offsets += 1
+                        offs = None
                     if not offs:
                         no_offsets += 1
                         grp.memorized_tokens += max(sp[2] for sp in spans)
@@ -465,6 +487,9 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
                                              "doc_offset": do, "occurrences": oc, "source": src, "text": tx})
             gen_ordinal += n
     total_generations = gen_ordinal
+    if bad_offsets:
+        warnings.append(f"{bad_offsets} memorized generation(s) had token_offsets that are not increasing "
+                        "offsets inside the completion; they were treated as missing")
     if no_offsets:
         warnings.append(f"{no_offsets} memorized generation(s) had no token_offsets: their memorized tokens "
                         "are taken from the matches' tokens column and they add no windows")
@@ -473,6 +498,7 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
         warnings.append(f"{orphan} request id(s) in matches.parquet with spans >= {W} tokens have no generation "
                         "row; they are left out")
 
+    stage("generations")
     # ---- threshold counts per group (join the small per-request table once) -----------
     if small_tbl is not None and rid_gid_parts:
         rid_gid = pa.concat_tables(rid_gid_parts)
@@ -489,6 +515,7 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
                 G[gid].generations_ge[ti] = int(gn[gid])
         del rid_gid, joined
 
+    stage("threshold_join")
     # ---- windows: uniques, frequency counts, accumulation curve ------------------------
     wh = np.frombuffer(win_hash, dtype=np.uint64) if len(win_hash) else np.zeros(0, np.uint64)
     wg = np.frombuffer(win_gid, dtype=np.uint32) if len(win_gid) else np.zeros(0, np.uint32)
@@ -509,6 +536,7 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
         freq, n_unique, first_gen = {}, 0, np.zeros(0, np.int64)
         per_gid_unique, per_attack_unique, per_gid_freq, per_attack_freq = {}, {}, {}, {}
 
+    stage("windows")
     # ---- unique memorized bytes -------------------------------------------------------
     if len(iv_doc):
         ig = np.frombuffer(iv_gid, dtype=np.uint32).astype(np.int64)
@@ -526,6 +554,7 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
     else:
         total_bytes, per_gid_bytes, per_attack_bytes, unique_docs = 0, {}, {}, 0
 
+    stage("bytes")
     # ---- cost -------------------------------------------------------------------------
     col_cost = sum(g.cost_usd for g in G)
     total_cost, cost_source = col_cost, "sum of cost_usd over generations"
@@ -601,6 +630,7 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
     totals["approximate_memorization_hits"] = sum(g.approx for g in G)
     totals["exact_discoverable_hits"] = sum(g.exact for g in G)
 
+    stage("assemble")
     # ---- memorized texts: categories, near-duplicates, top spans ----------------------
     from reports.neardup import cluster_texts
     uniq_texts: dict[str, dict] = {}
@@ -625,23 +655,24 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
         totals[f"category_{c}"] = cat_spans[c]
     nd = cluster_texts(list(uniq_texts.keys()), threshold=minhash_threshold, max_texts=minhash_max_texts)
     totals["unique_memorized_documents"] = nd["clusters"]
-    top = sorted(uniq_texts.values(), key=lambda u: (-u["tokens"], -u["generations"], u["text"]))[:top_spans]
-    top_out = []
-    for u in top:
+    all_texts = []
+    for u in sorted(uniq_texts.values(), key=lambda u: (-u["tokens"], -u["generations"], u["text"])):
         g = G[u["gid"]]
-        top_out.append({"tokens": u["tokens"], "bytes": u["bytes"], "generations": u["generations"],
-                        "attack": g.attack, "variant": g.variant, "request_ids": u["request_ids"],
-                        "occurrences": u["occurrences"], "shard": u["shard"], "doc_id": u["doc_id"],
-                        "doc_offset": u["doc_offset"], "source": u["source"], "categories": u["categories"],
-                        "text": u["text"]})
-    _lookup_documents(top_out, index, config, run_dir, warnings)
+        all_texts.append({"tokens": u["tokens"], "bytes": u["bytes"], "generations": u["generations"],
+                          "attack": g.attack, "variant": g.variant, "request_ids": u["request_ids"],
+                          "occurrences": u["occurrences"], "shard": u["shard"], "doc_id": u["doc_id"],
+                          "doc_offset": u["doc_offset"], "source": u["source"], "categories": u["categories"],
+                          "text": u["text"]})
+    top_out = all_texts[:top_spans]
+    _lookup_documents(all_texts, index, config, run_dir, warnings)
 
+    stage("texts")
     # ---- extrapolation curve ----------------------------------------------------------
     observed = _observed_curve(first_gen, total_generations)
     curve = ex.extrapolation_curve(freq, total_generations, factor=3.0) if total_generations else []
     rl = {int(k): int(v) for k, v in enumerate(run_length_counts.tolist()) if v and k >= min_tokens}
 
-    metrics = {
+    metrics = Metrics({
         "schema": "trawl-report-metrics",
         "schema_version": SCHEMA_VERSION,
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -691,8 +722,26 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
         "top_spans": top_out,
         "warnings": warnings,
         "elapsed_s": round(time.time() - t0, 3),
-    }
+        "timings": timings,
+    })
+    metrics.memorized_texts = all_texts
     return metrics
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        import resource
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+    except Exception:  # not on every platform
+        return None
+
+
+class Metrics(dict):
+    """The metrics dict (JSON-serialisable as it is). ``.memorized_texts`` additionally lists
+    every distinct memorized text (same fields as ``top_spans``), longest first; write_report
+    writes it to ``memorized_spans.jsonl``."""
+
+    memorized_texts: list
 
 
 def _unique_per_key(keys: np.ndarray, hashes: np.ndarray) -> dict[int, int]:
@@ -774,7 +823,8 @@ def _lookup_documents(top: list[dict], index, config: dict, run_dir: str, warnin
         docs = None
         if idx is not None and t["text"]:
             try:
-                occ = idx.find(t["text"], limit=limit * 5)
+                # a span may cut a multi-byte character at its edges (decoded as U+FFFD): look up the rest
+                occ = idx.find(t["text"].strip("\ufffd"), limit=limit * 5)
                 seen = {}
                 for o in occ:
                     if o.doc_id not in seen:

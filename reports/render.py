@@ -30,10 +30,14 @@ VARIANTS_SHOWN = 200
 
 @dataclass
 class ReportPaths:
+    """Where write_report wrote: ``html``, ``md``, ``json`` (metrics.json) and ``spans``
+    (memorized_spans.jsonl: every distinct memorized text, one JSON object a line);
+    ``metrics`` is the dict written to ``json``."""
     html: str
     md: str
     json: str
     metrics: dict
+    spans: str | None = None
 
 
 # ----------------------------------------------------------------------------- text safety
@@ -135,13 +139,18 @@ def write_report(run_dir, out_dir=None, redact: bool = False, metrics: dict | No
     run_dir = os.fspath(run_dir)
     if metrics is None:
         metrics = compute_metrics(run_dir, window_tokens=window_tokens, index=index)
-    m = redact_tree(metrics) if redact else copy.deepcopy(metrics)
+    m = redact_tree(metrics) if redact else copy.deepcopy(dict(metrics))
     m["redacted"] = bool(redact)
+    texts = getattr(metrics, "memorized_texts", None)
     out_dir = os.fspath(out_dir) if out_dir is not None else os.path.join(run_dir, "report")
     os.makedirs(out_dir, exist_ok=True)
     paths = ReportPaths(os.path.join(out_dir, "report.html"), os.path.join(out_dir, "report.md"),
                         os.path.join(out_dir, "metrics.json"), m)
     _atomic_write(paths.json, json.dumps(m, indent=1, ensure_ascii=False, allow_nan=False, default=str) + "\n")
+    if texts is not None:
+        paths.spans = os.path.join(out_dir, "memorized_spans.jsonl")
+        _atomic_write(paths.spans, "".join(
+            json.dumps(redact_tree(x) if redact else x, ensure_ascii=False, allow_nan=False) + "\n" for x in texts))
     _atomic_write(paths.md, render_markdown(m))
     _atomic_write(paths.html, render_html(m))
     return paths

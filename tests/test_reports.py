@@ -318,3 +318,15 @@ def test_index_lookup_lists_documents(tmp_path):
     assert [d["doc_id"] for d in s["documents"]] == [0, 3]
     m2 = compute_metrics(run)
     assert m2["top_spans"][0]["documents"] == [{"doc_id": 0, "source": "doc0.txt"}]
+
+
+def test_memorized_spans_jsonl(hostile_run, tmp_path):
+    plain = write_report(hostile_run, out_dir=tmp_path / "p")
+    rows = [json.loads(x) for x in _read(plain.spans).splitlines()]
+    m = plain.metrics
+    assert len(rows) == m["near_duplicates"]["distinct_texts"] <= m["metrics"]["memorized_spans"]
+    assert rows[0]["tokens"] == m["metrics"]["longest_run_tokens"]
+    assert all(r["documents"] and "doc_id" in r["documents"][0] for r in rows)
+    red = write_report(hostile_run, out_dir=tmp_path / "r", redact=True)
+    blob = _read(red.spans)
+    assert PII["email"] not in blob and "[EMAIL]" in blob
