@@ -266,7 +266,7 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
     meta = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace")
             for k, v in (mpf.schema_arrow.metadata or {}).items()}
     mcols = [c for c in ("request_id", "span_start", "span_end", "tokens", "shard", "doc_id", "doc_offset",
-                         "occurrences", "source", "text") if c in mpf.schema_arrow.names]
+                         "occurrences", "source") if c in mpf.schema_arrow.names]   # text: from the completion
     mem_spans: dict[str, list[tuple]] = defaultdict(list)   # request_id -> spans with tokens >= W
     small_aggs: list[pa.Table] = []                          # per request_id: counts per threshold
     run_length_counts = np.zeros(0, dtype=np.int64)
@@ -296,7 +296,7 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
             rid = _text(sub.column("request_id"))
             g = lambda name, default=None: (sub.column(name).to_pylist() if name in sub.schema.names  # noqa: E731
                                             else [default] * sub.num_rows)
-            texts = _text(sub.column("text")) if "text" in sub.schema.names else [""] * sub.num_rows
+            texts = [None] * sub.num_rows
             sources = _text(sub.column("source")) if "source" in sub.schema.names else [""] * sub.num_rows
             for r, s, e, tk, sh, d, do, oc, src, tx in zip(rid, g("span_start"), g("span_end"), g("tokens"),
                                                             g("shard", 0), g("doc_id"), g("doc_offset"),
@@ -473,7 +473,8 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
                             win_gid.append(gid)
                             win_gen.append(gen_no)
                     for sp in spans:
-                        s, e, tk, sh, d, do, oc, src, tx = sp
+                        s, e, tk, sh, d, do, oc, src, _ = sp
+                        tx = comp[s:e].decode("utf-8", "replace")   # the span's text, as matches' `text`
                         if tk > grp.longest_run_tokens:
                             grp.longest_run_tokens = tk
                         if e - s > grp.longest_run_bytes:

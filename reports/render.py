@@ -338,11 +338,15 @@ def render_html(m: dict) -> str:
       f"Sorted by memorized generations; at most {VARIANTS_SHOWN} per attack shown (all are in metrics.json).</p>")
     rows = list(_variant_rows(m))
     a(_html_breakdown(rows, show_variant=True))
-    div = m["per_variant"].get("divergence", {})
-    if len(div) > 1:
-        bars = sorted(((v, f["memorized_generation_fraction"] or 0) for v, f in div.items()), key=lambda b: -b[1])[:40]
-        a(svg.bar_chart(bars, "Divergence attack: memorized generations by repeated word", "repeated word",
-                        "fraction of generations", value_fmt=lambda v: f"{v * 100:.3g}%"))
+    for attack, vs in sorted(m["per_variant"].items()):
+        if len(vs) < 2 or attack == "discoverable":
+            continue
+        bars = sorted(((v or "(none)", f["memorized_generation_fraction"] or 0) for v, f in vs.items()),
+                      key=lambda b: (-b[1], b[0]))[:40]
+        what = "repeated word" if attack in ("divergence", "special_chars") else "variant"
+        a(svg.bar_chart(bars, f"{attack}: share of generations memorized, by {what}"
+                        + (" (top 40)" if len(vs) > 40 else ""), what, "memorized generations",
+                        value_fmt=lambda v: f"{v * 100:.3g}%"))
     a("</section>")
     # near duplicates, approximate
     nd = m["near_duplicates"]

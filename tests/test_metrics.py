@@ -328,3 +328,35 @@ def test_reports_never_imports_extractor():
     for p in root.glob("*.py"):
         src = p.read_text()
         assert not _re.search(r"^\s*(from|import)\s+extractor\b", src, _re.M), p
+
+
+def test_near_duplicate_clusters_against_exact_jaccard(known_run):
+    """unique_memorized_documents (MinHash LSH) equals connected components of the
+    exact-Jaccard >= 0.5 graph on the same shingles, on data whose pairs are far from 0.5."""
+    from reports.neardup import _shingles
+    m = compute_metrics(known_run["run"])
+    texts = sorted({t.decode("utf-8", "replace") for t in _memorized_texts(known_run)})
+    sh = [_shingles(t) for t in texts]
+    parent = list(range(len(texts)))
+
+    def find(i):
+        while parent[i] != i:
+            i = parent[i]
+        return i
+    for i in range(len(texts)):
+        for j in range(i):
+            jac = len(sh[i] & sh[j]) / len(sh[i] | sh[j])
+            assert not 0.3 < jac < 0.7            # the data is unambiguous
+            if jac >= 0.5:
+                parent[find(i)] = find(j)
+    expect = len({find(i) for i in range(len(texts))})
+    assert m["near_duplicates"]["distinct_texts"] == len(texts)
+    assert m["metrics"]["unique_memorized_documents"] == expect < len(texts)
+
+
+def _memorized_texts(known_run):
+    import hashlib
+    comps = {}
+    for i, g in enumerate(known_run["gens"]):
+        comps[hashlib.sha1(f"run-test/{i}".encode()).hexdigest()[:16]] = token_offsets(g.tokens)[0]
+    return [comps[x["request_id"]][x["span_start"]:x["span_end"]] for x in known_run["matches"] if x["tokens"] >= W]

@@ -330,3 +330,24 @@ def test_memorized_spans_jsonl(hostile_run, tmp_path):
     red = write_report(hostile_run, out_dir=tmp_path / "r", redact=True)
     blob = _read(red.spans)
     assert PII["email"] not in blob and "[EMAIL]" in blob
+
+
+def test_empty_matches_file(tmp_path):
+    run = _simple_run(tmp_path)
+    t = pq.read_table(os.path.join(run, "matches.parquet"))
+    pq.write_table(t.slice(0, 0).replace_schema_metadata(t.schema.metadata), os.path.join(run, "matches.parquet"))
+    p = write_report(run)
+    m = p.metrics["metrics"]
+    assert m["memorized_generations"] == 0 and m["spans_ge_10"] == 0 and m["generations"] == 2
+    assert "No memorized span" in _read(p.html)
+
+
+def test_matches_without_text_column(tmp_path):
+    run = _simple_run(tmp_path)
+    t = pq.read_table(os.path.join(run, "matches.parquet"))
+    ref = compute_metrics(run)
+    pq.write_table(t.drop_columns(["text", "source", "occurrences", "shard"]).replace_schema_metadata(
+        t.schema.metadata), os.path.join(run, "matches.parquet"))
+    m = compute_metrics(run)
+    assert m["metrics"]["unique_memorized_windows"] == ref["metrics"]["unique_memorized_windows"]
+    assert m["top_spans"][0]["text"] == ref["top_spans"][0]["text"] != ""
