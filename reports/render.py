@@ -299,7 +299,8 @@ def render_html(m: dict) -> str:
       f"{fmt_int(e['window_incidences'])} (window, generation) incidences; f<sub>1</sub> = {fmt_int(fq.get('1', 0))}, "
       f"f<sub>2</sub> = {fmt_int(fq.get('2', 0))}. <b>Good-Turing</b>: the chance that the next memorized window is new "
       f"is f<sub>1</sub>/N = {fmt_pct(e['good_turing_new_probability'])}. <b>Chao1</b> estimate of all extractable "
-      f"unique windows: {fmt_num(round(e['chao1_total_windows']))} ({esc(m['definitions']['chao1_total_windows'])}). "
+      f"unique windows: {fmt_num(round(e['chao1_total_windows']))} (n<sub>obs</sub> + f<sub>1</sub>\u00b2/(2 f<sub>2</sub>), "
+      f"or n<sub>obs</sub> + f<sub>1</sub>(f<sub>1</sub>\u22121)/2 when f<sub>2</sub> = 0). "
       f"Curve: {esc(e['method'])}.</p>")
     if fq and not fq.get("2"):
         a("<p class=\"warn\">No memorized window was seen in two generations (f<sub>2</sub> = 0): Chao1 falls back to its "
