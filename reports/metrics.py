@@ -167,10 +167,17 @@ def _as_string(col: pa.Array) -> pa.Array:
     return col if col.type == pa.string() else pc.cast(col, pa.string())
 
 
-def _offsets_ok(offs: list, nbytes: int) -> bool:
-    if offs[0] < 0 or offs[-1] > nbytes:
-        return False
-    return all(a < b for a, b in zip(offs, offs[1:]))
+def _sanitize_offsets(offs: list, nbytes: int) -> list:
+    """As the matcher does (suffix_index.match.token_arrays): clip to ``[0, nbytes]`` and make
+    non-decreasing, so that odd server offsets give zero-length tokens, the same for both."""
+    out, hi = [], 0
+    for o in offs:
+        o = 0 if o < 0 else (nbytes if o > nbytes else o)
+        if o < hi:
+            o = hi
+        out.append(o)
+        hi = o
+    return out
 
 
 def _h8(b: bytes) -> int:
@@ -247,6 +254,8 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
     if W < 1:
         raise ReportError(f"window_tokens must be >= 1, got {W}")
     parts = generation_parts(run_dir)
+    if isinstance(index, (str, os.PathLike)) and not os.path.isdir(index):
+        raise ReportError(f"--index {os.fspath(index)}: no such index folder")
     run_json = _read_json(os.path.join(run_dir, "run.json"))
     config = _read_json(os.path.join(run_dir, "config.json"))
     warnings: list[str] = []
@@ -271,14 +280,19 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
     small_aggs: list[pa.Table] = []                          # per request_id: counts per threshold
     run_length_counts = np.zeros(0, dtype=np.int64)
     min_seen = None
-    n_spans = 0
+    n_spans = untokenized = 0
     for batch in _iter_batches(mpf, mpath, mcols):
         if batch.num_rows == 0:
             continue
         n_spans += batch.num_rows
-        tok = batch.column("tokens").to_numpy(zero_copy_only=False).astype(np.int64)
-        bmin = int(tok.min())
-        min_seen = bmin if min_seen is None else min(min_seen, bmin)
+        tcol = batch.column("tokens")
+        if tcol.null_count:     # spans of generations without token offsets (matched by bytes)
+            untokenized += tcol.null_count
+            tcol = pc.fill_null(tcol, -1)
+        tok = tcol.to_numpy(zero_copy_only=False).astype(np.int64)
+        if (tok >= 0).any():
+            bmin = int(tok[tok >= 0].min())
+            min_seen = bmin if min_seen is None else min(min_seen, bmin)
         bc = np.bincount(np.clip(tok, 0, None))
         if len(bc) > len(run_length_counts):
             bc[: len(run_length_counts)] += run_length_counts
@@ -343,7 +357,7 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
     span_records: list[dict] = []   # memorized spans, for tables / categories / near-dups
     models, endpoints, run_ids = set(), set(), set()
     approx_examples: list[dict] = []
-    no_offsets = bad_offsets = 0
+    no_offsets = 0
     gen_ordinal = 0
     seen_rids_mem = 0
     for path in parts:
@@ -437,9 +451,8 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
                     spans = mem_spans.get(rids[j], ())
                     grp.memorized_generations += 1
                     gen_no = gen_ordinal + i
-                    if offs and not _offsets_ok(offs, len(comp)):
-                        bad_offsets += 1
-                        offs = None
+                    if offs:
+                        offs = _sanitize_offsets(offs, len(comp))
                     if not offs:
                         no_offsets += 1
                         grp.memorized_tokens += max(sp[2] for sp in spans)
@@ -485,12 +498,13 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
                         iv_end.append(do + (e - s))
                         span_records.append({"request_id": rids[j], "gid": gid, "span_start": s, "span_end": e,
                                              "tokens": tk, "bytes": e - s, "shard": sh, "doc_id": d,
-                                             "doc_offset": do, "occurrences": oc, "source": src, "text": tx})
+                                             "doc_offset": do, "occurrences": oc, "source": src, "text": tx,
+                                             "raw": comp[s:e]})
             gen_ordinal += n
     total_generations = gen_ordinal
-    if bad_offsets:
-        warnings.append(f"{bad_offsets} memorized generation(s) had token_offsets that are not increasing "
-                        "offsets inside the completion; they were treated as missing")
+    if untokenized:
+        warnings.append(f"{untokenized} span(s) in matches.parquet have no token count (generations without "
+                        "token offsets, matched by bytes); they are left out of every token-based figure")
     if no_offsets:
         warnings.append(f"{no_offsets} memorized generation(s) had no token_offsets: their memorized tokens "
                         "are taken from the matches' tokens column and they add no windows")
@@ -656,16 +670,18 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
         totals[f"category_{c}"] = cat_spans[c]
     nd = cluster_texts(list(uniq_texts.keys()), threshold=minhash_threshold, max_texts=minhash_max_texts)
     totals["unique_memorized_documents"] = nd["clusters"]
-    all_texts = []
+    all_texts, raws = [], []
     for u in sorted(uniq_texts.values(), key=lambda u: (-u["tokens"], -u["generations"], u["text"])):
         g = G[u["gid"]]
+        raws.append(u["raw"])
         all_texts.append({"tokens": u["tokens"], "bytes": u["bytes"], "generations": u["generations"],
                           "attack": g.attack, "variant": g.variant, "request_ids": u["request_ids"],
                           "occurrences": u["occurrences"], "shard": u["shard"], "doc_id": u["doc_id"],
                           "doc_offset": u["doc_offset"], "source": u["source"], "categories": u["categories"],
                           "text": u["text"]})
     top_out = all_texts[:top_spans]
-    _lookup_documents(all_texts, index, config, run_dir, warnings)
+    lookup = _lookup_documents(all_texts, raws, index, meta, warnings)
+    del raws
 
     stage("texts")
     # ---- extrapolation curve ----------------------------------------------------------
@@ -684,6 +700,7 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
             "endpoints": sorted(endpoints)[:20],
             "generation_files": len(parts),
             "status": {k: run_json[k] for k in run_json if isinstance(run_json[k], (int, float, str, bool))},
+            "config": {k: config[k] for k in config if isinstance(config[k], (int, float, str, bool))},
         },
         "parameters": {
             "window_tokens": W,
@@ -697,6 +714,8 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
             "minhash": {"threshold": minhash_threshold, "num_perm": nd["num_perm"], "shingle": nd["shingle"]},
             "window_hash": "blake2b, 8-byte digest",
             "cost_source": cost_source,
+            "run_json_cost_usd": rj_cost or None,
+            "documents_lookup": lookup,
         },
         "definitions": {k: v.replace("{W}", str(W)).replace("{J}", str(minhash_threshold))
                         for k, v in DEFINITIONS.items()},
@@ -798,46 +817,70 @@ def _run_json_cost(rj: dict) -> float:
     return 0.0
 
 
-def _lookup_documents(top: list[dict], index, config: dict, run_dir: str, warnings: list[str],
-                      limit: int = 20) -> None:
-    """Fill ``documents`` (doc ids and sources holding each span) from an index, when one is at hand."""
-    idx = None
+def _lookup_documents(texts: list[dict], raws: list[bytes], index, meta: dict, warnings: list[str],
+                      limit: int = 20) -> str:
+    """Fill ``documents`` (ids and sources of the corpus documents holding each memorized text,
+    at most ``limit``) and ``documents_holding`` (their number, None when unknown).
+
+    The index is ``index`` (an object with ``find(bytes, limit)``, or a folder), else the one named
+    in matches.parquet's ``index`` metadata when that folder exists and its manifest hash is the
+    one recorded; without an index only the canonical occurrence from matches.parquet is known.
+    Returns a description of the source used."""
+    idx, opened, where = None, False, None
     if index is not None and not isinstance(index, (str, os.PathLike)):
-        idx = index
+        idx, where = index, "index object"
     else:
-        path = index
-        if path is None:
-            for key in ("index", "index_dir", "index_path"):
-                v = config.get(key) if isinstance(config, dict) else None
-                if isinstance(v, str):
-                    path = v if os.path.isabs(v) else os.path.join(run_dir, v)
-                    break
-        if path is not None and os.path.isdir(path):
+        path, explicit = (os.fspath(index), True) if index is not None else (meta.get("index"), False)
+        if path and os.path.isdir(path):
             try:
                 from suffix_index import SuffixIndex  # optional; reports works without it
                 idx = SuffixIndex.open(path)
+                opened, where = True, f"index {path}"
+                want = meta.get("index_manifest_sha256")
+                have = getattr(idx, "manifest_sha256", None)
+                if not explicit and want and isinstance(have, str) and have != want:
+                    warnings.append(f"index {path} is not the one matches.parquet was made with (manifest "
+                                    "sha256 differs); documents per span come from matches.parquet only")
+                    _close(idx)
+                    idx, opened, where = None, False, None
             except Exception as exc:  # the index is a nicety: never fail the report on it
                 warnings.append(f"could not open index {path} for document look-ups ({type(exc).__name__}: {exc})")
-        elif index is not None:
-            warnings.append(f"index {path} not found; documents per span come from matches.parquet only")
-    for t in top:
-        docs = None
-        if idx is not None and t["text"]:
-            try:
-                # a span may cut a multi-byte character at its edges (decoded as U+FFFD): look up the rest
-                occ = idx.find(t["text"].strip("\ufffd"), limit=limit * 5)
-                seen = {}
-                for o in occ:
-                    if o.doc_id not in seen:
-                        seen[o.doc_id] = getattr(o, "source", "")
-                docs = [{"doc_id": int(d), "source": s} for d, s in list(seen.items())[:limit]]
-                t["documents_holding"] = len(seen) if len(occ) < limit * 5 else None
-                t["documents_source"] = "index"
-            except Exception as exc:
-                warnings.append(f"index look-up failed ({type(exc).__name__}: {exc})")
                 idx = None
-        if docs is None:
-            docs = [{"doc_id": t["doc_id"], "source": t["source"]}]
-            t["documents_holding"] = 1 if t["occurrences"] == 1 else None
-            t["documents_source"] = "matches.parquet (canonical occurrence only)"
-        t["documents"] = docs
+        elif explicit:
+            raise ReportError(f"--index {path}: no such index folder")
+    try:
+        for t, raw in zip(texts, raws):
+            docs = None
+            if idx is not None and raw:
+                try:
+                    occ = idx.find(raw, limit=limit * 5)
+                    seen: dict = {}
+                    for o in occ:
+                        if o.doc_id not in seen:
+                            seen[o.doc_id] = getattr(o, "source", "") or ""
+                    docs = [{"doc_id": int(d), "source": src} for d, src in list(seen.items())[:limit]]
+                    complete = len(occ) < limit * 5 or len(occ) >= t["occurrences"]
+                    t["documents_holding"] = len(seen) if complete else None
+                    t["documents_source"] = "index"
+                except Exception as exc:
+                    warnings.append(f"index look-up failed ({type(exc).__name__}: {exc}); documents per span "
+                                    "come from matches.parquet only")
+                    idx = None
+            if docs is None:
+                docs = [{"doc_id": t["doc_id"], "source": t["source"]}]
+                t["documents_holding"] = 1 if t["occurrences"] == 1 else None
+                t["documents_source"] = "matches.parquet (canonical occurrence only)"
+            t["documents"] = docs
+    finally:
+        if opened:
+            _close(idx)
+    return where or "matches.parquet (canonical occurrence of each span)"
+
+
+def _close(idx) -> None:
+    close = getattr(idx, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception:
+            pass

@@ -351,3 +351,62 @@ def test_matches_without_text_column(tmp_path):
     m = compute_metrics(run)
     assert m["metrics"]["unique_memorized_windows"] == ref["metrics"]["unique_memorized_windows"]
     assert m["top_spans"][0]["text"] == ref["top_spans"][0]["text"] != ""
+
+
+def test_index_from_matches_metadata(tmp_path, monkeypatch):
+    """The matcher records the index folder and its manifest hash; reports opens it (when it is
+    still the same index) to list every document holding a span, and closes it."""
+    import sys
+    import types
+    run = _simple_run(tmp_path)
+    idx_dir = tmp_path / "INDEX"
+    idx_dir.mkdir()
+    t = pq.read_table(os.path.join(run, "matches.parquet"))
+    meta = dict(t.schema.metadata)
+    meta[b"index"] = str(idx_dir).encode()
+    meta[b"index_manifest_sha256"] = b"abc"
+    pq.write_table(t.replace_schema_metadata(meta), os.path.join(run, "matches.parquet"))
+    calls = []
+
+    class Occ:
+        def __init__(self, d):
+            self.doc_id, self.source = d, f"s{d}"
+
+    class FakeIndex:
+        manifest_sha256 = "abc"
+
+        @classmethod
+        def open(cls, path):
+            calls.append(("open", str(path)))
+            return cls()
+
+        def find(self, data, limit=100):
+            assert isinstance(data, bytes)
+            return [Occ(0), Occ(5)]
+
+        def close(self):
+            calls.append(("close",))
+
+    monkeypatch.setitem(sys.modules, "suffix_index", types.SimpleNamespace(SuffixIndex=FakeIndex))
+    m = compute_metrics(run)
+    assert m["top_spans"][0]["documents"] == [{"doc_id": 0, "source": "s0"}, {"doc_id": 5, "source": "s5"}]
+    assert m["top_spans"][0]["documents_holding"] == 2
+    assert m["parameters"]["documents_lookup"] == f"index {idx_dir}"
+    assert calls == [("open", str(idx_dir)), ("close",)]
+    FakeIndex.manifest_sha256 = "other"            # a rebuilt index: not used
+    m = compute_metrics(run)
+    assert m["top_spans"][0]["documents_source"].startswith("matches.parquet")
+    assert any("sha256 differs" in w for w in m["warnings"])
+    with pytest.raises(ReportError, match="no such index folder"):
+        compute_metrics(run, index=tmp_path / "nope")
+
+
+def test_spans_without_token_counts(tmp_path):
+    run = _simple_run(tmp_path)
+    t = pq.read_table(os.path.join(run, "matches.parquet"))
+    extra = t.slice(0, 1).set_column(4, "tokens", pa.array([None], pa.int32()))
+    pq.write_table(pa.concat_tables([t, extra]).replace_schema_metadata(t.schema.metadata),
+                   os.path.join(run, "matches.parquet"))
+    m = compute_metrics(run)
+    assert m["metrics"]["spans_ge_10"] == t.num_rows
+    assert any("no token count" in w for w in m["warnings"])
