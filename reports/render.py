@@ -209,6 +209,13 @@ BREAKDOWN_COLS = [
 ]
 
 
+BREAKDOWN_LEGEND = (
+    "Columns: Memorized gens = generations holding a memorized window; % gens = memorized / all generations; "
+    "% tokens = memorized tokens / generated tokens; Unique windows and Unique bytes are counted within the row "
+    "(a window or corpus byte shared by two rows counts in both, once in the run total); Longest run = tokens of "
+    "the longest verbatim span; Cost = cost_usd of the row's generations; $ / unique window = cost / unique windows.")
+
+
 def _variant_rows(m: dict):
     for attack, vs in sorted(m["per_variant"].items()):
         items = sorted(vs.items(), key=lambda kv: (-kv[1]["memorized_generations"], -kv[1]["generations"], kv[0]))
@@ -334,6 +341,7 @@ def render_html(m: dict) -> str:
     # breakdowns
     a("<section id=\"per-attack\"><h2>Per attack</h2>")
     a(_html_breakdown([(atk, None, f) for atk, f in sorted(m["per_attack"].items())], show_variant=False))
+    a("<p class=\"small mut\">" + esc(BREAKDOWN_LEGEND, 2000) + "</p>")
     a("</section><section id=\"per-variant\"><h2>Per attack and variant</h2>")
     a("<p class=\"small mut\">Variant = the repeated word for the divergence attack, the prefix source for prefix attacks. "
       f"Sorted by memorized generations; at most {VARIANTS_SHOWN} per attack shown (all are in metrics.json).</p>")
@@ -501,6 +509,7 @@ def render_markdown(m: dict) -> str:
       f"{_cost_fig(t['usd_per_unique_window'], m, 'usd')}.\n")
     a("## Per attack\n")
     a(_md_breakdown([(k, None, f) for k, f in sorted(m["per_attack"].items())], False))
+    a(BREAKDOWN_LEGEND + "\n")
     a("\n## Per attack and variant\n")
     a(_md_breakdown(list(_variant_rows(m)), True))
     nd = m["near_duplicates"]

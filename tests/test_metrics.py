@@ -360,3 +360,17 @@ def _memorized_texts(known_run):
     for i, g in enumerate(known_run["gens"]):
         comps[hashlib.sha1(f"run-test/{i}".encode()).hexdigest()[:16]] = token_offsets(g.tokens)[0]
     return [comps[x["request_id"]][x["span_start"]:x["span_end"]] for x in known_run["matches"] if x["tokens"] >= W]
+
+
+def test_every_metric_is_defined(known_run):
+    """An auditor signs what the report says: each figure has its definition in the report."""
+    import re as _re
+    m = compute_metrics(known_run["run"])
+    defs = m["definitions"]
+    names = set(m["metrics"])
+    for f in m["per_attack"].values():
+        names |= set(f)
+    for name in names:
+        generic = _re.sub(r"_ge_\d+$", "_ge_T", name)
+        generic = _re.sub(r"^category_.*", "category_<name>", generic)
+        assert generic in defs, name
