@@ -464,8 +464,8 @@ def md_cell(s, limit: int = 120) -> str:
     return re.sub(r"([\\`*_\[\]|#!~])", r"\\\1", s)
 
 
-def md_fence(text: str) -> str:
-    body = clean(text, MAX_SHOWN_CHARS)
+def md_fence(text: str, limit: int = 1000) -> str:
+    body = clean(text, limit)
     longest = max((len(r) for r in re.findall(r"~+|`+", body)), default=0)
     fence = "~" * max(4, longest + 1)
     return f"{fence}text\n{body}\n{fence}"
