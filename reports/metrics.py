@@ -377,8 +377,9 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
             n = batch.num_rows
             if n == 0:
                 continue
-            attack = pc.fill_null(batch.column("attack"), "")
-            variant = pc.fill_null(batch.column("variant"), "")
+            # as bytes: a stray invalid UTF-8 byte in a name must not fail the report
+            attack = pc.fill_null(pc.cast(batch.column("attack"), pa.binary()), b"")
+            variant = pc.fill_null(pc.cast(batch.column("variant"), pa.binary()), b"")
             ctoks = pc.fill_null(batch.column("completion_tokens"), 0)
             cost = pc.fill_null(batch.column("cost_usd"), 0.0) if "cost_usd" in names else pa.nulls(n, pa.float64()).fill_null(0.0)
             if "extra" in names:
@@ -396,6 +397,7 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
                 [("ct", "sum"), ("cost", "sum"), ("div", "sum"), ("ct", "count")])
             for a, v, cts, cs, dv, cnt in zip(*(agg.column(c).to_pylist() for c in
                                                ("attack", "variant", "ct_sum", "cost_sum", "div_sum", "ct_count"))):
+                a, v = a.decode("utf-8", "replace"), v.decode("utf-8", "replace")
                 gid = groups.get((a, v))
                 if gid is None:
                     gid = groups[(a, v)] = len(G)
@@ -406,16 +408,22 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
                 grp.cost_usd += cs or 0.0
                 grp.diverged += dv or 0
             # row -> group id (vectorised through a dictionary of the batch's groups)
-            keys = pc.binary_join_element_wise(attack, variant, "\x00")
+            # (length-prefixed key: unambiguous whatever bytes the names hold)
+            keys = pc.binary_join_element_wise(pc.cast(pc.cast(pc.binary_length(attack), pa.string()), pa.binary()),
+                                               attack, variant, b"\x00")
             uniq = pc.unique(keys)
-            lut = np.array([groups[tuple(k.split("\x00", 1))] for k in uniq.to_pylist()], dtype=np.int32)
+            first = pc.index_in(uniq, value_set=keys).to_numpy(zero_copy_only=False)
+            fa, fv = attack.take(pa.array(first)).to_pylist(), variant.take(pa.array(first)).to_pylist()
+            lut = np.array([groups[(a.decode("utf-8", "replace"), v.decode("utf-8", "replace"))]
+                            for a, v in zip(fa, fv)], dtype=np.int32)
             row_gid = lut[pc.index_in(keys, value_set=uniq).to_numpy(zero_copy_only=False)]
             if small_tbl is not None:
                 rid_gid_parts.append(pa.table({"request_id": _as_string(batch.column("request_id")),
                                                "gid": pa.array(row_gid)}))
             # discoverable rows: exact / approximate hits
             if extra is not None:
-                disc = np.nonzero(pc.equal(attack, "discoverable").to_numpy(zero_copy_only=False))[0]
+                disc = np.nonzero(pc.equal(attack, pa.scalar(b"discoverable", pa.binary()))
+                                  .to_numpy(zero_copy_only=False))[0]
                 if len(disc):
                     ex_txt = _text(extra.take(pa.array(disc)))
                     for i, x in zip(disc.tolist(), ex_txt):

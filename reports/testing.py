@@ -160,8 +160,9 @@ def _gen_table(rows: list[dict]) -> pa.Table:
     cols = {}
     for f in GEN_SCHEMA:
         vals = [r[f.name] for r in rows]
-        if f.name == "completion":
-            cols[f.name] = pa.array([v if isinstance(v, bytes) else v.encode() for v in vals], pa.binary()).view(pa.string())
+        if f.type == pa.string() and any(isinstance(v, bytes) for v in vals):
+            cols[f.name] = pa.array([v if isinstance(v, bytes) or v is None else v.encode() for v in vals],
+                                    pa.binary()).view(pa.string())
         else:
             cols[f.name] = pa.array(vals, f.type)
     return pa.table(cols, schema=GEN_SCHEMA)

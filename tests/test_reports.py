@@ -410,3 +410,28 @@ def test_spans_without_token_counts(tmp_path):
     m = compute_metrics(run)
     assert m["metrics"]["spans_ge_10"] == t.num_rows
     assert any("no token count" in w for w in m["warnings"])
+
+
+def test_hostile_attack_and_variant_names(tmp_path):
+    """Names with NUL bytes, a separator-lookalike and invalid UTF-8 stay distinct groups."""
+    rng = random.Random(9)
+    doc = words(rng, 200)
+    toks = tokenize(doc)
+    names = [("divergence", "a\x00b"), ("divergence", "a"), ("divergence\x00a", "b"), ("divergence", b"\xff\xfe"),
+             ("divergence", None)]
+    gens = []
+    for k, (atk, var) in enumerate(names):
+        for j in range(k + 1):
+            gens.append(Gen([" z%d" % i for i in range(10)] + (toks[:60] if j == 0 else toks[:5]), atk, var))
+    run = tmp_path / "run"
+    write_run(str(run), Corpus([doc]), gens, min_tokens=10)
+    m = compute_metrics(str(run))
+    pv = m["per_variant"]
+    assert pv["divergence"]["a\x00b"]["generations"] == 1
+    assert pv["divergence"]["a"]["generations"] == 2
+    assert pv["divergence\x00a"]["b"]["generations"] == 3
+    assert pv["divergence"]["\ufffd\ufffd"]["generations"] == 4
+    assert pv["divergence"][""]["generations"] == 5
+    assert all(f["memorized_generations"] == 1 for vs in pv.values() for f in vs.values())
+    p = write_report(str(run))
+    assert "\x00" not in _read(p.html) and "\x00" not in _read(p.md)
