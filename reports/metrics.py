@@ -94,8 +94,8 @@ DEFINITIONS = {
     "memorized_token_fraction": "memorized tokens / all generated tokens (sum of completion_tokens)",
     "unique_memorized_windows": "distinct {W}-token window texts (exact bytes) over all generations",
     "unique_memorized_bytes": "size of the union of corpus byte ranges reproduced by spans of >= {W} tokens (canonical occurrence of each span; each corpus byte counted once)",
-    "longest_run_tokens": "tokens fully covered by the longest verbatim span",
-    "longest_run_bytes": "bytes of the longest verbatim span",
+    "longest_run_tokens": "tokens fully covered by the longest verbatim span (any span the matcher reported, memorized or not)",
+    "longest_run_bytes": "bytes of the longest verbatim span (any span the matcher reported)",
     "memorized_spans": "verbatim spans with >= {W} covered tokens (a span repeated in several generations counts each time)",
     "diverged_generations": "divergence-attack generations whose extra JSON says \"diverged\": true (the model left the repetition)",
     "divergence_rate": "diverged generations / divergence-attack generations",
@@ -310,7 +310,12 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
         cols = {"request_id": _as_string(batch.column("request_id"))}
         for i, t in enumerate(THRESHOLDS):
             cols[f"s{i}"] = pa.array((tok >= t).astype(np.int64))
-        small = pa.table(cols).group_by(["request_id"]).aggregate([(f"s{i}", "sum") for i in range(len(THRESHOLDS))])
+        cols["mt"] = pa.array(tok)
+        nbytes = (batch.column("span_end").to_numpy(zero_copy_only=False).astype(np.int64)
+                  - batch.column("span_start").to_numpy(zero_copy_only=False).astype(np.int64))
+        cols["mb"] = pa.array(np.where(tok >= 0, nbytes, 0))
+        small = pa.table(cols).group_by(["request_id"]).aggregate(
+            [(f"s{i}", "sum") for i in range(len(THRESHOLDS))] + [("mt", "max"), ("mb", "max")])
         small_aggs.append(small)
         big = np.nonzero(tok >= W)[0]
         if len(big):
@@ -345,8 +350,8 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
         small_tbl = pa.concat_tables(small_aggs)
         if len(small_aggs) > 1:
             small_tbl = small_tbl.group_by(["request_id"]).aggregate(
-                [(f"s{i}_sum", "sum") for i in range(len(THRESHOLDS))])
-            small_tbl = small_tbl.rename_columns([c[:-4] if c.endswith("_sum_sum") else c
+                [(f"s{i}_sum", "sum") for i in range(len(THRESHOLDS))] + [("mt_max", "max"), ("mb_max", "max")])
+            small_tbl = small_tbl.rename_columns([c[:-4] if c.endswith(("_sum_sum", "_max_max")) else c
                                                   for c in small_tbl.column_names])
         del small_aggs
     else:
@@ -544,6 +549,12 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
             for gid in range(len(G)):
                 G[gid].spans_ge[ti] = int(sp[gid])
                 G[gid].generations_ge[ti] = int(gn[gid])
+        # longest run over every span (not only memorized ones)
+        for col, attr in (("mt_max", "longest_run_tokens"), ("mb_max", "longest_run_bytes")):
+            best = np.zeros(len(G), dtype=np.int64)
+            np.maximum.at(best, gids, joined.column(col).to_numpy(zero_copy_only=False).astype(np.int64))
+            for gid in range(len(G)):
+                setattr(G[gid], attr, max(getattr(G[gid], attr), int(best[gid])))
         del rid_gid, joined
 
     stage("threshold_join")

@@ -219,6 +219,7 @@ def test_nothing_memorized(tmp_path):
     m = compute_metrics(run)
     t = m["metrics"]
     assert t["memorized_generations"] == 0 and t["unique_memorized_windows"] == 0
+    assert t["longest_run_tokens"] == 35 and t["longest_run_bytes"] > 35      # the 35-token span of "work"
     assert t["good_turing_new_probability"] is None and t["usd_per_unique_window"] is None
     assert t["spans_ge_30"] == 1
     p = write_report(run)
