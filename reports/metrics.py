@@ -60,7 +60,6 @@ import bisect
 import glob
 import hashlib
 import json
-import math
 import os
 import time
 from array import array
