@@ -678,10 +678,12 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
     for r in span_records:
         u = uniq_texts.get(r["text"])
         if u is None:
-            u = uniq_texts[r["text"]] = dict(r, generations=0, request_ids=[])
-        u["generations"] += 1
-        if len(u["request_ids"]) < 5:
-            u["request_ids"].append(r["request_id"])
+            u = uniq_texts[r["text"]] = dict(r, generations=0, request_ids=[], last_rid=None)
+        if u["last_rid"] != r["request_id"]:       # a generation's spans are contiguous in span_records
+            u["last_rid"] = r["request_id"]
+            u["generations"] += 1
+            if len(u["request_ids"]) < 5:
+                u["request_ids"].append(r["request_id"])
     cat_spans = {c: 0 for c in CATEGORIES}
     cat_unique: dict[str, set] = {c: set() for c in CATEGORIES}
     for text, u in uniq_texts.items():

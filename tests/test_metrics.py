@@ -374,3 +374,16 @@ def test_every_metric_is_defined(known_run):
         generic = _re.sub(r"_ge_\d+$", "_ge_T", name)
         generic = _re.sub(r"^category_.*", "category_<name>", generic)
         assert generic in defs, name
+
+
+def test_span_table_counts_generations_not_repeats(known_run):
+    """The passage emitted twice inside one generation is one text from one generation; the
+    passage doc0[0:70] comes from three generations."""
+    m = compute_metrics(known_run["run"])
+    by_text = {}
+    for s in m["top_spans"]:
+        by_text[s["text"]] = s
+    twice = [s for s in m["top_spans"] if s["tokens"] == 55]
+    assert twice and twice[0]["generations"] == 1 and len(twice[0]["request_ids"]) == 1
+    three = [s for s in m["top_spans"] if s["tokens"] == 70 and s["doc_id"] == 0 and s["doc_offset"] == 0]
+    assert three and three[0]["generations"] == 3
