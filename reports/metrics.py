@@ -104,6 +104,8 @@ DEFINITIONS = {
     "generations_ge_T": "generations holding a verbatim span of at least T tokens; null for T below the matcher's threshold",
     "good_turing_new_probability": "Good-Turing f1/N: chance that the next memorized window is one not seen before; f_k = unique windows seen in exactly k generations, N = sum k f_k",
     "chao1_total_windows": "Chao1 estimate of all extractable unique windows: n_obs + f1^2/(2 f2), or n_obs + f1(f1-1)/2 when f2 = 0",
+    "chao1_ci95_low": "lower end of Chao1's 95% log-normal confidence interval (Chao 1987)",
+    "chao1_ci95_high": "upper end of Chao1's 95% log-normal confidence interval (Chao 1987)",
     "total_cost_usd": "sum of cost_usd over generations (run.json's total when the column sums to 0; per attack and variant that total is then split in proportion to generations)",
     "mb_per_dollar": "unique memorized bytes / 1e6 / total cost (n/a when no cost was recorded)",
     "usd_per_unique_window": "total cost / unique memorized windows (n/a when no cost was recorded or nothing was memorized)",
@@ -625,6 +627,8 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
             d[f"generations_ge_{t}"] = gens_ge[i] if thr_ok[i] else None
         d["good_turing_new_probability"] = ex.good_turing_new(fq)
         d["chao1_total_windows"] = ex.chao1(fq) if fq else 0.0
+        lo, hi = ex.chao1_ci95(fq)
+        d["chao1_ci95_low"], d["chao1_ci95_high"] = lo, hi
         d["total_cost_usd"] = cost
         d["mb_per_dollar"] = (ubytes / 1e6 / cost) if cost > 0 else None
         d["usd_per_unique_window"] = (cost / uniq) if cost > 0 and uniq > 0 else None
@@ -757,6 +761,7 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
             "window_incidences": int(sum(k * v for k, v in freq.items())),
             "good_turing_new_probability": ex.good_turing_new(freq),
             "chao1_total_windows": ex.chao1(freq) if freq else 0.0,
+            "chao1_ci95": list(ex.chao1_ci95(freq)),
             "method": "Good-Turing f1/N; Chao1 (bias-corrected when f2 = 0); curve: Chao et al. 2014 "
                       "incidence-based extrapolation with f0 from Chao1, drawn to 3x the observed generations",
             "observed_curve": observed,
