@@ -498,7 +498,15 @@ class _Engine:
                 reserved[1] -= unit.reserve_tokens
                 reserved[2] -= unit.reserve_dollars
                 if d.error is not None:
-                    if isinstance(d.error, (BackendError, TrawlError)):
+                    if isinstance(d.error, BackendError) and d.error.status in (401, 403, 404):
+                        self.failed += len(unit.jobs)
+                        if self.fatal is None:
+                            self.stop_reason = "errors"
+                            self.fatal = TrawlError(f"the server refused a request: {d.error}"
+                                                    + (f"; check the API key in ${self.be.api_key_env}"
+                                                       if d.error.status in (401, 403) else ""))
+                            self.log(f"stopping: {self.fatal}")
+                    elif isinstance(d.error, (BackendError, TrawlError)):
                         self.failed += len(unit.jobs)
                         consecutive_failures += 1
                         msg = str(d.error)
