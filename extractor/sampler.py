@@ -210,8 +210,8 @@ def run_attacks(
                   prompt_tokens=int(prev.get("prompt_tokens", 0)) if not created else 0,
                   completion_tokens=int(prev.get("completion_tokens", 0)) if not created else 0,
                   cost_usd=float(prev.get("cost_usd", 0.0)) if not created else 0.0)
-    if done and prev.get("finished", -1) != len(done):
-        # the status file lags behind after a crash: recount from the stored rows
+    if done:
+        # run.json may lag behind the stored rows after a crash: recount from the rows themselves
         _recount(rd, usage)
 
     # -- plan ------------------------------------------------------------------------------
@@ -271,8 +271,13 @@ def run_attacks(
 
 
 def _recount(rd: RunDir, usage: Usage) -> None:
-    t = rd.read_generations(columns=["prompt_tokens", "completion_tokens", "cost_usd"])
-    usage.prompt_tokens = int(sum(x or 0 for x in t.column("prompt_tokens").to_pylist()))
+    """Billed tokens and cost of the stored rows (a request with n samples billed its prompt once)."""
+    t = rd.read_generations(columns=["prompt_tokens", "completion_tokens", "cost_usd", "extra"])
+    prompt = 0.0
+    for pt, extra in zip(t.column("prompt_tokens").to_pylist(), t.column("extra").to_pylist()):
+        e = json.loads(extra) if extra else {}
+        prompt += (pt or 0) / max(1, int(e.get("n", 1))) * max(1, len(e.get("calls", [None])))
+    usage.prompt_tokens = int(round(prompt))
     usage.completion_tokens = int(sum(x or 0 for x in t.column("completion_tokens").to_pylist()))
     usage.cost_usd = float(sum(x or 0 for x in t.column("cost_usd").to_pylist()))
 
@@ -348,6 +353,7 @@ class _Engine:
             extra = {"sample": job.sample, "token_source": ch.token_source, "attempts": res.attempts}
             if n > 1:
                 extra["n_choice"] = k
+                extra["n"] = n
             rows.append(self._row(job, ch.text, ch.token_offsets, ch.token_logprobs,
                                   res.prompt_tokens, ch.completion_tokens, ch.finish_reason, p,
                                   j.seed if self.be.capabilities.seed else None, res.latency_s, t0, extra))
