@@ -273,12 +273,14 @@ def run_attacks(
 def _recount(rd: RunDir, usage: Usage) -> None:
     """Billed tokens and cost of the stored rows (a request with n samples billed its prompt once)."""
     t = rd.read_generations(columns=["prompt_tokens", "completion_tokens", "cost_usd", "extra"])
-    prompt = 0.0
-    for pt, extra in zip(t.column("prompt_tokens").to_pylist(), t.column("extra").to_pylist()):
+    prompt = completion = 0.0
+    for pt, ct, extra in zip(t.column("prompt_tokens").to_pylist(), t.column("completion_tokens").to_pylist(),
+                             t.column("extra").to_pylist()):
         e = json.loads(extra) if extra else {}
-        prompt += (pt or 0) / max(1, int(e.get("n", 1))) * max(1, len(e.get("calls", [None])))
+        prompt += e.get("billed_prompt_tokens", pt or 0)
+        completion += e.get("billed_completion_tokens", ct or 0)
     usage.prompt_tokens = int(round(prompt))
-    usage.completion_tokens = int(sum(x or 0 for x in t.column("completion_tokens").to_pylist()))
+    usage.completion_tokens = int(round(completion))
     usage.cost_usd = float(sum(x or 0 for x in t.column("cost_usd").to_pylist()))
 
 
@@ -559,6 +561,8 @@ class _Engine:
         else:
             cost_total = self.pricing.token_cost(d.billed_prompt, d.billed_completion)
         share = cost_total / max(1, len(rows))
+        billed_p = d.billed_prompt / max(1, len(rows))
+        billed_c = d.billed_completion / max(1, len(rows))
         for row in rows:
             job_attack = self.attacks[row["attack"]]
             extra = row.pop("_extra")
@@ -567,6 +571,8 @@ class _Engine:
                 extra.update(job_attack.finish(job, row["completion"], row["token_offsets"]))
             except Exception as exc:  # noqa: BLE001 - an analysis bug must not lose the generation
                 extra["finish_error"] = f"{type(exc).__name__}: {exc}"
+            extra["billed_prompt_tokens"] = billed_p
+            extra["billed_completion_tokens"] = billed_c
             row["extra"] = json.dumps(extra, ensure_ascii=False, sort_keys=True)
             row["cost_usd"] = share
             self.rd.append(row)
