@@ -197,6 +197,22 @@ def run_attacks(
     caps = be.probe()
     be.retries = 0
 
+    # -- plan (before anything is written: a planning error leaves no half-made run) ---------------
+    ctx = PlanContext(run_id=run_id, backend=be, seed=seed, log=log)
+    all_jobs: list[Job] = []
+    seen: set[str] = set()
+    for spec in resolved:
+        attack = get_attack(spec["name"])()
+        for job in attack.plan(spec["params"], ctx):
+            rid = request_id(run_id, job.attack, job.variant, job.prompt, job.sample)
+            if rid in seen:
+                raise TrawlError(f"two planned generations share request id {rid} ({job.attack} {job.variant!r} "
+                                 f"sample {job.sample}); give repeated attacks different parameters")
+            seen.add(rid)
+            job.request_id = rid
+            job.seed = seed_for(rid)
+            all_jobs.append(job)
+    planned = len(all_jobs)
     if created:
         rd.freeze_config({
             "format": FORMAT, "format_version": FORMAT_VERSION, "run_id": run_id, "model": model,
@@ -214,24 +230,7 @@ def run_attacks(
         # run.json may lag behind the stored rows after a crash: recount from the rows themselves
         _recount(rd, usage)
 
-    # -- plan ------------------------------------------------------------------------------
-    ctx = PlanContext(run_id=run_id, backend=be, seed=seed, log=log)
-    pending: list[Job] = []
-    seen: set[str] = set()
-    planned = 0
-    for spec in resolved:
-        attack = get_attack(spec["name"])()
-        for job in attack.plan(spec["params"], ctx):
-            rid = request_id(run_id, job.attack, job.variant, job.prompt, job.sample)
-            if rid in seen:
-                raise TrawlError(f"two planned generations share request id {rid} ({job.attack} {job.variant!r} "
-                                 f"sample {job.sample}); give repeated attacks different parameters")
-            seen.add(rid)
-            job.request_id = rid
-            job.seed = seed_for(rid)
-            planned += 1
-            if rid not in done:
-                pending.append(job)
+    pending = [j for j in all_jobs if j.request_id not in done]
     attack_objs = {spec["name"]: get_attack(spec["name"])() for spec in resolved}
 
     engine = _Engine(be, rd, attack_objs, usage, budget, pricing, run_id=run_id, model=model,
@@ -249,6 +248,7 @@ def run_attacks(
     session = {"started_at": utcnow_iso(), "resumed": not created, "skipped_done": planned - len(pending)}
     status["sessions"].append(session)
     engine.status = status
+    engine.resolved = resolved
     engine.session = session
     rd.write_status(status)
 
@@ -307,6 +307,7 @@ class _Engine:
         self._ppt_samples = [0, 0]  # prompt bytes, prompt tokens seen
         self.status: dict = {}
         self.session: dict = {}
+        self.resolved: list[dict] = []
 
     # -- units ----------------------------------------------------------------------------
     def _units(self, jobs: list[Job]):
@@ -626,7 +627,7 @@ class _Engine:
         self.status["stopped_early"] = state != "finished"
         self.status["stop_reason"] = self.stop_reason
         self.session["ended_at"] = utcnow_iso()
-        attacks = _attack_summaries(self.rd)
+        attacks = _attack_summaries(self.rd, self.resolved)
         self.status["attacks"] = attacks
         self._write_status(state)
         return RunSummary(
@@ -643,7 +644,7 @@ def _chain(first, rest):
     yield from rest
 
 
-def _attack_summaries(rd: RunDir) -> dict:
+def _attack_summaries(rd: RunDir, resolved: list[dict] | None = None) -> dict:
     t = rd.read_generations(columns=["attack", "extra", "completion_tokens"])
     out: dict = {}
     by: dict = {}
@@ -660,6 +661,7 @@ def _attack_summaries(rd: RunDir) -> dict:
         elif attack == "discoverable":
             from extractor.attacks.discoverable import summarize
 
-            s.update(summarize(extras))
+            np_n = next((a["params"].get("np_n") for a in resolved or [] if a["name"] == "discoverable"), None)
+            s.update(summarize(extras, np_n or None))
         out[attack] = s
     return out
