@@ -1,0 +1,15 @@
+"""The corpus package's user-facing error.
+
+``CorpusError`` follows trawl's convention (see ``extractor/errors.py``): the class
+attribute ``user_error = True`` makes the ``trawl`` command print its message as
+one line (``trawl: error: <message>``) instead of a traceback. Every message names
+the file (and line, where there is one) and the problem.
+"""
+from __future__ import annotations
+
+
+class CorpusError(Exception):
+    """Bad corpus input or a damaged corpus folder; the message names the file."""
+
+    user_error = True
+    exit_code = 2

@@ -1,0 +1,181 @@
+"""Ingest: read sources, clean, deduplicate and write a corpus folder.
+
+:func:`ingest` is what ``trawl corpus ingest`` runs. Guarantees:
+
+* **atomic**: the folder is written under ``OUT.tmp-<pid>`` and renamed to ``OUT``
+  only when complete; a failure leaves no ``OUT`` (and an existing ``OUT`` is
+  replaced only with ``overwrite=True``, once the new one is complete);
+* **counted**: ``IngestStats`` says how many records were read, skipped because
+  their text was empty (or null), repaired (invalid UTF-8 or lone surrogates
+  replaced with U+FFFD, see :mod:`corpora.readers`) and exact duplicates (same
+  text, byte for byte, as an earlier document; dropped unless ``keep_duplicates``);
+* **deterministic**: the same inputs give the same shards, ids and checksums
+  (``created_at`` aside).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from corpora.errors import CorpusError
+from corpora.readers import Record, read_sources
+from corpora.shards import (
+    CORPUS_FORMAT,
+    CORPUS_FORMAT_VERSION,
+    DEFAULT_MAX_SHARD_BYTES,
+    MANIFEST_NAME,
+    Corpus,
+    ShardWriter,
+    open_corpus,
+    write_json_atomic,
+)
+
+
+@dataclass
+class IngestStats:
+    read: int = 0
+    skipped_empty: int = 0
+    repaired_utf8: int = 0
+    exact_duplicates: int = 0
+    documents: int = 0
+    text_bytes: int = 0
+
+    def as_manifest(self) -> dict[str, int]:
+        return {k: v for k, v in asdict(self).items() if k not in ("documents", "text_bytes")}
+
+
+def _json_default(o):
+    if isinstance(o, (bytes, bytearray)):
+        return o.decode("utf-8", "replace")
+    return str(o)
+
+
+def progress_enabled(quiet: bool = False) -> bool:
+    """Progress bars only for a person watching: a tty on stderr and not ``--quiet``."""
+    return not quiet and sys.stderr.isatty()
+
+
+def prepare_output_dir(out: Path, overwrite: bool) -> Path:
+    """Check ``out`` and return a fresh temporary sibling folder to write into."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise CorpusError(f"{out}: already exists; pass --force to replace it")
+    if not out.parent.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    return tmp
+
+
+def commit_output_dir(tmp: Path, out: Path) -> None:
+    """Rename the finished ``tmp`` folder to ``out`` (replacing an old ``out``)."""
+    if out.exists():
+        old = out.with_name(f"{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def ingest_records(
+    records: Iterable[Record],
+    out_dir: str | os.PathLike,
+    *,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    keep_duplicates: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+    extra_manifest: dict | None = None,
+) -> Corpus:
+    """Write ``records`` as a corpus folder at ``out_dir`` and return it opened."""
+    out = Path(out_dir)
+    tmp = prepare_output_dir(out, overwrite)
+    stats = IngestStats()
+    seen: set[bytes] = set()
+    try:
+        writer = ShardWriter(tmp, max_shard_bytes=max_shard_bytes)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(unit="B", unit_scale=True, desc="ingest", file=sys.stderr)
+        for rec in records:
+            stats.read += 1
+            text = rec.text
+            if not text:
+                stats.skipped_empty += 1
+                continue
+            if rec.repaired:
+                stats.repaired_utf8 += 1
+            data = text.encode("utf-8")
+            if not keep_duplicates:
+                digest = hashlib.blake2b(data, digest_size=16).digest()
+                if digest in seen:
+                    stats.exact_duplicates += 1
+                    continue
+                seen.add(digest)
+            meta = json.dumps(rec.metadata, ensure_ascii=False, default=_json_default) if rec.metadata else "{}"
+            writer.add(rec.source, text, rec.ext_id, meta, len(data))
+            stats.documents += 1
+            stats.text_bytes += len(data)
+            if bar is not None:
+                bar.update(len(data))
+        writer.close()
+        if bar is not None:
+            bar.close()
+        manifest = {
+            "format": CORPUS_FORMAT,
+            "format_version": CORPUS_FORMAT_VERSION,
+            "shards": writer.shards,
+            "documents": stats.documents,
+            "text_bytes": stats.text_bytes,
+            "stats": stats.as_manifest(),
+            "max_shard_bytes": max_shard_bytes,
+            "duplicates": "kept" if keep_duplicates else "dropped",
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        if extra_manifest:
+            manifest.update(extra_manifest)
+        write_json_atomic(tmp / MANIFEST_NAME, manifest)
+        commit_output_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return open_corpus(out)
+
+
+def ingest(
+    sources: Iterable[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    text_field: str = "text",
+    id_field: str | None = None,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    keep_duplicates: bool = False,
+    skip_binary: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> Corpus:
+    """Ingest files/folders (see :mod:`corpora.readers` for the formats) into ``out_dir``.
+
+    Returns the opened :class:`Corpus`; ``corpus.stats`` has the counts.
+    """
+    sources = [str(s) for s in sources]
+    if not sources:
+        raise CorpusError("no input given")
+    records = read_sources(sources, text_field=text_field, id_field=id_field, skip_binary=skip_binary)
+    return ingest_records(
+        records, out_dir, max_shard_bytes=max_shard_bytes, keep_duplicates=keep_duplicates,
+        overwrite=overwrite, progress=progress,
+        extra_manifest={"inputs": sources, "text_field": text_field, "id_field": id_field},
+    )

@@ -1,0 +1,332 @@
+"""Readers: turn input files into a stream of :class:`Record` objects.
+
+Supported inputs (chosen by the file name, compression by the last suffix):
+
+* JSON Lines: ``.jsonl``, ``.ndjson``, ``.json`` (one JSON object a line), plain or
+  compressed with gzip (``.gz``) or Zstandard (``.zst``);
+* Parquet: ``.parquet``, ``.pq``;
+* Arrow IPC / Feather v2: ``.arrow``, ``.feather``, ``.ipc`` (file or stream format);
+* a directory: every regular file below it, in sorted path order, is one text
+  document (symlinks to files are followed, hidden files and ``__pycache__`` are
+  skipped); a plain text file given directly is one document too.
+
+Guarantees:
+
+* records come in a deterministic order: the sources in the order given, a
+  directory's files sorted by path, rows in file order;
+* ``Record.text`` is always a ``str`` that encodes to valid UTF-8. **Repair
+  policy**: bytes that are not valid UTF-8 (in text files and JSON lines) and lone
+  surrogates (from JSON ``\\udXXX`` escapes or Arrow/Parquet strings) are each
+  replaced by U+FFFD REPLACEMENT CHARACTER, following Python's ``errors="replace"``
+  (one U+FFFD per maximal invalid subsequence); such a record has
+  ``repaired=True`` and is counted in the ingest statistics;
+* ``Record.metadata`` holds every other column/field of the row (JSON-serializable);
+* bad input raises :class:`corpora.CorpusError` naming the file (and line): invalid
+  JSON, a row that is not an object, a missing text field, a text field that is not
+  a string, a binary file (a NUL byte in its first 8 KiB) in a directory, an
+  unreadable or unknown file.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from corpora.errors import CorpusError
+
+JSONL_SUFFIXES = {".jsonl", ".ndjson", ".json"}
+PARQUET_SUFFIXES = {".parquet", ".pq"}
+ARROW_SUFFIXES = {".arrow", ".feather", ".ipc"}
+COMPRESSION_SUFFIXES = {".gz", ".zst", ".zstd"}
+BINARY_SNIFF_BYTES = 8192
+
+
+@dataclass
+class Record:
+    """One input document before it is numbered and sharded."""
+
+    source: str
+    text: str | None
+    ext_id: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    repaired: bool = False
+
+
+def repair_text(text: str) -> tuple[str, bool]:
+    """Return ``(text, repaired)`` with lone surrogates replaced by U+FFFD."""
+    try:
+        text.encode("utf-8")
+        return text, False
+    except UnicodeEncodeError:
+        fixed = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        # surrogatepass keeps *paired* surrogates correct; unpaired ones become U+FFFD
+        return fixed, True
+
+
+def decode_bytes(data: bytes) -> tuple[str, bool]:
+    """Decode UTF-8 bytes, replacing invalid sequences by U+FFFD; report whether any were."""
+    try:
+        return data.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return data.decode("utf-8", "replace"), True
+
+
+def input_kind(path: Path) -> str:
+    """Classify an input path: ``dir``, ``jsonl``, ``parquet``, ``arrow`` or ``text``."""
+    if path.is_dir():
+        return "dir"
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in COMPRESSION_SUFFIXES:
+        suffixes = suffixes[:-1]
+    last = suffixes[-1] if suffixes else ""
+    if last in JSONL_SUFFIXES:
+        return "jsonl"
+    if last in PARQUET_SUFFIXES:
+        return "parquet"
+    if last in ARROW_SUFFIXES:
+        return "arrow"
+    return "text"
+
+
+def read_sources(
+    sources: Iterable[str | os.PathLike],
+    text_field: str = "text",
+    id_field: str | None = None,
+    skip_binary: bool = False,
+) -> Iterator[Record]:
+    """Yield the records of every source, in order (see the module docstring)."""
+    for src in sources:
+        path = Path(src)
+        if not path.exists():
+            raise CorpusError(f"{path}: no such file or directory")
+        kind = input_kind(path)
+        if kind == "dir":
+            yield from read_directory(path, skip_binary=skip_binary)
+        elif kind == "jsonl":
+            yield from read_jsonl(path, text_field, id_field)
+        elif kind == "parquet":
+            yield from read_parquet(path, text_field, id_field)
+        elif kind == "arrow":
+            yield from read_arrow(path, text_field, id_field)
+        else:
+            rec = read_text_file(path, skip_binary=skip_binary)
+            if rec is not None:
+                yield rec
+
+
+# --------------------------------------------------------------------------- text files
+
+
+def _is_binary(data: bytes) -> bool:
+    return b"\x00" in data[:BINARY_SNIFF_BYTES]
+
+
+def read_text_file(path: Path, skip_binary: bool = False, source: str | None = None) -> Record | None:
+    """One file, one document. Binary files raise (or return None with ``skip_binary``)."""
+    try:
+        data = _read_maybe_compressed(path)
+    except OSError as exc:
+        raise CorpusError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if _is_binary(data):
+        if skip_binary:
+            return None
+        raise CorpusError(
+            f"{path}: binary file (NUL byte in the first {BINARY_SNIFF_BYTES} bytes); "
+            "remove it or pass --skip-binary"
+        )
+    text, repaired = decode_bytes(data)
+    return Record(source=source or str(path), text=text, repaired=repaired)
+
+
+def iter_directory_files(root: Path) -> Iterator[Path]:
+    """Regular files below ``root`` in sorted order, skipping hidden entries and caches."""
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            p = Path(dirpath) / name
+            if p.is_file():
+                yield p
+
+
+def read_directory(root: Path, skip_binary: bool = False) -> Iterator[Record]:
+    for p in iter_directory_files(root):
+        rec = read_text_file(p, skip_binary=skip_binary)
+        if rec is not None:
+            yield rec
+
+
+def _read_maybe_compressed(path: Path) -> bytes:
+    suffix = path.suffix.lower()
+    if suffix == ".gz":
+        try:
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        except (gzip.BadGzipFile, EOFError) as exc:
+            raise CorpusError(f"{path}: not a valid gzip file: {exc}") from None
+    if suffix in (".zst", ".zstd"):
+        import zstandard
+
+        try:
+            with open(path, "rb") as raw:
+                return zstandard.ZstdDecompressor().stream_reader(raw).read()
+        except zstandard.ZstdError as exc:
+            raise CorpusError(f"{path}: not a valid zstd file: {exc}") from None
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _open_binary_stream(path: Path) -> io.BufferedIOBase:
+    suffix = path.suffix.lower()
+    if suffix == ".gz":
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    if suffix in (".zst", ".zstd"):
+        import zstandard
+
+        raw = open(path, "rb")
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
+    return open(path, "rb")
+
+
+# --------------------------------------------------------------------------- JSON Lines
+
+
+def _row_to_record(
+    row: dict[str, Any], source: str, where: str, text_field: str, id_field: str | None
+) -> Record:
+    if text_field not in row:
+        fields = ", ".join(sorted(map(str, row))[:10]) or "none"
+        raise CorpusError(f"{where}: no field {text_field!r} (fields: {fields}); use --text-field")
+    text = row[text_field]
+    if text is not None and not isinstance(text, str):
+        raise CorpusError(f"{where}: field {text_field!r} is {type(text).__name__}, not a string")
+    ext_id = None
+    if id_field is not None:
+        if id_field not in row:
+            raise CorpusError(f"{where}: no field {id_field!r} (the --id-field)")
+        ext_id = None if row[id_field] is None else str(row[id_field])
+    meta = {k: v for k, v in row.items() if k != text_field and k != id_field}
+    repaired = False
+    if text is not None:
+        text, repaired = repair_text(text)
+    return Record(source=source, text=text, ext_id=ext_id, metadata=meta, repaired=repaired)
+
+
+def read_jsonl(path: Path, text_field: str = "text", id_field: str | None = None) -> Iterator[Record]:
+    """One JSON object a line; blank lines are ignored; ``source`` is ``path#line``."""
+    try:
+        stream = _open_binary_stream(path)
+    except OSError as exc:
+        raise CorpusError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    lineno = 0
+    try:
+        with stream:
+            for raw in stream:
+                lineno += 1
+                if not raw.strip():
+                    continue
+                line, bad_utf8 = decode_bytes(raw)
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise CorpusError(f"{path}:{lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+                if not isinstance(row, dict):
+                    raise CorpusError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+                rec = _row_to_record(row, f"{path}#{lineno}", f"{path}:{lineno}", text_field, id_field)
+                rec.repaired = rec.repaired or bad_utf8
+                yield rec
+    except (OSError, EOFError) as exc:
+        raise CorpusError(f"{path}:{lineno + 1}: cannot read (truncated or corrupt?): {exc}") from None
+    except Exception as exc:  # zstandard errors, etc.
+        if isinstance(exc, CorpusError):
+            raise
+        if type(exc).__module__.startswith("zstandard"):
+            raise CorpusError(f"{path}: not a valid zstd file: {exc}") from None
+        raise
+
+
+# --------------------------------------------------------------------------- Parquet / Arrow
+
+
+def _iter_table_batches(path: Path, batches, schema, text_field: str, id_field: str | None) -> Iterator[Record]:
+    import pyarrow as pa
+
+    names = schema.names
+    if text_field not in names:
+        raise CorpusError(
+            f"{path}: no column {text_field!r} (columns: {', '.join(names[:10])}); use --text-field"
+        )
+    if id_field is not None and id_field not in names:
+        raise CorpusError(f"{path}: no column {id_field!r} (the --id-field)")
+    ftype = schema.field(text_field).type
+    if not (pa.types.is_string(ftype) or pa.types.is_large_string(ftype) or pa.types.is_binary(ftype)
+            or pa.types.is_large_binary(ftype) or pa.types.is_null(ftype)):
+        raise CorpusError(f"{path}: column {text_field!r} has type {ftype}, not a string")
+    is_binary = pa.types.is_binary(ftype) or pa.types.is_large_binary(ftype)
+    row = 0
+    for batch in batches:
+        cols = {name: batch.column(i) for i, name in enumerate(batch.schema.names)}
+        texts = cols[text_field].to_pylist()
+        ids = cols[id_field].to_pylist() if id_field is not None else None
+        meta_names = [n for n in cols if n != text_field and n != id_field]
+        meta_cols = {n: cols[n].to_pylist() for n in meta_names}
+        for i, text in enumerate(texts):
+            repaired = False
+            if text is not None:
+                if is_binary:
+                    text, repaired = decode_bytes(text)
+                else:
+                    text, repaired = repair_text(text)
+            meta = {n: meta_cols[n][i] for n in meta_names}
+            ext = None if ids is None or ids[i] is None else str(ids[i])
+            yield Record(source=f"{path}#{row}", text=text, ext_id=ext, metadata=meta, repaired=repaired)
+            row += 1
+
+
+def read_parquet(path: Path, text_field: str = "text", id_field: str | None = None) -> Iterator[Record]:
+    """Rows of a Parquet file; ``source`` is ``path#row`` (0-based)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+        schema = pf.schema_arrow
+    except (pa.ArrowException, OSError) as exc:
+        raise CorpusError(f"{path}: not a readable Parquet file: {exc}") from None
+    try:
+        yield from _iter_table_batches(path, pf.iter_batches(batch_size=4096), schema, text_field, id_field)
+    except pa.ArrowException as exc:
+        raise CorpusError(f"{path}: corrupt Parquet data: {exc}") from None
+
+
+def read_arrow(path: Path, text_field: str = "text", id_field: str | None = None) -> Iterator[Record]:
+    """Rows of an Arrow IPC file or stream (Feather v2); ``source`` is ``path#row``."""
+    import pyarrow as pa
+
+    try:
+        source = pa.memory_map(str(path), "r")
+    except (pa.ArrowException, OSError) as exc:
+        raise CorpusError(f"{path}: cannot read: {exc}") from None
+    try:
+        try:
+            reader = pa.ipc.open_file(source)
+            schema = reader.schema
+            batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+        except pa.ArrowInvalid:
+            source.seek(0)
+            try:
+                reader = pa.ipc.open_stream(source)
+            except pa.ArrowInvalid as exc:
+                raise CorpusError(f"{path}: not an Arrow IPC file or stream: {exc}") from None
+            schema = reader.schema
+            batches = iter(reader)
+        yield from _iter_table_batches(path, batches, schema, text_field, id_field)
+    except pa.ArrowException as exc:
+        raise CorpusError(f"{path}: corrupt Arrow data: {exc}") from None
+    finally:
+        source.close()

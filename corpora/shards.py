@@ -1,0 +1,225 @@
+"""Corpus folder on disk: Arrow IPC shards of bounded size plus ``corpus.json``.
+
+Layout and schema are fixed by ``docs/CONTRACTS.md`` section 1. Guarantees:
+
+* a shard holds at most ``max_shard_bytes`` bytes of UTF-8 text (default 1 GiB),
+  except a single document larger than that, which gets a shard of its own;
+* shards are Arrow IPC *file* format, so a reader can memory-map them
+  (:meth:`Corpus.table` is zero-copy);
+* ``doc_id`` is dense (0..N-1) in ingest order across shards;
+* :func:`open_corpus` validates the manifest (format, version, that every shard
+  exists with the recorded size) and raises :class:`CorpusError` naming the file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow as pa
+
+from corpora.errors import CorpusError
+
+CORPUS_FORMAT = "trawl-corpus"
+CORPUS_FORMAT_VERSION = 1
+MANIFEST_NAME = "corpus.json"
+DEFAULT_MAX_SHARD_BYTES = 1 << 30
+BATCH_TEXT_BYTES = 32 << 20  # flush a record batch at about this much text
+
+SHARD_SCHEMA = pa.schema(
+    [
+        pa.field("doc_id", pa.int64(), nullable=False),
+        pa.field("source", pa.string()),
+        pa.field("ext_id", pa.string()),
+        pa.field("text", pa.large_string(), nullable=False),
+        pa.field("metadata", pa.string()),
+    ]
+)
+
+
+@dataclass
+class Document:
+    """A corpus document (also what ``SuffixIndex.document`` returns)."""
+
+    doc_id: int
+    source: str
+    ext_id: str | None
+    text: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def shard_name(i: int) -> str:
+    return f"shard-{i:05d}.arrow"
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 16 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to ``path`` atomically (tmp file, fsync, rename)."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1, sort_keys=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class ShardWriter:
+    """Append documents; rolls over to a new shard when the text budget is reached.
+
+    Call :meth:`add` per document (text must be non-empty valid UTF-8, ids are
+    assigned here) and :meth:`close` once; :attr:`shards` then lists
+    ``{"name", "documents", "text_bytes", "sha256"}`` per shard.
+    """
+
+    def __init__(self, out_dir: Path, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES):
+        if max_shard_bytes <= 0:
+            raise ValueError("max_shard_bytes must be positive")
+        self.out_dir = Path(out_dir)
+        self.max_shard_bytes = int(max_shard_bytes)
+        self.shards: list[dict[str, Any]] = []
+        self.next_doc_id = 0
+        self._writer: pa.RecordBatchFileWriter | None = None
+        self._sink = None
+        self._shard_docs = 0
+        self._shard_bytes = 0
+        self._cols: dict[str, list] = {n: [] for n in SHARD_SCHEMA.names}
+        self._batch_bytes = 0
+
+    def add(self, source: str, text: str, ext_id: str | None, metadata_json: str, nbytes: int) -> int:
+        if self._writer is not None and self._shard_bytes + nbytes > self.max_shard_bytes and self._shard_docs:
+            self._finish_shard()
+        if self._writer is None:
+            self._start_shard()
+        doc_id = self.next_doc_id
+        self.next_doc_id += 1
+        c = self._cols
+        c["doc_id"].append(doc_id)
+        c["source"].append(source)
+        c["ext_id"].append(ext_id)
+        c["text"].append(text)
+        c["metadata"].append(metadata_json)
+        self._shard_docs += 1
+        self._shard_bytes += nbytes
+        self._batch_bytes += nbytes
+        if self._batch_bytes >= BATCH_TEXT_BYTES or len(c["doc_id"]) >= 65536:
+            self._flush_batch()
+        return doc_id
+
+    def _start_shard(self) -> None:
+        path = self.out_dir / shard_name(len(self.shards))
+        self._sink = pa.OSFile(str(path), "wb")
+        self._writer = pa.ipc.new_file(self._sink, SHARD_SCHEMA)
+        self._shard_docs = 0
+        self._shard_bytes = 0
+
+    def _flush_batch(self) -> None:
+        if not self._cols["doc_id"]:
+            return
+        arrays = [pa.array(self._cols[f.name], type=f.type) for f in SHARD_SCHEMA]
+        assert self._writer is not None
+        self._writer.write_batch(pa.record_batch(arrays, schema=SHARD_SCHEMA))
+        self._cols = {n: [] for n in SHARD_SCHEMA.names}
+        self._batch_bytes = 0
+
+    def _finish_shard(self) -> None:
+        self._flush_batch()
+        assert self._writer is not None and self._sink is not None
+        self._writer.close()
+        self._sink.close()
+        name = shard_name(len(self.shards))
+        path = self.out_dir / name
+        with open(path, "rb+") as f:
+            os.fsync(f.fileno())
+        self.shards.append(
+            {"name": name, "documents": self._shard_docs, "text_bytes": self._shard_bytes,
+             "sha256": sha256_file(path)}
+        )
+        self._writer = None
+        self._sink = None
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._finish_shard()
+
+
+class Corpus:
+    """A corpus folder opened for reading (see :func:`open_corpus`)."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any]):
+        self.path = Path(path)
+        self.manifest = manifest
+        self.shards: list[Path] = [self.path / s["name"] for s in manifest["shards"]]
+
+    @property
+    def documents(self) -> int:
+        return int(self.manifest["documents"])
+
+    @property
+    def text_bytes(self) -> int:
+        return int(self.manifest["text_bytes"])
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return dict(self.manifest.get("stats", {}))
+
+    def table(self, shard: int) -> pa.Table:
+        """The shard's rows, memory-mapped (zero-copy)."""
+        path = self.shards[shard]
+        try:
+            return pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+        except (pa.ArrowException, OSError) as exc:
+            raise CorpusError(f"{path}: corrupt or unreadable corpus shard: {exc}") from None
+
+    def iter_documents(self) -> Iterator[Document]:
+        for i in range(len(self.shards)):
+            t = self.table(i)
+            for batch in t.to_batches():
+                d = batch.to_pydict()
+                for j in range(batch.num_rows):
+                    yield Document(
+                        doc_id=d["doc_id"][j], source=d["source"][j], ext_id=d["ext_id"][j],
+                        text=d["text"][j], metadata=json.loads(d["metadata"][j] or "{}"),
+                    )
+
+    def __repr__(self) -> str:
+        return f"Corpus({str(self.path)!r}, documents={self.documents}, text_bytes={self.text_bytes})"
+
+
+def open_corpus(path: str | os.PathLike) -> Corpus:
+    """Open a corpus folder written by :func:`corpora.ingest`; validates its manifest."""
+    path = Path(path)
+    mpath = path / MANIFEST_NAME
+    if not path.is_dir():
+        raise CorpusError(f"{path}: not a corpus folder (no such directory)")
+    if not mpath.is_file():
+        raise CorpusError(f"{path}: not a corpus folder (no {MANIFEST_NAME}); build one with 'trawl corpus ingest'")
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorpusError(f"{mpath}: corrupt manifest: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != CORPUS_FORMAT:
+        raise CorpusError(f"{mpath}: not a trawl corpus manifest (format is not {CORPUS_FORMAT!r})")
+    if manifest.get("format_version") != CORPUS_FORMAT_VERSION:
+        raise CorpusError(
+            f"{mpath}: corpus format version {manifest.get('format_version')!r}, this trawl reads "
+            f"version {CORPUS_FORMAT_VERSION}; re-ingest the corpus"
+        )
+    for s in manifest.get("shards", []):
+        sp = path / s["name"]
+        if not sp.is_file():
+            raise CorpusError(f"{sp}: corpus shard missing")
+    return Corpus(path, manifest)

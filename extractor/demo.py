@@ -1,0 +1,167 @@
+"""``trawl demo``: the whole pipeline, end to end, on the embedded default.
+
+Steps (each one is the same code the individual commands run):
+
+1. corpus  - real text already on the machine (Python standard library, license
+             texts of installed packages and of the OS) into Arrow shards
+             (:func:`corpora.build_offline_corpus`);
+2. index   - byte-level suffix array over it (:func:`suffix_index.build_index`);
+3. model   - the embedded Gemma-3-270m served by the real llama.cpp
+             OpenAI-compatible server on a free loopback port;
+4. attacks - a discoverable-memorization pass (corpus prefixes, greedy
+             continuation) and the divergence attack (Nasr et al. 2023), for
+             a few minutes of wall time (:func:`extractor.sampler.run_attacks`);
+5. match   - every maximal verbatim span of at least ``min_tokens`` model tokens
+             (:meth:`suffix_index.SuffixIndex.match`);
+6. report  - HTML, Markdown and JSON (:func:`reports.write_report`).
+
+The corpus and the index are reused when a previous demo left them complete;
+the run is started afresh unless ``resume`` is set.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from extractor.errors import TrawlError
+
+# Ordered so that the discoverable pass (a bounded plan) runs first and the
+# divergence attack (a large plan, cut by the time budget) uses the rest.
+DEMO_DIVERGENCE = {
+    "samples": 1,
+    "repetitions": 50,
+    "max_tokens": 256,
+    "temperature": 1.0,
+}
+DEMO_DISCOVERABLE = {
+    "documents": 24,
+    "prefix_tokens": 32,
+    "suffix_tokens": 50,
+    "selection": "random",
+}
+
+
+@dataclass
+class DemoResult:
+    out_dir: Path
+    corpus_dir: Path
+    index_dir: Path
+    run_dir: Path
+    report_html: Path
+    report_md: Path
+    report_json: Path
+    metrics: dict
+
+
+def _say(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(f"trawl demo: {msg}", file=sys.stderr, flush=True)
+
+
+def _corpus(out: Path, corpus_mb: float, quiet: bool) -> Path:
+    from corpora import CorpusError, build_offline_corpus, open_corpus
+
+    path = out / "corpus"
+    if path.exists():
+        try:
+            c = open_corpus(path)
+            if c.manifest.get("max_bytes") == int(corpus_mb * (1 << 20)):
+                _say(f"[1/6] corpus: reusing {path} ({c.manifest['documents']} documents)", quiet)
+                return path
+        except CorpusError:
+            pass
+        shutil.rmtree(path)
+    _say(f"[1/6] corpus: collecting up to {corpus_mb:g} MiB of text shipped on this machine", quiet)
+    c = build_offline_corpus(path, max_bytes=int(corpus_mb * (1 << 20)), progress=not quiet)
+    m = c.manifest
+    _say(f"      {m['documents']} documents, {m['text_bytes'] / 1e6:.1f} MB -> {path}", quiet)
+    return path
+
+
+def _index(out: Path, corpus_dir: Path, quiet: bool) -> Path:
+    from suffix_index import IndexFormatError, SuffixIndex, build_index
+    from corpora.shards import sha256_file
+
+    path = out / "index"
+    corpus_sha = sha256_file(corpus_dir / "corpus.json")
+    if path.exists():
+        try:
+            idx = SuffixIndex.open(path)
+            if idx.manifest.get("build", {}).get("corpus_manifest_sha256") == corpus_sha:
+                _say(f"[2/6] index: reusing {path}", quiet)
+                return path
+        except IndexFormatError:
+            pass
+        shutil.rmtree(path)
+    _say("[2/6] index: building the byte-level suffix array", quiet)
+    t0 = time.perf_counter()
+    build_index(corpus_dir, path, jobs=2, progress=not quiet)
+    _say(f"      built in {time.perf_counter() - t0:.1f} s -> {path}", quiet)
+    return path
+
+
+def run_demo(
+    out_dir: str | Path = "trawl-out/demo",
+    *,
+    minutes: float = 3.0,
+    corpus_mb: float = 32.0,
+    min_tokens: int = 10,
+    resume: bool = False,
+    quiet: bool = False,
+) -> DemoResult:
+    from extractor.attacks import AttackSpec
+    from extractor.budget import Budget, Pricing
+    from extractor.embedded import EmbeddedServer
+    from extractor.sampler import run_attacks
+    from reports import compute_metrics, write_report
+    from suffix_index import SuffixIndex
+    from suffix_index.matchfile import match_to_parquet
+
+    if minutes <= 0:
+        raise TrawlError("--minutes must be > 0")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    corpus_dir = _corpus(out, corpus_mb, quiet)
+    index_dir = _index(out, corpus_dir, quiet)
+
+    run_dir = out / "run"
+    if run_dir.exists() and not resume:
+        shutil.rmtree(run_dir)
+    _say("[3/6] model: starting the embedded Gemma-3-270m on the llama.cpp server", quiet)
+    with EmbeddedServer(log_path=out / "llama-server.log") as srv:
+        _say(f"      serving {srv.model} at {srv.base_url}", quiet)
+        _say(f"[4/6] attacks: discoverable pass, then divergence, for {minutes:g} min", quiet)
+        summary = run_attacks(
+            str(run_dir),
+            endpoint=srv.base_url,
+            model=srv.model,
+            attacks=[
+                AttackSpec("discoverable", {**DEMO_DISCOVERABLE, "corpus": str(corpus_dir)}),
+                AttackSpec("divergence", dict(DEMO_DIVERGENCE)),
+            ],
+            budget=Budget(max_seconds=minutes * 60.0),
+            # What an hour of this 2-core CPU costs on a cloud (about a small VM),
+            # so that the cost figures are concrete; set your own price with `trawl sample`.
+            pricing=Pricing(gpu_hourly_usd=0.10),
+            concurrency=2,
+            resume=resume,
+            progress=not quiet,
+            api_key_env=None,
+        )
+    _say(f"      {summary.finished} generations ({summary.status}"
+         + (f": {summary.stop_reason}" if summary.stop_reason else "") + ")", quiet)
+
+    _say(f"[5/6] match: maximal verbatim spans of >= {min_tokens} model tokens", quiet)
+    with SuffixIndex.open(index_dir) as idx:
+        r = match_to_parquet(idx, run_dir, run_dir / "matches.parquet", min_tokens=min_tokens,
+                             progress=not quiet)
+    _say(f"      {r['spans']} span(s) in {r['generations']} generation(s)", quiet)
+
+    _say("[6/6] report", quiet)
+    metrics = compute_metrics(run_dir, index=str(index_dir))
+    paths = write_report(run_dir, metrics=metrics)
+    return DemoResult(out, corpus_dir, index_dir, run_dir, Path(paths.html), Path(paths.md), Path(paths.json), metrics)

@@ -1,0 +1,527 @@
+"""Write a run's report: self-contained HTML, a Markdown summary and the metrics JSON.
+
+Safety of extracted text: everything that came from the model or the corpus
+(span texts, sources, variant names, ...) passes through :func:`clean` (control
+characters and bidirectional overrides made visible, long text cut with a
+note) and is then HTML-escaped (or Markdown-escaped / put in a fence longer
+than any fence inside it). The HTML has no script at all and a
+Content-Security-Policy that forbids scripts and remote loads, so it works
+offline and a missed escape still could not run code. ``redact=True`` masks
+personal data and secrets (see :mod:`reports.categories`) in all three files.
+"""
+from __future__ import annotations
+
+import copy
+import html
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+
+from reports import svg
+from reports.categories import CATEGORIES, CATEGORY_LABELS, redact as _redact
+from reports.metrics import THRESHOLDS, compute_metrics
+
+MAX_SHOWN_CHARS = 4000
+TOP_SHOWN = 50
+VARIANTS_SHOWN = 200
+
+
+@dataclass
+class ReportPaths:
+    html: str
+    md: str
+    json: str
+    metrics: dict
+
+
+# ----------------------------------------------------------------------------- text safety
+
+_CTRL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+
+
+def _ctrl_repl(m: re.Match) -> str:
+    c = ord(m.group(0))
+    if c <= 0xff:
+        return f"\\x{c:02x}"            # visible, inert, readable in any font
+    return f"\\u{c:04x}"
+
+
+def clean(s, limit: int | None = MAX_SHOWN_CHARS) -> str:
+    """Make text safe to show: visible control/bidi characters, cut to ``limit`` characters."""
+    s = "" if s is None else str(s)
+    s = s.encode("utf-8", "replace").decode("utf-8", "replace") if any(0xD800 <= ord(c) <= 0xDFFF for c in s) else s
+    cut = ""
+    if limit is not None and len(s) > limit:
+        cut = f"\u2026 [{len(s) - limit:,} more characters not shown]"
+        s = s[:limit]
+    return _CTRL.sub(_ctrl_repl, s) + cut
+
+
+def esc(s, limit: int | None = 300) -> str:
+    return html.escape(clean(s, limit), quote=True)
+
+
+def redact_tree(obj):
+    """Copy of a JSON-like tree with :func:`reports.categories.redact` applied to every string."""
+    if isinstance(obj, str):
+        return _redact(obj)
+    if isinstance(obj, dict):
+        return {(_redact(k) if isinstance(k, str) else k): redact_tree(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [redact_tree(v) for v in obj]
+    return obj
+
+
+# ----------------------------------------------------------------------------- formatting
+
+def fmt_int(v) -> str:
+    return "n/a" if v is None else f"{int(v):,}"
+
+
+def fmt_pct(v, digits: int = 3) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v * 100:.{digits}g}%" if v else "0%"
+
+
+def fmt_num(v, digits: int = 4) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if v == 0:
+        return "0"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.{digits}g}"
+
+
+def fmt_bytes(v) -> str:
+    if v is None:
+        return "n/a"
+    for unit, k in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if v >= k:
+            return f"{v / k:.3g} {unit} ({int(v):,} bytes)"
+    return f"{int(v):,} bytes"
+
+
+def fmt_usd(v) -> str:
+    if v is None:
+        return "n/a"
+    if 0 < v < 0.01:
+        return f"${v:.{min(12, 2 - math.floor(math.log10(v)))}f}"   # three significant digits
+    return f"${v:,.4f}" if v < 100 else f"${v:,.2f}"
+
+
+NO_COST = "n/a \u2014 no cost recorded"
+
+
+def _cost_fig(v, m, kind):
+    if v is not None:
+        return fmt_num(v) if kind == "mb" else fmt_usd(v)
+    if not m["metrics"]["total_cost_usd"]:
+        return NO_COST
+    return "n/a \u2014 nothing memorized"
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def write_report(run_dir, out_dir=None, redact: bool = False, metrics: dict | None = None,
+                 window_tokens: int = 50, index=None) -> ReportPaths:
+    """Compute the metrics (unless given) and write ``report.html``, ``report.md`` and
+    ``metrics.json`` to ``out_dir`` (default ``RUN/report``). Returns their paths."""
+    run_dir = os.fspath(run_dir)
+    if metrics is None:
+        metrics = compute_metrics(run_dir, window_tokens=window_tokens, index=index)
+    m = redact_tree(metrics) if redact else copy.deepcopy(metrics)
+    m["redacted"] = bool(redact)
+    out_dir = os.fspath(out_dir) if out_dir is not None else os.path.join(run_dir, "report")
+    os.makedirs(out_dir, exist_ok=True)
+    paths = ReportPaths(os.path.join(out_dir, "report.html"), os.path.join(out_dir, "report.md"),
+                        os.path.join(out_dir, "metrics.json"), m)
+    _atomic_write(paths.json, json.dumps(m, indent=1, ensure_ascii=False, allow_nan=False, default=str) + "\n")
+    _atomic_write(paths.md, render_markdown(m))
+    _atomic_write(paths.html, render_html(m))
+    return paths
+
+
+def _atomic_write(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- shared content
+
+def headline(m: dict) -> list[tuple[str, str, str, str]]:
+    """(metric key, label, value, explanation) of the headline figures."""
+    t = m["metrics"]
+    W = m["parameters"]["window_tokens"]
+    d = m["definitions"]
+    return [
+        ("memorized_generations", "Memorized generations",
+         f"{fmt_int(t['memorized_generations'])} of {fmt_int(t['generations'])} ({fmt_pct(t['memorized_generation_fraction'])})",
+         d["memorized_generations"]),
+        ("memorized_token_fraction", "Memorized tokens", fmt_pct(t["memorized_token_fraction"]),
+         f"{fmt_int(t['memorized_tokens'])} of {fmt_int(t['generated_tokens'])} generated tokens: " + d["memorized_tokens"]),
+        ("unique_memorized_windows", f"Unique memorized {W}-token windows", fmt_int(t["unique_memorized_windows"]),
+         d["unique_memorized_windows"]),
+        ("unique_memorized_bytes", "Unique memorized bytes", fmt_bytes(t["unique_memorized_bytes"]),
+         d["unique_memorized_bytes"]),
+        ("longest_run_tokens", "Longest verbatim run",
+         f"{fmt_int(t['longest_run_tokens'])} tokens ({fmt_int(t['longest_run_bytes'])} bytes)", d["longest_run_tokens"]),
+        ("chao1_total_windows", "Estimated extractable windows (Chao1)", fmt_num(round(t["chao1_total_windows"])),
+         d["chao1_total_windows"]),
+        ("good_turing_new_probability", "P(next memorized window is new)", fmt_pct(t["good_turing_new_probability"]),
+         d["good_turing_new_probability"]),
+        ("mb_per_dollar", "Extractable MB per dollar", _cost_fig(t["mb_per_dollar"], m, "mb"), d["mb_per_dollar"]),
+        ("usd_per_unique_window", "Dollars per unique memorized example",
+         _cost_fig(t["usd_per_unique_window"], m, "usd"), d["usd_per_unique_window"]),
+        ("unique_memorized_documents", "Unique memorized documents (near-dup clusters)",
+         fmt_int(t["unique_memorized_documents"]), d["unique_memorized_documents"]),
+    ]
+
+
+BREAKDOWN_COLS = [
+    ("generations", "Generations", fmt_int),
+    ("memorized_generations", "Memorized gens", fmt_int),
+    ("memorized_generation_fraction", "% gens", fmt_pct),
+    ("memorized_token_fraction", "% tokens", fmt_pct),
+    ("unique_memorized_windows", "Unique windows", fmt_int),
+    ("unique_memorized_bytes", "Unique bytes", fmt_int),
+    ("longest_run_tokens", "Longest run (tok)", fmt_int),
+    ("total_cost_usd", "Cost", fmt_usd),
+    ("usd_per_unique_window", "$ / unique window", fmt_usd),
+]
+
+
+def _variant_rows(m: dict):
+    for attack, vs in sorted(m["per_variant"].items()):
+        items = sorted(vs.items(), key=lambda kv: (-kv[1]["memorized_generations"], -kv[1]["generations"], kv[0]))
+        for name, f in items[:VARIANTS_SHOWN]:
+            yield attack, name, f
+        if len(items) > VARIANTS_SHOWN:
+            yield attack, None, len(items) - VARIANTS_SHOWN
+
+
+# ----------------------------------------------------------------------------- HTML
+
+CSS = """
+:root{--fg:#1d2330;--mut:#5b6577;--bd:#d9dee7;--acc:#3b6ea5;--bg2:#f5f7fa}
+*{box-sizing:border-box}body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--fg);
+margin:0;background:#fff}main{max-width:1100px;margin:0 auto;padding:24px}
+h1{font-size:24px;margin:0 0 4px}h2{font-size:18px;margin:32px 0 8px;border-bottom:1px solid var(--bd);padding-bottom:4px}
+h3{font-size:15px;margin:18px 0 6px}.mut{color:var(--mut)}.small{font-size:12px}
+.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(250px,1fr));gap:12px;margin:16px 0}
+.card{border:1px solid var(--bd);border-radius:8px;padding:12px 14px;background:var(--bg2)}
+.card .v{font-size:22px;font-weight:650;margin:2px 0;overflow-wrap:anywhere}.card .l{font-weight:600}
+.card .d{font-size:12px;color:var(--mut)}
+table{border-collapse:collapse;width:100%;margin:8px 0;font-size:13px}th,td{border:1px solid var(--bd);padding:4px 6px;
+text-align:right;vertical-align:top}th{background:var(--bg2)}td.t,th.t{text-align:left;overflow-wrap:anywhere;max-width:320px}td.a{white-space:nowrap}
+pre.x{white-space:pre-wrap;overflow-wrap:anywhere;word-break:break-all;max-height:18em;overflow:auto;background:#fbfbf7;
+border:1px solid var(--bd);border-radius:6px;padding:8px;font:12px/1.4 ui-monospace,Menlo,Consolas,monospace;margin:4px 0}
+.span{border-left:3px solid var(--acc);padding:2px 0 2px 10px;margin:14px 0}.tag{display:inline-block;background:#e8eef7;
+border-radius:4px;padding:0 6px;margin-right:4px;font-size:12px}.warn{background:#fff6e0;border:1px solid #f0d48a;
+border-radius:6px;padding:8px 12px}svg.chart{max-width:100%;height:auto;background:#fff}svg .ct{font-size:14px;font-weight:600}
+svg .tick{font-size:11px;fill:#444}svg .lab{font-size:12px;fill:#333}svg .grid{stroke:#eceff4}svg .axis{stroke:#888}
+dl.defs dt{font-weight:600;margin-top:6px}dl.defs dd{margin:0 0 0 16px;color:var(--mut)}
+"""
+
+
+def render_html(m: dict) -> str:
+    t = m["metrics"]
+    p = m["parameters"]
+    W = p["window_tokens"]
+    run = m["run"]
+    h = []
+    a = h.append
+    title = "trawl memorization report"
+    a("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">")
+    a("<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; "
+      "img-src data:; script-src 'none'; base-uri 'none'; form-action 'none'\">")
+    a("<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">")
+    a(f"<title>{esc(title)} \u2014 {esc(', '.join(run['run_ids']) or os.path.basename(run['run_dir']))}</title>")
+    a(f"<style>{CSS}</style></head><body><main>")
+    a(f"<h1>{esc(title)}</h1>")
+    a("<p class=\"mut\">Run <b>" + esc(", ".join(run["run_ids"]) or run["run_dir"]) + "</b> \u00b7 model "
+      + esc(", ".join(run["models"]) or "unknown") + " \u00b7 report schema " + esc(m["schema_version"])
+      + " \u00b7 generated " + esc(m["generated_at"]) + (" \u00b7 <b>personal data redacted</b>" if m.get("redacted") else "")
+      + "</p>")
+    a(f"<p>A token counts as <b>memorized</b> when it lies in a window of {W} consecutive generated tokens whose exact "
+      f"text occurs in the reference corpus (Nasr et al. 2023). The matcher ran with a threshold of "
+      f"<b id=\"matcher-threshold\">{esc(p['matcher_min_tokens'])} tokens</b> ({esc(p['matcher_min_tokens_source'])}); "
+      f"index manifest sha256 <code>{esc(str(p['index_manifest_sha256'] or 'not recorded')[:16])}</code>.</p>")
+    if m.get("warnings"):
+        a("<div class=\"warn\"><b>Warnings</b><ul>" + "".join(f"<li>{esc(w, 1000)}</li>" for w in m["warnings"])
+          + "</ul></div>")
+    # headline cards
+    a("<section id=\"headline\"><h2>Headline figures</h2><div class=\"cards\">")
+    for key, label, value, expl in headline(m):
+        a(f"<div class=\"card\" data-metric=\"{esc(key)}\"><div class=\"l\">{esc(label)}</div>"
+          f"<div class=\"v\">{esc(value)}</div><div class=\"d\">{esc(expl, 1000)}</div></div>")
+    a("</div></section>")
+    # run lengths
+    a("<section id=\"run-lengths\"><h2>Verbatim run lengths</h2>")
+    a(f"<p class=\"small mut\">A run is a maximal verbatim span; its length is the number of generation tokens fully inside "
+      f"it. Counts below the matcher threshold ({esc(p['matcher_min_tokens'])} tokens) are not measured and shown as "
+      f"\u201cnot measured\u201d.</p>")
+    a("<table><tr><th class=\"t\">At least</th><th>Spans</th><th>Generations</th></tr>")
+    for th in THRESHOLDS:
+        sp, gn = t.get(f"spans_ge_{th}"), t.get(f"generations_ge_{th}")
+        a(f"<tr data-threshold=\"{th}\"><td class=\"t\">{th} tokens</td><td>{fmt_int(sp) if sp is not None else 'not measured'}</td>"
+          f"<td>{fmt_int(gn) if gn is not None else 'not measured'}</td></tr>")
+    a("</table>")
+    rl = {int(k): v for k, v in m["run_lengths"]["counts_by_tokens"].items()}
+    if rl:
+        a(svg.bar_chart(_log_bins(rl, p["matcher_min_tokens"]), "Distribution of verbatim run lengths",
+                        "run length (tokens, bins)", "spans", marks=_bin_marks(rl, p["matcher_min_tokens"], W)))
+    a("</section>")
+    # extrapolation
+    e = m["extrapolation"]
+    a("<section id=\"extrapolation\"><h2>How much more is there? (extrapolation)</h2>")
+    fq = e["frequency_counts"]
+    a(f"<p>Each unique memorized window is counted once per generation; f<sub>k</sub> is the number of unique windows seen "
+      f"in exactly k generations. Observed: <b>{fmt_int(e['unique_windows'])}</b> unique windows in "
+      f"{fmt_int(e['window_incidences'])} (window, generation) incidences; f<sub>1</sub> = {fmt_int(fq.get('1', 0))}, "
+      f"f<sub>2</sub> = {fmt_int(fq.get('2', 0))}. <b>Good-Turing</b>: the chance that the next memorized window is new "
+      f"is f<sub>1</sub>/N = {fmt_pct(e['good_turing_new_probability'])}. <b>Chao1</b> estimate of all extractable "
+      f"unique windows: {fmt_num(round(e['chao1_total_windows']))} ({esc(m['definitions']['chao1_total_windows'])}). "
+      f"Curve: {esc(e['method'])}.</p>")
+    if fq and not fq.get("2"):
+        a("<p class=\"warn\">No memorized window was seen in two generations (f<sub>2</sub> = 0): Chao1 falls back to its "
+          "bias-corrected form and the extrapolation is unreliable; collect more generations before relying on "
+          "the estimate of the total.</p>")
+    if e["observed_curve"]:
+        obs = [(x, y) for x, y in e["observed_curve"]]
+        ext = [(x, y) for x, y in e["extrapolated_curve"]]
+        top = max([y for _, y in obs + ext] + [1])
+        chao = e["chao1_total_windows"]
+        hl = (chao, f"Chao1 = {fmt_num(round(chao))}") if chao <= top * 1.6 else None
+        a(svg.line_chart(
+            [{"name": "observed", "points": obs, "color": "#3b6ea5"},
+             {"name": "extrapolated (Chao et al. 2014)", "points": ext, "color": "#c0392b", "dash": True}],
+            "Unique memorized windows against generations", "generations", "unique memorized windows",
+            hline=hl, vline=(obs[-1][0], "observed | extrapolated")))
+        if hl is None:
+            a(f"<p class=\"small mut\">The Chao1 asymptote ({fmt_num(round(chao))}) lies above the chart.</p>")
+    if fq:
+        a("<table style=\"width:auto\"><tr><th class=\"t\">k (generations)</th>" +
+          "".join(f"<th>{esc(k)}</th>" for k in list(fq)[:12]) + "</tr><tr><td class=\"t\">f<sub>k</sub></td>" +
+          "".join(f"<td>{fmt_int(v)}</td>" for v in list(fq.values())[:12]) + "</tr></table>")
+    a("</section>")
+    # cost
+    a("<section id=\"cost\"><h2>Cost</h2>")
+    a(f"<p>Total cost <b>{fmt_usd(t['total_cost_usd']) if t['total_cost_usd'] else NO_COST}</b> "
+      f"({esc(p['cost_source'])}). Extractable MB per dollar: <b>{esc(_cost_fig(t['mb_per_dollar'], m, 'mb'))}</b> "
+      f"(unique memorized bytes / 10<sup>6</sup> / total cost). Dollars per unique memorized example: "
+      f"<b>{esc(_cost_fig(t['usd_per_unique_window'], m, 'usd'))}</b> (total cost / unique memorized {W}-token windows).</p>")
+    a("</section>")
+    # breakdowns
+    a("<section id=\"per-attack\"><h2>Per attack</h2>")
+    a(_html_breakdown([(atk, None, f) for atk, f in sorted(m["per_attack"].items())], show_variant=False))
+    a("</section><section id=\"per-variant\"><h2>Per attack and variant</h2>")
+    a("<p class=\"small mut\">Variant = the repeated word for the divergence attack, the prefix source for prefix attacks. "
+      f"Sorted by memorized generations; at most {VARIANTS_SHOWN} per attack shown (all are in metrics.json).</p>")
+    rows = list(_variant_rows(m))
+    a(_html_breakdown(rows, show_variant=True))
+    div = m["per_variant"].get("divergence", {})
+    if len(div) > 1:
+        bars = sorted(((v, f["memorized_generation_fraction"] or 0) for v, f in div.items()), key=lambda b: -b[1])[:40]
+        a(svg.bar_chart(bars, "Divergence attack: memorized generations by repeated word", "repeated word",
+                        "fraction of generations", value_fmt=lambda v: f"{v * 100:.3g}%"))
+    a("</section>")
+    # near duplicates, approximate
+    nd = m["near_duplicates"]
+    a("<section id=\"near-duplicates\"><h2>Unique memorized documents (near-duplicates)</h2>")
+    a(f"<p>{fmt_int(nd['distinct_texts'])} distinct memorized texts (spans of \u2265 {W} tokens) form "
+      f"<b>{fmt_int(nd['clusters'])}</b> near-duplicate clusters (datasketch MinHash LSH, {nd['num_perm']} permutations, "
+      f"Jaccard \u2265 {nd['threshold']} on {esc(nd['shingle'])}); largest cluster {fmt_int(nd['largest_cluster'])} texts. "
+      f"They come from {fmt_int(t['unique_source_documents'])} distinct corpus documents (canonical occurrence)."
+      + (f" Only the first {fmt_int(nd['clustered_texts'])} texts were clustered." if nd.get("capped") else "") + "</p>")
+    a("</section><section id=\"approximate\"><h2>Approximate memorization (reported apart)</h2>")
+    a(f"<p>Discoverable-attack rows whose greedy continuation is within an edit-distance ratio of "
+      f"{p['approximate_edit_distance_ratio']} of the corpus continuation but not identical: "
+      f"<b>{fmt_int(t['approximate_memorization_hits'])}</b>; exact discoverable hits: "
+      f"<b>{fmt_int(t['exact_discoverable_hits'])}</b>. These are not part of the verbatim figures above.</p>")
+    for ex_ in m["approximate"]["examples"][:10]:
+        a(f"<div class=\"span\"><span class=\"tag\">ratio {esc(ex_['edit_distance_ratio'])}</span>"
+          f"<span class=\"tag\">doc {esc(ex_['doc_id'])}</span><span class=\"tag\">{esc(ex_['variant'], 80)}</span>"
+          f"<div class=\"small mut\">model output</div><pre class=\"x\">{esc(ex_['completion'], 1500)}</pre>"
+          f"<div class=\"small mut\">corpus continuation</div><pre class=\"x\">{esc(ex_['target'], 1500)}</pre></div>")
+    a("</section>")
+    # categories
+    a("<section id=\"categories\"><h2>What was extracted (content categories)</h2>")
+    a("<p class=\"small mut\">Distinct memorized texts (spans of \u2265 " + str(W) + " tokens) in which each detector fired, "
+      "and the number of distinct values found. Detectors are documented regular expressions (reports/categories.py)."
+      + (" Values are redacted." if m.get("redacted") else "") + "</p>")
+    a("<table><tr><th class=\"t\">Category</th><th>Texts</th><th>Distinct values</th><th class=\"t\">Examples</th></tr>")
+    for c in CATEGORIES:
+        cat = m["categories"][c]
+        exs = ", ".join(clean(x, 80) for x in cat["examples"][:5]) if c not in ("code",) else ""
+        a(f"<tr data-category=\"{c}\"><td class=\"t\">{esc(CATEGORY_LABELS[c])}</td><td>{fmt_int(cat['spans'])}</td>"
+          f"<td>{fmt_int(cat['unique_values'])}</td><td class=\"t\">{html.escape(exs, quote=True)}</td></tr>")
+    a("</table></section>")
+    # spans
+    a(f"<section id=\"spans\"><h2>Memorized spans (longest first)</h2><p class=\"small mut\">Each distinct memorized "
+      f"text once; \u201cgenerations\u201d = how many generations emitted it; \u201coccurrences\u201d = how often the "
+      f"corpus holds it; the document shown is the canonical (first) occurrence unless an index was given. Text is "
+      f"shown escaped, control characters as visible symbols, cut at {MAX_SHOWN_CHARS:,} characters.</p>")
+    for i, s in enumerate(m["top_spans"][:TOP_SHOWN]):
+        docs = "; ".join(f"doc {d['doc_id']} ({clean(d.get('source'), 200)})" for d in s.get("documents", [])[:5])
+        held = s.get("documents_holding")
+        a(f"<div class=\"span\" id=\"span-{i}\"><span class=\"tag\">{fmt_int(s['tokens'])} tokens</span>"
+          f"<span class=\"tag\">{fmt_int(s['bytes'])} bytes</span><span class=\"tag\">{fmt_int(s['generations'])} generation(s)</span>"
+          f"<span class=\"tag\">{fmt_int(s['occurrences'])} corpus occurrence(s)</span>"
+          f"<span class=\"tag\">{esc(s['attack'], 40)} / {esc(s['variant'], 60)}</span>"
+          + "".join(f"<span class=\"tag\">{esc(CATEGORY_LABELS[c])}</span>" for c in s.get("categories", []))
+          + f"<div class=\"small mut\">documents holding it: {esc(held if held is not None else 'at least 1')}; "
+          f"where: {html.escape(docs, quote=True)}; shard {esc(s['shard'])}, offset {fmt_int(s['doc_offset'])}</div>"
+          f"<pre class=\"x\">{esc(s['text'], MAX_SHOWN_CHARS)}</pre></div>")
+    if not m["top_spans"]:
+        a("<p>No memorized span.</p>")
+    a("</section>")
+    # definitions
+    a("<section id=\"definitions\"><h2>Definitions</h2><dl class=\"defs\">")
+    for k, v in m["definitions"].items():
+        a(f"<dt>{esc(k)}</dt><dd>{esc(v, 2000)}</dd>")
+    a("</dl><p class=\"small mut\">Windows are compared as 64-bit BLAKE2b digests (expected colliding pairs n\u00b2/2\u2076\u2075). "
+      "Unique memorized bytes use each span's canonical corpus occurrence. Full figures: metrics.json (schema "
+      + esc(m["schema_version"]) + ").</p></section>")
+    a("</main></body></html>\n")
+    return "".join(h)
+
+
+def _html_breakdown(rows, show_variant: bool) -> str:
+    out = ["<table><tr><th class=\"t\">Attack</th>" + ("<th class=\"t\">Variant</th>" if show_variant else "")
+           + "".join(f"<th>{esc(label)}</th>" for _, label, _f in BREAKDOWN_COLS) + "</tr>"]
+    for atk, var, f in rows:
+        if show_variant and var is None:
+            out.append(f"<tr><td class=\"t\">{esc(atk, 60)}</td><td class=\"t\" colspan=\"{len(BREAKDOWN_COLS) + 1}\">"
+                       f"\u2026 {fmt_int(f)} more variants in metrics.json</td></tr>")
+            continue
+        out.append(f"<tr><td class=\"t a\">{esc(atk, 60)}</td>" + (f"<td class=\"t\">{esc(var, 80)}</td>" if show_variant else "")
+                   + "".join(f"<td>{esc(fn(f.get(k)))}</td>" for k, _l, fn in BREAKDOWN_COLS) + "</tr>")
+    out.append("</table>")
+    return "".join(out)
+
+
+def _bins(min_tokens: int) -> list[tuple[int, int]]:
+    edges = [min_tokens] + [e for e in (20, 30, 40, 50, 75, 100, 150, 200, 300, 500, 1000, 2000, 5000) if e > min_tokens]
+    return [(edges[i], edges[i + 1]) for i in range(len(edges) - 1)] + [(edges[-1], 10 ** 12)]
+
+
+def _log_bins(rl: dict[int, int], min_tokens: int) -> list[tuple[str, float]]:
+    out = []
+    bins = _bins(min_tokens)
+    top = max(rl)
+    for lo, hi in bins:
+        if lo > top:
+            break
+        label = f"{lo}-{hi - 1}" if hi < 10 ** 12 else f"{lo}+"
+        out.append((label, float(sum(v for k, v in rl.items() if lo <= k < hi))))
+    return out
+
+
+def _bin_marks(rl, min_tokens, W):
+    for i, (lo, _hi) in enumerate(_bins(min_tokens)):
+        if lo == W and lo <= max(rl):
+            return [(i, f"\u2265 {W}: memorized")]
+    return []
+
+
+# ----------------------------------------------------------------------------- Markdown
+
+def md_cell(s, limit: int = 120) -> str:
+    s = clean(s, limit).replace("\r", " ").replace("\n", " ")
+    s = html.escape(s, quote=False)
+    return re.sub(r"([\\`*_\[\]|#!~])", r"\\\1", s)
+
+
+def md_fence(text: str) -> str:
+    body = clean(text, MAX_SHOWN_CHARS)
+    longest = max((len(r) for r in re.findall(r"~+|`+", body)), default=0)
+    fence = "~" * max(4, longest + 1)
+    return f"{fence}text\n{body}\n{fence}"
+
+
+def render_markdown(m: dict) -> str:
+    t = m["metrics"]
+    p = m["parameters"]
+    W = p["window_tokens"]
+    run = m["run"]
+    L = []
+    a = L.append
+    a("# trawl memorization report\n")
+    a(f"Run **{md_cell(', '.join(run['run_ids']) or run['run_dir'])}**, model {md_cell(', '.join(run['models']) or 'unknown')}, "
+      f"schema {m['schema_version']}, generated {m['generated_at']}"
+      + (", **personal data redacted**" if m.get("redacted") else "") + ".\n")
+    a(f"A token counts as memorized when it lies in a window of {W} consecutive generated tokens whose exact text "
+      f"occurs in the reference corpus (Nasr et al. 2023). Matcher threshold: {p['matcher_min_tokens']} tokens "
+      f"({md_cell(p['matcher_min_tokens_source'])}).\n")
+    for w in m.get("warnings", []):
+        a(f"> **Warning:** {md_cell(w, 1000)}\n")
+    a("## Headline figures\n")
+    a("| Figure | Value | Definition |\n|---|---|---|")
+    for key, label, value, expl in headline(m):
+        a(f"| {md_cell(label)} | {md_cell(value)} | {md_cell(expl, 400)} |")
+    a("\n## Verbatim run lengths\n")
+    a("| At least | Spans | Generations |\n|---|---:|---:|")
+    for th in THRESHOLDS:
+        sp, gn = t.get(f"spans_ge_{th}"), t.get(f"generations_ge_{th}")
+        a(f"| {th} tokens | {fmt_int(sp) if sp is not None else 'not measured'} | "
+          f"{fmt_int(gn) if gn is not None else 'not measured'} |")
+    e = m["extrapolation"]
+    fq = e["frequency_counts"]
+    a("\n## Extrapolation\n")
+    a(f"f1 = {fq.get('1', 0)}, f2 = {fq.get('2', 0)}, unique windows = {e['unique_windows']}, incidences N = "
+      f"{e['window_incidences']}. Good-Turing P(next window is new) = f1/N = {fmt_pct(e['good_turing_new_probability'])}. "
+      f"Chao1 total extractable windows = {fmt_num(round(e['chao1_total_windows']))}. Method: {md_cell(e['method'], 400)}.\n")
+    a("## Cost\n")
+    a(f"Total {fmt_usd(t['total_cost_usd']) if t['total_cost_usd'] else NO_COST} ({md_cell(p['cost_source'])}); "
+      f"extractable MB per dollar {_cost_fig(t['mb_per_dollar'], m, 'mb')}; dollars per unique memorized example "
+      f"{_cost_fig(t['usd_per_unique_window'], m, 'usd')}.\n")
+    a("## Per attack\n")
+    a(_md_breakdown([(k, None, f) for k, f in sorted(m["per_attack"].items())], False))
+    a("\n## Per attack and variant\n")
+    a(_md_breakdown(list(_variant_rows(m)), True))
+    nd = m["near_duplicates"]
+    a("\n## Near-duplicates and approximate memorization\n")
+    a(f"{nd['distinct_texts']} distinct memorized texts form {nd['clusters']} near-duplicate clusters (MinHash LSH, "
+      f"Jaccard >= {nd['threshold']}), from {t['unique_source_documents']} distinct corpus documents. "
+      f"Approximate memorization hits (discoverable, edit-distance ratio <= {p['approximate_edit_distance_ratio']}, "
+      f"not exact), reported apart: {t['approximate_memorization_hits']}; exact discoverable hits: "
+      f"{t['exact_discoverable_hits']}.\n")
+    a("## Content categories\n")
+    a("| Category | Texts | Distinct values |\n|---|---:|---:|")
+    for c in CATEGORIES:
+        a(f"| {CATEGORY_LABELS[c]} | {m['categories'][c]['spans']} | {m['categories'][c]['unique_values']} |")
+    a("\n## Longest memorized spans\n")
+    for s in m["top_spans"][:10]:
+        a(f"- {s['tokens']} tokens, {s['generations']} generation(s), {s['occurrences']} corpus occurrence(s), "
+          f"{md_cell(s['attack'], 40)} / {md_cell(s['variant'], 60)}, doc {s['doc_id']} ({md_cell(s['source'], 200)})\n")
+        a(md_fence(s["text"]) + "\n")
+    if not m["top_spans"]:
+        a("No memorized span.\n")
+    a("## Definitions\n")
+    for k, v in m["definitions"].items():
+        a(f"- **{k}**: {md_cell(v, 2000)}")
+    a("")
+    return "\n".join(L) + "\n"
+
+
+def _md_breakdown(rows, show_variant: bool) -> str:
+    head = "| Attack |" + (" Variant |" if show_variant else "") + "".join(f" {l} |" for _, l, _f in BREAKDOWN_COLS)
+    sep = "|---|" + ("---|" if show_variant else "") + "---:|" * len(BREAKDOWN_COLS)
+    out = [head, sep]
+    for atk, var, f in rows:
+        if show_variant and var is None:
+            out.append(f"| {md_cell(atk, 60)} | ... {f} more variants in metrics.json |" + " |" * len(BREAKDOWN_COLS))
+            continue
+        out.append(f"| {md_cell(atk, 60)} |" + (f" {md_cell(var, 80)} |" if show_variant else "")
+                   + "".join(f" {fn(f.get(k))} |" for k, _l, fn in BREAKDOWN_COLS))
+    return "\n".join(out) + "\n"

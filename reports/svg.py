@@ -1,0 +1,135 @@
+"""Small inline-SVG charts (no plotting dependency; every label escaped)."""
+from __future__ import annotations
+
+import html
+import math
+
+
+def _e(s) -> str:
+    return html.escape(str(s), quote=True)
+
+
+def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    if hi <= lo:
+        hi = lo + 1
+    span = hi - lo
+    step = 10 ** math.floor(math.log10(span / n))
+    for m in (1, 2, 2.5, 5, 10):
+        if span / (step * m) <= n:
+            step *= m
+            break
+    first = math.ceil(lo / step) * step
+    out, v = [], first
+    while v <= hi + step * 1e-9:
+        out.append(round(v, 10))
+        v += step
+    return out
+
+
+def _fmt_tick(v: float) -> str:
+    if v == 0:
+        return "0"
+    a = abs(v)
+    if a >= 1e9:
+        return f"{v / 1e9:g}G"
+    if a >= 1e6:
+        return f"{v / 1e6:g}M"
+    if a >= 1e3:
+        return f"{v / 1e3:g}k"
+    if a < 0.01:
+        return f"{v:.0e}"
+    return f"{v:g}"
+
+
+def line_chart(series: list[dict], title: str, xlabel: str, ylabel: str, width: int = 640, height: int = 320,
+               hline: tuple[float, str] | None = None, vline: tuple[float, str] | None = None) -> str:
+    """``series``: [{"name", "points": [(x, y)], "color", "dash": bool}]."""
+    ml, mr, mt, mb = 64, 16, 34, 44
+    pw, ph = width - ml - mr, height - mt - mb
+    xs = [p[0] for s in series for p in s["points"]] or [0, 1]
+    ys = [p[1] for s in series for p in s["points"]] or [0, 1]
+    if hline:
+        ys.append(hline[0])
+    x0, x1 = 0.0, max(max(xs), 1)
+    y0, y1 = 0.0, max(max(ys) * 1.05, 1)
+
+    def X(x):
+        return ml + (x - x0) / (x1 - x0) * pw
+
+    def Y(y):
+        return mt + ph - (y - y0) / (y1 - y0) * ph
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" '
+           f'height="{height}" role="img" aria-label="{_e(title)}" class="chart">',
+           f'<text x="{width / 2}" y="20" text-anchor="middle" class="ct">{_e(title)}</text>']
+    for t in _nice_ticks(y0, y1):
+        out.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{Y(t):.1f}" y2="{Y(t):.1f}" class="grid"/>'
+                   f'<text x="{ml - 6}" y="{Y(t) + 4:.1f}" text-anchor="end" class="tick">{_e(_fmt_tick(t))}</text>')
+    for t in _nice_ticks(x0, x1):
+        out.append(f'<line x1="{X(t):.1f}" x2="{X(t):.1f}" y1="{mt + ph}" y2="{mt + ph + 4}" class="axis"/>'
+                   f'<text x="{X(t):.1f}" y="{mt + ph + 16}" text-anchor="middle" class="tick">{_e(_fmt_tick(t))}</text>')
+    out.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{mt + ph}" y2="{mt + ph}" class="axis"/>'
+               f'<line x1="{ml}" x2="{ml}" y1="{mt}" y2="{mt + ph}" class="axis"/>')
+    out.append(f'<text x="{ml + pw / 2}" y="{height - 6}" text-anchor="middle" class="lab">{_e(xlabel)}</text>'
+               f'<text transform="translate(14 {mt + ph / 2}) rotate(-90)" text-anchor="middle" class="lab">'
+               f'{_e(ylabel)}</text>')
+    if hline:
+        out.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{Y(hline[0]):.1f}" y2="{Y(hline[0]):.1f}" '
+                   f'stroke="#999" stroke-dasharray="2 3"/>'
+                   f'<text x="{ml + pw - 4}" y="{Y(hline[0]) - 4:.1f}" text-anchor="end" class="tick">{_e(hline[1])}</text>')
+    if vline:
+        out.append(f'<line x1="{X(vline[0]):.1f}" x2="{X(vline[0]):.1f}" y1="{mt}" y2="{mt + ph}" '
+                   f'stroke="#bbb" stroke-dasharray="4 3"/>'
+                   f'<text x="{X(vline[0]) + 4:.1f}" y="{mt + ph - 6}" class="tick">{_e(vline[1])}</text>')
+    ly = mt + 8
+    for s in series:
+        pts = " ".join(f"{X(x):.1f},{Y(y):.1f}" for x, y in s["points"])
+        dash = ' stroke-dasharray="6 4"' if s.get("dash") else ""
+        if pts:
+            out.append(f'<polyline fill="none" stroke="{_e(s["color"])}" stroke-width="2"{dash} points="{pts}"/>')
+        out.append(f'<line x1="{ml + 10}" x2="{ml + 34}" y1="{ly}" y2="{ly}" stroke="{_e(s["color"])}" '
+                   f'stroke-width="2"{dash}/><text x="{ml + 40}" y="{ly + 4}" class="tick">{_e(s["name"])}</text>')
+        ly += 16
+    out.append("</svg>")
+    return "".join(out)
+
+
+def bar_chart(bars: list[tuple[str, float]], title: str, xlabel: str, ylabel: str, width: int = 640,
+              height: int = 300, color: str = "#3b6ea5", value_fmt=_fmt_tick, marks: list[tuple[float, str]] = ()) -> str:
+    """Vertical bars ``[(label, value)]``; ``marks``: dashed vertical separators ``(bar index, label)``."""
+    ml, mr, mt, mb = 64, 16, 34, 58
+    pw, ph = width - ml - mr, height - mt - mb
+    n = max(len(bars), 1)
+    ymax = max([v for _, v in bars] + [1e-12])
+    y1 = ymax * 1.1
+
+    def Y(y):
+        return mt + ph - y / y1 * ph
+
+    bw = pw / n
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" '
+           f'height="{height}" role="img" aria-label="{_e(title)}" class="chart">',
+           f'<text x="{width / 2}" y="20" text-anchor="middle" class="ct">{_e(title)}</text>']
+    for t in _nice_ticks(0, y1):
+        out.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{Y(t):.1f}" y2="{Y(t):.1f}" class="grid"/>'
+                   f'<text x="{ml - 6}" y="{Y(t) + 4:.1f}" text-anchor="end" class="tick">{_e(value_fmt(t))}</text>')
+    step = max(1, math.ceil(n / 24))
+    for i, (label, v) in enumerate(bars):
+        x = ml + i * bw
+        h = v / y1 * ph
+        out.append(f'<rect x="{x + bw * 0.1:.1f}" y="{mt + ph - h:.1f}" width="{bw * 0.8:.1f}" height="{h:.1f}" '
+                   f'fill="{_e(color)}"><title>{_e(label)}: {_e(value_fmt(v))}</title></rect>')
+        if i % step == 0:
+            lab = label if len(label) <= 10 else label[:9] + "\u2026"
+            out.append(f'<text transform="translate({x + bw / 2:.1f} {mt + ph + 10}) rotate(35)" '
+                       f'class="tick">{_e(lab)}</text>')
+    for idx, lab in marks:
+        x = ml + idx * bw
+        out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{mt}" y2="{mt + ph}" stroke="#c0392b" '
+                   f'stroke-dasharray="4 3"/><text x="{x + 3:.1f}" y="{mt + 10}" class="tick">{_e(lab)}</text>')
+    out.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{mt + ph}" y2="{mt + ph}" class="axis"/>'
+               f'<line x1="{ml}" x2="{ml}" y1="{mt}" y2="{mt + ph}" class="axis"/>'
+               f'<text x="{ml + pw / 2}" y="{height - 4}" text-anchor="middle" class="lab">{_e(xlabel)}</text>'
+               f'<text transform="translate(14 {mt + ph / 2}) rotate(-90)" text-anchor="middle" class="lab">'
+               f'{_e(ylabel)}</text></svg>')
+    return "".join(out)

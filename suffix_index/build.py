@@ -1,0 +1,282 @@
+"""Build a byte-level suffix-array index from a corpus folder.
+
+One index shard per corpus shard (``docs/CONTRACTS.md`` §2):
+
+* ``shard-NNNNN.bytes``: for each document, the byte ``0xFF`` then its UTF-8 text.
+  ``0xFF`` never occurs in UTF-8, so no match can run across two documents;
+* ``shard-NNNNN.sa``: the suffix array of the ``.bytes`` file, built by
+  libdivsufsort through pydivsufsort, stored little-endian as ``uint32`` while the
+  shard is under 2 GiB (``uint64`` above);
+* ``shard-NNNNN.docs.arrow``: the document table (doc_id, start, length, source,
+  ext_id, metadata), ``start`` being the offset of the document's first text byte
+  in ``.bytes``.
+
+Guarantees:
+
+* **atomic**: everything is written under ``INDEX.tmp-<pid>`` and renamed to
+  ``INDEX`` when complete (manifest last); a failed or interrupted build leaves no
+  ``INDEX`` (an existing one is only replaced with ``overwrite=True``);
+* **memory**: a shard of ``n`` bytes needs about ``5n`` bytes of RAM (the bytes and
+  the 32-bit suffix array, nothing else of that size): the text is streamed from
+  the Arrow shard a record batch at a time, the suffix array is written straight
+  from the buffer libdivsufsort filled, and checksums are computed from memory;
+* **parallel**: with ``jobs > 1`` shards are built in separate processes (each
+  needing its own ``5n``);
+* **deterministic**: the same corpus gives byte-identical ``.bytes``/``.sa``/docs files.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from suffix_index.errors import IndexFormatError
+from suffix_index.manifest import (
+    INDEX_FORMAT,
+    INDEX_FORMAT_VERSION,
+    MANIFEST_NAME,
+    load_manifest,
+    shard_base,
+)
+
+SEPARATOR = 0xFF
+MAX_32BIT_BYTES = (1 << 31) - 1  # libdivsufsort's 32-bit entry point takes n <= INT32_MAX
+
+DOCS_SCHEMA = pa.schema(
+    [
+        pa.field("doc_id", pa.int64(), nullable=False),
+        pa.field("start", pa.int64(), nullable=False),
+        pa.field("length", pa.int64(), nullable=False),
+        pa.field("source", pa.string()),
+        pa.field("ext_id", pa.string()),
+        pa.field("metadata", pa.string()),
+    ]
+)
+
+
+def _tool_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("trawl", "pydivsufsort", "numpy", "pyarrow"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "unknown"
+    return out
+
+
+def _sha256_into(buf: np.ndarray, out: dict, key: str) -> None:
+    out[key] = hashlib.sha256(memoryview(buf).cast("B")).hexdigest()
+
+
+def _write_array(path: Path, arr: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        arr.tofile(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _read_corpus_shard(path: Path, n_docs: int, text_bytes: int) -> tuple[np.ndarray, pa.Table]:
+    """Stream an Arrow corpus shard into ``0xFF doc 0xFF doc ...`` bytes + the docs table."""
+    from corpora import CorpusError
+
+    n = text_bytes + n_docs
+    buf = np.empty(n, dtype=np.uint8)
+    pos = 0
+    doc_batches = []
+    try:
+        src = pa.OSFile(str(path), "rb")  # read, not mmap: keeps the shard out of our RSS
+        reader = pa.ipc.open_file(src)
+        for bi in range(reader.num_record_batches):
+            batch = reader.get_batch(bi)
+            k = batch.num_rows
+            if k == 0:
+                continue
+            text = batch.column("text")
+            if text.type != pa.large_string():
+                text = text.cast(pa.large_string())
+            offs = np.frombuffer(text.buffers()[1], dtype=np.int64)[text.offset : text.offset + k + 1]
+            data = np.frombuffer(text.buffers()[2], dtype=np.uint8) if text.buffers()[2] is not None else np.empty(0, np.uint8)
+            o0, o1 = int(offs[0]), int(offs[-1])
+            size = o1 - o0 + k
+            if pos + size > n:
+                raise CorpusError(f"{path}: holds more text than its corpus.json entry says; re-ingest the corpus")
+            chunk = np.insert(data[o0:o1], offs[:-1] - o0, SEPARATOR)
+            buf[pos : pos + size] = chunk
+            del chunk
+            lengths = np.diff(offs)
+            starts = pos + (offs[:-1] - o0) + np.arange(1, k + 1, dtype=np.int64)
+            # take() copies the small columns: a slice would keep the whole batch (text included) alive
+            every = pa.array(np.arange(k))
+            doc_batches.append(
+                pa.record_batch(
+                    [batch.column("doc_id").take(every), pa.array(starts), pa.array(lengths),
+                     batch.column("source").take(every), batch.column("ext_id").take(every),
+                     batch.column("metadata").take(every)],
+                    schema=DOCS_SCHEMA,
+                )
+            )
+            pos += size
+            del batch, text, data, offs
+        src.close()
+        pa.default_memory_pool().release_unused()
+    except pa.ArrowException as exc:
+        raise CorpusError(f"{path}: corrupt corpus shard: {exc}") from None
+    except KeyError as exc:
+        raise CorpusError(f"{path}: corpus shard lacks column {exc}") from None
+    if pos != n:
+        raise CorpusError(f"{path}: holds {pos} bytes, its corpus.json entry says {n}; re-ingest the corpus")
+    return buf, pa.Table.from_batches(doc_batches, schema=DOCS_SCHEMA)
+
+
+def suffix_array(buf: np.ndarray) -> np.ndarray:
+    """Suffix array of ``buf`` (uint8) via pydivsufsort, as uint32 (or uint64 past 2 GiB).
+
+    pydivsufsort fills a buffer of its own that NumPy wraps without a copy; the
+    result is reinterpreted (not converted) as unsigned.
+    """
+    from pydivsufsort import divsufsort
+
+    if len(buf) == 0:
+        return np.empty(0, dtype=np.uint32)
+    if len(buf) <= MAX_32BIT_BYTES:
+        sa = divsufsort(buf)
+        return sa.view(np.uint32)
+    sa = divsufsort(buf, force64=True)
+    return sa.view(np.uint64)
+
+
+def build_shard(corpus_shard: str, out_dir: str, index: int, n_docs: int, text_bytes: int) -> dict[str, Any]:
+    """Build one index shard (runs in a worker process when jobs > 1); returns its manifest entry."""
+    out = Path(out_dir)
+    base = shard_base(index)
+    t0 = time.perf_counter()
+    buf, docs = _read_corpus_shard(Path(corpus_shard), n_docs, text_bytes)
+    t_read = time.perf_counter() - t0
+    names = {"bytes": f"{base}.bytes", "sa": f"{base}.sa", "docs": f"{base}.docs.arrow"}
+    sums: dict[str, str] = {}
+    # hash + write the text while libdivsufsort (which releases the GIL) sorts
+    side = threading.Thread(target=lambda: (_write_array(out / names["bytes"], buf), _sha256_into(buf, sums, "bytes")))
+    side.start()
+    t1 = time.perf_counter()
+    sa = suffix_array(buf)
+    t_sort = time.perf_counter() - t1
+    side.join()
+    # write and checksum the suffix array at the same time (both release the GIL)
+    hasher = threading.Thread(target=_sha256_into, args=(sa, sums, "sa"))
+    hasher.start()
+    _write_array(out / names["sa"], sa)
+    hasher.join()
+    width = sa.dtype.itemsize
+    del sa
+    with pa.OSFile(str(out / names["docs"]), "wb") as sink:
+        with pa.ipc.new_file(sink, DOCS_SCHEMA) as w:
+            w.write_table(docs)
+    sums["docs"] = hashlib.sha256((out / names["docs"]).read_bytes()).hexdigest()
+    first = int(docs.column("doc_id")[0].as_py()) if docs.num_rows else 0
+    return {
+        "name": base,
+        "bytes": int(len(buf)),
+        "text_bytes": int(text_bytes),
+        "documents": int(docs.num_rows),
+        "first_doc_id": first,
+        "pointer_width": width,
+        "files": {k: {"name": names[k], "size": (out / names[k]).stat().st_size, "sha256": sums[k]} for k in names},
+        "seconds": {"read": round(t_read, 3), "sort": round(t_sort, 3), "total": round(time.perf_counter() - t0, 3)},
+    }
+
+
+def build_index(
+    corpus_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    jobs: int = 1,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Build the index of the corpus at ``corpus_dir`` into ``out_dir``; returns the manifest."""
+    from corpora import open_corpus
+    from corpora.shards import MANIFEST_NAME as CORPUS_MANIFEST
+
+    corpus = open_corpus(corpus_dir)
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise IndexFormatError(f"{out}: already exists; pass --force to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    t0 = time.perf_counter()
+    jobs = max(1, int(jobs))
+    specs = [
+        (str(p), str(tmp), i, int(s["documents"]), int(s["text_bytes"]))
+        for i, (p, s) in enumerate(zip(corpus.shards, corpus.manifest["shards"]))
+    ]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=sum(s[4] + s[3] for s in specs), unit="B", unit_scale=True, desc="index build", file=sys.stderr)
+    entries: list[dict[str, Any] | None] = [None] * len(specs)
+    try:
+        if jobs == 1 or len(specs) <= 1:
+            for spec in specs:
+                entries[spec[2]] = build_shard(*spec)
+                if bar is not None:
+                    bar.update(spec[4] + spec[3])
+        else:
+            with ProcessPoolExecutor(max_workers=min(jobs, len(specs)), mp_context=get_context("spawn")) as pool:
+                futs = {pool.submit(build_shard, *spec): spec for spec in specs}
+                for fut in as_completed(futs):
+                    spec = futs[fut]
+                    entries[spec[2]] = fut.result()
+                    if bar is not None:
+                        bar.update(spec[4] + spec[3])
+        if bar is not None:
+            bar.close()
+        manifest = {
+            "format": INDEX_FORMAT,
+            "format_version": INDEX_FORMAT_VERSION,
+            "bytes": sum(e["bytes"] for e in entries),
+            "text_bytes": sum(e["text_bytes"] for e in entries),
+            "documents": sum(e["documents"] for e in entries),
+            "shards": entries,
+            "build": {
+                "corpus": str(Path(corpus_dir).resolve()),
+                "corpus_manifest_sha256": hashlib.sha256((Path(corpus_dir) / CORPUS_MANIFEST).read_bytes()).hexdigest(),
+                "jobs": jobs,
+                "separator": SEPARATOR,
+                "tools": _tool_versions(),
+                "started_at": started,
+                "seconds": round(time.perf_counter() - t0, 3),
+            },
+        }
+        from corpora.shards import write_json_atomic
+
+        write_json_atomic(tmp / MANIFEST_NAME, manifest)
+        load_manifest(tmp)  # self-check before publishing
+        if out.exists():
+            old = out.with_name(f"{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        if bar is not None:
+            bar.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest

@@ -1,0 +1,155 @@
+"""``trawl index ...`` and ``trawl match`` subcommands (registered by the ``trawl`` command)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+
+def _progress(args) -> bool:
+    from corpora.ingest import progress_enabled
+
+    return progress_enabled(getattr(args, "quiet", False))
+
+
+def _cmd_build(args) -> int:
+    from suffix_index.build import build_index
+
+    m = build_index(args.corpus, args.out, jobs=args.jobs, overwrite=args.force, progress=_progress(args))
+    print(f"{args.out}: {m['documents']} documents, {m['bytes']} bytes in {len(m['shards'])} shard(s), "
+          f"built in {m['build']['seconds']:.1f} s")
+    return 0
+
+
+def _cmd_verify(args) -> int:
+    from suffix_index.verify import verify_index
+
+    r = verify_index(args.index, samples=args.samples, checksums=not args.quick, progress=_progress(args))
+    what = f"{r['files_checked']} checksums, " if not args.quick else ""
+    print(f"{args.index}: OK ({r['shards']} shard(s), {what}{r['pairs_checked']} sampled suffix pairs in order)")
+    return 0
+
+
+def _cmd_info(args) -> int:
+    from suffix_index.manifest import load_manifest
+
+    m = load_manifest(args.index)
+    if args.json:
+        print(json.dumps(m, indent=1))
+        return 0
+    print(f"index       {args.index}")
+    print(f"format      {m['format']} v{m['format_version']}")
+    print(f"documents   {m['documents']}")
+    print(f"bytes       {m['bytes']} ({m['text_bytes']} of text)")
+    print(f"shards      {len(m['shards'])}")
+    for s in m["shards"]:
+        size = sum(int(f["size"]) for f in s["files"].values())
+        print(f"  {s['name']}  {s['documents']} docs  {s['bytes']} bytes  {s['pointer_width']}-byte pointers  "
+              f"{size} bytes on disk")
+    b = m.get("build", {})
+    print(f"corpus      {b.get('corpus')}")
+    print(f"built       {b.get('started_at')} in {b.get('seconds')} s with {b.get('jobs')} job(s)")
+    return 0
+
+
+def _cmd_count(args) -> int:
+    from suffix_index.engine import SuffixIndex
+
+    with SuffixIndex.open(args.index) as idx:
+        print(idx.count(args.text))
+    return 0
+
+
+def _cmd_find(args) -> int:
+    from suffix_index.engine import SuffixIndex
+
+    with SuffixIndex.open(args.index) as idx:
+        occ = idx.find(args.text, limit=args.limit)
+        for o in occ:
+            print(f"doc {o.doc_id} offset {o.doc_offset} (shard {o.shard} position {o.position})  {o.source}")
+        total = idx.count(args.text)
+        if total > len(occ):
+            print(f"... {total} occurrences in all")
+    return 0
+
+
+def _cmd_match(args) -> int:
+    from suffix_index.engine import SuffixIndex
+    from suffix_index.errors import MatchInputError
+    from suffix_index.matchfile import default_output, generation_files, match_to_parquet
+
+    generation_files(args.generations)  # fail early, naming the input
+    out = args.out or default_output(args.generations)
+    if out is None:
+        raise MatchInputError(f"{args.generations}: not a run folder; say where to write with --out")
+    with SuffixIndex.open(args.index) as idx:
+        r = match_to_parquet(idx, args.generations, out, min_tokens=args.min_tokens, min_bytes=args.min_bytes,
+                             batch_size=args.batch_size, progress=_progress(args))
+    print(f"{r['out']}: {r['spans']} span(s) from {r['generations']} generation(s)")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "index", help="build and query the suffix-array index of a corpus",
+        description="Build, check and query byte-level suffix-array indexes (one per corpus folder).",
+    )
+    sub = p.add_subparsers(dest="index_command", metavar="SUBCOMMAND")
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+    b = sub.add_parser(
+        "build", help="build an index from a corpus folder",
+        description=("Build the index of CORPUS: per shard the documents' UTF-8 bytes, each after a 0xFF "
+                     "separator, their suffix array (libdivsufsort via pydivsufsort; 4-byte pointers below "
+                     "2 GiB) and a document table, plus manifest.json with checksums. Needs about 5 bytes of "
+                     "RAM per corpus byte per job. Written under a temporary name, renamed when complete."),
+    )
+    b.add_argument("corpus", metavar="CORPUS", help="corpus folder from 'trawl corpus ingest'")
+    b.add_argument("--out", "-o", required=True, metavar="INDEX", help="index folder to create")
+    b.add_argument("--jobs", "-j", type=int, default=1, metavar="N", help="shards built in parallel processes (default: 1)")
+    b.add_argument("--force", action="store_true", help="replace INDEX if it exists")
+    b.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    b.set_defaults(func=_cmd_build)
+
+    v = sub.add_parser("verify", help="check an index's checksums and sampled sort order",
+                       description="Recompute every file's sha256, and check the suffix order on a sample.")
+    v.add_argument("index", metavar="INDEX")
+    v.add_argument("--samples", type=int, default=10000, metavar="N", help="adjacent suffix pairs to check per shard")
+    v.add_argument("--quick", action="store_true", help="skip the checksums (sizes and sampled order only)")
+    v.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    v.set_defaults(func=_cmd_verify)
+
+    i = sub.add_parser("info", help="show an index's manifest", description="Show an index's shards, sizes and build.")
+    i.add_argument("index", metavar="INDEX")
+    i.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    i.set_defaults(func=_cmd_info)
+
+    c = sub.add_parser("count", help="count occurrences of a text", description="Count occurrences of TEXT (UTF-8 bytes).")
+    c.add_argument("index", metavar="INDEX")
+    c.add_argument("text", metavar="TEXT")
+    c.set_defaults(func=_cmd_count)
+
+    f = sub.add_parser("find", help="list occurrences of a text", description="List where TEXT occurs: document, offset, source.")
+    f.add_argument("index", metavar="INDEX")
+    f.add_argument("text", metavar="TEXT")
+    f.add_argument("--limit", type=int, default=20, metavar="N", help="most occurrences to list (default: 20)")
+    f.set_defaults(func=_cmd_find)
+
+    m = subparsers.add_parser(
+        "match", help="find verbatim corpus spans in generations; write matches.parquet",
+        description=("Find every maximal verbatim span of the generations that occurs in the index's corpus and "
+                     "covers at least --min-tokens whole tokens (token offsets from the generations file; "
+                     "generations without them use --min-bytes). GENERATIONS is a run folder, a generations "
+                     "Parquet file or a folder of parts. Writes matches.parquet atomically, with min_tokens, "
+                     "min_bytes and the index's manifest sha256 in its metadata."),
+    )
+    m.add_argument("generations", metavar="GENERATIONS")
+    m.add_argument("--index", required=True, metavar="INDEX", help="index folder")
+    m.add_argument("--out", "-o", default=None, metavar="FILE",
+                   help="matches file (default: RUN/matches.parquet for a run folder)")
+    m.add_argument("--min-tokens", type=int, default=50, metavar="K", help="fewest whole tokens in a span (default: 50)")
+    m.add_argument("--min-bytes", type=int, default=None, metavar="B",
+                   help="fewest bytes in a span for generations without token offsets (default: 4 x min-tokens)")
+    m.add_argument("--batch-size", type=int, default=1000, metavar="N", help="generations matched together (default: 1000)")
+    m.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    m.set_defaults(func=_cmd_match)

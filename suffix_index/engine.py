@@ -1,0 +1,242 @@
+"""The query engine: an index opened memory-mapped, and questions asked of it.
+
+Modelled on infini-gram's engine object::
+
+    idx = SuffixIndex.open("INDEX")        # maps the files; nothing is read into RAM
+    idx.count("some text")                 # occurrences over all shards
+    idx.find("some text", limit=10)        # [Occurrence(shard, position, doc_id, doc_offset, source)]
+    idx.document(42)                       # corpora.Document
+    idx.match([(key, text, token_offsets_or_None), ...], min_tokens=50)   # [Span]
+
+Guarantees: opening validates the manifest and the file sizes (a truncated or
+missing file raises :class:`IndexFormatError` naming it); the ``.bytes`` and
+``.sa`` files are mapped read-only with ``mmap`` and wrapped by NumPy without a
+copy, the document tables are memory-mapped Arrow; queries only touch the pages
+they need. A ``SuffixIndex`` is read-only and can be shared by threads.
+"""
+from __future__ import annotations
+
+import json
+import mmap
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from suffix_index.errors import IndexFormatError
+from suffix_index.manifest import load_manifest, manifest_sha256
+from suffix_index.match import DEFAULT_MIN_TOKENS, Matcher, Span, iter_batches
+from suffix_index.search import sa_range
+
+DEFAULT_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class Occurrence:
+    shard: int
+    position: int  # offset in the shard's .bytes file
+    doc_id: int
+    doc_offset: int  # offset of the occurrence inside the document's UTF-8 text
+    source: str | None
+
+
+def _map(path: Path, dtype) -> tuple[np.ndarray, mmap.mmap | None]:
+    size = path.stat().st_size
+    if size == 0:
+        return np.empty(0, dtype=dtype), None
+    with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        mm.madvise(mmap.MADV_RANDOM)
+    except (AttributeError, OSError):
+        pass
+    return np.frombuffer(mm, dtype=dtype), mm
+
+
+class _Shard:
+    """One mapped shard: ``text`` (uint8), ``sa`` (uint32/64), and its document table."""
+
+    def __init__(self, index_dir: Path, entry: dict[str, Any], number: int):
+        self.number = number
+        self.entry = entry
+        files = entry["files"]
+        width = int(entry["pointer_width"])
+        if width not in (4, 8):
+            raise IndexFormatError(f"{index_dir / files['sa']['name']}: unsupported pointer width {width}")
+        self.text, self._mm_text = _map(index_dir / files["bytes"]["name"], np.uint8)
+        self.sa, self._mm_sa = _map(index_dir / files["sa"]["name"], np.uint32 if width == 4 else np.uint64)
+        if len(self.sa) != len(self.text):
+            raise IndexFormatError(
+                f"{index_dir / files['sa']['name']}: {len(self.sa)} pointers for {len(self.text)} bytes; rebuild the index"
+            )
+        dpath = index_dir / files["docs"]["name"]
+        try:
+            self._docs_src = pa.memory_map(str(dpath), "r")
+            self.docs = pa.ipc.open_file(self._docs_src).read_all()
+            self.doc_starts = self.docs.column("start").to_numpy()
+            self.doc_ids = self.docs.column("doc_id").to_numpy()
+            self.doc_lengths = self.docs.column("length").to_numpy()
+        except (pa.ArrowException, OSError, KeyError) as exc:
+            raise IndexFormatError(f"{dpath}: corrupt document table ({exc}); rebuild the index") from None
+        if len(self.doc_starts) != int(entry["documents"]):
+            raise IndexFormatError(f"{dpath}: {len(self.doc_starts)} documents, the manifest says {entry['documents']}")
+
+    def locate(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Document row and offset inside the document for byte positions of this shard."""
+        rows = np.searchsorted(self.doc_starts, positions, side="right") - 1
+        rows = np.maximum(rows, 0)
+        return rows, positions - self.doc_starts[rows]
+
+    def close(self) -> None:
+        self.text = self.sa = None  # drop the views before closing the maps
+        for mm in (self._mm_text, self._mm_sa):
+            if mm is not None:
+                try:
+                    mm.close()
+                except BufferError:
+                    pass  # a caller still holds a view; the map closes when it is freed
+        self._docs_src.close()
+
+
+class SuffixIndex:
+    """A byte-level suffix-array index over a corpus (see the module docstring)."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any], shards: list[_Shard]):
+        self.path = path
+        self.manifest = manifest
+        self.shards = shards
+        self._matcher = Matcher(shards)
+        self._doc_firsts = np.array([int(s.entry["first_doc_id"]) for s in shards], dtype=np.int64)
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "SuffixIndex":
+        path = Path(path)
+        manifest = load_manifest(path)
+        shards = [_Shard(path, e, i) for i, e in enumerate(manifest["shards"])]
+        return cls(path, manifest, shards)
+
+    def close(self) -> None:
+        for s in self.shards:
+            s.close()
+
+    def __enter__(self) -> "SuffixIndex":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def documents(self) -> int:
+        return int(self.manifest["documents"])
+
+    @property
+    def bytes(self) -> int:
+        return int(self.manifest["bytes"])
+
+    @property
+    def manifest_sha256(self) -> str:
+        return manifest_sha256(self.path)
+
+    def __repr__(self) -> str:
+        return f"SuffixIndex({str(self.path)!r}, shards={len(self.shards)}, documents={self.documents}, bytes={self.bytes})"
+
+    # ------------------------------------------------------------------ queries
+    @staticmethod
+    def _pattern(text: str | bytes) -> np.ndarray:
+        data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        return np.frombuffer(data + b"\0" * 8, dtype=np.uint8), len(data)
+
+    def _ranges(self, text: str | bytes) -> list[tuple[int, int]]:
+        G, n = self._pattern(text)
+        if n == 0:
+            return [(0, len(s.sa)) for s in self.shards]
+        xs = np.zeros(1, dtype=np.int64)
+        xl = np.full(1, n, dtype=np.int64)
+        out = []
+        for s in self.shards:
+            lo, hi = sa_range(s.text, s.sa, G, xs, xl)
+            out.append((int(lo[0]), int(hi[0])))
+        return out
+
+    def count(self, text: str | bytes) -> int:
+        """Occurrences of ``text`` (its UTF-8 bytes) over all shards; separators included for ''."""
+        return sum(hi - lo for lo, hi in self._ranges(text))
+
+    def find(self, text: str | bytes, limit: int | None = 100) -> list[Occurrence]:
+        """Occurrences of ``text``, lowest ``(shard, position)`` first, at most ``limit``."""
+        data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        if not data:
+            return []
+        out: list[Occurrence] = []
+        for s, (lo, hi) in zip(self.shards, self._ranges(data)):
+            if hi <= lo:
+                continue
+            pos = np.sort(np.asarray(s.sa[lo:hi], dtype=np.int64))
+            if limit is not None:
+                pos = pos[: max(0, limit - len(out))]
+            rows, offs = s.locate(pos)
+            srcs = s.docs.column("source").take(pa.array(rows)).to_pylist()
+            for p, r, o, src in zip(pos.tolist(), rows.tolist(), offs.tolist(), srcs):
+                out.append(Occurrence(s.number, p, int(s.doc_ids[r]), o, src))
+            if limit is not None and len(out) >= limit:
+                break
+        return out
+
+    def _doc_row(self, doc_id: int) -> tuple[_Shard, int]:
+        si = int(np.searchsorted(self._doc_firsts, doc_id, side="right")) - 1
+        if si >= 0:
+            s = self.shards[si]
+            row = int(doc_id - self._doc_firsts[si])
+            if 0 <= row < len(s.doc_ids) and int(s.doc_ids[row]) == doc_id:
+                return s, row
+            rows = np.flatnonzero(s.doc_ids == doc_id)
+            if rows.size:
+                return s, int(rows[0])
+        raise KeyError(f"no document {doc_id} in {self.path}")
+
+    def document(self, doc_id: int):
+        """The document with this id, as a :class:`corpora.Document`."""
+        from corpora import Document
+
+        s, row = self._doc_row(int(doc_id))
+        start = int(s.doc_starts[row])
+        length = int(s.doc_lengths[row])
+        rec = s.docs.slice(row, 1).to_pylist()[0]
+        text = bytes(s.text[start : start + length]).decode("utf-8")
+        return Document(doc_id=int(doc_id), source=rec["source"], ext_id=rec["ext_id"], text=text,
+                        metadata=json.loads(rec["metadata"] or "{}"))
+
+    def source(self, shard: int, position: int) -> tuple[int, int, str | None]:
+        """``(doc_id, doc_offset, source)`` of a byte position in a shard."""
+        s = self.shards[shard]
+        rows, offs = s.locate(np.array([position], dtype=np.int64))
+        r = int(rows[0])
+        return int(s.doc_ids[r]), int(offs[0]), s.docs.column("source")[r].as_py()
+
+    def match(
+        self,
+        generations: Iterable[tuple[Any, bytes | str, Any]],
+        min_tokens: int = DEFAULT_MIN_TOKENS,
+        min_bytes: int | None = None,
+        batch_size: int = DEFAULT_BATCH,
+    ) -> list[Span]:
+        """Every maximal verbatim span of the generations (see :mod:`suffix_index.match`).
+
+        ``generations``: ``(key, text, token_offsets_or_None)``; ``text`` as UTF-8
+        bytes (or ``str``, encoded). Returns spans ordered by generation then start.
+        """
+        return list(self.iter_match(generations, min_tokens=min_tokens, min_bytes=min_bytes, batch_size=batch_size))
+
+    def iter_match(self, generations, min_tokens: int = DEFAULT_MIN_TOKENS, min_bytes: int | None = None,
+                   batch_size: int = DEFAULT_BATCH) -> Iterator[Span]:
+        """Like :meth:`match`, yielding spans batch by batch (memory bounded by the batch)."""
+        for batch in iter_batches(generations, batch_size):
+            rows = self._matcher.spans(batch, min_tokens=min_tokens, min_bytes=min_bytes)
+            for gi, a, b, tok, shard, pos, cnt in rows:
+                doc_id, doc_off, src = self.source(shard, pos)
+                yield Span(key=batch[gi][0], start=a, end=b, tokens=tok, shard=shard, doc_id=doc_id,
+                           doc_offset=doc_off, occurrences=cnt, source=src)

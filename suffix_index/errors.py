@@ -1,0 +1,22 @@
+"""The index package's user-facing errors.
+
+Both follow trawl's convention (``extractor/errors.py``): the class attribute
+``user_error = True`` makes the ``trawl`` command print the message as one line
+(``trawl: error: <message>``), never a traceback. Messages name the file and the
+problem.
+"""
+from __future__ import annotations
+
+
+class IndexFormatError(Exception):
+    """A missing, truncated, corrupted or incompatible index (names the file)."""
+
+    user_error = True
+    exit_code = 2
+
+
+class MatchInputError(Exception):
+    """Generations that cannot be matched: missing file or column, bad schema."""
+
+    user_error = True
+    exit_code = 2

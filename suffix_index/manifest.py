@@ -1,0 +1,89 @@
+"""The index manifest (``manifest.json``): format, shards, checksums, build parameters.
+
+Format ``trawl-suffix-index`` version 1 (``docs/CONTRACTS.md`` §2)::
+
+    {"format": "trawl-suffix-index", "format_version": 1,
+     "bytes": 1234,            # total size of the .bytes files (text + one 0xFF per document)
+     "text_bytes": 1200, "documents": 34,
+     "shards": [{"name": "shard-00000", "bytes": 1234, "text_bytes": 1200, "documents": 34,
+                 "first_doc_id": 0, "pointer_width": 4,
+                 "files": {"bytes": {"name": "shard-00000.bytes", "size": 1234, "sha256": "..."},
+                           "sa":    {"name": "shard-00000.sa", "size": 4936, "sha256": "..."},
+                           "docs":  {"name": "shard-00000.docs.arrow", "size": 999, "sha256": "..."}}}],
+     "build": {"corpus": "/abs/CORPUS", "corpus_manifest_sha256": "...", "jobs": 2,
+               "tools": {"trawl": "...", "pydivsufsort": "0.0.20", "numpy": "...", "pyarrow": "..."},
+               "started_at": "...", "seconds": 12.3}}
+
+:func:`load_manifest` validates everything a reader relies on (format, version,
+that every file exists with the recorded size) and raises
+:class:`IndexFormatError` naming the file otherwise; checksums are only compared by
+``verify`` (reading gigabytes on every open would defeat memory mapping).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from suffix_index.errors import IndexFormatError
+
+INDEX_FORMAT = "trawl-suffix-index"
+INDEX_FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+FILE_KINDS = ("bytes", "sa", "docs")
+
+
+def shard_base(i: int) -> str:
+    return f"shard-{i:05d}"
+
+
+def manifest_sha256(index_dir: str | os.PathLike) -> str:
+    """sha256 of the manifest file's bytes: identifies an index build."""
+    return hashlib.sha256((Path(index_dir) / MANIFEST_NAME).read_bytes()).hexdigest()
+
+
+def load_manifest(index_dir: str | os.PathLike, check_files: bool = True) -> dict[str, Any]:
+    index_dir = Path(index_dir)
+    mpath = index_dir / MANIFEST_NAME
+    if not index_dir.is_dir():
+        raise IndexFormatError(f"{index_dir}: no such index folder")
+    if not mpath.is_file():
+        raise IndexFormatError(f"{index_dir}: not an index folder (no {MANIFEST_NAME}); build one with 'trawl index build'")
+    try:
+        m = json.loads(mpath.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise IndexFormatError(f"{mpath}: corrupt manifest ({exc})") from None
+    if not isinstance(m, dict) or m.get("format") != INDEX_FORMAT:
+        raise IndexFormatError(f"{mpath}: not a trawl index manifest (format is not {INDEX_FORMAT!r})")
+    if m.get("format_version") != INDEX_FORMAT_VERSION:
+        raise IndexFormatError(
+            f"{mpath}: index format version {m.get('format_version')!r}, this trawl reads version "
+            f"{INDEX_FORMAT_VERSION}; rebuild it with 'trawl index build'"
+        )
+    shards = m.get("shards")
+    if not isinstance(shards, list):
+        raise IndexFormatError(f"{mpath}: corrupt manifest (no shard list)")
+    for s in shards:
+        try:
+            files = s["files"]
+            for kind in FILE_KINDS:
+                f = files[kind]
+                f["name"], f["size"], f["sha256"]
+            int(s["bytes"]), int(s["documents"]), int(s["pointer_width"]), int(s["first_doc_id"])
+        except (KeyError, TypeError, ValueError):
+            raise IndexFormatError(f"{mpath}: corrupt manifest (incomplete shard entry)") from None
+        if check_files:
+            for kind in FILE_KINDS:
+                f = files[kind]
+                p = index_dir / f["name"]
+                if not p.is_file():
+                    raise IndexFormatError(f"{p}: index file missing (shard {s.get('name')})")
+                size = p.stat().st_size
+                if size != int(f["size"]):
+                    raise IndexFormatError(
+                        f"{p}: size {size} bytes, the manifest says {f['size']} (truncated or replaced?); "
+                        "rebuild the index"
+                    )
+    return m

@@ -1,0 +1,310 @@
+"""Batched matching: every maximal verbatim span of many generations at once.
+
+Definition (the tests check it against brute force). For a generation ``g`` (bytes)
+a span ``[s, e)`` is reported iff
+
+* ``g[s:e]`` occurs in the corpus inside one document (so never across the
+  ``0xFF`` separators; a ``0xFF`` byte in a generation is never part of a span),
+* it is maximal: ``g[s-1:e]`` and ``g[s:e+1]`` do not occur (or are out of range),
+  both taken over the **whole** corpus, all shards together;
+* it is long enough: with token offsets (token ``i`` covers ``[off[i], off[i+1])``,
+  the last one ends at ``len(g)``), at least ``min_tokens`` tokens lie fully
+  inside it; without, ``e - s >= min_bytes``.
+
+Each span carries the number of occurrences over all shards and one occurrence:
+the lowest ``(shard, position)``.
+
+Algorithm (seed and extend over the suffix arrays). Let ``L`` be the fewest
+bytes a qualifying span can have (``min_bytes``, or the shortest run of
+``min_tokens`` consecutive tokens). With seeds of ``q <= L`` bytes placed every
+``s = L - q + 1`` bytes, every qualifying span contains a whole seed, and the seed
+``p`` it contains first starts at most ``s - 1`` bytes after the span. So:
+
+1. for every seed position ``p`` compute the matching statistic ``ms[p]`` (the
+   longest prefix of ``g[p:]`` in the corpus) with one batched binary search per
+   shard (:mod:`suffix_index.search`); seeds with ``ms[p] < q`` are done;
+2. for a hit seed, the spans starting in its zone ``(p - s, p]`` are found right to
+   left: with ``r = p + ms[p]``, binary-search the smallest start ``a`` in the zone
+   for which ``g[a:r]`` occurs; ``[a, r)`` is maximal unless ``g[a-1:r]`` occurs too;
+   then continue from ``a - 1`` with its own ``ms``. Ends of spans only decrease,
+   so the loop stops as soon as nothing of length ``L`` can remain. A seed whose
+   predecessor seed reaches the same end has nothing of its own (its zone's spans
+   are not left-maximal) and costs nothing;
+3. count the reported spans in every shard and locate the first occurrence.
+
+All steps are vectorized over the whole batch. Memory: the mapped index plus
+arrays proportional to the batch (its bytes, a few integers per seed).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from suffix_index.search import sa_range, sa_search
+
+SEPARATOR = 0xFF
+DEFAULT_MIN_TOKENS = 50
+BYTES_PER_TOKEN = 4  # min_bytes default = BYTES_PER_TOKEN * min_tokens
+
+
+@dataclass(frozen=True)
+class Span:
+    """A maximal verbatim span of a generation found in the corpus."""
+
+    key: Any
+    start: int
+    end: int
+    tokens: int | None
+    shard: int
+    doc_id: int
+    doc_offset: int
+    occurrences: int
+    source: str | None = None
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+
+@dataclass
+class _Gen:
+    key: Any
+    base: int  # offset in G
+    n: int
+    ends: np.ndarray | None  # token end offsets
+    offs: np.ndarray | None
+    L: int  # minimum span length in bytes (0: no span possible)
+
+
+def seed_length(L: int) -> int:
+    """Seed length for a minimum span length ``L``: long enough to be rare, short enough to space seeds."""
+    return int(min(L, max(12, min(32, L // 2))))
+
+
+def token_arrays(offsets, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sanitized token starts and ends for a generation of ``n`` bytes.
+
+    Offsets are clipped to ``[0, n]`` and made non-decreasing (a server that
+    returns something odd gets tokens of length 0 there, never a crash).
+    """
+    off = np.asarray(offsets, dtype=np.int64).ravel()
+    off = np.clip(off, 0, n)
+    off = np.maximum.accumulate(off) if off.size else off
+    ends = np.empty_like(off)
+    if off.size:
+        ends[:-1] = off[1:]
+        ends[-1] = n
+    return off, ends
+
+
+def tokens_covered(offs: np.ndarray, ends: np.ndarray, start: int, end: int) -> int:
+    """Number of tokens ``i`` with ``start <= off[i]`` and ``ends[i] <= end``."""
+    i0 = int(np.searchsorted(offs, start, side="left"))
+    i1 = int(np.searchsorted(ends, end, side="right"))
+    return max(0, i1 - i0)
+
+
+class Matcher:
+    """Runs the batched algorithm over an opened index's shards.
+
+    ``shards`` is a sequence of objects with ``text`` (uint8 array) and ``sa``
+    (uint32/uint64 array) attributes, typically memory-mapped files.
+    """
+
+    def __init__(self, shards: Sequence[Any]):
+        self.shards = list(shards)
+
+    # ------------------------------------------------------------ primitives over all shards
+    def ms(self, G: np.ndarray, xs: np.ndarray, xl: np.ndarray) -> np.ndarray:
+        """Longest prefix of each pattern occurring in the corpus (max over shards)."""
+        best = np.zeros(len(xs), dtype=np.int64)
+        for sh in self.shards:
+            _, a, b = sa_search(sh.text, sh.sa, G, xs, xl)
+            np.maximum(best, np.maximum(a, b), out=best)
+        return best
+
+    def occurs(self, G: np.ndarray, xs: np.ndarray, xl: np.ndarray) -> np.ndarray:
+        return self.ms(G, xs, xl) >= xl
+
+    # ------------------------------------------------------------ the algorithm
+    def spans(self, gens: Sequence[tuple[Any, bytes, Any]], min_tokens: int = DEFAULT_MIN_TOKENS,
+              min_bytes: int | None = None) -> list[tuple[Any, int, int, int | None, int, int, int]]:
+        """Maximal spans of one batch as ``(gen_index, start, end, tokens, shard, pos, count)``."""
+        if min_bytes is None:
+            min_bytes = BYTES_PER_TOKEN * int(min_tokens)
+        parts: list[bytes] = []
+        glist: list[_Gen] = []
+        base = 0
+        for key, data, offsets in gens:
+            if isinstance(data, str):
+                data = data.encode("utf-8")
+            n = len(data)
+            offs = ends = None
+            if offsets is not None:
+                offs, ends = token_arrays(offsets, n)
+                k = int(min_tokens)
+                if k <= 0:
+                    L = 1
+                elif offs.size < k:
+                    L = 0
+                else:
+                    L = max(1, int((ends[k - 1:] - offs[: offs.size - k + 1]).min()))
+            else:
+                L = max(1, int(min_bytes))
+            glist.append(_Gen(key, base, n, ends, offs, L))
+            parts.append(bytes(data))
+            base += n
+        if not glist or not self.shards:
+            return []
+        G = np.frombuffer(b"".join(parts) + b"\0" * 8, dtype=np.uint8)
+
+        # segments: maximal runs without 0xFF, at least L long
+        seg_start, seg_end, seg_gen = [], [], []
+        for gi, g in enumerate(glist):
+            if g.L <= 0 or g.n < g.L:
+                continue
+            arr = G[g.base : g.base + g.n]
+            cuts = np.flatnonzero(arr == SEPARATOR)
+            bounds = np.concatenate(([-1], cuts, [g.n]))
+            for a, b in zip(bounds[:-1] + 1, bounds[1:]):
+                if b - a >= g.L:
+                    seg_start.append(g.base + int(a))
+                    seg_end.append(g.base + int(b))
+                    seg_gen.append(gi)
+        if not seg_start:
+            return []
+        seg_start_a = np.array(seg_start, dtype=np.int64)
+        seg_end_a = np.array(seg_end, dtype=np.int64)
+        seg_L = np.array([glist[g].L for g in seg_gen], dtype=np.int64)
+
+        # 1. seeds
+        sp, sseg, sq, ss = [], [], [], []
+        for si in range(len(seg_start)):
+            L = int(seg_L[si])
+            q = seed_length(L)
+            s = L - q + 1
+            ln = int(seg_end_a[si] - seg_start_a[si])
+            pos = np.arange(0, ln - q + 1, s, dtype=np.int64) + seg_start_a[si]
+            sp.append(pos)
+            sseg.append(np.full(pos.size, si, dtype=np.int64))
+            sq.append(np.full(pos.size, q, dtype=np.int64))
+            ss.append(np.full(pos.size, s, dtype=np.int64))
+        sp_a = np.concatenate(sp)
+        sseg_a = np.concatenate(sseg)
+        sq_a = np.concatenate(sq)
+        ss_a = np.concatenate(ss)
+        ms = self.ms(G, sp_a, seg_end_a[sseg_a] - sp_a)
+        r = sp_a + ms
+        hit = ms >= sq_a
+        # a seed whose predecessor (same segment) reaches the same end owns no span
+        prev_same = np.zeros(len(sp_a), dtype=bool)
+        if len(sp_a) > 1:
+            same_seg = sseg_a[1:] == sseg_a[:-1]
+            prev_same[1:] = same_seg & hit[:-1] & (r[:-1] >= r[1:])
+        items = np.flatnonzero(hit & ~prev_same)
+
+        # 2. enumerate the spans of each hit seed's zone, right to left
+        x = sp_a[items]
+        cur_r = r[items]
+        seg = sseg_a[items]
+        zl = np.maximum(sp_a[items] - ss_a[items] + 1, seg_start_a[seg])
+        L_it = seg_L[seg]
+        out_a: list[np.ndarray] = []
+        out_b: list[np.ndarray] = []
+        out_seg: list[np.ndarray] = []
+        while x.size:
+            floor = np.maximum(zl - 1, seg_start_a[seg])  # lowest start to try
+            lo = floor - 1  # virtual: "does not occur"
+            hi = x.copy()  # g[x:cur_r] occurs
+            act = np.flatnonzero(hi - lo > 1)
+            while act.size:
+                mid = (lo[act] + hi[act]) >> 1
+                occ = self.occurs(G, mid, cur_r[act] - mid)
+                hi[act[occ]] = mid[occ]
+                lo[act[~occ]] = mid[~occ]
+                act = act[(hi[act] - lo[act]) > 1]
+            a = hi
+            not_left_max = (zl - 1 >= seg_start_a[seg]) & (a == zl - 1)
+            ok = ~not_left_max
+            rep = ok & (cur_r - a >= L_it)
+            out_a.append(a[rep])
+            out_b.append(cur_r[rep])
+            out_seg.append(seg[rep])
+            cont = ok & (a > zl)
+            if not cont.any():
+                break
+            x2 = a[cont] - 1
+            seg2 = seg[cont]
+            ms2 = self.ms(G, x2, seg_end_a[seg2] - x2)
+            r2 = x2 + ms2
+            zl2 = zl[cont]
+            L2 = L_it[cont]
+            keep = r2 - zl2 >= L2
+            x, cur_r, seg, zl, L_it = x2[keep], r2[keep], seg2[keep], zl2[keep], L2[keep]
+
+        if not out_a:
+            return []
+        A = np.concatenate(out_a)
+        B = np.concatenate(out_b)
+        S = np.concatenate(out_seg)
+        if A.size == 0:
+            return []
+        # dedupe and order
+        order = np.lexsort((B, A))
+        A, B, S = A[order], B[order], S[order]
+        keep = np.ones(A.size, dtype=bool)
+        keep[1:] = (A[1:] != A[:-1]) | (B[1:] != B[:-1])
+        A, B, S = A[keep], B[keep], S[keep]
+
+        # token filter
+        res_gen, res_a, res_b, res_tok = [], [], [], []
+        for a_, b_, s_ in zip(A.tolist(), B.tolist(), S.tolist()):
+            gi = seg_gen[s_]
+            g = glist[gi]
+            tok = None
+            if g.offs is not None:
+                tok = tokens_covered(g.offs, g.ends, a_ - g.base, b_ - g.base)
+                if tok < min_tokens:
+                    continue
+            elif b_ - a_ < min_bytes:
+                continue
+            res_gen.append(gi)
+            res_a.append(a_)
+            res_b.append(b_)
+            res_tok.append(tok)
+        if not res_a:
+            return []
+
+        # 3. occurrences: count everywhere, first = lowest (shard, position)
+        xa = np.array(res_a, dtype=np.int64)
+        xlen = np.array(res_b, dtype=np.int64) - xa
+        total = np.zeros(xa.size, dtype=np.int64)
+        first_shard = np.full(xa.size, -1, dtype=np.int64)
+        first_pos = np.full(xa.size, -1, dtype=np.int64)
+        for si, sh in enumerate(self.shards):
+            lo_r, hi_r = sa_range(sh.text, sh.sa, G, xa, xlen)
+            cnt = hi_r - lo_r
+            total += cnt
+            need = np.flatnonzero((first_shard < 0) & (cnt > 0))
+            for j in need.tolist():
+                first_shard[j] = si
+                first_pos[j] = int(np.min(sh.sa[int(lo_r[j]) : int(hi_r[j])]))
+        out = []
+        for j in range(xa.size):
+            g = glist[res_gen[j]]
+            out.append((res_gen[j], res_a[j] - g.base, res_b[j] - g.base, res_tok[j],
+                        int(first_shard[j]), int(first_pos[j]), int(total[j])))
+        return out
+
+
+def iter_batches(items: Iterable, size: int):
+    batch = []
+    for it in items:
+        batch.append(it)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

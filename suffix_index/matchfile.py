@@ -1,0 +1,161 @@
+"""Generations in, ``matches.parquet`` out (``docs/CONTRACTS.md`` §3 and §4).
+
+:func:`read_generations` accepts a run folder (``RUN/generations/*.parquet``), one
+generations Parquet file, or a folder of Parquet parts, and yields
+``((run_id, request_id), completion_bytes, token_offsets)`` in file order, a
+record batch at a time (memory bounded by the batch).
+
+:func:`match_to_parquet` runs the matcher over them and writes the matches file
+atomically (``NAME.tmp-<pid>``, fsync, rename) with the key-value metadata
+``min_tokens``, ``min_bytes``, ``index_manifest_sha256`` (plus ``index`` and
+``trawl_matches_format``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from suffix_index.errors import MatchInputError
+
+MATCHES_FORMAT_VERSION = 1
+REQUIRED_COLUMNS = ("run_id", "request_id", "completion")
+
+MATCHES_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string()),
+        pa.field("request_id", pa.string()),
+        pa.field("span_start", pa.int64()),
+        pa.field("span_end", pa.int64()),
+        pa.field("tokens", pa.int32()),
+        pa.field("shard", pa.int32()),
+        pa.field("doc_id", pa.int64()),
+        pa.field("doc_offset", pa.int64()),
+        pa.field("occurrences", pa.int64()),
+        pa.field("source", pa.string()),
+        pa.field("text", pa.string()),
+    ]
+)
+
+
+def generation_files(path: str | os.PathLike) -> list[Path]:
+    """The Parquet files a GENERATIONS argument names (see module docstring)."""
+    p = Path(path)
+    if not p.exists():
+        raise MatchInputError(f"{p}: no such file or folder")
+    if p.is_file():
+        return [p]
+    sub = p / "generations"
+    folder = sub if sub.is_dir() else p
+    files = sorted(f for f in folder.glob("*.parquet") if f.is_file())
+    if not files:
+        raise MatchInputError(f"{folder}: no generations (*.parquet) found")
+    return files
+
+
+def default_output(path: str | os.PathLike) -> Path | None:
+    """``RUN/matches.parquet`` when GENERATIONS is a run folder, else None."""
+    p = Path(path)
+    if p.is_dir() and (p / "generations").is_dir():
+        return p / "matches.parquet"
+    return None
+
+
+def read_generations(path: str | os.PathLike, batch_rows: int = 1000) -> Iterator[tuple[tuple[str, str], bytes, Any]]:
+    for f in generation_files(path):
+        try:
+            pf = pq.ParquetFile(f)
+        except (pa.ArrowException, OSError) as exc:
+            raise MatchInputError(f"{f}: not a readable Parquet file ({exc})") from None
+        names = pf.schema_arrow.names
+        missing = [c for c in REQUIRED_COLUMNS if c not in names]
+        if missing:
+            raise MatchInputError(f"{f}: no column {', '.join(map(repr, missing))} (not a generations file?)")
+        cols = list(REQUIRED_COLUMNS) + (["token_offsets"] if "token_offsets" in names else [])
+        try:
+            for batch in pf.iter_batches(batch_size=batch_rows, columns=cols):
+                d = batch.to_pydict()
+                offs = d.get("token_offsets") or [None] * batch.num_rows
+                for run_id, req, comp, off in zip(d["run_id"], d["request_id"], d["completion"], offs):
+                    data = (comp or "").encode("utf-8", "replace") if not isinstance(comp, bytes) else comp
+                    yield (run_id, req), data, (None if off is None else np.asarray(off, dtype=np.int64))
+        except pa.ArrowException as exc:
+            raise MatchInputError(f"{f}: corrupt Parquet data ({exc})") from None
+
+
+def spans_table(spans, gens_text: dict | None = None) -> pa.Table:
+    cols: dict[str, list] = {f.name: [] for f in MATCHES_SCHEMA}
+    for s, text in spans:
+        run_id, req = s.key
+        cols["run_id"].append(run_id)
+        cols["request_id"].append(req)
+        cols["span_start"].append(s.start)
+        cols["span_end"].append(s.end)
+        cols["tokens"].append(s.tokens)
+        cols["shard"].append(s.shard)
+        cols["doc_id"].append(s.doc_id)
+        cols["doc_offset"].append(s.doc_offset)
+        cols["occurrences"].append(s.occurrences)
+        cols["source"].append(s.source)
+        cols["text"].append(text)
+    return pa.table({f.name: pa.array(cols[f.name], type=f.type) for f in MATCHES_SCHEMA}, schema=MATCHES_SCHEMA)
+
+
+def match_to_parquet(index, generations: str | os.PathLike, out: str | os.PathLike, *, min_tokens: int = 50,
+                     min_bytes: int | None = None, batch_size: int = 1000, progress: bool = False) -> dict[str, Any]:
+    """Match every generation under ``generations`` against ``index``; write ``out``.
+
+    Returns ``{"generations", "spans", "out"}``.
+    """
+    from suffix_index.match import BYTES_PER_TOKEN, iter_batches
+
+    out = Path(out)
+    eff_min_bytes = BYTES_PER_TOKEN * int(min_tokens) if min_bytes is None else int(min_bytes)
+    rows: list[tuple[Any, str]] = []
+    n_gen = 0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(unit="gen", desc="match", file=sys.stderr)
+    for batch in iter_batches(read_generations(generations, batch_rows=batch_size), batch_size):
+        n_gen += len(batch)
+        texts = {}
+        for key, data, _ in batch:
+            texts[key] = data
+        for s in index.iter_match(batch, min_tokens=min_tokens, min_bytes=eff_min_bytes, batch_size=batch_size):
+            rows.append((s, texts[s.key][s.start : s.end].decode("utf-8", "replace")))
+        if bar is not None:
+            bar.update(len(batch))
+    if bar is not None:
+        bar.close()
+    table = spans_table(rows)
+    meta = {
+        "min_tokens": str(int(min_tokens)),
+        "min_bytes": str(eff_min_bytes),
+        "index_manifest_sha256": index.manifest_sha256,
+        "index": str(Path(index.path).resolve()),
+        "trawl_matches_format": str(MATCHES_FORMAT_VERSION),
+        "generations": str(generations),
+    }
+    table = table.replace_schema_metadata({k: v for k, v in meta.items()})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return {"generations": n_gen, "spans": len(rows), "out": str(out)}

@@ -1,0 +1,137 @@
+"""Unit tests with hand-computed answers: estimators, interval union, gates, categories,
+redaction, near-duplicate clustering, text cleaning."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from reports import ReportError
+from reports import extrapolate as ex
+from reports.categories import find_all, redact
+from reports.gate import Gate
+from reports.metrics import union_length
+from reports.neardup import cluster_texts
+from reports.render import clean, md_cell, md_fence
+
+
+def test_good_turing_and_chao1_by_hand():
+    freq = {1: 6, 2: 3, 3: 1}            # n_obs = 10, N = 6 + 6 + 3 = 15
+    assert ex.good_turing_new(freq) == pytest.approx(6 / 15)
+    assert ex.chao1(freq) == pytest.approx(10 + 36 / 6)           # 16
+    assert ex.chao1({1: 5}) == pytest.approx(5 + 5 * 4 / 2)        # f2 = 0: bias-corrected, 15
+    assert ex.chao1({2: 4}) == 4                                    # no singletons: nothing unseen
+    assert ex.good_turing_new({}) is None
+    assert ex.frequency_counts([1, 1, 2, 3, 3, 3, 0]) == {1: 2, 2: 1, 3: 3}
+
+
+def test_extrapolation_by_hand():
+    freq = {1: 6, 2: 3, 3: 1}
+    T = 20
+    f0 = 6.0                                                          # chao1 - n_obs
+    base = 1 - 6 / (T * f0 + 6)
+    assert ex.extrapolate(freq, T, 0) == 10
+    assert ex.extrapolate(freq, T, 20) == pytest.approx(10 + f0 * (1 - base ** 20))
+    assert ex.extrapolate(freq, T, 10 ** 9) == pytest.approx(16)      # tends to Chao1
+    curve = ex.extrapolation_curve(freq, T, factor=3.0, points=10)
+    assert curve[0] == (20, 10.0) and curve[-1][0] == 60
+    ys = [y for _, y in curve]
+    assert ys == sorted(ys)
+    assert ex.extrapolate({2: 5}, T, 100) == 5
+
+
+def test_union_length_by_hand():
+    keys = np.array([1, 1, 1, 2, 1])
+    s = np.array([0, 5, 20, 0, 8])
+    e = np.array([10, 12, 25, 4, 9])
+    # key 1: [0,10) u [5,12) u [8,9) u [20,25) = 12 + 5 = 17; key 2: 4
+    assert union_length(keys, s, e) == {1: 17, 2: 4}
+    comp = union_length((np.array([0, 0, 1]), np.array([7, 7, 7])), np.array([0, 2, 0]), np.array([5, 6, 5]))
+    assert comp == {(0, 7): 6, (1, 7): 5}
+    assert union_length(np.array([], dtype=np.int64), np.array([], dtype=np.int64), np.array([], dtype=np.int64)) == {}
+
+
+METRICS = {"metrics": {"memorized_token_fraction": 0.002, "generations": 1000, "unique_memorized_windows": 12,
+                       "mb_per_dollar": None},
+           "per_attack": {"divergence": {"memorized_generations": 7}}}
+
+
+@pytest.mark.parametrize("expr, want", [
+    ("memorized_token_fraction > 0.001", True),
+    ("memorized_token_fraction > 1e-2", False),
+    ("memorized_token_fraction >= 0.2%", True),
+    ("generations == 1_000 and unique_memorized_windows < 10", False),
+    ("generations == 1000 and not unique_memorized_windows < 10", True),
+    ("unique_memorized_windows > 100 or (generations > 10 and per_attack.divergence.memorized_generations >= 7)", True),
+    ("0.001 < memorized_token_fraction", True),
+    ("generations != 1000", False),
+    ("a_b > 1 or generations > 1", None),
+])
+def test_gate_evaluation(expr, want):
+    if want is None:
+        with pytest.raises(ReportError, match="unknown metric 'a_b'"):
+            Gate(expr).evaluate(METRICS)
+    else:
+        assert Gate(expr).evaluate(METRICS) is want
+
+
+@pytest.mark.parametrize("expr", ["", "generations", "generations >", "> 1", "generations > 1 extra",
+                                  "(generations > 1", "__import__('os')", "generations > 1; rm -rf /",
+                                  "generations > 'x'", "generations = 1", "1 > 0 and", "lambda: 1"])
+def test_gate_rejects_bad_syntax(expr):
+    with pytest.raises(ReportError, match="--fail-if"):
+        Gate(expr).evaluate(METRICS)
+
+
+def test_gate_na_metric_fails_closed():
+    with pytest.raises(ReportError, match="not available"):
+        Gate("mb_per_dollar < 1").evaluate(METRICS)
+    assert "memorized_token_fraction = 0.002" in Gate("memorized_token_fraction > 0").explain(METRICS)
+
+
+def test_categories():
+    t = ("mail bob.smith@corp.example.com, tel 020 7946 0958, host 10.0.0.1 and 2001:db8::8a2e:370:7334, "
+         "see https://example.com/x?y=1 id 123e4567-e89b-12d3-a456-426614174000 token ghp_"
+         + "a" * 36 + " and 999.1.1.1 and 2019 2020")
+    f = find_all(t)
+    assert f["emails"] == ["bob.smith@corp.example.com"]
+    assert f["phone_numbers"] == ["020 7946 0958"]
+    assert f["ip_addresses"] == ["10.0.0.1", "2001:db8::8a2e:370:7334"]
+    assert f["urls"] == ["https://example.com/x?y=1"]
+    assert f["uuids"] == ["123e4567-e89b-12d3-a456-426614174000"]
+    assert f["keys"] == ["ghp_" + "a" * 36]
+    assert not f["code"] and not f["license_text"]
+    code = "#include <stdio.h>\nint main(void) {\n    printf(\"hi\");\n    return 0;\n}\n"
+    assert find_all(code)["code"]
+    assert find_all("Licensed under the Apache License, Version 2.0")["license_text"]
+    assert find_all("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----")["keys"]
+    assert not find_all("just some words 12 34")["phone_numbers"]
+
+
+def test_redact():
+    t = ("bob@x.io +44 20 7946 0958 192.168.0.1 sk-" + "Z" * 30 + " AKIAIOSFODNN7EXAMPLE "
+         "https://admin:hunter2@host.example/ -----BEGIN PRIVATE KEY-----\nabc\n-----END PRIVATE KEY----- ok")
+    r = redact(t)
+    for secret in ("bob@x.io", "7946", "192.168", "ZZZZ", "AKIA", "hunter2", "abc"):
+        assert secret not in r, secret
+    assert r.endswith(" ok") and "[EMAIL]" in r and "[PEM]" in r and "[KEY]" in r and "[IP]" in r
+    assert redact("version 1.2.3 in 2024") == "version 1.2.3 in 2024"
+
+
+def test_near_duplicate_clusters():
+    base = " ".join(f"word{i}" for i in range(120))
+    near = base.replace("word60", "changed")
+    other = " ".join(f"other{i}" for i in range(120))
+    res = cluster_texts([base, near, other, "tiny"])
+    assert res["clusters"] == 3
+    assert res["labels"][0] == res["labels"][1] != res["labels"][2]
+    capped = cluster_texts([base, near, other], max_texts=1)
+    assert capped["clusters"] == 3 and capped["summary"]["capped"]
+    assert cluster_texts([])["clusters"] == 0
+
+
+def test_clean_and_markdown_escaping():
+    assert clean("a\x00b\x1bc\u202ed\x85") == "a\\x00b\\x1bc\\u202ed\\x85"
+    assert clean("x" * 10, limit=4).startswith("xxxx\u2026 [6 more")
+    assert md_cell("a|b <i>`x`</i>\nnext") == "a\\|b &lt;i&gt;\\`x\\`&lt;/i&gt; next"
+    f = md_fence("code ~~~~~~ and ```")
+    assert f.startswith("~~~~~~~text\n") and f.endswith("\n~~~~~~~")
