@@ -88,7 +88,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path):
                 "--param", "max_tokens=5", "--concurrency", "2", "--no-progress"]
         proc = subprocess.Popen([sys.executable, "-m", "extractor.cli", *args], env=ENV, cwd=REPO,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        journal = tmp_path / "run" / "generations" / "journal.jsonl"
+        journal = tmp_path / "run" / "generations" / "_journal.jsonl"
         deadline = time.monotonic() + 60
         while not (journal.exists() and journal.read_text().count("\n") >= 3):
             assert proc.poll() is None and time.monotonic() < deadline

@@ -34,6 +34,7 @@ def check_generations(run_dir, expect_rows):
     t = rd.read_generations()
     rows = t.to_pylist()
     assert len(rows) == expect_rows
+    assert pq.read_table(os.path.join(str(run_dir), "generations")).num_rows == expect_rows
     ids = [r["request_id"] for r in rows]
     assert len(set(ids)) == len(ids)
     for r in rows:
