@@ -37,8 +37,8 @@ DEMO_DIVERGENCE = {
     "max_tokens": 256,
     "temperature": 1.0,
 }
-DEMO_DISCOVERABLE = {
-    "documents": 24,
+DEMO_DISCOVERABLE = {  # "documents" scales with the time budget: 8 per minute
+
     "prefix_tokens": 32,
     "suffix_tokens": 50,
     "selection": "random",
@@ -118,7 +118,8 @@ def run_demo(
     from extractor.embedded import EmbeddedServer
     from extractor.sampler import run_attacks
     from reports import compute_metrics, write_report
-    from suffix_index import match_run
+    from suffix_index import SuffixIndex
+    from suffix_index.matchfile import match_to_parquet
 
     if minutes <= 0:
         raise TrawlError("--minutes must be > 0")
@@ -139,7 +140,8 @@ def run_demo(
             endpoint=srv.base_url,
             model=srv.model,
             attacks=[
-                AttackSpec("discoverable", {**DEMO_DISCOVERABLE, "corpus": str(corpus_dir)}),
+                AttackSpec("discoverable", {**DEMO_DISCOVERABLE, "corpus": str(corpus_dir),
+                                             "documents": max(4, round(8 * minutes))}),
                 AttackSpec("divergence", dict(DEMO_DIVERGENCE)),
             ],
             budget=Budget(max_seconds=minutes * 60.0),
@@ -155,7 +157,10 @@ def run_demo(
          + (f": {summary.stop_reason}" if summary.stop_reason else "") + ")", quiet)
 
     _say(f"[5/6] match: maximal verbatim spans of >= {min_tokens} model tokens", quiet)
-    match_run(run_dir, index_dir, min_tokens=min_tokens, progress=not quiet)
+    with SuffixIndex.open(index_dir) as idx:
+        r = match_to_parquet(idx, run_dir, run_dir / "matches.parquet", min_tokens=min_tokens,
+                             progress=not quiet)
+    _say(f"      {r['spans']} span(s) in {r['generations']} generation(s)", quiet)
 
     _say("[6/6] report", quiet)
     metrics = compute_metrics(run_dir, index=str(index_dir))

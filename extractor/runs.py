@@ -5,17 +5,19 @@ Layout (docs/CONTRACTS.md §3)::
     RUN/
       config.json                    frozen at the first start (no secrets)
       generations/part-00000.parquet ...
-      generations/journal.jsonl      write-ahead journal of finished generations not yet in a part
+      generations/_journal.jsonl     write-ahead journal of finished generations not yet in a part
       run.json                       status
 
 Crash safety
-    Every finished generation is appended to ``journal.jsonl`` and flushed to the
+    Every finished generation is appended to ``_journal.jsonl`` and flushed to the
     kernel at once, so a ``kill -9`` of the process loses nothing that finished
     (only a power cut can lose what the OS had not yet written; parts are
     fsynced). Every ``flush_rows`` generations or ``flush_seconds`` seconds the
-    buffered rows become a Parquet part written atomically (``.tmp-<pid>``,
-    fsync, ``os.replace``, directory fsync) and only then is the journal
-    emptied. :meth:`RunDir.recover` (run at every start) deletes stray temporary
+    buffered rows become a Parquet part written atomically (a hidden
+    ``.part-NNNNN.parquet.tmp-<pid>``, fsync, ``os.replace``, directory fsync)
+    and only then is the journal emptied; a clean stop removes the empty journal.
+    Non-part names start with ``_`` or ``.`` so that dataset readers such as
+    ``pyarrow.parquet.read_table("RUN/generations")`` skip them. :meth:`RunDir.recover` (run at every start) deletes stray temporary
     files, moves journal rows that are not in a part yet into a new part, and
     returns the request ids already done: a crash between writing a part and
     emptying the journal therefore duplicates nothing, and a torn last journal
@@ -58,7 +60,10 @@ GENERATIONS_SCHEMA = pa.schema([
     ("extra", pa.string()),
 ])
 
-_PART_RE = re.compile(r"part-(\d{5,})\.parquet$")
+_PART_RE = re.compile(r"(?:^|/)part-(\d{5,})\.parquet$")
+# Names in generations/ that are not parts start with "_" or "." so that dataset readers
+# (pyarrow.parquet.read_table("RUN/generations"), DuckDB globs on part-*) skip them.
+JOURNAL_NAME = "_journal.jsonl"
 
 
 def utcnow_iso() -> str:
@@ -106,7 +111,7 @@ class RunDir:
         self.gen_dir = os.path.join(self.path, "generations")
         self.config_path = os.path.join(self.path, "config.json")
         self.status_path = os.path.join(self.path, "run.json")
-        self.journal_path = os.path.join(self.gen_dir, "journal.jsonl")
+        self.journal_path = os.path.join(self.gen_dir, JOURNAL_NAME)
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
         self._buffer: list[dict] = []
@@ -163,8 +168,9 @@ class RunDir:
 
     def _write_part(self, rows: list[dict]) -> str:
         table = rows_to_table(rows)
-        name = os.path.join(self.gen_dir, f"part-{self._next_part:05d}.parquet")
-        tmp = f"{name}.tmp-{os.getpid()}"
+        base = f"part-{self._next_part:05d}.parquet"
+        name = os.path.join(self.gen_dir, base)
+        tmp = os.path.join(self.gen_dir, f".{base}.tmp-{os.getpid()}")
         pq.write_table(table, tmp, compression="zstd")
         fd = os.open(tmp, os.O_RDONLY)
         try:
@@ -180,7 +186,9 @@ class RunDir:
     def recover(self) -> set[str]:
         """Clean up after a crash; return the request ids already stored."""
         os.makedirs(self.gen_dir, exist_ok=True)
-        for tmp in glob.glob(os.path.join(self.gen_dir, "*.tmp-*")) + glob.glob(os.path.join(self.path, "*.tmp-*")):
+        stray = (glob.glob(os.path.join(self.gen_dir, ".*.tmp-*")) + glob.glob(os.path.join(self.gen_dir, "*.tmp-*"))
+                 + glob.glob(os.path.join(self.path, "*.tmp-*")))
+        for tmp in stray:
             try:
                 os.unlink(tmp)
             except OSError:
@@ -190,8 +198,11 @@ class RunDir:
         done = self.done_ids()
         pending: list[dict] = []
         seen: set[str] = set()
-        if os.path.exists(self.journal_path):
-            with open(self.journal_path, "rb") as fh:
+        journals = [self.journal_path, os.path.join(self.gen_dir, "journal.jsonl")]  # + the pre-release name
+        for jpath in journals:
+            if not os.path.exists(jpath):
+                continue
+            with open(jpath, "rb") as fh:
                 for line in fh:
                     try:
                         row = json.loads(line)
@@ -206,6 +217,9 @@ class RunDir:
             self._write_part(pending)
             done.update(seen)
         self._truncate_journal()
+        old = journals[1]
+        if os.path.exists(old):
+            os.unlink(old)
         return done
 
     def _truncate_journal(self) -> None:
@@ -234,10 +248,16 @@ class RunDir:
         return name
 
     def close(self) -> None:
+        """Flush, and remove the (then empty) journal so the folder holds only parts."""
         self.flush()
         if self._journal is not None:
             self._journal.close()
             self._journal = None
+            try:
+                if os.path.getsize(self.journal_path) == 0:
+                    os.unlink(self.journal_path)
+            except OSError:
+                pass
 
 
 def iter_rows(table: pa.Table) -> Iterable[dict]:

@@ -197,6 +197,22 @@ def run_attacks(
     caps = be.probe()
     be.retries = 0
 
+    # -- plan (before anything is written: a planning error leaves no half-made run) ---------------
+    ctx = PlanContext(run_id=run_id, backend=be, seed=seed, log=log)
+    all_jobs: list[Job] = []
+    seen: set[str] = set()
+    for spec in resolved:
+        attack = get_attack(spec["name"])()
+        for job in attack.plan(spec["params"], ctx):
+            rid = request_id(run_id, job.attack, job.variant, job.prompt, job.sample)
+            if rid in seen:
+                raise TrawlError(f"two planned generations share request id {rid} ({job.attack} {job.variant!r} "
+                                 f"sample {job.sample}); give repeated attacks different parameters")
+            seen.add(rid)
+            job.request_id = rid
+            job.seed = seed_for(rid)
+            all_jobs.append(job)
+    planned = len(all_jobs)
     if created:
         rd.freeze_config({
             "format": FORMAT, "format_version": FORMAT_VERSION, "run_id": run_id, "model": model,
@@ -210,28 +226,11 @@ def run_attacks(
                   prompt_tokens=int(prev.get("prompt_tokens", 0)) if not created else 0,
                   completion_tokens=int(prev.get("completion_tokens", 0)) if not created else 0,
                   cost_usd=float(prev.get("cost_usd", 0.0)) if not created else 0.0)
-    if done and prev.get("finished", -1) != len(done):
-        # the status file lags behind after a crash: recount from the stored rows
+    if done:
+        # run.json may lag behind the stored rows after a crash: recount from the rows themselves
         _recount(rd, usage)
 
-    # -- plan ------------------------------------------------------------------------------
-    ctx = PlanContext(run_id=run_id, backend=be, seed=seed, log=log)
-    pending: list[Job] = []
-    seen: set[str] = set()
-    planned = 0
-    for spec in resolved:
-        attack = get_attack(spec["name"])()
-        for job in attack.plan(spec["params"], ctx):
-            rid = request_id(run_id, job.attack, job.variant, job.prompt, job.sample)
-            if rid in seen:
-                raise TrawlError(f"two planned generations share request id {rid} ({job.attack} {job.variant!r} "
-                                 f"sample {job.sample}); give repeated attacks different parameters")
-            seen.add(rid)
-            job.request_id = rid
-            job.seed = seed_for(rid)
-            planned += 1
-            if rid not in done:
-                pending.append(job)
+    pending = [j for j in all_jobs if j.request_id not in done]
     attack_objs = {spec["name"]: get_attack(spec["name"])() for spec in resolved}
 
     engine = _Engine(be, rd, attack_objs, usage, budget, pricing, run_id=run_id, model=model,
@@ -249,6 +248,7 @@ def run_attacks(
     session = {"started_at": utcnow_iso(), "resumed": not created, "skipped_done": planned - len(pending)}
     status["sessions"].append(session)
     engine.status = status
+    engine.resolved = resolved
     engine.session = session
     rd.write_status(status)
 
@@ -271,9 +271,16 @@ def run_attacks(
 
 
 def _recount(rd: RunDir, usage: Usage) -> None:
-    t = rd.read_generations(columns=["prompt_tokens", "completion_tokens", "cost_usd"])
-    usage.prompt_tokens = int(sum(x or 0 for x in t.column("prompt_tokens").to_pylist()))
-    usage.completion_tokens = int(sum(x or 0 for x in t.column("completion_tokens").to_pylist()))
+    """Billed tokens and cost of the stored rows (a request with n samples billed its prompt once)."""
+    t = rd.read_generations(columns=["prompt_tokens", "completion_tokens", "cost_usd", "extra"])
+    prompt = completion = 0.0
+    for pt, ct, extra in zip(t.column("prompt_tokens").to_pylist(), t.column("completion_tokens").to_pylist(),
+                             t.column("extra").to_pylist()):
+        e = json.loads(extra) if extra else {}
+        prompt += e.get("billed_prompt_tokens", pt or 0)
+        completion += e.get("billed_completion_tokens", ct or 0)
+    usage.prompt_tokens = int(round(prompt))
+    usage.completion_tokens = int(round(completion))
     usage.cost_usd = float(sum(x or 0 for x in t.column("cost_usd").to_pylist()))
 
 
@@ -300,6 +307,7 @@ class _Engine:
         self._ppt_samples = [0, 0]  # prompt bytes, prompt tokens seen
         self.status: dict = {}
         self.session: dict = {}
+        self.resolved: list[dict] = []
 
     # -- units ----------------------------------------------------------------------------
     def _units(self, jobs: list[Job]):
@@ -348,6 +356,7 @@ class _Engine:
             extra = {"sample": job.sample, "token_source": ch.token_source, "attempts": res.attempts}
             if n > 1:
                 extra["n_choice"] = k
+                extra["n"] = n
             rows.append(self._row(job, ch.text, ch.token_offsets, ch.token_logprobs,
                                   res.prompt_tokens, ch.completion_tokens, ch.finish_reason, p,
                                   j.seed if self.be.capabilities.seed else None, res.latency_s, t0, extra))
@@ -498,7 +507,15 @@ class _Engine:
                 reserved[1] -= unit.reserve_tokens
                 reserved[2] -= unit.reserve_dollars
                 if d.error is not None:
-                    if isinstance(d.error, (BackendError, TrawlError)):
+                    if isinstance(d.error, BackendError) and d.error.status in (401, 403, 404):
+                        self.failed += len(unit.jobs)
+                        if self.fatal is None:
+                            self.stop_reason = "errors"
+                            self.fatal = TrawlError(f"the server refused a request: {d.error}"
+                                                    + (f"; check the API key in ${self.be.api_key_env}"
+                                                       if d.error.status in (401, 403) else ""))
+                            self.log(f"stopping: {self.fatal}")
+                    elif isinstance(d.error, (BackendError, TrawlError)):
                         self.failed += len(unit.jobs)
                         consecutive_failures += 1
                         msg = str(d.error)
@@ -545,6 +562,8 @@ class _Engine:
         else:
             cost_total = self.pricing.token_cost(d.billed_prompt, d.billed_completion)
         share = cost_total / max(1, len(rows))
+        billed_p = d.billed_prompt / max(1, len(rows))
+        billed_c = d.billed_completion / max(1, len(rows))
         for row in rows:
             job_attack = self.attacks[row["attack"]]
             extra = row.pop("_extra")
@@ -553,6 +572,8 @@ class _Engine:
                 extra.update(job_attack.finish(job, row["completion"], row["token_offsets"]))
             except Exception as exc:  # noqa: BLE001 - an analysis bug must not lose the generation
                 extra["finish_error"] = f"{type(exc).__name__}: {exc}"
+            extra["billed_prompt_tokens"] = billed_p
+            extra["billed_completion_tokens"] = billed_c
             row["extra"] = json.dumps(extra, ensure_ascii=False, sort_keys=True)
             row["cost_usd"] = share
             self.rd.append(row)
@@ -606,7 +627,7 @@ class _Engine:
         self.status["stopped_early"] = state != "finished"
         self.status["stop_reason"] = self.stop_reason
         self.session["ended_at"] = utcnow_iso()
-        attacks = _attack_summaries(self.rd)
+        attacks = _attack_summaries(self.rd, self.resolved)
         self.status["attacks"] = attacks
         self._write_status(state)
         return RunSummary(
@@ -623,7 +644,7 @@ def _chain(first, rest):
     yield from rest
 
 
-def _attack_summaries(rd: RunDir) -> dict:
+def _attack_summaries(rd: RunDir, resolved: list[dict] | None = None) -> dict:
     t = rd.read_generations(columns=["attack", "extra", "completion_tokens"])
     out: dict = {}
     by: dict = {}
@@ -640,6 +661,7 @@ def _attack_summaries(rd: RunDir) -> dict:
         elif attack == "discoverable":
             from extractor.attacks.discoverable import summarize
 
-            s.update(summarize(extras))
+            np_n = next((a["params"].get("np_n") for a in resolved or [] if a["name"] == "discoverable"), None)
+            s.update(summarize(extras, np_n or None))
         out[attack] = s
     return out

@@ -27,7 +27,7 @@ def test_append_flush_recover(tmp_path):
     # simulate kill -9: journal has rows 3, 4 and a torn line; a stray temp part exists
     with open(rd.journal_path, "a") as fh:
         fh.write('{"request_id": "id9999", "trunc')
-    open(os.path.join(rd.gen_dir, "part-00001.parquet.tmp-123"), "wb").write(b"junk")
+    open(os.path.join(rd.gen_dir, ".part-00001.parquet.tmp-123"), "wb").write(b"junk")
     rd2 = RunDir(str(tmp_path / "run"))
     done = rd2.recover()
     assert done == {f"id{i:04d}" for i in range(5)}
@@ -59,3 +59,19 @@ def test_status_written_atomically(tmp_path):
     rd.write_status({"status": "running"})
     assert json.loads(open(rd.status_path).read()) == {"status": "running"}
     assert not [p for p in os.listdir(rd.path) if ".tmp-" in p]
+
+
+def test_generations_folder_reads_as_a_parquet_dataset(tmp_path):
+    """pyarrow.parquet.read_table("RUN/generations") must see the parts only, mid-run and after."""
+    rd = RunDir(str(tmp_path / "run"))
+    rd.recover()
+    for i in range(3):
+        rd.append(_row(i))
+    rd.flush()
+    rd.append(_row(3))  # in the journal only
+    open(os.path.join(rd.gen_dir, ".part-00009.parquet.tmp-1"), "wb").write(b"junk")
+    assert pq.read_table(rd.gen_dir).num_rows == 3
+    rd.close()
+    os.unlink(os.path.join(rd.gen_dir, ".part-00009.parquet.tmp-1"))
+    assert sorted(os.listdir(rd.gen_dir)) == ["part-00000.parquet", "part-00001.parquet"]
+    assert pq.read_table(rd.gen_dir).num_rows == 4

@@ -34,6 +34,7 @@ def check_generations(run_dir, expect_rows):
     t = rd.read_generations()
     rows = t.to_pylist()
     assert len(rows) == expect_rows
+    assert pq.read_table(os.path.join(str(run_dir), "generations")).num_rows == expect_rows
     ids = [r["request_id"] for r in rows]
     assert len(set(ids)) == len(ids)
     for r in rows:
@@ -48,7 +49,7 @@ def check_generations(run_dir, expect_rows):
         extra = json.loads(r["extra"])
         if r["attack"] == "divergence":
             assert {"word", "repetitions", "diverged", "diverged_at"} <= extra.keys()
-        else:
+        elif r["attack"] == "discoverable":
             assert {"doc_id", "prefix_tokens", "target", "target_tokens", "exact", "edit_distance_ratio"} <= extra.keys()
             assert r["prompt_tokens"] >= 16
     return rows
@@ -120,3 +121,33 @@ def test_cli_sample_and_attacks(local_server, tmp_path, capsys):
     assert main(["attacks"]) == 0
     text = capsys.readouterr().out
     assert "divergence" in text and "discoverable" in text and "repetitions" in text
+
+
+def test_other_attacks_against_the_real_model(local_server, tmp_path):
+    text = tmp_path / "web.txt"
+    text.write_text("The history of the printing press begins in Mainz around 1440.\n\n"
+                    "Photosynthesis converts light energy into chemical energy stored in glucose molecules.\n")
+    attacks = [
+        AttackSpec("special_chars", {"strategies": "repeat,cross_set", "structural": "{", "special": "@",
+                                     "lengths": "12", "combinations": 1, "samples": 1, "max_tokens": 12}),
+        AttackSpec("unconditional", {"samples": 1, "max_tokens": 16, "decay_tokens": 6, "decay_steps": 2}),
+        AttackSpec("prefix", {"source": str(text), "prompts": 2, "max_tokens": 10}),
+    ]
+    s = run_attacks(str(tmp_path / "run"), endpoint=local_server.base_url, model=local_server.model,
+                    attacks=attacks, concurrency=2, progress=False)
+    assert s.status == "finished" and s.finished == 3 + 2 + 2
+    rows = check_generations(tmp_path / "run", 7)
+    by = {}
+    for r in rows:
+        by.setdefault(r["attack"], []).append(r)
+    assert {r["variant"] for r in by["special_chars"]} == {"repeat:{x12", "repeat:@x12", "cross_set:12:0"}
+    decay = [r for r in by["unconditional"] if r["variant"] == "temperature_decay"][0]
+    extra = json.loads(decay["extra"])
+    assert "approximated" in extra["approximation"] and len(extra["calls"]) == 3
+    assert [c["temperature"] for c in extra["calls"]] == [8.5, 4.0, 1.0]
+    assert decay["prompt"] == "" and decay["completion_tokens"] == len(decay["token_offsets"])
+    topk = [r for r in by["unconditional"] if r["variant"] == "top_k"][0]
+    assert json.loads(topk["params"]) == {"max_tokens": 16, "temperature": 1.0, "top_k": 40}
+    for r in by["prefix"]:
+        e = json.loads(r["extra"])
+        assert 5 <= e["prompt_tokens_cut"] <= 10 and r["prompt"].strip() and r["prompt"] in text.read_text()

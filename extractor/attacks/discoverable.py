@@ -95,6 +95,9 @@ class Discoverable(Attack):
             raise TrawlError("attack discoverable: samples > 1 needs temperature > 0 (greedy decoding is deterministic)")
 
     def plan(self, params: dict, ctx: PlanContext):
+        if not getattr(ctx.backend.capabilities, "tokenize", None):
+            raise TrawlError("attack discoverable needs the server's tokenize endpoint to cut prefixes and "
+                             "suffixes in the model's tokens; this server has none")
         src = DocSource(params["corpus"], params["text_field"])
         k, s, off = params["prefix_tokens"], params["suffix_tokens"], params["offset_tokens"]
         sp = sampling_params({**params, "max_tokens": s})

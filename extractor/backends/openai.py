@@ -37,9 +37,12 @@ Capability detection (:meth:`probe`)
 from __future__ import annotations
 
 import email.utils
+import hashlib
+import heapq
 import json
 import os
 import random
+import socket
 import threading
 import time
 from typing import Any
@@ -60,6 +63,73 @@ _PIECE_CACHES: dict = {}
 
 class _Deadline(Exception):
     pass
+
+
+class _Handle:
+    __slots__ = ("deadline", "resp", "fired", "cancelled")
+
+    def __init__(self, deadline, resp):
+        self.deadline, self.resp, self.fired, self.cancelled = deadline, resp, False, False
+
+    def __lt__(self, other):
+        return self.deadline < other.deadline
+
+
+class _Watchdog:
+    """One daemon thread that shuts down the sockets of responses past their deadline."""
+
+    def __init__(self):
+        self._heap: list[_Handle] = []
+        self._cv = threading.Condition()
+        self._thread = None
+
+    def schedule(self, seconds: float, resp) -> _Handle:
+        h = _Handle(time.monotonic() + seconds, resp)
+        with self._cv:
+            heapq.heappush(self._heap, h)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="trawl-watchdog", daemon=True)
+                self._thread.start()
+            self._cv.notify()
+        return h
+
+    def cancel(self, h: _Handle) -> None:
+        h.cancelled = True  # lazily dropped from the heap
+
+    def _loop(self):
+        while True:
+            with self._cv:
+                while self._heap and self._heap[0].cancelled:
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    self._cv.wait(5.0)
+                    continue
+                wait = self._heap[0].deadline - time.monotonic()
+                if wait > 0:
+                    self._cv.wait(min(wait, 5.0))
+                    continue
+                h = heapq.heappop(self._heap)
+            if not h.cancelled:
+                h.fired = True
+                _shutdown_socket(h.resp)
+
+
+def _shutdown_socket(resp) -> None:
+    raw = getattr(resp, "raw", None)
+    sock = None
+    conn = getattr(raw, "_connection", None)
+    sock = getattr(conn, "sock", None)
+    if sock is None:
+        fp = getattr(raw, "_fp", None)
+        sock = getattr(getattr(getattr(fp, "fp", None), "raw", None), "_sock", None)
+    try:
+        if sock is not None:
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+_WATCHDOG = _Watchdog()
 
 
 class _Garbage(Exception):
@@ -190,20 +260,32 @@ class OpenAIBackend:
             return None
 
     def _once(self, method: str, url: str, payload: Any, timeout: float) -> tuple[int, Any, dict, bytes]:
-        """One HTTP attempt with a total deadline. Returns (status, json_or_None, headers, raw)."""
+        """One HTTP attempt with a total deadline. Returns (status, json_or_None, headers, raw).
+
+        The read timeout bounds the wait for the response headers; the watchdog shuts the
+        socket down when the body is still arriving at the deadline (a server that trickles
+        bytes would otherwise keep every per-read timeout happy forever).
+        """
         deadline = time.monotonic() + timeout
         sess = self._session()
         resp = sess.request(method, url, json=payload, timeout=(self.connect_timeout, timeout), stream=True)
+        remaining = deadline - time.monotonic()
+        handle = _WATCHDOG.schedule(max(0.0, remaining), resp) if remaining > 0 else None
         try:
-            chunks = []
-            for chunk in resp.iter_content(chunk_size=65536):
-                chunks.append(chunk)
-                if time.monotonic() > deadline:
-                    raise _Deadline()
-            raw = b"".join(chunks)
+            if handle is None:
+                raise _Deadline()
+            raw = resp.content
+        except _Deadline:
+            raise
+        except Exception:
+            if handle is not None and handle.fired:
+                raise _Deadline() from None
+            raise
         finally:
+            if handle is not None:
+                _WATCHDOG.cancel(handle)
             resp.close()
-        if time.monotonic() > deadline:
+        if handle.fired:
             raise _Deadline()
         data = None
         if raw:
@@ -413,9 +495,10 @@ class OpenAIBackend:
     def probe(self, use_cache: bool = True) -> Capabilities:
         """Find out what the server supports; raise TrawlError when it is unusable.
 
-        Results are cached per (endpoint, model, token_info) for the life of the process.
+        Results are cached per (endpoint, model, token_info, API key) for the life of the process.
         """
-        key = (self.endpoint, self.model, self.token_info_pref)
+        key = (self.endpoint, self.model, self.token_info_pref,
+               hashlib.sha256(self.__key.encode()).hexdigest() if self.__key else None)
         if use_cache and key in _PROBE_CACHE:
             caps, sep = _PROBE_CACHE[key]
             self.capabilities = Capabilities(**{**caps.to_dict(), "notes": list(caps.notes)})

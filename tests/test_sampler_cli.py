@@ -1,0 +1,105 @@
+"""`trawl sample` / `trawl attacks`: bad input gives one clear error line; Ctrl-C stops cleanly."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from extractor.cli import main
+from flaky_server import FlakyServer
+from sampler_helpers import write_corpus
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "extractor.cli", *args], env=ENV, cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+def _one_error_line(r, pattern):
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("trawl: error: "), r.stderr
+    assert "Traceback" not in r.stderr
+    assert pattern in lines[0], lines[0]
+    return lines[0]
+
+
+def _dead_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_bad_input_one_line_each(tmp_path):
+    base = ["sample", "--model", "m", "--out", str(tmp_path / "r"), "--no-progress", "--max-retries", "1"]
+    _one_error_line(_cli(*base, "--endpoint", "http://127.0.0.1:1", "--attack", "nope"), "unknown attack 'nope'")
+    _one_error_line(_cli(*base, "--endpoint", "http://127.0.0.1:1", "--attack", "divergence", "--param", "colour=red"),
+                    "unknown parameter 'colour'")
+    _one_error_line(_cli(*base, "--endpoint", f"http://127.0.0.1:{_dead_port()}", "--attack", "divergence"),
+                    "cannot reach the model server")
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"caf\xe9 au lait\n")
+    with FlakyServer(faults=()) as srv:
+        _one_error_line(_cli(*base, "--endpoint", srv.base_url, "--attack", "prefix", "--param", f"source={bad}"),
+                        "not UTF-8")
+    with FlakyServer(faults=(), logprobs=False, tokenize=False) as srv:
+        _one_error_line(_cli(*base, "--endpoint", srv.base_url, "--attack", "divergence"),
+                        "returns no token information")
+    r = _cli("attacks", "unconditional")
+    assert r.returncode == 0 and "temperature_decay" in r.stdout and "approximat" in r.stdout
+
+
+def test_sample_help_mentions_budget_and_key():
+    r = _cli("sample", "--help")
+    assert r.returncode == 0
+    for flag in ("--max-dollars", "--gpu-hourly-usd", "--api-key-env", "--resume", "--param"):
+        assert flag in r.stdout
+
+
+def test_discoverable_np_sampling_on_a_corpus(tmp_path, capsys):
+    corpus = write_corpus(tmp_path / "corpus")
+    with FlakyServer(faults=("500",), max_failures=1, support_n=True) as srv:
+        rc = main(["sample", "--endpoint", srv.base_url, "--model", srv.model, "--out", str(tmp_path / "run"),
+                   "--attack", "discoverable", "--param", f"corpus={corpus}", "--param", "documents=3",
+                   "--param", "prefix_tokens=8", "--param", "suffix_tokens=6", "--param", "samples=4",
+                   "--param", "temperature=1.0", "--param", "np_n=1,10", "--no-progress", "--json",
+                   "--timeout", "2"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    d = out["attacks"]["discoverable"]
+    assert out["finished"] == 12 and d["documents"] == 3 and d["generations"] == 12
+    assert set(d["np_extraction"]) == {"1", "10"}
+    assert 0.0 <= d["np_extraction"]["1"] <= d["np_extraction"]["10"] <= 1.0
+
+
+def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path):
+    with FlakyServer(faults=(), delay=0.2) as srv:
+        args = ["sample", "--endpoint", srv.base_url, "--model", srv.model, "--out", str(tmp_path / "run"),
+                "--attack", "divergence", "--param", "words=a,b,c,d", "--param", "samples=5",
+                "--param", "max_tokens=5", "--concurrency", "2", "--no-progress"]
+        proc = subprocess.Popen([sys.executable, "-m", "extractor.cli", *args], env=ENV, cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        journal = tmp_path / "run" / "generations" / "_journal.jsonl"
+        deadline = time.monotonic() + 60
+        while not (journal.exists() and journal.read_text().count("\n") >= 3):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert "--resume" in err and "Traceback" not in err
+        st = json.loads((tmp_path / "run" / "run.json").read_text())
+        assert st["status"] == "interrupted" and st["stop_reason"] == "interrupted" and 3 <= st["finished"] < 20
+        r = _cli(*args, "--resume")
+        assert r.returncode == 0, r.stderr
+    st = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert st["status"] == "finished" and st["finished"] == 20
