@@ -32,8 +32,7 @@ def stored(run_dir: Path) -> list[dict]:
     parts = sorted((run_dir / "generations").glob("*.parquet"))
     if parts:
         rows += pq.read_table(parts, columns=["request_id", "endpoint", "completion_tokens"]).to_pylist()
-    j = run_dir / "generations" / "journal.jsonl"
-    if j.exists():
+    for j in (run_dir / "generations").glob("*journal.jsonl"):   # the sampler's write-ahead journal
         for line in j.read_text().splitlines():
             try:
                 rows.append(json.loads(line))

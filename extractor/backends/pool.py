@@ -77,6 +77,7 @@ class PoolBackend:
         if dup:
             raise TrawlError(f"endpoint {dup[0]} is listed twice")
         self.model = model
+        self.api_key_env = member_kwargs.get("api_key_env", "OPENAI_API_KEY")
         self.max_retries = int(max_retries)
         self.backoff_base = float(backoff_base)
         self.backoff_max = float(backoff_max)
