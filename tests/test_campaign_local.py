@@ -23,7 +23,7 @@ from extractor.embedded import EmbeddedServer
 
 pytestmark = pytest.mark.slow
 
-WORDS = ["poem", "company", "book", "the", "one", "two", "data", "city", "water", "light", "time", "house"]
+WORDS = ["poem", "company", "book", "the", "one", "two", "data", "city", "water", "light"]
 
 
 def stored(run_dir: Path) -> list[dict]:
@@ -61,7 +61,7 @@ name = "divergence"
 words = {qlist(WORDS)}
 samples = 1
 repetitions = 10
-max_tokens = 16
+max_tokens = 12
 [index]
 path = {q(index)}
 """)
@@ -117,7 +117,7 @@ name = "divergence"
 words = {qlist(WORDS[:6])}
 samples = 1
 repetitions = 10
-max_tokens = 24
+max_tokens = 12
 [index]
 path = {q(index)}
 [report]
