@@ -11,8 +11,6 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
-
 from campaign_helpers import q
 from extractor.attacks import PlanContext, get_attack, request_id, seed_for
 from extractor.embedded import free_port
