@@ -330,11 +330,12 @@ def validate_campaign(data: dict, *, file: str, base_dir: Path, default_name: st
         if k not in known:
             raise TrawlError(f"unknown key '{k}' in {file} (known: {', '.join(known)})")
     cfg: dict = {}
+    if "target" not in data:
+        raise TrawlError(f"missing table [target] in {file} (the model under audit: model, version, and "
+                         f"endpoints or embedded = true)")
     for section, schema in SCHEMA.items():
         cfg[section] = check_table(file, section, data.get(section, {}), schema, base_dir,
                                    require=section in ("index",) or section in data)
-        if section == "index" and "index" not in data:
-            raise TrawlError(f"missing table [index] in {file} (index.path: {SCHEMA['index']['path'].help})")
     if "attacks" not in data:
         raise TrawlError(f"missing [[attacks]] in {file}: give at least one attack")
     cfg["attacks"] = check_attacks(file, "attacks", data["attacks"], base_dir)

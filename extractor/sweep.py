@@ -31,6 +31,7 @@ import json
 import os
 import re
 import sys
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -258,10 +259,11 @@ def run_sweep(sw: Sweep, *, rerun: bool = False, only: list[str] | None = None, 
                 r = run_campaign(c, rerun=rerun, progress=progress, log=log)
             except KeyboardInterrupt:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - one campaign's failure must not stop the others
                 if not is_user_error(exc) and not isinstance(exc, OSError):
-                    raise
-                r = CampaignResult(c.name, str(c.out), "failed", error=str(exc))
+                    traceback.print_exc()   # a bug: show where, then go on with the other campaigns
+                r = CampaignResult(c.name, str(c.out), "failed", error=f"{exc}" if is_user_error(exc)
+                                   else f"{type(exc).__name__}: {exc}")
                 log(f"campaign {c.name} failed: {exc}")
                 res.results.append(r)
                 echo(r.line())

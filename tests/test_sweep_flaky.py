@@ -36,7 +36,7 @@ def sweep_text(index, targets, *, tolerance=0.10) -> str:
             f'[defaults.target]\nconcurrency = 4\napi_key_env = ""\nmax_retries = 1\ntimeout = 5.0\n\n'
             f'[defaults.index]\npath = {q(index)}\nmin_tokens = 10\n\n'
             '[[attacks]]\nname = "divergence"\nwords = ["poem", "data"]\nsamples = 2\nrepetitions = 3\n'
-            f'max_tokens = 60\n\n{t}')
+            f'max_tokens = 100\n\n{t}')   # >= 50 tokens even after the server's re-tokenization merges some
 
 
 def planned_completions(campaign) -> list[str]:
