@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from reports import svg
 from reports.categories import CATEGORIES, CATEGORY_LABELS, redact as _redact
+from reports.errors import ReportError
 from reports.metrics import THRESHOLDS, compute_metrics
 
 MAX_SHOWN_CHARS = 4000
@@ -143,7 +144,10 @@ def write_report(run_dir, out_dir=None, redact: bool = False, metrics: dict | No
     m["redacted"] = bool(redact)
     texts = getattr(metrics, "memorized_texts", None)
     out_dir = os.fspath(out_dir) if out_dir is not None else os.path.join(run_dir, "report")
-    os.makedirs(out_dir, exist_ok=True)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as exc:
+        raise ReportError(f"{out_dir}: cannot create the report folder ({exc.strerror or exc})") from None
     paths = ReportPaths(os.path.join(out_dir, "report.html"), os.path.join(out_dir, "report.md"),
                         os.path.join(out_dir, "metrics.json"), m)
     _atomic_write(paths.json, json.dumps(m, indent=1, ensure_ascii=False, allow_nan=False, default=str) + "\n")
@@ -158,11 +162,18 @@ def write_report(run_dir, out_dir=None, redact: bool = False, metrics: dict | No
 
 def _atomic_write(path: str, text: str) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise ReportError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
 # ----------------------------------------------------------------------------- shared content

@@ -436,3 +436,11 @@ def test_hostile_attack_and_variant_names(tmp_path):
     assert all(f["memorized_generations"] == 1 for vs in pv.values() for f in vs.values())
     p = write_report(str(run))
     assert "\x00" not in _read(p.html) and "\x00" not in _read(p.md)
+
+
+def test_unwritable_output_is_a_user_error(tmp_path, capsys):
+    run = _simple_run(tmp_path)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    rc, out, err = _cli(["report", run, "-o", str(blocker / "sub")], capsys)
+    assert rc == 2 and "cannot create the report folder" in err and err.count("\n") == 1
