@@ -196,8 +196,9 @@ def headline(m: dict) -> list[tuple[str, str, str, str]]:
         ("longest_run_tokens", "Longest verbatim run",
          f"{fmt_int(t['longest_run_tokens'])} tokens ({fmt_int(t['longest_run_bytes'])} bytes)", d["longest_run_tokens"]),
         ("chao1_total_windows", "Estimated extractable windows (Chao1)",
-         f"{fmt_num(round(t['chao1_total_windows']))} (95% CI {fmt_num(round(t['chao1_ci95_low']))}"
-         f"\u2013{fmt_num(round(t['chao1_ci95_high']))})", d["chao1_total_windows"]),
+         (f"{fmt_num(round(t['chao1_total_windows']))} (95% CI {fmt_num(round(t['chao1_ci95_low']))}"
+          f"\u2013{fmt_num(round(t['chao1_ci95_high']))})") if t["unique_memorized_windows"] else "0",
+         d["chao1_total_windows"]),
         ("good_turing_new_probability", "P(next memorized window is new)", fmt_pct(t["good_turing_new_probability"]),
          d["good_turing_new_probability"]),
         ("mb_per_dollar", "Extractable MB per dollar", _cost_fig(t["mb_per_dollar"], m, "mb"), d["mb_per_dollar"]),
