@@ -77,6 +77,7 @@ from reports.errors import ReportError
 SCHEMA_VERSION = "1.0"
 THRESHOLDS = (10, 20, 30, 40, 50)
 APPROX_EDIT_RATIO = 0.1
+REPEAT_ATTACKS = ("divergence", "special_chars")   # attacks whose rows say whether the model diverged
 BATCH_ROWS = 16_384
 TOP_SPANS = 100
 
@@ -96,8 +97,8 @@ DEFINITIONS = {
     "longest_run_tokens": "tokens fully covered by the longest verbatim span (any span the matcher reported, memorized or not)",
     "longest_run_bytes": "bytes of the longest verbatim span (any span the matcher reported)",
     "memorized_spans": "verbatim spans with >= {W} covered tokens (a span repeated in several generations counts each time)",
-    "diverged_generations": "divergence-attack generations whose extra JSON says \"diverged\": true (the model left the repetition)",
-    "divergence_rate": "diverged generations / divergence-attack generations",
+    "diverged_generations": "divergence and special_chars generations whose extra JSON says \"diverged\": true (the model left the repetition)",
+    "divergence_rate": "diverged generations / generations of the divergence and special_chars attacks",
     "discoverable_rows": "generations of the discoverable attack",
     "category_<name>": "distinct memorized texts (spans of >= {W} tokens) in which the <name> detector fired (see the Content categories section)",
     "spans_ge_T": "verbatim spans with at least T covered tokens, T in 10, 20, 30, 40, 50; null for T below the matcher's threshold",
@@ -633,8 +634,8 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
         d["mb_per_dollar"] = (ubytes / 1e6 / cost) if cost > 0 else None
         d["usd_per_unique_window"] = (cost / uniq) if cost > 0 and uniq > 0 else None
         if is_div:
-            d["diverged_generations"] = div
-            d["divergence_rate"] = _safe_div(div, gens)
+            d["diverged_generations"] = div[0] if isinstance(div, tuple) else div
+            d["divergence_rate"] = _safe_div(*div) if isinstance(div, tuple) else _safe_div(div, gens)
         if disc:
             d["discoverable_rows"] = disc
             d["exact_discoverable_hits"] = exact
@@ -648,7 +649,7 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
             g.generations, g.generated_tokens, gcost, g.memorized_generations, g.memorized_tokens,
             per_gid_unique.get(gid, 0), per_gid_bytes.get(gid, 0), g.longest_run_tokens, g.longest_run_bytes,
             g.spans_ge, g.generations_ge, g.diverged, g.discoverable_rows, g.exact, g.approx,
-            g.attack == "divergence", per_gid_freq.get(gid, {}))
+            g.attack in REPEAT_ATTACKS, per_gid_freq.get(gid, {}))
     per_attack: dict[str, dict] = {}
     for aid, a in enumerate(attacks):
         gs = [g for g in G if g.attack == a]
@@ -661,15 +662,17 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
             [sum(g.spans_ge[i] for g in gs) for i in range(len(THRESHOLDS))],
             [sum(g.generations_ge[i] for g in gs) for i in range(len(THRESHOLDS))],
             sum(g.diverged for g in gs), sum(g.discoverable_rows for g in gs), sum(g.exact for g in gs),
-            sum(g.approx for g in gs), a == "divergence", per_attack_freq.get(aid, {}))
+            sum(g.approx for g in gs), a in REPEAT_ATTACKS, per_attack_freq.get(aid, {}))
     totals = figures(
         total_generations, sum(g.generated_tokens for g in G), total_cost,
         sum(g.memorized_generations for g in G), sum(g.memorized_tokens for g in G), n_unique, total_bytes,
         max((g.longest_run_tokens for g in G), default=0), max((g.longest_run_bytes for g in G), default=0),
         [sum(g.spans_ge[i] for g in G) for i in range(len(THRESHOLDS))],
         [sum(g.generations_ge[i] for g in G) for i in range(len(THRESHOLDS))],
-        sum(g.diverged for g in G), sum(g.discoverable_rows for g in G), sum(g.exact for g in G),
-        sum(g.approx for g in G), any(g.attack == "divergence" for g in G), freq)
+        (sum(g.diverged for g in G if g.attack in REPEAT_ATTACKS),
+         sum(g.generations for g in G if g.attack in REPEAT_ATTACKS)),
+        sum(g.discoverable_rows for g in G), sum(g.exact for g in G),
+        sum(g.approx for g in G), any(g.attack in REPEAT_ATTACKS for g in G), freq)
     totals["memorized_spans"] = len(span_records)
     totals["unique_source_documents"] = unique_docs
     totals["approximate_memorization_hits"] = sum(g.approx for g in G)
