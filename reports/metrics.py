@@ -61,6 +61,7 @@ import glob
 import hashlib
 import json
 import os
+import sys
 import time
 from array import array
 from collections import defaultdict
@@ -249,14 +250,14 @@ class _Group:
 # ----------------------------------------------------------------------------------------- main
 
 def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_threshold: float = 0.5,
-                    minhash_max_texts: int = 200_000, top_spans: int = TOP_SPANS) -> dict:
+                    minhash_max_texts: int = 200_000, top_spans: int = TOP_SPANS, progress: bool = False) -> dict:
     """Compute every figure of a run's report; see the module docstring for definitions.
 
     Returns a JSON-serialisable dict with ``"schema_version"``. ``metrics`` holds the
     run-wide scalars (the names ``--fail-if`` accepts); ``per_attack`` and
     ``per_variant`` the same figures per attack and per (attack, variant).
     ``index`` (optional): a ``suffix_index.SuffixIndex`` (or its folder path) used to
-    list the documents that hold each displayed span.
+    list the documents that hold each displayed span. ``progress``: a tqdm bar on stderr.
     """
     t0 = time.time()
     run_dir = os.fspath(run_dir)
@@ -375,6 +376,11 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
     no_offsets = 0
     gen_ordinal = 0
     seen_rids_mem = 0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        total_rows = sum(_open_parquet(p_, REQUIRED_GEN_COLUMNS).metadata.num_rows for p_ in parts)
+        bar = tqdm(total=total_rows, unit=" gen", desc="trawl report", file=sys.stderr, leave=False)
     for path in parts:
         pf = _open_parquet(path, REQUIRED_GEN_COLUMNS)
         names = pf.schema_arrow.names
@@ -524,6 +530,10 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
                                              "doc_offset": do, "occurrences": oc, "source": src, "text": tx,
                                              "raw": comp[s:e]})
             gen_ordinal += n
+            if bar is not None:
+                bar.update(n)
+    if bar is not None:
+        bar.close()
     total_generations = gen_ordinal
     if untokenized:
         warnings.append(f"{untokenized} span(s) in matches.parquet have no token count (generations without "
