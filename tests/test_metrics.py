@@ -418,12 +418,13 @@ def test_divergence_rate(tmp_path):
     gens = [Gen([" z%d" % i for i in range(60)], "divergence", "poem" if i < 4 else "work",
                 extra={"word": "poem", "diverged": i % 2 == 0, "diverged_at": 10 if i % 2 == 0 else None})
             for i in range(7)]
-    gens.append(Gen([" z"] * 60, "special_chars", "{", extra={"diverged": True}))
+    gens.append(Gen([" z"] * 60, "special_chars", "repeat:{x100", extra={"escaped": True, "escaped_at": 3}))
+    gens.append(Gen([" z"] * 60, "special_chars", "repeat:{x100", extra={"escaped": False, "escaped_at": None}))
     write_run(str(tmp_path / "run"), corpus, gens)
     m = compute_metrics(str(tmp_path / "run"))
     assert m["per_variant"]["divergence"]["poem"]["diverged_generations"] == 2       # i = 0, 2
     assert m["per_variant"]["divergence"]["work"]["diverged_generations"] == 2       # i = 4, 6
     assert m["per_attack"]["divergence"]["divergence_rate"] == pytest.approx(4 / 7)
-    assert m["per_attack"]["special_chars"]["divergence_rate"] == 1.0
+    assert m["per_attack"]["special_chars"]["divergence_rate"] == 0.5
     assert m["metrics"]["diverged_generations"] == 5      # run-wide: both repeat attacks
-    assert m["metrics"]["divergence_rate"] == pytest.approx(5 / 8)
+    assert m["metrics"]["divergence_rate"] == pytest.approx(5 / 9)
