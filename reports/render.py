@@ -409,12 +409,13 @@ def render_html(m: dict) -> str:
     for i, s in enumerate(m["top_spans"][:TOP_SHOWN]):
         docs = "; ".join(f"doc {d['doc_id']} ({clean(d.get('source'), 200)})" for d in s.get("documents", [])[:5])
         held = s.get("documents_holding")
+        held = held if held is not None else f"1 to {fmt_int(s['occurrences'])} (no index: occurrences, not documents)"
         a(f"<div class=\"span\" id=\"span-{i}\"><span class=\"tag\">{fmt_int(s['tokens'])} tokens</span>"
           f"<span class=\"tag\">{fmt_int(s['bytes'])} bytes</span><span class=\"tag\">{fmt_int(s['generations'])} generation(s)</span>"
           f"<span class=\"tag\">{fmt_int(s['occurrences'])} corpus occurrence(s)</span>"
           f"<span class=\"tag\">{esc(s['attack'], 40)} / {esc(s['variant'], 60)}</span>"
           + "".join(f"<span class=\"tag\">{esc(CATEGORY_LABELS[c])}</span>" for c in s.get("categories", []))
-          + f"<div class=\"small mut\">documents holding it: {esc(held if held is not None else 'at least 1')}; "
+          + f"<div class=\"small mut\">documents holding it: {esc(held)}; "
           f"where: {html.escape(docs, quote=True)}; shard {esc(s['shard'])}, offset {fmt_int(s['doc_offset'])}</div>"
           f"<pre class=\"x\">{esc(s['text'], MAX_SHOWN_CHARS)}</pre></div>")
     if not m["top_spans"]:
