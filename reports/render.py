@@ -305,6 +305,14 @@ def render_html(m: dict) -> str:
         a(f"<tr data-threshold=\"{th}\"><td class=\"t\">{th} tokens</td><td>{fmt_int(sp) if sp is not None else 'not measured'}</td>"
           f"<td>{fmt_int(gn) if gn is not None else 'not measured'}</td></tr>")
     a("</table>")
+    if len(m["per_attack"]) > 1:
+        a("<h3>Per attack: generations holding a run of at least T tokens</h3><table><tr><th class=\"t\">Attack</th>"
+          + "".join(f"<th>\u2265 {th}</th>" for th in THRESHOLDS) + "</tr>")
+        for atk, f in sorted(m["per_attack"].items()):
+            a(f"<tr><td class=\"t a\">{esc(atk, 60)}</td>" + "".join(
+                f"<td>{fmt_int(f.get(f'generations_ge_{th}')) if f.get(f'generations_ge_{th}') is not None else 'not measured'}</td>"
+                for th in THRESHOLDS) + "</tr>")
+        a("</table>")
     rl = {int(k): v for k, v in m["run_lengths"]["counts_by_tokens"].items()}
     if rl:
         a(svg.bar_chart(_log_bins(rl, p["matcher_min_tokens"]), "Distribution of verbatim run lengths",
