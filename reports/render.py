@@ -519,6 +519,13 @@ def render_markdown(m: dict) -> str:
         sp, gn = t.get(f"spans_ge_{th}"), t.get(f"generations_ge_{th}")
         a(f"| {th} tokens | {fmt_int(sp) if sp is not None else 'not measured'} | "
           f"{fmt_int(gn) if gn is not None else 'not measured'} |")
+    if len(m["per_attack"]) > 1:
+        a("\nGenerations holding a run of at least T tokens, per attack:\n")
+        a("| Attack |" + "".join(f" >= {th} |" for th in THRESHOLDS) + "\n|---|" + "---:|" * len(THRESHOLDS))
+        for atk, f in sorted(m["per_attack"].items()):
+            a(f"| {md_cell(atk, 60)} |" + "".join(
+                f" {fmt_int(f.get(f'generations_ge_{th}')) if f.get(f'generations_ge_{th}') is not None else 'not measured'} |"
+                for th in THRESHOLDS))
     e = m["extrapolation"]
     fq = e["frequency_counts"]
     a("\n## Extrapolation\n")
