@@ -178,23 +178,6 @@ def _as_string(col: pa.Array) -> pa.Array:
     return col if col.type == pa.string() else pc.cast(col, pa.string())
 
 
-def _sanitize_offsets(offs: list, nbytes: int) -> list:
-    """As the matcher does (suffix_index.match.token_arrays): clip to ``[0, nbytes]`` and make
-    non-decreasing, so that odd server offsets give zero-length tokens, the same for both."""
-    out, hi = [], 0
-    for o in offs:
-        o = 0 if o < 0 else (nbytes if o > nbytes else o)
-        if o < hi:
-            o = hi
-        out.append(o)
-        hi = o
-    return out
-
-
-def _h8(b: bytes) -> int:
-    return int.from_bytes(hashlib.blake2b(b, digest_size=8).digest(), "little")
-
-
 # ----------------------------------------------------------------------------------------- helpers
 
 def union_length(keys, starts: np.ndarray, ends: np.ndarray) -> dict:
@@ -366,7 +349,8 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
     groups: dict[tuple[str, str], int] = {}
     G: list[_Group] = []
     rid_gid_parts: list[pa.Table] = []
-    win_hash = array("Q")       # one entry per (unique window, generation) incidence
+    win_hash = bytearray()      # 8 bytes per (unique window, generation) incidence
+    blake = hashlib.blake2b
     win_gid = array("I")
     win_gen = array("I")
     iv_gid, iv_doc, iv_start, iv_end = array("I"), array("q"), array("q"), array("q")
@@ -482,7 +466,10 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
                     grp.memorized_generations += 1
                     gen_no = gen_ordinal + i
                     if offs:
-                        offs = _sanitize_offsets(offs, len(comp))
+                        o = np.asarray(offs, dtype=np.int64)          # as the matcher does (token_arrays)
+                        np.clip(o, 0, len(comp), out=o)
+                        np.maximum.accumulate(o, out=o)
+                        offs = o.tolist()
                     if not offs:
                         no_offsets += 1
                         grp.memorized_tokens += max(sp[2] for sp in spans)
@@ -499,7 +486,7 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
                                 continue
                             covered.append((a, b + 1))
                             for k in range(a, b - W + 2):
-                                wins.add(_h8(comp[offs[k]:ends[k + W - 1]]))
+                                wins.add(blake(comp[offs[k]:ends[k + W - 1]], digest_size=8).digest())
                         covered.sort()
                         tot = 0
                         cs_, ce_ = -1, -1
@@ -511,10 +498,10 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
                                 ce_ = b
                         tot += ce_ - cs_ if ce_ > cs_ else 0
                         grp.memorized_tokens += tot
-                        for h in wins:
-                            win_hash.append(h)
-                            win_gid.append(gid)
-                            win_gen.append(gen_no)
+                        if wins:
+                            win_hash += b"".join(wins)           # 8-byte digests, read as little-endian uint64
+                            win_gid.extend([gid] * len(wins))
+                            win_gen.extend([gen_no] * len(wins))
                     for sp in spans:
                         s, e, tk, sh, d, do, oc, src, _ = sp
                         tx = comp[s:e].decode("utf-8", "replace")   # the span's text, as matches' `text`
@@ -572,7 +559,8 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
 
     stage("threshold_join")
     # ---- windows: uniques, frequency counts, accumulation curve ------------------------
-    wh = np.frombuffer(win_hash, dtype=np.uint64) if len(win_hash) else np.zeros(0, np.uint64)
+    wh = np.frombuffer(bytes(win_hash), dtype="<u8").astype(np.uint64) if win_hash else np.zeros(0, np.uint64)
+    del win_hash
     wg = np.frombuffer(win_gid, dtype=np.uint32) if len(win_gid) else np.zeros(0, np.uint32)
     wn = np.frombuffer(win_gen, dtype=np.uint32) if len(win_gen) else np.zeros(0, np.uint32)
     attacks = sorted({g.attack for g in G})
@@ -583,10 +571,8 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
         freq = {int(k): int(f) for k, f in zip(kk, fk)}
         n_unique = int(len(u))
         first_gen = np.sort(wn[first_idx])
-        per_gid_unique = _unique_per_key(wg.astype(np.int64), wh)
-        per_attack_unique = _unique_per_key(attack_of_gid[wg.astype(np.int64)], wh)
-        per_gid_freq = _freq_per_key(wg.astype(np.int64), wh)
-        per_attack_freq = _freq_per_key(attack_of_gid[wg.astype(np.int64)], wh)
+        per_gid_unique, per_gid_freq = _uniques_and_freq_per_key(wg.astype(np.int64), wh)
+        per_attack_unique, per_attack_freq = _uniques_and_freq_per_key(attack_of_gid[wg.astype(np.int64)], wh)
     else:
         freq, n_unique, first_gen = {}, 0, np.zeros(0, np.int64)
         per_gid_unique, per_attack_unique, per_gid_freq, per_attack_freq = {}, {}, {}, {}
@@ -811,32 +797,27 @@ class Metrics(dict):
     memorized_texts: list
 
 
-def _unique_per_key(keys: np.ndarray, hashes: np.ndarray) -> dict[int, int]:
+def _uniques_and_freq_per_key(keys: np.ndarray, hashes: np.ndarray) -> tuple[dict[int, int], dict[int, dict[int, int]]]:
+    """Per key: the number of distinct hashes, and the frequency counts ``{k: f_k}`` (how many
+    distinct hashes occur exactly k times under that key; each entry is one generation's
+    incidence already)."""
     if not len(keys):
-        return {}
-    order = np.lexsort((hashes, keys))
-    k, h = keys[order], hashes[order]
-    new = np.ones(len(k), dtype=bool)
-    new[1:] = (k[1:] != k[:-1]) | (h[1:] != h[:-1])
-    ks, cnt = np.unique(k[new], return_counts=True)
-    return {int(a): int(b) for a, b in zip(ks, cnt)}
-
-
-def _freq_per_key(keys: np.ndarray, hashes: np.ndarray) -> dict[int, dict[int, int]]:
-    """Frequency counts f_k per key (a window counts once per generation already)."""
-    if not len(keys):
-        return {}
+        return {}, {}
     order = np.lexsort((hashes, keys))
     k, h = keys[order], hashes[order]
     new = np.ones(len(k), dtype=bool)
     new[1:] = (k[1:] != k[:-1]) | (h[1:] != h[:-1])
     starts = np.nonzero(new)[0]
-    runs = np.diff(np.append(starts, len(k)))
-    out: dict[int, dict[int, int]] = {}
-    for key, c in zip(k[starts].tolist(), runs.tolist()):
-        d = out.setdefault(key, {})
-        d[c] = d.get(c, 0) + 1
-    return {key: dict(sorted(d.items())) for key, d in out.items()}
+    runs = np.diff(np.append(starts, len(k)))          # incidences of each (key, hash)
+    run_keys = k[starts]
+    ks, n_unique = np.unique(run_keys, return_counts=True)
+    # (key, run length) pairs -> f_k per key, vectorised
+    base = int(runs.max()) + 1
+    upairs, fk = np.unique(run_keys.astype(np.int64) * base + runs, return_counts=True)
+    freq: dict[int, dict[int, int]] = {}
+    for pr, f in zip(upairs.tolist(), fk.tolist()):
+        freq.setdefault(pr // base, {})[pr % base] = f
+    return {int(a): int(b) for a, b in zip(ks, n_unique)}, freq
 
 
 def _observed_curve(first_gen: np.ndarray, total: int, points: int = 200) -> list[list[int]]:

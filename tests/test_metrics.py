@@ -232,6 +232,13 @@ def test_per_attack_and_variant_match_brute_force(known_run):
             assert f["unique_memorized_windows"] == bf["unique_memorized_windows"]
             assert f["unique_memorized_bytes"] == brute_unique_bytes(known_run["matches"], None,
                                                                      by_variant[(attack, variant)])
+            fq = bf["frequency_counts"]
+            n_inc = sum(k * v for k, v in fq.items())
+            assert f["good_turing_new_probability"] == (pytest.approx(fq.get(1, 0) / n_inc) if n_inc else None)
+            if fq:
+                f1, f2, n_obs = fq.get(1, 0), fq.get(2, 0), sum(fq.values())
+                assert f["chao1_total_windows"] == pytest.approx(
+                    n_obs + f1 * f1 / (2 * f2) if f2 else n_obs + f1 * (f1 - 1) / 2)
             for th in (10, 20, 30, 40, 50):
                 assert f[f"generations_ge_{th}"] == bf["generations_ge"].get(th, 0)
     assert m["per_attack"]["divergence"]["memorized_generations"] == 6   # 3 repeats + overlap + double + company
