@@ -37,10 +37,10 @@ def _cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def phase_gen(run: str, n: int) -> dict:
+def phase_gen(run: str, n: int, rate: float) -> dict:
     from reports.testing import write_planted_run
     t = time.perf_counter()
-    info = write_planted_run(run, n)
+    info = write_planted_run(run, n, memorized_rate=rate, short_rate=3 * rate)
     return {k: int(v) for k, v in info.items()} | {"seconds": time.perf_counter() - t, "peak_rss_mb": _peak_mb()}
 
 
@@ -71,8 +71,9 @@ def phase_report(run: str) -> dict:
             "html_bytes": os.path.getsize(paths.html)}
 
 
-def _run_phase(name: str, run: str, n: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--phase", name, "--run", run, "--generations", str(n)],
+def _run_phase(name: str, run: str, n: int, rate: float = 0.03) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--phase", name, "--run", run, "--generations", str(n),
+                          "--memorized-rate", str(rate)],
                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
     if out.returncode:
         sys.exit(f"phase {name} failed:\n{out.stderr}")
@@ -84,10 +85,12 @@ def main() -> None:
     ap.add_argument("--generations", type=int, default=1_000_000)
     ap.add_argument("--run", help="existing run folder (else a temporary one is written)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary run")
+    ap.add_argument("--memorized-rate", type=float, default=0.03,
+                    help="share of generations with a planted >= 50-token passage (default 0.03; 3x as many short ones)")
     ap.add_argument("--phase", choices=["gen", "baseline", "report"], help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.phase:
-        fn = {"gen": lambda: phase_gen(a.run, a.generations), "baseline": lambda: phase_baseline(a.run),
+        fn = {"gen": lambda: phase_gen(a.run, a.generations, a.memorized_rate), "baseline": lambda: phase_baseline(a.run),
               "report": lambda: phase_report(a.run)}[a.phase]
         print(json.dumps(fn()))
         return
@@ -98,7 +101,7 @@ def main() -> None:
         run = os.path.join(tmp, "run")
     try:
         if not os.path.exists(os.path.join(run, "matches.parquet")):
-            g = _run_phase("gen", run, a.generations)
+            g = _run_phase("gen", run, a.generations, a.memorized_rate)
             print(f"wrote synthetic run: {g['generations']:,} generations, {g['planted_memorized']:,} with a memorized "
                   f"passage, {g['spans']:,} spans in {g['seconds']:.1f} s")
         size = sum(os.path.getsize(os.path.join(dp, f)) for dp, _d, fs in os.walk(run) for f in fs)
