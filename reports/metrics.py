@@ -266,6 +266,10 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
     if not os.path.exists(mpath):
         raise ReportError(f"{run_dir}: no matches.parquet (run the matcher on this run first)")
     mpf = _open_parquet(mpath, REQUIRED_MATCH_COLUMNS)
+    newest = max(parts, key=os.path.getmtime)
+    if os.path.getmtime(newest) > os.path.getmtime(mpath) + 1:
+        warnings.append(f"matches.parquet is older than {os.path.relpath(newest, run_dir)}: generations added "
+                        "since the matcher ran are counted as unmatched; rerun the matcher for exact figures")
     meta = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace")
             for k, v in (mpf.schema_arrow.metadata or {}).items()}
     mcols = [c for c in ("request_id", "span_start", "span_end", "tokens", "shard", "doc_id", "doc_offset",

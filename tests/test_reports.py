@@ -446,3 +446,14 @@ def test_unwritable_output_is_a_user_error(tmp_path, capsys):
     blocker.write_text("x")
     rc, out, err = _cli(["report", run, "-o", str(blocker / "sub")], capsys)
     assert rc == 2 and "cannot create the report folder" in err and err.count("\n") == 1
+
+
+def test_stale_matches_warn(tmp_path):
+    run = _simple_run(tmp_path)
+    part = os.path.join(run, "generations", "part-00000.parquet")
+    m_time = os.path.getmtime(os.path.join(run, "matches.parquet"))
+    os.utime(part, (m_time + 60, m_time + 60))
+    m = compute_metrics(run)
+    assert any("older than generations/part-00000.parquet" in w for w in m["warnings"])
+    os.utime(part, (m_time - 60, m_time - 60))
+    assert not any("older than" in w for w in compute_metrics(run)["warnings"])
