@@ -49,7 +49,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from extractor.attacks import AttackSpec, Job, PlanContext, get_attack, request_id, seed_for
-from extractor.backends import BackendError, CompletionResult, OpenAIBackend, make_backend
+from extractor.backends import BackendError, Choice, CompletionResult, OpenAIBackend, make_backend
+from extractor.backends.openai import clean_text
 from extractor.budget import Budget, Pricing, Usage, stop_reason
 from extractor.errors import TrawlError
 from extractor.runs import RunDir, utcnow_iso
@@ -101,19 +102,12 @@ class _Done:
     billed_prompt: int = 0
     billed_completion: int = 0
     finished_at: float = 0.0
+    pending: list | None = None        # (job, choice, ...) before token boundaries are filled
+    freed: bool = False                # its generation slot was released earlier (a "freed" message)
 
 
 def _canonical(obj) -> str:
     return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-
-
-def _clean_text(text: str) -> str:
-    """Replace lone surrogates (invalid UTF-8 from the server, JSON-escaped) with U+FFFD."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 def run_attacks(
@@ -334,48 +328,48 @@ class _Engine:
 
     # -- worker ---------------------------------------------------------------------------
     def _execute(self, unit: _Unit) -> _Done:
+        """Send the unit's request(s). Token boundaries that need the tokenize endpoint are left
+        pending (filled by :meth:`_build_rows` in a post-processing thread), so that the worker can
+        send its next generation at once."""
         jobs = unit.jobs
         j = jobs[0]
         d = _Done(unit=unit)
+        seed = j.seed if self.be.capabilities.seed else None
         if j.steps:
-            d.result = [self._execute_steps(j, d)]
+            d.pending = [self._execute_steps(j, d)]
             d.finished_at = time.monotonic()
             return d
         t0 = time.time()
         n = len(jobs)
-        res: CompletionResult = self.be.complete(j.prompt, j.params, n=n, seed=j.seed)
+        res: CompletionResult = self.be.complete(j.prompt, j.params, n=n, seed=j.seed, defer_tokens=True)
         d.billed_prompt, d.billed_completion = res.prompt_tokens, res.completion_tokens
         sent = dict(j.params)
         if not self.be.capabilities.top_k:
             sent.pop("top_k", None)
-        rows = []
+        if n > 1:
+            sent["n"] = n
+        d.pending = []
         for k, (job, ch) in enumerate(zip(jobs, res.choices)):
-            p = dict(sent)
-            if n > 1:
-                p["n"] = n
-            extra = {"sample": job.sample, "token_source": ch.token_source, "attempts": res.attempts}
+            extra = {"sample": job.sample, "attempts": res.attempts}
             if n > 1:
                 extra["n_choice"] = k
                 extra["n"] = n
-            rows.append(self._row(job, ch.text, ch.token_offsets, ch.token_logprobs,
-                                  res.prompt_tokens, ch.completion_tokens, ch.finish_reason, p,
-                                  j.seed if self.be.capabilities.seed else None, res.latency_s, t0, extra))
-        d.result = rows
+            d.pending.append((job, ch, res.prompt_tokens, sent, seed, res.latency_s, t0, extra))
         d.finished_at = time.monotonic()
         return d
 
-    def _execute_steps(self, job: Job, d: _Done) -> dict:
+    def _execute_steps(self, job: Job, d: _Done) -> tuple:
         """Multi-call generation (temperature decay): leading calls, then the final one, text chained."""
         t0 = time.time()
-        text, offsets, logprobs = "", [], []
+        texts, choices = [], []
         latency = 0.0
         first_prompt_tokens = None
-        sources, attempts = set(), 0
+        attempts = 0
         calls = list(job.steps) + [job.params]
         finish = "length"
         for idx, params in enumerate(calls):
             seed = (job.seed + idx) & 0x7FFFFFFF if job.seed is not None else None
-            res = self.be.complete(job.prompt + text, params, n=1, seed=seed)
+            res = self.be.complete(job.prompt + "".join(texts), params, n=1, seed=seed, defer_tokens=True)
             ch = res.choices[0]
             latency += res.latency_s
             attempts += res.attempts
@@ -383,33 +377,46 @@ class _Engine:
             d.billed_completion += res.completion_tokens
             if first_prompt_tokens is None:
                 first_prompt_tokens = res.prompt_tokens
-            base = len(text.encode("utf-8"))
-            if ch.token_offsets is not None:
-                offsets.extend(base + o for o in ch.token_offsets)
-            if ch.token_logprobs is not None:
-                logprobs.extend(ch.token_logprobs)
-            sources.add(ch.token_source)
-            text += ch.text
+            texts.append(ch.text)
+            choices.append(ch)
             finish = ch.finish_reason
             if ch.finish_reason == "stop":
                 break
-        lp = logprobs if len(logprobs) == len(offsets) and logprobs else None
-        extra = {"sample": job.sample, "token_source": "+".join(sorted(sources)), "attempts": attempts,
-                 "calls": [dict(c) for c in calls]}
-        return self._row(job, text, offsets, lp, first_prompt_tokens or 0, len(offsets), finish,
-                         dict(job.params), job.seed if self.be.capabilities.seed else None, latency, t0, extra)
+        text = "".join(texts)
+        if all(c.token_source == "logprobs" for c in choices):
+            offsets, logprobs, base = [], [], 0
+            for c in choices:
+                offsets.extend(base + o for o in c.token_offsets)
+                logprobs.extend(c.token_logprobs or [])
+                base += len(c.text.encode("utf-8"))
+            merged = Choice(text=text, token_offsets=offsets,
+                            token_logprobs=logprobs if len(logprobs) == len(offsets) else None,
+                            completion_tokens=len(offsets), finish_reason=finish, token_source="logprobs")
+        else:  # boundaries of the whole text at once, through the tokenize endpoint
+            merged = Choice(text=text, token_offsets=None, token_logprobs=None, completion_tokens=0,
+                            finish_reason=finish, token_source="pending" if self.be.capabilities.tokenize else "none")
+        extra = {"sample": job.sample, "attempts": attempts, "calls": [dict(c) for c in calls]}
+        return (job, merged, first_prompt_tokens or 0, dict(job.params),
+                job.seed if self.be.capabilities.seed else None, latency, t0, extra)
+
+    def _build_rows(self, d: _Done) -> None:
+        rows = []
+        for job, ch, prompt_tokens, params, seed, latency, t0, extra in d.pending:
+            self.be.fill_tokens(ch)
+            extra = {**extra, "token_source": ch.token_source}
+            if ch.token_error:
+                extra["token_error"] = ch.token_error
+            ntok = len(ch.token_offsets) if ch.token_offsets is not None else ch.completion_tokens
+            rows.append(self._row(job, ch.text, ch.token_offsets, ch.token_logprobs, prompt_tokens, ntok,
+                                  ch.finish_reason, params, seed, latency, t0, extra))
+        d.result = rows
+        d.pending = None
 
     def _row(self, job, text, offsets, logprobs, prompt_tokens, completion_tokens, finish, params, seed,
              latency, t0, extra) -> dict:
-        clean = _clean_text(text)
-        if clean != text and offsets is not None:
-            try:
-                offsets = self.be.token_offsets(clean) if self.be.capabilities.tokenize else None
-            except Exception:  # noqa: BLE001 - token info is best effort for a garbled text
-                offsets = None
         return {
             "run_id": self.run_id, "request_id": job.request_id, "attack": job.attack, "variant": job.variant,
-            "prompt": _clean_text(job.prompt), "completion": clean, "token_offsets": offsets,
+            "prompt": clean_text(job.prompt), "completion": text, "token_offsets": offsets,
             "token_logprobs": logprobs, "prompt_tokens": int(prompt_tokens),
             "completion_tokens": int(completion_tokens), "finish_reason": finish, "model": self.model,
             "endpoint": self.be.endpoint, "params": json.dumps(params, sort_keys=True),
@@ -417,7 +424,7 @@ class _Engine:
             "created_at": utcnow_iso(), "_extra": {**job.extra, **extra},
         }
 
-    def _worker(self, work_q: queue.Queue, done_q: queue.Queue) -> None:
+    def _worker(self, work_q: queue.Queue, post_q: queue.Queue, done_q: queue.Queue) -> None:
         while True:
             unit = work_q.get()
             if unit is None:
@@ -425,8 +432,26 @@ class _Engine:
             try:
                 d = self._execute(unit)
             except BaseException as exc:  # noqa: BLE001 - reported to the main thread
-                d = _Done(unit=unit, error=exc, finished_at=time.monotonic())
-            done_q.put(d)
+                done_q.put(("done", _Done(unit=unit, error=exc, finished_at=time.monotonic())))
+                continue
+            if any(p[1].token_source == "pending" for p in d.pending):
+                done_q.put(("freed", unit))   # the generation slot is free; tokens come later
+                post_q.put(d)
+            else:
+                self._build_rows(d)
+                done_q.put(("done", d))
+
+    def _post_worker(self, post_q: queue.Queue, done_q: queue.Queue) -> None:
+        while True:
+            d = post_q.get()
+            if d is None:
+                return
+            try:
+                self._build_rows(d)
+            except BaseException as exc:  # noqa: BLE001
+                d.error = exc
+            d.freed = True
+            done_q.put(("done", d))
 
     # -- main loop --------------------------------------------------------------------------
     def run(self, jobs: list[Job]) -> None:
@@ -438,11 +463,18 @@ class _Engine:
                        desc="sampling", file=sys.stderr, smoothing=0.1)
         self.bar = bar
         work_q: queue.Queue = queue.Queue()
+        post_q: queue.Queue = queue.Queue()
         done_q: queue.Queue = queue.Queue()
-        threads = [threading.Thread(target=self._worker, args=(work_q, done_q), daemon=True,
-                                    name=f"trawl-worker-{i}") for i in range(min(self.concurrency, max(1, len(jobs))))]
-        for t in threads:
+        n_workers = min(self.concurrency, max(1, len(jobs)))
+        n_post = min(4, self.concurrency // 4 + 1)
+        threads = [threading.Thread(target=self._worker, args=(work_q, post_q, done_q), daemon=True,
+                                    name=f"trawl-worker-{i}") for i in range(n_workers)]
+        posts = [threading.Thread(target=self._post_worker, args=(post_q, done_q), daemon=True,
+                                  name=f"trawl-tokens-{i}") for i in range(n_post)]
+        for t in threads + posts:
             t.start()
+        generating: set[int] = set()   # units whose generation request is outstanding
+        max_outstanding = 2 * self.concurrency + n_post
         units = self._units(jobs)
         next_unit = None
         in_flight: dict[int, _Unit] = {}
@@ -455,7 +487,8 @@ class _Engine:
         try:
             while True:
                 # dispatch
-                while self.stop_reason is None and len(in_flight) < self.concurrency and not exhausted:
+                while (self.stop_reason is None and len(generating) < self.concurrency
+                       and len(in_flight) < max_outstanding and not exhausted):
                     if next_unit is None:
                         group = next(units, None)
                         if group is None:
@@ -479,6 +512,7 @@ class _Engine:
                         break
                     unit, next_unit = next_unit, None
                     in_flight[id(unit)] = unit
+                    generating.add(id(unit))
                     reserved[0] += len(unit.jobs)
                     reserved[1] += unit.reserve_tokens
                     reserved[2] += unit.reserve_dollars
@@ -495,13 +529,17 @@ class _Engine:
                     self.be.interrupt()
                     break
                 try:
-                    d = done_q.get(timeout=0.5)
+                    kind, d = done_q.get(timeout=0.5)
                 except queue.Empty:
                     self._tick(bar, last_status)
                     if self.budget.max_seconds is not None and self.stop_reason is None and \
                             time.monotonic() - self.t0 >= self.budget.max_seconds:
                         self.stop_reason = "max_seconds"
                     continue
+                if kind == "freed":
+                    generating.discard(id(d))
+                    continue
+                generating.discard(id(d.unit))
                 unit = in_flight.pop(id(d.unit))
                 reserved[0] -= len(unit.jobs)
                 reserved[1] -= unit.reserve_tokens
@@ -542,6 +580,8 @@ class _Engine:
         finally:
             for _ in threads:
                 work_q.put(None)
+            for _ in posts:
+                post_q.put(None)
             if bar is not None:
                 self._tick(bar, 0)
                 bar.close()
