@@ -462,6 +462,9 @@ class _Engine:
             bar = tqdm(total=self.planned, initial=self.planned - len(jobs), unit="gen", dynamic_ncols=True,
                        desc="sampling", file=sys.stderr, smoothing=0.1)
         self.bar = bar
+        if bar is not None:  # messages above the bar, not through it
+            outer_log = self.log
+            self.log = lambda msg: bar.write(f"trawl: {msg}", file=sys.stderr) if not bar.disable else outer_log(msg)
         work_q: queue.Queue = queue.Queue()
         post_q: queue.Queue = queue.Queue()
         done_q: queue.Queue = queue.Queue()
@@ -522,7 +525,8 @@ class _Engine:
                 if self.stop_reason is not None and stop_at is None:
                     stop_at = time.monotonic()
                     if self.stop_reason not in ("errors",):
-                        self.log(f"stopping: {self.stop_reason} reached; waiting for {len(in_flight)} request(s) in flight")
+                        self.log(f"budget {self.stop_reason} reached: no new requests; finishing the {len(in_flight)} "
+                                 f"in flight")
                 if stop_at is not None and time.monotonic() - stop_at > self.drain_seconds:
                     self.log(f"abandoning {len(in_flight)} request(s) still in flight after {self.drain_seconds:.0f} s "
                              f"(not recorded; --resume redoes them)")
@@ -629,6 +633,7 @@ class _Engine:
             self._ppt_samples[1] += d.billed_prompt
             self.prompt_bytes_per_token = max(1.0, self._ppt_samples[0] / self._ppt_samples[1]) * 0.9
         if self.bar is not None:
+            self._tick(self.bar, 0)
             self.bar.update(len(rows))
 
     def _tick(self, bar, _last) -> None:
