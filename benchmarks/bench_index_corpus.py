@@ -1,9 +1,10 @@
 """Deterministic benchmark corpus from real text on this machine (helper of bench_index.py).
 
 Walks, in this order, /usr/share/doc, /usr/share/man, /usr/include,
-/usr/lib/python3*, the Python installation (sys.base_prefix, e.g. /root/.pyenv)
-and the site-packages of the running Python; each directory's files in sorted
-order; ``.gz`` files are decompressed; binary files (a NUL byte in the first
+/usr/lib/python3*, the Python installation (sys.base_prefix, e.g. /root/.pyenv),
+the site-packages of the running Python, then the rest of /usr/share and
+/usr/lib (a folder already walked is not walked again); each directory's files
+in sorted order; ``.gz`` files are decompressed; binary files (a NUL byte in the first
 8 KiB) and exact duplicates are skipped; stops once ``size`` bytes of text are
 collected (the last file is cut at a character boundary so the corpus has
 exactly ``size`` bytes or a few less). Same machine, same files => same corpus.
@@ -28,6 +29,7 @@ def roots() -> list[Path]:
     out += [Path(p) for p in sorted(glob.glob("/usr/lib/python3*"))]
     out.append(Path(sys.base_prefix))
     out += [Path(p) for p in site.getsitepackages()]
+    out += [Path("/usr/share"), Path("/usr/lib")]
     seen, res = set(), []
     for p in out:
         if p.is_dir() and p.resolve() not in seen:
@@ -37,13 +39,15 @@ def roots() -> list[Path]:
 
 
 def iter_files() -> Iterator[Path]:
+    done: set[Path] = set()
     for root in roots():
         for dirpath, dirnames, filenames in os.walk(root):
-            dirnames.sort()
+            dirnames[:] = sorted(d for d in dirnames if (Path(dirpath) / d).resolve() not in done)
             for name in sorted(filenames):
                 p = Path(dirpath) / name
                 if p.is_file() and not p.is_symlink():
                     yield p
+        done.add(root.resolve())
 
 
 def records(size: int) -> Iterator[Record]:
@@ -55,7 +59,11 @@ def records(size: int) -> Iterator[Record]:
         try:
             if p.stat().st_size > 64 << 20:
                 continue
-            data = p.read_bytes()
+            with open(p, "rb") as f:
+                head = f.read(8192)
+                if b"\0" in head and p.suffix != ".gz":
+                    continue
+                data = head + f.read()
             if p.suffix == ".gz":
                 data = gzip.decompress(data)
         except (OSError, EOFError, gzip.BadGzipFile, ValueError):

@@ -19,6 +19,7 @@ _COMMAND_MODULES = [
     "corpora.cli",
     "suffix_index.cli",
     "extractor.run_cli",
+    "extractor.campaign_cli",
     "reports.cli",
 ]
 

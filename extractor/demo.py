@@ -37,8 +37,8 @@ DEMO_DIVERGENCE = {
     "max_tokens": 256,
     "temperature": 1.0,
 }
-DEMO_DISCOVERABLE = {
-    "documents": 24,
+DEMO_DISCOVERABLE = {  # "documents" scales with the time budget: 8 per minute
+
     "prefix_tokens": 32,
     "suffix_tokens": 50,
     "selection": "random",
@@ -140,7 +140,8 @@ def run_demo(
             endpoint=srv.base_url,
             model=srv.model,
             attacks=[
-                AttackSpec("discoverable", {**DEMO_DISCOVERABLE, "corpus": str(corpus_dir)}),
+                AttackSpec("discoverable", {**DEMO_DISCOVERABLE, "corpus": str(corpus_dir),
+                                             "documents": max(4, round(8 * minutes))}),
                 AttackSpec("divergence", dict(DEMO_DIVERGENCE)),
             ],
             budget=Budget(max_seconds=minutes * 60.0),

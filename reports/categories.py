@@ -43,26 +43,30 @@ URL = re.compile(r"(?:https?://|ftp://|www\.)[^\s<>\"'`]+", re.IGNORECASE)
 URL_CREDENTIALS = re.compile(r"((?:https?|ftp)://)[^\s/@<>\"']+:[^\s/@<>\"']+@", re.IGNORECASE)
 UUID = re.compile(r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b")
 PEM = re.compile(r"-----BEGIN [A-Z0-9 ]{1,40}-----(?:.*?-----END [A-Z0-9 ]{1,40}-----|.*\Z)", re.DOTALL)
-KEY = re.compile(
+KEY_TOKEN = re.compile(
     r"\b(?:sk-(?:proj-|live-|test-)?[A-Za-z0-9_\-]{20,}"
     r"|(?:AKIA|ASIA)[0-9A-Z]{16}"
     r"|gh[pousr]_[A-Za-z0-9]{30,}"
     r"|github_pat_[A-Za-z0-9_]{30,}"
     r"|xox[abposr]-[A-Za-z0-9\-]{10,}"
     r"|AIza[0-9A-Za-z_\-]{35}"
-    r"|eyJ[A-Za-z0-9_\-]{10,}\.eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,})"
-    r"|(?i:(?<=api_key)|(?<=apikey)|(?<=secret)|(?<=token)|(?<=password)|(?<=passwd))"
+    r"|eyJ[A-Za-z0-9_\-]{10,}\.eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,})")
+KEY_ASSIGN = re.compile(
+    r"(?i:(?<=api_key)|(?<=apikey)|(?<=secret)|(?<=token)|(?<=password)|(?<=passwd))"
     r"[\"']?\s*[:=]\s*[\"']?[A-Za-z0-9_\-+/=]{20,}")
+KEY = re.compile(KEY_TOKEN.pattern + "|" + KEY_ASSIGN.pattern)
+_KEY_MARKERS = ("sk-", "AKIA", "ASIA", "gh", "github_pat_", "xox", "AIza", "eyJ")
+_ASSIGN_MARKERS = ("api_key", "apikey", "secret", "token", "password", "passwd")
 CODE_LINE = re.compile(
     r"^\s*(?:def |class |import |from \S+ import |function\b|var |let |const |public |private |"
     r"static |return\b|if\s*\(|for\s*\(|while\s*\(|#include|#define|package |func |fn |"
     r"using |namespace |SELECT |INSERT |<\?php|@\w+)|[;{}]\s*$")
-LICENSE = re.compile(
-    r"Permission is hereby granted, free of charge|THE SOFTWARE IS PROVIDED \"AS IS\""
-    r"|Licensed under the Apache License|GNU (?:Lesser |Affero )?General Public License"
-    r"|Redistribution and use in source and binary forms|Creative Commons|All rights reserved"
-    r"|This program is free software|WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND"
-    r"|SPDX-License-Identifier", re.IGNORECASE)
+LICENSE_PHRASES = (
+    "permission is hereby granted, free of charge", 'the software is provided "as is"',
+    "licensed under the apache license", "gnu general public license", "gnu lesser general public license",
+    "gnu affero general public license", "redistribution and use in source and binary forms",
+    "creative commons", "all rights reserved", "this program is free software",
+    "without warranties or conditions of any kind", "spdx-license-identifier")
 
 CATEGORIES = ("emails", "phone_numbers", "ip_addresses", "urls", "uuids", "keys", "code", "license_text")
 
@@ -76,6 +80,9 @@ CATEGORY_LABELS = {
 PERSONAL = ("emails", "phone_numbers", "ip_addresses", "keys")
 
 
+_DIGIT = re.compile(r"\d")
+
+
 def _phone_ok(s: str) -> bool:
     digits = sum(c.isdigit() for c in s)
     return 10 <= digits <= 15
@@ -85,16 +92,31 @@ def find_all(text: str) -> dict[str, list[str]]:
     """Findings per category (the matched strings; for ``code`` and
     ``license_text`` a single marker string when the span qualifies)."""
     out: dict[str, list[str]] = {c: [] for c in CATEGORIES}
-    out["emails"] = EMAIL.findall(text)
-    out["phone_numbers"] = [m.group(0) for m in PHONE.finditer(text) if _phone_ok(m.group(0))]
-    out["ip_addresses"] = IPV4.findall(text) + [m for m in IPV6.findall(text) if m.count(":") >= 2]
-    out["urls"] = URL.findall(text)
-    out["uuids"] = UUID.findall(text)
-    out["keys"] = [m.group(0) for m in KEY.finditer(text)] + [m.group(0)[:40] for m in PEM.finditer(text)]
+    # cheap pre-checks skip the regular expressions that cannot match (same results, faster)
+    if "@" in text:
+        out["emails"] = EMAIL.findall(text)
+    digits = _DIGIT.search(text) is not None
+    if digits:
+        out["phone_numbers"] = [m.group(0) for m in PHONE.finditer(text) if _phone_ok(m.group(0))]
+        if "." in text:
+            out["ip_addresses"] = IPV4.findall(text)
+    if "::" in text or text.count(":") >= 7:
+        out["ip_addresses"] += [m for m in IPV6.findall(text) if m.count(":") >= 2]
+    if "://" in text or "www." in text or "WWW." in text:
+        out["urls"] = URL.findall(text)
+    if text.count("-") >= 4:
+        out["uuids"] = UUID.findall(text)
+    if any(k in text for k in _KEY_MARKERS):
+        out["keys"] = KEY_TOKEN.findall(text)
+    low = text.lower()
+    if any(k in low for k in _ASSIGN_MARKERS):
+        out["keys"] += [m.group(0) for m in KEY_ASSIGN.finditer(text)]
+    if "-----BEGIN " in text:
+        out["keys"] += [m.group(0)[:40] for m in PEM.finditer(text)]
     lines = [ln for ln in text.splitlines() if ln.strip()]
     if len(lines) >= 3 and sum(1 for ln in lines if CODE_LINE.search(ln)) >= 0.3 * len(lines):
         out["code"] = ["code"]
-    lic = LICENSE.findall(text)
+    lic = [p for p in LICENSE_PHRASES if p in low]
     if lic:
         out["license_text"] = [lic[0]]
     return out

@@ -14,7 +14,8 @@ def register(subparsers) -> argparse.ArgumentParser:
         "report", help="write the memorization report of a run (HTML, Markdown, JSON)",
         description=(
             "Compute the memorization metrics of RUN (generations + matches Parquet files) and write "
-            "RUN/report/report.html (self-contained, offline), report.md and metrics.json. "
+            "RUN/report/report.html (self-contained, offline), report.md, metrics.json (versioned) and "
+            "memorized_spans.jsonl (every memorized text and the documents holding it). "
             f"With --fail-if, exit {FAIL_EXIT_CODE} when the expression is true (a release gate for CI)."),
         epilog=("--fail-if grammar: comparisons (< <= > >= == !=) between metric names and numbers, "
                 "combined with and / or / not and parentheses, e.g. "
@@ -27,7 +28,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="mask personal data and secrets (emails, phone numbers, IPs, keys) in every output")
     p.add_argument("--window-tokens", type=int, default=50, metavar="N",
                    help="tokens in a memorized window (default 50, as in Nasr et al. 2023)")
-    p.add_argument("--index", metavar="INDEX", help="suffix index folder, to list every document holding a span")
+    p.add_argument("--index", metavar="INDEX",
+                   help="suffix index folder, to list every document holding a span (default: the index recorded "
+                        "in matches.parquet, when it is still there and unchanged)")
     p.add_argument("--fail-if", metavar="EXPR", action="append", default=[],
                    help=f"exit {FAIL_EXIT_CODE} when EXPR holds (repeatable: any true expression fails)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors and gate results")

@@ -15,6 +15,7 @@ memorized passage) is not evidence that the supply is running out.
 * Chao1 (Chao 1984), lower-bound estimate of the total number of extractable
   unique windows: ``n_obs + f1^2 / (2 f2)``; when ``f2 = 0`` the bias-corrected
   form ``n_obs + f1 (f1 - 1) / 2``.
+* Its 95% confidence interval: log-normal (Chao 1987), see :func:`chao1_ci95`.
 * Extrapolated accumulation curve (Chao et al. 2014, Ecological Monographs
   84:45-67, incidence-based form): after ``T + t`` generations,
   ``S(T + t) = n_obs + f0 * (1 - (1 - f1 / (T f0 + f1)) ** t)`` with
@@ -54,6 +55,34 @@ def chao1(freq: Mapping[int, int]) -> float:
     if f2 > 0:
         return n_obs + f1 * f1 / (2.0 * f2)
     return n_obs + f1 * (f1 - 1) / 2.0
+
+
+def chao1_variance(freq: Mapping[int, int]) -> float:
+    """Variance of :func:`chao1` (Chao 1987; EstimateS's forms):
+    ``f2 > 0``: ``f2 (r^4/4 + r^3 + r^2/2)``, ``r = f1/f2``;
+    ``f2 = 0``: ``f1(f1-1)/2 + f1(2 f1 - 1)^2/4 - f1^4 / (4 chao1)``."""
+    f1 = freq.get(1, 0)
+    f2 = freq.get(2, 0)
+    if f1 == 0:
+        return 0.0
+    if f2 > 0:
+        r = f1 / f2
+        return f2 * (r ** 4 / 4 + r ** 3 + r ** 2 / 2)
+    s = chao1(freq)
+    return max(0.0, f1 * (f1 - 1) / 2 + f1 * (2 * f1 - 1) ** 2 / 4 - f1 ** 4 / (4 * s))
+
+
+def chao1_ci95(freq: Mapping[int, int]) -> tuple[float, float]:
+    """95% log-normal confidence interval of Chao1 (Chao 1987): with ``T = chao1 - n_obs``,
+    ``K = exp(1.96 sqrt(ln(1 + var / T^2)))``, the interval is ``(n_obs + T/K, n_obs + T K)``."""
+    n_obs = sum(freq.values())
+    s = chao1(freq) if freq else 0.0
+    t = s - n_obs
+    var = chao1_variance(freq)
+    if t <= 0 or var <= 0:
+        return (float(n_obs), float(s))
+    k = math.exp(1.96 * math.sqrt(math.log(1 + var / (t * t))))
+    return (n_obs + t / k, n_obs + t * k)
 
 
 def extrapolate(freq: Mapping[int, int], generations: int, extra_generations: int) -> float:

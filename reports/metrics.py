@@ -60,7 +60,6 @@ import bisect
 import glob
 import hashlib
 import json
-import math
 import os
 import time
 from array import array
@@ -78,13 +77,15 @@ from reports.errors import ReportError
 SCHEMA_VERSION = "1.0"
 THRESHOLDS = (10, 20, 30, 40, 50)
 APPROX_EDIT_RATIO = 0.1
-BATCH_ROWS = 32_768
+BATCH_ROWS = 16_384
 TOP_SPANS = 100
 
 REQUIRED_GEN_COLUMNS = ("request_id", "attack", "variant", "completion", "token_offsets", "completion_tokens")
 REQUIRED_MATCH_COLUMNS = ("request_id", "span_start", "span_end", "tokens", "doc_id", "doc_offset")
 
 DEFINITIONS = {
+    "generations": "rows of generations/part-*.parquet (one per completion)",
+    "generated_tokens": "sum of completion_tokens over the generations",
     "memorized_window": "the text of {W} consecutive generation tokens that occurs verbatim in the reference corpus (Nasr et al. 2023)",
     "memorized_generations": "generations holding at least one memorized {W}-token window (a verbatim span of >= {W} fully covered tokens)",
     "memorized_generation_fraction": "memorized generations / generations",
@@ -92,12 +93,20 @@ DEFINITIONS = {
     "memorized_token_fraction": "memorized tokens / all generated tokens (sum of completion_tokens)",
     "unique_memorized_windows": "distinct {W}-token window texts (exact bytes) over all generations",
     "unique_memorized_bytes": "size of the union of corpus byte ranges reproduced by spans of >= {W} tokens (canonical occurrence of each span; each corpus byte counted once)",
-    "longest_run_tokens": "tokens fully covered by the longest verbatim span",
-    "spans_ge_T": "verbatim spans with at least T covered tokens; not reported for T below the matcher's threshold",
-    "generations_ge_T": "generations holding a verbatim span of at least T tokens",
+    "longest_run_tokens": "tokens fully covered by the longest verbatim span (any span the matcher reported, memorized or not)",
+    "longest_run_bytes": "bytes of the longest verbatim span (any span the matcher reported)",
+    "memorized_spans": "verbatim spans with >= {W} covered tokens (a span repeated in several generations counts each time)",
+    "diverged_generations": "divergence-attack generations whose extra JSON says \"diverged\": true (the model left the repetition)",
+    "divergence_rate": "diverged generations / divergence-attack generations",
+    "discoverable_rows": "generations of the discoverable attack",
+    "category_<name>": "distinct memorized texts (spans of >= {W} tokens) in which the <name> detector fired (see the Content categories section)",
+    "spans_ge_T": "verbatim spans with at least T covered tokens, T in 10, 20, 30, 40, 50; null for T below the matcher's threshold",
+    "generations_ge_T": "generations holding a verbatim span of at least T tokens; null for T below the matcher's threshold",
     "good_turing_new_probability": "Good-Turing f1/N: chance that the next memorized window is one not seen before; f_k = unique windows seen in exactly k generations, N = sum k f_k",
     "chao1_total_windows": "Chao1 estimate of all extractable unique windows: n_obs + f1^2/(2 f2), or n_obs + f1(f1-1)/2 when f2 = 0",
-    "total_cost_usd": "sum of cost_usd over generations (run.json's total when the column sums to 0)",
+    "chao1_ci95_low": "lower end of Chao1's 95% log-normal confidence interval (Chao 1987)",
+    "chao1_ci95_high": "upper end of Chao1's 95% log-normal confidence interval (Chao 1987)",
+    "total_cost_usd": "sum of cost_usd over generations (run.json's total when the column sums to 0; per attack and variant that total is then split in proportion to generations)",
     "mb_per_dollar": "unique memorized bytes / 1e6 / total cost (n/a when no cost was recorded)",
     "usd_per_unique_window": "total cost / unique memorized windows (n/a when no cost was recorded or nothing was memorized)",
     "unique_memorized_documents": "clusters of near-duplicate memorized texts (MinHash LSH, Jaccard >= {J} on word 5-gram shingles)",
@@ -161,6 +170,23 @@ def _bytes(col: pa.Array) -> list[bytes]:
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
         col = pc.cast(col, pa.large_binary())
     return [b if b is not None else b"" for b in col.to_pylist()]
+
+
+def _as_string(col: pa.Array) -> pa.Array:
+    return col if col.type == pa.string() else pc.cast(col, pa.string())
+
+
+def _sanitize_offsets(offs: list, nbytes: int) -> list:
+    """As the matcher does (suffix_index.match.token_arrays): clip to ``[0, nbytes]`` and make
+    non-decreasing, so that odd server offsets give zero-length tokens, the same for both."""
+    out, hi = [], 0
+    for o in offs:
+        o = 0 if o < 0 else (nbytes if o > nbytes else o)
+        if o < hi:
+            o = hi
+        out.append(o)
+        hi = o
+    return out
 
 
 def _h8(b: bytes) -> int:
@@ -237,9 +263,18 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
     if W < 1:
         raise ReportError(f"window_tokens must be >= 1, got {W}")
     parts = generation_parts(run_dir)
+    if isinstance(index, (str, os.PathLike)) and not os.path.isdir(index):
+        raise ReportError(f"--index {os.fspath(index)}: no such index folder")
     run_json = _read_json(os.path.join(run_dir, "run.json"))
     config = _read_json(os.path.join(run_dir, "config.json"))
     warnings: list[str] = []
+    timings: dict[str, dict] = {}
+    t_prev = [t0]
+
+    def stage(name: str) -> None:
+        now = time.time()
+        timings[name] = {"seconds": round(now - t_prev[0], 3), "peak_rss_mb": _peak_rss_mb()}
+        t_prev[0] = now
 
     # ---- pass 1: matches --------------------------------------------------------------
     mpath = os.path.join(run_dir, "matches.parquet")
@@ -249,29 +284,39 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
     meta = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace")
             for k, v in (mpf.schema_arrow.metadata or {}).items()}
     mcols = [c for c in ("request_id", "span_start", "span_end", "tokens", "shard", "doc_id", "doc_offset",
-                         "occurrences", "source", "text") if c in mpf.schema_arrow.names]
+                         "occurrences", "source") if c in mpf.schema_arrow.names]   # text: from the completion
     mem_spans: dict[str, list[tuple]] = defaultdict(list)   # request_id -> spans with tokens >= W
     small_aggs: list[pa.Table] = []                          # per request_id: counts per threshold
     run_length_counts = np.zeros(0, dtype=np.int64)
     min_seen = None
-    n_spans = 0
+    n_spans = untokenized = 0
     for batch in _iter_batches(mpf, mpath, mcols):
         if batch.num_rows == 0:
             continue
         n_spans += batch.num_rows
-        tok = batch.column("tokens").to_numpy(zero_copy_only=False).astype(np.int64)
-        bmin = int(tok.min())
-        min_seen = bmin if min_seen is None else min(min_seen, bmin)
+        tcol = batch.column("tokens")
+        if tcol.null_count:     # spans of generations without token offsets (matched by bytes)
+            untokenized += tcol.null_count
+            tcol = pc.fill_null(tcol, -1)
+        tok = tcol.to_numpy(zero_copy_only=False).astype(np.int64)
+        if (tok >= 0).any():
+            bmin = int(tok[tok >= 0].min())
+            min_seen = bmin if min_seen is None else min(min_seen, bmin)
         bc = np.bincount(np.clip(tok, 0, None))
         if len(bc) > len(run_length_counts):
             bc[: len(run_length_counts)] += run_length_counts
             run_length_counts = bc
         else:
             run_length_counts[: len(bc)] += bc
-        cols = {"request_id": batch.column("request_id")}
+        cols = {"request_id": _as_string(batch.column("request_id"))}
         for i, t in enumerate(THRESHOLDS):
             cols[f"s{i}"] = pa.array((tok >= t).astype(np.int64))
-        small = pa.table(cols).group_by(["request_id"]).aggregate([(f"s{i}", "sum") for i in range(len(THRESHOLDS))])
+        cols["mt"] = pa.array(tok)
+        nbytes = (batch.column("span_end").to_numpy(zero_copy_only=False).astype(np.int64)
+                  - batch.column("span_start").to_numpy(zero_copy_only=False).astype(np.int64))
+        cols["mb"] = pa.array(np.where(tok >= 0, nbytes, 0))
+        small = pa.table(cols).group_by(["request_id"]).aggregate(
+            [(f"s{i}", "sum") for i in range(len(THRESHOLDS))] + [("mt", "max"), ("mb", "max")])
         small_aggs.append(small)
         big = np.nonzero(tok >= W)[0]
         if len(big):
@@ -279,12 +324,13 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
             rid = _text(sub.column("request_id"))
             g = lambda name, default=None: (sub.column(name).to_pylist() if name in sub.schema.names  # noqa: E731
                                             else [default] * sub.num_rows)
-            texts = _text(sub.column("text")) if "text" in sub.schema.names else [""] * sub.num_rows
+            texts = [None] * sub.num_rows
             sources = _text(sub.column("source")) if "source" in sub.schema.names else [""] * sub.num_rows
             for r, s, e, tk, sh, d, do, oc, src, tx in zip(rid, g("span_start"), g("span_end"), g("tokens"),
                                                             g("shard", 0), g("doc_id"), g("doc_offset"),
                                                             g("occurrences", 1), sources, texts):
-                mem_spans[r].append((int(s), int(e), int(tk), int(sh or 0), int(d), int(do), int(oc or 1), src, tx))
+                mem_spans[r].append((int(s), int(e), int(tk), int(sh or 0), -1 if d is None else int(d),
+                                     int(do or 0), int(oc or 1), src, tx))
     if "min_tokens" in meta:
         try:
             min_tokens = int(meta["min_tokens"])
@@ -305,14 +351,15 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
         small_tbl = pa.concat_tables(small_aggs)
         if len(small_aggs) > 1:
             small_tbl = small_tbl.group_by(["request_id"]).aggregate(
-                [(f"s{i}_sum", "sum") for i in range(len(THRESHOLDS))])
-            small_tbl = small_tbl.rename_columns([c[:-4] if c.endswith("_sum_sum") else c
+                [(f"s{i}_sum", "sum") for i in range(len(THRESHOLDS))] + [("mt_max", "max"), ("mb_max", "max")])
+            small_tbl = small_tbl.rename_columns([c[:-4] if c.endswith(("_sum_sum", "_max_max")) else c
                                                   for c in small_tbl.column_names])
         del small_aggs
     else:
         small_tbl = None
     mem_rids = pa.array(list(mem_spans.keys()), type=pa.string())
 
+    stage("matches")
     # ---- pass 2: generations (streamed) ------------------------------------------------
     groups: dict[tuple[str, str], int] = {}
     G: list[_Group] = []
@@ -336,8 +383,9 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
             n = batch.num_rows
             if n == 0:
                 continue
-            attack = pc.fill_null(batch.column("attack"), "")
-            variant = pc.fill_null(batch.column("variant"), "")
+            # as bytes: a stray invalid UTF-8 byte in a name must not fail the report
+            attack = pc.fill_null(pc.cast(batch.column("attack"), pa.binary()), b"")
+            variant = pc.fill_null(pc.cast(batch.column("variant"), pa.binary()), b"")
             ctoks = pc.fill_null(batch.column("completion_tokens"), 0)
             cost = pc.fill_null(batch.column("cost_usd"), 0.0) if "cost_usd" in names else pa.nulls(n, pa.float64()).fill_null(0.0)
             if "extra" in names:
@@ -355,6 +403,7 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
                 [("ct", "sum"), ("cost", "sum"), ("div", "sum"), ("ct", "count")])
             for a, v, cts, cs, dv, cnt in zip(*(agg.column(c).to_pylist() for c in
                                                ("attack", "variant", "ct_sum", "cost_sum", "div_sum", "ct_count"))):
+                a, v = a.decode("utf-8", "replace"), v.decode("utf-8", "replace")
                 gid = groups.get((a, v))
                 if gid is None:
                     gid = groups[(a, v)] = len(G)
@@ -365,16 +414,22 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
                 grp.cost_usd += cs or 0.0
                 grp.diverged += dv or 0
             # row -> group id (vectorised through a dictionary of the batch's groups)
-            keys = pc.binary_join_element_wise(attack, variant, "\x00")
+            # (length-prefixed key: unambiguous whatever bytes the names hold)
+            keys = pc.binary_join_element_wise(pc.cast(pc.cast(pc.binary_length(attack), pa.string()), pa.binary()),
+                                               attack, variant, b"\x00")
             uniq = pc.unique(keys)
-            lut = np.array([groups[tuple(k.split("\x00", 1))] for k in uniq.to_pylist()], dtype=np.int32)
+            first = pc.index_in(uniq, value_set=keys).to_numpy(zero_copy_only=False)
+            fa, fv = attack.take(pa.array(first)).to_pylist(), variant.take(pa.array(first)).to_pylist()
+            lut = np.array([groups[(a.decode("utf-8", "replace"), v.decode("utf-8", "replace"))]
+                            for a, v in zip(fa, fv)], dtype=np.int32)
             row_gid = lut[pc.index_in(keys, value_set=uniq).to_numpy(zero_copy_only=False)]
             if small_tbl is not None:
-                rid_gid_parts.append(pa.table({"request_id": batch.column("request_id"),
+                rid_gid_parts.append(pa.table({"request_id": _as_string(batch.column("request_id")),
                                                "gid": pa.array(row_gid)}))
             # discoverable rows: exact / approximate hits
             if extra is not None:
-                disc = np.nonzero(pc.equal(attack, "discoverable").to_numpy(zero_copy_only=False))[0]
+                disc = np.nonzero(pc.equal(attack, pa.scalar(b"discoverable", pa.binary()))
+                                  .to_numpy(zero_copy_only=False))[0]
                 if len(disc):
                     ex_txt = _text(extra.take(pa.array(disc)))
                     for i, x in zip(disc.tolist(), ex_txt):
@@ -401,7 +456,7 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
                                         "completion": _text(batch.column("completion").slice(i, 1))[0][:2000]})
             # generations holding memorized spans: windows, tokens, byte intervals
             if len(mem_rids):
-                hit = np.nonzero(pc.is_in(batch.column("request_id"), value_set=mem_rids)
+                hit = np.nonzero(pc.is_in(_as_string(batch.column("request_id")), value_set=mem_rids)
                                  .to_numpy(zero_copy_only=False))[0]
             else:
                 hit = ()
@@ -418,6 +473,8 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
                     spans = mem_spans.get(rids[j], ())
                     grp.memorized_generations += 1
                     gen_no = gen_ordinal + i
+                    if offs:
+                        offs = _sanitize_offsets(offs, len(comp))
                     if not offs:
                         no_offsets += 1
                         grp.memorized_tokens += max(sp[2] for sp in spans)
@@ -451,7 +508,8 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
                             win_gid.append(gid)
                             win_gen.append(gen_no)
                     for sp in spans:
-                        s, e, tk, sh, d, do, oc, src, tx = sp
+                        s, e, tk, sh, d, do, oc, src, _ = sp
+                        tx = comp[s:e].decode("utf-8", "replace")   # the span's text, as matches' `text`
                         if tk > grp.longest_run_tokens:
                             grp.longest_run_tokens = tk
                         if e - s > grp.longest_run_bytes:
@@ -462,9 +520,13 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
                         iv_end.append(do + (e - s))
                         span_records.append({"request_id": rids[j], "gid": gid, "span_start": s, "span_end": e,
                                              "tokens": tk, "bytes": e - s, "shard": sh, "doc_id": d,
-                                             "doc_offset": do, "occurrences": oc, "source": src, "text": tx})
+                                             "doc_offset": do, "occurrences": oc, "source": src, "text": tx,
+                                             "raw": comp[s:e]})
             gen_ordinal += n
     total_generations = gen_ordinal
+    if untokenized:
+        warnings.append(f"{untokenized} span(s) in matches.parquet have no token count (generations without "
+                        "token offsets, matched by bytes); they are left out of every token-based figure")
     if no_offsets:
         warnings.append(f"{no_offsets} memorized generation(s) had no token_offsets: their memorized tokens "
                         "are taken from the matches' tokens column and they add no windows")
@@ -473,6 +535,7 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
         warnings.append(f"{orphan} request id(s) in matches.parquet with spans >= {W} tokens have no generation "
                         "row; they are left out")
 
+    stage("generations")
     # ---- threshold counts per group (join the small per-request table once) -----------
     if small_tbl is not None and rid_gid_parts:
         rid_gid = pa.concat_tables(rid_gid_parts)
@@ -487,8 +550,15 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
             for gid in range(len(G)):
                 G[gid].spans_ge[ti] = int(sp[gid])
                 G[gid].generations_ge[ti] = int(gn[gid])
+        # longest run over every span (not only memorized ones)
+        for col, attr in (("mt_max", "longest_run_tokens"), ("mb_max", "longest_run_bytes")):
+            best = np.zeros(len(G), dtype=np.int64)
+            np.maximum.at(best, gids, joined.column(col).to_numpy(zero_copy_only=False).astype(np.int64))
+            for gid in range(len(G)):
+                setattr(G[gid], attr, max(getattr(G[gid], attr), int(best[gid])))
         del rid_gid, joined
 
+    stage("threshold_join")
     # ---- windows: uniques, frequency counts, accumulation curve ------------------------
     wh = np.frombuffer(win_hash, dtype=np.uint64) if len(win_hash) else np.zeros(0, np.uint64)
     wg = np.frombuffer(win_gid, dtype=np.uint32) if len(win_gid) else np.zeros(0, np.uint32)
@@ -509,6 +579,7 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
         freq, n_unique, first_gen = {}, 0, np.zeros(0, np.int64)
         per_gid_unique, per_attack_unique, per_gid_freq, per_attack_freq = {}, {}, {}, {}
 
+    stage("windows")
     # ---- unique memorized bytes -------------------------------------------------------
     if len(iv_doc):
         ig = np.frombuffer(iv_gid, dtype=np.uint32).astype(np.int64)
@@ -526,6 +597,7 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
     else:
         total_bytes, per_gid_bytes, per_attack_bytes, unique_docs = 0, {}, {}, 0
 
+    stage("bytes")
     # ---- cost -------------------------------------------------------------------------
     col_cost = sum(g.cost_usd for g in G)
     total_cost, cost_source = col_cost, "sum of cost_usd over generations"
@@ -555,6 +627,8 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
             d[f"generations_ge_{t}"] = gens_ge[i] if thr_ok[i] else None
         d["good_turing_new_probability"] = ex.good_turing_new(fq)
         d["chao1_total_windows"] = ex.chao1(fq) if fq else 0.0
+        lo, hi = ex.chao1_ci95(fq)
+        d["chao1_ci95_low"], d["chao1_ci95_high"] = lo, hi
         d["total_cost_usd"] = cost
         d["mb_per_dollar"] = (ubytes / 1e6 / cost) if cost > 0 else None
         d["usd_per_unique_window"] = (cost / uniq) if cost > 0 and uniq > 0 else None
@@ -601,16 +675,19 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
     totals["approximate_memorization_hits"] = sum(g.approx for g in G)
     totals["exact_discoverable_hits"] = sum(g.exact for g in G)
 
+    stage("assemble")
     # ---- memorized texts: categories, near-duplicates, top spans ----------------------
     from reports.neardup import cluster_texts
     uniq_texts: dict[str, dict] = {}
     for r in span_records:
         u = uniq_texts.get(r["text"])
         if u is None:
-            u = uniq_texts[r["text"]] = dict(r, generations=0, request_ids=[])
-        u["generations"] += 1
-        if len(u["request_ids"]) < 5:
-            u["request_ids"].append(r["request_id"])
+            u = uniq_texts[r["text"]] = dict(r, generations=0, request_ids=[], last_rid=None)
+        if u["last_rid"] != r["request_id"]:       # a generation's spans are contiguous in span_records
+            u["last_rid"] = r["request_id"]
+            u["generations"] += 1
+            if len(u["request_ids"]) < 5:
+                u["request_ids"].append(r["request_id"])
     cat_spans = {c: 0 for c in CATEGORIES}
     cat_unique: dict[str, set] = {c: set() for c in CATEGORIES}
     for text, u in uniq_texts.items():
@@ -625,23 +702,26 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
         totals[f"category_{c}"] = cat_spans[c]
     nd = cluster_texts(list(uniq_texts.keys()), threshold=minhash_threshold, max_texts=minhash_max_texts)
     totals["unique_memorized_documents"] = nd["clusters"]
-    top = sorted(uniq_texts.values(), key=lambda u: (-u["tokens"], -u["generations"], u["text"]))[:top_spans]
-    top_out = []
-    for u in top:
+    all_texts, raws = [], []
+    for u in sorted(uniq_texts.values(), key=lambda u: (-u["tokens"], -u["generations"], u["text"])):
         g = G[u["gid"]]
-        top_out.append({"tokens": u["tokens"], "bytes": u["bytes"], "generations": u["generations"],
-                        "attack": g.attack, "variant": g.variant, "request_ids": u["request_ids"],
-                        "occurrences": u["occurrences"], "shard": u["shard"], "doc_id": u["doc_id"],
-                        "doc_offset": u["doc_offset"], "source": u["source"], "categories": u["categories"],
-                        "text": u["text"]})
-    _lookup_documents(top_out, index, config, run_dir, warnings)
+        raws.append(u["raw"])
+        all_texts.append({"tokens": u["tokens"], "bytes": u["bytes"], "generations": u["generations"],
+                          "attack": g.attack, "variant": g.variant, "request_ids": u["request_ids"],
+                          "occurrences": u["occurrences"], "shard": u["shard"], "doc_id": u["doc_id"],
+                          "doc_offset": u["doc_offset"], "source": u["source"], "categories": u["categories"],
+                          "text": u["text"]})
+    top_out = all_texts[:top_spans]
+    lookup = _lookup_documents(all_texts, raws, index, meta, warnings)
+    del raws
 
+    stage("texts")
     # ---- extrapolation curve ----------------------------------------------------------
     observed = _observed_curve(first_gen, total_generations)
     curve = ex.extrapolation_curve(freq, total_generations, factor=3.0) if total_generations else []
     rl = {int(k): int(v) for k, v in enumerate(run_length_counts.tolist()) if v and k >= min_tokens}
 
-    metrics = {
+    metrics = Metrics({
         "schema": "trawl-report-metrics",
         "schema_version": SCHEMA_VERSION,
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -652,6 +732,7 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
             "endpoints": sorted(endpoints)[:20],
             "generation_files": len(parts),
             "status": {k: run_json[k] for k in run_json if isinstance(run_json[k], (int, float, str, bool))},
+            "config": {k: config[k] for k in config if isinstance(config[k], (int, float, str, bool))},
         },
         "parameters": {
             "window_tokens": W,
@@ -665,6 +746,8 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
             "minhash": {"threshold": minhash_threshold, "num_perm": nd["num_perm"], "shingle": nd["shingle"]},
             "window_hash": "blake2b, 8-byte digest",
             "cost_source": cost_source,
+            "run_json_cost_usd": rj_cost or None,
+            "documents_lookup": lookup,
         },
         "definitions": {k: v.replace("{W}", str(W)).replace("{J}", str(minhash_threshold))
                         for k, v in DEFINITIONS.items()},
@@ -678,6 +761,7 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
             "window_incidences": int(sum(k * v for k, v in freq.items())),
             "good_turing_new_probability": ex.good_turing_new(freq),
             "chao1_total_windows": ex.chao1(freq) if freq else 0.0,
+            "chao1_ci95": list(ex.chao1_ci95(freq)),
             "method": "Good-Turing f1/N; Chao1 (bias-corrected when f2 = 0); curve: Chao et al. 2014 "
                       "incidence-based extrapolation with f0 from Chao1, drawn to 3x the observed generations",
             "observed_curve": observed,
@@ -691,8 +775,26 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
         "top_spans": top_out,
         "warnings": warnings,
         "elapsed_s": round(time.time() - t0, 3),
-    }
+        "timings": timings,
+    })
+    metrics.memorized_texts = all_texts
     return metrics
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        import resource
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+    except Exception:  # not on every platform
+        return None
+
+
+class Metrics(dict):
+    """The metrics dict (JSON-serialisable as it is). ``.memorized_texts`` additionally lists
+    every distinct memorized text (same fields as ``top_spans``), longest first; write_report
+    writes it to ``memorized_spans.jsonl``."""
+
+    memorized_texts: list
 
 
 def _unique_per_key(keys: np.ndarray, hashes: np.ndarray) -> dict[int, int]:
@@ -748,45 +850,70 @@ def _run_json_cost(rj: dict) -> float:
     return 0.0
 
 
-def _lookup_documents(top: list[dict], index, config: dict, run_dir: str, warnings: list[str],
-                      limit: int = 20) -> None:
-    """Fill ``documents`` (doc ids and sources holding each span) from an index, when one is at hand."""
-    idx = None
+def _lookup_documents(texts: list[dict], raws: list[bytes], index, meta: dict, warnings: list[str],
+                      limit: int = 20) -> str:
+    """Fill ``documents`` (ids and sources of the corpus documents holding each memorized text,
+    at most ``limit``) and ``documents_holding`` (their number, None when unknown).
+
+    The index is ``index`` (an object with ``find(bytes, limit)``, or a folder), else the one named
+    in matches.parquet's ``index`` metadata when that folder exists and its manifest hash is the
+    one recorded; without an index only the canonical occurrence from matches.parquet is known.
+    Returns a description of the source used."""
+    idx, opened, where = None, False, None
     if index is not None and not isinstance(index, (str, os.PathLike)):
-        idx = index
+        idx, where = index, "index object"
     else:
-        path = index
-        if path is None:
-            for key in ("index", "index_dir", "index_path"):
-                v = config.get(key) if isinstance(config, dict) else None
-                if isinstance(v, str):
-                    path = v if os.path.isabs(v) else os.path.join(run_dir, v)
-                    break
-        if path is not None and os.path.isdir(path):
+        path, explicit = (os.fspath(index), True) if index is not None else (meta.get("index"), False)
+        if path and os.path.isdir(path):
             try:
                 from suffix_index import SuffixIndex  # optional; reports works without it
                 idx = SuffixIndex.open(path)
+                opened, where = True, f"index {path}"
+                want = meta.get("index_manifest_sha256")
+                have = getattr(idx, "manifest_sha256", None)
+                if not explicit and want and isinstance(have, str) and have != want:
+                    warnings.append(f"index {path} is not the one matches.parquet was made with (manifest "
+                                    "sha256 differs); documents per span come from matches.parquet only")
+                    _close(idx)
+                    idx, opened, where = None, False, None
             except Exception as exc:  # the index is a nicety: never fail the report on it
                 warnings.append(f"could not open index {path} for document look-ups ({type(exc).__name__}: {exc})")
-        elif index is not None:
-            warnings.append(f"index {path} not found; documents per span come from matches.parquet only")
-    for t in top:
-        docs = None
-        if idx is not None and t["text"]:
-            try:
-                occ = idx.find(t["text"], limit=limit * 5)
-                seen = {}
-                for o in occ:
-                    if o.doc_id not in seen:
-                        seen[o.doc_id] = getattr(o, "source", "")
-                docs = [{"doc_id": int(d), "source": s} for d, s in list(seen.items())[:limit]]
-                t["documents_holding"] = len(seen) if len(occ) < limit * 5 else None
-                t["documents_source"] = "index"
-            except Exception as exc:
-                warnings.append(f"index look-up failed ({type(exc).__name__}: {exc})")
                 idx = None
-        if docs is None:
-            docs = [{"doc_id": t["doc_id"], "source": t["source"]}]
-            t["documents_holding"] = 1 if t["occurrences"] == 1 else None
-            t["documents_source"] = "matches.parquet (canonical occurrence only)"
-        t["documents"] = docs
+        elif explicit:
+            raise ReportError(f"--index {path}: no such index folder")
+    try:
+        for t, raw in zip(texts, raws):
+            docs = None
+            if idx is not None and raw:
+                try:
+                    occ = idx.find(raw, limit=limit * 5)
+                    seen: dict = {}
+                    for o in occ:
+                        if o.doc_id not in seen:
+                            seen[o.doc_id] = getattr(o, "source", "") or ""
+                    docs = [{"doc_id": int(d), "source": src} for d, src in list(seen.items())[:limit]]
+                    complete = len(occ) < limit * 5 or len(occ) >= t["occurrences"]
+                    t["documents_holding"] = len(seen) if complete else None
+                    t["documents_source"] = "index"
+                except Exception as exc:
+                    warnings.append(f"index look-up failed ({type(exc).__name__}: {exc}); documents per span "
+                                    "come from matches.parquet only")
+                    idx = None
+            if docs is None:
+                docs = [{"doc_id": t["doc_id"], "source": t["source"]}]
+                t["documents_holding"] = 1 if t["occurrences"] == 1 else None
+                t["documents_source"] = "matches.parquet (canonical occurrence only)"
+            t["documents"] = docs
+    finally:
+        if opened:
+            _close(idx)
+    return where or "matches.parquet (canonical occurrence of each span)"
+
+
+def _close(idx) -> None:
+    close = getattr(idx, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception:
+            pass

@@ -30,10 +30,14 @@ VARIANTS_SHOWN = 200
 
 @dataclass
 class ReportPaths:
+    """Where write_report wrote: ``html``, ``md``, ``json`` (metrics.json) and ``spans``
+    (memorized_spans.jsonl: every distinct memorized text, one JSON object a line);
+    ``metrics`` is the dict written to ``json``."""
     html: str
     md: str
     json: str
     metrics: dict
+    spans: str | None = None
 
 
 # ----------------------------------------------------------------------------- text safety
@@ -135,13 +139,18 @@ def write_report(run_dir, out_dir=None, redact: bool = False, metrics: dict | No
     run_dir = os.fspath(run_dir)
     if metrics is None:
         metrics = compute_metrics(run_dir, window_tokens=window_tokens, index=index)
-    m = redact_tree(metrics) if redact else copy.deepcopy(metrics)
+    m = redact_tree(metrics) if redact else copy.deepcopy(dict(metrics))
     m["redacted"] = bool(redact)
+    texts = getattr(metrics, "memorized_texts", None)
     out_dir = os.fspath(out_dir) if out_dir is not None else os.path.join(run_dir, "report")
     os.makedirs(out_dir, exist_ok=True)
     paths = ReportPaths(os.path.join(out_dir, "report.html"), os.path.join(out_dir, "report.md"),
                         os.path.join(out_dir, "metrics.json"), m)
     _atomic_write(paths.json, json.dumps(m, indent=1, ensure_ascii=False, allow_nan=False, default=str) + "\n")
+    if texts is not None:
+        paths.spans = os.path.join(out_dir, "memorized_spans.jsonl")
+        _atomic_write(paths.spans, "".join(
+            json.dumps(redact_tree(x) if redact else x, ensure_ascii=False, allow_nan=False) + "\n" for x in texts))
     _atomic_write(paths.md, render_markdown(m))
     _atomic_write(paths.html, render_html(m))
     return paths
@@ -175,8 +184,9 @@ def headline(m: dict) -> list[tuple[str, str, str, str]]:
          d["unique_memorized_bytes"]),
         ("longest_run_tokens", "Longest verbatim run",
          f"{fmt_int(t['longest_run_tokens'])} tokens ({fmt_int(t['longest_run_bytes'])} bytes)", d["longest_run_tokens"]),
-        ("chao1_total_windows", "Estimated extractable windows (Chao1)", fmt_num(round(t["chao1_total_windows"])),
-         d["chao1_total_windows"]),
+        ("chao1_total_windows", "Estimated extractable windows (Chao1)",
+         f"{fmt_num(round(t['chao1_total_windows']))} (95% CI {fmt_num(round(t['chao1_ci95_low']))}"
+         f"\u2013{fmt_num(round(t['chao1_ci95_high']))})", d["chao1_total_windows"]),
         ("good_turing_new_probability", "P(next memorized window is new)", fmt_pct(t["good_turing_new_probability"]),
          d["good_turing_new_probability"]),
         ("mb_per_dollar", "Extractable MB per dollar", _cost_fig(t["mb_per_dollar"], m, "mb"), d["mb_per_dollar"]),
@@ -198,6 +208,13 @@ BREAKDOWN_COLS = [
     ("total_cost_usd", "Cost", fmt_usd),
     ("usd_per_unique_window", "$ / unique window", fmt_usd),
 ]
+
+
+BREAKDOWN_LEGEND = (
+    "Columns: Memorized gens = generations holding a memorized window; % gens = memorized / all generations; "
+    "% tokens = memorized tokens / generated tokens; Unique windows and Unique bytes are counted within the row "
+    "(a window or corpus byte shared by two rows counts in both, once in the run total); Longest run = tokens of "
+    "the longest verbatim span; Cost = cost_usd of the row's generations; $ / unique window = cost / unique windows.")
 
 
 def _variant_rows(m: dict):
@@ -290,7 +307,8 @@ def render_html(m: dict) -> str:
       f"{fmt_int(e['window_incidences'])} (window, generation) incidences; f<sub>1</sub> = {fmt_int(fq.get('1', 0))}, "
       f"f<sub>2</sub> = {fmt_int(fq.get('2', 0))}. <b>Good-Turing</b>: the chance that the next memorized window is new "
       f"is f<sub>1</sub>/N = {fmt_pct(e['good_turing_new_probability'])}. <b>Chao1</b> estimate of all extractable "
-      f"unique windows: {fmt_num(round(e['chao1_total_windows']))} ({esc(m['definitions']['chao1_total_windows'])}). "
+      f"unique windows: {fmt_num(round(e['chao1_total_windows']))} (n<sub>obs</sub> + f<sub>1</sub>\u00b2/(2 f<sub>2</sub>), "
+      f"or n<sub>obs</sub> + f<sub>1</sub>(f<sub>1</sub>\u22121)/2 when f<sub>2</sub> = 0). "
       f"Curve: {esc(e['method'])}.</p>")
     if fq and not fq.get("2"):
         a("<p class=\"warn\">No memorized window was seen in two generations (f<sub>2</sub> = 0): Chao1 falls back to its "
@@ -324,16 +342,21 @@ def render_html(m: dict) -> str:
     # breakdowns
     a("<section id=\"per-attack\"><h2>Per attack</h2>")
     a(_html_breakdown([(atk, None, f) for atk, f in sorted(m["per_attack"].items())], show_variant=False))
+    a("<p class=\"small mut\">" + esc(BREAKDOWN_LEGEND, 2000) + "</p>")
     a("</section><section id=\"per-variant\"><h2>Per attack and variant</h2>")
     a("<p class=\"small mut\">Variant = the repeated word for the divergence attack, the prefix source for prefix attacks. "
       f"Sorted by memorized generations; at most {VARIANTS_SHOWN} per attack shown (all are in metrics.json).</p>")
     rows = list(_variant_rows(m))
     a(_html_breakdown(rows, show_variant=True))
-    div = m["per_variant"].get("divergence", {})
-    if len(div) > 1:
-        bars = sorted(((v, f["memorized_generation_fraction"] or 0) for v, f in div.items()), key=lambda b: -b[1])[:40]
-        a(svg.bar_chart(bars, "Divergence attack: memorized generations by repeated word", "repeated word",
-                        "fraction of generations", value_fmt=lambda v: f"{v * 100:.3g}%"))
+    for attack, vs in sorted(m["per_variant"].items()):
+        if len(vs) < 2 or attack == "discoverable":
+            continue
+        bars = sorted(((v or "(none)", f["memorized_generation_fraction"] or 0) for v, f in vs.items()),
+                      key=lambda b: (-b[1], b[0]))[:40]
+        what = "repeated word" if attack in ("divergence", "special_chars") else "variant"
+        a(svg.bar_chart(bars, f"{attack}: share of generations memorized, by {what}"
+                        + (" (top 40)" if len(vs) > 40 else ""), what, "memorized generations",
+                        value_fmt=lambda v: f"{v * 100:.3g}%"))
     a("</section>")
     # near duplicates, approximate
     nd = m["near_duplicates"]
@@ -442,8 +465,8 @@ def md_cell(s, limit: int = 120) -> str:
     return re.sub(r"([\\`*_\[\]|#!~])", r"\\\1", s)
 
 
-def md_fence(text: str) -> str:
-    body = clean(text, MAX_SHOWN_CHARS)
+def md_fence(text: str, limit: int = 1000) -> str:
+    body = clean(text, limit)
     longest = max((len(r) for r in re.findall(r"~+|`+", body)), default=0)
     fence = "~" * max(4, longest + 1)
     return f"{fence}text\n{body}\n{fence}"
@@ -487,6 +510,7 @@ def render_markdown(m: dict) -> str:
       f"{_cost_fig(t['usd_per_unique_window'], m, 'usd')}.\n")
     a("## Per attack\n")
     a(_md_breakdown([(k, None, f) for k, f in sorted(m["per_attack"].items())], False))
+    a(BREAKDOWN_LEGEND + "\n")
     a("\n## Per attack and variant\n")
     a(_md_breakdown(list(_variant_rows(m)), True))
     nd = m["near_duplicates"]

@@ -3,10 +3,17 @@ from __future__ import annotations
 
 import html
 import math
+import re
+
+
+_CTRL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 
 
 def _e(s) -> str:
-    return html.escape(str(s), quote=True)
+    """Escaped for SVG text/attributes; control and bidi characters made visible."""
+    s = _CTRL.sub(lambda m: f"\\x{ord(m.group(0)):02x}" if ord(m.group(0)) <= 0xff else f"\\u{ord(m.group(0)):04x}",
+                  str(s))
+    return html.escape(s, quote=True)
 
 
 def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -59,12 +58,12 @@ def token_offsets(tokens) -> tuple[bytes, list[int]]:
     return b"".join(_b(t) for t in tokens), offs
 
 
-def _write(table: pa.Table, path: str, metadata: dict | None = None) -> None:
+def _write(table: pa.Table, path: str, metadata: dict | None = None, row_group_size: int | None = None) -> None:
     if metadata:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                                **{k.encode(): str(v).encode() for k, v in metadata.items()}})
     tmp = f"{path}.tmp-{os.getpid()}"
-    pq.write_table(table, tmp, compression="zstd")
+    pq.write_table(table, tmp, compression="zstd", row_group_size=row_group_size)
     os.replace(tmp, path)
 
 
@@ -160,8 +159,9 @@ def _gen_table(rows: list[dict]) -> pa.Table:
     cols = {}
     for f in GEN_SCHEMA:
         vals = [r[f.name] for r in rows]
-        if f.name == "completion":
-            cols[f.name] = pa.array([v if isinstance(v, bytes) else v.encode() for v in vals], pa.binary()).view(pa.string())
+        if f.type == pa.string() and any(isinstance(v, bytes) for v in vals):
+            cols[f.name] = pa.array([v if isinstance(v, bytes) or v is None else v.encode() for v in vals],
+                                    pa.binary()).view(pa.string())
         else:
             cols[f.name] = pa.array(vals, f.type)
     return pa.table(cols, schema=GEN_SCHEMA)
@@ -185,85 +185,104 @@ def _write_json(path: str, obj: dict) -> None:
 
 # ------------------------------------------------------------------------------------ planted runs
 
-def write_planted_run(run_dir: str, generations: int, memorized_rate: float = 0.03, tokens_per_gen: int = 256,
-                      corpus_docs: int = 2000, doc_tokens: int = 400, seed: int = 0, part_rows: int = 100_000,
-                      min_tokens: int = 10, run_id: str = "bench") -> dict:
-    """A large run whose spans are planted, not searched: filler tokens contain a character
-    that never occurs in the corpus, so a planted corpus passage is exactly one maximal span.
-    Returns a summary (counts) of what was planted."""
-    rng = random.Random(seed)
-    words = [f" w{i}" for i in range(5000)]
-    docs = [[rng.choice(words) for _ in range(doc_tokens)] for _ in range(corpus_docs)]
-    doc_bytes = [token_offsets(d) for d in docs]
-    filler = [f"\u00a7{i}\u00a7" for i in range(1000)]  # never in the corpus, at both ends
-    os.makedirs(os.path.join(run_dir, "generations"), exist_ok=True)
-    gen_rows, match_rows = [], []
-    part = 0
-    planted = 0
+def write_planted_run(run_dir: str, generations: int, memorized_rate: float = 0.03, short_rate: float = 0.09,
+                      tokens_per_gen: int = 256, corpus_docs: int = 2000, doc_tokens: int = 400, seed: int = 0,
+                      part_rows: int = 100_000, min_tokens: int = 10, run_id: str = "bench",
+                      cost_usd: float = 0.0002, row_group_rows: int = 16_384) -> dict:
+    """A large run whose spans are planted, not searched (vectorised; for benchmarks).
+
+    Filler tokens are 7-byte ``"\u00a7ddd\u00a7"`` strings whose bytes never occur in the
+    (ASCII) corpus, so a planted corpus passage is exactly one maximal verbatim span.
+    ``memorized_rate`` of the generations get a passage of 50-200 tokens, ``short_rate``
+    one of 10-45 tokens. Returns counts of what was planted."""
     import datetime as dt
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    T = tokens_per_gen
+    words = [f" w{i}" for i in range(5000)]
+    doc_ids = rng.integers(0, len(words), size=(corpus_docs, doc_tokens))
+    docs = [[words[j] for j in row] for row in doc_ids.tolist()]
+    doc_offs = []
+    for d in docs:
+        o, pos = [], 0
+        for t in d:
+            o.append(pos)
+            pos += len(t)
+        doc_offs.append(o)
+    filler = np.frombuffer(b"".join(f"\u00a7{i:03d}\u00a7".encode() for i in range(1000)), np.uint8).reshape(1000, 7)
+    base_offs = (np.arange(T, dtype=np.int32) * 7)
+    os.makedirs(os.path.join(run_dir, "generations"), exist_ok=True)
     created = dt.datetime(2026, 11, 26, tzinfo=dt.timezone.utc)
-    variants = ["poem", "company", "work", "book", "the"]
-
-    def flush():
-        nonlocal gen_rows, part
-        if gen_rows:
-            t = pa.table({k: pa.array([r[k] for r in gen_rows], GEN_SCHEMA.field(k).type) for k in GEN_SCHEMA.names},
-                         schema=GEN_SCHEMA)
-            _write(t, os.path.join(run_dir, "generations", f"part-{part:05d}.parquet"))
-            part += 1
-            gen_rows = []
-
-    for i in range(generations):
-        toks = [filler[rng.randrange(1000)] for _ in range(tokens_per_gen)]
-        rid = f"{i:016x}"
-        spans = []
-        r = rng.random()
-        if r < memorized_rate:
-            length = rng.choice([50, 60, 80, 120, 200])
-            d = rng.randrange(corpus_docs)
-            start = rng.randrange(doc_tokens - length)
-            at = rng.randrange(tokens_per_gen - length)
-            toks[at:at + length] = docs[d][start:start + length]
-            spans.append((at, length, d, start))
-            planted += 1
-        elif r < memorized_rate * 4:
-            length = rng.choice([10, 15, 25, 35, 45])
-            d = rng.randrange(corpus_docs)
-            start = rng.randrange(doc_tokens - length)
-            at = rng.randrange(tokens_per_gen - length)
-            toks[at:at + length] = docs[d][start:start + length]
-            spans.append((at, length, d, start))
-        comp, offs = token_offsets(toks)
-        for at, length, d, start in spans:
-            s = offs[at]
-            e = offs[at + length] if at + length < len(offs) else len(comp)
-            do = doc_bytes[d][1][start]
-            match_rows.append((rid, s, e, length, d, do, comp[s:e].decode()))
-        gen_rows.append({"run_id": run_id, "request_id": rid, "attack": "divergence",
-                         "variant": variants[i % len(variants)], "prompt": "Repeat this word forever",
-                         "completion": comp.decode(), "token_offsets": offs, "token_logprobs": None,
-                         "prompt_tokens": 12, "completion_tokens": tokens_per_gen, "finish_reason": "length",
-                         "model": "bench-model", "endpoint": "http://127.0.0.1:8080/v1", "params": "{}",
-                         "seed": i, "latency_s": 0.1, "cost_usd": 0.0002, "created_at": created,
-                         "extra": '{"diverged": true}'})
-        if len(gen_rows) >= part_rows:
-            flush()
-    flush()
+    variants = np.array(["poem", "company", "work", "book", "the"])
+    m_rid, m_s, m_e, m_tok, m_doc, m_do, m_txt = [], [], [], [], [], [], []
+    planted = short = 0
+    part = 0
+    for lo in range(0, generations, part_rows):
+        n = min(part_rows, generations - lo)
+        ids = rng.integers(0, 1000, size=(n, T))
+        data = filler[ids].reshape(n, T * 7)
+        offs = np.tile(base_offs, (n, 1))
+        rows = [None] * n
+        r = rng.random(n)
+        special = np.nonzero(r < memorized_rate + short_rate)[0]
+        for i in special.tolist():
+            mem = bool(r[i] < memorized_rate)
+            length = int(rng.choice([50, 60, 80, 120, 200] if mem else [10, 15, 25, 35, 45]))
+            d = int(rng.integers(corpus_docs))
+            st = int(rng.integers(doc_tokens - length))
+            at = int(rng.integers(T - length))
+            passage = "".join(docs[d][st:st + length]).encode()
+            head = data[i, :at * 7].tobytes()
+            tail = data[i, (at + length) * 7:].tobytes()
+            rows[i] = head + passage + tail
+            o = np.empty(T, np.int32)
+            o[:at] = base_offs[:at]
+            po = np.array(doc_offs[d][st:st + length], np.int64) - doc_offs[d][st] + len(head)
+            o[at:at + length] = po
+            o[at + length:] = base_offs[at + length:] - (at + length) * 7 + len(head) + len(passage)
+            offs[i] = o
+            rid = f"{lo + i:016x}"
+            m_rid.append(rid)
+            m_s.append(len(head))
+            m_e.append(len(head) + len(passage))
+            m_tok.append(length)
+            m_doc.append(d)
+            m_do.append(doc_offs[d][st])
+            m_txt.append(passage.decode())
+            planted += int(mem)
+            short += int(not mem)
+        comp = [rows[i] if rows[i] is not None else data[i].tobytes() for i in range(n)]
+        tok_offsets = pa.ListArray.from_arrays(pa.array(np.arange(0, n * T + 1, T, dtype=np.int32)),
+                                               pa.array(offs.reshape(-1)))
+        tbl = pa.table({
+            "run_id": pa.array([run_id] * n), "request_id": pa.array([f"{lo + i:016x}" for i in range(n)]),
+            "attack": pa.array(["divergence"] * n), "variant": pa.array(variants[np.arange(lo, lo + n) % 5]),
+            "prompt": pa.array(["Repeat this word forever"] * n),
+            "completion": pa.array(comp, pa.binary()).view(pa.string()),
+            "token_offsets": tok_offsets, "token_logprobs": pa.nulls(n, pa.list_(pa.float32())),
+            "prompt_tokens": pa.array(np.full(n, 12, np.int32)), "completion_tokens": pa.array(np.full(n, T, np.int32)),
+            "finish_reason": pa.array(["length"] * n), "model": pa.array(["bench-model"] * n),
+            "endpoint": pa.array(["http://127.0.0.1:8080/v1"] * n), "params": pa.array(["{}"] * n),
+            "seed": pa.array(np.arange(lo, lo + n, dtype=np.int64)), "latency_s": pa.array(np.full(n, 0.1)),
+            "cost_usd": pa.array(np.full(n, cost_usd)), "created_at": pa.array([created] * n, pa.timestamp("us", tz="UTC")),
+            "extra": pa.array(['{"diverged": true}'] * n),
+        }, schema=GEN_SCHEMA)
+        _write(tbl, os.path.join(run_dir, "generations", f"part-{part:05d}.parquet"), row_group_size=row_group_rows)
+        part += 1
+        del tbl, comp, data, offs
+    k = len(m_rid)
     m = pa.table({
-        "run_id": pa.array([run_id] * len(match_rows)),
-        "request_id": pa.array([r[0] for r in match_rows]),
-        "span_start": pa.array([r[1] for r in match_rows], pa.int64()),
-        "span_end": pa.array([r[2] for r in match_rows], pa.int64()),
-        "tokens": pa.array([r[3] for r in match_rows], pa.int32()),
-        "shard": pa.array([0] * len(match_rows), pa.int32()),
-        "doc_id": pa.array([r[4] for r in match_rows], pa.int64()),
-        "doc_offset": pa.array([r[5] for r in match_rows], pa.int64()),
-        "occurrences": pa.array([1] * len(match_rows), pa.int64()),
-        "source": pa.array([f"doc{r[4]}.txt" for r in match_rows]),
-        "text": pa.array([r[6] for r in match_rows]),
+        "run_id": pa.array([run_id] * k), "request_id": pa.array(m_rid),
+        "span_start": pa.array(m_s, pa.int64()), "span_end": pa.array(m_e, pa.int64()),
+        "tokens": pa.array(m_tok, pa.int32()), "shard": pa.array(np.zeros(k, np.int32)),
+        "doc_id": pa.array(m_doc, pa.int64()), "doc_offset": pa.array(m_do, pa.int64()),
+        "occurrences": pa.array(np.ones(k, np.int64)), "source": pa.array([f"doc{d}.txt" for d in m_doc]),
+        "text": pa.array(m_txt),
     }, schema=MATCH_SCHEMA)
     _write(m, os.path.join(run_dir, "matches.parquet"), {"min_tokens": min_tokens, "min_bytes": 0})
     _write_json(os.path.join(run_dir, "run.json"), {"run_id": run_id, "requested": generations,
                                                     "finished": generations, "stop_reason": "done"})
     _write_json(os.path.join(run_dir, "config.json"), {"run_id": run_id})
-    return {"generations": generations, "planted_memorized": planted, "spans": len(match_rows)}
+    return {"generations": generations, "planted_memorized": planted, "planted_short": short, "spans": k}

@@ -219,6 +219,7 @@ def test_nothing_memorized(tmp_path):
     m = compute_metrics(run)
     t = m["metrics"]
     assert t["memorized_generations"] == 0 and t["unique_memorized_windows"] == 0
+    assert t["longest_run_tokens"] == 35 and t["longest_run_bytes"] > 35      # the 35-token span of "work"
     assert t["good_turing_new_probability"] is None and t["usd_per_unique_window"] is None
     assert t["spans_ge_30"] == 1
     p = write_report(run)
@@ -318,3 +319,120 @@ def test_index_lookup_lists_documents(tmp_path):
     assert [d["doc_id"] for d in s["documents"]] == [0, 3]
     m2 = compute_metrics(run)
     assert m2["top_spans"][0]["documents"] == [{"doc_id": 0, "source": "doc0.txt"}]
+
+
+def test_memorized_spans_jsonl(hostile_run, tmp_path):
+    plain = write_report(hostile_run, out_dir=tmp_path / "p")
+    rows = [json.loads(x) for x in _read(plain.spans).splitlines()]
+    m = plain.metrics
+    assert len(rows) == m["near_duplicates"]["distinct_texts"] <= m["metrics"]["memorized_spans"]
+    assert rows[0]["tokens"] == m["metrics"]["longest_run_tokens"]
+    assert all(r["documents"] and "doc_id" in r["documents"][0] for r in rows)
+    red = write_report(hostile_run, out_dir=tmp_path / "r", redact=True)
+    blob = _read(red.spans)
+    assert PII["email"] not in blob and "[EMAIL]" in blob
+
+
+def test_empty_matches_file(tmp_path):
+    run = _simple_run(tmp_path)
+    t = pq.read_table(os.path.join(run, "matches.parquet"))
+    pq.write_table(t.slice(0, 0).replace_schema_metadata(t.schema.metadata), os.path.join(run, "matches.parquet"))
+    p = write_report(run)
+    m = p.metrics["metrics"]
+    assert m["memorized_generations"] == 0 and m["spans_ge_10"] == 0 and m["generations"] == 2
+    assert "No memorized span" in _read(p.html)
+
+
+def test_matches_without_text_column(tmp_path):
+    run = _simple_run(tmp_path)
+    t = pq.read_table(os.path.join(run, "matches.parquet"))
+    ref = compute_metrics(run)
+    pq.write_table(t.drop_columns(["text", "source", "occurrences", "shard"]).replace_schema_metadata(
+        t.schema.metadata), os.path.join(run, "matches.parquet"))
+    m = compute_metrics(run)
+    assert m["metrics"]["unique_memorized_windows"] == ref["metrics"]["unique_memorized_windows"]
+    assert m["top_spans"][0]["text"] == ref["top_spans"][0]["text"] != ""
+
+
+def test_index_from_matches_metadata(tmp_path, monkeypatch):
+    """The matcher records the index folder and its manifest hash; reports opens it (when it is
+    still the same index) to list every document holding a span, and closes it."""
+    import sys
+    import types
+    run = _simple_run(tmp_path)
+    idx_dir = tmp_path / "INDEX"
+    idx_dir.mkdir()
+    t = pq.read_table(os.path.join(run, "matches.parquet"))
+    meta = dict(t.schema.metadata)
+    meta[b"index"] = str(idx_dir).encode()
+    meta[b"index_manifest_sha256"] = b"abc"
+    pq.write_table(t.replace_schema_metadata(meta), os.path.join(run, "matches.parquet"))
+    calls = []
+
+    class Occ:
+        def __init__(self, d):
+            self.doc_id, self.source = d, f"s{d}"
+
+    class FakeIndex:
+        manifest_sha256 = "abc"
+
+        @classmethod
+        def open(cls, path):
+            calls.append(("open", str(path)))
+            return cls()
+
+        def find(self, data, limit=100):
+            assert isinstance(data, bytes)
+            return [Occ(0), Occ(5)]
+
+        def close(self):
+            calls.append(("close",))
+
+    monkeypatch.setitem(sys.modules, "suffix_index", types.SimpleNamespace(SuffixIndex=FakeIndex))
+    m = compute_metrics(run)
+    assert m["top_spans"][0]["documents"] == [{"doc_id": 0, "source": "s0"}, {"doc_id": 5, "source": "s5"}]
+    assert m["top_spans"][0]["documents_holding"] == 2
+    assert m["parameters"]["documents_lookup"] == f"index {idx_dir}"
+    assert calls == [("open", str(idx_dir)), ("close",)]
+    FakeIndex.manifest_sha256 = "other"            # a rebuilt index: not used
+    m = compute_metrics(run)
+    assert m["top_spans"][0]["documents_source"].startswith("matches.parquet")
+    assert any("sha256 differs" in w for w in m["warnings"])
+    with pytest.raises(ReportError, match="no such index folder"):
+        compute_metrics(run, index=tmp_path / "nope")
+
+
+def test_spans_without_token_counts(tmp_path):
+    run = _simple_run(tmp_path)
+    t = pq.read_table(os.path.join(run, "matches.parquet"))
+    extra = t.slice(0, 1).set_column(4, "tokens", pa.array([None], pa.int32()))
+    pq.write_table(pa.concat_tables([t, extra]).replace_schema_metadata(t.schema.metadata),
+                   os.path.join(run, "matches.parquet"))
+    m = compute_metrics(run)
+    assert m["metrics"]["spans_ge_10"] == t.num_rows
+    assert any("no token count" in w for w in m["warnings"])
+
+
+def test_hostile_attack_and_variant_names(tmp_path):
+    """Names with NUL bytes, a separator-lookalike and invalid UTF-8 stay distinct groups."""
+    rng = random.Random(9)
+    doc = words(rng, 200)
+    toks = tokenize(doc)
+    names = [("divergence", "a\x00b"), ("divergence", "a"), ("divergence\x00a", "b"), ("divergence", b"\xff\xfe"),
+             ("divergence", None)]
+    gens = []
+    for k, (atk, var) in enumerate(names):
+        for j in range(k + 1):
+            gens.append(Gen([" z%d" % i for i in range(10)] + (toks[:60] if j == 0 else toks[:5]), atk, var))
+    run = tmp_path / "run"
+    write_run(str(run), Corpus([doc]), gens, min_tokens=10)
+    m = compute_metrics(str(run))
+    pv = m["per_variant"]
+    assert pv["divergence"]["a\x00b"]["generations"] == 1
+    assert pv["divergence"]["a"]["generations"] == 2
+    assert pv["divergence\x00a"]["b"]["generations"] == 3
+    assert pv["divergence"]["\ufffd\ufffd"]["generations"] == 4
+    assert pv["divergence"][""]["generations"] == 5
+    assert all(f["memorized_generations"] == 1 for vs in pv.values() for f in vs.values())
+    p = write_report(str(run))
+    assert "\x00" not in _read(p.html) and "\x00" not in _read(p.md)

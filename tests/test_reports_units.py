@@ -135,3 +135,28 @@ def test_clean_and_markdown_escaping():
     assert md_cell("a|b <i>`x`</i>\nnext") == "a\\|b &lt;i&gt;\\`x\\`&lt;/i&gt; next"
     f = md_fence("code ~~~~~~ and ```")
     assert f.startswith("~~~~~~~text\n") and f.endswith("\n~~~~~~~")
+
+
+def test_number_formatting():
+    from reports.render import fmt_bytes, fmt_pct, fmt_usd
+    assert fmt_usd(None) == "n/a"
+    assert fmt_usd(0.0000169) == "$0.0000169"
+    assert fmt_usd(0.5) == "$0.5000" and fmt_usd(1234.5) == "$1,234.50"
+    assert fmt_pct(0.011814) == "1.18%" and fmt_pct(0) == "0%" and fmt_pct(None) == "n/a"
+    assert fmt_bytes(1_414_756) == "1.41 MB (1,414,756 bytes)"
+
+
+def test_chao1_confidence_interval_by_hand():
+    import math
+    freq = {1: 6, 2: 3, 3: 1}                 # chao1 = 16, n_obs = 10, r = 2
+    var = 3 * (2 ** 4 / 4 + 2 ** 3 + 2 ** 2 / 2)  # 42
+    assert ex.chao1_variance(freq) == pytest.approx(var)
+    k = math.exp(1.96 * math.sqrt(math.log(1 + var / 36)))
+    lo, hi = ex.chao1_ci95(freq)
+    assert lo == pytest.approx(10 + 6 / k) and hi == pytest.approx(10 + 6 * k)
+    assert lo < 16 < hi
+    # f2 = 0: EstimateS form
+    f1 = 5
+    s = 5 + 5 * 4 / 2
+    assert ex.chao1_variance({1: 5}) == pytest.approx(f1 * (f1 - 1) / 2 + f1 * (2 * f1 - 1) ** 2 / 4 - f1 ** 4 / (4 * s))
+    assert ex.chao1_ci95({2: 4}) == (4.0, 4.0)

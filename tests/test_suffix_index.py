@@ -191,3 +191,65 @@ def test_cli_errors_are_one_line(tmp_path, args, message):
     assert r.returncode == 2
     assert r.stderr.startswith("trawl: error: ") and message in r.stderr
     assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_64bit_pointers_path(corpus, tmp_path, monkeypatch):
+    """Shards past 2 GiB get 8-byte pointers; forced here on a tiny shard."""
+    import suffix_index.build as b
+
+    monkeypatch.setattr(b, "MAX_32BIT_BYTES", 10)
+    build_index(corpus, tmp_path / "i64")
+    m = json.loads((tmp_path / "i64" / MANIFEST_NAME).read_text())
+    assert {s["pointer_width"] for s in m["shards"]} == {8}
+    with SuffixIndex.open(tmp_path / "i64") as idx:
+        assert idx.shards[0].sa.dtype == np.uint64
+        assert idx.count("the quick brown fox") == 2
+        spans = idx.match([("k", b"zz the quick brown fox jumps over zz", None)], min_bytes=5)
+        assert [(s.start, s.end, s.doc_id) for s in spans] == [(2, 7, 0), (3, 34, 0)]
+    verify_index(tmp_path / "i64")
+
+
+def test_empty_corpus_gives_an_empty_index(tmp_path):
+    ingest_records([Record(source="e", text="")], tmp_path / "c")
+    build_index(tmp_path / "c", tmp_path / "i")
+    with SuffixIndex.open(tmp_path / "i") as idx:
+        assert idx.documents == 0 and idx.count("x") == 0
+        assert idx.match([("k", b"anything at all", None)], min_bytes=1) == []
+    verify_index(tmp_path / "i")
+
+
+def test_match_reads_a_folder_of_parts_and_a_single_file(index, tmp_path):
+    from suffix_index.matchfile import match_to_parquet
+
+    parts = tmp_path / "parts"
+    write_generations(parts / "part-00000.parquet", [("r", "a", "pack my box with five", None)])
+    write_generations(parts / "part-00001.parquet", [("r", "b", "judge my vow ü€!", [0, 5, 8, 12, 16])])
+    with SuffixIndex.open(index) as idx:
+        r = match_to_parquet(idx, parts, tmp_path / "m.parquet", min_tokens=2, min_bytes=10)
+        assert r == {"generations": 2, "spans": 2, "out": str(tmp_path / "m.parquet")}
+        rows = pq.read_table(tmp_path / "m.parquet").to_pylist()
+        assert [(x["request_id"], x["span_start"], x["span_end"], x["tokens"]) for x in rows] == [
+            ("a", 0, 21, None), ("b", 0, 18, 4)]
+        assert rows[1]["text"] == "judge my vow ü€"
+        r = match_to_parquet(idx, parts / "part-00000.parquet", tmp_path / "m2.parquet", min_tokens=2, min_bytes=10)
+        assert r["spans"] == 1
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"text": ["x"]}), bad)
+    from suffix_index import MatchInputError
+
+    with SuffixIndex.open(index) as idx, pytest.raises(MatchInputError, match="no column 'run_id'"):
+        match_to_parquet(idx, bad, tmp_path / "m3.parquet")
+    assert not (tmp_path / "m3.parquet").exists()
+
+
+def test_cli_corpus_info_builtin_and_index_info(tmp_path):
+    r = trawl("corpus", "builtin", "--out", tmp_path / "b", "--max-bytes", "200KB")
+    assert r.returncode == 0, r.stderr
+    r = trawl("corpus", "info", tmp_path / "b")
+    assert r.returncode == 0 and "documents" in r.stdout
+    r = trawl("index", "build", tmp_path / "b", "--out", tmp_path / "i", "-q")
+    assert r.returncode == 0, r.stderr
+    r = trawl("index", "info", tmp_path / "i", "--json")
+    assert json.loads(r.stdout)["format"] == "trawl-suffix-index"
+    r = trawl("index", "find", tmp_path / "i", "import", "--limit", "2")
+    assert r.returncode == 0 and r.stdout.count("doc ") == 2

@@ -9,6 +9,12 @@ BACKENDS = {"openai": OpenAIBackend}
 
 
 def make_backend(name: str, **kwargs):
+    ep = kwargs.get("endpoint")  # campaigns hook: several replicas -> one pool backend (backends/pool.py)
+    if name == "openai" and isinstance(ep, (list, tuple)):
+        if len(ep) != 1:
+            from extractor.backends.pool import PoolBackend
+            return PoolBackend(**kwargs)
+        kwargs["endpoint"] = ep[0]
     try:
         cls = BACKENDS[name]
     except KeyError:

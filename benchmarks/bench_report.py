@@ -1,0 +1,117 @@
+"""Benchmark: `trawl report` over a large run, against a plain pyarrow baseline.
+
+    PYTHONPATH=. python benchmarks/bench_report.py --generations 1000000 [--run DIR] [--keep]
+
+1. writes a synthetic run (reports.testing.write_planted_run: 256 tokens per generation,
+   3% of generations with a planted 50-200-token corpus passage, 9% with a 10-45-token one)
+   unless --run points at an existing one;
+2. baseline: reads the same generation columns the report reads (request_id, attack,
+   variant, completion, token_offsets, completion_tokens, cost_usd, extra) and the matches
+   file with ``pyarrow.parquet.ParquetFile.iter_batches`` and does nothing with them;
+3. report: ``reports.write_report`` (compute_metrics + HTML + Markdown + JSON).
+
+Each phase runs in its own process and reports its wall time and peak RSS
+(``resource.getrusage(RUSAGE_SELF).ru_maxrss``); the script prints the report/baseline ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+COLUMNS = ["request_id", "attack", "variant", "completion", "token_offsets", "completion_tokens", "cost_usd", "extra"]
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0   # Linux: KiB
+
+
+def phase_gen(run: str, n: int) -> dict:
+    from reports.testing import write_planted_run
+    t = time.perf_counter()
+    info = write_planted_run(run, n)
+    return {k: int(v) for k, v in info.items()} | {"seconds": time.perf_counter() - t, "peak_rss_mb": _peak_mb()}
+
+
+def phase_baseline(run: str) -> dict:
+    import glob
+
+    import pyarrow.parquet as pq
+    t = time.perf_counter()
+    rows = 0
+    for p in sorted(glob.glob(os.path.join(run, "generations", "part-*.parquet"))):
+        for b in pq.ParquetFile(p).iter_batches(batch_size=16_384, columns=COLUMNS):
+            rows += b.num_rows
+    for b in pq.ParquetFile(os.path.join(run, "matches.parquet")).iter_batches(batch_size=16_384):
+        rows += 0
+    return {"rows": rows, "seconds": time.perf_counter() - t, "peak_rss_mb": _peak_mb()}
+
+
+def phase_report(run: str) -> dict:
+    from reports import write_report
+    t = time.perf_counter()
+    paths = write_report(run)
+    m = paths.metrics["metrics"]
+    return {"seconds": time.perf_counter() - t, "peak_rss_mb": _peak_mb(),
+            "figures": {k: m[k] for k in ("generations", "memorized_generations", "memorized_token_fraction",
+                                          "unique_memorized_windows", "unique_memorized_bytes", "spans_ge_10",
+                                          "chao1_total_windows", "unique_memorized_documents")},
+            "html_bytes": os.path.getsize(paths.html)}
+
+
+def _run_phase(name: str, run: str, n: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--phase", name, "--run", run, "--generations", str(n)],
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    if out.returncode:
+        sys.exit(f"phase {name} failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--generations", type=int, default=1_000_000)
+    ap.add_argument("--run", help="existing run folder (else a temporary one is written)")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary run")
+    ap.add_argument("--phase", choices=["gen", "baseline", "report"], help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.phase:
+        fn = {"gen": lambda: phase_gen(a.run, a.generations), "baseline": lambda: phase_baseline(a.run),
+              "report": lambda: phase_report(a.run)}[a.phase]
+        print(json.dumps(fn()))
+        return
+    tmp = None
+    run = a.run
+    if run is None:
+        tmp = tempfile.mkdtemp(prefix="bench-report-")
+        run = os.path.join(tmp, "run")
+    try:
+        if not os.path.exists(os.path.join(run, "matches.parquet")):
+            g = _run_phase("gen", run, a.generations)
+            print(f"wrote synthetic run: {g['generations']:,} generations, {g['planted_memorized']:,} with a memorized "
+                  f"passage, {g['spans']:,} spans in {g['seconds']:.1f} s")
+        size = sum(os.path.getsize(os.path.join(dp, f)) for dp, _d, fs in os.walk(run) for f in fs)
+        print(f"run folder: {size / 1e6:,.0f} MB on disk")
+        b = _run_phase("baseline", run, a.generations)
+        r = _run_phase("report", run, a.generations)
+        print(f"baseline (pyarrow iter_batches over the same columns): {b['seconds']:.1f} s, "
+              f"peak RSS {b['peak_rss_mb']:,.0f} MB")
+        print(f"trawl report (metrics + HTML/MD/JSON):                 {r['seconds']:.1f} s, "
+              f"peak RSS {r['peak_rss_mb']:,.0f} MB")
+        print(f"ratio report/baseline: time {r['seconds'] / b['seconds']:.2f}x, "
+              f"peak RSS {r['peak_rss_mb'] / b['peak_rss_mb']:.2f}x")
+        print("figures: " + json.dumps(r["figures"]))
+    finally:
+        if tmp and not a.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp:
+            print(f"kept {run}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,286 @@
+"""Backend ``pool``: several replicas of one model behind one backend object.
+
+A campaign may name several endpoints that serve the *same* model (replicas).
+:class:`PoolBackend` has the interface of :class:`~extractor.backends.openai.OpenAIBackend`
+that the sampler uses (``probe``, ``complete``, ``tokenize``, ``detokenize``,
+``token_offsets``, ``capabilities``, ``endpoint``, ``retries``, ``describe``,
+``interrupt``), so ``run_attacks(endpoint=[url1, url2, ...])`` needs no other change:
+:func:`extractor.backends.make_backend` builds a pool when ``endpoint`` is a list
+of more than one URL.
+
+Load spreading
+    Each request goes to the live member with the fewest requests in flight (ties:
+    round robin), so a slow replica gets less work.
+
+Surviving a replica going down
+    Members are built with ``max_retries=0``: a connection error, timeout, dropped
+    connection, 5xx or 429 from one member does not wait out its own backoff; the pool
+    marks that member *down* (for ``revive_after`` seconds, doubling up to
+    ``revive_max`` while it keeps failing) and sends the same request, with the same
+    seed, to another live member at once. When every member is down the pool backs
+    off (exponential with full jitter, as the single backend does) and tries again,
+    up to ``max_retries`` rounds. A down member gets one trial request when its
+    cool-down ends (probed first if it was down from the start). A permanent error
+    (HTTP 4xx other than 408/409/425/429) is raised at once: replicas would answer
+    the same. The sampler records a generation only when ``complete`` returns, so a
+    request that was in flight on a member that died is neither lost (it is re-sent
+    to a live member) nor stored twice.
+
+    When the completion came back but the follow-up tokenize call (for token
+    boundaries) failed because its member died in between, the boundaries are
+    recomputed on a live member (replicas share the tokenizer), so no row is stored
+    without token offsets.
+
+Attribution
+    ``endpoint`` is thread-local: after ``complete`` it names the member that served
+    the calling worker thread's last request, which the sampler writes to the
+    ``endpoint`` column. Outside a request it is the comma-joined list of members.
+"""
+from __future__ import annotations
+
+import random
+import sys
+import threading
+import time
+from typing import Callable
+
+from extractor.backends.base import BackendError, Capabilities, CompletionResult
+from extractor.backends.openai import OpenAIBackend, normalize_endpoint
+from extractor.errors import TrawlError
+
+_SHARED_BOOLS = ("n", "prompt_list", "seed", "top_k", "logprobs_tokens", "logprobs_values")
+
+
+class _Member:
+    def __init__(self, backend: OpenAIBackend):
+        self.be = backend
+        self.in_flight = 0
+        self.down_until = 0.0
+        self.cooldown = 0.0
+        self.probed = False
+        self.served = 0
+        self.failures = 0
+        self.last_error: str | None = None
+
+
+class PoolBackend:
+    name = "pool"
+
+    def __init__(self, endpoint, model: str, *, max_retries: int = 6, backoff_base: float = 0.5,
+                 backoff_max: float = 30.0, revive_after: float = 10.0, revive_max: float = 300.0,
+                 log: Callable[[str], None] | None = None, **member_kwargs) -> None:
+        urls = [normalize_endpoint(u) for u in endpoint]
+        if not urls:
+            raise TrawlError("no endpoints given")
+        dup = sorted({u for u in urls if urls.count(u) > 1})
+        if dup:
+            raise TrawlError(f"endpoint {dup[0]} is listed twice")
+        self.model = model
+        self.max_retries = int(max_retries)
+        self.backoff_base = float(backoff_base)
+        self.backoff_max = float(backoff_max)
+        self.revive_after = float(revive_after)
+        self.revive_max = float(revive_max)
+        self._log = log or (lambda msg: print(f"trawl: {msg}", file=sys.stderr))
+        self.members = [_Member(OpenAIBackend(u, model, max_retries=0, backoff_base=backoff_base,
+                                              backoff_max=backoff_max, **member_kwargs)) for u in urls]
+        self.endpoints = urls
+        self.capabilities = Capabilities()
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._stop = threading.Event()
+        self._rng = random.Random()
+        self._rr = 0
+        self._failovers = 0
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        return f"PoolBackend(endpoints={self.endpoints!r}, model={self.model!r})"
+
+    @property
+    def endpoint(self) -> str:
+        return getattr(self._local, "endpoint", None) or ",".join(self.endpoints)
+
+    @property
+    def retries(self) -> int:
+        return self._failovers + sum(m.be.retries for m in self.members)
+
+    @retries.setter
+    def retries(self, value: int) -> None:
+        self._failovers = int(value)
+        for m in self.members:
+            m.be.retries = 0
+
+    def describe(self) -> dict:
+        d = self.members[0].be.describe()
+        d.pop("endpoint", None)
+        return {**d, "backend": self.name, "endpoints": list(self.endpoints),
+                "max_retries": self.max_retries, "revive_after": self.revive_after}
+
+    def stats(self) -> dict:
+        """Per member: requests served, failures, whether it is down now, the last error."""
+        now = time.monotonic()
+        return {m.be.endpoint: {"served": m.served, "failures": m.failures, "down": m.down_until > now,
+                                "last_error": m.last_error} for m in self.members}
+
+    def interrupt(self) -> None:
+        self._stop.set()
+        for m in self.members:
+            m.be.interrupt()
+
+    def close(self) -> None:
+        self.interrupt()
+
+    # -- capability detection ---------------------------------------------------------------
+    def probe(self, use_cache: bool = True) -> Capabilities:
+        """Probe every member; those unreachable now are marked down (retried later).
+
+        Raises the first member's error when none answers, and TrawlError when the
+        members disagree about where token boundaries come from (not replicas).
+        """
+        first_err = None
+        ok: list[_Member] = []
+        for m in self.members:
+            try:
+                m.be.probe(use_cache=use_cache)
+                m.probed = True
+                ok.append(m)
+            except TrawlError as exc:
+                first_err = first_err or exc
+                self._mark_down(m, str(exc))
+                self._log(f"endpoint {m.be.endpoint} is unusable now ({exc}); continuing on the others, "
+                          f"retrying it every {self.revive_after:g}+ s")
+        if not ok:
+            raise first_err  # type: ignore[misc]
+        base = ok[0].be.capabilities
+        for m in ok[1:]:
+            c = m.be.capabilities
+            if (c.token_info, c.tokenize, c.tokenize_adds_bos) != (base.token_info, base.tokenize,
+                                                                  base.tokenize_adds_bos):
+                raise TrawlError(f"endpoints {ok[0].be.endpoint} and {m.be.endpoint} differ (token information "
+                                 f"{base.token_info}/{base.tokenize} vs {c.token_info}/{c.tokenize}); the endpoints "
+                                 f"of one target must be replicas of the same model and server")
+        caps = Capabilities(**{**base.to_dict(), "notes": list(base.notes)})
+        for name in _SHARED_BOOLS:
+            setattr(caps, name, all(getattr(m.be.capabilities, name) for m in ok))
+        self.capabilities = caps
+        for m in ok:
+            self._align(m)
+        return caps
+
+    def _align(self, m: _Member) -> None:
+        """Make a member send exactly what the others send (seed, top_k ... as the pool decided)."""
+        for name in _SHARED_BOOLS:
+            setattr(m.be.capabilities, name, getattr(self.capabilities, name))
+
+    # -- member selection -------------------------------------------------------------------
+    def _mark_down(self, m: _Member, why: str) -> None:
+        with self._lock:
+            m.failures += 1
+            m.last_error = why
+            m.cooldown = min(self.revive_max, m.cooldown * 2 if m.cooldown else self.revive_after)
+            m.down_until = time.monotonic() + m.cooldown
+
+    def _mark_up(self, m: _Member) -> None:
+        with self._lock:
+            m.served += 1
+            if m.cooldown:
+                m.cooldown = 0.0
+                m.down_until = 0.0
+
+    def _pick(self, tried: set[int]) -> _Member | None:
+        now = time.monotonic()
+        with self._lock:
+            live = [(i, m) for i, m in enumerate(self.members) if i not in tried and m.down_until <= now]
+            if not live:
+                return None
+            n = len(self.members)
+            self._rr = (self._rr + 1) % n
+            i, m = min(live, key=lambda im: (im[1].in_flight, (im[0] - self._rr) % n))
+            m.in_flight += 1
+            if m.cooldown:  # a revived member gets one trial at a time
+                m.down_until = now + m.cooldown
+            return m
+
+    def _call(self, fn, what: str):
+        """Run ``fn(member_backend)`` on a live member, failing over as the module docstring says."""
+        rounds = 0
+        last: BackendError | None = None
+        while True:
+            tried: set[int] = set()
+            while True:
+                m = self._pick(tried)
+                if m is None:
+                    break
+                tried.add(self.members.index(m))
+                try:
+                    if not m.probed:
+                        try:
+                            m.be.probe()
+                        except TrawlError as exc:
+                            raise BackendError(str(exc), retryable=True) from None
+                        m.probed = True
+                        self._align(m)
+                        self._log(f"endpoint {m.be.endpoint} is back")
+                    result = fn(m.be)
+                except BackendError as exc:
+                    if not exc.retryable or self._stop.is_set():
+                        raise
+                    last = exc
+                    was_up = m.cooldown == 0.0
+                    self._mark_down(m, str(exc))
+                    with self._lock:
+                        self._failovers += 1
+                    if was_up:
+                        self._log(f"endpoint {m.be.endpoint} failed ({exc}); sending its requests to the others")
+                    continue
+                finally:
+                    with self._lock:
+                        m.in_flight -= 1
+                self._mark_up(m)
+                self._local.endpoint = m.be.endpoint
+                return result
+            if rounds >= self.max_retries:
+                raise BackendError(f"{what}: every endpoint failed ({len(self.members)} endpoints, "
+                                   f"{rounds + 1} rounds); last error: {last}", retryable=True,
+                                   attempts=rounds + 1)
+            # everyone is down: wait, then give every member another chance
+            wait = self._rng.uniform(0, min(self.backoff_max, self.backoff_base * (2 ** rounds)))
+            soonest = min(m.down_until for m in self.members) - time.monotonic()
+            wait = max(wait, min(soonest, self.backoff_max))
+            if self._stop.wait(max(0.0, wait)):
+                raise BackendError("interrupted while waiting to retry", retryable=True)
+            with self._lock:
+                now = time.monotonic()
+                for m in self.members:
+                    m.down_until = min(m.down_until, now)
+            rounds += 1
+
+    # -- the backend interface ------------------------------------------------------------------
+    def complete(self, prompt, params: dict, *, n: int = 1, seed: int | None = None,
+                 timeout: float | None = None) -> CompletionResult:
+        res: CompletionResult = self._call(lambda be: be.complete(prompt, params, n=n, seed=seed, timeout=timeout),
+                                           "completion")
+        served_by = self._local.endpoint
+        if self.capabilities.tokenize:
+            for ch in res.choices:
+                if ch.text and ch.token_offsets is None:
+                    # the member died between completing and tokenizing: ask a live replica
+                    ch.token_offsets = self._call(lambda be: be.token_offsets(ch.text), "tokenize")
+                    ch.completion_tokens = len(ch.token_offsets)
+                    ch.token_source = "tokenize"
+                    ch.token_logprobs = None
+            self._local.endpoint = served_by
+        return res
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._call(lambda be: be.tokenize(text), "tokenize")
+
+    def detokenize(self, ids: list[int]) -> str:
+        return self._call(lambda be: be.detokenize(ids), "detokenize")
+
+    def token_offsets(self, text: str) -> list[int]:
+        return self._call(lambda be: be.token_offsets(text), "tokenize")
+
+    def piece(self, token_id: int) -> str:
+        return self._call(lambda be: be.piece(token_id), "detokenize")
