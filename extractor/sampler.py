@@ -113,7 +113,7 @@ def _canonical(obj) -> str:
 def run_attacks(
     run_dir: str,
     *,
-    endpoint: str,
+    endpoint: str | list[str],
     model: str,
     attacks: list[AttackSpec],
     budget: Budget | None = None,
@@ -235,7 +235,7 @@ def run_attacks(
         "format": FORMAT, "format_version": FORMAT_VERSION, "run_id": run_id, "status": "running",
         "stopped_early": False, "stop_reason": None, "planned": planned, "finished": len(done),
         "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-        "cost_usd": usage.cost_usd, "endpoint": be.endpoint, "model": model,
+        "cost_usd": usage.cost_usd, "endpoint": be.endpoint, "endpoints": list(be.endpoints), "model": model,
         "capabilities": caps.to_dict(), "sessions": list(prev.get("sessions", [])),
         "updated_at": utcnow_iso(),
     }
@@ -302,6 +302,7 @@ class _Engine:
         self.status: dict = {}
         self.session: dict = {}
         self.resolved: list[dict] = []
+        self._defer = hasattr(be, "fill_tokens")
 
     # -- units ----------------------------------------------------------------------------
     def _units(self, jobs: list[Job]):
@@ -341,7 +342,7 @@ class _Engine:
             return d
         t0 = time.time()
         n = len(jobs)
-        res: CompletionResult = self.be.complete(j.prompt, j.params, n=n, seed=j.seed, defer_tokens=True)
+        res: CompletionResult = self._complete(j.prompt, j.params, n=n, seed=j.seed)
         d.billed_prompt, d.billed_completion = res.prompt_tokens, res.completion_tokens
         sent = dict(j.params)
         if not self.be.capabilities.top_k:
@@ -354,7 +355,7 @@ class _Engine:
             if n > 1:
                 extra["n_choice"] = k
                 extra["n"] = n
-            d.pending.append((job, ch, res.prompt_tokens, sent, seed, res.latency_s, t0, extra))
+            d.pending.append((job, ch, res.prompt_tokens, sent, seed, res.latency_s, t0, extra, res.endpoint))
         d.finished_at = time.monotonic()
         return d
 
@@ -367,9 +368,10 @@ class _Engine:
         attempts = 0
         calls = list(job.steps) + [job.params]
         finish = "length"
+        served = self.be.endpoint
         for idx, params in enumerate(calls):
             seed = (job.seed + idx) & 0x7FFFFFFF if job.seed is not None else None
-            res = self.be.complete(job.prompt + "".join(texts), params, n=1, seed=seed, defer_tokens=True)
+            res = self._complete(job.prompt + "".join(texts), params, n=1, seed=seed)
             ch = res.choices[0]
             latency += res.latency_s
             attempts += res.attempts
@@ -379,6 +381,7 @@ class _Engine:
                 first_prompt_tokens = res.prompt_tokens
             texts.append(ch.text)
             choices.append(ch)
+            served = res.endpoint or served
             finish = ch.finish_reason
             if ch.finish_reason == "stop":
                 break
@@ -397,29 +400,41 @@ class _Engine:
                             finish_reason=finish, token_source="pending" if self.be.capabilities.tokenize else "none")
         extra = {"sample": job.sample, "attempts": attempts, "calls": [dict(c) for c in calls]}
         return (job, merged, first_prompt_tokens or 0, dict(job.params),
-                job.seed if self.be.capabilities.seed else None, latency, t0, extra)
+                job.seed if self.be.capabilities.seed else None, latency, t0, extra, served)
+
+    def _complete(self, prompt, params, *, n, seed) -> CompletionResult:
+        """One completion call; token boundaries deferred when the backend supports it (the
+        replica pool of extractor/backends/pool.py computes them inline)."""
+        if self._defer:
+            res = self.be.complete(prompt, params, n=n, seed=seed, defer_tokens=True)
+        else:
+            res = self.be.complete(prompt, params, n=n, seed=seed)
+        if not res.endpoint:
+            res.endpoint = self.be.endpoint  # the pool's endpoint is the member that served this thread
+        return res
 
     def _build_rows(self, d: _Done) -> None:
         rows = []
-        for job, ch, prompt_tokens, params, seed, latency, t0, extra in d.pending:
-            self.be.fill_tokens(ch)
+        for job, ch, prompt_tokens, params, seed, latency, t0, extra, served in d.pending:
+            if ch.token_source == "pending":
+                self.be.fill_tokens(ch)
             extra = {**extra, "token_source": ch.token_source}
             if ch.token_error:
                 extra["token_error"] = ch.token_error
             ntok = len(ch.token_offsets) if ch.token_offsets is not None else ch.completion_tokens
             rows.append(self._row(job, ch.text, ch.token_offsets, ch.token_logprobs, prompt_tokens, ntok,
-                                  ch.finish_reason, params, seed, latency, t0, extra))
+                                  ch.finish_reason, params, seed, latency, t0, extra, served))
         d.result = rows
         d.pending = None
 
     def _row(self, job, text, offsets, logprobs, prompt_tokens, completion_tokens, finish, params, seed,
-             latency, t0, extra) -> dict:
+             latency, t0, extra, endpoint) -> dict:
         return {
             "run_id": self.run_id, "request_id": job.request_id, "attack": job.attack, "variant": job.variant,
             "prompt": clean_text(job.prompt), "completion": text, "token_offsets": offsets,
             "token_logprobs": logprobs, "prompt_tokens": int(prompt_tokens),
             "completion_tokens": int(completion_tokens), "finish_reason": finish, "model": self.model,
-            "endpoint": self.be.endpoint, "params": json.dumps(params, sort_keys=True),
+            "endpoint": endpoint or self.be.endpoint, "params": json.dumps(params, sort_keys=True),
             "seed": seed, "latency_s": float(latency), "cost_usd": 0.0,
             "created_at": utcnow_iso(), "_extra": {**job.extra, **extra},
         }
@@ -592,6 +607,10 @@ class _Engine:
         if self.fatal is not None and not isinstance(self.fatal, TrawlError):
             raise self.fatal
 
+    def _endpoint_stats(self) -> dict:
+        stats = getattr(self.be, "stats", None)  # the replica pool reports per-member figures
+        return stats() if callable(stats) else {}
+
     def _time_cost_pending(self) -> float:
         """With an hourly price: the cost of the wall time since the last recorded generation."""
         if not self.pricing.hourly:
@@ -649,6 +668,7 @@ class _Engine:
             "status": state, "finished": self.usage.generations, "prompt_tokens": self.usage.prompt_tokens,
             "completion_tokens": self.usage.completion_tokens, "cost_usd": round(self.usage.cost_usd, 8),
             "failed_requests": self.failed, "retries": self.be.retries, "updated_at": utcnow_iso(),
+            "endpoint_stats": self._endpoint_stats(),
         })
         self.session.update({"elapsed_s": round(el, 3), "new_generations": self.new,
                              "completion_tokens": self.session_completion,

@@ -62,3 +62,4 @@ class CompletionResult:
     completion_tokens: int
     latency_s: float
     attempts: int
+    endpoint: str = ""     # the replica that answered

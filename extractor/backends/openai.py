@@ -180,6 +180,7 @@ class OpenAIBackend:
         self.want_logprobs = bool(want_logprobs)
         self._sep_ids: list[int] | None = None
         self.endpoint = normalize_endpoint(endpoint)
+        self.endpoints = [self.endpoint]  # the replica pool's interface (extractor/backends/pool.py)
         self.model = model
         self.api_key_env = api_key_env
         self.__key = os.environ.get(api_key_env) if api_key_env else None
@@ -381,7 +382,7 @@ class OpenAIBackend:
             if c.completion_tokens == 0 and len(choices) == 1:
                 c.completion_tokens = ctoks
         return CompletionResult(choices=choices, prompt_tokens=ptoks, completion_tokens=ctoks,
-                                latency_s=latency, attempts=attempts)
+                                latency_s=latency, attempts=attempts, endpoint=self.endpoint)
 
     def _choice(self, c: dict, defer: bool = False) -> Choice:
         text = clean_text(c["text"])
