@@ -190,6 +190,9 @@ def run_attacks(
                                      token_info=token_info)
     caps = be.probe()
     be.retries = 0
+    if caps.tokenize == "llama_cpp" and concurrency > 8 * len(getattr(be, "endpoints", [None])):
+        log(f"the server looks like llama-cpp-python, which runs one request at a time; {concurrency} in flight "
+            f"only queue there and can run into the {timeout:g} s timeout (try --concurrency 2-4)")
 
     # -- plan (before anything is written: a planning error leaves no half-made run) ---------------
     ctx = PlanContext(run_id=run_id, backend=be, seed=seed, log=log)
