@@ -610,6 +610,19 @@ class _Runner:
         added = append_rows(h["ledger"], rows)
         return {"recorded": added, "ledger": h["ledger"]}
 
+    def gates_on_stored(self, rep: dict) -> list[str]:
+        """The current ``report.fail_if`` gates evaluated on the stored metrics (a finished campaign)."""
+        from reports.gate import Gate
+
+        try:
+            metrics = json.loads((self.report_dir / "metrics.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return list(rep.get("gates_crossed", []))
+        gates = [Gate(e) for e in self.cfg["report"]["fail_if"]]
+        for g in gates:
+            g.check_names(metrics)
+        return [g.explain(metrics) for g in gates if g.evaluate(metrics)]
+
     # -- executor -------------------------------------------------------------------------------
     def run(self, stop_after: str | None = None) -> CampaignResult:
         c = self.c
@@ -630,7 +643,7 @@ class _Runner:
         if st["status"] == "finished":
             rep = st["steps"]["report"].get("result", {})
             return CampaignResult(c.name, str(self.out), "finished", skipped=True, report_html=rep.get("html"),
-                                  gates_crossed=list(rep.get("gates_crossed", [])),
+                                  gates_crossed=self.gates_on_stored(rep),
                                   sample=st["steps"]["sample"].get("result", {}), metrics=st.get("metrics", {}))
         atomic_write_text(self.out / "campaign.toml", dump_toml(self.cfg))
         session = {"started_at": utcnow(), "pid": os.getpid(), "steps_run": []}
@@ -685,14 +698,38 @@ class _Runner:
         return result
 
 
+class CampaignLocked(TrawlError):
+    exit_code = 75  # EX_TEMPFAIL: the same campaign is running elsewhere; try again later
+
+
 def run_campaign(c: Campaign, *, rerun: bool = False, progress: bool = True,
                  log: Callable[[str], None] | None = None, stop_after: str | None = None) -> CampaignResult:
     """Run (or resume, or skip when finished) one campaign; see the module docstring.
 
     Raises TrawlError (and the other packages' user errors) when a step fails; the
     failure is recorded in ``campaign.json`` and the next call resumes that step.
+    Two processes never run the same campaign folder at once: a non-blocking
+    ``fcntl.flock`` on ``OUT.lock`` (next to the folder, so ``--rerun`` can move the
+    folder) refuses the second with :class:`CampaignLocked` (exit code 75).
     """
+    import fcntl
+
     log = log or (lambda msg: print(f"trawl: {msg}", file=sys.stderr))
+    out = c.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out.with_name(out.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CampaignLocked(f"campaign {c.name!r} is already running in another process ({out}); "
+                                 f"nothing done") from None
+        return _run_locked(c, rerun=rerun, progress=progress, log=log, stop_after=stop_after)
+    finally:
+        os.close(fd)
+
+
+def _run_locked(c: Campaign, *, rerun: bool, progress: bool, log, stop_after) -> CampaignResult:
     out = c.out
     if rerun and out.exists():
         st = read_status(out) if (out / "campaign.json").exists() else None

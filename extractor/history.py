@@ -73,6 +73,7 @@ LEDGER_SCHEMA = pa.schema([
     ("report_path", pa.string()),
 ])
 NUMERIC = [f.name for f in LEDGER_SCHEMA if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)]
+METRICS = [n for n in NUMERIC if n != "window_tokens"]   # what the regression rule may compare
 PLOTTED = ("memorized_token_fraction", "memorized_generation_fraction", "unique_memorized_windows",
            "longest_run_tokens", "mb_per_dollar")
 
@@ -239,8 +240,8 @@ def series(rows: list[dict], version_order: dict[str, list[str]] | list[str] | N
 def compare(rows: list[dict], *, metric: str = DEFAULT_METRIC, tolerance: float = DEFAULT_TOLERANCE,
             epsilon: float = DEFAULT_EPSILON, version_order=None) -> list[Comparison]:
     """Every consecutive version pair of every series, judged by the rule in the module docstring."""
-    if metric not in NUMERIC:
-        raise TrawlError(f"unknown history metric {metric!r} (known: {', '.join(NUMERIC)})")
+    if metric not in METRICS:
+        raise TrawlError(f"unknown history metric {metric!r} (known: {', '.join(METRICS)})")
     if tolerance < 0 or epsilon < 0:
         raise TrawlError("tolerance and epsilon must be >= 0")
     out = []
@@ -279,6 +280,17 @@ def _num(v) -> str:
     return f"{v:,}" if isinstance(v, int) else str(v)
 
 
+def _nice_top(v: float) -> float:
+    """The smallest 1, 2, 2.5, 5 x 10^k at or above ``v`` (1 for 0)."""
+    if not v or v <= 0 or not math.isfinite(v):
+        return 1.0
+    e = 10 ** math.floor(math.log10(v))
+    for m in (1, 2, 2.5, 5, 10):
+        if m * e >= v * 1.0000001:
+            return m * e
+    return 10 * e
+
+
 def trend_svg(title: str, labels: list[str], lines: list[dict], width: int = 720, height: int = 300) -> str:
     """One metric over versions: x = version (categorical), one line per series; every label escaped.
 
@@ -287,8 +299,7 @@ def trend_svg(title: str, labels: list[str], lines: list[dict], width: int = 720
     ml, mr, mt, mb = 72, 16, 30, 64
     pw, ph = width - ml - mr, height - mt - mb
     vals = [v for ln in lines for v in ln["values"] if v is not None]
-    hi = max(vals) if vals else 1.0
-    hi = hi * 1.1 if hi > 0 else 1.0
+    hi = _nice_top(max(vals) if vals else 0.0)
     n = max(1, len(labels))
 
     def X(i):
@@ -309,6 +320,9 @@ def trend_svg(title: str, labels: list[str], lines: list[dict], width: int = 720
         parts.append(f'<text x="{ml - 6}" y="{y + 4:.1f}" text-anchor="end">{_e(_num(v))}</text>')
     for i, lab in enumerate(labels):
         parts.append(f'<text x="{X(i):.1f}" y="{mt + ph + 16}" text-anchor="middle">{_e(lab[:24])}</text>')
+    if not vals:
+        parts.append(f'<text x="{ml + pw / 2}" y="{mt + ph / 2}" text-anchor="middle" fill="#888">'
+                     f'no data (not measured)</text>')
     for j, ln in enumerate(lines):
         col = _COLORS[j % len(_COLORS)]
         pts = [(X(i), Y(v)) for i, v in enumerate(ln["values"]) if v is not None]
@@ -350,8 +364,8 @@ def render_html(rows: list[dict], comparisons: list[Comparison], *, metric: str,
            f"{_e(metric)}(prev) &times; (1 + {tolerance:g}) + {epsilon:g}</code>; "
            f"{'every pair' if all_pairs else 'the newest pair of each series'} decides the exit code.</p>"]
     if flagged:
-        out.append(f'<p class="verdict bad">{len(flagged)} regression(s): '
-                   + "; ".join(_e(c.line()) for c in flagged) + "</p>")
+        out.append(f'<div class="verdict bad">{len(flagged)} regression(s):<ul>'
+                   + "".join(f"<li>{_e(c.line())}</li>" for c in flagged) + "</ul></div>")
     else:
         out.append('<p class="verdict ok">No regression.</p>')
     out.append("<h2>Version to version</h2><table><tr><th>suite</th><th>model</th><th>attack</th><th>previous</th>"

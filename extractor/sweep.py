@@ -38,7 +38,7 @@ from typing import Callable
 from extractor.campaign import (SCHEMA, Campaign, CampaignResult, Key, atomic_write_text, check_attacks,
                                 check_table, finish_target, load_toml, run_campaign, utcnow, validate_campaign)
 from extractor.errors import TrawlError, is_user_error
-from extractor.history import DEFAULT_EPSILON, DEFAULT_METRIC, DEFAULT_TOLERANCE, NUMERIC, history_report
+from extractor.history import DEFAULT_EPSILON, DEFAULT_METRIC, DEFAULT_TOLERANCE, METRICS, history_report
 
 LOCKED_EXIT_CODE = 75      # EX_TEMPFAIL: try again later
 FAILED_EXIT_CODE = 4
@@ -56,7 +56,7 @@ SWEEP_SCHEMA: dict[str, dict[str, Key]] = {
         "ledger": Key("path", None, "ledger Parquet file; default: OUT/ledger.parquet"),
         "report": Key("path", None, "trend report HTML; default: OUT/history.html"),
         "check": Key("bool", True, "compare versions after the sweep; a regression exits 3"),
-        "metric": Key("str", DEFAULT_METRIC, "ledger column the regression rule compares", choices=tuple(NUMERIC)),
+        "metric": Key("str", DEFAULT_METRIC, "ledger column the regression rule compares", choices=tuple(METRICS)),
         "tolerance": Key("float", DEFAULT_TOLERANCE, "relative tolerance of the rule", minimum=0),
         "epsilon": Key("float", DEFAULT_EPSILON, "absolute tolerance of the rule", minimum=0),
         "all_pairs": Key("bool", False, "every version pair decides the exit code, not only the newest"),

@@ -149,3 +149,34 @@ def test_regression_between_versions_fails_the_history_check(sweep, servers):
     assert "REGRESSION gemma-3-270m [div-poem] (nightly/div-poem) v2 -> v3" in proc.stdout
     assert "0 campaign(s) run, 2 already finished, 0 failed, 1 regression(s)" in proc.stderr
     write_ledger(out / "ledger.parquet", rows)
+
+
+def test_a_replica_down_from_the_start_is_routed_around(servers, tmp_path, capfd):
+    from extractor.campaign import load_campaign, run_campaign
+    from extractor.embedded import free_port
+
+    a, _ = servers
+    dead = f"http://127.0.0.1:{free_port()}"
+    index = make_index(tmp_path / "ix")
+    (tmp_path / "c.toml").write_text(f"""
+[target]
+model = {q(a.model)}
+version = "v1"
+endpoints = {qlist([dead, a.base_url])}
+concurrency = 2
+api_key_env = ""
+[[attacks]]
+name = "divergence"
+words = ["poem", "book", "city"]
+samples = 1
+repetitions = 10
+max_tokens = 8
+[index]
+path = {q(index)}
+""")
+    c = load_campaign(tmp_path / "c.toml")
+    r = run_campaign(c, progress=False, log=lambda m: None)
+    assert r.status == "finished"
+    gens = pq.read_table(sorted((c.out / "run" / "generations").glob("*.parquet"))).to_pylist()
+    assert len(gens) == 3 and {g["endpoint"] for g in gens} == {a.base_url}
+    assert f"endpoint {dead} is unusable now" in capfd.readouterr().err

@@ -63,3 +63,41 @@ def test_lock_is_dropped_when_the_holder_dies(tmp_path):
     finally:
         if p.poll() is None:
             p.kill()
+
+
+def test_the_same_campaign_never_runs_twice_at_once(tmp_path):
+    """`trawl run` on a campaign a sweep (or another `trawl run`) is running: exit 75, nothing touched."""
+    from campaign_helpers import make_index
+    from extractor.campaign import CampaignLocked, load_campaign, run_campaign
+
+    index = make_index(tmp_path / "ix")
+    (tmp_path / "c.toml").write_text(f'[target]\nmodel = "m"\nversion = "v"\nendpoints = ["http://127.0.0.1:9"]\n'
+                                     f'[[attacks]]\nname = "divergence"\n[index]\npath = {q(index)}\n')
+    c = load_campaign(tmp_path / "c.toml")
+    c.out.parent.mkdir(parents=True)
+    fd = os.open(c.out.with_name(c.out.name + ".lock"), os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(CampaignLocked, match="already running in another process"):
+            run_campaign(c, progress=False)
+        proc = trawl("run", "c.toml", cwd=tmp_path)
+        assert proc.returncode == 75 and len(proc.stderr.splitlines()) == 1
+        assert not c.out.exists()
+    finally:
+        os.close(fd)
+
+
+def test_unreachable_endpoints_are_one_clear_error(tmp_path):
+    from campaign_helpers import make_index
+    from extractor.embedded import free_port
+
+    index = make_index(tmp_path / "ix")
+    eps = [f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"]
+    (tmp_path / "c.toml").write_text(f'[target]\nmodel = "m"\nversion = "v"\nendpoints = ["{eps[0]}", "{eps[1]}"]\n'
+                                     f'max_retries = 0\n[[attacks]]\nname = "divergence"\n[index]\npath = {q(index)}\n')
+    proc = trawl("run", "c.toml", "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 2
+    err = [l for l in proc.stderr.splitlines() if l.startswith("trawl: error: ")]
+    assert len(err) == 1 and "cannot reach the model server" in err[0] and "Traceback" not in proc.stderr
+    st = __import__("json").loads((tmp_path / "trawl-out" / "c" / "campaign.json").read_text())
+    assert st["status"] == "failed" and st["steps"]["sample"]["status"] == "failed"

@@ -14,10 +14,12 @@ Load spreading
 
 Surviving a replica going down
     Members are built with ``max_retries=0``: a connection error, timeout, dropped
-    connection, 5xx or 429 from one member does not wait out its own backoff; the pool
-    marks that member *down* (for ``revive_after`` seconds, doubling up to
-    ``revive_max`` while it keeps failing) and sends the same request, with the same
-    seed, to another live member at once. When every member is down the pool backs
+    connection, 5xx, 429 or garbled answer from one member does not wait out its own
+    backoff: the pool sends the same request, with the same seed, to another live member
+    at once. A member whose connection fails (refused, reset, timed out) or that failed
+    3 requests in a row is marked *down* for ``revive_after`` = 2 seconds, doubling up
+    to ``revive_max`` = 300 s while it keeps failing; a transient HTTP error alone does
+    not take it out of rotation. When every member is down the pool backs
     off (exponential with full jitter, as the single backend does) and tries again,
     up to ``max_retries`` rounds. A down member gets one trial request when its
     cool-down ends (probed first if it was down from the start). A permanent error
@@ -46,6 +48,7 @@ from typing import Callable
 
 from extractor.backends.base import BackendError, Capabilities, CompletionResult
 from extractor.backends.openai import OpenAIBackend, normalize_endpoint
+from extractor.backends.tokens import AlignmentError
 from extractor.errors import TrawlError
 
 _SHARED_BOOLS = ("n", "prompt_list", "seed", "top_k", "logprobs_tokens", "logprobs_values")
@@ -60,14 +63,16 @@ class _Member:
         self.probed = False
         self.served = 0
         self.failures = 0
+        self.consecutive = 0
         self.last_error: str | None = None
+        self.logged_at = -1e9
 
 
 class PoolBackend:
     name = "pool"
 
     def __init__(self, endpoint, model: str, *, max_retries: int = 6, backoff_base: float = 0.5,
-                 backoff_max: float = 30.0, revive_after: float = 10.0, revive_max: float = 300.0,
+                 backoff_max: float = 30.0, revive_after: float = 2.0, revive_max: float = 300.0,
                  log: Callable[[str], None] | None = None, **member_kwargs) -> None:
         urls = [normalize_endpoint(u) for u in endpoint]
         if not urls:
@@ -76,11 +81,13 @@ class PoolBackend:
         if dup:
             raise TrawlError(f"endpoint {dup[0]} is listed twice")
         self.model = model
+        self.api_key_env = member_kwargs.get("api_key_env", "OPENAI_API_KEY")
         self.max_retries = int(max_retries)
         self.backoff_base = float(backoff_base)
         self.backoff_max = float(backoff_max)
         self.revive_after = float(revive_after)
         self.revive_max = float(revive_max)
+        self.down_after = 3   # consecutive HTTP-level failures (5xx, 429, garbage) that take a member down
         self._log = log or (lambda msg: print(f"trawl: {msg}", file=sys.stderr))
         self.members = [_Member(OpenAIBackend(u, model, max_retries=0, backoff_base=backoff_base,
                                               backoff_max=backoff_max, **member_kwargs)) for u in urls]
@@ -181,9 +188,24 @@ class PoolBackend:
             m.cooldown = min(self.revive_max, m.cooldown * 2 if m.cooldown else self.revive_after)
             m.down_until = time.monotonic() + m.cooldown
 
+    def _failed(self, m: _Member, exc: BackendError) -> bool:
+        """Record a transient failure; the member goes down when it looks dead. Returns True then."""
+        why = str(exc)
+        with self._lock:
+            m.consecutive += 1
+            dead = (m.cooldown > 0 or m.consecutive >= self.down_after
+                    or any(s in why for s in ("connection error", "timed out", "no complete answer")))
+            if not dead:
+                m.failures += 1
+                m.last_error = why
+        if dead:
+            self._mark_down(m, why)
+        return dead
+
     def _mark_up(self, m: _Member) -> None:
         with self._lock:
             m.served += 1
+            m.consecutive = 0
             if m.cooldown:
                 m.cooldown = 0.0
                 m.down_until = 0.0
@@ -228,10 +250,11 @@ class PoolBackend:
                         raise
                     last = exc
                     was_up = m.cooldown == 0.0
-                    self._mark_down(m, str(exc))
+                    went_down = self._failed(m, exc)
                     with self._lock:
                         self._failovers += 1
-                    if was_up:
+                    if went_down and was_up and time.monotonic() - m.logged_at > 30.0:   # <= every 30 s per member
+                        m.logged_at = time.monotonic()
                         self._log(f"endpoint {m.be.endpoint} failed ({exc}); sending its requests to the others")
                     continue
                 finally:
@@ -266,8 +289,12 @@ class PoolBackend:
             for ch in res.choices:
                 if ch.text and ch.token_offsets is None:
                     # the member died between completing and tokenizing: ask a live replica
-                    ch.token_offsets = self._call(lambda be: be.token_offsets(ch.text), "tokenize")
-                    ch.completion_tokens = len(ch.token_offsets)
+                    try:
+                        offsets = self._call(lambda be: be.token_offsets(ch.text), "tokenize")
+                    except (AlignmentError, ValueError, TypeError):
+                        continue  # not a dead member: a text the tokenizer cannot align, as with one server
+                    ch.token_offsets = offsets
+                    ch.completion_tokens = len(offsets)
                     ch.token_source = "tokenize"
                     ch.token_logprobs = None
             self._local.endpoint = served_by
