@@ -248,7 +248,7 @@ h1{font-size:24px;margin:0 0 4px}h2{font-size:18px;margin:32px 0 8px;border-bott
 h3{font-size:15px;margin:18px 0 6px}.mut{color:var(--mut)}.small{font-size:12px}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(250px,1fr));gap:12px;margin:16px 0}
 .card{border:1px solid var(--bd);border-radius:8px;padding:12px 14px;background:var(--bg2)}
-.card .v{font-size:22px;font-weight:650;margin:2px 0;overflow-wrap:anywhere}.card .l{font-weight:600}
+.card .v{font-size:20px;font-weight:650;margin:2px 0;overflow-wrap:anywhere;line-height:1.25}.card .l{font-weight:600}
 .card .d{font-size:12px;color:var(--mut)}
 table{border-collapse:collapse;width:100%;margin:8px 0;font-size:13px}th,td{border:1px solid var(--bd);padding:4px 6px;
 text-align:right;vertical-align:top}th{background:var(--bg2)}td.t,th.t{text-align:left;overflow-wrap:anywhere;max-width:320px}td.a{white-space:nowrap}
