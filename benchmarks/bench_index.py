@@ -94,17 +94,17 @@ def step_corpus(work: Path, size: int) -> Path:
     return corpus
 
 
-def step_build(corpus: Path, index: Path, jobs: int) -> dict:
+def step_build(corpus: Path, index: Path, jobs: int, fsync: bool = False) -> dict:
     return child(
         """
         from suffix_index.build import build_index
         t = time.perf_counter()
-        m = build_index(sys.argv[1], sys.argv[2], jobs=int(sys.argv[3]), overwrite=True)
+        m = build_index(sys.argv[1], sys.argv[2], jobs=int(sys.argv[3]), overwrite=True, fsync=sys.argv[4] == '1')
         dt = time.perf_counter() - t
         print(json.dumps({"seconds": dt, "peak_rss": _peak(), "bytes": m["bytes"], "text_bytes": m["text_bytes"],
                           "shards": [s["seconds"] for s in m["shards"]]}))
         """,
-        str(corpus), str(index), str(jobs),
+        str(corpus), str(index), str(jobs), "1" if fsync else "0",
     )
 
 
@@ -280,6 +280,7 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=parse_size, default=parse_size("1GB"), help="corpus size (default 1GB; e.g. 100MB)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/trawl-bench-index"), help="working folder")
     ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--fsync", action="store_true", help="time builds with --fsync (durable big files)")
     ap.add_argument("--repeat", type=int, default=2, help="timed builds of each kind (best kept)")
     ap.add_argument("--generations", type=int, default=1000)
     ap.add_argument("--min-bytes", type=int, default=100, help="byte threshold for the span comparison")
@@ -301,7 +302,7 @@ def main(argv=None) -> int:
     # alternate the two builds and keep each one's best time: the machine is shared, timings are noisy
     builds, sorts = [], []
     for _ in range(args.repeat):
-        builds.append(step_build(corpus, index, args.jobs))
+        builds.append(step_build(corpus, index, args.jobs, args.fsync))
         sorts.append(step_divsufsort(index))
     b = min(builds, key=lambda r: r["seconds"])
     b["peak_rss"] = max(r["peak_rss"] for r in builds)

@@ -32,10 +32,15 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0   # Linux: KiB
 
 
-def phase_gen(run: str, n: int) -> dict:
+def _cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def phase_gen(run: str, n: int, rate: float) -> dict:
     from reports.testing import write_planted_run
     t = time.perf_counter()
-    info = write_planted_run(run, n)
+    info = write_planted_run(run, n, memorized_rate=rate, short_rate=3 * rate)
     return {k: int(v) for k, v in info.items()} | {"seconds": time.perf_counter() - t, "peak_rss_mb": _peak_mb()}
 
 
@@ -43,30 +48,32 @@ def phase_baseline(run: str) -> dict:
     import glob
 
     import pyarrow.parquet as pq
-    t = time.perf_counter()
+    t, c = time.perf_counter(), _cpu_s()
     rows = 0
     for p in sorted(glob.glob(os.path.join(run, "generations", "part-*.parquet"))):
         for b in pq.ParquetFile(p).iter_batches(batch_size=16_384, columns=COLUMNS):
             rows += b.num_rows
     for b in pq.ParquetFile(os.path.join(run, "matches.parquet")).iter_batches(batch_size=16_384):
         rows += 0
-    return {"rows": rows, "seconds": time.perf_counter() - t, "peak_rss_mb": _peak_mb()}
+    return {"rows": rows, "seconds": time.perf_counter() - t, "cpu_s": _cpu_s() - c, "peak_rss_mb": _peak_mb()}
 
 
 def phase_report(run: str) -> dict:
     from reports import write_report
-    t = time.perf_counter()
+    t, c = time.perf_counter(), _cpu_s()
     paths = write_report(run)
     m = paths.metrics["metrics"]
-    return {"seconds": time.perf_counter() - t, "peak_rss_mb": _peak_mb(),
+    return {"seconds": time.perf_counter() - t, "cpu_s": _cpu_s() - c, "peak_rss_mb": _peak_mb(),
+            "timings": paths.metrics.get("timings"),
             "figures": {k: m[k] for k in ("generations", "memorized_generations", "memorized_token_fraction",
                                           "unique_memorized_windows", "unique_memorized_bytes", "spans_ge_10",
                                           "chao1_total_windows", "unique_memorized_documents")},
             "html_bytes": os.path.getsize(paths.html)}
 
 
-def _run_phase(name: str, run: str, n: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--phase", name, "--run", run, "--generations", str(n)],
+def _run_phase(name: str, run: str, n: int, rate: float = 0.03) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--phase", name, "--run", run, "--generations", str(n),
+                          "--memorized-rate", str(rate)],
                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
     if out.returncode:
         sys.exit(f"phase {name} failed:\n{out.stderr}")
@@ -78,10 +85,12 @@ def main() -> None:
     ap.add_argument("--generations", type=int, default=1_000_000)
     ap.add_argument("--run", help="existing run folder (else a temporary one is written)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary run")
+    ap.add_argument("--memorized-rate", type=float, default=0.03,
+                    help="share of generations with a planted >= 50-token passage (default 0.03; 3x as many short ones)")
     ap.add_argument("--phase", choices=["gen", "baseline", "report"], help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.phase:
-        fn = {"gen": lambda: phase_gen(a.run, a.generations), "baseline": lambda: phase_baseline(a.run),
+        fn = {"gen": lambda: phase_gen(a.run, a.generations, a.memorized_rate), "baseline": lambda: phase_baseline(a.run),
               "report": lambda: phase_report(a.run)}[a.phase]
         print(json.dumps(fn()))
         return
@@ -92,19 +101,21 @@ def main() -> None:
         run = os.path.join(tmp, "run")
     try:
         if not os.path.exists(os.path.join(run, "matches.parquet")):
-            g = _run_phase("gen", run, a.generations)
+            g = _run_phase("gen", run, a.generations, a.memorized_rate)
             print(f"wrote synthetic run: {g['generations']:,} generations, {g['planted_memorized']:,} with a memorized "
                   f"passage, {g['spans']:,} spans in {g['seconds']:.1f} s")
         size = sum(os.path.getsize(os.path.join(dp, f)) for dp, _d, fs in os.walk(run) for f in fs)
         print(f"run folder: {size / 1e6:,.0f} MB on disk")
         b = _run_phase("baseline", run, a.generations)
         r = _run_phase("report", run, a.generations)
-        print(f"baseline (pyarrow iter_batches over the same columns): {b['seconds']:.1f} s, "
-              f"peak RSS {b['peak_rss_mb']:,.0f} MB")
-        print(f"trawl report (metrics + HTML/MD/JSON):                 {r['seconds']:.1f} s, "
-              f"peak RSS {r['peak_rss_mb']:,.0f} MB")
-        print(f"ratio report/baseline: time {r['seconds'] / b['seconds']:.2f}x, "
+        print(f"load average before the runs: {os.getloadavg()[0]:.2f} (on {os.cpu_count()} CPUs)")
+        print(f"baseline (pyarrow iter_batches over the same columns): {b['seconds']:.1f} s wall, "
+              f"{b['cpu_s']:.1f} s CPU, peak RSS {b['peak_rss_mb']:,.0f} MB")
+        print(f"trawl report (metrics + HTML/MD/JSON/JSONL):           {r['seconds']:.1f} s wall, "
+              f"{r['cpu_s']:.1f} s CPU, peak RSS {r['peak_rss_mb']:,.0f} MB")
+        print(f"ratio report/baseline: wall {r['seconds'] / b['seconds']:.2f}x, CPU {r['cpu_s'] / b['cpu_s']:.2f}x, "
               f"peak RSS {r['peak_rss_mb'] / b['peak_rss_mb']:.2f}x")
+        print("report stages (s): " + ", ".join(f"{k} {v['seconds']:.1f}" for k, v in (r["timings"] or {}).items()))
         print("figures: " + json.dumps(r["figures"]))
     finally:
         if tmp and not a.keep:

@@ -56,8 +56,9 @@ def register(subparsers) -> None:
                     "(docs/CONTRACTS.md section 3).",
         epilog=SAMPLE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("server")
-    g.add_argument("--endpoint", required=True, metavar="URL",
-                   help="server base URL, e.g. http://127.0.0.1:8000 (a trailing /v1 is accepted)")
+    g.add_argument("--endpoint", required=True, metavar="URL", action="append",
+                   help="server base URL, e.g. http://127.0.0.1:8000 (a trailing /v1 is accepted); repeat it for "
+                        "replicas of the same model: the load is spread and a dead replica is routed around")
     g.add_argument("--model", required=True, metavar="NAME", help="model name to send in each request")
     g.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="VAR",
                    help="environment variable holding the API key (default: OPENAI_API_KEY; unset is fine "
@@ -119,7 +120,8 @@ def cmd_sample(args) -> int:
                     max_dollars=args.max_dollars, max_seconds=args.max_seconds)
     pricing = Pricing(input_per_mtok=args.price_input_per_mtok, output_per_mtok=args.price_output_per_mtok,
                       gpu_hourly_usd=args.gpu_hourly_usd)
-    summary = run_attacks(args.out, endpoint=args.endpoint, model=args.model, attacks=specs, budget=budget,
+    endpoint = args.endpoint[0] if len(args.endpoint) == 1 else args.endpoint
+    summary = run_attacks(args.out, endpoint=endpoint, model=args.model, attacks=specs, budget=budget,
                           pricing=pricing, concurrency=args.concurrency, resume=args.resume,
                           progress=not args.no_progress, api_key_env=args.api_key_env, timeout=args.timeout,
                           max_retries=args.max_retries, run_id=args.run_id, seed=args.seed,

@@ -49,7 +49,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from extractor.attacks import AttackSpec, Job, PlanContext, get_attack, request_id, seed_for
-from extractor.backends import BackendError, CompletionResult, OpenAIBackend, make_backend
+from extractor.backends import BackendError, Choice, CompletionResult, OpenAIBackend, make_backend
+from extractor.backends.openai import clean_text
 from extractor.budget import Budget, Pricing, Usage, stop_reason
 from extractor.errors import TrawlError
 from extractor.runs import RunDir, utcnow_iso
@@ -101,25 +102,18 @@ class _Done:
     billed_prompt: int = 0
     billed_completion: int = 0
     finished_at: float = 0.0
+    pending: list | None = None        # (job, choice, ...) before token boundaries are filled
+    freed: bool = False                # its generation slot was released earlier (a "freed" message)
 
 
 def _canonical(obj) -> str:
     return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
-def _clean_text(text: str) -> str:
-    """Replace lone surrogates (invalid UTF-8 from the server, JSON-escaped) with U+FFFD."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
-
-
 def run_attacks(
     run_dir: str,
     *,
-    endpoint: str,
+    endpoint: str | list[str],
     model: str,
     attacks: list[AttackSpec],
     budget: Budget | None = None,
@@ -196,6 +190,9 @@ def run_attacks(
                                      token_info=token_info)
     caps = be.probe()
     be.retries = 0
+    if caps.tokenize == "llama_cpp" and concurrency > 8 * len(getattr(be, "endpoints", [None])):
+        log(f"the server looks like llama-cpp-python, which runs one request at a time; {concurrency} in flight "
+            f"only queue there and can run into the {timeout:g} s timeout (try --concurrency 2-4)")
 
     # -- plan (before anything is written: a planning error leaves no half-made run) ---------------
     ctx = PlanContext(run_id=run_id, backend=be, seed=seed, log=log)
@@ -241,7 +238,7 @@ def run_attacks(
         "format": FORMAT, "format_version": FORMAT_VERSION, "run_id": run_id, "status": "running",
         "stopped_early": False, "stop_reason": None, "planned": planned, "finished": len(done),
         "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-        "cost_usd": usage.cost_usd, "endpoint": be.endpoint, "model": model,
+        "cost_usd": usage.cost_usd, "endpoint": be.endpoint, "endpoints": list(be.endpoints), "model": model,
         "capabilities": caps.to_dict(), "sessions": list(prev.get("sessions", [])),
         "updated_at": utcnow_iso(),
     }
@@ -308,6 +305,7 @@ class _Engine:
         self.status: dict = {}
         self.session: dict = {}
         self.resolved: list[dict] = []
+        self._defer = hasattr(be, "fill_tokens")
 
     # -- units ----------------------------------------------------------------------------
     def _units(self, jobs: list[Job]):
@@ -334,48 +332,49 @@ class _Engine:
 
     # -- worker ---------------------------------------------------------------------------
     def _execute(self, unit: _Unit) -> _Done:
+        """Send the unit's request(s). Token boundaries that need the tokenize endpoint are left
+        pending (filled by :meth:`_build_rows` in a post-processing thread), so that the worker can
+        send its next generation at once."""
         jobs = unit.jobs
         j = jobs[0]
         d = _Done(unit=unit)
+        seed = j.seed if self.be.capabilities.seed else None
         if j.steps:
-            d.result = [self._execute_steps(j, d)]
+            d.pending = [self._execute_steps(j, d)]
             d.finished_at = time.monotonic()
             return d
         t0 = time.time()
         n = len(jobs)
-        res: CompletionResult = self.be.complete(j.prompt, j.params, n=n, seed=j.seed)
+        res: CompletionResult = self._complete(j.prompt, j.params, n=n, seed=j.seed)
         d.billed_prompt, d.billed_completion = res.prompt_tokens, res.completion_tokens
         sent = dict(j.params)
         if not self.be.capabilities.top_k:
             sent.pop("top_k", None)
-        rows = []
+        if n > 1:
+            sent["n"] = n
+        d.pending = []
         for k, (job, ch) in enumerate(zip(jobs, res.choices)):
-            p = dict(sent)
-            if n > 1:
-                p["n"] = n
-            extra = {"sample": job.sample, "token_source": ch.token_source, "attempts": res.attempts}
+            extra = {"sample": job.sample, "attempts": res.attempts}
             if n > 1:
                 extra["n_choice"] = k
                 extra["n"] = n
-            rows.append(self._row(job, ch.text, ch.token_offsets, ch.token_logprobs,
-                                  res.prompt_tokens, ch.completion_tokens, ch.finish_reason, p,
-                                  j.seed if self.be.capabilities.seed else None, res.latency_s, t0, extra))
-        d.result = rows
+            d.pending.append((job, ch, res.prompt_tokens, sent, seed, res.latency_s, t0, extra, res.endpoint))
         d.finished_at = time.monotonic()
         return d
 
-    def _execute_steps(self, job: Job, d: _Done) -> dict:
+    def _execute_steps(self, job: Job, d: _Done) -> tuple:
         """Multi-call generation (temperature decay): leading calls, then the final one, text chained."""
         t0 = time.time()
-        text, offsets, logprobs = "", [], []
+        texts, choices = [], []
         latency = 0.0
         first_prompt_tokens = None
-        sources, attempts = set(), 0
+        attempts = 0
         calls = list(job.steps) + [job.params]
         finish = "length"
+        served = self.be.endpoint
         for idx, params in enumerate(calls):
             seed = (job.seed + idx) & 0x7FFFFFFF if job.seed is not None else None
-            res = self.be.complete(job.prompt + text, params, n=1, seed=seed)
+            res = self._complete(job.prompt + "".join(texts), params, n=1, seed=seed)
             ch = res.choices[0]
             latency += res.latency_s
             attempts += res.attempts
@@ -383,41 +382,67 @@ class _Engine:
             d.billed_completion += res.completion_tokens
             if first_prompt_tokens is None:
                 first_prompt_tokens = res.prompt_tokens
-            base = len(text.encode("utf-8"))
-            if ch.token_offsets is not None:
-                offsets.extend(base + o for o in ch.token_offsets)
-            if ch.token_logprobs is not None:
-                logprobs.extend(ch.token_logprobs)
-            sources.add(ch.token_source)
-            text += ch.text
+            texts.append(ch.text)
+            choices.append(ch)
+            served = res.endpoint or served
             finish = ch.finish_reason
             if ch.finish_reason == "stop":
                 break
-        lp = logprobs if len(logprobs) == len(offsets) and logprobs else None
-        extra = {"sample": job.sample, "token_source": "+".join(sorted(sources)), "attempts": attempts,
-                 "calls": [dict(c) for c in calls]}
-        return self._row(job, text, offsets, lp, first_prompt_tokens or 0, len(offsets), finish,
-                         dict(job.params), job.seed if self.be.capabilities.seed else None, latency, t0, extra)
+        text = "".join(texts)
+        if all(c.token_source == "logprobs" for c in choices):
+            offsets, logprobs, base = [], [], 0
+            for c in choices:
+                offsets.extend(base + o for o in c.token_offsets)
+                logprobs.extend(c.token_logprobs or [])
+                base += len(c.text.encode("utf-8"))
+            merged = Choice(text=text, token_offsets=offsets,
+                            token_logprobs=logprobs if len(logprobs) == len(offsets) else None,
+                            completion_tokens=len(offsets), finish_reason=finish, token_source="logprobs")
+        else:  # boundaries of the whole text at once, through the tokenize endpoint
+            merged = Choice(text=text, token_offsets=None, token_logprobs=None, completion_tokens=0,
+                            finish_reason=finish, token_source="pending" if self.be.capabilities.tokenize else "none")
+        extra = {"sample": job.sample, "attempts": attempts, "calls": [dict(c) for c in calls]}
+        return (job, merged, first_prompt_tokens or 0, dict(job.params),
+                job.seed if self.be.capabilities.seed else None, latency, t0, extra, served)
+
+    def _complete(self, prompt, params, *, n, seed) -> CompletionResult:
+        """One completion call; token boundaries deferred when the backend supports it (the
+        replica pool of extractor/backends/pool.py computes them inline)."""
+        if self._defer:
+            res = self.be.complete(prompt, params, n=n, seed=seed, defer_tokens=True)
+        else:
+            res = self.be.complete(prompt, params, n=n, seed=seed)
+        if not res.endpoint:
+            res.endpoint = self.be.endpoint  # the pool's endpoint is the member that served this thread
+        return res
+
+    def _build_rows(self, d: _Done) -> None:
+        rows = []
+        for job, ch, prompt_tokens, params, seed, latency, t0, extra, served in d.pending:
+            if ch.token_source == "pending":
+                self.be.fill_tokens(ch)
+            extra = {**extra, "token_source": ch.token_source}
+            if ch.token_error:
+                extra["token_error"] = ch.token_error
+            ntok = len(ch.token_offsets) if ch.token_offsets is not None else ch.completion_tokens
+            rows.append(self._row(job, ch.text, ch.token_offsets, ch.token_logprobs, prompt_tokens, ntok,
+                                  ch.finish_reason, params, seed, latency, t0, extra, served))
+        d.result = rows
+        d.pending = None
 
     def _row(self, job, text, offsets, logprobs, prompt_tokens, completion_tokens, finish, params, seed,
-             latency, t0, extra) -> dict:
-        clean = _clean_text(text)
-        if clean != text and offsets is not None:
-            try:
-                offsets = self.be.token_offsets(clean) if self.be.capabilities.tokenize else None
-            except Exception:  # noqa: BLE001 - token info is best effort for a garbled text
-                offsets = None
+             latency, t0, extra, endpoint) -> dict:
         return {
             "run_id": self.run_id, "request_id": job.request_id, "attack": job.attack, "variant": job.variant,
-            "prompt": _clean_text(job.prompt), "completion": clean, "token_offsets": offsets,
+            "prompt": clean_text(job.prompt), "completion": text, "token_offsets": offsets,
             "token_logprobs": logprobs, "prompt_tokens": int(prompt_tokens),
             "completion_tokens": int(completion_tokens), "finish_reason": finish, "model": self.model,
-            "endpoint": self.be.endpoint, "params": json.dumps(params, sort_keys=True),
+            "endpoint": endpoint or self.be.endpoint, "params": json.dumps(params, sort_keys=True),
             "seed": seed, "latency_s": float(latency), "cost_usd": 0.0,
             "created_at": utcnow_iso(), "_extra": {**job.extra, **extra},
         }
 
-    def _worker(self, work_q: queue.Queue, done_q: queue.Queue) -> None:
+    def _worker(self, work_q: queue.Queue, post_q: queue.Queue, done_q: queue.Queue) -> None:
         while True:
             unit = work_q.get()
             if unit is None:
@@ -425,8 +450,26 @@ class _Engine:
             try:
                 d = self._execute(unit)
             except BaseException as exc:  # noqa: BLE001 - reported to the main thread
-                d = _Done(unit=unit, error=exc, finished_at=time.monotonic())
-            done_q.put(d)
+                done_q.put(("done", _Done(unit=unit, error=exc, finished_at=time.monotonic())))
+                continue
+            if any(p[1].token_source == "pending" for p in d.pending):
+                done_q.put(("freed", unit))   # the generation slot is free; tokens come later
+                post_q.put(d)
+            else:
+                self._build_rows(d)
+                done_q.put(("done", d))
+
+    def _post_worker(self, post_q: queue.Queue, done_q: queue.Queue) -> None:
+        while True:
+            d = post_q.get()
+            if d is None:
+                return
+            try:
+                self._build_rows(d)
+            except BaseException as exc:  # noqa: BLE001
+                d.error = exc
+            d.freed = True
+            done_q.put(("done", d))
 
     # -- main loop --------------------------------------------------------------------------
     def run(self, jobs: list[Job]) -> None:
@@ -437,12 +480,22 @@ class _Engine:
             bar = tqdm(total=self.planned, initial=self.planned - len(jobs), unit="gen", dynamic_ncols=True,
                        desc="sampling", file=sys.stderr, smoothing=0.1)
         self.bar = bar
+        if bar is not None:  # messages above the bar, not through it
+            outer_log = self.log
+            self.log = lambda msg: bar.write(f"trawl: {msg}", file=sys.stderr) if not bar.disable else outer_log(msg)
         work_q: queue.Queue = queue.Queue()
+        post_q: queue.Queue = queue.Queue()
         done_q: queue.Queue = queue.Queue()
-        threads = [threading.Thread(target=self._worker, args=(work_q, done_q), daemon=True,
-                                    name=f"trawl-worker-{i}") for i in range(min(self.concurrency, max(1, len(jobs))))]
-        for t in threads:
+        n_workers = min(self.concurrency, max(1, len(jobs)))
+        n_post = min(4, self.concurrency // 4 + 1)
+        threads = [threading.Thread(target=self._worker, args=(work_q, post_q, done_q), daemon=True,
+                                    name=f"trawl-worker-{i}") for i in range(n_workers)]
+        posts = [threading.Thread(target=self._post_worker, args=(post_q, done_q), daemon=True,
+                                  name=f"trawl-tokens-{i}") for i in range(n_post)]
+        for t in threads + posts:
             t.start()
+        generating: set[int] = set()   # units whose generation request is outstanding
+        max_outstanding = 2 * self.concurrency + n_post
         units = self._units(jobs)
         next_unit = None
         in_flight: dict[int, _Unit] = {}
@@ -455,7 +508,8 @@ class _Engine:
         try:
             while True:
                 # dispatch
-                while self.stop_reason is None and len(in_flight) < self.concurrency and not exhausted:
+                while (self.stop_reason is None and len(generating) < self.concurrency
+                       and len(in_flight) < max_outstanding and not exhausted):
                     if next_unit is None:
                         group = next(units, None)
                         if group is None:
@@ -479,6 +533,7 @@ class _Engine:
                         break
                     unit, next_unit = next_unit, None
                     in_flight[id(unit)] = unit
+                    generating.add(id(unit))
                     reserved[0] += len(unit.jobs)
                     reserved[1] += unit.reserve_tokens
                     reserved[2] += unit.reserve_dollars
@@ -488,20 +543,25 @@ class _Engine:
                 if self.stop_reason is not None and stop_at is None:
                     stop_at = time.monotonic()
                     if self.stop_reason not in ("errors",):
-                        self.log(f"stopping: {self.stop_reason} reached; waiting for {len(in_flight)} request(s) in flight")
+                        self.log(f"budget {self.stop_reason} reached: no new requests; finishing the {len(in_flight)} "
+                                 f"in flight")
                 if stop_at is not None and time.monotonic() - stop_at > self.drain_seconds:
                     self.log(f"abandoning {len(in_flight)} request(s) still in flight after {self.drain_seconds:.0f} s "
                              f"(not recorded; --resume redoes them)")
                     self.be.interrupt()
                     break
                 try:
-                    d = done_q.get(timeout=0.5)
+                    kind, d = done_q.get(timeout=0.5)
                 except queue.Empty:
                     self._tick(bar, last_status)
                     if self.budget.max_seconds is not None and self.stop_reason is None and \
                             time.monotonic() - self.t0 >= self.budget.max_seconds:
                         self.stop_reason = "max_seconds"
                     continue
+                if kind == "freed":
+                    generating.discard(id(d))
+                    continue
+                generating.discard(id(d.unit))
                 unit = in_flight.pop(id(d.unit))
                 reserved[0] -= len(unit.jobs)
                 reserved[1] -= unit.reserve_tokens
@@ -542,11 +602,17 @@ class _Engine:
         finally:
             for _ in threads:
                 work_q.put(None)
+            for _ in posts:
+                post_q.put(None)
             if bar is not None:
                 self._tick(bar, 0)
                 bar.close()
         if self.fatal is not None and not isinstance(self.fatal, TrawlError):
             raise self.fatal
+
+    def _endpoint_stats(self) -> dict:
+        stats = getattr(self.be, "stats", None)  # the replica pool reports per-member figures
+        return stats() if callable(stats) else {}
 
     def _time_cost_pending(self) -> float:
         """With an hourly price: the cost of the wall time since the last recorded generation."""
@@ -589,6 +655,7 @@ class _Engine:
             self._ppt_samples[1] += d.billed_prompt
             self.prompt_bytes_per_token = max(1.0, self._ppt_samples[0] / self._ppt_samples[1]) * 0.9
         if self.bar is not None:
+            self._tick(self.bar, 0)
             self.bar.update(len(rows))
 
     def _tick(self, bar, _last) -> None:
@@ -604,6 +671,7 @@ class _Engine:
             "status": state, "finished": self.usage.generations, "prompt_tokens": self.usage.prompt_tokens,
             "completion_tokens": self.usage.completion_tokens, "cost_usd": round(self.usage.cost_usd, 8),
             "failed_requests": self.failed, "retries": self.be.retries, "updated_at": utcnow_iso(),
+            "endpoint_stats": self._endpoint_stats(),
         })
         self.session.update({"elapsed_s": round(el, 3), "new_generations": self.new,
                              "completion_tokens": self.session_completion,

@@ -3,11 +3,20 @@
 Public API::
 
     from reports import compute_metrics, write_report, ReportError
-    metrics = compute_metrics(run_dir, window_tokens=50)   # JSON-serialisable dict, "schema_version"
-    paths = write_report(run_dir, out_dir=None, redact=False)   # .html, .md, .json
+    metrics = compute_metrics(run_dir, window_tokens=50, index=None)   # dict, JSON-serialisable, "schema_version"
+    paths = write_report(run_dir, out_dir=None, redact=False)          # .html .md .json .spans (+ .metrics)
 
-``reports`` reads a run folder's Parquet files (docs/CONTRACTS.md sections 3-4)
-and never imports ``extractor``.
+``trawl report RUN [--redact] [--fail-if EXPR]`` is registered by :mod:`reports.cli`.
+
+Modules: :mod:`reports.metrics` (the figures and their definitions, streamed over the
+Parquet files), :mod:`reports.extrapolate` (Good-Turing, Chao1 and its confidence
+interval, accumulation curve), :mod:`reports.neardup` (MinHash LSH clusters),
+:mod:`reports.categories` (content detectors, redaction), :mod:`reports.gate`
+(``--fail-if`` parser), :mod:`reports.render` and :mod:`reports.svg` (HTML, Markdown,
+JSON, inline charts), :mod:`reports.testing` (synthetic runs with known answers).
+
+``reports`` reads a run folder's Parquet files (docs/CONTRACTS.md sections 3-5) and
+never imports ``extractor``.
 """
 from __future__ import annotations
 

@@ -43,7 +43,8 @@ def run(args) -> int:
     from reports.metrics import compute_metrics
 
     gates = [Gate(e) for e in args.fail_if]          # parse before the (long) computation
-    metrics = compute_metrics(args.run, window_tokens=args.window_tokens, index=args.index)
+    metrics = compute_metrics(args.run, window_tokens=args.window_tokens, index=args.index,
+                              progress=not args.quiet and sys.stderr.isatty())
     for g in gates:
         g.check_names(metrics)                        # unknown names: one-line error before writing
     paths = write_report(args.run, out_dir=args.out, redact=args.redact, metrics=metrics)

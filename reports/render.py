@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from reports import svg
 from reports.categories import CATEGORIES, CATEGORY_LABELS, redact as _redact
+from reports.errors import ReportError
 from reports.metrics import THRESHOLDS, compute_metrics
 
 MAX_SHOWN_CHARS = 4000
@@ -143,7 +144,10 @@ def write_report(run_dir, out_dir=None, redact: bool = False, metrics: dict | No
     m["redacted"] = bool(redact)
     texts = getattr(metrics, "memorized_texts", None)
     out_dir = os.fspath(out_dir) if out_dir is not None else os.path.join(run_dir, "report")
-    os.makedirs(out_dir, exist_ok=True)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as exc:
+        raise ReportError(f"{out_dir}: cannot create the report folder ({exc.strerror or exc})") from None
     paths = ReportPaths(os.path.join(out_dir, "report.html"), os.path.join(out_dir, "report.md"),
                         os.path.join(out_dir, "metrics.json"), m)
     _atomic_write(paths.json, json.dumps(m, indent=1, ensure_ascii=False, allow_nan=False, default=str) + "\n")
@@ -158,11 +162,18 @@ def write_report(run_dir, out_dir=None, redact: bool = False, metrics: dict | No
 
 def _atomic_write(path: str, text: str) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise ReportError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
 # ----------------------------------------------------------------------------- shared content
@@ -185,8 +196,9 @@ def headline(m: dict) -> list[tuple[str, str, str, str]]:
         ("longest_run_tokens", "Longest verbatim run",
          f"{fmt_int(t['longest_run_tokens'])} tokens ({fmt_int(t['longest_run_bytes'])} bytes)", d["longest_run_tokens"]),
         ("chao1_total_windows", "Estimated extractable windows (Chao1)",
-         f"{fmt_num(round(t['chao1_total_windows']))} (95% CI {fmt_num(round(t['chao1_ci95_low']))}"
-         f"\u2013{fmt_num(round(t['chao1_ci95_high']))})", d["chao1_total_windows"]),
+         (f"{fmt_num(round(t['chao1_total_windows']))} (95% CI {fmt_num(round(t['chao1_ci95_low']))}"
+          f"\u2013{fmt_num(round(t['chao1_ci95_high']))})") if t["unique_memorized_windows"] else "0",
+         d["chao1_total_windows"]),
         ("good_turing_new_probability", "P(next memorized window is new)", fmt_pct(t["good_turing_new_probability"]),
          d["good_turing_new_probability"]),
         ("mb_per_dollar", "Extractable MB per dollar", _cost_fig(t["mb_per_dollar"], m, "mb"), d["mb_per_dollar"]),
@@ -236,7 +248,7 @@ h1{font-size:24px;margin:0 0 4px}h2{font-size:18px;margin:32px 0 8px;border-bott
 h3{font-size:15px;margin:18px 0 6px}.mut{color:var(--mut)}.small{font-size:12px}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(250px,1fr));gap:12px;margin:16px 0}
 .card{border:1px solid var(--bd);border-radius:8px;padding:12px 14px;background:var(--bg2)}
-.card .v{font-size:22px;font-weight:650;margin:2px 0;overflow-wrap:anywhere}.card .l{font-weight:600}
+.card .v{font-size:20px;font-weight:650;margin:2px 0;overflow-wrap:anywhere;line-height:1.25}.card .l{font-weight:600}
 .card .d{font-size:12px;color:var(--mut)}
 table{border-collapse:collapse;width:100%;margin:8px 0;font-size:13px}th,td{border:1px solid var(--bd);padding:4px 6px;
 text-align:right;vertical-align:top}th{background:var(--bg2)}td.t,th.t{text-align:left;overflow-wrap:anywhere;max-width:320px}td.a{white-space:nowrap}
@@ -293,6 +305,14 @@ def render_html(m: dict) -> str:
         a(f"<tr data-threshold=\"{th}\"><td class=\"t\">{th} tokens</td><td>{fmt_int(sp) if sp is not None else 'not measured'}</td>"
           f"<td>{fmt_int(gn) if gn is not None else 'not measured'}</td></tr>")
     a("</table>")
+    if len(m["per_attack"]) > 1:
+        a("<h3>Per attack: generations holding a run of at least T tokens</h3><table><tr><th class=\"t\">Attack</th>"
+          + "".join(f"<th>\u2265 {th}</th>" for th in THRESHOLDS) + "</tr>")
+        for atk, f in sorted(m["per_attack"].items()):
+            a(f"<tr><td class=\"t a\">{esc(atk, 60)}</td>" + "".join(
+                f"<td>{fmt_int(f.get(f'generations_ge_{th}')) if f.get(f'generations_ge_{th}') is not None else 'not measured'}</td>"
+                for th in THRESHOLDS) + "</tr>")
+        a("</table>")
     rl = {int(k): v for k, v in m["run_lengths"]["counts_by_tokens"].items()}
     if rl:
         a(svg.bar_chart(_log_bins(rl, p["matcher_min_tokens"]), "Distribution of verbatim run lengths",
@@ -397,12 +417,13 @@ def render_html(m: dict) -> str:
     for i, s in enumerate(m["top_spans"][:TOP_SHOWN]):
         docs = "; ".join(f"doc {d['doc_id']} ({clean(d.get('source'), 200)})" for d in s.get("documents", [])[:5])
         held = s.get("documents_holding")
+        held = held if held is not None else f"1 to {fmt_int(s['occurrences'])} (no index: occurrences, not documents)"
         a(f"<div class=\"span\" id=\"span-{i}\"><span class=\"tag\">{fmt_int(s['tokens'])} tokens</span>"
           f"<span class=\"tag\">{fmt_int(s['bytes'])} bytes</span><span class=\"tag\">{fmt_int(s['generations'])} generation(s)</span>"
           f"<span class=\"tag\">{fmt_int(s['occurrences'])} corpus occurrence(s)</span>"
           f"<span class=\"tag\">{esc(s['attack'], 40)} / {esc(s['variant'], 60)}</span>"
           + "".join(f"<span class=\"tag\">{esc(CATEGORY_LABELS[c])}</span>" for c in s.get("categories", []))
-          + f"<div class=\"small mut\">documents holding it: {esc(held if held is not None else 'at least 1')}; "
+          + f"<div class=\"small mut\">documents holding it: {esc(held)}; "
           f"where: {html.escape(docs, quote=True)}; shard {esc(s['shard'])}, offset {fmt_int(s['doc_offset'])}</div>"
           f"<pre class=\"x\">{esc(s['text'], MAX_SHOWN_CHARS)}</pre></div>")
     if not m["top_spans"]:
@@ -498,6 +519,13 @@ def render_markdown(m: dict) -> str:
         sp, gn = t.get(f"spans_ge_{th}"), t.get(f"generations_ge_{th}")
         a(f"| {th} tokens | {fmt_int(sp) if sp is not None else 'not measured'} | "
           f"{fmt_int(gn) if gn is not None else 'not measured'} |")
+    if len(m["per_attack"]) > 1:
+        a("\nGenerations holding a run of at least T tokens, per attack:\n")
+        a("| Attack |" + "".join(f" >= {th} |" for th in THRESHOLDS) + "\n|---|" + "---:|" * len(THRESHOLDS))
+        for atk, f in sorted(m["per_attack"].items()):
+            a(f"| {md_cell(atk, 60)} |" + "".join(
+                f" {fmt_int(f.get(f'generations_ge_{th}')) if f.get(f'generations_ge_{th}') is not None else 'not measured'} |"
+                for th in THRESHOLDS))
     e = m["extrapolation"]
     fq = e["frequency_counts"]
     a("\n## Extrapolation\n")

@@ -113,7 +113,7 @@ def bar_chart(bars: list[tuple[str, float]], title: str, xlabel: str, ylabel: st
     def Y(y):
         return mt + ph - y / y1 * ph
 
-    bw = pw / n
+    bw = min(pw / n, 72.0)       # a few bars stay bar-shaped
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" '
            f'height="{height}" role="img" aria-label="{_e(title)}" class="chart">',
            f'<text x="{width / 2}" y="20" text-anchor="middle" class="ct">{_e(title)}</text>']

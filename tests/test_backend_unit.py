@@ -51,3 +51,28 @@ def test_unreachable_server_is_one_clear_error(monkeypatch):
     with pytest.raises(TrawlError, match="cannot reach the model server") as ei:
         be.probe(use_cache=False)
     assert "sk-secret" not in str(ei.value)
+
+
+def test_retry_after_forms():
+    import email.utils
+    import time as _t
+
+    assert OpenAIBackend._retry_after({"Retry-After": "3"}) == 3.0
+    assert OpenAIBackend._retry_after({"Retry-After": "0.5"}) == 0.5
+    when = email.utils.formatdate(_t.time() + 30, usegmt=True)
+    assert 25 <= OpenAIBackend._retry_after({"Retry-After": when}) <= 31
+    assert OpenAIBackend._retry_after({"Retry-After": "soon"}) is None
+    assert OpenAIBackend._retry_after({}) is None
+
+
+def test_backoff_is_bounded_full_jitter():
+    be = OpenAIBackend("http://127.0.0.1:1", "m", backoff_base=0.5, backoff_max=4.0)
+    for attempt in range(10):
+        for _ in range(50):
+            d = be._backoff(attempt)
+            assert 0 <= d <= min(4.0, 0.5 * 2 ** attempt)
+
+
+def test_bad_token_info_choice():
+    with pytest.raises(TrawlError, match="token_info"):
+        OpenAIBackend("http://127.0.0.1:1", "m", token_info="magic")

@@ -232,6 +232,13 @@ def test_per_attack_and_variant_match_brute_force(known_run):
             assert f["unique_memorized_windows"] == bf["unique_memorized_windows"]
             assert f["unique_memorized_bytes"] == brute_unique_bytes(known_run["matches"], None,
                                                                      by_variant[(attack, variant)])
+            fq = bf["frequency_counts"]
+            n_inc = sum(k * v for k, v in fq.items())
+            assert f["good_turing_new_probability"] == (pytest.approx(fq.get(1, 0) / n_inc) if n_inc else None)
+            if fq:
+                f1, f2, n_obs = fq.get(1, 0), fq.get(2, 0), sum(fq.values())
+                assert f["chao1_total_windows"] == pytest.approx(
+                    n_obs + f1 * f1 / (2 * f2) if f2 else n_obs + f1 * (f1 - 1) / 2)
             for th in (10, 20, 30, 40, 50):
                 assert f[f"generations_ge_{th}"] == bf["generations_ge"].get(th, 0)
     assert m["per_attack"]["divergence"]["memorized_generations"] == 6   # 3 repeats + overlap + double + company
@@ -387,3 +394,44 @@ def test_span_table_counts_generations_not_repeats(known_run):
     assert twice and twice[0]["generations"] == 1 and len(twice[0]["request_ids"]) == 1
     three = [s for s in m["top_spans"] if s["tokens"] == 70 and s["doc_id"] == 0 and s["doc_offset"] == 0]
     assert three and three[0]["generations"] == 3
+
+
+def test_remaining_figures_by_brute_force(known_run):
+    """Observed accumulation curve, distinct source documents, run-length histogram."""
+    m = compute_metrics(known_run["run"])
+    # the observed curve: unique windows among the first g generations, recomputed for every g
+    seen, curve = set(), {}
+    for g_no, g in enumerate(known_run["gens"], start=1):
+        comp, offs = token_offsets(g.tokens)
+        ends = offs[1:] + [len(comp)]
+        for i in range(len(offs) - W + 1):
+            w = comp[offs[i]:ends[i + W - 1]]
+            if any(w in d for d in known_run["docs"]):
+                seen.add(w)
+        curve[g_no] = len(seen)
+    for x, y in m["extrapolation"]["observed_curve"]:
+        assert curve[x] == y, x
+    long_ = [x for x in known_run["matches"] if x["tokens"] >= W]
+    assert m["metrics"]["unique_source_documents"] == len({x["doc_id"] for x in long_})
+    hist = Counter(x["tokens"] for x in known_run["matches"])
+    assert {int(k): v for k, v in m["run_lengths"]["counts_by_tokens"].items()} == dict(hist)
+    assert m["metrics"]["memorized_spans"] == len(long_)
+
+
+def test_divergence_rate(tmp_path):
+    rng = random.Random(4)
+    doc = "".join(" w%d" % rng.randrange(100) for _ in range(100))
+    corpus = Corpus([doc])
+    gens = [Gen([" z%d" % i for i in range(60)], "divergence", "poem" if i < 4 else "work",
+                extra={"word": "poem", "diverged": i % 2 == 0, "diverged_at": 10 if i % 2 == 0 else None})
+            for i in range(7)]
+    gens.append(Gen([" z"] * 60, "special_chars", "repeat:{x100", extra={"escaped": True, "escaped_at": 3}))
+    gens.append(Gen([" z"] * 60, "special_chars", "repeat:{x100", extra={"escaped": False, "escaped_at": None}))
+    write_run(str(tmp_path / "run"), corpus, gens)
+    m = compute_metrics(str(tmp_path / "run"))
+    assert m["per_variant"]["divergence"]["poem"]["diverged_generations"] == 2       # i = 0, 2
+    assert m["per_variant"]["divergence"]["work"]["diverged_generations"] == 2       # i = 4, 6
+    assert m["per_attack"]["divergence"]["divergence_rate"] == pytest.approx(4 / 7)
+    assert m["per_attack"]["special_chars"]["divergence_rate"] == 0.5
+    assert m["metrics"]["diverged_generations"] == 5      # run-wide: both repeat attacks
+    assert m["metrics"]["divergence_rate"] == pytest.approx(5 / 9)

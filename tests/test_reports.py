@@ -93,6 +93,8 @@ def test_hostile_text_is_inert_in_html(hostile_run, tmp_path):
     assert "more characters not shown" in h       # the 30,000-character line is cut
     assert "Content-Security-Policy" in h and "script-src 'none'" in h
     assert "http://" not in h.split("<main>")[0]   # nothing remote in the head
+    for tag in re.findall(r"<[a-zA-Z][^>]*>", h):          # real tags only (text has no raw '<')
+        assert not re.search(r"\s(src|href|action|srcset|xlink:href|on\w+)\s*=", tag, re.I), tag
     # tags: only the ones the renderer writes
     tags = set(re.findall(r"<([a-zA-Z][a-zA-Z0-9]*)", h))
     assert tags <= {"html", "head", "meta", "title", "style", "body", "main", "h1", "h2", "h3", "p", "b", "code",
@@ -436,3 +438,22 @@ def test_hostile_attack_and_variant_names(tmp_path):
     assert all(f["memorized_generations"] == 1 for vs in pv.values() for f in vs.values())
     p = write_report(str(run))
     assert "\x00" not in _read(p.html) and "\x00" not in _read(p.md)
+
+
+def test_unwritable_output_is_a_user_error(tmp_path, capsys):
+    run = _simple_run(tmp_path)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    rc, out, err = _cli(["report", run, "-o", str(blocker / "sub")], capsys)
+    assert rc == 2 and "cannot create the report folder" in err and err.count("\n") == 1
+
+
+def test_stale_matches_warn(tmp_path):
+    run = _simple_run(tmp_path)
+    part = os.path.join(run, "generations", "part-00000.parquet")
+    m_time = os.path.getmtime(os.path.join(run, "matches.parquet"))
+    os.utime(part, (m_time + 60, m_time + 60))
+    m = compute_metrics(run)
+    assert any("older than generations/part-00000.parquet" in w for w in m["warnings"])
+    os.utime(part, (m_time - 60, m_time - 60))
+    assert not any("older than" in w for w in compute_metrics(run)["warnings"])

@@ -103,3 +103,13 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path):
         assert r.returncode == 0, r.stderr
     st = json.loads((tmp_path / "run" / "run.json").read_text())
     assert st["status"] == "finished" and st["finished"] == 20
+
+
+def test_cli_replicas(tmp_path, capsys):
+    with FlakyServer(faults=()) as a, FlakyServer(faults=()) as b:
+        rc = main(["sample", "--endpoint", a.base_url, "--endpoint", b.base_url, "--model", a.model,
+                   "--out", str(tmp_path / "run"), "--attack", "divergence", "--param", "words=a,b,c",
+                   "--param", "samples=4", "--param", "max_tokens=4", "--concurrency", "4", "--no-progress", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["finished"] == 12

@@ -201,3 +201,28 @@ def test_kill9_then_resume_equals_uninterrupted_run(tmp_path):
     assert sorted(map(key, a)) == sorted(map(key, b))
     st = json.loads((killed / "run.json").read_text())
     assert st["status"] == "finished" and len(st["sessions"]) == 2 and st["sessions"][1]["resumed"]
+
+
+def test_replicas_through_the_pool_lose_and_duplicate_nothing(tmp_path):
+    """Several endpoints go through extractor/backends/pool.py; the sampler's guarantees hold."""
+    import socket
+    import threading
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    with FlakyServer(faults=("500", "drop"), max_failures=2, delay=0.05) as a, \
+            FlakyServer(faults=(), delay=0.05) as b:
+        # replica a goes away for good in the middle of the run
+        killer = threading.Timer(0.8, a.__exit__, args=(None, None, None))
+        killer.start()
+        s = run_attacks(str(tmp_path / "run"), endpoint=[a.base_url, dead, b.base_url], model=a.model,
+                        attacks=_spec(samples=5), concurrency=4, **FAST)
+        killer.join()
+    assert s.status == "finished" and s.finished == 40
+    rows = _check_against_model(tmp_path / "run", 40)
+    served = {r["endpoint"] for r in rows}
+    assert b.base_url in served and served <= {a.base_url, b.base_url}
+    st = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert st["endpoints"] == [a.base_url, dead, b.base_url]
+    assert st["endpoint_stats"][b.base_url]["served"] > 0 and st["endpoint_stats"][dead]["served"] == 0

@@ -51,7 +51,7 @@ def test_layout_manifest_and_sa(index):
 
 
 def test_parallel_build_is_identical(corpus, index, tmp_path):
-    build_index(corpus, tmp_path / "index2", jobs=2)
+    build_index(corpus, tmp_path / "index2", jobs=2, fsync=True)
     m1 = json.loads((index / MANIFEST_NAME).read_text())
     m2 = json.loads((tmp_path / "index2" / MANIFEST_NAME).read_text())
     assert [s["files"] for s in m1["shards"]] == [s["files"] for s in m2["shards"]]

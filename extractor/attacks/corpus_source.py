@@ -111,14 +111,24 @@ class DocSource:
         src = t.column("source")[j].as_py() if "source" in t.column_names else self.path
         return Doc(int(doc_id), src or "", t.column("text")[j].as_py() or "")
 
-    def order(self, selection: str, seed: int) -> list[int]:
-        """Indices in the order documents are tried: ``first`` (corpus order) or ``random`` (seeded)."""
-        idx = list(range(self._n))
-        if selection == "random":
-            import random
+    def order(self, selection: str, seed: int, want: int | None = None):
+        """Indices in the order documents are tried: ``first`` (corpus order) or ``random`` (seeded).
 
-            random.Random(seed).shuffle(idx)
-        return idx
+        ``random`` draws ``4 * want + 100`` distinct indices without building a permutation of
+        the whole corpus (a corpus can hold millions of documents), then goes on with the
+        remaining ones in corpus order if too many of those were too short.
+        """
+        if selection != "random":
+            yield from range(self._n)
+            return
+        import random
+
+        k = self._n if want is None else min(self._n, 4 * want + 100)
+        drawn = random.Random(seed).sample(range(self._n), k)
+        yield from drawn
+        if k < self._n:
+            used = set(drawn)
+            yield from (i for i in range(self._n) if i not in used)
 
 
 def describe_source(path: str) -> str:

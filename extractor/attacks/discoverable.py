@@ -104,7 +104,7 @@ class Discoverable(Attack):
         if params["temperature"] <= 0:
             sp["temperature"] = 0.0
         found = 0
-        for i in src.order(params["selection"], params["seed"]):
+        for i in src.order(params["selection"], params["seed"], params["documents"]):
             if found >= params["documents"]:
                 break
             doc = src.get(i)

@@ -51,7 +51,8 @@ class Choice:
     token_logprobs: list[float] | None
     completion_tokens: int
     finish_reason: str
-    token_source: str  # "logprobs", "tokenize" or "none"
+    token_source: str  # "logprobs", "tokenize", "none", "empty" or "pending" (see fill_tokens)
+    token_error: str | None = None
 
 
 @dataclass
@@ -61,3 +62,4 @@ class CompletionResult:
     completion_tokens: int
     latency_s: float
     attempts: int
+    endpoint: str = ""     # the replica that answered

@@ -180,6 +180,7 @@ class OpenAIBackend:
         self.want_logprobs = bool(want_logprobs)
         self._sep_ids: list[int] | None = None
         self.endpoint = normalize_endpoint(endpoint)
+        self.endpoints = [self.endpoint]  # the replica pool's interface (extractor/backends/pool.py)
         self.model = model
         self.api_key_env = api_key_env
         self.__key = os.environ.get(api_key_env) if api_key_env else None
@@ -343,11 +344,13 @@ class OpenAIBackend:
 
     # -- completions ----------------------------------------------------------------------
     def complete(self, prompt: str | list[str], params: dict, *, n: int = 1, seed: int | None = None,
-                 timeout: float | None = None) -> CompletionResult:
+                 timeout: float | None = None, defer_tokens: bool = False) -> CompletionResult:
         """One ``/v1/completions`` call. ``params`` are sent as given (temperature, max_tokens, ...).
 
         Returns one :class:`Choice` per prompt (prompt list) or per sample (``n``), in order,
-        each with its token boundaries.
+        each with its token boundaries. With ``defer_tokens``, boundaries that need extra
+        requests (the tokenize endpoint) are left for :meth:`fill_tokens` (``token_source ==
+        "pending"``), so the caller can send its next generation first.
         """
         payload = {"model": self.model, "prompt": prompt, **params}
         caps = self.capabilities
@@ -371,7 +374,7 @@ class OpenAIBackend:
         data, attempts = self.request("POST", "/v1/completions", payload, timeout=timeout, check=check)
         latency = time.monotonic() - t0
         raw_choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
-        choices = [self._choice(c) for c in raw_choices]
+        choices = [self._choice(c, defer_tokens) for c in raw_choices]
         usage = data.get("usage") or {}
         ptoks = int(usage.get("prompt_tokens") or 0)
         ctoks = int(usage.get("completion_tokens") or sum(c.completion_tokens for c in choices))
@@ -379,10 +382,10 @@ class OpenAIBackend:
             if c.completion_tokens == 0 and len(choices) == 1:
                 c.completion_tokens = ctoks
         return CompletionResult(choices=choices, prompt_tokens=ptoks, completion_tokens=ctoks,
-                                latency_s=latency, attempts=attempts)
+                                latency_s=latency, attempts=attempts, endpoint=self.endpoint)
 
-    def _choice(self, c: dict) -> Choice:
-        text = c["text"]
+    def _choice(self, c: dict, defer: bool = False) -> Choice:
+        text = clean_text(c["text"])
         finish = c.get("finish_reason") or "unknown"
         lp = c.get("logprobs") if isinstance(c.get("logprobs"), dict) else None
         offsets = logprobs = None
@@ -398,16 +401,37 @@ class OpenAIBackend:
             except AlignmentError:
                 offsets = None
         if offsets is None and self.capabilities.tokenize and text:
-            try:
-                offsets = self.token_offsets(text)
-                source = "tokenize"
-            except (BackendError, AlignmentError):
-                offsets = None
+            if defer:
+                source = "pending"
+            else:
+                try:
+                    offsets = self.token_offsets(text)
+                    source = "tokenize"
+                except (BackendError, AlignmentError):
+                    offsets = None
         if offsets is None and not text:
             offsets, source = [], source if source != "none" else "empty"
         ntok = len(offsets) if offsets is not None else 0
         return Choice(text=text, token_offsets=offsets, token_logprobs=logprobs, completion_tokens=ntok,
                       finish_reason=str(finish), token_source=source)
+
+    def fill_tokens(self, choice: Choice) -> Choice:
+        """Complete a choice left ``pending`` by ``complete(defer_tokens=True)``.
+
+        When the tokenize endpoint fails for good the generation is kept (it was paid for)
+        with ``token_offsets=None`` and ``token_source="none"``.
+        """
+        if choice.token_source != "pending":
+            return choice
+        try:
+            choice.token_offsets = self.token_offsets(choice.text)
+            choice.token_source = "tokenize"
+            choice.completion_tokens = len(choice.token_offsets)
+        except (BackendError, AlignmentError) as exc:
+            choice.token_offsets = None
+            choice.token_source = "none"
+            choice.token_error = str(exc)[:300]
+        return choice
 
     # -- tokenizer ------------------------------------------------------------------------
     def tokenize(self, text: str) -> list[int]:
@@ -601,6 +625,15 @@ class OpenAIBackend:
             ch = try_req({**base, "seed": 12345, "temperature": 1.0, "max_tokens": 6}, 1)
             samples.append(ch[0].get("text") if ch else None)
         caps.seed = samples[0] is not None and samples[0] == samples[1]
+
+
+def clean_text(text: str) -> str:
+    """Replace lone surrogates (invalid UTF-8 from the server, JSON-escaped) with U+FFFD."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 def _snippet(data: Any, raw: bytes, limit: int = 200) -> str:
