@@ -4,7 +4,7 @@ A campaign may name several endpoints that serve the *same* model (replicas).
 :class:`PoolBackend` has the interface of :class:`~extractor.backends.openai.OpenAIBackend`
 that the sampler uses (``probe``, ``complete``, ``tokenize``, ``detokenize``,
 ``token_offsets``, ``capabilities``, ``endpoint``, ``retries``, ``describe``,
-``interrupt``), so ``run_attacks(endpoint=[url1, url2, ...])`` needs no other change:
+``interrupt``, ``fill_tokens``), so ``run_attacks(endpoint=[url1, url2, ...])`` needs no other change:
 :func:`extractor.backends.make_backend` builds a pool when ``endpoint`` is a list
 of more than one URL.
 
@@ -28,10 +28,10 @@ Surviving a replica going down
     request that was in flight on a member that died is neither lost (it is re-sent
     to a live member) nor stored twice.
 
-    When the completion came back but the follow-up tokenize call (for token
-    boundaries) failed because its member died in between, the boundaries are
-    recomputed on a live member (replicas share the tokenizer), so no row is stored
-    without token offsets.
+    Token boundaries that need the tokenize endpoint are computed on any live member
+    (replicas share the tokenizer): in :meth:`fill_tokens` when the sampler defers them
+    (``complete(defer_tokens=True)``), or inline when the member that completed died
+    before it could tokenize; so a dying replica leaves no row without token offsets.
 
 Attribution
     ``endpoint`` is thread-local: after ``complete`` it names the member that served
@@ -281,11 +281,16 @@ class PoolBackend:
 
     # -- the backend interface ------------------------------------------------------------------
     def complete(self, prompt, params: dict, *, n: int = 1, seed: int | None = None,
-                 timeout: float | None = None) -> CompletionResult:
-        res: CompletionResult = self._call(lambda be: be.complete(prompt, params, n=n, seed=seed, timeout=timeout),
-                                           "completion")
+                 timeout: float | None = None, defer_tokens: bool = False) -> CompletionResult:
+        """One completion on a live member. With ``defer_tokens``, boundaries that need the
+        tokenize endpoint are left ``pending`` for :meth:`fill_tokens` (which fails over too)."""
+        kw = {"defer_tokens": True} if defer_tokens else {}
+        res: CompletionResult = self._call(
+            lambda be: be.complete(prompt, params, n=n, seed=seed, timeout=timeout, **kw), "completion")
         served_by = self._local.endpoint
-        if self.capabilities.tokenize:
+        if hasattr(res, "endpoint"):
+            res.endpoint = served_by
+        if self.capabilities.tokenize and not defer_tokens:
             for ch in res.choices:
                 if ch.text and ch.token_offsets is None:
                     # the member died between completing and tokenizing: ask a live replica
@@ -299,6 +304,26 @@ class PoolBackend:
                     ch.token_logprobs = None
             self._local.endpoint = served_by
         return res
+
+    def fill_tokens(self, choice):
+        """Token boundaries of a choice left ``pending`` by ``complete(defer_tokens=True)``, on any
+        live replica (they share the tokenizer). When every replica fails, the generation is kept
+        with ``token_offsets=None`` and ``token_source="none"`` (as the single backend does)."""
+        if choice.token_source != "pending":
+            return choice
+        keep = getattr(self._local, "endpoint", None)
+        try:
+            offsets = self._call(lambda be: be.token_offsets(choice.text), "tokenize")
+            choice.token_offsets = offsets
+            choice.token_source = "tokenize"
+            choice.completion_tokens = len(offsets)
+        except (BackendError, AlignmentError, ValueError, TypeError) as exc:
+            choice.token_offsets = None
+            choice.token_source = "none"
+            choice.token_error = str(exc)[:300]
+        finally:
+            self._local.endpoint = keep
+        return choice
 
     def tokenize(self, text: str) -> list[int]:
         return self._call(lambda be: be.tokenize(text), "tokenize")
