@@ -386,8 +386,8 @@ def _toml_scalar(v: Any) -> str:
         return "true" if v else "false"
     if isinstance(v, (int, float)):
         return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, str):  # a TOML basic string: JSON's escapes are TOML's, plus DEL, which TOML also bans
+        return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(v, list):
         return "[" + ", ".join(_toml_scalar(x) for x in v) + "]"
     raise TypeError(type(v))

@@ -65,6 +65,19 @@ def test_good_config_resolves_defaults_and_paths(tmp_path, index):
     assert c.run_id == load_campaign(p).run_id
 
 
+def test_frozen_copy_round_trips_awkward_strings(tmp_path, index):
+    import string
+
+    words = list(string.printable) + ['"', "\\", "é", "🙂", "\x7f", 'a"b\\c\nd', "'''", "\x00"]
+    data = load_toml_text(good(index))
+    data["attacks"][0]["words"] = words
+    data["campaign"]["description"] = 'line1\nline2 "quoted" \\ tab\t'
+    cfg = validate_campaign(data, file="x.toml", base_dir=tmp_path, default_name="x")
+    text = dump_toml(cfg)
+    again = validate_campaign(load_toml_text(text), file="frozen", base_dir=tmp_path, default_name="x")
+    assert again == cfg and again["attacks"][0]["params"]["words"] == words
+
+
 def load_toml_text(text):
     import tomllib
 
