@@ -70,8 +70,8 @@ def register(subparsers) -> None:
                     "memorization up beyond a tolerance against the previous version.",
         epilog=HISTORY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     h.add_argument("source", metavar="LEDGER",
-                   help="ledger.parquet, a folder holding one, or a sweep .toml (its ledger, [history] settings "
-                        "and version order)")
+                   help="ledger.parquet, a folder holding one, a sweep .toml (its ledger, [history] settings "
+                        "and version order) or a campaign .toml (its ledger)")
     h.add_argument("--out", metavar="HTML", help="trend report path (default: history.html next to the ledger)")
     h.add_argument("--metric", default=None, help="ledger column to compare (default memorized_token_fraction)")
     h.add_argument("--tolerance", type=float, default=None, metavar="T", help="relative tolerance (default 0.10)")
@@ -123,12 +123,18 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_history(args) -> int:
+    from extractor.campaign import load_toml
     from extractor.history import DEFAULT_EPSILON, DEFAULT_METRIC, DEFAULT_TOLERANCE, history_report
 
     src = Path(args.source)
     order = None
     metric, tol, eps, all_pairs = DEFAULT_METRIC, DEFAULT_TOLERANCE, DEFAULT_EPSILON, args.all_pairs
-    if src.suffix == ".toml":
+    if src.suffix == ".toml" and "targets" not in load_toml(src):
+        from extractor.campaign import load_campaign
+
+        ledger = Path(load_campaign(src).config["history"]["ledger"])   # a campaign file: its ledger
+        default_out = ledger.with_name("history.html")
+    elif src.suffix == ".toml":
         from extractor.sweep import load_sweep
 
         sw = load_sweep(src)

@@ -149,6 +149,10 @@ def test_regression_between_versions_fails_the_history_check(sweep, servers):
     assert "REGRESSION gemma-3-270m [div-poem] (nightly/div-poem) v2 -> v3" in proc.stdout
     assert "0 campaign(s) run, 2 already finished, 0 failed, 1 regression(s)" in proc.stderr
     write_ledger(out / "ledger.parquet", rows)
+    # a campaign file names its ledger too
+    frozen = out / "campaigns" / "gemma-3-270m-v1-div-poem" / "campaign.toml"
+    proc = trawl("history", str(frozen), "--json", cwd=root)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["rows"] == len(rows)
 
 
 def test_a_replica_down_from_the_start_is_routed_around(servers, tmp_path, capfd):
