@@ -47,6 +47,8 @@ def register(subparsers) -> None:
     p.add_argument("--rerun", action="store_true", help="start afresh even if the campaign finished "
                                                         "(the old folder is moved aside)")
     p.add_argument("--check", action="store_true", help="validate the file and exit")
+    # campaigns always resume; accepted because `trawl`'s Ctrl-C message suggests it for every command
+    p.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the outcome as JSON on stdout")
     p.set_defaults(func=cmd_run)
@@ -61,6 +63,7 @@ def register(subparsers) -> None:
     s.add_argument("--only", action="append", metavar="GLOB", default=[],
                    help="run only campaigns whose name matches (repeatable), e.g. 'gemma-v3-*'")
     s.add_argument("--list", action="store_true", help="list the campaigns and their status, run nothing")
+    s.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)  # sweeps always resume
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_sweep)
 
