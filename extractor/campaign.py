@@ -699,6 +699,23 @@ class _Runner:
         return result
 
 
+def is_running(out: Path) -> bool:
+    """True when a process holds the campaign folder's lock (the campaign is running now)."""
+    import fcntl
+
+    path = Path(out).with_name(Path(out).name + ".lock")
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
 class CampaignLocked(TrawlError):
     exit_code = 75  # EX_TEMPFAIL: the same campaign is running elsewhere; try again later
 

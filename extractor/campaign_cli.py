@@ -106,14 +106,17 @@ def cmd_run(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from extractor.campaign import read_status
+    from extractor.campaign import is_running, read_status
     from extractor.sweep import load_sweep, run_sweep
 
     sw = load_sweep(args.config)
     if args.list:
         for c in sw.campaigns:
             st = read_status(c.out) if (c.out / "campaign.json").exists() else None
-            print(f"{c.name}\t{st['status'] if st else 'new'}\t{c.out}")
+            state = st["status"] if st else "new"
+            if state == "running" and not is_running(c.out):
+                state = "interrupted"      # its process died; the next sweep resumes it
+            print(f"{c.name}\t{state}\t{c.out}")
         return 0
     res = run_sweep(sw, rerun=args.rerun, only=args.only, progress=not args.no_progress)
     done = sum(1 for r in res.results if r.status == "finished" and not r.skipped)
