@@ -29,7 +29,7 @@ moves the old folder aside (``OUT.old-<date>``) and starts afresh.
 The configuration schema is defined here (:data:`SCHEMA`) and checked strictly:
 unknown keys, wrong types, a missing or invalid index are one-line
 :class:`~extractor.errors.TrawlError` messages naming the key and the file.
-``docs/CAMPAIGNS.md`` documents every key (a test keeps the two in step).
+README.md's "Configuration reference" documents every key (a test keeps the two in step).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """CLI: ``trawl run CAMPAIGN.toml``, ``trawl sweep SWEEP.toml``, ``trawl history LEDGER``.
 
 Registered by :mod:`extractor.cli` through :func:`register`. Configuration
-reference: ``docs/CAMPAIGNS.md``.
+reference: README.md, "Configuration reference".
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "run", help="run one audit campaign described by a TOML file (resumable)",
         description="Run a campaign: sample the target with the attacks, match against the index, write the "
-                    "report, record the metrics in the ledger. See docs/CAMPAIGNS.md for every key.",
+                    "report, record the metrics in the ledger. See the README's configuration reference for every key.",
         epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", metavar="CAMPAIGN.toml")
     p.add_argument("--out", metavar="DIR", help="campaign folder (overrides campaign.out)")
