@@ -48,6 +48,22 @@ Definitions (Nasr et al. 2023, arXiv 2311.17035), with ``W = window_tokens``
   metrics.json's top-level ``longest_run`` describes the run-wide one (text,
   source document, offset, request, attack, variant, occurrences; null when
   no span).
+* **Run state**: ``run.state`` repeats run.json's status, stop reason, planned
+  and finished generations; a status other than ``finished`` puts a warning
+  first in ``warnings``. ``run.config`` carries config.json's ``pricing`` and
+  ``budget``; ``run.pricing_basis`` and ``run.budget_caps`` say them in words.
+* **Cost**: ``total_cost_usd`` = the sum of ``cost_usd`` over generations (or
+  run.json's total when the column sums to 0). ``mb_per_dollar`` = unique
+  memorized bytes / 1e6 / total cost; ``usd_per_unique_window`` = total cost /
+  unique memorized windows. Both None ("n/a") when no cost was recorded or
+  nothing was memorized.
+* **Approximate memorization**: ``discoverable`` rows whose ``extra`` JSON has
+  ``edit_distance_ratio <= 0.1`` and ``exact`` false; exact hits (``exact``
+  true) are counted apart.
+
+Memory is bounded by the number of memorized spans and windows and the number
+of generations with any match (compact Arrow tables), never by the text of all
+generations: generations are streamed in record batches.
 """
 from __future__ import annotations
 
@@ -70,7 +86,7 @@ from reports import extrapolate as ex
 from reports.categories import CATEGORIES, find_all
 from reports.errors import ReportError
 
-SCHEMA_VERSION = "1.1"   # 1.1: longest_run
+SCHEMA_VERSION = "1.1"   # 1.1: longest_run; run.state, run.pricing_basis, run.budget_caps, run.config pricing/budget
 THRESHOLDS = (10, 20, 30, 40, 50)
 APPROX_EDIT_RATIO = 0.1
 REPEAT_ATTACKS = ("divergence", "special_chars")   # attacks whose rows say whether the model diverged
@@ -748,6 +764,13 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
     totals["approximate_memorization_hits"] = sum(g.approx for g in G)
     totals["exact_discoverable_hits"] = sum(g.exact for g in G)
     longest_run = _longest_run_record(longest_span, G, parts)
+    state = run_state(run_json, total_generations, os.path.exists(os.path.join(run_dir, "run.json")))
+    if state["warning"]:
+        warnings.insert(0, state["warning"])
+    pricing = config.get("pricing") if isinstance(config.get("pricing"), dict) else run_json.get("pricing")
+    budget = config.get("budget") if isinstance(config.get("budget"), dict) else run_json.get("budget")
+    pricing = pricing if isinstance(pricing, dict) else None
+    budget = budget if isinstance(budget, dict) else None
 
     stage("assemble")
     # ---- memorized texts: categories, near-duplicates, top spans ----------------------
@@ -806,7 +829,11 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
             "endpoints": sorted(endpoints)[:20],
             "generation_files": len(parts),
             "status": {k: run_json[k] for k in run_json if isinstance(run_json[k], (int, float, str, bool))},
-            "config": {k: config[k] for k in config if isinstance(config[k], (int, float, str, bool))},
+            "config": dict({k: config[k] for k in config if isinstance(config[k], (int, float, str, bool))},
+                           pricing=pricing, budget=budget),
+            "state": state,
+            "pricing_basis": pricing_basis(pricing),
+            "budget_caps": budget_caps(budget),
         },
         "parameters": {
             "window_tokens": W,
@@ -854,6 +881,65 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
     })
     metrics.memorized_texts = all_texts
     return metrics
+
+
+RUN_STATES = {
+    "stopped": "This run stopped early{why}",
+    "running": "run.json says \"running\": the run was still running or crashed{why}",
+    "interrupted": "This run was interrupted{why}",
+    "incomplete": "This run is incomplete{why} (some requests failed for good; --resume retries them)",
+    "failed": "This run failed{why}",
+}
+
+
+def run_state(run_json: dict, rows: int, has_run_json: bool = True) -> dict:
+    """``run.state`` of metrics.json: run.json's status, stop reason, planned and finished
+    generations, and ``warning`` (a sentence; None when the run finished or says nothing)."""
+    status = run_json.get("status") if isinstance(run_json.get("status"), str) else None
+    reason = run_json.get("stop_reason") if isinstance(run_json.get("stop_reason"), str) else None
+
+    def count(k):
+        v = run_json.get(k)
+        return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    planned, finished = count("planned"), count("finished")
+    done = finished if finished is not None else rows
+    counts = f"{done:,} of {planned:,} planned generations" if planned is not None else f"{done:,} generations"
+    warning = None
+    if status is not None and status != "finished":
+        why = f" ({reason})" if reason else ""
+        warning = (RUN_STATES.get(status, f"The run status is {status!r}, not finished{{why}}").format(why=why)
+                   + f": {counts}" + ("; the figures cover only what was stored" if status != "running"
+                                     else "; the figures cover the generations stored so far"))
+    return {"status": status if status is not None else ("not recorded" if has_run_json else "no run.json"),
+            "stop_reason": reason, "stopped_early": status not in (None, "finished"), "planned": planned,
+            "finished": finished, "generation_rows": rows, "warning": warning}
+
+
+def _price(v) -> str:
+    return f"{v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+
+
+def pricing_basis(pricing: dict | None) -> str:
+    """How cost_usd was priced, in words (from config.json's ``pricing``)."""
+    if not pricing:
+        return "not recorded (no pricing in config.json)"
+    hourly = pricing.get("gpu_hourly_usd")
+    if hourly is not None:
+        return f"gpu_hourly_usd: {_price(hourly)} (hourly GPU price x sampling wall time)"
+    inp, out = pricing.get("input_per_mtok") or 0, pricing.get("output_per_mtok") or 0
+    if inp or out:
+        return (f"input_per_mtok: {_price(inp)}, output_per_mtok: {_price(out)} "
+                "(USD per million prompt / completion tokens)")
+    return "no prices given (every cost is 0)"
+
+
+def budget_caps(budget: dict | None) -> str:
+    """The run's budget caps, in words (from config.json's ``budget``)."""
+    if not budget:
+        return "not recorded (no budget in config.json)"
+    caps = [f"{k}: {_price(v)}" for k, v in budget.items() if v is not None]
+    return ", ".join(caps) if caps else "no caps"
 
 
 def _peak_rss_mb() -> float | None:

@@ -213,6 +213,24 @@ def headline(m: dict) -> list[tuple[str, str, str, str]]:
     ]
 
 
+def run_state_line(m: dict) -> str:
+    """Status, stop reason and generations of the run (run.json), for the report header."""
+    st = m["run"].get("state") or {}
+    parts = [f"status: {st.get('status', 'not recorded')}"
+             + (f" ({st['stop_reason']})" if st.get("stop_reason") else "")]
+    if st.get("planned") is not None:
+        done = st["finished"] if st.get("finished") is not None else st.get("generation_rows")
+        parts.append(f"{fmt_int(done)} of {fmt_int(st['planned'])} planned generations finished")
+    parts.append(f"{fmt_int(st.get('generation_rows'))} generation rows read")
+    return "; ".join(parts)
+
+
+def pricing_line(m: dict) -> str:
+    r = m["run"]
+    return (f"pricing: {r.get('pricing_basis', 'not recorded')}; "
+            f"budget (config.json): {r.get('budget_caps', 'not recorded')}")
+
+
 def longest_run_facts(lr: dict) -> str:
     """One line on where the longest run comes from (without its text)."""
     return (f"{fmt_int(lr['tokens'])} tokens, {fmt_int(lr['bytes'])} bytes; {lr['attack']} / {lr['variant']}, "
@@ -292,6 +310,8 @@ def render_html(m: dict) -> str:
       + esc(", ".join(run["models"]) or "unknown") + " \u00b7 report schema " + esc(m["schema_version"])
       + " \u00b7 generated " + esc(m["generated_at"]) + (" \u00b7 <b>personal data redacted</b>" if m.get("redacted") else "")
       + "</p>")
+    a(f"<p id=\"run-state\" data-status=\"{esc((run.get('state') or {}).get('status', ''), 40)}\">Run "
+      f"<b>{esc(run_state_line(m), 1000)}</b>; <span id=\"pricing\">{esc(pricing_line(m), 1000)}</span>.</p>")
     a(f"<p>A token counts as <b>memorized</b> when it lies in a window of {W} consecutive generated tokens whose exact "
       f"text occurs in the reference corpus (Nasr et al. 2023). The matcher ran with a threshold of "
       f"<b id=\"matcher-threshold\">{esc(p['matcher_min_tokens'])} tokens</b> ({esc(p['matcher_min_tokens_source'])}); "
@@ -384,6 +404,7 @@ def render_html(m: dict) -> str:
       f"({esc(p['cost_source'])}). Extractable MB per dollar: <b>{esc(_cost_fig(t['mb_per_dollar'], m, 'mb'))}</b> "
       f"(unique memorized bytes / 10<sup>6</sup> / total cost). Dollars per unique memorized example: "
       f"<b>{esc(_cost_fig(t['usd_per_unique_window'], m, 'usd'))}</b> (total cost / unique memorized {W}-token windows).</p>")
+    a(f"<p class=\"small\">Basis of these prices \u2014 {esc(pricing_line(m), 1000)}.</p>")
     a("</section>")
     # breakdowns
     a("<section id=\"per-attack\"><h2>Per attack</h2>")
@@ -533,6 +554,7 @@ def render_markdown(m: dict) -> str:
     a(f"A token counts as memorized when it lies in a window of {W} consecutive generated tokens whose exact text "
       f"occurs in the reference corpus (Nasr et al. 2023). Matcher threshold: {p['matcher_min_tokens']} tokens "
       f"({md_cell(p['matcher_min_tokens_source'])}).\n")
+    a(f"Run {md_cell(run_state_line(m), 1000)}; {md_cell(pricing_line(m), 1000)}.\n")
     for w in m.get("warnings", []):
         a(f"> **Warning:** {md_cell(w, 1000)}\n")
     a("## Headline figures\n")
@@ -569,7 +591,7 @@ def render_markdown(m: dict) -> str:
     a("## Cost\n")
     a(f"Total {fmt_usd(t['total_cost_usd']) if t['total_cost_usd'] else NO_COST} ({md_cell(p['cost_source'])}); "
       f"extractable MB per dollar {_cost_fig(t['mb_per_dollar'], m, 'mb')}; dollars per unique memorized example "
-      f"{_cost_fig(t['usd_per_unique_window'], m, 'usd')}.\n")
+      f"{_cost_fig(t['usd_per_unique_window'], m, 'usd')}. Basis: {md_cell(pricing_line(m), 1000)}.\n")
     a("## Per attack\n")
     a(_md_breakdown([(k, None, f) for k, f in sorted(m["per_attack"].items())], False))
     a(BREAKDOWN_LEGEND + "\n")

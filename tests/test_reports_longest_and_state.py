@@ -1,5 +1,5 @@
-"""The longest verbatim run (one span: its tokens, bytes, text and source document); known
-answers computed by hand."""
+"""The longest verbatim run (one span: its tokens, bytes, text and source document) and the
+run's state and prices in the report; known answers computed by hand."""
 from __future__ import annotations
 
 import html
@@ -94,3 +94,61 @@ def test_no_span_gives_a_null_longest_run(tmp_path):
     p = write_report(run)
     assert json.loads(_read(p.json))["longest_run"] is None
     assert "No verbatim span was reported" in _read(p.html) and "No verbatim span was reported" in _read(p.md)
+
+
+# --------------------------------------------------------------------------- run state and prices
+
+STOPPED = {"run_id": "r", "status": "stopped", "stopped_early": True, "stop_reason": "max_seconds",
+           "planned": 133, "finished": 2, "cost_usd": 0.0005}
+CONFIG = {"run_id": "r", "model": "m", "budget": {"max_generations": None, "max_tokens": None, "max_dollars": None,
+                                                  "max_seconds": 60.0},
+          "pricing": {"input_per_mtok": 0.0, "output_per_mtok": 0.0, "gpu_hourly_usd": 0.1}}
+
+
+def test_stopped_run_warns_and_shows_prices(tmp_path):
+    run = _run(tmp_path, [Gen(FILL + SHORT + FILL), Gen(FILL + LONG + FILL)], run_json=STOPPED, config=CONFIG)
+    m = compute_metrics(run)
+    want = "This run stopped early (max_seconds): 2 of 133 planned generations; the figures cover only what was stored"
+    assert m["warnings"][0] == want
+    assert m["run"]["state"] == {"status": "stopped", "stop_reason": "max_seconds", "stopped_early": True,
+                                 "planned": 133, "finished": 2, "generation_rows": 2, "warning": want}
+    assert m["run"]["config"]["pricing"] == CONFIG["pricing"] and m["run"]["config"]["budget"] == CONFIG["budget"]
+    assert m["run"]["pricing_basis"] == "gpu_hourly_usd: 0.1 (hourly GPU price x sampling wall time)"
+    assert m["run"]["budget_caps"] == "max_seconds: 60"
+    p = write_report(run)
+    for text in (_read(p.html), _read(p.md).replace("\\_", "_")):
+        assert "status: stopped (max_seconds); 2 of 133 planned generations finished" in text
+        assert want in text
+        assert "gpu_hourly_usd: 0.1" in text and "max_seconds: 60" in text
+    page = _read(p.html)
+    cost = page[page.index('id="cost"'):page.index('id="per-attack"')]
+    assert "gpu_hourly_usd: 0.1" in cost
+
+
+def test_running_run_says_it_may_have_crashed(tmp_path):
+    rj = dict(STOPPED, status="running", stopped_early=False, stop_reason=None)
+    run = _run(tmp_path, [Gen(FILL + SHORT + FILL)], run_json=rj,
+               config=dict(CONFIG, pricing={"input_per_mtok": 0.5, "output_per_mtok": 1.5, "gpu_hourly_usd": None}))
+    m = compute_metrics(run)
+    assert m["warnings"][0] == ('run.json says "running": the run was still running or crashed: '
+                                "2 of 133 planned generations; the figures cover the generations stored so far")
+    assert m["run"]["pricing_basis"] == ("input_per_mtok: 0.5, output_per_mtok: 1.5 "
+                                         "(USD per million prompt / completion tokens)")
+    p = write_report(run)
+    assert "the run was still running or crashed" in _read(p.html)
+    assert "the run was still running or crashed" in _read(p.md)
+
+
+@pytest.mark.parametrize("run_json, status, warned", [
+    ({"run_id": "r", "status": "finished", "stop_reason": None, "planned": 1, "finished": 1}, "finished", False),
+    ({"run_id": "r"}, "not recorded", False),
+    ({"run_id": "r", "status": "incomplete", "stop_reason": "failed_requests", "planned": 3, "finished": 1},
+     "incomplete", True),
+])
+def test_finished_or_unknown_status_gives_no_early_stop_warning(tmp_path, run_json, status, warned):
+    run = _run(tmp_path, [Gen(FILL + SHORT + FILL)], run_json=run_json)
+    m = compute_metrics(run)
+    assert m["run"]["state"]["status"] == status
+    assert bool(m["run"]["state"]["warning"]) is warned
+    assert any("planned generations" in w for w in m["warnings"]) is warned
+    assert m["run"]["pricing_basis"].startswith("not recorded") and m["run"]["config"]["pricing"] is None
