@@ -416,9 +416,19 @@ class _Engine:
             res.endpoint = self.be.endpoint  # the pool's endpoint is the member that served this thread
         return res
 
+    def _fill_many(self, choices) -> None:
+        if not choices:
+            return
+        many = getattr(self.be, "fill_tokens_many", None)  # the replica pool has fill_tokens only
+        if many is not None:
+            many(choices)
+        else:
+            for ch in choices:
+                self.be.fill_tokens(ch)
+
     def _build_rows(self, d: _Done, tokens_done: bool = False) -> None:
         if not tokens_done and self._defer:
-            self.be.fill_tokens_many([p[1] for p in d.pending if p[1].token_source == "pending"])
+            self._fill_many([p[1] for p in d.pending if p[1].token_source == "pending"])
         rows = []
         for job, ch, prompt_tokens, params, seed, latency, t0, extra, served in d.pending:
             if ch.token_source == "pending":
@@ -458,7 +468,10 @@ class _Engine:
                 done_q.put(("freed", unit))   # the generation slot is free; tokens come later
                 post_q.put(d)
             else:
-                self._build_rows(d)
+                try:
+                    self._build_rows(d)
+                except BaseException as exc:  # noqa: BLE001 - reported to the main thread
+                    d.error = exc
                 done_q.put(("done", d))
 
     def _post_worker(self, post_q: queue.Queue, done_q: queue.Queue) -> None:
@@ -479,8 +492,8 @@ class _Engine:
                     break
                 batch.append(more)
             try:
-                self.be.fill_tokens_many([p[1] for x in batch for p in x.pending if p[1].token_source == "pending"])
-            except BaseException:  # noqa: BLE001 - each generation is retried alone below
+                self._fill_many([p[1] for x in batch for p in x.pending if p[1].token_source == "pending"])
+            except Exception:  # noqa: BLE001 - each generation is retried alone below
                 pass
             for x in batch:
                 try:
