@@ -13,6 +13,8 @@ from suffix_index.engine import Occurrence, SuffixIndex
 from suffix_index.errors import IndexFormatError, MatchInputError
 from suffix_index.manifest import INDEX_FORMAT, INDEX_FORMAT_VERSION
 from suffix_index.match import Span
+from suffix_index.matchfile import match_to_parquet, read_generations
+from suffix_index.verify import verify_index
 
 __all__ = [
     "INDEX_FORMAT",
@@ -23,4 +25,7 @@ __all__ = [
     "Span",
     "SuffixIndex",
     "build_index",
+    "match_to_parquet",
+    "read_generations",
+    "verify_index",
 ]
