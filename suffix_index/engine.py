@@ -29,7 +29,7 @@ import pyarrow as pa
 from suffix_index.errors import IndexFormatError
 from suffix_index.manifest import load_manifest, manifest_sha256
 from suffix_index.match import DEFAULT_MIN_TOKENS, Matcher, Span, iter_batches
-from suffix_index.search import sa_range
+from suffix_index.search import checked_pointers, sa_range
 
 DEFAULT_BATCH = 1000
 
@@ -67,7 +67,8 @@ class _Shard:
         if width not in (4, 8):
             raise IndexFormatError(f"{index_dir / files['sa']['name']}: unsupported pointer width {width}")
         self.text, self._mm_text = _map(index_dir / files["bytes"]["name"], np.uint8)
-        self.sa, self._mm_sa = _map(index_dir / files["sa"]["name"], np.uint32 if width == 4 else np.uint64)
+        self.sa_path = index_dir / files["sa"]["name"]
+        self.sa, self._mm_sa = _map(self.sa_path, np.uint32 if width == 4 else np.uint64)
         if len(self.sa) != len(self.text):
             raise IndexFormatError(
                 f"{index_dir / files['sa']['name']}: {len(self.sa)} pointers for {len(self.text)} bytes; rebuild the index"
@@ -184,7 +185,7 @@ class SuffixIndex:
         xl = np.full(1, n, dtype=np.int64)
         out = []
         for s in self.shards:
-            lo, hi = sa_range(s.text, s.sa, G, xs, xl)
+            lo, hi = sa_range(s.text, s.sa, G, xs, xl, name=s.sa_path)
             out.append((int(lo[0]), int(hi[0])))
         return out
 
@@ -201,7 +202,7 @@ class SuffixIndex:
         for s, (lo, hi) in zip(self.shards, self._ranges(data)):
             if hi <= lo:
                 continue
-            pos = np.sort(np.asarray(s.sa[lo:hi], dtype=np.int64))
+            pos = np.sort(checked_pointers(s.sa[lo:hi], len(s.text), s.sa_path))
             if limit is not None:
                 pos = pos[: max(0, limit - len(out))]
             rows, offs = s.locate(pos)

@@ -20,3 +20,10 @@ class MatchInputError(Exception):
 
     user_error = True
     exit_code = 2
+
+
+class ParameterError(ValueError):
+    """A bad numeric parameter (min_tokens < 1, batch_size < 1, samples < 0, ...)."""
+
+    user_error = True
+    exit_code = 2

@@ -1,0 +1,127 @@
+"""suffix_index: regressions for QA findings (damaged pointers, checksums, bad parameters, help)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from corpora import ingest_records
+from corpora.readers import Record
+from suffix_index import IndexFormatError, SuffixIndex, build_index
+from suffix_index.manifest import MANIFEST_NAME
+from suffix_index.verify import verify_index
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ["the quick brown fox jumps over the lazy dog", "pack my box with five dozen liquor jugs",
+        "sphinx of black quartz, judge my vow", "the quick brown fox again and again"]
+
+
+def trawl(*args):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "extractor.cli", *map(str, args)], capture_output=True,
+                          text=True, env=env)
+
+
+def one_line_error(r, message):
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert r.stderr.startswith("trawl: error: "), r.stderr
+    assert message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    recs = [Record(source=f"s{i}", text=t) for i, t in enumerate(DOCS)]
+    ingest_records(recs, tmp_path / "corpus")
+    return tmp_path / "corpus"
+
+
+@pytest.fixture()
+def index(corpus, tmp_path):
+    build_index(corpus, tmp_path / "index")
+    return tmp_path / "index"
+
+
+def damage_sa(index: Path, rank: int, value: int = 0xFFFFFF00) -> Path:
+    m = json.loads((index / MANIFEST_NAME).read_text())
+    sa_path = index / m["shards"][0]["files"]["sa"]["name"]
+    sa = np.fromfile(sa_path, dtype="<u4")
+    sa[rank] = value
+    sa.tofile(sa_path)  # same size
+    return sa_path
+
+
+def write_generations(path: Path, rows):
+    cols = {"run_id": [r[0] for r in rows], "request_id": [r[1] for r in rows],
+            "completion": [r[2] for r in rows],
+            "token_offsets": pa.array([r[3] for r in rows], type=pa.list_(pa.int32()))}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(cols), path)
+
+
+# ------------------------------------------------------------------ 1. damaged suffix-array pointers
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_out_of_range_pointer_fails_verify(index, quick):
+    sa_path = damage_sa(index, 5)
+    msg = f"{sa_path.name}: pointer .* out of range" if quick else f"{sa_path.name}: checksum mismatch"
+    with pytest.raises(IndexFormatError, match=msg):
+        verify_index(index, checksums=not quick, samples=0)
+
+
+def test_out_of_range_pointer_fails_cli_quick_verify(index):
+    damage_sa(index, 7)
+    one_line_error(trawl("index", "verify", index, "--quick"), "out of range")
+
+
+def test_duplicate_pointer_fails_quick_verify(index):
+    """An in-range but repeated pointer breaks the permutation fingerprint."""
+    m = json.loads((index / MANIFEST_NAME).read_text())
+    sa = np.fromfile(index / m["shards"][0]["files"]["sa"]["name"], dtype="<u4")
+    damage_sa(index, 10, int(sa[11]))
+    with pytest.raises(IndexFormatError, match="not a permutation|out of order"):
+        verify_index(index, checksums=False, samples=0)
+
+
+def test_out_of_range_pointer_stops_match_and_queries(index):
+    m = json.loads((index / MANIFEST_NAME).read_text())
+    n = m["shards"][0]["bytes"]
+    damage_sa(index, (n - 1) // 2)  # the first rank every binary search reads
+    with SuffixIndex.open(index) as idx:
+        with pytest.raises(IndexFormatError, match=r"shard-00000\.sa: pointer .* out of range"):
+            idx.match([("k", b"zz the quick brown fox jumps over zz", None)], min_bytes=5)
+        with pytest.raises(IndexFormatError, match="out of range"):
+            idx.count("quick")
+        with pytest.raises(IndexFormatError, match="out of range"):
+            idx.find("quick")
+    # every rank read by some search: damage each one in turn, a query always fails or is right
+    for rank in range(n):
+        shutil.rmtree(index)
+        build_index(index.parent / "corpus", index)
+        damage_sa(index, rank)
+        with SuffixIndex.open(index) as idx:
+            try:
+                spans = idx.match([("k", b"zz the quick brown fox jumps over zz", None)], min_bytes=5)
+            except IndexFormatError:
+                continue
+            assert [(s.start, s.end) for s in spans] == [(2, 7), (3, 34)]
+
+
+def test_out_of_range_pointer_cli_match_is_one_line(index, tmp_path):
+    n = json.loads((index / MANIFEST_NAME).read_text())["shards"][0]["bytes"]
+    damage_sa(index, (n - 1) // 2)
+    run = tmp_path / "run"
+    write_generations(run / "generations" / "part-00000.parquet",
+                      [("r", "a", "xx the quick brown fox jumps over yy", None)])
+    r = trawl("match", run, "--index", index, "--min-tokens", "2")
+    one_line_error(r, "out of range")
+    assert not (run / "matches.parquet").exists()
