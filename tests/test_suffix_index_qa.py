@@ -125,3 +125,34 @@ def test_out_of_range_pointer_cli_match_is_one_line(index, tmp_path):
     r = trawl("match", run, "--index", index, "--min-tokens", "2")
     one_line_error(r, "out of range")
     assert not (run / "matches.parquet").exists()
+
+
+# ------------------------------------------------------------------ 2. corpus shard checksums at build
+
+
+def flip_text_byte(corpus: Path) -> Path:
+    shard = corpus / "shard-00000.arrow"
+    data = bytearray(shard.read_bytes())
+    i = data.find(b"quick brown")
+    assert i > 0
+    data[i] ^= 0x01  # 'q' -> 'p': still valid UTF-8 and valid Arrow
+    shard.write_bytes(bytes(data))
+    return shard
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_build_checks_corpus_shard_checksum(corpus, tmp_path, jobs):
+    from corpora import CorpusError
+
+    m = json.loads((corpus / "corpus.json").read_text())
+    shard = flip_text_byte(corpus)
+    with pytest.raises(CorpusError, match=r"shard-00000\.arrow: checksum mismatch \(corpus.json says "
+                                          + m["shards"][0]["sha256"] + ", file has [0-9a-f]{64}"):
+        build_index(corpus, tmp_path / "i", jobs=jobs)
+    assert not (tmp_path / "i").exists() and not list(tmp_path.glob("i.tmp-*"))
+    assert shard.exists()
+
+
+def test_build_checksum_mismatch_cli_is_one_line(corpus, tmp_path):
+    flip_text_byte(corpus)
+    one_line_error(trawl("index", "build", corpus, "--out", tmp_path / "i"), "checksum mismatch (corpus.json says")
