@@ -286,10 +286,14 @@ def build_index(
     corpus byte); by default only the small files are, and the big ones reach the
     disk with the normal writeback — ``trawl index verify`` tells a damaged index.
     """
-    from corpora import open_corpus
+    from corpora import CorpusError, open_corpus
     from corpora.shards import MANIFEST_NAME as CORPUS_MANIFEST
+    from suffix_index.errors import check_int
 
+    jobs = check_int("jobs", jobs, 1)
     corpus = open_corpus(corpus_dir)
+    if corpus.documents == 0 or not corpus.shards:
+        raise CorpusError(f"{corpus_dir}: the corpus has no documents; nothing to index")
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise IndexFormatError(f"{out}: already exists; pass --force to replace it")
@@ -299,7 +303,6 @@ def build_index(
     tmp.mkdir()
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     t0 = time.perf_counter()
-    jobs = max(1, int(jobs))
     specs = [
         (str(p), str(tmp), i, int(s["documents"]), int(s["text_bytes"]), bool(fsync), s.get("sha256"))
         for i, (p, s) in enumerate(zip(corpus.shards, corpus.manifest["shards"]))

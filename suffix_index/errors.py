@@ -27,3 +27,12 @@ class ParameterError(ValueError):
 
     user_error = True
     exit_code = 2
+
+
+def check_int(label: str, value, minimum: int) -> int:
+    """``value`` as an int if it is a whole number ``>= minimum``; else :class:`ParameterError`."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ParameterError(f"{label} must be a whole number >= {minimum}, got {value!r}")
+    return int(value)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from corpora.shards import sha256_file
-from suffix_index.errors import IndexFormatError, ParameterError
+from suffix_index.errors import IndexFormatError, check_int
 from suffix_index.manifest import FILE_KINDS, load_manifest
 
 
@@ -88,8 +88,7 @@ def verify_index(index_dir: str | os.PathLike, samples: int = 10000, checksums: 
     """
     from suffix_index.engine import SuffixIndex
 
-    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 0:
-        raise ParameterError(f"samples must be a whole number >= 0, got {samples!r}")
+    samples = check_int("samples", samples, 0)
 
     index_dir = Path(index_dir)
     m = load_manifest(index_dir)

@@ -209,13 +209,13 @@ def test_64bit_pointers_path(corpus, tmp_path, monkeypatch):
     verify_index(tmp_path / "i64")
 
 
-def test_empty_corpus_gives_an_empty_index(tmp_path):
+def test_empty_corpus_cannot_be_indexed(tmp_path):
+    from corpora import CorpusError
+
     ingest_records([Record(source="e", text="")], tmp_path / "c")
-    build_index(tmp_path / "c", tmp_path / "i")
-    with SuffixIndex.open(tmp_path / "i") as idx:
-        assert idx.documents == 0 and idx.count("x") == 0
-        assert idx.match([("k", b"anything at all", None)], min_bytes=1) == []
-    verify_index(tmp_path / "i")
+    with pytest.raises(CorpusError, match="no documents"):
+        build_index(tmp_path / "c", tmp_path / "i")
+    assert not (tmp_path / "i").exists()
 
 
 def test_match_reads_a_folder_of_parts_and_a_single_file(index, tmp_path):

@@ -156,3 +156,104 @@ def test_build_checks_corpus_shard_checksum(corpus, tmp_path, jobs):
 def test_build_checksum_mismatch_cli_is_one_line(corpus, tmp_path):
     flip_text_byte(corpus)
     one_line_error(trawl("index", "build", corpus, "--out", tmp_path / "i"), "checksum mismatch (corpus.json says")
+
+
+# ------------------------------------------------------------------ 3, 4, 6. bad numbers are one-line errors
+
+
+@pytest.fixture()
+def run(tmp_path):
+    run = tmp_path / "run"
+    write_generations(run / "generations" / "part-00000.parquet",
+                      [("r", "a", "xx the quick brown fox jumps over yy", [0, 3, 7, 13, 19, 23, 29, 34])])
+    return run
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["index", "verify", "{index}", "--samples", "-1"], "--samples must be a whole number >= 0, got -1"),
+        (["match", "{run}", "--index", "{index}", "--batch-size", "0"], "--batch-size must be a whole number >= 1"),
+        (["match", "{run}", "--index", "{index}", "--min-tokens", "0"], "--min-tokens must be a whole number >= 1"),
+        (["match", "{run}", "--index", "{index}", "--min-tokens", "-5"], "--min-tokens must be a whole number >= 1"),
+        (["match", "{run}", "--index", "{index}", "--min-bytes", "0"], "--min-bytes must be a whole number >= 1"),
+        (["index", "build", "{corpus}", "--out", "{tmp}/j", "-j", "0"], "--jobs must be a whole number >= 1"),
+        (["index", "build", "{corpus}", "--out", "{tmp}/j", "-j", "-3"], "--jobs must be a whole number >= 1"),
+        (["index", "find", "{index}", "the", "--limit", "-1"], "--limit must be a whole number >= 0"),
+    ],
+)
+def test_bad_numbers_are_one_line_errors(index, corpus, run, tmp_path, args, message):
+    r = trawl(*[a.format(index=index, run=run, corpus=corpus, tmp=tmp_path) for a in args])
+    one_line_error(r, message)
+    assert not (run / "matches.parquet").exists() and not (tmp_path / "j").exists()
+
+
+def test_verify_samples_zero_still_checks_pointers(index):
+    r = trawl("index", "verify", index, "--samples", "0", "--quick")
+    assert r.returncode == 0 and "pointers in range" in r.stdout and "0 sampled suffix pairs" in r.stdout
+
+
+def test_find_limit_zero_is_count_only(index):
+    r = trawl("index", "find", index, "the", "--limit", "0")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "3 occurrences (count only: --limit 0 lists none)\n"
+    with SuffixIndex.open(index) as idx:
+        assert idx.find("the", limit=0) == [] and len(idx.find("the", limit=None)) == 3
+
+
+def test_python_api_rejects_bad_parameters(index, corpus, run, tmp_path):
+    from suffix_index import ParameterError
+    from suffix_index.matchfile import match_to_parquet
+
+    gens = [("k", b"zz the quick brown fox jumps over zz", None)]
+    with SuffixIndex.open(index) as idx:
+        for kw in ({"min_tokens": 0}, {"min_tokens": -5}, {"min_bytes": 0}, {"batch_size": 0},
+                   {"min_tokens": 2.5}):
+            with pytest.raises(ParameterError) as ei:
+                idx.match(gens, **kw)
+            assert isinstance(ei.value, ValueError) and ei.value.user_error
+            with pytest.raises(ValueError):
+                match_to_parquet(idx, run, tmp_path / "m.parquet", **kw)
+        with pytest.raises(ParameterError, match="limit"):
+            idx.find("the", limit=-1)
+    assert not (tmp_path / "m.parquet").exists()
+    with pytest.raises(ParameterError, match="samples"):
+        verify_index(index, samples=-1)
+    for jobs in (0, -3):
+        with pytest.raises(ParameterError, match="jobs"):
+            build_index(corpus, tmp_path / "j", jobs=jobs)
+    assert not (tmp_path / "j").exists()
+
+
+# ------------------------------------------------------------------ 5. a corpus without documents
+
+
+def test_build_of_zero_document_corpus_is_an_error(corpus, tmp_path):
+    from corpora import CorpusError
+
+    mpath = corpus / "corpus.json"
+    m = json.loads(mpath.read_text())
+    for s in m["shards"]:
+        (corpus / s["name"]).unlink()
+    m.update(shards=[], documents=0, text_bytes=0)
+    mpath.write_text(json.dumps(m))
+    with pytest.raises(CorpusError, match="no documents"):
+        build_index(corpus, tmp_path / "i")
+    assert not (tmp_path / "i").exists()
+    one_line_error(trawl("index", "build", corpus, "--out", tmp_path / "i"), "no documents")
+
+
+# ------------------------------------------------------------------ 8. --help
+
+
+@pytest.mark.parametrize("sub", [["index", "verify"], ["index", "count"], ["index", "find"], ["index", "info"],
+                                 ["match"]])
+def test_index_help_describes_positionals_and_defaults(sub):
+    r = trawl(*sub, "--help")
+    assert r.returncode == 0
+    out = " ".join(r.stdout.split())
+    for pos in ("INDEX", "TEXT", "GENERATIONS"):
+        if f" {pos} " in out.split("positional arguments:")[0] + " ":
+            assert f"{pos} index folder" in out or f"{pos} text to" in out or f"{pos} run folder" in out, out
+    if sub == ["index", "verify"]:
+        assert "(default: 10000)" in out
