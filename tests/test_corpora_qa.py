@@ -53,3 +53,31 @@ def test_builtin_needs_positive_max_bytes(tmp_path, max_bytes):
     with pytest.raises(CorpusError, match="max_bytes must be a whole number > 0"):
         build_offline_corpus(tmp_path / "b", max_bytes=max_bytes)
     assert not (tmp_path / "b").exists()
+
+
+# ------------------------------------------------------------------ 7. UTF-8 BOM
+
+
+def test_jsonl_with_utf8_bom(tmp_path):
+    src = tmp_path / "bom.jsonl"
+    src.write_bytes(b"\xef\xbb\xbf" + b'{"text": "first doc"}\n{"text": "second doc"}\n')
+    c = ingest([src], tmp_path / "c")
+    assert [d.text for d in c.iter_documents()] == ["first doc", "second doc"]
+    assert c.stats["repaired_utf8"] == 0
+    r = trawl("corpus", "ingest", src, "--out", tmp_path / "c2")
+    assert r.returncode == 0, r.stderr
+
+
+def test_text_file_with_utf8_bom(tmp_path):
+    d = tmp_path / "txt"
+    d.mkdir()
+    (d / "a.txt").write_bytes(b"\xef\xbb\xbfhello world")
+    c = ingest([d], tmp_path / "c")
+    assert [x.text for x in c.iter_documents()] == ["hello world"]
+
+
+def test_bom_only_at_the_start_of_the_file(tmp_path):
+    src = tmp_path / "late.jsonl"
+    src.write_bytes(b'{"text": "a"}\n\xef\xbb\xbf{"text": "b"}\n')
+    with pytest.raises(CorpusError, match="late.jsonl:2: invalid JSON"):
+        ingest([src], tmp_path / "c")
