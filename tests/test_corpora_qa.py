@@ -81,3 +81,15 @@ def test_bom_only_at_the_start_of_the_file(tmp_path):
     src.write_bytes(b'{"text": "a"}\n\xef\xbb\xbf{"text": "b"}\n')
     with pytest.raises(CorpusError, match="late.jsonl:2: invalid JSON"):
         ingest([src], tmp_path / "c")
+
+
+# ------------------------------------------------------------------ 8. --help
+
+
+def test_corpus_help_describes_arguments():
+    r = trawl("corpus", "builtin", "--help")
+    out = " ".join(r.stdout.split())
+    assert "--out DIR, -o DIR corpus folder to create" in out, out
+    r = trawl("corpus", "info", "--help")
+    out = " ".join(r.stdout.split())
+    assert "DIR corpus folder from" in out, out
