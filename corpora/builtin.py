@@ -26,6 +26,7 @@ import sysconfig
 from pathlib import Path
 from typing import Iterator
 
+from corpora.errors import CorpusError
 from corpora.ingest import ingest_records
 from corpora.readers import Record, iter_directory_files, read_text_file
 from corpora.shards import Corpus
@@ -127,7 +128,12 @@ def build_offline_corpus(
     """Build a corpus of at most ``max_bytes`` of text from files on this machine.
 
     Returns the opened :class:`Corpus` (see module docstring for what it holds).
+    ``max_bytes`` must be a positive whole number (else :class:`CorpusError`).
     """
+    import numbers
+
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, numbers.Integral) or max_bytes <= 0:
+        raise CorpusError(f"max_bytes must be a whole number > 0, got {max_bytes!r}")
     return ingest_records(
         _records(int(max_bytes)), out_dir, overwrite=overwrite, progress=progress,
         extra_manifest={"inputs": ["builtin:offline"], "max_bytes": int(max_bytes)},

@@ -89,9 +89,11 @@ def register(subparsers) -> None:
             "Arrow IPC / Feather (.arrow/.feather/.ipc), or a directory of text files (one file, one\n"
             "document; a text file given directly is one document too). Other columns are kept as\n"
             "JSON metadata.\n\n"
+            "A JSONL or text file may start with a UTF-8 byte order mark (read as utf-8-sig).\n\n"
             "Cleaning: empty documents are skipped; invalid UTF-8 (and lone surrogates) is replaced\n"
             "with U+FFFD and counted as repaired; exact duplicates are dropped (counted) unless\n"
-            "--keep-duplicates. The folder is written under a temporary name and renamed when complete."
+            "--keep-duplicates. Inputs that leave no document at all are an error. The folder is\n"
+            "written under a temporary name and renamed when complete."
         ),
     )
     ing.add_argument("sources", nargs="+", metavar="SRC", help="input files or directories, read in this order")
@@ -108,7 +110,7 @@ def register(subparsers) -> None:
     ing.set_defaults(func=_cmd_ingest)
 
     info = sub.add_parser("info", help="show a corpus folder's counts", description="Show a corpus folder's manifest.")
-    info.add_argument("corpus", metavar="DIR")
+    info.add_argument("corpus", metavar="DIR", help="corpus folder from 'trawl corpus ingest' or 'trawl corpus builtin'")
     info.add_argument("--json", action="store_true", help="print the manifest as JSON")
     info.set_defaults(func=_cmd_info)
 
@@ -118,9 +120,9 @@ def register(subparsers) -> None:
                      "texts of installed packages (and /usr/share/common-licenses) into a corpus folder; "
                      "deterministic order, each document's source is its path."),
     )
-    bi.add_argument("--out", "-o", required=True, metavar="DIR")
+    bi.add_argument("--out", "-o", required=True, metavar="DIR", help="corpus folder to create")
     bi.add_argument("--max-bytes", type=parse_size, default=32 << 20, metavar="SIZE",
-                    help="most text to collect (default: 32MiB)")
+                    help="most text to collect, > 0 (default: 32MiB)")
     bi.add_argument("--force", action="store_true", help="replace DIR if it exists")
     bi.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     bi.set_defaults(func=_cmd_builtin)

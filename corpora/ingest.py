@@ -9,6 +9,8 @@
   their text was empty (or null), repaired (invalid UTF-8 or lone surrogates
   replaced with U+FFFD, see :mod:`corpora.readers`) and exact duplicates (same
   text, byte for byte, as an earlier document; dropped unless ``keep_duplicates``);
+* **not empty**: a corpus without documents (every record empty, a duplicate or
+  skipped) is a :class:`CorpusError`, never an empty folder;
 * **deterministic**: the same inputs give the same shards, ids and checksums
   (``created_at`` aside).
 """
@@ -133,6 +135,11 @@ def ingest_records(
         writer.close()
         if bar is not None:
             bar.close()
+        if stats.documents == 0:
+            raise CorpusError(
+                f"no documents: all {stats.read} records were empty/duplicates/skipped "
+                f"({stats.skipped_empty} empty, {stats.exact_duplicates} duplicates); {out} not written"
+            )
         manifest = {
             "format": CORPUS_FORMAT,
             "format_version": CORPUS_FORMAT_VERSION,

@@ -67,6 +67,9 @@ def repair_text(text: str) -> tuple[str, bool]:
         return fixed, True
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
 def decode_bytes(data: bytes) -> tuple[str, bool]:
     """Decode UTF-8 bytes, replacing invalid sequences by U+FFFD; report whether any were."""
     try:
@@ -138,6 +141,8 @@ def read_text_file(path: Path, skip_binary: bool = False, source: str | None = N
             f"{path}: binary file (NUL byte in the first {BINARY_SNIFF_BYTES} bytes); "
             "remove it or pass --skip-binary"
         )
+    if data.startswith(UTF8_BOM):  # utf-8-sig: a BOM at the start of the file is not text
+        data = data[len(UTF8_BOM):]
     text, repaired = decode_bytes(data)
     return Record(source=source or str(path), text=text, repaired=repaired)
 
@@ -228,6 +233,8 @@ def read_jsonl(path: Path, text_field: str = "text", id_field: str | None = None
         with stream:
             for raw in stream:
                 lineno += 1
+                if lineno == 1 and raw.startswith(UTF8_BOM):
+                    raw = raw[len(UTF8_BOM):]  # utf-8-sig: a BOM at the start of the file is not text
                 if not raw.strip():
                     continue
                 line, bad_utf8 = decode_bytes(raw)

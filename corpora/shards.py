@@ -55,7 +55,8 @@ def shard_name(i: int) -> str:
     return f"shard-{i:05d}.arrow"
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 16 << 20) -> str:
+def sha256_file(path: str | os.PathLike, chunk: int = 16 << 20, on_bytes=None) -> str:
+    """Hex sha256 of a file, read in ``chunk``-byte pieces; ``on_bytes(n)`` is called per piece."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while True:
@@ -63,6 +64,8 @@ def sha256_file(path: str | os.PathLike, chunk: int = 16 << 20) -> str:
             if not b:
                 break
             h.update(b)
+            if on_bytes is not None:
+                on_bytes(len(b))
     return h.hexdigest()
 
 

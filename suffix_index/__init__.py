@@ -10,13 +10,14 @@ Public API::
 """
 from suffix_index.build import build_index
 from suffix_index.engine import Occurrence, SuffixIndex
-from suffix_index.errors import IndexFormatError, MatchInputError
+from suffix_index.errors import IndexFormatError, MatchInputError, ParameterError
 from suffix_index.manifest import INDEX_FORMAT, INDEX_FORMAT_VERSION
 from suffix_index.match import Span
 from suffix_index.matchfile import match_to_parquet, read_generations
 from suffix_index.verify import verify_index
 
 __all__ = [
+    "ParameterError",
     "INDEX_FORMAT",
     "INDEX_FORMAT_VERSION",
     "IndexFormatError",

@@ -92,8 +92,65 @@ def _write_array(path: Path, arr: np.ndarray, fsync: bool) -> None:
             os.fsync(f.fileno())
 
 
-def _read_corpus_shard(path: Path, n_docs: int, text_bytes: int) -> tuple[np.ndarray, pa.Table]:
-    """Stream an Arrow corpus shard into ``0xFF doc 0xFF doc ...`` bytes + the docs table."""
+class _ShardHash:
+    """sha256 of a corpus shard computed in a thread while Arrow reads the same file.
+
+    The file is read anyway (sequential reads; the second reader hits the page
+    cache, and hashlib releases the GIL), so the check costs no extra disk pass.
+    """
+
+    def __init__(self, path: Path, expected: str | None):
+        self.path = path
+        self.expected = expected
+        self.got: str | None = None
+        self.error: OSError | None = None
+        self._t = None
+        if expected:
+            self._t = threading.Thread(target=self._run, daemon=True)
+            self._t.start()
+
+    def _run(self) -> None:
+        from corpora.shards import sha256_file
+
+        try:
+            self.got = sha256_file(self.path, chunk=4 << 20)
+        except OSError as exc:
+            self.error = exc
+
+    def check(self) -> None:
+        """Raise :class:`corpora.CorpusError` if the file's sha256 is not the recorded one."""
+        from corpora import CorpusError
+
+        if self._t is None:
+            return
+        self._t.join()
+        self._t = None
+        if self.error is not None:
+            raise CorpusError(f"{self.path}: cannot read: {self.error.strerror or self.error}")
+        if self.got != self.expected:
+            raise CorpusError(f"{self.path}: checksum mismatch (corpus.json says {self.expected}, file has "
+                              f"{self.got}); the shard is damaged, re-ingest the corpus")
+
+
+def _read_corpus_shard(path: Path, n_docs: int, text_bytes: int,
+                       sha256: str | None = None) -> tuple[np.ndarray, pa.Table]:
+    """Stream an Arrow corpus shard into ``0xFF doc 0xFF doc ...`` bytes + the docs table.
+
+    With ``sha256`` (the corpus.json entry's), the file is hashed while it is read
+    and a mismatch raises :class:`corpora.CorpusError` (checked first, so a damaged
+    shard is reported as such even when Arrow cannot parse it).
+    """
+    hashing = _ShardHash(path, sha256)
+    try:
+        buf, table = _read_corpus_shard_body(path, n_docs, text_bytes)
+    except Exception:
+        hashing.check()
+        raise
+    hashing.check()
+    return buf, table
+
+
+def _read_corpus_shard_body(path: Path, n_docs: int, text_bytes: int) -> tuple[np.ndarray, pa.Table]:
     from corpora import CorpusError
 
     n = text_bytes + n_docs
@@ -168,12 +225,15 @@ def suffix_array(buf: np.ndarray) -> np.ndarray:
 
 
 def build_shard(corpus_shard: str, out_dir: str, index: int, n_docs: int, text_bytes: int,
-                fsync: bool = False) -> dict[str, Any]:
-    """Build one index shard (runs in a worker process when jobs > 1); returns its manifest entry."""
+                fsync: bool = False, sha256: str | None = None) -> dict[str, Any]:
+    """Build one index shard (runs in a worker process when jobs > 1); returns its manifest entry.
+
+    ``sha256``: the corpus shard's checksum from corpus.json, verified while reading.
+    """
     out = Path(out_dir)
     base = shard_base(index)
     t0 = time.perf_counter()
-    buf, docs = _read_corpus_shard(Path(corpus_shard), n_docs, text_bytes)
+    buf, docs = _read_corpus_shard(Path(corpus_shard), n_docs, text_bytes, sha256)
     t_read = time.perf_counter() - t0
     names = {"bytes": f"{base}.bytes", "sa": f"{base}.sa", "docs": f"{base}.docs.arrow"}
     sums: dict[str, str] = {}
@@ -226,10 +286,14 @@ def build_index(
     corpus byte); by default only the small files are, and the big ones reach the
     disk with the normal writeback — ``trawl index verify`` tells a damaged index.
     """
-    from corpora import open_corpus
+    from corpora import CorpusError, open_corpus
     from corpora.shards import MANIFEST_NAME as CORPUS_MANIFEST
+    from suffix_index.errors import check_int
 
+    jobs = check_int("jobs", jobs, 1)
     corpus = open_corpus(corpus_dir)
+    if corpus.documents == 0 or not corpus.shards:
+        raise CorpusError(f"{corpus_dir}: the corpus has no documents; nothing to index")
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise IndexFormatError(f"{out}: already exists; pass --force to replace it")
@@ -239,9 +303,8 @@ def build_index(
     tmp.mkdir()
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     t0 = time.perf_counter()
-    jobs = max(1, int(jobs))
     specs = [
-        (str(p), str(tmp), i, int(s["documents"]), int(s["text_bytes"]), bool(fsync))
+        (str(p), str(tmp), i, int(s["documents"]), int(s["text_bytes"]), bool(fsync), s.get("sha256"))
         for i, (p, s) in enumerate(zip(corpus.shards, corpus.manifest["shards"]))
     ]
     bar = None

@@ -14,7 +14,9 @@ def _progress(args) -> bool:
 
 def _cmd_build(args) -> int:
     from suffix_index.build import build_index
+    from suffix_index.errors import check_int
 
+    check_int("--jobs", args.jobs, 1)
     m = build_index(args.corpus, args.out, jobs=args.jobs, overwrite=args.force, progress=_progress(args),
                     fsync=args.fsync)
     print(f"{args.out}: {m['documents']} documents, {m['bytes']} bytes in {len(m['shards'])} shard(s), "
@@ -23,11 +25,14 @@ def _cmd_build(args) -> int:
 
 
 def _cmd_verify(args) -> int:
+    from suffix_index.errors import check_int
     from suffix_index.verify import verify_index
 
+    check_int("--samples", args.samples, 0)
     r = verify_index(args.index, samples=args.samples, checksums=not args.quick, progress=_progress(args))
     what = f"{r['files_checked']} checksums, " if not args.quick else ""
-    print(f"{args.index}: OK ({r['shards']} shard(s), {what}{r['pairs_checked']} sampled suffix pairs in order)")
+    print(f"{args.index}: OK ({r['shards']} shard(s), {what}{r['pointers_checked']} pointers in range, "
+          f"{r['pairs_checked']} sampled suffix pairs in order)")
     return 0
 
 
@@ -63,22 +68,30 @@ def _cmd_count(args) -> int:
 
 def _cmd_find(args) -> int:
     from suffix_index.engine import SuffixIndex
+    from suffix_index.errors import check_int
 
+    check_int("--limit", args.limit, 0)
     with SuffixIndex.open(args.index) as idx:
         occ = idx.find(args.text, limit=args.limit)
         for o in occ:
             print(f"doc {o.doc_id} offset {o.doc_offset} (shard {o.shard} position {o.position})  {o.source}")
         total = idx.count(args.text)
-        if total > len(occ):
+        if args.limit == 0:
+            print(f"{total} occurrences (count only: --limit 0 lists none)")
+        elif total > len(occ):
             print(f"... {total} occurrences in all")
     return 0
 
 
 def _cmd_match(args) -> int:
     from suffix_index.engine import SuffixIndex
-    from suffix_index.errors import MatchInputError
+    from suffix_index.errors import MatchInputError, check_int
     from suffix_index.matchfile import default_output, generation_files, match_to_parquet
 
+    check_int("--min-tokens", args.min_tokens, 1)
+    if args.min_bytes is not None:
+        check_int("--min-bytes", args.min_bytes, 1)
+    check_int("--batch-size", args.batch_size, 1)
     generation_files(args.generations)  # fail early, naming the input
     out = args.out or default_output(args.generations)
     if out is None:
@@ -109,7 +122,7 @@ def register(subparsers) -> None:
     )
     b.add_argument("corpus", metavar="CORPUS", help="corpus folder from 'trawl corpus ingest'")
     b.add_argument("--out", "-o", required=True, metavar="INDEX", help="index folder to create")
-    b.add_argument("--jobs", "-j", type=int, default=1, metavar="N", help="shards built in parallel processes (default: 1)")
+    b.add_argument("--jobs", "-j", type=int, default=1, metavar="N", help="shards built in parallel processes, >= 1 (default: 1)")
     b.add_argument("--force", action="store_true", help="replace INDEX if it exists")
     b.add_argument("--fsync", action="store_true",
                    help="flush the big files to disk before publishing the index (durable across a power failure; "
@@ -118,27 +131,31 @@ def register(subparsers) -> None:
     b.set_defaults(func=_cmd_build)
 
     v = sub.add_parser("verify", help="check an index's checksums and sampled sort order",
-                       description="Recompute every file's sha256, and check the suffix order on a sample.")
-    v.add_argument("index", metavar="INDEX")
-    v.add_argument("--samples", type=int, default=10000, metavar="N", help="adjacent suffix pairs to check per shard")
-    v.add_argument("--quick", action="store_true", help="skip the checksums (sizes and sampled order only)")
+                       description=("Recompute every file's sha256, check that every suffix-array pointer is in range "
+                                    "(and the array is permutation-shaped), and check the suffix order on a sample."))
+    v.add_argument("index", metavar="INDEX", help="index folder from 'trawl index build'")
+    v.add_argument("--samples", type=int, default=10000, metavar="N",
+                   help="adjacent suffix pairs to check for order per shard; 0 skips the order check (default: 10000)")
+    v.add_argument("--quick", action="store_true",
+                   help="skip the checksums (sizes, every pointer's range and sampled order only)")
     v.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     v.set_defaults(func=_cmd_verify)
 
     i = sub.add_parser("info", help="show an index's manifest", description="Show an index's shards, sizes and build.")
-    i.add_argument("index", metavar="INDEX")
+    i.add_argument("index", metavar="INDEX", help="index folder from 'trawl index build'")
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
     i.set_defaults(func=_cmd_info)
 
     c = sub.add_parser("count", help="count occurrences of a text", description="Count occurrences of TEXT (UTF-8 bytes).")
-    c.add_argument("index", metavar="INDEX")
-    c.add_argument("text", metavar="TEXT")
+    c.add_argument("index", metavar="INDEX", help="index folder from 'trawl index build'")
+    c.add_argument("text", metavar="TEXT", help="text to count (its UTF-8 bytes, matched exactly)")
     c.set_defaults(func=_cmd_count)
 
     f = sub.add_parser("find", help="list occurrences of a text", description="List where TEXT occurs: document, offset, source.")
-    f.add_argument("index", metavar="INDEX")
-    f.add_argument("text", metavar="TEXT")
-    f.add_argument("--limit", type=int, default=20, metavar="N", help="most occurrences to list (default: 20)")
+    f.add_argument("index", metavar="INDEX", help="index folder from 'trawl index build'")
+    f.add_argument("text", metavar="TEXT", help="text to look up (its UTF-8 bytes, matched exactly)")
+    f.add_argument("--limit", type=int, default=20, metavar="N",
+                   help="most occurrences to list; 0 lists none and prints the count only (default: 20)")
     f.set_defaults(func=_cmd_find)
 
     m = subparsers.add_parser(
@@ -149,14 +166,15 @@ def register(subparsers) -> None:
                      "Parquet file or a folder of parts. Writes matches.parquet atomically, with min_tokens, "
                      "min_bytes and the index's manifest sha256 in its metadata."),
     )
-    m.add_argument("generations", metavar="GENERATIONS")
+    m.add_argument("generations", metavar="GENERATIONS",
+                   help="run folder, generations Parquet file or folder of Parquet parts")
     m.add_argument("--index", required=True, metavar="INDEX", help="index folder")
     m.add_argument("--out", "-o", default=None, metavar="FILE",
                    help="matches file (default: RUN/matches.parquet for a run folder)")
-    m.add_argument("--min-tokens", type=int, default=50, metavar="K", help="fewest whole tokens in a span (default: 50)")
+    m.add_argument("--min-tokens", type=int, default=50, metavar="K", help="fewest whole tokens in a span, >= 1 (default: 50)")
     m.add_argument("--min-bytes", type=int, default=None, metavar="B",
-                   help="fewest bytes in a span for generations without token offsets (default: 4 x min-tokens)")
-    m.add_argument("--batch-size", type=int, default=1000, metavar="N", help="generations matched together (default: 1000)")
+                   help="fewest bytes in a span for generations without token offsets, >= 1 (default: 4 x min-tokens)")
+    m.add_argument("--batch-size", type=int, default=1000, metavar="N", help="generations matched together, >= 1 (default: 1000)")
     m.add_argument("--no-prefetch", action="store_true",
                    help="do not ask the kernel to read the index ahead (done by default when it fits in half "
                         "the available memory)")

@@ -26,10 +26,10 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from suffix_index.errors import IndexFormatError
+from suffix_index.errors import IndexFormatError, check_int
 from suffix_index.manifest import load_manifest, manifest_sha256
 from suffix_index.match import DEFAULT_MIN_TOKENS, Matcher, Span, iter_batches
-from suffix_index.search import sa_range
+from suffix_index.search import checked_pointers, sa_range
 
 DEFAULT_BATCH = 1000
 
@@ -67,7 +67,8 @@ class _Shard:
         if width not in (4, 8):
             raise IndexFormatError(f"{index_dir / files['sa']['name']}: unsupported pointer width {width}")
         self.text, self._mm_text = _map(index_dir / files["bytes"]["name"], np.uint8)
-        self.sa, self._mm_sa = _map(index_dir / files["sa"]["name"], np.uint32 if width == 4 else np.uint64)
+        self.sa_path = index_dir / files["sa"]["name"]
+        self.sa, self._mm_sa = _map(self.sa_path, np.uint32 if width == 4 else np.uint64)
         if len(self.sa) != len(self.text):
             raise IndexFormatError(
                 f"{index_dir / files['sa']['name']}: {len(self.sa)} pointers for {len(self.text)} bytes; rebuild the index"
@@ -99,6 +100,14 @@ class _Shard:
                 except BufferError:
                     pass  # a caller still holds a view; the map closes when it is freed
         self._docs_src.close()
+
+
+def check_match_parameters(min_tokens, min_bytes, batch_size) -> tuple[int, int | None, int]:
+    """Validated ``(min_tokens, min_bytes, batch_size)``: each >= 1 (``min_bytes`` may be None)."""
+    min_tokens = check_int("min_tokens", min_tokens, 1)
+    if min_bytes is not None:
+        min_bytes = check_int("min_bytes", min_bytes, 1)
+    return min_tokens, min_bytes, check_int("batch_size", batch_size, 1)
 
 
 class SuffixIndex:
@@ -184,7 +193,7 @@ class SuffixIndex:
         xl = np.full(1, n, dtype=np.int64)
         out = []
         for s in self.shards:
-            lo, hi = sa_range(s.text, s.sa, G, xs, xl)
+            lo, hi = sa_range(s.text, s.sa, G, xs, xl, name=s.sa_path)
             out.append((int(lo[0]), int(hi[0])))
         return out
 
@@ -193,7 +202,15 @@ class SuffixIndex:
         return sum(hi - lo for lo, hi in self._ranges(text))
 
     def find(self, text: str | bytes, limit: int | None = 100) -> list[Occurrence]:
-        """Occurrences of ``text``, lowest ``(shard, position)`` first, at most ``limit``."""
+        """Occurrences of ``text``, lowest ``(shard, position)`` first, at most ``limit``.
+
+        ``limit=None``: all of them; ``limit=0``: none (use :meth:`count`); a negative
+        limit raises :class:`ParameterError`.
+        """
+        if limit is not None:
+            limit = check_int("limit", limit, 0)
+            if limit == 0:
+                return []
         data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
         if not data:
             return []
@@ -201,7 +218,7 @@ class SuffixIndex:
         for s, (lo, hi) in zip(self.shards, self._ranges(data)):
             if hi <= lo:
                 continue
-            pos = np.sort(np.asarray(s.sa[lo:hi], dtype=np.int64))
+            pos = np.sort(checked_pointers(s.sa[lo:hi], len(s.text), s.sa_path))
             if limit is not None:
                 pos = pos[: max(0, limit - len(out))]
             rows, offs = s.locate(pos)
@@ -259,7 +276,15 @@ class SuffixIndex:
 
     def iter_match(self, generations, min_tokens: int = DEFAULT_MIN_TOKENS, min_bytes: int | None = None,
                    batch_size: int = DEFAULT_BATCH) -> Iterator[Span]:
-        """Like :meth:`match`, yielding spans batch by batch (memory bounded by the batch)."""
+        """Like :meth:`match`, yielding spans batch by batch (memory bounded by the batch).
+
+        ``min_tokens``, ``min_bytes`` (when given) and ``batch_size`` must be >= 1
+        (else :class:`ParameterError`, a ``ValueError``).
+        """
+        min_tokens, min_bytes, batch_size = check_match_parameters(min_tokens, min_bytes, batch_size)
+        return self._iter_match(generations, min_tokens, min_bytes, batch_size)
+
+    def _iter_match(self, generations, min_tokens: int, min_bytes: int | None, batch_size: int) -> Iterator[Span]:
         for batch in iter_batches(generations, batch_size):
             rows = self._matcher.spans(batch, min_tokens=min_tokens, min_bytes=min_bytes)
             for gi, a, b, tok, shard, pos, cnt in rows:

@@ -20,3 +20,19 @@ class MatchInputError(Exception):
 
     user_error = True
     exit_code = 2
+
+
+class ParameterError(ValueError):
+    """A bad numeric parameter (min_tokens < 1, batch_size < 1, samples < 0, ...)."""
+
+    user_error = True
+    exit_code = 2
+
+
+def check_int(label: str, value, minimum: int) -> int:
+    """``value`` as an int if it is a whole number ``>= minimum``; else :class:`ParameterError`."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ParameterError(f"{label} must be a whole number >= {minimum}, got {value!r}")
+    return int(value)

@@ -42,7 +42,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from suffix_index.search import sa_range, sa_search
+from suffix_index.search import checked_pointers, sa_range, sa_search
 
 SEPARATOR = 0xFF
 DEFAULT_MIN_TOKENS = 50
@@ -121,7 +121,7 @@ class Matcher:
         """Longest prefix of each pattern occurring in the corpus (max over shards)."""
         best = np.zeros(len(xs), dtype=np.int64)
         for sh in self.shards:
-            _, a, b = sa_search(sh.text, sh.sa, G, xs, xl)
+            _, a, b = sa_search(sh.text, sh.sa, G, xs, xl, name=getattr(sh, "sa_path", None))
             np.maximum(best, np.maximum(a, b), out=best)
         return best
 
@@ -284,13 +284,15 @@ class Matcher:
         first_shard = np.full(xa.size, -1, dtype=np.int64)
         first_pos = np.full(xa.size, -1, dtype=np.int64)
         for si, sh in enumerate(self.shards):
-            lo_r, hi_r = sa_range(sh.text, sh.sa, G, xa, xlen)
+            name = getattr(sh, "sa_path", None)
+            lo_r, hi_r = sa_range(sh.text, sh.sa, G, xa, xlen, name=name)
             cnt = hi_r - lo_r
             total += cnt
             need = np.flatnonzero((first_shard < 0) & (cnt > 0))
             for j in need.tolist():
                 first_shard[j] = si
-                first_pos[j] = int(np.min(sh.sa[int(lo_r[j]) : int(hi_r[j])]))
+                ptrs = checked_pointers(sh.sa[int(lo_r[j]) : int(hi_r[j])], len(sh.text), name)
+                first_pos[j] = int(ptrs.min())
         out = []
         for j in range(xa.size):
             g = glist[res_gen[j]]

@@ -113,8 +113,10 @@ def match_to_parquet(index, generations: str | os.PathLike, out: str | os.PathLi
 
     Returns ``{"generations", "spans", "out"}``.
     """
+    from suffix_index.engine import check_match_parameters
     from suffix_index.match import BYTES_PER_TOKEN, iter_batches
 
+    min_tokens, min_bytes, batch_size = check_match_parameters(min_tokens, min_bytes, batch_size)
     out = Path(out)
     eff_min_bytes = BYTES_PER_TOKEN * int(min_tokens) if min_bytes is None else int(min_bytes)
     rows: list[tuple[Any, str]] = []

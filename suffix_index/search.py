@@ -19,8 +19,26 @@ from __future__ import annotations
 
 import numpy as np
 
+from suffix_index.errors import IndexFormatError
+
 CHUNKS = (8, 32, 128, 512, 2048)
 _AR = {w: np.arange(w, dtype=np.int64) for w in CHUNKS}
+
+
+def checked_pointers(ptr: np.ndarray, n: int, name) -> np.ndarray:
+    """``ptr`` as int64, raising :class:`IndexFormatError` naming ``name`` if any is ``>= n``.
+
+    Every pointer the searches read goes through here: a damaged ``.sa`` entry
+    must stop the query, never yield wrong (non-maximal, misplaced) results.
+    """
+    ptr = np.asarray(ptr).astype(np.int64)
+    if ptr.size and (int(ptr.max()) >= n or int(ptr.min()) < 0):
+        bad = int(ptr[(ptr >= n) | (ptr < 0)][0])
+        raise IndexFormatError(
+            f"{name or 'suffix array'}: pointer {bad} out of range (shard has {n} bytes); "
+            "corrupted suffix array, rebuild the index"
+        )
+    return ptr
 
 
 def lcp_compare(text: np.ndarray, G: np.ndarray, pos: np.ndarray, xs: np.ndarray, xl: np.ndarray,
@@ -67,7 +85,7 @@ def lcp_compare(text: np.ndarray, G: np.ndarray, pos: np.ndarray, xs: np.ndarray
 
 
 def sa_search(text: np.ndarray, sa: np.ndarray, G: np.ndarray, xs: np.ndarray, xl: np.ndarray,
-              upper: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+              upper: bool = False, name=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Binary-search each pattern in the suffix array.
 
     ``upper=False``: the first rank whose suffix is ``>=`` the pattern (a suffix that
@@ -93,7 +111,7 @@ def sa_search(text: np.ndarray, sa: np.ndarray, G: np.ndarray, xs: np.ndarray, x
         a_lo = lo[act]
         a_hi = hi[act]
         mid = (a_lo + a_hi) >> 1
-        pos = sa[mid].astype(np.int64)
+        pos = checked_pointers(sa[mid], len(text), name)
         m = np.minimum(llcp[act], rlcp[act])
         l, less = lcp_compare(text, G, pos, xs[act], xl[act], m)
         full = l >= xl[act]
@@ -108,9 +126,9 @@ def sa_search(text: np.ndarray, sa: np.ndarray, G: np.ndarray, xs: np.ndarray, x
     return hi, llcp, rlcp
 
 
-def sa_range(text: np.ndarray, sa: np.ndarray, G: np.ndarray, xs: np.ndarray, xl: np.ndarray
-             ) -> tuple[np.ndarray, np.ndarray]:
+def sa_range(text: np.ndarray, sa: np.ndarray, G: np.ndarray, xs: np.ndarray, xl: np.ndarray,
+             name=None) -> tuple[np.ndarray, np.ndarray]:
     """``[lo, hi)`` ranks of the suffixes that start with each pattern (count = hi - lo)."""
-    lo, _, _ = sa_search(text, sa, G, xs, xl, upper=False)
-    hi, _, _ = sa_search(text, sa, G, xs, xl, upper=True)
+    lo, _, _ = sa_search(text, sa, G, xs, xl, upper=False, name=name)
+    hi, _, _ = sa_search(text, sa, G, xs, xl, upper=True, name=name)
     return lo, hi

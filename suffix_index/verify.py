@@ -1,35 +1,61 @@
 """Check an index on disk: checksums and sampled suffix order.
 
 :func:`verify_index` recomputes every file's sha256 and compares it with the
-manifest, checks that each ``.sa`` is a permutation-shaped array of in-range
-pointers on a sample, and that sampled adjacent suffixes are in strictly
+manifest (skipped by ``--quick``), checks that every pointer of each ``.sa`` is
+in range and that the array has a permutation's fingerprint (one chunked pass,
+also in quick mode), and that sampled adjacent suffixes are in strictly
 increasing order (comparing up to the first difference). It raises
 :class:`IndexFormatError` naming the first bad file, or returns a report dict.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from suffix_index.errors import IndexFormatError
+from corpora.shards import sha256_file
+from suffix_index.errors import IndexFormatError, check_int
 from suffix_index.manifest import FILE_KINDS, load_manifest
 
 
-def _sha256_path(path: Path, on_bytes: Callable[[int], None] | None = None, chunk: int = 16 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-            if on_bytes:
-                on_bytes(len(b))
-    return h.hexdigest()
+POINTER_CHUNK = 1 << 22  # pointers checked per vectorised step
+
+
+def check_pointers(sa: np.ndarray, n: int, name, chunk: int = POINTER_CHUNK) -> None:
+    """Every pointer of ``sa`` is in ``[0, n)`` and the array is permutation-shaped.
+
+    One sequential pass over the (memory-mapped) array in chunks: the maximum, the
+    sum and the sum of squares (mod 2**64) of the pointers. A permutation of
+    ``0..n-1`` has ``max == n - 1`` and the known sums; one damaged entry changes
+    both sums, so a single bad pointer is always caught (several could only cancel
+    in both sums at once by design, not by accident).
+    """
+    if len(sa) != n:
+        raise IndexFormatError(f"{name}: {len(sa)} pointers for {n} bytes; rebuild the index")
+    if n == 0:
+        return
+    s1 = np.uint64(0)
+    s2 = np.uint64(0)
+    with np.errstate(over="ignore"):
+        for i in range(0, n, chunk):
+            c = np.asarray(sa[i : i + chunk]).astype(np.uint64)
+            mx = int(c.max())
+            if mx >= n:
+                j = i + int(np.argmax(c >= n))
+                raise IndexFormatError(
+                    f"{name}: pointer {mx} at rank {j} out of range (shard has {n} bytes); "
+                    "corrupted suffix array, rebuild the index"
+                )
+            s1 += c.sum(dtype=np.uint64)
+            s2 += (c * c).sum(dtype=np.uint64)
+    mod = 1 << 64
+    want1 = (n * (n - 1) // 2) % mod
+    want2 = ((n - 1) * n * (2 * n - 1) // 6) % mod
+    if int(s1) != want1 or int(s2) != want2:
+        raise IndexFormatError(f"{name}: not a permutation of the shard's positions (corrupted suffix array); "
+                               "rebuild the index")
 
 
 def _suffix_less(text: np.ndarray, a: int, b: int, step: int = 256) -> bool:
@@ -53,8 +79,16 @@ def _suffix_less(text: np.ndarray, a: int, b: int, step: int = 256) -> bool:
 
 def verify_index(index_dir: str | os.PathLike, samples: int = 10000, checksums: bool = True,
                  progress: bool = False, seed: int = 0) -> dict[str, Any]:
-    """Verify ``index_dir``; returns ``{"shards", "files_checked", "pairs_checked"}``."""
+    """Verify ``index_dir``; returns ``{"shards", "files_checked", "pairs_checked", "pointers_checked"}``.
+
+    Always (also with ``checksums=False``, ``trawl index verify --quick``): every
+    suffix-array pointer is range-checked and the array's permutation fingerprint
+    compared (:func:`check_pointers`), and ``samples`` adjacent pairs per shard are
+    checked for order.
+    """
     from suffix_index.engine import SuffixIndex
+
+    samples = check_int("samples", samples, 0)
 
     index_dir = Path(index_dir)
     m = load_manifest(index_dir)
@@ -72,7 +106,7 @@ def verify_index(index_dir: str | os.PathLike, samples: int = 10000, checksums: 
             for kind in FILE_KINDS:
                 f = s["files"][kind]
                 p = index_dir / f["name"]
-                got = _sha256_path(p, bar.update if bar else None)
+                got = sha256_file(p, on_bytes=bar.update if bar else None)
                 if got != f["sha256"]:
                     if bar:
                         bar.close()
@@ -82,11 +116,20 @@ def verify_index(index_dir: str | os.PathLike, samples: int = 10000, checksums: 
         bar.close()
     rng = np.random.default_rng(seed)
     pairs = 0
+    pointers = 0
     with SuffixIndex.open(index_dir) as idx:
         for sh in idx.shards:
             n = len(sh.sa)
             sa_name = index_dir / sh.entry["files"]["sa"]["name"]
-            if n < 2:
+            check_pointers(sh.sa, len(sh.text), sa_name)
+            pointers += n
+            # documents: separators where the table says
+            starts = sh.doc_starts
+            if starts.size and (np.asarray(sh.text[starts - 1]) != 0xFF).any():
+                raise IndexFormatError(
+                    f"{index_dir / sh.entry['files']['docs']['name']}: document starts do not follow separators"
+                )
+            if n < 2 or samples == 0:
                 continue
             k = min(samples, n - 1)
             ranks = np.unique(rng.integers(0, n - 1, size=k))
@@ -103,10 +146,4 @@ def verify_index(index_dir: str | os.PathLike, samples: int = 10000, checksums: 
                 if not _suffix_less(sh.text, x, y):
                     raise IndexFormatError(f"{sa_name}: suffixes out of order at rank {r}")
             pairs += int(ranks.size)
-            # documents: separators where the table says
-            starts = sh.doc_starts
-            if starts.size and (np.asarray(sh.text[starts - 1]) != 0xFF).any():
-                raise IndexFormatError(
-                    f"{index_dir / sh.entry['files']['docs']['name']}: document starts do not follow separators"
-                )
-    return {"shards": len(m["shards"]), "files_checked": files, "pairs_checked": pairs}
+    return {"shards": len(m["shards"]), "files_checked": files, "pairs_checked": pairs, "pointers_checked": pointers}

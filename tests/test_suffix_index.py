@@ -209,13 +209,13 @@ def test_64bit_pointers_path(corpus, tmp_path, monkeypatch):
     verify_index(tmp_path / "i64")
 
 
-def test_empty_corpus_gives_an_empty_index(tmp_path):
-    ingest_records([Record(source="e", text="")], tmp_path / "c")
-    build_index(tmp_path / "c", tmp_path / "i")
-    with SuffixIndex.open(tmp_path / "i") as idx:
-        assert idx.documents == 0 and idx.count("x") == 0
-        assert idx.match([("k", b"anything at all", None)], min_bytes=1) == []
-    verify_index(tmp_path / "i")
+def test_empty_corpus_is_refused_at_ingest(tmp_path):
+    """An empty corpus is an error where it would be made (see test_suffix_index_qa for build)."""
+    from corpora import CorpusError
+
+    with pytest.raises(CorpusError, match="no documents"):
+        ingest_records([Record(source="e", text="")], tmp_path / "c")
+    assert not (tmp_path / "c").exists()
 
 
 def test_match_reads_a_folder_of_parts_and_a_single_file(index, tmp_path):

@@ -1,0 +1,95 @@
+"""corpora: regressions for QA findings (empty corpora, UTF-8 BOM, bad sizes, --help)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from corpora import CorpusError, build_offline_corpus, ingest, ingest_records
+from corpora.readers import Record
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def trawl(*args):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "extractor.cli", *map(str, args)], capture_output=True,
+                          text=True, env=env)
+
+
+def one_line_error(r, message):
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert r.stderr.startswith("trawl: error: ") and message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+# ------------------------------------------------------------------ 5. no documents
+
+
+def test_ingest_of_only_empty_records_is_an_error(tmp_path):
+    src = tmp_path / "empty.jsonl"
+    src.write_text('{"text":""}\n')
+    with pytest.raises(CorpusError, match=r"no documents: all 1 records were empty/duplicates/skipped"):
+        ingest([src], tmp_path / "c")
+    assert not (tmp_path / "c").exists() and not list(tmp_path.glob("c.tmp-*"))
+    one_line_error(trawl("corpus", "ingest", src, "--out", tmp_path / "c"),
+                   "no documents: all 1 records were empty/duplicates/skipped")
+    assert not (tmp_path / "c").exists()
+
+
+def test_ingest_of_nothing_is_an_error_and_keeps_an_existing_corpus(tmp_path):
+    ingest_records([Record(source="a", text="kept")], tmp_path / "c")
+    with pytest.raises(CorpusError, match="no documents: all 0 records"):
+        ingest_records([], tmp_path / "c", overwrite=True)
+    assert (tmp_path / "c" / "corpus.json").exists()
+
+
+@pytest.mark.parametrize("max_bytes", [0, -1])
+def test_builtin_needs_positive_max_bytes(tmp_path, max_bytes):
+    with pytest.raises(CorpusError, match="max_bytes must be a whole number > 0"):
+        build_offline_corpus(tmp_path / "b", max_bytes=max_bytes)
+    assert not (tmp_path / "b").exists()
+
+
+# ------------------------------------------------------------------ 7. UTF-8 BOM
+
+
+def test_jsonl_with_utf8_bom(tmp_path):
+    src = tmp_path / "bom.jsonl"
+    src.write_bytes(b"\xef\xbb\xbf" + b'{"text": "first doc"}\n{"text": "second doc"}\n')
+    c = ingest([src], tmp_path / "c")
+    assert [d.text for d in c.iter_documents()] == ["first doc", "second doc"]
+    assert c.stats["repaired_utf8"] == 0
+    r = trawl("corpus", "ingest", src, "--out", tmp_path / "c2")
+    assert r.returncode == 0, r.stderr
+
+
+def test_text_file_with_utf8_bom(tmp_path):
+    d = tmp_path / "txt"
+    d.mkdir()
+    (d / "a.txt").write_bytes(b"\xef\xbb\xbfhello world")
+    c = ingest([d], tmp_path / "c")
+    assert [x.text for x in c.iter_documents()] == ["hello world"]
+
+
+def test_bom_only_at_the_start_of_the_file(tmp_path):
+    src = tmp_path / "late.jsonl"
+    src.write_bytes(b'{"text": "a"}\n\xef\xbb\xbf{"text": "b"}\n')
+    with pytest.raises(CorpusError, match="late.jsonl:2: invalid JSON"):
+        ingest([src], tmp_path / "c")
+
+
+# ------------------------------------------------------------------ 8. --help
+
+
+def test_corpus_help_describes_arguments():
+    r = trawl("corpus", "builtin", "--help")
+    out = " ".join(r.stdout.split())
+    assert "--out DIR, -o DIR corpus folder to create" in out, out
+    r = trawl("corpus", "info", "--help")
+    out = " ".join(r.stdout.split())
+    assert "DIR corpus folder from" in out, out
