@@ -528,7 +528,12 @@ class _Engine:
                                   name=f"trawl-tokens-{i}") for i in range(n_post)]
         for t in threads + posts:
             t.start()
-        generating: set[int] = set()   # units whose generation request is outstanding
+        # units handed to the workers whose generation has not come back; up to `concurrency` more
+        # than the workers wait in work_q, so that a worker sends its next request the moment its
+        # last one returns (no round trip through this thread); the worker count bounds what is
+        # actually in flight on the server
+        generating: set[int] = set()
+        prefetch = self.concurrency
         max_outstanding = 4 * self.concurrency + 64
         units = self._units(jobs)
         next_unit = None
@@ -542,7 +547,7 @@ class _Engine:
         try:
             while True:
                 # dispatch
-                while (self.stop_reason is None and len(generating) < self.concurrency
+                while (self.stop_reason is None and len(generating) < self.concurrency + prefetch
                        and len(in_flight) < max_outstanding and not exhausted):
                     if next_unit is None:
                         group = next(units, None)
@@ -576,6 +581,23 @@ class _Engine:
                     break
                 if self.stop_reason is not None and stop_at is None:
                     stop_at = time.monotonic()
+                    if self.stop_reason in ("max_seconds", "errors", "crashed", "interrupted"):
+                        # units still waiting for a worker are not sent (a cap on generations, tokens
+                        # or dollars reserved room for them, so those go out)
+                        while True:
+                            try:
+                                u = work_q.get_nowait()
+                            except queue.Empty:
+                                break
+                            if u is None:
+                                continue
+                            in_flight.pop(id(u), None)
+                            generating.discard(id(u))
+                            reserved[0] -= len(u.jobs)
+                            reserved[1] -= u.reserve_tokens
+                            reserved[2] -= u.reserve_dollars
+                        if not in_flight:
+                            break
                     if self.stop_reason not in ("errors",):
                         self.log(f"budget {self.stop_reason} reached: no new requests; finishing the {len(in_flight)} "
                                  f"in flight")
