@@ -29,7 +29,7 @@ class Budget:
 
     def __post_init__(self):
         for k, v in asdict(self).items():
-            if v is not None and v < 0:
+            if v is not None and (v != v or v < 0):
                 raise TrawlError(f"budget {k} must be >= 0, got {v}")
 
     def to_dict(self) -> dict:
@@ -46,8 +46,8 @@ class Pricing:
         if self.gpu_hourly_usd is not None and (self.input_per_mtok or self.output_per_mtok):
             raise TrawlError("give either per-million-token prices or an hourly GPU price, not both")
         for k, v in asdict(self).items():
-            if v is not None and v < 0:
-                raise TrawlError(f"price {k} must be >= 0, got {v}")
+            if v is not None and (v != v or v < 0 or v == float("inf")):
+                raise TrawlError(f"price {k} must be a number >= 0, got {v}")
 
     @property
     def hourly(self) -> bool:

@@ -27,6 +27,8 @@ Crash safety
 from __future__ import annotations
 
 import datetime as _dt
+import errno
+import fcntl
 import glob
 import json
 import os
@@ -64,6 +66,91 @@ _PART_RE = re.compile(r"(?:^|/)part-(\d{5,})\.parquet$")
 # Names in generations/ that are not parts start with "_" or "." so that dataset readers
 # (pyarrow.parquet.read_table("RUN/generations"), DuckDB globs on part-*) skip them.
 JOURNAL_NAME = "_journal.jsonl"
+LOCK_NAME = ".lock"  # RUN/.lock: fcntl.flock'ed by the process using the run folder
+
+
+class RunLocked(TrawlError):
+    """Another process holds the run folder's lock."""
+
+    exit_code = 75  # EX_TEMPFAIL: the same run is in use elsewhere; try again later
+
+
+class RunLock:
+    """Exclusive, non-blocking ``fcntl.flock`` on ``RUN/.lock`` (holder's pid inside).
+
+    Two processes (or two ``run_attacks`` calls in one process) never write one run
+    folder at once: the second gets :class:`RunLocked`. The kernel drops the lock when
+    the holder exits, even on ``kill -9``, so a stale lock file never blocks anything.
+    A folder that :meth:`acquire` had to create and that holds nothing but the lock
+    file at :meth:`release` is removed again (a failed start leaves no folder).
+    """
+
+    def __init__(self, path: str):
+        self.path = os.path.abspath(path)
+        self.lock_path = os.path.join(self.path, LOCK_NAME)
+        self.fd: int | None = None
+        self._made_dir = False
+
+    def acquire(self) -> "RunLock":
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise TrawlError(f"{self.path} exists and is not a folder; choose another run folder")
+        if not os.path.isdir(self.path):
+            try:
+                os.makedirs(self.path)
+                self._made_dir = True
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise TrawlError(f"{self.path}: cannot create the run folder ({exc.strerror})") from None
+        while True:
+            try:
+                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise TrawlError(f"{self.lock_path}: cannot open the run lock ({exc.strerror})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                holder = b""
+                try:
+                    holder = os.pread(fd, 64, 0).strip()
+                except OSError:
+                    pass
+                os.close(fd)
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise TrawlError(f"{self.lock_path}: cannot lock the run folder ({exc.strerror})") from None
+                pid = holder.decode("ascii", "replace") if holder.isdigit() else "unknown"
+                raise RunLocked(f"{self.path}: another trawl process is using this run folder (pid {pid}); "
+                                f"wait for it to end, or stop it, then --resume") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.lock_path).st_ino
+            except OSError:
+                same = False
+            if not same:  # the previous holder removed the file after we opened it: lock the new one
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            self.fd = fd
+            return self
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            if self._made_dir and os.listdir(self.path) == [LOCK_NAME]:
+                os.unlink(self.lock_path)  # still locked: nobody can take this file meanwhile
+                os.rmdir(self.path)
+        except OSError:
+            pass
+        finally:
+            os.close(self.fd)  # closing drops the flock
+            self.fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def utcnow_iso() -> str:
@@ -123,7 +210,7 @@ class RunDir:
         return os.path.exists(self.config_path)
 
     def is_nonempty(self) -> bool:
-        return os.path.isdir(self.path) and bool(os.listdir(self.path))
+        return os.path.isdir(self.path) and any(n != LOCK_NAME for n in os.listdir(self.path))
 
     def load_config(self) -> dict:
         try:

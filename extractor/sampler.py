@@ -53,7 +53,7 @@ from extractor.backends import BackendError, Choice, CompletionResult, OpenAIBac
 from extractor.backends.openai import clean_text
 from extractor.budget import Budget, Pricing, Usage, stop_reason
 from extractor.errors import TrawlError
-from extractor.runs import RunDir, utcnow_iso
+from extractor.runs import RunDir, RunLock, utcnow_iso
 
 FORMAT = "trawl-run"
 FORMAT_VERSION = 1
@@ -145,13 +145,41 @@ def run_attacks(
     server, a folder holding another run (without ``resume``), or a resumed run
     whose attacks/model differ from the frozen config. ``KeyboardInterrupt`` stops
     cleanly (everything finished is stored; ``run.json`` says ``interrupted``) and
-    is re-raised.
+    is re-raised. Holds the run folder's lock (``RUN/.lock``) throughout: a second
+    process on the same folder gets :class:`extractor.runs.RunLocked` (exit code 75)
+    and writes nothing.
     """
+    args = dict(locals())
+    _validate_settings(concurrency=concurrency, timeout=timeout, max_retries=max_retries,
+                       drain_seconds=drain_seconds, max_n=max_n, flush_rows=flush_rows,
+                       flush_seconds=flush_seconds)
+    with RunLock(run_dir):
+        return _run_attacks_locked(**args)
+
+
+def _validate_settings(*, concurrency, timeout, max_retries, drain_seconds, max_n, flush_rows,
+                       flush_seconds) -> None:
+    """Reject bad numeric settings before anything is written (a bad one used to surface mid-run)."""
+    def _num(name, v, ok, what):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or not ok(v):
+            raise TrawlError(f"{name} must be {what}, got {v!r}")
+
+    _num("concurrency", concurrency, lambda v: v >= 1 and v == int(v), "an integer >= 1")
+    _num("timeout", timeout, lambda v: 0 < v < float("inf"), "a number of seconds > 0")
+    _num("max_retries", max_retries, lambda v: v >= 0 and v == int(v), "an integer >= 0")
+    _num("drain_seconds", drain_seconds, lambda v: v >= 0, "a number of seconds >= 0")
+    _num("max_n", max_n, lambda v: v >= 1, ">= 1")
+    _num("flush_rows", flush_rows, lambda v: v >= 1, ">= 1")
+    _num("flush_seconds", flush_seconds, lambda v: v >= 0, ">= 0")
+
+
+def _run_attacks_locked(run_dir, *, endpoint, model, attacks, budget, pricing, concurrency, resume, progress,
+                        api_key_env, timeout, max_retries, backoff_base, backoff_max, run_id, seed, use_n, max_n,
+                        flush_rows, flush_seconds, drain_seconds, max_consecutive_failures, backend, token_info,
+                        log) -> RunSummary:
     log = log or (lambda msg: print(f"trawl: {msg}", file=sys.stderr))
     budget = budget or Budget()
     pricing = pricing or Pricing()
-    if concurrency < 1:
-        raise TrawlError("concurrency must be >= 1")
     if not attacks:
         raise TrawlError("no attacks given")
     resolved = []

@@ -113,3 +113,22 @@ def test_cli_replicas(tmp_path, capsys):
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert out["finished"] == 12
+
+
+@pytest.mark.parametrize("flag,value,pattern", [
+    ("--timeout", "0", "timeout must be a number of seconds > 0"),
+    ("--timeout", "-1", "timeout must be a number of seconds > 0"),
+    ("--timeout", "nan", "timeout must be a number of seconds > 0"),
+    ("--concurrency", "0", "concurrency must be an integer >= 1"),
+    ("--max-retries", "-1", "max_retries must be an integer >= 0"),
+    ("--max-seconds", "-5", "budget max_seconds must be >= 0"),
+    ("--max-dollars", "nan", "budget max_dollars must be >= 0"),
+    ("--price-input-per-mtok", "-1", "price input_per_mtok must be a number >= 0"),
+])
+def test_bad_settings_refused_before_anything_is_written(tmp_path, flag, value, pattern):
+    with FlakyServer(faults=()) as srv:
+        r = _cli("sample", "--endpoint", srv.base_url, "--model", srv.model, "--out", str(tmp_path / "r"),
+                 "--no-progress", "--attack", "divergence", flag, value)
+    _one_error_line(r, pattern)
+    assert not (tmp_path / "r").exists()
+
