@@ -242,16 +242,25 @@ class RunDir:
     def done_ids(self) -> set[str]:
         done: set[str] = set()
         for p in self.part_paths():
-            col = pq.read_table(p, columns=["request_id"]).column("request_id").to_pylist()
-            done.update(col)
+            done.update(self._read_part(p, ["request_id"]).column("request_id").to_pylist())
         return done
+
+    def _read_part(self, path: str, columns: list[str] | None = None) -> pa.Table:
+        """One part; a damaged one (parts are written atomically, so damaged from outside) is a TrawlError."""
+        try:
+            return pq.read_table(path, columns=columns)
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise TrawlError(f"{path}: unreadable generations part ({first}); parts are written atomically, so it "
+                             f"was damaged outside trawl (truncated copy, full disk, editing): restore it from a "
+                             f"backup, or delete it to sample its generations again with --resume") from None
 
     def read_generations(self, columns: list[str] | None = None) -> pa.Table:
         parts = self.part_paths()
         if not parts:
             return GENERATIONS_SCHEMA.empty_table() if columns is None else \
                 pa.schema([GENERATIONS_SCHEMA.field(c) for c in columns]).empty_table()
-        return pa.concat_tables([pq.read_table(p, columns=columns) for p in parts])
+        return pa.concat_tables([self._read_part(p, columns) for p in parts])
 
     def _write_part(self, rows: list[dict]) -> str:
         table = rows_to_table(rows)

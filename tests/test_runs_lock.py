@@ -101,3 +101,17 @@ def test_failed_start_leaves_no_folder_and_no_lock(tmp_path):
         run_attacks(str(run), endpoint="http://127.0.0.1:1", model="m", attacks=SPEC, **FAST)
     assert run.is_dir() and not RunDir(str(run)).is_nonempty()
 
+
+def test_truncated_part_is_a_one_line_error_naming_it(tmp_path):
+    run = tmp_path / "run"
+    with FlakyServer(faults=()) as srv:
+        run_attacks(str(run), endpoint=srv.base_url, model=srv.model, attacks=SPEC, **FAST)
+        part = RunDir(str(run)).part_paths()[0]
+        with open(part, "r+b") as fh:
+            fh.truncate(os.path.getsize(part) // 2)
+        with pytest.raises(TrawlError) as ei:
+            run_attacks(str(run), endpoint=srv.base_url, model=srv.model, attacks=SPEC, resume=True, **FAST)
+    msg = str(ei.value)
+    assert part in msg and "unreadable generations part" in msg and "delete it" in msg and "\n" not in msg
+    with pytest.raises(TrawlError, match="unreadable generations part"):
+        RunDir(str(run)).read_generations()
