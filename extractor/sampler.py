@@ -50,7 +50,7 @@ from typing import Callable
 
 from extractor.attacks import AttackSpec, Job, PlanContext, get_attack, request_id, seed_for
 from extractor.backends import BackendError, Choice, CompletionResult, OpenAIBackend, make_backend
-from extractor.backends.openai import clean_text
+from extractor.backends.openai import api_key_hint, clean_text
 from extractor.budget import Budget, Pricing, Usage, stop_reason
 from extractor.errors import TrawlError
 from extractor.runs import RunDir, RunLock, utcnow_iso
@@ -656,7 +656,7 @@ class _Engine:
                         if self.fatal is None:
                             self.stop_reason = "errors"
                             self.fatal = TrawlError(f"the server refused a request: {d.error}"
-                                                    + (f"; check the API key in ${self.be.api_key_env}"
+                                                    + (f"; {api_key_hint(self.be.api_key_env)}"
                                                        if d.error.status in (401, 403) else ""))
                             self.log(f"stopping: {self.fatal}")
                     elif isinstance(d.error, (BackendError, TrawlError)):

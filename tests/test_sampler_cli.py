@@ -132,3 +132,19 @@ def test_bad_settings_refused_before_anything_is_written(tmp_path, flag, value, 
     _one_error_line(r, pattern)
     assert not (tmp_path / "r").exists()
 
+
+def test_unset_api_key_variable_is_named_as_unset(tmp_path, monkeypatch):
+    from extractor.errors import TrawlError
+    from extractor.sampler import run_attacks
+
+    monkeypatch.delenv("MYKEY", raising=False)
+    with FlakyServer(faults=(), require_key="sk-x") as srv:
+        with pytest.raises(TrawlError, match=r"HTTP 401.*\$MYKEY is not set") as ei:
+            run_attacks(str(tmp_path / "r"), endpoint=srv.base_url, model=srv.model, attacks=["divergence"],
+                        api_key_env="MYKEY", progress=False, max_retries=1)
+        assert "check the API key" not in str(ei.value)
+        monkeypatch.setenv("MYKEY", "sk-wrong")
+        with pytest.raises(TrawlError, match=r"HTTP 401.*check the API key in \$MYKEY"):
+            run_attacks(str(tmp_path / "r2"), endpoint=srv.base_url, model=srv.model, attacks=["divergence"],
+                        api_key_env="MYKEY", progress=False, max_retries=1)
+

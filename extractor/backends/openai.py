@@ -154,6 +154,16 @@ def normalize_endpoint(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, path, "", ""))
 
 
+def api_key_hint(api_key_env: str | None) -> str:
+    """What to tell the user after a 401/403: whether a key was sent at all, and from where."""
+    if not api_key_env:
+        return "no API key was sent (no --api-key-env variable given)"
+    if not os.environ.get(api_key_env):
+        return f"${api_key_env} is not set (or empty), so no API key was sent; export it or name another " \
+               f"variable with --api-key-env"
+    return f"check the API key in ${api_key_env}"
+
+
 class OpenAIBackend:
     name = "openai"
 
@@ -573,7 +583,7 @@ class OpenAIBackend:
         except BackendError as exc:
             if exc.status in (401, 403):
                 raise TrawlError(f"the server at {self.endpoint} refused the request (HTTP {exc.status}); "
-                                 f"check the API key in ${self.api_key_env}") from None
+                                 f"{api_key_hint(self.api_key_env)}") from None
             if exc.status == 404:
                 raise TrawlError(f"{self.endpoint}/v1/completions not found (HTTP 404): not an OpenAI-compatible "
                                  f"completions server, or model {self.model!r} unknown") from None
