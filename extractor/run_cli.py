@@ -67,9 +67,9 @@ def register(subparsers) -> None:
                    help="requests in flight (default: 64, sized for vLLM's continuous batching; use 1-4 for "
                         "llama.cpp)")
     g.add_argument("--timeout", type=float, default=300.0, metavar="S",
-                   help="total time limit of one request in seconds (default: 300)")
+                   help="total time limit of one request in seconds, > 0 (default: 300)")
     g.add_argument("--max-retries", type=int, default=6, metavar="N",
-                   help="retries of a failed request (connection errors, timeouts, 429, 5xx; default: 6)")
+                   help="retries of a failed request, >= 0 (connection errors, timeouts, 429, 5xx; default: 6)")
     g.add_argument("--token-info", choices=("auto", "logprobs", "tokenize"), default="auto",
                    help="where token boundaries come from: per-token logprobs or the server's tokenize "
                         "endpoint (default: auto; llama.cpp uses tokenize, its logprobs are slow)")
@@ -78,23 +78,27 @@ def register(subparsers) -> None:
                    help="attack to run (repeatable); see `trawl attacks`")
     a.add_argument("--param", action=_ParamAction, metavar="NAME=VALUE", dest="param_placeholder",
                    help="parameter of the preceding --attack (repeatable)")
-    a.add_argument("--seed", type=int, default=0, help="run seed (document selection, prompt sampling)")
+    a.add_argument("--seed", type=int, default=0, help="run seed (document selection, prompt sampling; default: 0)")
     r = p.add_argument_group("run folder")
     r.add_argument("--out", required=True, metavar="RUN", help="run folder (created; must be new unless --resume)")
     r.add_argument("--resume", action="store_true",
                    help="continue the run in RUN (after a crash, kill or budget stop); starts it if absent")
     r.add_argument("--run-id", default=None, help="run id (default: a hash of model + attacks + seed)")
-    b = p.add_argument_group("budget (a run stops cleanly at the first cap reached)")
-    b.add_argument("--max-generations", type=int, default=None, metavar="N", help="generations in the whole run")
+    b = p.add_argument_group("budget (a run stops cleanly at the first cap reached; default for each: none, no cap)")
+    b.add_argument("--max-generations", type=int, default=None, metavar="N", help="generations in the whole run (default: no cap)")
     b.add_argument("--max-tokens", type=int, default=None, metavar="N",
-                   help="prompt + completion tokens billed in the whole run")
-    b.add_argument("--max-dollars", type=float, default=None, metavar="X", help="spend in the whole run")
-    b.add_argument("--max-seconds", type=float, default=None, metavar="S", help="wall time of this invocation")
+                   help="prompt + completion tokens billed in the whole run (default: no cap)")
+    b.add_argument("--max-dollars", type=float, default=None, metavar="X", help="spend in USD in the whole run, from the --price-* or --gpu-hourly-usd prices "
+                        "(default: no cap)")
+    b.add_argument("--max-seconds", type=float, default=None, metavar="S", help="wall time of this invocation (default: no cap); when it is reached no new request "
+                        "is sent and the requests in flight may finish, for up to the drain time (60 s), "
+                        "so the run can end up to a minute later; any still unanswered then are dropped and sampled "
+                        "again by --resume")
     c = p.add_argument_group("cost (per-million-token prices, or an hourly GPU price times wall time)")
-    c.add_argument("--price-input-per-mtok", type=float, default=0.0, metavar="P", help="USD per 1M prompt tokens")
+    c.add_argument("--price-input-per-mtok", type=float, default=0.0, metavar="P", help="USD per 1M prompt tokens (default: 0)")
     c.add_argument("--price-output-per-mtok", type=float, default=0.0, metavar="P",
-                   help="USD per 1M completion tokens")
-    c.add_argument("--gpu-hourly-usd", type=float, default=None, metavar="P", help="USD per hour of wall time")
+                   help="USD per 1M completion tokens (default: 0)")
+    c.add_argument("--gpu-hourly-usd", type=float, default=None, metavar="P", help="USD per hour of wall time (default: none; not with --price-*)")
     o = p.add_argument_group("output")
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
     o.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")

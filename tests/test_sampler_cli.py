@@ -148,3 +148,14 @@ def test_unset_api_key_variable_is_named_as_unset(tmp_path, monkeypatch):
             run_attacks(str(tmp_path / "r2"), endpoint=srv.base_url, model=srv.model, attacks=["divergence"],
                         api_key_env="MYKEY", progress=False, max_retries=1)
 
+
+def test_help_states_defaults_and_drain(capsys):
+    with pytest.raises(SystemExit):
+        main(["sample", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "prompt sampling; default: 0)" in text
+    for flag in ("--max-generations", "--max-tokens", "--max-dollars", "--max-seconds"):
+        after = text.split("budget (", 1)[1].split(flag + " ", 1)[1]
+        assert "(default: no cap)" in after.split(" --max-", 1)[0], flag
+    assert "USD per 1M prompt tokens (default: 0)" in text and "USD per 1M completion tokens (default: 0)" in text
+    assert "requests in flight may finish, for up to the drain time (60 s)" in text
