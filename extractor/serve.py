@@ -72,10 +72,10 @@ def gguf_to_hf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *, over
     folder, name = str(gguf_path.parent), gguf_path.name
     config = AutoConfig.from_pretrained(folder, gguf_file=name)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    ckpt = load_gguf_checkpoint(str(gguf_path), return_tensors=True, model_to_load=None)
-    state = ckpt.get("tensors", ckpt)
     config.torch_dtype = torch.float32
     model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+    ckpt = load_gguf_checkpoint(str(gguf_path), return_tensors=True, model_to_load=model)
+    state = ckpt.get("tensors", ckpt)
     expected = set(model.state_dict())
     state = {k: v for k, v in state.items() if k in expected or not k.startswith("lm_head")}
     if getattr(config, "tie_word_embeddings", False):
@@ -94,6 +94,7 @@ def gguf_to_hf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *, over
         tokenizer.save_pretrained(tmp)
         (tmp / "trawl-source.json").write_text(json.dumps({"gguf": str(gguf_path),
                                                            "size": gguf_path.stat().st_size}) + "\n")
+        os.chmod(tmp, 0o755)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)

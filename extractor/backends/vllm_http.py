@@ -51,6 +51,15 @@ def detect_server(backend, caps) -> None:
             caps.sampling_defaults.pop("top_k")
         caps.notes.append("vLLM: neutral sampling fields are sent explicitly (generation_config defaults "
                           "cannot apply)")
+        # vLLM refuses an empty prompt: start-of-text samples go out as the BOS token id when the
+        # tokenizer adds one (else pass the model's text form of it, e.g. prompt=<|endoftext|>)
+        try:
+            d, _ = backend.request("POST", "/tokenize", {"model": backend.model, "prompt": "",
+                                                         "add_special_tokens": True}, max_retries=0, timeout=10)
+            ids = d.get("tokens") if isinstance(d, dict) else None
+            caps.start_ids = [int(i) for i in ids] if isinstance(ids, list) and ids else None
+        except (BackendError, TypeError, ValueError):
+            caps.start_ids = None
     elif caps.tokenize == "llama_cpp":
         caps.server = "llama_cpp"
         caps.sampling_defaults = {"server_defaults": dict(LLAMA_CPP_DEFAULTS)}
@@ -59,5 +68,7 @@ def detect_server(backend, caps) -> None:
 def neutral_payload(caps, payload: dict) -> dict:
     """``payload`` with the audit-neutral fields of the server added where the caller left them out."""
     if getattr(caps, "server", None) == "vllm" and caps.sampling_defaults:
-        return {**caps.sampling_defaults, **payload}
+        payload = {**caps.sampling_defaults, **payload}
+        if payload.get("prompt") == "" and getattr(caps, "start_ids", None):
+            payload["prompt"] = list(caps.start_ids)
     return payload
