@@ -216,15 +216,8 @@ class VLLMServer(EmbeddedServer):
         return super()._log_tail(lines)
 
     def stop(self) -> None:
-        # vLLM's engine core is a child process: give the group time to exit cleanly
+        # SIGTERM to the whole group (API server, engine core, worker); then SIGKILL stragglers
         proc = self._proc
-        if proc is not None and proc.poll() is None:
-            import signal
-            try:
-                os.killpg(proc.pid, signal.SIGINT)
-                proc.wait(timeout=20)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
         super().stop()
         if proc is not None:
             try:  # stray children of the group

@@ -45,6 +45,12 @@ def get_engine(model: str, **engine_args):
     from extractor.backends.vllm_logits import TemperatureDecay
 
     args = {**DEFAULT_ENGINE_ARGS, **engine_args}
+    from extractor.serve import cpu_env, vllm_is_cpu_build
+    if vllm_is_cpu_build():  # bind OpenMP to this process's cores; small KV cache; no compilation
+        import os
+        for k, v in cpu_env().items():
+            os.environ.setdefault(k, v)
+        args.setdefault("enforce_eager", True)
     key = (model, tuple(sorted((k, repr(v)) for k, v in args.items())))
     with _ENGINES_LOCK:
         llm = _ENGINES.get(key)
