@@ -178,6 +178,8 @@ class VLLMServer(EmbeddedServer):
             "--seed", str(self.seed),
             "--max-logprobs", "20",
             "--disable-uvicorn-access-log",
+            # exact temperature decay for trawl's unconditional attack (per-request opt-in)
+            "--logits-processors", "extractor.backends.vllm_logits:TemperatureDecay",
         ]
         if self.enforce_eager:
             cmd.append("--enforce-eager")
@@ -185,6 +187,8 @@ class VLLMServer(EmbeddedServer):
 
     def env(self) -> dict:
         env = dict(os.environ)
+        root = str(Path(__file__).resolve().parents[1])  # the server imports trawl's logits processor
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         if self.cpu:
             env.update(cpu_env(self.threads))
         return env

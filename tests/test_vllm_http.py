@@ -29,8 +29,9 @@ class FakeVLLM:
     """vLLM-like API on 127.0.0.1; one token per vocabulary word, ids = VOCAB index + 10,
     characters of prompts tokenized as ord(c) + 1000."""
 
-    def __init__(self, version: str = "0.32.0"):
+    def __init__(self, version: str = "0.32.0", decay: bool = False):
         self.version = version
+        self.decay = decay  # behaves as if trawl's TemperatureDecay logits processor were loaded
         self.payloads: list[dict] = []
         outer = self
 
@@ -57,6 +58,10 @@ class FakeVLLM:
                 data = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 if self.path == "/v1/completions":
                     outer.payloads.append(data)
+                    spec = (data.get("vllm_xargs") or {}).get("trawl_temperature_decay")
+                    if outer.decay and spec is not None and spec[0] <= 0:
+                        return self._send(400, {"error": {"message": "trawl_temperature_decay: start and end "
+                                                                     "must be > 0", "code": 400}})
                     return self._send(200, outer.complete(data))
                 if self.path == "/tokenize":
                     return self._send(200, {"tokens": outer.tokenize(data["prompt"]), "count": 0})
@@ -158,3 +163,26 @@ def test_run_json_records_effective_sampling(tmp_path):
         assert caps["server"] == "vllm" and caps["sampling_defaults"]["repetition_penalty"] == 1.0
         gen = [p for p in srv.payloads if p["prompt"] == ""]
         assert gen and all(p["top_p"] == 1.0 and p["top_k"] == 40 and p["min_p"] == 0.0 for p in gen)
+
+
+def test_exact_temperature_decay_through_the_server():
+    from extractor.attacks import AttackSpec
+    from extractor.attacks.base import PlanContext
+    from extractor.attacks.unconditional import Unconditional
+
+    with FakeVLLM(decay=True) as srv:
+        be = make_backend("openai", endpoint=srv.base_url, model="m", api_key_env=None)
+        caps = be.probe(use_cache=False)
+        assert caps.temperature_decay
+        params = Unconditional.resolve(AttackSpec("unconditional", {"variants": ["temperature_decay"],
+                                                                    "samples": 1, "max_tokens": 30}).params)
+        jobs = list(Unconditional().plan(params, PlanContext(run_id="r", backend=be)))
+        assert len(jobs) == 1 and jobs[0].steps is None and jobs[0].extra["exact"] is True
+        srv.payloads.clear()
+        be.complete("x", jobs[0].params, seed=1)
+        p = srv.payloads[-1]
+        assert p["vllm_xargs"] == {"trawl_temperature_decay": [10.0, 1.0, 20]} and "temperature_decay" not in p
+        assert p["temperature"] == 1.0 and p["max_tokens"] == 30
+    with FakeVLLM() as srv:  # a vLLM without the processor: the HTTP approximation
+        be = make_backend("openai", endpoint=srv.base_url, model="m", api_key_env=None)
+        assert not be.probe(use_cache=False).temperature_decay

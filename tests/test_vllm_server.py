@@ -65,3 +65,15 @@ def test_run_records_effective_sampling(be, server, tmp_path):
     assert s.status == "finished" and s.finished == 4
     caps = json.loads((tmp_path / "run" / "run.json").read_text())["capabilities"]
     assert caps["server"] == "vllm" and caps["sampling_defaults"]["top_p"] == 1.0
+
+
+def test_exact_temperature_decay_on_the_server(be):
+    """trawl serve loads trawl's TemperatureDecay processor: a schedule that stays near T=0 gives the
+    greedy text although the request's temperature is 1."""
+    assert be.capabilities.temperature_decay
+    prompt = "Once upon a time, in a small village,"
+    greedy = be.complete(prompt, {"temperature": 0.0, "max_tokens": 8}).choices[0].text
+    cold = {"temperature": 1.0, "max_tokens": 8, "temperature_decay": {"start": 0.001, "end": 1.0, "tokens": 100000}}
+    assert [be.complete(prompt, cold, seed=s).choices[0].text for s in (1, 2)] == [greedy, greedy]
+    hot = [be.complete(prompt, {"temperature": 1.0, "max_tokens": 8}, seed=s).choices[0].text for s in (1, 2, 3)]
+    assert any(t != greedy for t in hot)

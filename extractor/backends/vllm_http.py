@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from extractor.backends.base import BackendError
 
+DECAY_KEY = "trawl_temperature_decay"  # extractor/backends/vllm_logits.py
+
 VLLM_NEUTRAL = {
     "top_p": 1.0,
     "top_k": -1,
@@ -51,6 +53,18 @@ def detect_server(backend, caps) -> None:
             caps.sampling_defaults.pop("top_k")
         caps.notes.append("vLLM: neutral sampling fields are sent explicitly (generation_config defaults "
                           "cannot apply)")
+        # exact temperature decay when the server loaded trawl's logits processor (trawl serve does):
+        # an invalid schedule is refused (HTTP 400) by its validate_params, ignored by a server without it
+        try:
+            backend.request("POST", "/v1/completions", {"model": backend.model, "prompt": "a", "max_tokens": 1,
+                                                        "temperature": 1.0,
+                                                        "vllm_xargs": {DECAY_KEY: [-1.0, 1.0, 1]}},
+                            max_retries=0, timeout=30)
+            caps.temperature_decay = False
+        except BackendError as exc:
+            caps.temperature_decay = exc.status == 400 and DECAY_KEY in str(exc)
+        if caps.temperature_decay:
+            caps.notes.append("vLLM: trawl's TemperatureDecay logits processor is loaded: temperature decay is exact")
         # vLLM refuses an empty prompt: start-of-text samples go out as the BOS token id when the
         # tokenizer adds one (else pass the model's text form of it, e.g. prompt=<|endoftext|>)
         try:
@@ -69,6 +83,11 @@ def neutral_payload(caps, payload: dict) -> dict:
     """``payload`` with the audit-neutral fields of the server added where the caller left them out."""
     if getattr(caps, "server", None) == "vllm" and caps.sampling_defaults:
         payload = {**caps.sampling_defaults, **payload}
+        decay = payload.pop("temperature_decay", None)
+        if decay is not None:  # only planned when caps.temperature_decay (see attacks/unconditional.py)
+            xargs = dict(payload.get("vllm_xargs") or {})
+            xargs[DECAY_KEY] = [float(decay["start"]), float(decay["end"]), int(decay["tokens"])]
+            payload["vllm_xargs"] = xargs
         if payload.get("prompt") == "" and getattr(caps, "start_ids", None):
             payload["prompt"] = list(caps.start_ids)
     return payload

@@ -3,10 +3,12 @@
 Imports vLLM at module level (vLLM loads the class by name in its engine process):
 only import this module where vLLM is installed. Load it with
 ``LLM(..., logits_processors=[TemperatureDecay])`` or
-``--logits-processors extractor.backends.vllm_logits:TemperatureDecay`` on the server.
+``--logits-processors extractor.backends.vllm_logits:TemperatureDecay`` on the server
+(``trawl serve`` adds it).
 
 A request opts in with ``SamplingParams(temperature=end, extra_args={"trawl_temperature_decay":
-{"start": 10.0, "end": 1.0, "tokens": 20}})`` (on the server: ``"vllm_xargs"``). The token
+{"start": 10.0, "end": 1.0, "tokens": 20}})``; on the server:
+``"vllm_xargs": {"trawl_temperature_decay": [10.0, 1.0, 20]}`` (flat lists only there). The token
 at output position ``t`` (0-based) is then drawn at temperature
 ``T(t) = start + (end - start) * t / tokens`` for ``t < tokens`` and at ``end`` after,
 one token at a time — the schedule trawl's HTTP path can only approximate with a few calls.
@@ -27,6 +29,15 @@ from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 KEY = "trawl_temperature_decay"
 
 
+def parse_spec(spec) -> tuple[float, float, int]:
+    """``{"start", "end", "tokens"}`` or ``[start, end, tokens]`` (the server's ``vllm_xargs``
+    accepts flat lists only)."""
+    if isinstance(spec, dict):
+        return float(spec["start"]), float(spec["end"]), int(spec["tokens"])
+    start, end, tokens = spec
+    return float(start), float(end), int(tokens)
+
+
 def decay_temperature(start: float, end: float, tokens: int, t: int) -> float:
     """The linear schedule at output position ``t`` (0-based)."""
     if t >= tokens:
@@ -41,7 +52,7 @@ class TemperatureDecay(LogitsProcessor):
         if spec is None:
             return
         try:
-            start, end, tokens = float(spec["start"]), float(spec["end"]), int(spec["tokens"])
+            start, end, tokens = parse_spec(spec)
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{KEY} needs start, end, tokens: {exc}") from None
         if start <= 0 or end <= 0 or tokens < 1:
@@ -60,7 +71,7 @@ class TemperatureDecay(LogitsProcessor):
         spec = (params.extra_args or {}).get(KEY) if params is not None else None
         if not spec:
             return None
-        return float(spec["start"]), float(spec["end"]), int(spec["tokens"]), output_ids
+        return (*parse_spec(spec), output_ids)
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
         process_dict_updates(self.req, batch_update, self._state)
