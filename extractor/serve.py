@@ -72,8 +72,7 @@ def gguf_to_hf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *, over
     folder, name = str(gguf_path.parent), gguf_path.name
     config = AutoConfig.from_pretrained(folder, gguf_file=name)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    config.torch_dtype = torch.float32
-    model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     ckpt = load_gguf_checkpoint(str(gguf_path), return_tensors=True, model_to_load=model)
     state = ckpt.get("tensors", ckpt)
     expected = set(model.state_dict())
