@@ -57,6 +57,10 @@ def child(code: str, *args: str, nice: bool = False) -> dict:
         sys.path[:0] = [%r, %r]
         def _peak():
             return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        def _cpu():
+            r = resource.getrusage(resource.RUSAGE_SELF)
+            c = resource.getrusage(resource.RUSAGE_CHILDREN)
+            return r.ru_utime + r.ru_stime + c.ru_utime + c.ru_stime
         def _status():
             out = {}
             for line in open('/proc/self/status'):
@@ -98,10 +102,10 @@ def step_build(corpus: Path, index: Path, jobs: int, fsync: bool = False) -> dic
     return child(
         """
         from suffix_index.build import build_index
-        t = time.perf_counter()
+        t = time.perf_counter(); c = _cpu()
         m = build_index(sys.argv[1], sys.argv[2], jobs=int(sys.argv[3]), overwrite=True, fsync=sys.argv[4] == '1')
         dt = time.perf_counter() - t
-        print(json.dumps({"seconds": dt, "peak_rss": _peak(), "bytes": m["bytes"], "text_bytes": m["text_bytes"],
+        print(json.dumps({"seconds": dt, "cpu_seconds": _cpu() - c, "peak_rss": _peak(), "bytes": m["bytes"], "text_bytes": m["text_bytes"],
                           "shards": [s["seconds"] for s in m["shards"]]}))
         """,
         str(corpus), str(index), str(jobs), "1" if fsync else "0",
@@ -113,15 +117,15 @@ def step_divsufsort(index: Path) -> dict:
         """
         import glob, numpy as np
         from pydivsufsort import divsufsort
-        total = 0.0
-        peak = 0
+        total = cpu = 0.0
         for f in sorted(glob.glob(sys.argv[1] + '/shard-*.bytes')):
             buf = np.fromfile(f, dtype=np.uint8)
-            t = time.perf_counter()
+            t = time.perf_counter(); c = _cpu()
             sa = divsufsort(buf)
             total += time.perf_counter() - t
+            cpu += _cpu() - c
             del sa, buf
-        print(json.dumps({"seconds": total, "peak_rss": _peak()}))
+        print(json.dumps({"seconds": total, "cpu_seconds": cpu, "peak_rss": _peak()}))
         """,
         str(index),
     )
@@ -306,9 +310,11 @@ def main(argv=None) -> int:
         sorts.append(step_divsufsort(index))
     b = min(builds, key=lambda r: r["seconds"])
     b["peak_rss"] = max(r["peak_rss"] for r in builds)
-    b["all_seconds"] = [r["seconds"] for r in builds]
+    b["all_seconds"] = [round(r["seconds"], 1) for r in builds]
+    b["all_cpu_seconds"] = [round(r["cpu_seconds"], 1) for r in builds]
     d = min(sorts, key=lambda r: r["seconds"])
-    d["all_seconds"] = [r["seconds"] for r in sorts]
+    d["all_seconds"] = [round(r["seconds"], 1) for r in sorts]
+    d["all_cpu_seconds"] = [round(r["cpu_seconds"], 1) for r in sorts]
     res["build"] = b
     n = b["text_bytes"]
     print(f"build (trawl):        {b['seconds']:8.1f} s {b['all_seconds']}  peak RSS {b['peak_rss'] / n:.2f} bytes/corpus byte "
@@ -342,7 +348,11 @@ def main(argv=None) -> int:
     print()
     print("targets:")
     ratio_sort = b["seconds"] / d["seconds"]
-    print(f"  build / pydivsufsort            {ratio_sort:6.2f}x   (target <= 1.2x)  {'OK' if ratio_sort <= 1.2 else 'MISSED'}")
+    ratio_cpu = min(b["all_cpu_seconds"]) / min(d["all_cpu_seconds"])
+    res["build_ratio"], res["build_cpu_ratio"] = ratio_sort, ratio_cpu
+    print(f"  build / pydivsufsort            {ratio_sort:6.2f}x   (target <= 1.2x)  {'OK' if ratio_sort <= 1.2 else 'MISSED'}"
+          f"   [best wall times; CPU time ratio {ratio_cpu:.2f}x; wall {b['all_seconds']} vs {d['all_seconds']}, "
+          f"CPU {b['all_cpu_seconds']} vs {d['all_cpu_seconds']}]")
     if peer and peer.get("seconds"):
         r = peer["seconds"] / b["seconds"]
         print(f"  infini-gram build / trawl build {r:6.2f}x   (target >= 4x)    {'OK' if r >= 4 else 'MISSED'}")

@@ -57,6 +57,29 @@ class DemoResult:
     metrics: dict
 
 
+MARKER = ".trawl-demo"
+
+
+def _claim(out: Path) -> None:
+    """Make sure ``out`` is the demo's own folder before anything in it is replaced.
+
+    The demo replaces its ``corpus/``, ``index/`` and ``run/`` sub-folders; it
+    marks the folders it made with a ``.trawl-demo`` file and refuses to touch a
+    folder holding any of those names without the mark (a user's own corpus,
+    index or run is never deleted).
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / MARKER).exists():
+        return
+    taken = [name for name in ("corpus", "index", "run") if (out / name).exists()]
+    if taken:
+        raise TrawlError(
+            f"{out}: already holds {', '.join(taken)} that trawl demo did not make; "
+            "choose another --out (the demo never replaces folders it did not create)"
+        )
+    (out / MARKER).write_text("made by trawl demo; its corpus/, index/ and run/ are replaced on the next demo\n")
+
+
 def _say(msg: str, quiet: bool) -> None:
     if not quiet:
         print(f"trawl demo: {msg}", file=sys.stderr, flush=True)
@@ -122,9 +145,13 @@ def run_demo(
     from suffix_index.matchfile import match_to_parquet
 
     if minutes <= 0:
-        raise TrawlError("--minutes must be > 0")
+        raise TrawlError(f"--minutes must be > 0, got {minutes:g}")
+    if corpus_mb <= 0:
+        raise TrawlError(f"--corpus-mb must be > 0, got {corpus_mb:g}")
+    if min_tokens < 1:
+        raise TrawlError(f"--min-tokens must be >= 1, got {min_tokens}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    _claim(out)
     corpus_dir = _corpus(out, corpus_mb, quiet)
     index_dir = _index(out, corpus_dir, quiet)
 

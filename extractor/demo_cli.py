@@ -14,12 +14,18 @@ def register(subparsers) -> argparse.ArgumentParser:
             "license texts), index it with a suffix array, start the embedded Gemma-3-270m model on "
             "the local llama.cpp server, run a discoverable-memorization pass and the divergence "
             "attack for a few minutes, match every verbatim span, and write an HTML/Markdown/JSON "
-            "report whose path is printed. Needs no network."
+            "report whose path is printed. Needs no network. Costs are priced at $0.10 per hour of "
+            "wall time (about what a small 2-core cloud machine costs), so the per-dollar figures "
+            "are concrete; audit a real deployment with `trawl sample` or `trawl run` and its own prices."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--out", default="trawl-out/demo", help="output folder (corpus/, index/, run/, run/report/)")
-    p.add_argument("--minutes", type=float, default=3.0, help="wall-time budget of the attacks")
+    p.add_argument("--out", default="trawl-out/demo",
+                   help="output folder (corpus/, index/, run/, run/report/); a folder the demo did not "
+                        "make is never overwritten")
+    p.add_argument("--minutes", type=float, default=3.0,
+                   help="wall-time budget of the attacks (requests in flight at the deadline are still "
+                        "finished, which can add up to a minute on a loaded machine)")
     p.add_argument("--corpus-mb", type=float, default=32.0, help="size of the reference corpus in MiB")
     p.add_argument("--min-tokens", type=int, default=10,
                    help="shortest verbatim run to match, in model tokens (the report's 50-token figures "
@@ -61,8 +67,16 @@ def summary_text(m: dict) -> str:
         v = t.get(f"spans_ge_{T}")
         counts.append(f">={T}: {'n/a' if v is None else f'{v:,}'}")
     lines.append("verbatim runs (tokens): " + "  ".join(counts))
-    longest = m.get("longest_run") or {}
-    if t.get("longest_run_tokens"):
+    longest = m.get("longest_run") or None
+    if longest:
         src = longest.get("source") or f"document {longest.get('doc_id')}"
-        lines.append(f"longest verbatim run: {t['longest_run_tokens']} tokens, from {src}")
+        lines.append(f"longest verbatim run: {longest['tokens']} tokens ({longest['bytes']} bytes), "
+                     f"document {longest.get('doc_id')} ({src}): {_preview(longest.get('text') or '')}")
     return "\n".join(lines)
+
+
+def _preview(text: str, limit: int = 80) -> str:
+    """One line of untrusted model output, safe for a terminal (no control characters)."""
+    flat = "".join(ch if ch.isprintable() else " " for ch in text)
+    flat = " ".join(flat.split())
+    return repr(flat if len(flat) <= limit else flat[: limit - 1] + "\u2026")

@@ -14,7 +14,8 @@ Regression rule
     version's figure is the one of its most recent row (latest ``date``), and the
     versions are ordered by the order given (the order of the targets in the sweep,
     or ``--versions``); versions not in that order come after it, by the date they
-    were first recorded. Consecutive versions ``prev -> new`` are compared on one
+    were first recorded. A version named in ``--versions`` that the ledger does not
+    hold is a user error (naming it and the known versions). Consecutive versions ``prev -> new`` are compared on one
     metric (default ``memorized_token_fraction``), and the pair is a **regression**
     when::
 
@@ -237,6 +238,20 @@ def series(rows: list[dict], version_order: dict[str, list[str]] | list[str] | N
     return dict(sorted(out.items()))
 
 
+def check_version_order(rows: list[dict], version_order) -> None:
+    """An explicit order (a list, as ``--versions`` gives) must name only versions in the ledger;
+    otherwise a typo would silently compare other versions. The sweep's per-model order (a dict)
+    may name versions not recorded yet and is not checked."""
+    if not isinstance(version_order, (list, tuple)):
+        return
+    known = sorted({r["version"] for r in rows if r.get("version") is not None})
+    unknown = list(dict.fromkeys(v for v in version_order if v not in known))
+    if unknown:
+        shown = ", ".join(known[:30]) + (f", ... ({len(known) - 30} more)" if len(known) > 30 else "")
+        raise TrawlError(f"unknown version{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} in "
+                         f"--versions (the ledger has: {shown or 'no versions'})")
+
+
 def compare(rows: list[dict], *, metric: str = DEFAULT_METRIC, tolerance: float = DEFAULT_TOLERANCE,
             epsilon: float = DEFAULT_EPSILON, version_order=None) -> list[Comparison]:
     """Every consecutive version pair of every series, judged by the rule in the module docstring."""
@@ -244,6 +259,7 @@ def compare(rows: list[dict], *, metric: str = DEFAULT_METRIC, tolerance: float 
         raise TrawlError(f"unknown history metric {metric!r} (known: {', '.join(METRICS)})")
     if tolerance < 0 or epsilon < 0:
         raise TrawlError("tolerance and epsilon must be >= 0")
+    check_version_order(rows, version_order)
     out = []
     for (suite, model, attack), items in series(rows, version_order).items():
         for i in range(1, len(items)):

@@ -190,9 +190,6 @@ def run_attacks(
                                      token_info=token_info)
     caps = be.probe()
     be.retries = 0
-    if caps.tokenize == "llama_cpp" and concurrency > 8 * len(getattr(be, "endpoints", [None])):
-        log(f"the server looks like llama-cpp-python, which runs one request at a time; {concurrency} in flight "
-            f"only queue there and can run into the {timeout:g} s timeout (try --concurrency 2-4)")
 
     # -- plan (before anything is written: a planning error leaves no half-made run) ---------------
     ctx = PlanContext(run_id=run_id, backend=be, seed=seed, log=log)
@@ -249,6 +246,9 @@ def run_attacks(
     engine.session = session
     rd.write_status(status)
 
+    if caps.tokenize == "llama_cpp" and concurrency > 8 * len(getattr(be, "endpoints", [None])):
+        log(f"the server looks like llama-cpp-python, which runs one request at a time; {concurrency} in flight "
+            f"only queue there and can run into the {timeout:g} s timeout (try --concurrency 2-4)")
     interrupted = False
     try:
         engine.run(pending)
@@ -416,7 +416,19 @@ class _Engine:
             res.endpoint = self.be.endpoint  # the pool's endpoint is the member that served this thread
         return res
 
-    def _build_rows(self, d: _Done) -> None:
+    def _fill_many(self, choices) -> None:
+        if not choices:
+            return
+        many = getattr(self.be, "fill_tokens_many", None)  # the replica pool has fill_tokens only
+        if many is not None:
+            many(choices)
+        else:
+            for ch in choices:
+                self.be.fill_tokens(ch)
+
+    def _build_rows(self, d: _Done, tokens_done: bool = False) -> None:
+        if not tokens_done and self._defer:
+            self._fill_many([p[1] for p in d.pending if p[1].token_source == "pending"])
         rows = []
         for job, ch, prompt_tokens, params, seed, latency, t0, extra, served in d.pending:
             if ch.token_source == "pending":
@@ -456,20 +468,42 @@ class _Engine:
                 done_q.put(("freed", unit))   # the generation slot is free; tokens come later
                 post_q.put(d)
             else:
-                self._build_rows(d)
+                try:
+                    self._build_rows(d)
+                except BaseException as exc:  # noqa: BLE001 - reported to the main thread
+                    d.error = exc
                 done_q.put(("done", d))
 
     def _post_worker(self, post_q: queue.Queue, done_q: queue.Queue) -> None:
+        """Token boundaries for finished completions, in batches: one tokenize request serves
+        every completion waiting at that moment (see OpenAIBackend.fill_tokens_many)."""
         while True:
             d = post_q.get()
             if d is None:
                 return
+            batch, stop = [d], False
+            while len(batch) < 64:
+                try:
+                    more = post_q.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                batch.append(more)
             try:
-                self._build_rows(d)
-            except BaseException as exc:  # noqa: BLE001
-                d.error = exc
-            d.freed = True
-            done_q.put(("done", d))
+                self._fill_many([p[1] for x in batch for p in x.pending if p[1].token_source == "pending"])
+            except Exception:  # noqa: BLE001 - each generation is retried alone below
+                pass
+            for x in batch:
+                try:
+                    self._build_rows(x, tokens_done=True)
+                except BaseException as exc:  # noqa: BLE001
+                    x.error = exc
+                x.freed = True
+                done_q.put(("done", x))
+            if stop:
+                return
 
     # -- main loop --------------------------------------------------------------------------
     def run(self, jobs: list[Job]) -> None:
@@ -487,7 +521,7 @@ class _Engine:
         post_q: queue.Queue = queue.Queue()
         done_q: queue.Queue = queue.Queue()
         n_workers = min(self.concurrency, max(1, len(jobs)))
-        n_post = min(4, self.concurrency // 4 + 1)
+        n_post = 4  # batched token-boundary requests (see _post_worker)
         threads = [threading.Thread(target=self._worker, args=(work_q, post_q, done_q), daemon=True,
                                     name=f"trawl-worker-{i}") for i in range(n_workers)]
         posts = [threading.Thread(target=self._post_worker, args=(post_q, done_q), daemon=True,
@@ -495,7 +529,7 @@ class _Engine:
         for t in threads + posts:
             t.start()
         generating: set[int] = set()   # units whose generation request is outstanding
-        max_outstanding = 2 * self.concurrency + n_post
+        max_outstanding = 4 * self.concurrency + 64
         units = self._units(jobs)
         next_unit = None
         in_flight: dict[int, _Unit] = {}

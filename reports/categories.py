@@ -9,7 +9,9 @@ category       what is counted
 =============  ==============================================================
 emails         ``local@domain.tld`` addresses
 phone_numbers  sequences of 10-15 digits with the usual separators, optionally
-               ``+country``, e.g. ``+1 (555) 010-9999``, ``020 7946 0958``
+               ``+country``, e.g. ``+1 (555) 010-9999``, ``020 7946 0958``;
+               never four digit groups joined only by dots (an IPv4
+               address such as ``192.168.10.20`` or a version ``1.2.3.4``)
 ip_addresses   dotted IPv4 addresses with every octet <= 255, and full or
                ``::``-compressed IPv6 addresses
 urls           ``http(s)://``, ``ftp://`` and ``www.`` links
@@ -83,9 +85,14 @@ PERSONAL = ("emails", "phone_numbers", "ip_addresses", "keys")
 _DIGIT = re.compile(r"\d")
 
 
+# four groups of digits joined by dots alone: an IPv4 address (192.168.10.20) or a version
+# string (1.2.3.4, 2023.11.26.1200), never a phone number
+_DOTTED_QUAD = re.compile(r"\d+(?:\.\d+){3}")
+
+
 def _phone_ok(s: str) -> bool:
     digits = sum(c.isdigit() for c in s)
-    return 10 <= digits <= 15
+    return 10 <= digits <= 15 and _DOTTED_QUAD.fullmatch(s) is None
 
 
 def find_all(text: str) -> dict[str, list[str]]:

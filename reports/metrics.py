@@ -41,6 +41,17 @@ Definitions (Nasr et al. 2023, arXiv 2311.17035), with ``W = window_tokens``
 * **Run length**: a span's ``tokens``. ``spans_ge_T`` counts spans with at
   least T tokens and ``generations_ge_T`` generations holding one; a figure
   for a T below the matcher's ``min_tokens`` is never reported (None).
+* **Longest run**: the single longest span the matcher reported (memorized or
+  not, with a token count): most tokens, then most bytes, then the first by
+  request id and span start. ``longest_run_tokens`` and ``longest_run_bytes``
+  (run-wide, per attack, per variant) are that one span's tokens and bytes;
+  metrics.json's top-level ``longest_run`` describes the run-wide one (text,
+  source document, offset, request, attack, variant, occurrences; null when
+  no span).
+* **Run state**: ``run.state`` repeats run.json's status, stop reason, planned
+  and finished generations; a status other than ``finished`` puts a warning
+  first in ``warnings``. ``run.config`` carries config.json's ``pricing`` and
+  ``budget``; ``run.pricing_basis`` and ``run.budget_caps`` say them in words.
 * **Cost**: ``total_cost_usd`` = the sum of ``cost_usd`` over generations (or
   run.json's total when the column sums to 0). ``mb_per_dollar`` = unique
   memorized bytes / 1e6 / total cost; ``usd_per_unique_window`` = total cost /
@@ -75,7 +86,7 @@ from reports import extrapolate as ex
 from reports.categories import CATEGORIES, find_all
 from reports.errors import ReportError
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"   # 1.1: longest_run; run.state, run.pricing_basis, run.budget_caps, run.config pricing/budget
 THRESHOLDS = (10, 20, 30, 40, 50)
 APPROX_EDIT_RATIO = 0.1
 REPEAT_ATTACKS = ("divergence", "special_chars")   # attacks whose rows say whether the model diverged
@@ -95,8 +106,8 @@ DEFINITIONS = {
     "memorized_token_fraction": "memorized tokens / all generated tokens (sum of completion_tokens)",
     "unique_memorized_windows": "distinct {W}-token window texts (exact bytes) over all generations",
     "unique_memorized_bytes": "size of the union of corpus byte ranges reproduced by spans of >= {W} tokens (canonical occurrence of each span; each corpus byte counted once)",
-    "longest_run_tokens": "tokens fully covered by the longest verbatim span (any span the matcher reported, memorized or not)",
-    "longest_run_bytes": "bytes of the longest verbatim span (any span the matcher reported)",
+    "longest_run_tokens": "tokens fully covered by the longest verbatim span (any span with a token count the matcher reported, memorized or not; longest = most tokens, then most bytes)",
+    "longest_run_bytes": "bytes of that same longest span (the one with the most tokens), not the largest byte count of any span",
     "memorized_spans": "verbatim spans with >= {W} covered tokens (a span repeated in several generations counts each time)",
     "diverged_generations": "generations that left the repetition: divergence rows whose extra JSON says \"diverged\": true, special_chars rows whose extra says \"escaped\": true (a letter or digit appeared)",
     "divergence_rate": "diverged generations / generations of the divergence and special_chars attacks",
@@ -206,6 +217,76 @@ def union_length(keys, starts: np.ndarray, ends: np.ndarray) -> dict:
     return out
 
 
+_LONGEST_ORDER = [("mt", "descending"), ("mb", "descending"), ("request_id", "ascending"), ("ss", "ascending")]
+
+
+def _span_table(batch: pa.RecordBatch, rids: pa.Array, tok: np.ndarray, keep: np.ndarray) -> pa.Table:
+    """The spans ``keep`` of a matches batch, with what the longest-run record needs
+    (optional matches columns filled with their defaults)."""
+    take = pa.array(keep)
+    n = len(keep)
+
+    def col(name, typ, default):
+        if name not in batch.schema.names:
+            return pa.array([default] * n, typ)
+        c = batch.column(name).take(take)
+        if typ == pa.large_binary() and (pa.types.is_string(c.type) or pa.types.is_large_string(c.type)):
+            c = pc.cast(c, pa.large_binary())       # decoded with errors="replace" when shown
+        return pc.fill_null(pc.cast(c, typ), default) if default is not None else pc.cast(c, typ)
+
+    ss = batch.column("span_start").take(take).to_numpy(zero_copy_only=False).astype(np.int64)
+    se = batch.column("span_end").take(take).to_numpy(zero_copy_only=False).astype(np.int64)
+    return pa.table({"request_id": rids.take(take), "mt": pa.array(tok[keep]), "mb": pa.array(se - ss),
+                     "ss": pa.array(ss), "se": pa.array(se), "shard": col("shard", pa.int64(), 0),
+                     "doc_id": col("doc_id", pa.int64(), None), "doc_offset": col("doc_offset", pa.int64(), 0),
+                     "occurrences": col("occurrences", pa.int64(), 1),
+                     "source": col("source", pa.large_binary(), b"")})
+
+
+def _longest_per(tbl: pa.Table, key: str | None) -> pa.Table:
+    """The longest span per value of ``key`` (all rows: ``key=None``): most tokens (``mt``), then
+    most bytes (``mb``), then the first by request_id and span start (``ss``)."""
+    order = ([(key, "ascending")] if key else []) + [o for o in _LONGEST_ORDER if o[0] != key]
+    t = tbl.sort_by(order)
+    n = t.num_rows
+    if key is None or n <= 1:
+        return t.slice(0, min(n, 1))
+    k = t.column(key).combine_chunks()
+    first = np.ones(n, dtype=bool)
+    first[1:] = pc.not_equal(k.slice(1), k.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+    return t.filter(pa.array(first))
+
+
+def _completion_bytes(parts: list[str], request_id: str) -> bytes | None:
+    """The completion (UTF-8 bytes) of one generation, reading only the request ids and then the
+    one row group that holds it."""
+    for path in parts:
+        pf = _open_parquet(path, REQUIRED_GEN_COLUMNS)
+        for rg in range(pf.metadata.num_row_groups):
+            try:
+                ids = pf.read_row_group(rg, columns=["request_id"]).column(0)
+                hit = pc.index(_as_string(ids.combine_chunks()), request_id).as_py()
+                if hit is not None and hit >= 0:
+                    comp = pf.read_row_group(rg, columns=["completion"]).column(0).combine_chunks()
+                    return _bytes(comp.slice(hit, 1))[0]
+            except (OSError, pa.ArrowException) as exc:
+                raise ReportError(f"{path}: damaged Parquet data ({exc})") from None
+    return None
+
+
+def _longest_run_record(span: dict | None, G: list, parts: list[str]) -> dict | None:
+    """``longest_run`` of metrics.json: the single longest verbatim span the matcher reported."""
+    if span is None:
+        return None
+    comp = _completion_bytes(parts, span["request_id"])
+    raw = comp[span["ss"]:span["se"]] if comp is not None else b""
+    g = G[span["gid"]]
+    return {"tokens": int(span["mt"]), "bytes": int(span["mb"]), "text": raw.decode("utf-8", "replace"),
+            "source": (span["source"] or b"").decode("utf-8", "replace"), "doc_id": span["doc_id"],
+            "doc_offset": span["doc_offset"], "request_id": span["request_id"], "attack": g.attack,
+            "variant": g.variant, "occurrences": span["occurrences"]}
+
+
 def _safe_div(a, b):
     if b is None or a is None or b == 0:
         return None
@@ -276,6 +357,7 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
                          "occurrences", "source") if c in mpf.schema_arrow.names]   # text: from the completion
     mem_spans: dict[str, list[tuple]] = defaultdict(list)   # request_id -> spans with tokens >= W
     small_aggs: list[pa.Table] = []                          # per request_id: counts per threshold
+    longest_parts: list[pa.Table] = []                       # per request_id: its longest span (_longest_per)
     run_length_counts = np.zeros(0, dtype=np.int64)
     min_seen = None
     n_spans = untokenized = 0
@@ -300,13 +382,12 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
         cols = {"request_id": _as_string(batch.column("request_id"))}
         for i, t in enumerate(THRESHOLDS):
             cols[f"s{i}"] = pa.array((tok >= t).astype(np.int64))
-        cols["mt"] = pa.array(tok)
-        nbytes = (batch.column("span_end").to_numpy(zero_copy_only=False).astype(np.int64)
-                  - batch.column("span_start").to_numpy(zero_copy_only=False).astype(np.int64))
-        cols["mb"] = pa.array(np.where(tok >= 0, nbytes, 0))
         small = pa.table(cols).group_by(["request_id"]).aggregate(
-            [(f"s{i}", "sum") for i in range(len(THRESHOLDS))] + [("mt", "max"), ("mb", "max")])
+            [(f"s{i}", "sum") for i in range(len(THRESHOLDS))])
         small_aggs.append(small)
+        keep = np.nonzero(tok >= 0)[0]      # the longest run is measured in tokens: tokenized spans only
+        if len(keep):
+            longest_parts.append(_longest_per(_span_table(batch, cols["request_id"], tok, keep), "request_id"))
         big = np.nonzero(tok >= W)[0]
         if len(big):
             sub = batch.take(pa.array(big))
@@ -340,12 +421,17 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
         small_tbl = pa.concat_tables(small_aggs)
         if len(small_aggs) > 1:
             small_tbl = small_tbl.group_by(["request_id"]).aggregate(
-                [(f"s{i}_sum", "sum") for i in range(len(THRESHOLDS))] + [("mt_max", "max"), ("mb_max", "max")])
-            small_tbl = small_tbl.rename_columns([c[:-4] if c.endswith(("_sum_sum", "_max_max")) else c
+                [(f"s{i}_sum", "sum") for i in range(len(THRESHOLDS))])
+            small_tbl = small_tbl.rename_columns([c[:-4] if c.endswith("_sum_sum") else c
                                                   for c in small_tbl.column_names])
         del small_aggs
     else:
         small_tbl = None
+    if longest_parts and small_tbl is not None:
+        # each request's longest span rides along the per-request table (one join with the groups below)
+        small_tbl = small_tbl.join(_longest_per(pa.concat_tables(longest_parts), "request_id"), "request_id",
+                                   join_type="left outer")
+    del longest_parts
     mem_rids = pa.array(list(mem_spans.keys()), type=pa.string())
 
     stage("matches")
@@ -509,10 +595,6 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
                     for sp in spans:
                         s, e, tk, sh, d, do, oc, src, _ = sp
                         tx = comp[s:e].decode("utf-8", "replace")   # the span's text, as matches' `text`
-                        if tk > grp.longest_run_tokens:
-                            grp.longest_run_tokens = tk
-                        if e - s > grp.longest_run_bytes:
-                            grp.longest_run_bytes = e - s
                         iv_gid.append(gid)
                         iv_doc.append(d)
                         iv_start.append(do)
@@ -527,6 +609,7 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
     if bar is not None:
         bar.close()
     total_generations = gen_ordinal
+    longest_span = None
     if untokenized:
         warnings.append(f"{untokenized} span(s) in matches.parquet have no token count (generations without "
                         "token offsets, matched by bytes); they are left out of every token-based figure")
@@ -553,12 +636,14 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
             for gid in range(len(G)):
                 G[gid].spans_ge[ti] = int(sp[gid])
                 G[gid].generations_ge[ti] = int(gn[gid])
-        # longest run over every span (not only memorized ones)
-        for col, attr in (("mt_max", "longest_run_tokens"), ("mb_max", "longest_run_bytes")):
-            best = np.zeros(len(G), dtype=np.int64)
-            np.maximum.at(best, gids, joined.column(col).to_numpy(zero_copy_only=False).astype(np.int64))
-            for gid in range(len(G)):
-                setattr(G[gid], attr, max(getattr(G[gid], attr), int(best[gid])))
+        # longest run over every span (not only memorized ones): per group, the longest span (by tokens,
+        # then bytes), whose tokens and bytes are both reported; run-wide, the longest of those
+        if "mt" in joined.column_names:
+            per_gid = _longest_per(joined.filter(pc.is_valid(joined.column("mt"))), "gid")
+            for r in per_gid.to_pylist():
+                G[r["gid"]].longest_run_tokens, G[r["gid"]].longest_run_bytes = r["mt"], r["mb"]
+            if per_gid.num_rows:
+                longest_span = _longest_per(per_gid, None).to_pylist()[0]
         del rid_gid, joined
 
     stage("threshold_join")
@@ -659,7 +744,7 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
             sum(g.generations for g in gs), sum(g.generated_tokens for g in gs), acost,
             sum(g.memorized_generations for g in gs), sum(g.memorized_tokens for g in gs),
             per_attack_unique.get(aid, 0), per_attack_bytes.get(aid, 0),
-            max(g.longest_run_tokens for g in gs), max(g.longest_run_bytes for g in gs),
+            *max((g.longest_run_tokens, g.longest_run_bytes) for g in gs),
             [sum(g.spans_ge[i] for g in gs) for i in range(len(THRESHOLDS))],
             [sum(g.generations_ge[i] for g in gs) for i in range(len(THRESHOLDS))],
             sum(g.diverged for g in gs), sum(g.discoverable_rows for g in gs), sum(g.exact for g in gs),
@@ -667,7 +752,7 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
     totals = figures(
         total_generations, sum(g.generated_tokens for g in G), total_cost,
         sum(g.memorized_generations for g in G), sum(g.memorized_tokens for g in G), n_unique, total_bytes,
-        max((g.longest_run_tokens for g in G), default=0), max((g.longest_run_bytes for g in G), default=0),
+        *max(((g.longest_run_tokens, g.longest_run_bytes) for g in G), default=(0, 0)),
         [sum(g.spans_ge[i] for g in G) for i in range(len(THRESHOLDS))],
         [sum(g.generations_ge[i] for g in G) for i in range(len(THRESHOLDS))],
         (sum(g.diverged for g in G if g.attack in REPEAT_ATTACKS),
@@ -678,6 +763,14 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
     totals["unique_source_documents"] = unique_docs
     totals["approximate_memorization_hits"] = sum(g.approx for g in G)
     totals["exact_discoverable_hits"] = sum(g.exact for g in G)
+    longest_run = _longest_run_record(longest_span, G, parts)
+    state = run_state(run_json, total_generations, os.path.exists(os.path.join(run_dir, "run.json")))
+    if state["warning"]:
+        warnings.insert(0, state["warning"])
+    pricing = config.get("pricing") if isinstance(config.get("pricing"), dict) else run_json.get("pricing")
+    budget = config.get("budget") if isinstance(config.get("budget"), dict) else run_json.get("budget")
+    pricing = pricing if isinstance(pricing, dict) else None
+    budget = budget if isinstance(budget, dict) else None
 
     stage("assemble")
     # ---- memorized texts: categories, near-duplicates, top spans ----------------------
@@ -736,7 +829,11 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
             "endpoints": sorted(endpoints)[:20],
             "generation_files": len(parts),
             "status": {k: run_json[k] for k in run_json if isinstance(run_json[k], (int, float, str, bool))},
-            "config": {k: config[k] for k in config if isinstance(config[k], (int, float, str, bool))},
+            "config": dict({k: config[k] for k in config if isinstance(config[k], (int, float, str, bool))},
+                           pricing=pricing, budget=budget),
+            "state": state,
+            "pricing_basis": pricing_basis(pricing),
+            "budget_caps": budget_caps(budget),
         },
         "parameters": {
             "window_tokens": W,
@@ -756,6 +853,7 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
         "definitions": {k: v.replace("{W}", str(W)).replace("{J}", str(minhash_threshold))
                         for k, v in DEFINITIONS.items()},
         "metrics": totals,
+        "longest_run": longest_run,
         "per_attack": per_attack,
         "per_variant": per_variant,
         "run_lengths": {"min_tokens": min_tokens, "spans": n_spans, "counts_by_tokens": rl},
@@ -783,6 +881,65 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
     })
     metrics.memorized_texts = all_texts
     return metrics
+
+
+RUN_STATES = {
+    "stopped": "This run stopped early{why}",
+    "running": "run.json says \"running\": the run was still running or crashed{why}",
+    "interrupted": "This run was interrupted{why}",
+    "incomplete": "This run is incomplete{why} (some requests failed for good; --resume retries them)",
+    "failed": "This run failed{why}",
+}
+
+
+def run_state(run_json: dict, rows: int, has_run_json: bool = True) -> dict:
+    """``run.state`` of metrics.json: run.json's status, stop reason, planned and finished
+    generations, and ``warning`` (a sentence; None when the run finished or says nothing)."""
+    status = run_json.get("status") if isinstance(run_json.get("status"), str) else None
+    reason = run_json.get("stop_reason") if isinstance(run_json.get("stop_reason"), str) else None
+
+    def count(k):
+        v = run_json.get(k)
+        return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    planned, finished = count("planned"), count("finished")
+    done = finished if finished is not None else rows
+    counts = f"{done:,} of {planned:,} planned generations" if planned is not None else f"{done:,} generations"
+    warning = None
+    if status is not None and status != "finished":
+        why = f" ({reason})" if reason else ""
+        warning = (RUN_STATES.get(status, f"The run status is {status!r}, not finished{{why}}").format(why=why)
+                   + f": {counts}" + ("; the figures cover only what was stored" if status != "running"
+                                     else "; the figures cover the generations stored so far"))
+    return {"status": status if status is not None else ("not recorded" if has_run_json else "no run.json"),
+            "stop_reason": reason, "stopped_early": status not in (None, "finished"), "planned": planned,
+            "finished": finished, "generation_rows": rows, "warning": warning}
+
+
+def _price(v) -> str:
+    return f"{v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+
+
+def pricing_basis(pricing: dict | None) -> str:
+    """How cost_usd was priced, in words (from config.json's ``pricing``)."""
+    if not pricing:
+        return "not recorded (no pricing in config.json)"
+    hourly = pricing.get("gpu_hourly_usd")
+    if hourly is not None:
+        return f"gpu_hourly_usd: {_price(hourly)} (hourly GPU price x sampling wall time)"
+    inp, out = pricing.get("input_per_mtok") or 0, pricing.get("output_per_mtok") or 0
+    if inp or out:
+        return (f"input_per_mtok: {_price(inp)}, output_per_mtok: {_price(out)} "
+                "(USD per million prompt / completion tokens)")
+    return "no prices given (every cost is 0)"
+
+
+def budget_caps(budget: dict | None) -> str:
+    """The run's budget caps, in words (from config.json's ``budget``)."""
+    if not budget:
+        return "not recorded (no budget in config.json)"
+    caps = [f"{k}: {_price(v)}" for k, v in budget.items() if v is not None]
+    return ", ".join(caps) if caps else "no caps"
 
 
 def _peak_rss_mb() -> float | None:

@@ -183,6 +183,9 @@ def headline(m: dict) -> list[tuple[str, str, str, str]]:
     t = m["metrics"]
     W = m["parameters"]["window_tokens"]
     d = m["definitions"]
+    lr = m.get("longest_run")
+    lr_from = (f" It comes from document {lr['doc_id']} ({lr['source'] or 'source not recorded'}); see "
+               "Longest verbatim run." if lr else "")
     return [
         ("memorized_generations", "Memorized generations",
          f"{fmt_int(t['memorized_generations'])} of {fmt_int(t['generations'])} ({fmt_pct(t['memorized_generation_fraction'])})",
@@ -194,7 +197,8 @@ def headline(m: dict) -> list[tuple[str, str, str, str]]:
         ("unique_memorized_bytes", "Unique memorized bytes", fmt_bytes(t["unique_memorized_bytes"]),
          d["unique_memorized_bytes"]),
         ("longest_run_tokens", "Longest verbatim run",
-         f"{fmt_int(t['longest_run_tokens'])} tokens ({fmt_int(t['longest_run_bytes'])} bytes)", d["longest_run_tokens"]),
+         f"{fmt_int(t['longest_run_tokens'])} tokens ({fmt_int(t['longest_run_bytes'])} bytes)",
+         d["longest_run_tokens"] + lr_from),
         ("chao1_total_windows", "Estimated extractable windows (Chao1)",
          (f"{fmt_num(round(t['chao1_total_windows']))} (95% CI {fmt_num(round(t['chao1_ci95_low']))}"
           f"\u2013{fmt_num(round(t['chao1_ci95_high']))})") if t["unique_memorized_windows"] else "0",
@@ -207,6 +211,31 @@ def headline(m: dict) -> list[tuple[str, str, str, str]]:
         ("unique_memorized_documents", "Unique memorized documents (near-dup clusters)",
          fmt_int(t["unique_memorized_documents"]), d["unique_memorized_documents"]),
     ]
+
+
+def run_state_line(m: dict) -> str:
+    """Status, stop reason and generations of the run (run.json), for the report header."""
+    st = m["run"].get("state") or {}
+    parts = [f"status: {st.get('status', 'not recorded')}"
+             + (f" ({st['stop_reason']})" if st.get("stop_reason") else "")]
+    if st.get("planned") is not None:
+        done = st["finished"] if st.get("finished") is not None else st.get("generation_rows")
+        parts.append(f"{fmt_int(done)} of {fmt_int(st['planned'])} planned generations finished")
+    parts.append(f"{fmt_int(st.get('generation_rows'))} generation rows read")
+    return "; ".join(parts)
+
+
+def pricing_line(m: dict) -> str:
+    r = m["run"]
+    return (f"pricing: {r.get('pricing_basis', 'not recorded')}; "
+            f"budget (config.json): {r.get('budget_caps', 'not recorded')}")
+
+
+def longest_run_facts(lr: dict) -> str:
+    """One line on where the longest run comes from (without its text)."""
+    return (f"{fmt_int(lr['tokens'])} tokens, {fmt_int(lr['bytes'])} bytes; {lr['attack']} / {lr['variant']}, "
+            f"request {lr['request_id']}; source document {lr['doc_id']} ({lr['source'] or 'source not recorded'}), "
+            f"byte offset {fmt_int(lr['doc_offset'])}; {fmt_int(lr['occurrences'])} corpus occurrence(s)")
 
 
 BREAKDOWN_COLS = [
@@ -281,6 +310,8 @@ def render_html(m: dict) -> str:
       + esc(", ".join(run["models"]) or "unknown") + " \u00b7 report schema " + esc(m["schema_version"])
       + " \u00b7 generated " + esc(m["generated_at"]) + (" \u00b7 <b>personal data redacted</b>" if m.get("redacted") else "")
       + "</p>")
+    a(f"<p id=\"run-state\" data-status=\"{esc((run.get('state') or {}).get('status', ''), 40)}\">Run "
+      f"<b>{esc(run_state_line(m), 1000)}</b>; <span id=\"pricing\">{esc(pricing_line(m), 1000)}</span>.</p>")
     a(f"<p>A token counts as <b>memorized</b> when it lies in a window of {W} consecutive generated tokens whose exact "
       f"text occurs in the reference corpus (Nasr et al. 2023). The matcher ran with a threshold of "
       f"<b id=\"matcher-threshold\">{esc(p['matcher_min_tokens'])} tokens</b> ({esc(p['matcher_min_tokens_source'])}); "
@@ -294,6 +325,21 @@ def render_html(m: dict) -> str:
         a(f"<div class=\"card\" data-metric=\"{esc(key)}\"><div class=\"l\">{esc(label)}</div>"
           f"<div class=\"v\">{esc(value)}</div><div class=\"d\">{esc(expl, 1000)}</div></div>")
     a("</div></section>")
+    # the longest run, whatever its length (the span list below only holds memorized spans)
+    lr = m.get("longest_run")
+    a("<section id=\"longest-run\"><h2>Longest verbatim run</h2>")
+    if lr:
+        a(f"<p class=\"small mut\">The single longest verbatim span the matcher reported (most tokens, then most "
+          f"bytes), memorized (\u2265 {W} tokens) or not.</p><div class=\"span\">"
+          f"<span class=\"tag\">{fmt_int(lr['tokens'])} tokens</span><span class=\"tag\">{fmt_int(lr['bytes'])} bytes</span>"
+          f"<span class=\"tag\">{esc(lr['attack'], 40)} / {esc(lr['variant'], 60)}</span>"
+          f"<div class=\"small mut\">source document <b>{esc(lr['doc_id'])}</b> "
+          f"(<span class=\"src\">{esc(lr['source'] or 'source not recorded', 500)}</span>), byte offset "
+          f"{fmt_int(lr['doc_offset'])}; {fmt_int(lr['occurrences'])} corpus occurrence(s); request "
+          f"{esc(lr['request_id'], 80)}</div><pre class=\"x\">{esc(lr['text'], MAX_SHOWN_CHARS)}</pre></div>")
+    else:
+        a("<p>No verbatim span was reported by the matcher.</p>")
+    a("</section>")
     # run lengths
     a("<section id=\"run-lengths\"><h2>Verbatim run lengths</h2>")
     a(f"<p class=\"small mut\">A run is a maximal verbatim span; its length is the number of generation tokens fully inside "
@@ -358,6 +404,7 @@ def render_html(m: dict) -> str:
       f"({esc(p['cost_source'])}). Extractable MB per dollar: <b>{esc(_cost_fig(t['mb_per_dollar'], m, 'mb'))}</b> "
       f"(unique memorized bytes / 10<sup>6</sup> / total cost). Dollars per unique memorized example: "
       f"<b>{esc(_cost_fig(t['usd_per_unique_window'], m, 'usd'))}</b> (total cost / unique memorized {W}-token windows).</p>")
+    a(f"<p class=\"small\">Basis of these prices \u2014 {esc(pricing_line(m), 1000)}.</p>")
     a("</section>")
     # breakdowns
     a("<section id=\"per-attack\"><h2>Per attack</h2>")
@@ -507,12 +554,21 @@ def render_markdown(m: dict) -> str:
     a(f"A token counts as memorized when it lies in a window of {W} consecutive generated tokens whose exact text "
       f"occurs in the reference corpus (Nasr et al. 2023). Matcher threshold: {p['matcher_min_tokens']} tokens "
       f"({md_cell(p['matcher_min_tokens_source'])}).\n")
+    a(f"Run {md_cell(run_state_line(m), 1000)}; {md_cell(pricing_line(m), 1000)}.\n")
     for w in m.get("warnings", []):
         a(f"> **Warning:** {md_cell(w, 1000)}\n")
     a("## Headline figures\n")
     a("| Figure | Value | Definition |\n|---|---|---|")
     for key, label, value, expl in headline(m):
         a(f"| {md_cell(label)} | {md_cell(value)} | {md_cell(expl, 400)} |")
+    a("\n## Longest verbatim run\n")
+    lr = m.get("longest_run")
+    if lr:
+        a(f"The single longest verbatim span the matcher reported (most tokens, then most bytes), memorized or not: "
+          f"{md_cell(longest_run_facts(lr), 1000)}.\n")
+        a(md_fence(lr["text"], MAX_SHOWN_CHARS) + "\n")
+    else:
+        a("No verbatim span was reported by the matcher.\n")
     a("\n## Verbatim run lengths\n")
     a("| At least | Spans | Generations |\n|---|---:|---:|")
     for th in THRESHOLDS:
@@ -535,7 +591,7 @@ def render_markdown(m: dict) -> str:
     a("## Cost\n")
     a(f"Total {fmt_usd(t['total_cost_usd']) if t['total_cost_usd'] else NO_COST} ({md_cell(p['cost_source'])}); "
       f"extractable MB per dollar {_cost_fig(t['mb_per_dollar'], m, 'mb')}; dollars per unique memorized example "
-      f"{_cost_fig(t['usd_per_unique_window'], m, 'usd')}.\n")
+      f"{_cost_fig(t['usd_per_unique_window'], m, 'usd')}. Basis: {md_cell(pricing_line(m), 1000)}.\n")
     a("## Per attack\n")
     a(_md_breakdown([(k, None, f) for k, f in sorted(m["per_attack"].items())], False))
     a(BREAKDOWN_LEGEND + "\n")

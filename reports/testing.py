@@ -117,7 +117,8 @@ def covered_tokens(offs: list[int], nbytes: int, s: int, e: int) -> int:
 
 
 def write_run(run_dir: str, corpus: Corpus, gens: list[Gen], min_tokens: int = 10, run_id: str = "run-test",
-              parts: int = 1, run_json: dict | None = None, with_metadata: bool = True) -> list[dict]:
+              parts: int = 1, run_json: dict | None = None, with_metadata: bool = True,
+              config: dict | None = None) -> list[dict]:
     """Write a run folder; return the match rows written."""
     os.makedirs(os.path.join(run_dir, "generations"), exist_ok=True)
     rows, matches = [], []
@@ -138,8 +139,10 @@ def write_run(run_dir: str, corpus: Corpus, gens: list[Gen], min_tokens: int = 1
     _write(pa.Table.from_pylist(matches, schema=MATCH_SCHEMA), os.path.join(run_dir, "matches.parquet"),
            {"min_tokens": min_tokens, "min_bytes": 0, "index_manifest_sha256": "0" * 64} if with_metadata else None)
     _write_json(os.path.join(run_dir, "run.json"), run_json if run_json is not None else
-                {"run_id": run_id, "requested": len(gens), "finished": len(gens), "stop_reason": "done"})
-    _write_json(os.path.join(run_dir, "config.json"), {"run_id": run_id, "model": "synthetic"})
+                {"run_id": run_id, "status": "finished", "stopped_early": False, "stop_reason": None,
+                 "planned": len(gens), "finished": len(gens)})
+    _write_json(os.path.join(run_dir, "config.json"), config if config is not None else
+                {"run_id": run_id, "model": "synthetic"})
     return matches
 
 
@@ -282,7 +285,8 @@ def write_planted_run(run_dir: str, generations: int, memorized_rate: float = 0.
         "text": pa.array(m_txt),
     }, schema=MATCH_SCHEMA)
     _write(m, os.path.join(run_dir, "matches.parquet"), {"min_tokens": min_tokens, "min_bytes": 0})
-    _write_json(os.path.join(run_dir, "run.json"), {"run_id": run_id, "requested": generations,
-                                                    "finished": generations, "stop_reason": "done"})
+    _write_json(os.path.join(run_dir, "run.json"), {"run_id": run_id, "status": "finished", "stopped_early": False,
+                                                    "stop_reason": None, "planned": generations,
+                                                    "finished": generations})
     _write_json(os.path.join(run_dir, "config.json"), {"run_id": run_id})
     return {"generations": generations, "planted_memorized": planted, "planted_short": short, "spans": k}

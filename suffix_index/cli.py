@@ -84,6 +84,8 @@ def _cmd_match(args) -> int:
     if out is None:
         raise MatchInputError(f"{args.generations}: not a run folder; say where to write with --out")
     with SuffixIndex.open(args.index) as idx:
+        if not args.no_prefetch:
+            idx.prefetch()
         r = match_to_parquet(idx, args.generations, out, min_tokens=args.min_tokens, min_bytes=args.min_bytes,
                              batch_size=args.batch_size, progress=_progress(args))
     print(f"{r['out']}: {r['spans']} span(s) from {r['generations']} generation(s)")
@@ -155,5 +157,8 @@ def register(subparsers) -> None:
     m.add_argument("--min-bytes", type=int, default=None, metavar="B",
                    help="fewest bytes in a span for generations without token offsets (default: 4 x min-tokens)")
     m.add_argument("--batch-size", type=int, default=1000, metavar="N", help="generations matched together (default: 1000)")
+    m.add_argument("--no-prefetch", action="store_true",
+                   help="do not ask the kernel to read the index ahead (done by default when it fits in half "
+                        "the available memory)")
     m.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     m.set_defaults(func=_cmd_match)

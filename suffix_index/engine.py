@@ -129,6 +129,32 @@ class SuffixIndex:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def prefetch(self, max_fraction: float = 0.5) -> bool:
+        """Ask the kernel to read the index into the page cache ahead of queries.
+
+        A cold index otherwise costs a random disk read per binary-search step
+        (matching 1,000 generations against a cold 1 GB index took ~100 s here,
+        against ~0.6 s warm). Only done when the index files are at most
+        ``max_fraction`` of the available memory; returns whether it was. The
+        read-ahead is asynchronous (``MADV_WILLNEED``): nothing is copied into
+        this process.
+        """
+        size = sum(int(f["size"]) for s in self.manifest["shards"] for f in s["files"].values())
+        try:
+            avail = next(int(line.split()[1]) * 1024 for line in open("/proc/meminfo") if line.startswith("MemAvailable:"))
+        except (OSError, StopIteration, ValueError):
+            return False
+        if size > max_fraction * avail:
+            return False
+        for sh in self.shards:
+            for mm in (sh._mm_text, sh._mm_sa):
+                if mm is not None:
+                    try:
+                        mm.madvise(mmap.MADV_WILLNEED)
+                    except (AttributeError, OSError, ValueError):
+                        return False
+        return True
+
     @property
     def documents(self) -> int:
         return int(self.manifest["documents"])

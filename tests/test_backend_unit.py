@@ -76,3 +76,11 @@ def test_backoff_is_bounded_full_jitter():
 def test_bad_token_info_choice():
     with pytest.raises(TrawlError, match="token_info"):
         OpenAIBackend("http://127.0.0.1:1", "m", token_info="magic")
+
+
+def test_split_ids_on_separator_tokens():
+    from extractor.backends.openai import _split_ids
+
+    assert _split_ids([5, 6, 1, 2, 7, 1, 2, 8], [1, 2]) == [[5, 6], [7], [8]]
+    assert _split_ids([1, 2], [1, 2]) == [[], []]
+    assert _split_ids([5], [1, 2]) == [[5]]

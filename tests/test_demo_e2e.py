@@ -89,3 +89,20 @@ def test_every_reported_span_is_really_in_the_corpus(demo):
         doc = docs[s["doc_id"]]
         assert doc[s["doc_offset"]:s["doc_offset"] + len(span)] == span
         assert s["tokens"] >= 10
+
+
+def test_longest_run_names_its_source_document(demo):
+    out, proc = demo
+    run = out / "run"
+    m = json.loads((run / "report" / "metrics.json").read_text())
+    matches = pq.read_table(run / "matches.parquet").to_pylist()
+    if not matches:
+        assert m["longest_run"] is None
+        return
+    best = max(s["tokens"] for s in matches)
+    lr = m["longest_run"]
+    assert lr["tokens"] == best == m["metrics"]["longest_run_tokens"]
+    same = [s for s in matches if s["tokens"] == best and s["span_end"] - s["span_start"] == lr["bytes"]]
+    assert same and lr["source"] in {s["source"] for s in same}
+    assert f"longest verbatim run: {best} tokens" in proc.stdout
+    assert lr["source"] in proc.stdout

@@ -157,3 +157,19 @@ def test_cli_history_exit_codes(tmp_path):
     proc = trawl("history", "ledger.parquet", "--metric", "bogus", cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.startswith("trawl: error: unknown history metric 'bogus'")
     assert len(proc.stderr.splitlines()) == 1
+
+
+def test_unknown_version_in_versions_is_a_user_error(tmp_path):
+    rows = [row("v1", 0.010, date="2026-01-01T00:00:00Z"), row("v2", 0.013, date="2026-01-02T00:00:00Z")]
+    with pytest.raises(TrawlError, match=r"unknown version 'v9' in --versions \(the ledger has: v1, v2\)"):
+        compare(rows, version_order=["v2", "v9"])
+    with pytest.raises(TrawlError, match=r"unknown versions 'v8', 'v9'"):
+        compare(rows, version_order=["v8", "v9", "v8"])
+    # the sweep's per-model order (a dict) may name versions not recorded yet
+    assert [(c.prev_version, c.version) for c in compare(rows, version_order={"m": ["v1", "v2", "v9"]})] == \
+        [("v1", "v2")]
+    write_ledger(tmp_path / "ledger.parquet", rows)
+    proc = trawl("history", "ledger.parquet", "--versions", "v2,v9", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == ("trawl: error: unknown version 'v9' in --versions (the ledger has: v1, v2)")
+    assert not (tmp_path / "history.html").exists()

@@ -172,6 +172,40 @@ def test_totals_match_brute_force(known_run):
     assert t["unique_memorized_bytes"] == brute_unique_bytes(known_run["matches"], None)
 
 
+def test_longest_run_is_one_span_of_the_matches(known_run):
+    """longest_run, longest_run_tokens and longest_run_bytes (run-wide, per attack, per variant) all
+    describe one span: the matches row with the most tokens, then bytes, then the first request id."""
+    m = compute_metrics(known_run["run"])
+    key = lambda x: (-x["tokens"], -(x["span_end"] - x["span_start"]), x["request_id"], x["span_start"])  # noqa: E731
+    best = min(known_run["matches"], key=key)
+    lr = m["longest_run"]
+    assert (lr["tokens"], lr["bytes"]) == (best["tokens"], best["span_end"] - best["span_start"])
+    assert (lr["request_id"], lr["doc_id"], lr["doc_offset"], lr["source"], lr["occurrences"], lr["text"]) == \
+        (best["request_id"], best["doc_id"], best["doc_offset"], best["source"], best["occurrences"], best["text"])
+    assert known_run["docs"][lr["doc_id"]][lr["doc_offset"]:lr["doc_offset"] + lr["bytes"]] == lr["text"].encode()
+    assert (m["metrics"]["longest_run_tokens"], m["metrics"]["longest_run_bytes"]) == (lr["tokens"], lr["bytes"])
+    rid_group = {}
+    for i, g in enumerate(known_run["gens"]):
+        rid_group[write_run_rid(i)] = (g.attack, g.variant)
+    for attack, variants in m["per_variant"].items():
+        for variant, f in variants.items():
+            rows = [x for x in known_run["matches"] if rid_group[x["request_id"]] == (attack, variant)]
+            want = (0, 0) if not rows else (min(rows, key=key)["tokens"],
+                                            min(rows, key=key)["span_end"] - min(rows, key=key)["span_start"])
+            assert (f["longest_run_tokens"], f["longest_run_bytes"]) == want, (attack, variant)
+        rows = [x for x in known_run["matches"] if rid_group[x["request_id"]][0] == attack]
+        want = (0, 0) if not rows else (min(rows, key=key)["tokens"],
+                                        min(rows, key=key)["span_end"] - min(rows, key=key)["span_start"])
+        f = m["per_attack"][attack]
+        assert (f["longest_run_tokens"], f["longest_run_bytes"]) == want, attack
+
+
+def write_run_rid(i: int, run_id: str = "run-test") -> str:
+    """The request id reports.testing.write_run gives the i-th generation."""
+    import hashlib
+    return hashlib.sha1(f"{run_id}/{i}".encode()).hexdigest()[:16]
+
+
 def test_known_answer_values(known_run):
     """Figures worked out by hand from how the run was built."""
     t = compute_metrics(known_run["run"])["metrics"]

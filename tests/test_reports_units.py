@@ -160,3 +160,22 @@ def test_chao1_confidence_interval_by_hand():
     s = 5 + 5 * 4 / 2
     assert ex.chao1_variance({1: 5}) == pytest.approx(f1 * (f1 - 1) / 2 + f1 * (2 * f1 - 1) ** 2 / 4 - f1 ** 4 / (4 * s))
     assert ex.chao1_ci95({2: 4}) == (4.0, 4.0)
+
+
+@pytest.mark.parametrize("text, ips", [
+    ("server 192.168.10.20 is up", ["192.168.10.20"]),                 # 10 digits: once counted as a phone
+    ("hosts 10.100.200.255, 172.16.254.101.", ["10.100.200.255", "172.16.254.101"]),
+    # version strings (1.2.3.4 is also a valid IPv4 address: the IP detector cannot tell)
+    ("pip install pkg==1.2.3.4 then 100.200.300.400 and 2023.11.26.1200", ["1.2.3.4"]),
+])
+def test_dotted_quads_are_never_phone_numbers(text, ips):
+    found = find_all(text)
+    assert found["phone_numbers"] == []
+    assert found["ip_addresses"] == ips
+    assert "[PHONE]" not in redact(text)
+
+
+def test_phone_numbers_with_dots_are_still_phones():
+    text = "call 555.010.4477, +1 (555) 010-4477 or 06.12.34.56.78"
+    assert find_all(text)["phone_numbers"] == ["555.010.4477", "+1 (555) 010-4477", "06.12.34.56.78"]
+    assert redact(text) == "call [PHONE], [PHONE] or [PHONE]"

@@ -435,6 +435,43 @@ class OpenAIBackend:
             choice.token_error = str(exc)[:300]
         return choice
 
+    def fill_tokens_many(self, choices: list[Choice]) -> None:
+        """:meth:`fill_tokens` for many choices with (usually) one tokenize and one detokenize request.
+
+        On llama-cpp-python every tokenize request waits for the generation in progress (one
+        lock guards the model), so one request per completion would make token boundaries the
+        bottleneck under load. The texts are joined with a separator (``"\\x00\\x01"``) whose
+        tokens are known, tokenized at once and split again; each part must spell its text
+        exactly, otherwise that text is tokenized alone.
+        """
+        todo = [c for c in choices if c.token_source == "pending"]
+        if not todo:
+            return
+        if len(todo) == 1 or not self._sep_ids or any(_SEP in c.text for c in todo):
+            for c in todo:
+                self.fill_tokens(c)
+            return
+        try:
+            ids = self.tokenize(_SEP.join(c.text for c in todo))
+        except BackendError:
+            ids = None
+        parts = _split_ids(ids, self._sep_ids) if ids is not None else None
+        if parts is None or len(parts) != len(todo):
+            for c in todo:
+                self.fill_tokens(c)
+            return
+        try:
+            self._pieces([i for p in parts for i in p])  # one detokenize call for every unseen id
+        except BackendError:
+            pass
+        for c, part in zip(todo, parts):
+            try:
+                c.token_offsets = align_tokens(c.text, self._pieces(part))
+                c.token_source = "tokenize"
+                c.completion_tokens = len(c.token_offsets)
+            except (AlignmentError, BackendError):
+                self.fill_tokens(c)
+
     # -- tokenizer ------------------------------------------------------------------------
     def tokenize(self, text: str) -> list[int]:
         """Token ids of ``text`` as the server's tokenizer sees it (no BOS)."""
@@ -628,6 +665,20 @@ class OpenAIBackend:
             ch = try_req({**base, "seed": 12345, "temperature": 1.0, "max_tokens": 6}, 1)
             samples.append(ch[0].get("text") if ch else None)
         caps.seed = samples[0] is not None and samples[0] == samples[1]
+
+
+def _split_ids(ids: list[int], sep: list[int]) -> list[list[int]]:
+    parts, cur, i, k = [], [], 0, len(sep)
+    while i < len(ids):
+        if ids[i:i + k] == sep:
+            parts.append(cur)
+            cur = []
+            i += k
+        else:
+            cur.append(ids[i])
+            i += 1
+    parts.append(cur)
+    return parts
 
 
 def clean_text(text: str) -> str:

@@ -1,0 +1,58 @@
+"""`trawl demo` refuses bad settings and never deletes folders it did not make."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from extractor.demo import MARKER, _claim
+from extractor.demo_cli import _preview
+from extractor.errors import TrawlError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_users_folder_is_never_claimed(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "NOTES.txt").write_text("mine")
+    with pytest.raises(TrawlError, match="did not make"):
+        _claim(tmp_path)
+    assert (tmp_path / "run" / "NOTES.txt").read_text() == "mine"
+    assert not (tmp_path / MARKER).exists()
+
+
+def test_an_empty_or_demo_folder_is_claimed(tmp_path):
+    _claim(tmp_path / "new")
+    assert (tmp_path / "new" / MARKER).is_file()
+    (tmp_path / "new" / "run").mkdir()
+    _claim(tmp_path / "new")  # the demo's own folder: fine
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--minutes", "0"], "--minutes must be > 0"),
+        (["--corpus-mb", "0"], "--corpus-mb must be > 0"),
+        (["--min-tokens", "0"], "--min-tokens must be >= 1"),
+    ],
+)
+def test_bad_settings_are_one_line(tmp_path, args, message):
+    proc = subprocess.run(
+        [sys.executable, "-m", "extractor.cli", "demo", "--out", str(tmp_path / "d"), *args],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert proc.stderr.startswith("trawl: error: ") and message in proc.stderr
+    assert not (tmp_path / "d").exists()
+
+
+def test_preview_is_one_safe_line():
+    text = "evil\x1b[31m red\nnext\tline " + "x" * 200
+    out = _preview(text)
+    assert "\x1b" not in out and "\n" not in out and "\t" not in out
+    assert len(out) <= 84
