@@ -116,6 +116,11 @@ def main() -> int:
             print(json.dumps(r), flush=True)
     finally:
         shutil.rmtree(args.tmp, ignore_errors=True)
+        try:
+            from extractor.backends.vllm_offline import shutdown_engines
+            shutdown_engines()  # the engine core is a child process: do not leave it behind
+        except ImportError:
+            pass
     ratio = rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"]
     out = {"model": model, "words": args.words, "samples": args.samples, "max_tokens": args.max_tokens,
            "concurrency": args.concurrency, "cpus": os.cpu_count(), "runs": rows,

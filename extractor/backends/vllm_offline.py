@@ -8,10 +8,11 @@ through the :class:`extractor.backends.vllm_logits.TemperatureDecay` logits
 processor (``Capabilities.temperature_decay``; the attack then plans one call per
 sample instead of the HTTP approximation).
 
-Threads: the sampler calls :meth:`complete` from many worker threads; the calls are
-queued and one dispatcher thread hands everything waiting to ``LLM.generate`` as
-one batch (vLLM batches continuously inside it), so ``concurrency`` sets the batch
-size. One engine per (model, engine options) per process is kept and shared.
+Threads: the sampler calls :meth:`complete` from many worker threads; one dispatcher
+thread per engine owns it (``LLMEngine.add_request`` / ``step``) and admits every
+queued request between two steps, so vLLM's continuous batching sees up to
+``concurrency`` requests at once. One engine per (model, engine options) per process
+is kept and shared.
 
 Sampling is audit-neutral: fields an attack leaves out get ``top_p=1``, no top-k,
 ``min_p=0`` and no penalties, and ``generation_config="vllm"`` keeps the model's
@@ -44,6 +45,11 @@ def get_engine(model: str, **engine_args):
         raise TrawlError(f"backend vllm needs vLLM installed in this Python ({exc})") from None
     from extractor.backends.vllm_logits import TemperatureDecay
 
+    if not engine_args:  # no options: any engine already running this model will do
+        with _ENGINES_LOCK:
+            for (m, _), (llm, _) in _ENGINES.items():
+                if m == model:
+                    return llm
     args = {**DEFAULT_ENGINE_ARGS, **engine_args}
     from extractor.serve import cpu_env, vllm_is_cpu_build
     if vllm_is_cpu_build():  # bind OpenMP to this process's cores; small KV cache; no compilation
@@ -53,19 +59,91 @@ def get_engine(model: str, **engine_args):
         args.setdefault("enforce_eager", True)
     key = (model, tuple(sorted((k, repr(v)) for k, v in args.items())))
     with _ENGINES_LOCK:
-        llm = _ENGINES.get(key)
-        if llm is None:
+        entry = _ENGINES.get(key)
+        if entry is None:
             llm = LLM(model=model, logits_processors=[TemperatureDecay], **args)
-            _ENGINES[key] = llm
-    return llm
+            entry = _ENGINES[key] = (llm, _Dispatcher(llm))
+    return entry[0]
+
+
+def _dispatcher(llm) -> "_Dispatcher":
+    with _ENGINES_LOCK:
+        for eng, disp in _ENGINES.values():
+            if eng is llm:
+                return disp
+    raise TrawlError("vLLM engine was shut down")
+
+
+class _Dispatcher:
+    """Continuous batching across the sampler's threads: one thread owns the engine, admits
+    every queued request between two engine steps (``LLMEngine.add_request`` / ``step``), and
+    hands each finished output to its caller. Nothing waits for a whole batch to finish."""
+
+    def __init__(self, llm):
+        self.engine = llm.llm_engine
+        self.q: queue.Queue = queue.Queue()
+        self._n = 0
+        self._thread = threading.Thread(target=self._loop, name="trawl-vllm", daemon=True)
+        self._thread.start()
+
+    def submit(self, prompt, params) -> Future:
+        f: Future = Future()
+        self.q.put((prompt, params, f))
+        return f
+
+    def _loop(self) -> None:
+        pending: dict[str, Future] = {}
+        while True:
+            block = not pending
+            while True:
+                try:
+                    item = self.q.get(timeout=1.0) if block else self.q.get_nowait()
+                except queue.Empty:
+                    break
+                block = False
+                if item is None:
+                    return
+                prompt, params, f = item
+                self._n += 1
+                ext = f"trawl-{self._n}"
+                try:
+                    rid = self.engine.add_request(ext, prompt, params)
+                    pending[ext] = f  # outputs may carry the external id or the engine's internal one
+                    if rid != ext:
+                        pending[rid] = f
+                except Exception as exc:  # a request the engine refuses fails alone
+                    f.set_exception(exc)
+            if not pending:
+                continue
+            try:
+                outs = self.engine.step()
+            except Exception as exc:
+                for f in pending.values():
+                    f.set_exception(exc)
+                pending.clear()
+                continue
+            for o in outs:
+                if getattr(o, "finished", False):
+                    f = pending.pop(o.request_id, None)
+                    if f is not None:
+                        for k in [k for k, v in pending.items() if v is f]:
+                            del pending[k]
+                        f.set_result(o)
+
+    def close(self) -> None:
+        self.q.put(None)
 
 
 def shutdown_engines() -> None:
     """Drop the shared engines (frees the model's memory once nothing else holds them)."""
     import gc
     with _ENGINES_LOCK:
-        engines = list(_ENGINES.values())
+        entries = list(_ENGINES.values())
         _ENGINES.clear()
+    engines = [llm for llm, _ in entries]
+    for _, disp in entries:
+        disp.close()
+    del entries
     for llm in engines:
         try:
             llm.llm_engine.engine_core.shutdown()
@@ -79,7 +157,7 @@ class VLLMOfflineBackend:
     name = "vllm"
 
     def __init__(self, endpoint: str | None = None, model: str = "", *, engine_args: dict | None = None,
-                 want_logprobs: bool = False, max_batch: int = 1024, batch_wait: float = 0.005, **_ignored) -> None:
+                 want_logprobs: bool = False, **_ignored) -> None:
         if not model:
             raise TrawlError("backend vllm needs a model (an HF folder or hub name)")
         self.model = model
@@ -87,15 +165,11 @@ class VLLMOfflineBackend:
         self.endpoints = [self.endpoint]
         self.engine_args = dict(engine_args or {})
         self.want_logprobs = bool(want_logprobs)
-        self.max_batch = int(max_batch)
-        self.batch_wait = float(batch_wait)
         self.capabilities = Capabilities()
         self.retries = 0
         self._llm = None
         self._tok = None
-        self._q: queue.Queue = queue.Queue()
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._disp = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -111,10 +185,7 @@ class VLLMOfflineBackend:
             if self._llm is None:
                 self._llm = get_engine(self.model, **self.engine_args)
                 self._tok = self._llm.get_tokenizer()
-            if self._thread is None or not self._thread.is_alive():
-                self._stop.clear()
-                self._thread = threading.Thread(target=self._dispatch, name="trawl-vllm", daemon=True)
-                self._thread.start()
+                self._disp = _dispatcher(self._llm)
         return self._llm
 
     def probe(self, use_cache: bool = True) -> Capabilities:
@@ -129,7 +200,7 @@ class VLLMOfflineBackend:
         return self.capabilities
 
     def interrupt(self) -> None:
-        self._stop.set()
+        pass  # requests in the engine finish (they are short); nothing waits to retry
 
     def close(self) -> None:
         self.interrupt()
@@ -181,8 +252,9 @@ class VLLMOfflineBackend:
             spec = {"start": float(decay["start"]), "end": float(decay["end"]), "tokens": int(decay["tokens"])}
             extra = {"trawl_temperature_decay": spec}
             kw["temperature"] = spec["end"]
+        from vllm.sampling_params import RequestOutputKind
         return SamplingParams(n=n, seed=seed, logprobs=0 if self.want_logprobs else None, extra_args=extra,
-                              skip_special_tokens=True, **kw)
+                              skip_special_tokens=True, output_kind=RequestOutputKind.FINAL_ONLY, **kw)
 
     def complete(self, prompt: str | list[str], params: dict, *, n: int = 1, seed: int | None = None,
                  timeout: float | None = None, defer_tokens: bool = False) -> CompletionResult:
@@ -191,11 +263,9 @@ class VLLMOfflineBackend:
         sp = self._sampling_params(params, n, seed)
         futs = []
         t0 = time.monotonic()
+        from vllm.inputs import TokensPrompt
         for p in prompts:
-            f: Future = Future()
-            from vllm.inputs import TokensPrompt
-            self._q.put((TokensPrompt(prompt_token_ids=self._prompt_ids(p)), sp, f))
-            futs.append(f)
+            futs.append(self._disp.submit(TokensPrompt(prompt_token_ids=self._prompt_ids(p)), sp.clone()))
         choices, ptoks, ctoks = [], 0, 0
         for f in futs:
             try:
@@ -227,30 +297,6 @@ class VLLMOfflineBackend:
             if t is not None:
                 ids.add(t)
         return ids
-
-    def _dispatch(self) -> None:
-        while True:
-            try:
-                item = self._q.get(timeout=0.5)
-            except queue.Empty:
-                if self._stop.is_set():
-                    return
-                continue
-            batch = [item]
-            deadline = time.monotonic() + self.batch_wait
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(self._q.get(timeout=max(0.0, deadline - time.monotonic())))
-                except queue.Empty:
-                    break
-            try:
-                outs = self._llm.generate([b[0] for b in batch], [b[1] for b in batch], use_tqdm=False)
-                for (_, _, f), o in zip(batch, outs):
-                    f.set_result(o)
-            except Exception as exc:  # every caller of this batch gets the error
-                for _, _, f in batch:
-                    if not f.done():
-                        f.set_exception(exc)
 
 
 def generate_texts(backend: VLLMOfflineBackend, prompts: list[str], params: dict, *, n: int = 1,
