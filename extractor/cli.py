@@ -20,6 +20,7 @@ _COMMAND_MODULES = [
     "suffix_index.cli",
     "extractor.run_cli",
     "extractor.campaign_cli",
+    "extractor.serve_cli",
     "reports.cli",
 ]
 

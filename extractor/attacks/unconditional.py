@@ -18,6 +18,10 @@ paper:
   The server re-tokenizes the text between calls, so the token sequence can
   differ slightly from a true per-token schedule. ``extra.approximation`` says
   so, and ``extra.calls`` lists the calls' parameters.
+  A backend whose capabilities say ``temperature_decay`` (the in-process vLLM
+  backend, ``extractor/backends/vllm_offline.py``) gets one call per sample with
+  ``params.temperature_decay = {start, end, tokens}`` instead, applied exactly, token
+  by token; ``extra.exact`` is then true.
 """
 from __future__ import annotations
 
@@ -77,6 +81,13 @@ class Unconditional(Attack):
             if variant == "top_k":
                 sp = sampling_params(params, keys=("temperature", "top_k", "max_tokens"))
                 extra = {"variant": "top_k", "top_k": params["top_k"]}
+                steps = None
+            elif getattr(getattr(ctx.backend, "capabilities", None), "temperature_decay", False):
+                # the backend applies the schedule token by token (vLLM in-process: a logits processor)
+                sp = {"max_tokens": params["max_tokens"], "temperature": params["decay_end"],
+                      "temperature_decay": {"start": params["decay_start"], "end": params["decay_end"],
+                                            "tokens": params["decay_tokens"]}}
+                extra = {"variant": "temperature_decay", "exact": True}
                 steps = None
             else:
                 sched = decay_schedule(params["decay_start"], params["decay_end"], params["decay_tokens"],

@@ -5,7 +5,14 @@ from extractor.backends.base import BackendError, Capabilities, Choice, Completi
 from extractor.backends.openai import OpenAIBackend, normalize_endpoint
 from extractor.errors import TrawlError
 
-BACKENDS = {"openai": OpenAIBackend}
+
+
+def _vllm_offline(**kwargs):  # imported on use: vLLM is an optional extra
+    from extractor.backends.vllm_offline import VLLMOfflineBackend
+    return VLLMOfflineBackend(**kwargs)
+
+
+BACKENDS = {"openai": OpenAIBackend, "vllm": _vllm_offline}
 
 
 def make_backend(name: str, **kwargs):

@@ -32,6 +32,11 @@ class Capabilities:
     tokenize: str | None = None     # "vllm" (/tokenize), "llama_cpp" (/extras/tokenize) or None
     tokenize_adds_bos: bool = False
     token_info: str | None = None   # where token boundaries come from: "logprobs" or "tokenize"
+    server: str | None = None       # "vllm" (GET /version), "llama_cpp" or None (see backends/vllm_http.py)
+    server_version: str | None = None
+    sampling_defaults: dict = field(default_factory=dict)  # fields sent with every request (vLLM)
+    start_ids: list | None = None  # token ids sent for an empty prompt (vLLM refuses "")
+    temperature_decay: bool = False  # exact per-token temperature decay (backend vllm: a logits processor)
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:

@@ -52,6 +52,7 @@ import requests
 
 from extractor.backends.base import BackendError, Capabilities, Choice, CompletionResult
 from extractor.backends.tokens import AlignmentError, align_tokens
+from extractor.backends.vllm_http import detect_server, neutral_payload
 from extractor.errors import TrawlError
 
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504}) | frozenset(range(520, 530))
@@ -372,6 +373,7 @@ class OpenAIBackend:
             payload["seed"] = int(seed)
         if not caps.top_k:
             payload.pop("top_k", None)
+        payload = neutral_payload(caps, payload)  # vLLM: generation_config defaults cannot apply
         expected = n * (len(prompt) if isinstance(prompt, list) else 1)
 
         def check(data):
@@ -616,6 +618,7 @@ class OpenAIBackend:
                 caps.notes.append(f"logprobs tokens do not spell the text: {exc}")
         self._probe_tokenize(caps)
         self._probe_optional(caps, base)
+        detect_server(self, caps)  # vLLM / llama.cpp and their sampling defaults (backends/vllm_http.py)
         pref = self.token_info_pref
         if pref == "logprobs" and not caps.logprobs_tokens:
             raise TrawlError(f"the server at {self.endpoint} returns no per-token logprobs (token_info=logprobs)")

@@ -1,0 +1,305 @@
+"""Backend ``vllm``: vLLM's offline engine (``vllm.LLM``) in this process.
+
+The highest-throughput path on a GPU host: no HTTP, no JSON, token-id prompts
+(``TokensPrompt``), ``SamplingParams`` with ``seed``, ``n`` and ``logprobs``, and
+token boundaries computed exactly from the generated token ids (no
+re-tokenization). The temperature-decay attack runs exactly, one token at a time,
+through the :class:`extractor.backends.vllm_logits.TemperatureDecay` logits
+processor (``Capabilities.temperature_decay``; the attack then plans one call per
+sample instead of the HTTP approximation).
+
+Threads: the sampler calls :meth:`complete` from many worker threads; one dispatcher
+thread per engine owns it (``LLMEngine.add_request`` / ``step``) and admits every
+queued request between two steps, so vLLM's continuous batching sees up to
+``concurrency`` requests at once. One engine per (model, engine options) per process
+is kept and shared.
+
+Sampling is audit-neutral: fields an attack leaves out get ``top_p=1``, no top-k,
+``min_p=0`` and no penalties, and ``generation_config="vllm"`` keeps the model's
+``generation_config.json`` out (both recorded in ``capabilities.sampling_defaults``).
+
+Use: ``make_backend("vllm", model="/path/to/hf-folder")`` or
+``run_attacks(..., backend="vllm", endpoint="vllm://local", model=PATH)``.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from concurrent.futures import Future
+
+from extractor.backends.base import BackendError, Capabilities, Choice, CompletionResult
+from extractor.backends.vllm_http import VLLM_NEUTRAL
+from extractor.errors import TrawlError
+
+_ENGINES: dict = {}
+_ENGINES_LOCK = threading.Lock()
+DEFAULT_ENGINE_ARGS = {"generation_config": "vllm", "max_model_len": 2048, "seed": 0}
+
+
+def get_engine(model: str, **engine_args):
+    """One shared ``vllm.LLM`` per (model, engine_args), with trawl's logits processor."""
+    try:
+        from vllm import LLM
+    except ImportError as exc:
+        raise TrawlError(f"backend vllm needs vLLM installed in this Python ({exc})") from None
+    from extractor.backends.vllm_logits import TemperatureDecay
+
+    if not engine_args:  # no options: any engine already running this model will do
+        with _ENGINES_LOCK:
+            for (m, _), (llm, _) in _ENGINES.items():
+                if m == model:
+                    return llm
+    args = {**DEFAULT_ENGINE_ARGS, **engine_args}
+    from extractor.serve import cpu_env, vllm_is_cpu_build
+    if vllm_is_cpu_build():  # bind OpenMP to this process's cores; small KV cache; no compilation
+        import os
+        for k, v in cpu_env().items():
+            os.environ.setdefault(k, v)
+        args.setdefault("enforce_eager", True)
+    key = (model, tuple(sorted((k, repr(v)) for k, v in args.items())))
+    with _ENGINES_LOCK:
+        entry = _ENGINES.get(key)
+        if entry is None:
+            llm = LLM(model=model, logits_processors=[TemperatureDecay], **args)
+            entry = _ENGINES[key] = (llm, _Dispatcher(llm))
+    return entry[0]
+
+
+def _dispatcher(llm) -> "_Dispatcher":
+    with _ENGINES_LOCK:
+        for eng, disp in _ENGINES.values():
+            if eng is llm:
+                return disp
+    raise TrawlError("vLLM engine was shut down")
+
+
+class _Dispatcher:
+    """Continuous batching across the sampler's threads: one thread owns the engine, admits
+    every queued request between two engine steps (``LLMEngine.add_request`` / ``step``), and
+    hands each finished output to its caller. Nothing waits for a whole batch to finish."""
+
+    def __init__(self, llm):
+        self.engine = llm.llm_engine
+        self.q: queue.Queue = queue.Queue()
+        self._n = 0
+        self._thread = threading.Thread(target=self._loop, name="trawl-vllm", daemon=True)
+        self._thread.start()
+
+    def submit(self, prompt, params) -> Future:
+        f: Future = Future()
+        self.q.put((prompt, params, f))
+        return f
+
+    def _loop(self) -> None:
+        pending: dict[str, Future] = {}
+        while True:
+            block = not pending
+            while True:
+                try:
+                    item = self.q.get(timeout=1.0) if block else self.q.get_nowait()
+                except queue.Empty:
+                    break
+                block = False
+                if item is None:
+                    return
+                prompt, params, f = item
+                self._n += 1
+                ext = f"trawl-{self._n}"
+                try:
+                    rid = self.engine.add_request(ext, prompt, params)
+                    pending[ext] = f  # outputs may carry the external id or the engine's internal one
+                    if rid != ext:
+                        pending[rid] = f
+                except Exception as exc:  # a request the engine refuses fails alone
+                    f.set_exception(exc)
+            if not pending:
+                continue
+            try:
+                outs = self.engine.step()
+            except Exception as exc:
+                for f in pending.values():
+                    f.set_exception(exc)
+                pending.clear()
+                continue
+            for o in outs:
+                if getattr(o, "finished", False):
+                    f = pending.pop(o.request_id, None)
+                    if f is not None:
+                        for k in [k for k, v in pending.items() if v is f]:
+                            del pending[k]
+                        f.set_result(o)
+
+    def close(self) -> None:
+        self.q.put(None)
+
+
+def shutdown_engines() -> None:
+    """Drop the shared engines (frees the model's memory once nothing else holds them)."""
+    import gc
+    with _ENGINES_LOCK:
+        entries = list(_ENGINES.values())
+        _ENGINES.clear()
+    engines = [llm for llm, _ in entries]
+    for _, disp in entries:
+        disp.close()
+    del entries
+    for llm in engines:
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        except Exception:
+            pass
+    del engines
+    gc.collect()
+
+
+class VLLMOfflineBackend:
+    name = "vllm"
+
+    def __init__(self, endpoint: str | None = None, model: str = "", *, engine_args: dict | None = None,
+                 want_logprobs: bool = False, **_ignored) -> None:
+        if not model:
+            raise TrawlError("backend vllm needs a model (an HF folder or hub name)")
+        self.model = model
+        self.endpoint = endpoint if isinstance(endpoint, str) and endpoint else f"vllm://{model}"
+        self.endpoints = [self.endpoint]
+        self.engine_args = dict(engine_args or {})
+        self.want_logprobs = bool(want_logprobs)
+        self.capabilities = Capabilities()
+        self.retries = 0
+        self._llm = None
+        self._tok = None
+        self._disp = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"VLLMOfflineBackend(model={self.model!r})"
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "endpoint": self.endpoint, "model": self.model,
+                "engine_args": {**DEFAULT_ENGINE_ARGS, **self.engine_args}}
+
+    # -- engine ---------------------------------------------------------------------------
+    def _ensure(self):
+        with self._lock:
+            if self._llm is None:
+                self._llm = get_engine(self.model, **self.engine_args)
+                self._tok = self._llm.get_tokenizer()
+                self._disp = _dispatcher(self._llm)
+        return self._llm
+
+    def probe(self, use_cache: bool = True) -> Capabilities:
+        self._ensure()
+        import vllm
+        self.capabilities = Capabilities(
+            logprobs_tokens=True, logprobs_values=True, n=True, prompt_list=True, seed=True, top_k=True,
+            tokenize=None, token_info="ids", server="vllm-offline", server_version=vllm.__version__,
+            sampling_defaults=dict(VLLM_NEUTRAL), temperature_decay=True,
+            notes=["in-process vLLM engine: token boundaries from the generated token ids; temperature decay "
+                   "exact (logits processor)"])
+        return self.capabilities
+
+    def interrupt(self) -> None:
+        pass  # requests in the engine finish (they are short); nothing waits to retry
+
+    def close(self) -> None:
+        self.interrupt()
+
+    # -- tokens ---------------------------------------------------------------------------
+    def tokenize(self, text: str) -> list[int]:
+        self._ensure()
+        return list(self._tok.encode(text, add_special_tokens=False))
+
+    def detokenize(self, ids: list[int]) -> str:
+        self._ensure()
+        return self._tok.decode(list(ids))
+
+    def piece(self, token_id: int) -> str:
+        return self.detokenize([token_id])
+
+    def _prompt_ids(self, prompt: str) -> list[int]:
+        ids = list(self._tok.encode(prompt, add_special_tokens=True)) if prompt else []
+        if not prompt or not ids:
+            # the start-of-text token: BOS, or the end-of-text token for GPT-style vocabularies
+            bos = self._tok.bos_token_id if self._tok.bos_token_id is not None else self._tok.eos_token_id
+            if not prompt:
+                ids = [bos]
+        return ids
+
+    def offsets(self, text: str, ids: list[int]) -> list[int]:
+        """Byte offset in ``text`` where each token starts: the UTF-8 length of the decoded prefix
+        (a token that starts inside a character gets that character's start)."""
+        limit = len(text.encode("utf-8"))
+        out, prev = [], 0
+        for i in range(len(ids)):
+            pre = self._tok.decode(ids[:i], skip_special_tokens=True).rstrip("\ufffd") if i else ""
+            off = min(max(prev, len(pre.encode("utf-8"))), limit)
+            out.append(off)
+            prev = off
+        return out
+
+    # -- completions ----------------------------------------------------------------------
+    def _sampling_params(self, params: dict, n: int, seed: int | None):
+        from vllm import SamplingParams
+
+        p = {**VLLM_NEUTRAL, **params}
+        decay = p.pop("temperature_decay", None)
+        kw = {k: p[k] for k in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
+                                "frequency_penalty", "max_tokens", "ignore_eos", "stop", "min_tokens") if k in p}
+        kw["top_k"] = int(kw.get("top_k", -1)) if kw.get("top_k", -1) not in (None, 0) else -1
+        extra = None
+        if decay:
+            spec = {"start": float(decay["start"]), "end": float(decay["end"]), "tokens": int(decay["tokens"])}
+            extra = {"trawl_temperature_decay": spec}
+            kw["temperature"] = spec["end"]
+        from vllm.sampling_params import RequestOutputKind
+        return SamplingParams(n=n, seed=seed, logprobs=0 if self.want_logprobs else None, extra_args=extra,
+                              skip_special_tokens=True, output_kind=RequestOutputKind.FINAL_ONLY, **kw)
+
+    def complete(self, prompt: str | list[str], params: dict, *, n: int = 1, seed: int | None = None,
+                 timeout: float | None = None, defer_tokens: bool = False) -> CompletionResult:
+        self._ensure()
+        prompts = prompt if isinstance(prompt, list) else [prompt]
+        sp = self._sampling_params(params, n, seed)
+        futs = []
+        t0 = time.monotonic()
+        from vllm.inputs import TokensPrompt
+        for p in prompts:
+            futs.append(self._disp.submit(TokensPrompt(prompt_token_ids=self._prompt_ids(p)), sp.clone()))
+        choices, ptoks, ctoks = [], 0, 0
+        for f in futs:
+            try:
+                out = f.result(timeout=timeout)
+            except Exception as exc:
+                raise BackendError(f"vLLM engine: {type(exc).__name__}: {str(exc)[:300]}", retryable=False) from exc
+            ptoks += len(out.prompt_token_ids or [])
+            for c in sorted(out.outputs, key=lambda c: c.index):
+                ids = list(c.token_ids)
+                if c.finish_reason == "stop" and ids and ids[-1] in self._stop_ids():
+                    ids = ids[:-1]  # the EOS that ended it is not in the text
+                lps = None
+                if self.want_logprobs and c.logprobs:
+                    lps = [float(step[tid].logprob) if tid in step else float("nan")
+                           for tid, step in zip(ids, c.logprobs)]
+                ctoks += len(c.token_ids)
+                choices.append(Choice(text=c.text, token_offsets=self.offsets(c.text, ids), token_logprobs=lps,
+                                      completion_tokens=len(ids), finish_reason=str(c.finish_reason or "unknown"),
+                                      token_source="ids"))
+        return CompletionResult(choices=choices, prompt_tokens=ptoks, completion_tokens=ctoks,
+                                latency_s=time.monotonic() - t0, attempts=1, endpoint=self.endpoint)
+
+    def fill_tokens(self, choice: Choice) -> Choice:
+        return choice
+
+    def _stop_ids(self) -> set:
+        ids = set()
+        for t in (self._tok.eos_token_id,):
+            if t is not None:
+                ids.add(t)
+        return ids
+
+
+def generate_texts(backend: VLLMOfflineBackend, prompts: list[str], params: dict, *, n: int = 1,
+                   seed: int | None = None) -> list[str]:
+    """Convenience for benchmarks: texts of one batched call."""
+    return [c.text for c in backend.complete(prompts, params, n=n, seed=seed).choices]

