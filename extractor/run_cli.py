@@ -56,7 +56,11 @@ def register(subparsers) -> None:
                     "(docs/CONTRACTS.md section 3).",
         epilog=SAMPLE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("server")
-    g.add_argument("--endpoint", required=True, metavar="URL", action="append",
+    g.add_argument("--backend", choices=("openai", "vllm"), default="openai",
+                   help="openai: any OpenAI-compatible /v1/completions server at --endpoint (default); "
+                        "vllm: vLLM's engine in this process (vllm.LLM, on a GPU host), --model being an "
+                        "HF folder or hub name, no server and no --endpoint")
+    g.add_argument("--endpoint", metavar="URL", action="append",
                    help="server base URL, e.g. http://127.0.0.1:8000 (a trailing /v1 is accepted); repeat it for "
                         "replicas of the same model: the load is spread and a dead replica is routed around")
     g.add_argument("--model", required=True, metavar="NAME", help="model name to send in each request")
@@ -124,12 +128,19 @@ def cmd_sample(args) -> int:
                     max_dollars=args.max_dollars, max_seconds=args.max_seconds)
     pricing = Pricing(input_per_mtok=args.price_input_per_mtok, output_per_mtok=args.price_output_per_mtok,
                       gpu_hourly_usd=args.gpu_hourly_usd)
-    endpoint = args.endpoint[0] if len(args.endpoint) == 1 else args.endpoint
+    if args.backend == "openai" and not args.endpoint:
+        raise TrawlError("--endpoint URL is required with the openai backend (or use --backend vllm)")
+    if args.backend == "vllm" and args.endpoint:
+        raise TrawlError("--backend vllm runs the model in this process: drop --endpoint")
+    if args.backend == "vllm":
+        endpoint = f"vllm://{args.model}"
+    else:
+        endpoint = args.endpoint[0] if len(args.endpoint) == 1 else args.endpoint
     summary = run_attacks(args.out, endpoint=endpoint, model=args.model, attacks=specs, budget=budget,
                           pricing=pricing, concurrency=args.concurrency, resume=args.resume,
                           progress=not args.no_progress, api_key_env=args.api_key_env, timeout=args.timeout,
                           max_retries=args.max_retries, run_id=args.run_id, seed=args.seed,
-                          token_info=args.token_info)
+                          token_info=args.token_info, backend=args.backend)
     print(f"trawl: {summary.line()}", file=sys.stderr)
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))

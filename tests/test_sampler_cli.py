@@ -8,12 +8,15 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from extractor.cli import main
 from flaky_server import FlakyServer
 from sampler_helpers import write_corpus
+
+ROOT = Path(__file__).resolve().parents[1]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -159,3 +162,21 @@ def test_help_states_defaults_and_drain(capsys):
         assert "(default: no cap)" in after.split(" --max-", 1)[0], flag
     assert "USD per 1M prompt tokens (default: 0)" in text and "USD per 1M completion tokens (default: 0)" in text
     assert "requests in flight may finish, for up to the drain time (60 s)" in text
+
+
+def test_backend_choice_is_checked_in_one_line(tmp_path):
+    """--backend vllm takes no --endpoint; openai needs one; a missing vLLM is one clear line."""
+    import importlib.util
+
+    base = [sys.executable, "-m", "extractor.cli", "sample", "--model", "m", "--attack", "divergence",
+            "--out", str(tmp_path / "r")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cases = [(base, "--endpoint URL is required"),
+             (base + ["--backend", "vllm", "--endpoint", "http://127.0.0.1:9"], "drop --endpoint")]
+    if importlib.util.find_spec("vllm") is None:
+        cases.append((base + ["--backend", "vllm"], "backend vllm needs vLLM installed"))
+    for cmd, message in cases:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.startswith("trawl: error: ") and message in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
