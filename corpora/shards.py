@@ -80,6 +80,25 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def write_parquet_atomic(table, path: Path, compression: str = "zstd") -> None:
+    """Write an Arrow table as Parquet to ``path`` atomically (tmp file, fsync, rename);
+    the temporary file is removed when writing fails."""
+    import pyarrow.parquet as pq
+
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        pq.write_table(table, tmp, compression=compression)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
 class ShardWriter:
     """Append documents; rolls over to a new shard when the text budget is reached.
 

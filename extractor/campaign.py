@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from extractor.errors import TrawlError
+from extractor.runs import fsync_dir
 
 FORMAT = "trawl-campaign"
 FORMAT_VERSION = 1
@@ -501,14 +502,7 @@ def atomic_write_text(path: Path, text: str) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    try:
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+    fsync_dir(str(path.parent))
 
 
 def read_status(out: Path) -> dict | None:

@@ -42,7 +42,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from corpora.shards import write_parquet_atomic
 from extractor.errors import TrawlError
+from extractor.runs import fsync_dir
 
 LEDGER_FORMAT = "trawl-ledger"
 LEDGER_FORMAT_VERSION = 1
@@ -147,26 +149,8 @@ def write_ledger(path: str | os.PathLike, rows: list[dict]) -> None:
     """Write ``rows`` as the whole ledger, atomically."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f"{p.name}.tmp-{os.getpid()}")
-    try:
-        pq.write_table(_table(rows), tmp, compression="zstd")
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:
-        fd = os.open(p.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+    write_parquet_atomic(_table(rows), p)
+    fsync_dir(str(p.parent))
 
 
 def append_rows(path: str | os.PathLike, rows: list[dict]) -> int:

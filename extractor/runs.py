@@ -165,10 +165,11 @@ def write_json_atomic(path: str, obj) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(path) or ".")
+    fsync_dir(os.path.dirname(path) or ".")
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
+    """fsync a directory so a rename inside it survives a crash (best effort)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -274,7 +275,7 @@ class RunDir:
         finally:
             os.close(fd)
         os.replace(tmp, name)
-        _fsync_dir(self.gen_dir)
+        fsync_dir(self.gen_dir)
         self._next_part += 1
         return name
 

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from corpora.ingest import commit_output_dir
 from suffix_index.errors import IndexFormatError
 from suffix_index.manifest import (
     INDEX_FORMAT,
@@ -350,13 +351,7 @@ def build_index(
 
         write_json_atomic(tmp / MANIFEST_NAME, manifest)
         load_manifest(tmp)  # self-check before publishing
-        if out.exists():
-            old = out.with_name(f"{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        commit_output_dir(tmp, out)
     except BaseException:
         if bar is not None:
             bar.close()

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from corpora.shards import write_parquet_atomic
 from suffix_index.errors import MatchInputError
 
 MATCHES_FORMAT_VERSION = 1
@@ -148,16 +149,5 @@ def match_to_parquet(index, generations: str | os.PathLike, out: str | os.PathLi
     }
     table = table.replace_schema_metadata({k: v for k, v in meta.items()})
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    write_parquet_atomic(table, out)
     return {"generations": n_gen, "spans": len(rows), "out": str(out)}
