@@ -212,10 +212,13 @@ def _run_attacks_locked(run_dir, *, endpoint, model, attacks, budget, pricing, c
         run_id = run_id or auto_id
         created = True
 
+    engine_box: list = []  # the replica pool logs through the engine (above the progress bar) once it exists
+    pool_log = {"log": lambda msg: (engine_box[0].log if engine_box else log)(msg)} \
+        if isinstance(endpoint, (list, tuple)) and len(endpoint) > 1 else {}
     be: OpenAIBackend = make_backend(backend, endpoint=endpoint, model=model, api_key_env=api_key_env,
                                      timeout=timeout, max_retries=max_retries, backoff_base=backoff_base,
                                      backoff_max=backoff_max, pool_size=max(concurrency, 4),
-                                     token_info=token_info)
+                                     token_info=token_info, **pool_log)
     caps = be.probe()
     be.retries = 0
 
@@ -259,6 +262,7 @@ def _run_attacks_locked(run_dir, *, endpoint, model, attacks, budget, pricing, c
                      concurrency=concurrency, use_n=use_n and caps.n, max_n=max_n, progress=progress,
                      planned=planned, drain_seconds=drain_seconds,
                      max_consecutive_failures=max_consecutive_failures or max(10, 2 * concurrency), log=log)
+    engine_box.append(engine)
     status = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "run_id": run_id, "status": "running",
         "stopped_early": False, "stop_reason": None, "planned": planned, "finished": len(done),

@@ -19,7 +19,8 @@ retry budget and the test is deterministic. Kinds: ``500``, ``502``, ``503``
 JSON), ``bad_shape`` (200 with JSON but no choices), ``drop`` (connection closed
 without an answer), ``stall`` (no answer until after the client's timeout),
 ``trickle`` (headers, then the body one byte at a time past the timeout). The
-capability probe's prompts are never faulted. ``delay`` adds latency to each
+capability probe's prompts are never faulted. ``version`` makes ``GET /version``
+answer as vLLM does; ``port`` picks the port (default: a free one). ``delay`` adds latency to each
 good answer (to make a run last long enough to be killed).
 
 Every attempt is logged in ``srv.log`` as (monotonic time, key, outcome).
@@ -62,7 +63,7 @@ class FlakyServer:
 
     def __init__(self, *, faults=FAULTS, max_failures: int = 2, logprobs: bool = True, tokenize: bool = True,
                  support_n: bool = False, retry_after: str = "1", stall_s: float = 3.0, delay: float = 0.0,
-                 require_key: str | None = None):
+                 require_key: str | None = None, version: str | None = None, port: int = 0):
         self.faults = tuple(faults)
         self.max_failures = max_failures
         self.logprobs = logprobs
@@ -72,6 +73,8 @@ class FlakyServer:
         self.stall_s = stall_s
         self.delay = delay
         self.require_key = require_key
+        self.version = version  # answer GET /version as vLLM does (vLLM detection)
+        self.port = port
         self.log: list[tuple[float, str, str]] = []
         self.attempts: dict[str, int] = {}
         self.auth_headers: set[str] = set()
@@ -92,7 +95,7 @@ class FlakyServer:
         class Handler(_Handler):
             srv = server
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         daemon=True)
@@ -154,6 +157,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/v1/models":
             return self._json(200, {"object": "list", "data": [{"id": self.srv.model}]})
+        if self.path == "/version" and self.srv.version:
+            return self._json(200, {"version": self.srv.version})
         self._json(404, {"detail": "Not Found"})
 
     def do_POST(self):

@@ -226,3 +226,50 @@ def test_replicas_through_the_pool_lose_and_duplicate_nothing(tmp_path):
     st = json.loads((tmp_path / "run" / "run.json").read_text())
     assert st["endpoints"] == [a.base_url, dead, b.base_url]
     assert st["endpoint_stats"][b.base_url]["served"] > 0 and st["endpoint_stats"][dead]["served"] == 0
+
+
+def test_pool_refuses_endpoints_that_are_not_replicas(tmp_path):
+    """Two endpoints whose servers differ (vLLM vs llama-cpp-python) are not replicas: one line, no run."""
+    with FlakyServer(faults=()) as a, FlakyServer(faults=(), version="0.32.0") as b:
+        with pytest.raises(TrawlError, match=r"differ \(server: 'llama_cpp' vs 'vllm'\).*replicas"):
+            run_attacks(str(tmp_path / "run"), endpoint=[a.base_url, b.base_url], model=a.model,
+                        attacks=_spec(samples=1), concurrency=2, **FAST)
+    assert not (tmp_path / "run" / "generations").exists() or not any((tmp_path / "run" / "generations").iterdir())
+
+
+def test_pool_keeps_a_late_endpoint_out_when_it_is_not_a_replica(tmp_path):
+    """An endpoint that was down at the probe and comes up as another kind of server is never used:
+    every generation comes from the replica that matches, and the run says why the other was left out."""
+    import socket
+    import threading
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    late = FlakyServer(faults=(), version="0.32.0", port=port)
+    logs: list[str] = []
+    started = threading.Event()
+
+    def log(msg):  # the late server comes up as soon as the probe has found it down
+        logs.append(msg)
+        if "is unusable now" in msg and not started.is_set():
+            late.__enter__()
+            started.set()
+
+    with FlakyServer(faults=(), delay=0.4) as a:
+        try:
+            s = run_attacks(str(tmp_path / "run"), endpoint=[a.base_url, f"http://127.0.0.1:{port}"], model=a.model,
+                            attacks=_spec(samples=5), concurrency=4, log=log, **FAST)
+        finally:
+            if started.is_set():
+                late.__exit__(None, None, None)
+    assert started.is_set()
+    assert s.status == "finished" and s.finished == 40
+    rows = _check_against_model(tmp_path / "run", 40)
+    assert {r["endpoint"] for r in rows} == {a.base_url}
+    st = json.loads((tmp_path / "run" / "run.json").read_text())
+    late_stats = st["endpoint_stats"][f"http://127.0.0.1:{port}"]
+    assert late_stats["served"] == 0
+    assert late_stats["excluded"]  # 40 x 0.4 s on 4 workers outlast its 2 s cool-down
+    assert "not a replica" in late_stats["last_error"] and "server: 'llama_cpp' vs 'vllm'" in late_stats["last_error"]
+    assert any("is not used: it is not a replica" in m for m in logs)

@@ -51,7 +51,29 @@ from extractor.backends.openai import OpenAIBackend, normalize_endpoint
 from extractor.backends.tokens import AlignmentError
 from extractor.errors import TrawlError
 
-_SHARED_BOOLS = ("n", "prompt_list", "seed", "top_k", "logprobs_tokens", "logprobs_values")
+# capabilities a replica may lack: the pool uses what every member has (a member probed later
+# must have at least these, see _late_probe)
+_SHARED_BOOLS = ("n", "prompt_list", "seed", "top_k", "logprobs_tokens", "logprobs_values", "temperature_decay")
+# facts every member must share exactly: they change what is sent (neutral sampling fields, the
+# start-of-text ids, the tokenizer) or what the run records (server and version)
+_SAME = ("token_info", "tokenize", "tokenize_adds_bos", "server", "server_version", "sampling_defaults",
+         "start_ids")
+
+
+def _disagreement(base: Capabilities, other: Capabilities) -> str | None:
+    """The first fact in which two members differ (``_SAME``), as words, or None."""
+    for name in _SAME:
+        a, b = getattr(base, name), getattr(other, name)
+        if a != b:
+            return f"{name}: {a!r} vs {b!r}"
+    return None
+
+
+class _NotReplica(BackendError):
+    """A member probed late does not match the pool (see PoolBackend._late_probe)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, retryable=True)
 
 
 class _Member:
@@ -61,6 +83,7 @@ class _Member:
         self.down_until = 0.0
         self.cooldown = 0.0
         self.probed = False
+        self.excluded = False   # probed late and found not to be a replica: never used again
         self.served = 0
         self.failures = 0
         self.consecutive = 0
@@ -127,7 +150,7 @@ class PoolBackend:
     def stats(self) -> dict:
         """Per member: requests served, failures, whether it is down now, the last error."""
         now = time.monotonic()
-        return {m.be.endpoint: {"served": m.served, "failures": m.failures, "down": m.down_until > now,
+        return {m.be.endpoint: {"served": m.served, "failures": m.failures, "down": m.down_until > now, "excluded": m.excluded,
                                 "last_error": m.last_error} for m in self.members}
 
     def interrupt(self) -> None:
@@ -161,12 +184,10 @@ class PoolBackend:
             raise first_err  # type: ignore[misc]
         base = ok[0].be.capabilities
         for m in ok[1:]:
-            c = m.be.capabilities
-            if (c.token_info, c.tokenize, c.tokenize_adds_bos) != (base.token_info, base.tokenize,
-                                                                  base.tokenize_adds_bos):
-                raise TrawlError(f"endpoints {ok[0].be.endpoint} and {m.be.endpoint} differ (token information "
-                                 f"{base.token_info}/{base.tokenize} vs {c.token_info}/{c.tokenize}); the endpoints "
-                                 f"of one target must be replicas of the same model and server")
+            why = _disagreement(base, m.be.capabilities)
+            if why:
+                raise TrawlError(f"endpoints {ok[0].be.endpoint} and {m.be.endpoint} differ ({why}); the "
+                                 f"endpoints of one target must be replicas of the same model and server")
         caps = Capabilities(**{**base.to_dict(), "notes": list(base.notes)})
         for name in _SHARED_BOOLS:
             setattr(caps, name, all(getattr(m.be.capabilities, name) for m in ok))
@@ -174,6 +195,29 @@ class PoolBackend:
         for m in ok:
             self._align(m)
         return caps
+
+    def _late_probe(self, m: _Member) -> None:
+        """Probe a member that was down when the pool was probed. It joins only when it is a
+        replica of the others (every ``_SAME`` fact equal, every capability the pool uses
+        present); otherwise it is taken out of rotation for good, with a log line."""
+        try:
+            m.be.probe()
+        except TrawlError as exc:
+            raise BackendError(str(exc), retryable=True) from None
+        c = m.be.capabilities
+        why = _disagreement(self.capabilities, c)
+        if why is None:
+            lacking = [n for n in _SHARED_BOOLS if getattr(self.capabilities, n) and not getattr(c, n)]
+            why = f"lacks {', '.join(lacking)}" if lacking else None
+        if why is not None:
+            with self._lock:
+                m.excluded = True
+                m.last_error = f"not a replica of the other endpoints ({why})"
+            self._log(f"endpoint {m.be.endpoint} is not used: it is not a replica of the other endpoints ({why})")
+            raise _NotReplica(m.last_error)
+        m.probed = True
+        self._align(m)
+        self._log(f"endpoint {m.be.endpoint} is back")
 
     def _align(self, m: _Member) -> None:
         """Make a member send exactly what the others send (seed, top_k ... as the pool decided)."""
@@ -213,7 +257,8 @@ class PoolBackend:
     def _pick(self, tried: set[int]) -> _Member | None:
         now = time.monotonic()
         with self._lock:
-            live = [(i, m) for i, m in enumerate(self.members) if i not in tried and m.down_until <= now]
+            live = [(i, m) for i, m in enumerate(self.members)
+                    if i not in tried and m.down_until <= now and not m.excluded]
             if not live:
                 return None
             n = len(self.members)
@@ -237,14 +282,11 @@ class PoolBackend:
                 tried.add(self.members.index(m))
                 try:
                     if not m.probed:
-                        try:
-                            m.be.probe()
-                        except TrawlError as exc:
-                            raise BackendError(str(exc), retryable=True) from None
-                        m.probed = True
-                        self._align(m)
-                        self._log(f"endpoint {m.be.endpoint} is back")
+                        self._late_probe(m)
                     result = fn(m.be)
+                except _NotReplica as exc:
+                    last = exc
+                    continue
                 except BackendError as exc:
                     if not exc.retryable or self._stop.is_set():
                         raise
@@ -269,7 +311,10 @@ class PoolBackend:
                                    attempts=rounds + 1)
             # everyone is down: wait, then give every member another chance
             wait = self._rng.uniform(0, min(self.backoff_max, self.backoff_base * (2 ** rounds)))
-            soonest = min(m.down_until for m in self.members) - time.monotonic()
+            usable = [m for m in self.members if not m.excluded]
+            if not usable:
+                raise BackendError(f"{what}: no endpoint is usable; last error: {last}", retryable=False)
+            soonest = min(m.down_until for m in usable) - time.monotonic()
             wait = max(wait, min(soonest, self.backoff_max))
             if self._stop.wait(max(0.0, wait)):
                 raise BackendError("interrupted while waiting to retry", retryable=True)
