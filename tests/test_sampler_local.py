@@ -151,3 +151,38 @@ def test_other_attacks_against_the_real_model(local_server, tmp_path):
     for r in by["prefix"]:
         e = json.loads(r["extra"])
         assert 5 <= e["prompt_tokens_cut"] <= 10 and r["prompt"].strip() and r["prompt"] in text.read_text()
+
+
+PREAMBLE = ("We the People of the United States, in Order to form a more perfect Union,")
+PREAMBLE_NEXT = (" establish Justice, insure domestic Tranquility, provide for the common defence, promote the "
+                 "general Welfare, and secure the Blessings")
+
+
+def test_llama_cpp_sampling_defaults_are_neutralised(local_server, tmp_path):
+    """llama-cpp-python's own defaults (repeat_penalty 1.1, top_k 40, top_p 0.95, min_p 0.05) apply to
+    every field a request leaves out; the repetition penalty even bends greedy decoding away from the
+    memorized text. trawl sends the neutral values, so its greedy continuation of the Constitution's
+    preamble is the verbatim one, while a bare request with the server's defaults is not."""
+    import requests
+
+    from extractor.backends import make_backend
+    from extractor.backends.vllm_http import LLAMA_CPP_NEUTRAL
+
+    bare = requests.post(local_server.base_url + "/v1/completions",
+                         json={"model": local_server.model, "prompt": PREAMBLE, "max_tokens": 24,
+                               "temperature": 0.0}, timeout=120).json()["choices"][0]["text"]
+    assert not bare.startswith(PREAMBLE_NEXT)  # the penalty breaks the quotation (known answer of this model)
+
+    be = make_backend("openai", endpoint=local_server.base_url, model=local_server.model, api_key_env=None)
+    caps = be.probe(use_cache=False)
+    assert caps.server == "llama_cpp" and caps.sampling_defaults == LLAMA_CPP_NEUTRAL
+    text = be.complete(PREAMBLE, {"temperature": 0.0, "max_tokens": 24}).choices[0].text
+    assert text.startswith(PREAMBLE_NEXT)
+
+    s = run_attacks(str(tmp_path / "run"), endpoint=local_server.base_url, model=local_server.model,
+                    attacks=[AttackSpec("divergence", {"words": ["poem"], "samples": 1, "repetitions": 5,
+                                                       "max_tokens": 4})],
+                    progress=False, concurrency=1, log=lambda m: None)
+    assert s.status == "finished"
+    recorded = json.loads((tmp_path / "run" / "run.json").read_text())["capabilities"]
+    assert recorded["server"] == "llama_cpp" and recorded["sampling_defaults"] == LLAMA_CPP_NEUTRAL

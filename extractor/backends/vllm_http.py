@@ -14,10 +14,16 @@ the neutral value of each such field explicitly unless the attack set it:
 ``presence_penalty=0``, ``frequency_penalty=0``. Early stops on EOS stay (an
 attack that wants full-length samples sets ``ignore_eos``; vLLM accepts it).
 
+llama-cpp-python (recognised by ``/extras/tokenize``) has sampling defaults of
+its own for every field a request leaves out (top_p 0.95, top_k 40, min_p 0.05,
+repeat_penalty 1.1: a truncated, repetition-penalised distribution, and the
+repetition penalty changes even greedy decoding). trawl sends
+:data:`LLAMA_CPP_NEUTRAL` the same way: ``top_p=1``, ``top_k=0`` (off in
+llama.cpp's sampler), ``min_p=0``, ``repeat_penalty=1``, zero penalties.
+
 The effective settings are recorded: ``Capabilities.server``,
 ``server_version`` and ``sampling_defaults`` (the fields trawl adds to every
-request, or for llama-cpp-python the server's own defaults, which apply to
-fields a request leaves out) go to ``run.json``'s ``capabilities``.
+request unless the attack sets them) go to ``run.json``'s ``capabilities``.
 """
 from __future__ import annotations
 
@@ -34,9 +40,13 @@ VLLM_NEUTRAL = {
     "frequency_penalty": 0.0,
 }
 
-# llama-cpp-python 0.3.x server defaults for fields a request omits (recorded, not changed)
-LLAMA_CPP_DEFAULTS = {"top_p": 0.95, "top_k": 40, "min_p": 0.05, "repeat_penalty": 1.1,
-                      "presence_penalty": 0.0, "frequency_penalty": 0.0}
+# llama-cpp-python 0.3.x applies its own sampling defaults to every field a request leaves out
+# (top_p 0.95, top_k 40, min_p 0.05, repeat_penalty 1.1): a truncated, repetition-penalised
+# distribution. trawl sends the neutral value of each (top_k 0 is "off" in llama.cpp's sampler).
+LLAMA_CPP_SERVER_DEFAULTS = {"top_p": 0.95, "top_k": 40, "min_p": 0.05, "repeat_penalty": 1.1,
+                             "presence_penalty": 0.0, "frequency_penalty": 0.0}
+LLAMA_CPP_NEUTRAL = {"top_p": 1.0, "top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0,
+                     "presence_penalty": 0.0, "frequency_penalty": 0.0}
 
 
 def detect_server(backend, caps) -> None:
@@ -76,12 +86,17 @@ def detect_server(backend, caps) -> None:
             caps.start_ids = None
     elif caps.tokenize == "llama_cpp":
         caps.server = "llama_cpp"
-        caps.sampling_defaults = {"server_defaults": dict(LLAMA_CPP_DEFAULTS)}
+        caps.sampling_defaults = dict(LLAMA_CPP_NEUTRAL)
+        caps.notes.append("llama.cpp: neutral sampling fields are sent explicitly (the server's own defaults "
+                          f"{LLAMA_CPP_SERVER_DEFAULTS} cannot apply)")
 
 
 def neutral_payload(caps, payload: dict) -> dict:
     """``payload`` with the audit-neutral fields of the server added where the caller left them out."""
-    if getattr(caps, "server", None) == "vllm" and caps.sampling_defaults:
+    server = getattr(caps, "server", None)
+    if server == "llama_cpp" and caps.sampling_defaults:
+        return {**caps.sampling_defaults, **payload}
+    if server == "vllm" and caps.sampling_defaults:
         payload = {**caps.sampling_defaults, **payload}
         decay = payload.pop("temperature_decay", None)
         if decay is not None:  # only planned when caps.temperature_decay (see attacks/unconditional.py)
