@@ -152,7 +152,7 @@ def describe_attack(name: str) -> str:
 
     cls = get_attack(name)
     lines = [f"{cls.name}: {cls.summary}", f"  reference: {cls.reference}", "  parameters:"]
-    for prm in cls.PARAMS:
+    for prm in cls.all_params():
         default = prm.default
         if prm.kind == "list" and isinstance(default, list) and len(default) > 8:
             shown = ",".join(repr(x)[1:-1] for x in default[:8]) + f",... ({len(default)} entries)"

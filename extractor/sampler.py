@@ -49,6 +49,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from extractor.attacks import AttackSpec, Job, PlanContext, get_attack, request_id, seed_for
+from extractor.attacks.base import apply_common
 from extractor.backends import BackendError, Choice, CompletionResult, OpenAIBackend, make_backend
 from extractor.backends.openai import api_key_hint, clean_text
 from extractor.budget import Budget, Pricing, Usage, stop_reason
@@ -228,7 +229,11 @@ def _run_attacks_locked(run_dir, *, endpoint, model, attacks, budget, pricing, c
     seen: set[str] = set()
     for spec in resolved:
         attack = get_attack(spec["name"])()
+        if spec["params"].get("ignore_eos") and not getattr(caps, "ignore_eos", False):
+            raise TrawlError(f"attack {spec['name']}: ignore_eos needs a server that honours it (vLLM); the server "
+                             f"at {be.endpoint} ({caps.server or 'unknown server'}) does not")
         for job in attack.plan(spec["params"], ctx):
+            apply_common(job, spec["params"])
             rid = request_id(run_id, job.attack, job.variant, job.prompt, job.sample)
             if rid in seen:
                 raise TrawlError(f"two planned generations share request id {rid} ({job.attack} {job.variant!r} "

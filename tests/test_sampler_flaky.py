@@ -273,3 +273,13 @@ def test_pool_keeps_a_late_endpoint_out_when_it_is_not_a_replica(tmp_path):
     assert late_stats["excluded"]  # 40 x 0.4 s on 4 workers outlast its 2 s cool-down
     assert "not a replica" in late_stats["last_error"] and "server: 'llama_cpp' vs 'vllm'" in late_stats["last_error"]
     assert any("is not used: it is not a replica" in m for m in logs)
+
+
+def test_ignore_eos_is_refused_for_a_server_that_cannot_honour_it(tmp_path):
+    """llama-cpp-python (and OpenAI) would silently ignore the field: trawl refuses to plan it."""
+    with FlakyServer(faults=()) as a:
+        with pytest.raises(TrawlError, match=r"attack divergence: ignore_eos needs a server that honours it "
+                                             r"\(vLLM\); the server at .* \(llama_cpp\) does not"):
+            run_attacks(str(tmp_path / "run"), endpoint=a.base_url, model=a.model,
+                        attacks=[AttackSpec("divergence", {"words": ["a"], "ignore_eos": True})], **FAST)
+    assert not (tmp_path / "run" / "run.json").exists()

@@ -165,6 +165,30 @@ def test_run_json_records_effective_sampling(tmp_path):
         assert gen and all(p["top_p"] == 1.0 and p["top_k"] == 40 and p["min_p"] == 0.0 for p in gen)
 
 
+def test_ignore_eos_is_an_attack_setting_sent_only_when_given(tmp_path):
+    """``ignore_eos`` (every attack takes it) reaches each request when set, and is absent otherwise;
+    the attacks' resolved parameters (and so the run id) do not change when it is not given."""
+    from extractor.attacks import AttackSpec, get_attack
+    from extractor.sampler import run_attacks
+
+    assert "ignore_eos" not in get_attack("divergence").resolve({"words": ["poem"]})
+    assert get_attack("divergence").resolve({"ignore_eos": "true"})["ignore_eos"] is True
+    with FakeVLLM() as srv:
+        for flag, sub in ((True, "on"), (None, "off")):
+            srv.payloads.clear()
+            params = {"words": ["poem", "data"], "samples": 2, "repetitions": 3, "max_tokens": 4}
+            if flag:
+                params["ignore_eos"] = True
+            s = run_attacks(str(tmp_path / sub), endpoint=srv.base_url, model="m", api_key_env=None,
+                            attacks=[AttackSpec("divergence", params)], progress=False, concurrency=2,
+                            log=lambda m: None)
+            assert s.status == "finished" and s.finished == 4
+            sent = [p for p in srv.payloads if "Repeat this word" in str(p["prompt"])]
+            assert sent and all(p.get("ignore_eos") is flag for p in sent), sub
+            caps = json.loads((tmp_path / sub / "run.json").read_text())["capabilities"]
+            assert caps["ignore_eos"] is True
+
+
 def test_exact_temperature_decay_through_the_server():
     from extractor.attacks import AttackSpec
     from extractor.attacks.base import PlanContext

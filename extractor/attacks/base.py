@@ -18,6 +18,7 @@ class Param:
     default: Any
     help: str
     choices: tuple | None = None
+    optional: bool = False   # left out of the resolved parameters unless given (see COMMON_PARAMS)
 
     def parse(self, value: Any, attack: str) -> Any:
         """Parse a CLI string or check a Python value."""
@@ -77,6 +78,25 @@ def _split_list(value: str) -> list[str]:
     return [w for w in out if w != ""]
 
 
+IGNORE_EOS = Param(
+    "ignore_eos", "bool", False,
+    "keep generating past the end-of-sequence token until max_tokens (vLLM's ignore_eos); off by default, as "
+    "in the literature: a sample ends where the deployed model would stop. Needs a server that honours it "
+    "(vLLM's server or the in-process vllm backend); trawl refuses to plan it for one that does not",
+    optional=True)
+# parameters every attack takes, applied by the sampler to each planned request (see apply_common)
+COMMON_PARAMS: tuple[Param, ...] = (IGNORE_EOS,)
+
+
+def apply_common(job: "Job", params: dict) -> None:
+    """Add the common parameters that were given (``params`` resolved) to a planned job's request(s)."""
+    if params.get("ignore_eos"):
+        job.params["ignore_eos"] = True
+        if job.steps:
+            for st in job.steps:
+                st["ignore_eos"] = True
+
+
 @dataclass
 class Job:
     """One planned generation (a row of generations.parquet once done)."""
@@ -127,14 +147,20 @@ class Attack:
     PARAMS: tuple[Param, ...] = ()
 
     @classmethod
+    def all_params(cls) -> tuple[Param, ...]:
+        """The attack's own parameters, then those every attack takes (:data:`COMMON_PARAMS`)."""
+        return tuple(cls.PARAMS) + COMMON_PARAMS
+
+    @classmethod
     def param_table(cls) -> dict[str, Param]:
-        return {p.name: p for p in cls.PARAMS}
+        return {p.name: p for p in cls.all_params()}
 
     @classmethod
     def resolve(cls, given: dict | None) -> dict:
-        """Defaults + given values, parsed; unknown names are an error."""
+        """Defaults + given values, parsed; unknown names are an error. Optional parameters
+        (``Param.optional``) appear only when given, so adding one kept older run ids."""
         table = cls.param_table()
-        out = {p.name: p.default for p in cls.PARAMS}
+        out = {p.name: p.default for p in cls.all_params() if not p.optional}
         for k, v in (given or {}).items():
             if k not in table:
                 raise TrawlError(f"attack {cls.name}: unknown parameter {k!r}; known: {', '.join(table)}")

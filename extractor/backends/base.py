@@ -37,6 +37,7 @@ class Capabilities:
     sampling_defaults: dict = field(default_factory=dict)  # fields sent with every request (vLLM)
     start_ids: list | None = None  # token ids sent for an empty prompt (vLLM refuses "")
     temperature_decay: bool = False  # exact per-token temperature decay (backend vllm: a logits processor)
+    ignore_eos: bool = False        # honours ignore_eos (generate past EOS to max_tokens): vLLM only
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:

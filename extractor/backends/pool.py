@@ -53,7 +53,8 @@ from extractor.errors import TrawlError
 
 # capabilities a replica may lack: the pool uses what every member has (a member probed later
 # must have at least these, see _late_probe)
-_SHARED_BOOLS = ("n", "prompt_list", "seed", "top_k", "logprobs_tokens", "logprobs_values", "temperature_decay")
+_SHARED_BOOLS = ("n", "prompt_list", "seed", "top_k", "logprobs_tokens", "logprobs_values", "temperature_decay",
+                 "ignore_eos")
 # facts every member must share exactly: they change what is sent (neutral sampling fields, the
 # start-of-text ids, the tokenizer) or what the run records (server and version)
 _SAME = ("token_info", "tokenize", "tokenize_adds_bos", "server", "server_version", "sampling_defaults",

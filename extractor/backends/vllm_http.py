@@ -58,6 +58,7 @@ def detect_server(backend, caps) -> None:
     if isinstance(data, dict) and isinstance(data.get("version"), str):
         caps.server = "vllm"
         caps.server_version = data["version"]
+        caps.ignore_eos = True  # a vLLM SamplingParams field its OpenAI server accepts
         caps.sampling_defaults = dict(VLLM_NEUTRAL)
         if not caps.top_k:
             caps.sampling_defaults.pop("top_k")

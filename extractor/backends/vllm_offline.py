@@ -194,7 +194,7 @@ class VLLMOfflineBackend:
         self.capabilities = Capabilities(
             logprobs_tokens=True, logprobs_values=True, n=True, prompt_list=True, seed=True, top_k=True,
             tokenize=None, token_info="ids", server="vllm-offline", server_version=vllm.__version__,
-            sampling_defaults=dict(VLLM_NEUTRAL), temperature_decay=True,
+            sampling_defaults=dict(VLLM_NEUTRAL), temperature_decay=True, ignore_eos=True,
             notes=["in-process vLLM engine: token boundaries from the generated token ids; temperature decay "
                    "exact (logits processor)"])
         return self.capabilities
