@@ -20,7 +20,6 @@ the run is started afresh unless ``resume`` is set.
 """
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import time

@@ -1,9 +1,7 @@
 """``trawl index ...`` and ``trawl match`` subcommands (registered by the ``trawl`` command)."""
 from __future__ import annotations
 
-import argparse
 import json
-import os
 
 
 def _progress(args) -> bool:

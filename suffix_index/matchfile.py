@@ -12,7 +12,6 @@ atomically (``NAME.tmp-<pid>``, fsync, rename) with the key-value metadata
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path

@@ -1,7 +1,6 @@
 """corpora: regressions for QA findings (empty corpora, UTF-8 BOM, bad sizes, --help)."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

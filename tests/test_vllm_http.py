@@ -17,7 +17,6 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import pytest
 
 from extractor.backends import make_backend
 from extractor.backends.vllm_http import VLLM_NEUTRAL
