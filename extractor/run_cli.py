@@ -70,6 +70,10 @@ def register(subparsers) -> None:
     g.add_argument("--concurrency", type=int, default=64, metavar="N",
                    help="requests in flight (default: 64, sized for vLLM's continuous batching; use 1-4 for "
                         "llama.cpp)")
+    g.add_argument("--max-prompts", type=int, default=8, metavar="N",
+                   help="prompts per request as a prompt list, where the server honours lists (vLLM): "
+                        "consecutive prompts with the same settings share a request; 1 turns lists off "
+                        "(default: 8)")
     g.add_argument("--timeout", type=float, default=300.0, metavar="S",
                    help="total time limit of one request in seconds, > 0 (default: 300)")
     g.add_argument("--max-retries", type=int, default=6, metavar="N",
@@ -137,7 +141,8 @@ def cmd_sample(args) -> int:
     else:
         endpoint = args.endpoint[0] if len(args.endpoint) == 1 else args.endpoint
     summary = run_attacks(args.out, endpoint=endpoint, model=args.model, attacks=specs, budget=budget,
-                          pricing=pricing, concurrency=args.concurrency, resume=args.resume,
+                          pricing=pricing, concurrency=args.concurrency, max_prompts=args.max_prompts,
+                          resume=args.resume,
                           progress=not args.no_progress, api_key_env=args.api_key_env, timeout=args.timeout,
                           max_retries=args.max_retries, run_id=args.run_id, seed=args.seed,
                           token_info=args.token_info, backend=args.backend)

@@ -28,7 +28,14 @@ How it works
        most ``concurrency`` requests in flight, records each finished generation in
        the journal at once, enforces the budget, and rolls parts.
     Samples of one prompt share a request with ``n`` when the server honours ``n``
-    (and ``use_n`` is on); otherwise they are separate requests.
+    (and ``use_n`` is on); otherwise they are separate requests. Consecutive prompts
+    with the same parameters (and the same ``n``) share one request as a prompt list
+    when the server honours lists (vLLM; ``use_prompt_lists``, up to ``max_prompts``);
+    ``concurrency`` counts requests, so a list puts up to ``max_prompts`` x ``n``
+    sequences in flight per request. The grouping is a function of the plan, so a
+    resumed run sends what an uninterrupted one would. A list's billed prompt tokens
+    are one total; rows get shares in proportion to prompt length
+    (``extra.prompt_tokens_estimated``).
 
 The run id defaults to a hash of the frozen plan (model + resolved attacks +
 seed), so the same campaign on the same model gets the same request ids in any
@@ -90,9 +97,18 @@ class RunSummary:
 
 @dataclass
 class _Unit:
-    jobs: list[Job]
+    """One request: ``parts`` holds one list of jobs per prompt (a prompt list when there are
+    several, all of the same size ``n``; the jobs of a part are the ``n`` samples of its prompt)."""
+
+    parts: list[list[Job]]
     reserve_tokens: int
     reserve_dollars: float
+    skip: frozenset = frozenset()   # request ids sent but not stored (stored before, or past a cap)
+
+    @property
+    def jobs(self) -> list[Job]:
+        """The generations this request stores."""
+        return [j for p in self.parts for j in p if j.request_id not in self.skip]
 
 
 @dataclass
@@ -131,6 +147,8 @@ def run_attacks(
     seed: int = 0,
     use_n: bool = True,
     max_n: int = 16,
+    use_prompt_lists: bool = True,
+    max_prompts: int = 8,
     flush_rows: int = 256,
     flush_seconds: float = 30.0,
     drain_seconds: float = 60.0,
@@ -153,13 +171,13 @@ def run_attacks(
     args = dict(locals())
     _validate_settings(concurrency=concurrency, timeout=timeout, max_retries=max_retries,
                        drain_seconds=drain_seconds, max_n=max_n, flush_rows=flush_rows,
-                       flush_seconds=flush_seconds)
+                       flush_seconds=flush_seconds, max_prompts=max_prompts)
     with RunLock(run_dir):
         return _run_attacks_locked(**args)
 
 
 def _validate_settings(*, concurrency, timeout, max_retries, drain_seconds, max_n, flush_rows,
-                       flush_seconds) -> None:
+                       flush_seconds, max_prompts) -> None:
     """Reject bad numeric settings before anything is written (a bad one used to surface mid-run)."""
     def _num(name, v, ok, what):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or not ok(v):
@@ -170,13 +188,14 @@ def _validate_settings(*, concurrency, timeout, max_retries, drain_seconds, max_
     _num("max_retries", max_retries, lambda v: v >= 0 and v == int(v), "an integer >= 0")
     _num("drain_seconds", drain_seconds, lambda v: v >= 0, "a number of seconds >= 0")
     _num("max_n", max_n, lambda v: v >= 1, ">= 1")
+    _num("max_prompts", max_prompts, lambda v: v >= 1 and v == int(v), "an integer >= 1")
     _num("flush_rows", flush_rows, lambda v: v >= 1, ">= 1")
     _num("flush_seconds", flush_seconds, lambda v: v >= 0, ">= 0")
 
 
 def _run_attacks_locked(run_dir, *, endpoint, model, attacks, budget, pricing, concurrency, resume, progress,
                         api_key_env, timeout, max_retries, backoff_base, backoff_max, run_id, seed, use_n, max_n,
-                        flush_rows, flush_seconds, drain_seconds, max_consecutive_failures, backend, token_info,
+                        use_prompt_lists, max_prompts, flush_rows, flush_seconds, drain_seconds, max_consecutive_failures, backend, token_info,
                         log) -> RunSummary:
     log = log or (lambda msg: print(f"trawl: {msg}", file=sys.stderr))
     budget = budget or Budget()
@@ -264,7 +283,8 @@ def _run_attacks_locked(run_dir, *, endpoint, model, attacks, budget, pricing, c
     attack_objs = {spec["name"]: get_attack(spec["name"])() for spec in resolved}
 
     engine = _Engine(be, rd, attack_objs, usage, budget, pricing, run_id=run_id, model=model,
-                     concurrency=concurrency, use_n=use_n and caps.n, max_n=max_n, progress=progress,
+                     concurrency=concurrency, use_n=use_n and caps.n, max_n=max_n,
+                     max_prompts=max_prompts if use_prompt_lists and caps.prompt_list else 1, progress=progress,
                      planned=planned, drain_seconds=drain_seconds,
                      max_consecutive_failures=max_consecutive_failures or max(10, 2 * concurrency), log=log)
     engine_box.append(engine)
@@ -288,7 +308,7 @@ def _run_attacks_locked(run_dir, *, endpoint, model, attacks, budget, pricing, c
             f"only queue there and can run into the {timeout:g} s timeout (try --concurrency 2-4)")
     interrupted = False
     try:
-        engine.run(pending)
+        engine.run(engine.pending_units(all_jobs, done), len(pending))
     except KeyboardInterrupt:
         interrupted = True
         engine.stop_reason = "interrupted"
@@ -320,11 +340,13 @@ def _recount(rd: RunDir, usage: Usage) -> None:
 
 class _Engine:
     def __init__(self, be, rd, attacks, usage, budget, pricing, *, run_id, model, concurrency, use_n, max_n,
+                 max_prompts,
                  progress, planned, drain_seconds, max_consecutive_failures, log):
         self.be, self.rd, self.attacks, self.usage = be, rd, attacks, usage
         self.budget, self.pricing = budget, pricing
         self.run_id, self.model = run_id, model
         self.concurrency, self.use_n, self.max_n = concurrency, use_n, max(1, max_n)
+        self.max_prompts = max(1, int(max_prompts))
         self.progress, self.planned = progress, planned
         self.drain_seconds = drain_seconds
         self.max_consecutive_failures = max_consecutive_failures
@@ -346,7 +368,15 @@ class _Engine:
 
     # -- units ----------------------------------------------------------------------------
     def _units(self, jobs: list[Job]):
+        """Requests for ``jobs`` (the whole plan, in order), as lists of parts (see :class:`_Unit`).
+
+        Samples of one prompt share a request with ``n`` (``use_n``, temperature > 0, up to
+        ``max_n``); consecutive parts with the same parameters and the same ``n`` share one with a
+        prompt list (servers that honour lists, up to ``max_prompts`` prompts). The grouping is a
+        function of the plan alone, so a resumed run sends the requests an uninterrupted one would.
+        """
         i = 0
+        parts: list[list[Job]] = []
         while i < len(jobs):
             j = jobs[i]
             group = [j]
@@ -356,24 +386,53 @@ class _Engine:
                        and jobs[i + len(group)].group_key() == key):
                     group.append(jobs[i + len(group)])
             i += len(group)
-            yield group
+            parts.append(group)
+        unit: list[list[Job]] = []
+        for part in parts:
+            if unit and (len(unit) >= self.max_prompts or not self._listable(unit[0], part)):
+                yield unit
+                unit = []
+            unit.append(part)
+        if unit:
+            yield unit
 
-    def _reserve(self, group: list[Job]) -> _Unit:
-        j = group[0]
-        calls = (j.steps or []) + [j.params]
-        est_prompt = int(math.ceil(len(j.prompt.encode("utf-8")) / self.prompt_bytes_per_token)) + 2
-        max_new = sum(int(c.get("max_tokens", 16)) for c in calls)
-        tokens = (est_prompt + max_new) * len(calls) if j.steps else est_prompt + max_new * len(group)
-        dollars = 0.0 if self.pricing.hourly else self.pricing.token_cost(est_prompt * len(calls), max_new * len(group))
-        return _Unit(jobs=group, reserve_tokens=tokens, reserve_dollars=dollars)
+    @staticmethod
+    def _listable(first: list[Job], part: list[Job]) -> bool:
+        a, b = first[0], part[0]
+        return (a.steps is None and b.steps is None and len(first) == len(part)
+                and json.dumps(a.params, sort_keys=True) == json.dumps(b.params, sort_keys=True))
+
+    def pending_units(self, all_jobs: list[Job], done: set[str]):
+        """:meth:`_units` of the whole plan, less the generations already stored, as
+        ``(parts, skip)``. A unit that is only partly stored (cut by a generation cap, or a kill
+        between its rows) is sent whole again and only its missing rows are kept: the same
+        request with the same seed gives the same samples, so a resumed run stores exactly what
+        an uninterrupted one would (the repeated part is billed)."""
+        for unit in self._units(all_jobs):
+            ids = {j.request_id for p in unit for j in p}
+            stored = ids & done
+            if stored == ids:
+                continue
+            yield unit, frozenset(stored)
+
+    def _reserve(self, parts: list[list[Job]], skip: frozenset = frozenset()) -> _Unit:
+        tokens, dollars = 0, 0.0
+        for group in parts:
+            j = group[0]
+            calls = (j.steps or []) + [j.params]
+            est_prompt = int(math.ceil(len(j.prompt.encode("utf-8")) / self.prompt_bytes_per_token)) + 2
+            max_new = sum(int(c.get("max_tokens", 16)) for c in calls)
+            tokens += (est_prompt + max_new) * len(calls) if j.steps else est_prompt + max_new * len(group)
+            dollars += 0.0 if self.pricing.hourly else self.pricing.token_cost(est_prompt * len(calls),
+                                                                              max_new * len(group))
+        return _Unit(parts=parts, reserve_tokens=tokens, reserve_dollars=dollars, skip=skip)
 
     # -- worker ---------------------------------------------------------------------------
     def _execute(self, unit: _Unit) -> _Done:
         """Send the unit's request(s). Token boundaries that need the tokenize endpoint are left
         pending (filled by :meth:`_build_rows` in a post-processing thread), so that the worker can
         send its next generation at once."""
-        jobs = unit.jobs
-        j = jobs[0]
+        j = unit.parts[0][0]  # the request's leader: its prompt, parameters and seed (stored or not)
         d = _Done(unit=unit)
         seed = j.seed if self.be.capabilities.seed else None
         if j.steps:
@@ -381,21 +440,34 @@ class _Engine:
             d.finished_at = time.monotonic()
             return d
         t0 = time.time()
-        n = len(jobs)
-        res: CompletionResult = self._complete(j.prompt, j.params, n=n, seed=j.seed)
+        parts = unit.parts
+        n = len(parts[0])
+        if len(parts) == 1:
+            res: CompletionResult = self._complete(j.prompt, j.params, n=n, seed=j.seed)
+        else:  # a prompt list: choice k of prompt i is choices[i * n + k] (OpenAI's order)
+            res = self._complete([p[0].prompt for p in parts], j.params, n=n, seed=j.seed)
         d.billed_prompt, d.billed_completion = res.prompt_tokens, res.completion_tokens
         sent = dict(j.params)
         if not self.be.capabilities.top_k:
             sent.pop("top_k", None)
         if n > 1:
             sent["n"] = n
+        shares = _prompt_token_shares(res.prompt_tokens, [p[0].prompt for p in parts])
         d.pending = []
-        for k, (job, ch) in enumerate(zip(jobs, res.choices)):
-            extra = {"sample": job.sample, "attempts": res.attempts}
-            if n > 1:
-                extra["n_choice"] = k
-                extra["n"] = n
-            d.pending.append((job, ch, res.prompt_tokens, sent, seed, res.latency_s, t0, extra, res.endpoint))
+        for i, part in enumerate(parts):
+            for k, job in enumerate(part):
+                if job.request_id in unit.skip:
+                    continue
+                ch = res.choices[i * n + k]
+                extra = {"sample": job.sample, "attempts": res.attempts}
+                if n > 1:
+                    extra["n_choice"] = k
+                    extra["n"] = n
+                if len(parts) > 1:
+                    extra["prompt_list"] = len(parts)
+                    extra["prompt_index"] = i
+                    extra["prompt_tokens_estimated"] = True
+                d.pending.append((job, ch, shares[i], sent, seed, res.latency_s, t0, extra, res.endpoint))
         d.finished_at = time.monotonic()
         return d
 
@@ -543,12 +615,13 @@ class _Engine:
                 return
 
     # -- main loop --------------------------------------------------------------------------
-    def run(self, jobs: list[Job]) -> None:
+    def run(self, units, pending: int) -> None:
+        """Send ``units`` (from :meth:`pending_units`; ``pending`` generations in all)."""
         bar = None
         if self.progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=self.planned, initial=self.planned - len(jobs), unit="gen", dynamic_ncols=True,
+            bar = tqdm(total=self.planned, initial=self.planned - pending, unit="gen", dynamic_ncols=True,
                        desc="sampling", file=sys.stderr, smoothing=0.1)
         self.bar = bar
         if bar is not None:  # messages above the bar, not through it
@@ -557,7 +630,7 @@ class _Engine:
         work_q: queue.Queue = queue.Queue()
         post_q: queue.Queue = queue.Queue()
         done_q: queue.Queue = queue.Queue()
-        n_workers = min(self.concurrency, max(1, len(jobs)))
+        n_workers = min(self.concurrency, max(1, pending))
         n_post = 4  # batched token-boundary requests (see _post_worker)
         threads = [threading.Thread(target=self._worker, args=(work_q, post_q, done_q), daemon=True,
                                     name=f"trawl-worker-{i}") for i in range(n_workers)]
@@ -572,7 +645,6 @@ class _Engine:
         generating: set[int] = set()
         prefetch = self.concurrency
         max_outstanding = 4 * self.concurrency + 64
-        units = self._units(jobs)
         next_unit = None
         in_flight: dict[int, _Unit] = {}
         reserved = [0, 0, 0.0]  # generations, tokens, dollars
@@ -591,19 +663,20 @@ class _Engine:
                         if group is None:
                             exhausted = True
                             break
-                        next_unit = self._reserve(group)
+                        next_unit = self._reserve(*group)
                     why = stop_reason(self.budget, self.usage, reserved_generations=reserved[0] + len(next_unit.jobs),
                                       reserved_tokens=reserved[1] + next_unit.reserve_tokens,
                                       reserved_dollars=reserved[2] + next_unit.reserve_dollars,
                                       elapsed_s=time.monotonic() - self.t0, extra_dollars=self._time_cost_pending())
                     if why is not None:
-                        # a group served by n may be split to fit a generation cap
+                        # a request serving several generations (n, a prompt list) that does not fit a
+                        # generation cap is sent whole and only its first ones are stored: cutting it
+                        # would change its seed and so its samples (see pending_units)
                         if why == "max_generations" and len(next_unit.jobs) > 1:
                             room = (self.budget.max_generations or 0) - self.usage.generations - reserved[0]
                             if room >= 1:
-                                rest = next_unit.jobs[room:]
-                                next_unit = self._reserve(next_unit.jobs[:room])
-                                units = _chain([rest], units)
+                                beyond = frozenset(j.request_id for j in next_unit.jobs[room:])
+                                next_unit = self._reserve(next_unit.parts, next_unit.skip | beyond)
                                 continue
                         self.stop_reason = why
                         break
@@ -742,7 +815,7 @@ class _Engine:
         self.usage.prompt_tokens += d.billed_prompt
         self.usage.completion_tokens += d.billed_completion
         self.usage.cost_usd += cost_total
-        pb = len(d.unit.jobs[0].prompt.encode("utf-8"))
+        pb = sum(len(p[0].prompt.encode("utf-8")) for p in d.unit.parts)
         if d.billed_prompt > 0 and not d.unit.jobs[0].steps:
             self._ppt_samples[0] += pb
             self._ppt_samples[1] += d.billed_prompt
@@ -800,9 +873,18 @@ class _Engine:
             capabilities=self.be.capabilities.to_dict(), attacks=attacks)
 
 
-def _chain(first, rest):
-    yield from first
-    yield from rest
+def _prompt_token_shares(total: int, prompts: list[str]) -> list[int]:
+    """A request's billed prompt tokens per prompt: servers report one total for a prompt list,
+    so it is split in proportion to the prompts' UTF-8 lengths (integers summing to ``total``;
+    rows say ``prompt_tokens_estimated``). One prompt: the total itself."""
+    if len(prompts) == 1:
+        return [int(total)]
+    weights = [max(1, len(p.encode("utf-8"))) for p in prompts]
+    exact = [total * w / sum(weights) for w in weights]
+    out = [int(x) for x in exact]
+    for i in sorted(range(len(out)), key=lambda i: out[i] - exact[i])[: int(total) - sum(out)]:
+        out[i] += 1
+    return out
 
 
 def _attack_summaries(rd: RunDir, resolved: list[dict] | None = None) -> dict:

@@ -188,6 +188,75 @@ def test_ignore_eos_is_an_attack_setting_sent_only_when_given(tmp_path):
             assert caps["ignore_eos"] is True
 
 
+def _fake_text(prompt, seed, k, temperature, max_tokens):
+    h = hashlib.sha256(f"{prompt}|{seed}|{k}|{temperature}".encode()).digest()
+    return "".join(VOCAB[h[j] % len(VOCAB)] for j in range(max_tokens))
+
+
+def _rows(run_dir):
+    from extractor.runs import RunDir
+
+    return sorted(RunDir(str(run_dir)).read_generations().to_pylist(), key=lambda r: r["request_id"])
+
+
+def test_prompt_lists_with_n_store_each_sample_under_its_own_request_id(tmp_path):
+    """Five prompts x three samples go out as ONE request (a prompt list of 5 with n=3) when the
+    server honours both; every row holds exactly the sample the server made for its prompt and
+    choice index (recomputed from the fake model), and the list's billed prompt tokens are split
+    over the rows without losing any."""
+    from extractor.attacks import AttackSpec
+    from extractor.sampler import run_attacks
+
+    words = ["poem", "data", "the", "of", "and"]
+    with FakeVLLM() as srv:
+        srv.payloads.clear()
+        s = run_attacks(str(tmp_path / "run"), endpoint=srv.base_url, model="m", api_key_env=None,
+                        attacks=[AttackSpec("divergence", {"words": words, "samples": 3, "repetitions": 2,
+                                                           "max_tokens": 4, "form": "instruction"})],
+                        progress=False, concurrency=2, log=lambda m: None)
+        sent = [p for p in srv.payloads if "Repeat this word" in str(p["prompt"])]
+    assert s.status == "finished" and s.finished == 15
+    assert len(sent) == 1 and isinstance(sent[0]["prompt"], list) and len(sent[0]["prompt"]) == 5
+    assert sent[0]["n"] == 3
+    rows = _rows(tmp_path / "run")
+    assert len(rows) == 15 and len({r["request_id"] for r in rows}) == 15
+    seen = set()
+    for r in rows:
+        e = json.loads(r["extra"])
+        assert e["prompt_list"] == 5 and e["n"] == 3 and e["prompt_tokens_estimated"] is True
+        assert r["prompt"] == sent[0]["prompt"][e["prompt_index"]]
+        assert r["seed"] == sent[0]["seed"]
+        assert r["completion"] == _fake_text(r["prompt"], r["seed"], e["n_choice"], 1.0, 4)
+        seen.add((e["prompt_index"], e["n_choice"]))
+    assert seen == {(i, k) for i in range(5) for k in range(3)}
+    # the fake server bills 5 prompt tokens per request: shares are integers that add up to it
+    assert sum(r["prompt_tokens"] for r in rows) == 3 * 5 and all(r["prompt_tokens"] >= 0 for r in rows)
+
+
+def test_resume_after_a_cap_cut_a_prompt_list_stores_what_an_uninterrupted_run_does(tmp_path):
+    """A generation cap cuts a prompt-list request in the middle; the resumed run sends the same
+    request again and keeps only the missing rows, so the union equals an uninterrupted run row for
+    row (same request ids, same samples), with nothing stored twice."""
+    from extractor.attacks import AttackSpec
+    from extractor.budget import Budget
+    from extractor.sampler import run_attacks
+
+    spec = [AttackSpec("divergence", {"words": ["poem", "data", "the", "of", "and", "x"], "samples": 2,
+                                      "repetitions": 2, "max_tokens": 5, "form": "instruction"})]
+    kw = dict(endpoint="", model="m", api_key_env=None, attacks=spec, progress=False, concurrency=2,
+              log=lambda m: None, max_prompts=4)
+    with FakeVLLM() as srv:
+        kw["endpoint"] = srv.base_url
+        full = run_attacks(str(tmp_path / "full"), **kw)
+        cut = run_attacks(str(tmp_path / "cut"), budget=Budget(max_generations=5), **kw)
+        assert cut.status == "stopped" and cut.finished == 5
+        again = run_attacks(str(tmp_path / "cut"), resume=True, **kw)
+    assert full.finished == 12 and again.status == "finished" and again.finished == 12
+    key = lambda r: (r["request_id"], r["prompt"], r["completion"], r["seed"])  # noqa: E731
+    a, b = _rows(tmp_path / "full"), _rows(tmp_path / "cut")
+    assert len(b) == 12 and [key(r) for r in a] == [key(r) for r in b]
+
+
 def test_exact_temperature_decay_through_the_server():
     from extractor.attacks import AttackSpec
     from extractor.attacks.base import PlanContext
