@@ -114,11 +114,15 @@ def run_paired(endpoint: str, model: str, specs, payloads: list[dict], concurren
             "ratio": tokens / raw_tokens if raw_tokens else float("nan")}
 
 
+TOKENIZER_FILE = None  # the GGUF file of the server the benchmark started (token boundaries in-process)
+
+
 def run_trawl(endpoint: str, model: str, specs, concurrency: int, workdir: str, with_window: bool = False):
     run_dir = tempfile.mkdtemp(prefix="trawl-bench-", dir=workdir)
     shutil.rmtree(run_dir)
     t0 = time.perf_counter()
     s = run_attacks(run_dir, endpoint=endpoint, model=model, attacks=specs, concurrency=concurrency,
+                    tokenizer_file=TOKENIZER_FILE,
                     progress=False, log=lambda m: None)
     t1 = time.perf_counter()
     assert s.status == "finished", s.line()
@@ -141,6 +145,11 @@ def main(argv=None) -> int:
                          "time on the same server, immune to drift in the machine's load, but on llama.cpp it "
                          "charges trawl for its end-of-run token requests queued behind the other client's "
                          "generations (default: sequential)")
+    ap.add_argument("--tokenizer-file", metavar="GGUF", help="with --endpoint on a llama.cpp server: the GGUF "
+                    "file it loaded, for token boundaries in trawl's process (as trawl demo does)")
+    ap.add_argument("--server-tokenize", action="store_true", help="token boundaries through the server's "
+                    "tokenize endpoint even when the model file is known (the path for llama.cpp servers "
+                    "trawl did not start)")
     ap.add_argument("--json", metavar="FILE", help="write the figures here")
     args = ap.parse_args(argv)
 
@@ -150,12 +159,16 @@ def main(argv=None) -> int:
 
         server = EmbeddedServer().start()
         args.endpoint, args.model = server.base_url, server.model
+        if not args.server_tokenize:
+            args.tokenizer_file = str(server.model_path)
     elif not args.model:
         ap.error("--model is required with --endpoint")
     workdir = tempfile.mkdtemp(prefix="trawl-bench-")
     try:
         specs = workload(args)
-        OpenAIBackend(args.endpoint, args.model).probe()  # once, cached for the rounds
+        global TOKENIZER_FILE
+        TOKENIZER_FILE = args.tokenizer_file
+        OpenAIBackend(args.endpoint, args.model, tokenizer_file=TOKENIZER_FILE).probe()  # once, cached for the rounds
         # warm-up: one request so that neither side pays the server's first-request costs
         requests.post(args.endpoint + "/v1/completions", json={"model": args.model, "prompt": "Hello",
                                                                "max_tokens": 4}, timeout=600)

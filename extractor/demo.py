@@ -165,6 +165,7 @@ def run_demo(
             str(run_dir),
             endpoint=srv.base_url,
             model=srv.model,
+            tokenizer_file=str(srv.model_path),  # boundaries in-process: no tokenize requests on the server
             attacks=[
                 AttackSpec("discoverable", {**DEMO_DISCOVERABLE, "corpus": str(corpus_dir),
                                              "documents": max(4, round(8 * minutes))}),

@@ -70,6 +70,10 @@ def register(subparsers) -> None:
     g.add_argument("--concurrency", type=int, default=64, metavar="N",
                    help="requests in flight (default: 64, sized for vLLM's continuous batching; use 1-4 for "
                         "llama.cpp)")
+    g.add_argument("--tokenizer-file", metavar="GGUF",
+                   help="the GGUF model file a llama.cpp server loaded: token boundaries are computed in this "
+                        "process with its tokenizer (checked against the server's) instead of tokenize requests "
+                        "that queue behind generations on the server")
     g.add_argument("--max-prompts", type=int, default=8, metavar="N",
                    help="prompts per request as a prompt list, where the server honours lists (vLLM): "
                         "consecutive prompts with the same settings share a request; 1 turns lists off "
@@ -136,12 +140,15 @@ def cmd_sample(args) -> int:
         raise TrawlError("--endpoint URL is required with the openai backend (or use --backend vllm)")
     if args.backend == "vllm" and args.endpoint:
         raise TrawlError("--backend vllm runs the model in this process: drop --endpoint")
+    if args.backend == "vllm" and args.tokenizer_file:
+        raise TrawlError("--tokenizer-file is for llama.cpp servers; the vllm backend has its model's tokenizer")
     if args.backend == "vllm":
         endpoint = f"vllm://{args.model}"
     else:
         endpoint = args.endpoint[0] if len(args.endpoint) == 1 else args.endpoint
     summary = run_attacks(args.out, endpoint=endpoint, model=args.model, attacks=specs, budget=budget,
                           pricing=pricing, concurrency=args.concurrency, max_prompts=args.max_prompts,
+                          tokenizer_file=args.tokenizer_file,
                           resume=args.resume,
                           progress=not args.no_progress, api_key_env=args.api_key_env, timeout=args.timeout,
                           max_retries=args.max_retries, run_id=args.run_id, seed=args.seed,

@@ -155,6 +155,7 @@ def run_attacks(
     max_consecutive_failures: int | None = None,
     backend: str = "openai",
     token_info: str = "auto",
+    tokenizer_file: str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> RunSummary:
     """Run ``attacks`` against the model server and store generations in ``run_dir``.
@@ -167,6 +168,11 @@ def run_attacks(
     is re-raised. Holds the run folder's lock (``RUN/.lock``) throughout: a second
     process on the same folder gets :class:`extractor.runs.RunLocked` (exit code 75)
     and writes nothing.
+
+    ``tokenizer_file``: the GGUF file a llama.cpp server loaded; token boundaries are then
+    computed in this process with that file's tokenizer (checked against the server's at the
+    start; see extractor/backends/gguf_tokenizer.py) instead of one tokenize request per batch
+    of completions on the server.
     """
     args = dict(locals())
     _validate_settings(concurrency=concurrency, timeout=timeout, max_retries=max_retries,
@@ -196,6 +202,7 @@ def _validate_settings(*, concurrency, timeout, max_retries, drain_seconds, max_
 def _run_attacks_locked(run_dir, *, endpoint, model, attacks, budget, pricing, concurrency, resume, progress,
                         api_key_env, timeout, max_retries, backoff_base, backoff_max, run_id, seed, use_n, max_n,
                         use_prompt_lists, max_prompts, flush_rows, flush_seconds, drain_seconds, max_consecutive_failures, backend, token_info,
+                        tokenizer_file,
                         log) -> RunSummary:
     log = log or (lambda msg: print(f"trawl: {msg}", file=sys.stderr))
     budget = budget or Budget()
@@ -238,7 +245,8 @@ def _run_attacks_locked(run_dir, *, endpoint, model, attacks, budget, pricing, c
     be: OpenAIBackend = make_backend(backend, endpoint=endpoint, model=model, api_key_env=api_key_env,
                                      timeout=timeout, max_retries=max_retries, backoff_base=backoff_base,
                                      backoff_max=backoff_max, pool_size=max(concurrency, 4),
-                                     token_info=token_info, **pool_log)
+                                     token_info=token_info, **pool_log,
+                                     **({"tokenizer_file": tokenizer_file} if tokenizer_file else {}))
     caps = be.probe()
     be.retries = 0
 

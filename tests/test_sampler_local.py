@@ -186,3 +186,75 @@ def test_llama_cpp_sampling_defaults_are_neutralised(local_server, tmp_path):
     assert s.status == "finished"
     recorded = json.loads((tmp_path / "run" / "run.json").read_text())["capabilities"]
     assert recorded["server"] == "llama_cpp" and recorded["sampling_defaults"] == LLAMA_CPP_NEUTRAL
+
+
+TOKENIZER_TEXTS = [
+    "",
+    " poem poem poem, company company\n\n\n",
+    "We the People of the United States, in Order to form a more perfect Union,",
+    "naïve façade — «quoted» 中文 日本語の文 🙂🚀 ﬁ Å",
+    "def f(x):\n\treturn {'a': x ** 2}  # <eos> <start_of_turn> &amp;\r\n",
+    "    indented\t\ttabs and trailing spaces   ",
+    "0123456789 3.14159 1e-9 0xDEADBEEF",
+]
+
+
+def test_tokenizer_file_gives_the_servers_tokens_in_process(local_server, tmp_path):
+    """The GGUF file's tokenizer, run in trawl's process, gives the server's token ids and the same
+    token boundaries as re-tokenizing through the server, on text chosen to be hard (multi-byte
+    characters, special-token strings, whitespace runs), and on real completions of a run."""
+    from extractor.backends import make_backend
+    from extractor.backends.gguf_tokenizer import GGUFTokenizer
+
+    server_be = make_backend("openai", endpoint=local_server.base_url, model=local_server.model, api_key_env=None)
+    server_be.probe(use_cache=False)
+    assert server_be.capabilities.token_info == "tokenize"
+    tok = GGUFTokenizer.for_file(local_server.model_path)
+    assert GGUFTokenizer.for_file(str(local_server.model_path)) is tok  # loaded once per process
+    from extractor.backends.tokens import AlignmentError
+
+    for text in TOKENIZER_TEXTS:
+        ids = tok.tokenize(text)
+        assert ids == server_be.tokenize(text), text
+        if not text:
+            continue
+        local = tok.offsets(text)
+        assert len(local) == len(ids) and local[0] == 0 and local == sorted(local), text
+        try:
+            assert local == server_be.token_offsets(text), text
+        except AlignmentError:
+            # the endpoint decodes special tokens ("<eos>") to "" and cannot place them; the file's
+            # pieces are exact: they spell the text
+            assert "<eos>" in text and b"".join(tok.pieces(ids)) == text.encode()
+
+    s = run_attacks(str(tmp_path / "run"), endpoint=local_server.base_url, model=local_server.model,
+                    tokenizer_file=str(local_server.model_path),
+                    attacks=[AttackSpec("divergence", {"words": ["poem", "ü"], "repetitions": 10, "samples": 2,
+                                                       "max_tokens": 24})],
+                    progress=False, concurrency=2, log=lambda m: None)
+    assert s.status == "finished" and s.finished == 4
+    caps = json.loads((tmp_path / "run" / "run.json").read_text())["capabilities"]
+    assert caps["token_info"] == "local_tokenize" and caps["tokenizer_file"] == local_server.model_path.name
+    rows = check_generations(tmp_path / "run", 4)
+    for r in rows:
+        if r["completion"]:
+            assert json.loads(r["extra"])["token_source"] == "local_tokenize"
+            assert r["token_offsets"] == server_be.token_offsets(r["completion"])
+
+
+def test_tokenizer_file_that_does_not_match_the_server_is_refused(local_server, tmp_path):
+    """Real GGUF file, but a server with another tokenizer (the flaky test server's): one line, no run."""
+    from flaky_server import FlakyServer
+
+    with FlakyServer(faults=()) as other:
+        with pytest.raises(TrawlError, match=r"its tokenizer does not match the model served at"):
+            run_attacks(str(tmp_path / "run"), endpoint=other.base_url, model=other.model,
+                        tokenizer_file=str(local_server.model_path),
+                        attacks=[AttackSpec("divergence", {"words": ["a"], "samples": 1, "max_tokens": 4})],
+                        progress=False, log=lambda m: None)
+    bad = tmp_path / "not-a-model.gguf"
+    bad.write_bytes(b"GGUF" + b"\x00" * 64)
+    with pytest.raises(TrawlError, match=r"not-a-model.gguf: not a GGUF model file llama.cpp can read"):
+        run_attacks(str(tmp_path / "run2"), endpoint=local_server.base_url, model=local_server.model,
+                    tokenizer_file=str(bad), attacks=[AttackSpec("divergence", {"words": ["a"], "samples": 1})],
+                    progress=False, log=lambda m: None)

@@ -31,13 +31,14 @@ class Capabilities:
     top_k: bool = False             # the top_k extension is accepted
     tokenize: str | None = None     # "vllm" (/tokenize), "llama_cpp" (/extras/tokenize) or None
     tokenize_adds_bos: bool = False
-    token_info: str | None = None   # where token boundaries come from: "logprobs" or "tokenize"
+    token_info: str | None = None   # where token boundaries come from: "logprobs", "tokenize", "local_tokenize"
     server: str | None = None       # "vllm" (GET /version), "llama_cpp" or None (see backends/vllm_http.py)
     server_version: str | None = None
     sampling_defaults: dict = field(default_factory=dict)  # fields sent with every request (vLLM)
     start_ids: list | None = None  # token ids sent for an empty prompt (vLLM refuses "")
     temperature_decay: bool = False  # exact per-token temperature decay (backend vllm: a logits processor)
     ignore_eos: bool = False        # honours ignore_eos (generate past EOS to max_tokens): vLLM only
+    tokenizer_file: str | None = None  # token_info "local_tokenize": the GGUF file whose tokenizer is used
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -57,7 +58,7 @@ class Choice:
     token_logprobs: list[float] | None
     completion_tokens: int
     finish_reason: str
-    token_source: str  # "logprobs", "tokenize", "none", "empty" or "pending" (see fill_tokens)
+    token_source: str  # "logprobs", "tokenize", "local_tokenize", "none", "empty" or "pending" (see fill_tokens)
     token_error: str | None = None
 
 

@@ -58,6 +58,10 @@ from extractor.errors import TrawlError
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504}) | frozenset(range(520, 530))
 _PROBE_PROMPT = "The quick brown fox"
 _SEP = "\x00\x01"
+# a tokenizer file must give the server's ids for this text: words, case, digits, punctuation,
+# code, whitespace runs, newlines and multi-byte characters (2, 3 and 4 bytes)
+_TOKENIZER_CHECK = ("The quick brown fox, 1234567 jumps!  Über naïve façade: 中文 日本語 🙂🚀\n\n"
+                    "def f(x):\n\treturn {'a': x ** 2}  # --- <tag> &amp; http://example.org/?q=1")
 _PROBE_CACHE: dict = {}
 _PIECE_CACHES: dict = {}
 
@@ -184,10 +188,13 @@ class OpenAIBackend:
         extra_headers: dict[str, str] | None = None,
         token_info: str = "auto",
         want_logprobs: bool = False,
+        tokenizer_file: str | os.PathLike | None = None,
     ) -> None:
         if token_info not in ("auto", "logprobs", "tokenize"):
             raise TrawlError(f"token_info must be auto, logprobs or tokenize; got {token_info!r}")
         self.token_info_pref = token_info
+        self.tokenizer_file = os.path.abspath(os.fspath(tokenizer_file)) if tokenizer_file else None
+        self._gguf = None  # the model file's tokenizer, once checked against the server (probe)
         self.want_logprobs = bool(want_logprobs)
         self._sep_ids: list[int] | None = None
         self.endpoint = normalize_endpoint(endpoint)
@@ -412,6 +419,12 @@ class OpenAIBackend:
                     logprobs = [float(v) if isinstance(v, (int, float)) else float("nan") for v in vals]
             except AlignmentError:
                 offsets = None
+        if offsets is None and self._gguf is not None and text:
+            try:
+                offsets = self._gguf.offsets(text)
+                source = "local_tokenize"
+            except AlignmentError:
+                offsets = None
         if offsets is None and self.capabilities.tokenize and text:
             if defer:
                 source = "pending"
@@ -484,7 +497,10 @@ class OpenAIBackend:
 
     # -- tokenizer ------------------------------------------------------------------------
     def tokenize(self, text: str) -> list[int]:
-        """Token ids of ``text`` as the server's tokenizer sees it (no BOS)."""
+        """Token ids of ``text`` as the server's tokenizer sees it (no BOS): from the model
+        file's tokenizer when one was checked against the server, else the tokenize endpoint."""
+        if self._gguf is not None:
+            return self._gguf.tokenize(text)
         kind = self.capabilities.tokenize
         if kind == "vllm":
             data, _ = self.request("POST", "/tokenize", {"model": self.model, "prompt": text,
@@ -503,6 +519,8 @@ class OpenAIBackend:
         return ids
 
     def detokenize(self, ids: list[int]) -> str:
+        if self._gguf is not None:
+            return self._gguf.detokenize(ids)
         kind = self.capabilities.tokenize
         if kind == "vllm":
             data, _ = self.request("POST", "/detokenize", {"model": self.model, "tokens": list(ids)}, retry_500=False)
@@ -561,6 +579,8 @@ class OpenAIBackend:
 
     def token_offsets(self, text: str) -> list[int]:
         """Byte offsets of the tokens of ``text`` via the tokenize endpoint (re-tokenization)."""
+        if self._gguf is not None:
+            return self._gguf.offsets(text)
         ids = self.tokenize(text)
         return align_tokens(text, self._pieces(ids))
 
@@ -570,15 +590,17 @@ class OpenAIBackend:
 
         Results are cached per (endpoint, model, token_info, API key) for the life of the process.
         """
-        key = (self.endpoint, self.model, self.token_info_pref,
+        key = (self.endpoint, self.model, self.token_info_pref, self.tokenizer_file,
                hashlib.sha256(self.__key.encode()).hexdigest() if self.__key else None)
         if use_cache and key in _PROBE_CACHE:
-            caps, sep = _PROBE_CACHE[key]
+            caps, sep, gguf = _PROBE_CACHE[key]
             self.capabilities = Capabilities(**{**caps.to_dict(), "notes": list(caps.notes)})
             self._sep_ids = sep
+            self._gguf = gguf
             return self.capabilities
         caps = Capabilities()
         self.capabilities = caps
+        self._gguf = None
         base = {"model": self.model, "prompt": _PROBE_PROMPT, "max_tokens": 2, "temperature": 0.0}
         try:
             data, _ = self.request("POST", "/v1/completions", {**base, "logprobs": 1}, max_retries=2, timeout=60)
@@ -635,9 +657,34 @@ class OpenAIBackend:
             raise TrawlError(f"the server at {self.endpoint} returns no token information (no per-token logprobs, "
                              f"no tokenize endpoint); trawl needs token boundaries to count thresholds in "
                              f"the model's own tokens")
+        if self.tokenizer_file:
+            self._use_tokenizer_file(caps)
         self.capabilities = caps
-        _PROBE_CACHE[key] = (caps, self._sep_ids)
+        _PROBE_CACHE[key] = (caps, self._sep_ids, self._gguf)
         return caps
+
+    def _use_tokenizer_file(self, caps: Capabilities) -> None:
+        """Take token boundaries from the model file's tokenizer in this process (see
+        extractor/backends/gguf_tokenizer.py), after checking it against the server's."""
+        from extractor.backends.gguf_tokenizer import GGUFTokenizer
+
+        if caps.token_info not in ("tokenize", None) or not caps.tokenize:
+            caps.notes.append(f"tokenizer file not used: token boundaries come from {caps.token_info}")
+            return
+        tok = GGUFTokenizer.for_file(self.tokenizer_file)
+        try:
+            remote = self.tokenize(_TOKENIZER_CHECK)
+        except BackendError as exc:
+            raise TrawlError(f"cannot check the tokenizer file against the server at {self.endpoint}: {exc}") from None
+        if tok.tokenize(_TOKENIZER_CHECK) != remote:
+            raise TrawlError(f"{self.tokenizer_file}: its tokenizer does not match the model served at "
+                             f"{self.endpoint} (different token ids for the same text); give the GGUF file the "
+                             f"server loaded")
+        self._gguf = tok
+        caps.token_info = "local_tokenize"
+        caps.tokenizer_file = tok.name
+        caps.notes.append(f"token boundaries from {tok.name}'s tokenizer in trawl's process (checked against "
+                          f"the server's tokenize endpoint)")
 
     def _probe_tokenize(self, caps: Capabilities) -> None:
         for kind in ("vllm", "llama_cpp"):

@@ -58,7 +58,7 @@ _SHARED_BOOLS = ("n", "prompt_list", "seed", "top_k", "logprobs_tokens", "logpro
 # facts every member must share exactly: they change what is sent (neutral sampling fields, the
 # start-of-text ids, the tokenizer) or what the run records (server and version)
 _SAME = ("token_info", "tokenize", "tokenize_adds_bos", "server", "server_version", "sampling_defaults",
-         "start_ids")
+         "start_ids", "tokenizer_file")
 
 
 def _disagreement(base: Capabilities, other: Capabilities) -> str | None:

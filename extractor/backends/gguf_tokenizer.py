@@ -1,0 +1,121 @@
+"""The served model's own tokenizer, in trawl's process, from its GGUF file.
+
+A llama.cpp server (llama-cpp-python) gives no cheap token information with its
+completions: logprobs make generation ~20x slower on a large vocabulary, so the
+``openai`` backend re-tokenizes each completion through the server's
+``/extras/tokenize``. Those requests wait behind generations on the server's one
+lock and take the server's CPU. When trawl knows the model file the server loaded
+(it started the server: ``trawl demo``, an ``embedded = true`` campaign, the
+benchmarks; or the user names it with ``--tokenizer-file``), it tokenizes in its
+own process instead, with the same library (llama.cpp via llama-cpp-python) and
+the same vocabulary, loaded alone (``vocab_only``: ~0.6 s, no weights):
+
+* :meth:`GGUFTokenizer.tokenize` is what the server's ``/extras/tokenize`` computes
+  (``special=True``), without the BOS token;
+* :meth:`GGUFTokenizer.offsets` gives the byte offset where each token starts, from
+  each token's exact bytes (``detokenize([id])``); where the pieces do not spell the
+  text (a character split over tokens), :func:`extractor.backends.tokens.align_tokens`
+  spreads them as for the endpoint.
+
+:class:`extractor.backends.openai.OpenAIBackend` checks the file against the server
+at probe time (the same ids for a probe text that covers words, punctuation,
+whitespace runs and multi-byte characters), so a wrong file is an error, not wrong
+boundaries. Instances are shared per file within a process and are thread-safe.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+
+from extractor.backends.tokens import align_tokens, offsets_from_pieces
+from extractor.errors import TrawlError
+
+_CACHE: dict[str, "GGUFTokenizer"] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+@atexit.register
+def _close_all() -> None:
+    """Free the vocabularies before interpreter teardown (llama-cpp-python's finalizer fails
+    noisily when it runs after its module's globals are gone)."""
+    with _CACHE_LOCK:
+        for tok in _CACHE.values():
+            tok.close()
+        _CACHE.clear()
+
+
+class GGUFTokenizer:
+    """Tokenizer of one GGUF model file (see the module docstring)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = os.path.abspath(os.fspath(path))
+        if not os.path.isfile(self.path):
+            raise TrawlError(f"{self.path}: tokenizer file not found")
+        try:
+            import llama_cpp
+        except ImportError:  # pragma: no cover - a dependency of trawl
+            raise TrawlError("llama-cpp-python is not installed; install trawl as the README says") from None
+        try:
+            self._llama = llama_cpp.Llama(self.path, vocab_only=True, verbose=False)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise TrawlError(f"{self.path}: not a GGUF model file llama.cpp can read ({exc})") from None
+        self._lock = threading.Lock()
+        self._pieces: dict[int, bytes] = {}
+
+    def close(self) -> None:
+        llama, self._llama = getattr(self, "_llama", None), None
+        if llama is not None:
+            llama.close()
+
+    @classmethod
+    def for_file(cls, path: str | os.PathLike) -> "GGUFTokenizer":
+        """The shared instance for ``path`` (loaded once per process)."""
+        key = os.path.abspath(os.fspath(path))
+        with _CACHE_LOCK:
+            tok = _CACHE.get(key)
+            if tok is None:
+                tok = _CACHE[key] = cls(key)
+            return tok
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of ``text`` (special tokens parsed, as the server does; no BOS)."""
+        with self._lock:
+            return list(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+    def detokenize(self, ids: list[int]) -> str:
+        """Text of ``ids`` as the server's ``/extras/detokenize`` gives it (special tokens dropped)."""
+        with self._lock:
+            return self._llama.detokenize(list(ids)).decode("utf-8", errors="ignore")
+
+    def pieces(self, ids: list[int]) -> list[bytes]:
+        """Exact bytes of each token (cached)."""
+        cache = self._pieces
+        missing = [i for i in dict.fromkeys(ids) if i not in cache]
+        if missing:
+            with self._lock:
+                for i in missing:
+                    cache[i] = self._llama.detokenize([i], special=True)
+        return [cache[i] for i in ids]
+
+    def offsets(self, text: str) -> list[int]:
+        """Byte offset (in ``text``'s UTF-8) where each of its tokens starts."""
+        ids = self.tokenize(text)
+        pieces = self.pieces(ids)
+        exact = offsets_from_pieces(text, pieces)
+        if exact is not None:
+            return exact
+        # pieces that are parts of one character do not decode alone: align what is known
+        return align_tokens(text, [_decoded(p) for p in pieces])  # AlignmentError when they do not fit
+
+
+def _decoded(piece: bytes) -> str:
+    """A piece's text, or "" (unknown bytes) when it is part of a multi-byte character."""
+    try:
+        return piece.decode("utf-8")
+    except UnicodeDecodeError:
+        return ""
