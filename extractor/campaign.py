@@ -92,7 +92,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                           "this model (replicas: the load is spread, a dead one is routed around)"),
         "embedded": Key("bool", False, "serve the embedded Gemma-3-270m (or model_path) with the local "
                                        "llama.cpp server for the duration of the campaign"),
-        "model_path": Key("path", None, "embedded only: a GGUF file to serve instead of the shipped model"),
+        "model_path": Key("path", None, "embedded = true: a GGUF file to serve instead of the shipped model; "
+                                        "backend = \"vllm\": the HF-format model folder to load, model then only "
+                                        "naming it (ledger, sweep series: checkpoints of one model)"),
         "api_key_env": Key("str", "OPENAI_API_KEY", "environment variable holding the API key (never written)"),
         "concurrency": Key("int", 4, "requests in flight over all endpoints", minimum=1),
         "timeout": Key("float", 300.0, "total time limit of one request, seconds", minimum=0.001),
@@ -300,14 +302,18 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", "~", ".")) or name.count("/") > 1 or "\\" in name
 
 
+def _check_hf_folder(file: str, key: str, folder: Path) -> None:
+    if not (folder / "config.json").is_file():
+        raise TrawlError(f"{key} {str(folder)!r} is not an HF-format model folder: it has no config.json "
+                         f"(in {file})")
+
+
 def vllm_model(file: str, key: str, name: str, base_dir: Path) -> str:
     """``target.model`` of a ``backend = "vllm"`` target: an existing HF model folder (made absolute,
     relative to the file) or a hub name (``org/name``, passed to vLLM as is)."""
     folder = (base_dir / os.path.expanduser(name)).resolve()
     if folder.is_dir():
-        if not (folder / "config.json").is_file():
-            raise TrawlError(f"{key} {str(folder)!r} is not an HF-format model folder: it has no config.json "
-                             f"(in {file})")
+        _check_hf_folder(file, key, folder)
         return str(folder)
     if folder.exists():
         raise TrawlError(f"{key} {str(folder)!r} is a file; backend = \"vllm\" loads an HF-format model folder "
@@ -329,13 +335,17 @@ def finish_target(file: str, where: str, t: dict, base_dir: Path | None = None) 
         if t["embedded"]:
             raise TrawlError(f"{where}.embedded: backend = \"vllm\" and embedded = true exclude each other "
                              f"(embedded serves a GGUF with llama.cpp) (in {file})")
-        if t["model_path"] is not None:
-            raise TrawlError(f"{where}.model_path is only for embedded = true; with backend = \"vllm\" give the "
-                             f"model folder in {where}.model (in {file})")
         if t["model"] is None:
-            raise TrawlError(f"missing key '{where}.model' in {file} (backend = \"vllm\": the HF-format model "
-                             f"folder or hub name to load)")
-        t["model"] = vllm_model(file, f"{where}.model", t["model"], Path(base_dir or os.getcwd()))
+            what = "the model's name" if t["model_path"] is not None else "the HF-format model folder or hub name"
+            raise TrawlError(f"missing key '{where}.model' in {file} (backend = \"vllm\": {what})")
+        if t["model_path"] is not None:  # model_path is loaded; model only names it
+            if not os.path.isdir(t["model_path"]):
+                what = "is a file" if os.path.exists(t["model_path"]) else "does not exist"
+                raise TrawlError(f"{where}.model_path {t['model_path']!r} {what}: backend = \"vllm\" loads an "
+                                 f"HF-format model folder (in {file})")
+            _check_hf_folder(file, f"{where}.model_path", Path(t["model_path"]))
+        else:
+            t["model"] = vllm_model(file, f"{where}.model", t["model"], Path(base_dir or os.getcwd()))
         if t["version"] is None:
             raise TrawlError(f"missing key '{where}.version' in {file} (the model version or checkpoint label)")
         return t
@@ -477,6 +487,8 @@ def identity(cfg: dict) -> dict:
     backend = cfg["target"].get("backend", "openai")
     if backend != "openai":  # only then: the run ids (and ledger keys) of existing campaigns stay what they were
         ident["backend"] = backend
+        if cfg["target"].get("model_path") is not None:  # the folder loaded (model only names it)
+            ident["model_path"] = cfg["target"]["model_path"]
     return ident
 
 
@@ -612,8 +624,9 @@ class _Runner:
 
             # one model's engine at a time: a sweep's previous target (another model) gives its memory back;
             # an engine already running this model (the sweep's previous attack) is reused
-            shutdown_engines(keep=t["model"])
-            summary = sample([f"vllm://{t['model']}"], t["model"], None, backend="vllm")
+            load = t["model_path"] or t["model"]
+            shutdown_engines(keep=load)
+            summary = sample([f"vllm://{load}"], load, None, backend="vllm")
         elif t["embedded"]:
             from extractor.embedded import EmbeddedServer
 

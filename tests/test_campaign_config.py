@@ -180,6 +180,11 @@ def test_vllm_target_resolves_the_model_folder(tmp_path, index):
     assert again == c.config                                       # the frozen copy keeps the absolute folder
     hub = load_campaign(write(tmp_path, good(index, target=vllm_target('"HuggingFaceTB/SmolLM2-135M"'))))
     assert hub.config["target"]["model"] == "HuggingFaceTB/SmolLM2-135M"   # a hub name goes to vLLM as is
+    # model_path: the folder loaded; model only names it (not checked as a folder)
+    named = load_campaign(write(tmp_path, good(index, target=vllm_target('"acme"', 'model_path = "models/smol"\n'))))
+    assert named.config["target"]["model"] == "acme"
+    assert named.config["target"]["model_path"] == str(folder.resolve())
+    assert identity(named.config)["model_path"] == str(folder.resolve()) and identity(named.config)["model"] == "acme"
 
 
 def test_vllm_target_errors_name_the_key(tmp_path, index):
@@ -201,8 +206,14 @@ def test_vllm_target_errors_name_the_key(tmp_path, index):
     assert "is a file" in err(tmp_path, good(index, target=vllm_target('"w.gguf"')))
     msg = err(tmp_path, good(index, target='[target]\nbackend = "vllm"\nversion = "v1"\n'))
     assert msg.startswith("missing key 'target.model' in ") and "HF-format model folder or hub name" in msg
-    msg = err(tmp_path, good(index, target=vllm_target(extra='model_path = "w.gguf"\n')))
-    assert msg.startswith("target.model_path is only for embedded = true")
+    msg = err(tmp_path, good(index, target=vllm_target('"acme"', extra='model_path = "w.gguf"\n')))
+    assert msg.startswith(f"target.model_path {str(tmp_path / 'w.gguf')!r} is a file: backend = \"vllm\" loads")
+    msg = err(tmp_path, good(index, target=vllm_target('"acme"', extra='model_path = "ckpt/none"\n')))
+    assert msg.startswith(f"target.model_path {str(tmp_path / 'ckpt' / 'none')!r} does not exist")
+    msg = err(tmp_path, good(index, target=vllm_target('"acme"', extra='model_path = "models/empty"\n')))
+    assert msg.startswith("target.model_path ") and "has no config.json" in msg
+    msg = err(tmp_path, good(index, target='[target]\nbackend = "vllm"\nmodel_path = "models/smol"\nversion = "1"\n'))
+    assert msg.startswith("missing key 'target.model' in ") and "the model's name" in msg
     msg = err(tmp_path, good(index, target=vllm_target().replace('"vllm"', '"vLLM"')))
     assert msg.startswith("target.backend must be one of openai, vllm, got 'vLLM' (in ")
 
@@ -219,6 +230,13 @@ def test_sweep_targets_pass_the_backend_through(tmp_path, index):
     assert [(t["backend"], t["model"], t["concurrency"]) for t in targets] == [
         ("vllm", str(a.resolve()), 8), ("vllm", str(b.resolve()), 8), ("openai", "m", 8)]
     assert "backend" not in identity(sw.campaigns[2].config)
+    # checkpoints of one model: model_path loads each, model names the series the history compares
+    named = text.replace('model = "ckpt/step-100"', 'model = "acme"\nmodel_path = "ckpt/step-100"').replace(
+        'model = "ckpt/step-200"', 'model = "acme"\nmodel_path = "ckpt/step-200"')
+    sw = load_sweep(write(tmp_path, named, "sweep.toml"))
+    assert [c.name for c in sw.campaigns] == ["acme-100-divergence", "acme-200-divergence", "m-v1-divergence"]
+    assert [c.config["target"]["model_path"] for c in sw.campaigns[:2]] == [str(a.resolve()), str(b.resolve())]
+    assert sw.version_order == {"acme": ["100", "200"], "m": ["v1"]}
     bad = text.replace('model = "ckpt/step-200"', 'model = "ckpt/step-300"')
     with pytest.raises(TrawlError, match=r"^targets\[1\]\.model .*step-300' does not exist"):
         load_sweep(write(tmp_path, bad, "sweep.toml"))

@@ -110,7 +110,7 @@ def test_campaign_with_backend_vllm(be, hf_model, tmp_path):
     from extractor.campaign import load_campaign, run_campaign
 
     index = make_index(tmp_path / "ix")
-    (tmp_path / "vllm.toml").write_text(f"""
+    text = f"""
 [campaign]
 name = "smol-vllm"
 [target]
@@ -129,7 +129,8 @@ path = {q(index)}
 min_tokens = 2
 [report]
 window_tokens = 4
-""")
+"""
+    (tmp_path / "vllm.toml").write_text(text)
     c = load_campaign(tmp_path / "vllm.toml")
     assert c.config["target"]["model"] == hf_model
     r = run_campaign(c, progress=False, log=lambda m: None)
@@ -159,3 +160,16 @@ window_tokens = 4
     assert [llm for llm, _ in vllm_offline._ENGINES.values()] == [be._llm]
     again = run_campaign(load_campaign(tmp_path / "vllm.toml"), progress=False, log=lambda m: None)
     assert again.skipped and again.status == "finished"      # finished: not run again
+
+    # model_path loads the folder; model only names it (ledger, series)
+    (tmp_path / "named.toml").write_text(text.replace('name = "smol-vllm"', 'name = "smol-named"').replace(
+        f"model = {q(hf_model)}", f'model = "smollm2"\nmodel_path = {q(hf_model)}'))
+    named = load_campaign(tmp_path / "named.toml")
+    r = run_campaign(named, progress=False, log=lambda m: None)
+    assert r.status == "finished" and r.sample["finished"] == 4 and named.run_id != c.run_id
+    rows = pq.read_table(sorted((named.out / "run" / "generations").glob("*.parquet"))).to_pylist()
+    assert len(rows) == 4 and {row["endpoint"] for row in rows} == {f"vllm://{hf_model}"}
+    ledger = pq.read_table(c.config["history"]["ledger"]).to_pylist()
+    assert sorted((x["model"], x["attack"]) for x in ledger if x["campaign"] == "smol-named") == [
+        ("smollm2", "all"), ("smollm2", "divergence")]
+    assert [llm for llm, _ in vllm_offline._ENGINES.values()] == [be._llm]
