@@ -352,9 +352,10 @@ def finish_target(file: str, where: str, t: dict, base_dir: Path | None = None) 
     if t["embedded"] and t["endpoints"]:
         raise TrawlError(f"{where}: give either endpoints or embedded = true, not both (in {file})")
     if not t["embedded"] and not t["endpoints"]:
-        raise TrawlError(f"{where}: give endpoints = [\"http://...\"] or embedded = true (in {file})")
+        raise TrawlError(f"{where}: give endpoints = [\"http://...\"], embedded = true or backend = \"vllm\" "
+                         f"(in {file})")
     if t["model_path"] is not None and not t["embedded"]:
-        raise TrawlError(f"{where}.model_path is only for embedded = true (in {file})")
+        raise TrawlError(f"{where}.model_path is only for embedded = true or backend = \"vllm\" (in {file})")
     if t["model_path"] is not None and not os.path.isfile(t["model_path"]):
         raise TrawlError(f"{where}.model_path {t['model_path']!r} is not a file (in {file})")
     if t["model"] is None:
@@ -392,7 +393,7 @@ def validate_campaign(data: dict, *, file: str, base_dir: Path, default_name: st
     cfg: dict = {}
     if "target" not in data:
         raise TrawlError(f"missing table [target] in {file} (the model under audit: model, version, and "
-                         f"endpoints or embedded = true)")
+                         f"endpoints, embedded = true or backend = \"vllm\")")
     for section, schema in SCHEMA.items():
         cfg[section] = check_table(file, section, data.get(section, {}), schema, base_dir,
                                    require=section in ("index",) or section in data)

@@ -131,7 +131,7 @@ def test_target_consistency(tmp_path, index):
     assert "give either endpoints or embedded = true" in err(
         tmp_path, good(index, target='[target]\nmodel = "m"\nversion = "v"\nendpoints = ["http://h:1"]\n'
                                      'embedded = true\n'))
-    assert "give endpoints" in err(tmp_path, good(index, target='[target]\nmodel = "m"\nversion = "v"\n'))
+    assert "give endpoints = [\"http://...\"], embedded = true or backend = \"vllm\"" in err(tmp_path, good(index, target='[target]\nmodel = "m"\nversion = "v"\n'))
     assert err(tmp_path, good(index, target='[target]\nmodel = "m"\nendpoints = ["http://h:1"]\n')).startswith(
         "missing key 'target.version'")
     assert err(tmp_path, good(index, attacks="")).startswith("missing [[attacks]]")
@@ -214,6 +214,9 @@ def test_vllm_target_errors_name_the_key(tmp_path, index):
     assert msg.startswith("target.model_path ") and "has no config.json" in msg
     msg = err(tmp_path, good(index, target='[target]\nbackend = "vllm"\nmodel_path = "models/smol"\nversion = "1"\n'))
     assert msg.startswith("missing key 'target.model' in ") and "the model's name" in msg
+    msg = err(tmp_path, good(index, target='[target]\nmodel = "m"\nversion = "v"\nendpoints = ["http://h:1"]\n'
+                                          'model_path = "models/smol"\n'))
+    assert msg.startswith('target.model_path is only for embedded = true or backend = "vllm" (in ')
     msg = err(tmp_path, good(index, target=vllm_target().replace('"vllm"', '"vLLM"')))
     assert msg.startswith("target.backend must be one of openai, vllm, got 'vLLM' (in ")
 
