@@ -5,7 +5,8 @@
 
 1. ``sample``  - the attacks against the target (:func:`extractor.sampler.run_attacks`,
    always with ``resume=True``; an ``embedded = true`` target starts the embedded
-   llama.cpp server for this step only);
+   llama.cpp server for this step only; a ``backend = "vllm"`` target runs vLLM's
+   engine in this process, :mod:`extractor.backends.vllm_offline`);
 2. ``match``   - every maximal verbatim span of >= ``index.min_tokens`` tokens
    (:func:`suffix_index.matchfile.match_to_parquet`) -> ``run/matches.parquet``;
 3. ``report``  - :func:`reports.compute_metrics` + :func:`reports.write_report` ->
@@ -81,13 +82,19 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "target": {
         "model": Key("str", None, "model name sent in every request (required unless embedded = true, where it "
-                                  "defaults to gemma-3-270m)"),
+                                  "defaults to gemma-3-270m); with backend = \"vllm\": the HF-format model folder "
+                                  "(relative to the file) or hub name to load"),
         "version": Key("str", None, "model version or checkpoint label; a ledger key", required=True),
+        "backend": Key("str", "openai", "openai: OpenAI-compatible servers at endpoints, or embedded = true; vllm: "
+                                        "vLLM's engine in the trawl process (vllm.LLM, on a GPU host), no server, "
+                                        "no endpoints", choices=("openai", "vllm")),
         "endpoints": Key("list[str]", [], "base URLs of OpenAI-compatible /v1/completions servers that serve "
                                           "this model (replicas: the load is spread, a dead one is routed around)"),
         "embedded": Key("bool", False, "serve the embedded Gemma-3-270m (or model_path) with the local "
                                        "llama.cpp server for the duration of the campaign"),
-        "model_path": Key("path", None, "embedded only: a GGUF file to serve instead of the shipped model"),
+        "model_path": Key("path", None, "embedded = true: a GGUF file to serve instead of the shipped model; "
+                                        "backend = \"vllm\": the HF-format model folder to load, model then only "
+                                        "naming it (ledger, sweep series: checkpoints of one model)"),
         "api_key_env": Key("str", "OPENAI_API_KEY", "environment variable holding the API key (never written)"),
         "concurrency": Key("int", 4, "requests in flight over all endpoints", minimum=1),
         "timeout": Key("float", 300.0, "total time limit of one request, seconds", minimum=0.001),
@@ -289,13 +296,66 @@ def check_index(file: str, path: str) -> None:
         raise TrawlError(f"index.path {path!r} is not a usable index (in {file}): {exc}") from None
 
 
-def finish_target(file: str, where: str, t: dict) -> dict:
+def _looks_like_path(name: str) -> bool:
+    """A ``model`` that can only be a path: absolute, ``~``, ``.``-relative, or more than one ``/``
+    (a hub name is ``name`` or ``org/name``)."""
+    return name.startswith(("/", "~", ".")) or name.count("/") > 1 or "\\" in name
+
+
+def _check_hf_folder(file: str, key: str, folder: Path) -> None:
+    if not (folder / "config.json").is_file():
+        raise TrawlError(f"{key} {str(folder)!r} is not an HF-format model folder: it has no config.json "
+                         f"(in {file})")
+
+
+def vllm_model(file: str, key: str, name: str, base_dir: Path) -> str:
+    """``target.model`` of a ``backend = "vllm"`` target: an existing HF model folder (made absolute,
+    relative to the file) or a hub name (``org/name``, passed to vLLM as is)."""
+    folder = (base_dir / os.path.expanduser(name)).resolve()
+    if folder.is_dir():
+        _check_hf_folder(file, key, folder)
+        return str(folder)
+    if folder.exists():
+        raise TrawlError(f"{key} {str(folder)!r} is a file; backend = \"vllm\" loads an HF-format model folder "
+                         f"or hub name (in {file})")
+    first = Path(os.path.expanduser(name)).parts[:1]
+    if _looks_like_path(name) or not name.strip() or (first and (base_dir / first[0]).is_dir()):
+        raise TrawlError(f"{key} {str(folder)!r} does not exist: backend = \"vllm\" needs an HF-format model "
+                         f"folder or hub name (in {file})")
+    return name  # a hub name (org/name): vLLM downloads it, or finds it in the Hugging Face cache
+
+
+def finish_target(file: str, where: str, t: dict, base_dir: Path | None = None) -> dict:
+    """Cross-key checks of a checked ``[target]`` table; fills ``model`` (embedded default, or the
+    absolute folder of a vLLM target, relative to ``base_dir``, default the working folder)."""
+    if t["backend"] == "vllm":
+        if t["endpoints"]:
+            raise TrawlError(f"{where}.endpoints: backend = \"vllm\" runs the model in the trawl process, "
+                             f"without a server: drop endpoints (in {file})")
+        if t["embedded"]:
+            raise TrawlError(f"{where}.embedded: backend = \"vllm\" and embedded = true exclude each other "
+                             f"(embedded serves a GGUF with llama.cpp) (in {file})")
+        if t["model"] is None:
+            what = "the model's name" if t["model_path"] is not None else "the HF-format model folder or hub name"
+            raise TrawlError(f"missing key '{where}.model' in {file} (backend = \"vllm\": {what})")
+        if t["model_path"] is not None:  # model_path is loaded; model only names it
+            if not os.path.isdir(t["model_path"]):
+                what = "is a file" if os.path.exists(t["model_path"]) else "does not exist"
+                raise TrawlError(f"{where}.model_path {t['model_path']!r} {what}: backend = \"vllm\" loads an "
+                                 f"HF-format model folder (in {file})")
+            _check_hf_folder(file, f"{where}.model_path", Path(t["model_path"]))
+        else:
+            t["model"] = vllm_model(file, f"{where}.model", t["model"], Path(base_dir or os.getcwd()))
+        if t["version"] is None:
+            raise TrawlError(f"missing key '{where}.version' in {file} (the model version or checkpoint label)")
+        return t
     if t["embedded"] and t["endpoints"]:
         raise TrawlError(f"{where}: give either endpoints or embedded = true, not both (in {file})")
     if not t["embedded"] and not t["endpoints"]:
-        raise TrawlError(f"{where}: give endpoints = [\"http://...\"] or embedded = true (in {file})")
+        raise TrawlError(f"{where}: give endpoints = [\"http://...\"], embedded = true or backend = \"vllm\" "
+                         f"(in {file})")
     if t["model_path"] is not None and not t["embedded"]:
-        raise TrawlError(f"{where}.model_path is only for embedded = true (in {file})")
+        raise TrawlError(f"{where}.model_path is only for embedded = true or backend = \"vllm\" (in {file})")
     if t["model_path"] is not None and not os.path.isfile(t["model_path"]):
         raise TrawlError(f"{where}.model_path {t['model_path']!r} is not a file (in {file})")
     if t["model"] is None:
@@ -333,14 +393,14 @@ def validate_campaign(data: dict, *, file: str, base_dir: Path, default_name: st
     cfg: dict = {}
     if "target" not in data:
         raise TrawlError(f"missing table [target] in {file} (the model under audit: model, version, and "
-                         f"endpoints or embedded = true)")
+                         f"endpoints, embedded = true or backend = \"vllm\")")
     for section, schema in SCHEMA.items():
         cfg[section] = check_table(file, section, data.get(section, {}), schema, base_dir,
                                    require=section in ("index",) or section in data)
     if "attacks" not in data:
         raise TrawlError(f"missing [[attacks]] in {file}: give at least one attack")
     cfg["attacks"] = check_attacks(file, "attacks", data["attacks"], base_dir)
-    finish_target(file, "target", cfg["target"])
+    finish_target(file, "target", cfg["target"], base_dir)
     c = cfg["campaign"]
     if c["name"] is None:
         c["name"] = default_name
@@ -422,9 +482,15 @@ def _canonical(obj) -> str:
 
 def identity(cfg: dict) -> dict:
     """What makes two configurations the same campaign (endpoints, budget, concurrency may change)."""
-    return {"name": cfg["campaign"]["name"], "seed": cfg["campaign"]["seed"], "model": cfg["target"]["model"],
-            "version": cfg["target"]["version"], "attacks": cfg["attacks"], "index": cfg["index"],
-            "window_tokens": cfg["report"]["window_tokens"]}
+    ident = {"name": cfg["campaign"]["name"], "seed": cfg["campaign"]["seed"], "model": cfg["target"]["model"],
+             "version": cfg["target"]["version"], "attacks": cfg["attacks"], "index": cfg["index"],
+             "window_tokens": cfg["report"]["window_tokens"]}
+    backend = cfg["target"].get("backend", "openai")
+    if backend != "openai":  # only then: the run ids (and ledger keys) of existing campaigns stay what they were
+        ident["backend"] = backend
+        if cfg["target"].get("model_path") is not None:  # the folder loaded (model only names it)
+            ident["model_path"] = cfg["target"]["model_path"]
+    return ident
 
 
 @dataclass
@@ -546,15 +612,23 @@ class _Runner:
         budget = Budget(**self.cfg["budget"])
         pricing = Pricing(**self.cfg["pricing"])
 
-        def sample(endpoints: list[str], model: str, api_key_env):
+        def sample(endpoints: list[str], model: str, api_key_env, backend: str = "openai"):
             return run_attacks(
                 str(self.run_dir), endpoint=endpoints if len(endpoints) > 1 else endpoints[0], model=model,
                 attacks=specs, budget=budget, pricing=pricing, concurrency=t["concurrency"], resume=True,
                 progress=self.progress, api_key_env=api_key_env, timeout=t["timeout"],
                 max_retries=t["max_retries"], run_id=self.c.run_id, seed=self.cfg["campaign"]["seed"],
-                token_info=t["token_info"], log=self.log)
+                token_info=t["token_info"], backend=backend, log=self.log)
 
-        if t["embedded"]:
+        if t["backend"] == "vllm":
+            from extractor.backends.vllm_offline import shutdown_engines
+
+            # one model's engine at a time: a sweep's previous target (another model) gives its memory back;
+            # an engine already running this model (the sweep's previous attack) is reused
+            load = t["model_path"] or t["model"]
+            shutdown_engines(keep=load)
+            summary = sample([f"vllm://{load}"], load, None, backend="vllm")
+        elif t["embedded"]:
             from extractor.embedded import EmbeddedServer
 
             self.log(f"{self.c.name}: starting the embedded model server")
@@ -631,8 +705,8 @@ class _Runner:
                   "identity_sha256": cfg_id, "run_id": c.run_id, "status": "new", "created_at": utcnow(),
                   "steps": {s: {"status": "pending"} for s in STEPS}, "sessions": []}
         elif st.get("identity_sha256") != cfg_id:
-            raise TrawlError(f"campaign {c.name!r}: the configuration (model, version, attacks, index, seed or "
-                             f"window) differs from the one frozen in {self.out / 'campaign.toml'}; rerun it "
+            raise TrawlError(f"campaign {c.name!r}: the configuration (model, version, backend, attacks, index, "
+                             f"seed or window) differs from the one frozen in {self.out / 'campaign.toml'}; rerun it "
                              f"afresh (--rerun) or give it another campaign.out")
         self.status = st
         if st["status"] == "finished":

@@ -138,7 +138,7 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
         given = check_table(file, where, t, SCHEMA["target"], base, fill=False, require=False)
         merged = {**defaults.get("target", {}), **given}
         filled = check_table(file, where, merged, SCHEMA["target"], base, require=False)
-        filled = finish_target(file, where, filled)
+        filled = finish_target(file, where, filled, base)
         key = (filled["model"], filled["version"])
         if key in seen:
             raise TrawlError(f"{where}: model {key[0]!r} version {key[1]!r} is listed twice (in {file})")

@@ -84,3 +84,39 @@ def test_split_ids_on_separator_tokens():
     assert _split_ids([5, 6, 1, 2, 7, 1, 2, 8], [1, 2]) == [[5, 6], [7], [8]]
     assert _split_ids([1, 2], [1, 2]) == [[], []]
     assert _split_ids([5], [1, 2]) == [[5]]
+
+
+def test_shutdown_engines_keeps_only_the_named_model(monkeypatch):
+    """Campaigns call shutdown_engines(keep=model) before sampling: the engines of other models
+    stop (their memory is given back), the one of this model is reused. No vLLM needed: fake engines."""
+    from extractor.backends import vllm_offline
+
+    stopped, closed = [], []
+
+    class Core:
+        def __init__(self, name):
+            self.name = name
+
+        def shutdown(self):
+            stopped.append(self.name)
+
+    class Engine:
+        def __init__(self, name):
+            self.llm_engine = type("E", (), {"engine_core": Core(name)})()
+
+    class Disp:
+        def __init__(self, name):
+            self.name = name
+
+        def close(self):
+            closed.append(self.name)
+
+    engines = {(m, (("seed", "0"),)): (Engine(m), Disp(m)) for m in ("/m/a", "/m/b", "hub/c")}
+    monkeypatch.setattr(vllm_offline, "_ENGINES", dict(engines))
+    vllm_offline.shutdown_engines(keep="/m/b")
+    assert [k[0] for k in vllm_offline._ENGINES] == ["/m/b"]
+    assert sorted(stopped) == sorted(closed) == ["/m/a", "hub/c"]
+    vllm_offline.shutdown_engines(keep="/m/b")          # nothing else left: nothing stopped
+    assert len(stopped) == 2
+    vllm_offline.shutdown_engines()
+    assert vllm_offline._ENGINES == {} and sorted(stopped) == ["/m/a", "/m/b", "hub/c"]

@@ -98,3 +98,78 @@ def test_run_attacks_exact_temperature_decay(be, hf_model, tmp_path):
         assert r["completion_tokens"] == len(r["token_offsets"]) and r["completion_tokens"] > 0
     status = json.loads((tmp_path / "run" / "run.json").read_text())
     assert status["capabilities"]["temperature_decay"] is True
+
+
+def test_campaign_with_backend_vllm(be, hf_model, tmp_path):
+    """``trawl run`` with ``[target] backend = "vllm"``: a tiny real campaign (sample on the module's
+    engine, match on a real index, report, ledger). Runs last: it reuses the engine, starts none."""
+    import pyarrow.parquet as pq
+
+    from campaign_helpers import make_index, q
+    from extractor.backends import vllm_offline
+    from extractor.campaign import load_campaign, run_campaign
+
+    index = make_index(tmp_path / "ix")
+    text = f"""
+[campaign]
+name = "smol-vllm"
+[target]
+backend = "vllm"
+model = {q(hf_model)}
+version = "q4_1"
+concurrency = 4
+[[attacks]]
+name = "divergence"
+words = ["poem", "the"]
+repetitions = 20
+samples = 2
+max_tokens = 16
+[index]
+path = {q(index)}
+min_tokens = 2
+[report]
+window_tokens = 4
+"""
+    (tmp_path / "vllm.toml").write_text(text)
+    c = load_campaign(tmp_path / "vllm.toml")
+    assert c.config["target"]["model"] == hf_model
+    r = run_campaign(c, progress=False, log=lambda m: None)
+    assert r.status == "finished" and r.steps_run == ["sample", "match", "report", "history"], r.error
+    assert r.sample["planned"] == 4 and r.sample["finished"] == 4 and r.sample["failed_requests"] == 0
+    run = c.out / "run"
+    rows = pq.read_table(sorted((run / "generations").glob("*.parquet"))).to_pylist()
+    assert len(rows) == 4 and {row["run_id"] for row in rows} == {c.run_id}
+    assert all(json.loads(row["params"])["max_tokens"] == 16 for row in rows)
+    for row in rows:
+        assert row["model"] == hf_model and row["endpoint"] == f"vllm://{hf_model}"
+        assert row["token_offsets"] is not None and len(row["token_offsets"]) == row["completion_tokens"] <= 16
+        assert row["token_offsets"] == sorted(row["token_offsets"])
+    assert sum(row["completion_tokens"] for row in rows) > 0
+    status = json.loads((run / "run.json").read_text())
+    assert status["status"] == "finished" and status["capabilities"]["server"] == "vllm-offline"
+    assert status["capabilities"]["token_info"] == "ids"
+    assert json.loads((run / "config.json").read_text())["backend"]["backend"] == "vllm"
+    metrics = json.loads((c.out / "report" / "metrics.json").read_text())["metrics"]
+    assert metrics["generations"] == 4
+    assert metrics["generated_tokens"] == sum(row["completion_tokens"] for row in rows)
+    assert (run / "matches.parquet").exists() and (c.out / "report" / "report.html").exists()
+    ledger = pq.read_table(c.config["history"]["ledger"]).to_pylist()
+    assert sorted((x["model"], x["version"], x["attack"], x["generations"]) for x in ledger) == [
+        (hf_model, "q4_1", "all", 4), (hf_model, "q4_1", "divergence", 4)]
+    # the module's engine served the campaign: shutdown_engines(keep=model) kept it, none was started
+    assert [llm for llm, _ in vllm_offline._ENGINES.values()] == [be._llm]
+    again = run_campaign(load_campaign(tmp_path / "vllm.toml"), progress=False, log=lambda m: None)
+    assert again.skipped and again.status == "finished"      # finished: not run again
+
+    # model_path loads the folder; model only names it (ledger, series)
+    (tmp_path / "named.toml").write_text(text.replace('name = "smol-vllm"', 'name = "smol-named"').replace(
+        f"model = {q(hf_model)}", f'model = "smollm2"\nmodel_path = {q(hf_model)}'))
+    named = load_campaign(tmp_path / "named.toml")
+    r = run_campaign(named, progress=False, log=lambda m: None)
+    assert r.status == "finished" and r.sample["finished"] == 4 and named.run_id != c.run_id
+    rows = pq.read_table(sorted((named.out / "run" / "generations").glob("*.parquet"))).to_pylist()
+    assert len(rows) == 4 and {row["endpoint"] for row in rows} == {f"vllm://{hf_model}"}
+    ledger = pq.read_table(c.config["history"]["ledger"]).to_pylist()
+    assert sorted((x["model"], x["attack"]) for x in ledger if x["campaign"] == "smol-named") == [
+        ("smollm2", "all"), ("smollm2", "divergence")]
+    assert [llm for llm, _ in vllm_offline._ENGINES.values()] == [be._llm]

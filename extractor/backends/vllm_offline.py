@@ -134,12 +134,15 @@ class _Dispatcher:
         self.q.put(None)
 
 
-def shutdown_engines() -> None:
-    """Drop the shared engines (frees the model's memory once nothing else holds them)."""
+def shutdown_engines(keep: str | None = None) -> None:
+    """Drop the shared engines (frees the model's memory once nothing else holds them); with
+    ``keep``, those of that model stay (campaigns of a sweep: one model's engine at a time)."""
     import gc
     with _ENGINES_LOCK:
-        entries = list(_ENGINES.values())
-        _ENGINES.clear()
+        drop = [k for k in _ENGINES if keep is None or k[0] != keep]
+        entries = [_ENGINES.pop(k) for k in drop]
+    if not entries:
+        return
     engines = [llm for llm, _ in entries]
     for _, disp in entries:
         disp.close()
