@@ -612,13 +612,13 @@ class _Runner:
         budget = Budget(**self.cfg["budget"])
         pricing = Pricing(**self.cfg["pricing"])
 
-        def sample(endpoints: list[str], model: str, api_key_env, backend: str = "openai"):
+        def sample(endpoints: list[str], model: str, api_key_env, backend: str = "openai", tokenizer_file=None):
             return run_attacks(
                 str(self.run_dir), endpoint=endpoints if len(endpoints) > 1 else endpoints[0], model=model,
                 attacks=specs, budget=budget, pricing=pricing, concurrency=t["concurrency"], resume=True,
                 progress=self.progress, api_key_env=api_key_env, timeout=t["timeout"],
                 max_retries=t["max_retries"], run_id=self.c.run_id, seed=self.cfg["campaign"]["seed"],
-                token_info=t["token_info"], backend=backend, log=self.log)
+                token_info=t["token_info"], backend=backend, tokenizer_file=tokenizer_file, log=self.log)
 
         if t["backend"] == "vllm":
             from extractor.backends.vllm_offline import shutdown_engines
@@ -633,7 +633,9 @@ class _Runner:
 
             self.log(f"{self.c.name}: starting the embedded model server")
             with EmbeddedServer(t["model_path"], alias=t["model"], log_path=self.out / "llama-server.log") as srv:
-                summary = sample([srv.base_url], srv.model, None)
+                # trawl knows the model file: token boundaries in this process (no tokenize requests)
+                tok = str(srv.model_path) if t["token_info"] == "auto" else None
+                summary = sample([srv.base_url], srv.model, None, tokenizer_file=tok)
         else:
             summary = sample(t["endpoints"], t["model"], t["api_key_env"])
         info = {k: getattr(summary, k) for k in ("run_id", "status", "stop_reason", "planned", "finished",
