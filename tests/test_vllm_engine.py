@@ -65,6 +65,21 @@ def test_complete_n_seed_offsets(be):
     assert len(res.choices) == 2 and res.prompt_tokens > 0
 
 
+def test_ignore_eos_continues_samples_past_their_end(be):
+    """Known answer for SmolLM2-135M at seed 3: several of 16 samples end early with EOS; with
+    ignore_eos (the attack setting every attack takes) every sample runs to max_tokens, and the
+    ones that had stopped go on from exactly where they ended (same seed, same prefix)."""
+    assert be.capabilities.ignore_eos
+    prompt, params = "Q: What is 2+2?\nA: 4", {"temperature": 1.0, "max_tokens": 48}
+    a = be.complete(prompt, params, n=16, seed=3)
+    stopped = [i for i, c in enumerate(a.choices) if c.finish_reason == "stop"]
+    assert stopped
+    b = be.complete(prompt, {**params, "ignore_eos": True}, n=16, seed=3)
+    assert all(c.finish_reason == "length" and c.completion_tokens == 48 for c in b.choices)
+    for i in stopped:
+        assert b.choices[i].text.startswith(a.choices[i].text) and len(b.choices[i].text) > len(a.choices[i].text)
+
+
 def test_temperature_decay_is_applied_per_token(be):
     """A schedule that stays near T=0 over the sampled tokens must give the greedy text,
     although the request's own temperature is 1 (only the logits processor can do that)."""

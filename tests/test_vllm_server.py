@@ -53,6 +53,13 @@ def test_neutral_fields_accepted_and_seed_reproduces(be):
         assert c.token_offsets is not None and len(c.token_offsets) == c.completion_tokens
     lst = be.complete(["One", "Two", "Three"], {"temperature": 0.0, "max_tokens": 3})
     assert len(lst.choices) == 3
+    # a prompt list with n: choice k of prompt i at i * n + k, each as the prompt alone gives it
+    both = be.complete(["We the People", "Once upon a time"], p, n=2, seed=3)
+    assert [c.text for c in both.choices[:2]] == [c.text for c in a.choices]
+    # ignore_eos reaches the server: every sample runs to max_tokens
+    full = be.complete("Q: What is 2+2?\nA: 4", {"temperature": 1.0, "max_tokens": 24, "ignore_eos": True},
+                       n=8, seed=3)
+    assert be.capabilities.ignore_eos and all(c.finish_reason == "length" for c in full.choices)
 
 
 def test_run_records_effective_sampling(be, server, tmp_path):
