@@ -1,9 +1,13 @@
 """Benchmark: trawl's sampler against a minimal raw ``requests`` client on the same server.
 
 Both send the same requests (the divergence attack's prompts, the same
-``max_tokens``, temperature and per-request seeds) with the same number of
-threads; rounds alternate which goes first, so drift in the machine's load hits
-both. The figure is generated (completion) tokens per second as the server
+``max_tokens``, temperature and per-request seeds, and the neutral sampling
+fields trawl adds for the server: the raw client's JSON bodies come from the
+probed backend's ``payload``) with the same number of threads; rounds alternate
+which goes first, so drift in the machine's load hits both. When the benchmark
+starts the embedded server it knows the model file, and trawl takes token
+boundaries from it in-process as ``trawl demo`` does (``--server-tokenize`` for
+the path through the server's tokenize endpoint). The figure is generated (completion) tokens per second as the server
 reports them in ``usage``, over the whole of each run: trawl's time includes
 planning, journaling, token-boundary requests and Parquet parts (not its
 capability probe, which is done once before the rounds, as a long run pays it
@@ -44,14 +48,17 @@ def workload(args) -> list[AttackSpec]:
                                       "max_tokens": args.max_tokens, "temperature": 1.0})]
 
 
-def raw_payloads(specs, args, run_id: str) -> list[dict]:
-    """Exactly what trawl sends (prompt, params, seed), planned the same way."""
+def raw_payloads(specs, args, run_id: str, backend: OpenAIBackend) -> list[dict]:
+    """Exactly what trawl sends, planned the same way: the JSON bodies come from the probed
+    backend's own ``payload`` (prompt, attack parameters, seed, and the server's neutral sampling
+    fields: on llama.cpp top_k=0 samples from the whole 262k vocabulary, which costs the server
+    more per token than its default top_k=40, so leaving them out would favour the raw client)."""
     out = []
     for spec in specs:
         cls = get_attack(spec.name)
         for job in cls().plan(cls.resolve(spec.params), PlanContext(run_id=run_id, backend=None)):
             rid = request_id(run_id, job.attack, job.variant, job.prompt, job.sample)
-            out.append({"model": args.model, "prompt": job.prompt, **job.params, "seed": seed_for(rid)})
+            out.append(backend.payload(job.prompt, job.params, seed=seed_for(rid)))
     return out
 
 
@@ -73,11 +80,15 @@ def run_raw(endpoint: str, payloads: list[dict], concurrency: int) -> tuple[int,
     return tokens, time.perf_counter() - t0
 
 
-def run_paired(endpoint: str, model: str, specs, payloads: list[dict], concurrency: int, workdir: str) -> dict:
+def run_paired(endpoint: str, model: str, specs, payloads: list[dict], concurrency: int, workdir: str,
+               trim: float = 0.2) -> dict:
     """trawl and the raw client at the same time on the same server, each with ``concurrency`` requests
     in flight: both see the same machine load, so drift cannot favour either. The raw client cycles
-    through the same payloads until trawl has finished; its tokens inside trawl's window are counted
-    pro rata of each request's time inside the window."""
+    through the same payloads until trawl has finished. Both are counted over the middle of trawl's
+    run (``trim`` of it cut at each end: at the start one client's requests are queued ahead of the
+    other's, at the end trawl's queue drains while the raw client's does not), each request's billed
+    completion tokens pro rata of its time inside that window (trawl's requests from its rows:
+    ``created_at`` and ``latency_s``)."""
     stop = threading.Event()
     done: list[tuple[float, float, int]] = []
     lock = threading.Lock()
@@ -89,29 +100,42 @@ def run_paired(endpoint: str, model: str, specs, payloads: list[dict], concurren
         while not stop.is_set():
             p = payloads[i % len(payloads)]
             i += concurrency
-            t0 = time.perf_counter()
+            t0 = time.time()
             r = s.post(url, json=p, timeout=600)
             r.raise_for_status()
             with lock:
-                done.append((t0, time.perf_counter(), int(r.json()["usage"]["completion_tokens"])))
+                done.append((t0, time.time(), int(r.json()["usage"]["completion_tokens"])))
 
     threads = [threading.Thread(target=raw_worker, args=(k,), daemon=True) for k in range(concurrency)]
     for t in threads:
         t.start()
-    time.sleep(1.0)  # the raw client is in full flow before trawl starts
-    tokens, _, _, t0, t1 = run_trawl(endpoint, model, specs, concurrency, workdir, with_window=True)
+    tokens, _, run_id, _, _, run_dir = run_trawl(endpoint, model, specs, concurrency, workdir, with_window=True)
     stop.set()
     for t in threads:
         t.join()
-    raw_tokens = 0.0
-    for a, b, n in done:
-        overlap = max(0.0, min(b, t1) - max(a, t0))
-        if b > a:
-            raw_tokens += n * overlap / (b - a)
-    el = t1 - t0
-    return {"trawl_tokens": tokens, "raw_tokens": round(raw_tokens, 1), "seconds": round(el, 3),
-            "trawl_tokens_per_s": round(tokens / el, 3), "raw_tokens_per_s": round(raw_tokens / el, 3),
-            "ratio": tokens / raw_tokens if raw_tokens else float("nan")}
+    from extractor.runs import RunDir
+
+    rows = RunDir(run_dir).read_generations(columns=["created_at", "latency_s", "extra"]).to_pylist()
+    mine = []
+    for r in rows:
+        end = r["created_at"].timestamp()
+        mine.append((end - r["latency_s"], end, float(json.loads(r["extra"])["billed_completion_tokens"])))
+    a, b = min(x[0] for x in mine), max(x[1] for x in mine)
+    w0, w1 = a + trim * (b - a), b - trim * (b - a)
+
+    def inside(reqs):
+        tot = 0.0
+        for s0, s1, n in reqs:
+            overlap = max(0.0, min(s1, w1) - max(s0, w0))
+            if s1 > s0:
+                tot += n * overlap / (s1 - s0)
+        return tot
+
+    tt, rt = inside(mine), inside(done)
+    el = w1 - w0
+    return {"trawl_tokens": round(tt, 1), "raw_tokens": round(rt, 1), "seconds": round(el, 3),
+            "trawl_tokens_per_s": round(tt / el, 3), "raw_tokens_per_s": round(rt / el, 3),
+            "ratio": tt / rt if rt else float("nan")}
 
 
 TOKENIZER_FILE = None  # the GGUF file of the server the benchmark started (token boundaries in-process)
@@ -127,7 +151,7 @@ def run_trawl(endpoint: str, model: str, specs, concurrency: int, workdir: str, 
     t1 = time.perf_counter()
     assert s.status == "finished", s.line()
     if with_window:
-        return s.completion_tokens, t1 - t0, s.run_id, t0, t1
+        return s.completion_tokens, t1 - t0, s.run_id, t0, t1, run_dir
     return s.completion_tokens, t1 - t0, s.run_id
 
 
@@ -141,10 +165,10 @@ def main(argv=None) -> int:
     ap.add_argument("--concurrency", type=int, default=4, help="threads / requests in flight (default 4)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
     ap.add_argument("--mode", choices=("sequential", "paired", "both"), default="sequential",
-                    help="sequential: alternate whole runs (ABBA); paired: trawl and the raw client at the same "
-                         "time on the same server, immune to drift in the machine's load, but on llama.cpp it "
-                         "charges trawl for its end-of-run token requests queued behind the other client's "
-                         "generations (default: sequential)")
+                    help="sequential: alternate whole runs (ABBA), everything trawl does from start to end "
+                         "counted; paired: trawl and the raw client at the same time on the same server, counted "
+                         "over the middle 60%% of trawl's run (steady state; immune to drift in the machine's "
+                         "load); both: paired rounds, then sequential ones (default: sequential)")
     ap.add_argument("--tokenizer-file", metavar="GGUF", help="with --endpoint on a llama.cpp server: the GGUF "
                     "file it loaded, for token boundaries in trawl's process (as trawl demo does)")
     ap.add_argument("--server-tokenize", action="store_true", help="token boundaries through the server's "
@@ -168,7 +192,8 @@ def main(argv=None) -> int:
         specs = workload(args)
         global TOKENIZER_FILE
         TOKENIZER_FILE = args.tokenizer_file
-        OpenAIBackend(args.endpoint, args.model, tokenizer_file=TOKENIZER_FILE).probe()  # once, cached for the rounds
+        probed = OpenAIBackend(args.endpoint, args.model, tokenizer_file=TOKENIZER_FILE)
+        probed.probe()  # once, cached for the rounds
         # warm-up: one request so that neither side pays the server's first-request costs
         requests.post(args.endpoint + "/v1/completions", json={"model": args.model, "prompt": "Hello",
                                                                "max_tokens": 4}, timeout=600)
@@ -179,7 +204,7 @@ def main(argv=None) -> int:
         resolved = [{"name": sp.name, "params": get_attack(sp.name).resolve(sp.params)} for sp in specs]
         plan_run_id = hashlib.sha1(_canonical({"model": args.model, "attacks": resolved, "seed": 0})
                                    .encode()).hexdigest()[:12]
-        payloads = raw_payloads(specs, args, plan_run_id)
+        payloads = raw_payloads(specs, args, plan_run_id, probed)
         out = {"args": vars(args)}
         ok = True
         if args.mode in ("paired", "both"):

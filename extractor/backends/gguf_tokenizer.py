@@ -25,7 +25,9 @@ boundaries. Instances are shared per file within a process and are thread-safe.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
+import sys
 import threading
 
 from extractor.backends.tokens import align_tokens, offsets_from_pieces
@@ -57,7 +59,8 @@ class GGUFTokenizer:
         except ImportError:  # pragma: no cover - a dependency of trawl
             raise TrawlError("llama-cpp-python is not installed; install trawl as the README says") from None
         try:
-            self._llama = llama_cpp.Llama(self.path, vocab_only=True, verbose=False)
+            with _quiet_fd2():  # llama.cpp's C code warns about the (unused) context on stderr
+                self._llama = llama_cpp.Llama(self.path, vocab_only=True, verbose=False)
         except (ValueError, RuntimeError, OSError) as exc:
             raise TrawlError(f"{self.path}: not a GGUF model file llama.cpp can read ({exc})") from None
         self._lock = threading.Lock()
@@ -111,6 +114,24 @@ class GGUFTokenizer:
             return exact
         # pieces that are parts of one character do not decode alone: align what is known
         return align_tokens(text, [_decoded(p) for p in pieces])  # AlignmentError when they do not fit
+
+
+@contextlib.contextmanager
+def _quiet_fd2():
+    """Send file descriptor 2 (C-level stderr) to /dev/null for the duration (load time only)."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2: nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _decoded(piece: bytes) -> str:

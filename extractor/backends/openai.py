@@ -361,15 +361,10 @@ class OpenAIBackend:
             attempt += 1
 
     # -- completions ----------------------------------------------------------------------
-    def complete(self, prompt: str | list[str], params: dict, *, n: int = 1, seed: int | None = None,
-                 timeout: float | None = None, defer_tokens: bool = False) -> CompletionResult:
-        """One ``/v1/completions`` call. ``params`` are sent as given (temperature, max_tokens, ...).
-
-        Returns one :class:`Choice` per prompt (prompt list) or per sample (``n``), in order,
-        each with its token boundaries. With ``defer_tokens``, boundaries that need extra
-        requests (the tokenize endpoint) are left for :meth:`fill_tokens` (``token_source ==
-        "pending"``), so the caller can send its next generation first.
-        """
+    def payload(self, prompt: str | list[str], params: dict, *, n: int = 1, seed: int | None = None) -> dict:
+        """The JSON body :meth:`complete` sends: ``params`` plus what the probe found (logprobs
+        when boundaries come from them, ``n``, the seed where honoured, the server's neutral
+        sampling fields; see extractor/backends/vllm_http.py)."""
         payload = {"model": self.model, "prompt": prompt, **params}
         caps = self.capabilities
         if caps.token_info == "logprobs" or self.want_logprobs:
@@ -380,7 +375,18 @@ class OpenAIBackend:
             payload["seed"] = int(seed)
         if not caps.top_k:
             payload.pop("top_k", None)
-        payload = neutral_payload(caps, payload)  # vLLM: generation_config defaults cannot apply
+        return neutral_payload(caps, payload)  # generation_config / llama.cpp defaults cannot apply
+
+    def complete(self, prompt: str | list[str], params: dict, *, n: int = 1, seed: int | None = None,
+                 timeout: float | None = None, defer_tokens: bool = False) -> CompletionResult:
+        """One ``/v1/completions`` call. ``params`` are sent as given (temperature, max_tokens, ...).
+
+        Returns one :class:`Choice` per prompt (prompt list) or per sample (``n``), in order,
+        each with its token boundaries. With ``defer_tokens``, boundaries that need extra
+        requests (the tokenize endpoint) are left for :meth:`fill_tokens` (``token_source ==
+        "pending"``), so the caller can send its next generation first.
+        """
+        payload = self.payload(prompt, params, n=n, seed=seed)
         expected = n * (len(prompt) if isinstance(prompt, list) else 1)
 
         def check(data):
