@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from extractor.errors import TrawlError
-from extractor.runs import fsync_dir
+from corpora.shards import write_text_atomic
 
 FORMAT = "trawl-campaign"
 FORMAT_VERSION = 1
@@ -562,13 +562,7 @@ def utcnow() -> str:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(str(path.parent))
+    write_text_atomic(path, text)
 
 
 def read_status(out: Path) -> dict | None:

@@ -38,6 +38,8 @@ from typing import Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from corpora.shards import fsync_dir  # noqa: F401 - re-exported: extractor's modules import it from here
+from corpora.shards import write_json_atomic as _write_json_atomic
 from extractor.errors import TrawlError
 
 GENERATIONS_SCHEMA = pa.schema([
@@ -158,28 +160,8 @@ def utcnow_iso() -> str:
 
 
 def write_json_atomic(path: str, obj) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=False, ensure_ascii=False)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(os.path.dirname(path) or ".")
-
-
-def fsync_dir(path: str) -> None:
-    """fsync a directory so a rename inside it survives a crash (best effort)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    """run.json / config.json: indented, non-ASCII kept (see corpora.shards.write_text_atomic)."""
+    _write_json_atomic(path, obj, indent=2, ensure_ascii=False)
 
 
 def rows_to_table(rows: list[dict]) -> pa.Table:

@@ -19,6 +19,7 @@ import os
 import re
 from dataclasses import dataclass
 
+from corpora.shards import write_text_atomic
 from reports import svg
 from reports.categories import CATEGORIES, CATEGORY_LABELS, redact as _redact
 from reports.errors import ReportError
@@ -161,18 +162,9 @@ def write_report(run_dir, out_dir=None, redact: bool = False, metrics: dict | No
 
 
 def _atomic_write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        write_text_atomic(path, text)
     except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         raise ReportError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
