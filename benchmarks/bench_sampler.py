@@ -81,7 +81,7 @@ def run_raw(endpoint: str, payloads: list[dict], concurrency: int) -> tuple[int,
 
 
 def run_paired(endpoint: str, model: str, specs, payloads: list[dict], concurrency: int, workdir: str,
-               trim: float = 0.2) -> dict:
+               trim: float = 0.2, tokenizer_file: str | None = None) -> dict:
     """trawl and the raw client at the same time on the same server, each with ``concurrency`` requests
     in flight: both see the same machine load, so drift cannot favour either. The raw client cycles
     through the same payloads until trawl has finished. Both are counted over the middle of trawl's
@@ -109,7 +109,8 @@ def run_paired(endpoint: str, model: str, specs, payloads: list[dict], concurren
     threads = [threading.Thread(target=raw_worker, args=(k,), daemon=True) for k in range(concurrency)]
     for t in threads:
         t.start()
-    tokens, _, run_id, _, _, run_dir = run_trawl(endpoint, model, specs, concurrency, workdir, with_window=True)
+    run_dir = run_trawl(endpoint, model, specs, concurrency, workdir, with_window=True,
+                        tokenizer_file=tokenizer_file)[-1]
     stop.set()
     for t in threads:
         t.join()
@@ -138,15 +139,13 @@ def run_paired(endpoint: str, model: str, specs, payloads: list[dict], concurren
             "ratio": tt / rt if rt else float("nan")}
 
 
-TOKENIZER_FILE = None  # the GGUF file of the server the benchmark started (token boundaries in-process)
-
-
-def run_trawl(endpoint: str, model: str, specs, concurrency: int, workdir: str, with_window: bool = False):
+def run_trawl(endpoint: str, model: str, specs, concurrency: int, workdir: str, with_window: bool = False,
+              tokenizer_file: str | None = None):
     run_dir = tempfile.mkdtemp(prefix="trawl-bench-", dir=workdir)
     shutil.rmtree(run_dir)
     t0 = time.perf_counter()
     s = run_attacks(run_dir, endpoint=endpoint, model=model, attacks=specs, concurrency=concurrency,
-                    tokenizer_file=TOKENIZER_FILE,
+                    tokenizer_file=tokenizer_file,
                     progress=False, log=lambda m: None)
     t1 = time.perf_counter()
     assert s.status == "finished", s.line()
@@ -190,9 +189,7 @@ def main(argv=None) -> int:
     workdir = tempfile.mkdtemp(prefix="trawl-bench-")
     try:
         specs = workload(args)
-        global TOKENIZER_FILE
-        TOKENIZER_FILE = args.tokenizer_file
-        probed = OpenAIBackend(args.endpoint, args.model, tokenizer_file=TOKENIZER_FILE)
+        probed = OpenAIBackend(args.endpoint, args.model, tokenizer_file=args.tokenizer_file)
         probed.probe()  # once, cached for the rounds
         # warm-up: one request so that neither side pays the server's first-request costs
         requests.post(args.endpoint + "/v1/completions", json={"model": args.model, "prompt": "Hello",
@@ -210,7 +207,8 @@ def main(argv=None) -> int:
         if args.mode in ("paired", "both"):
             paired = []
             for rnd in range(args.rounds):
-                r = run_paired(args.endpoint, args.model, specs, payloads, args.concurrency, workdir)
+                r = run_paired(args.endpoint, args.model, specs, payloads, args.concurrency, workdir,
+                               tokenizer_file=args.tokenizer_file)
                 paired.append(r)
                 print(f"paired round {rnd + 1}: trawl {r['trawl_tokens_per_s']:.2f} tokens/s, raw "
                       f"{r['raw_tokens_per_s']:.2f} tokens/s over the same {r['seconds']:.1f} s; "
@@ -230,7 +228,8 @@ def main(argv=None) -> int:
             order = ["raw", "trawl"] if rnd % 2 == 0 else ["trawl", "raw"]
             for who in order:
                 if who == "trawl":
-                    tokens, el, run_id = run_trawl(args.endpoint, args.model, specs, args.concurrency, workdir)
+                    tokens, el, run_id = run_trawl(args.endpoint, args.model, specs, args.concurrency, workdir,
+                                                   tokenizer_file=args.tokenizer_file)
                     assert run_id == plan_run_id
                 else:
                     tokens, el = run_raw(args.endpoint, payloads, args.concurrency)

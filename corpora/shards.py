@@ -83,17 +83,13 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write UTF-8 ``text`` to ``path`` atomically: a temporary file beside it, fsynced, renamed
-    over ``path``, then the folder fsynced; a reader sees the old file or the new one, never
-    half of one. The temporary file is removed when writing fails (the OSError propagates).
-    Every JSON, HTML, Markdown and TOML file trawl writes goes through here."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
+def _replace_atomically(path: str | os.PathLike, write) -> None:
+    """Call ``write(tmp)`` for a temporary file beside ``path``, fsync it, rename it over ``path``;
+    the temporary file is removed when anything fails (the exception propagates)."""
+    tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(text.encode("utf-8"))
-            fh.flush()
+        write(tmp)
+        with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -102,7 +98,16 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         except OSError:
             pass
         raise
-    fsync_dir(os.path.dirname(path) or ".")
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically: a temporary file beside it, fsynced, renamed
+    over ``path``, then the folder fsynced; a reader sees the old file or the new one, never
+    half of one. The temporary file is removed when writing fails (the OSError propagates).
+    Every JSON, HTML, Markdown and TOML file trawl writes goes through here."""
+    data = text.encode("utf-8")
+    _replace_atomically(path, lambda tmp: Path(tmp).write_bytes(data))
+    fsync_dir(os.path.dirname(os.fspath(path)) or ".")
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int = 1, ensure_ascii: bool = True) -> None:
@@ -115,18 +120,7 @@ def write_parquet_atomic(table, path: Path, compression: str = "zstd") -> None:
     the temporary file is removed when writing fails."""
     import pyarrow.parquet as pq
 
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        pq.write_table(table, tmp, compression=compression)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    _replace_atomically(path, lambda tmp: pq.write_table(table, tmp, compression=compression))
 
 
 class ShardWriter:

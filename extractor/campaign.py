@@ -561,10 +561,6 @@ def utcnow() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    write_text_atomic(path, text)
-
-
 def read_status(out: Path) -> dict | None:
     p = Path(out) / "campaign.json"
     if not p.exists():
@@ -593,7 +589,7 @@ class _Runner:
 
     def save(self) -> None:
         self.status["updated_at"] = utcnow()
-        atomic_write_text(self.out / "campaign.json", json.dumps(self.status, indent=1, ensure_ascii=False) + "\n")
+        write_text_atomic(self.out / "campaign.json", json.dumps(self.status, indent=1, ensure_ascii=False) + "\n")
 
     # -- steps --------------------------------------------------------------------------------
     def step_sample(self) -> dict:
@@ -710,7 +706,7 @@ class _Runner:
             return CampaignResult(c.name, str(self.out), "finished", skipped=True, report_html=rep.get("html"),
                                   gates_crossed=self.gates_on_stored(rep),
                                   sample=st["steps"]["sample"].get("result", {}), metrics=st.get("metrics", {}))
-        atomic_write_text(self.out / "campaign.toml", dump_toml(self.cfg))
+        write_text_atomic(self.out / "campaign.toml", dump_toml(self.cfg))
         session = {"started_at": utcnow(), "pid": os.getpid(), "steps_run": []}
         st["sessions"].append(session)
         st["status"] = "running"

@@ -438,11 +438,11 @@ def history_report(ledger: str | os.PathLike, *, out_html: str | os.PathLike | N
     flagged = regressions(comps, all_pairs)
     path = None
     if out_html is not None:
-        from extractor.campaign import atomic_write_text
+        from corpora.shards import write_text_atomic
 
         path = Path(out_html)
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, render_html(rows, comps, metric=metric, tolerance=tolerance, epsilon=epsilon,
+        write_text_atomic(path, render_html(rows, comps, metric=metric, tolerance=tolerance, epsilon=epsilon,
                                             version_order=version_order, source=str(ledger), all_pairs=all_pairs))
     return HistoryResult(comps, flagged, str(path) if path else None, len(rows))
 

@@ -104,11 +104,10 @@ class _Unit:
     reserve_tokens: int
     reserve_dollars: float
     skip: frozenset = frozenset()   # request ids sent but not stored (stored before, or past a cap)
+    jobs: list[Job] = field(init=False)  # the generations this request stores
 
-    @property
-    def jobs(self) -> list[Job]:
-        """The generations this request stores."""
-        return [j for p in self.parts for j in p if j.request_id not in self.skip]
+    def __post_init__(self) -> None:
+        self.jobs = [j for p in self.parts for j in p if j.request_id not in self.skip]
 
 
 @dataclass
@@ -450,17 +449,16 @@ class _Engine:
         t0 = time.time()
         parts = unit.parts
         n = len(parts[0])
-        if len(parts) == 1:
-            res: CompletionResult = self._complete(j.prompt, j.params, n=n, seed=j.seed)
-        else:  # a prompt list: choice k of prompt i is choices[i * n + k] (OpenAI's order)
-            res = self._complete([p[0].prompt for p in parts], j.params, n=n, seed=j.seed)
+        prompts = [p[0].prompt for p in parts]
+        # a prompt list: choice k of prompt i is choices[i * n + k] (OpenAI's order)
+        res: CompletionResult = self._complete(prompts if len(parts) > 1 else j.prompt, j.params, n=n, seed=j.seed)
         d.billed_prompt, d.billed_completion = res.prompt_tokens, res.completion_tokens
         sent = dict(j.params)
         if not self.be.capabilities.top_k:
             sent.pop("top_k", None)
         if n > 1:
             sent["n"] = n
-        shares = _prompt_token_shares(res.prompt_tokens, [p[0].prompt for p in parts])
+        shares = _prompt_token_shares(res.prompt_tokens, prompts)
         d.pending = []
         for i, part in enumerate(parts):
             for k, job in enumerate(part):

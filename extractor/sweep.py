@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from extractor.campaign import (SCHEMA, Campaign, CampaignResult, Key, atomic_write_text, check_attacks,
+from corpora.shards import write_text_atomic
+from extractor.campaign import (SCHEMA, Campaign, CampaignResult, Key, check_attacks,
                                 check_table, finish_target, load_toml, run_campaign, utcnow, validate_campaign)
 from extractor.errors import TrawlError, is_user_error
 from extractor.history import DEFAULT_EPSILON, DEFAULT_METRIC, DEFAULT_TOLERANCE, METRICS, history_report
@@ -283,7 +284,7 @@ def run_sweep(sw: Sweep, *, rerun: bool = False, only: list[str] | None = None, 
                 res.regressions = [c for c in hr.flagged if c.model in models and c.suite in suites]
                 for c in res.regressions:
                     echo(f"REGRESSION {c.line()}")
-        atomic_write_text(sw.out / "sweep.json", json.dumps({
+        write_text_atomic(sw.out / "sweep.json", json.dumps({
             "format": "trawl-sweep", "name": sw.name, "source": str(Path(sw.source).resolve()),
             "started_at": started, "ended_at": utcnow(), "exit_code": res.exit_code,
             "campaigns": [{"name": r.name, "status": r.status, "skipped": r.skipped, "steps_run": r.steps_run,

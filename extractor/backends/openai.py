@@ -425,19 +425,13 @@ class OpenAIBackend:
                     logprobs = [float(v) if isinstance(v, (int, float)) else float("nan") for v in vals]
             except AlignmentError:
                 offsets = None
-        if offsets is None and self._gguf is not None and text:
-            try:
-                offsets = self._gguf.offsets(text)
-                source = "local_tokenize"
-            except AlignmentError:
-                offsets = None
         if offsets is None and self.capabilities.tokenize and text:
-            if defer:
+            if defer and self._gguf is None:  # server requests: left for fill_tokens
                 source = "pending"
-            else:
+            else:  # the model file's tokenizer (in this process) or the endpoint
                 try:
                     offsets = self.token_offsets(text)
-                    source = "tokenize"
+                    source = "tokenize" if self._gguf is None else "local_tokenize"
                 except (BackendError, AlignmentError):
                     offsets = None
         if offsets is None and not text:
@@ -584,7 +578,8 @@ class OpenAIBackend:
         return self._pieces([token_id])[0]
 
     def token_offsets(self, text: str) -> list[int]:
-        """Byte offsets of the tokens of ``text`` via the tokenize endpoint (re-tokenization)."""
+        """Byte offsets of the tokens of ``text`` (re-tokenization: the model file's tokenizer when
+        one was checked against the server, else the tokenize endpoint)."""
         if self._gguf is not None:
             return self._gguf.offsets(text)
         ids = self.tokenize(text)

@@ -151,8 +151,8 @@ class PoolBackend:
     def stats(self) -> dict:
         """Per member: requests served, failures, whether it is down now, the last error."""
         now = time.monotonic()
-        return {m.be.endpoint: {"served": m.served, "failures": m.failures, "down": m.down_until > now, "excluded": m.excluded,
-                                "last_error": m.last_error} for m in self.members}
+        return {m.be.endpoint: {"served": m.served, "failures": m.failures, "down": m.down_until > now,
+                                "excluded": m.excluded, "last_error": m.last_error} for m in self.members}
 
     def interrupt(self) -> None:
         self._stop.set()
