@@ -56,7 +56,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from extractor.attacks import AttackSpec, Job, PlanContext, get_attack, request_id, seed_for
-from extractor.attacks.base import apply_common
+from extractor.attacks.base import SEED_SCHEME, apply_common, draw_seed
 from extractor.backends import BackendError, Choice, CompletionResult, OpenAIBackend, make_backend
 from extractor.backends.openai import api_key_hint, clean_text
 from extractor.budget import Budget, Pricing, Usage, stop_reason
@@ -231,11 +231,13 @@ def _run_attacks_locked(run_dir, *, endpoint, model, attacks, budget, pricing, c
         if run_id and run_id != frozen.get("run_id"):
             raise TrawlError(f"{rd.path}: run id {run_id!r} differs from the frozen {frozen.get('run_id')!r}")
         run_id = frozen["run_id"]
+        seed_scheme = frozen.get("seed_scheme", 1)   # runs frozen before scheme 2 resume as they began
         created = False
     else:
         if rd.is_nonempty() and not os.path.isdir(rd.gen_dir):
             raise TrawlError(f"{rd.path} exists and is not a trawl run folder; choose an empty or new folder")
         run_id = run_id or auto_id
+        seed_scheme = SEED_SCHEME
         created = True
 
     engine_box: list = []  # the replica pool logs through the engine (above the progress bar) once it exists
@@ -266,13 +268,14 @@ def _run_attacks_locked(run_dir, *, endpoint, model, attacks, budget, pricing, c
                                  f"sample {job.sample}); give repeated attacks different parameters")
             seen.add(rid)
             job.request_id = rid
-            job.seed = seed_for(rid)
+            # scheme 2: one seed per generation, consecutive in plan order (see draw_seed)
+            job.seed = draw_seed(run_id, len(all_jobs)) if seed_scheme >= 2 else seed_for(rid)
             all_jobs.append(job)
     planned = len(all_jobs)
     if created:
         rd.freeze_config({
             "format": FORMAT, "format_version": FORMAT_VERSION, "run_id": run_id, "model": model,
-            "attacks": resolved, "seed": seed, "backend": be.describe(),
+            "attacks": resolved, "seed": seed, "seed_scheme": seed_scheme, "backend": be.describe(),
             "budget": budget.to_dict(), "pricing": pricing.to_dict(), "concurrency": concurrency,
             "created_at": utcnow_iso(),
         })
@@ -396,7 +399,7 @@ class _Engine:
             parts.append(group)
         unit: list[list[Job]] = []
         for part in parts:
-            if unit and (len(unit) >= self.max_prompts or not self._listable(unit[0], part)):
+            if unit and (len(unit) >= self.max_prompts or not self._listable(unit, part)):
                 yield unit
                 unit = []
             unit.append(part)
@@ -404,10 +407,14 @@ class _Engine:
             yield unit
 
     @staticmethod
-    def _listable(first: list[Job], part: list[Job]) -> bool:
-        a, b = first[0], part[0]
-        return (a.steps is None and b.steps is None and len(first) == len(part)
-                and json.dumps(a.params, sort_keys=True) == json.dumps(b.params, sort_keys=True))
+    def _listable(unit: list[list[Job]], part: list[Job]) -> bool:
+        """Can ``part`` join the prompt list ``unit``? Same parameters and ``n``, no leading calls,
+        and a prompt not already in the list: every prompt of a list gets the request's seed, so a
+        second copy of a prompt would repeat the first one's draws choice for choice."""
+        a, b = unit[0][0], part[0]
+        return (a.steps is None and b.steps is None and len(unit[0]) == len(part)
+                and json.dumps(a.params, sort_keys=True) == json.dumps(b.params, sort_keys=True)
+                and all(p[0].prompt != b.prompt for p in unit))
 
     def pending_units(self, all_jobs: list[Job], done: set[str]):
         """:meth:`_units` of the whole plan, less the generations already stored, as

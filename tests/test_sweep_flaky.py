@@ -12,7 +12,8 @@ import shutil
 from pathlib import Path
 
 from campaign_helpers import q
-from extractor.attacks import PlanContext, get_attack, request_id, seed_for
+from extractor.attacks import PlanContext, get_attack
+from extractor.attacks.base import draw_seed
 from extractor.embedded import free_port
 from extractor.history import read_ledger
 from extractor.sweep import FAILED_EXIT_CODE, REGRESSION_EXIT_CODE, load_sweep, run_sweep
@@ -45,8 +46,8 @@ def planned_completions(campaign) -> list[str]:
     cls = get_attack(a["name"])
     params = cls.resolve(a["params"])
     out = []
-    for job in cls().plan(params, PlanContext(run_id=campaign.run_id, backend=None)):
-        seed = seed_for(request_id(campaign.run_id, job.attack, job.variant, job.prompt, job.sample))
+    for g, job in enumerate(cls().plan(params, PlanContext(run_id=campaign.run_id, backend=None))):
+        seed = draw_seed(campaign.run_id, g)   # generation g of the plan (one attack: plan order)
         out.append(expected_completion(job.prompt, seed, params["temperature"], params["max_tokens"]))
     return out
 

@@ -125,6 +125,26 @@ def test_run_attacks_exact_temperature_decay(be, hf_model, tmp_path):
     assert status["capabilities"]["temperature_decay"] is True
 
 
+@pytest.mark.parametrize("use_n", [True, False], ids=["n-groups", "prompt-lists"])
+def test_every_sample_is_its_own_draw_on_the_real_engine(be, hf_model, tmp_path, use_n):
+    """The real engine draws choice k of a seeded request from seed + k, and gives every prompt of a
+    list the request's seed. 40 samples of the empty prompt, as n groups of 16 or (n off) as
+    candidates for prompt lists, must be 40 different texts: one seed per generation, never one
+    prompt twice in a list (issue "Every sample its own draw"; before it, n off stored 5 texts)."""
+    import pyarrow.parquet as pq
+
+    from extractor.attacks import AttackSpec
+    from extractor.sampler import run_attacks
+
+    s = run_attacks(str(tmp_path / "run"), endpoint="vllm://smollm2", model=hf_model, backend="vllm",
+                    attacks=[AttackSpec("unconditional", {"variants": ["top_k"], "samples": 40, "max_tokens": 24})],
+                    progress=False, concurrency=4, use_n=use_n, log=lambda m: None)
+    assert s.status == "finished" and s.finished == 40
+    texts = [r["completion"] for f in sorted((tmp_path / "run").rglob("*.parquet"))
+             for r in pq.read_table(f).to_pylist()]
+    assert len(texts) == 40 and len(set(texts)) == 40
+
+
 def test_campaign_with_backend_vllm(be, hf_model, tmp_path):
     """``trawl run`` with ``[target] backend = "vllm"``: a tiny real campaign (sample on the module's
     engine, match on a real index, report, ledger). Runs last: it reuses the engine, starts none."""

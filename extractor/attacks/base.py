@@ -126,8 +126,31 @@ def request_id(run_id: str, attack: str, variant: str, prompt: str, sample: int)
 
 
 def seed_for(request_id_: str) -> int:
-    """A per-request sampling seed derived from the request id (31 bits: every server accepts it)."""
+    """The seed of runs frozen before seed scheme 2 (``config.json`` without ``seed_scheme``): a hash
+    of the request id (31 bits). Two requests of one prompt whose seeds lie less than ``n`` apart
+    overlapped under vLLM's ``seed + k`` rule; kept only so that such runs resume as they started."""
     return int(request_id_[:8], 16) & 0x7FFFFFFF
+
+
+SEED_SCHEME = 2
+MAX_DRAWS = 1 << 30   # generations in one plan; seeds stay below 2**31, which every server accepts
+
+
+def draw_seed(run_id: str, index: int) -> int:
+    """Seed of the ``index``-th planned generation (plan order) of run ``run_id``: ``base + index``,
+    with ``base < 2**30`` a hash of the run id.
+
+    Guarantee: a server that draws choice ``k`` of a request with seed ``s`` from seed ``s + k``
+    (vLLM's server and engine) gives every planned generation a draw of its own. The sampler sends
+    a request with its first generation's seed; ``n`` choices cover consecutive generations, so
+    choice ``k`` lands on generation ``k``'s own seed; the prompts of a prompt list are distinct
+    and share the first prompt's seeds; and the generations that lead requests are disjoint, so two
+    requests never use one seed for one prompt. Hashed seeds per request (scheme 1, :func:`seed_for`)
+    could lie less than ``n`` apart and overlap.
+    """
+    if not 0 <= index < MAX_DRAWS:
+        raise TrawlError(f"a plan holds at most {MAX_DRAWS} generations")
+    return (int(hashlib.sha1(run_id.encode("utf-8", "surrogatepass")).hexdigest()[:8], 16) & (MAX_DRAWS - 1)) + index
 
 
 @dataclass
@@ -173,6 +196,11 @@ class Attack:
         for k in ("samples", "max_tokens"):
             if k in params and params[k] is not None and int(params[k]) < 1:
                 raise TrawlError(f"attack {cls.name}: {k} must be >= 1")
+        temperature = params.get("temperature")
+        if params.get("samples", 1) > 1 and temperature is not None and float(temperature) <= 0:
+            # every sample would be one and the same draw, counted again and billed again
+            raise TrawlError(f"attack {cls.name}: samples > 1 needs temperature > 0 (greedy decoding is "
+                             f"deterministic: the samples would be copies of one draw)")
 
     def plan(self, params: dict, ctx: PlanContext) -> Iterator[Job]:  # pragma: no cover - abstract
         raise NotImplementedError

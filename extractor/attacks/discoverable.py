@@ -85,14 +85,14 @@ class Discoverable(Attack):
 
     @classmethod
     def validate(cls, params):
+        if params["samples"] > 1 and params["temperature"] <= 0:
+            raise TrawlError("attack discoverable: samples > 1 needs temperature > 0 (greedy decoding is deterministic)")
         super().validate(params)
         if not params["corpus"]:
             raise TrawlError("attack discoverable: parameter corpus is required (a corpus folder or a text/JSONL file)")
         for k in ("documents", "prefix_tokens", "suffix_tokens"):
             if params[k] < 1:
                 raise TrawlError(f"attack discoverable: {k} must be >= 1")
-        if params["samples"] > 1 and params["temperature"] <= 0:
-            raise TrawlError("attack discoverable: samples > 1 needs temperature > 0 (greedy decoding is deterministic)")
 
     def plan(self, params: dict, ctx: PlanContext):
         if not getattr(ctx.backend.capabilities, "tokenize", None):

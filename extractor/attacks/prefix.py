@@ -51,6 +51,7 @@ class Prefix(Attack):
         rng = random.Random(f"prefix:{params['seed']}")
         sp = sampling_params(params, keys=("temperature", "top_k", "max_tokens"))
         made, tries = 0, 0
+        taken: set = set()   # (document, start) already used: a place drawn twice is drawn again
         while made < params["prompts"]:
             tries += 1
             if tries > 20 * params["prompts"] + 100:
@@ -63,6 +64,8 @@ class Prefix(Attack):
             # move to the start of a word so that the first token is whole
             while start > 0 and not doc.text[start - 1].isspace():
                 start -= 1
+            if (i, start) in taken:
+                continue
             window = doc.text[start:start + (length + 4) * 24]
             ids = ctx.backend.tokenize(window)
             if len(ids) < length + 1 and start + len(window) < len(doc.text):
@@ -76,4 +79,5 @@ class Prefix(Attack):
                 yield Job(attack=self.name, variant=f"doc:{doc.doc_id}@{start}", prompt=prompt, sample=s,
                           params=dict(sp), extra={"doc_id": doc.doc_id, "source": doc.source, "char_offset": start,
                                                   "prompt_tokens_cut": length})
+            taken.add((i, start))
             made += 1

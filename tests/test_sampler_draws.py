@@ -1,0 +1,236 @@
+"""Every stored sample is its own draw (issue "Every sample its own draw").
+
+Against tests/draw_server.py, a server whose answer is a pure function of (prompt, sampling
+parameters, seed + choice index) exactly as vLLM draws, two stored samples with the same text
+are the same draw. So for every attack, with default and large ``samples``, with ``n`` and
+prompt lists on and off, through the replica pool, and across a kill -9 and ``--resume``, the
+stored completions must be pairwise distinct, and each must be what the server drew for its
+prompt.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+
+from draw_server import DrawServer, expected_text
+from extractor.attacks import AttackSpec
+from extractor.attacks.base import draw_seed
+from extractor.budget import Budget
+from extractor.runs import RunDir
+from extractor.sampler import run_attacks
+from sampler_helpers import write_corpus
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUIET = dict(api_key_env=None, progress=False, log=lambda m: None, timeout=5.0, backoff_base=0.01,
+             backoff_max=0.05, max_retries=8)
+
+
+def _rows(run_dir) -> list[dict]:
+    return sorted(RunDir(str(run_dir)).read_generations().to_pylist(), key=lambda r: r["request_id"])
+
+
+def _assert_own_draws(rows: list[dict], planned: int, payloads: list[dict]) -> None:
+    """Every planned generation stored once, pairwise distinct, each one the server's draw for its prompt."""
+    assert len(rows) == planned and len({r["request_id"] for r in rows}) == planned
+    copies = [t for t, c in Counter(r["completion"] for r in rows).items() if c > 1]
+    assert not copies, f"{len(copies)} completions stored more than once, e.g. {copies[0]!r}"
+    answered = set()
+    for p in payloads:
+        if p.get("seed") is None and float(p.get("temperature", 1.0)) > 0:
+            continue  # the capability probe's unseeded requests
+        prompts = p["prompt"] if isinstance(p["prompt"], list) else [p["prompt"]]
+        for q in prompts:
+            for k in range(int(p.get("n", 1) or 1)):
+                answered.add((q, expected_text(q, p, p.get("seed"), k)))
+    for r in rows:
+        if json.loads(r["extra"]).get("calls"):   # chained calls (temperature decay): text of several draws
+            continue
+        assert (r["prompt"], r["completion"]) in answered, "a stored completion is not its prompt's draw"
+
+
+def _corpus(tmp_path) -> str:
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho".split()
+    docs = [" ".join(words[(i * 7 + j) % len(words)] + str(i * 100 + j) for j in range(120)) for i in range(12)]
+    return write_corpus(str(tmp_path / "corpus"), docs=docs, shards=2)
+
+
+def _attacks(tmp_path, large: bool) -> list[AttackSpec]:
+    """Every attack with its default plan (short outputs); ``large``: many samples per prompt."""
+    corpus = _corpus(tmp_path)
+    if not large:
+        # default samples per prompt (divergence 30, special_chars 5, unconditional 100, prefix 1,
+        # discoverable 1), on fewer prompts than the defaults to keep the test short
+        return [AttackSpec("divergence", {"words": ["poem", "company", "a", "{"], "max_tokens": 4,
+                                          "repetitions": 50}),
+                AttackSpec("special_chars", {"max_tokens": 4, "lengths": [10], "structural": ["{", "["],
+                                             "special": ["@", "#"]}),
+                AttackSpec("unconditional", {"max_tokens": 30}),
+                AttackSpec("prefix", {"source": corpus, "max_tokens": 4, "prompts": 40}),
+                AttackSpec("discoverable", {"corpus": corpus, "documents": 10, "prefix_tokens": 8,
+                                            "suffix_tokens": 6}),
+                AttackSpec("discoverable", {"corpus": corpus, "documents": 4, "prefix_tokens": 8,
+                                            "suffix_tokens": 6, "samples": 40, "temperature": 1.0,
+                                            "offset_tokens": 1})]
+    return [AttackSpec("divergence", {"words": ["poem", "company", "a"], "samples": 100, "max_tokens": 4,
+                                      "repetitions": 20}),
+            AttackSpec("special_chars", {"strategies": ["repeat"], "structural": ["{"], "special": ["@"],
+                                         "lengths": [10], "samples": 70, "max_tokens": 4}),
+            AttackSpec("unconditional", {"samples": 150, "max_tokens": 24, "decay_tokens": 8}),
+            AttackSpec("prefix", {"source": corpus, "prompts": 3, "samples": 50, "max_tokens": 4}),
+            AttackSpec("discoverable", {"corpus": corpus, "documents": 2, "prefix_tokens": 8,
+                                        "suffix_tokens": 6, "samples": 100, "temperature": 1.0})]
+
+
+@pytest.mark.parametrize("large,use_n,lists", [
+    (False, True, True), (False, False, True),
+    (True, True, True), (True, True, False), (True, False, True), (True, False, False)],
+    ids=["default-samples-n+lists", "default-samples-lists", "large-n+lists", "large-n", "large-lists", "large-plain"])
+def test_every_attack_stores_distinct_draws(tmp_path, large, use_n, lists):
+    specs = _attacks(tmp_path, large)
+    with DrawServer() as srv:
+        s = run_attacks(str(tmp_path / "run"), endpoint=srv.base_url, model=srv.model, attacks=specs,
+                        concurrency=4, use_n=use_n, use_prompt_lists=lists, **QUIET)
+        payloads = list(srv.payloads)
+    assert s.status == "finished", s.line()
+    rows = _rows(tmp_path / "run")
+    assert {r["attack"] for r in rows} == {"divergence", "special_chars", "unconditional", "prefix", "discoverable"}
+    _assert_own_draws(rows, s.planned, payloads)
+    sent = [p for p in payloads if int(p.get("n", 1) or 1) > 1 or isinstance(p["prompt"], list)]
+    if use_n or lists:
+        assert sent, "the grouped paths (n, prompt lists) were not exercised"
+    for p in payloads:  # no request carries one prompt twice
+        if isinstance(p["prompt"], list):
+            assert len(set(p["prompt"])) == len(p["prompt"])
+
+
+def test_the_reported_command_stores_100_distinct_completions(tmp_path):
+    """The issue's reproduction: unconditional top_k, 100 samples of the empty prompt (the defect:
+    six copies of the prompt in one list under one seed stored only 20 distinct completions)."""
+    with DrawServer() as srv:
+        r = subprocess.run([sys.executable, "-m", "extractor.cli", "sample", "--endpoint", srv.base_url,
+                            "--model", srv.model, "--attack", "unconditional", "--param", "variants=top_k",
+                            "--param", "samples=100", "--param", "max_tokens=300", "--out", str(tmp_path / "run"),
+                            "--no-progress"], cwd=REPO, capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "PYTHONPATH": REPO})
+        payloads = list(srv.payloads)
+    assert r.returncode == 0, r.stderr
+    rows = _rows(tmp_path / "run")
+    _assert_own_draws(rows, 100, payloads)
+    gen = [p for p in payloads if p.get("max_tokens") == 300]
+    assert sorted(int(p.get("n", 1)) for p in gen) == [4] + [16] * 6   # n groups: own requests, own seeds
+    assert all(not isinstance(p["prompt"], list) for p in gen)
+
+
+def test_seeds_are_consecutive_in_plan_order_so_n_choices_land_on_their_own_seeds(tmp_path):
+    """Scheme 2: generation g of the plan has seed base + g; a request with n choices is sent with
+    its first generation's seed, so choice k (seed + k under vLLM) is generation g + k's seed."""
+    with DrawServer() as srv:
+        run_attacks(str(tmp_path / "run"), endpoint=srv.base_url, model=srv.model, concurrency=2,
+                    attacks=[AttackSpec("divergence", {"words": ["poem", "data"], "samples": 20, "max_tokens": 4,
+                                                       "repetitions": 3})], max_prompts=1, **QUIET)
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["seed_scheme"] == 2
+    rows = _rows(tmp_path / "run")
+    own = sorted(r["seed"] + json.loads(r["extra"]).get("n_choice", 0) for r in rows)
+    base = draw_seed(cfg["run_id"], 0)
+    assert own == list(range(base, base + 40))
+
+
+def test_a_run_frozen_with_the_old_seed_scheme_resumes_with_its_own_seeds(tmp_path):
+    """A run folder written before scheme 2 (no seed_scheme in config.json) keeps its hashed seeds
+    when resumed, so its stored and new generations come from one scheme."""
+    from extractor.attacks.base import seed_for
+
+    spec = [AttackSpec("divergence", {"words": ["poem"], "samples": 6, "max_tokens": 4, "repetitions": 3})]
+    run = tmp_path / "run"
+    with DrawServer() as srv:
+        run_attacks(str(run), endpoint=srv.base_url, model=srv.model, attacks=spec, budget=Budget(max_generations=2),
+                    use_n=False, **QUIET)
+        first = {r["request_id"] for r in _rows(run)}
+        cfg_path = run / "config.json"
+        cfg = json.loads(cfg_path.read_text())
+        del cfg["seed_scheme"]
+        cfg_path.write_text(json.dumps(cfg))
+        run_attacks(str(run), endpoint=srv.base_url, model=srv.model, attacks=spec, resume=True, use_n=False,
+                    **QUIET)
+    rows = _rows(run)
+    new = [r for r in rows if r["request_id"] not in first]
+    assert len(first) == 2 and len(rows) == 6 and len(new) == 4
+    assert all(r["seed"] == seed_for(r["request_id"]) for r in new)
+    assert all(r["seed"] != seed_for(r["request_id"]) for r in rows if r["request_id"] in first)
+
+
+def test_greedy_attacks_refuse_more_than_one_sample():
+    from extractor.errors import TrawlError
+
+    for spec in (AttackSpec("divergence", {"temperature": 0, "samples": 2}),
+                 AttackSpec("prefix", {"source": "x", "temperature": 0, "samples": 3}),
+                 AttackSpec("discoverable", {"corpus": "x", "samples": 2})):
+        with pytest.raises(TrawlError, match="greedy decoding is deterministic"):
+            spec.resolve()
+    AttackSpec("divergence", {"temperature": 0, "samples": 1}).resolve()
+
+
+def test_replica_pool_gives_every_sample_its_own_draw(tmp_path):
+    with DrawServer(delay=0.01) as a, DrawServer(delay=0.01) as b:
+        s = run_attacks(str(tmp_path / "run"), endpoint=[a.base_url, b.base_url], model=a.model, concurrency=4,
+                        attacks=[AttackSpec("unconditional", {"samples": 60, "max_tokens": 24, "decay_tokens": 8}),
+                                 AttackSpec("divergence", {"words": ["poem", "x"], "samples": 40, "max_tokens": 4,
+                                                           "repetitions": 5})], **QUIET)
+        payloads = a.payloads + b.payloads
+    assert s.status == "finished"
+    rows = _rows(tmp_path / "run")
+    assert len({r["endpoint"] for r in rows}) == 2
+    _assert_own_draws(rows, 200, payloads)
+
+
+def _stored(run_dir) -> int:
+    rd = RunDir(str(run_dir))
+    n = 0
+    if os.path.exists(rd.journal_path):
+        with open(rd.journal_path, "rb") as fh:
+            n += sum(1 for line in fh if line.endswith(b"\n"))
+    import pyarrow.parquet as pq
+
+    return n + sum(pq.read_metadata(p).num_rows for p in rd.part_paths())
+
+
+def test_kill9_and_resume_store_exactly_what_an_uninterrupted_run_stores(tmp_path):
+    """Prompt lists with n, injected 5xx and stalls, a kill -9 in the middle: the resumed run's rows
+    equal an uninterrupted run's, row for row, and every one is its own draw."""
+    args = ["--model", DrawServer.model, "--attack", "divergence", "--param", "words=a,b,c,d,e,f,g,h",
+            "--param", "samples=20", "--param", "repetitions=3", "--param", "max_tokens=6",
+            "--attack", "unconditional", "--param", "variants=top_k", "--param", "samples=40",
+            "--param", "max_tokens=6", "--concurrency", "2", "--timeout", "1", "--max-retries", "8",
+            "--max-prompts", "4", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": REPO}
+    with DrawServer(faults=("500", "503", "stall"), max_failures=1, stall_s=1.5, delay=0.2) as srv:
+        killed, clean = tmp_path / "killed", tmp_path / "clean"
+        cmd = [sys.executable, "-m", "extractor.cli", "sample", "--endpoint", srv.base_url]
+        proc = subprocess.Popen(cmd + ["--out", str(killed)] + args, env=env, cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 90
+        while _stored(killed) < 40:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "the sampler made no progress"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert 40 <= _stored(killed) < 200
+        r = subprocess.run(cmd + ["--out", str(killed)] + args + ["--resume"], env=env, cwd=REPO,
+                           capture_output=True, timeout=180)
+        assert r.returncode == 0, r.stderr.decode()
+        r = subprocess.run(cmd + ["--out", str(clean)] + args, env=env, cwd=REPO, capture_output=True, timeout=180)
+        assert r.returncode == 0, r.stderr.decode()
+        payloads = list(srv.payloads)
+    a, b = _rows(killed), _rows(clean)
+    key = lambda r: (r["request_id"], r["prompt"], r["completion"], r["seed"], tuple(r["token_offsets"]))  # noqa: E731
+    assert [key(r) for r in a] == [key(r) for r in b]
+    _assert_own_draws(a, 200, payloads)
