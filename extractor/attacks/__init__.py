@@ -11,28 +11,14 @@ from dataclasses import dataclass, field
 from extractor.attacks.base import Attack, Job, Param, PlanContext, request_id, seed_for
 from extractor.attacks.discoverable import Discoverable
 from extractor.attacks.divergence import Divergence
+from extractor.attacks.prefix import Prefix
+from extractor.attacks.special_chars import SpecialChars
+from extractor.attacks.unconditional import Unconditional
 from extractor.errors import TrawlError
 
-ATTACKS: dict[str, type[Attack]] = {}
-
-
-def _register(cls):
-    ATTACKS[cls.name] = cls
-    return cls
-
-
-for _cls in (Divergence, Discoverable):
-    _register(_cls)
-
-try:  # attacks added later in the same package
-    from extractor.attacks.special_chars import SpecialChars
-    from extractor.attacks.unconditional import Unconditional
-    from extractor.attacks.prefix import Prefix
-
-    for _cls in (SpecialChars, Unconditional, Prefix):
-        _register(_cls)
-except ImportError:  # pragma: no cover
-    pass
+# every attack, imported plainly: a broken module is an ImportError at start-up, never a missing attack
+ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (Divergence, Discoverable, SpecialChars, Unconditional,
+                                                              Prefix)}
 
 
 @dataclass
