@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
@@ -36,8 +35,8 @@ from corpora.shards import (
     Corpus,
     ShardWriter,
     open_corpus,
-    write_json_atomic,
 )
+from corpora.storage import commit_output_dir, utcnow, write_json_atomic
 
 
 @dataclass
@@ -76,17 +75,6 @@ def prepare_output_dir(out: Path, overwrite: bool) -> Path:
         shutil.rmtree(tmp)
     tmp.mkdir()
     return tmp
-
-
-def commit_output_dir(tmp: Path, out: Path) -> None:
-    """Rename the finished ``tmp`` folder to ``out`` (replacing an old ``out``)."""
-    if out.exists():
-        old = out.with_name(f"{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
 
 
 def ingest_records(
@@ -149,7 +137,7 @@ def ingest_records(
             "stats": stats.as_manifest(),
             "max_shard_bytes": max_shard_bytes,
             "duplicates": "kept" if keep_duplicates else "dropped",
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "created_at": utcnow(),
         }
         if extra_manifest:
             manifest.update(extra_manifest)

@@ -69,60 +69,6 @@ def sha256_file(path: str | os.PathLike, chunk: int = 16 << 20, on_bytes=None) -
     return h.hexdigest()
 
 
-def fsync_dir(path: str | os.PathLike) -> None:
-    """fsync a directory so a rename inside it survives a crash (best effort)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _replace_atomically(path: str | os.PathLike, write) -> None:
-    """Call ``write(tmp)`` for a temporary file beside ``path``, fsync it, rename it over ``path``;
-    the temporary file is removed when anything fails (the exception propagates)."""
-    tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write UTF-8 ``text`` to ``path`` atomically: a temporary file beside it, fsynced, renamed
-    over ``path``, then the folder fsynced; a reader sees the old file or the new one, never
-    half of one. The temporary file is removed when writing fails (the OSError propagates).
-    Every JSON, HTML, Markdown and TOML file trawl writes goes through here."""
-    data = text.encode("utf-8")
-    _replace_atomically(path, lambda tmp: Path(tmp).write_bytes(data))
-    fsync_dir(os.path.dirname(os.fspath(path)) or ".")
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int = 1, ensure_ascii: bool = True) -> None:
-    """Write JSON to ``path`` atomically (see :func:`write_text_atomic`)."""
-    write_text_atomic(path, json.dumps(obj, indent=indent, ensure_ascii=ensure_ascii) + "\n")
-
-
-def write_parquet_atomic(table, path: Path, compression: str = "zstd") -> None:
-    """Write an Arrow table as Parquet to ``path`` atomically (tmp file, fsync, rename);
-    the temporary file is removed when writing fails."""
-    import pyarrow.parquet as pq
-
-    _replace_atomically(path, lambda tmp: pq.write_table(table, tmp, compression=compression))
-
-
 class ShardWriter:
     """Append documents; rolls over to a new shard when the text budget is reached.
 

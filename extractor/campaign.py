@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from extractor.errors import TrawlError
-from corpora.shards import write_text_atomic
+from corpora.storage import FolderLock, FolderLocked, is_locked, utcnow, utcnow_compact, write_text_atomic
 
 FORMAT = "trawl-campaign"
 FORMAT_VERSION = 1
@@ -557,8 +557,6 @@ def load_campaign(path: str | os.PathLike, *, out: str | None = None) -> Campaig
     return Campaign(cfg, source=str(path))
 
 
-def utcnow() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def read_status(out: Path) -> dict | None:
@@ -761,22 +759,10 @@ class _Runner:
 
 def is_running(out: Path) -> bool:
     """True when a process holds the campaign folder's lock (the campaign is running now)."""
-    import fcntl
-
-    path = Path(out).with_name(Path(out).name + ".lock")
-    if not path.exists():
-        return False
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
+    return is_locked(Path(out).with_name(Path(out).name + ".lock"))
 
 
-class CampaignLocked(TrawlError):
+class CampaignLocked(TrawlError, FolderLocked):
     exit_code = 75  # EX_TEMPFAIL: the same campaign is running elsewhere; try again later
 
 
@@ -790,21 +776,12 @@ def run_campaign(c: Campaign, *, rerun: bool = False, progress: bool = True,
     ``fcntl.flock`` on ``OUT.lock`` (next to the folder, so ``--rerun`` can move the
     folder) refuses the second with :class:`CampaignLocked` (exit code 75).
     """
-    import fcntl
-
     log = log or (lambda msg: print(f"trawl: {msg}", file=sys.stderr))
     out = c.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out.with_name(out.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise CampaignLocked(f"campaign {c.name!r} is already running in another process ({out}); "
-                                 f"nothing done") from None
+    lock = FolderLock(out.with_name(out.name + ".lock"), busy=lambda holder: CampaignLocked(
+        f"campaign {c.name!r} is already running in another process ({out}); nothing done"))
+    with lock:
         return _run_locked(c, rerun=rerun, progress=progress, log=log, stop_after=stop_after)
-    finally:
-        os.close(fd)
 
 
 def _run_locked(c: Campaign, *, rerun: bool, progress: bool, log, stop_after) -> CampaignResult:
@@ -813,7 +790,7 @@ def _run_locked(c: Campaign, *, rerun: bool, progress: bool, log, stop_after) ->
         st = read_status(out) if (out / "campaign.json").exists() else None
         if st is None and any(out.iterdir()):
             raise TrawlError(f"{out} exists and is not a campaign folder; refusing to move it for --rerun")
-        aside = out.with_name(f"{out.name}.old-{_dt.datetime.now(_dt.timezone.utc).strftime('%Y%m%dT%H%M%S%fZ')}")
+        aside = out.with_name(f"{out.name}.old-{utcnow_compact()}")
         shutil.move(str(out), str(aside))
         log(f"{c.name}: previous campaign folder moved to {aside}")
     return _Runner(c, progress=progress, log=log).run(stop_after=stop_after)

@@ -29,26 +29,22 @@ Regression rule
 """
 from __future__ import annotations
 
-import datetime as _dt
-import fcntl
 import html
 import json
 import math
 import os
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from corpora.shards import write_parquet_atomic
+from corpora.storage import FolderLock, utcnow, write_parquet_atomic, write_text_atomic
 from extractor.errors import TrawlError
-from extractor.runs import fsync_dir
+from reports.metrics import THRESHOLDS
 
 LEDGER_FORMAT = "trawl-ledger"
 LEDGER_FORMAT_VERSION = 1
-THRESHOLDS = (10, 20, 30, 40, 50)
 DEFAULT_METRIC = "memorized_token_fraction"
 DEFAULT_TOLERANCE = 0.10
 DEFAULT_EPSILON = 0.0
@@ -108,15 +104,9 @@ def ledger_rows(cfg: dict, metrics: dict, *, uid: str, report_path: str, date: s
     return rows
 
 
-@contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+def _locked(path: Path) -> FolderLock:
+    """Writers of one ledger take turns (a blocking lock on ``LEDGER.lock``)."""
+    return FolderLock(f"{path}.lock", blocking=True)
 
 
 def _table(rows: list[dict]) -> pa.Table:
@@ -149,8 +139,7 @@ def write_ledger(path: str | os.PathLike, rows: list[dict]) -> None:
     """Write ``rows`` as the whole ledger, atomically."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    write_parquet_atomic(_table(rows), p)
-    fsync_dir(str(p.parent))
+    write_parquet_atomic(_table(rows), p, sync_dir=True)
 
 
 def append_rows(path: str | os.PathLike, rows: list[dict]) -> int:
@@ -359,7 +348,7 @@ def render_html(rows: list[dict], comparisons: list[Comparison], *, metric: str,
            "h2{margin-top:2em}.verdict{font-size:18px;padding:.6em;border-radius:4px}</style></head><body>",
            "<h1>trawl memorization history</h1>",
            f"<p>Ledger: <code>{_e(source)}</code>; {len(rows)} rows, {len(ser)} series "
-           f"(suite, model, attack). Generated {_e(_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'))}.</p>",
+           f"(suite, model, attack). Generated {_e(utcnow())}.</p>",
            f"<p>Regression rule: for each series, versions in order, flag <code>{_e(metric)}(new) &gt; "
            f"{_e(metric)}(prev) &times; (1 + {tolerance:g}) + {epsilon:g}</code>; "
            f"{'every pair' if all_pairs else 'the newest pair of each series'} decides the exit code.</p>"]
@@ -438,7 +427,6 @@ def history_report(ledger: str | os.PathLike, *, out_html: str | os.PathLike | N
     flagged = regressions(comps, all_pairs)
     path = None
     if out_html is not None:
-        from corpora.shards import write_text_atomic
 
         path = Path(out_html)
         path.parent.mkdir(parents=True, exist_ok=True)

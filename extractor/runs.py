@@ -27,58 +27,33 @@ Crash safety
 from __future__ import annotations
 
 import datetime as _dt
-import errno
-import fcntl
 import glob
 import json
 import os
-import re
 from typing import Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from corpora.shards import fsync_dir  # noqa: F401 - re-exported: extractor's modules import it from here
-from corpora.shards import write_json_atomic as _write_json_atomic
+from corpora.storage import (GENERATIONS_SCHEMA, PART_RE, FolderLock, FolderLocked, generation_parts,
+                             write_parquet_atomic)
+from corpora.storage import write_json_atomic as _write_json_atomic
 from extractor.errors import TrawlError
 
-GENERATIONS_SCHEMA = pa.schema([
-    ("run_id", pa.string()),
-    ("request_id", pa.string()),
-    ("attack", pa.string()),
-    ("variant", pa.string()),
-    ("prompt", pa.string()),
-    ("completion", pa.string()),
-    ("token_offsets", pa.list_(pa.int32())),
-    ("token_logprobs", pa.list_(pa.float32())),
-    ("prompt_tokens", pa.int32()),
-    ("completion_tokens", pa.int32()),
-    ("finish_reason", pa.string()),
-    ("model", pa.string()),
-    ("endpoint", pa.string()),
-    ("params", pa.string()),
-    ("seed", pa.int64()),
-    ("latency_s", pa.float64()),
-    ("cost_usd", pa.float64()),
-    ("created_at", pa.timestamp("us", tz="UTC")),
-    ("extra", pa.string()),
-])
-
-_PART_RE = re.compile(r"(?:^|/)part-(\d{5,})\.parquet$")
 # Names in generations/ that are not parts start with "_" or "." so that dataset readers
 # (pyarrow.parquet.read_table("RUN/generations"), DuckDB globs on part-*) skip them.
 JOURNAL_NAME = "_journal.jsonl"
 LOCK_NAME = ".lock"  # RUN/.lock: fcntl.flock'ed by the process using the run folder
 
 
-class RunLocked(TrawlError):
+class RunLocked(TrawlError, FolderLocked):
     """Another process holds the run folder's lock."""
 
     exit_code = 75  # EX_TEMPFAIL: the same run is in use elsewhere; try again later
 
 
 class RunLock:
-    """Exclusive, non-blocking ``fcntl.flock`` on ``RUN/.lock`` (holder's pid inside).
+    """The run folder's :class:`corpora.storage.FolderLock` on ``RUN/.lock``.
 
     Two processes (or two ``run_attacks`` calls in one process) never write one run
     folder at once: the second gets :class:`RunLocked`. The kernel drops the lock when
@@ -90,8 +65,12 @@ class RunLock:
     def __init__(self, path: str):
         self.path = os.path.abspath(path)
         self.lock_path = os.path.join(self.path, LOCK_NAME)
-        self.fd: int | None = None
+        self._lock = FolderLock(self.lock_path, busy=self._busy)
         self._made_dir = False
+
+    def _busy(self, holder: dict) -> RunLocked:
+        return RunLocked(f"{self.path}: another trawl process is using this run folder (pid "
+                         f"{holder.get('pid', 'unknown')}); wait for it to end, or stop it, then --resume")
 
     def acquire(self) -> "RunLock":
         if os.path.exists(self.path) and not os.path.isdir(self.path):
@@ -104,39 +83,14 @@ class RunLock:
                 pass
             except OSError as exc:
                 raise TrawlError(f"{self.path}: cannot create the run folder ({exc.strerror})") from None
-        while True:
-            try:
-                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as exc:
-                raise TrawlError(f"{self.lock_path}: cannot open the run lock ({exc.strerror})") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                holder = b""
-                try:
-                    holder = os.pread(fd, 64, 0).strip()
-                except OSError:
-                    pass
-                os.close(fd)
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise TrawlError(f"{self.lock_path}: cannot lock the run folder ({exc.strerror})") from None
-                pid = holder.decode("ascii", "replace") if holder.isdigit() else "unknown"
-                raise RunLocked(f"{self.path}: another trawl process is using this run folder (pid {pid}); "
-                                f"wait for it to end, or stop it, then --resume") from None
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.lock_path).st_ino
-            except OSError:
-                same = False
-            if not same:  # the previous holder removed the file after we opened it: lock the new one
-                os.close(fd)
-                continue
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            self.fd = fd
-            return self
+        try:
+            self._lock.acquire()
+        except OSError as exc:
+            raise TrawlError(f"{self.lock_path}: cannot lock the run folder ({exc.strerror})") from None
+        return self
 
     def release(self) -> None:
-        if self.fd is None:
+        if self._lock.fd is None:
             return
         try:
             if self._made_dir and os.listdir(self.path) == [LOCK_NAME]:
@@ -145,18 +99,13 @@ class RunLock:
         except OSError:
             pass
         finally:
-            os.close(self.fd)  # closing drops the flock
-            self.fd = None
+            self._lock.release()
 
     def __enter__(self) -> "RunLock":
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
         self.release()
-
-
-def utcnow_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def write_json_atomic(path: str, obj) -> None:
@@ -219,8 +168,7 @@ class RunDir:
 
     # -- parts ----------------------------------------------------------------------------
     def part_paths(self) -> list[str]:
-        paths = [p for p in glob.glob(os.path.join(self.gen_dir, "part-*.parquet")) if _PART_RE.search(p)]
-        return sorted(paths, key=lambda p: int(_PART_RE.search(p).group(1)))
+        return generation_parts(self.path)
 
     def done_ids(self) -> set[str]:
         done: set[str] = set()
@@ -249,15 +197,7 @@ class RunDir:
         table = rows_to_table(rows)
         base = f"part-{self._next_part:05d}.parquet"
         name = os.path.join(self.gen_dir, base)
-        tmp = os.path.join(self.gen_dir, f".{base}.tmp-{os.getpid()}")
-        pq.write_table(table, tmp, compression="zstd")
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, name)
-        fsync_dir(self.gen_dir)
+        write_parquet_atomic(table, name, hidden=True, sync_dir=True)
         self._next_part += 1
         return name
 
@@ -273,7 +213,7 @@ class RunDir:
             except OSError:
                 pass
         parts = self.part_paths()
-        self._next_part = (int(_PART_RE.search(parts[-1]).group(1)) + 1) if parts else 0
+        self._next_part = (int(PART_RE.search(parts[-1]).group(1)) + 1) if parts else 0
         done = self.done_ids()
         pending: list[dict] = []
         seen: set[str] = set()

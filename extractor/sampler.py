@@ -61,7 +61,8 @@ from extractor.backends import BackendError, Choice, CompletionResult, OpenAIBac
 from extractor.backends.openai import api_key_hint, clean_text
 from extractor.budget import Budget, Pricing, Usage, stop_reason
 from extractor.errors import TrawlError
-from extractor.runs import RunDir, RunLock, utcnow_iso
+from corpora.storage import utcnow
+from extractor.runs import RunDir, RunLock
 
 FORMAT = "trawl-run"
 FORMAT_VERSION = 1
@@ -277,7 +278,7 @@ def _run_attacks_locked(run_dir, *, endpoint, model, attacks, budget, pricing, c
             "format": FORMAT, "format_version": FORMAT_VERSION, "run_id": run_id, "model": model,
             "attacks": resolved, "seed": seed, "seed_scheme": seed_scheme, "backend": be.describe(),
             "budget": budget.to_dict(), "pricing": pricing.to_dict(), "concurrency": concurrency,
-            "created_at": utcnow_iso(),
+            "created_at": utcnow(precise=True),
         })
     done = rd.recover()
     prev = rd.load_status()
@@ -304,9 +305,9 @@ def _run_attacks_locked(run_dir, *, endpoint, model, attacks, budget, pricing, c
         "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
         "cost_usd": usage.cost_usd, "endpoint": be.endpoint, "endpoints": list(be.endpoints), "model": model,
         "capabilities": caps.to_dict(), "sessions": list(prev.get("sessions", [])),
-        "updated_at": utcnow_iso(),
+        "updated_at": utcnow(precise=True),
     }
-    session = {"started_at": utcnow_iso(), "resumed": not created, "skipped_done": planned - len(pending)}
+    session = {"started_at": utcnow(precise=True), "resumed": not created, "skipped_done": planned - len(pending)}
     status["sessions"].append(session)
     engine.status = status
     engine.resolved = resolved
@@ -573,7 +574,7 @@ class _Engine:
             "completion_tokens": int(completion_tokens), "finish_reason": finish, "model": self.model,
             "endpoint": endpoint or self.be.endpoint, "params": json.dumps(params, sort_keys=True),
             "seed": seed, "latency_s": float(latency), "cost_usd": 0.0,
-            "created_at": utcnow_iso(), "_extra": {**job.extra, **extra},
+            "created_at": utcnow(precise=True), "_extra": {**job.extra, **extra},
         }
 
     def _worker(self, work_q: queue.Queue, post_q: queue.Queue, done_q: queue.Queue) -> None:
@@ -849,7 +850,7 @@ class _Engine:
         st.update({
             "status": state, "finished": self.usage.generations, "prompt_tokens": self.usage.prompt_tokens,
             "completion_tokens": self.usage.completion_tokens, "cost_usd": round(self.usage.cost_usd, 8),
-            "failed_requests": self.failed, "retries": self.be.retries, "updated_at": utcnow_iso(),
+            "failed_requests": self.failed, "retries": self.be.retries, "updated_at": utcnow(precise=True),
             "endpoint_stats": self._endpoint_stats(),
         })
         self.session.update({"elapsed_s": round(el, 3), "new_generations": self.new,
@@ -873,7 +874,7 @@ class _Engine:
             self.stop_reason = "failed_requests"
         self.status["stopped_early"] = state != "finished"
         self.status["stop_reason"] = self.stop_reason
-        self.session["ended_at"] = utcnow_iso()
+        self.session["ended_at"] = utcnow(precise=True)
         attacks = _attack_summaries(self.rd, self.resolved)
         self.status["attacks"] = attacks
         self._write_status(state)

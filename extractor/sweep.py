@@ -25,7 +25,6 @@ lock, nothing was done; 2 a bad configuration.
 """
 from __future__ import annotations
 
-import fcntl
 import fnmatch
 import json
 import os
@@ -36,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from corpora.shards import write_text_atomic
+from corpora.storage import FolderLock, FolderLocked, holder_text, write_text_atomic
 from extractor.campaign import (SCHEMA, Campaign, CampaignResult, Key, check_attacks,
                                 check_table, finish_target, load_toml, run_campaign, utcnow, validate_campaign)
 from extractor.errors import TrawlError, is_user_error
@@ -74,7 +73,7 @@ DEFAULTS_SECTIONS = {
 }
 
 
-class SweepLocked(TrawlError):
+class SweepLocked(TrawlError, FolderLocked):
     exit_code = LOCKED_EXIT_CODE
 
 
@@ -177,49 +176,15 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
 
 # ============================================================================ the lock
 
-class SweepLock:
-    """Non-blocking exclusive ``fcntl.flock`` on ``OUT/sweep.lock``, held for the whole sweep.
-
-    The kernel drops the lock when the holder exits, even on ``kill -9``: a stale lock
-    file never blocks the next run.
-    """
+class SweepLock(FolderLock):
+    """The sweep's :class:`corpora.storage.FolderLock` on ``OUT/sweep.lock``, held for the whole
+    sweep; a second sweep on the same folder gets :class:`SweepLocked` (exit 75)."""
 
     def __init__(self, folder: Path):
         self.path = Path(folder) / "sweep.lock"
-        self.fd: int | None = None
-
-    def acquire(self) -> "SweepLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
-            except ValueError:
-                holder = {}
-            os.close(fd)
-            who = f" (pid {holder.get('pid')}, since {holder.get('started_at')})" if holder.get("pid") else ""
-            raise SweepLocked(f"another trawl sweep is running in {self.path.parent}{who}; nothing done, "
-                              f"exiting with {LOCKED_EXIT_CODE} (try again later)") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(), "started_at": utcnow()}).encode(), 0)
-        self.fd = fd
-        return self
-
-    def release(self) -> None:
-        if self.fd is not None:
-            try:
-                os.ftruncate(self.fd, 0)
-            finally:
-                os.close(self.fd)  # closing drops the flock
-                self.fd = None
-
-    def __enter__(self) -> "SweepLock":
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
+        super().__init__(self.path, busy=lambda holder: SweepLocked(
+            f"another trawl sweep is running in {self.path.parent}{holder_text(holder)}; nothing done, "
+            f"exiting with {LOCKED_EXIT_CODE} (try again later)"))
 
 
 # ============================================================================ running

@@ -68,7 +68,6 @@ generations: generations are streamed in record batches.
 from __future__ import annotations
 
 import bisect
-import glob
 import hashlib
 import json
 import os
@@ -82,6 +81,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from corpora import storage
 from reports import extrapolate as ex
 from reports.categories import CATEGORIES, find_all
 from reports.errors import ReportError
@@ -143,9 +143,10 @@ def _read_json(path: str) -> dict:
 
 
 def generation_parts(run_dir: str) -> list[str]:
+    """The run's generation parts (corpora.storage.generation_parts); none is a ReportError."""
     if not os.path.isdir(run_dir):
         raise ReportError(f"{run_dir}: no such run folder")
-    parts = sorted(glob.glob(os.path.join(run_dir, "generations", "part-*.parquet")))
+    parts = storage.generation_parts(run_dir)
     if not parts:
         raise ReportError(f"{run_dir}: no generations (expected generations/part-*.parquet)")
     return parts
@@ -821,7 +822,7 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
     metrics = Metrics({
         "schema": "trawl-report-metrics",
         "schema_version": SCHEMA_VERSION,
-        "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "generated_at": storage.utcnow(),
         "run": {
             "run_dir": os.path.abspath(run_dir),
             "run_ids": sorted(run_ids)[:20] or ([run_json["run_id"]] if "run_id" in run_json else []),

@@ -19,7 +19,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from corpora.shards import write_text_atomic
+from corpora.storage import write_text_atomic
 from reports import svg
 from reports.categories import CATEGORIES, CATEGORY_LABELS, redact as _redact
 from reports.errors import ReportError

@@ -19,20 +19,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-GEN_SCHEMA = pa.schema([
-    ("run_id", pa.string()), ("request_id", pa.string()), ("attack", pa.string()), ("variant", pa.string()),
-    ("prompt", pa.string()), ("completion", pa.string()), ("token_offsets", pa.list_(pa.int32())),
-    ("token_logprobs", pa.list_(pa.float32())), ("prompt_tokens", pa.int32()), ("completion_tokens", pa.int32()),
-    ("finish_reason", pa.string()), ("model", pa.string()), ("endpoint", pa.string()), ("params", pa.string()),
-    ("seed", pa.int64()), ("latency_s", pa.float64()), ("cost_usd", pa.float64()),
-    ("created_at", pa.timestamp("us", tz="UTC")), ("extra", pa.string()),
-])
-MATCH_SCHEMA = pa.schema([
-    ("run_id", pa.string()), ("request_id", pa.string()), ("span_start", pa.int64()), ("span_end", pa.int64()),
-    ("tokens", pa.int32()), ("shard", pa.int32()), ("doc_id", pa.int64()), ("doc_offset", pa.int64()),
-    ("occurrences", pa.int64()), ("source", pa.string()), ("text", pa.string()),
-])
-
+from corpora.storage import GENERATIONS_SCHEMA, MATCHES_SCHEMA
 
 @dataclass
 class Gen:
@@ -136,7 +123,7 @@ def write_run(run_dir: str, corpus: Corpus, gens: list[Gen], min_tokens: int = 1
                             "shard": 0, "doc_id": d, "doc_offset": do, "occurrences": corpus.count(comp[s:e]),
                             "source": corpus.sources[d], "text": comp[s:e].decode("utf-8", "replace")})
     _write_parts(run_dir, rows, parts)
-    _write(pa.Table.from_pylist(matches, schema=MATCH_SCHEMA), os.path.join(run_dir, "matches.parquet"),
+    _write(pa.Table.from_pylist(matches, schema=MATCHES_SCHEMA), os.path.join(run_dir, "matches.parquet"),
            {"min_tokens": min_tokens, "min_bytes": 0, "index_manifest_sha256": "0" * 64} if with_metadata else None)
     _write_json(os.path.join(run_dir, "run.json"), run_json if run_json is not None else
                 {"run_id": run_id, "status": "finished", "stopped_early": False, "stop_reason": None,
@@ -160,14 +147,14 @@ def _gen_row(run_id, rid, g: Gen, comp: bytes, offs: list[int], i: int) -> dict:
 def _gen_table(rows: list[dict]) -> pa.Table:
     # completion may be invalid UTF-8 (bytes): build as binary, then view as string without validation
     cols = {}
-    for f in GEN_SCHEMA:
+    for f in GENERATIONS_SCHEMA:
         vals = [r[f.name] for r in rows]
         if f.type == pa.string() and any(isinstance(v, bytes) for v in vals):
             cols[f.name] = pa.array([v if isinstance(v, bytes) or v is None else v.encode() for v in vals],
                                     pa.binary()).view(pa.string())
         else:
             cols[f.name] = pa.array(vals, f.type)
-    return pa.table(cols, schema=GEN_SCHEMA)
+    return pa.table(cols, schema=GENERATIONS_SCHEMA)
 
 
 def _write_parts(run_dir: str, rows: list[dict], parts: int) -> None:
@@ -271,7 +258,7 @@ def write_planted_run(run_dir: str, generations: int, memorized_rate: float = 0.
             "seed": pa.array(np.arange(lo, lo + n, dtype=np.int64)), "latency_s": pa.array(np.full(n, 0.1)),
             "cost_usd": pa.array(np.full(n, cost_usd)), "created_at": pa.array([created] * n, pa.timestamp("us", tz="UTC")),
             "extra": pa.array(['{"diverged": true}'] * n),
-        }, schema=GEN_SCHEMA)
+        }, schema=GENERATIONS_SCHEMA)
         _write(tbl, os.path.join(run_dir, "generations", f"part-{part:05d}.parquet"), row_group_size=row_group_rows)
         part += 1
         del tbl, comp, data, offs
@@ -283,7 +270,7 @@ def write_planted_run(run_dir: str, generations: int, memorized_rate: float = 0.
         "doc_id": pa.array(m_doc, pa.int64()), "doc_offset": pa.array(m_do, pa.int64()),
         "occurrences": pa.array(np.ones(k, np.int64)), "source": pa.array([f"doc{d}.txt" for d in m_doc]),
         "text": pa.array(m_txt),
-    }, schema=MATCH_SCHEMA)
+    }, schema=MATCHES_SCHEMA)
     _write(m, os.path.join(run_dir, "matches.parquet"), {"min_tokens": min_tokens, "min_bytes": 0})
     _write_json(os.path.join(run_dir, "run.json"), {"run_id": run_id, "status": "finished", "stopped_early": False,
                                                     "stop_reason": None, "planned": generations,

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from corpora.ingest import commit_output_dir
+from corpora.storage import commit_output_dir, utcnow, write_json_atomic
 from suffix_index.errors import IndexFormatError
 from suffix_index.manifest import (
     INDEX_FORMAT,
@@ -302,7 +302,7 @@ def build_index(
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    started = utcnow()
     t0 = time.perf_counter()
     specs = [
         (str(p), str(tmp), i, int(s["documents"]), int(s["text_bytes"]), bool(fsync), s.get("sha256"))
@@ -347,7 +347,6 @@ def build_index(
                 "seconds": round(time.perf_counter() - t0, 3),
             },
         }
-        from corpora.shards import write_json_atomic
 
         write_json_atomic(tmp / MANIFEST_NAME, manifest)
         load_manifest(tmp)  # self-check before publishing

@@ -21,28 +21,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from corpora.shards import write_parquet_atomic
+from corpora.storage import MATCHES_SCHEMA, write_parquet_atomic
 from suffix_index.errors import MatchInputError
 
 MATCHES_FORMAT_VERSION = 1
 REQUIRED_COLUMNS = ("run_id", "request_id", "completion")
-
-MATCHES_SCHEMA = pa.schema(
-    [
-        pa.field("run_id", pa.string()),
-        pa.field("request_id", pa.string()),
-        pa.field("span_start", pa.int64()),
-        pa.field("span_end", pa.int64()),
-        pa.field("tokens", pa.int32()),
-        pa.field("shard", pa.int32()),
-        pa.field("doc_id", pa.int64()),
-        pa.field("doc_offset", pa.int64()),
-        pa.field("occurrences", pa.int64()),
-        pa.field("source", pa.string()),
-        pa.field("text", pa.string()),
-    ]
-)
-
 
 def generation_files(path: str | os.PathLike) -> list[Path]:
     """The Parquet files a GENERATIONS argument names (see module docstring)."""

@@ -6,14 +6,15 @@ import os
 
 import pyarrow.parquet as pq
 
-from extractor.runs import GENERATIONS_SCHEMA, RunDir, utcnow_iso
+from corpora.storage import GENERATIONS_SCHEMA, utcnow
+from extractor.runs import RunDir
 
 
 def _row(i):
     return {"run_id": "r", "request_id": f"id{i:04d}", "attack": "divergence", "variant": "poem", "prompt": "p",
             "completion": "x" * i, "token_offsets": list(range(i)), "token_logprobs": None, "prompt_tokens": 1,
             "completion_tokens": i, "finish_reason": "length", "model": "m", "endpoint": "http://127.0.0.1:1",
-            "params": "{}", "seed": i, "latency_s": 0.1, "cost_usd": 0.0, "created_at": utcnow_iso(), "extra": "{}"}
+            "params": "{}", "seed": i, "latency_s": 0.1, "cost_usd": 0.0, "created_at": utcnow(precise=True), "extra": "{}"}
 
 
 def test_append_flush_recover(tmp_path):

@@ -10,7 +10,8 @@ import pytest
 from extractor.attacks import AttackSpec
 from extractor.budget import Budget, Pricing
 from extractor.errors import TrawlError
-from extractor.runs import GENERATIONS_SCHEMA, RunDir
+from corpora.storage import GENERATIONS_SCHEMA
+from extractor.runs import RunDir
 from extractor.sampler import run_attacks
 from sampler_helpers import write_corpus
 

@@ -1,0 +1,281 @@
+"""What every part of trawl writes and reads the same way: durable files, folder locks,
+timestamps, and the on-disk schemas that the parts hand to each other.
+
+A leaf module: it imports no other module of trawl, so every package may import it
+(``corpora`` is the bottom of the dependency order, which is why it lives here; see
+docs/ARCHITECTURE.md). Guarantees:
+
+* **atomic files** (:func:`write_text_atomic`, :func:`write_json_atomic`,
+  :func:`write_parquet_atomic`): the new content goes to a temporary file beside the
+  target, is fsynced and renamed over it, then the folder is fsynced; a reader sees the
+  old file or the new one, never half of one, and a failed write leaves no temporary file;
+* **atomic folders** (:func:`commit_output_dir`): a finished temporary folder replaces the
+  target in one rename;
+* **folder locks** (:class:`FolderLock`): an exclusive, non-blocking ``fcntl.flock`` on a
+  lock file holding the holder's pid and start time; the kernel drops it when the holder
+  exits, even on ``kill -9``, so a stale lock file never blocks anything; a busy lock is
+  :class:`FolderLocked` (exit code 75, ``EX_TEMPFAIL``: try again later), a one-line error;
+* **timestamps** (:func:`utcnow`): UTC, ISO 8601 with a ``Z``;
+* **schemas**: :data:`GENERATIONS_SCHEMA` (docs/CONTRACTS.md §3) and
+  :data:`MATCHES_SCHEMA` (§4), and :func:`generation_parts`, the one way to list a run's
+  generation parts.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import errno
+import fcntl
+import glob
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import pyarrow as pa
+
+# ---------------------------------------------------------------------------------- timestamps
+
+
+def utcnow(precise: bool = False) -> str:
+    """Now in UTC as ``2026-11-29T12:00:00Z`` (``precise``: with microseconds)."""
+    fmt = "%Y-%m-%dT%H:%M:%S.%fZ" if precise else "%Y-%m-%dT%H:%M:%SZ"
+    return _dt.datetime.now(_dt.timezone.utc).strftime(fmt)
+
+
+def utcnow_compact() -> str:
+    """Now in UTC for a file name: ``20261129T120000123456Z``."""
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+# ---------------------------------------------------------------------------------- atomic files
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """fsync a directory so a rename inside it survives a crash (best effort)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _replace_atomically(path: str | os.PathLike, write: Callable[[str], Any], hidden: bool = False) -> None:
+    """Call ``write(tmp)`` for a temporary file beside ``path``, fsync it, rename it over ``path``;
+    the temporary file is removed when anything fails (the exception propagates). ``hidden``: the
+    temporary name starts with a dot (``.NAME.tmp-PID``), so dataset readers of the folder skip it."""
+    folder, name = os.path.split(os.fspath(path))
+    tmp = os.path.join(folder, f"{'.' if hidden else ''}{name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically (see the module docstring). Every JSON, HTML,
+    Markdown and TOML file trawl writes goes through here."""
+    data = text.encode("utf-8")
+    _replace_atomically(path, lambda tmp: Path(tmp).write_bytes(data))
+    fsync_dir(os.path.dirname(os.fspath(path)) or ".")
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int = 1, ensure_ascii: bool = True) -> None:
+    """Write JSON to ``path`` atomically (see :func:`write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(obj, indent=indent, ensure_ascii=ensure_ascii) + "\n")
+
+
+def write_parquet_atomic(table, path: str | os.PathLike, compression: str = "zstd", *, hidden: bool = False,
+                         sync_dir: bool = False) -> None:
+    """Write an Arrow table as Parquet to ``path`` atomically (tmp file, fsync, rename; with
+    ``sync_dir`` the folder too). ``hidden``: a dot-named temporary file (see _replace_atomically)."""
+    import pyarrow.parquet as pq
+
+    _replace_atomically(path, lambda tmp: pq.write_table(table, tmp, compression=compression), hidden=hidden)
+    if sync_dir:
+        fsync_dir(os.path.dirname(os.fspath(path)) or ".")
+
+
+def commit_output_dir(tmp: Path, out: Path) -> None:
+    """Rename the finished folder ``tmp`` to ``out``, replacing an old ``out`` (moved aside
+    first, then removed), so ``out`` is at every moment the old folder or the new one."""
+    if out.exists():
+        old = out.with_name(f"{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+# ---------------------------------------------------------------------------------- folder locks
+
+LOCKED_EXIT_CODE = 75  # EX_TEMPFAIL
+
+
+class FolderLocked(Exception):
+    """Another process holds the lock: a one-line user error, exit code 75 (try again later)."""
+
+    user_error = True
+    exit_code = LOCKED_EXIT_CODE
+
+
+class FolderLock:
+    """Exclusive, non-blocking ``fcntl.flock`` on ``lock_path`` (the holder's pid and start time
+    written inside as JSON), held between :meth:`acquire` and :meth:`release` (or as a context
+    manager). A busy lock raises ``busy(holder)``, where ``holder`` is the dict read from the file
+    (``{}`` when unreadable) and ``busy`` returns the exception (by default :class:`FolderLocked`).
+    The lock file stays; an unlocked one blocks nothing. If the file is replaced while we wait
+    (a holder that removes its lock file on release), the new file is locked instead.
+    ``blocking=True`` waits for the lock instead of raising.
+    """
+
+    def __init__(self, lock_path: str | os.PathLike, *, busy: Callable[[dict], BaseException] | None = None,
+                 blocking: bool = False):
+        self.lock_path = os.fspath(lock_path)
+        self.busy = busy or (lambda holder: FolderLocked(f"{self.lock_path} is held by another process"
+                                                         f"{holder_text(holder)}; try again later"))
+        self.blocking = blocking
+        self.fd: int | None = None
+
+    def acquire(self) -> "FolderLock":
+        os.makedirs(os.path.dirname(os.path.abspath(self.lock_path)), exist_ok=True)
+        while True:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if self.blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                holder = read_holder(fd)
+                os.close(fd)
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+                raise self.busy(holder) from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.lock_path).st_ino
+            except OSError:
+                same = False
+            if not same:   # the previous holder removed the file after we opened it: lock the new one
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps({"pid": os.getpid(), "started_at": utcnow()}).encode(), 0)
+            self.fd = fd
+            return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            try:
+                os.ftruncate(self.fd, 0)
+            except OSError:
+                pass
+            finally:
+                os.close(self.fd)  # closing drops the flock
+                self.fd = None
+
+    def __enter__(self) -> "FolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def read_holder(fd: int) -> dict:
+    """The holder's ``{"pid", "started_at"}`` from an open lock file (``{}`` when unreadable; a bare
+    pid, as older trawl wrote, reads as ``{"pid": N}``)."""
+    try:
+        raw = os.pread(fd, 4096, 0).strip()
+    except OSError:
+        return {}
+    if raw.isdigit():
+        return {"pid": int(raw)}
+    try:
+        data = json.loads(raw or b"{}")
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def holder_text(holder: dict) -> str:
+    """`` (pid N, since T)`` for a message, or nothing when the holder is unknown."""
+    if not holder.get("pid"):
+        return ""
+    since = f", since {holder['started_at']}" if holder.get("started_at") else ""
+    return f" (pid {holder['pid']}{since})"
+
+
+def is_locked(lock_path: str | os.PathLike) -> bool:
+    """True when a process holds ``lock_path`` now (probed without taking it for long)."""
+    if not os.path.exists(lock_path):
+        return False
+    fd = os.open(lock_path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------- schemas
+
+GENERATIONS_SCHEMA = pa.schema([
+    ("run_id", pa.string()),
+    ("request_id", pa.string()),
+    ("attack", pa.string()),
+    ("variant", pa.string()),
+    ("prompt", pa.string()),
+    ("completion", pa.string()),
+    ("token_offsets", pa.list_(pa.int32())),
+    ("token_logprobs", pa.list_(pa.float32())),
+    ("prompt_tokens", pa.int32()),
+    ("completion_tokens", pa.int32()),
+    ("finish_reason", pa.string()),
+    ("model", pa.string()),
+    ("endpoint", pa.string()),
+    ("params", pa.string()),
+    ("seed", pa.int64()),
+    ("latency_s", pa.float64()),
+    ("cost_usd", pa.float64()),
+    ("created_at", pa.timestamp("us", tz="UTC")),
+    ("extra", pa.string()),
+])
+
+GENERATIONS_DIR = "generations"
+PART_RE = re.compile(r"(?:^|/)part-(\d{5,})\.parquet$")
+
+
+def generation_parts(run_dir: str | os.PathLike) -> list[str]:
+    """A run folder's generation parts (``RUN/generations/part-NNNNN.parquet``) in part order;
+    names that do not match exactly (temporary files, ``_journal.jsonl``) are not parts."""
+    gen_dir = os.path.join(os.fspath(run_dir), GENERATIONS_DIR)
+    paths = [p for p in glob.glob(os.path.join(gen_dir, "part-*.parquet")) if PART_RE.search(p)]
+    return sorted(paths, key=lambda p: int(PART_RE.search(p).group(1)))
+
+
+MATCHES_SCHEMA = pa.schema([
+    ("run_id", pa.string()),
+    ("request_id", pa.string()),
+    ("span_start", pa.int64()),
+    ("span_end", pa.int64()),
+    ("tokens", pa.int32()),
+    ("shard", pa.int32()),
+    ("doc_id", pa.int64()),
+    ("doc_offset", pa.int64()),
+    ("occurrences", pa.int64()),
+    ("source", pa.string()),
+    ("text", pa.string()),
+])
