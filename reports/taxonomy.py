@@ -193,12 +193,20 @@ def _stretches(vals: list, p: int, s: int, e: int):
         yield cur, end
 
 
-def predictable_coverage(text: str) -> float:
-    """Share of the text's non-whitespace characters lying in predictable units (module docstring)."""
+def is_predictable(text: str) -> bool:
+    """The reconstruction rule: predictable coverage >= RECONSTRUCTION_MIN_COVERAGE."""
     bound, total = _repeat_bound(text)
     if total == 0 or bound < RECONSTRUCTION_MIN_COVERAGE * total:
-        return 0.0      # exact shortcut: too few characters could lie in any stretch
+        return False    # exact shortcut: too few characters could lie in any stretch
+    return predictable_coverage(text) >= RECONSTRUCTION_MIN_COVERAGE
+
+
+def predictable_coverage(text: str) -> float:
+    """Share of the text's non-whitespace characters lying in predictable units (module docstring)."""
     ids, vals, lens = _units(text)
+    total = int(lens.sum())
+    if total == 0:
+        return 0.0
     covered = np.zeros(len(ids), dtype=bool)
     for p, s, e in _candidate_runs(ids):
         for a, b in _stretches(vals, p, s, e):
@@ -220,7 +228,7 @@ def classify_both(text: str, occurrences: int,
     low = alnum_share(text) < LOW_INFORMATION_MAX_ALNUM
     if recites and low:
         return "low_information", "recitation"
-    predictable = predictable_coverage(text) >= RECONSTRUCTION_MIN_COVERAGE
+    predictable = is_predictable(text)
     paper = "recitation" if recites else "reconstruction" if predictable else "recollection"
     ours = ("low_information" if low else "reconstruction" if predictable
             else "recitation" if recites else "recollection")
