@@ -271,3 +271,12 @@ def test_report_shows_raw_and_nontrivial_side_by_side(planted, tmp_path):
     assert "| Memorized generations | 7 (87.5%) | 5 (62.5%) |" in md
     assert "class: reconstruction" in md and "Non-trivial memorization counts only recitation" in md
     assert "Recitation threshold used: <b id=\"recitation-min\">6 corpus occurrences</b>" in h
+
+
+def test_small_batches_give_the_same_class_figures(planted, monkeypatch):
+    import reports.metrics as rm
+    ref = compute_metrics(planted["run"])
+    monkeypatch.setattr(rm, "BATCH_ROWS", 2)
+    got = compute_metrics(planted["run"])
+    assert got["by_category"] == ref["by_category"] and got["taxonomy"] == ref["taxonomy"]
+    assert [s["taxonomy"] for s in got["top_spans"]] == [s["taxonomy"] for s in ref["top_spans"]]
