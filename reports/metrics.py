@@ -60,6 +60,20 @@ Definitions (Nasr et al. 2023, arXiv 2311.17035), with ``W = window_tokens``
 * **Approximate memorization**: ``discoverable`` rows whose ``extra`` JSON has
   ``edit_distance_ratio <= 0.1`` and ``exact`` false; exact hits (``exact``
   true) are counted apart.
+* **Divergence** (Nasr et al. 2023): ``diverged_generations`` = divergence-attack
+  rows whose ``extra`` says ``"diverged": true``; ``divergence_rate`` = those /
+  divergence-attack rows. special_chars (Bai et al. 2024) has no notion of
+  divergence: its rows are in neither count and its figures are None (n/a), so is
+  the run-wide rate of a run without divergence rows.
+* **Memorization classes** (:mod:`reports.taxonomy`, Prashanth et al. 2024):
+  each memorized span is low_information, reconstruction, recitation or
+  recollection; ``by_category`` holds the figures above per class and for
+  *non-trivial* memorization (recitation + recollection), and the run-wide,
+  per-attack and per-variant figures carry ``nontrivial_*`` counterparts
+  (:mod:`reports.taxonomy_figures`).
+* **Repeated draws** (:mod:`reports.repeats`): sampled rows that are the same
+  draw stored twice, or duplicate completions more frequent than their
+  probability allows; a warning when there are any.
 
 Memory is bounded by the number of memorized spans and windows and the number
 of generations with any match (compact Arrow tables), never by the text of all

@@ -84,8 +84,8 @@ def html_taxonomy(m: dict) -> str:
     for label, fn in FIGURE_ROWS:
         out.append(f"<tr><td class=\"t\">{esc(label.format(W=W))}</td>"
                    + "".join(f"<td>{esc(fn(bc[c]))}</td>" for c in COLUMNS) + "</tr>")
-    out.append("</table><dl class=\"defs\">" + "".join(
-        f"<dt>{esc(CLASS_LABELS.get(k, k))}</dt><dd>{esc(v, 2000)}</dd>" for k, v in t["definitions"].items()) + "</dl>")
+    out.append("</table><dl class=\"defs\">" + "".join(f"<dt>{esc(CLASS_LABELS.get(k, k))}</dt><dd>{esc(v, 2000)}</dd>"
+                                                       for k, v in t["definitions"].items()) + "</dl>")
     po = t["spans_in_paper_order"]
     out.append(f"<p class=\"small mut\">In the paper's order (recitation first, no low-information class): "
                f"{fmt_int(po['recitation'])} recitation, {fmt_int(po['reconstruction'])} reconstruction, "
@@ -145,5 +145,6 @@ def md_repeated(m: dict) -> str:
         return ""
     lines = ["## Repeated draws\n", md_cell(repeated_summary(rd), 1000) + "\n", f"Rule: {md_cell(rd['rule'], 2000)}.\n"]
     for ex in rd["examples"]:
-        lines.append(f"- {md_cell(ex['kind'])}: {ex['copies']} copies; requests {md_cell(', '.join(ex['request_ids']), 600)}")
+        ids = md_cell(", ".join(ex["request_ids"]), 600)
+        lines.append(f"- {md_cell(ex['kind'])}: {ex['copies']} copies; requests {ids}")
     return "\n".join(lines) + "\n"

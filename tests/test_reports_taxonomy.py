@@ -280,3 +280,62 @@ def test_small_batches_give_the_same_class_figures(planted, monkeypatch):
     got = compute_metrics(planted["run"])
     assert got["by_category"] == ref["by_category"] and got["taxonomy"] == ref["taxonomy"]
     assert [s["taxonomy"] for s in got["top_spans"]] == [s["taxonomy"] for s in ref["top_spans"]]
+
+
+def _naive_coverage(text: str) -> float:
+    """reports.taxonomy's predictable coverage, written out loop by loop from its docstring."""
+    import re
+    units = re.findall(r"[0-9]+|[^\W\d_]+|\s+|.", text, re.S)
+
+    def kind(u):
+        if u.isspace():
+            return ("whitespace",)
+        if u.isascii() and u.isdigit():
+            return ("number",)
+        if len(u) == 1 and u.isascii() and u.isalpha():
+            return ("letter",)
+        return ("unit", u)
+
+    def value(u):
+        if u.isascii() and u.isdigit():
+            return int(u) if len(u) <= 15 else None
+        return ord(u) if kind(u) == ("letter",) else None
+
+    ks, m = [kind(u) for u in units], len(units)
+    valued = [k in (("number",), ("letter",)) for k in ks]
+    covered = [False] * m
+    for p in range(1, min(64, m // 2) + 1):
+        t = 0
+        while t < m - p:
+            if ks[t] != ks[t + p]:
+                t += 1
+                continue
+            s = t
+            while t < m - p and ks[t] == ks[t + p]:
+                t += 1
+            if t - s < p + 1:                     # a stretch [s, t + p) needs 2p + 1 units
+                continue
+            for u in range(s, t + p):
+                covered[u] = covered[u] or not valued[u]
+            for x in range(s, t - p):             # three copies x, x + p, x + 2p inside the stretch
+                a, b, c = (value(units[x + k * p]) if valued[x] else None for k in range(3))
+                if None not in (a, b, c) and b - a == c - b:
+                    covered[x] = covered[x + p] = covered[x + 2 * p] = True
+    size = [0 if k == ("whitespace",) else len(u) for u, k in zip(units, ks)]
+    total = sum(size)
+    return sum(n for n, c in zip(size, covered) if c) / total if total else 0.0
+
+
+def test_predictable_coverage_against_the_loops():
+    rng = random.Random(5)
+    pieces = ["1", "2", "3", "7", "10", "a", "b", "c", "Q", ",", ", ", " ", "\n", "yy", "zz", "x1", "-", ".",
+              "1234567890123456789", "\u00e9t\u00e9", "\u0663"]
+    texts = ["".join(rng.choice(pieces[:k]) for _ in range(rng.randint(1, 60))) for k in (4, 8, 12, 21)
+             for _ in range(300)]
+    texts += ["".join(f"{rng.choice(pieces)}{i}" for i in range(rng.randint(3, 30))) for _ in range(200)]
+    texts += [pre + ", ".join(str(3 * i + 1) for i in range(n)) + post for n in range(1, 12)
+              for pre, post in (("", ""), ("x", " y"))]
+    for t in texts:
+        assert predictable_coverage(t) == pytest.approx(_naive_coverage(t)), t
+    seen = {round(_naive_coverage(t), 6) for t in texts}
+    assert {0.0, 1.0} < seen and len(seen) > 50                                  # the cases vary
