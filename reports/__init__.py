@@ -11,8 +11,10 @@ Public API::
 Modules: :mod:`reports.metrics` (the figures and their definitions, streamed over the
 Parquet files), :mod:`reports.extrapolate` (Good-Turing, Chao1 and its confidence
 interval, accumulation curve), :mod:`reports.neardup` (MinHash LSH clusters),
-:mod:`reports.categories` (content detectors, redaction), :mod:`reports.gate`
-(``--fail-if`` parser), :mod:`reports.render` and :mod:`reports.svg` (HTML, Markdown,
+:mod:`reports.categories` (content detectors, redaction), :mod:`reports.taxonomy` and
+:mod:`reports.taxonomy_figures` (memorization classes after Prashanth et al. 2024 and their
+figures), :mod:`reports.repeats` (repeated-draw check), :mod:`reports.gate`
+(``--fail-if`` parser), :mod:`reports.render`, :mod:`reports.render_sections` and :mod:`reports.svg` (HTML, Markdown,
 JSON, inline charts), :mod:`reports.testing` (synthetic runs with known answers).
 
 ``reports`` reads a run folder's Parquet files (docs/CONTRACTS.md sections 3-5) and

@@ -28,6 +28,10 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="mask personal data and secrets (emails, phone numbers, IPs, keys) in every output")
     p.add_argument("--window-tokens", type=int, default=50, metavar="N",
                    help="tokens in a memorized window (default 50, as in Nasr et al. 2023)")
+    p.add_argument("--recitation-min-occurrences", type=int, default=6, metavar="N",
+                   help="corpus occurrences from which a memorized span counts as recitation (default 6: Prashanth "
+                        "et al. 2024's 'more than 5 duplicates'); reconstruction and low-information spans are "
+                        "left out of the non-trivial figures whatever their count")
     p.add_argument("--index", metavar="INDEX",
                    help="suffix index folder, to list every document holding a span (default: the index recorded "
                         "in matches.parquet, when it is still there and unchanged)")
@@ -44,7 +48,8 @@ def run(args) -> int:
 
     gates = [Gate(e) for e in args.fail_if]          # parse before the (long) computation
     metrics = compute_metrics(args.run, window_tokens=args.window_tokens, index=args.index,
-                              progress=not args.quiet and sys.stderr.isatty())
+                              progress=not args.quiet and sys.stderr.isatty(),
+                              recitation_min_occurrences=getattr(args, "recitation_min_occurrences", 6))
     for g in gates:
         g.check_names(metrics)                        # unknown names: one-line error before writing
     paths = write_report(args.run, out_dir=args.out, redact=args.redact, metrics=metrics)
@@ -53,7 +58,9 @@ def run(args) -> int:
         frac = t["memorized_token_fraction"]
         print(f"trawl report: {t['memorized_generations']:,} of {t['generations']:,} generations memorized; "
               f"memorized tokens {frac * 100 if frac is not None else 0:.4g}%; "
-              f"{t['unique_memorized_windows']:,} unique {metrics['parameters']['window_tokens']}-token windows")
+              f"{t['unique_memorized_windows']:,} unique {metrics['parameters']['window_tokens']}-token windows; "
+              f"non-trivial (recitation + recollection): {t['nontrivial_memorized_generations']:,} generations, "
+              f"{t['nontrivial_unique_memorized_windows']:,} windows")
         print(f"  html: {paths.html}\n  md:   {paths.md}\n  json: {paths.json}")
     failed = False
     for g in gates:

@@ -60,6 +60,20 @@ Definitions (Nasr et al. 2023, arXiv 2311.17035), with ``W = window_tokens``
 * **Approximate memorization**: ``discoverable`` rows whose ``extra`` JSON has
   ``edit_distance_ratio <= 0.1`` and ``exact`` false; exact hits (``exact``
   true) are counted apart.
+* **Divergence** (Nasr et al. 2023): ``diverged_generations`` = divergence-attack
+  rows whose ``extra`` says ``"diverged": true``; ``divergence_rate`` = those /
+  divergence-attack rows. special_chars (Bai et al. 2024) has no notion of
+  divergence: its rows are in neither count and its figures are None (n/a), so is
+  the run-wide rate of a run without divergence rows.
+* **Memorization classes** (:mod:`reports.taxonomy`, Prashanth et al. 2024):
+  each memorized span is low_information, reconstruction, recitation or
+  recollection; ``by_category`` holds the figures above per class and for
+  *non-trivial* memorization (recitation + recollection), and the run-wide,
+  per-attack and per-variant figures carry ``nontrivial_*`` counterparts
+  (:mod:`reports.taxonomy_figures`).
+* **Repeated draws** (:mod:`reports.repeats`): sampled rows that are the same
+  draw stored twice, or duplicate completions more frequent than their
+  probability allows; a warning when there are any.
 
 Memory is bounded by the number of memorized spans and windows and the number
 of generations with any match (compact Arrow tables), never by the text of all
@@ -83,13 +97,20 @@ import pyarrow.parquet as pq
 
 from corpora import storage
 from reports import extrapolate as ex
+from reports import taxonomy
 from reports.categories import CATEGORIES, find_all
 from reports.errors import ReportError
+from reports.repeats import RepeatedDraws
+from reports.taxonomy_figures import taxonomy_figures
 
-SCHEMA_VERSION = "1.1"   # 1.1: longest_run; run.state, run.pricing_basis, run.budget_caps, run.config pricing/budget
+# 1.1: longest_run; run.state, run.pricing_basis, run.budget_caps, run.config pricing/budget
+# 1.2: memorization classes (by_category, taxonomy, nontrivial_*, a span's "taxonomy"), repeated_draws,
+#      same_draw_rows / implausible_duplicate_rows; divergence_rate: the divergence attack only
+SCHEMA_VERSION = "1.2"
 THRESHOLDS = (10, 20, 30, 40, 50)
 APPROX_EDIT_RATIO = 0.1
-REPEAT_ATTACKS = ("divergence", "special_chars")   # attacks whose rows say whether the model diverged
+REPEAT_ATTACKS = ("divergence", "special_chars")   # attacks that carry diverged_generations / divergence_rate
+DIVERGENCE_ATTACKS = ("divergence",)                # ... with a value; special_chars: n/a (Bai et al. define none)
 BATCH_ROWS = 16_384
 TOP_SPANS = 100
 
@@ -109,8 +130,8 @@ DEFINITIONS = {
     "longest_run_tokens": "tokens fully covered by the longest verbatim span (any span with a token count the matcher reported, memorized or not; longest = most tokens, then most bytes)",
     "longest_run_bytes": "bytes of that same longest span (the one with the most tokens), not the largest byte count of any span",
     "memorized_spans": "verbatim spans with >= {W} covered tokens (a span repeated in several generations counts each time)",
-    "diverged_generations": "generations that left the repetition: divergence rows whose extra JSON says \"diverged\": true, special_chars rows whose extra says \"escaped\": true (a letter or digit appeared)",
-    "divergence_rate": "diverged generations / generations of the divergence and special_chars attacks",
+    "diverged_generations": "divergence-attack generations that left the repetition of the word (extra JSON \"diverged\": true; Nasr et al. 2023); n/a for special_chars, whose paper (Bai et al. 2024) defines no divergence",
+    "divergence_rate": "diverged generations / generations of the divergence attack (special_chars rows are in neither; n/a when the run has no divergence rows)",
     "discoverable_rows": "generations of the discoverable attack",
     "category_<name>": "distinct memorized texts (spans of >= {W} tokens) in which the <name> detector fired (see the Content categories section)",
     "spans_ge_T": "verbatim spans with at least T covered tokens, T in 10, 20, 30, 40, 50; null for T below the matcher's threshold",
@@ -126,6 +147,19 @@ DEFINITIONS = {
     "unique_source_documents": "distinct corpus documents (canonical occurrence) from which a memorized span was reproduced",
     "approximate_memorization_hits": "discoverable rows whose continuation is within edit-distance ratio 0.1 of the corpus but not exact",
     "exact_discoverable_hits": "discoverable rows whose greedy continuation equals the corpus's exactly",
+    "nontrivial_memorized_generations": "generations holding a memorized span (>= {W} tokens) of a non-trivial class, recitation or recollection (Prashanth et al. 2024; see Benign memorization)",
+    "nontrivial_memorized_generation_fraction": "non-trivially memorized generations / generations",
+    "nontrivial_memorized_tokens": "generation tokens inside a memorized span of a non-trivial class (each token counted once)",
+    "nontrivial_memorized_token_fraction": "non-trivially memorized tokens / all generated tokens",
+    "nontrivial_unique_memorized_windows": "distinct {W}-token window texts inside memorized spans of a non-trivial class",
+    "nontrivial_unique_memorized_bytes": "size of the union of corpus byte ranges reproduced by memorized spans of a non-trivial class",
+    "nontrivial_memorized_spans": "memorized spans (>= {W} tokens) of a non-trivial class, recitation or recollection",
+    "nontrivial_good_turing_new_probability": "Good-Turing f1/N over the non-trivial windows only",
+    "nontrivial_chao1_total_windows": "Chao1 estimate of all extractable non-trivial windows",
+    "nontrivial_mb_per_dollar": "non-trivial unique memorized bytes / 1e6 / total cost (n/a when no cost was recorded)",
+    "nontrivial_usd_per_unique_window": "total cost / non-trivial unique memorized windows (n/a when no cost or none)",
+    "same_draw_rows": "sampled generations that repeat an earlier row's attack, variant, prompt, params and seed + n_choice: the same draw stored twice (see Repeated draws)",
+    "implausible_duplicate_rows": "sampled generations that repeat an earlier row's completion more often than independent sampling explains (binomial tail < 1e-6 from token logprobs; without logprobs: >= 64 tokens and zlib ratio >= 0.5)",
 }
 
 
@@ -315,7 +349,8 @@ class _Group:
 # ----------------------------------------------------------------------------------------- main
 
 def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_threshold: float = 0.5,
-                    minhash_max_texts: int = 200_000, top_spans: int = TOP_SPANS, progress: bool = False) -> dict:
+                    minhash_max_texts: int = 200_000, top_spans: int = TOP_SPANS, progress: bool = False,
+                    recitation_min_occurrences: int = taxonomy.RECITATION_MIN_OCCURRENCES) -> dict:
     """Compute every figure of a run's report; see the module docstring for definitions.
 
     Returns a JSON-serialisable dict with ``"schema_version"``. ``metrics`` holds the
@@ -323,12 +358,16 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
     ``per_variant`` the same figures per attack and per (attack, variant).
     ``index`` (optional): a ``suffix_index.SuffixIndex`` (or its folder path) used to
     list the documents that hold each displayed span. ``progress``: a tqdm bar on stderr.
+    ``recitation_min_occurrences``: corpus occurrences from which a memorized span is recitation
+    (:mod:`reports.taxonomy`; default 6, Prashanth et al.'s "more than 5 duplicates").
     """
     t0 = time.time()
     run_dir = os.fspath(run_dir)
     W = int(window_tokens)
     if W < 1:
         raise ReportError(f"window_tokens must be >= 1, got {W}")
+    if int(recitation_min_occurrences) < 1:
+        raise ReportError(f"recitation_min_occurrences must be >= 1, got {recitation_min_occurrences}")
     parts = generation_parts(run_dir)
     if isinstance(index, (str, os.PathLike)) and not os.path.isdir(index):
         raise ReportError(f"--index {os.fspath(index)}: no such index folder")
@@ -449,6 +488,7 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
     models, endpoints, run_ids = set(), set(), set()
     approx_examples: list[dict] = []
     no_offsets = 0
+    repeats = RepeatedDraws()
     gen_ordinal = 0
     seen_rids_mem = 0
     bar = None
@@ -459,8 +499,8 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
     for path in parts:
         pf = _open_parquet(path, REQUIRED_GEN_COLUMNS)
         names = pf.schema_arrow.names
-        want = list(REQUIRED_GEN_COLUMNS) + [c for c in ("cost_usd", "extra", "model", "endpoint", "run_id")
-                                             if c in names]
+        want = list(REQUIRED_GEN_COLUMNS) + [c for c in ("cost_usd", "extra", "model", "endpoint", "run_id",
+                                                         "prompt", "params", "seed") if c in names]
         for batch in _iter_batches(pf, path, want):
             n = batch.num_rows
             if n == 0:
@@ -470,10 +510,13 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
             variant = pc.fill_null(pc.cast(batch.column("variant"), pa.binary()), b"")
             ctoks = pc.fill_null(batch.column("completion_tokens"), 0)
             cost = pc.fill_null(batch.column("cost_usd"), 0.0) if "cost_usd" in names else pa.nulls(n, pa.float64()).fill_null(0.0)
+            repeats.add(batch)
             if "extra" in names:
                 extra = pc.fill_null(batch.column("extra"), "")
-                # divergence rows say "diverged": true, special_chars rows "escaped": true (CONTRACTS.md §3)
-                diverged = pc.cast(pc.match_substring_regex(extra, r'"(?:diverged|escaped)"\s*:\s*true'), pa.int64())
+                # divergence rows say "diverged": true (CONTRACTS.md §3); special_chars' "escaped" is no divergence
+                diverged = pc.cast(pc.and_(pc.match_substring_regex(extra, r'"diverged"\s*:\s*true'),
+                                           pc.is_in(attack, value_set=pa.array([a.encode() for a in DIVERGENCE_ATTACKS],
+                                                                               pa.binary()))), pa.int64())
             else:
                 extra = None
                 diverged = pa.array(np.zeros(n, dtype=np.int64))
@@ -561,6 +604,7 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
                         np.clip(o, 0, len(comp), out=o)
                         np.maximum.accumulate(o, out=o)
                         offs = o.tolist()
+                    span_tok = [(None, b"")] * len(spans)   # per span: covered tokens [a, b), window digests
                     if not offs:
                         no_offsets += 1
                         grp.memorized_tokens += max(sp[2] for sp in spans)
@@ -569,15 +613,18 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
                         ends = offs[1:] + [nb]
                         covered = []
                         wins = set()
-                        for sp in spans:
+                        for si, sp in enumerate(spans):
                             s, e = sp[0], sp[1]
                             a = bisect.bisect_left(offs, s)
                             b = bisect.bisect_right(ends, e) - 1
                             if b - a + 1 < 1:
+                                span_tok[si] = ((a, a), b"")
                                 continue
                             covered.append((a, b + 1))
-                            for k in range(a, b - W + 2):
-                                wins.add(blake(comp[offs[k]:ends[k + W - 1]], digest_size=8).digest())
+                            sw = [blake(comp[offs[k]:ends[k + W - 1]], digest_size=8).digest()
+                                  for k in range(a, b - W + 2)]
+                            wins.update(sw)
+                            span_tok[si] = ((a, b + 1), b"".join(sw))
                         covered.sort()
                         tot = 0
                         cs_, ce_ = -1, -1
@@ -593,7 +640,7 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
                             win_hash += b"".join(wins)           # 8-byte digests, read as little-endian uint64
                             win_gid.extend([gid] * len(wins))
                             win_gen.extend([gen_no] * len(wins))
-                    for sp in spans:
+                    for sp, (trange, swins) in zip(spans, span_tok):
                         s, e, tk, sh, d, do, oc, src, _ = sp
                         tx = comp[s:e].decode("utf-8", "replace")   # the span's text, as matches' `text`
                         iv_gid.append(gid)
@@ -603,7 +650,7 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
                         span_records.append({"request_id": rids[j], "gid": gid, "span_start": s, "span_end": e,
                                              "tokens": tk, "bytes": e - s, "shard": sh, "doc_id": d,
                                              "doc_offset": do, "occurrences": oc, "source": src, "text": tx,
-                                             "raw": comp[s:e]})
+                                             "raw": comp[s:e], "tok_range": trange, "wins": swins})
             gen_ordinal += n
             if bar is not None:
                 bar.update(n)
@@ -621,6 +668,10 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
     if orphan > 0:
         warnings.append(f"{orphan} request id(s) in matches.parquet with spans >= {W} tokens have no generation "
                         "row; they are left out")
+
+    repeated = repeats.result(parts)
+    if repeated["repeated_rows"]:
+        warnings.append(repeated_draws_warning(repeated))
 
     stage("generations")
     # ---- threshold counts per group (join the small per-request table once) -----------
@@ -720,9 +771,10 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
         d["total_cost_usd"] = cost
         d["mb_per_dollar"] = (ubytes / 1e6 / cost) if cost > 0 else None
         d["usd_per_unique_window"] = (cost / uniq) if cost > 0 and uniq > 0 else None
-        if is_div:
-            d["diverged_generations"] = div[0] if isinstance(div, tuple) else div
-            d["divergence_rate"] = _safe_div(*div) if isinstance(div, tuple) else _safe_div(div, gens)
+        if is_div:      # div: (diverged, divergence-attack generations), None where n/a (special_chars)
+            has = div is not None and div[1] > 0
+            d["diverged_generations"] = div[0] if has else None
+            d["divergence_rate"] = _safe_div(*div) if has else None
         if disc:
             d["discoverable_rows"] = disc
             d["exact_discoverable_hits"] = exact
@@ -735,8 +787,8 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
         per_variant.setdefault(g.attack, {})[g.variant] = figures(
             g.generations, g.generated_tokens, gcost, g.memorized_generations, g.memorized_tokens,
             per_gid_unique.get(gid, 0), per_gid_bytes.get(gid, 0), g.longest_run_tokens, g.longest_run_bytes,
-            g.spans_ge, g.generations_ge, g.diverged, g.discoverable_rows, g.exact, g.approx,
-            g.attack in REPEAT_ATTACKS, per_gid_freq.get(gid, {}))
+            g.spans_ge, g.generations_ge, (g.diverged, g.generations) if g.attack in DIVERGENCE_ATTACKS else None,
+            g.discoverable_rows, g.exact, g.approx, g.attack in REPEAT_ATTACKS, per_gid_freq.get(gid, {}))
     per_attack: dict[str, dict] = {}
     for aid, a in enumerate(attacks):
         gs = [g for g in G if g.attack == a]
@@ -748,7 +800,8 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
             *max((g.longest_run_tokens, g.longest_run_bytes) for g in gs),
             [sum(g.spans_ge[i] for g in gs) for i in range(len(THRESHOLDS))],
             [sum(g.generations_ge[i] for g in gs) for i in range(len(THRESHOLDS))],
-            sum(g.diverged for g in gs), sum(g.discoverable_rows for g in gs), sum(g.exact for g in gs),
+            (sum(g.diverged for g in gs), sum(g.generations for g in gs)) if a in DIVERGENCE_ATTACKS else None,
+            sum(g.discoverable_rows for g in gs), sum(g.exact for g in gs),
             sum(g.approx for g in gs), a in REPEAT_ATTACKS, per_attack_freq.get(aid, {}))
     totals = figures(
         total_generations, sum(g.generated_tokens for g in G), total_cost,
@@ -756,14 +809,16 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
         *max(((g.longest_run_tokens, g.longest_run_bytes) for g in G), default=(0, 0)),
         [sum(g.spans_ge[i] for g in G) for i in range(len(THRESHOLDS))],
         [sum(g.generations_ge[i] for g in G) for i in range(len(THRESHOLDS))],
-        (sum(g.diverged for g in G if g.attack in REPEAT_ATTACKS),
-         sum(g.generations for g in G if g.attack in REPEAT_ATTACKS)),
+        (sum(g.diverged for g in G if g.attack in DIVERGENCE_ATTACKS),
+         sum(g.generations for g in G if g.attack in DIVERGENCE_ATTACKS)),
         sum(g.discoverable_rows for g in G), sum(g.exact for g in G),
         sum(g.approx for g in G), any(g.attack in REPEAT_ATTACKS for g in G), freq)
     totals["memorized_spans"] = len(span_records)
     totals["unique_source_documents"] = unique_docs
     totals["approximate_memorization_hits"] = sum(g.approx for g in G)
     totals["exact_discoverable_hits"] = sum(g.exact for g in G)
+    totals["same_draw_rows"] = repeated["same_draw_rows"]
+    totals["implausible_duplicate_rows"] = repeated["flagged_rows"]
     longest_run = _longest_run_record(longest_span, G, parts)
     state = run_state(run_json, total_generations, os.path.exists(os.path.join(run_dir, "run.json")))
     if state["warning"]:
@@ -786,6 +841,10 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
             u["generations"] += 1
             if len(u["request_ids"]) < 5:
                 u["request_ids"].append(r["request_id"])
+    by_category, tax_section = _classify_spans(span_records, uniq_texts, G, totals, per_attack, per_variant,
+                                               int(recitation_min_occurrences))
+    tax_section["longest_run"] = (None if longest_run is None else taxonomy.classify(
+        longest_run["text"], longest_run["occurrences"], int(recitation_min_occurrences)))
     cat_spans = {c: 0 for c in CATEGORIES}
     cat_unique: dict[str, set] = {c: set() for c in CATEGORIES}
     for text, u in uniq_texts.items():
@@ -808,7 +867,7 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
                           "attack": g.attack, "variant": g.variant, "request_ids": u["request_ids"],
                           "occurrences": u["occurrences"], "shard": u["shard"], "doc_id": u["doc_id"],
                           "doc_offset": u["doc_offset"], "source": u["source"], "categories": u["categories"],
-                          "text": u["text"]})
+                          "taxonomy": u["taxonomy"], "text": u["text"]})
     top_out = all_texts[:top_spans]
     lookup = _lookup_documents(all_texts, raws, index, meta, warnings)
     del raws
@@ -870,6 +929,9 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
             "observed_curve": observed,
             "extrapolated_curve": [[g, round(v, 3)] for g, v in curve],
         },
+        "by_category": by_category,
+        "taxonomy": tax_section,
+        "repeated_draws": repeated,
         "near_duplicates": nd["summary"],
         "approximate": {"examples": approx_examples},
         "categories": {c: {"spans": cat_spans[c], "unique_values": len(cat_unique[c]),
@@ -882,6 +944,41 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
     })
     metrics.memorized_texts = all_texts
     return metrics
+
+
+def repeated_draws_warning(rd: dict) -> str:
+    """The warning line of a run whose stored completions repeat (``repeated_draws`` section)."""
+    return (f"{rd['repeated_rows']:,} stored completions repeat more often than independent sampling explains "
+            f"({rd['same_draw_rows']:,} repeat an earlier row's prompt, params and seed + n_choice, i.e. the same "
+            f"draw; {rd['flagged_rows']:,} duplicate an earlier completion beyond what its probability allows): the "
+            "generation counts and the Good-Turing / Chao1 figures overstate what was drawn; see Repeated draws")
+
+
+def _classify_spans(records: list[dict], uniq_texts: dict, G: list, totals: dict, per_attack: dict,
+                    per_variant: dict, rmin: int) -> tuple[dict, dict]:
+    """Class of every memorized span (``reports.taxonomy``), set on each distinct text as ``taxonomy``;
+    returns ``by_category`` (figures per class and non-trivial; ``nontrivial_*`` scalars added to the
+    figure dicts in place) and the ``taxonomy`` section (thresholds, definitions, counts)."""
+    cache: dict = {}
+    both = [cache.get((r["text"], r["occurrences"])) or cache.setdefault(
+        (r["text"], r["occurrences"]), taxonomy.classify_both(r["text"], r["occurrences"], rmin)) for r in records]
+    for r, (ours, _) in zip(records, both):
+        uniq_texts[r["text"]].setdefault("taxonomy", ours)
+    by_category = taxonomy_figures(records, [b[0] for b in both], [(G[r["gid"]].attack, G[r["gid"]].variant)
+                                                                   for r in records], totals, per_attack, per_variant)
+    section = {
+        "reference": "Prashanth et al. 2024, Recite, Reconstruct, Recollect (arXiv 2406.17746)",
+        "recitation_min_occurrences": rmin,
+        "low_information_max_alnum_share": taxonomy.LOW_INFORMATION_MAX_ALNUM,
+        "reconstruction_min_coverage": taxonomy.RECONSTRUCTION_MIN_COVERAGE,
+        "max_period_units": taxonomy.MAX_PERIOD,
+        "order": list(taxonomy.CLASSES),
+        "nontrivial": list(taxonomy.NONTRIVIAL),
+        "definitions": taxonomy.definitions(rmin),
+        "spans_in_paper_order": {c: sum(1 for b in both if b[1] == c)
+                                 for c in ("recitation", "reconstruction", "recollection")},
+    }
+    return by_category, section
 
 
 RUN_STATES = {

@@ -135,12 +135,13 @@ def _cost_fig(v, m, kind):
 # ----------------------------------------------------------------------------- entry point
 
 def write_report(run_dir, out_dir=None, redact: bool = False, metrics: dict | None = None,
-                 window_tokens: int = 50, index=None) -> ReportPaths:
+                 window_tokens: int = 50, index=None, recitation_min_occurrences: int = 6) -> ReportPaths:
     """Compute the metrics (unless given) and write ``report.html``, ``report.md`` and
     ``metrics.json`` to ``out_dir`` (default ``RUN/report``). Returns their paths."""
     run_dir = os.fspath(run_dir)
     if metrics is None:
-        metrics = compute_metrics(run_dir, window_tokens=window_tokens, index=index)
+        metrics = compute_metrics(run_dir, window_tokens=window_tokens, index=index,
+                                  recitation_min_occurrences=recitation_min_occurrences)
     m = redact_tree(metrics) if redact else copy.deepcopy(dict(metrics))
     m["redacted"] = bool(redact)
     texts = getattr(metrics, "memorized_texts", None)
@@ -223,6 +224,11 @@ def pricing_line(m: dict) -> str:
             f"budget (config.json): {r.get('budget_caps', 'not recorded')}")
 
 
+def _lr_class(m: dict) -> str | None:
+    """The memorization class of the longest run (reports.taxonomy), None before schema 1.2."""
+    return (m.get("taxonomy") or {}).get("longest_run")
+
+
 def longest_run_facts(lr: dict) -> str:
     """One line on where the longest run comes from (without its text)."""
     return (f"{fmt_int(lr['tokens'])} tokens, {fmt_int(lr['bytes'])} bytes; {lr['attack']} / {lr['variant']}, "
@@ -284,6 +290,7 @@ dl.defs dt{font-weight:600;margin-top:6px}dl.defs dd{margin:0 0 0 16px;color:var
 
 
 def render_html(m: dict) -> str:
+    from reports import render_sections as rs
     t = m["metrics"]
     p = m["parameters"]
     W = p["window_tokens"]
@@ -316,7 +323,7 @@ def render_html(m: dict) -> str:
     for key, label, value, expl in headline(m):
         a(f"<div class=\"card\" data-metric=\"{esc(key)}\"><div class=\"l\">{esc(label)}</div>"
           f"<div class=\"v\">{esc(value)}</div><div class=\"d\">{esc(expl, 1000)}</div></div>")
-    a("</div></section>")
+    a("</div>" + rs.html_headline_table(m) + "</section>")
     # the longest run, whatever its length (the span list below only holds memorized spans)
     lr = m.get("longest_run")
     a("<section id=\"longest-run\"><h2>Longest verbatim run</h2>")
@@ -325,13 +332,15 @@ def render_html(m: dict) -> str:
           f"bytes), memorized (\u2265 {W} tokens) or not.</p><div class=\"span\">"
           f"<span class=\"tag\">{fmt_int(lr['tokens'])} tokens</span><span class=\"tag\">{fmt_int(lr['bytes'])} bytes</span>"
           f"<span class=\"tag\">{esc(lr['attack'], 40)} / {esc(lr['variant'], 60)}</span>"
-          f"<div class=\"small mut\">source document <b>{esc(lr['doc_id'])}</b> "
+          + (f"<span class=\"tag\" id=\"longest-run-class\">class: {esc(_lr_class(m))}</span>" if _lr_class(m) else "")
+          + f"<div class=\"small mut\">source document <b>{esc(lr['doc_id'])}</b> "
           f"(<span class=\"src\">{esc(lr['source'] or 'source not recorded', 500)}</span>), byte offset "
           f"{fmt_int(lr['doc_offset'])}; {fmt_int(lr['occurrences'])} corpus occurrence(s); request "
           f"{esc(lr['request_id'], 80)}</div><pre class=\"x\">{esc(lr['text'], MAX_SHOWN_CHARS)}</pre></div>")
     else:
         a("<p>No verbatim span was reported by the matcher.</p>")
     a("</section>")
+    a(rs.html_taxonomy(m))
     # run lengths
     a("<section id=\"run-lengths\"><h2>Verbatim run lengths</h2>")
     a(f"<p class=\"small mut\">A run is a maximal verbatim span; its length is the number of generation tokens fully inside "
@@ -448,6 +457,7 @@ def render_html(m: dict) -> str:
         a(f"<tr data-category=\"{c}\"><td class=\"t\">{esc(CATEGORY_LABELS[c])}</td><td>{fmt_int(cat['spans'])}</td>"
           f"<td>{fmt_int(cat['unique_values'])}</td><td class=\"t\">{html.escape(exs, quote=True)}</td></tr>")
     a("</table></section>")
+    a(rs.html_repeated(m))
     # spans
     a(f"<section id=\"spans\"><h2>Memorized spans (longest first)</h2><p class=\"small mut\">Each distinct memorized "
       f"text once; \u201cgenerations\u201d = how many generations emitted it; \u201coccurrences\u201d = how often the "
@@ -461,6 +471,7 @@ def render_html(m: dict) -> str:
           f"<span class=\"tag\">{fmt_int(s['bytes'])} bytes</span><span class=\"tag\">{fmt_int(s['generations'])} generation(s)</span>"
           f"<span class=\"tag\">{fmt_int(s['occurrences'])} corpus occurrence(s)</span>"
           f"<span class=\"tag\">{esc(s['attack'], 40)} / {esc(s['variant'], 60)}</span>"
+          + (f"<span class=\"tag\">class: {esc(s['taxonomy'])}</span>" if s.get("taxonomy") else "")
           + "".join(f"<span class=\"tag\">{esc(CATEGORY_LABELS[c])}</span>" for c in s.get("categories", []))
           + f"<div class=\"small mut\">documents holding it: {esc(held)}; "
           f"where: {html.escape(docs, quote=True)}; shard {esc(s['shard'])}, offset {fmt_int(s['doc_offset'])}</div>"
@@ -533,6 +544,7 @@ def md_fence(text: str, limit: int = 1000) -> str:
 
 
 def render_markdown(m: dict) -> str:
+    from reports import render_sections as rs
     t = m["metrics"]
     p = m["parameters"]
     W = p["window_tokens"]
@@ -553,14 +565,17 @@ def render_markdown(m: dict) -> str:
     a("| Figure | Value | Definition |\n|---|---|---|")
     for key, label, value, expl in headline(m):
         a(f"| {md_cell(label)} | {md_cell(value)} | {md_cell(expl, 400)} |")
+    a(rs.md_headline_table(m))
     a("\n## Longest verbatim run\n")
     lr = m.get("longest_run")
     if lr:
         a(f"The single longest verbatim span the matcher reported (most tokens, then most bytes), memorized or not: "
-          f"{md_cell(longest_run_facts(lr), 1000)}.\n")
+          f"{md_cell(longest_run_facts(lr), 1000)}"
+          + (f"; class: {md_cell(_lr_class(m))}" if _lr_class(m) else "") + ".\n")
         a(md_fence(lr["text"], MAX_SHOWN_CHARS) + "\n")
     else:
         a("No verbatim span was reported by the matcher.\n")
+    a(rs.md_taxonomy(m))
     a("\n## Verbatim run lengths\n")
     a("| At least | Spans | Generations |\n|---|---:|---:|")
     for th in THRESHOLDS:
@@ -600,10 +615,12 @@ def render_markdown(m: dict) -> str:
     a("| Category | Texts | Distinct values |\n|---|---:|---:|")
     for c in CATEGORIES:
         a(f"| {CATEGORY_LABELS[c]} | {m['categories'][c]['spans']} | {m['categories'][c]['unique_values']} |")
+    a("\n" + rs.md_repeated(m))
     a("\n## Longest memorized spans\n")
     for s in m["top_spans"][:10]:
         a(f"- {s['tokens']} tokens, {s['generations']} generation(s), {s['occurrences']} corpus occurrence(s), "
-          f"{md_cell(s['attack'], 40)} / {md_cell(s['variant'], 60)}, doc {s['doc_id']} ({md_cell(s['source'], 200)})\n")
+          f"{md_cell(s['attack'], 40)} / {md_cell(s['variant'], 60)}, doc {s['doc_id']} ({md_cell(s['source'], 200)})"
+          + (f", class {md_cell(s['taxonomy'])}" if s.get("taxonomy") else "") + "\n")
         a(md_fence(s["text"]) + "\n")
     if not m["top_spans"]:
         a("No memorized span.\n")

@@ -23,7 +23,8 @@ from corpora.storage import GENERATIONS_SCHEMA, MATCHES_SCHEMA
 
 @dataclass
 class Gen:
-    """One synthetic generation: its tokens (strings, or bytes for invalid UTF-8)."""
+    """One synthetic generation: its tokens (strings, or bytes for invalid UTF-8). ``meta``: row fields
+    that replace the defaults (e.g. ``prompt``, ``params``, ``seed``, ``token_logprobs``)."""
     tokens: list
     attack: str = "divergence"
     variant: str = "poem"
@@ -141,7 +142,7 @@ def _gen_row(run_id, rid, g: Gen, comp: bytes, offs: list[int], i: int) -> dict:
             "finish_reason": "length", "model": "synthetic-model", "endpoint": "http://127.0.0.1:8080/v1",
             "params": json.dumps({"temperature": 1.0, "max_tokens": len(offs)}), "seed": i, "latency_s": 0.5,
             "cost_usd": g.cost_usd, "created_at": dt.datetime(2026, 11, 26, tzinfo=dt.timezone.utc),
-            "extra": json.dumps(g.extra) if g.extra is not None else "{}"}
+            "extra": json.dumps(g.extra) if g.extra is not None else "{}", **g.meta}
 
 
 def _gen_table(rows: list[dict]) -> pa.Table:

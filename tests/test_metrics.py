@@ -466,6 +466,8 @@ def test_divergence_rate(tmp_path):
     assert m["per_variant"]["divergence"]["poem"]["diverged_generations"] == 2       # i = 0, 2
     assert m["per_variant"]["divergence"]["work"]["diverged_generations"] == 2       # i = 4, 6
     assert m["per_attack"]["divergence"]["divergence_rate"] == pytest.approx(4 / 7)
-    assert m["per_attack"]["special_chars"]["divergence_rate"] == 0.5
-    assert m["metrics"]["diverged_generations"] == 5      # run-wide: both repeat attacks
-    assert m["metrics"]["divergence_rate"] == pytest.approx(5 / 9)
+    # special_chars (Bai et al. 2024) has no divergence notion: n/a, and outside the run-wide rate
+    assert m["per_attack"]["special_chars"]["divergence_rate"] is None
+    assert m["per_attack"]["special_chars"]["diverged_generations"] is None
+    assert m["metrics"]["diverged_generations"] == 4      # run-wide: divergence rows only
+    assert m["metrics"]["divergence_rate"] == pytest.approx(4 / 7)

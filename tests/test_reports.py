@@ -69,7 +69,7 @@ def test_write_report_outputs(hostile_run, tmp_path):
     for p in (paths.html, paths.md, paths.json):
         assert os.path.getsize(p) > 0
     m = json.loads(_read(paths.json))
-    assert m["schema_version"] == "1.1"
+    assert m["schema_version"] == "1.2"
     assert m["metrics"]["memorized_generations"] == 4
     html_ = _read(paths.html)
     assert 'data-metric="memorized_token_fraction"' in html_

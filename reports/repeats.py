@@ -1,0 +1,209 @@
+"""Repeated draws: stored completions that repeat more often than independent sampling explains.
+
+A report counts what was stored; if the sampler stored one draw twice (a seed reused across
+requests, a retry stored as a new sample), every figure built on "generations" and the
+Good-Turing / Chao1 extrapolation (which feed on repeats) is wrong. Two checks, over the
+*sampled* rows only (a row is greedy, and exempt, when its ``params`` JSON has
+``"temperature": 0`` or ``"top_k": 1``):
+
+* **same draw** (exact): rows of one group - same ``attack``, ``variant``, ``prompt`` and
+  ``params`` - with the same *effective seed* ``seed + n_choice`` (``n_choice`` from ``extra``,
+  0 when absent; rows with a null ``seed`` are not checked). Under vLLM's semantics choice k of a
+  request with ``n`` samples uses ``seed + k``, so such rows are one draw by construction.
+* **implausible duplicates**: ``k`` rows of one group with byte-identical completions, the group
+  holding ``m`` sampled rows. When the rows carry ``token_logprobs``, with ``p = exp(sum of the
+  completion's token logprobs)`` (the probability the server reported; exact at temperature 1
+  without top-k/top-p truncation), the copies are flagged when the binomial upper tail
+  ``P(X >= k | m, p) < 1e-6``. Without logprobs, a duplicate is flagged only when it is long and
+  high-entropy: at least 64 completion tokens and ``len(zlib.compress(text)) / len(text) >= 0.5``
+  (a repetitive completion such as ``poem poem poem ...`` compresses far below that, so the
+  model may well draw it twice; a memorized passage drawn twice is not told apart from a stored
+  duplicate without logprobs, and is flagged).
+
+Counts are of *repeat rows*: the rows of a class (same draw, or same completion) beyond its
+first, in the order the files hold them. Memory: 32 bytes per sampled row plus its request id
+(Arrow); completions are hashed as they stream past (a group: 64-bit BLAKE2b of attack, variant,
+prompt and params; a completion: Python's 64-bit SipHash, about 3e-8 chance of one false pair in
+a million rows) and only one representative row per duplicated class is read again at the end.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import zlib
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+TAIL_THRESHOLD = 1e-6
+MIN_TOKENS_NO_LOGPROBS = 64
+MIN_ZLIB_RATIO = 0.5
+EXAMPLES = 5
+COLUMNS = ("request_id", "attack", "variant", "prompt", "params", "seed", "extra", "completion",
+           "completion_tokens")
+
+RULE = (f"sampled rows (temperature > 0 and top_k != 1 in params) grouped by attack, variant, prompt and params; "
+        f"same draw: same seed + extra.n_choice (vLLM: choice k of a request uses seed + k); implausible: k "
+        f"identical completions among the group's m rows with binomial P(X >= k | m, p) < {TAIL_THRESHOLD:g}, "
+        f"p = exp(sum of token_logprobs); without logprobs only completions of >= {MIN_TOKENS_NO_LOGPROBS} tokens "
+        f"whose zlib-compressed size is >= {MIN_ZLIB_RATIO} of their size; counts are rows beyond the first copy")
+
+
+def binomial_upper_tail(k: int, m: int, p: float) -> float:
+    """``P(X >= k)`` for ``X ~ Binomial(m, p)``, summed in log space (exact for tiny ``p``)."""
+    if k <= 0:
+        return 1.0
+    if k > m or p <= 0.0:
+        return 0.0
+    if p >= 1.0:
+        return 1.0
+    lp, lq = math.log(p), math.log1p(-p)
+    lg = math.lgamma(m + 1)
+    terms = []
+    for j in range(k, m + 1):
+        t = lg - math.lgamma(j + 1) - math.lgamma(m - j + 1) + j * lp + (m - j) * lq
+        terms.append(t)
+        if j > m * p and t < terms[0] - 50:      # past the mode the terms only shrink
+            break
+    top = max(terms)
+    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
+
+
+def _sampled_mask(params: pa.Array) -> np.ndarray:
+    """True where the row is sampled (not greedy): params' temperature is not 0 and top_k is not 1."""
+    def number(key):
+        got = pc.extract_regex(params, rf'"{key}"\s*:\s*(?P<v>-?[0-9.eE+]+)')
+        v = pc.struct_field(got, "v") if got.type.num_fields else pa.nulls(len(params), pa.string())
+        return pc.cast(v, pa.float64()).to_numpy(zero_copy_only=False)
+    t, k = number("temperature"), number("top_k")
+    return ~((t == 0) | (k == 1))          # NaN (absent) compares False: sampled
+
+
+class RepeatedDraws:
+    """Streams generation batches (:meth:`add`), then :meth:`result` gives metrics.json's
+    ``repeated_draws`` section."""
+
+    def __init__(self):
+        self.g64, self.d64, self.eff, self.ctoks = [], [], [], []
+        self.rids: list[pa.Array] = []
+        self.greedy = 0
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        names = batch.schema.names
+        n = batch.num_rows
+
+        def col(name, default=b""):     # as bytes: invalid UTF-8 must not fail the report
+            if name not in names:
+                return pa.array([default] * n, pa.binary())
+            return pc.fill_null(pc.cast(batch.column(name), pa.binary()), default)
+
+        params = col("params", b"{}")
+        keep = np.nonzero(_sampled_mask(params))[0]
+        self.greedy += n - len(keep)
+        if not len(keep):
+            return
+        take = pa.array(keep)
+        group = pc.binary_join_element_wise(*(col(c).take(take) for c in ("attack", "variant", "prompt", "params")),
+                                            b"\x00")
+        uniq = pc.unique(group)
+        digests = [hashlib.blake2b(g, digest_size=8).digest() for g in uniq.to_pylist()]
+        gd = [digests[i] for i in pc.index_in(group, value_set=uniq).to_numpy(zero_copy_only=False)]
+        comp = pc.cast(batch.column("completion").take(take), pa.large_binary())
+        self.d64.append(np.fromiter((hash(c or b"") for c in comp.to_pylist()), np.int64, len(keep)))
+        self.g64.append(np.frombuffer(b"".join(gd), "<u8"))
+        seed = batch.column("seed").take(take) if "seed" in names else pa.nulls(len(keep), pa.int64())
+        nch = pc.extract_regex(col("extra", b"{}").take(take), r'"n_choice"\s*:\s*(?P<k>[0-9]+)')
+        nch = pc.struct_field(nch, "k") if nch.type.num_fields else pa.nulls(len(keep), pa.string())
+        eff = pc.add(pc.cast(seed, pa.int64()), pc.fill_null(pc.cast(nch, pa.int64()), 0))
+        self.eff.append(np.where(pc.is_valid(eff).to_numpy(zero_copy_only=False),
+                                 pc.fill_null(eff, 0).to_numpy(zero_copy_only=False), np.iinfo(np.int64).min))
+        self.ctoks.append(pc.fill_null(batch.column("completion_tokens").take(take), 0)
+                          .to_numpy(zero_copy_only=False).astype(np.int64))
+        self.rids.append(pc.cast(batch.column("request_id").take(take), pa.string()))
+
+    def result(self, parts: list[str]) -> dict:
+        """The ``repeated_draws`` section; ``parts`` (the generation files, in the order they were
+        added) are read again for one representative row of each duplicated completion."""
+        cat = lambda xs, t: np.concatenate(xs) if xs else np.zeros(0, t)  # noqa: E731
+        g64, d64, eff, ctoks = cat(self.g64, np.uint64), cat(self.d64, np.int64), cat(self.eff, np.int64), \
+            cat(self.ctoks, np.int64)
+        rids = pa.chunked_array(self.rids, pa.string()) if self.rids else pa.chunked_array([], pa.string())
+        ug, ginv, gsize = np.unique(g64, return_inverse=True, return_counts=True)
+        has_seed = eff != np.iinfo(np.int64).min
+        same_rows, same_classes = _repeat_rows((g64[has_seed], eff[has_seed]), np.nonzero(has_seed)[0])
+        dup_rows, dup_classes = _repeat_rows((g64, d64), np.arange(len(d64)))
+        reps = [int(c[1]) for c in dup_classes]            # a second copy of each duplicated completion
+        try:
+            info = _fetch(parts, rids.take(pa.array(reps, pa.int64())).to_pylist() if reps else [])
+        except (OSError, pa.ArrowException):   # judged without logprobs rather than failing the report
+            info = {}
+        flagged_rows, examples = [], []
+        for (rows, _), rep in zip(dup_classes, reps):
+            k, m = len(rows), int(gsize[ginv[rep]])
+            ex = _judge(info.get(rids[rep].as_py(), {}), k, m, int(ctoks[rep]))
+            if ex["flagged"]:
+                flagged_rows.extend(rows[1:].tolist())
+                if len(examples) < EXAMPLES:
+                    examples.append(dict(ex, kind="implausible duplicate",
+                                         request_ids=rids.take(pa.array(rows[:5])).to_pylist()))
+        same_examples = [{"kind": "same draw", "copies": len(rows), "effective_seed": int(eff[rows[0]]),
+                          "request_ids": rids.take(pa.array(rows[:5])).to_pylist()}
+                         for rows, _ in same_classes[:EXAMPLES]]
+        same_set, flag_set = set(same_rows.tolist()), set(flagged_rows)
+        return {"rows_checked": int(len(g64)), "greedy_rows_exempt": int(self.greedy), "groups_checked": int(len(ug)),
+                "duplicate_rows": int(len(dup_rows)), "duplicate_completions": len(dup_classes),
+                "same_draw_rows": len(same_set), "flagged_rows": len(flag_set),
+                "repeated_rows": len(same_set | flag_set), "examples": same_examples + examples, "rule": RULE}
+
+
+def _repeat_rows(keys: tuple, rows: np.ndarray) -> tuple[np.ndarray, list[tuple[np.ndarray, int]]]:
+    """Rows beyond the first of each class of equal ``keys``, and each class of >= 2 rows as
+    ``(its rows in file order, its second row)``."""
+    if not len(rows):
+        return np.zeros(0, np.int64), []
+    order = np.lexsort(keys[::-1])          # stable: file order inside a class
+    ks = [k[order] for k in keys]
+    new = np.ones(len(rows), dtype=bool)
+    new[1:] = np.any([k[1:] != k[:-1] for k in ks], axis=0)
+    srows = rows[order]
+    starts = np.nonzero(new)[0]
+    bounds = np.append(starts, len(rows))
+    classes = [(srows[a:b], int(srows[a + 1])) for a, b in zip(bounds[:-1], bounds[1:]) if b - a > 1]
+    return srows[~new], classes
+
+
+def _fetch(parts: list[str], request_ids: list[str]) -> dict[str, dict]:
+    """completion and token_logprobs of the given request ids, reading only the row groups holding them."""
+    want, out = set(request_ids), {}
+    for path in parts:
+        if len(out) == len(want):
+            break
+        pf = pq.ParquetFile(path)
+        cols = ["request_id", "completion"] + (["token_logprobs"] if "token_logprobs" in pf.schema_arrow.names else [])
+        for rg in range(pf.metadata.num_row_groups):
+            ids = pc.cast(pf.read_row_group(rg, columns=["request_id"]).column(0), pa.string())
+            hit = pc.is_in(ids, value_set=pa.array(list(want), pa.string()))
+            hit = np.nonzero(hit.to_numpy(zero_copy_only=False))[0]
+            if len(hit):
+                t = pf.read_row_group(rg, columns=cols).take(pa.array(hit))
+                comp = pc.cast(t.column("completion"), pa.large_binary()).to_pylist()
+                lps = t.column("token_logprobs").to_pylist() if "token_logprobs" in cols else [None] * len(hit)
+                for r, c, lp in zip(t.column("request_id").to_pylist(), comp, lps):
+                    out[r] = {"completion": c or b"", "token_logprobs": lp}
+    return out
+
+
+def _judge(row: dict, k: int, m: int, ctoks: int) -> dict:
+    """Whether k identical completions among m sampled rows are implausible (module docstring)."""
+    lps = [x for x in (row.get("token_logprobs") or []) if x is not None]
+    text = row.get("completion") or b""
+    ex = {"copies": k, "group_rows": m, "completion_tokens": ctoks}
+    if lps:
+        p = math.exp(min(0.0, float(sum(lps))))
+        tail = binomial_upper_tail(k, m, p)
+        return dict(ex, basis="token_logprobs", p=p, tail_probability=tail, flagged=tail < TAIL_THRESHOLD)
+    ratio = len(zlib.compress(text)) / len(text) if text else 0.0
+    return dict(ex, basis="no logprobs: length and zlib ratio", zlib_ratio=round(ratio, 4),
+                flagged=ctoks >= MIN_TOKENS_NO_LOGPROBS and ratio >= MIN_ZLIB_RATIO)

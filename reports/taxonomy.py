@@ -1,0 +1,242 @@
+"""Benign memorization: the class of a memorized span (Prashanth et al. 2024).
+
+"Recite, Reconstruct, Recollect: Memorization in LMs as a Multifaceted
+Phenomenon" (arXiv 2406.17746) splits memorized sequences into *recitation*
+(highly duplicated in the training data), *reconstruction* (inherently
+predictable: repeating or incrementing patterns) and *recollection* (the rest).
+An audit counts what the model emitted, so ``2016, 2017, 2018, ...`` or
+``poem poem poem`` - text any model writes - would otherwise count as much as a
+recollected paragraph. Every memorized span gets exactly one class:
+
+===============  =================================================================
+class            rule (checked in this order; the first that holds wins)
+===============  =================================================================
+low_information  letters and digits (Unicode word characters but ``_``) are less than
+                 ``LOW_INFORMATION_MAX_ALNUM`` (40 %) of the span's characters,
+                 each maximal run of whitespace counting as one character
+                 (so indentation width does not matter): whitespace,
+                 punctuation, brackets, separators, markup and code scaffolding
+                 such as ``})\\n    })\\n})``.
+reconstruction   predictable units cover at least ``RECONSTRUCTION_MIN_COVERAGE``
+                 (80 %) of the span's non-whitespace characters (definition
+                 below): repeated tokens, repeated lines, short cycles, number
+                 or letter sequences with a constant step, templates whose
+                 numbers advance by a constant step.
+recitation       the span occurs at least ``recitation_min_occurrences`` times in
+                 the reference corpus (matches.parquet ``occurrences``, counted
+                 over every shard). Default 6: the paper's "more than 5
+                 duplicates".
+recollection     none of the above.
+===============  =================================================================
+
+*Non-trivial* memorization is recitation + recollection: what an attacker
+learns from the model rather than from the pattern.
+
+**Predictable units.** The text is cut into units: a run of ASCII digits (a
+*number*), a run of letters (one ASCII letter alone is a *lone letter*), a run
+of whitespace, any other single character. Units compare by text, except that
+all numbers are equal, all lone letters are equal and all whitespace runs are
+equal. A *stretch* of period ``p`` (1 <= p <= 64) is a maximal run of units
+with ``unit[t] == unit[t + p]``, at least ``2p + 1`` units long (two copies of a
+``p``-unit cycle and the start of a third: ``poem poem poem``, ``2016, 2017,
+2018``, a line repeated). A unit is *predictable* when it lies in a stretch
+and, if it is a number or a lone letter, is one of three copies ``x, x + p,
+x + 2p`` inside one stretch of period ``p`` whose values (the number; the
+letter's code point) step by a constant, 0 allowed: ``1, 2, 3``, ``a) b) c)``,
+``case 1: ... case 2: ... case 3:``, ``x = 0; x = 0; x = 0``. So the
+separators of ``1, 2, 4, 8, 16`` are predictable, its numbers are not, and
+numbers of more than 15 digits never are. The *coverage* is the share of the
+span's non-whitespace characters in predictable units.
+
+**Why this order** (the paper checks recitation first). Low-information and
+reconstructed text tells nobody anything whatever its corpus count: the year
+list above occurs in countless documents, so the paper's order would file it
+as recitation, i.e. non-trivial, which is the overstatement this split exists
+to remove. So the two content-free classes come first, and a duplicated
+passage counts as recitation only when it has content. ``classify(...,
+paper_order=True)`` gives the paper's order (recitation, reconstruction,
+recollection; low-information not used) for comparison with its tables.
+
+Guarantees: deterministic, pure Python + NumPy on the span text and its corpus
+count (no model, no corpus access); time and memory linear in the span's length
+(64 periods at most; about 0.1 ms for a 50-token span of prose, 0.5 ms for one
+of numbers); cycles inside one run of letters (``hahaha``) and cycles longer
+than 64 units (a repeated paragraph) are not detected. Tested against a loop-by-
+loop implementation of the rule above.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+CLASSES = ("low_information", "reconstruction", "recitation", "recollection")
+TRIVIAL = ("low_information", "reconstruction")
+NONTRIVIAL = ("recitation", "recollection")
+RECITATION_MIN_OCCURRENCES = 6
+LOW_INFORMATION_MAX_ALNUM = 0.4
+RECONSTRUCTION_MIN_COVERAGE = 0.8
+MAX_PERIOD = 64
+
+DEFINITIONS = {
+    "low_information": "letters and digits are less than {L:.0%} of the span's characters (each run of "
+                       "whitespace counted as one character): whitespace, punctuation, markup or code scaffolding",
+    "reconstruction": "inherently predictable: at least {C:.0%} of the span's non-whitespace characters lie in "
+                      "repeating cycles (a cycle of at most 64 units - words, numbers, single characters - repeated "
+                      "twice and begun a third time), numbers and lone letters in them stepping by a constant "
+                      "(repeated tokens or lines, 2016, 2017, 2018, a) b) c), templates)",
+    "recitation": "highly duplicated: the span occurs at least {R} times in the reference corpus (Prashanth et al. "
+                  "2024: more than 5 duplicates)",
+    "recollection": "none of the above: memorized content that is neither predictable nor highly duplicated",
+    "nontrivial": "recitation + recollection (low-information and reconstruction spans excluded)",
+    "order": "one class per span, the first rule that holds in the order low_information, reconstruction, "
+             "recitation, recollection (the paper checks recitation first; a predictable or empty span is "
+             "trivial however often the corpus holds it)",
+}
+
+
+def definitions(recitation_min_occurrences: int = RECITATION_MIN_OCCURRENCES) -> dict[str, str]:
+    """The class definitions with this report's thresholds filled in."""
+    return {k: v.format(L=LOW_INFORMATION_MAX_ALNUM, C=RECONSTRUCTION_MIN_COVERAGE, R=recitation_min_occurrences)
+            for k, v in DEFINITIONS.items()}
+
+
+_UNIT = re.compile(r"[0-9]+|[^\W\d_]+|\s+|.", re.S)
+_NOT_ALNUM = re.compile(r"[\W_]+")
+_SPACE = re.compile(r"\s+")
+_ASCII_DIGITS = frozenset("0123456789")
+_ASCII_LETTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_MAX_DIGITS = 15        # longer numbers are exact no more as float64: they never form a sequence
+
+
+def alnum_share(text: str) -> float:
+    """Letters and digits (Unicode word characters except ``_``) / characters, each maximal
+    whitespace run counted as one character."""
+    total = len(_SPACE.sub(" ", text))
+    return len(_NOT_ALNUM.sub("", text)) / total if total else 0.0
+
+
+def _units(text: str):
+    """(ids, values, valued, non-whitespace lengths) of the text's units, as arrays: equal units get
+    equal ids, all numbers one id, all lone ASCII letters another, all whitespace runs another;
+    values (float64; NaN for numbers of more than 15 digits) only for numbers and lone letters."""
+    units = _UNIT.findall(_SPACE.sub(" ", text))
+    n = len(units)
+    code: dict = {}
+    ids = np.fromiter(map(code.setdefault, units, range(n)), np.int64, n)   # id = first position of the unit
+    lens = np.fromiter(map(len, units), np.int64, n)
+    kind = np.zeros(n + 1, dtype=np.int8)
+    kind[[i for u, i in code.items() if u[0] in _ASCII_DIGITS]] = 1
+    kind[[i for u, i in code.items() if len(u) == 1 and u in _ASCII_LETTERS]] = 2
+    k = kind[ids]
+    num, let = k == 1, k == 2
+    vals = np.full(n, np.nan)
+    for mask, new_id, value in ((num, n, _number), (let, n + 1, ord)):
+        pos = np.nonzero(mask)[0]
+        if len(pos):
+            vals[pos] = np.fromiter(map(value, map(units.__getitem__, pos.tolist())), np.float64, len(pos))
+            ids[pos] = new_id
+    lens[ids == code.get(" ", -1)] = 0
+    return ids, vals, num | let, lens
+
+
+def _number(digits: str) -> float:
+    return float(digits) if len(digits) <= _MAX_DIGITS else np.nan
+
+
+def _repeat_bound(ids: np.ndarray, lens: np.ndarray) -> int:
+    """Non-whitespace characters of the units whose id recurs within MAX_PERIOD units (before or
+    after): every unit of a stretch does, so this bounds the covered characters from above."""
+    if len(ids) < 2:
+        return 0
+    order = np.argsort(ids, kind="stable")
+    same = (ids[order][1:] == ids[order][:-1]) & (np.diff(order) <= MAX_PERIOD)
+    near = np.zeros(len(ids), dtype=bool)
+    near[order[1:][same]] = True
+    near[order[:-1][same]] = True
+    return int(lens[near].sum())
+
+
+def _runs(ids: np.ndarray, P: int):
+    """(p, s, e) of every maximal run of ``ids[t] == ids[t + p]`` (t in [s, e)) with e - s >= p + 1,
+    i.e. every stretch ``[s, e + p)`` of >= 2p + 1 units, p = 1..P; in (p, s) order."""
+    m = len(ids)
+    pad = np.concatenate([ids, -np.arange(1, P + 1, dtype=np.int64)])   # distinct sentinels past the end
+    win = np.lib.stride_tricks.sliding_window_view(pad, P + 1)[:m]
+    eq = np.zeros((P, m + 2), dtype=np.int8)
+    eq[:, 1:-1] = (win[:, 1:] == win[:, :1]).T                         # eq[p-1, 1+t] = ids[t] == ids[t+p]
+    d = np.diff(eq.ravel())
+    starts, ends = np.nonzero(d == 1)[0], np.nonzero(d == -1)[0]
+    row = starts // (m + 2)
+    s, e, p = starts - row * (m + 2), ends - row * (m + 2), row + 1
+    keep = (e - s) >= p + 1
+    return p[keep], s[keep], e[keep]
+
+
+def predictable_coverage(text: str) -> float:
+    """Share of the text's non-whitespace characters lying in predictable units (module docstring)."""
+    return _coverage(*_units(text))
+
+
+def _coverage(ids, vals, valued, lens) -> float:
+    m, total = len(ids), int(lens.sum())
+    P = min(MAX_PERIOD, m // 2)
+    if total == 0 or P < 1:
+        return 0.0
+    p, s, e = _runs(ids, P)
+    if not len(p):
+        return 0.0
+    diff = np.zeros(m + 1, dtype=np.int64)          # units inside some stretch [s, e + p)
+    np.add.at(diff, s, 1)
+    np.add.at(diff, e + p, -1)
+    covered = np.cumsum(diff)[:m] > 0
+    # numbers and lone letters: one of three copies x, x + p, x + 2p inside one stretch, with one step
+    x, tp = np.nonzero(valued)[0], np.unique(p)                        # candidates: valued x, periods with a stretch
+    i1 = x[:, None] + tp[None, :]
+    i2 = i1 + tp[None, :]
+    idp = np.concatenate([ids, -np.arange(1, 2 * P + 1, dtype=np.int64)])   # distinct sentinels past the end
+    vp = np.concatenate([vals, np.full(2 * P, np.nan)])
+    v0, v1, v2 = vals[x][:, None], vp[i1], vp[i2]
+    with np.errstate(invalid="ignore"):
+        good = (idp[i1] == ids[x][:, None]) & (idp[i2] == ids[x][:, None]) & (v1 - v0 == v2 - v1)
+    gx, gp = np.nonzero(good)
+    x, tp = x[gx], tp[gp]
+    key = (p - 1) * (m + 1) + s                                       # stretches, sorted by (p, s)
+    r = np.searchsorted(key, (tp - 1) * (m + 1) + x, side="right") - 1
+    ok = r >= 0
+    ok[ok] = (p[r[ok]] == tp[ok]) & (x[ok] + tp[ok] < e[r[ok]])       # the three copies in stretch r
+    step = np.zeros(m, dtype=bool)
+    for k in (0, 1, 2):
+        step[x[ok] + k * tp[ok]] = True
+    covered = np.where(valued, step, covered)
+    return int(lens[covered].sum()) / total
+
+
+def is_predictable(text: str) -> bool:
+    """The reconstruction rule: predictable coverage >= RECONSTRUCTION_MIN_COVERAGE."""
+    ids, vals, valued, lens = _units(text)
+    total = int(lens.sum())
+    if total == 0 or _repeat_bound(ids, lens) < RECONSTRUCTION_MIN_COVERAGE * total:
+        return False    # exact shortcut: too few characters could lie in any stretch
+    return _coverage(ids, vals, valued, lens) >= RECONSTRUCTION_MIN_COVERAGE
+
+
+def classify(text: str, occurrences: int, recitation_min_occurrences: int = RECITATION_MIN_OCCURRENCES,
+             paper_order: bool = False) -> str:
+    """The class of one memorized span: ``text`` (decoded) and its corpus ``occurrences``;
+    ``paper_order``: the paper's order instead (module docstring)."""
+    return classify_both(text, occurrences, recitation_min_occurrences)[1 if paper_order else 0]
+
+
+def classify_both(text: str, occurrences: int,
+                  recitation_min_occurrences: int = RECITATION_MIN_OCCURRENCES) -> tuple[str, str]:
+    """(class in this module's order, class in the paper's order), the coverage computed once."""
+    recites = int(occurrences or 0) >= recitation_min_occurrences
+    low = alnum_share(text) < LOW_INFORMATION_MAX_ALNUM
+    if recites and low:
+        return "low_information", "recitation"
+    predictable = is_predictable(text)
+    paper = "recitation" if recites else "reconstruction" if predictable else "recollection"
+    ours = ("low_information" if low else "reconstruction" if predictable
+            else "recitation" if recites else "recollection")
+    return ours, paper

@@ -1,0 +1,158 @@
+"""Nasr et al. figures per memorization class (:mod:`reports.taxonomy`) and for non-trivial
+memorization.
+
+The figures of a class are the run-wide figures of :mod:`reports.metrics` computed over the
+memorized spans (``tokens >= W``) of that class only:
+
+* ``memorized_generations``: generations holding a span of the class; ``memorized_tokens``:
+  generation tokens inside such a span (each once; a generation without token offsets counts
+  its longest such span's ``tokens``, as the run-wide figure does); the fractions divide by
+  all generations and all generated tokens of the run (or of the attack / variant).
+* ``unique_memorized_windows``: distinct W-token window texts inside spans of the class;
+  ``frequency_counts`` / Good-Turing / Chao1 over those windows, one incidence per generation.
+* ``unique_memorized_bytes``: union of the canonical corpus byte ranges of the class's spans.
+* ``mb_per_dollar`` / ``usd_per_unique_window``: against the whole cost of the run (every
+  generation was paid for, whatever it emitted).
+* ``memorized_spans``, ``distinct_texts``, ``longest_span_tokens`` / ``longest_span_bytes``
+  (the class's longest memorized span: most tokens, then most bytes).
+
+A token, window or corpus byte inside spans of two classes counts in both; the classes of one
+run therefore need not add up to the raw figure, while ``nontrivial`` (the union of recitation
+and recollection spans) counts each once. Over all classes together the figures equal the raw
+ones (tested).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from reports import extrapolate as ex
+from reports.taxonomy import CLASSES, NONTRIVIAL
+
+NONTRIVIAL_KEYS = ("memorized_generations", "memorized_generation_fraction", "memorized_tokens",
+                   "memorized_token_fraction", "unique_memorized_windows", "unique_memorized_bytes",
+                   "memorized_spans", "good_turing_new_probability", "chao1_total_windows", "mb_per_dollar",
+                   "usd_per_unique_window")
+
+
+def _div(a, b):
+    return a / b if b else None
+
+
+class SpanPool:
+    """The memorized spans of a run (``span_records`` of :func:`reports.metrics.compute_metrics`:
+    ``request_id``, ``tok_range`` (covered token indices ``(a, b)``, None without offsets),
+    ``tokens``, ``bytes``, ``wins`` (8-byte window digests, concatenated), ``doc_id``,
+    ``doc_offset``, ``raw``), in arrays, for figures over any subset of them."""
+
+    def __init__(self, records: list[dict]):
+        gen_of: dict = {}
+        text_of: dict = {}
+        n = len(records)
+        self.gen = np.fromiter((gen_of.setdefault(r["request_id"], len(gen_of)) for r in records), np.int64, n)
+        self.text = np.fromiter((text_of.setdefault(r["raw"], len(text_of)) for r in records), np.int64, n)
+        self.tokens = np.fromiter((r["tokens"] for r in records), np.int64, n)
+        self.nbytes = np.fromiter((r["bytes"] for r in records), np.int64, n)
+        self.doc = np.fromiter((r["doc_id"] for r in records), np.int64, n)
+        self.doc_off = np.fromiter((r["doc_offset"] for r in records), np.int64, n)
+        self.no_off = np.fromiter((r["tok_range"] is None for r in records), bool, n)
+        self.ta = np.fromiter(((r["tok_range"] or (0, 0))[0] for r in records), np.int64, n)
+        self.tb = np.fromiter(((r["tok_range"] or (0, 0))[1] for r in records), np.int64, n)
+        lens = np.fromiter((len(r["wins"]) // 8 for r in records), np.int64, n)
+        self.woff = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+        blob = b"".join(r["wins"] for r in records)
+        self.digests = np.frombuffer(blob, dtype="<u8") if blob else np.zeros(0, np.uint64)
+
+    def _window_freq(self, idx: np.ndarray) -> dict[int, int]:
+        """``{k: f_k}``: distinct windows of the spans ``idx`` seen in exactly k generations."""
+        lens = self.woff[idx + 1] - self.woff[idx]
+        total = int(lens.sum())
+        if total == 0:
+            return {}
+        first = np.repeat(self.woff[idx] - (np.cumsum(lens) - lens), lens)
+        pos = np.arange(total, dtype=np.int64) + first
+        d, g = self.digests[pos], np.repeat(self.gen[idx], lens)
+        order = np.lexsort((g, d))
+        d, g = d[order], g[order]
+        new = np.ones(total, dtype=bool)
+        new[1:] = (d[1:] != d[:-1]) | (g[1:] != g[:-1])       # first incidence of (window, generation)
+        per_window = np.unique(d[new], return_counts=True)[1]
+        kk, fk = np.unique(per_window, return_counts=True)
+        return {int(k): int(f) for k, f in zip(kk, fk)}
+
+    def _tokens(self, idx: np.ndarray) -> int:
+        from reports.metrics import union_length
+        off = idx[~self.no_off[idx]]
+        tot = sum(union_length(self.gen[off], self.ta[off], self.tb[off]).values()) if len(off) else 0
+        best: dict = defaultdict(int)
+        for g, t in zip(self.gen[idx[self.no_off[idx]]].tolist(), self.tokens[idx[self.no_off[idx]]].tolist()):
+            best[g] = max(best[g], t)
+        return int(tot + sum(best.values()))
+
+    def figures(self, idx, generations: int, generated_tokens: int, cost: float) -> dict:
+        """The figures (module docstring) of the spans ``idx`` against these denominators."""
+        from reports.metrics import union_length
+        idx = np.asarray(idx, dtype=np.int64)
+        mem_gens = int(len(np.unique(self.gen[idx])))
+        mem_toks = self._tokens(idx)
+        fq = self._window_freq(idx)
+        uniq = int(sum(fq.values()))
+        ub = int(sum(union_length(self.doc[idx], self.doc_off[idx], self.doc_off[idx] + self.nbytes[idx]).values())
+                 ) if len(idx) else 0
+        lo, hi = ex.chao1_ci95(fq)
+        longest = (0, 0)
+        if len(idx):
+            j = idx[np.lexsort((self.nbytes[idx], self.tokens[idx]))[-1]]
+            longest = (int(self.tokens[j]), int(self.nbytes[j]))
+        return {
+            "generations": generations, "generated_tokens": generated_tokens,
+            "memorized_spans": int(len(idx)), "distinct_texts": int(len(np.unique(self.text[idx]))),
+            "memorized_generations": mem_gens, "memorized_generation_fraction": _div(mem_gens, generations),
+            "memorized_tokens": mem_toks, "memorized_token_fraction": _div(mem_toks, generated_tokens),
+            "unique_memorized_windows": uniq, "unique_memorized_bytes": ub,
+            "longest_span_tokens": longest[0], "longest_span_bytes": longest[1],
+            "frequency_counts": {str(k): v for k, v in fq.items()},
+            "good_turing_new_probability": ex.good_turing_new(fq),
+            "chao1_total_windows": ex.chao1(fq) if fq else 0.0, "chao1_ci95_low": lo, "chao1_ci95_high": hi,
+            "total_cost_usd": cost,
+            "mb_per_dollar": ub / 1e6 / cost if cost > 0 else None,
+            "usd_per_unique_window": cost / uniq if cost > 0 and uniq > 0 else None,
+        }
+
+
+def taxonomy_figures(records: list[dict], classes: list[str], group_of_record: list[tuple[str, str]],
+                     totals: dict, per_attack: dict, per_variant: dict) -> dict:
+    """``by_category`` of metrics.json: the figures of each class and of ``nontrivial`` (run-wide);
+    and, in place, the ``nontrivial_*`` scalars (:data:`NONTRIVIAL_KEYS`) of ``totals``, of each
+    attack in ``per_attack`` and of each variant in ``per_variant``, each against that row's own
+    generations, generated tokens and cost."""
+    pool = SpanPool(records)
+    cls = np.array(classes, dtype=object) if records else np.zeros(0, dtype=object)
+    nontrivial = np.isin(cls, NONTRIVIAL) if records else np.zeros(0, bool)
+
+    def figs(mask, f):
+        return pool.figures(np.nonzero(mask)[0], f["generations"], f["generated_tokens"], f["total_cost_usd"])
+
+    out = {c: figs(cls == c, totals) for c in CLASSES}
+    out["nontrivial"] = figs(nontrivial, totals)
+    _put(totals, out["nontrivial"])
+    by_attack: dict = defaultdict(list)
+    by_variant: dict = defaultdict(list)
+    for i, (a, v) in enumerate(group_of_record):
+        if nontrivial[i]:
+            by_attack[a].append(i)
+            by_variant[(a, v)].append(i)
+    for a, f in per_attack.items():
+        _put(f, pool.figures(np.array(by_attack.get(a, []), np.int64), f["generations"], f["generated_tokens"],
+                             f["total_cost_usd"]))
+    for a, vs in per_variant.items():
+        for v, f in vs.items():
+            _put(f, pool.figures(np.array(by_variant.get((a, v), []), np.int64), f["generations"],
+                                 f["generated_tokens"], f["total_cost_usd"]))
+    return out
+
+
+def _put(target: dict, figs: dict) -> None:
+    for k in NONTRIVIAL_KEYS:
+        target[f"nontrivial_{k}"] = figs[k]
