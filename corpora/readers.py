@@ -178,8 +178,8 @@ def _read_maybe_compressed(path: Path) -> bytes:
         import zstandard
 
         try:
-            with open(path, "rb") as raw:
-                return zstandard.ZstdDecompressor().stream_reader(raw).read()
+            with _ZstdFrames(path) as f:
+                return f.read()
         except zstandard.ZstdError as exc:
             raise CorpusError(f"{path}: not a valid zstd file: {exc}") from None
     with open(path, "rb") as f:
@@ -191,11 +191,57 @@ def _open_binary_stream(path: Path) -> io.BufferedIOBase:
     if suffix == ".gz":
         return gzip.open(path, "rb")  # type: ignore[return-value]
     if suffix in (".zst", ".zstd"):
+        return io.BufferedReader(_ZstdFrames(path))
+    return open(path, "rb")
+
+
+class _ZstdFrames(io.RawIOBase):
+    """The decompressed bytes of a (multi-frame) Zstandard file, read frame by frame, that
+    raises :class:`CorpusError` at the end when the last frame is incomplete: zstandard's
+    ``stream_reader`` returns a truncated file's partial data as if it were whole."""
+
+    def __init__(self, path: Path, chunk: int = 1 << 20):
         import zstandard
 
-        raw = open(path, "rb")
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
-    return open(path, "rb")
+        self.path, self.chunk = path, chunk
+        self._raw = open(path, "rb")
+        self._dctx = zstandard.ZstdDecompressor()
+        self._dobj = None          # the frame being decompressed (None between frames)
+        self._pending = b""        # compressed bytes read but not fed yet
+        self._out = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def _fill(self) -> bool:
+        """Decompress until some output is ready; False at the end of the file."""
+        while not self._out:
+            if not self._pending:
+                self._pending = self._raw.read(self.chunk)
+                if not self._pending:
+                    if self._dobj is not None:
+                        raise CorpusError(f"{self.path}: truncated zstd file (its last frame is incomplete)")
+                    return False
+            if self._dobj is None:
+                self._dobj = self._dctx.decompressobj()
+            data, self._pending = self._pending, b""
+            self._out = self._dobj.decompress(data)
+            if self._dobj.eof:
+                self._pending = self._dobj.unused_data
+                self._dobj = None
+        return True
+
+    def readinto(self, buf) -> int:
+        if not self._fill():
+            return 0
+        n = min(len(buf), len(self._out))
+        buf[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
 
 
 # --------------------------------------------------------------------------- JSON Lines

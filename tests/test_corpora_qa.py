@@ -92,3 +92,32 @@ def test_corpus_help_describes_arguments():
     r = trawl("corpus", "info", "--help")
     out = " ".join(r.stdout.split())
     assert "DIR corpus folder from" in out, out
+
+
+# ------------------------------------------------------------------ truncated compressed input
+
+def _zst(data: bytes, frames: int = 2) -> bytes:
+    import zstandard
+
+    cut = len(data) // frames
+    return b"".join(zstandard.ZstdCompressor().compress(data[i * cut:(i + 1) * cut if i < frames - 1 else None])
+                    for i in range(frames))
+
+
+@pytest.mark.parametrize("name", ["d.jsonl.zst", "folder/a.txt.zst"])
+def test_truncated_zstd_input_is_one_line_naming_the_file(tmp_path, name):
+    """zstandard's stream reader returns a truncated file's partial data as if whole: the
+    documents after the cut were dropped with exit 0 (a .txt.zst in a folder became a short
+    or empty document). Every truncation point must be an error naming the file."""
+    rows = b"".join(b'{"text": "document %d %s"}\n' % (i, b"word " * 40) for i in range(400))
+    whole = _zst(rows)
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    src = path if name.endswith(".jsonl.zst") else path.parent
+    path.write_bytes(whole)   # the whole file reads as all its documents
+    assert ingest([src], tmp_path / "ok").manifest["documents"] == (400 if name.endswith(".jsonl.zst") else 1)
+    for cut in (len(whole) - 1, len(whole) - 50, len(whole) // 2 + 7, 20):
+        path.write_bytes(whole[:cut])
+        r = trawl("corpus", "ingest", src, "--out", tmp_path / f"c{cut}")
+        one_line_error(r, str(path))
+        assert not (tmp_path / f"c{cut}").exists()
