@@ -361,7 +361,7 @@ def finish_target(file: str, where: str, t: dict, base_dir: Path | None = None) 
     if t["model"] is None:
         if not t["embedded"]:
             raise TrawlError(f"missing key '{where}.model' in {file} (the model name sent in every request)")
-        from extractor.embedded import MODEL_ALIAS
+        from extractor.serving.embedded import MODEL_ALIAS
 
         t["model"] = MODEL_ALIAS
     if t["version"] is None:
@@ -617,7 +617,7 @@ class _Runner:
             shutdown_engines(keep=load)
             summary = sample([f"vllm://{load}"], load, None, backend="vllm")
         elif t["embedded"]:
-            from extractor.embedded import EmbeddedServer
+            from extractor.serving.embedded import EmbeddedServer
 
             self.log(f"{self.c.name}: starting the embedded model server")
             with EmbeddedServer(t["model_path"], alias=t["model"], log_path=self.out / "llama-server.log") as srv:

@@ -137,7 +137,7 @@ def run_demo(
 ) -> DemoResult:
     from extractor.attacks import AttackSpec
     from extractor.budget import Budget, Pricing
-    from extractor.embedded import EmbeddedServer
+    from extractor.serving.embedded import EmbeddedServer
     from extractor.sampler import run_attacks
     from reports import compute_metrics, write_report
     from suffix_index import SuffixIndex

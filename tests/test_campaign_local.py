@@ -19,7 +19,7 @@ import pytest
 
 from campaign_helpers import ROOT, make_index, q, qlist, trawl
 from extractor.campaign import load_campaign, run_campaign
-from extractor.embedded import EmbeddedServer
+from extractor.serving.embedded import EmbeddedServer
 
 pytestmark = pytest.mark.slow
 

@@ -89,7 +89,7 @@ def test_the_same_campaign_never_runs_twice_at_once(tmp_path):
 
 def test_unreachable_endpoints_are_one_clear_error(tmp_path):
     from campaign_helpers import make_index
-    from extractor.embedded import free_port
+    from extractor.serving.embedded import free_port
 
     index = make_index(tmp_path / "ix")
     eps = [f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"]
