@@ -152,7 +152,8 @@ def test_campaign_with_backend_vllm(be, hf_model, tmp_path):
 
     from campaign_helpers import make_index, q
     from extractor.backends import vllm_offline
-    from extractor.campaign import load_campaign, run_campaign
+    from extractor.campaigns.config import load_campaign
+    from extractor.campaigns.pipeline import run_campaign
 
     index = make_index(tmp_path / "ix")
     text = f"""
