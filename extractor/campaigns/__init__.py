@@ -6,5 +6,6 @@ the steps (sample -> match -> report -> history) and the one runner that owns
 ``campaign.json``, resume/skip and the release gates; :mod:`~extractor.campaigns.sweep` -
 many campaigns from one file under a cron-safe lock; :mod:`~extractor.campaigns.ledger` -
 the ledger Parquet file of finished campaigns (the regression rule and the trend
-report over its rows are :mod:`reports.trend`'s).
+report over its rows are :mod:`reports.trend`'s); :mod:`~extractor.campaigns.demo` -
+``trawl demo``, the whole pipeline on the embedded model with the pipeline's steps.
 """
