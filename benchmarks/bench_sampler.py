@@ -178,7 +178,7 @@ def main(argv=None) -> int:
 
     server = None
     if not args.endpoint:
-        from extractor.embedded import EmbeddedServer
+        from extractor.serving.embedded import EmbeddedServer
 
         server = EmbeddedServer().start()
         args.endpoint, args.model = server.base_url, server.model

@@ -47,7 +47,7 @@ def attack(args) -> AttackSpec:
 def run_http(args, model_path: str) -> dict:
     from extractor.backends import make_backend
     from extractor.sampler import run_attacks
-    from extractor.serve import VLLMServer
+    from extractor.serving.serve import VLLMServer
 
     t = time.monotonic()
     with VLLMServer(model_path, alias="bench", max_model_len=args.max_model_len,
@@ -115,7 +115,7 @@ def main() -> int:
                          "number of tokens")
     ap.add_argument("--json", metavar="FILE", help="write the figures here")
     args = ap.parse_args()
-    from extractor.serve import smollm2_hf_dir
+    from extractor.serving.serve import smollm2_hf_dir
     model = args.model or str(smollm2_hf_dir())
     args.tmp = tempfile.mkdtemp(prefix="trawl-bench-vllm-")
     try:

@@ -140,3 +140,67 @@ def bar_chart(bars: list[tuple[str, float]], title: str, xlabel: str, ylabel: st
                f'<text transform="translate(14 {mt + ph / 2}) rotate(-90)" text-anchor="middle" class="lab">'
                f'{_e(ylabel)}</text></svg>')
     return "".join(out)
+
+
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
+           "#bcbd22"]
+
+
+def category_chart(labels: list[str], lines: list[dict], title: str, width: int = 720, height: int = 300,
+                   value_fmt=_fmt_tick) -> str:
+    """Lines over categories (x = ``labels`` in order, evenly spaced), y from 0.
+
+    ``lines``: [{"name", "values": [float | None per label], "flags": [bool per label]}]; a None
+    value is not drawn (the line joins the values present); a flagged point is drawn larger with
+    a black ring and "(regression)" in its tooltip. Colours cycle through :data:`PALETTE`;
+    a chart with no value at all says "no data (not measured)". Every label escaped.
+    """
+    ml, mr, mt, mb = 72, 16, 30, 64
+    pw, ph = width - ml - mr, height - mt - mb
+    vals = [v for ln in lines for v in ln["values"] if v is not None]
+    hi = max(vals) if vals and max(vals) > 0 else 1.0
+    ticks = _nice_ticks(0.0, hi, 4)
+    while ticks[-1] < hi:                       # the top tick at or above the highest value
+        ticks.append(round(ticks[-1] + (ticks[1] - ticks[0]), 10))
+    top = ticks[-1]
+    n = max(1, len(labels))
+
+    def X(i):
+        return ml + pw * (i + 0.5) / n
+
+    def Y(v):
+        return mt + ph - v / top * ph
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" '
+           f'height="{height}" role="img" aria-label="{_e(title)}" class="chart">',
+           f'<text x="{width / 2}" y="18" text-anchor="middle" class="ct">{_e(title)}</text>']
+    for t in ticks:
+        out.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{Y(t):.1f}" y2="{Y(t):.1f}" class="grid"/>'
+                   f'<text x="{ml - 6}" y="{Y(t) + 4:.1f}" text-anchor="end" class="tick">{_e(value_fmt(t))}</text>')
+    out.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{mt + ph}" y2="{mt + ph}" class="axis"/>'
+               f'<line x1="{ml}" x2="{ml}" y1="{mt}" y2="{mt + ph}" class="axis"/>')
+    for i, lab in enumerate(labels):
+        out.append(f'<text x="{X(i):.1f}" y="{mt + ph + 16}" text-anchor="middle" class="tick">{_e(lab[:24])}</text>')
+    if not vals:
+        out.append(f'<text x="{ml + pw / 2}" y="{mt + ph / 2}" text-anchor="middle" class="tick">'
+                   f'no data (not measured)</text>')
+    for j, ln in enumerate(lines):
+        col = PALETTE[j % len(PALETTE)]
+        pts = [(X(i), Y(v)) for i, v in enumerate(ln["values"]) if v is not None]
+        if len(pts) > 1:
+            d = " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
+            out.append(f'<polyline points="{d}" fill="none" stroke="{col}" stroke-width="2"/>')
+        flags = ln.get("flags") or [False] * n
+        for i, v in enumerate(ln["values"]):
+            if v is None:
+                continue
+            ring = ' r="6" stroke="#000" stroke-width="2"' if flags[i] else ' r="3.5"'
+            out.append(f'<circle cx="{X(i):.1f}" cy="{Y(v):.1f}"{ring} fill="{col}">'
+                       f'<title>{_e(ln["name"])} {_e(labels[i])}: {_e(value_fmt(v))}'
+                       f'{" (regression)" if flags[i] else ""}</title></circle>')
+        ly = mt + ph + 32 + 14 * (j // 3)
+        lx = ml + (j % 3) * (pw / 3)
+        out.append(f'<rect x="{lx:.1f}" y="{ly - 9}" width="10" height="10" fill="{col}"/>'
+                   f'<text x="{lx + 14:.1f}" y="{ly}" class="tick">{_e(ln["name"][:40])}</text>')
+    out.append("</svg>")
+    return "".join(out)

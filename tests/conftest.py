@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from extractor.embedded import EmbeddedServer
+from extractor.serving.embedded import EmbeddedServer
 
 
 @pytest.fixture(scope="session")

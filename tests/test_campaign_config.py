@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from campaign_helpers import make_index, q, trawl
-from extractor.campaign import SCHEMA, dump_toml, identity, load_campaign, validate_campaign
+from extractor.campaigns.config import SCHEMA, dump_toml, identity, load_campaign, validate_campaign
 from extractor.errors import TrawlError
-from extractor.sweep import SWEEP_SCHEMA, load_sweep
+from extractor.campaigns.sweep import SWEEP_SCHEMA, load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,8 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from campaign_helpers import ROOT, make_index, q, qlist, trawl
-from extractor.campaign import load_campaign, run_campaign
-from extractor.embedded import EmbeddedServer
+from extractor.campaigns.config import load_campaign
+from extractor.campaigns.pipeline import run_campaign
+from extractor.serving.embedded import EmbeddedServer
 
 pytestmark = pytest.mark.slow
 
@@ -170,7 +171,7 @@ fail_if = ["generations > 1000"]
     assert proc.returncode == 0
     j = json.loads(proc.stdout)
     assert j["skipped"] and j["steps_run"] == [] and j["report"] == str(html)
-    from extractor.history import read_ledger
+    from extractor.campaigns.ledger import read_ledger
 
     rows = read_ledger(tmp_path / "trawl-out" / "ledger.parquet")
     assert sorted(r["attack"] for r in rows) == ["all", "divergence"]     # recorded once

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from extractor.demo import MARKER, _claim
-from extractor.demo_cli import _preview
+from extractor.campaigns.demo import MARKER, _claim
+from extractor.cli.demo import _preview
 from extractor.errors import TrawlError
 
 ROOT = Path(__file__).resolve().parents[1]

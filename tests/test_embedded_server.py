@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import requests
 
-from extractor.embedded import EmbeddedServer, default_model_path
+from extractor.serving.embedded import EmbeddedServer, default_model_path
 
 
 def test_model_is_assembled_once_and_reused():

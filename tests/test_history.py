@@ -9,8 +9,9 @@ import pytest
 
 from campaign_helpers import trawl
 from extractor.errors import TrawlError
-from extractor.history import (LEDGER_SCHEMA, append_rows, compare, history_report, ledger_rows, read_ledger,
-                               regressions, write_ledger)
+from extractor.campaigns.ledger import (LEDGER_SCHEMA, append_rows, compare, history_report, ledger_rows,
+                                        read_ledger, write_ledger)
+from reports.trend import regressions
 
 
 def row(version, value, *, date, model="m", attack="divergence", suite="s", uid=None, **extra):

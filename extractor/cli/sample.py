@@ -1,4 +1,4 @@
-"""CLI: ``trawl sample`` (run attacks against a served model) and ``trawl attacks`` (list them).
+"""``trawl sample``: run extraction attacks against a served model and store the generations.
 
 Registered by :mod:`extractor.cli` through :func:`register`.
 """
@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import textwrap
 
 from extractor.errors import TrawlError
 
@@ -116,12 +115,6 @@ def register(subparsers) -> None:
     o.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
     p.set_defaults(func=cmd_sample)
 
-    q = subparsers.add_parser("attacks", help="list the extraction attacks, their parameters and defaults",
-                              description="List the extraction attacks with their parameters and literature "
-                                          "defaults; name one for its full description.")
-    q.add_argument("name", nargs="?", help="show one attack in detail")
-    q.set_defaults(func=cmd_attacks)
-
 
 def cmd_sample(args) -> int:
     from extractor.attacks import AttackSpec
@@ -157,35 +150,3 @@ def cmd_sample(args) -> int:
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))
     return 0 if summary.status in ("finished", "stopped") else 3
-
-
-def describe_attack(name: str) -> str:
-    from extractor.attacks import get_attack
-
-    cls = get_attack(name)
-    lines = [f"{cls.name}: {cls.summary}", f"  reference: {cls.reference}", "  parameters:"]
-    for prm in cls.all_params():
-        default = prm.default
-        if prm.kind == "list" and isinstance(default, list) and len(default) > 8:
-            shown = ",".join(repr(x)[1:-1] for x in default[:8]) + f",... ({len(default)} entries)"
-        else:
-            shown = json.dumps(default, ensure_ascii=False) if not isinstance(default, str) else repr(default)
-        lines.append(f"    {prm.name} ({prm.kind}, default {shown})")
-        lines.extend(textwrap.wrap(prm.help, 88, initial_indent="        ", subsequent_indent="        "))
-    return "\n".join(lines)
-
-
-def cmd_attacks(args) -> int:
-    from extractor.attacks import ATTACKS
-
-    if args.name:
-        print(describe_attack(args.name))
-        import importlib
-
-        doc = importlib.import_module(ATTACKS[args.name].__module__).__doc__ or ""
-        print("\n" + doc.strip())
-        return 0
-    for name in ATTACKS:
-        print(describe_attack(name))
-        print()
-    return 0

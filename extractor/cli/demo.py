@@ -36,7 +36,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def _run(args) -> int:
-    from extractor.demo import run_demo
+    from extractor.campaigns.demo import run_demo
 
     res = run_demo(
         args.out,

@@ -39,7 +39,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def _run(args) -> int:
-    from extractor.serve import make_server, server_info, wait_forever
+    from extractor.serving.serve import make_server, server_info, wait_forever
 
     srv = make_server(args.model, engine=args.engine, alias=args.name, host=args.host, port=args.port,
                       max_model_len=args.max_model_len, n_ctx=args.n_ctx, seed=args.seed,

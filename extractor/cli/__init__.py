@@ -1,9 +1,11 @@
-"""The `trawl` console command.
+"""The `trawl` console command (``trawl = "extractor.cli:main"``; ``python -m extractor.cli``).
 
-Each package registers its own subcommands through a ``register(subparsers)``
-function in its ``cli`` module; this module only wires them together and turns
-user errors (see :mod:`extractor.errors`) into one clear line on
-stderr and a non-zero exit code (never a traceback).
+Each command is defined by a module with a ``register(subparsers)`` function: the
+extractor's in this package, named after the commands they define (``demo``,
+``sample``, ``attacks``, ``run``, ``sweep``, ``history``, ``serve``), the other
+packages' in their own ``cli`` module (``corpus``, ``index``, ``report``). This
+module only wires them together and turns user errors (see :mod:`extractor.errors`)
+into one clear line on stderr and a non-zero exit code (never a traceback).
 """
 from __future__ import annotations
 
@@ -15,12 +17,15 @@ from extractor.errors import is_user_error
 
 # Packages whose cli module provides register(subparsers). Order = order in --help.
 _COMMAND_MODULES = [
-    "extractor.demo_cli",
+    "extractor.cli.demo",
     "corpora.cli",
     "suffix_index.cli",
-    "extractor.run_cli",
-    "extractor.campaign_cli",
-    "extractor.serve_cli",
+    "extractor.cli.sample",
+    "extractor.cli.attacks",
+    "extractor.cli.run",
+    "extractor.cli.sweep",
+    "extractor.cli.history",
+    "extractor.cli.serve",
     "reports.cli",
 ]
 
@@ -73,7 +78,3 @@ def main(argv: list[str] | None = None) -> int:
         print("trawl: interrupted; rerun the same command with --resume to continue", file=sys.stderr)
         return 130
     return int(rc or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,6 +17,21 @@ Steps (each one is the same code the individual commands run):
 
 The corpus and the index are reused when a previous demo left them complete;
 the run is started afresh unless ``resume`` is set.
+
+Steps 3-6 are the campaign pipeline's own (:func:`~extractor.campaigns.pipeline.served_target`,
+:func:`~extractor.campaigns.pipeline.match_run`, :func:`~extractor.campaigns.pipeline.report_run`),
+but the demo is not run by the campaign runner: its folder layout (``run/report/``, no
+``campaign.json``), its run id (the sampler's default, not a campaign identity hash) and its
+"start afresh unless --resume" rule are pinned by its tests and users' scripts, and the
+runner's would change all three.
+
+Output folder::
+
+    OUT/
+      .trawl-demo       the mark that the demo made this folder (see :func:`_claim`)
+      corpus/ index/    reused when complete
+      run/              the sampler's run folder; run/report/ the report
+      llama-server.log  the embedded server's log
 """
 from __future__ import annotations
 
@@ -126,6 +141,10 @@ def _index(out: Path, corpus_dir: Path, quiet: bool) -> Path:
     return path
 
 
+# the embedded default served by the campaign pipeline's served_target (a checked [target] table)
+_DEMO_TARGET = {"backend": "openai", "embedded": True, "model_path": None, "token_info": "auto"}
+
+
 def run_demo(
     out_dir: str | Path = "trawl-out/demo",
     *,
@@ -135,13 +154,10 @@ def run_demo(
     resume: bool = False,
     quiet: bool = False,
 ) -> DemoResult:
-    from extractor.attacks import AttackSpec
-    from extractor.budget import Budget, Pricing
-    from extractor.embedded import EmbeddedServer
-    from extractor.sampler import run_attacks
-    from reports import compute_metrics, write_report
-    from suffix_index import SuffixIndex
-    from suffix_index.matchfile import match_to_parquet
+    """Run the six steps in ``out_dir`` (see the module docstring); raises TrawlError on bad
+    arguments or a folder the demo did not make."""
+    from extractor.campaigns.pipeline import match_run, report_run
+    from extractor.serving.embedded import MODEL_ALIAS
 
     if minutes <= 0:
         raise TrawlError(f"--minutes must be > 0, got {minutes:g}")
@@ -157,15 +173,32 @@ def run_demo(
     run_dir = out / "run"
     if run_dir.exists() and not resume:
         shutil.rmtree(run_dir)
+    _sample(out, run_dir, dict(_DEMO_TARGET, model=MODEL_ALIAS), corpus_dir, minutes, resume, quiet)
+
+    _say(f"[5/6] match: maximal verbatim spans of >= {min_tokens} model tokens", quiet)
+    r = match_run(run_dir, index_dir, min_tokens=min_tokens, progress=not quiet)
+    _say(f"      {r['spans']} span(s) in {r['generations']} generation(s)", quiet)
+
+    _say("[6/6] report", quiet)
+    metrics, paths, _ = report_run(run_dir, index=str(index_dir))
+    return DemoResult(out, corpus_dir, index_dir, run_dir, Path(paths.html), Path(paths.md), Path(paths.json), metrics)
+
+
+def _sample(out: Path, run_dir: Path, target: dict, corpus_dir: Path, minutes: float, resume: bool,
+            quiet: bool) -> None:
+    """Steps 3-4: serve the embedded model, run the discoverable pass then divergence for ``minutes``."""
+    from extractor.attacks import AttackSpec
+    from extractor.budget import Budget, Pricing
+    from extractor.campaigns.pipeline import served_target
+    from extractor.sampler import run_attacks
+
     _say("[3/6] model: starting the embedded Gemma-3-270m on the llama.cpp server", quiet)
-    with EmbeddedServer(log_path=out / "llama-server.log") as srv:
-        _say(f"      serving {srv.model} at {srv.base_url}", quiet)
+    with served_target(target, log_path=out / "llama-server.log") as served:
+        _say(f"      serving {served['model']} at {served['endpoint']}", quiet)
         _say(f"[4/6] attacks: discoverable pass, then divergence, for {minutes:g} min", quiet)
         summary = run_attacks(
             str(run_dir),
-            endpoint=srv.base_url,
-            model=srv.model,
-            tokenizer_file=str(srv.model_path),  # boundaries in-process: no tokenize requests on the server
+            **served,   # the model file's tokenizer gives boundaries in-process: no tokenize requests
             attacks=[
                 AttackSpec("discoverable", {**DEMO_DISCOVERABLE, "corpus": str(corpus_dir),
                                              "documents": max(4, round(8 * minutes))}),
@@ -178,18 +211,6 @@ def run_demo(
             concurrency=2,
             resume=resume,
             progress=not quiet,
-            api_key_env=None,
         )
     _say(f"      {summary.finished} generations ({summary.status}"
          + (f": {summary.stop_reason}" if summary.stop_reason else "") + ")", quiet)
-
-    _say(f"[5/6] match: maximal verbatim spans of >= {min_tokens} model tokens", quiet)
-    with SuffixIndex.open(index_dir) as idx:
-        r = match_to_parquet(idx, run_dir, run_dir / "matches.parquet", min_tokens=min_tokens,
-                             progress=not quiet)
-    _say(f"      {r['spans']} span(s) in {r['generations']} generation(s)", quiet)
-
-    _say("[6/6] report", quiet)
-    metrics = compute_metrics(run_dir, index=str(index_dir))
-    paths = write_report(run_dir, metrics=metrics)
-    return DemoResult(out, corpus_dir, index_dir, run_dir, Path(paths.html), Path(paths.md), Path(paths.json), metrics)

@@ -2,8 +2,8 @@
 
 ``trawl sweep sweep.toml`` expands the file into campaigns (:func:`load_sweep`), takes
 the sweep folder's lock, runs every campaign that has not finished (each resumable,
-see :mod:`extractor.campaign`), then compares versions in the ledger
-(:mod:`extractor.history`) and writes the trend report.
+see :mod:`extractor.campaigns.pipeline`), then compares versions in the ledger
+(:mod:`extractor.campaigns.ledger`, :mod:`reports.trend`) and writes the trend report.
 
 Folder::
 
@@ -35,11 +35,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from corpora.storage import FolderLock, FolderLocked, holder_text, write_text_atomic
-from extractor.campaign import (SCHEMA, Campaign, CampaignResult, Key, check_attacks,
-                                check_table, finish_target, load_toml, run_campaign, utcnow, validate_campaign)
+from corpora.storage import FolderLock, FolderLocked, holder_text, utcnow, write_text_atomic
+from extractor.campaigns.config import (SCHEMA, Campaign, Key, check_attacks, check_index, check_table,
+                                        finish_target, load_toml, validate_campaign)
+from extractor.campaigns.ledger import history_report
+from extractor.campaigns.pipeline import CampaignResult, run_campaign
 from extractor.errors import TrawlError, is_user_error
-from extractor.history import DEFAULT_EPSILON, DEFAULT_METRIC, DEFAULT_TOLERANCE, METRICS, history_report
+from reports.trend import DEFAULT_EPSILON, DEFAULT_METRIC, DEFAULT_TOLERANCE, METRICS
 
 LOCKED_EXIT_CODE = 75      # EX_TEMPFAIL: try again later
 FAILED_EXIT_CODE = 4
@@ -94,6 +96,8 @@ def _slug(s: str) -> str:
 
 
 def load_sweep(path: str | os.PathLike) -> Sweep:
+    """Read a sweep file and expand it into campaigns (each validated like a campaign file; every
+    index checked once); raises TrawlError naming the key and the file."""
     p = Path(path)
     file = str(path)
     base = p.resolve().parent
@@ -110,8 +114,20 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
     out = Path(sw["out"] or (base / "trawl-out" / name)).resolve()
     hist["ledger"] = hist["ledger"] or str(out / "ledger.parquet")
     hist["report"] = hist["report"] or str(out / "history.html")
+    defaults = _defaults(file, data.get("defaults", {}), base)
+    if "attacks" not in data:
+        raise TrawlError(f"missing [[attacks]] in {file}: give at least one attack")
+    attacks = check_attacks(file, "attacks", data["attacks"], base)
+    targets, order = _targets(file, data, defaults, base)
+    groups = [[a] for a in attacks] if sw["split_attacks"] else [attacks]
+    campaigns = _campaigns(file, base, name, out, hist, defaults, targets, groups, order, sw["split_attacks"])
+    for ipath in dict.fromkeys(c.config["index"]["path"] for c in campaigns):
+        check_index(file, ipath)
+    return Sweep(name, out, campaigns, hist, order, sw["continue_on_error"], file)
 
-    defaults_raw = data.get("defaults", {})
+
+def _defaults(file: str, defaults_raw, base: Path) -> dict:
+    """The checked ``[defaults.*]`` tables (only the keys given); ``defaults.index.path`` is required."""
     if not isinstance(defaults_raw, dict):
         raise TrawlError(f"defaults must be a table, got {type(defaults_raw).__name__} (in {file})")
     defaults: dict = {}
@@ -121,10 +137,12 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
         defaults[k] = check_table(file, f"defaults.{k}", v, DEFAULTS_SECTIONS[k], base, fill=False, require=False)
     if "index" not in defaults or "path" not in defaults["index"]:
         raise TrawlError(f"missing key 'defaults.index.path' in {file} ({SCHEMA['index']['path'].help})")
+    return defaults
 
-    if "attacks" not in data:
-        raise TrawlError(f"missing [[attacks]] in {file}: give at least one attack")
-    attacks = check_attacks(file, "attacks", data["attacks"], base)
+
+def _targets(file: str, data: dict, defaults: dict, base: Path) -> tuple[list, dict[str, list[str]]]:
+    """``[(given, filled)]`` per ``[[targets]]`` entry (over ``[defaults.target]``), and each model's
+    version order; a (model, version) listed twice is an error."""
     if "targets" not in data:
         raise TrawlError(f"missing [[targets]] in {file}: give at least one model version to audit")
     traw = data["targets"]
@@ -145,13 +163,17 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
         seen.add(key)
         order.setdefault(filled["model"], []).append(filled["version"])
         targets.append((given, filled))
+    return targets, order
 
-    groups = [[a] for a in attacks] if sw["split_attacks"] else [attacks]
+
+def _campaigns(file: str, base: Path, name: str, out: Path, hist: dict, defaults: dict, targets: list,
+               groups: list, order: dict, split: bool) -> list[Campaign]:
+    """One campaign per (target, attack group), named ``<model>-<version>[-<label>]`` under ``OUT/campaigns``."""
     campaigns = []
     names = set()
     for given, t in targets:
         for group in groups:
-            label = group[0]["label"] if sw["split_attacks"] else ""
+            label = group[0]["label"] if split else ""
             cname = "-".join(_slug(x) for x in (t["model"], t["version"], label) if x)
             if cname in names:
                 raise TrawlError(f"two campaigns of {file} would share the folder name {cname!r}; "
@@ -167,11 +189,7 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
             cfg = validate_campaign(cdata, file=file, base_dir=base, default_name=cname,
                                     check_index_files=False)
             campaigns.append(Campaign(cfg, source=file, version_order=order[t["model"]]))
-    from extractor.campaign import check_index
-
-    for ipath in dict.fromkeys(c.config["index"]["path"] for c in campaigns):
-        check_index(file, ipath)
-    return Sweep(name, out, campaigns, hist, order, sw["continue_on_error"], file)
+    return campaigns
 
 
 # ============================================================================ the lock
@@ -221,40 +239,53 @@ def run_sweep(sw: Sweep, *, rerun: bool = False, only: list[str] | None = None, 
     with SweepLock(sw.out):
         started = utcnow()
         for c in selected:
-            try:
-                r = run_campaign(c, rerun=rerun, progress=progress, log=log)
-            except KeyboardInterrupt:
-                raise
-            except Exception as exc:  # noqa: BLE001 - one campaign's failure must not stop the others
-                if not is_user_error(exc) and not isinstance(exc, OSError):
-                    traceback.print_exc()   # a bug: show where, then go on with the other campaigns
-                r = CampaignResult(c.name, str(c.out), "failed", error=f"{exc}" if is_user_error(exc)
-                                   else f"{type(exc).__name__}: {exc}")
-                log(f"campaign {c.name} failed: {exc}")
-                res.results.append(r)
-                echo(r.line())
-                if not sw.continue_on_error:
-                    break
-                continue
+            r = _run_one(c, rerun=rerun, progress=progress, log=log)
             res.results.append(r)
             echo(r.line())
-        h = sw.history
-        if os.path.exists(h["ledger"]):
-            hr = history_report(h["ledger"], out_html=h["report"], metric=h["metric"], tolerance=h["tolerance"],
-                                epsilon=h["epsilon"], version_order=sw.version_order, all_pairs=h["all_pairs"])
-            res.history_html = hr.html
-            if h["check"]:
-                models = {c.config["target"]["model"] for c in sw.campaigns}
-                suites = {c.config["campaign"]["suite"] for c in sw.campaigns}
-                res.regressions = [c for c in hr.flagged if c.model in models and c.suite in suites]
-                for c in res.regressions:
-                    echo(f"REGRESSION {c.line()}")
-        write_text_atomic(sw.out / "sweep.json", json.dumps({
-            "format": "trawl-sweep", "name": sw.name, "source": str(Path(sw.source).resolve()),
-            "started_at": started, "ended_at": utcnow(), "exit_code": res.exit_code,
-            "campaigns": [{"name": r.name, "status": r.status, "skipped": r.skipped, "steps_run": r.steps_run,
-                           "report": r.report_html, "gates_crossed": r.gates_crossed, "error": r.error,
-                           "folder": r.out} for r in res.results],
-            "regressions": [c.to_dict() for c in res.regressions], "history": res.history_html,
-        }, indent=1, ensure_ascii=False) + "\n")
+            if r.status == "failed" and not sw.continue_on_error:   # run_campaign raised
+                break
+        _check_history(sw, res, echo)
+        _write_sweep_json(sw, res, started)
     return res
+
+
+def _run_one(c: Campaign, *, rerun: bool, progress: bool, log) -> CampaignResult:
+    """One campaign of the sweep; its failure becomes a "failed" result (a bug's traceback is printed)."""
+    try:
+        return run_campaign(c, rerun=rerun, progress=progress, log=log)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one campaign's failure must not stop the others
+        if not is_user_error(exc) and not isinstance(exc, OSError):
+            traceback.print_exc()   # a bug: show where, then go on with the other campaigns
+        log(f"campaign {c.name} failed: {exc}")
+        return CampaignResult(c.name, str(c.out), "failed", error=f"{exc}" if is_user_error(exc)
+                              else f"{type(exc).__name__}: {exc}")
+
+
+def _check_history(sw: Sweep, res: SweepResult, echo) -> None:
+    """Write the trend report of the sweep's ledger; with ``check``, the regressions of this sweep's
+    models and suites go into ``res``."""
+    h = sw.history
+    if not os.path.exists(h["ledger"]):
+        return
+    hr = history_report(h["ledger"], out_html=h["report"], metric=h["metric"], tolerance=h["tolerance"],
+                        epsilon=h["epsilon"], version_order=sw.version_order, all_pairs=h["all_pairs"])
+    res.history_html = hr.html
+    if h["check"]:
+        models = {c.config["target"]["model"] for c in sw.campaigns}
+        suites = {c.config["campaign"]["suite"] for c in sw.campaigns}
+        res.regressions = [c for c in hr.flagged if c.model in models and c.suite in suites]
+        for c in res.regressions:
+            echo(f"REGRESSION {c.line()}")
+
+
+def _write_sweep_json(sw: Sweep, res: SweepResult, started: str) -> None:
+    write_text_atomic(sw.out / "sweep.json", json.dumps({
+        "format": "trawl-sweep", "name": sw.name, "source": str(Path(sw.source).resolve()),
+        "started_at": started, "ended_at": utcnow(), "exit_code": res.exit_code,
+        "campaigns": [{"name": r.name, "status": r.status, "skipped": r.skipped, "steps_run": r.steps_run,
+                       "report": r.report_html, "gates_crossed": r.gates_crossed, "error": r.error,
+                       "folder": r.out} for r in res.results],
+        "regressions": [c.to_dict() for c in res.regressions], "history": res.history_html,
+    }, indent=1, ensure_ascii=False) + "\n")

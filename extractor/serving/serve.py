@@ -10,7 +10,7 @@ Two engines:
   silently applied to requests that leave a field out — an audit must sample from
   the distribution it says it samples from;
 * **llama.cpp** (``llama_cpp``) for a ``.gguf`` file on CPU: llama-cpp-python's
-  server (see :mod:`extractor.embedded`), with ``logits_all`` for per-token logprobs.
+  server (see :mod:`extractor.serving.embedded`), with ``logits_all`` for per-token logprobs.
 
 ``engine="auto"`` picks llama.cpp for a ``.gguf`` file and vLLM otherwise.
 
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import requests
 
-from extractor.embedded import EmbeddedServer, cache_dir
+from extractor.serving.embedded import EmbeddedServer, cache_dir
 from extractor.errors import TrawlError
 
 SMOLLM2_DIRNAME = "smollm2-135m-hf"
@@ -146,7 +146,7 @@ def cpu_env(threads: int | None = None) -> dict:
 
 class VLLMServer(EmbeddedServer):
     """A real vLLM OpenAI-compatible server on a loopback port (context manager, like
-    :class:`extractor.embedded.EmbeddedServer`, whose start-up wait and shutdown it shares)."""
+    :class:`extractor.serving.embedded.EmbeddedServer`, whose start-up wait and shutdown it shares)."""
 
     def __init__(self, model: str | os.PathLike, *, alias: str | None = None, host: str = "127.0.0.1",
                  port: int | None = None, max_model_len: int = 2048, seed: int = 0, enforce_eager: bool | None = None,
@@ -189,7 +189,7 @@ class VLLMServer(EmbeddedServer):
 
     def env(self) -> dict:
         env = dict(os.environ)
-        root = str(Path(__file__).resolve().parents[1])  # the server imports trawl's logits processor
+        root = str(Path(__file__).resolve().parents[2])  # the server imports trawl's logits processor
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         if self.cpu:
             env.update(cpu_env(self.threads))
@@ -242,7 +242,7 @@ def pick_engine(model: str, engine: str = "auto") -> str:
 def make_server(model: str | None, *, engine: str = "auto", **kw):
     """A not-yet-started server for ``model`` (None: the embedded Gemma GGUF on llama.cpp)."""
     if model is None:
-        from extractor.embedded import default_model_path
+        from extractor.serving.embedded import default_model_path
         model = str(default_model_path())
         kw.setdefault("alias", "gemma-3-270m")
     eng = pick_engine(model, engine)

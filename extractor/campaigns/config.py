@@ -1,36 +1,15 @@
-"""Campaigns: one audit of one model version, described by a TOML file, run as small steps.
+"""The campaign TOML file: its schema, its checks, the frozen copy and the campaign's identity.
 
-``trawl run campaign.toml`` = load and validate the file (:func:`load_campaign`), then
-:func:`run_campaign`, which runs four steps, each with one job, in order:
-
-1. ``sample``  - the attacks against the target (:func:`extractor.sampler.run_attacks`,
-   always with ``resume=True``; an ``embedded = true`` target starts the embedded
-   llama.cpp server for this step only; a ``backend = "vllm"`` target runs vLLM's
-   engine in this process, :mod:`extractor.backends.vllm_offline`);
-2. ``match``   - every maximal verbatim span of >= ``index.min_tokens`` tokens
-   (:func:`suffix_index.matchfile.match_to_parquet`) -> ``run/matches.parquet``;
-3. ``report``  - :func:`reports.compute_metrics` + :func:`reports.write_report` ->
-   ``report/``; the ``report.fail_if`` release gates are evaluated;
-4. ``history`` - the metrics are appended to the ledger (:mod:`extractor.history`).
-
-The campaign folder::
-
-    OUT/
-      campaign.toml     frozen copy of the resolved configuration (absolute paths)
-      campaign.json     status, rewritten atomically after every step
-      run/              the sampler's run folder (config.json, generations/, run.json, matches.parquet)
-      report/           report.html, report.md, metrics.json
-      llama-server.log  (embedded targets)
-
-A re-run reads ``campaign.json``, skips the finished steps and resumes the first
-unfinished one (the sampler resumes its run folder: nothing finished is redone or
-stored twice). A finished campaign is not run again unless ``rerun=True``, which
-moves the old folder aside (``OUT.old-<date>``) and starts afresh.
-
-The configuration schema is defined here (:data:`SCHEMA`) and checked strictly:
-unknown keys, wrong types, a missing or invalid index are one-line
-:class:`~extractor.errors.TrawlError` messages naming the key and the file.
+:func:`load_campaign` reads a campaign file, checks it strictly against :data:`SCHEMA`
+(:func:`validate_campaign`) and returns a :class:`Campaign` holding the resolved
+configuration: defaults filled, paths absolute, the target's cross-key rules applied
+(:func:`finish_target`). Unknown keys, wrong types, a missing or invalid index are
+one-line :class:`~extractor.errors.TrawlError` messages naming the key and the file.
 README.md's "Configuration reference" documents every key (a test keeps the two in step).
+
+:func:`dump_toml` writes the resolved configuration back as TOML (the campaign folder's
+frozen ``campaign.toml``); :func:`identity` is what makes two configurations the same
+campaign, and :attr:`Campaign.run_id` (a hash of it) the run id and thus the request ids.
 """
 from __future__ import annotations
 
@@ -39,22 +18,12 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import shutil
-import sys
 import tomllib
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from extractor.errors import TrawlError
-from corpora.storage import FolderLock, FolderLocked, is_locked, utcnow, utcnow_compact, write_text_atomic
-
-FORMAT = "trawl-campaign"
-FORMAT_VERSION = 1
-STEPS = ("sample", "match", "report", "history")
-GATE_EXIT_CODE = 3
-
 
 # ============================================================================ schema
 
@@ -361,7 +330,7 @@ def finish_target(file: str, where: str, t: dict, base_dir: Path | None = None) 
     if t["model"] is None:
         if not t["embedded"]:
             raise TrawlError(f"missing key '{where}.model' in {file} (the model name sent in every request)")
-        from extractor.embedded import MODEL_ALIAS
+        from extractor.serving.embedded import MODEL_ALIAS
 
         t["model"] = MODEL_ALIAS
     if t["version"] is None:
@@ -495,6 +464,8 @@ def identity(cfg: dict) -> dict:
 
 @dataclass
 class Campaign:
+    """One campaign: its resolved configuration (:func:`validate_campaign`'s output)."""
+
     config: dict
     source: str = ""             # the file it came from (for messages)
     version_order: list[str] = field(default_factory=list)
@@ -512,41 +483,14 @@ class Campaign:
         """Deterministic: the same campaign gets the same request ids in any folder."""
         return hashlib.sha1(_canonical(identity(self.config)).encode()).hexdigest()[:12]
 
-
-@dataclass
-class CampaignResult:
-    name: str
-    out: str
-    status: str                  # finished, failed, interrupted
-    skipped: bool = False        # already finished: nothing was run
-    report_html: str | None = None
-    gates_crossed: list[str] = field(default_factory=list)
-    error: str | None = None
-    steps_run: list[str] = field(default_factory=list)
-    sample: dict = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
-
     @property
-    def exit_code(self) -> int:
-        if self.status != "finished":
-            return 2
-        return GATE_EXIT_CODE if self.gates_crossed else 0
-
-    def line(self) -> str:
-        if self.status != "finished":
-            return f"{self.name}: {self.status}: {self.error}"
-        what = "already finished, skipped" if self.skipped else f"finished ({', '.join(self.steps_run)})"
-        t = self.metrics
-        fig = ""
-        if t:
-            f = t.get("memorized_token_fraction")
-            fig = (f"; {t.get('generations', 0)} generations, memorized tokens "
-                   f"{(f or 0) * 100:.4g}%, {t.get('unique_memorized_windows', 0)} unique windows")
-        gates = f"; GATE CROSSED: {'; '.join(self.gates_crossed)}" if self.gates_crossed else ""
-        return f"{self.name}: {what}{fig}{gates} -> {self.report_html}"
+    def identity_sha256(self) -> str:
+        """Stored in ``campaign.json``: a resumed campaign must have the identity it started with."""
+        return hashlib.sha256(_canonical(identity(self.config)).encode()).hexdigest()
 
 
 def load_campaign(path: str | os.PathLike, *, out: str | None = None) -> Campaign:
+    """Read and validate a campaign file (``out`` overrides ``campaign.out``); raises TrawlError."""
     p = Path(path)
     data = load_toml(p)
     if out is not None:
@@ -555,242 +499,3 @@ def load_campaign(path: str | os.PathLike, *, out: str | None = None) -> Campaig
             data["campaign"]["out"] = str(Path(out).resolve())
     cfg = validate_campaign(data, file=str(path), base_dir=p.resolve().parent, default_name=p.stem)
     return Campaign(cfg, source=str(path))
-
-
-
-
-def read_status(out: Path) -> dict | None:
-    p = Path(out) / "campaign.json"
-    if not p.exists():
-        return None
-    try:
-        st = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise TrawlError(f"{p}: unreadable campaign status ({exc}); move the folder away to start afresh") from None
-    if not isinstance(st, dict) or st.get("format") != FORMAT:
-        raise TrawlError(f"{p}: not a trawl campaign status file")
-    return st
-
-
-class _Runner:
-    """Runs the steps of one campaign, recording each in campaign.json."""
-
-    def __init__(self, c: Campaign, *, progress: bool, log: Callable[[str], None]):
-        self.c = c
-        self.cfg = c.config
-        self.out = c.out
-        self.run_dir = self.out / "run"
-        self.report_dir = self.out / "report"
-        self.progress = progress
-        self.log = log
-        self.status: dict = {}
-
-    def save(self) -> None:
-        self.status["updated_at"] = utcnow()
-        write_text_atomic(self.out / "campaign.json", json.dumps(self.status, indent=1, ensure_ascii=False) + "\n")
-
-    # -- steps --------------------------------------------------------------------------------
-    def step_sample(self) -> dict:
-        from extractor.attacks import AttackSpec
-        from extractor.budget import Budget, Pricing
-        from extractor.sampler import run_attacks
-
-        t = self.cfg["target"]
-        specs = [AttackSpec(a["name"], dict(a["params"])) for a in self.cfg["attacks"]]
-        budget = Budget(**self.cfg["budget"])
-        pricing = Pricing(**self.cfg["pricing"])
-
-        def sample(endpoints: list[str], model: str, api_key_env, backend: str = "openai", tokenizer_file=None):
-            return run_attacks(
-                str(self.run_dir), endpoint=endpoints if len(endpoints) > 1 else endpoints[0], model=model,
-                attacks=specs, budget=budget, pricing=pricing, concurrency=t["concurrency"], resume=True,
-                progress=self.progress, api_key_env=api_key_env, timeout=t["timeout"],
-                max_retries=t["max_retries"], run_id=self.c.run_id, seed=self.cfg["campaign"]["seed"],
-                token_info=t["token_info"], backend=backend, tokenizer_file=tokenizer_file, log=self.log)
-
-        if t["backend"] == "vllm":
-            from extractor.backends.vllm_offline import shutdown_engines
-
-            # one model's engine at a time: a sweep's previous target (another model) gives its memory back;
-            # an engine already running this model (the sweep's previous attack) is reused
-            load = t["model_path"] or t["model"]
-            shutdown_engines(keep=load)
-            summary = sample([f"vllm://{load}"], load, None, backend="vllm")
-        elif t["embedded"]:
-            from extractor.embedded import EmbeddedServer
-
-            self.log(f"{self.c.name}: starting the embedded model server")
-            with EmbeddedServer(t["model_path"], alias=t["model"], log_path=self.out / "llama-server.log") as srv:
-                # trawl knows the model file: token boundaries in this process (no tokenize requests)
-                tok = str(srv.model_path) if t["token_info"] == "auto" else None
-                summary = sample([srv.base_url], srv.model, None, tokenizer_file=tok)
-        else:
-            summary = sample(t["endpoints"], t["model"], t["api_key_env"])
-        info = {k: getattr(summary, k) for k in ("run_id", "status", "stop_reason", "planned", "finished",
-                                                 "new_generations", "failed_requests", "completion_tokens",
-                                                 "cost_usd")}
-        if summary.status not in ("finished", "stopped"):
-            raise TrawlError(f"sampling ended {summary.status} ({summary.stop_reason}): {summary.finished}/"
-                             f"{summary.planned} generations stored; run again to resume")
-        return info
-
-    def step_match(self) -> dict:
-        from suffix_index import SuffixIndex
-        from suffix_index.matchfile import match_to_parquet
-
-        ix = self.cfg["index"]
-        with SuffixIndex.open(ix["path"]) as idx:
-            r = match_to_parquet(idx, self.run_dir, self.run_dir / "matches.parquet", min_tokens=ix["min_tokens"],
-                                 min_bytes=ix["min_bytes"], progress=self.progress)
-        return {"spans": r["spans"], "generations": r["generations"], "matches": r["out"]}
-
-    def step_report(self) -> dict:
-        from reports import compute_metrics, write_report
-        from reports.gate import Gate
-
-        r = self.cfg["report"]
-        metrics = compute_metrics(self.run_dir, window_tokens=r["window_tokens"], index=self.cfg["index"]["path"])
-        gates = [Gate(e) for e in r["fail_if"]]
-        for g in gates:
-            g.check_names(metrics)
-        paths = write_report(self.run_dir, out_dir=self.report_dir, redact=r["redact"], metrics=metrics)
-        crossed = [g.explain(metrics) for g in gates if g.evaluate(metrics)]
-        return {"html": str(paths.html), "md": str(paths.md), "json": str(paths.json), "gates_crossed": crossed}
-
-    def step_history(self) -> dict:
-        from extractor.history import append_rows, ledger_rows
-
-        h = self.cfg["history"]
-        if not h["record"]:
-            return {"recorded": 0, "ledger": None}
-        metrics = json.loads((self.report_dir / "metrics.json").read_text(encoding="utf-8"))
-        rows = ledger_rows(self.cfg, metrics, uid=self.status["uid"], report_path=str(self.report_dir / "report.html"),
-                           date=self.status["steps"]["report"].get("ended_at") or utcnow())
-        added = append_rows(h["ledger"], rows)
-        return {"recorded": added, "ledger": h["ledger"]}
-
-    def gates_on_stored(self, rep: dict) -> list[str]:
-        """The current ``report.fail_if`` gates evaluated on the stored metrics (a finished campaign)."""
-        from reports.gate import Gate
-
-        try:
-            metrics = json.loads((self.report_dir / "metrics.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return list(rep.get("gates_crossed", []))
-        gates = [Gate(e) for e in self.cfg["report"]["fail_if"]]
-        for g in gates:
-            g.check_names(metrics)
-        return [g.explain(metrics) for g in gates if g.evaluate(metrics)]
-
-    # -- executor -------------------------------------------------------------------------------
-    def run(self, stop_after: str | None = None) -> CampaignResult:
-        c = self.c
-        st = read_status(self.out)
-        cfg_id = hashlib.sha256(_canonical(identity(self.cfg)).encode()).hexdigest()
-        if st is None:
-            if self.out.exists() and any(self.out.iterdir()):
-                raise TrawlError(f"{self.out} exists and is not a campaign folder; choose another campaign.out")
-            self.out.mkdir(parents=True, exist_ok=True)
-            st = {"format": FORMAT, "format_version": FORMAT_VERSION, "name": c.name, "uid": uuid.uuid4().hex,
-                  "identity_sha256": cfg_id, "run_id": c.run_id, "status": "new", "created_at": utcnow(),
-                  "steps": {s: {"status": "pending"} for s in STEPS}, "sessions": []}
-        elif st.get("identity_sha256") != cfg_id:
-            raise TrawlError(f"campaign {c.name!r}: the configuration (model, version, backend, attacks, index, "
-                             f"seed or window) differs from the one frozen in {self.out / 'campaign.toml'}; rerun it "
-                             f"afresh (--rerun) or give it another campaign.out")
-        self.status = st
-        if st["status"] == "finished":
-            rep = st["steps"]["report"].get("result", {})
-            return CampaignResult(c.name, str(self.out), "finished", skipped=True, report_html=rep.get("html"),
-                                  gates_crossed=self.gates_on_stored(rep),
-                                  sample=st["steps"]["sample"].get("result", {}), metrics=st.get("metrics", {}))
-        write_text_atomic(self.out / "campaign.toml", dump_toml(self.cfg))
-        session = {"started_at": utcnow(), "pid": os.getpid(), "steps_run": []}
-        st["sessions"].append(session)
-        st["status"] = "running"
-        self.save()
-        result = CampaignResult(c.name, str(self.out), "running")
-        for step in STEPS:
-            rec = st["steps"][step]
-            if rec.get("status") == "done":
-                continue
-            rec.update({"status": "running", "started_at": utcnow(), "error": None})
-            self.save()
-            try:
-                out = getattr(self, f"step_{step}")()
-            except KeyboardInterrupt:
-                rec.update({"status": "interrupted", "ended_at": utcnow()})
-                st["status"] = "interrupted"
-                self.save()
-                raise
-            except Exception as exc:
-                rec.update({"status": "failed", "ended_at": utcnow(), "error": f"{type(exc).__name__}: {exc}"})
-                st["status"] = "failed"
-                session["ended_at"] = utcnow()
-                self.save()
-                raise
-            rec.update({"status": "done", "ended_at": utcnow(), "result": out})
-            session["steps_run"].append(step)
-            result.steps_run.append(step)
-            if step == "report":
-                m = json.loads((self.report_dir / "metrics.json").read_text(encoding="utf-8"))["metrics"]
-                st["metrics"] = {k: m.get(k) for k in ("generations", "generated_tokens", "memorized_token_fraction",
-                                                       "memorized_generation_fraction", "unique_memorized_windows",
-                                                       "longest_run_tokens", "total_cost_usd")}
-                st["report"] = out["html"]
-            self.save()
-            if stop_after == step:
-                st["status"] = "running"
-                session["ended_at"] = utcnow()
-                self.save()
-                result.status = "stopped"
-                return result
-        st["status"] = "finished"
-        st["finished_at"] = session["ended_at"] = utcnow()
-        self.save()
-        rep = st["steps"]["report"]["result"]
-        result.status = "finished"
-        result.report_html = rep["html"]
-        result.gates_crossed = list(rep["gates_crossed"])
-        result.sample = st["steps"]["sample"].get("result", {})
-        result.metrics = st.get("metrics", {})
-        return result
-
-
-def is_running(out: Path) -> bool:
-    """True when a process holds the campaign folder's lock (the campaign is running now)."""
-    return is_locked(Path(out).with_name(Path(out).name + ".lock"))
-
-
-class CampaignLocked(TrawlError, FolderLocked):
-    exit_code = 75  # EX_TEMPFAIL: the same campaign is running elsewhere; try again later
-
-
-def run_campaign(c: Campaign, *, rerun: bool = False, progress: bool = True,
-                 log: Callable[[str], None] | None = None, stop_after: str | None = None) -> CampaignResult:
-    """Run (or resume, or skip when finished) one campaign; see the module docstring.
-
-    Raises TrawlError (and the other packages' user errors) when a step fails; the
-    failure is recorded in ``campaign.json`` and the next call resumes that step.
-    Two processes never run the same campaign folder at once: a non-blocking
-    ``fcntl.flock`` on ``OUT.lock`` (next to the folder, so ``--rerun`` can move the
-    folder) refuses the second with :class:`CampaignLocked` (exit code 75).
-    """
-    log = log or (lambda msg: print(f"trawl: {msg}", file=sys.stderr))
-    out = c.out
-    lock = FolderLock(out.with_name(out.name + ".lock"), busy=lambda holder: CampaignLocked(
-        f"campaign {c.name!r} is already running in another process ({out}); nothing done"))
-    with lock:
-        return _run_locked(c, rerun=rerun, progress=progress, log=log, stop_after=stop_after)
-
-
-def _run_locked(c: Campaign, *, rerun: bool, progress: bool, log, stop_after) -> CampaignResult:
-    out = c.out
-    if rerun and out.exists():
-        st = read_status(out) if (out / "campaign.json").exists() else None
-        if st is None and any(out.iterdir()):
-            raise TrawlError(f"{out} exists and is not a campaign folder; refusing to move it for --rerun")
-        aside = out.with_name(f"{out.name}.old-{utcnow_compact()}")
-        shutil.move(str(out), str(aside))
-        log(f"{c.name}: previous campaign folder moved to {aside}")
-    return _Runner(c, progress=progress, log=log).run(stop_after=stop_after)

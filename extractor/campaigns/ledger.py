@@ -1,0 +1,178 @@
+"""The ledger of finished campaigns: its schema, its rows, reading and appending it.
+
+Ledger (Parquet, zstd; :data:`LEDGER_SCHEMA`): every finished campaign appends one
+row with attack ``"all"`` (the campaign's totals) and one row per attack. The key
+is (suite, model, version, attack, date); ``campaign_uid`` identifies the campaign
+folder that wrote a row, so a campaign that crashed after recording and is resumed
+does not record twice. Appending is atomic: under an exclusive ``fcntl.flock`` on
+``LEDGER.lock`` the file is read, the rows added, the whole written to a temporary
+file, fsynced and renamed over the old one; a reader sees the old ledger or the
+new one, never a torn file.
+
+The regression rule and the HTML trend report are :mod:`reports.trend`'s (they take
+the rows, not the file); :func:`history_report` joins the two for ``trawl history``
+and sweeps.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from corpora.storage import FolderLock, write_parquet_atomic, write_text_atomic
+from extractor.errors import TrawlError
+from reports import trend
+from reports.errors import ReportError
+from reports.trend import (DEFAULT_EPSILON, DEFAULT_METRIC, DEFAULT_TOLERANCE, METRIC_FIELDS,
+                           REGRESSION_EXIT_CODE, Comparison)
+
+LEDGER_FORMAT = "trawl-ledger"
+LEDGER_FORMAT_VERSION = 1
+
+LEDGER_SCHEMA = pa.schema([
+    ("campaign", pa.string()),
+    ("campaign_uid", pa.string()),
+    ("suite", pa.string()),
+    ("model", pa.string()),
+    ("version", pa.string()),
+    ("attack", pa.string()),
+    ("date", pa.string()),                     # UTC ISO 8601, e.g. 2026-11-26T10:00:00Z
+    ("run_id", pa.string()),
+    *METRIC_FIELDS,                            # the figures the regression rule may compare
+    ("window_tokens", pa.int64()),
+    ("report_path", pa.string()),
+])
+NUMERIC = [f.name for f in LEDGER_SCHEMA if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)]
+
+
+# ============================================================================ rows
+
+def ledger_rows(cfg: dict, metrics: dict, *, uid: str, report_path: str, date: str) -> list[dict]:
+    """The ledger rows of a finished campaign (its resolved configuration and its report's metrics
+    dict): ``"all"`` plus one per attack, labelled with the attack's label when it has one."""
+    labels: dict[str, list[str]] = {}
+    for a in cfg["attacks"]:
+        labels.setdefault(a["name"], []).append(a["label"])
+    run_ids = metrics.get("run", {}).get("run_ids") or [""]
+    base = {"campaign": cfg["campaign"]["name"], "campaign_uid": uid, "suite": cfg["campaign"]["suite"],
+            "model": cfg["target"]["model"], "version": cfg["target"]["version"], "date": date,
+            "run_id": run_ids[0], "window_tokens": int(metrics.get("parameters", {}).get("window_tokens", 50)),
+            "report_path": report_path}
+
+    def row(attack: str, m: dict) -> dict:
+        r = dict(base, attack=attack)
+        for name in NUMERIC:
+            if name != "window_tokens":
+                r[name] = m.get(name)
+        return r
+
+    rows = [row("all", metrics["metrics"])]
+    for name, m in sorted(metrics.get("per_attack", {}).items()):
+        lab = labels.get(name, [name])
+        rows.append(row(lab[0] if len(lab) == 1 else name, m))
+    return rows
+
+
+# ============================================================================ the file
+
+def _table(rows: list[dict]) -> pa.Table:
+    cols = {f.name: [r.get(f.name) for r in rows] for f in LEDGER_SCHEMA}
+    for f in LEDGER_SCHEMA:
+        if pa.types.is_floating(f.type):
+            cols[f.name] = [None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+                            for v in cols[f.name]]
+        elif pa.types.is_integer(f.type):
+            cols[f.name] = [None if v is None else int(v) for v in cols[f.name]]
+    t = pa.table({f.name: pa.array(cols[f.name], type=f.type) for f in LEDGER_SCHEMA}, schema=LEDGER_SCHEMA)
+    return t.replace_schema_metadata({"format": LEDGER_FORMAT, "format_version": str(LEDGER_FORMAT_VERSION)})
+
+
+def read_ledger(path: str | os.PathLike) -> list[dict]:
+    """The ledger's rows (dicts with exactly the :data:`LEDGER_SCHEMA` columns, in file order).
+
+    A missing or unreadable file, or one without a ledger column, is a :class:`TrawlError`."""
+    p = Path(path)
+    if not p.exists():
+        raise TrawlError(f"{p}: no ledger here (a finished campaign writes one)")
+    try:
+        t = pq.read_table(p)
+    except (pa.ArrowException, OSError) as exc:
+        raise TrawlError(f"{p}: not a readable ledger Parquet file ({exc})") from None
+    missing = [f.name for f in LEDGER_SCHEMA if f.name not in t.column_names]
+    if missing:
+        raise TrawlError(f"{p}: not a trawl ledger (no column {missing[0]!r})")
+    return t.select([f.name for f in LEDGER_SCHEMA]).to_pylist()
+
+
+def write_ledger(path: str | os.PathLike, rows: list[dict]) -> None:
+    """Write ``rows`` as the whole ledger, atomically (NaN stored as null)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    write_parquet_atomic(_table(rows), p, sync_dir=True)
+
+
+def append_rows(path: str | os.PathLike, rows: list[dict]) -> int:
+    """Append ``rows`` atomically; rows whose (campaign_uid, attack) is already there are skipped.
+
+    Writers take turns (a blocking lock on ``LEDGER.lock``). Returns the number of rows added.
+    """
+    p = Path(path)
+    with FolderLock(f"{p}.lock", blocking=True):
+        old = read_ledger(p) if p.exists() else []
+        have = {(r["campaign_uid"], r["attack"]) for r in old}
+        new = [r for r in rows if (r["campaign_uid"], r["attack"]) not in have]
+        if new:
+            write_ledger(p, old + new)
+        return len(new)
+
+
+# ============================================================================ the trend report of a ledger file
+
+def compare(rows: list[dict], **kw) -> list[Comparison]:
+    """:func:`reports.trend.compare` on ledger rows; its bad-input errors (unknown metric or
+    version, negative tolerance) are raised as the extractor's :class:`TrawlError`."""
+    try:
+        return trend.compare(rows, **kw)
+    except ReportError as exc:
+        raise TrawlError(str(exc)) from None
+
+
+@dataclass
+class HistoryResult:
+    comparisons: list[Comparison]
+    flagged: list[Comparison]
+    html: str | None
+    rows: int
+
+    @property
+    def exit_code(self) -> int:
+        return REGRESSION_EXIT_CODE if self.flagged else 0
+
+
+def history_report(ledger: str | os.PathLike, *, out_html: str | os.PathLike | None = None,
+                   metric: str = DEFAULT_METRIC, tolerance: float = DEFAULT_TOLERANCE, epsilon: float = DEFAULT_EPSILON,
+                   version_order=None, all_pairs: bool = False) -> HistoryResult:
+    """Read the ledger, compare versions (:mod:`reports.trend`'s rule), write the HTML trend report
+    to ``out_html`` atomically (none when None)."""
+    rows = read_ledger(ledger)
+    comps = compare(rows, metric=metric, tolerance=tolerance, epsilon=epsilon, version_order=version_order)
+    flagged = trend.regressions(comps, all_pairs)
+    path = None
+    if out_html is not None:
+        path = Path(out_html)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, trend.render_html(rows, comps, metric=metric, tolerance=tolerance, epsilon=epsilon,
+                                                  version_order=version_order, source=str(ledger),
+                                                  all_pairs=all_pairs))
+    return HistoryResult(comps, flagged, str(path) if path else None, len(rows))
+
+
+def comparisons_json(res: HistoryResult) -> str:
+    """``trawl history --json``: the rows count, every comparison, the flagged ones, the HTML path."""
+    return json.dumps({"rows": res.rows, "comparisons": [c.to_dict() for c in res.comparisons],
+                       "regressions": [c.to_dict() for c in res.flagged], "html": res.html}, indent=1)
