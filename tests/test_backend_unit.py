@@ -6,7 +6,7 @@ import socket
 import pytest
 
 from extractor.backends import OpenAIBackend, normalize_endpoint
-from extractor.backends.tokens import AlignmentError, align_tokens
+from extractor.backends.boundaries import AlignmentError, align_tokens
 from extractor.errors import TrawlError
 
 
@@ -79,7 +79,7 @@ def test_bad_token_info_choice():
 
 
 def test_split_ids_on_separator_tokens():
-    from extractor.backends.openai import _split_ids
+    from extractor.backends.boundaries import _split_ids
 
     assert _split_ids([5, 6, 1, 2, 7, 1, 2, 8], [1, 2]) == [[5, 6], [7], [8]]
     assert _split_ids([1, 2], [1, 2]) == [[], []]
