@@ -17,7 +17,7 @@ the same vocabulary, loaded alone (``vocab_only``: ~0.6 s, no weights):
   text (a character split over tokens), :func:`extractor.backends.boundaries.align_tokens`
   spreads them as for the endpoint.
 
-:class:`extractor.backends.openai.OpenAIBackend` checks the file against the server
+:meth:`extractor.backends.boundaries.TokenBoundaries.use_tokenizer_file` checks the file against the server
 at probe time (the same ids for a probe text that covers words, punctuation,
 whitespace runs and multi-byte characters), so a wrong file is an error, not wrong
 boundaries. Instances are shared per file within a process and are thread-safe.

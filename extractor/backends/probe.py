@@ -11,9 +11,10 @@ Capability probe (:func:`probe_server`)
     when logprobs are missing or do not spell the text; a server with neither
     is refused with one clear :class:`~extractor.errors.TrawlError` (as are an
     unreachable server, a 401/403 with a hint about the API key, a 404, and an
-    answer that is not an OpenAI completion). Results are cached per (endpoint,
-    model, token_info, tokenizer file, API key digest) for the life of the process;
-    every backend gets its own copy of the cached :class:`Capabilities`.
+    answer that is not an OpenAI completion).
+    :meth:`extractor.backends.openai.OpenAIBackend.probe` caches the result per
+    (endpoint, model, token_info, tokenizer file, API key digest) for the life of
+    the process; every backend gets its own copy of the cached :class:`Capabilities`.
 
 Server detection (:func:`detect_server`): vLLM answers ``GET /version`` with
 ``{"version": "..."}``; llama-cpp-python is recognised by its
