@@ -6,7 +6,7 @@ import socket
 import pytest
 
 from extractor.backends import OpenAIBackend, normalize_endpoint
-from extractor.backends.tokens import AlignmentError, align_tokens
+from extractor.backends.boundaries import AlignmentError, align_tokens
 from extractor.errors import TrawlError
 
 
@@ -79,7 +79,7 @@ def test_bad_token_info_choice():
 
 
 def test_split_ids_on_separator_tokens():
-    from extractor.backends.openai import _split_ids
+    from extractor.backends.boundaries import _split_ids
 
     assert _split_ids([5, 6, 1, 2, 7, 1, 2, 8], [1, 2]) == [[5, 6], [7], [8]]
     assert _split_ids([1, 2], [1, 2]) == [[], []]
@@ -120,3 +120,25 @@ def test_shutdown_engines_keeps_only_the_named_model(monkeypatch):
     assert len(stopped) == 2
     vllm_offline.shutdown_engines()
     assert vllm_offline._ENGINES == {} and sorted(stopped) == ["/m/a", "/m/b", "hub/c"]
+
+
+def test_every_backend_implements_the_protocol():
+    """The sampler and the attacks use the Backend protocol only: every backend has all of it."""
+    from extractor.backends import Backend, Capabilities, make_backend
+    from extractor.backends.pool import PoolBackend
+    from extractor.backends.vllm_offline import VLLMOfflineBackend
+
+    single = make_backend("openai", endpoint="http://127.0.0.1:1", model="m")
+    pool = make_backend("openai", endpoint=["http://127.0.0.1:1", "http://127.0.0.1:2"], model="m")
+    offline = VLLMOfflineBackend(model="/no/such/model")   # builds no engine before probe
+    assert isinstance(pool, PoolBackend)
+    for be in (single, pool, offline):
+        assert isinstance(be, Backend), type(be).__name__
+        assert be.stats() == {} or isinstance(be, PoolBackend)
+        assert isinstance(be.endpoints, list) and be.endpoints
+    assert single.stats() == {} and offline.stats() == {}
+    assert set(pool.stats()) == set(pool.endpoints)
+    assert offline.api_key_env is None and single.api_key_env == "OPENAI_API_KEY"
+    # deferral is derived from the tokenize endpoint and stays out of run.json's capabilities
+    assert not Capabilities().deferred_tokens and Capabilities(tokenize="vllm").deferred_tokens
+    assert "deferred_tokens" not in Capabilities(tokenize="vllm").to_dict()

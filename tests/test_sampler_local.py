@@ -167,7 +167,7 @@ def test_llama_cpp_sampling_defaults_are_neutralised(local_server, tmp_path):
     import requests
 
     from extractor.backends import make_backend
-    from extractor.backends.vllm_http import LLAMA_CPP_NEUTRAL
+    from extractor.backends.probe import LLAMA_CPP_NEUTRAL
 
     bare = requests.post(local_server.base_url + "/v1/completions",
                          json={"model": local_server.model, "prompt": PREAMBLE, "max_tokens": 24,
@@ -212,7 +212,7 @@ def test_tokenizer_file_gives_the_servers_tokens_in_process(local_server, tmp_pa
     assert server_be.capabilities.token_info == "tokenize"
     tok = GGUFTokenizer.for_file(local_server.model_path)
     assert GGUFTokenizer.for_file(str(local_server.model_path)) is tok  # loaded once per process
-    from extractor.backends.tokens import AlignmentError
+    from extractor.backends.boundaries import AlignmentError
 
     for text in TOKENIZER_TEXTS:
         ids = tok.tokenize(text)

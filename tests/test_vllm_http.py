@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 from extractor.backends import make_backend
-from extractor.backends.vllm_http import VLLM_NEUTRAL
+from extractor.backends.probe import VLLM_NEUTRAL
 
 VOCAB = [" the", " of", " and", " poem", " data", " é", "\n", " x", ","]
 

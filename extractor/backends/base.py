@@ -1,7 +1,16 @@
-"""What every backend returns, and the errors it raises."""
+"""What every backend is, returns and raises: :class:`Backend`, :class:`Capabilities`,
+:class:`Choice`, :class:`CompletionResult`, :class:`BackendError`.
+
+Three classes implement :class:`Backend`: :class:`~extractor.backends.openai.OpenAIBackend`
+(one OpenAI-compatible server), :class:`~extractor.backends.pool.PoolBackend` (replicas of
+one model behind one backend) and :class:`~extractor.backends.vllm_offline.VLLMOfflineBackend`
+(vLLM in trawl's process). Callers (the sampler, attacks) use the protocol only, never
+``hasattr`` or the concrete class.
+"""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Protocol, runtime_checkable
 
 
 class BackendError(Exception):
@@ -32,7 +41,7 @@ class Capabilities:
     tokenize: str | None = None     # "vllm" (/tokenize), "llama_cpp" (/extras/tokenize) or None
     tokenize_adds_bos: bool = False
     token_info: str | None = None   # where token boundaries come from: "logprobs", "tokenize", "local_tokenize"
-    server: str | None = None       # "vllm" (GET /version), "llama_cpp" or None (see backends/vllm_http.py)
+    server: str | None = None       # "vllm" (GET /version), "llama_cpp" or None (see backends/probe.py)
     server_version: str | None = None
     sampling_defaults: dict = field(default_factory=dict)  # fields sent with every request (vLLM)
     start_ids: list | None = None  # token ids sent for an empty prompt (vLLM refuses "")
@@ -47,6 +56,14 @@ class Capabilities:
     @property
     def has_token_info(self) -> bool:
         return self.logprobs_tokens or self.tokenize is not None
+
+    @property
+    def deferred_tokens(self) -> bool:
+        """Whether ``complete(defer_tokens=True)`` may leave token boundaries ``pending`` (they
+        need tokenize requests: worth doing after the generation slot is free), to be completed
+        by ``fill_tokens`` / ``fill_tokens_many``. A property, not a field: it is derived, and
+        ``to_dict`` (``run.json``'s ``capabilities``) keeps its keys."""
+        return self.tokenize is not None
 
 
 @dataclass
@@ -70,3 +87,68 @@ class CompletionResult:
     latency_s: float
     attempts: int
     endpoint: str = ""     # the replica that answered
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A served model, as the sampler and the attacks use it.
+
+    Guarantees every implementation gives:
+
+    * :meth:`probe` is called once before anything else but ``describe``; it returns (and
+      stores in :attr:`capabilities`) what the model server supports, or raises
+      :class:`~extractor.errors.TrawlError` with one clear sentence when it is unusable.
+      The sampler sends only what ``capabilities`` says is honoured (``n``, prompt lists,
+      ``seed``, ``top_k``, ``ignore_eos``, ``temperature_decay``).
+    * :meth:`complete` returns a :class:`CompletionResult` with one :class:`Choice` per prompt
+      (a prompt list) times ``n``, in order, or raises :class:`BackendError` (after the
+      backend's own retries; ``retryable`` says whether trying later may help). Every choice
+      has its token boundaries (``token_offsets``), or ``token_source == "none"`` /
+      ``"empty"``, or, only with ``defer_tokens=True`` and only when
+      ``capabilities.deferred_tokens``, ``"pending"``.
+    * :meth:`fill_tokens` / :meth:`fill_tokens_many` turn ``pending`` choices into ones with
+      boundaries, or ``token_source == "none"`` with ``token_error`` set; they never raise for a
+      tokenizer failure (the generation was paid for) and leave other choices alone.
+    * :meth:`tokenize` / :meth:`detokenize` / :meth:`piece` / :meth:`token_offsets` use the
+      served model's own tokenizer (no BOS), where ``capabilities.tokenize`` or the backend
+      offers one; otherwise they raise TrawlError.
+    * :attr:`endpoint` names where the calling thread's last request went (the ``endpoint``
+      column); :attr:`endpoints` lists every endpoint behind the backend; :meth:`stats` gives
+      per-endpoint figures (``{}`` when there is one endpoint); :attr:`retries` counts retried
+      attempts and may be reset to 0; :meth:`describe` is a dict safe to write to disk (no
+      secret); :meth:`interrupt` ends pending retry waits at once (a run stops), :meth:`close`
+      too; :attr:`api_key_env` names the environment variable holding the API key (None: none).
+    """
+
+    name: str
+    model: str
+    endpoint: str
+    endpoints: list[str]
+    capabilities: Capabilities
+    retries: int
+    api_key_env: str | None
+
+    def probe(self, use_cache: bool = True) -> Capabilities: ...
+
+    def complete(self, prompt: str | list[str], params: dict, *, n: int = 1, seed: int | None = None,
+                 timeout: float | None = None, defer_tokens: bool = False) -> CompletionResult: ...
+
+    def fill_tokens(self, choice: Choice) -> Choice: ...
+
+    def fill_tokens_many(self, choices: list[Choice]) -> None: ...
+
+    def tokenize(self, text: str) -> list[int]: ...
+
+    def detokenize(self, ids: list[int]) -> str: ...
+
+    def piece(self, token_id: int) -> str: ...
+
+    def token_offsets(self, text: str) -> list[int]: ...
+
+    def describe(self) -> dict: ...
+
+    def stats(self) -> dict: ...
+
+    def interrupt(self) -> None: ...
+
+    def close(self) -> None: ...

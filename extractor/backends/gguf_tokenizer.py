@@ -14,10 +14,10 @@ the same vocabulary, loaded alone (``vocab_only``: ~0.6 s, no weights):
   (``special=True``), without the BOS token;
 * :meth:`GGUFTokenizer.offsets` gives the byte offset where each token starts, from
   each token's exact bytes (``detokenize([id])``); where the pieces do not spell the
-  text (a character split over tokens), :func:`extractor.backends.tokens.align_tokens`
+  text (a character split over tokens), :func:`extractor.backends.boundaries.align_tokens`
   spreads them as for the endpoint.
 
-:class:`extractor.backends.openai.OpenAIBackend` checks the file against the server
+:meth:`extractor.backends.boundaries.TokenBoundaries.use_tokenizer_file` checks the file against the server
 at probe time (the same ids for a probe text that covers words, punctuation,
 whitespace runs and multi-byte characters), so a wrong file is an error, not wrong
 boundaries. Instances are shared per file within a process and are thread-safe.
@@ -30,7 +30,7 @@ import os
 import sys
 import threading
 
-from extractor.backends.tokens import align_tokens, offsets_from_pieces
+from extractor.backends.boundaries import align_tokens, offsets_from_pieces
 from extractor.errors import TrawlError
 
 _CACHE: dict[str, "GGUFTokenizer"] = {}

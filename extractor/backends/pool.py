@@ -1,10 +1,9 @@
 """Backend ``pool``: several replicas of one model behind one backend object.
 
 A campaign may name several endpoints that serve the *same* model (replicas).
-:class:`PoolBackend` has the interface of :class:`~extractor.backends.openai.OpenAIBackend`
-that the sampler uses (``probe``, ``complete``, ``tokenize``, ``detokenize``,
-``token_offsets``, ``capabilities``, ``endpoint``, ``retries``, ``describe``,
-``interrupt``, ``fill_tokens``), so ``run_attacks(endpoint=[url1, url2, ...])`` needs no other change:
+:class:`PoolBackend` implements :class:`~extractor.backends.base.Backend`, as
+:class:`~extractor.backends.openai.OpenAIBackend` does, so
+``run_attacks(endpoint=[url1, url2, ...])`` needs no other change:
 :func:`extractor.backends.make_backend` builds a pool when ``endpoint`` is a list
 of more than one URL.
 
@@ -47,8 +46,9 @@ import time
 from typing import Callable
 
 from extractor.backends.base import BackendError, Capabilities, CompletionResult
-from extractor.backends.openai import OpenAIBackend, normalize_endpoint
-from extractor.backends.tokens import AlignmentError
+from extractor.backends.boundaries import AlignmentError
+from extractor.backends.http import normalize_endpoint
+from extractor.backends.openai import OpenAIBackend
 from extractor.errors import TrawlError
 
 # capabilities a replica may lack: the pool uses what every member has (a member probed later
@@ -93,6 +93,9 @@ class _Member:
 
 
 class PoolBackend:
+    """Replicas of one model behind one backend (see the module docstring); implements
+    :class:`~extractor.backends.base.Backend`."""
+
     name = "pool"
 
     def __init__(self, endpoint, model: str, *, max_retries: int = 6, backoff_base: float = 0.5,
@@ -333,9 +336,7 @@ class PoolBackend:
         kw = {"defer_tokens": True} if defer_tokens else {}
         res: CompletionResult = self._call(
             lambda be: be.complete(prompt, params, n=n, seed=seed, timeout=timeout, **kw), "completion")
-        served_by = self._local.endpoint
-        if hasattr(res, "endpoint"):
-            res.endpoint = served_by
+        served_by = res.endpoint = self._local.endpoint
         if self.capabilities.tokenize and not defer_tokens:
             for ch in res.choices:
                 if ch.text and ch.token_offsets is None:
@@ -370,6 +371,11 @@ class PoolBackend:
         finally:
             self._local.endpoint = keep
         return choice
+
+    def fill_tokens_many(self, choices: list) -> None:
+        """:meth:`fill_tokens` for each choice (each fails over on its own)."""
+        for ch in choices:
+            self.fill_tokens(ch)
 
     def tokenize(self, text: str) -> list[int]:
         return self._call(lambda be: be.tokenize(text), "tokenize")

@@ -29,7 +29,7 @@ import time
 from concurrent.futures import Future
 
 from extractor.backends.base import BackendError, Capabilities, Choice, CompletionResult
-from extractor.backends.vllm_http import VLLM_NEUTRAL
+from extractor.backends.probe import VLLM_NEUTRAL
 from extractor.errors import TrawlError
 
 _ENGINES: dict = {}
@@ -160,7 +160,12 @@ def shutdown_engines(keep: str | None = None) -> None:
 
 
 class VLLMOfflineBackend:
+    """The in-process vLLM backend (see the module docstring); implements
+    :class:`~extractor.backends.base.Backend`. Token boundaries come with every completion (from
+    the generated ids), so nothing is ever deferred: ``fill_tokens`` returns its choice as is."""
+
     name = "vllm"
+    api_key_env = None  # no server, no key
 
     def __init__(self, endpoint: str | None = None, model: str = "", *, engine_args: dict | None = None,
                  want_logprobs: bool = False, **_ignored) -> None:
@@ -205,6 +210,10 @@ class VLLMOfflineBackend:
                    "exact (logits processor)"])
         return self.capabilities
 
+    def stats(self) -> dict:
+        """Per-endpoint figures: none (one engine)."""
+        return {}
+
     def interrupt(self) -> None:
         pass  # requests in the engine finish (they are short); nothing waits to retry
 
@@ -231,6 +240,10 @@ class VLLMOfflineBackend:
             if not prompt:
                 ids = [bos]
         return ids
+
+    def token_offsets(self, text: str) -> list[int]:
+        """Byte offsets of the tokens of ``text`` (re-tokenized with the engine's tokenizer)."""
+        return self.offsets(text, self.tokenize(text))
 
     def offsets(self, text: str, ids: list[int]) -> list[int]:
         """Byte offset in ``text`` where each token starts: the UTF-8 length of the decoded prefix
@@ -296,6 +309,9 @@ class VLLMOfflineBackend:
 
     def fill_tokens(self, choice: Choice) -> Choice:
         return choice
+
+    def fill_tokens_many(self, choices: list[Choice]) -> None:
+        pass  # boundaries come with each completion: nothing is pending
 
     def _stop_ids(self) -> set:
         ids = set()
