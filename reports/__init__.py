@@ -15,7 +15,8 @@ interval, accumulation curve), :mod:`reports.neardup` (MinHash LSH clusters),
 :mod:`reports.taxonomy_figures` (memorization classes after Prashanth et al. 2024 and their
 figures), :mod:`reports.repeats` (repeated-draw check), :mod:`reports.gate`
 (``--fail-if`` parser), :mod:`reports.render`, :mod:`reports.render_sections` and :mod:`reports.svg` (HTML, Markdown,
-JSON, inline charts), :mod:`reports.testing` (synthetic runs with known answers).
+JSON, inline charts). Synthetic runs with known answers (a test helper) live in
+``tests/synthetic_runs.py``.
 
 ``reports`` reads a run folder's Parquet files (docs/CONTRACTS.md sections 3-5) and
 never imports ``extractor``.

@@ -84,7 +84,7 @@ def read_png(path) -> tuple[int, int, np.ndarray]:
 def _report(tmp_path):
     import random
 
-    from reports.testing import Corpus, Gen, write_run
+    from synthetic_runs import Corpus, Gen, write_run
     rng = random.Random(11)
 
     def words(n):
