@@ -9,7 +9,7 @@ from reports import ReportError
 from reports import extrapolate as ex
 from reports.categories import find_all, redact
 from reports.gate import Gate
-from reports.metrics import union_length
+from reports.spans import union_length
 from reports.neardup import cluster_texts
 from reports.render import clean, md_cell, md_fence
 
