@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from reports import write_report
-from reports.render import fmt_int, fmt_pct
+from reports.render_common import fmt_int, fmt_pct
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome", "chrome")
                  if shutil.which(n)), None)
