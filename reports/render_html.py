@@ -46,17 +46,13 @@ def render_html(m: dict) -> str:
     for section in (_html_head, _html_headline, _html_longest_run, _html_run_lengths, _html_extrapolation,
                     _html_cost, _html_breakdowns, _html_near_duplicates, _html_categories, _html_spans,
                     _html_definitions):
-        h += section(m)
+        section(m, h.append)
     return "".join(h)
 
 
-def _html_head(m: dict) -> list[str]:
+def _html_head(m: dict, a) -> None:
     """Page head, title, run state, matcher threshold, warnings."""
-    p = m["parameters"]
-    W = p["window_tokens"]
-    run = m["run"]
-    h = []
-    a = h.append
+    p, W, run = m["parameters"], m["parameters"]["window_tokens"], m["run"]
     title = "trawl memorization report"
     a("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">")
     a("<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; "
@@ -78,27 +74,20 @@ def _html_head(m: dict) -> list[str]:
     if m.get("warnings"):
         a("<div class=\"warn\"><b>Warnings</b><ul>" + "".join(f"<li>{esc(w, 1000)}</li>" for w in m["warnings"])
           + "</ul></div>")
-    return h
 
 
-def _html_headline(m: dict) -> list[str]:
+def _html_headline(m: dict, a) -> None:
     """Headline cards and the raw / non-trivial table."""
-    h = []
-    a = h.append
     a("<section id=\"headline\"><h2>Headline figures</h2><div class=\"cards\">")
     for key, label, value, expl in headline(m):
         a(f"<div class=\"card\" data-metric=\"{esc(key)}\"><div class=\"l\">{esc(label)}</div>"
           f"<div class=\"v\">{esc(value)}</div><div class=\"d\">{esc(expl, 1000)}</div></div>")
     a("</div>" + rs.html_headline_table(m) + "</section>")
-    return h
 
 
-def _html_longest_run(m: dict) -> list[str]:
+def _html_longest_run(m: dict, a) -> None:
     """The longest verbatim run, whatever its length; then the memorization classes."""
-    p = m["parameters"]
-    W = p["window_tokens"]
-    h = []
-    a = h.append
+    W = m["parameters"]["window_tokens"]
     lr = m.get("longest_run")
     a("<section id=\"longest-run\"><h2>Longest verbatim run</h2>")
     if lr:
@@ -115,16 +104,11 @@ def _html_longest_run(m: dict) -> list[str]:
         a("<p>No verbatim span was reported by the matcher.</p>")
     a("</section>")
     a(rs.html_taxonomy(m))
-    return h
 
 
-def _html_run_lengths(m: dict) -> list[str]:
+def _html_run_lengths(m: dict, a) -> None:
     """Spans and generations per threshold, per attack, and the run-length chart."""
-    t = m["metrics"]
-    p = m["parameters"]
-    W = p["window_tokens"]
-    h = []
-    a = h.append
+    t, p, W = m["metrics"], m["parameters"], m["parameters"]["window_tokens"]
     a("<section id=\"run-lengths\"><h2>Verbatim run lengths</h2>")
     a(f"<p class=\"small mut\">A run is a maximal verbatim span; its length is the number of generation tokens fully inside "
       f"it. Counts below the matcher threshold ({esc(p['matcher_min_tokens'])} tokens) are not measured and shown as "
@@ -148,13 +132,10 @@ def _html_run_lengths(m: dict) -> list[str]:
         a(svg.bar_chart(_log_bins(rl, p["matcher_min_tokens"]), "Distribution of verbatim run lengths",
                         "run length (tokens, bins)", "spans", marks=_bin_marks(rl, p["matcher_min_tokens"], W)))
     a("</section>")
-    return h
 
 
-def _html_extrapolation(m: dict) -> list[str]:
+def _html_extrapolation(m: dict, a) -> None:
     """Good-Turing, Chao1, the accumulation curve and f_k."""
-    h = []
-    a = h.append
     e = m["extrapolation"]
     a("<section id=\"extrapolation\"><h2>How much more is there? (extrapolation)</h2>")
     fq = e["frequency_counts"]
@@ -188,16 +169,11 @@ def _html_extrapolation(m: dict) -> list[str]:
           "".join(f"<th>{esc(k)}</th>" for k in list(fq)[:12]) + "</tr><tr><td class=\"t\">f<sub>k</sub></td>" +
           "".join(f"<td>{fmt_int(v)}</td>" for v in list(fq.values())[:12]) + "</tr></table>")
     a("</section>")
-    return h
 
 
-def _html_cost(m: dict) -> list[str]:
+def _html_cost(m: dict, a) -> None:
     """Total cost and cost per figure."""
-    t = m["metrics"]
-    p = m["parameters"]
-    W = p["window_tokens"]
-    h = []
-    a = h.append
+    t, p, W = m["metrics"], m["parameters"], m["parameters"]["window_tokens"]
     a("<section id=\"cost\"><h2>Cost</h2>")
     a(f"<p>Total cost <b>{fmt_usd(t['total_cost_usd']) if t['total_cost_usd'] else NO_COST}</b> "
       f"({esc(p['cost_source'])}). Extractable MB per dollar: <b>{esc(cost_fig(t['mb_per_dollar'], m, 'mb'))}</b> "
@@ -205,13 +181,10 @@ def _html_cost(m: dict) -> list[str]:
       f"<b>{esc(cost_fig(t['usd_per_unique_window'], m, 'usd'))}</b> (total cost / unique memorized {W}-token windows).</p>")
     a(f"<p class=\"small\">Basis of these prices \u2014 {esc(pricing_line(m), 1000)}.</p>")
     a("</section>")
-    return h
 
 
-def _html_breakdowns(m: dict) -> list[str]:
+def _html_breakdowns(m: dict, a) -> None:
     """Per attack, per variant, and the per-variant bar charts."""
-    h = []
-    a = h.append
     a("<section id=\"per-attack\"><h2>Per attack</h2>")
     a(_html_breakdown([(atk, None, f) for atk, f in sorted(m["per_attack"].items())], show_variant=False))
     a("<p class=\"small mut\">" + esc(BREAKDOWN_LEGEND, 2000) + "</p>")
@@ -230,16 +203,11 @@ def _html_breakdowns(m: dict) -> list[str]:
                         + (" (top 40)" if len(vs) > 40 else ""), what, "memorized generations",
                         value_fmt=lambda v: f"{v * 100:.3g}%"))
     a("</section>")
-    return h
 
 
-def _html_near_duplicates(m: dict) -> list[str]:
+def _html_near_duplicates(m: dict, a) -> None:
     """Near-duplicate clusters and approximate memorization."""
-    t = m["metrics"]
-    p = m["parameters"]
-    W = p["window_tokens"]
-    h = []
-    a = h.append
+    t, p, W = m["metrics"], m["parameters"], m["parameters"]["window_tokens"]
     nd = m["near_duplicates"]
     a("<section id=\"near-duplicates\"><h2>Unique memorized documents (near-duplicates)</h2>")
     a(f"<p>{fmt_int(nd['distinct_texts'])} distinct memorized texts (spans of \u2265 {W} tokens) form "
@@ -258,15 +226,11 @@ def _html_near_duplicates(m: dict) -> list[str]:
           f"<div class=\"small mut\">model output</div><pre class=\"x\">{esc(ex_['completion'], 1500)}</pre>"
           f"<div class=\"small mut\">corpus continuation</div><pre class=\"x\">{esc(ex_['target'], 1500)}</pre></div>")
     a("</section>")
-    return h
 
 
-def _html_categories(m: dict) -> list[str]:
+def _html_categories(m: dict, a) -> None:
     """Content categories; then repeated draws."""
-    p = m["parameters"]
-    W = p["window_tokens"]
-    h = []
-    a = h.append
+    W = m["parameters"]["window_tokens"]
     a("<section id=\"categories\"><h2>What was extracted (content categories)</h2>")
     a("<p class=\"small mut\">Distinct memorized texts (spans of \u2265 " + str(W) + " tokens) in which each detector fired, "
       "and the number of distinct values found. Detectors are documented regular expressions (reports/categories.py)."
@@ -279,13 +243,10 @@ def _html_categories(m: dict) -> list[str]:
           f"<td>{fmt_int(cat['unique_values'])}</td><td class=\"t\">{html.escape(exs, quote=True)}</td></tr>")
     a("</table></section>")
     a(rs.html_repeated(m))
-    return h
 
 
-def _html_spans(m: dict) -> list[str]:
+def _html_spans(m: dict, a) -> None:
     """The memorized spans, longest first."""
-    h = []
-    a = h.append
     a(f"<section id=\"spans\"><h2>Memorized spans (longest first)</h2><p class=\"small mut\">Each distinct memorized "
       f"text once; \u201cgenerations\u201d = how many generations emitted it; \u201coccurrences\u201d = how often the "
       f"corpus holds it; the document shown is the canonical (first) occurrence unless an index was given. Text is "
@@ -306,13 +267,10 @@ def _html_spans(m: dict) -> list[str]:
     if not m["top_spans"]:
         a("<p>No memorized span.</p>")
     a("</section>")
-    return h
 
 
-def _html_definitions(m: dict) -> list[str]:
+def _html_definitions(m: dict, a) -> None:
     """Definitions, and the end of the page."""
-    h = []
-    a = h.append
     a("<section id=\"definitions\"><h2>Definitions</h2><dl class=\"defs\">")
     for k, v in m["definitions"].items():
         a(f"<dt>{esc(k)}</dt><dd>{esc(v, 2000)}</dd>")
@@ -320,7 +278,6 @@ def _html_definitions(m: dict) -> list[str]:
       "Unique memorized bytes use each span's canonical corpus occurrence. Full figures: metrics.json (schema "
       + esc(m["schema_version"]) + ").</p></section>")
     a("</main></body></html>\n")
-    return h
 
 
 def _html_breakdown(rows, show_variant: bool) -> str:

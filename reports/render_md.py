@@ -17,17 +17,13 @@ def render_markdown(m: dict) -> str:
     L = []
     for section in (_md_head, _md_headline, _md_longest_run, _md_run_lengths, _md_extrapolation_cost,
                     _md_breakdowns, _md_texts, _md_spans):
-        L += section(m)
+        section(m, L.append)
     return "\n".join(L) + "\n"
 
 
-def _md_head(m: dict) -> list[str]:
+def _md_head(m: dict, a) -> None:
     """Title, run, matcher threshold, run state, warnings."""
-    p = m["parameters"]
-    W = p["window_tokens"]
-    run = m["run"]
-    L = []
-    a = L.append
+    p, W, run = m["parameters"], m["parameters"]["window_tokens"], m["run"]
     a("# trawl memorization report\n")
     a(f"Run **{md_cell(', '.join(run['run_ids']) or run['run_dir'])}**, model {md_cell(', '.join(run['models']) or 'unknown')}, "
       f"schema {m['schema_version']}, generated {m['generated_at']}"
@@ -38,25 +34,19 @@ def _md_head(m: dict) -> list[str]:
     a(f"Run {md_cell(run_state_line(m), 1000)}; {md_cell(pricing_line(m), 1000)}.\n")
     for w in m.get("warnings", []):
         a(f"> **Warning:** {md_cell(w, 1000)}\n")
-    return L
 
 
-def _md_headline(m: dict) -> list[str]:
+def _md_headline(m: dict, a) -> None:
     """Headline figures and the raw / non-trivial table."""
-    L = []
-    a = L.append
     a("## Headline figures\n")
     a("| Figure | Value | Definition |\n|---|---|---|")
     for key, label, value, expl in headline(m):
         a(f"| {md_cell(label)} | {md_cell(value)} | {md_cell(expl, 400)} |")
     a(rs.md_headline_table(m))
-    return L
 
 
-def _md_longest_run(m: dict) -> list[str]:
+def _md_longest_run(m: dict, a) -> None:
     """The longest verbatim run; then the memorization classes."""
-    L = []
-    a = L.append
     a("\n## Longest verbatim run\n")
     lr = m.get("longest_run")
     if lr:
@@ -67,14 +57,11 @@ def _md_longest_run(m: dict) -> list[str]:
     else:
         a("No verbatim span was reported by the matcher.\n")
     a(rs.md_taxonomy(m))
-    return L
 
 
-def _md_run_lengths(m: dict) -> list[str]:
+def _md_run_lengths(m: dict, a) -> None:
     """Spans and generations per threshold (per attack when several)."""
     t = m["metrics"]
-    L = []
-    a = L.append
     a("\n## Verbatim run lengths\n")
     a("| At least | Spans | Generations |\n|---|---:|---:|")
     for th in THRESHOLDS:
@@ -88,15 +75,11 @@ def _md_run_lengths(m: dict) -> list[str]:
             a(f"| {md_cell(atk, 60)} |" + "".join(
                 f" {fmt_int(f.get(f'generations_ge_{th}')) if f.get(f'generations_ge_{th}') is not None else 'not measured'} |"
                 for th in THRESHOLDS))
-    return L
 
 
-def _md_extrapolation_cost(m: dict) -> list[str]:
+def _md_extrapolation_cost(m: dict, a) -> None:
     """Extrapolation and cost."""
-    t = m["metrics"]
-    p = m["parameters"]
-    L = []
-    a = L.append
+    t, p = m["metrics"], m["parameters"]
     e = m["extrapolation"]
     fq = e["frequency_counts"]
     a("\n## Extrapolation\n")
@@ -107,27 +90,20 @@ def _md_extrapolation_cost(m: dict) -> list[str]:
     a(f"Total {fmt_usd(t['total_cost_usd']) if t['total_cost_usd'] else NO_COST} ({md_cell(p['cost_source'])}); "
       f"extractable MB per dollar {cost_fig(t['mb_per_dollar'], m, 'mb')}; dollars per unique memorized example "
       f"{cost_fig(t['usd_per_unique_window'], m, 'usd')}. Basis: {md_cell(pricing_line(m), 1000)}.\n")
-    return L
 
 
-def _md_breakdowns(m: dict) -> list[str]:
+def _md_breakdowns(m: dict, a) -> None:
     """Per attack and per variant."""
-    L = []
-    a = L.append
     a("## Per attack\n")
     a(_md_breakdown([(k, None, f) for k, f in sorted(m["per_attack"].items())], False))
     a(BREAKDOWN_LEGEND + "\n")
     a("\n## Per attack and variant\n")
     a(_md_breakdown(list(variant_rows(m)), True))
-    return L
 
 
-def _md_texts(m: dict) -> list[str]:
+def _md_texts(m: dict, a) -> None:
     """Near-duplicates, approximate memorization, content categories, repeated draws."""
-    t = m["metrics"]
-    p = m["parameters"]
-    L = []
-    a = L.append
+    t, p = m["metrics"], m["parameters"]
     nd = m["near_duplicates"]
     a("\n## Near-duplicates and approximate memorization\n")
     a(f"{nd['distinct_texts']} distinct memorized texts form {nd['clusters']} near-duplicate clusters (MinHash LSH, "
@@ -140,13 +116,10 @@ def _md_texts(m: dict) -> list[str]:
     for c in CATEGORIES:
         a(f"| {CATEGORY_LABELS[c]} | {m['categories'][c]['spans']} | {m['categories'][c]['unique_values']} |")
     a("\n" + rs.md_repeated(m))
-    return L
 
 
-def _md_spans(m: dict) -> list[str]:
+def _md_spans(m: dict, a) -> None:
     """The longest memorized spans and the definitions."""
-    L = []
-    a = L.append
     a("\n## Longest memorized spans\n")
     for s in m["top_spans"][:10]:
         a(f"- {s['tokens']} tokens, {s['generations']} generation(s), {s['occurrences']} corpus occurrence(s), "
@@ -159,7 +132,6 @@ def _md_spans(m: dict) -> list[str]:
     for k, v in m["definitions"].items():
         a(f"- **{k}**: {md_cell(v, 2000)}")
     a("")
-    return L
 
 
 def _md_breakdown(rows, show_variant: bool) -> str:
