@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python benchmarks/bench_report.py --generations 1000000 [--run DIR] [--keep]
 
-1. writes a synthetic run (reports.testing.write_planted_run: 256 tokens per generation,
+1. writes a synthetic run (tests/synthetic_runs.py write_planted_run: 256 tokens per generation,
    3% of generations with a planted 50-200-token corpus passage, 9% with a 10-45-token one)
    unless --run points at an existing one;
 2. baseline: reads the same generation columns the report reads (request_id, attack,
@@ -38,7 +38,8 @@ def _cpu_s() -> float:
 
 
 def phase_gen(run: str, n: int, rate: float) -> dict:
-    from reports.testing import write_planted_run
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+    from synthetic_runs import write_planted_run   # a test helper: tests/synthetic_runs.py
     t = time.perf_counter()
     info = write_planted_run(run, n, memorized_rate=rate, short_rate=3 * rate)
     return {k: int(v) for k, v in info.items()} | {"seconds": time.perf_counter() - t, "peak_rss_mb": _peak_mb()}

@@ -1,9 +1,9 @@
 """Report sections on memorization classes (raw against non-trivial, figures per class) and on
 repeated draws, in HTML and Markdown. Every string that came from a run passes through
-:func:`reports.render.esc` / :func:`reports.render.md_cell`; the rest is built here."""
+:func:`reports.render_common.esc` / :func:`reports.render_common.md_cell`; the rest is built here."""
 from __future__ import annotations
 
-from reports.render import esc, fmt_bytes, fmt_int, fmt_num, fmt_pct, fmt_usd, md_cell
+from reports.render_common import esc, fmt_bytes, fmt_int, fmt_num, fmt_pct, fmt_usd, md_cell
 
 CLASS_LABELS = {"low_information": "Low-information", "reconstruction": "Reconstruction",
                 "recitation": "Recitation", "recollection": "Recollection", "nontrivial": "Non-trivial"}

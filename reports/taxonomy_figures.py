@@ -28,6 +28,7 @@ from collections import defaultdict
 import numpy as np
 
 from reports import extrapolate as ex
+from reports.spans import union_length
 from reports.taxonomy import CLASSES, NONTRIVIAL
 
 NONTRIVIAL_KEYS = ("memorized_generations", "memorized_generation_fraction", "memorized_tokens",
@@ -41,7 +42,7 @@ def _div(a, b):
 
 
 class SpanPool:
-    """The memorized spans of a run (``span_records`` of :func:`reports.metrics.compute_metrics`:
+    """The memorized spans of a run (``span_records`` of :class:`reports.passes.RunAccumulator`:
     ``request_id``, ``tok_range`` (covered token indices ``(a, b)``, None without offsets),
     ``tokens``, ``bytes``, ``wins`` (8-byte window digests, concatenated), ``doc_id``,
     ``doc_offset``, ``raw``), in arrays, for figures over any subset of them."""
@@ -82,7 +83,6 @@ class SpanPool:
         return {int(k): int(f) for k, f in zip(kk, fk)}
 
     def _tokens(self, idx: np.ndarray) -> int:
-        from reports.metrics import union_length
         off = idx[~self.no_off[idx]]
         tot = sum(union_length(self.gen[off], self.ta[off], self.tb[off]).values()) if len(off) else 0
         best: dict = defaultdict(int)
@@ -92,7 +92,6 @@ class SpanPool:
 
     def figures(self, idx, generations: int, generated_tokens: int, cost: float) -> dict:
         """The figures (module docstring) of the spans ``idx`` against these denominators."""
-        from reports.metrics import union_length
         idx = np.asarray(idx, dtype=np.int64)
         mem_gens = int(len(np.unique(self.gen[idx])))
         mem_toks = self._tokens(idx)

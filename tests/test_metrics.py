@@ -14,7 +14,7 @@ from collections import Counter, defaultdict
 import pytest
 
 from reports import compute_metrics
-from reports.testing import Corpus, Gen, token_offsets, write_run
+from synthetic_runs import Corpus, Gen, token_offsets, write_run
 
 W = 50
 
@@ -201,7 +201,7 @@ def test_longest_run_is_one_span_of_the_matches(known_run):
 
 
 def write_run_rid(i: int, run_id: str = "run-test") -> str:
-    """The request id reports.testing.write_run gives the i-th generation."""
+    """The request id synthetic_runs.write_run gives the i-th generation."""
     import hashlib
     return hashlib.sha1(f"{run_id}/{i}".encode()).hexdigest()[:16]
 
@@ -342,7 +342,7 @@ def test_planted_run_figures(tmp_path):
     """The benchmark's planted runs: known spans, so known answers."""
     import pyarrow.parquet as pq
 
-    from reports.testing import write_planted_run
+    from synthetic_runs import write_planted_run
     info = write_planted_run(str(tmp_path / "run"), 3000, part_rows=1000, row_group_rows=256, seed=3)
     m = compute_metrics(str(tmp_path / "run"))["metrics"]
     spans = pq.read_table(tmp_path / "run" / "matches.parquet").to_pylist()

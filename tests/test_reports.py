@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from reports import ReportError, compute_metrics, write_report
-from reports.testing import Corpus, Gen, write_run
+from synthetic_runs import Corpus, Gen, write_run
 
 HOSTILE = ("<script>alert('x')</script> </textarea></pre><img src=x onerror=alert(1)> "
            "a\x00b\x1b[31mred\x07 \u202eevil\u202c ]]> --> <!-- {{7*7}} ` ``` ~~~~ | # * _ ")

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from reports import write_report
-from reports.render import fmt_int, fmt_pct
+from reports.render_common import fmt_int, fmt_pct
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome", "chrome")
                  if shutil.which(n)), None)
@@ -84,7 +84,7 @@ def read_png(path) -> tuple[int, int, np.ndarray]:
 def _report(tmp_path):
     import random
 
-    from reports.testing import Corpus, Gen, write_run
+    from synthetic_runs import Corpus, Gen, write_run
     rng = random.Random(11)
 
     def words(n):

@@ -12,7 +12,7 @@ import random
 import pytest
 
 from reports import compute_metrics
-from reports.testing import Corpus, Gen, token_offsets, write_run
+from synthetic_runs import Corpus, Gen, token_offsets, write_run
 
 corpora = pytest.importorskip("corpora")
 suffix_index = pytest.importorskip("suffix_index")

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from reports import compute_metrics, write_report
-from reports.testing import Corpus, Gen, write_run
+from synthetic_runs import Corpus, Gen, write_run
 
 FILL = ["|"] * 5                         # "|" never occurs in the corpus: spans end exactly at the passages
 SHORT = [f" a{i}" for i in range(12)]    # 12 tokens: 10 x 3 bytes + 2 x 4 bytes = 38 bytes

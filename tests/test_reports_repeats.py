@@ -11,7 +11,7 @@ import pytest
 from reports import ReportError, compute_metrics, write_report
 from reports.gate import Gate
 from reports.repeats import binomial_upper_tail
-from reports.testing import Corpus, Gen, write_run
+from synthetic_runs import Corpus, Gen, write_run
 
 CORPUS = Corpus(["nothing here matches the generations"])
 PARAMS = json.dumps({"max_tokens": 80, "temperature": 1.0}, sort_keys=True)

@@ -16,7 +16,7 @@ import pytest
 from reports import ReportError, compute_metrics, write_report
 from reports.gate import Gate
 from reports.taxonomy import classify, predictable_coverage
-from reports.testing import Corpus, Gen, token_offsets, write_run
+from synthetic_runs import Corpus, Gen, token_offsets, write_run
 
 W = 50
 
@@ -112,7 +112,7 @@ def planted(tmp_path_factory):
 
 def _rid(i: int) -> str:
     import hashlib
-    return hashlib.sha1(f"run-test/{i}".encode()).hexdigest()[:16]     # reports.testing.write_run's ids
+    return hashlib.sha1(f"run-test/{i}".encode()).hexdigest()[:16]     # synthetic_runs.write_run's ids
 
 
 def span_labels(planted) -> list[tuple[dict, str]]:

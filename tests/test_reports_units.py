@@ -9,9 +9,9 @@ from reports import ReportError
 from reports import extrapolate as ex
 from reports.categories import find_all, redact
 from reports.gate import Gate
-from reports.metrics import union_length
+from reports.spans import union_length
 from reports.neardup import cluster_texts
-from reports.render import clean, md_cell, md_fence
+from reports.render_common import clean, md_cell, md_fence
 
 
 def test_good_turing_and_chao1_by_hand():
@@ -138,7 +138,7 @@ def test_clean_and_markdown_escaping():
 
 
 def test_number_formatting():
-    from reports.render import fmt_bytes, fmt_pct, fmt_usd
+    from reports.render_common import fmt_bytes, fmt_pct, fmt_usd
     assert fmt_usd(None) == "n/a"
     assert fmt_usd(0.0000169) == "$0.0000169"
     assert fmt_usd(0.5) == "$0.5000" and fmt_usd(1234.5) == "$1,234.50"

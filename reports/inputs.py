@@ -1,0 +1,104 @@
+"""Reading a run folder for the report: JSON side files, Parquet files checked for their
+required columns, record batches, and string columns as text or bytes.
+
+Guarantees: every failure to read is a :class:`reports.errors.ReportError` naming the file
+(a missing run folder or generation part, invalid JSON, an unreadable Parquet file, a missing
+required column, damaged data met while streaming); a missing ``run.json`` / ``config.json``
+reads as ``{}``. Invalid UTF-8 in a string column never fails: :func:`text` decodes it with
+U+FFFD, :func:`raw_bytes` keeps the bytes. Column names per docs/CONTRACTS.md sections 3 and 4.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from corpora import storage
+from reports.errors import ReportError
+
+REQUIRED_GEN_COLUMNS = ("request_id", "attack", "variant", "completion", "token_offsets", "completion_tokens")
+REQUIRED_MATCH_COLUMNS = ("request_id", "span_start", "span_end", "tokens", "doc_id", "doc_offset")
+
+
+def read_json(path: str) -> dict:
+    """The JSON object in ``path``; ``{}`` when the file is absent or holds no object."""
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise ReportError(f"{path}: not valid JSON ({exc})") from None
+    return data if isinstance(data, dict) else {}
+
+
+def generation_parts(run_dir: str) -> list[str]:
+    """The run's generation parts (corpora.storage.generation_parts); none is a ReportError."""
+    if not os.path.isdir(run_dir):
+        raise ReportError(f"{run_dir}: no such run folder")
+    parts = storage.generation_parts(run_dir)
+    if not parts:
+        raise ReportError(f"{run_dir}: no generations (expected generations/part-*.parquet)")
+    return parts
+
+
+def open_parquet(path: str, required) -> pq.ParquetFile:
+    """The Parquet file at ``path``, checked to hold the ``required`` columns."""
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        raise ReportError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc})") from None
+    names = set(pf.schema_arrow.names)
+    missing = [c for c in required if c not in names]
+    if missing:
+        raise ReportError(f"{path}: missing column(s) {', '.join(missing)} (see docs/CONTRACTS.md)")
+    return pf
+
+
+def iter_batches(pf: pq.ParquetFile, path: str, columns, batch_rows: int):
+    """Record batches of at most ``batch_rows`` rows of ``columns``; damaged data is a ReportError."""
+    try:
+        yield from pf.iter_batches(batch_size=batch_rows, columns=columns)
+    except ReportError:
+        raise
+    except (OSError, pa.ArrowException) as exc:
+        raise ReportError(f"{path}: damaged Parquet data ({exc})") from None
+
+
+def text(col: pa.Array) -> list[str]:
+    """Strings of a string column, decoding invalid UTF-8 with U+FFFD instead of failing."""
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        col = pc.cast(col, pa.large_binary())
+    return [b.decode("utf-8", "replace") if b is not None else "" for b in col.to_pylist()]
+
+
+def raw_bytes(col: pa.Array) -> list[bytes]:
+    """Values of a string or binary column as bytes (null: ``b""``)."""
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        col = pc.cast(col, pa.large_binary())
+    return [b if b is not None else b"" for b in col.to_pylist()]
+
+
+def as_string(col: pa.Array) -> pa.Array:
+    """The column cast to ``string`` (a no-op when it is one)."""
+    return col if col.type == pa.string() else pc.cast(col, pa.string())
+
+
+def completion_bytes(parts: list[str], request_id: str) -> bytes | None:
+    """The completion (UTF-8 bytes) of one generation, reading only the request ids and then the
+    one row group that holds it; None when no part holds ``request_id``."""
+    for path in parts:
+        pf = open_parquet(path, REQUIRED_GEN_COLUMNS)
+        for rg in range(pf.metadata.num_row_groups):
+            try:
+                ids = pf.read_row_group(rg, columns=["request_id"]).column(0)
+                hit = pc.index(as_string(ids.combine_chunks()), request_id).as_py()
+                if hit is not None and hit >= 0:
+                    comp = pf.read_row_group(rg, columns=["completion"]).column(0).combine_chunks()
+                    return raw_bytes(comp.slice(hit, 1))[0]
+            except (OSError, pa.ArrowException) as exc:
+                raise ReportError(f"{path}: damaged Parquet data ({exc})") from None
+    return None

@@ -1,0 +1,249 @@
+"""The matches pass of the report: one streamed read of ``RUN/matches.parquet`` (a row per
+maximal verbatim span, docs/CONTRACTS.md section 4) into a :class:`MatchIndex`, plus the
+interval and longest-span helpers the other passes share.
+
+Guarantees: memory is bounded by the memorized spans (``tokens >= W``, kept per request id)
+and one small row per request id with any span (its span counts per threshold and its longest
+span), never by the text of the spans (texts are cut from the completions later). The result
+does not depend on the batch size: per-batch partial aggregates are merged exactly.
+"""
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from reports.errors import ReportError
+from reports.inputs import (REQUIRED_MATCH_COLUMNS, as_string, completion_bytes, iter_batches, open_parquet,
+                            text)
+
+THRESHOLDS = (10, 20, 30, 40, 50)
+MATCH_COLUMNS = ("request_id", "span_start", "span_end", "tokens", "shard", "doc_id", "doc_offset",
+                 "occurrences", "source")     # the span's text: cut from the completion
+_LONGEST_ORDER = [("mt", "descending"), ("mb", "descending"), ("request_id", "ascending"), ("ss", "ascending")]
+
+
+def union_length(keys, starts: np.ndarray, ends: np.ndarray) -> dict:
+    """Total length of the union of intervals ``[start, end)`` per key.
+
+    ``keys`` is a 1-D array or a tuple of arrays (a compound key)."""
+    if isinstance(keys, tuple):
+        order = np.lexsort((starts,) + tuple(reversed(keys)))
+        karr = list(zip(*(k[order].tolist() for k in keys)))
+    else:
+        order = np.lexsort((starts, keys))
+        karr = keys[order].tolist()
+    out: dict = {}
+    if not len(karr):
+        return out
+    s = starts[order].tolist()
+    e = ends[order].tolist()
+    cur_k, cs, ce = karr[0], s[0], e[0]
+    for k, a, b in zip(karr[1:], s[1:], e[1:]):
+        if k != cur_k or a > ce:
+            out[cur_k] = out.get(cur_k, 0) + (ce - cs)
+            cur_k, cs, ce = k, a, b
+        elif b > ce:
+            ce = b
+    out[cur_k] = out.get(cur_k, 0) + (ce - cs)
+    return out
+
+
+def span_table(batch: pa.RecordBatch, rids: pa.Array, tok: np.ndarray, keep: np.ndarray) -> pa.Table:
+    """The spans ``keep`` of a matches batch, with what the longest-run record needs
+    (optional matches columns filled with their defaults)."""
+    take = pa.array(keep)
+    n = len(keep)
+
+    def col(name, typ, default):
+        if name not in batch.schema.names:
+            return pa.array([default] * n, typ)
+        c = batch.column(name).take(take)
+        if typ == pa.large_binary() and (pa.types.is_string(c.type) or pa.types.is_large_string(c.type)):
+            c = pc.cast(c, pa.large_binary())       # decoded with errors="replace" when shown
+        return pc.fill_null(pc.cast(c, typ), default) if default is not None else pc.cast(c, typ)
+
+    ss = batch.column("span_start").take(take).to_numpy(zero_copy_only=False).astype(np.int64)
+    se = batch.column("span_end").take(take).to_numpy(zero_copy_only=False).astype(np.int64)
+    return pa.table({"request_id": rids.take(take), "mt": pa.array(tok[keep]), "mb": pa.array(se - ss),
+                     "ss": pa.array(ss), "se": pa.array(se), "shard": col("shard", pa.int64(), 0),
+                     "doc_id": col("doc_id", pa.int64(), None), "doc_offset": col("doc_offset", pa.int64(), 0),
+                     "occurrences": col("occurrences", pa.int64(), 1),
+                     "source": col("source", pa.large_binary(), b"")})
+
+
+def longest_per(tbl: pa.Table, key: str | None) -> pa.Table:
+    """The longest span per value of ``key`` (all rows: ``key=None``): most tokens (``mt``), then
+    most bytes (``mb``), then the first by request_id and span start (``ss``)."""
+    order = ([(key, "ascending")] if key else []) + [o for o in _LONGEST_ORDER if o[0] != key]
+    t = tbl.sort_by(order)
+    n = t.num_rows
+    if key is None or n <= 1:
+        return t.slice(0, min(n, 1))
+    k = t.column(key).combine_chunks()
+    first = np.ones(n, dtype=bool)
+    first[1:] = pc.not_equal(k.slice(1), k.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+    return t.filter(pa.array(first))
+
+
+def longest_run_record(span: dict | None, groups: list, parts: list[str]) -> dict | None:
+    """``longest_run`` of metrics.json: the single longest verbatim span the matcher reported
+    (``span``: a row of :func:`longest_per` with the ``gid`` of its group in ``groups``), its
+    text cut from its generation's completion."""
+    if span is None:
+        return None
+    comp = completion_bytes(parts, span["request_id"])
+    raw = comp[span["ss"]:span["se"]] if comp is not None else b""
+    attack, variant = groups[span["gid"]].attack, groups[span["gid"]].variant
+    return {"tokens": int(span["mt"]), "bytes": int(span["mb"]), "text": raw.decode("utf-8", "replace"),
+            "source": (span["source"] or b"").decode("utf-8", "replace"), "doc_id": span["doc_id"],
+            "doc_offset": span["doc_offset"], "request_id": span["request_id"], "attack": attack,
+            "variant": variant, "occurrences": span["occurrences"]}
+
+
+@dataclass
+class MatchIndex:
+    """What the report keeps of matches.parquet.
+
+    ``memorized``: request id -> its spans with ``tokens >= W`` as tuples ``(span_start,
+    span_end, tokens, shard, doc_id (-1: null), doc_offset, occurrences, source, None)``, in file
+    order; ``per_request``: a table of each request id with any span, ``s<i>_sum`` = its spans
+    of at least ``THRESHOLDS[i]`` tokens and (columns of :func:`span_table`) its longest
+    tokenized span, None when the file holds no span; ``run_length_counts[k]``: spans of exactly
+    k tokens; ``spans``: rows; ``untokenized``: rows without a token count; ``min_tokens``: the
+    matcher's threshold (metadata, else inferred) and ``thresholds_ok[i]``: ``THRESHOLDS[i] >=
+    min_tokens`` (a figure below the threshold is not measured)."""
+
+    path: str
+    meta: dict
+    memorized: dict = field(default_factory=lambda: defaultdict(list))
+    per_request: pa.Table | None = None
+    run_length_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    spans: int = 0
+    untokenized: int = 0
+    min_seen: int | None = None
+    min_tokens: int = 0
+    min_tokens_source: str = ""
+    thresholds_ok: list = field(default_factory=list)
+
+    def memorized_request_ids(self) -> pa.Array:
+        return pa.array(list(self.memorized.keys()), type=pa.string())
+
+
+def read_matches(run_dir: str, parts: list[str], W: int, batch_rows: int, warnings: list[str]) -> MatchIndex:
+    """The matches pass: stream matches.parquet into a :class:`MatchIndex` (warnings appended:
+    a matches file older than the generations, an inferred threshold)."""
+    mpath = os.path.join(run_dir, "matches.parquet")
+    if not os.path.exists(mpath):
+        raise ReportError(f"{run_dir}: no matches.parquet (run the matcher on this run first)")
+    mpf = open_parquet(mpath, REQUIRED_MATCH_COLUMNS)
+    newest = max(parts, key=os.path.getmtime)
+    if os.path.getmtime(newest) > os.path.getmtime(mpath) + 1:
+        warnings.append(f"matches.parquet is older than {os.path.relpath(newest, run_dir)}: generations added "
+                        "since the matcher ran are counted as unmatched; rerun the matcher for exact figures")
+    meta = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace")
+            for k, v in (mpf.schema_arrow.metadata or {}).items()}
+    mi = MatchIndex(mpath, meta)
+    small_aggs: list[pa.Table] = []        # per request_id: counts per threshold
+    longest_parts: list[pa.Table] = []     # per request_id: its longest span
+    for batch in iter_batches(mpf, mpath, [c for c in MATCH_COLUMNS if c in mpf.schema_arrow.names], batch_rows):
+        if batch.num_rows == 0:
+            continue
+        tok = _count_tokens(mi, batch)
+        rids = as_string(batch.column("request_id"))
+        small_aggs.append(_threshold_counts(rids, tok))
+        keep = np.nonzero(tok >= 0)[0]      # the longest run is measured in tokens: tokenized spans only
+        if len(keep):
+            longest_parts.append(longest_per(span_table(batch, rids, tok, keep), "request_id"))
+        _keep_memorized(mi, batch, tok, W)
+    mi.per_request = _merge_per_request(small_aggs, longest_parts)
+    _resolve_min_tokens(mi, W, warnings)
+    return mi
+
+
+def _count_tokens(mi: MatchIndex, batch: pa.RecordBatch) -> np.ndarray:
+    """The batch's token counts (-1: none), added to the span count, run lengths and smallest span."""
+    mi.spans += batch.num_rows
+    tcol = batch.column("tokens")
+    if tcol.null_count:     # spans of generations without token offsets (matched by bytes)
+        mi.untokenized += tcol.null_count
+        tcol = pc.fill_null(tcol, -1)
+    tok = tcol.to_numpy(zero_copy_only=False).astype(np.int64)
+    if (tok >= 0).any():
+        bmin = int(tok[tok >= 0].min())
+        mi.min_seen = bmin if mi.min_seen is None else min(mi.min_seen, bmin)
+    bc = np.bincount(np.clip(tok, 0, None))
+    if len(bc) > len(mi.run_length_counts):
+        bc[: len(mi.run_length_counts)] += mi.run_length_counts
+        mi.run_length_counts = bc
+    else:
+        mi.run_length_counts[: len(bc)] += bc
+    return tok
+
+
+def _threshold_counts(rids: pa.Array, tok: np.ndarray) -> pa.Table:
+    """Per request id of the batch: ``s<i>_sum`` = its spans of at least ``THRESHOLDS[i]`` tokens."""
+    cols = {"request_id": rids}
+    for i, t in enumerate(THRESHOLDS):
+        cols[f"s{i}"] = pa.array((tok >= t).astype(np.int64))
+    return pa.table(cols).group_by(["request_id"]).aggregate([(f"s{i}", "sum") for i in range(len(THRESHOLDS))])
+
+
+def _keep_memorized(mi: MatchIndex, batch: pa.RecordBatch, tok: np.ndarray, W: int) -> None:
+    """Keep the batch's spans of at least ``W`` tokens under their request id."""
+    big = np.nonzero(tok >= W)[0]
+    if not len(big):
+        return
+    sub = batch.take(pa.array(big))
+    n = sub.num_rows
+
+    def g(name, default=None):
+        return sub.column(name).to_pylist() if name in sub.schema.names else [default] * n
+
+    sources = text(sub.column("source")) if "source" in sub.schema.names else [""] * n
+    for r, s, e, tk, sh, d, do, oc, src in zip(text(sub.column("request_id")), g("span_start"), g("span_end"),
+                                               g("tokens"), g("shard", 0), g("doc_id"), g("doc_offset"),
+                                               g("occurrences", 1), sources):
+        mi.memorized[r].append((int(s), int(e), int(tk), int(sh or 0), -1 if d is None else int(d),
+                                int(do or 0), int(oc or 1), src, None))
+
+
+def _merge_per_request(small_aggs: list[pa.Table], longest_parts: list[pa.Table]) -> pa.Table | None:
+    """One row per request id: the batches' threshold counts summed, its longest span joined on."""
+    if not small_aggs:
+        return None
+    small_tbl = pa.concat_tables(small_aggs)
+    if len(small_aggs) > 1:
+        small_tbl = small_tbl.group_by(["request_id"]).aggregate(
+            [(f"s{i}_sum", "sum") for i in range(len(THRESHOLDS))])
+        small_tbl = small_tbl.rename_columns([c[:-4] if c.endswith("_sum_sum") else c
+                                              for c in small_tbl.column_names])
+    if longest_parts:
+        # each request's longest span rides along the per-request table (one join with the groups later)
+        small_tbl = small_tbl.join(longest_per(pa.concat_tables(longest_parts), "request_id"), "request_id",
+                                   join_type="left outer")
+    return small_tbl
+
+
+def _resolve_min_tokens(mi: MatchIndex, W: int, warnings: list[str]) -> None:
+    """The matcher's threshold: matches.parquet's ``min_tokens`` metadata, else the smallest span
+    (at most W; warned); above W is a ReportError (no W-token window could be measured)."""
+    if "min_tokens" in mi.meta:
+        try:
+            mi.min_tokens = int(mi.meta["min_tokens"])
+            mi.min_tokens_source = "matches.parquet metadata"
+        except ValueError:
+            raise ReportError(f"{mi.path}: metadata min_tokens={mi.meta['min_tokens']!r} is not an integer") from None
+    else:
+        mi.min_tokens = min(mi.min_seen if mi.min_seen is not None else W, W)
+        mi.min_tokens_source = "inferred (no min_tokens in matches.parquet metadata)"
+        warnings.append("matches.parquet has no min_tokens metadata; the matcher threshold was inferred "
+                        f"as {mi.min_tokens} from the smallest span")
+    if mi.min_tokens > W:
+        raise ReportError(f"{mi.path}: the matcher ran with min_tokens={mi.min_tokens}, above the {W}-token "
+                          f"window; rerun the matcher with --min-tokens {W} or lower")
+    mi.thresholds_ok = [t >= mi.min_tokens for t in THRESHOLDS]
