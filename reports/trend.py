@@ -36,7 +36,7 @@ import pyarrow as pa
 
 from corpora.storage import utcnow
 from reports.errors import ReportError
-from reports.metrics import THRESHOLDS
+from reports.spans import THRESHOLDS
 from reports.svg import category_chart
 
 DEFAULT_METRIC = "memorized_token_fraction"
