@@ -6,7 +6,7 @@ import socket
 import pytest
 
 from extractor.backends import OpenAIBackend, normalize_endpoint
-from extractor.backends.boundaries import AlignmentError, align_tokens
+from extractor.backends.alignment import AlignmentError, align_tokens
 from extractor.errors import TrawlError
 
 

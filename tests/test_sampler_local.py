@@ -212,7 +212,7 @@ def test_tokenizer_file_gives_the_servers_tokens_in_process(local_server, tmp_pa
     assert server_be.capabilities.token_info == "tokenize"
     tok = GGUFTokenizer.for_file(local_server.model_path)
     assert GGUFTokenizer.for_file(str(local_server.model_path)) is tok  # loaded once per process
-    from extractor.backends.boundaries import AlignmentError
+    from extractor.backends.alignment import AlignmentError
 
     for text in TOKENIZER_TEXTS:
         ids = tok.tokenize(text)

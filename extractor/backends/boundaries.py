@@ -27,111 +27,21 @@ generation whose boundaries cannot be had (``token_offsets=None``,
 """
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Callable
 
+from extractor.backends.alignment import AlignmentError, align_tokens
 from extractor.backends.base import BackendError, Capabilities, Choice
 from extractor.errors import TrawlError
 
 if TYPE_CHECKING:
     from extractor.backends.http import HTTPClient
 
-_BYTES_PREFIX = "bytes:"
-_HEX_ESCAPE = re.compile(r"\\x([0-9a-fA-F]{2})")
 SEP = "\x00\x01"  # joins texts (and ids) in batched tokenize/detokenize requests
 # a tokenizer file must give the server's ids for this text: words, case, digits, punctuation,
 # code, whitespace runs, newlines and multi-byte characters (2, 3 and 4 bytes)
 _TOKENIZER_CHECK = ("The quick brown fox, 1234567 jumps!  Über naïve façade: 中文 日本語 🙂🚀\n\n"
                     "def f(x):\n\treturn {'a': x ** 2}  # --- <tag> &amp; http://example.org/?q=1")
 _PIECE_CACHES: dict = {}
-
-
-class AlignmentError(ValueError):
-    """The token strings do not spell the completion text."""
-
-
-def _token_bytes(tok: str) -> bytes | None:
-    """Exact bytes of a token when its string names them, else None (unknown)."""
-    if tok.startswith(_BYTES_PREFIX):
-        body = tok[len(_BYTES_PREFIX):]
-        try:
-            return bytes(int(h, 16) for h in _HEX_ESCAPE.findall(body)) if "\\x" in body else body.encode("utf-8")
-        except ValueError:
-            return None
-    if tok == "" or "\ufffd" in tok:
-        return None
-    return tok.encode("utf-8")
-
-
-def align_tokens(text: str, tokens: list[str]) -> list[int]:
-    """Byte offsets (into ``text.encode()``) where each token starts.
-
-    Raises :class:`AlignmentError` when the tokens cannot be matched to the text.
-    """
-    data = text.encode("utf-8")
-    n = len(data)
-    offsets: list[int] = []
-    pos = 0
-    pending = 0  # tokens of unknown bytes waiting for the next known token
-    for tok in tokens:
-        b = _token_bytes(tok)
-        if b is None:
-            pending += 1
-            continue
-        if not b:
-            continue
-        # Find where this token's bytes occur at or just after pos (pending tokens cover the gap).
-        if data.startswith(b, pos):
-            start = pos
-        elif pending:
-            start = data.find(b, pos)
-            # the unknown tokens cover at most a few characters (4 bytes each)
-            if start < 0 or start - pos > 4 * pending:
-                # a token string may itself start with a replacement char's neighbour; accept a
-                # partial overlap: the token's tail is known text
-                raise AlignmentError(f"token {tok!r} not found near byte {pos}")
-        else:
-            raise AlignmentError(f"token {tok!r} does not continue the text at byte {pos}")
-        if pending:
-            _spread(offsets, pos, start, pending)
-            pending = 0
-        offsets.append(start)
-        pos = start + len(b)
-    if pending:
-        _spread(offsets, pos, n, pending)
-        pos = n
-    if pos != n:
-        raise AlignmentError(f"tokens cover {pos} of {n} bytes")
-    return offsets
-
-
-def _spread(offsets: list[int], start: int, end: int, count: int) -> None:
-    """Give ``count`` unknown tokens offsets inside [start, end)."""
-    width = max(end - start, 0)
-    for i in range(count):
-        offsets.append(start + (min(i, width - 1) if width else 0))
-
-
-def offsets_from_pieces(text: str, pieces: list[bytes]) -> list[int] | None:
-    """Offsets from exact per-token byte pieces, when they concatenate to ``text``."""
-    data = text.encode("utf-8")
-    out, pos = [], 0
-    for p in pieces:
-        out.append(pos)
-        pos += len(p)
-    if b"".join(pieces) != data:
-        return None
-    return out
-
-
-def tokens_in_span(offsets: list[int], total_bytes: int, start: int, end: int) -> int:
-    """Number of tokens fully inside the byte span [start, end)."""
-    count = 0
-    for i, o in enumerate(offsets):
-        e = offsets[i + 1] if i + 1 < len(offsets) else total_bytes
-        if o >= start and e <= end and e > o:
-            count += 1
-    return count
 
 
 def _split_ids(ids: list[int], sep: list[int]) -> list[list[int]]:

@@ -14,7 +14,7 @@ the same vocabulary, loaded alone (``vocab_only``: ~0.6 s, no weights):
   (``special=True``), without the BOS token;
 * :meth:`GGUFTokenizer.offsets` gives the byte offset where each token starts, from
   each token's exact bytes (``detokenize([id])``); where the pieces do not spell the
-  text (a character split over tokens), :func:`extractor.backends.boundaries.align_tokens`
+  text (a character split over tokens), :func:`extractor.backends.alignment.align_tokens`
   spreads them as for the endpoint.
 
 :meth:`extractor.backends.boundaries.TokenBoundaries.use_tokenizer_file` checks the file against the server
@@ -30,7 +30,7 @@ import os
 import sys
 import threading
 
-from extractor.backends.boundaries import align_tokens, offsets_from_pieces
+from extractor.backends.alignment import align_tokens, offsets_from_pieces
 from extractor.errors import TrawlError
 
 _CACHE: dict[str, "GGUFTokenizer"] = {}

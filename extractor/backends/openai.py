@@ -29,7 +29,8 @@ import os
 import time
 
 from extractor.backends.base import BackendError, Capabilities, Choice, CompletionResult
-from extractor.backends.boundaries import AlignmentError, TokenBoundaries, align_tokens
+from extractor.backends.alignment import AlignmentError, align_tokens
+from extractor.backends.boundaries import TokenBoundaries
 from extractor.backends.http import HTTPClient, MalformedResponse, api_key_hint, normalize_endpoint, retry_after
 from extractor.backends.probe import neutral_payload, probe_server
 from extractor.errors import TrawlError

@@ -46,7 +46,7 @@ import time
 from typing import Callable
 
 from extractor.backends.base import BackendError, Capabilities, CompletionResult
-from extractor.backends.boundaries import AlignmentError
+from extractor.backends.alignment import AlignmentError
 from extractor.backends.http import normalize_endpoint
 from extractor.backends.openai import OpenAIBackend
 from extractor.errors import TrawlError
