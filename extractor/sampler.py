@@ -55,7 +55,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from extractor.attacks import AttackSpec, Job, PlanContext, get_attack, request_id, seed_for
+from extractor.attacks import ATTACKS, AttackSpec, Job, PlanContext, get_attack, request_id, seed_for
 from extractor.attacks.base import SEED_SCHEME, apply_common, draw_seed
 from extractor.backends import BackendError, Choice, CompletionResult, OpenAIBackend, make_backend
 from extractor.backends.openai import api_key_hint, clean_text
@@ -912,13 +912,9 @@ def _attack_summaries(rd: RunDir, resolved: list[dict] | None = None) -> dict:
     for attack, items in by.items():
         s = {"generations": len(items), "completion_tokens": sum(ct for _, ct in items)}
         extras = [e for e, _ in items]
-        if attack == "divergence":
-            div = sum(1 for e in extras if e.get("diverged"))
-            s.update({"diverged": div, "diverged_rate": div / len(extras)})
-        elif attack == "discoverable":
-            from extractor.attacks.discoverable import summarize
-
-            np_n = next((a["params"].get("np_n") for a in resolved or [] if a["name"] == "discoverable"), None)
-            s.update(summarize(extras, np_n or None))
+        cls = ATTACKS.get(attack)
+        if cls is not None:
+            params = next((a["params"] for a in resolved or [] if a["name"] == attack), {})
+            s.update(cls.summarize(extras, params))
         out[attack] = s
     return out
