@@ -592,8 +592,8 @@ class _Runner:
     # -- steps --------------------------------------------------------------------------------
     def step_sample(self) -> dict:
         from extractor.attacks import AttackSpec
-        from extractor.budget import Budget, Pricing
-        from extractor.sampler import run_attacks
+        from extractor.sampling.budget import Budget, Pricing
+        from extractor.sampling import run_attacks
 
         t = self.cfg["target"]
         specs = [AttackSpec(a["name"], dict(a["params"])) for a in self.cfg["attacks"]]

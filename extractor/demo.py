@@ -136,9 +136,9 @@ def run_demo(
     quiet: bool = False,
 ) -> DemoResult:
     from extractor.attacks import AttackSpec
-    from extractor.budget import Budget, Pricing
+    from extractor.sampling.budget import Budget, Pricing
     from extractor.embedded import EmbeddedServer
-    from extractor.sampler import run_attacks
+    from extractor.sampling import run_attacks
     from reports import compute_metrics, write_report
     from suffix_index import SuffixIndex
     from suffix_index.matchfile import match_to_parquet
