@@ -37,7 +37,7 @@ import requests  # noqa: E402
 
 from extractor.attacks import AttackSpec, PlanContext, get_attack, request_id, seed_for  # noqa: E402
 from extractor.backends import OpenAIBackend  # noqa: E402
-from extractor.sampler import run_attacks  # noqa: E402
+from extractor.sampling import run_attacks  # noqa: E402
 
 
 def workload(args) -> list[AttackSpec]:
@@ -114,7 +114,7 @@ def run_paired(endpoint: str, model: str, specs, payloads: list[dict], concurren
     stop.set()
     for t in threads:
         t.join()
-    from extractor.runs import RunDir
+    from extractor.sampling.run_folder import RunDir
 
     rows = RunDir(run_dir).read_generations(columns=["created_at", "latency_s", "extra"]).to_pylist()
     mine = []
@@ -195,7 +195,7 @@ def main(argv=None) -> int:
         requests.post(args.endpoint + "/v1/completions", json={"model": args.model, "prompt": "Hello",
                                                                "max_tokens": 4}, timeout=600)
         results = {"raw": [], "trawl": []}
-        from extractor.sampler import _canonical
+        from extractor.sampling.plan import canonical as _canonical
         import hashlib
 
         resolved = [{"name": sp.name, "params": get_attack(sp.name).resolve(sp.params)} for sp in specs]

@@ -46,7 +46,7 @@ def attack(args) -> AttackSpec:
 
 def run_http(args, model_path: str) -> dict:
     from extractor.backends import make_backend
-    from extractor.sampler import run_attacks
+    from extractor.sampling import run_attacks
     from extractor.serving.serve import VLLMServer
 
     t = time.monotonic()
@@ -90,7 +90,7 @@ def run_offline(args, model_path: str) -> list[dict]:
     res = [{"what": "offline", "engine_start_s": round(start_s, 1), "elapsed_s": round(el, 2),
             "generations": len(outs), "completion_tokens": toks, "tokens_per_s": round(toks / el, 1)}]
     if args.inprocess:
-        from extractor.sampler import run_attacks
+        from extractor.sampling import run_attacks
         t0 = time.monotonic()
         s = _run(run_attacks, os.path.join(args.tmp, "inproc"), "vllm://bench", model_path, args, backend="vllm")
         el = time.monotonic() - t0

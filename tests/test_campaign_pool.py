@@ -16,8 +16,8 @@ from extractor.attacks import AttackSpec
 from extractor.backends import make_backend
 from extractor.backends.pool import PoolBackend
 from extractor.errors import TrawlError
-from extractor.runs import RunDir
-from extractor.sampler import run_attacks
+from extractor.sampling.run_folder import RunDir
+from extractor.sampling import run_attacks
 from flaky_server import FlakyServer, expected_completion
 
 FAST = dict(timeout=1.0, max_retries=8, backoff_base=0.01, backoff_max=0.05, progress=False)

@@ -11,8 +11,8 @@ import pytest
 
 from extractor.attacks import AttackSpec
 from extractor.errors import TrawlError
-from extractor.runs import RunDir, RunLock, RunLocked
-from extractor.sampler import run_attacks
+from extractor.sampling.run_folder import RunDir, RunLock, RunLocked
+from extractor.sampling import run_attacks
 from flaky_server import FlakyServer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

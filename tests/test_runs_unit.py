@@ -7,7 +7,7 @@ import os
 import pyarrow.parquet as pq
 
 from corpora.storage import GENERATIONS_SCHEMA, utcnow
-from extractor.runs import RunDir
+from extractor.sampling.run_folder import RunDir
 
 
 def _row(i):

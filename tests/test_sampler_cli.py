@@ -138,7 +138,7 @@ def test_bad_settings_refused_before_anything_is_written(tmp_path, flag, value, 
 
 def test_unset_api_key_variable_is_named_as_unset(tmp_path, monkeypatch):
     from extractor.errors import TrawlError
-    from extractor.sampler import run_attacks
+    from extractor.sampling import run_attacks
 
     monkeypatch.delenv("MYKEY", raising=False)
     with FlakyServer(faults=(), require_key="sk-x") as srv:

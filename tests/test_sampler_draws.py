@@ -22,9 +22,9 @@ import pytest
 from draw_server import DrawServer, expected_text
 from extractor.attacks import AttackSpec
 from extractor.attacks.base import draw_seed
-from extractor.budget import Budget
-from extractor.runs import RunDir
-from extractor.sampler import run_attacks
+from extractor.sampling.budget import Budget
+from extractor.sampling.run_folder import RunDir
+from extractor.sampling import run_attacks
 from sampler_helpers import write_corpus
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -18,10 +18,10 @@ from collections import defaultdict
 import pytest
 
 from extractor.attacks import AttackSpec
-from extractor.budget import Budget, Pricing
+from extractor.sampling.budget import Budget, Pricing
 from extractor.errors import TrawlError
-from extractor.runs import RunDir
-from extractor.sampler import run_attacks
+from extractor.sampling.run_folder import RunDir
+from extractor.sampling import run_attacks
 from flaky_server import FAULTS, PROBE_PROMPTS, FlakyServer, expected_completion
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -8,11 +8,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from extractor.attacks import AttackSpec
-from extractor.budget import Budget, Pricing
+from extractor.sampling.budget import Budget, Pricing
 from extractor.errors import TrawlError
 from corpora.storage import GENERATIONS_SCHEMA
-from extractor.runs import RunDir
-from extractor.sampler import run_attacks
+from extractor.sampling.run_folder import RunDir
+from extractor.sampling import run_attacks
 from sampler_helpers import write_corpus
 
 pytestmark = pytest.mark.slow

@@ -72,7 +72,7 @@ def test_memorization_regression_between_two_versions_end_to_end(tmp_path):
     rows = {(r["version"], r["attack"]): r for r in read_ledger(tmp_path / "out" / "ledger.parquet")}
     assert rows[("v1", "all")]["memorized_token_fraction"] == 0.0
     assert rows[("v2", "all")]["memorized_token_fraction"] == 1.0
-    from extractor.runs import RunDir
+    from extractor.sampling.run_folder import RunDir
 
     gens = RunDir(str(tmp_path / "out" / "campaigns" / "fake-v2-divergence" / "run")).read_generations().to_pylist()
     toks = [g["completion_tokens"] for g in gens]

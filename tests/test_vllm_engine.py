@@ -107,7 +107,7 @@ def test_run_attacks_exact_temperature_decay(be, hf_model, tmp_path):
     import pyarrow.parquet as pq
 
     from extractor.attacks import AttackSpec
-    from extractor.sampler import run_attacks
+    from extractor.sampling import run_attacks
 
     summary = run_attacks(str(tmp_path / "run"), endpoint="vllm://smollm2", model=hf_model, backend="vllm",
                           attacks=[AttackSpec("unconditional", {"variants": ["temperature_decay", "top_k"],
@@ -134,7 +134,7 @@ def test_every_sample_is_its_own_draw_on_the_real_engine(be, hf_model, tmp_path,
     import pyarrow.parquet as pq
 
     from extractor.attacks import AttackSpec
-    from extractor.sampler import run_attacks
+    from extractor.sampling import run_attacks
 
     s = run_attacks(str(tmp_path / "run"), endpoint="vllm://smollm2", model=hf_model, backend="vllm",
                     attacks=[AttackSpec("unconditional", {"variants": ["top_k"], "samples": 40, "max_tokens": 24})],

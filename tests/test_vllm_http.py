@@ -151,7 +151,7 @@ def test_non_vllm_server_gets_payload_unchanged():
 
 def test_run_json_records_effective_sampling(tmp_path):
     from extractor.attacks import AttackSpec
-    from extractor.sampler import run_attacks
+    from extractor.sampling import run_attacks
 
     with FakeVLLM() as srv:
         run_attacks(str(tmp_path / "run"), endpoint=srv.base_url, model="m", api_key_env=None,
@@ -168,7 +168,7 @@ def test_ignore_eos_is_an_attack_setting_sent_only_when_given(tmp_path):
     """``ignore_eos`` (every attack takes it) reaches each request when set, and is absent otherwise;
     the attacks' resolved parameters (and so the run id) do not change when it is not given."""
     from extractor.attacks import AttackSpec, get_attack
-    from extractor.sampler import run_attacks
+    from extractor.sampling import run_attacks
 
     assert "ignore_eos" not in get_attack("divergence").resolve({"words": ["poem"]})
     assert get_attack("divergence").resolve({"ignore_eos": "true"})["ignore_eos"] is True
@@ -194,7 +194,7 @@ def _fake_text(prompt, seed, k, temperature, max_tokens):
 
 
 def _rows(run_dir):
-    from extractor.runs import RunDir
+    from extractor.sampling.run_folder import RunDir
 
     return sorted(RunDir(str(run_dir)).read_generations().to_pylist(), key=lambda r: r["request_id"])
 
@@ -205,7 +205,7 @@ def test_prompt_lists_with_n_store_each_sample_under_its_own_request_id(tmp_path
     choice index (recomputed from the fake model), and the list's billed prompt tokens are split
     over the rows without losing any."""
     from extractor.attacks import AttackSpec
-    from extractor.sampler import run_attacks
+    from extractor.sampling import run_attacks
 
     words = ["poem", "data", "the", "of", "and"]
     with FakeVLLM() as srv:
@@ -238,8 +238,8 @@ def test_resume_after_a_cap_cut_a_prompt_list_stores_what_an_uninterrupted_run_d
     request again and keeps only the missing rows, so the union equals an uninterrupted run row for
     row (same request ids, same samples), with nothing stored twice."""
     from extractor.attacks import AttackSpec
-    from extractor.budget import Budget
-    from extractor.sampler import run_attacks
+    from extractor.sampling.budget import Budget
+    from extractor.sampling import run_attacks
 
     spec = [AttackSpec("divergence", {"words": ["poem", "data", "the", "of", "and", "x"], "samples": 2,
                                       "repetitions": 2, "max_tokens": 5, "form": "instruction"})]

@@ -64,7 +64,7 @@ def test_neutral_fields_accepted_and_seed_reproduces(be):
 
 def test_run_records_effective_sampling(be, server, tmp_path):
     from extractor.attacks import AttackSpec
-    from extractor.sampler import run_attacks
+    from extractor.sampling import run_attacks
 
     s = run_attacks(str(tmp_path / "run"), endpoint=server.base_url, model=server.model, api_key_env=None,
                     attacks=[AttackSpec("divergence", {"words": ["poem"], "repetitions": 20, "samples": 4, "max_tokens": 16})],

@@ -209,6 +209,13 @@ class Attack:
         """Attack-specific facts about a finished generation, merged into ``extra``."""
         return {}
 
+    @classmethod
+    def summarize(cls, extras: list[dict], params: dict) -> dict:
+        """Attack-specific run figures for ``run.json``'s ``attacks`` entry, from the ``extra``
+        dicts of every stored generation of this attack (at least one) and the attack's resolved
+        parameters (its first occurrence in the plan). The base class adds nothing."""
+        return {}
+
 
 def sampling_params(params: dict, *, keys=("temperature", "top_p", "top_k", "max_tokens")) -> dict:
     out = {}

@@ -122,6 +122,11 @@ class Discoverable(Attack):
             ctx.log(f"discoverable: only {found} of {params['documents']} requested documents are long enough "
                     f"({off + k + s} tokens)")
 
+    @classmethod
+    def summarize(cls, extras: list[dict], params: dict) -> dict:
+        """The module's :func:`summarize`, with the run's ``np_n`` (empty: ``samples``)."""
+        return summarize(extras, params.get("np_n") or None)
+
     def finish(self, job: Job, text: str, token_offsets):
         target = job.extra["target"]
         s = job.extra["target_tokens"]

@@ -30,6 +30,7 @@ import string
 from bisect import bisect_right
 
 from extractor.attacks.base import Attack, Job, Param, PlanContext, sampling_params
+from extractor.errors import TrawlError
 
 COMMON_WORDS = (
     "poem", "company", "book", "work", "word", "life", "time", "year", "world", "people",
@@ -101,10 +102,8 @@ class Divergence(Attack):
     def validate(cls, params):
         super().validate(params)
         if params["repetitions"] < 1:
-            from extractor.errors import TrawlError
             raise TrawlError("attack divergence: repetitions must be >= 1")
         if not params["words"]:
-            from extractor.errors import TrawlError
             raise TrawlError("attack divergence: words is empty")
 
     def plan(self, params: dict, ctx: PlanContext):
@@ -117,6 +116,12 @@ class Divergence(Attack):
                 for s in range(params["samples"]):
                     yield Job(attack=self.name, variant=variant, prompt=prompt, sample=s, params=dict(sp),
                               extra={"word": word, "form": form, "repetitions": params["repetitions"]})
+
+    @classmethod
+    def summarize(cls, extras: list[dict], params: dict) -> dict:
+        """``diverged``: generations that diverged; ``diverged_rate``: their share."""
+        div = sum(1 for e in extras if e.get("diverged"))
+        return {"diverged": div, "diverged_rate": div / len(extras)}
 
     def finish(self, job: Job, text: str, token_offsets):
         at = divergence_point(job.extra["word"], text)

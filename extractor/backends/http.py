@@ -2,7 +2,7 @@
 
 :class:`HTTPClient` is shared by all worker threads (each thread gets its own
 ``requests.Session``); it bounds nothing itself: the number of requests in flight is
-bounded by the caller (see :mod:`extractor.sampler`).
+bounded by the caller (see :mod:`extractor.sampling`).
 
 Guarantees
     Each attempt has a connect timeout and a *total* deadline: the body is read

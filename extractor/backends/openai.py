@@ -2,7 +2,7 @@
 
 Works with vLLM, llama.cpp (llama-cpp-python's server), OpenAI and others, over
 ``requests``. One :class:`OpenAIBackend` is shared by all worker threads; the
-number of requests in flight is bounded by the caller (see :mod:`extractor.sampler`).
+number of requests in flight is bounded by the caller (see :mod:`extractor.sampling`).
 It implements :class:`extractor.backends.base.Backend` by composing three parts,
 each with its own guarantees:
 

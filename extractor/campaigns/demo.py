@@ -10,7 +10,7 @@ Steps (each one is the same code the individual commands run):
              OpenAI-compatible server on a free loopback port;
 4. attacks - a discoverable-memorization pass (corpus prefixes, greedy
              continuation) and the divergence attack (Nasr et al. 2023), for
-             a few minutes of wall time (:func:`extractor.sampler.run_attacks`);
+             a few minutes of wall time (:func:`extractor.sampling.run_attacks`);
 5. match   - every maximal verbatim span of at least ``min_tokens`` model tokens
              (:meth:`suffix_index.SuffixIndex.match`);
 6. report  - HTML, Markdown and JSON (:func:`reports.write_report`).
@@ -188,9 +188,9 @@ def _sample(out: Path, run_dir: Path, target: dict, corpus_dir: Path, minutes: f
             quiet: bool) -> None:
     """Steps 3-4: serve the embedded model, run the discoverable pass then divergence for ``minutes``."""
     from extractor.attacks import AttackSpec
-    from extractor.budget import Budget, Pricing
+    from extractor.sampling.budget import Budget, Pricing
     from extractor.campaigns.pipeline import served_target
-    from extractor.sampler import run_attacks
+    from extractor.sampling import run_attacks
 
     _say("[3/6] model: starting the embedded Gemma-3-270m on the llama.cpp server", quiet)
     with served_target(target, log_path=out / "llama-server.log") as served:

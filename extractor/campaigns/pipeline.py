@@ -4,7 +4,7 @@
 :func:`run_campaign`, whose :class:`CampaignRunner` runs the steps in order:
 
 1. ``sample``  (:class:`SampleStep`) - the attacks against the target
-   (:func:`extractor.sampler.run_attacks`, always with ``resume=True``) while
+   (:func:`extractor.sampling.run_attacks`, always with ``resume=True``) while
    :func:`served_target` serves it: an ``embedded = true`` target starts the embedded
    llama.cpp server for this step only; a ``backend = "vllm"`` target runs vLLM's
    engine in this process (:mod:`extractor.backends.vllm_offline`);
@@ -71,7 +71,7 @@ SUMMARY_KEYS = ("generations", "generated_tokens", "memorized_token_fraction", "
 @contextmanager
 def served_target(target: dict, *, log_path: Path, on_start: Callable[[], None] | None = None) -> Iterator[dict]:
     """Serve a checked ``[target]`` table for the duration of the block; yields the keywords of
-    :func:`extractor.sampler.run_attacks` that reach it: ``endpoint``, ``model``, ``api_key_env``,
+    :func:`extractor.sampling.run_attacks` that reach it: ``endpoint``, ``model``, ``api_key_env``,
     ``backend``, ``tokenizer_file``.
 
     * ``backend = "vllm"``: vLLM's engine in this process; engines of other models are shut down
@@ -181,8 +181,8 @@ class SampleStep:
 
     def run(self, ctx: CampaignContext) -> dict:
         from extractor.attacks import AttackSpec
-        from extractor.budget import Budget, Pricing
-        from extractor.sampler import run_attacks
+        from extractor.sampling.budget import Budget, Pricing
+        from extractor.sampling import run_attacks
 
         cfg, t = ctx.cfg, ctx.cfg["target"]
         name = ctx.campaign.name

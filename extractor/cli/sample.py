@@ -118,8 +118,8 @@ def register(subparsers) -> None:
 
 def cmd_sample(args) -> int:
     from extractor.attacks import AttackSpec
-    from extractor.budget import Budget, Pricing
-    from extractor.sampler import run_attacks
+    from extractor.sampling.budget import Budget, Pricing
+    from extractor.sampling import run_attacks
 
     items = getattr(args, "attack_list", None) or []
     if not items:

@@ -43,6 +43,8 @@ from extractor.errors import TrawlError
 # Names in generations/ that are not parts start with "_" or "." so that dataset readers
 # (pyarrow.parquet.read_table("RUN/generations"), DuckDB globs on part-*) skip them.
 JOURNAL_NAME = "_journal.jsonl"
+FORMAT = "trawl-run"      # config.json's and run.json's "format"
+FORMAT_VERSION = 1
 LOCK_NAME = ".lock"  # RUN/.lock: fcntl.flock'ed by the process using the run folder
 
 
@@ -109,7 +111,7 @@ class RunLock:
 
 
 def write_json_atomic(path: str, obj) -> None:
-    """run.json / config.json: indented, non-ASCII kept (see corpora.shards.write_text_atomic)."""
+    """run.json / config.json: indented, non-ASCII kept (see corpora.storage.write_json_atomic)."""
     _write_json_atomic(path, obj, indent=2, ensure_ascii=False)
 
 

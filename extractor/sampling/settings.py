@@ -1,0 +1,82 @@
+"""How a sampler run behaves, apart from what it plans: :class:`SamplerSettings`.
+
+Guarantees: a :class:`SamplerSettings` that exists is valid. The numeric settings
+are checked once, in ``__post_init__``, before anything is written (a bad one used
+to surface mid-run); a bad value is a :class:`extractor.errors.TrawlError` with a
+one-line message naming the setting (``concurrency must be an integer >= 1, got 0``).
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+from extractor.errors import TrawlError
+
+
+def _stderr_log(msg: str) -> None:
+    print(f"trawl: {msg}", file=sys.stderr)
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """The keyword arguments of :func:`extractor.sampling.run_attacks` beyond the plan and the budget.
+
+    ``concurrency`` requests in flight at most; ``timeout``/``max_retries``/``backoff_*`` per
+    request (see the backend); ``run_id`` (default: a hash of the plan) and ``seed`` fix request
+    ids and seeds; ``use_n``/``max_n`` and ``use_prompt_lists``/``max_prompts`` let one request
+    serve several generations; ``flush_rows``/``flush_seconds`` roll Parquet parts;
+    ``drain_seconds`` is how long a stopping run waits for the requests in flight;
+    ``max_consecutive_failures`` (default ``max(10, 2 * concurrency)``) stops a run whose
+    requests keep failing; ``backend``, ``api_key_env``, ``token_info`` and ``tokenizer_file``
+    choose and configure the backend; ``log`` receives one-line messages (default: stderr,
+    prefixed ``trawl: ``).
+    """
+
+    concurrency: int = 64
+    resume: bool = False
+    progress: bool = True
+    api_key_env: str | None = "OPENAI_API_KEY"
+    timeout: float = 300.0
+    max_retries: int = 6
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    run_id: str | None = None
+    seed: int = 0
+    use_n: bool = True
+    max_n: int = 16
+    use_prompt_lists: bool = True
+    max_prompts: int = 8
+    flush_rows: int = 256
+    flush_seconds: float = 30.0
+    drain_seconds: float = 60.0
+    max_consecutive_failures: int | None = None
+    backend: str = "openai"
+    token_info: str = "auto"
+    tokenizer_file: str | None = None
+    log: Callable[[str], None] | None = None
+
+    def __post_init__(self) -> None:
+        def _num(name, ok, what):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or not ok(v):
+                raise TrawlError(f"{name} must be {what}, got {v!r}")
+
+        _num("concurrency", lambda v: v >= 1 and v == int(v), "an integer >= 1")
+        _num("timeout", lambda v: 0 < v < float("inf"), "a number of seconds > 0")
+        _num("max_retries", lambda v: v >= 0 and v == int(v), "an integer >= 0")
+        _num("drain_seconds", lambda v: v >= 0, "a number of seconds >= 0")
+        _num("max_n", lambda v: v >= 1, ">= 1")
+        _num("max_prompts", lambda v: v >= 1 and v == int(v), "an integer >= 1")
+        _num("flush_rows", lambda v: v >= 1, ">= 1")
+        _num("flush_seconds", lambda v: v >= 0, ">= 0")
+
+    @property
+    def logger(self) -> Callable[[str], None]:
+        """``log``, or one line on stderr per message."""
+        return self.log or _stderr_log
+
+    @property
+    def failure_limit(self) -> int:
+        """Requests failing in a row that stop the run."""
+        return self.max_consecutive_failures or max(10, 2 * self.concurrency)
