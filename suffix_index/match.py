@@ -131,9 +131,42 @@ class Matcher:
     # ------------------------------------------------------------ the algorithm
     def spans(self, gens: Sequence[tuple[Any, bytes, Any]], min_tokens: int = DEFAULT_MIN_TOKENS,
               min_bytes: int | None = None) -> list[tuple[Any, int, int, int | None, int, int, int]]:
-        """Maximal spans of one batch as ``(gen_index, start, end, tokens, shard, pos, count)``."""
+        """Maximal spans of one batch as ``(gen_index, start, end, tokens, shard, pos, count)``.
+
+        The batch's texts are packed into one byte array; its segments (runs without 0xFF at
+        least ``L`` bytes long, ``L`` the fewest bytes ``min_tokens`` tokens take in that
+        generation) are seeded every ``L - q + 1`` bytes with ``q``-byte seeds that any span of
+        ``L`` bytes must contain; hit seeds are extended to maximal spans, right to left; spans
+        under ``min_tokens`` tokens are dropped; then every span is counted in every shard.
+        """
         if min_bytes is None:
             min_bytes = BYTES_PER_TOKEN * int(min_tokens)
+        G, glist = self._pack(gens, min_tokens, min_bytes)
+        if not glist or not self.shards:
+            return []
+        segs = _segments(G, glist)
+        if segs is None:
+            return []
+        zones = self._hit_seeds(G, segs)
+        A, B, S = self._extend(G, segs, *zones)
+        if A.size == 0:
+            return []
+        res_gen, res_a, res_b, res_tok = _token_filter(A, B, S, segs.gen, glist, min_tokens, min_bytes)
+        if not res_a:
+            return []
+        total, first_shard, first_pos = self._occurrences(G, res_a, res_b)
+        out = []
+        for j in range(len(res_a)):
+            g = glist[res_gen[j]]
+            out.append((res_gen[j], res_a[j] - g.base, res_b[j] - g.base, res_tok[j],
+                        int(first_shard[j]), int(first_pos[j]), int(total[j])))
+        return out
+
+    @staticmethod
+    def _pack(gens, min_tokens: int, min_bytes: int) -> tuple[np.ndarray, list[_Gen]]:
+        """The batch's texts in one byte array (8 zero bytes after it) and one :class:`_Gen` each,
+        with ``L``: the fewest bytes that ``min_tokens`` of its tokens take (``min_bytes`` without
+        token offsets; 0 when it has fewer tokens)."""
         parts: list[bytes] = []
         glist: list[_Gen] = []
         base = 0
@@ -156,37 +189,17 @@ class Matcher:
             glist.append(_Gen(key, base, n, ends, offs, L))
             parts.append(bytes(data))
             base += n
-        if not glist or not self.shards:
-            return []
-        G = np.frombuffer(b"".join(parts) + b"\0" * 8, dtype=np.uint8)
+        return np.frombuffer(b"".join(parts) + b"\0" * 8, dtype=np.uint8), glist
 
-        # segments: maximal runs without 0xFF, at least L long
-        seg_start, seg_end, seg_gen = [], [], []
-        for gi, g in enumerate(glist):
-            if g.L <= 0 or g.n < g.L:
-                continue
-            arr = G[g.base : g.base + g.n]
-            cuts = np.flatnonzero(arr == SEPARATOR)
-            bounds = np.concatenate(([-1], cuts, [g.n]))
-            for a, b in zip(bounds[:-1] + 1, bounds[1:]):
-                if b - a >= g.L:
-                    seg_start.append(g.base + int(a))
-                    seg_end.append(g.base + int(b))
-                    seg_gen.append(gi)
-        if not seg_start:
-            return []
-        seg_start_a = np.array(seg_start, dtype=np.int64)
-        seg_end_a = np.array(seg_end, dtype=np.int64)
-        seg_L = np.array([glist[g].L for g in seg_gen], dtype=np.int64)
-
-        # 1. seeds
+    def _hit_seeds(self, G: np.ndarray, segs: "_Segments"):
+        """Seeds that occur in the index and own a span: ``(x, right end, segment, zone left)``."""
         sp, sseg, sq, ss = [], [], [], []
-        for si in range(len(seg_start)):
-            L = int(seg_L[si])
+        for si in range(len(segs.start)):
+            L = int(segs.L[si])
             q = seed_length(L)
             s = L - q + 1
-            ln = int(seg_end_a[si] - seg_start_a[si])
-            pos = np.arange(0, ln - q + 1, s, dtype=np.int64) + seg_start_a[si]
+            ln = int(segs.end[si] - segs.start[si])
+            pos = np.arange(0, ln - q + 1, s, dtype=np.int64) + segs.start[si]
             sp.append(pos)
             sseg.append(np.full(pos.size, si, dtype=np.int64))
             sq.append(np.full(pos.size, q, dtype=np.int64))
@@ -195,7 +208,7 @@ class Matcher:
         sseg_a = np.concatenate(sseg)
         sq_a = np.concatenate(sq)
         ss_a = np.concatenate(ss)
-        ms = self.ms(G, sp_a, seg_end_a[sseg_a] - sp_a)
+        ms = self.ms(G, sp_a, segs.end[sseg_a] - sp_a)
         r = sp_a + ms
         hit = ms >= sq_a
         # a seed whose predecessor (same segment) reaches the same end owns no span
@@ -204,18 +217,19 @@ class Matcher:
             same_seg = sseg_a[1:] == sseg_a[:-1]
             prev_same[1:] = same_seg & hit[:-1] & (r[:-1] >= r[1:])
         items = np.flatnonzero(hit & ~prev_same)
-
-        # 2. enumerate the spans of each hit seed's zone, right to left
-        x = sp_a[items]
-        cur_r = r[items]
         seg = sseg_a[items]
-        zl = np.maximum(sp_a[items] - ss_a[items] + 1, seg_start_a[seg])
-        L_it = seg_L[seg]
+        zl = np.maximum(sp_a[items] - ss_a[items] + 1, segs.start[seg])
+        return sp_a[items], r[items], seg, zl
+
+    def _extend(self, G: np.ndarray, segs: "_Segments", x, cur_r, seg, zl):
+        """Every maximal span of each hit seed's zone, right to left: ``(starts, ends, segments)``,
+        sorted and without repeats."""
+        L_it = segs.L[seg]
         out_a: list[np.ndarray] = []
         out_b: list[np.ndarray] = []
         out_seg: list[np.ndarray] = []
         while x.size:
-            floor = np.maximum(zl - 1, seg_start_a[seg])  # lowest start to try
+            floor = np.maximum(zl - 1, segs.start[seg])  # lowest start to try
             lo = floor - 1  # virtual: "does not occur"
             hi = x.copy()  # g[x:cur_r] occurs
             act = np.flatnonzero(hi - lo > 1)
@@ -226,7 +240,7 @@ class Matcher:
                 lo[act[~occ]] = mid[~occ]
                 act = act[(hi[act] - lo[act]) > 1]
             a = hi
-            not_left_max = (zl - 1 >= seg_start_a[seg]) & (a == zl - 1)
+            not_left_max = (zl - 1 >= segs.start[seg]) & (a == zl - 1)
             ok = ~not_left_max
             rep = ok & (cur_r - a >= L_it)
             out_a.append(a[rep])
@@ -237,47 +251,27 @@ class Matcher:
                 break
             x2 = a[cont] - 1
             seg2 = seg[cont]
-            ms2 = self.ms(G, x2, seg_end_a[seg2] - x2)
+            ms2 = self.ms(G, x2, segs.end[seg2] - x2)
             r2 = x2 + ms2
             zl2 = zl[cont]
             L2 = L_it[cont]
             keep = r2 - zl2 >= L2
             x, cur_r, seg, zl, L_it = x2[keep], r2[keep], seg2[keep], zl2[keep], L2[keep]
-
         if not out_a:
-            return []
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty, empty
         A = np.concatenate(out_a)
         B = np.concatenate(out_b)
         S = np.concatenate(out_seg)
-        if A.size == 0:
-            return []
-        # dedupe and order
         order = np.lexsort((B, A))
         A, B, S = A[order], B[order], S[order]
         keep = np.ones(A.size, dtype=bool)
         keep[1:] = (A[1:] != A[:-1]) | (B[1:] != B[:-1])
-        A, B, S = A[keep], B[keep], S[keep]
+        return A[keep], B[keep], S[keep]
 
-        # token filter
-        res_gen, res_a, res_b, res_tok = [], [], [], []
-        for a_, b_, s_ in zip(A.tolist(), B.tolist(), S.tolist()):
-            gi = seg_gen[s_]
-            g = glist[gi]
-            tok = None
-            if g.offs is not None:
-                tok = tokens_covered(g.offs, g.ends, a_ - g.base, b_ - g.base)
-                if tok < min_tokens:
-                    continue
-            elif b_ - a_ < min_bytes:
-                continue
-            res_gen.append(gi)
-            res_a.append(a_)
-            res_b.append(b_)
-            res_tok.append(tok)
-        if not res_a:
-            return []
-
-        # 3. occurrences: count everywhere, first = lowest (shard, position)
+    def _occurrences(self, G: np.ndarray, res_a: list[int], res_b: list[int]):
+        """Per span: occurrences summed over every shard, and the first occurrence (lowest shard,
+        then lowest position)."""
         xa = np.array(res_a, dtype=np.int64)
         xlen = np.array(res_b, dtype=np.int64) - xa
         total = np.zeros(xa.size, dtype=np.int64)
@@ -293,12 +287,57 @@ class Matcher:
                 first_shard[j] = si
                 ptrs = checked_pointers(sh.sa[int(lo_r[j]) : int(hi_r[j])], len(sh.text), name)
                 first_pos[j] = int(ptrs.min())
-        out = []
-        for j in range(xa.size):
-            g = glist[res_gen[j]]
-            out.append((res_gen[j], res_a[j] - g.base, res_b[j] - g.base, res_tok[j],
-                        int(first_shard[j]), int(first_pos[j]), int(total[j])))
-        return out
+        return total, first_shard, first_pos
+
+
+@dataclass
+class _Segments:
+    """Maximal runs of a batch without 0xFF, at least their generation's ``L`` long."""
+
+    start: np.ndarray   # int64, into the packed batch
+    end: np.ndarray
+    L: np.ndarray
+    gen: list[int]      # the generation of each segment
+
+
+def _segments(G: np.ndarray, glist: list[_Gen]) -> _Segments | None:
+    seg_start, seg_end, seg_gen = [], [], []
+    for gi, g in enumerate(glist):
+        if g.L <= 0 or g.n < g.L:
+            continue
+        arr = G[g.base : g.base + g.n]
+        cuts = np.flatnonzero(arr == SEPARATOR)
+        bounds = np.concatenate(([-1], cuts, [g.n]))
+        for a, b in zip(bounds[:-1] + 1, bounds[1:]):
+            if b - a >= g.L:
+                seg_start.append(g.base + int(a))
+                seg_end.append(g.base + int(b))
+                seg_gen.append(gi)
+    if not seg_start:
+        return None
+    return _Segments(np.array(seg_start, dtype=np.int64), np.array(seg_end, dtype=np.int64),
+                     np.array([glist[g].L for g in seg_gen], dtype=np.int64), seg_gen)
+
+
+def _token_filter(A, B, S, seg_gen: list[int], glist: list[_Gen], min_tokens: int, min_bytes: int):
+    """The spans that cover at least ``min_tokens`` tokens (``min_bytes`` bytes without offsets),
+    as lists ``(generation, start, end, tokens)``."""
+    res_gen, res_a, res_b, res_tok = [], [], [], []
+    for a_, b_, s_ in zip(A.tolist(), B.tolist(), S.tolist()):
+        gi = seg_gen[s_]
+        g = glist[gi]
+        tok = None
+        if g.offs is not None:
+            tok = tokens_covered(g.offs, g.ends, a_ - g.base, b_ - g.base)
+            if tok < min_tokens:
+                continue
+        elif b_ - a_ < min_bytes:
+            continue
+        res_gen.append(gi)
+        res_a.append(a_)
+        res_b.append(b_)
+        res_tok.append(tok)
+    return res_gen, res_a, res_b, res_tok
 
 
 def iter_batches(items: Iterable, size: int):
