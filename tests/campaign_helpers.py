@@ -6,13 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from repo import ROOT
+from sampler_helpers import DOCS as _TEXTS
+
+CONSTITUTION = _TEXTS[0]   # the US Constitution's preamble (sampler_helpers.DOCS)
 
 DOCS = [
-    "We the People of the United States, in Order to form a more perfect Union, establish Justice, insure "
-    "domestic Tranquility, provide for the common defence, promote the general Welfare, and secure the "
-    "Blessings of Liberty to ourselves and our Posterity, do ordain and establish this Constitution for the "
-    "United States of America.",
+    CONSTITUTION,
     "Four score and seven years ago our fathers brought forth on this continent, a new nation, conceived in "
     "Liberty, and dedicated to the proposition that all men are created equal.",
     "poem poem poem poem poem poem poem poem poem poem poem poem poem poem poem poem poem poem poem poem",

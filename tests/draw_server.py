@@ -35,14 +35,52 @@ VOCAB = [" the", " of", " and", " poem", " data", " é", "\n", " x", ",", " 中�
 _NOT_PARAMS = {"prompt", "n", "seed", "logprobs", "model", "stream", "echo", "user"}
 
 
+def send_body(handler: BaseHTTPRequestHandler, status: int, body: bytes, headers: dict | None = None) -> None:
+    """Answer a request with a JSON body (a client that hung up is not an error here)."""
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    for k, v in (headers or {}).items():
+        handler.send_header(k, v)
+    handler.end_headers()
+    try:
+        handler.wfile.write(body)
+    except OSError:
+        pass
+
+
+def vocab_tokenize(text: str, vocab: list[str]) -> list[int]:
+    """Greedy tokenization over ``vocab`` (id = index + 10); other characters are ord + 1000."""
+    ids, i = [], 0
+    while i < len(text):
+        for k, w in enumerate(vocab):
+            if text.startswith(w, i):
+                ids.append(k + 10)
+                i += len(w)
+                break
+        else:
+            ids.append(ord(text[i]) + 1000)
+            i += 1
+    return ids
+
+
+def vocab_detokenize(ids: list[int], vocab: list[str]) -> str:
+    return "".join(vocab[i - 10] if 10 <= i < 10 + len(vocab) else chr(i - 1000) for i in ids)
+
+
 def draw_text(prompt: str, params: dict, seed: int | None, max_tokens: int) -> list[str]:
     """The tokens of the draw (prompt, params, seed); ``seed`` is None for a greedy draw."""
     key = json.dumps([prompt, {k: v for k, v in params.items() if k not in _NOT_PARAMS}, seed], sort_keys=True)
+    return hash_tokens(key, VOCAB, max_tokens)
+
+
+def hash_tokens(key: str, vocab: list[str], max_tokens: int) -> list[str]:
+    """``max_tokens`` tokens of ``vocab`` chosen by the SHA-256 stream of ``key`` (a fake model)."""
     h = hashlib.sha256(key.encode()).digest()
     out: list[str] = []
     while len(out) < max_tokens:
         for b in h:
-            out.append(VOCAB[b % len(VOCAB)])
+            out.append(vocab[b % len(vocab)])
             if len(out) == max_tokens:
                 break
         h = hashlib.sha256(h).digest()
@@ -76,17 +114,7 @@ class DrawServer:
                 pass
 
             def _send(self, code, obj, headers=None):
-                body = json.dumps(obj).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                try:
-                    self.wfile.write(body)
-                except OSError:
-                    pass
+                send_body(self, code, json.dumps(obj).encode(), headers)
 
             def do_GET(self):
                 if self.path == "/version" and outer.version:
@@ -134,21 +162,11 @@ class DrawServer:
     # -- the model -------------------------------------------------------------------------
     @staticmethod
     def tokenize(text: str) -> list[int]:
-        ids, i = [], 0
-        while i < len(text):
-            for k, w in enumerate(VOCAB):
-                if text.startswith(w, i):
-                    ids.append(k + 10)
-                    i += len(w)
-                    break
-            else:
-                ids.append(ord(text[i]) + 1000)
-                i += 1
-        return ids
+        return vocab_tokenize(text, VOCAB)
 
     @staticmethod
     def detokenize(ids: list[int]) -> str:
-        return "".join(VOCAB[i - 10] if 10 <= i < 10 + len(VOCAB) else chr(i - 1000) for i in ids)
+        return vocab_detokenize(ids, VOCAB)
 
     def complete(self, d: dict) -> dict:
         prompts = d["prompt"] if isinstance(d["prompt"], list) else [d["prompt"]]

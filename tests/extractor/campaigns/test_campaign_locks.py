@@ -8,6 +8,7 @@ import pytest
 
 from campaign_helpers import make_index, q, trawl
 from extractor.campaigns.sweep import LOCKED_EXIT_CODE, SweepLock, SweepLocked, load_sweep, run_sweep
+from repo import ROOT
 
 
 @pytest.fixture()
@@ -51,7 +52,7 @@ def test_lock_is_dropped_when_the_holder_dies(tmp_path):
     out = tmp_path / "out"
     code = ("import sys, time; sys.path.insert(0, %r); from extractor.campaigns.sweep import SweepLock; "
             "l = SweepLock(%r).acquire(); print('held', flush=True); time.sleep(60)") % (
-        str(__import__("pathlib").Path(__file__).resolve().parents[1]), str(out))
+        str(ROOT), str(out))
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().strip() == "held"

@@ -14,8 +14,8 @@ from extractor.errors import TrawlError
 from extractor.sampling.run_folder import RunDir, RunLock, RunLocked
 from extractor.sampling import run_attacks
 from flaky_server import FlakyServer
+from repo import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
 FAST = dict(timeout=5.0, max_retries=2, backoff_base=0.01, backoff_max=0.05, progress=False)
 SPEC = [AttackSpec("divergence", {"words": "a,b,c", "samples": 3, "repetitions": 3, "max_tokens": 8})]

@@ -1,29 +1,12 @@
 """corpora: regressions for QA findings (empty corpora, UTF-8 BOM, bad sizes, --help)."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from corpora import CorpusError, build_offline_corpus, ingest, ingest_records
 from corpora.readers import Record
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def trawl(*args):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "extractor.cli", *map(str, args)], capture_output=True,
-                          text=True, env=env)
-
-
-def one_line_error(r, message):
-    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
-    assert r.stderr.startswith("trawl: error: ") and message in r.stderr, r.stderr
-    assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
+from repo import one_line_error, trawl
 
 
 # ------------------------------------------------------------------ 5. no documents

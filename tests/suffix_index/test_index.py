@@ -17,8 +17,8 @@ from corpora.readers import Record
 from suffix_index import IndexFormatError, SuffixIndex, build_index
 from suffix_index.manifest import MANIFEST_NAME, manifest_sha256
 from suffix_index.verify import verify_index
+from repo import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 DOCS = ["the quick brown fox jumps over the lazy dog", "pack my box with five dozen liquor jugs",
         "sphinx of black quartz, judge my vow ü€", "the quick brown fox again"]
 

@@ -16,8 +16,8 @@ from campaign_helpers import make_index, q, trawl
 from extractor.campaigns.config import SCHEMA, dump_toml, identity, load_campaign, validate_campaign
 from extractor.errors import TrawlError
 from extractor.campaigns.sweep import SWEEP_SCHEMA, load_sweep
+from repo import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

@@ -8,17 +8,15 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from extractor.cli import main
 from flaky_server import FlakyServer
 from sampler_helpers import write_corpus
+from repo import ROOT, REPO
 
-ROOT = Path(__file__).resolve().parents[1]
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from reports import compute_metrics
 from synthetic_runs import Corpus, Gen, token_offsets, write_run
+from repo import ROOT
 
 W = 50
 
@@ -363,9 +364,8 @@ def test_planted_run_figures(tmp_path):
 
 
 def test_reports_never_imports_extractor():
-    import pathlib
     import re as _re
-    root = pathlib.Path(__file__).resolve().parents[1] / "reports"
+    root = ROOT / "reports"
     for p in root.glob("*.py"):
         src = p.read_text()
         assert not _re.search(r"^\s*(from|import)\s+extractor\b", src, _re.M), p

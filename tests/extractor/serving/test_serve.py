@@ -8,15 +8,14 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import requests
 
 from extractor.errors import TrawlError
 from extractor.serving.serve import VLLMServer, make_server, pick_engine
+from repo import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_pick_engine():

@@ -68,7 +68,7 @@ def test_faulty_replicas_lose_and_duplicate_nothing(tmp_path):
 
 
 def test_a_dead_replica_is_routed_around_and_tried_again_later(tmp_path, capfd):
-    """(kill -9 of a real llama.cpp replica mid-campaign: tests/test_campaign_local.py)"""
+    """(kill -9 of a real llama.cpp replica mid-campaign: tests/extractor/campaigns/test_campaign_real_model.py)"""
     from extractor.serving.embedded import free_port
 
     dead = f"http://127.0.0.1:{free_port()}"

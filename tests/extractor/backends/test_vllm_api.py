@@ -8,7 +8,7 @@ must detect vLLM, send the audit-neutral sampling fields explicitly (so the serv
 effective settings in ``run.json``.
 
 Part 2 (runs when vLLM is importable, e.g. ``/work/vllm-venv``; skipped otherwise): the
-same checks against the real vLLM server on SmolLM2-135M (see tests/test_vllm_engine.py).
+same checks against the real vLLM server on SmolLM2-135M (see tests/extractor/serving/test_vllm_engine.py).
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+from draw_server import vocab_detokenize, vocab_tokenize
 from extractor.backends import make_backend
 from extractor.backends.probe import VLLM_NEUTRAL
 
@@ -72,20 +73,10 @@ class FakeVLLM:
         self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
 
     def tokenize(self, text):
-        ids, i = [], 0
-        while i < len(text):
-            for k, w in enumerate(VOCAB):
-                if text.startswith(w, i):
-                    ids.append(k + 10)
-                    i += len(w)
-                    break
-            else:
-                ids.append(ord(text[i]) + 1000)
-                i += 1
-        return ids
+        return vocab_tokenize(text, VOCAB)
 
     def detokenize(self, ids):
-        return "".join(VOCAB[i - 10] if 10 <= i < 10 + len(VOCAB) else chr(i - 1000) for i in ids)
+        return vocab_detokenize(ids, VOCAB)
 
     def complete(self, d):
         prompts = d["prompt"] if isinstance(d["prompt"], list) else [d["prompt"]]

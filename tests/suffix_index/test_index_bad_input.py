@@ -2,10 +2,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,23 +15,10 @@ from corpora.readers import Record
 from suffix_index import IndexFormatError, SuffixIndex, build_index
 from suffix_index.manifest import MANIFEST_NAME
 from suffix_index.verify import verify_index
+from repo import one_line_error, trawl
 
-ROOT = Path(__file__).resolve().parents[1]
 DOCS = ["the quick brown fox jumps over the lazy dog", "pack my box with five dozen liquor jugs",
         "sphinx of black quartz, judge my vow", "the quick brown fox again and again"]
-
-
-def trawl(*args):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "extractor.cli", *map(str, args)], capture_output=True,
-                          text=True, env=env)
-
-
-def one_line_error(r, message):
-    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
-    assert r.stderr.startswith("trawl: error: "), r.stderr
-    assert message in r.stderr, r.stderr
-    assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
 
 
 @pytest.fixture()

@@ -4,15 +4,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from extractor.campaigns.demo import MARKER, _claim
 from extractor.cli.demo import _preview
 from extractor.errors import TrawlError
+from repo import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_a_users_folder_is_never_claimed(tmp_path):
