@@ -22,6 +22,7 @@ from typing import Any, Iterator
 import pyarrow as pa
 
 from corpora.errors import CorpusError
+from corpora.storage import read_manifest
 
 CORPUS_FORMAT = "trawl-corpus"
 CORPUS_FORMAT_VERSION = 1
@@ -194,22 +195,10 @@ class Corpus:
 def open_corpus(path: str | os.PathLike) -> Corpus:
     """Open a corpus folder written by :func:`corpora.ingest`; validates its manifest."""
     path = Path(path)
-    mpath = path / MANIFEST_NAME
-    if not path.is_dir():
+    if not path.is_dir():   # a user's "no such folder" reads better as what was expected there
         raise CorpusError(f"{path}: not a corpus folder (no such directory)")
-    if not mpath.is_file():
-        raise CorpusError(f"{path}: not a corpus folder (no {MANIFEST_NAME}); build one with 'trawl corpus ingest'")
-    try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CorpusError(f"{mpath}: corrupt manifest: {exc}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != CORPUS_FORMAT:
-        raise CorpusError(f"{mpath}: not a trawl corpus manifest (format is not {CORPUS_FORMAT!r})")
-    if manifest.get("format_version") != CORPUS_FORMAT_VERSION:
-        raise CorpusError(
-            f"{mpath}: corpus format version {manifest.get('format_version')!r}, this trawl reads "
-            f"version {CORPUS_FORMAT_VERSION}; re-ingest the corpus"
-        )
+    manifest = read_manifest(path, MANIFEST_NAME, fmt=CORPUS_FORMAT, version=CORPUS_FORMAT_VERSION, error=CorpusError,
+                             kind="corpus", build="trawl corpus ingest", upgrade="re-ingest the corpus")
     for s in manifest.get("shards", []):
         sp = path / s["name"]
         if not sp.is_file():

@@ -121,6 +121,35 @@ def commit_output_dir(tmp: Path, out: Path) -> None:
         os.replace(tmp, out)
 
 
+# ---------------------------------------------------------------------------------- manifests
+
+
+def read_manifest(folder: str | os.PathLike, name: str, *, fmt: str, version: int, error: type[Exception],
+                  kind: str, build: str, upgrade: str) -> dict:
+    """The JSON manifest ``folder/name`` of a trawl folder (a corpus, an index), checked: the folder
+    and the file exist, the JSON parses to an object with ``format == fmt`` and
+    ``format_version == version``. Anything else raises ``error`` with one line naming the path:
+    ``kind`` names the folder ("corpus", "index"), ``build`` the command that makes one, and
+    ``upgrade`` what to do about another format version."""
+    folder = Path(folder)
+    mpath = folder / name
+    article = "an" if kind[:1] in "aeiou" else "a"
+    if not folder.is_dir():
+        raise error(f"{folder}: no such {kind} folder")
+    if not mpath.is_file():
+        raise error(f"{folder}: not {article} {kind} folder (no {name}); build one with '{build}'")
+    try:
+        m = json.loads(mpath.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise error(f"{mpath}: corrupt manifest ({exc})") from None
+    if not isinstance(m, dict) or m.get("format") != fmt:
+        raise error(f"{mpath}: not a trawl {kind} manifest (format is not {fmt!r})")
+    if m.get("format_version") != version:
+        raise error(f"{mpath}: {kind} format version {m.get('format_version')!r}, this trawl reads version "
+                    f"{version}; {upgrade}")
+    return m
+
+
 # ---------------------------------------------------------------------------------- folder locks
 
 LOCKED_EXIT_CODE = 75  # EX_TEMPFAIL

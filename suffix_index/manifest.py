@@ -22,11 +22,11 @@ that every file exists with the recorded size) and raises
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
 
+from corpora.storage import read_manifest
 from suffix_index.errors import IndexFormatError
 
 INDEX_FORMAT = "trawl-suffix-index"
@@ -47,21 +47,8 @@ def manifest_sha256(index_dir: str | os.PathLike) -> str:
 def load_manifest(index_dir: str | os.PathLike, check_files: bool = True) -> dict[str, Any]:
     index_dir = Path(index_dir)
     mpath = index_dir / MANIFEST_NAME
-    if not index_dir.is_dir():
-        raise IndexFormatError(f"{index_dir}: no such index folder")
-    if not mpath.is_file():
-        raise IndexFormatError(f"{index_dir}: not an index folder (no {MANIFEST_NAME}); build one with 'trawl index build'")
-    try:
-        m = json.loads(mpath.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise IndexFormatError(f"{mpath}: corrupt manifest ({exc})") from None
-    if not isinstance(m, dict) or m.get("format") != INDEX_FORMAT:
-        raise IndexFormatError(f"{mpath}: not a trawl index manifest (format is not {INDEX_FORMAT!r})")
-    if m.get("format_version") != INDEX_FORMAT_VERSION:
-        raise IndexFormatError(
-            f"{mpath}: index format version {m.get('format_version')!r}, this trawl reads version "
-            f"{INDEX_FORMAT_VERSION}; rebuild it with 'trawl index build'"
-        )
+    m = read_manifest(index_dir, MANIFEST_NAME, fmt=INDEX_FORMAT, version=INDEX_FORMAT_VERSION, error=IndexFormatError,
+                      kind="index", build="trawl index build", upgrade="rebuild it with 'trawl index build'")
     shards = m.get("shards")
     if not isinstance(shards, list):
         raise IndexFormatError(f"{mpath}: corrupt manifest (no shard list)")
