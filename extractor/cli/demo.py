@@ -61,6 +61,11 @@ def summary_text(m: dict) -> str:
         f"memorized ({W}-token windows, Nasr et al. 2023): {t['memorized_generations']:,} generations, "
         f"{t['memorized_token_fraction']:.4%} of tokens, {t['unique_memorized_windows']:,} unique windows",
     ]
+    if "nontrivial_memorized_generations" in t:   # recitation + recollection (Prashanth et al. 2024)
+        lines.append(f"non-trivial (reconstruction and low-information spans left out): "
+                     f"{t['nontrivial_memorized_generations']:,} generations, "
+                     f"{t['nontrivial_memorized_token_fraction']:.4%} of tokens, "
+                     f"{t['nontrivial_unique_memorized_windows']:,} unique windows")
     counts = []
     for T in (10, 20, 30, 40, 50):
         v = t.get(f"spans_ge_{T}")
@@ -69,8 +74,10 @@ def summary_text(m: dict) -> str:
     longest = m.get("longest_run") or None
     if longest:
         src = longest.get("source") or f"document {longest.get('doc_id')}"
+        kind = (m.get("taxonomy") or {}).get("longest_run")
         lines.append(f"longest verbatim run: {longest['tokens']} tokens ({longest['bytes']} bytes), "
-                     f"document {longest.get('doc_id')} ({src}): {_preview(longest.get('text') or '')}")
+                     f"document {longest.get('doc_id')} ({src}): {_preview(longest.get('text') or '')}"
+                     + (f" [{kind}]" if kind else ""))
     return "\n".join(lines)
 
 

@@ -55,3 +55,19 @@ def test_preview_is_one_safe_line():
     out = _preview(text)
     assert "\x1b" not in out and "\n" not in out and "\t" not in out
     assert len(out) <= 84
+
+
+def test_demo_summary_names_the_longest_runs_class_and_the_nontrivial_figures():
+    """The demo's terminal summary puts non-trivial memorization beside the raw figures and says
+    when the longest run is only a reconstruction (an incrementing list any model writes)."""
+    from extractor.cli.demo import summary_text
+
+    t = {"generations": 10, "generated_tokens": 1000, "memorized_generations": 2, "memorized_token_fraction": 0.1,
+         "unique_memorized_windows": 7, "nontrivial_memorized_generations": 1,
+         "nontrivial_memorized_token_fraction": 0.05, "nontrivial_unique_memorized_windows": 3}
+    m = {"metrics": t, "parameters": {"window_tokens": 50}, "taxonomy": {"longest_run": "reconstruction"},
+         "longest_run": {"tokens": 47, "bytes": 47, "doc_id": 3, "source": "x.txt", "text": "2016, 2017, 2018"}}
+    out = summary_text(m).splitlines()
+    assert out[2] == ("non-trivial (reconstruction and low-information spans left out): 1 generations, "
+                      "5.0000% of tokens, 3 unique windows")
+    assert out[-1].endswith("'2016, 2017, 2018' [reconstruction]")
