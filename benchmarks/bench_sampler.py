@@ -35,7 +35,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import requests  # noqa: E402
 
-from extractor.attacks import AttackSpec, PlanContext, get_attack, request_id, seed_for  # noqa: E402
+from extractor.attacks import AttackSpec, PlanContext, get_attack  # noqa: E402
+from extractor.attacks.base import draw_seed  # noqa: E402
 from extractor.backends import OpenAIBackend  # noqa: E402
 from extractor.sampling import run_attacks  # noqa: E402
 
@@ -57,8 +58,8 @@ def raw_payloads(specs, args, run_id: str, backend: OpenAIBackend) -> list[dict]
     for spec in specs:
         cls = get_attack(spec.name)
         for job in cls().plan(cls.resolve(spec.params), PlanContext(run_id=run_id, backend=None)):
-            rid = request_id(run_id, job.attack, job.variant, job.prompt, job.sample)
-            out.append(backend.payload(job.prompt, job.params, seed=seed_for(rid)))
+            # trawl's seed of generation g of the plan (seed scheme 2: extractor.attacks.base.draw_seed)
+            out.append(backend.payload(job.prompt, job.params, seed=draw_seed(run_id, len(out))))
     return out
 
 
