@@ -8,20 +8,19 @@ a ledger or a model uses it: the CLI's error line, ``trawl index find``, the rep
 trend report. A terminal then never receives an escape sequence it would obey, and a page
 never reorders or hides text.
 
-:func:`finite_number` and :func:`whole_number` are argparse ``type=`` functions: a flag's value
-must be a finite number (``nan`` and ``inf`` are refused, since every comparison with nan is
-false and a nan tolerance or budget turns its check off) within its range.
+:func:`number_problem` says why a number taken from a flag or a file is not acceptable: it
+must be finite (``nan`` and ``inf`` are refused: every comparison with nan is false, so a nan
+tolerance or budget turns its own check off) and within its range.
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import math
 import re
 import sys
 import unicodedata
 
-__all__ = ["visible", "finite_number", "whole_number", "CATEGORIES"]
+__all__ = ["visible", "number_problem", "CATEGORIES"]
 
 CATEGORIES = ("Cc", "Cf", "Zl", "Zp")
 
@@ -70,35 +69,22 @@ def visible(text, keep: str = "") -> str:
     return _pattern(keep).sub(_repl, s)
 
 
-def _number(text: str, kind, what: str):
-    try:
-        v = kind(text)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected {what}, got {visible(repr(text))}") from None
-    if isinstance(v, float) and not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {visible(repr(text))}")
-    return v
-
-
-def _ranged(kind, what: str, minimum=None, maximum=None, above=None):
-    def parse(text: str):
-        v = _number(text, kind, what)
-        if minimum is not None and v < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum:g}, got {text}")
-        if above is not None and v <= above:
-            raise argparse.ArgumentTypeError(f"must be > {above:g}, got {text}")
-        if maximum is not None and v > maximum:
-            raise argparse.ArgumentTypeError(f"must be <= {maximum:g}, got {text}")
-        return v
-    parse.__name__ = what.split()[-1]      # argparse names the type in its message
-    return parse
-
-
-def finite_number(minimum: float | None = None, maximum: float | None = None, above: float | None = None):
-    """argparse ``type=``: a finite float within ``[minimum, maximum]`` (``above``: strictly greater)."""
-    return _ranged(float, "a number", minimum, maximum, above)
-
-
-def whole_number(minimum: int | None = None, maximum: int | None = None):
-    """argparse ``type=``: an integer within ``[minimum, maximum]``."""
-    return _ranged(int, "an integer", minimum, maximum)
+def number_problem(name: str, value, *, minimum: float | None = None, above: float | None = None,
+                   maximum: float | None = None) -> str | None:
+    """Why ``value`` (an int or float, None: not given) is not an acceptable setting ``name``, or
+    None when it is: it must be a finite number (nan compares false with everything, so a nan
+    tolerance, budget or timeout would switch its own check off) within its range. Each package
+    raises the message as its own user error."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{name} must be a number, got {visible(repr(value))}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{name} must be a finite number, got {value}"
+    if minimum is not None and value < minimum:
+        return f"{name} must be >= {minimum:g}, got {value:g}"
+    if above is not None and value <= above:
+        return f"{name} must be > {above:g}, got {value:g}"
+    if maximum is not None and value > maximum:
+        return f"{name} must be <= {maximum:g}, got {value:g}"
+    return None

@@ -29,6 +29,7 @@ for its "Generated" timestamp and escapes every text taken from the rows.
 from __future__ import annotations
 
 import html
+import math
 import os
 from dataclasses import asdict, dataclass
 
@@ -141,8 +142,10 @@ def compare(rows: list[dict], *, metric: str = DEFAULT_METRIC, tolerance: float 
     """Every consecutive version pair of every series, judged by the rule in the module docstring."""
     if metric not in METRICS:
         raise ReportError(f"unknown history metric {metric!r} (known: {', '.join(METRICS)})")
-    if tolerance < 0 or epsilon < 0:
-        raise ReportError("tolerance and epsilon must be >= 0")
+    for name, v in (("tolerance", tolerance), ("epsilon", epsilon)):
+        # nan compares false: `nan < 0` would pass and every limit would be nan, flagging nothing
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ReportError(f"{name} must be a finite number >= 0, got {v!r}")
     check_version_order(rows, version_order)
     out = []
     for (suite, model, attack), items in series(rows, version_order).items():

@@ -40,6 +40,9 @@ class TrawlParser(argparse.ArgumentParser):
         kwargs["allow_abbrev"] = False
         super().__init__(*args, **kwargs)
 
+    def error(self, message):  # argparse quotes what the user typed: shown without raw control characters
+        super().error(visible(message))
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = TrawlParser(
