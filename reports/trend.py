@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass
 
 import pyarrow as pa
 
+from corpora.hygiene import visible
 from corpora.storage import utcnow
 from reports.errors import ReportError
 from reports.spans import THRESHOLDS
@@ -177,7 +178,8 @@ _STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:
 
 
 def _e(s) -> str:
-    return html.escape(str(s), quote=True)
+    """Escaped for HTML; control and format characters of ledger text (model names, ...) made visible."""
+    return html.escape(visible(s), quote=True)
 
 
 def _num(v) -> str:
