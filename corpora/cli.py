@@ -5,6 +5,8 @@ import argparse
 import json
 import re
 
+from corpora.hygiene import visible
+
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
           "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
@@ -57,8 +59,8 @@ def _cmd_info(args) -> int:
     print(f"text bytes  {c.text_bytes}")
     print(f"shards      {len(c.shards)}")
     for k, v in c.stats.items():
-        print(f"  {k:<16} {v}")
-    print(f"created at  {c.manifest.get('created_at')}")
+        print(f"  {visible(k):<16} {visible(v)}")        # manifest text: no raw control characters
+    print(f"created at  {visible(c.manifest.get('created_at'))}")
     return 0
 
 

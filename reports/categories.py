@@ -18,7 +18,8 @@ urls           ``http(s)://``, ``ftp://`` and ``www.`` links
 uuids          canonical 8-4-4-4-12 hexadecimal UUIDs
 keys           API-key-like tokens (``sk-...``, ``AKIA...``, ``ghp_...``,
                ``xox?-...``, ``AIza...``, JWTs, ``key/secret/token = <20+
-               chars>``) and PEM blocks (``-----BEGIN ... -----``)
+               chars>``, ``api_key = "<any quoted value>"``, ``password:
+               <any 3+ characters>``) and PEM blocks (``-----BEGIN ... -----``)
 code           a span with at least 3 lines of which at least 30 % look like
                source code (keywords such as ``def``/``function``/``#include``,
                or lines ending in ``;``, ``{`` or ``}``)
@@ -53,12 +54,24 @@ KEY_TOKEN = re.compile(
     r"|xox[abposr]-[A-Za-z0-9\-]{10,}"
     r"|AIza[0-9A-Za-z_\-]{35}"
     r"|eyJ[A-Za-z0-9_\-]{10,}\.eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,})")
+# A credential assigned to a keyword: ``api_key = "..."`` (any quoted value), ``token: <20+ key
+# characters>``, ``password: hunter2`` (any 3+ characters after a password keyword). A finding holds
+# its keyword (group "head": keyword and separator), so a stored finding, such as a category
+# example, is found and masked again by :func:`redact`, which keeps the head and masks the value.
 KEY_ASSIGN = re.compile(
-    r"(?i:(?<=api_key)|(?<=apikey)|(?<=secret)|(?<=token)|(?<=password)|(?<=passwd))"
-    r"[\"']?\s*[:=]\s*[\"']?[A-Za-z0-9_\-+/=]{20,}")
-KEY = re.compile(KEY_TOKEN.pattern + "|" + KEY_ASSIGN.pattern)
+    r"(?P<head>(?i:(?P<kw>api[_-]?key|access[_-]?key|secret|token|password|passwd|pwd))[\"']?[ \t]*[:=][ \t]*)"
+    r"(?P<val>\"[^\"\r\n]{1,256}\"|'[^'\r\n]{1,256}'|[^\s\"'<>,;]{3,})")
+_KEY_VALUE = re.compile(r"[A-Za-z0-9_\-+/=]{20,}")
+_PASSWORD_WORDS = ("password", "passwd", "pwd")
 _KEY_MARKERS = ("sk-", "AKIA", "ASIA", "gh", "github_pat_", "xox", "AIza", "eyJ")
-_ASSIGN_MARKERS = ("api_key", "apikey", "secret", "token", "password", "passwd")
+_ASSIGN_MARKERS = ("api_key", "api-key", "apikey", "access_key", "access-key", "accesskey", "secret", "token",
+                   "password", "passwd", "pwd")
+
+
+def _assign_ok(m: re.Match) -> bool:
+    """A KEY_ASSIGN match is a credential: a quoted value, a password's value, or a key-like value."""
+    val = m.group("val")
+    return val[0] in "\"'" or m.group("kw").lower() in _PASSWORD_WORDS or _KEY_VALUE.fullmatch(val) is not None
 CODE_LINE = re.compile(
     r"^\s*(?:def |class |import |from \S+ import |function\b|var |let |const |public |private |"
     r"static |return\b|if\s*\(|for\s*\(|while\s*\(|#include|#define|package |func |fn |"
@@ -117,7 +130,7 @@ def find_all(text: str) -> dict[str, list[str]]:
         out["keys"] = KEY_TOKEN.findall(text)
     low = text.lower()
     if any(k in low for k in _ASSIGN_MARKERS):
-        out["keys"] += [m.group(0) for m in KEY_ASSIGN.finditer(text)]
+        out["keys"] += [m.group(0) for m in KEY_ASSIGN.finditer(text) if _assign_ok(m)]
     if "-----BEGIN " in text:
         out["keys"] += [m.group(0)[:40] for m in PEM.finditer(text)]
     lines = [ln for ln in text.splitlines() if ln.strip()]
@@ -134,7 +147,8 @@ def redact(text: str) -> str:
     if not text:
         return text
     text = PEM.sub("[PEM]", text)
-    text = KEY.sub("[KEY]", text)
+    text = KEY_TOKEN.sub("[KEY]", text)
+    text = KEY_ASSIGN.sub(lambda m: m.group("head") + "[KEY]" if _assign_ok(m) else m.group(0), text)
     text = URL_CREDENTIALS.sub(r"\1[CREDENTIALS]@", text)
     text = EMAIL.sub("[EMAIL]", text)
     text = IPV6.sub(lambda m: "[IP]" if m.group(0).count(":") >= 2 else m.group(0), text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from corpora.hygiene import visible
 from reports.errors import ReportError
 from reports.gate import FAIL_EXIT_CODE, Gate
 
@@ -72,9 +73,15 @@ def run(args) -> int:
     return FAIL_EXIT_CODE if failed else 0
 
 
+class _NoAbbrevParser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+
 def main(argv=None) -> int:  # for `python -m reports.cli` without the extractor's CLI
-    parser = argparse.ArgumentParser(prog="trawl")
-    sub = parser.add_subparsers(dest="command")
+    parser = argparse.ArgumentParser(prog="trawl", allow_abbrev=False)
+    sub = parser.add_subparsers(dest="command", parser_class=_NoAbbrevParser)
     register(sub)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -83,7 +90,7 @@ def main(argv=None) -> int:  # for `python -m reports.cli` without the extractor
     try:
         return args.func(args)
     except ReportError as exc:
-        print(f"trawl: error: {exc}", file=sys.stderr)
+        print(f"trawl: error: {visible(exc)}", file=sys.stderr)
         return exc.exit_code
 
 

@@ -12,10 +12,12 @@ Grammar (no Python ``eval``; a hand-written recursive-descent parser)::
                   or a dotted path into the metrics JSON
                   (e.g. per_attack.divergence.memorized_generations)
 
-Numbers accept ``1e-3``, ``0.001``, ``5%`` (= 0.05) and ``_`` separators.
-A metric that is unknown is a :class:`~reports.errors.ReportError`; so is one
-whose value is not available for the run (``null``, e.g. cost per window with no
-cost recorded): a gate that cannot be evaluated must not silently pass.
+Numbers accept ``1e-3``, ``0.001``, ``5%`` (= 0.05) and ``_`` separators; a number must be
+finite. A metric name that trawl never computes is a :class:`~reports.errors.ReportError`
+when the expression is parsed (:func:`check_metric_name`: before any sampling or matching,
+in ``trawl report``, ``trawl run --check`` and sweeps); so is, at evaluation, one whose
+value is not available for the run (``null``, e.g. cost per window with no cost
+recorded): a gate that cannot be evaluated must not silently pass.
 """
 from __future__ import annotations
 
@@ -72,6 +74,8 @@ class Gate:
             k, v, p = self._peek()
             raise ReportError(f"--fail-if: unexpected {v!r} at column {p + 1} of {expr!r}")
         self.names = sorted({n for n in self._names(self.tree)})
+        for n in self.names:
+            check_metric_name(n)
 
     # -- parser
     def _peek(self):
@@ -115,9 +119,12 @@ class Gate:
             txt = v.replace("_", "")
             scale = 0.01 if txt.endswith("%") else 1.0
             try:
-                return ("num", float(txt.rstrip("%")) * scale)
+                num = float(txt.rstrip("%")) * scale
             except ValueError:
                 raise ReportError(f"--fail-if: bad number {v!r} in {self.expr!r}") from None
+            if not math.isfinite(num):      # 1e999: inf
+                raise ReportError(f"--fail-if: number {v!r} is out of range in {self.expr!r}")
+            return ("num", num)
         if k == "name":
             return ("name", v)
         what = "end of expression" if k == "end" else repr(v)
@@ -180,6 +187,60 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.6g}"
     return str(v)
+
+
+def metric_names() -> frozenset[str]:
+    """Every name of metrics.json's ``metrics`` object (the figures trawl computes, from
+    :data:`reports.metrics.DEFINITIONS` with its patterns expanded)."""
+    from reports.categories import CATEGORIES
+    from reports.metrics import DEFINITIONS
+    from reports.spans import THRESHOLDS
+
+    out = set()
+    for k in DEFINITIONS:
+        if k == "memorized_window":               # a definition, not a figure
+            continue
+        if k == "category_<name>":
+            out.update(f"category_{c}" for c in CATEGORIES)
+        elif k.endswith("_ge_T"):
+            out.update(f"{k[:-1]}{t}" for t in THRESHOLDS)
+        else:
+            out.add(k)
+    return frozenset(out)
+
+
+# metrics.json sections a dotted name may go into: figure tables (the leaf must be a figure name,
+# after this many levels of attack / variant names) and other sections (checked at evaluation)
+_FIGURE_TABLES = {"metrics": 0, "per_attack": 1, "per_variant": 2}
+_SECTIONS = ("by_category", "extrapolation", "longest_run", "repeated_draws", "near_duplicates", "categories",
+             "run_lengths", "taxonomy", "approximate", "run", "parameters")
+
+
+def check_metric_name(name: str) -> None:
+    """ReportError unless ``name`` can name a figure of metrics.json: a name of the ``metrics``
+    object, or a dotted path into it (``per_attack.<attack>.<figure>``,
+    ``per_variant.<attack>.<variant>.<figure>``, ``by_category.<class>.<figure>``, ...)."""
+    known = metric_names()
+    parts = name.split(".")
+    if len(parts) == 1:
+        if name in known:
+            return
+        import difflib
+
+        close = difflib.get_close_matches(name.lower(), sorted(known), n=3, cutoff=0.75)
+        hint = f" (did you mean {', '.join(close)}?)" if close else " (see metrics.json's \"metrics\" names)"
+        raise ReportError(f"--fail-if: unknown metric {name!r}{hint}")
+    head = parts[0]
+    if head in _FIGURE_TABLES:
+        if len(parts) != _FIGURE_TABLES[head] + 2 or parts[-1] not in known:
+            shape = {"metrics": "metrics.<figure>", "per_attack": "per_attack.<attack>.<figure>",
+                     "per_variant": "per_variant.<attack>.<variant>.<figure>"}[head]
+            raise ReportError(f"--fail-if: unknown metric {name!r} (expected {shape}, <figure> a name of "
+                              f"metrics.json's \"metrics\")")
+        return
+    if head not in _SECTIONS:
+        raise ReportError(f"--fail-if: unknown metric {name!r} (a dotted name starts with one of "
+                          f"{', '.join([*_FIGURE_TABLES, *_SECTIONS])})")
 
 
 def lookup(metrics: dict, name: str) -> float:

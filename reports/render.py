@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 
 from corpora.storage import write_text_atomic
+from reports.categories import PERSONAL
 from reports.categories import redact as _redact
 from reports.errors import ReportError
 from reports.metrics import compute_metrics
@@ -43,6 +44,16 @@ def redact_tree(obj):
     return obj
 
 
+def _mask_findings(metrics: dict, m: dict) -> None:
+    """A personal-data finding kept as a category example is masked whole when :func:`redact` left
+    it as it was (a detector's finding that redaction does not match again must not leak)."""
+    for c in PERSONAL:
+        before = ((metrics.get("categories") or {}).get(c) or {}).get("examples")
+        after = ((m.get("categories") or {}).get(c) or {}).get("examples")
+        if before and after and len(before) == len(after):
+            m["categories"][c]["examples"] = [r if r != o else "[REDACTED]" for o, r in zip(before, after)]
+
+
 def write_report(run_dir, out_dir=None, redact: bool = False, metrics: dict | None = None,
                  window_tokens: int = 50, index=None, recitation_min_occurrences: int = 6) -> ReportPaths:
     """Compute the metrics (unless given) and write ``report.html``, ``report.md`` and
@@ -52,6 +63,8 @@ def write_report(run_dir, out_dir=None, redact: bool = False, metrics: dict | No
         metrics = compute_metrics(run_dir, window_tokens=window_tokens, index=index,
                                   recitation_min_occurrences=recitation_min_occurrences)
     m = redact_tree(metrics) if redact else copy.deepcopy(dict(metrics))
+    if redact:
+        _mask_findings(metrics, m)
     m["redacted"] = bool(redact)
     texts = getattr(metrics, "memorized_texts", None)
     out_dir = os.fspath(out_dir) if out_dir is not None else os.path.join(run_dir, "report")

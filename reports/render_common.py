@@ -13,6 +13,8 @@ import html
 import math
 import re
 
+from corpora.hygiene import visible
+
 MAX_SHOWN_CHARS = 4000
 TOP_SHOWN = 50
 VARIANTS_SHOWN = 200
@@ -20,25 +22,17 @@ VARIANTS_SHOWN = 200
 
 # ----------------------------------------------------------------------------- text safety
 
-_CTRL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
-
-
-def _ctrl_repl(m: re.Match) -> str:
-    c = ord(m.group(0))
-    if c <= 0xff:
-        return f"\\x{c:02x}"            # visible, inert, readable in any font
-    return f"\\u{c:04x}"
-
-
 def clean(s, limit: int | None = MAX_SHOWN_CHARS) -> str:
-    """Make text safe to show: visible control/bidi characters, cut to ``limit`` characters."""
+    """Make text safe to show: every control and format character (Unicode Cc, Cf, Zl, Zp: ESC,
+    bidi overrides and isolates, U+061C, U+2028/2029, tag characters, ...) but tab and newline
+    written as a visible escape (:func:`corpora.hygiene.visible`), cut to ``limit`` characters."""
     s = "" if s is None else str(s)
     s = s.encode("utf-8", "replace").decode("utf-8", "replace") if any(0xD800 <= ord(c) <= 0xDFFF for c in s) else s
     cut = ""
     if limit is not None and len(s) > limit:
         cut = f"\u2026 [{len(s) - limit:,} more characters not shown]"
         s = s[:limit]
-    return _CTRL.sub(_ctrl_repl, s) + cut
+    return visible(s, keep="\t\n") + cut
 
 
 def esc(s, limit: int | None = 300) -> str:

@@ -5,15 +5,12 @@ import html
 import math
 import re
 
-
-_CTRL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+from corpora.hygiene import visible
 
 
 def _e(s) -> str:
-    """Escaped for SVG text/attributes; control and bidi characters made visible."""
-    s = _CTRL.sub(lambda m: f"\\x{ord(m.group(0)):02x}" if ord(m.group(0)) <= 0xff else f"\\u{ord(m.group(0)):04x}",
-                  str(s))
-    return html.escape(s, quote=True)
+    """Escaped for SVG text/attributes; control and format characters (Cc, Cf, Zl, Zp) made visible."""
+    return html.escape(visible(s), quote=True)
 
 
 def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:

@@ -29,11 +29,13 @@ for its "Generated" timestamp and escapes every text taken from the rows.
 from __future__ import annotations
 
 import html
+import math
 import os
 from dataclasses import asdict, dataclass
 
 import pyarrow as pa
 
+from corpora.hygiene import visible
 from corpora.storage import utcnow
 from reports.errors import ReportError
 from reports.spans import THRESHOLDS
@@ -141,8 +143,10 @@ def compare(rows: list[dict], *, metric: str = DEFAULT_METRIC, tolerance: float 
     """Every consecutive version pair of every series, judged by the rule in the module docstring."""
     if metric not in METRICS:
         raise ReportError(f"unknown history metric {metric!r} (known: {', '.join(METRICS)})")
-    if tolerance < 0 or epsilon < 0:
-        raise ReportError("tolerance and epsilon must be >= 0")
+    for name, v in (("tolerance", tolerance), ("epsilon", epsilon)):
+        # nan compares false: `nan < 0` would pass and every limit would be nan, flagging nothing
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ReportError(f"{name} must be a finite number >= 0, got {v!r}")
     check_version_order(rows, version_order)
     out = []
     for (suite, model, attack), items in series(rows, version_order).items():
@@ -174,7 +178,8 @@ _STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:
 
 
 def _e(s) -> str:
-    return html.escape(str(s), quote=True)
+    """Escaped for HTML; control and format characters of ledger text (model names, ...) made visible."""
+    return html.escape(visible(s), quote=True)
 
 
 def _num(v) -> str:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+from corpora.hygiene import visible
+
 
 def _progress(args) -> bool:
     from corpora.ingest import progress_enabled
@@ -42,17 +44,17 @@ def _cmd_info(args) -> int:
         print(json.dumps(m, indent=1))
         return 0
     print(f"index       {args.index}")
-    print(f"format      {m['format']} v{m['format_version']}")
+    print(f"format      {visible(m['format'])} v{visible(m['format_version'])}")
     print(f"documents   {m['documents']}")
     print(f"bytes       {m['bytes']} ({m['text_bytes']} of text)")
     print(f"shards      {len(m['shards'])}")
     for s in m["shards"]:
         size = sum(int(f["size"]) for f in s["files"].values())
-        print(f"  {s['name']}  {s['documents']} docs  {s['bytes']} bytes  {s['pointer_width']}-byte pointers  "
+        print(f"  {visible(s['name'])}  {s['documents']} docs  {s['bytes']} bytes  {s['pointer_width']}-byte pointers  "
               f"{size} bytes on disk")
     b = m.get("build", {})
-    print(f"corpus      {b.get('corpus')}")
-    print(f"built       {b.get('started_at')} in {b.get('seconds')} s with {b.get('jobs')} job(s)")
+    print(f"corpus      {visible(b.get('corpus'))}")   # manifest text: shown without raw control characters
+    print(f"built       {visible(b.get('started_at'))} in {b.get('seconds')} s with {b.get('jobs')} job(s)")
     return 0
 
 
@@ -72,7 +74,8 @@ def _cmd_find(args) -> int:
     with SuffixIndex.open(args.index) as idx:
         occ = idx.find(args.text, limit=args.limit)
         for o in occ:
-            print(f"doc {o.doc_id} offset {o.doc_offset} (shard {o.shard} position {o.position})  {o.source}")
+            # a source is the corpus's text (a file name, a URL): shown without raw control characters
+            print(f"doc {o.doc_id} offset {o.doc_offset} (shard {o.shard} position {o.position})  {visible(o.source)}")
         total = idx.count(args.text)
         if args.limit == 0:
             print(f"{total} occurrences (count only: --limit 0 lists none)")

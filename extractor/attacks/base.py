@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -26,7 +27,12 @@ class Param:
             if self.kind == "int":
                 v = int(value)
             elif self.kind == "float":
+                if isinstance(value, bool):
+                    raise TypeError(value)
                 v = float(value)
+                if not math.isfinite(v):
+                    # nan compares false with everything: a nan temperature passes every range check
+                    raise TrawlError(f"attack {attack}: parameter {self.name} must be a finite number, got {value!r}")
             elif self.kind == "bool":
                 if isinstance(value, str):
                     if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
@@ -196,6 +202,11 @@ class Attack:
         for k in ("samples", "max_tokens"):
             if k in params and params[k] is not None and int(params[k]) < 1:
                 raise TrawlError(f"attack {cls.name}: {k} must be >= 1")
+        for k in ("temperature", "decay_start", "decay_end", "approx_threshold"):
+            if params.get(k) is not None and float(params[k]) < 0:
+                raise TrawlError(f"attack {cls.name}: {k} must be >= 0, got {params[k]}")
+        if params.get("top_p") is not None and float(params["top_p"]) <= 0:
+            raise TrawlError(f"attack {cls.name}: top_p must be > 0 (1 = off), got {params['top_p']}")
         temperature = params.get("temperature")
         if params.get("samples", 1) > 1 and temperature is not None and float(temperature) <= 0:
             # every sample would be one and the same draw, counted again and billed again

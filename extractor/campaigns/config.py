@@ -17,6 +17,7 @@ import copy
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ class Key:
     required: bool = False
     choices: tuple | None = None
     minimum: float | None = None
+    maximum: float | None = None
 
 
 SCHEMA: dict[str, dict[str, Key]] = {
@@ -65,9 +67,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                         "backend = \"vllm\": the HF-format model folder to load, model then only "
                                         "naming it (ledger, sweep series: checkpoints of one model)"),
         "api_key_env": Key("str", "OPENAI_API_KEY", "environment variable holding the API key (never written)"),
-        "concurrency": Key("int", 4, "requests in flight over all endpoints", minimum=1),
-        "timeout": Key("float", 300.0, "total time limit of one request, seconds", minimum=0.001),
-        "max_retries": Key("int", 6, "retries of a failed request (over the endpoints, with backoff)", minimum=0),
+        "concurrency": Key("int", 4, "requests in flight over all endpoints", minimum=1, maximum=100_000),
+        "timeout": Key("float", 300.0, "total time limit of one request, seconds", minimum=0.001, maximum=1e6),
+        "max_retries": Key("int", 6, "retries of a failed request (over the endpoints, with backoff)", minimum=0,
+                           maximum=1000),
         "token_info": Key("str", "auto", "where token boundaries come from", choices=("auto", "logprobs", "tokenize")),
     },
     "budget": {
@@ -85,12 +88,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "index": {
         "path": Key("path", None, "suffix-array index folder (trawl index build)", required=True),
         "min_tokens": Key("int", 10, "matcher threshold: fewest whole tokens in a reported span (10 fills the "
-                                     "report's 10-50 token histogram)", minimum=1),
+                                     "report's 10-50 token histogram)", minimum=1, maximum=1_000_000),
         "min_bytes": Key("int", None, "threshold for generations without token offsets (default 4 x min_tokens)",
-                         minimum=1),
+                         minimum=1, maximum=1 << 40),
     },
     "report": {
-        "window_tokens": Key("int", 50, "tokens in a memorized window (50, as in Nasr et al. 2023)", minimum=1),
+        "window_tokens": Key("int", 50, "tokens in a memorized window (50, as in Nasr et al. 2023)", minimum=1,
+                             maximum=1_000_000),
         "redact": Key("bool", False, "mask personal data and secrets in the report"),
         "fail_if": Key("list[str]", [], "release gates (trawl report --fail-if grammar); exit code 3 when any holds"),
     },
@@ -166,12 +170,17 @@ def check_value(file: str, key: str, spec: Key, v: Any, base_dir: Path) -> Any:
         if not _ok_scalar(kind, v):
             raise _type_error(file, key, kind, v)
         out = float(v) if kind == "float" else v
+        if kind == "float" and not math.isfinite(out):
+            # nan compares false with everything: a nan cap, price or tolerance would switch its check off
+            raise TrawlError(f"{key} must be a finite number, got {v!r} (in {file})")
         if kind == "path":
             if not out:
                 raise TrawlError(f"{key} must not be empty (in {file})")
             out = str((base_dir / os.path.expanduser(out)).resolve())
         if spec.minimum is not None and out < spec.minimum:
             raise TrawlError(f"{key} must be >= {spec.minimum:g}, got {out!r} (in {file})")
+        if spec.maximum is not None and out > spec.maximum:
+            raise TrawlError(f"{key} must be <= {spec.maximum:g}, got {out!r} (in {file})")
     if spec.choices is not None and out not in spec.choices:
         raise TrawlError(f"{key} must be one of {', '.join(spec.choices)}, got {out!r} (in {file})")
     return out

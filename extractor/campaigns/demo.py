@@ -159,10 +159,12 @@ def run_demo(
     from extractor.campaigns.pipeline import match_run, report_run
     from extractor.serving.embedded import MODEL_ALIAS
 
-    if minutes <= 0:
-        raise TrawlError(f"--minutes must be > 0, got {minutes:g}")
-    if corpus_mb <= 0:
-        raise TrawlError(f"--corpus-mb must be > 0, got {corpus_mb:g}")
+    from corpora.hygiene import number_problem
+
+    for flag, v, top in (("--minutes", minutes, 7 * 24 * 60.0), ("--corpus-mb", corpus_mb, float(1 << 20))):
+        problem = number_problem(flag, v, above=0, maximum=top)   # nan would pass `v <= 0`
+        if problem:
+            raise TrawlError(problem)
     if min_tokens < 1:
         raise TrawlError(f"--min-tokens must be >= 1, got {min_tokens}")
     out = Path(out_dir)

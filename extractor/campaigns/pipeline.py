@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from corpora.hygiene import visible
 from corpora.storage import FolderLock, FolderLocked, is_locked, utcnow, utcnow_compact, write_text_atomic
 from extractor.campaigns.config import Campaign, dump_toml
 from extractor.errors import TrawlError
@@ -431,7 +432,7 @@ def run_campaign(c: Campaign, *, rerun: bool = False, progress: bool = True,
     ``fcntl.flock`` on ``OUT.lock`` (next to the folder, so ``--rerun`` can move the
     folder) refuses the second with :class:`CampaignLocked` (exit code 75).
     """
-    log = log or (lambda msg: print(f"trawl: {msg}", file=sys.stderr))
+    log = log or (lambda msg: print(f"trawl: {visible(msg)}", file=sys.stderr))   # no raw control characters
     out = c.out
     lock = FolderLock(out.with_name(out.name + ".lock"), busy=lambda holder: CampaignLocked(
         f"campaign {c.name!r} is already running in another process ({out}); nothing done"))

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from corpora.hygiene import visible
 from corpora.storage import FolderLock, FolderLocked, holder_text, utcnow, write_text_atomic
 from extractor.campaigns.config import (SCHEMA, Campaign, Key, check_attacks, check_index, check_table,
                                         finish_target, load_toml, validate_campaign)
@@ -229,8 +230,9 @@ class SweepResult:
 def run_sweep(sw: Sweep, *, rerun: bool = False, only: list[str] | None = None, progress: bool = True,
               log: Callable[[str], None] | None = None, echo: Callable[[str], None] | None = None) -> SweepResult:
     """Run every selected campaign of ``sw`` under the sweep lock; see the module docstring."""
-    log = log or (lambda msg: print(f"trawl: {msg}", file=sys.stderr))
-    echo = echo or (lambda line: print(line, flush=True))
+    # messages carry servers' and files' text: control characters shown as escapes, never raw
+    log = log or (lambda msg: print(f"trawl: {visible(msg)}", file=sys.stderr))
+    echo = echo or (lambda line: print(visible(line), flush=True))
     selected = [c for c in sw.campaigns if not only or any(fnmatch.fnmatchcase(c.name, pat) for pat in only)]
     if only and not selected:
         raise TrawlError(f"--only {' '.join(only)} selects none of the campaigns: "

@@ -13,6 +13,7 @@ import argparse
 import importlib
 import sys
 
+from corpora.hygiene import visible
 from extractor.errors import is_user_error
 
 # Packages whose cli module provides register(subparsers). Order = order in --help.
@@ -30,8 +31,21 @@ _COMMAND_MODULES = [
 ]
 
 
+class TrawlParser(argparse.ArgumentParser):
+    """argparse without prefix abbreviations (``--api`` is not ``--api-key-env``): a mistyped or
+    future flag is an error, never another flag. Subcommand parsers (``add_subparsers`` makes
+    them of the parent's class) inherit it, at every level."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):  # argparse quotes what the user typed: shown without raw control characters
+        super().error(visible(message))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = TrawlParser(
         prog="trawl",
         description=(
             "Audit a language model for memorized training data: drive it with extraction "
@@ -72,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if not is_user_error(exc):
             raise
-        print(f"trawl: error: {exc}", file=sys.stderr)
+        # one line, whatever the message carries (a server's or a file's text): control and format
+        # characters, newlines included, are shown as escapes and never reach the terminal raw
+        print(f"trawl: error: {visible(exc)}", file=sys.stderr)
         return int(getattr(exc, "exit_code", 2))
     except KeyboardInterrupt:
         print("trawl: interrupted; rerun the same command with --resume to continue", file=sys.stderr)

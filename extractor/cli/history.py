@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from corpora.hygiene import number_problem, visible
 from extractor.errors import TrawlError
 
 HISTORY_EPILOG = """\
@@ -42,6 +43,15 @@ def cmd_history(args) -> int:
     from extractor.campaigns.ledger import history_report
     from reports.trend import DEFAULT_EPSILON, DEFAULT_METRIC, DEFAULT_TOLERANCE
 
+    from reports.trend import METRICS
+
+    # the flags first, before any file is read: a nan tolerance would compare false and pass every version
+    for flag, v in (("--tolerance", args.tolerance), ("--epsilon", args.epsilon)):
+        problem = number_problem(flag, v, minimum=0)
+        if problem:
+            raise TrawlError(problem)
+    if args.metric is not None and args.metric not in METRICS:
+        raise TrawlError(f"unknown history metric {visible(repr(args.metric))} in --metric (known: {', '.join(METRICS)})")
     src = Path(args.source)
     order = None
     metric, tol, eps, all_pairs = DEFAULT_METRIC, DEFAULT_TOLERANCE, DEFAULT_EPSILON, args.all_pairs
@@ -76,7 +86,7 @@ def cmd_history(args) -> int:
         print(comparisons_json(res))
     else:
         for c in res.comparisons:
-            print(("REGRESSION " if c in res.flagged else "") + c.line())
+            print(("REGRESSION " if c in res.flagged else "") + visible(c.line()))   # names from the ledger
         print(f"history: {res.html}")
     if res.flagged:
         print(f"trawl: {len(res.flagged)} regression(s) in {metric} (tolerance {tol:g}, epsilon {eps:g})",

@@ -9,6 +9,8 @@ import argparse
 import json
 import sys
 
+from corpora.hygiene import visible
+
 RUN_EPILOG = """\
 A campaign folder holds campaign.toml (frozen copy), campaign.json (status), run/
 (generations, matches.parquet) and report/. Running the same command again
@@ -45,9 +47,9 @@ def cmd_run(args) -> int:
         print(f"{args.config}: OK (campaign {c.name}, folder {c.out})")
         return 0
     r = run_campaign(c, rerun=args.rerun, progress=not args.no_progress)
-    print(f"trawl: {r.line()}", file=sys.stderr)
+    print(f"trawl: {visible(r.line())}", file=sys.stderr)     # may quote a server's error text
     for g in r.gates_crossed:
-        print(f"trawl: release gate crossed: {g}", file=sys.stderr)
+        print(f"trawl: release gate crossed: {visible(g)}", file=sys.stderr)
     if args.json:
         print(json.dumps({"name": r.name, "folder": r.out, "status": r.status, "skipped": r.skipped,
                           "steps_run": r.steps_run, "report": r.report_html, "gates_crossed": r.gates_crossed,

@@ -39,7 +39,13 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def _run(args) -> int:
+    from corpora.hygiene import number_problem
+    from extractor.errors import TrawlError
     from extractor.serving.serve import make_server, server_info, wait_forever
+
+    problem = number_problem("--startup-timeout", args.startup_timeout, above=0, maximum=1e6)
+    if problem:
+        raise TrawlError(problem)
 
     srv = make_server(args.model, engine=args.engine, alias=args.name, host=args.host, port=args.port,
                       max_model_len=args.max_model_len, n_ctx=args.n_ctx, seed=args.seed,
