@@ -109,6 +109,101 @@ def write_parquet_atomic(table, path: str | os.PathLike, compression: str = "zst
         fsync_dir(os.path.dirname(os.fspath(path)) or ".")
 
 
+def pid_alive(pid: int) -> bool:
+    """True when a process with this pid exists (on this machine)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # it exists, owned by someone else
+        return True
+    except OSError:
+        return False
+    return True
+
+
+_LEFTOVER_RE = re.compile(r"\.(?:tmp|old)-(\d+)$")
+
+
+def clean_stale_temps(out: str | os.PathLike) -> list[str]:
+    """Remove what a killed writer of ``out`` left beside it: ``OUT.tmp-PID`` (a half-written
+    folder) and ``OUT.old-PID`` (a replaced one) whose PID is no longer alive; a live PID's are
+    another writer's and stay. Returns the paths removed. Best effort: a path that cannot be
+    removed is left."""
+    out = Path(os.path.abspath(out))
+    removed = []
+    try:
+        names = os.listdir(out.parent)
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(out.name + "."):
+            continue
+        m = _LEFTOVER_RE.fullmatch(name[len(out.name):])
+        if not m or int(m.group(1)) == os.getpid() or pid_alive(int(m.group(1))):
+            continue
+        path = out.parent / name
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            removed.append(str(path))
+        except OSError:
+            pass
+    return removed
+
+
+def _within(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+def check_output_dir(out: str | os.PathLike, *, marker: str, kind: str, overwrite: bool, error: type[Exception],
+                     inputs=()) -> Path:
+    """Check that ``out`` may become a new ``kind`` folder and return its absolute path.
+
+    Without ``overwrite`` an existing ``out`` is refused. With it (``--force``), only a folder
+    trawl made may be replaced: an empty folder, or one holding ``marker`` (``corpus.json``,
+    ``manifest.json``); never the current folder or one above it, a folder holding (or being) one
+    of ``inputs``, a file, or any other non-empty folder. Each refusal raises ``error`` with one
+    line naming the path."""
+    raw = os.fspath(out)
+    a_kind = ("an " if kind[:1] in "aeiou" else "a ") + kind
+    if not raw.strip():
+        raise error("the output folder name is empty")
+    out = Path(os.path.abspath(raw))
+    if out.parent == out:
+        raise error(f"{out}: cannot write {a_kind} folder at the root of the file system; choose a new folder")
+    cwd = Path(os.getcwd())
+    if _within(cwd, out):
+        what = "the current folder" if cwd == out else "a folder above the current one"
+        raise error(f"{raw}: is {what}; choose a new folder for the {kind}")
+    for src in inputs:
+        src_abs = Path(os.path.abspath(src))
+        if _within(src_abs, out):
+            raise error(f"{raw}: {'is' if src_abs == out else 'holds'} the input {src}; choose a new folder "
+                        f"for the {kind}")
+        if src_abs.is_dir() and _within(out, src_abs):
+            raise error(f"{raw}: is inside the input folder {src}, which would read its own output; "
+                        f"choose a folder outside it")
+    if not (out.exists() or out.is_symlink()):
+        return out
+    if not overwrite:
+        raise error(f"{raw}: already exists; pass --force to replace it")
+    if out.is_symlink() or not out.is_dir():
+        raise error(f"{raw}: exists and is not a folder; --force replaces only {a_kind} folder trawl made")
+    try:
+        entries = os.listdir(out)
+    except OSError as exc:
+        raise error(f"{raw}: cannot list the folder ({exc.strerror or exc})") from None
+    if entries and not (out / marker).is_file():
+        raise error(f"{raw}: not {a_kind} folder trawl made (no {marker}); --force replaces only those, so "
+                    f"choose a new folder or empty this one yourself")
+    return out
+
+
 def commit_output_dir(tmp: Path, out: Path) -> None:
     """Rename the finished folder ``tmp`` to ``out``, replacing an old ``out`` (moved aside
     first, then removed), so ``out`` is at every moment the old folder or the new one."""

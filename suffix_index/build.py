@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from corpora.storage import commit_output_dir, utcnow, write_json_atomic
+from corpora.storage import check_output_dir, clean_stale_temps, commit_output_dir, utcnow, write_json_atomic
 from suffix_index.errors import IndexFormatError
 from suffix_index.manifest import (
     INDEX_FORMAT,
@@ -295,10 +295,14 @@ def build_index(
     corpus = open_corpus(corpus_dir)
     if corpus.documents == 0 or not corpus.shards:
         raise CorpusError(f"{corpus_dir}: the corpus has no documents; nothing to index")
-    out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise IndexFormatError(f"{out}: already exists; pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    # --force replaces only an index folder trawl made, never the corpus, the current folder or others
+    out = check_output_dir(out_dir, marker=MANIFEST_NAME, kind="index", overwrite=overwrite,
+                           error=IndexFormatError, inputs=[corpus_dir])
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise IndexFormatError(f"{out.parent}: cannot create the folder ({exc.strerror or exc})") from None
+    clean_stale_temps(out)   # what killed builds left beside it (a dead pid's INDEX.tmp-PID)
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
