@@ -347,13 +347,13 @@ def read_parquet(path: Path, text_field: str = "text", id_field: str | None = No
     import pyarrow.parquet as pq
 
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(path, page_checksum_verification=True)   # pages with a checksum are verified
         schema = pf.schema_arrow
     except (pa.ArrowException, OSError) as exc:
         raise CorpusError(f"{path}: not a readable Parquet file: {exc}") from None
     try:
         yield from _iter_table_batches(path, pf.iter_batches(batch_size=4096), schema, text_field, id_field)
-    except pa.ArrowException as exc:
+    except (pa.ArrowException, OSError) as exc:   # OSError: a page checksum mismatch, a short read
         raise CorpusError(f"{path}: corrupt Parquet data: {exc}") from None
 
 

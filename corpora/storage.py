@@ -101,10 +101,13 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int = 1, ens
 def write_parquet_atomic(table, path: str | os.PathLike, compression: str = "zstd", *, hidden: bool = False,
                          sync_dir: bool = False) -> None:
     """Write an Arrow table as Parquet to ``path`` atomically (tmp file, fsync, rename; with
-    ``sync_dir`` the folder too). ``hidden``: a dot-named temporary file (see _replace_atomically)."""
+    ``sync_dir`` the folder too). ``hidden``: a dot-named temporary file (see _replace_atomically).
+    Every page carries a CRC-32 (``write_page_checksum``) that readers verify
+    (:data:`PARQUET_READ_OPTIONS`): bytes damaged on disk are an error, never other values."""
     import pyarrow.parquet as pq
 
-    _replace_atomically(path, lambda tmp: pq.write_table(table, tmp, compression=compression), hidden=hidden)
+    _replace_atomically(path, lambda tmp: pq.write_table(table, tmp, compression=compression,
+                                                         write_page_checksum=True), hidden=hidden)
     if sync_dir:
         fsync_dir(os.path.dirname(os.fspath(path)) or ".")
 
@@ -202,6 +205,23 @@ def check_output_dir(out: str | os.PathLike, *, marker: str, kind: str, overwrit
         raise error(f"{raw}: not {a_kind} folder trawl made (no {marker}); --force replaces only those, so "
                     f"choose a new folder or empty this one yourself")
     return out
+
+
+PARQUET_READ_OPTIONS = {"page_checksum_verification": True}
+"""Keyword arguments for ``pyarrow.parquet.ParquetFile`` / ``read_table`` wherever trawl reads its own
+Parquet files: pages written with a checksum are verified (a mismatch raises ``OSError``); pages of
+older files, written without one, read as before."""
+
+
+PARQUET_ERRORS = (pa.ArrowException, OSError, ValueError, IndexError, KeyError, TypeError)
+"""What pyarrow raises for a damaged Parquet file: Arrow's errors, ``OSError`` (a checksum mismatch,
+a short read, failed decompression), ``UnicodeDecodeError`` (a damaged footer's names) and the
+like. Readers catch these around opening and reading, and name the file in one line."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (or its type's name), for a one-line error."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def commit_output_dir(tmp: Path, out: Path) -> None:

@@ -48,10 +48,11 @@ def generation_parts(run_dir: str) -> list[str]:
 def open_parquet(path: str, required) -> pq.ParquetFile:
     """The Parquet file at ``path``, checked to hold the ``required`` columns."""
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(path, **storage.PARQUET_READ_OPTIONS)   # pages' checksums verified
+        names = set(pf.schema_arrow.names)
     except Exception as exc:  # pyarrow raises several types for a damaged file
-        raise ReportError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc})") from None
-    names = set(pf.schema_arrow.names)
+        raise ReportError(f"{path}: not a readable Parquet file ({type(exc).__name__}: "
+                          f"{storage.first_line(exc)})") from None
     missing = [c for c in required if c not in names]
     if missing:
         raise ReportError(f"{path}: missing column(s) {', '.join(missing)} (see docs/CONTRACTS.md)")
@@ -64,8 +65,8 @@ def iter_batches(pf: pq.ParquetFile, path: str, columns, batch_rows: int):
         yield from pf.iter_batches(batch_size=batch_rows, columns=columns)
     except ReportError:
         raise
-    except (OSError, pa.ArrowException) as exc:
-        raise ReportError(f"{path}: damaged Parquet data ({exc})") from None
+    except storage.PARQUET_ERRORS as exc:
+        raise ReportError(f"{path}: damaged Parquet data ({storage.first_line(exc)})") from None
 
 
 def text(col: pa.Array) -> list[str]:
@@ -99,6 +100,6 @@ def completion_bytes(parts: list[str], request_id: str) -> bytes | None:
                 if hit is not None and hit >= 0:
                     comp = pf.read_row_group(rg, columns=["completion"]).column(0).combine_chunks()
                     return raw_bytes(comp.slice(hit, 1))[0]
-            except (OSError, pa.ArrowException) as exc:
-                raise ReportError(f"{path}: damaged Parquet data ({exc})") from None
+            except storage.PARQUET_ERRORS as exc:
+                raise ReportError(f"{path}: damaged Parquet data ({storage.first_line(exc)})") from None
     return None

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from corpora.storage import MATCHES_SCHEMA, write_parquet_atomic
+from corpora.storage import MATCHES_SCHEMA, PARQUET_ERRORS, PARQUET_READ_OPTIONS, first_line, write_parquet_atomic
 from suffix_index.errors import MatchInputError
 
 MATCHES_FORMAT_VERSION = 1
@@ -53,10 +53,10 @@ def default_output(path: str | os.PathLike) -> Path | None:
 def read_generations(path: str | os.PathLike, batch_rows: int = 1000) -> Iterator[tuple[tuple[str, str], bytes, Any]]:
     for f in generation_files(path):
         try:
-            pf = pq.ParquetFile(f)
-        except (pa.ArrowException, OSError) as exc:
-            raise MatchInputError(f"{f}: not a readable Parquet file ({exc})") from None
-        names = pf.schema_arrow.names
+            pf = pq.ParquetFile(f, **PARQUET_READ_OPTIONS)
+            names = pf.schema_arrow.names
+        except PARQUET_ERRORS as exc:
+            raise MatchInputError(f"{f}: not a readable Parquet file ({first_line(exc)})") from None
         missing = [c for c in REQUIRED_COLUMNS if c not in names]
         if missing:
             raise MatchInputError(f"{f}: no column {', '.join(map(repr, missing))} (not a generations file?)")
@@ -68,8 +68,8 @@ def read_generations(path: str | os.PathLike, batch_rows: int = 1000) -> Iterato
                 for run_id, req, comp, off in zip(d["run_id"], d["request_id"], d["completion"], offs):
                     data = (comp or "").encode("utf-8", "replace") if not isinstance(comp, bytes) else comp
                     yield (run_id, req), data, (None if off is None else np.asarray(off, dtype=np.int64))
-        except pa.ArrowException as exc:
-            raise MatchInputError(f"{f}: corrupt Parquet data ({exc})") from None
+        except PARQUET_ERRORS as exc:   # e.g. OSError: a page checksum mismatch, a short read
+            raise MatchInputError(f"{f}: corrupt Parquet data ({first_line(exc)})") from None
 
 
 def spans_table(spans, gens_text: dict | None = None) -> pa.Table:

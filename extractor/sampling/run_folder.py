@@ -35,8 +35,8 @@ from typing import Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from corpora.storage import (GENERATIONS_SCHEMA, PART_RE, FolderLock, FolderLocked, generation_parts,
-                             write_parquet_atomic)
+from corpora.storage import (GENERATIONS_SCHEMA, PARQUET_ERRORS, PARQUET_READ_OPTIONS, PART_RE, first_line, FolderLock, FolderLocked,
+                             generation_parts, write_parquet_atomic)
 from corpora.storage import write_json_atomic as _write_json_atomic
 from extractor.errors import TrawlError
 
@@ -173,17 +173,23 @@ class RunDir:
         return generation_parts(self.path)
 
     def done_ids(self) -> set[str]:
+        """The request ids stored in parts. Every column is read, so that each page's checksum is
+        verified: a part damaged on disk stops the resume instead of being built upon."""
         done: set[str] = set()
         for p in self.part_paths():
-            done.update(self._read_part(p, ["request_id"]).column("request_id").to_pylist())
+            done.update(self._read_part(p).column("request_id").to_pylist())
         return done
 
     def _read_part(self, path: str, columns: list[str] | None = None) -> pa.Table:
         """One part; a damaged one (parts are written atomically, so damaged from outside) is a TrawlError."""
         try:
-            return pq.read_table(path, columns=columns)
-        except (pa.ArrowException, OSError, ValueError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            table = pq.read_table(path, columns=columns, **PARQUET_READ_OPTIONS)
+            missing = [n for n in (columns or GENERATIONS_SCHEMA.names) if n not in table.column_names]
+            if missing:
+                raise ValueError(f"no column {missing[0]!r}")
+            return table
+        except PARQUET_ERRORS as exc:
+            first = first_line(exc)
             raise TrawlError(f"{path}: unreadable generations part ({first}); parts are written atomically, so it "
                              f"was damaged outside trawl (truncated copy, full disk, editing): restore it from a "
                              f"backup, or delete it to sample its generations again with --resume") from None
