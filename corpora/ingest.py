@@ -119,7 +119,11 @@ def ingest_records(
                     stats.exact_duplicates += 1
                     continue
                 seen.add(digest)
-            meta = json.dumps(rec.metadata, ensure_ascii=False, default=_json_default) if rec.metadata else "{}"
+            try:
+                meta = json.dumps(rec.metadata, ensure_ascii=False, default=_json_default) if rec.metadata else "{}"
+            except (RecursionError, ValueError) as exc:
+                raise CorpusError(f"{rec.source}: metadata cannot be stored as JSON "
+                                  f"({'nested too deeply' if isinstance(exc, RecursionError) else exc})") from None
             writer.add(rec.source, text, rec.ext_id, meta, len(data))
             stats.documents += 1
             stats.text_bytes += len(data)

@@ -255,14 +255,59 @@ def read_manifest(folder: str | os.PathLike, name: str, *, fmt: str, version: in
         raise error(f"{folder}: not {article} {kind} folder (no {name}); build one with '{build}'")
     try:
         m = json.loads(mpath.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise error(f"{mpath}: corrupt manifest ({exc})") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise error(f"{mpath}: corrupt manifest ({first_line(exc)})") from None
+    except OSError as exc:
+        raise error(f"{mpath}: cannot read the manifest ({exc.strerror or exc})") from None
     if not isinstance(m, dict) or m.get("format") != fmt:
         raise error(f"{mpath}: not a trawl {kind} manifest (format is not {fmt!r})")
     if m.get("format_version") != version:
         raise error(f"{mpath}: {kind} format version {m.get('format_version')!r}, this trawl reads version "
                     f"{version}; {upgrade}")
     return m
+
+
+class ManifestFields:
+    """Type checks of the fields a reader takes from a manifest, each failure one line naming the
+    file and the key (``shards[2].files.sa.size``): ``count`` (a whole number >= 0), ``file_name``
+    (a plain file name inside the folder: no separator, not ``.``/``..``), ``text``, ``listing``
+    (a list), ``table`` (an object)."""
+
+    def __init__(self, path: str | os.PathLike, error: type[Exception]):
+        self.path, self.error = path, error
+
+    def _fail(self, key: str, v, what: str):
+        shown = repr(v) if len(repr(v)) <= 40 else repr(v)[:37] + "..."
+        raise self.error(f"{self.path}: corrupt manifest ({key} is {shown}, not {what})")
+
+    def count(self, obj: dict, name: str, key: str, *, minimum: int = 0) -> int:
+        v = obj.get(name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            self._fail(key, v, f"a whole number >= {minimum}")
+        return v
+
+    def file_name(self, obj: dict, name: str, key: str) -> str:
+        v = obj.get(name)
+        if not isinstance(v, str) or not v or "/" in v or "\\" in v or "\0" in v or v in (".", ".."):
+            self._fail(key, v, "a file name in the folder")
+        return v
+
+    def text(self, obj: dict, name: str, key: str, *, optional: bool = False) -> str | None:
+        v = obj.get(name)
+        if (v is None and optional) or isinstance(v, str):
+            return v
+        self._fail(key, v, "a string")
+
+    def listing(self, obj: dict, name: str, key: str) -> list:
+        v = obj.get(name)
+        if not isinstance(v, list):
+            self._fail(key, v, "a list")
+        return v
+
+    def table(self, obj, key: str) -> dict:
+        if not isinstance(obj, dict):
+            self._fail(key, obj, "an object")
+        return obj
 
 
 # ---------------------------------------------------------------------------------- folder locks

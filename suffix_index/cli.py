@@ -35,7 +35,7 @@ def _cmd_verify(args) -> int:
 
 
 def _cmd_info(args) -> int:
-    from suffix_index.manifest import load_manifest
+    from suffix_index.manifest import FILE_KINDS, load_manifest
 
     m = load_manifest(args.index)
     if args.json:
@@ -47,7 +47,7 @@ def _cmd_info(args) -> int:
     print(f"bytes       {m['bytes']} ({m['text_bytes']} of text)")
     print(f"shards      {len(m['shards'])}")
     for s in m["shards"]:
-        size = sum(int(f["size"]) for f in s["files"].values())
+        size = sum(int(s["files"][k]["size"]) for k in FILE_KINDS)
         print(f"  {s['name']}  {s['documents']} docs  {s['bytes']} bytes  {s['pointer_width']}-byte pointers  "
               f"{size} bytes on disk")
     b = m.get("build", {})

@@ -26,8 +26,9 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 
+from corpora.storage import first_line
 from suffix_index.errors import IndexFormatError, check_int
-from suffix_index.manifest import load_manifest, manifest_sha256
+from suffix_index.manifest import FILE_KINDS, load_manifest, manifest_sha256
 from suffix_index.match import DEFAULT_MIN_TOKENS, Matcher, Span, iter_batches
 from suffix_index.search import checked_pointers, sa_range
 
@@ -77,11 +78,12 @@ class _Shard:
         try:
             self._docs_src = pa.memory_map(str(dpath), "r")
             self.docs = pa.ipc.open_file(self._docs_src).read_all()
+            self.docs.validate(full=True)   # damaged offsets are an error here, not a crash or garbage later
             self.doc_starts = self.docs.column("start").to_numpy()
             self.doc_ids = self.docs.column("doc_id").to_numpy()
             self.doc_lengths = self.docs.column("length").to_numpy()
-        except (pa.ArrowException, OSError, KeyError) as exc:
-            raise IndexFormatError(f"{dpath}: corrupt document table ({exc}); rebuild the index") from None
+        except (pa.ArrowException, OSError, KeyError, ValueError, TypeError) as exc:
+            raise IndexFormatError(f"{dpath}: corrupt document table ({first_line(exc)}); rebuild the index") from None
         if len(self.doc_starts) != int(entry["documents"]):
             raise IndexFormatError(f"{dpath}: {len(self.doc_starts)} documents, the manifest says {entry['documents']}")
 
@@ -148,7 +150,7 @@ class SuffixIndex:
         read-ahead is asynchronous (``MADV_WILLNEED``): nothing is copied into
         this process.
         """
-        size = sum(int(f["size"]) for s in self.manifest["shards"] for f in s["files"].values())
+        size = sum(int(s["files"][k]["size"]) for s in self.manifest["shards"] for k in FILE_KINDS)
         try:
             avail = next(int(line.split()[1]) * 1024 for line in open("/proc/meminfo") if line.startswith("MemAvailable:"))
         except (OSError, StopIteration, ValueError):

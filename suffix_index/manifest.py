@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from corpora.storage import read_manifest
+from corpora.storage import ManifestFields, read_manifest
 from suffix_index.errors import IndexFormatError
 
 INDEX_FORMAT = "trawl-suffix-index"
@@ -49,18 +49,24 @@ def load_manifest(index_dir: str | os.PathLike, check_files: bool = True) -> dic
     mpath = index_dir / MANIFEST_NAME
     m = read_manifest(index_dir, MANIFEST_NAME, fmt=INDEX_FORMAT, version=INDEX_FORMAT_VERSION, error=IndexFormatError,
                       kind="index", build="trawl index build", upgrade="rebuild it with 'trawl index build'")
-    shards = m.get("shards")
-    if not isinstance(shards, list):
-        raise IndexFormatError(f"{mpath}: corrupt manifest (no shard list)")
-    for s in shards:
-        try:
-            files = s["files"]
-            for kind in FILE_KINDS:
-                f = files[kind]
-                f["name"], f["size"], f["sha256"]
-            int(s["bytes"]), int(s["documents"]), int(s["pointer_width"]), int(s["first_doc_id"])
-        except (KeyError, TypeError, ValueError):
-            raise IndexFormatError(f"{mpath}: corrupt manifest (incomplete shard entry)") from None
+    check = ManifestFields(mpath, IndexFormatError)   # each field a reader uses, its type
+    for key in ("bytes", "text_bytes", "documents"):
+        check.count(m, key, key)
+    if "build" in m:
+        check.table(m["build"], "build")
+    shards = check.listing(m, "shards", "shards")
+    for i, s in enumerate(shards):
+        check.table(s, f"shards[{i}]")
+        for key in ("bytes", "text_bytes", "documents", "first_doc_id"):
+            check.count(s, key, f"shards[{i}].{key}")
+        if s.get("pointer_width") not in (4, 8) or isinstance(s.get("pointer_width"), bool):
+            check._fail(f"shards[{i}].pointer_width", s.get("pointer_width"), "4 or 8")
+        files = check.table(s.get("files"), f"shards[{i}].files")
+        for kind in FILE_KINDS:
+            f = check.table(files.get(kind), f"shards[{i}].files.{kind}")
+            check.file_name(f, "name", f"shards[{i}].files.{kind}.name")
+            check.count(f, "size", f"shards[{i}].files.{kind}.size")
+            check.text(f, "sha256", f"shards[{i}].files.{kind}.sha256")
         if check_files:
             for kind in FILE_KINDS:
                 f = files[kind]
