@@ -84,7 +84,7 @@ def _cmd_find(args) -> int:
 def _cmd_match(args) -> int:
     from suffix_index.engine import SuffixIndex
     from suffix_index.errors import MatchInputError, check_int
-    from suffix_index.matchfile import default_output, generation_files, match_to_parquet
+    from suffix_index.matchfile import check_output_file, default_output, generation_files, match_to_parquet
 
     check_int("--min-tokens", args.min_tokens, 1)
     if args.min_bytes is not None:
@@ -94,6 +94,7 @@ def _cmd_match(args) -> int:
     out = args.out or default_output(args.generations)
     if out is None:
         raise MatchInputError(f"{args.generations}: not a run folder; say where to write with --out")
+    check_output_file(out)   # before the index is opened and the generations matched
     with SuffixIndex.open(args.index) as idx:
         if not args.no_prefetch:
             idx.prefetch()
