@@ -50,6 +50,8 @@ from suffix_index.manifest import (
     INDEX_FORMAT,
     INDEX_FORMAT_VERSION,
     MANIFEST_NAME,
+    BLOCK_SIZE,
+    block_checksums,
     load_manifest,
     shard_base,
 )
@@ -83,6 +85,7 @@ def _tool_versions() -> dict[str, str]:
 
 def _sha256_into(buf: np.ndarray, out: dict, key: str) -> None:
     out[key] = hashlib.sha256(memoryview(buf).cast("B")).hexdigest()
+    out[f"{key}_blocks"] = block_checksums(buf)
 
 
 def _write_array(path: Path, arr: np.ndarray, fsync: bool) -> None:
@@ -266,7 +269,9 @@ def build_shard(corpus_shard: str, out_dir: str, index: int, n_docs: int, text_b
         "documents": int(docs.num_rows),
         "first_doc_id": first,
         "pointer_width": width,
-        "files": {k: {"name": names[k], "size": (out / names[k]).stat().st_size, "sha256": sums[k]} for k in names},
+        "files": {k: {"name": names[k], "size": (out / names[k]).stat().st_size, "sha256": sums[k],
+                      **({"blocks": {"size": BLOCK_SIZE, "crc32": sums[f"{k}_blocks"]}} if k != "docs" else {})}
+                  for k in names},
         "seconds": {"read": round(t_read, 3), "sort": round(t_sort, 3), "total": round(time.perf_counter() - t0, 3)},
     }
 

@@ -35,6 +35,17 @@ MANIFEST_NAME = "manifest.json"
 FILE_KINDS = ("bytes", "sa", "docs")
 
 
+BLOCK_SIZE = 1 << 20   # the .bytes and .sa files' checksummed blocks
+
+
+def block_checksums(buf, block: int = BLOCK_SIZE) -> list[int]:
+    """CRC-32 of each ``block``-byte block of a buffer (the last one may be shorter)."""
+    import zlib
+
+    view = memoryview(buf).cast("B")
+    return [zlib.crc32(view[i:i + block]) for i in range(0, len(view), block)]
+
+
 def shard_base(i: int) -> str:
     return f"shard-{i:05d}"
 
@@ -67,6 +78,15 @@ def load_manifest(index_dir: str | os.PathLike, check_files: bool = True) -> dic
             check.file_name(f, "name", f"shards[{i}].files.{kind}.name")
             check.count(f, "size", f"shards[{i}].files.{kind}.size")
             check.text(f, "sha256", f"shards[{i}].files.{kind}.sha256")
+            if "blocks" in f:   # optional (indexes built before it have none): CRC-32 per block
+                key = f"shards[{i}].files.{kind}.blocks"
+                blocks = check.table(f["blocks"], key)
+                bsize = check.count(blocks, "size", f"{key}.size", minimum=1)
+                crcs = check.listing(blocks, "crc32", f"{key}.crc32")
+                if len(crcs) != -(-f["size"] // bsize) or not all(
+                        isinstance(c, int) and not isinstance(c, bool) and 0 <= c < 1 << 32 for c in crcs):
+                    check._fail(f"{key}.crc32", f"{len(crcs)} entries",
+                                f"{-(-f['size'] // bsize)} CRC-32 values, one per block")
         if check_files:
             for kind in FILE_KINDS:
                 f = files[kind]
