@@ -24,15 +24,19 @@ REQUIRED_MATCH_COLUMNS = ("request_id", "span_start", "span_end", "tokens", "doc
 
 
 def read_json(path: str) -> dict:
-    """The JSON object in ``path``; ``{}`` when the file is absent or holds no object."""
+    """The JSON object in ``path``; ``{}`` when the file is absent. Invalid JSON, JSON nested too
+    deeply and JSON that is not an object are a ReportError naming the file (a damaged run.json read
+    as ``{}`` would silently change the report's figures)."""
     if not os.path.exists(path):
         return {}
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
-    except (OSError, ValueError) as exc:
-        raise ReportError(f"{path}: not valid JSON ({exc})") from None
-    return data if isinstance(data, dict) else {}
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ReportError(f"{path}: not valid JSON ({storage.first_line(exc)})") from None
+    if not isinstance(data, dict):
+        raise ReportError(f"{path}: holds a JSON {type(data).__name__}, not an object (damaged?)")
+    return data
 
 
 def generation_parts(run_dir: str) -> list[str]:
