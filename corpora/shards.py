@@ -200,15 +200,16 @@ def open_corpus(path: str | os.PathLike) -> Corpus:
     manifest = read_manifest(path, MANIFEST_NAME, fmt=CORPUS_FORMAT, version=CORPUS_FORMAT_VERSION, error=CorpusError,
                              kind="corpus", build="trawl corpus ingest", upgrade="re-ingest the corpus")
     check = ManifestFields(path / MANIFEST_NAME, CorpusError)   # each field a reader uses, its type
-    check.count(manifest, "documents", "documents")
-    check.count(manifest, "text_bytes", "text_bytes")
+    # fields a reader of documents does not need may be absent (a hand-made corpus.json); present, typed
+    check.count(manifest, "documents", "documents", optional=True)
+    check.count(manifest, "text_bytes", "text_bytes", optional=True)
     if "stats" in manifest:
         check.table(manifest["stats"], "stats")
     for i, s in enumerate(check.listing(manifest, "shards", "shards")):
         check.table(s, f"shards[{i}]")
         name = check.file_name(s, "name", f"shards[{i}].name")
-        check.count(s, "documents", f"shards[{i}].documents")
-        check.count(s, "text_bytes", f"shards[{i}].text_bytes")
+        check.count(s, "documents", f"shards[{i}].documents", optional=True)
+        check.count(s, "text_bytes", f"shards[{i}].text_bytes", optional=True)
         check.text(s, "sha256", f"shards[{i}].sha256", optional=True)
         sp = path / name
         if not sp.is_file():

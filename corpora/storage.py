@@ -280,8 +280,10 @@ class ManifestFields:
         shown = repr(v) if len(repr(v)) <= 40 else repr(v)[:37] + "..."
         raise self.error(f"{self.path}: corrupt manifest ({key} is {shown}, not {what})")
 
-    def count(self, obj: dict, name: str, key: str, *, minimum: int = 0) -> int:
+    def count(self, obj: dict, name: str, key: str, *, minimum: int = 0, optional: bool = False) -> int | None:
         v = obj.get(name)
+        if v is None and optional and name not in obj:
+            return None
         if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
             self._fail(key, v, f"a whole number >= {minimum}")
         return v

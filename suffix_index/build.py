@@ -296,8 +296,15 @@ def build_index(
     from corpora.shards import MANIFEST_NAME as CORPUS_MANIFEST
     from suffix_index.errors import check_int
 
+    from corpora.storage import ManifestFields
+
     jobs = check_int("jobs", jobs, 1)
     corpus = open_corpus(corpus_dir)
+    check = ManifestFields(Path(corpus_dir) / CORPUS_MANIFEST, CorpusError)   # what a build needs is there
+    check.count(corpus.manifest, "documents", "documents")
+    for i, s in enumerate(corpus.manifest["shards"]):
+        check.count(s, "documents", f"shards[{i}].documents")
+        check.count(s, "text_bytes", f"shards[{i}].text_bytes")
     if corpus.documents == 0 or not corpus.shards:
         raise CorpusError(f"{corpus_dir}: the corpus has no documents; nothing to index")
     # --force replaces only an index folder trawl made, never the corpus, the current folder or others
