@@ -36,7 +36,7 @@ from corpora.shards import (
     ShardWriter,
     open_corpus,
 )
-from corpora.storage import commit_output_dir, utcnow, write_json_atomic
+from corpora.storage import check_output_dir, clean_stale_temps, commit_output_dir, utcnow, write_json_atomic
 
 
 @dataclass
@@ -63,18 +63,22 @@ def progress_enabled(quiet: bool = False) -> bool:
     return not quiet and sys.stderr.isatty()
 
 
-def prepare_output_dir(out: Path, overwrite: bool) -> Path:
-    """Check ``out`` and return a fresh temporary sibling folder to write into."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise CorpusError(f"{out}: already exists; pass --force to replace it")
-    if not out.parent.exists():
+def prepare_output_dir(out: Path, overwrite: bool, inputs=()) -> tuple[Path, Path]:
+    """Check ``out`` (see :func:`corpora.storage.check_output_dir`: ``--force`` replaces only a
+    corpus folder trawl made), remove temporary folders that killed ingests left beside it, and
+    return ``(out, tmp)``: ``out`` absolute and a fresh temporary sibling folder to write into."""
+    out = check_output_dir(out, marker=MANIFEST_NAME, kind="corpus", overwrite=overwrite, error=CorpusError,
+                           inputs=inputs)
+    try:
         out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CorpusError(f"{out.parent}: cannot create the folder ({exc.strerror or exc})") from None
+    clean_stale_temps(out)
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    return tmp
+    return out, tmp
 
 
 def ingest_records(
@@ -86,10 +90,11 @@ def ingest_records(
     overwrite: bool = False,
     progress: bool = False,
     extra_manifest: dict | None = None,
+    inputs: Iterable[str | os.PathLike] = (),
 ) -> Corpus:
-    """Write ``records`` as a corpus folder at ``out_dir`` and return it opened."""
-    out = Path(out_dir)
-    tmp = prepare_output_dir(out, overwrite)
+    """Write ``records`` as a corpus folder at ``out_dir`` and return it opened. ``inputs``: the
+    files and folders the records come from (``out_dir`` may neither hold nor lie inside one)."""
+    out, tmp = prepare_output_dir(Path(out_dir), overwrite, inputs)
     stats = IngestStats()
     seen: set[bytes] = set()
     try:
@@ -114,7 +119,11 @@ def ingest_records(
                     stats.exact_duplicates += 1
                     continue
                 seen.add(digest)
-            meta = json.dumps(rec.metadata, ensure_ascii=False, default=_json_default) if rec.metadata else "{}"
+            try:
+                meta = json.dumps(rec.metadata, ensure_ascii=False, default=_json_default) if rec.metadata else "{}"
+            except (RecursionError, ValueError) as exc:
+                raise CorpusError(f"{rec.source}: metadata cannot be stored as JSON "
+                                  f"({'nested too deeply' if isinstance(exc, RecursionError) else exc})") from None
             writer.add(rec.source, text, rec.ext_id, meta, len(data))
             stats.documents += 1
             stats.text_bytes += len(data)
@@ -171,6 +180,6 @@ def ingest(
     records = read_sources(sources, text_field=text_field, id_field=id_field, skip_binary=skip_binary)
     return ingest_records(
         records, out_dir, max_shard_bytes=max_shard_bytes, keep_duplicates=keep_duplicates,
-        overwrite=overwrite, progress=progress,
+        overwrite=overwrite, progress=progress, inputs=sources,
         extra_manifest={"inputs": sources, "text_field": text_field, "id_field": id_field},
     )

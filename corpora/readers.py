@@ -32,11 +32,13 @@ import gzip
 import io
 import json
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from corpora.errors import CorpusError
+from corpora.storage import PARQUET_ERRORS, PARQUET_READ_OPTIONS, first_line
 
 JSONL_SUFFIXES = {".jsonl", ".ndjson", ".json"}
 PARQUET_SUFFIXES = {".parquet", ".pq"}
@@ -172,7 +174,7 @@ def _read_maybe_compressed(path: Path) -> bytes:
         try:
             with gzip.open(path, "rb") as f:
                 return f.read()
-        except (gzip.BadGzipFile, EOFError) as exc:
+        except (OSError, EOFError, zlib.error) as exc:   # BadGzipFile is an OSError
             raise CorpusError(f"{path}: not a valid gzip file: {exc}") from None
     if suffix in (".zst", ".zstd"):
         import zstandard
@@ -288,12 +290,14 @@ def read_jsonl(path: Path, text_field: str = "text", id_field: str | None = None
                     row = json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise CorpusError(f"{path}:{lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+                except RecursionError:
+                    raise CorpusError(f"{path}:{lineno}: JSON nested too deeply to read") from None
                 if not isinstance(row, dict):
                     raise CorpusError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
                 rec = _row_to_record(row, f"{path}#{lineno}", f"{path}:{lineno}", text_field, id_field)
                 rec.repaired = rec.repaired or bad_utf8
                 yield rec
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:   # zlib.error: a damaged gzip stream
         raise CorpusError(f"{path}:{lineno + 1}: cannot read (truncated or corrupt?): {exc}") from None
     except Exception as exc:  # zstandard errors, etc.
         if isinstance(exc, CorpusError):
@@ -323,6 +327,7 @@ def _iter_table_batches(path: Path, batches, schema, text_field: str, id_field: 
     is_binary = pa.types.is_binary(ftype) or pa.types.is_large_binary(ftype)
     row = 0
     for batch in batches:
+        batch.validate(full=True)   # damaged offsets or lengths are an ArrowInvalid here, not a crash below
         cols = {name: batch.column(i) for i, name in enumerate(batch.schema.names)}
         texts = cols[text_field].to_pylist()
         ids = cols[id_field].to_pylist() if id_field is not None else None
@@ -343,18 +348,18 @@ def _iter_table_batches(path: Path, batches, schema, text_field: str, id_field: 
 
 def read_parquet(path: Path, text_field: str = "text", id_field: str | None = None) -> Iterator[Record]:
     """Rows of a Parquet file; ``source`` is ``path#row`` (0-based)."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(path, **PARQUET_READ_OPTIONS)   # pages with a checksum are verified
         schema = pf.schema_arrow
-    except (pa.ArrowException, OSError) as exc:
-        raise CorpusError(f"{path}: not a readable Parquet file: {exc}") from None
+        schema.names
+    except PARQUET_ERRORS as exc:
+        raise CorpusError(f"{path}: not a readable Parquet file: {first_line(exc)}") from None
     try:
         yield from _iter_table_batches(path, pf.iter_batches(batch_size=4096), schema, text_field, id_field)
-    except pa.ArrowException as exc:
-        raise CorpusError(f"{path}: corrupt Parquet data: {exc}") from None
+    except PARQUET_ERRORS as exc:   # e.g. OSError: a page checksum mismatch, a short read
+        raise CorpusError(f"{path}: corrupt Parquet data: {first_line(exc)}") from None
 
 
 def read_arrow(path: Path, text_field: str = "text", id_field: str | None = None) -> Iterator[Record]:
@@ -364,22 +369,22 @@ def read_arrow(path: Path, text_field: str = "text", id_field: str | None = None
     try:
         source = pa.memory_map(str(path), "r")
     except (pa.ArrowException, OSError) as exc:
-        raise CorpusError(f"{path}: cannot read: {exc}") from None
+        raise CorpusError(f"{path}: cannot read: {first_line(exc)}") from None
     try:
         try:
             reader = pa.ipc.open_file(source)
             schema = reader.schema
             batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
-        except pa.ArrowInvalid:
+        except PARQUET_ERRORS:   # not the file format (or its footer is damaged): try the stream format
             source.seek(0)
             try:
                 reader = pa.ipc.open_stream(source)
-            except pa.ArrowInvalid as exc:
-                raise CorpusError(f"{path}: not an Arrow IPC file or stream: {exc}") from None
-            schema = reader.schema
+                schema = reader.schema
+            except PARQUET_ERRORS as exc:
+                raise CorpusError(f"{path}: not an Arrow IPC file or stream: {first_line(exc)}") from None
             batches = iter(reader)
         yield from _iter_table_batches(path, batches, schema, text_field, id_field)
-    except pa.ArrowException as exc:
-        raise CorpusError(f"{path}: corrupt Arrow data: {exc}") from None
+    except PARQUET_ERRORS as exc:   # the same failures as Parquet's: Arrow's, OSError, bad UTF-8 in names
+        raise CorpusError(f"{path}: corrupt Arrow data: {first_line(exc)}") from None
     finally:
         source.close()

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import pyarrow as pa
 
 from corpora.errors import CorpusError
-from corpora.storage import read_manifest
+from corpora.storage import ManifestFields, read_manifest
 
 CORPUS_FORMAT = "trawl-corpus"
 CORPUS_FORMAT_VERSION = 1
@@ -199,8 +199,19 @@ def open_corpus(path: str | os.PathLike) -> Corpus:
         raise CorpusError(f"{path}: not a corpus folder (no such directory)")
     manifest = read_manifest(path, MANIFEST_NAME, fmt=CORPUS_FORMAT, version=CORPUS_FORMAT_VERSION, error=CorpusError,
                              kind="corpus", build="trawl corpus ingest", upgrade="re-ingest the corpus")
-    for s in manifest.get("shards", []):
-        sp = path / s["name"]
+    check = ManifestFields(path / MANIFEST_NAME, CorpusError)   # each field a reader uses, its type
+    # fields a reader of documents does not need may be absent (a hand-made corpus.json); present, typed
+    check.count(manifest, "documents", "documents", optional=True)
+    check.count(manifest, "text_bytes", "text_bytes", optional=True)
+    if "stats" in manifest:
+        check.table(manifest["stats"], "stats")
+    for i, s in enumerate(check.listing(manifest, "shards", "shards")):
+        check.table(s, f"shards[{i}]")
+        name = check.file_name(s, "name", f"shards[{i}].name")
+        check.count(s, "documents", f"shards[{i}].documents", optional=True)
+        check.count(s, "text_bytes", f"shards[{i}].text_bytes", optional=True)
+        check.text(s, "sha256", f"shards[{i}].sha256", optional=True)
+        sp = path / name
         if not sp.is_file():
             raise CorpusError(f"{sp}: corpus shard missing")
     return Corpus(path, manifest)

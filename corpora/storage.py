@@ -101,12 +101,127 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int = 1, ens
 def write_parquet_atomic(table, path: str | os.PathLike, compression: str = "zstd", *, hidden: bool = False,
                          sync_dir: bool = False) -> None:
     """Write an Arrow table as Parquet to ``path`` atomically (tmp file, fsync, rename; with
-    ``sync_dir`` the folder too). ``hidden``: a dot-named temporary file (see _replace_atomically)."""
+    ``sync_dir`` the folder too). ``hidden``: a dot-named temporary file (see _replace_atomically).
+    Every page carries a CRC-32 (``write_page_checksum``) that readers verify
+    (:data:`PARQUET_READ_OPTIONS`): bytes damaged on disk are an error, never other values."""
     import pyarrow.parquet as pq
 
-    _replace_atomically(path, lambda tmp: pq.write_table(table, tmp, compression=compression), hidden=hidden)
+    _replace_atomically(path, lambda tmp: pq.write_table(table, tmp, compression=compression,
+                                                         write_page_checksum=True), hidden=hidden)
     if sync_dir:
         fsync_dir(os.path.dirname(os.fspath(path)) or ".")
+
+
+def pid_alive(pid: int) -> bool:
+    """True when a process with this pid exists (on this machine)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # it exists, owned by someone else
+        return True
+    except OSError:
+        return False
+    return True
+
+
+_LEFTOVER_RE = re.compile(r"\.(?:tmp|old)-(\d+)$")
+
+
+def clean_stale_temps(out: str | os.PathLike) -> list[str]:
+    """Remove what a killed writer of ``out`` left beside it: ``OUT.tmp-PID`` (a half-written
+    folder) and ``OUT.old-PID`` (a replaced one) whose PID is no longer alive; a live PID's are
+    another writer's and stay. Returns the paths removed. Best effort: a path that cannot be
+    removed is left."""
+    out = Path(os.path.abspath(out))
+    removed = []
+    try:
+        names = os.listdir(out.parent)
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(out.name + "."):
+            continue
+        m = _LEFTOVER_RE.fullmatch(name[len(out.name):])
+        if not m or int(m.group(1)) == os.getpid() or pid_alive(int(m.group(1))):
+            continue
+        path = out.parent / name
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            removed.append(str(path))
+        except OSError:
+            pass
+    return removed
+
+
+def _within(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+def check_output_dir(out: str | os.PathLike, *, marker: str, kind: str, overwrite: bool, error: type[Exception],
+                     inputs=()) -> Path:
+    """Check that ``out`` may become a new ``kind`` folder and return its absolute path.
+
+    Without ``overwrite`` an existing ``out`` is refused. With it (``--force``), only a folder
+    trawl made may be replaced: an empty folder, or one holding ``marker`` (``corpus.json``,
+    ``manifest.json``); never the current folder or one above it, a folder holding (or being) one
+    of ``inputs``, a file, or any other non-empty folder. Each refusal raises ``error`` with one
+    line naming the path."""
+    raw = os.fspath(out)
+    a_kind = ("an " if kind[:1] in "aeiou" else "a ") + kind
+    if not raw.strip():
+        raise error("the output folder name is empty")
+    out = Path(os.path.abspath(raw))
+    if out.parent == out:
+        raise error(f"{out}: cannot write {a_kind} folder at the root of the file system; choose a new folder")
+    cwd = Path(os.getcwd())
+    if _within(cwd, out):
+        what = "the current folder" if cwd == out else "a folder above the current one"
+        raise error(f"{raw}: is {what}; choose a new folder for the {kind}")
+    for src in inputs:
+        src_abs = Path(os.path.abspath(src))
+        if _within(src_abs, out):
+            raise error(f"{raw}: {'is' if src_abs == out else 'holds'} the input {src}; choose a new folder "
+                        f"for the {kind}")
+        if src_abs.is_dir() and _within(out, src_abs):
+            raise error(f"{raw}: is inside the input folder {src}, which would read its own output; "
+                        f"choose a folder outside it")
+    if not (out.exists() or out.is_symlink()):
+        return out
+    if not overwrite:
+        raise error(f"{raw}: already exists; pass --force to replace it")
+    if out.is_symlink() or not out.is_dir():
+        raise error(f"{raw}: exists and is not a folder; --force replaces only {a_kind} folder trawl made")
+    try:
+        entries = os.listdir(out)
+    except OSError as exc:
+        raise error(f"{raw}: cannot list the folder ({exc.strerror or exc})") from None
+    if entries and not (out / marker).is_file():
+        raise error(f"{raw}: not {a_kind} folder trawl made (no {marker}); --force replaces only those, so "
+                    f"choose a new folder or empty this one yourself")
+    return out
+
+
+PARQUET_READ_OPTIONS = {"page_checksum_verification": True}
+"""Keyword arguments for ``pyarrow.parquet.ParquetFile`` / ``read_table`` wherever trawl reads its own
+Parquet files: pages written with a checksum are verified (a mismatch raises ``OSError``); pages of
+older files, written without one, read as before."""
+
+
+PARQUET_ERRORS = (pa.ArrowException, OSError, ValueError, IndexError, KeyError, TypeError)
+"""What pyarrow raises for a damaged Parquet file: Arrow's errors, ``OSError`` (a checksum mismatch,
+a short read, failed decompression), ``UnicodeDecodeError`` (a damaged footer's names) and the
+like. Readers catch these around opening and reading, and name the file in one line."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (or its type's name), for a one-line error."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def commit_output_dir(tmp: Path, out: Path) -> None:
@@ -140,14 +255,61 @@ def read_manifest(folder: str | os.PathLike, name: str, *, fmt: str, version: in
         raise error(f"{folder}: not {article} {kind} folder (no {name}); build one with '{build}'")
     try:
         m = json.loads(mpath.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise error(f"{mpath}: corrupt manifest ({exc})") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise error(f"{mpath}: corrupt manifest ({first_line(exc)})") from None
+    except OSError as exc:
+        raise error(f"{mpath}: cannot read the manifest ({exc.strerror or exc})") from None
     if not isinstance(m, dict) or m.get("format") != fmt:
         raise error(f"{mpath}: not a trawl {kind} manifest (format is not {fmt!r})")
     if m.get("format_version") != version:
         raise error(f"{mpath}: {kind} format version {m.get('format_version')!r}, this trawl reads version "
                     f"{version}; {upgrade}")
     return m
+
+
+class ManifestFields:
+    """Type checks of the fields a reader takes from a manifest, each failure one line naming the
+    file and the key (``shards[2].files.sa.size``): ``count`` (a whole number >= 0), ``file_name``
+    (a plain file name inside the folder: no separator, not ``.``/``..``), ``text``, ``listing``
+    (a list), ``table`` (an object)."""
+
+    def __init__(self, path: str | os.PathLike, error: type[Exception]):
+        self.path, self.error = path, error
+
+    def _fail(self, key: str, v, what: str):
+        shown = repr(v) if len(repr(v)) <= 40 else repr(v)[:37] + "..."
+        raise self.error(f"{self.path}: corrupt manifest ({key} is {shown}, not {what})")
+
+    def count(self, obj: dict, name: str, key: str, *, minimum: int = 0, optional: bool = False) -> int | None:
+        v = obj.get(name)
+        if v is None and optional and name not in obj:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            self._fail(key, v, f"a whole number >= {minimum}")
+        return v
+
+    def file_name(self, obj: dict, name: str, key: str) -> str:
+        v = obj.get(name)
+        if not isinstance(v, str) or not v or "/" in v or "\\" in v or "\0" in v or v in (".", ".."):
+            self._fail(key, v, "a file name in the folder")
+        return v
+
+    def text(self, obj: dict, name: str, key: str, *, optional: bool = False) -> str | None:
+        v = obj.get(name)
+        if (v is None and optional) or isinstance(v, str):
+            return v
+        self._fail(key, v, "a string")
+
+    def listing(self, obj: dict, name: str, key: str) -> list:
+        v = obj.get(name)
+        if not isinstance(v, list):
+            self._fail(key, v, "a list")
+        return v
+
+    def table(self, obj, key: str) -> dict:
+        if not isinstance(obj, dict):
+            self._fail(key, obj, "an object")
+        return obj
 
 
 # ---------------------------------------------------------------------------------- folder locks

@@ -24,15 +24,19 @@ REQUIRED_MATCH_COLUMNS = ("request_id", "span_start", "span_end", "tokens", "doc
 
 
 def read_json(path: str) -> dict:
-    """The JSON object in ``path``; ``{}`` when the file is absent or holds no object."""
+    """The JSON object in ``path``; ``{}`` when the file is absent. Invalid JSON, JSON nested too
+    deeply and JSON that is not an object are a ReportError naming the file (a damaged run.json read
+    as ``{}`` would silently change the report's figures)."""
     if not os.path.exists(path):
         return {}
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
-    except (OSError, ValueError) as exc:
-        raise ReportError(f"{path}: not valid JSON ({exc})") from None
-    return data if isinstance(data, dict) else {}
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ReportError(f"{path}: not valid JSON ({storage.first_line(exc)})") from None
+    if not isinstance(data, dict):
+        raise ReportError(f"{path}: holds a JSON {type(data).__name__}, not an object (damaged?)")
+    return data
 
 
 def generation_parts(run_dir: str) -> list[str]:
@@ -48,10 +52,11 @@ def generation_parts(run_dir: str) -> list[str]:
 def open_parquet(path: str, required) -> pq.ParquetFile:
     """The Parquet file at ``path``, checked to hold the ``required`` columns."""
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(path, **storage.PARQUET_READ_OPTIONS)   # pages' checksums verified
+        names = set(pf.schema_arrow.names)
     except Exception as exc:  # pyarrow raises several types for a damaged file
-        raise ReportError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc})") from None
-    names = set(pf.schema_arrow.names)
+        raise ReportError(f"{path}: not a readable Parquet file ({type(exc).__name__}: "
+                          f"{storage.first_line(exc)})") from None
     missing = [c for c in required if c not in names]
     if missing:
         raise ReportError(f"{path}: missing column(s) {', '.join(missing)} (see docs/CONTRACTS.md)")
@@ -64,8 +69,8 @@ def iter_batches(pf: pq.ParquetFile, path: str, columns, batch_rows: int):
         yield from pf.iter_batches(batch_size=batch_rows, columns=columns)
     except ReportError:
         raise
-    except (OSError, pa.ArrowException) as exc:
-        raise ReportError(f"{path}: damaged Parquet data ({exc})") from None
+    except storage.PARQUET_ERRORS as exc:
+        raise ReportError(f"{path}: damaged Parquet data ({storage.first_line(exc)})") from None
 
 
 def text(col: pa.Array) -> list[str]:
@@ -99,6 +104,6 @@ def completion_bytes(parts: list[str], request_id: str) -> bytes | None:
                 if hit is not None and hit >= 0:
                     comp = pf.read_row_group(rg, columns=["completion"]).column(0).combine_chunks()
                     return raw_bytes(comp.slice(hit, 1))[0]
-            except (OSError, pa.ArrowException) as exc:
-                raise ReportError(f"{path}: damaged Parquet data ({exc})") from None
+            except storage.PARQUET_ERRORS as exc:
+                raise ReportError(f"{path}: damaged Parquet data ({storage.first_line(exc)})") from None
     return None

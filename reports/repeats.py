@@ -35,7 +35,9 @@ import zlib
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
+
+from reports.errors import ReportError
+from reports.inputs import open_parquet
 
 TAIL_THRESHOLD = 1e-6
 MIN_TOKENS_NO_LOGPROBS = 64
@@ -180,14 +182,21 @@ def _fetch(parts: list[str], request_ids: list[str]) -> dict[str, dict]:
     for path in parts:
         if len(out) == len(want):
             break
-        pf = pq.ParquetFile(path)
+        pf = open_parquet(path, ("request_id", "completion"))
         cols = ["request_id", "completion"] + (["token_logprobs"] if "token_logprobs" in pf.schema_arrow.names else [])
-        for rg in range(pf.metadata.num_row_groups):
-            ids = pc.cast(pf.read_row_group(rg, columns=["request_id"]).column(0), pa.string())
+        try:
+            groups = [(rg, pf.read_row_group(rg, columns=["request_id"])) for rg in range(pf.metadata.num_row_groups)]
+        except (OSError, pa.ArrowException) as exc:
+            raise ReportError(f"{path}: damaged Parquet data ({exc})") from None
+        for rg, ids in groups:
+            ids = pc.cast(ids.column(0), pa.string())
             hit = pc.is_in(ids, value_set=pa.array(list(want), pa.string()))
             hit = np.nonzero(hit.to_numpy(zero_copy_only=False))[0]
             if len(hit):
-                t = pf.read_row_group(rg, columns=cols).take(pa.array(hit))
+                try:
+                    t = pf.read_row_group(rg, columns=cols).take(pa.array(hit))
+                except (OSError, pa.ArrowException) as exc:
+                    raise ReportError(f"{path}: damaged Parquet data ({exc})") from None
                 comp = pc.cast(t.column("completion"), pa.large_binary()).to_pylist()
                 lps = t.column("token_logprobs").to_pylist() if "token_logprobs" in cols else [None] * len(hit)
                 for r, c, lp in zip(t.column("request_id").to_pylist(), comp, lps):

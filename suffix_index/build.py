@@ -44,12 +44,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from corpora.storage import commit_output_dir, utcnow, write_json_atomic
+from corpora.storage import check_output_dir, clean_stale_temps, commit_output_dir, utcnow, write_json_atomic
 from suffix_index.errors import IndexFormatError
 from suffix_index.manifest import (
     INDEX_FORMAT,
     INDEX_FORMAT_VERSION,
     MANIFEST_NAME,
+    BLOCK_SIZE,
+    block_checksums,
     load_manifest,
     shard_base,
 )
@@ -83,6 +85,7 @@ def _tool_versions() -> dict[str, str]:
 
 def _sha256_into(buf: np.ndarray, out: dict, key: str) -> None:
     out[key] = hashlib.sha256(memoryview(buf).cast("B")).hexdigest()
+    out[f"{key}_blocks"] = block_checksums(buf)
 
 
 def _write_array(path: Path, arr: np.ndarray, fsync: bool) -> None:
@@ -266,7 +269,9 @@ def build_shard(corpus_shard: str, out_dir: str, index: int, n_docs: int, text_b
         "documents": int(docs.num_rows),
         "first_doc_id": first,
         "pointer_width": width,
-        "files": {k: {"name": names[k], "size": (out / names[k]).stat().st_size, "sha256": sums[k]} for k in names},
+        "files": {k: {"name": names[k], "size": (out / names[k]).stat().st_size, "sha256": sums[k],
+                      **({"blocks": {"size": BLOCK_SIZE, "crc32": sums[f"{k}_blocks"]}} if k != "docs" else {})}
+                  for k in names},
         "seconds": {"read": round(t_read, 3), "sort": round(t_sort, 3), "total": round(time.perf_counter() - t0, 3)},
     }
 
@@ -291,14 +296,25 @@ def build_index(
     from corpora.shards import MANIFEST_NAME as CORPUS_MANIFEST
     from suffix_index.errors import check_int
 
+    from corpora.storage import ManifestFields
+
     jobs = check_int("jobs", jobs, 1)
     corpus = open_corpus(corpus_dir)
+    check = ManifestFields(Path(corpus_dir) / CORPUS_MANIFEST, CorpusError)   # what a build needs is there
+    check.count(corpus.manifest, "documents", "documents")
+    for i, s in enumerate(corpus.manifest["shards"]):
+        check.count(s, "documents", f"shards[{i}].documents")
+        check.count(s, "text_bytes", f"shards[{i}].text_bytes")
     if corpus.documents == 0 or not corpus.shards:
         raise CorpusError(f"{corpus_dir}: the corpus has no documents; nothing to index")
-    out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise IndexFormatError(f"{out}: already exists; pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    # --force replaces only an index folder trawl made, never the corpus, the current folder or others
+    out = check_output_dir(out_dir, marker=MANIFEST_NAME, kind="index", overwrite=overwrite,
+                           error=IndexFormatError, inputs=[corpus_dir])
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise IndexFormatError(f"{out.parent}: cannot create the folder ({exc.strerror or exc})") from None
+    clean_stale_temps(out)   # what killed builds left beside it (a dead pid's INDEX.tmp-PID)
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

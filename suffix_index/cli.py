@@ -37,7 +37,7 @@ def _cmd_verify(args) -> int:
 
 
 def _cmd_info(args) -> int:
-    from suffix_index.manifest import load_manifest
+    from suffix_index.manifest import FILE_KINDS, load_manifest
 
     m = load_manifest(args.index)
     if args.json:
@@ -49,7 +49,7 @@ def _cmd_info(args) -> int:
     print(f"bytes       {m['bytes']} ({m['text_bytes']} of text)")
     print(f"shards      {len(m['shards'])}")
     for s in m["shards"]:
-        size = sum(int(f["size"]) for f in s["files"].values())
+        size = sum(int(s["files"][k]["size"]) for k in FILE_KINDS)
         print(f"  {visible(s['name'])}  {s['documents']} docs  {s['bytes']} bytes  {s['pointer_width']}-byte pointers  "
               f"{size} bytes on disk")
     b = m.get("build", {})
@@ -87,7 +87,7 @@ def _cmd_find(args) -> int:
 def _cmd_match(args) -> int:
     from suffix_index.engine import SuffixIndex
     from suffix_index.errors import MatchInputError, check_int
-    from suffix_index.matchfile import default_output, generation_files, match_to_parquet
+    from suffix_index.matchfile import check_output_file, default_output, generation_files, match_to_parquet
 
     check_int("--min-tokens", args.min_tokens, 1)
     if args.min_bytes is not None:
@@ -97,6 +97,7 @@ def _cmd_match(args) -> int:
     out = args.out or default_output(args.generations)
     if out is None:
         raise MatchInputError(f"{args.generations}: not a run folder; say where to write with --out")
+    check_output_file(out)   # before the index is opened and the generations matched
     with SuffixIndex.open(args.index) as idx:
         if not args.no_prefetch:
             idx.prefetch()

@@ -16,9 +16,13 @@ they need. A ``SuffixIndex`` is read-only and can be shared by threads.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import mmap
 import os
+import threading
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -26,8 +30,9 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 
+from corpora.storage import first_line
 from suffix_index.errors import IndexFormatError, check_int
-from suffix_index.manifest import load_manifest, manifest_sha256
+from suffix_index.manifest import FILE_KINDS, MANIFEST_NAME, load_manifest, manifest_sha256
 from suffix_index.match import DEFAULT_MIN_TOKENS, Matcher, Span, iter_batches
 from suffix_index.search import checked_pointers, sa_range
 
@@ -77,13 +82,21 @@ class _Shard:
         try:
             self._docs_src = pa.memory_map(str(dpath), "r")
             self.docs = pa.ipc.open_file(self._docs_src).read_all()
+            self.docs.validate(full=True)   # damaged offsets are an error here, not a crash or garbage later
             self.doc_starts = self.docs.column("start").to_numpy()
             self.doc_ids = self.docs.column("doc_id").to_numpy()
             self.doc_lengths = self.docs.column("length").to_numpy()
-        except (pa.ArrowException, OSError, KeyError) as exc:
-            raise IndexFormatError(f"{dpath}: corrupt document table ({exc}); rebuild the index") from None
+        except (pa.ArrowException, OSError, KeyError, ValueError, TypeError) as exc:
+            raise IndexFormatError(f"{dpath}: corrupt document table ({first_line(exc)}); rebuild the index") from None
         if len(self.doc_starts) != int(entry["documents"]):
             raise IndexFormatError(f"{dpath}: {len(self.doc_starts)} documents, the manifest says {entry['documents']}")
+        # the manifest's own figures agree with the files (the manifest carries no checksum of itself)
+        if len(self.doc_ids) and int(self.doc_ids[0]) != int(entry["first_doc_id"]):
+            raise IndexFormatError(f"{index_dir / MANIFEST_NAME}: shard {number} starts at document "
+                                   f"{int(self.doc_ids[0])}, the manifest says {entry['first_doc_id']}; rebuild the index")
+        if len(self.text) != int(entry["bytes"]):
+            raise IndexFormatError(f"{index_dir / MANIFEST_NAME}: shard {number} holds {len(self.text)} bytes, the "
+                                   f"manifest says {entry['bytes']}; rebuild the index")
 
     def locate(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Document row and offset inside the document for byte positions of this shard."""
@@ -117,6 +130,8 @@ class SuffixIndex:
         self.path = path
         self.manifest = manifest
         self.shards = shards
+        self._blocks_checked = False
+        self._blocks_lock = threading.Lock()
         self._matcher = Matcher(shards)
         self._doc_firsts = np.array([int(s.entry["first_doc_id"]) for s in shards], dtype=np.int64)
 
@@ -148,7 +163,7 @@ class SuffixIndex:
         read-ahead is asynchronous (``MADV_WILLNEED``): nothing is copied into
         this process.
         """
-        size = sum(int(f["size"]) for s in self.manifest["shards"] for f in s["files"].values())
+        size = sum(int(s["files"][k]["size"]) for s in self.manifest["shards"] for k in FILE_KINDS)
         try:
             avail = next(int(line.split()[1]) * 1024 for line in open("/proc/meminfo") if line.startswith("MemAvailable:"))
         except (OSError, StopIteration, ValueError):
@@ -163,6 +178,56 @@ class SuffixIndex:
                     except (AttributeError, OSError, ValueError):
                         return False
         return True
+
+    def check_blocks(self, threads: int | None = None) -> int:
+        """Compare every block of the ``.bytes`` and ``.sa`` files with its CRC-32 in the manifest
+        (indexes built before block checksums have none and pass); a mismatch raises
+        :class:`IndexFormatError` naming the file and the block. Done once per opened index, before
+        the first match: a damaged byte would otherwise give missing and invented spans silently.
+        Costs one read of the index (the matcher's prefetch reads it anyway) at CRC-32 speed (several
+        GB/s per core; ``threads`` cores). Returns the number of blocks checked."""
+        with self._blocks_lock:
+            if self._blocks_checked:
+                return 0
+            work = []
+            for sh in self.shards:
+                for kind, arr in (("bytes", sh.text), ("sa", sh.sa)):
+                    f = sh.entry["files"][kind]
+                    blocks = f.get("blocks")
+                    if not blocks or arr is None or not len(arr):
+                        continue
+                    view = memoryview(arr).cast("B")
+                    size = int(blocks["size"])
+                    for i, want in enumerate(blocks["crc32"]):
+                        work.append((self.path / f["name"], view, i, size, int(want)))
+
+            def one(item):
+                path, view, i, size, want = item
+                return None if zlib.crc32(view[i * size:(i + 1) * size]) == want else item
+
+            threads = threads or min(4, os.cpu_count() or 1)
+            if threads > 1 and len(work) > 8:
+                with ThreadPoolExecutor(threads) as pool:   # zlib releases the GIL on big buffers
+                    bad = [b for b in pool.map(one, work) if b is not None]
+            else:
+                bad = [b for b in map(one, work) if b is not None]
+            for sh in self.shards:   # the small document tables: whole-file sha256
+                f = sh.entry["files"]["docs"]
+                if "blocks" not in sh.entry["files"]["bytes"]:
+                    continue   # an index from before block checksums: as before, only verify compares
+                path = self.path / f["name"]
+                with open(path, "rb") as fh:
+                    if hashlib.sha256(fh.read()).hexdigest() != f["sha256"]:
+                        raise IndexFormatError(f"{path}: does not match its sha256 in {MANIFEST_NAME}; the index "
+                                               f"is damaged: rebuild it with 'trawl index build'")
+            if bad:
+                path, _, i, size, _ = bad[0]
+                more = f" and {len(bad) - 1} other block(s)" if len(bad) > 1 else ""
+                raise IndexFormatError(f"{path}: block {i} (bytes {i * size}-{(i + 1) * size - 1}){more} does not match "
+                                       f"its checksum in {MANIFEST_NAME}; the index is damaged: rebuild it with "
+                                       f"'trawl index build'")
+            self._blocks_checked = True
+            return len(work)
 
     @property
     def documents(self) -> int:
@@ -285,6 +350,7 @@ class SuffixIndex:
         return self._iter_match(generations, min_tokens, min_bytes, batch_size)
 
     def _iter_match(self, generations, min_tokens: int, min_bytes: int | None, batch_size: int) -> Iterator[Span]:
+        self.check_blocks()   # damaged index bytes: an error, never missing or invented spans
         for batch in iter_batches(generations, batch_size):
             rows = self._matcher.spans(batch, min_tokens=min_tokens, min_bytes=min_bytes)
             for gi, a, b, tok, shard, pos, cnt in rows:

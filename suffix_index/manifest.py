@@ -26,13 +26,24 @@ import os
 from pathlib import Path
 from typing import Any
 
-from corpora.storage import read_manifest
+from corpora.storage import ManifestFields, read_manifest
 from suffix_index.errors import IndexFormatError
 
 INDEX_FORMAT = "trawl-suffix-index"
 INDEX_FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 FILE_KINDS = ("bytes", "sa", "docs")
+
+
+BLOCK_SIZE = 1 << 20   # the .bytes and .sa files' checksummed blocks
+
+
+def block_checksums(buf, block: int = BLOCK_SIZE) -> list[int]:
+    """CRC-32 of each ``block``-byte block of a buffer (the last one may be shorter)."""
+    import zlib
+
+    view = memoryview(buf).cast("B")
+    return [zlib.crc32(view[i:i + block]) for i in range(0, len(view), block)]
 
 
 def shard_base(i: int) -> str:
@@ -49,18 +60,33 @@ def load_manifest(index_dir: str | os.PathLike, check_files: bool = True) -> dic
     mpath = index_dir / MANIFEST_NAME
     m = read_manifest(index_dir, MANIFEST_NAME, fmt=INDEX_FORMAT, version=INDEX_FORMAT_VERSION, error=IndexFormatError,
                       kind="index", build="trawl index build", upgrade="rebuild it with 'trawl index build'")
-    shards = m.get("shards")
-    if not isinstance(shards, list):
-        raise IndexFormatError(f"{mpath}: corrupt manifest (no shard list)")
-    for s in shards:
-        try:
-            files = s["files"]
-            for kind in FILE_KINDS:
-                f = files[kind]
-                f["name"], f["size"], f["sha256"]
-            int(s["bytes"]), int(s["documents"]), int(s["pointer_width"]), int(s["first_doc_id"])
-        except (KeyError, TypeError, ValueError):
-            raise IndexFormatError(f"{mpath}: corrupt manifest (incomplete shard entry)") from None
+    check = ManifestFields(mpath, IndexFormatError)   # each field a reader uses, its type
+    for key in ("bytes", "text_bytes", "documents"):
+        check.count(m, key, key)
+    if "build" in m:
+        check.table(m["build"], "build")
+    shards = check.listing(m, "shards", "shards")
+    for i, s in enumerate(shards):
+        check.table(s, f"shards[{i}]")
+        for key in ("bytes", "text_bytes", "documents", "first_doc_id"):
+            check.count(s, key, f"shards[{i}].{key}")
+        if s.get("pointer_width") not in (4, 8) or isinstance(s.get("pointer_width"), bool):
+            check._fail(f"shards[{i}].pointer_width", s.get("pointer_width"), "4 or 8")
+        files = check.table(s.get("files"), f"shards[{i}].files")
+        for kind in FILE_KINDS:
+            f = check.table(files.get(kind), f"shards[{i}].files.{kind}")
+            check.file_name(f, "name", f"shards[{i}].files.{kind}.name")
+            check.count(f, "size", f"shards[{i}].files.{kind}.size")
+            check.text(f, "sha256", f"shards[{i}].files.{kind}.sha256")
+            if "blocks" in f:   # optional (indexes built before it have none): CRC-32 per block
+                key = f"shards[{i}].files.{kind}.blocks"
+                blocks = check.table(f["blocks"], key)
+                bsize = check.count(blocks, "size", f"{key}.size", minimum=1)
+                crcs = check.listing(blocks, "crc32", f"{key}.crc32")
+                if len(crcs) != -(-f["size"] // bsize) or not all(
+                        isinstance(c, int) and not isinstance(c, bool) and 0 <= c < 1 << 32 for c in crcs):
+                    check._fail(f"{key}.crc32", f"{len(crcs)} entries",
+                                f"{-(-f['size'] // bsize)} CRC-32 values, one per block")
         if check_files:
             for kind in FILE_KINDS:
                 f = files[kind]

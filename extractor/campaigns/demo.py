@@ -94,6 +94,14 @@ def _claim(out: Path) -> None:
     (out / MARKER).write_text("made by trawl demo; its corpus/, index/ and run/ are replaced on the next demo\n")
 
 
+def _replaceable(path: Path, marker: str, kind: str) -> None:
+    """The demo deletes its own sub-folder ``path`` only when trawl made it (empty, or holding
+    ``marker``), as ``--force`` does: a folder put there by someone else is a one-line error."""
+    from corpora.storage import check_output_dir
+
+    check_output_dir(path, marker=marker, kind=kind, overwrite=True, error=TrawlError)
+
+
 def _say(msg: str, quiet: bool) -> None:
     if not quiet:
         print(f"trawl demo: {msg}", file=sys.stderr, flush=True)
@@ -111,6 +119,7 @@ def _corpus(out: Path, corpus_mb: float, quiet: bool) -> Path:
                 return path
         except CorpusError:
             pass
+        _replaceable(path, "corpus.json", "corpus")
         shutil.rmtree(path)
     _say(f"[1/6] corpus: collecting up to {corpus_mb:g} MiB of text shipped on this machine", quiet)
     c = build_offline_corpus(path, max_bytes=int(corpus_mb * (1 << 20)), progress=not quiet)
@@ -133,6 +142,7 @@ def _index(out: Path, corpus_dir: Path, quiet: bool) -> Path:
                 return path
         except IndexFormatError:
             pass
+        _replaceable(path, "manifest.json", "index")
         shutil.rmtree(path)
     _say("[2/6] index: building the byte-level suffix array", quiet)
     t0 = time.perf_counter()
@@ -174,6 +184,7 @@ def run_demo(
 
     run_dir = out / "run"
     if run_dir.exists() and not resume:
+        _replaceable(run_dir, "config.json", "run")
         shutil.rmtree(run_dir)
     _sample(out, run_dir, dict(_DEMO_TARGET, model=MODEL_ALIAS), corpus_dir, minutes, resume, quiet)
 

@@ -100,7 +100,7 @@ def read_ledger(path: str | os.PathLike) -> list[dict]:
     if not p.exists():
         raise TrawlError(f"{p}: no ledger here (a finished campaign writes one)")
     try:
-        t = pq.read_table(p)
+        t = pq.read_table(p, page_checksum_verification=True)
     except (pa.ArrowException, OSError) as exc:
         raise TrawlError(f"{p}: not a readable ledger Parquet file ({exc})") from None
     missing = [f.name for f in LEDGER_SCHEMA if f.name not in t.column_names]

@@ -35,8 +35,8 @@ from typing import Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from corpora.storage import (GENERATIONS_SCHEMA, PART_RE, FolderLock, FolderLocked, generation_parts,
-                             write_parquet_atomic)
+from corpora.storage import (GENERATIONS_SCHEMA, PARQUET_ERRORS, PARQUET_READ_OPTIONS, PART_RE, first_line, FolderLock, FolderLocked,
+                             generation_parts, write_parquet_atomic)
 from corpora.storage import write_json_atomic as _write_json_atomic
 from extractor.errors import TrawlError
 
@@ -126,6 +126,20 @@ def rows_to_table(rows: list[dict]) -> pa.Table:
     return pa.table(cols, schema=GENERATIONS_SCHEMA)
 
 
+def row_problem(row: dict) -> str | None:
+    """What makes a journal row unfit for a generations part (a key whose value has the wrong type),
+    or None when it converts."""
+    for field in GENERATIONS_SCHEMA:
+        v = row.get(field.name)
+        try:
+            if field.name == "created_at" and isinstance(v, str):
+                v = _dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
+            pa.array([v], type=field.type)
+        except (pa.ArrowException, ValueError, TypeError, OverflowError):
+            return f"{field.name!r} is {type(v).__name__} {str(v)[:40]!r}, not {field.type}"
+    return None
+
+
 class RunDir:
     def __init__(self, path: str, *, flush_rows: int = 256, flush_seconds: float = 30.0):
         self.path = os.path.abspath(path)
@@ -147,22 +161,53 @@ class RunDir:
         return os.path.isdir(self.path) and any(n != LOCK_NAME for n in os.listdir(self.path))
 
     def load_config(self) -> dict:
+        """The frozen config.json, checked: a JSON object whose ``run_id`` is a non-empty string and
+        ``seed_scheme`` (when present) a whole number >= 1; else a one-line TrawlError naming the key."""
         try:
             with open(self.config_path, encoding="utf-8") as fh:
-                return json.load(fh)
-        except (OSError, ValueError) as exc:
-            raise TrawlError(f"{self.config_path}: cannot read the frozen run config ({exc})") from None
+                config = json.load(fh)
+        except (OSError, ValueError, RecursionError) as exc:
+            raise TrawlError(f"{self.config_path}: cannot read the frozen run config ({first_line(exc)})") from None
+        if not isinstance(config, dict):
+            raise TrawlError(f"{self.config_path}: the frozen run config is {type(config).__name__}, not a JSON object")
+        if not isinstance(config.get("run_id"), str) or not config["run_id"]:
+            raise TrawlError(f"{self.config_path}: 'run_id' is {config.get('run_id')!r}, not a run id (a string)")
+        scheme = config.get("seed_scheme", 1)
+        if isinstance(scheme, bool) or not isinstance(scheme, int) or scheme < 1:
+            raise TrawlError(f"{self.config_path}: 'seed_scheme' is {scheme!r}, not a whole number >= 1")
+        return config
 
     def freeze_config(self, config: dict) -> None:
         os.makedirs(self.gen_dir, exist_ok=True)
         write_json_atomic(self.config_path, config)
 
     def load_status(self) -> dict:
+        """The last run.json; ``{}`` when there is none. A damaged one (not JSON, not an object, a
+        counter or ``sessions`` of the wrong type) is a one-line TrawlError, never a silent fresh start:
+        it holds the earlier sessions' history and the token and cost totals a resume continues."""
+        if not os.path.exists(self.status_path):
+            return {}
+        damaged = ("; it holds the earlier sessions' history: restore it from a backup, or move it aside to "
+                   "resume without that history")
         try:
             with open(self.status_path, encoding="utf-8") as fh:
-                return json.load(fh)
-        except (OSError, ValueError):
-            return {}
+                status = json.load(fh)
+        except (OSError, ValueError, RecursionError) as exc:
+            raise TrawlError(f"{self.status_path}: damaged run status ({first_line(exc)}){damaged}") from None
+        if not isinstance(status, dict):
+            raise TrawlError(f"{self.status_path}: damaged run status (a JSON {type(status).__name__}, not an "
+                             f"object){damaged}")
+        for key in ("prompt_tokens", "completion_tokens", "cost_usd"):
+            v = status.get(key, 0)
+            number = (int, float) if key == "cost_usd" else (int,)
+            if isinstance(v, bool) or not isinstance(v, number) or not v >= 0 or v == float("inf"):
+                raise TrawlError(f"{self.status_path}: damaged run status ({key!r} is {v!r}, not a count >= 0)"
+                                 f"{damaged}")
+        sessions = status.get("sessions", [])
+        if not isinstance(sessions, list) or not all(isinstance(s, dict) for s in sessions):
+            raise TrawlError(f"{self.status_path}: damaged run status ('sessions' is not a list of objects)"
+                             f"{damaged}")
+        return status
 
     def write_status(self, status: dict) -> None:
         os.makedirs(self.path, exist_ok=True)
@@ -173,17 +218,23 @@ class RunDir:
         return generation_parts(self.path)
 
     def done_ids(self) -> set[str]:
+        """The request ids stored in parts. Every column is read, so that each page's checksum is
+        verified: a part damaged on disk stops the resume instead of being built upon."""
         done: set[str] = set()
         for p in self.part_paths():
-            done.update(self._read_part(p, ["request_id"]).column("request_id").to_pylist())
+            done.update(self._read_part(p).column("request_id").to_pylist())
         return done
 
     def _read_part(self, path: str, columns: list[str] | None = None) -> pa.Table:
         """One part; a damaged one (parts are written atomically, so damaged from outside) is a TrawlError."""
         try:
-            return pq.read_table(path, columns=columns)
-        except (pa.ArrowException, OSError, ValueError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            table = pq.read_table(path, columns=columns, **PARQUET_READ_OPTIONS)
+            missing = [n for n in (columns or GENERATIONS_SCHEMA.names) if n not in table.column_names]
+            if missing:
+                raise ValueError(f"no column {missing[0]!r}")
+            return table
+        except PARQUET_ERRORS as exc:
+            first = first_line(exc)
             raise TrawlError(f"{path}: unreadable generations part ({first}); parts are written atomically, so it "
                              f"was damaged outside trawl (truncated copy, full disk, editing): restore it from a "
                              f"backup, or delete it to sample its generations again with --resume") from None
@@ -224,14 +275,19 @@ class RunDir:
             if not os.path.exists(jpath):
                 continue
             with open(jpath, "rb") as fh:
-                for line in fh:
+                for lineno, line in enumerate(fh, 1):
                     try:
                         row = json.loads(line)
-                    except ValueError:
+                    except (ValueError, RecursionError):
                         continue  # torn last line: that generation was never done
                     rid = row.get("request_id") if isinstance(row, dict) else None
-                    if not rid or rid in done or rid in seen:
+                    if not isinstance(rid, str) or not rid or rid in done or rid in seen:
                         continue
+                    problem = row_problem(row)
+                    if problem:
+                        raise TrawlError(f"{jpath}:{lineno}: damaged journal row ({problem}); the journal is "
+                                         f"written by trawl, so it was changed outside it: restore it, or delete "
+                                         f"that line to sample the generation again with --resume")
                     seen.add(rid)
                     pending.append(row)
         if pending:

@@ -35,7 +35,12 @@ def index(corpus, tmp_path):
 
 
 def damage_sa(index: Path, rank: int, value: int = 0xFFFFFF00) -> Path:
+    """Overwrite one suffix-array pointer. The manifest's block checksums are dropped (an index built
+    before them), so that what is tested here is the pointer checks behind them."""
     m = json.loads((index / MANIFEST_NAME).read_text())
+    for f in m["shards"][0]["files"].values():
+        f.pop("blocks", None)
+    (index / MANIFEST_NAME).write_text(json.dumps(m))
     sa_path = index / m["shards"][0]["files"]["sa"]["name"]
     sa = np.fromfile(sa_path, dtype="<u4")
     sa[rank] = value
