@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Callable
 
 from extractor.backends.alignment import AlignmentError, align_tokens
 from extractor.backends.base import BackendError, Capabilities, Choice
-from extractor.backends.http import MalformedResponse
+from extractor.backends.http import MalformedResponse, error_text
 from extractor.errors import TrawlError
 
 if TYPE_CHECKING:
@@ -222,7 +222,7 @@ class TokenBoundaries:
         except (BackendError, AlignmentError) as exc:
             choice.token_offsets = None
             choice.token_source = "none"
-            choice.token_error = str(exc)[:300]
+            choice.token_error = error_text(exc)
         return choice
 
     def fill_many(self, choices: list[Choice]) -> None:

@@ -98,6 +98,11 @@ def scrub_secrets(text, limit: int | None = None) -> str:
     return _scrub(str(text), keys, limit)
 
 
+def error_text(exc, limit: int = 300) -> str:
+    """An error's text for a note, a log line or a file: one line, scrubbed of every key, then cut."""
+    return scrub_secrets(" ".join(str(exc).split()), limit=limit)
+
+
 def read_api_key(api_key_env: str | None) -> str | None:
     """The API key in ``$api_key_env`` with surrounding whitespace stripped (None when unset or
     empty); raises a one-line TrawlError, without the key, when it holds a control character,

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING
 
 from extractor.backends.base import BackendError, Capabilities
 from extractor.backends.boundaries import AlignmentError, align_tokens, is_token_id
-from extractor.backends.http import OutOfTime, api_key_hint
+from extractor.backends.http import OutOfTime, api_key_hint, error_text
 from extractor.errors import TrawlError
 
 if TYPE_CHECKING:
@@ -196,7 +196,7 @@ def _first_completion(http: "HTTPClient", caps: Capabilities, base: dict) -> tup
         # maybe logprobs is what it rejects
         try:
             data, _ = http.request("POST", "/v1/completions", base, max_retries=2, timeout=_t(http, 60))
-            caps.notes.append(f"logprobs rejected: {str(exc)[:200]}")
+            caps.notes.append(f"logprobs rejected: {error_text(exc, 200)}")
         except BackendError as exc2:
             raise TrawlError(f"the server at {http.endpoint} rejected a minimal completion request: "
                              f"{exc2}") from None
@@ -243,7 +243,7 @@ def _probe_tokenize(tokens: "TokenBoundaries", caps: Capabilities) -> None:
             caps.tokenize = None
             caps.tokenize_adds_bos = False
             tokens.sep_ids = None
-            caps.notes.append(f"tokenize endpoint {kind}: {str(exc)[:160]}")
+            caps.notes.append(f"tokenize endpoint {kind}: {error_text(exc, 160)}")
 
 
 def _probe_optional(http: "HTTPClient", caps: Capabilities, base: dict) -> None:

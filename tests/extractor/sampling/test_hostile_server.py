@@ -288,3 +288,133 @@ def test_oversized_answer_fails_the_request_and_is_not_stored(tmp_path):
     st = json.loads((tmp_path / "run" / "run.json").read_text())
     errors = st["sessions"][-1]["errors"]
     assert s.failed_requests > 0 and errors and all("bytes" in e and "\n" not in e for e in errors), errors
+
+
+# -- fuzz: random corruptions of good answers ---------------------------------------------------
+
+_ODD = [None, True, False, -1, 0, 1.5, 10 ** 30, "abc", "", [], {}, [1, "x"], {"a": 1}, "\udcff"]
+
+
+class Corrupter:
+    """``mutate`` for FlakyServer: each answer (probe, completions, tokenize, detokenize) is corrupted
+    with probability ``rate``: bytes flipped, cut short, a JSON value swapped for one of another type,
+    a key dropped, the body wrapped in a list, invalid UTF-8 inserted. Deterministic per (seed, path,
+    request, attempt)."""
+
+    def __init__(self, seed: int, rate: float):
+        import threading
+
+        self.seed, self.rate = seed, rate
+        self.attempts: dict = {}
+        self.lock = threading.Lock()
+
+    def __call__(self, path, req, body):
+        import random
+
+        key = (path, json.dumps(req, sort_keys=True))
+        with self.lock:
+            n = self.attempts[key] = self.attempts.get(key, 0) + 1
+        rng = random.Random(f"{self.seed}|{key}|{n}")
+        if rng.random() >= self.rate:
+            return body
+        kind = rng.choice(["flip", "cut", "swap", "swap", "swap", "drop", "wrap", "utf8"])
+        if kind == "flip":
+            b = bytearray(body)
+            for _ in range(rng.randint(1, 3)):
+                b[rng.randrange(len(b))] = rng.randrange(256)
+            return bytes(b)
+        if kind == "cut":
+            return body[:rng.randrange(len(body))]
+        if kind == "utf8":
+            i = rng.randrange(len(body))
+            return body[:i] + rng.choice([b"\xff", b"\xc3", b"\xe2\x82", b"\xed\xa0\x80"]) + body[i:]
+        data = json.loads(body)
+        if kind == "wrap":
+            return json.dumps([data]).encode()
+        nodes = []   # (container, key) of every value in the document
+
+        def walk(v):
+            if isinstance(v, dict):
+                for k in v:
+                    nodes.append((v, k))
+                    walk(v[k])
+            elif isinstance(v, list):
+                for k in range(len(v)):
+                    nodes.append((v, k))
+                    walk(v[k])
+        walk(data)
+        if not nodes:
+            return json.dumps(rng.choice(_ODD)).encode("utf-8", "surrogatepass")
+        parent, k = rng.choice(nodes)
+        if kind == "drop" and isinstance(parent, dict):
+            del parent[k]
+        else:
+            parent[k] = rng.choice(_ODD)
+        return json.dumps(data, ensure_ascii=False).encode("utf-8", "surrogatepass")
+
+
+def _delivered_texts(srv) -> set[str]:
+    """Every choice text the server sent in an answer trawl could read (what the model 'said')."""
+    from extractor.backends import clean_text
+
+    out = set()
+    for path, _, body in srv.sent:
+        if path != "/v1/completions":
+            continue
+        try:
+            data = json.loads(body.decode("utf-8", "replace"))
+        except ValueError:
+            continue
+        for c in data.get("choices", []) if isinstance(data, dict) and isinstance(data.get("choices"), list) else []:
+            if isinstance(c, dict) and isinstance(c.get("text"), str):
+                out.add(clean_text(c["text"]))
+    return out
+
+
+@pytest.mark.parametrize("token_path", ["logprobs", "tokenize"])
+def test_fuzz_corrupted_answers_give_correct_rows_or_one_line(tmp_path, token_path):
+    outcomes = {"finished": 0, "incomplete": 0, "refused": 0}
+    for seed in range(10):
+        run = tmp_path / f"run{seed}"
+        with FlakyServer(faults=(), logprobs=token_path == "logprobs", mutate=Corrupter(seed, 0.3)) as srv:
+            try:
+                s = run_attacks(str(run), endpoint=srv.base_url, model=srv.model, attacks=_spec("a,b"),
+                                concurrency=2, timeout=2.0, max_retries=3, backoff_base=0.01, backoff_max=0.02,
+                                progress=False, max_consecutive_failures=100)
+                outcomes[s.status] = outcomes.get(s.status, 0) + 1
+            except TrawlError as exc:   # the probe saw a broken server: one line, and nothing was run
+                assert "\n" not in str(exc), str(exc)
+                outcomes["refused"] += 1
+                s = None
+            delivered = _delivered_texts(srv)
+        if not (run / "run.json").exists():
+            assert s is None
+            continue
+        st = json.loads((run / "run.json").read_text())
+        assert st["status"] in ("finished", "incomplete"), (seed, st["status"], st.get("error"))
+        assert all("\n" not in e for e in st["sessions"][-1]["errors"])
+        assert isinstance(st["prompt_tokens"], int) and st["prompt_tokens"] >= 0
+        assert isinstance(st["completion_tokens"], int) and st["completion_tokens"] >= 0
+        rows = RunDir(str(run)).read_generations().to_pylist() if st["finished"] else []
+        assert len(rows) == st["finished"] == s.finished
+        for r in rows:
+            p = json.loads(r["params"])
+            want = expected_completion(r["prompt"], r["seed"], p["temperature"], p["max_tokens"])
+            assert r["completion"] == want or r["completion"] in delivered, (seed, r["completion"])
+            offs, data = r["token_offsets"], r["completion"].encode()
+            if offs is None:
+                assert json.loads(r["extra"])["token_source"] == "none"
+            elif data:
+                assert offs[0] == 0 and all(a < b for a, b in zip(offs, offs[1:])) and offs[-1] < len(data)
+                assert r["completion_tokens"] == len(offs)
+    assert outcomes["finished"] >= 3, outcomes   # the corruption rate leaves most runs whole
+
+
+def test_fuzz_cli_is_one_line_or_a_result(tmp_path):
+    for seed in range(3):
+        with FlakyServer(faults=(), mutate=Corrupter(100 + seed, 0.6)) as srv:
+            r = trawl(*_sample_args(srv.base_url, tmp_path / f"run{seed}", "--timeout", "2"))
+        assert "Traceback" not in r.stderr, r.stderr
+        assert r.returncode in (0, 2, 3), (r.returncode, r.stderr)
+        if r.returncode == 2:
+            one_line_error(r, "trawl: error: ")
