@@ -115,8 +115,6 @@ def read_api_key(api_key_env: str | None) -> str | None:
     key = raw.strip()
     if not key:
         return None
-    with _SECRETS_LOCK:   # scrubbed from every error, whether or not it is accepted
-        _SECRETS.update(k for k in {raw, key} if len(k) >= 4)
     for i, ch in enumerate(key):
         if 0x21 <= ord(ch) <= 0x7E:
             continue
@@ -124,6 +122,9 @@ def read_api_key(api_key_env: str | None) -> str | None:
                 else "whitespace" if ch.isspace() else "a non-ASCII character")
         raise TrawlError(f"${api_key_env} holds {what} at position {i + 1} of {len(key)} (the key is not "
                          f"shown); an API key is printable ASCII: set it again, e.g. without a pasted line break")
+    if len(key) >= 4:   # never sent otherwise; a shorter "key" would scrub ordinary words
+        with _SECRETS_LOCK:
+            _SECRETS.add(key)
     return key
 
 
