@@ -18,8 +18,13 @@ retry budget and the test is deterministic. Kinds: ``500``, ``502``, ``503``
 (with Retry-After), ``429`` (with Retry-After), ``garbage`` (200 with invalid
 JSON), ``bad_shape`` (200 with JSON but no choices), ``drop`` (connection closed
 without an answer), ``stall`` (no answer until after the client's timeout),
-``trickle`` (headers, then the body one byte at a time past the timeout). The
-capability probe's prompts are never faulted. ``version`` makes ``GET /version``
+``trickle`` (headers, then the body one byte at a time past the timeout); and, only
+when named in ``faults``: ``echo_key`` (HTTP 500 whose error message echoes the
+request's ``Authorization`` header so that its 200th character falls inside the key)
+and ``huge`` (200 with a valid answer whose text is ``huge_bytes`` long). The
+capability probe's prompts are never faulted. ``mutate(path, request, body) -> body``
+rewrites every 200 answer (probe, completions, tokenize, detokenize, version) before it
+is sent; ``srv.sent`` keeps (path, request, body sent) of each. ``version`` makes ``GET /version``
 answer as vLLM does; ``port`` picks the port (default: a free one). ``delay`` adds latency to each
 good answer (to make a run last long enough to be killed).
 
@@ -57,7 +62,8 @@ class FlakyServer:
 
     def __init__(self, *, faults=FAULTS, max_failures: int = 2, logprobs: bool = True, tokenize: bool = True,
                  support_n: bool = False, retry_after: str = "1", stall_s: float = 3.0, delay: float = 0.0,
-                 require_key: str | None = None, version: str | None = None, port: int = 0):
+                 require_key: str | None = None, version: str | None = None, port: int = 0,
+                 mutate=None, huge_bytes: int = 8 << 20):
         self.faults = tuple(faults)
         self.max_failures = max_failures
         self.logprobs = logprobs
@@ -69,6 +75,9 @@ class FlakyServer:
         self.require_key = require_key
         self.version = version  # answer GET /version as vLLM does (vLLM detection)
         self.port = port
+        self.mutate = mutate
+        self.huge_bytes = huge_bytes
+        self.sent: list[tuple[str, dict, bytes]] = []
         self.log: list[tuple[float, str, str]] = []
         self.attempts: dict[str, int] = {}
         self.auth_headers: set[str] = set()
@@ -134,6 +143,11 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def _send(self, status: int, body: bytes, headers: dict | None = None):
+        if status == 200 and self.srv.mutate is not None:
+            body = self.srv.mutate(self.path, getattr(self, "req", None), body)
+        if status == 200:
+            with self.srv._lock:
+                self.srv.sent.append((self.path, getattr(self, "req", None), body))
         send_body(self, status, body, headers)
 
     def _json(self, status: int, obj, headers=None):
@@ -155,7 +169,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.srv.require_key and auth != "Bearer " + self.srv.require_key:
             return self._json(401, {"error": {"message": "invalid api key"}})
         try:
-            req = json.loads(body)
+            req = self.req = json.loads(body)
         except ValueError:
             return self._json(400, {"error": {"message": "bad json"}})
         if self.path == "/v1/completions":
@@ -185,6 +199,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(int(fault), {"error": {"message": "busy"}}, {"Retry-After": srv.retry_after})
         if fault == "garbage":
             return self._send(200, b'{"choices": [ {"text": "oops"')
+        if fault == "echo_key":
+            auth = self.headers.get("Authorization") or ""
+            msg = "x" * (200 - len("invalid token ") - len(auth) // 2) + " invalid token " + auth + " rejected"
+            return self._json(500, {"error": {"message": msg}})
         if fault == "bad_shape":
             return self._json(200, {"object": "error", "detail": "something"})
         if fault == "drop":
@@ -214,6 +232,9 @@ class _Handler(BaseHTTPRequestHandler):
         out = {"id": "cmpl-x", "object": "text_completion", "model": srv.model, "choices": choices,
                "usage": {"prompt_tokens": len(_TOKEN_RE.findall(prompt)) + 1, "completion_tokens": total,
                          "total_tokens": total + len(_TOKEN_RE.findall(prompt)) + 1}}
+        if fault == "huge":
+            out["choices"][0]["text"] = "x" * srv.huge_bytes
+            out["choices"][0]["logprobs"] = None
         if srv.delay:
             time.sleep(srv.delay)
         if fault == "trickle":

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Callable
 
 from extractor.backends.alignment import AlignmentError, align_tokens
 from extractor.backends.base import BackendError, Capabilities, Choice
+from extractor.backends.http import MalformedResponse, error_text
 from extractor.errors import TrawlError
 
 if TYPE_CHECKING:
@@ -57,6 +58,34 @@ def _split_ids(ids: list[int], sep: list[int]) -> list[list[int]]:
             i += 1
     parts.append(cur)
     return parts
+
+
+def is_token_id(i) -> bool:
+    """A token id as a server may give it: an integer >= 0 (not a boolean, not a float)."""
+    return isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 1 << 63
+
+
+def _check_ids(data) -> None:
+    """A tokenize answer: an object whose ``tokens`` is a list of token ids (else MalformedResponse, retried)."""
+    ids = data.get("tokens") if isinstance(data, dict) else None
+    if not isinstance(ids, list) or not all(is_token_id(i) for i in ids):
+        raise MalformedResponse("malformed tokenize JSON: expected an object whose tokens is a list of token ids")
+
+
+def _check_text(field: str):
+    def check(data) -> None:
+        if not (isinstance(data, dict) and isinstance(data.get(field), str)):
+            raise MalformedResponse(f"malformed detokenize JSON: expected an object whose {field} is a string")
+    return check
+
+
+def clean_text(text: str) -> str:
+    """Replace lone surrogates (invalid UTF-8 from the server, JSON-escaped) with U+FFFD."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 def _transport_failure(exc: BackendError) -> bool:
@@ -94,18 +123,17 @@ class TokenBoundaries:
             return self.gguf.tokenize(text)
         caps = self._caps()
         kind = caps.tokenize
+        cap = (1 << 20) + 32 * len(text.encode("utf-8", "replace"))   # a token id per byte at most
         if kind == "vllm":
             data, _ = self.http.request("POST", "/tokenize", {"model": self.model, "prompt": text,
-                                                             "add_special_tokens": False})
-            ids = data.get("tokens")
+                                                             "add_special_tokens": False},
+                                        check=_check_ids, max_bytes=cap)
         elif kind == "llama_cpp":
-            data, _ = self.http.request("POST", "/extras/tokenize", {"model": self.model, "input": text})
-            ids = data.get("tokens")
+            data, _ = self.http.request("POST", "/extras/tokenize", {"model": self.model, "input": text},
+                                        check=_check_ids, max_bytes=cap)
         else:
             raise TrawlError(f"the server at {self.endpoint} offers no tokenize endpoint")
-        if not isinstance(ids, list):
-            raise BackendError(f"{self.endpoint}: tokenize returned no token list")
-        ids = [int(i) for i in ids]
+        ids = list(data["tokens"])
         if caps.tokenize_adds_bos and ids:
             ids = ids[1:]
         return ids
@@ -116,19 +144,18 @@ class TokenBoundaries:
         if self.gguf is not None:
             return self.gguf.detokenize(ids)
         kind = self._caps().tokenize
+        cap = (1 << 20) + 2048 * len(ids)   # as a completion's tokens (extractor/backends/openai.py)
         if kind == "vllm":
             data, _ = self.http.request("POST", "/detokenize", {"model": self.model, "tokens": list(ids)},
-                                        retry_500=False)
-            text = data.get("prompt")
+                                        retry_500=False, check=_check_text("prompt"), max_bytes=cap)
+            text = data["prompt"]
         elif kind == "llama_cpp":
             data, _ = self.http.request("POST", "/extras/detokenize", {"model": self.model, "tokens": list(ids)},
-                                        retry_500=False)
-            text = data.get("text")
+                                        retry_500=False, check=_check_text("text"), max_bytes=cap)
+            text = data["text"]
         else:
             raise TrawlError(f"the server at {self.endpoint} offers no detokenize endpoint")
-        if not isinstance(text, str):
-            raise BackendError(f"{self.endpoint}: detokenize returned no text")
-        return text
+        return clean_text(text)
 
     def pieces(self, ids: list[int]) -> list[str]:
         """Decoded text of each token (cached per server: the vocabulary does not change).
@@ -195,7 +222,7 @@ class TokenBoundaries:
         except (BackendError, AlignmentError) as exc:
             choice.token_offsets = None
             choice.token_source = "none"
-            choice.token_error = str(exc)[:300]
+            choice.token_error = error_text(exc)
         return choice
 
     def fill_many(self, choices: list[Choice]) -> None:

@@ -18,14 +18,35 @@ Guarantees
     with a retryable :class:`BackendError`, when :meth:`HTTPClient.interrupt` is
     called. Every retried attempt adds one to :attr:`HTTPClient.retries`.
 
+    A :meth:`HTTPClient.bounded` block (the start-up probe) puts one deadline over all
+    its requests: each attempt's timeout and each backoff is cut to what is left, and a
+    request started past it raises :class:`OutOfTime` (a one-line TrawlError).
+
+Hostile answers
+    A body is read with a byte cap (``max_bytes`` of :meth:`HTTPClient.request`, default
+    :data:`DEFAULT_MAX_BYTES`; the completion caller sizes it by ``max_tokens``, ``n`` and
+    the prompts): a larger answer fails the request at once (``BackendError``, not
+    retried, nothing of it kept) as soon as the cap is passed, without reading the rest.
+    Invalid UTF-8 in a body is decoded to U+FFFD (``errors="replace"``, as
+    docs/CONTRACTS.md says of completions) and the JSON parsed; JSON nested too deep to
+    parse is unparseable JSON (retried) like any other.
+
 Secrets
     The API key is read from the environment variable named by ``api_key_env``
-    (absent is fine for local servers), held in a name-mangled attribute, sent as
-    ``Authorization: Bearer``, and replaced by ``***`` in the text of every
-    :class:`BackendError` this module raises; it never appears in ``repr``.
+    (absent is fine for local servers) by :func:`read_api_key`: surrounding whitespace
+    (a trailing newline from ``$(cat key.txt)``) is stripped, and a key with a control
+    character, whitespace or a non-ASCII character inside is refused with one line that
+    names the variable and the position, never the key. It is held in a name-mangled
+    attribute, sent as ``Authorization: Bearer``, and replaced by ``***`` in the text of
+    every :class:`BackendError` this module raises; it never appears in ``repr``. Every
+    key read in this process is also known to :func:`scrub_secrets`, which the sampler
+    and the campaign runner apply to every error text they print or write. Scrubbing
+    comes before any cut (``scrub(text, limit=...)``), and a text that ends in the first
+    characters of a key (cut by someone else) has them replaced too.
 """
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import hashlib
 import heapq
@@ -44,6 +65,75 @@ from extractor.backends.base import BackendError
 from extractor.errors import TrawlError
 
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504}) | frozenset(range(520, 530))
+DEFAULT_MAX_BYTES = 1 << 20      # cap of an answer whose caller gives none (probe, version, small requests)
+MAX_POOL_PER_SESSION = 4         # one Session per thread, one request at a time: a few connections suffice
+_SECRETS: set[str] = set()       # every API key read in this process (see scrub_secrets)
+_SECRETS_LOCK = threading.Lock()
+_MIN_PREFIX = 6                  # a text ending in this many first characters of a key has them scrubbed
+
+
+def _scrub(text: str, keys, limit: int | None = None) -> str:
+    """``text`` with each key replaced by ``***``, then cut to ``limit`` characters, then a tail that
+    is the start of a key (``_MIN_PREFIX`` characters or more) replaced by ``***``."""
+    for key in keys:
+        if key and key in text:
+            text = text.replace(key, "***")
+    if limit is not None and len(text) > limit:
+        text = text[:limit]
+    for key in keys:
+        if not key:
+            continue
+        for k in range(min(len(key), len(text)), min(_MIN_PREFIX, len(key)) - 1, -1):
+            if text.endswith(key[:k]):
+                text = text[:len(text) - k] + "***"
+                break
+    return text
+
+
+def scrub_secrets(text, limit: int | None = None) -> str:
+    """``str(text)`` with every API key read in this process replaced by ``***`` (then cut to
+    ``limit``; see :func:`_scrub`)."""
+    with _SECRETS_LOCK:
+        keys = sorted(_SECRETS, key=len, reverse=True)
+    return _scrub(str(text), keys, limit)
+
+
+def error_text(exc, limit: int = 300) -> str:
+    """An error's text for a note, a log line or a file: one line, scrubbed of every key, then cut."""
+    return scrub_secrets(" ".join(str(exc).split()), limit=limit)
+
+
+def read_api_key(api_key_env: str | None) -> str | None:
+    """The API key in ``$api_key_env`` with surrounding whitespace stripped (None when unset or
+    empty); raises a one-line TrawlError, without the key, when it holds a control character,
+    whitespace or a non-ASCII character inside."""
+    if not api_key_env:
+        return None
+    raw = os.environ.get(api_key_env)
+    if raw is None:
+        return None
+    key = raw.strip()
+    if not key:
+        return None
+    for i, ch in enumerate(key):
+        if 0x21 <= ord(ch) <= 0x7E:
+            continue
+        what = ("a control character" if ord(ch) < 0x20 or ord(ch) == 0x7F
+                else "whitespace" if ch.isspace() else "a non-ASCII character")
+        raise TrawlError(f"${api_key_env} holds {what} at position {i + 1} of {len(key)} (the key is not "
+                         f"shown); an API key is printable ASCII: set it again, e.g. without a pasted line break")
+    if len(key) >= 4:   # never sent otherwise; a shorter "key" would scrub ordinary words
+        with _SECRETS_LOCK:
+            _SECRETS.add(key)
+    return key
+
+
+class OutOfTime(TrawlError):
+    """A :meth:`HTTPClient.bounded` block ran past its deadline."""
+
+
+class _TooLarge(Exception):
+    pass
 
 
 class MalformedResponse(Exception):
@@ -143,7 +233,7 @@ def api_key_hint(api_key_env: str | None) -> str:
     """What to tell the user after a 401/403: whether a key was sent at all, and from where."""
     if not api_key_env:
         return "no API key was sent (no --api-key-env variable given)"
-    if not os.environ.get(api_key_env):
+    if not (os.environ.get(api_key_env) or "").strip():
         return f"${api_key_env} is not set (or empty), so no API key was sent; export it or name another " \
                f"variable with --api-key-env"
     return f"check the API key in ${api_key_env}"
@@ -175,14 +265,14 @@ class HTTPClient:
                  extra_headers: dict[str, str] | None = None) -> None:
         self.endpoint = endpoint
         self.api_key_env = api_key_env
-        self.__key = os.environ.get(api_key_env) if api_key_env else None
+        self.__key = read_api_key(api_key_env)
         self.timeout = float(timeout)
         self.connect_timeout = float(connect_timeout)
         self.max_retries = int(max_retries)
         self.backoff_base = float(backoff_base)
         self.backoff_max = float(backoff_max)
         self.max_retry_after = float(max_retry_after)
-        self.pool_size = int(pool_size)
+        self.pool_size = max(1, min(int(pool_size), MAX_POOL_PER_SESSION))
         self._headers = {"Content-Type": "application/json", **(extra_headers or {})}
         self._local = threading.local()
         self._stop = threading.Event()
@@ -202,11 +292,34 @@ class HTTPClient:
         """SHA-256 of the API key (a cache key that tells keys apart without holding one), or None."""
         return hashlib.sha256(self.__key.encode()).hexdigest() if self.__key else None
 
-    def scrub(self, text: str) -> str:
-        """``text`` with the API key replaced by ``***``."""
-        if self.__key and self.__key in text:
-            text = text.replace(self.__key, "***")
-        return text
+    def scrub(self, text: str, limit: int | None = None) -> str:
+        """``text`` with the API key (and every other key read in this process) replaced by ``***``,
+        then cut to ``limit`` characters (a cut key prefix at the end is replaced too)."""
+        with _SECRETS_LOCK:
+            keys = sorted(_SECRETS | ({self.__key} if self.__key else set()), key=len, reverse=True)
+        return _scrub(text, keys, limit)
+
+    @contextlib.contextmanager
+    def bounded(self, seconds: float, what: str):
+        """Every request of this thread inside the block ends by ``seconds`` from now (see the
+        module docstring); past it, :class:`OutOfTime` says that ``what`` took too long."""
+        prev = getattr(self._local, "deadline", None)
+        self._local.deadline = (time.monotonic() + seconds, seconds, what)
+        try:
+            yield
+        finally:
+            self._local.deadline = prev
+
+    def _left(self) -> float | None:
+        """Seconds left of the current :meth:`bounded` block (None outside one); raises OutOfTime at 0."""
+        d = getattr(self._local, "deadline", None)
+        if d is None:
+            return None
+        left = d[0] - time.monotonic()
+        if left <= 0:
+            raise OutOfTime(f"the model server at {self.endpoint} did not finish {d[2]} within {d[1]:.0f} s "
+                            f"(each request has --timeout {self.timeout:g} s)")
+        return left
 
     def _session(self) -> requests.Session:
         s = getattr(self._local, "session", None)
@@ -226,6 +339,9 @@ class HTTPClient:
         self._stop.set()
 
     def _sleep(self, seconds: float) -> None:
+        left = self._left()
+        if left is not None:
+            seconds = min(seconds, left)
         if self._stop.wait(max(0.0, seconds)):
             raise BackendError("interrupted while waiting to retry", retryable=True)
 
@@ -233,12 +349,14 @@ class HTTPClient:
         """Seconds to wait before retry ``attempt`` + 1: full jitter, bounded by ``backoff_max``."""
         return self._rng.uniform(0, min(self.backoff_max, self.backoff_base * (2 ** attempt)))
 
-    def _once(self, method: str, url: str, payload: Any, timeout: float) -> tuple[int, Any, dict, bytes]:
+    def _once(self, method: str, url: str, payload: Any, timeout: float,
+              max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[int, Any, dict, bytes]:
         """One HTTP attempt with a total deadline. Returns (status, json_or_None, headers, raw).
 
         The read timeout bounds the wait for the response headers; the watchdog shuts the
         socket down when the body is still arriving at the deadline (a server that trickles
-        bytes would otherwise keep every per-read timeout happy forever).
+        bytes would otherwise keep every per-read timeout happy forever). The body is read
+        in chunks and abandoned (:class:`_TooLarge`) once it passes ``max_bytes``.
         """
         deadline = time.monotonic() + timeout
         sess = self._session()
@@ -248,8 +366,8 @@ class HTTPClient:
         try:
             if handle is None:
                 raise _Deadline()
-            raw = resp.content
-        except _Deadline:
+            raw = _read_capped(resp, max_bytes)
+        except (_Deadline, _TooLarge):
             raise
         except Exception:
             if handle is not None and handle.fired:
@@ -261,13 +379,7 @@ class HTTPClient:
             resp.close()
         if handle.fired:
             raise _Deadline()
-        data = None
-        if raw:
-            try:
-                data = json.loads(raw)
-            except ValueError:
-                data = None
-        return resp.status_code, data, resp.headers, raw
+        return resp.status_code, parse_json(raw), resp.headers, raw
 
     def _answer(self, path: str, attempt: int, status: int, data: Any, headers, raw: bytes,
                 check: Callable[[Any], None] | None, retry_500: bool) -> tuple[Any, float | None, str]:
@@ -280,9 +392,10 @@ class HTTPClient:
                 check(data)
             return data, None, ""
         if not (status in RETRY_STATUSES and (retry_500 or status != 500)):
-            raise BackendError(self.scrub(f"HTTP {status} from {self.endpoint}{path}: {_snippet(data, raw)}"),
+            raise BackendError(self.scrub(f"HTTP {status} from {self.endpoint}{path}: "
+                                          f"{_snippet(data, raw, self.scrub)}"),
                                status=status, retryable=False, attempts=attempt + 1)
-        reason = f"HTTP {status} from {path}: {_snippet(data, raw)}"
+        reason = f"HTTP {status} from {path}: {_snippet(data, raw, self.scrub)}"
         ra = retry_after(headers)
         if ra is None:
             return None, None, reason
@@ -294,29 +407,41 @@ class HTTPClient:
 
     def request(self, method: str, path: str, payload: Any = None, *, timeout: float | None = None,
                 max_retries: int | None = None, check: Callable[[Any], None] | None = None,
-                retry_500: bool = True) -> tuple[Any, int]:
+                retry_500: bool = True, max_bytes: int = DEFAULT_MAX_BYTES, cap_note: str = "") -> tuple[Any, int]:
         """Send with retries. Returns (json, attempts). ``check(json)`` raises
-        :class:`MalformedResponse` for malformed bodies; ``retry_500=False`` makes HTTP 500 permanent."""
+        :class:`MalformedResponse` for malformed bodies; ``retry_500=False`` makes HTTP 500 permanent;
+        an answer over ``max_bytes`` fails at once (``cap_note`` says how the cap was sized)."""
         url = self.endpoint + path
         timeout = self.timeout if timeout is None else timeout
         retries = self.max_retries if max_retries is None else max_retries
         attempt = 0
         while True:
             wait = None
+            left = self._left()
+            t = timeout if left is None else max(0.001, min(timeout, left))
             try:
-                status, data, headers, raw = self._once(method, url, payload, timeout)
+                status, data, headers, raw = self._once(method, url, payload, t, max_bytes)
                 data, wait, reason = self._answer(path, attempt, status, data, headers, raw, check, retry_500)
                 if not reason:
                     return data, attempt + 1
             except MalformedResponse as exc:
                 reason = str(exc)
             except _Deadline:
-                reason = f"no complete answer from {path} within {timeout:.0f} s"
+                reason = f"no complete answer from {path} within {t:.0f} s"
+            except _TooLarge:
+                raise BackendError(self.scrub(f"{self.endpoint}: the answer from {path} is larger than {max_bytes:,} "
+                                              f"bytes, the cap for this request{cap_note}; not stored"),
+                                   retryable=False, attempts=attempt + 1) from None
             except requests.exceptions.Timeout:
-                reason = f"timed out after {timeout:.0f} s on {path}"
+                reason = f"timed out after {t:.0f} s on {path}"
             except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError,
                     requests.exceptions.ContentDecodingError) as exc:
                 reason = f"connection error on {path}: {type(exc).__name__}"
+            except (requests.exceptions.RequestException, ValueError) as exc:
+                # a request that cannot be sent (invalid header or URL ...): one line, never the key
+                raise BackendError(self.scrub(" ".join(f"{self.endpoint}{path}: cannot send the request: "
+                                                       f"{type(exc).__name__}: {exc}".split()), limit=300),
+                                   retryable=False, attempts=attempt + 1) from None
             if attempt >= retries:
                 raise BackendError(self.scrub(f"{self.endpoint}: {reason} (gave up after {attempt + 1} attempts)"),
                                    retryable=True, attempts=attempt + 1)
@@ -326,13 +451,38 @@ class HTTPClient:
             attempt += 1
 
 
-def _snippet(data: Any, raw: bytes, limit: int = 200) -> str:
+def _read_capped(resp, max_bytes: int) -> bytes:
+    """The body of ``resp`` (decoded as sent, gzip included), or :class:`_TooLarge` past ``max_bytes``."""
+    declared = resp.headers.get("Content-Length")
+    if declared and declared.strip().isdigit() and int(declared) > max_bytes:
+        raise _TooLarge()
+    buf = bytearray()
+    for chunk in resp.iter_content(64 * 1024):
+        buf += chunk
+        if len(buf) > max_bytes:
+            raise _TooLarge()
+    return bytes(buf)
+
+
+def parse_json(raw: bytes) -> Any:
+    """The JSON value of a body (invalid UTF-8 decoded to U+FFFD, a UTF-8 BOM dropped), or None when
+    it is empty or not JSON (nesting too deep to parse included)."""
+    if not raw:
+        return None
+    try:
+        return json.loads(raw.decode("utf-8-sig", "replace"))
+    except (ValueError, RecursionError):
+        return None
+
+
+def _snippet(data: Any, raw: bytes, scrub: Callable[..., str], limit: int = 200) -> str:
+    """The error message of an answer, on one line, scrubbed of the key *before* it is cut to ``limit``."""
     if isinstance(data, dict):
         err = data.get("error", data.get("detail", data))
         if isinstance(err, dict):
             err = err.get("message", err)
-        text = str(err)
+        text = str(err)[:64 * 1024]
     else:
-        text = raw[:limit].decode("utf-8", "replace")
+        text = raw[:64 * 1024].decode("utf-8", "replace")
     text = " ".join(text.split())
-    return text[:limit] if text else "(empty body)"
+    return scrub(text, limit=limit) if text else "(empty body)"

@@ -30,7 +30,7 @@ import time
 
 from extractor.backends.base import BackendError, Capabilities, Choice, CompletionResult
 from extractor.backends.alignment import AlignmentError, align_tokens
-from extractor.backends.boundaries import TokenBoundaries
+from extractor.backends.boundaries import TokenBoundaries, clean_text
 from extractor.backends.http import HTTPClient, MalformedResponse, api_key_hint, normalize_endpoint, retry_after
 from extractor.backends.probe import neutral_payload, probe_server
 from extractor.errors import TrawlError
@@ -149,21 +149,19 @@ class OpenAIBackend:
         """
         payload = self.payload(prompt, params, n=n, seed=seed)
         expected = n * (len(prompt) if isinstance(prompt, list) else 1)
-
-        def check(data):
-            ch = data.get("choices") if isinstance(data, dict) else None
-            if not isinstance(ch, list) or len(ch) != expected or not all(
-                    isinstance(c, dict) and isinstance(c.get("text"), str) for c in ch):
-                raise MalformedResponse(f"malformed completion JSON (expected {expected} choices)")
-
+        cap, note = completion_cap(payload, expected)
         t0 = time.monotonic()
-        data, attempts = self.http.request("POST", "/v1/completions", payload, timeout=timeout, check=check)
+        data, attempts = self.http.request("POST", "/v1/completions", payload, timeout=timeout,
+                                           check=lambda d: check_completion(d, expected), max_bytes=cap,
+                                           cap_note=note)
         latency = time.monotonic() - t0
-        raw_choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
+        raw_choices = data["choices"]
+        if any("index" in c for c in raw_choices):   # check_completion: then they are 0..expected-1
+            raw_choices = sorted(raw_choices, key=lambda c: c["index"])
         choices = [self._choice(c, defer_tokens) for c in raw_choices]
         usage = data.get("usage") or {}
-        ptoks = int(usage.get("prompt_tokens") or 0)
-        ctoks = int(usage.get("completion_tokens") or sum(c.completion_tokens for c in choices))
+        ptoks = usage.get("prompt_tokens") or 0
+        ctoks = usage.get("completion_tokens") or sum(c.completion_tokens for c in choices)
         for c in choices:
             if c.completion_tokens == 0 and len(choices) == 1:
                 c.completion_tokens = ctoks
@@ -183,7 +181,7 @@ class OpenAIBackend:
                 source = "logprobs"
                 vals = lp.get("token_logprobs")
                 if isinstance(vals, list) and len(vals) == len(toks):
-                    logprobs = [float(v) if isinstance(v, (int, float)) else float("nan") for v in vals]
+                    logprobs = [_logprob(v) for v in vals]
             except AlignmentError:
                 offsets = None
         if offsets is None and self.capabilities.tokenize and text:
@@ -244,10 +242,82 @@ class OpenAIBackend:
         return caps
 
 
-def clean_text(text: str) -> str:
-    """Replace lone surrogates (invalid UTF-8 from the server, JSON-escaped) with U+FFFD."""
+# the cap of a completion answer (see completion_cap): a token, with its logprobs entry (token text,
+# value, offset, top logprobs) JSON-escaped, stays far below this many bytes
+_BYTES_PER_TOKEN = 2048
+_DEFAULT_MAX_TOKENS = 32768     # a request without max_tokens: servers stop at the context length
+
+
+def completion_cap(payload: dict, choices: int) -> tuple[int, str]:
+    """The byte cap of the answer to ``payload`` with ``choices`` choices, and how it was sized:
+    1 MiB of envelope plus, per choice, 2 KiB per token of ``max_tokens`` and 8 bytes per prompt
+    byte (a server that echoes the prompt)."""
+    mt = payload.get("max_tokens")
+    tokens = mt if isinstance(mt, int) and not isinstance(mt, bool) and mt > 0 else _DEFAULT_MAX_TOKENS
+    prompt = payload.get("prompt")
+    prompts = prompt if isinstance(prompt, list) else [prompt]
+    pbytes = max((len(p.encode("utf-8", "replace")) if isinstance(p, str) else 8 * len(p) if isinstance(p, list)
+                  else 0) for p in prompts) if prompts else 0
+    cap = (1 << 20) + choices * (_BYTES_PER_TOKEN * tokens + 8 * pbytes)
+    return cap, f" (max_tokens={mt if mt is not None else 'unset'}, {choices} choice{'s' * (choices != 1)})"
+
+
+def _count(v) -> bool:
+    return v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
+
+
+def check_completion(data, expected: int) -> None:
+    """Raise :class:`MalformedResponse` (one line, retried) unless ``data`` is a completion answer
+    with ``expected`` choices that :meth:`OpenAIBackend.complete` can read without guessing: an
+    object; ``choices`` a list of objects with a string ``text``, a string or null
+    ``finish_reason`` and, when any has an ``index``, indexes ``0..expected-1`` each once; ``usage``
+    null or an object whose token counts are null or integers >= 0."""
+    def bad(why):
+        raise MalformedResponse(f"malformed completion JSON from /v1/completions: {why}")
+
+    if not isinstance(data, dict):
+        bad(f"the body is {_kind(data)}, not an object")
+    ch = data.get("choices")
+    if not isinstance(ch, list):
+        bad(f"choices is {_kind(ch)}, not a list")
+    if len(ch) != expected:
+        bad(f"{len(ch)} choices, expected {expected}")
+    for i, c in enumerate(ch):
+        if not isinstance(c, dict):
+            bad(f"choice {i} is {_kind(c)}, not an object")
+        if not isinstance(c.get("text"), str):
+            bad(f"choice {i} has no text string")
+        if not (c.get("finish_reason") is None or isinstance(c.get("finish_reason"), str)):
+            bad(f"choice {i}: finish_reason is {_kind(c.get('finish_reason'))}")
+    if any("index" in c for c in ch):
+        idx = [c.get("index") for c in ch]
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in idx) or sorted(idx) != list(range(expected)):
+            bad(f"choice indexes are not 0..{expected - 1} each once")
+    usage = data.get("usage")
+    if usage is not None:
+        if not isinstance(usage, dict):
+            bad(f"usage is {_kind(usage)}, not an object")
+        for k in ("prompt_tokens", "completion_tokens", "total_tokens"):
+            if not _count(usage.get(k)):
+                bad(f"usage.{k} is {_kind(usage.get(k))}, not a count")
+
+
+def _kind(v) -> str:
+    """A JSON value's type in words (never the value: it may be long or hostile)."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, int):
+        return "a negative integer" if v < 0 else "an integer"
+    return {float: "a floating-point number", str: "a string", list: "a list", dict: "an object"}.get(type(v), "a value")
+
+
+def _logprob(v) -> float:
+    """A logprob value as a float (NaN for anything that is not a number, or too large for one)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return float("nan")
     try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        return float(v)
+    except OverflowError:
+        return float("nan")

@@ -47,7 +47,7 @@ from typing import Callable
 
 from extractor.backends.base import BackendError, Capabilities, CompletionResult
 from extractor.backends.alignment import AlignmentError
-from extractor.backends.http import normalize_endpoint
+from extractor.backends.http import error_text, normalize_endpoint
 from extractor.backends.openai import OpenAIBackend
 from extractor.errors import TrawlError
 
@@ -367,7 +367,7 @@ class PoolBackend:
         except (BackendError, AlignmentError, ValueError, TypeError) as exc:
             choice.token_offsets = None
             choice.token_source = "none"
-            choice.token_error = str(exc)[:300]
+            choice.token_error = error_text(exc)
         finally:
             self._local.endpoint = keep
         return choice

@@ -12,6 +12,8 @@ Capability probe (:func:`probe_server`)
     is refused with one clear :class:`~extractor.errors.TrawlError` (as are an
     unreachable server, a 401/403 with a hint about the API key, a 404, and an
     answer that is not an OpenAI completion).
+    Every probe request honours the client's timeout (``--timeout``), and the whole
+    probe ends within :func:`probe_bound` of it (a one-line TrawlError past that).
     :meth:`extractor.backends.openai.OpenAIBackend.probe` caches the result per
     (endpoint, model, token_info, tokenizer file, API key digest) for the life of
     the process; every backend gets its own copy of the cached :class:`Capabilities`.
@@ -47,8 +49,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from extractor.backends.base import BackendError, Capabilities
-from extractor.backends.boundaries import AlignmentError, align_tokens
-from extractor.backends.http import api_key_hint
+from extractor.backends.boundaries import AlignmentError, align_tokens, is_token_id
+from extractor.backends.http import OutOfTime, api_key_hint, error_text
 from extractor.errors import TrawlError
 
 if TYPE_CHECKING:
@@ -80,12 +82,12 @@ def detect_server(http: "HTTPClient", model: str, caps: Capabilities) -> None:
     """Fill ``caps.server``, ``caps.server_version`` and ``caps.sampling_defaults`` (and, on vLLM,
     ``ignore_eos``, ``temperature_decay`` and ``start_ids``); every request here is optional."""
     try:
-        data, _ = http.request("GET", "/version", None, max_retries=0, timeout=10)
+        data, _ = http.request("GET", "/version", None, max_retries=0, timeout=_t(http, 10))
     except BackendError:
         data = None
     if isinstance(data, dict) and isinstance(data.get("version"), str):
         caps.server = "vllm"
-        caps.server_version = data["version"]
+        caps.server_version = " ".join(data["version"].split())[:100]
         caps.ignore_eos = True  # a vLLM SamplingParams field its OpenAI server accepts
         caps.sampling_defaults = dict(VLLM_NEUTRAL)
         if not caps.top_k:
@@ -107,7 +109,7 @@ def _vllm_extensions(http: "HTTPClient", model: str, caps: Capabilities) -> None
     try:
         http.request("POST", "/v1/completions", {"model": model, "prompt": "a", "max_tokens": 1, "temperature": 1.0,
                                                  "vllm_xargs": {DECAY_KEY: [-1.0, 1.0, 1]}},
-                     max_retries=0, timeout=30)
+                     max_retries=0, timeout=_t(http, 30))
         caps.temperature_decay = False
     except BackendError as exc:
         caps.temperature_decay = exc.status == 400 and DECAY_KEY in str(exc)
@@ -117,10 +119,11 @@ def _vllm_extensions(http: "HTTPClient", model: str, caps: Capabilities) -> None
     # tokenizer adds one (else pass the model's text form of it, e.g. prompt=<|endoftext|>)
     try:
         d, _ = http.request("POST", "/tokenize", {"model": model, "prompt": "", "add_special_tokens": True},
-                            max_retries=0, timeout=10)
+                            max_retries=0, timeout=_t(http, 10))
         ids = d.get("tokens") if isinstance(d, dict) else None
-        caps.start_ids = [int(i) for i in ids] if isinstance(ids, list) and ids else None
-    except (BackendError, TypeError, ValueError):
+        ok = isinstance(ids, list) and 0 < len(ids) <= 16 and all(is_token_id(i) for i in ids)
+        caps.start_ids = list(ids) if ok else None
+    except BackendError:
         caps.start_ids = None
 
 
@@ -153,21 +156,34 @@ def probe_server(http: "HTTPClient", tokens: "TokenBoundaries", caps: Capabiliti
     """
     tokens.gguf = None
     base = {"model": tokens.model, "prompt": _PROBE_PROMPT, "max_tokens": 2, "temperature": 0.0}
-    text, choice = _first_completion(http, caps, base)
-    _probe_logprobs(caps, text, choice)
-    _probe_tokenize(tokens, caps)
-    _probe_optional(http, caps, base)
-    detect_server(http, tokens.model, caps)  # vLLM / llama.cpp and their sampling defaults
-    _choose_token_info(http.endpoint, token_info, caps)
-    if tokenizer_file:
-        tokens.use_tokenizer_file(tokenizer_file, caps)
+    with http.bounded(probe_bound(http.timeout), "the start-up probe"):
+        text, choice = _first_completion(http, caps, base)
+        _probe_logprobs(caps, text, choice)
+        _probe_tokenize(tokens, caps)
+        _probe_optional(http, caps, base)
+        detect_server(http, tokens.model, caps)  # vLLM / llama.cpp and their sampling defaults
+        _choose_token_info(http.endpoint, token_info, caps)
+        if tokenizer_file:
+            tokens.use_tokenizer_file(tokenizer_file, caps)
     return caps
+
+
+def probe_bound(timeout: float) -> float:
+    """Seconds the whole start-up probe may take: 10 requests' worth of ``timeout``, at least 30 s
+    (a slow but healthy server) and at most 600 s; each of its requests also honours ``timeout``."""
+    return max(30.0, min(600.0, 10.0 * timeout))
+
+
+def _t(http: "HTTPClient", seconds: float) -> float:
+    """A probe request's timeout: its own limit, or the user's --timeout when that is shorter."""
+    return min(float(seconds), http.timeout)
 
 
 def _first_completion(http: "HTTPClient", caps: Capabilities, base: dict) -> tuple[str, dict]:
     """The probe prompt's completion (with logprobs when the server takes them): its text and choice."""
     try:
-        data, _ = http.request("POST", "/v1/completions", {**base, "logprobs": 1}, max_retries=2, timeout=60)
+        data, _ = http.request("POST", "/v1/completions", {**base, "logprobs": 1}, max_retries=2,
+                               timeout=_t(http, 60))
     except BackendError as exc:
         if exc.status in (401, 403):
             raise TrawlError(f"the server at {http.endpoint} refused the request (HTTP {exc.status}); "
@@ -179,8 +195,8 @@ def _first_completion(http: "HTTPClient", caps: Capabilities, base: dict) -> tup
             raise TrawlError(f"cannot reach the model server at {http.endpoint}: {exc}") from None
         # maybe logprobs is what it rejects
         try:
-            data, _ = http.request("POST", "/v1/completions", base, max_retries=2, timeout=60)
-            caps.notes.append(f"logprobs rejected: {str(exc)[:200]}")
+            data, _ = http.request("POST", "/v1/completions", base, max_retries=2, timeout=_t(http, 60))
+            caps.notes.append(f"logprobs rejected: {error_text(exc, 200)}")
         except BackendError as exc2:
             raise TrawlError(f"the server at {http.endpoint} rejected a minimal completion request: "
                              f"{exc2}") from None
@@ -221,22 +237,25 @@ def _probe_tokenize(tokens: "TokenBoundaries", caps: Capabilities) -> None:
                 raise BackendError("empty tokenization")
             tokens.offsets(_PROBE_PROMPT)
             return
+        except OutOfTime:
+            raise
         except (BackendError, AlignmentError, TrawlError, ValueError, TypeError) as exc:
             caps.tokenize = None
             caps.tokenize_adds_bos = False
             tokens.sep_ids = None
-            caps.notes.append(f"tokenize endpoint {kind}: {str(exc)[:160]}")
+            caps.notes.append(f"tokenize endpoint {kind}: {error_text(exc, 160)}")
 
 
 def _probe_optional(http: "HTTPClient", caps: Capabilities, base: dict) -> None:
     """``n``, prompt lists, ``top_k`` and ``seed``: each honoured or not (never an error)."""
     def try_req(payload, expected):
         try:
-            d, _ = http.request("POST", "/v1/completions", payload, max_retries=1, timeout=60)
+            d, _ = http.request("POST", "/v1/completions", payload, max_retries=1, timeout=_t(http, 60))
         except BackendError:
             return None
         ch = d.get("choices") if isinstance(d, dict) else None
-        return ch if isinstance(ch, list) and len(ch) == expected else None
+        ok = isinstance(ch, list) and len(ch) == expected and all(isinstance(c, dict) for c in ch)
+        return ch if ok else None
 
     caps.n = try_req({**base, "n": 2, "temperature": 1.0, "max_tokens": 1}, 2) is not None
     caps.prompt_list = try_req({**base, "prompt": [_PROBE_PROMPT, "Once upon a time"], "max_tokens": 1}, 2) is not None

@@ -361,7 +361,10 @@ class CampaignRunner:
             self.save()
             raise
         except Exception as exc:
-            rec.update({"status": "failed", "ended_at": utcnow(), "error": f"{type(exc).__name__}: {exc}"})
+            from extractor.backends.http import scrub_secrets
+
+            error = scrub_secrets(" ".join(f"{type(exc).__name__}: {exc}".split()), limit=1000)
+            rec.update({"status": "failed", "ended_at": utcnow(), "error": error})
             st["status"] = "failed"
             session["ended_at"] = utcnow()
             self.save()

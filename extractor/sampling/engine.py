@@ -16,7 +16,9 @@ Guarantees:
   worker are not sent; the rest are waited for at most ``drain_seconds``, then abandoned
   (not recorded; ``--resume`` redoes them);
 * a refusal (401/403/404) or ``max_consecutive_failures`` failures in a row stop the run with
-  a :class:`TrawlError` in :attr:`Engine.fatal`; any other exception is re-raised by :meth:`run`.
+  a :class:`TrawlError` in :attr:`Engine.fatal`; any other exception is re-raised by :meth:`run`
+  (the runner then still calls :meth:`finish`, so ``run.json`` says ``failed`` with the error);
+* every error text kept in ``run.json`` (``errors``, ``error``) is one line, scrubbed of API keys.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 from corpora.storage import utcnow
 from extractor.attacks import get_attack
 from extractor.backends import BackendError
+from extractor.backends.http import scrub_secrets
 from extractor.backends.openai import api_key_hint
 from extractor.errors import TrawlError
 from extractor.sampling.budget import Budget, Pricing, Usage, stop_reason
@@ -39,6 +42,12 @@ from extractor.sampling.run_folder import RunDir
 from extractor.sampling.summary import RunSummary, attack_summaries
 
 _DRAINING_STOPS = ("max_seconds", "errors", "crashed", "interrupted")  # requests not yet sent are dropped
+
+
+def one_line(error: BaseException, *, with_type: bool = False, limit: int = 500) -> str:
+    """An error's text as run.json keeps it: one line, scrubbed of every API key, then cut."""
+    text = f"{type(error).__name__}: {error}" if with_type else str(error)
+    return scrub_secrets(" ".join(text.split()), limit=limit)
 
 
 @dataclass
@@ -311,7 +320,7 @@ class Engine:
         elif isinstance(error, (BackendError, TrawlError)):
             self.failed += len(unit.jobs)
             self._consecutive_failures += 1
-            msg = str(error)
+            msg = one_line(error)
             if len(self.errors) < 20:
                 self.errors.append(msg)
             if self._consecutive_failures >= self.max_consecutive_failures and self.stop_reason is None:
@@ -407,6 +416,8 @@ class Engine:
             self.stop_reason = "failed_requests"
         self.status["stopped_early"] = state != "finished"
         self.status["stop_reason"] = self.stop_reason
+        self.status["error"] = None if self.fatal is None else (
+            one_line(self.fatal) if isinstance(self.fatal, TrawlError) else one_line(self.fatal, with_type=True))
         self.session["ended_at"] = utcnow(precise=True)
         attacks = attack_summaries(self.rd, self.resolved)
         self.status["attacks"] = attacks

@@ -79,16 +79,23 @@ def _run_locked(run_dir, endpoint, model, attacks, budget: Budget, pricing: Pric
         log(f"the server looks like llama-cpp-python, which runs one request at a time; {cfg.concurrency} in "
             f"flight only queue there and can run into the {cfg.timeout:g} s timeout (try --concurrency 2-4)")
     interrupted = False
+    crash: BaseException | None = None
     try:
         engine.run(engine.grouping.pending(all_jobs, done), len(pending))
     except KeyboardInterrupt:
         interrupted = True
         engine.stop_reason = "interrupted"
+    except Exception as exc:  # noqa: BLE001 - recorded in run.json ("failed" with the error), then re-raised
+        crash = exc
+        engine.stop_reason = engine.stop_reason or "crashed"
+        engine.fatal = engine.fatal or exc
     finally:
         be.interrupt()
         rd.close()
 
     summary = engine.finish(interrupted)
+    if crash is not None:
+        raise crash
     if interrupted:
         raise KeyboardInterrupt
     if engine.fatal is not None:
@@ -103,7 +110,7 @@ def _open_backend(endpoint, model: str, cfg: SamplerSettings, pool_log) -> Backe
         extra["tokenizer_file"] = cfg.tokenizer_file
     return make_backend(cfg.backend, endpoint=endpoint, model=model, api_key_env=cfg.api_key_env,
                         timeout=cfg.timeout, max_retries=cfg.max_retries, backoff_base=cfg.backoff_base,
-                        backoff_max=cfg.backoff_max, pool_size=max(cfg.concurrency, 4),
+                        backoff_max=cfg.backoff_max, pool_size=min(cfg.concurrency, 4),
                         token_info=cfg.token_info, **extra)
 
 

@@ -3,7 +3,9 @@
 Guarantees: a :class:`SamplerSettings` that exists is valid. The numeric settings
 are checked once, in ``__post_init__``, before anything is written (a bad one used
 to surface mid-run); a bad value is a :class:`extractor.errors.TrawlError` with a
-one-line message naming the setting (``concurrency must be an integer >= 1, got 0``).
+one-line message naming the setting (``concurrency must be an integer from 1 to 4096, got 0``).
+``concurrency`` is at most :data:`MAX_CONCURRENCY` (4096): each request in flight is a
+thread of this process, and no server batches more.
 """
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from extractor.errors import TrawlError
+
+MAX_CONCURRENCY = 4096   # requests in flight: one worker thread each (see engine.py)
 
 
 def _stderr_log(msg: str) -> None:
@@ -22,7 +26,7 @@ def _stderr_log(msg: str) -> None:
 class SamplerSettings:
     """The keyword arguments of :func:`extractor.sampling.run_attacks` beyond the plan and the budget.
 
-    ``concurrency`` requests in flight at most; ``timeout``/``max_retries``/``backoff_*`` per
+    ``concurrency`` requests in flight at most (1 to :data:`MAX_CONCURRENCY`); ``timeout``/``max_retries``/``backoff_*`` per
     request (see the backend); ``run_id`` (default: a hash of the plan) and ``seed`` fix request
     ids and seeds; ``use_n``/``max_n`` and ``use_prompt_lists``/``max_prompts`` let one request
     serve several generations; ``flush_rows``/``flush_seconds`` roll Parquet parts;
@@ -62,7 +66,8 @@ class SamplerSettings:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or not ok(v):
                 raise TrawlError(f"{name} must be {what}, got {v!r}")
 
-        _num("concurrency", lambda v: v >= 1 and v == int(v), "an integer >= 1")
+        _num("concurrency", lambda v: 1 <= v <= MAX_CONCURRENCY and v == int(v),
+             f"an integer from 1 to {MAX_CONCURRENCY}")
         _num("timeout", lambda v: 0 < v < float("inf"), "a number of seconds > 0")
         _num("max_retries", lambda v: v >= 0 and v == int(v), "an integer >= 0")
         _num("drain_seconds", lambda v: v >= 0, "a number of seconds >= 0")

@@ -120,7 +120,7 @@ def test_cli_replicas(tmp_path, capsys):
     ("--timeout", "0", "timeout must be a number of seconds > 0"),
     ("--timeout", "-1", "timeout must be a number of seconds > 0"),
     ("--timeout", "nan", "timeout must be a number of seconds > 0"),
-    ("--concurrency", "0", "concurrency must be an integer >= 1"),
+    ("--concurrency", "0", "concurrency must be an integer from 1 to 4096"),
     ("--max-retries", "-1", "max_retries must be an integer >= 0"),
     ("--max-seconds", "-5", "budget max_seconds must be >= 0"),
     ("--max-dollars", "nan", "budget max_dollars must be >= 0"),
