@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from extractor.errors import TrawlError
+from extractor.sampling.settings import MAX_CONCURRENCY
 
 # ============================================================================ schema
 
@@ -67,7 +68,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                         "backend = \"vllm\": the HF-format model folder to load, model then only "
                                         "naming it (ledger, sweep series: checkpoints of one model)"),
         "api_key_env": Key("str", "OPENAI_API_KEY", "environment variable holding the API key (never written)"),
-        "concurrency": Key("int", 4, "requests in flight over all endpoints", minimum=1, maximum=100_000),
+        "concurrency": Key("int", 4, "requests in flight over all endpoints", minimum=1,
+                           maximum=MAX_CONCURRENCY),   # the sampler's own bound: refused at --check, not at run time
         "timeout": Key("float", 300.0, "total time limit of one request, seconds", minimum=0.001, maximum=1e6),
         "max_retries": Key("int", 6, "retries of a failed request (over the endpoints, with backoff)", minimum=0,
                            maximum=1000),

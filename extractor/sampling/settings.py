@@ -13,13 +13,14 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
+from corpora.hygiene import visible
 from extractor.errors import TrawlError
 
 MAX_CONCURRENCY = 4096   # requests in flight: one worker thread each (see engine.py)
 
 
 def _stderr_log(msg: str) -> None:
-    print(f"trawl: {msg}", file=sys.stderr)
+    print(f"trawl: {visible(msg)}", file=sys.stderr)   # log lines carry server text: no raw control characters
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ def load_err(tmp_path, text) -> str:
     ("target", "timeout = nan", "target.timeout must be a finite number, got nan"),
     ("target", "timeout = 1e300", "target.timeout must be <= 1e+06"),
     ("target", "concurrency = 9223372036854775807", "target.concurrency must be <="),
+    ("target", "concurrency = 4097", "target.concurrency must be <= 4096"),   # the sampler's own bound
     ("target", "max_retries = 100000", "target.max_retries must be <= 1000"),
     ("report", "window_tokens = 9223372036854775807", "report.window_tokens must be <="),
     ("attack", "temperature = nan", "attacks[0].temperature must be a finite number, got nan"),
