@@ -17,6 +17,7 @@ from repo import one_line_error, trawl
 from suffix_index import IndexFormatError, SuffixIndex, build_index
 from suffix_index.manifest import MANIFEST_NAME
 from test_match_bad_input import gens
+from json_mutations import put, walk
 
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu"]
 
@@ -83,34 +84,13 @@ def mutate(value, rng):
                        value + 1 if isinstance(value, int) and not isinstance(value, bool) else "../x"])
 
 
-def walk(obj, path=()):
-    yield path
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from walk(v, path + (k,))
-    elif isinstance(obj, list):
-        for i, v in enumerate(obj[:3]):
-            yield from walk(v, path + (i,))
-
-
-def put(obj, path, value):
-    if not path:
-        return value
-    obj = json.loads(json.dumps(obj))
-    cur = obj
-    for p in path[:-1]:
-        cur = cur[p]
-    cur[path[-1]] = value
-    return obj
-
-
 def test_fuzz_manifest_and_index_files(index, tmp_path):
     """Wrong types and values anywhere in manifest.json, byte flips and zeroed runs in .bytes, .sa and
     docs.arrow: opening and matching raise IndexFormatError in one line naming a file, or give the
     same spans as the undamaged index."""
     clean = spans(index)
     manifest = json.loads((index / MANIFEST_NAME).read_text())
-    paths = list(walk(manifest))
+    paths = list(walk(manifest, list_items=3))
     rng = random.Random(2017)
     for trial in range(120):
         work = tmp_path / f"i{trial}"

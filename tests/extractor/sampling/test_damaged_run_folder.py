@@ -12,6 +12,7 @@ import pytest
 from extractor.errors import TrawlError
 from extractor.sampling.run_folder import RunDir
 from test_damaged_parts import rows
+from json_mutations import put, walk
 
 STATUS = {"format": "trawl-run", "format_version": 1, "run_id": "run", "status": "finished", "prompt_tokens": 30,
           "completion_tokens": 900, "cost_usd": 0.25,
@@ -83,27 +84,6 @@ def test_journal_rows_with_unhashable_or_missing_request_ids_are_not_done(tmp_pa
 def mutate(value, rng):
     """A random wrong or damaged replacement for a JSON value."""
     return rng.choice([None, "x", -1, 1.5, [], {}, True, 2 ** 64, [value], {"v": value}, str(value)])
-
-
-def walk(obj, path=()):
-    yield path
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from walk(v, path + (k,))
-    elif isinstance(obj, list):
-        for i, v in enumerate(obj):
-            yield from walk(v, path + (i,))
-
-
-def put(obj, path, value):
-    if not path:
-        return value
-    obj = json.loads(json.dumps(obj))
-    cur = obj
-    for p in path[:-1]:
-        cur = cur[p]
-    cur[path[-1]] = value
-    return obj
 
 
 def test_fuzz_run_json_config_json_and_journal(tmp_path):
