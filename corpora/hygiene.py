@@ -66,6 +66,8 @@ def visible(text, keep: str = "") -> str:
     multi-line text) are left as they are. A backslash is not itself escaped: the output is for
     people, not for parsing back."""
     s = "" if text is None else str(text)
+    if s.isprintable():   # no character of those categories (nor a surrogate): nothing to escape, and
+        return s          # no need for the table of code points (0.2 s to build once per process)
     return _pattern(keep).sub(_repl, s)
 
 

@@ -112,8 +112,8 @@ class Sender:
                        job.seed if self.be.capabilities.seed else None, latency, t0, extra, served)
 
     def complete(self, prompt, params, *, n, seed) -> CompletionResult:
-        """One completion call; token boundaries deferred when the backend supports it (the
-        replica pool of extractor/backends/pool.py computes them inline)."""
+        """One completion call; token boundaries that need a tokenizer are deferred (filled later by
+        :meth:`build_rows`) when the backend's capabilities say ``deferred_tokens``."""
         if self.defer:
             res = self.be.complete(prompt, params, n=n, seed=seed, defer_tokens=True)
         else:
