@@ -36,8 +36,9 @@ from corpora.errors import ExecutorError
 
 KINDS = ("local", "ray")
 DEFAULT_RETRIES = 3
-# test hook (docs/CONTRACTS.md, "Executors"): the first task or actor call that creates this file
-# (O_EXCL) kills its own process, as a worker lost mid-build or mid-match
+# test hook (docs/CONTRACTS.md, "Executors"): with this variable naming a file that exists, the first
+# task or actor call to rename it to NAME.fired kills its own process: a worker lost mid-build or
+# mid-match, which Ray must retry
 CRASH_ONCE_ENV = "TRAWL_RAY_CRASH_ONCE"
 
 
@@ -107,16 +108,14 @@ def spec_from_args(args) -> ExecutorSpec:
 
 
 def crash_once_hook() -> None:
-    """The fault-injection test hook (see ``CRASH_ONCE_ENV``); nothing unless the variable is set."""
+    """The fault-injection test hook (see ``CRASH_ONCE_ENV``); nothing unless that file exists."""
     path = os.environ.get(CRASH_ONCE_ENV)
     if not path:
         return
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
+        os.rename(path, path + ".fired")   # atomic: one caller wins
+    except OSError:
         return
-    os.write(fd, str(os.getpid()).encode())
-    os.close(fd)
     os._exit(137)
 
 
@@ -212,6 +211,7 @@ class RayExecutor:
             kw: dict[str, Any] = dict(include_dashboard=False, logging_level="ERROR", log_to_driver=False,
                                       configure_logging=True)
             if address:
+                _check_reachable(address, self.where)
                 kw["address"] = address
             else:
                 kw["num_cpus"] = spec.cpus or os.cpu_count() or 1
@@ -330,6 +330,21 @@ def open_executor(spec: ExecutorSpec | None = None, *, local_workers: int = 1):
     if spec.kind != "local":
         raise ExecutorError(f"unknown executor {spec.kind!r} (known: {', '.join(KINDS)})")
     return LocalExecutor(local_workers)
+
+
+def _check_reachable(address: str, where: str, timeout: float = 5.0) -> None:
+    """A ``host:port`` address must accept a TCP connection (``ray.init`` would wait minutes for a
+    cluster that is gone); other forms (``auto``, ``ray://...``) are left to Ray."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "/" in address:
+        return
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ExecutorError(f"{where}: cannot connect ({exc.strerror or exc}); start the cluster (ray start "
+                            f"--head) or fix --ray-address / RAY_ADDRESS, then re-run the command") from None
 
 
 def _first_line(exc: BaseException) -> str:

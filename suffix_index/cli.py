@@ -94,6 +94,9 @@ def _cmd_match(args) -> int:
     from suffix_index.errors import MatchInputError, check_int
     from suffix_index.matchfile import check_output_file, default_output, generation_files, match_to_parquet
 
+    from corpora.executor import open_executor, spec_from_args
+
+    spec = spec_from_args(args)
     check_int("--min-tokens", args.min_tokens, 1)
     if args.min_bytes is not None:
         check_int("--min-bytes", args.min_bytes, 1)
@@ -103,9 +106,6 @@ def _cmd_match(args) -> int:
     if out is None:
         raise MatchInputError(f"{args.generations}: not a run folder; say where to write with --out")
     check_output_file(out)   # before the index is opened and the generations matched
-    from corpora.executor import open_executor, spec_from_args
-
-    spec = spec_from_args(args)
     if spec.kind == "ray":
         from suffix_index.distributed import DistributedIndex
 
