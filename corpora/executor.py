@@ -30,7 +30,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from corpora.errors import ExecutorError
 
@@ -129,7 +129,7 @@ class LocalExecutor:
     kind = "local"
 
     def __init__(self, workers: int = 1):
-        self.workers = max(1, int(workers))
+        self.workers = self.cpus = max(1, int(workers))
 
     def map(self, fn: Callable, argses: Sequence[tuple], *, memory: Sequence[int] | None = None,
             on_done: Callable[[int, Any], None] | None = None) -> list:
@@ -151,8 +151,13 @@ class LocalExecutor:
                     on_done(i, results[i])
         return results
 
+    def imap(self, fn: Callable, argses: Iterable[tuple], *, window: int | None = None) -> Iterator:
+        """``fn(*args)`` for each ``args``, yielded in order (here: one after the other)."""
+        for args in argses:
+            yield fn(*args)
+
     def actors(self, cls: type, argses: Sequence[tuple], *, memory: Sequence[int] | None = None,
-               concurrency: int = 1) -> list:
+               concurrency: int = 1, num_cpus: float = 1) -> list:
         """In-process stand-ins for actors (same calling convention: ``a.method.remote(...)``, then
         :meth:`get`); the calls run at once, in this process."""
         return [_LocalActor(cls(*args)) for args in argses]
@@ -268,14 +273,39 @@ class RayExecutor:
             raise
         return results
 
+    def imap(self, fn: Callable, argses: Iterable[tuple], *, window: int | None = None) -> Iterator:
+        """``fn(*args)`` for each ``args`` as Ray tasks, yielded in the order of the inputs, at most
+        ``window`` (default: twice the workers) submitted and not yet yielded: memory stays bounded
+        by the window whatever the number of inputs."""
+        from collections import deque
+
+        remote = self.ray.remote(_call).options(num_cpus=1, max_retries=self.spec.retries, retry_exceptions=False)
+        window = max(1, window or 2 * self.workers)
+        pending: deque = deque()
+        it = iter(argses)
+        try:
+            for args in it:
+                pending.append(remote.remote(fn, args))
+                if len(pending) >= window:
+                    yield self.get(pending.popleft())
+            while pending:
+                yield self.get(pending.popleft())
+        finally:
+            for r in pending:
+                try:
+                    self.ray.cancel(r, force=True)
+                except Exception:   # noqa: BLE001 - best effort: the cluster may be gone
+                    pass
+
     # ------------------------------------------------------------------ actors
     def actors(self, cls: type, argses: Sequence[tuple], *, memory: Sequence[int] | None = None,
-               concurrency: int = 1) -> list:
-        """One actor of ``cls`` per ``args``; restarted (its calls retried) when its process dies."""
+               concurrency: int = 1, num_cpus: float = 1) -> list:
+        """One actor of ``cls`` per ``args``; restarted (its calls retried) when its process dies.
+        ``num_cpus``: what each holds while it lives (less than 1 to place more actors than CPUs)."""
         remote = self.ray.remote(cls)
         out = []
         for i, args in enumerate(argses):
-            opts: dict[str, Any] = dict(num_cpus=1, max_restarts=self.spec.retries, max_task_retries=self.spec.retries,
+            opts: dict[str, Any] = dict(num_cpus=num_cpus, max_restarts=self.spec.retries, max_task_retries=self.spec.retries,
                                         max_concurrency=concurrency)
             if memory is not None and memory[i]:
                 self._check_memory(int(memory[i]), f"actor {i}")

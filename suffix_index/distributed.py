@@ -133,9 +133,13 @@ class DistributedIndex:
         self.replicas = max(1, replicas or workers // len(self.sets))
         self.inflight = inflight or 2 * self.replicas
         memory = [sum(sizes[i] for i in s) for s in self.sets]
+        # every actor must be placed at once (a batch waits for one of each group): more actors than
+        # CPUs share them
+        share = max(1, int(getattr(executor, "cpus", 1))) / (len(self.sets) * self.replicas)
+        cpus = min(1.0, int(share * 10_000) / 10_000)   # Ray counts CPUs in units of 1/10,000
         # actors[r][g]: replica r of group g
         self.actors = [executor.actors(ShardGroup, [(str(self.path.resolve()), s, self.manifest_sha256)
-                                                    for s in self.sets], memory=memory)
+                                                    for s in self.sets], memory=memory, num_cpus=cpus)
                        for _ in range(self.replicas)]
 
     def close(self) -> None:
