@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from data import corpus_docs, generations, write_corpus  # noqa: E402
+from executor_data import corpus_docs, generations, write_corpus  # noqa: E402
 
 from corpora.errors import ExecutorError
 from corpora.executor import ExecutorSpec, LocalExecutor, spec_from_table
 from suffix_index import SuffixIndex, build_index
 from suffix_index.distributed import DistributedIndex, merge_group_spans, split_shards
-from tests.repo import one_line_error, trawl
+from repo import one_line_error, trawl
+
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +96,51 @@ def test_ray_flags_need_ray_executor(tmp_path):
     r = trawl("match", str(tmp_path), "--index", str(tmp_path / "i"), "--out", str(tmp_path / "m.parquet"),
               "--executor", "ray", "--ray-cpus", "0")
     one_line_error(r, "--ray-cpus must be")
+
+
+# ------------------------------------------------------------------ [executor] in campaign and sweep files
+
+def _campaign(tmp_path, index_path, executor: str) -> Path:
+    from campaign_helpers import q
+
+    p = tmp_path / "c.toml"
+    p.write_text(f'[campaign]\nname = "a"\n\n[target]\nmodel = "m"\nversion = "v1"\nendpoints = ["http://127.0.0.1:9/v1"]\n\n'
+                 f'[[attacks]]\nname = "divergence"\nwords = ["poem"]\nsamples = 2\nmax_tokens = 16\n\n'
+                 f'[index]\npath = {q(str(index_path))}\n\n{executor}')
+    return p
+
+
+def test_campaign_executor_table(tmp_path, index):
+    from extractor.campaigns.config import dump_toml, identity, load_campaign, validate_campaign
+    from extractor.errors import TrawlError
+    import tomllib
+
+    plain = load_campaign(_campaign(tmp_path, index[0], ""))
+    assert plain.config["executor"]["kind"] == "local"
+    c = load_campaign(_campaign(tmp_path, index[0], '[executor]\nkind = "ray"\naddress = "10.0.0.1:6379"\nworkers = 8\n'))
+    assert c.config["executor"] == {"kind": "ray", "address": "10.0.0.1:6379", "cpus": None, "workers": 8, "retries": 3}
+    assert identity(c.config) == identity(plain.config)   # where it runs is not what it is
+    again = tomllib.loads(dump_toml(c.config))             # the frozen copy keeps it
+    assert again["executor"]["address"] == "10.0.0.1:6379"
+    with pytest.raises(TrawlError, match=r"c.toml: \[executor\] kind must be one of") as e:
+        load_campaign(_campaign(tmp_path, index[0], '[executor]\nkind = "dask"\n'))
+    assert "\n" not in str(e.value)
+    r = trawl("run", str(_campaign(tmp_path, index[0], '[executor]\nkind = "ray"\nretries = -2\n')), "--check")
+    one_line_error(r, "[executor] retries must be a whole number")
+
+
+def test_sweep_executor_table(tmp_path, index):
+    from campaign_helpers import q
+    from extractor.campaigns.sweep import load_sweep
+    from extractor.errors import TrawlError
+
+    body = (f'[defaults.index]\npath = {q(str(index[0]))}\n\n[[targets]]\nmodel = "m"\nversion = "v1"\n'
+            f'endpoints = ["http://127.0.0.1:9"]\n\n[[attacks]]\nname = "divergence"\nwords = ["poem"]\nsamples = 1\n'
+            f'max_tokens = 8\n\n')
+    p = tmp_path / "s.toml"
+    p.write_text(body + '[executor]\nkind = "ray"\ncpus = 2\n')
+    sw = load_sweep(p)
+    assert all(c.config["executor"]["kind"] == "ray" and c.config["executor"]["cpus"] == 2 for c in sw.campaigns)
+    p.write_text(body + '[executor]\nkind = "ray"\nhost = "x"\n')
+    with pytest.raises(TrawlError, match=r"\[executor\] has unknown key 'host'"):
+        load_sweep(p)

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from data import corpus_docs, generations, index_files, manifest_shards, write_corpus, write_run  # noqa: E402
+from executor_data import corpus_docs, generations, index_files, manifest_shards, write_corpus, write_run  # noqa: E402
 
 ray = pytest.importorskip("ray")
 
@@ -36,7 +35,7 @@ def work(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ex(work):
-    from tests.distributed.ray_cluster import ray_env
+    from ray_cluster import ray_env
 
     arm = work / "crash"
     saved = dict(os.environ)

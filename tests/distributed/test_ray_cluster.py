@@ -10,19 +10,18 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from data import corpus_docs, generations, index_files, manifest_shards, write_run  # noqa: E402
+from executor_data import corpus_docs, generations, index_files, manifest_shards, write_run  # noqa: E402
 
 pytest.importorskip("ray")
 
-from tests.repo import one_line_error, trawl  # noqa: E402
+from repo import one_line_error, trawl  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    from tests.distributed.ray_cluster import Cluster
+    from ray_cluster import Cluster
 
     c = Cluster(tmp_path_factory.mktemp("raytmp"))
     try:
@@ -81,7 +80,7 @@ def test_commands_on_a_two_node_cluster_equal_local(cluster, tmp_path):
 
 
 def test_a_lost_cluster_is_one_line_and_the_command_reruns(tmp_path, tmp_path_factory):
-    from tests.distributed.ray_cluster import Cluster
+    from ray_cluster import Cluster
 
     src, _ = _inputs(tmp_path)
     c = Cluster(tmp_path_factory.mktemp("raylost"))

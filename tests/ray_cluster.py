@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.repo import REPO
+from repo import REPO
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
