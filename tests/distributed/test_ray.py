@@ -131,3 +131,26 @@ def test_a_shard_no_node_can_hold_is_refused(work, ex, tmp_path, monkeypatch):
     with pytest.raises(ExecutorError, match="needs .* GiB of memory, the largest node"):
         build_index(work / "c", tmp_path / "i", executor=ex)
     assert not (tmp_path / "i").exists()
+
+
+def test_ingest_on_workers_equals_local_even_when_one_dies(work, ex, tmp_path):
+    import json
+
+    from corpora import ingest
+
+    src = tmp_path / "src"
+    src.mkdir()
+    texts = corpus_docs(seed=21, docs=150)
+    for i, t in enumerate(texts):
+        (src / f"d{i:03d}.txt").write_text(t)
+    (src / "z-dup.txt").write_text(texts[3])
+    ingest([src], tmp_path / "c-local", max_shard_bytes=9_000)
+    _clear(work)
+    fired = _arm(work)
+    ingest([src], tmp_path / "c-ray", max_shard_bytes=9_000, executor=ex)
+    assert fired.exists(), "no worker was killed"
+    a, b = (json.loads((tmp_path / n / "corpus.json").read_text()) for n in ("c-local", "c-ray"))
+    a.pop("created_at"), b.pop("created_at")
+    assert a == b and len(a["shards"]) >= 3 and a["stats"]["exact_duplicates"] == 1
+    for f in (tmp_path / "c-local").glob("shard-*"):
+        assert (tmp_path / "c-ray" / f.name).read_bytes() == f.read_bytes()
