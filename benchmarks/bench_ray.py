@@ -125,6 +125,7 @@ def main(argv=None) -> int:
             with SuffixIndex.open(li) as idx, DistributedIndex(li, ex) as di:
                 idx.prefetch()
                 match_to_parquet(idx, run, work / "warm.parquet", min_tokens=a.min_tokens)   # page cache warm
+                match_to_parquet(di, run, work / "warm.parquet", min_tokens=a.min_tokens)    # actors started
                 for kind in order:
                     target = idx if kind == "local" else di
                     s = timed(lambda: match_to_parquet(target, run, work / f"m-{kind}.parquet", min_tokens=a.min_tokens))

@@ -218,7 +218,8 @@ class RayExecutor:
             if address:
                 _check_reachable(address, self.where)
                 kw["address"] = address
-            else:
+            else:   # "local": a new Ray of its own, never a `ray start` cluster this machine happens to run
+                kw["address"] = "local"
                 kw["num_cpus"] = spec.cpus or os.cpu_count() or 1
                 kw["object_store_memory"] = 256 << 20   # results are small: spans, manifest entries
             try:
