@@ -96,5 +96,10 @@ def test_a_lost_cluster_is_one_line_and_the_command_reruns(tmp_path, tmp_path_fa
     r = _env_trawl(dict(c.env, RAY_ADDRESS=c.address), "index", "build", tmp_path / "c", "--out", tmp_path / "i",
                    "--executor", "ray")
     one_line_error(r, f"Ray cluster at {c.address}: cannot connect")
-    r = trawl("index", "build", tmp_path / "c", "--out", tmp_path / "i")   # the same command, re-run
+    # re-run, on a Ray started for the command (no address: never the dead one, nor any other)
+    env = {k: v for k, v in c.env.items() if k != "RAY_ADDRESS"}
+    r = _env_trawl(env, "index", "build", tmp_path / "c", "--out", tmp_path / "i", "--executor", "ray",
+                   "--ray-cpus", "1", "-q")
+    assert r.returncode == 0, r.stderr
+    r = trawl("index", "verify", tmp_path / "i", "-q")
     assert r.returncode == 0, r.stderr
