@@ -37,16 +37,18 @@ arrays proportional to the batch (its bytes, a few integers per seed).
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from suffix_index.search import checked_pointers, sa_range, sa_search
+from suffix_index.search import PrefixSample, checked_pointers, sa_range, sa_search
 
 SEPARATOR = 0xFF
 DEFAULT_MIN_TOKENS = 50
 BYTES_PER_TOKEN = 4  # min_bytes default = BYTES_PER_TOKEN * min_tokens
+SAMPLE_STRIDE = 256  # every 256th suffix's first 8 bytes (search.PrefixSample): 1/32 byte per corpus byte
 
 
 @dataclass(frozen=True)
@@ -113,15 +115,29 @@ class Matcher:
     (uint32/uint64 array) attributes, typically memory-mapped files.
     """
 
-    def __init__(self, shards: Sequence[Any]):
+    def __init__(self, shards: Sequence[Any], sample_stride: int | None = SAMPLE_STRIDE):
         self.shards = list(shards)
+        self.sample_stride = sample_stride
+        self._samples: dict[int, PrefixSample | None] = {}
+        self._samples_lock = threading.Lock()
+
+    def sample(self, i: int) -> PrefixSample | None:
+        """Shard ``i``'s :class:`PrefixSample` (derived on first use; None with ``sample_stride=None``)."""
+        got = self._samples.get(i)
+        if got is None and self.sample_stride and i not in self._samples:
+            with self._samples_lock:
+                if i not in self._samples:
+                    sh = self.shards[i]
+                    self._samples[i] = PrefixSample(sh.text, sh.sa, self.sample_stride, name=getattr(sh, "sa_path", None))
+                got = self._samples[i]
+        return got
 
     # ------------------------------------------------------------ primitives over all shards
     def ms(self, G: np.ndarray, xs: np.ndarray, xl: np.ndarray) -> np.ndarray:
         """Longest prefix of each pattern occurring in the corpus (max over shards)."""
         best = np.zeros(len(xs), dtype=np.int64)
-        for sh in self.shards:
-            _, a, b = sa_search(sh.text, sh.sa, G, xs, xl, name=getattr(sh, "sa_path", None))
+        for i, sh in enumerate(self.shards):
+            _, a, b = sa_search(sh.text, sh.sa, G, xs, xl, name=getattr(sh, "sa_path", None), sample=self.sample(i))
             np.maximum(best, np.maximum(a, b), out=best)
         return best
 
@@ -279,7 +295,7 @@ class Matcher:
         first_pos = np.full(xa.size, -1, dtype=np.int64)
         for si, sh in enumerate(self.shards):
             name = getattr(sh, "sa_path", None)
-            lo_r, hi_r = sa_range(sh.text, sh.sa, G, xa, xlen, name=name)
+            lo_r, hi_r = sa_range(sh.text, sh.sa, G, xa, xlen, name=name, sample=self.sample(si))
             cnt = hi_r - lo_r
             total += cnt
             need = np.flatnonzero((first_shard < 0) & (cnt > 0))
