@@ -251,7 +251,7 @@ def sa_search(text: np.ndarray, sa: np.ndarray, G: np.ndarray, xs: np.ndarray, x
     Tw, Gw = word_view(text), word_view(G)
     if sample is not None and sample.words.size:
         _start_from_sample(sample, text, sa, G, Gw, xs, xl, lo, hi, llcp, rlcp, name)
-    act = np.arange(P)
+    act = np.flatnonzero(hi - lo > 1)
     while act.size:
         a_lo = lo[act]
         a_hi = hi[act]
