@@ -43,7 +43,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from suffix_index.search import PrefixSample, checked_pointers, sa_range, sa_search
+from suffix_index.search import PrefixSample, checked_pointers, sa_occurs, sa_range, sa_search
 
 SEPARATOR = 0xFF
 DEFAULT_MIN_TOKENS = 50
@@ -142,7 +142,15 @@ class Matcher:
         return best
 
     def occurs(self, G: np.ndarray, xs: np.ndarray, xl: np.ndarray) -> np.ndarray:
-        return self.ms(G, xs, xl) >= xl
+        """Whether each pattern occurs in some shard (each shard searched for the patterns not yet found)."""
+        found = np.zeros(len(xs), dtype=bool)
+        for i, sh in enumerate(self.shards):
+            rest = np.flatnonzero(~found)
+            if not rest.size:
+                break
+            found[rest] = sa_occurs(sh.text, sh.sa, G, xs[rest], xl[rest], name=getattr(sh, "sa_path", None),
+                                    sample=self.sample(i))
+        return found
 
     # ------------------------------------------------------------ the algorithm
     def spans(self, gens: Sequence[tuple[Any, bytes, Any]], min_tokens: int = DEFAULT_MIN_TOKENS,

@@ -152,8 +152,11 @@ def lcp_compare_words(text: np.ndarray, Tw: np.ndarray, G: np.ndarray, Gw: np.nd
             tw = Tw[tpos[:, None] + off].byteswap()
             gw = Gw[np.minimum(gpos[:, None] + off, gmax)].byteswap()
             remw = rem[:, None] - off
-            d = (tw ^ gw) & _masks(remw)
-            resw = (d != 0) | (remw < 8)
+            d = tw ^ gw
+            short = remw < 8
+            if short.any():
+                d[short] &= _masks(remw[short])
+            resw = (d != 0) | short
             res = resw.any(axis=1)
             rows = np.flatnonzero(res)
             j = resw[rows].argmax(axis=1)
@@ -234,16 +237,31 @@ def sa_search(text: np.ndarray, sa: np.ndarray, G: np.ndarray, xs: np.ndarray, x
     greater: the end of the range. Returns ``(rank, lcp_before, lcp_at)``: the LCP
     of the pattern with the suffixes at ``rank - 1`` and ``rank`` (0 out of range).
     With ``upper=False``, ``max(lcp_before, lcp_at)`` is the length of the longest
-    prefix of the pattern that occurs in the shard.
+    prefix of the pattern that occurs in the shard. ``sample``: the shard's
+    :class:`PrefixSample`, to start each search from a few hundred ranks (same results).
     """
+    hi, llcp, rlcp, _ = _search(text, sa, G, xs, xl, upper, name, sample)
+    return hi, llcp, rlcp
+
+
+def sa_occurs(text: np.ndarray, sa: np.ndarray, G: np.ndarray, xs: np.ndarray, xl: np.ndarray,
+              name=None, sample: PrefixSample | None = None) -> np.ndarray:
+    """Whether each pattern occurs in the shard: :func:`sa_search` stopped at the first suffix that
+    starts with the pattern (a pattern that occurs costs no more steps once one is found)."""
+    _, llcp, rlcp, found = _search(text, sa, G, xs, xl, False, name, sample, stop_found=True)
+    return found
+
+
+def _search(text, sa, G, xs, xl, upper, name, sample, stop_found=False, init=None):
     P = len(xs)
     N = len(sa)
     lo = np.full(P, -1, dtype=np.int64)
     hi = np.full(P, N, dtype=np.int64)
     llcp = np.zeros(P, dtype=np.int64)
     rlcp = np.zeros(P, dtype=np.int64)
+    found = np.zeros(P, dtype=bool)
     if P == 0 or N == 0:
-        return hi, llcp, rlcp
+        return hi, llcp, rlcp, found
     xs = np.asarray(xs, dtype=np.int64)
     xl = np.asarray(xl, dtype=np.int64)
     if len(G) < int((xs + xl).max()) + 8:   # the word compare reads 8 bytes past a pattern's last one
@@ -251,6 +269,10 @@ def sa_search(text: np.ndarray, sa: np.ndarray, G: np.ndarray, xs: np.ndarray, x
     Tw, Gw = word_view(text), word_view(G)
     if sample is not None and sample.words.size:
         _start_from_sample(sample, text, sa, G, Gw, xs, xl, lo, hi, llcp, rlcp, name)
+    if init is not None:   # known bounds (rows, lo, llcp): a suffix at or below the answer
+        rows, ilo, ilcp = init
+        lo[rows] = ilo
+        llcp[rows] = ilcp
     act = np.flatnonzero(hi - lo > 1)
     while act.size:
         a_lo = lo[act]
@@ -267,8 +289,14 @@ def sa_search(text: np.ndarray, sa: np.ndarray, G: np.ndarray, xs: np.ndarray, x
         li = act[~right]
         hi[li] = mid[~right]
         rlcp[li] = l[~right]
-        act = act[(hi[act] - lo[act]) > 1]
-    return hi, llcp, rlcp
+        keep = (hi[act] - lo[act]) > 1
+        if stop_found:
+            found[act[full]] = True
+            keep &= ~full
+        act = act[keep]
+    if stop_found:
+        found |= (np.maximum(llcp, rlcp) >= xl)
+    return hi, llcp, rlcp, found
 
 
 def _start_from_sample(sample: PrefixSample, text, sa, G, Gw, xs, xl, lo, hi, llcp, rlcp, name) -> None:
@@ -305,7 +333,30 @@ def _start_from_sample(sample: PrefixSample, text, sa, G, Gw, xs, xl, lo, hi, ll
 
 def sa_range(text: np.ndarray, sa: np.ndarray, G: np.ndarray, xs: np.ndarray, xl: np.ndarray,
              name=None, sample: PrefixSample | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``[lo, hi)`` ranks of the suffixes that start with each pattern (count = hi - lo)."""
-    lo, _, _ = sa_search(text, sa, G, xs, xl, upper=False, name=name, sample=sample)
-    hi, _, _ = sa_search(text, sa, G, xs, xl, upper=True, name=name, sample=sample)
+    """``[lo, hi)`` ranks of the suffixes that start with each pattern (count = hi - lo).
+
+    The end of a range is searched from its start (known to start with the pattern), after one
+    look at the next rank: most long patterns occur once or a few times."""
+    lo, _, at = sa_search(text, sa, G, xs, xl, upper=False, name=name, sample=sample)
+    xs = np.asarray(xs, dtype=np.int64)
+    xl = np.asarray(xl, dtype=np.int64)
+    hi = lo.copy()
+    occ = np.flatnonzero((at >= xl) & (lo < len(sa)))
+    if not occ.size:
+        return lo, hi
+    nxt = lo[occ] + 1
+    hi[occ] = nxt
+    inside = nxt < len(sa)
+    r = occ[inside]
+    if r.size:
+        if len(G) < int((xs[r] + xl[r]).max()) + 8:
+            G = np.concatenate((np.asarray(G, dtype=np.uint8), np.zeros(8, dtype=np.uint8)))
+        pos = checked_pointers(sa[nxt[inside]], len(text), name)
+        l, _ = lcp_compare_words(text, word_view(text), G, word_view(G), pos, xs[r], xl[r],
+                                 np.zeros(r.size, dtype=np.int64))
+        more = r[l >= xl[r]]   # the next suffix starts with the pattern too: search the end
+        if more.size:
+            h, _, _, _ = _search(text, sa, G, xs[more], xl[more], True, name, sample,
+                                 init=(np.arange(more.size), lo[more] + 1, xl[more]))
+            hi[more] = h
     return lo, hi

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from suffix_index.errors import IndexFormatError
-from suffix_index.search import PrefixSample, lcp_compare, lcp_compare_words, sa_range, sa_search, word_view
+from suffix_index.search import (PrefixSample, lcp_compare, lcp_compare_words, sa_occurs, sa_range, sa_search,
+                                 word_view)
 
 
 def naive_sa(t: bytes) -> np.ndarray:
@@ -81,6 +82,7 @@ def test_search_with_and_without_sample_matches_brute_force(alphabet, n):
         assert got == want, (sample and sample.stride, [(p, g, w) for p, g, w in zip(pats, got, want) if g != w][:3])
         r = sa_range(text, sa, G, xs, xl, sample=sample)
         assert list(zip(*[a.tolist() for a in r])) == [w[:2] for w in want]
+        assert sa_occurs(text, sa, G, xs, xl, sample=sample).tolist() == [w[1] > w[0] for w in want]
 
 
 def test_large_text_sample_and_tail_suffixes():
