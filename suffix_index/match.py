@@ -48,6 +48,8 @@ from suffix_index.search import PrefixSample, checked_pointers, sa_occurs, sa_ra
 SEPARATOR = 0xFF
 DEFAULT_MIN_TOKENS = 50
 BYTES_PER_TOKEN = 4  # min_bytes default = BYTES_PER_TOKEN * min_tokens
+_PROBE_K = np.arange(1, 8, dtype=np.int64)   # the zone search's probes, in eighths
+_PROBE_D = 8
 SAMPLE_STRIDE = 256  # every 256th suffix's first 8 bytes (search.PrefixSample): 1/32 byte per corpus byte
 
 
@@ -258,10 +260,19 @@ class Matcher:
             hi = x.copy()  # g[x:cur_r] occurs
             act = np.flatnonzero(hi - lo > 1)
             while act.size:
-                mid = (lo[act] + hi[act]) >> 1
-                occ = self.occurs(G, mid, cur_r[act] - mid)
-                hi[act[occ]] = mid[occ]
-                lo[act[~occ]] = mid[~occ]
+                # an 8-ary search: 7 probes per zone in one batched query (a zone of s starts takes
+                # log8(s) rounds instead of log2(s); each round's cost is mostly per call, not per probe)
+                a_lo, a_hi = lo[act], hi[act]
+                probes = a_lo[:, None] + ((a_hi - a_lo)[:, None] * _PROBE_K) // _PROBE_D
+                probes = np.maximum(probes, a_lo[:, None] + 1)   # inside (lo, hi): a probe at hi is known
+                r = np.broadcast_to(cur_r[act][:, None], probes.shape)
+                occ = self.occurs(G, probes.ravel(), (r - probes).ravel()).reshape(probes.shape)
+                # occurrence is monotone in the start (a suffix of an occurring string occurs):
+                # the new hi is the first probe that occurs, the new lo the probe just before it
+                first = np.where(occ.any(axis=1), occ.argmax(axis=1), _PROBE_K.size)
+                rows = np.arange(act.size)
+                hi[act] = np.where(first < _PROBE_K.size, probes[rows, np.minimum(first, _PROBE_K.size - 1)], a_hi)
+                lo[act] = np.where(first > 0, probes[rows, np.maximum(first - 1, 0)], a_lo)
                 act = act[(hi[act] - lo[act]) > 1]
             a = hi
             not_left_max = (zl - 1 >= segs.start[seg]) & (a == zl - 1)
