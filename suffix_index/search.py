@@ -213,6 +213,7 @@ class PrefixSample:
                 tail = bytes(text[int(pos[k]):]) + b"\0" * 8
                 w[k] = np.frombuffer(tail[:8], dtype="<u8")[0]
         self.words = w.byteswap()
+        self.near = np.flatnonzero(pos + 8 > N)   # samples read as padded (at most 7)
         if self.words.size > 1 and bool((self.words[1:] < self.words[:-1]).any()):
             raise IndexFormatError(f"{name or 'suffix array'}: suffixes out of order (corrupted suffix array); "
                                    "rebuild the index")
@@ -309,8 +310,15 @@ def _start_from_sample(sample: PrefixSample, text, sa, G, Gw, xs, xl, lo, hi, ll
         return
     key = Gw[xs[big]].byteswap()
     words = sample.words
-    i = np.searchsorted(words, key, side="left")
-    j = np.searchsorted(words, key, side="right")
+    order = np.argsort(key)   # sorted keys: NumPy's binary search reuses the previous key's bounds
+    ks = key[order]
+    i = np.empty(big.size, dtype=np.int64)
+    i[order] = np.searchsorted(words, ks, side="left")
+    j = i.copy()
+    eq = np.flatnonzero(i < words.size)
+    eq = eq[words[i[eq]] == key[eq]]   # only a key equal to some sampled word has a longer run
+    if eq.size:
+        j[eq] = np.searchsorted(words, key[eq], side="right")
     has_lo = i > 0
     has_hi = j < words.size
     il = np.maximum(i - 1, 0)
@@ -320,16 +328,13 @@ def _start_from_sample(sample: PrefixSample, text, sa, G, Gw, xs, xl, lo, hi, ll
     llcp[big] = np.where(has_lo, _word_lcp(key, words[il]), 0)
     rlcp[big] = np.where(has_hi, _word_lcp(key, words[jh]), 0)
     # a bound within 8 bytes of the end read as padded with zeros: its LCP exactly, byte by byte
-    for bound, lcp, ok in ((lo, llcp, has_lo), (hi, rlcp, has_hi)):
-        rows = big[ok]
-        if not rows.size:
-            continue
-        p = checked_pointers(sa[bound[rows]], N, name)
-        near = p + 8 > N
-        if near.any():
-            r = rows[near]
-            lcp[r], _ = lcp_compare(text, G, p[near], xs[r], xl[r], np.zeros(r.size, dtype=np.int64))
-
+    if sample.near.size:
+        for bound, lcp, ok, k in ((lo, llcp, has_lo, il), (hi, rlcp, has_hi, jh)):
+            sel = ok & np.isin(k, sample.near)
+            if sel.any():
+                r = big[sel]
+                p = checked_pointers(sa[bound[r]], N, name)
+                lcp[r], _ = lcp_compare(text, G, p, xs[r], xl[r], np.zeros(r.size, dtype=np.int64))
 
 def sa_range(text: np.ndarray, sa: np.ndarray, G: np.ndarray, xs: np.ndarray, xl: np.ndarray,
              name=None, sample: PrefixSample | None = None) -> tuple[np.ndarray, np.ndarray]:
