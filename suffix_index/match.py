@@ -123,6 +123,16 @@ class Matcher:
         self._samples: dict[int, PrefixSample | None] = {}
         self._samples_lock = threading.Lock()
 
+    def __getstate__(self):   # picklable (a process pool, Ray): the samples are derived again there
+        state = dict(self.__dict__)
+        state["_samples"] = {}
+        del state["_samples_lock"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._samples_lock = threading.Lock()
+
     def sample(self, i: int) -> PrefixSample | None:
         """Shard ``i``'s :class:`PrefixSample` (derived on first use; None with ``sample_stride=None``)."""
         got = self._samples.get(i)
@@ -219,21 +229,15 @@ class Matcher:
 
     def _hit_seeds(self, G: np.ndarray, segs: "_Segments"):
         """Seeds that occur in the index and own a span: ``(x, right end, segment, zone left)``."""
-        sp, sseg, sq, ss = [], [], [], []
-        for si in range(len(segs.start)):
-            L = int(segs.L[si])
-            q = seed_length(L)
-            s = L - q + 1
-            ln = int(segs.end[si] - segs.start[si])
-            pos = np.arange(0, ln - q + 1, s, dtype=np.int64) + segs.start[si]
-            sp.append(pos)
-            sseg.append(np.full(pos.size, si, dtype=np.int64))
-            sq.append(np.full(pos.size, q, dtype=np.int64))
-            ss.append(np.full(pos.size, s, dtype=np.int64))
-        sp_a = np.concatenate(sp)
-        sseg_a = np.concatenate(sseg)
-        sq_a = np.concatenate(sq)
-        ss_a = np.concatenate(ss)
+        Ls = segs.L
+        q = np.minimum(Ls, np.maximum(12, np.minimum(32, Ls // 2)))   # seed_length, per segment
+        step = Ls - q + 1
+        count = (segs.end - segs.start - q) // step + 1   # every segment is at least L >= q long
+        sseg_a = np.repeat(np.arange(Ls.size), count)
+        within = np.arange(sseg_a.size) - np.repeat(np.cumsum(count) - count, count)
+        sp_a = segs.start[sseg_a] + within * step[sseg_a]
+        sq_a = q[sseg_a]
+        ss_a = step[sseg_a]
         ms = self.ms(G, sp_a, segs.end[sseg_a] - sp_a)
         r = sp_a + ms
         hit = ms >= sq_a
@@ -336,22 +340,24 @@ class _Segments:
 
 
 def _segments(G: np.ndarray, glist: list[_Gen]) -> _Segments | None:
-    seg_start, seg_end, seg_gen = [], [], []
-    for gi, g in enumerate(glist):
-        if g.L <= 0 or g.n < g.L:
-            continue
-        arr = G[g.base : g.base + g.n]
-        cuts = np.flatnonzero(arr == SEPARATOR)
-        bounds = np.concatenate(([-1], cuts, [g.n]))
-        for a, b in zip(bounds[:-1] + 1, bounds[1:]):
-            if b - a >= g.L:
-                seg_start.append(g.base + int(a))
-                seg_end.append(g.base + int(b))
-                seg_gen.append(gi)
-    if not seg_start:
+    """Runs between 0xFF bytes and generation edges, at least their generation's ``L`` long, in
+    generation and position order (sorted starts and sorted ends pair up: runs do not overlap)."""
+    if not glist:
         return None
-    return _Segments(np.array(seg_start, dtype=np.int64), np.array(seg_end, dtype=np.int64),
-                     np.array([glist[g].L for g in seg_gen], dtype=np.int64), seg_gen)
+    base = np.array([g.base for g in glist], dtype=np.int64)
+    n = np.array([g.n for g in glist], dtype=np.int64)
+    L = np.array([g.L for g in glist], dtype=np.int64)
+    ends = base + n
+    ff = np.flatnonzero(G[: int(ends[-1])] == SEPARATOR)
+    starts = np.sort(np.concatenate((base, ff + 1)))
+    stops = np.sort(np.concatenate((ends, ff)))
+    gen = np.searchsorted(ends, starts, side="right")   # the generation a (non-empty) run lies in
+    gen = np.minimum(gen, len(glist) - 1)
+    Lr = L[gen]
+    keep = (Lr > 0) & (stops - starts >= Lr) & (stops > starts)
+    if not keep.any():
+        return None
+    return _Segments(starts[keep], stops[keep], Lr[keep], gen[keep].tolist())
 
 
 def _token_filter(A, B, S, seg_gen: list[int], glist: list[_Gen], min_tokens: int, min_bytes: int):
