@@ -31,8 +31,10 @@ def checked_pointers(ptr: np.ndarray, n: int, name) -> np.ndarray:
     Every pointer the searches read goes through here: a damaged ``.sa`` entry
     must stop the query, never yield wrong (non-maximal, misplaced) results.
     """
-    ptr = np.asarray(ptr).astype(np.int64)
-    if ptr.size and (int(ptr.max()) >= n or int(ptr.min()) < 0):
+    ptr = np.asarray(ptr)
+    signed = ptr.dtype.kind != "u"   # the .sa files are unsigned: no pointer below 0 to look for
+    ptr = ptr.astype(np.int64)
+    if ptr.size and (int(ptr.max()) >= n or (signed and int(ptr.min()) < 0)):
         bad = int(ptr[(ptr >= n) | (ptr < 0)][0])
         raise IndexFormatError(
             f"{name or 'suffix array'}: pointer {bad} out of range (shard has {n} bytes); "
