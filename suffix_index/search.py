@@ -122,25 +122,28 @@ def lcp_compare_words(text: np.ndarray, Tw: np.ndarray, G: np.ndarray, Gw: np.nd
     P = len(pos)
     l = m.astype(np.int64, copy=True)
     less = np.zeros(P, dtype=bool)
-    todo = np.arange(P)
+    todo = None   # the rows still comparing; None: all of them (the first round reads no index)
     slow: list[np.ndarray] = []
     ci = 0
-    while todo.size:
+    while todo is None or todo.size:
         W = WORD_CHUNKS[min(ci, len(WORD_CHUNKS) - 1)]
         ci += 1
-        base = l[todo]
-        tpos = pos[todo] + base
+        if todo is None:
+            base, tpos, gpos, rem = l, pos + l, xs + l, xl - l
+        else:
+            base = l[todo]
+            tpos, gpos, rem = pos[todo] + base, xs[todo] + base, xl[todo] - base
         near = tpos + 8 * W > nT
         if near.any():
-            slow.append(todo[near])
-            todo, base, tpos = todo[~near], base[~near], tpos[~near]
+            far = ~near
+            slow.append(np.flatnonzero(near) if todo is None else todo[near])
+            todo = np.flatnonzero(far) if todo is None else todo[far]
+            base, tpos, gpos, rem = base[far], tpos[far], gpos[far], rem[far]
             if not todo.size:
                 break
-        gpos = xs[todo] + base
-        rem = xl[todo] - base
         if W == 1:
             tw = Tw[tpos].byteswap()
-            gw = Gw[np.minimum(gpos, gmax)].byteswap()
+            gw = Gw[np.minimum(gpos, gmax, out=gpos)].byteswap()
             d = tw ^ gw
             short = rem < 8
             if short.any():
@@ -168,12 +171,13 @@ def lcp_compare_words(text: np.ndarray, Tw: np.ndarray, G: np.ndarray, Gw: np.nd
             # words too (the mask keeps their leading bytes), so the words' order is the bytes' order
             diff = dj != 0
             b = 7 - np.searchsorted(_THR, dj, side="right")
-            t = todo[rows]
+            t = rows if todo is None else todo[rows]
             l[t] = np.where(diff, base[rows] + 8 * j + b, xl[t])
             less[t] = diff & (twj < gwj)
         nr = ~res
-        l[todo[nr]] = base[nr] + 8 * W
-        todo = todo[nr]
+        nxt = np.flatnonzero(nr) if todo is None else todo[nr]
+        l[nxt] = base[nr] + 8 * W
+        todo = nxt
     if slow:
         s = np.concatenate(slow)
         ls, lesss = lcp_compare(text, G, pos[s], xs[s], xl[s], l[s])
