@@ -43,13 +43,14 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from suffix_index.search import PrefixSample, checked_pointers, sa_occurs, sa_range, sa_search
+from suffix_index.search import PrefixSample, backward_match, checked_pointers, sa_occurs, sa_range, sa_search
 
 SEPARATOR = 0xFF
 DEFAULT_MIN_TOKENS = 50
 BYTES_PER_TOKEN = 4  # min_bytes default = BYTES_PER_TOKEN * min_tokens
 _PROBE_D = 4   # the zone search is 4-ary (measured at 1 GB: 2-, 8- and 16-ary were slower)
 _PROBE_K = np.arange(1, _PROBE_D, dtype=np.int64)   # its probes, in quarters of the interval
+BACKWARD_MAX_OCCURRENCES = 8   # a span's extension reads before each occurrence up to this many
 SAMPLE_STRIDE = 256  # every 256th suffix's first 8 bytes (search.PrefixSample): 1/32 byte per corpus byte
 
 
@@ -262,6 +263,11 @@ class Matcher:
             floor = np.maximum(zl - 1, segs.start[seg])  # lowest start to try
             lo = floor - 1  # virtual: "does not occur"
             hi = x.copy()  # g[x:cur_r] occurs
+            known = self._start_from_occurrences(G, x, cur_r, floor)
+            if known is not None:   # found by reading backwards before each occurrence of g[x:cur_r]
+                done, a_known = known
+                hi[done] = a_known[done]
+                lo[done] = hi[done] - 1
             act = np.flatnonzero(hi - lo > 1)
             while act.size:
                 # a 4-ary search: 3 probes per zone in one batched query (a zone of s starts takes
@@ -307,6 +313,50 @@ class Matcher:
         keep = np.ones(A.size, dtype=bool)
         keep[1:] = (A[1:] != A[:-1]) | (B[1:] != B[:-1])
         return A[keep], B[keep], S[keep]
+
+    def _start_from_occurrences(self, G: np.ndarray, x: np.ndarray, r: np.ndarray, floor: np.ndarray,
+                                max_occurrences: int | None = None):
+        """The smallest ``a`` in ``[floor, x]`` with ``g[a:r]`` in the corpus, for each item whose
+        ``g[x:r]`` (which occurs) occurs at most ``max_occurrences`` times in every shard:
+        ``g[a:r]`` occurs iff some occurrence ``p`` of ``g[x:r]`` is preceded by ``g[a:x]``, so ``a``
+        is ``x`` minus the longest backward match before those occurrences (capped at ``x - floor``).
+        One range search of ``g[x:r]`` and a few word compares replace the search over starts.
+        Returns ``(done, a)``, ``done`` marking the items answered; None when none is."""
+        if max_occurrences is None:
+            max_occurrences = BACKWARD_MAX_OCCURRENCES
+        kmax = x - floor
+        need = np.flatnonzero(kmax > 0)
+        if not need.size:
+            return None
+        ok = np.ones(need.size, dtype=bool)
+        best = np.zeros(need.size, dtype=np.int64)
+        xn, ln, kn = x[need], r[need] - x[need], kmax[need]
+        Gf = None
+        for si, sh in enumerate(self.shards):
+            name = getattr(sh, "sa_path", None)
+            rest = np.flatnonzero(ok)
+            if not rest.size:
+                break
+            lo_r, hi_r = sa_range(sh.text, sh.sa, G, xn[rest], ln[rest], name=name, sample=self.sample(si))
+            cnt = hi_r - lo_r
+            ok[rest[cnt > max_occurrences]] = False
+            small = np.flatnonzero((cnt > 0) & (cnt <= max_occurrences))
+            if not small.size:
+                continue
+            c = cnt[small]
+            rep = np.repeat(small, c)
+            ranks = lo_r[rep] + (np.arange(rep.size) - np.repeat(np.cumsum(c) - c, c))
+            pos = checked_pointers(sh.sa[ranks], len(sh.text), name)
+            if Gf is None:
+                Gf = np.concatenate((np.zeros(8, dtype=np.uint8), G))   # words may start before byte 0
+            items = rest[rep]
+            back = backward_match(sh.text, Gf, pos, xn[items] + 8, kn[items])
+            np.maximum.at(best, items, back)
+        done = np.zeros(x.size, dtype=bool)
+        done[need[ok]] = True
+        a = x.copy()
+        a[need] = xn - np.minimum(best, kn)
+        return done, a
 
     def _occurrences(self, G: np.ndarray, res_a: list[int], res_b: list[int]):
         """Per span: occurrences summed over every shard, and the first occurrence (lowest shard,

@@ -187,6 +187,52 @@ def lcp_compare_words(text: np.ndarray, Tw: np.ndarray, G: np.ndarray, Gw: np.nd
     return l, less
 
 
+def backward_match(text: np.ndarray, G: np.ndarray, pos: np.ndarray, gend: np.ndarray, kmax: np.ndarray) -> np.ndarray:
+    """For each row, how many bytes just before ``text[pos]`` equal those just before ``G[gend]``
+    (reading backwards), at most ``kmax``. ``G`` must hold at least 8 bytes before every ``gend - kmax``.
+    Compares little-endian 64-bit words ending at the two positions: their highest bytes are the
+    ones nearest the end, so the matched bytes are the XOR's leading zero bytes. Rows within a
+    few words of the text's start are compared byte by byte."""
+    P = len(pos)
+    out = np.zeros(P, dtype=np.int64)
+    if not P:
+        return out
+    Tw, Gw = word_view(text), word_view(G)
+    pos = np.asarray(pos, dtype=np.int64)
+    gend = np.asarray(gend, dtype=np.int64)
+    kmax = np.asarray(kmax, dtype=np.int64)
+    todo = np.flatnonzero(kmax > 0)
+    ci = 0
+    while todo.size:
+        W = WORD_CHUNKS[min(ci, len(WORD_CHUNKS) - 1)]
+        ci += 1
+        k = out[todo]
+        off = _WAR[W] + 8
+        tp = pos[todo][:, None] - k[:, None] - off
+        low = tp[:, -1] < 0
+        if low.any():   # near the text's start: byte by byte (a few rows at most)
+            for i in todo[low].tolist():
+                p, g, n = int(pos[i]), int(gend[i]), int(out[i])
+                while n < kmax[i] and p - n - 1 >= 0 and text[p - n - 1] == G[g - n - 1]:
+                    n += 1
+                out[i] = min(n, int(kmax[i]))
+            todo, k, tp = todo[~low], k[~low], tp[~low]
+            if not todo.size:
+                break
+        gp = gend[todo][:, None] - k[:, None] - off
+        d = Tw[tp] ^ Gw[gp]
+        nz = d != 0
+        has = nz.any(axis=1)
+        first = np.where(has, nz.argmax(axis=1), W)
+        rows = np.arange(todo.size)
+        dj = d[rows, np.minimum(first, W - 1)]
+        eq = 7 - np.searchsorted(_THR, dj, side="right")
+        got = k + 8 * first + np.where(has, eq, 0)
+        out[todo] = np.minimum(got, kmax[todo])
+        todo = todo[~has & (got < kmax[todo])]
+    return out
+
+
 class PrefixSample:
     """The first 8 bytes of every ``stride``-th suffix in suffix-array order, as big-endian ``uint64``
     words (sorted, since the suffixes are): one ``np.searchsorted`` of a pattern's first 8 bytes in it

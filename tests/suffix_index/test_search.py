@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from suffix_index.errors import IndexFormatError
-from suffix_index.search import (PrefixSample, lcp_compare, lcp_compare_words, sa_occurs, sa_range, sa_search,
+from suffix_index.search import (PrefixSample, backward_match, lcp_compare, lcp_compare_words, sa_occurs, sa_range, sa_search,
                                  word_view)
 
 
@@ -139,3 +139,30 @@ def test_sample_of_a_misordered_suffix_array_is_an_error():
     bad[3] = len(t) + 5
     with pytest.raises(IndexFormatError, match="out of range"):
         PrefixSample(text, bad, 1, name="x.sa")
+
+
+def test_backward_match_by_definition():
+    rng = random.Random(11)
+    t = bytes(rng.choice(b"ab\xff") for _ in range(3000))
+    text = np.frombuffer(t, dtype=np.uint8)
+    g = bytearray(rng.choice(b"ab") for _ in range(2000))
+    rows = []
+    for _ in range(300):
+        p = rng.randrange(len(t) + 1)
+        e = rng.randrange(8, len(g) + 1)
+        k = rng.randint(0, 200)
+        if rng.random() < 0.6:   # plant a backward match of some length
+            n = min(rng.randint(0, 150), p, e - 8)
+            g[e - n:e] = t[p - n:p]
+        rows.append((p, e, k))
+    rows += [(0, 50, 30), (3, 40, 30), (7, 40, 100), (9, 40, 100), (len(t), len(g), 500)]
+    G = np.frombuffer(bytes(g), dtype=np.uint8)
+    pos = np.array([r[0] for r in rows], dtype=np.int64)
+    gend = np.array([r[1] for r in rows], dtype=np.int64)
+    kmax = np.array([r[2] for r in rows], dtype=np.int64)
+    got = backward_match(text, G, pos, gend, kmax).tolist()
+    for (p, e, k), n in zip(rows, got):
+        want = 0
+        while want < k and p - want - 1 >= 0 and e - want - 1 >= 0 and t[p - want - 1] == g[e - want - 1]:
+            want += 1
+        assert n == want, (p, e, k, n, want)
