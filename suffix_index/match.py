@@ -22,11 +22,17 @@ bytes a qualifying span can have (``min_bytes``, or the shortest run of
 
 1. for every seed position ``p`` compute the matching statistic ``ms[p]`` (the
    longest prefix of ``g[p:]`` in the corpus) with one batched binary search per
-   shard (:mod:`suffix_index.search`); seeds with ``ms[p] < q`` are done;
+   shard (:mod:`suffix_index.search`: 8-byte word compares, each search started from the
+   shard's :class:`~suffix_index.search.PrefixSample`); seeds with ``ms[p] < q`` are done;
 2. for a hit seed, the spans starting in its zone ``(p - s, p]`` are found right to
    left: with ``r = p + ms[p]``, binary-search the smallest start ``a`` in the zone
    for which ``g[a:r]`` occurs; ``[a, r)`` is maximal unless ``g[a-1:r]`` occurs too;
-   then continue from ``a - 1`` with its own ``ms``. Ends of spans only decrease,
+   then continue from ``a - 1`` with its own ``ms``. When ``g[x:r]`` (``x`` the seed or the
+   continuation point) occurs at most ``BACKWARD_MAX_OCCURRENCES`` times per shard, ``a`` is read
+   off the corpus instead: ``g[a:r]`` occurs iff some occurrence of ``g[x:r]`` is preceded by
+   ``g[a:x]``, so ``a = x -`` the longest backward match before those occurrences (one range
+   search and a few word compares instead of a search over starts, which stays for the rest and
+   probes 3 starts per round). Ends of spans only decrease,
    so the loop stops as soon as nothing of length ``L`` can remain. A seed whose
    predecessor seed reaches the same end has nothing of its own (its zone's spans
    are not left-maximal) and costs nothing;
@@ -50,7 +56,7 @@ DEFAULT_MIN_TOKENS = 50
 BYTES_PER_TOKEN = 4  # min_bytes default = BYTES_PER_TOKEN * min_tokens
 _PROBE_D = 4   # the zone search is 4-ary (measured at 1 GB: 2-, 8- and 16-ary were slower)
 _PROBE_K = np.arange(1, _PROBE_D, dtype=np.int64)   # its probes, in quarters of the interval
-BACKWARD_MAX_OCCURRENCES = 8   # a span's extension reads before each occurrence up to this many
+BACKWARD_MAX_OCCURRENCES = 128   # a span's extension reads before each occurrence, up to this many (measured: 8-1024)
 SAMPLE_STRIDE = 256  # every 256th suffix's first 8 bytes (search.PrefixSample): 1/32 byte per corpus byte
 
 
