@@ -57,6 +57,7 @@ BYTES_PER_TOKEN = 4  # min_bytes default = BYTES_PER_TOKEN * min_tokens
 _PROBE_D = 4   # the zone search is 4-ary (measured at 1 GB: 2-, 8- and 16-ary were slower)
 _PROBE_K = np.arange(1, _PROBE_D, dtype=np.int64)   # its probes, in quarters of the interval
 BACKWARD_MAX_OCCURRENCES = 128   # a span's extension reads before each occurrence, up to this many (measured: 8-1024)
+SEED_MIN, SEED_MAX = 12, 32   # seed length bounds (seed_length)
 SAMPLE_STRIDE = 256  # every 256th suffix's first 8 bytes (search.PrefixSample): 1/32 byte per corpus byte
 
 
@@ -91,7 +92,7 @@ class _Gen:
 
 def seed_length(L: int) -> int:
     """Seed length for a minimum span length ``L``: long enough to be rare, short enough to space seeds."""
-    return int(min(L, max(12, min(32, L // 2))))
+    return int(min(L, max(SEED_MIN, min(SEED_MAX, L // 2))))
 
 
 def token_arrays(offsets, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -237,7 +238,7 @@ class Matcher:
     def _hit_seeds(self, G: np.ndarray, segs: "_Segments"):
         """Seeds that occur in the index and own a span: ``(x, right end, segment, zone left)``."""
         Ls = segs.L
-        q = np.minimum(Ls, np.maximum(12, np.minimum(32, Ls // 2)))   # seed_length, per segment
+        q = np.minimum(Ls, np.maximum(SEED_MIN, np.minimum(SEED_MAX, Ls // 2)))   # seed_length, per segment
         step = Ls - q + 1
         count = (segs.end - segs.start - q) // step + 1   # every segment is at least L >= q long
         sseg_a = np.repeat(np.arange(Ls.size), count)
