@@ -116,7 +116,6 @@ def lcp_compare_words(text: np.ndarray, Tw: np.ndarray, G: np.ndarray, Gw: np.nd
     the highest nonzero byte of their XOR. ``Tw``/``Gw``: :func:`word_view` of ``text``/``G``; ``G``
     must hold 8 bytes after every pattern. Rows whose suffix reaches the last 8 bytes of the text go
     to :func:`lcp_compare` (byte by byte: the suffix's end is a byte smaller than any)."""
-    N = len(text)
     nT = len(Tw)
     gmax = len(Gw) - 1
     P = len(pos)
@@ -306,6 +305,10 @@ def sa_occurs(text: np.ndarray, sa: np.ndarray, G: np.ndarray, xs: np.ndarray, x
 
 
 def _search(text, sa, G, xs, xl, upper, name, sample, stop_found=False, init=None):
+    """The batched binary search behind :func:`sa_search` (``(rank, lcp_before, lcp_at, found)``):
+    ``stop_found`` drops a pattern at the first suffix that starts with it (``found``); ``init``
+    ``(rows, lo, llcp)`` gives known lower bounds. Invariant: the suffix at ``lo`` is below the answer,
+    the one at ``hi`` at or above it, ``llcp``/``rlcp`` their exact LCPs with the pattern."""
     P = len(xs)
     N = len(sa)
     lo = np.full(P, -1, dtype=np.int64)
