@@ -266,13 +266,23 @@ class RayExecutor:
                     if on_done:
                         on_done(index[r], results[index[r]])
         except BaseException:
-            for r in pending:
-                try:
-                    ray.cancel(r, force=True)
-                except Exception:   # noqa: BLE001 - best effort: the cluster may be gone
-                    pass
+            self._stop(pending)
             raise
         return results
+
+    def _stop(self, refs) -> None:
+        """Cancel tasks and wait (up to a minute) until they are gone, so that none still writes into
+        a temporary folder the caller is about to remove."""
+        for r in refs:
+            try:
+                self.ray.cancel(r, force=True)
+            except Exception:   # noqa: BLE001 - best effort: the cluster may be gone
+                pass
+        if refs:
+            try:
+                self.ray.wait(list(refs), num_returns=len(refs), timeout=60)
+            except Exception:   # noqa: BLE001 - best effort
+                pass
 
     def imap(self, fn: Callable, argses: Iterable[tuple], *, window: int | None = None) -> Iterator:
         """``fn(*args)`` for each ``args`` as Ray tasks, yielded in the order of the inputs, at most
@@ -292,11 +302,7 @@ class RayExecutor:
             while pending:
                 yield self.get(pending.popleft())
         finally:
-            for r in pending:
-                try:
-                    self.ray.cancel(r, force=True)
-                except Exception:   # noqa: BLE001 - best effort: the cluster may be gone
-                    pass
+            self._stop(list(pending))
 
     # ------------------------------------------------------------------ actors
     def actors(self, cls: type, argses: Sequence[tuple], *, memory: Sequence[int] | None = None,
