@@ -64,6 +64,11 @@ import requests
 from extractor.backends.base import BackendError
 from extractor.errors import TrawlError
 
+try:   # optional: a faster parser for answers (see parse_json); the standard library otherwise
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - exercised where orjson is not installed
+    _orjson = None
+
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504}) | frozenset(range(520, 530))
 DEFAULT_MAX_BYTES = 1 << 20      # cap of an answer whose caller gives none (probe, version, small requests)
 MAX_POOL_PER_SESSION = 4         # one Session per thread, one request at a time: a few connections suffice
@@ -469,6 +474,14 @@ def parse_json(raw: bytes) -> Any:
     it is empty or not JSON (nesting too deep to parse included)."""
     if not raw:
         return None
+    if _orjson is not None:
+        # orjson parses what it accepts to the very values json.loads gives; what it refuses
+        # (invalid UTF-8, a BOM, NaN literals, lone surrogate escapes, ints past 64 bits) goes
+        # the standard library's way below
+        try:
+            return _orjson.loads(raw)
+        except _orjson.JSONDecodeError:
+            pass
     try:
         return json.loads(raw.decode("utf-8-sig", "replace"))
     except (ValueError, RecursionError):

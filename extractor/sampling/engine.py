@@ -300,7 +300,7 @@ class Engine:
         self._consecutive_failures = 0
         self._record(d)
         now = time.monotonic()
-        if self.rd.buffered() >= self.rd.flush_rows or now - self._last_flush >= self.rd.flush_seconds:
+        if self.rd.should_flush() or now - self._last_flush >= self.rd.flush_seconds:
             self.rd.flush()
             self._last_flush = now
         if now - self._last_status >= 5.0:
@@ -351,10 +351,11 @@ class Engine:
         share = cost_total / max(1, len(rows))
         billed_p = d.billed_prompt / max(1, len(rows))
         billed_c = d.billed_completion / max(1, len(rows))
+        jobs = {j.request_id: j for j in d.unit.jobs}
         for row in rows:
             job_attack = self.attacks[row["attack"]]
             extra = row.pop("_extra")
-            job = next(j for j in d.unit.jobs if j.request_id == row["request_id"])
+            job = jobs[row["request_id"]]
             try:
                 extra.update(job_attack.finish(job, row["completion"], row["token_offsets"]))
             except Exception as exc:  # noqa: BLE001 - an analysis bug must not lose the generation
@@ -363,10 +364,10 @@ class Engine:
             extra["billed_completion_tokens"] = billed_c
             row["extra"] = json.dumps(extra, ensure_ascii=False, sort_keys=True)
             row["cost_usd"] = share
-            self.rd.append(row)
-            self.usage.generations += 1
-            self.new += 1
-            self.session_completion += row["completion_tokens"]
+        self.rd.append_many(rows)   # the request's rows in one journal write, then counted
+        self.usage.generations += len(rows)
+        self.new += len(rows)
+        self.session_completion += sum(row["completion_tokens"] for row in rows)
         self.usage.prompt_tokens += d.billed_prompt
         self.usage.completion_tokens += d.billed_completion
         self.usage.cost_usd += cost_total
