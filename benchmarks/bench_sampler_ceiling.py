@@ -96,7 +96,12 @@ def _serve(port: int, tokens: int) -> None:
                 return self._send(json.dumps({"prompt": "".join(chr(i) for i in d["tokens"])}).encode())
             self._send(b'{"detail": "Not Found"}', 404)
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", port), H)
+    class Server(ThreadingHTTPServer):
+        # a listen backlog of 5 (socketserver's default) drops the SYNs of 64 clients connecting at
+        # once: each dropped one costs its client a 1 s retransmission, at random, to either client
+        request_queue_size = 1024
+
+    httpd = Server(("127.0.0.1", port), H)
     httpd.daemon_threads = True
     httpd.serve_forever()
 

@@ -1,6 +1,7 @@
 """The attack interface: documented parameters, a deterministic plan of jobs, and a finish hook."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -156,7 +157,13 @@ def draw_seed(run_id: str, index: int) -> int:
     """
     if not 0 <= index < MAX_DRAWS:
         raise TrawlError(f"a plan holds at most {MAX_DRAWS} generations")
-    return (int(hashlib.sha1(run_id.encode("utf-8", "surrogatepass")).hexdigest()[:8], 16) & (MAX_DRAWS - 1)) + index
+    return _seed_base(run_id) + index
+
+
+@functools.lru_cache(maxsize=64)
+def _seed_base(run_id: str) -> int:
+    """The run's first seed (see :func:`draw_seed`), hashed once per run id."""
+    return int(hashlib.sha1(run_id.encode("utf-8", "surrogatepass")).hexdigest()[:8], 16) & (MAX_DRAWS - 1)
 
 
 @dataclass

@@ -281,24 +281,42 @@ class Engine:
         return True
 
     def _receive(self, fl: _Flight) -> None:
-        """Handle the next message of the workers (or, after half a second without one, the clock)."""
+        """Handle the next messages of the workers (or, after half a second without one, the clock):
+        the first one that comes and every one already waiting behind it (up to 256), their rows
+        journaled in one write. Each blocking call of this thread hands the interpreter lock to
+        the busy workers and waits to get it back, so it makes few of them."""
         try:
-            kind, d = self.done_q.get(timeout=0.5)
+            msgs = [self.done_q.get(timeout=0.5)]
         except queue.Empty:
             self._tick()
             if self.budget.max_seconds is not None and self.stop_reason is None and \
                     time.monotonic() - self.t0 >= self.budget.max_seconds:
                 self.stop_reason = "max_seconds"
             return
-        if kind == "freed":
-            fl.generating.discard(id(d))
+        while len(msgs) < 256:
+            try:
+                msgs.append(self.done_q.get_nowait())
+            except queue.Empty:
+                break
+        rows: list[dict] = []
+        for kind, d in msgs:
+            if kind == "freed":
+                fl.generating.discard(id(d))
+                continue
+            unit = fl.remove(d.unit)
+            if d.error is not None:
+                self._failed(unit, d.error)
+                continue
+            self._consecutive_failures = 0
+            rows.extend(self._record(d))
+        if not rows:
             return
-        unit = fl.remove(d.unit)
-        if d.error is not None:
-            self._failed(unit, d.error)
-            return
-        self._consecutive_failures = 0
-        self._record(d)
+        self.rd.append_many(rows)   # the rows in one journal write, then counted
+        self.usage.generations += len(rows)
+        self.new += len(rows)
+        self.session_completion += sum(row["completion_tokens"] for row in rows)
+        if self.bar is not None:
+            self.bar.update(len(rows))
         now = time.monotonic()
         if self.rd.should_flush() or now - self._last_flush >= self.rd.flush_seconds:
             self.rd.flush()
@@ -341,7 +359,9 @@ class Engine:
             return 0.0
         return self.pricing.time_cost(time.monotonic() - self.last_done_t)
 
-    def _record(self, d: Done) -> None:
+    def _record(self, d: Done) -> list[dict]:
+        """The rows of a finished request, ready to journal (extra finished, cost shared); the
+        request's billed tokens and cost are counted (its generations once journaled)."""
         rows = d.result or []
         if self.pricing.hourly:
             cost_total = self.pricing.time_cost(max(0.0, d.finished_at - self.last_done_t))
@@ -364,10 +384,6 @@ class Engine:
             extra["billed_completion_tokens"] = billed_c
             row["extra"] = json.dumps(extra, ensure_ascii=False, sort_keys=True)
             row["cost_usd"] = share
-        self.rd.append_many(rows)   # the request's rows in one journal write, then counted
-        self.usage.generations += len(rows)
-        self.new += len(rows)
-        self.session_completion += sum(row["completion_tokens"] for row in rows)
         self.usage.prompt_tokens += d.billed_prompt
         self.usage.completion_tokens += d.billed_completion
         self.usage.cost_usd += cost_total
@@ -376,9 +392,7 @@ class Engine:
             self._ppt_samples[0] += pb
             self._ppt_samples[1] += d.billed_prompt
             self.prompt_bytes_per_token = max(1.0, self._ppt_samples[0] / self._ppt_samples[1]) * 0.9
-        if self.bar is not None:
-            self._tick()
-            self.bar.update(len(rows))
+        return rows
 
     def _tick(self) -> None:
         if self.bar is None:
