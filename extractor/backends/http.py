@@ -456,13 +456,16 @@ class HTTPClient:
             attempt += 1
 
 
+_CHUNK = 1 << 20   # bytes per read of an answer: few reads (each one waits for the interpreter lock again)
+
+
 def _read_capped(resp, max_bytes: int) -> bytes:
     """The body of ``resp`` (decoded as sent, gzip included), or :class:`_TooLarge` past ``max_bytes``."""
     declared = resp.headers.get("Content-Length")
     if declared and declared.strip().isdigit() and int(declared) > max_bytes:
         raise _TooLarge()
     buf = bytearray()
-    for chunk in resp.iter_content(64 * 1024):
+    for chunk in resp.iter_content(_CHUNK):
         buf += chunk
         if len(buf) > max_bytes:
             raise _TooLarge()

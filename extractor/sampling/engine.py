@@ -38,7 +38,7 @@ from extractor.errors import TrawlError
 from extractor.sampling.budget import Budget, Pricing, Usage, stop_reason
 from extractor.sampling.plan import Grouping, Unit
 from extractor.sampling.requests import Done, Sender
-from extractor.sampling.run_folder import RunDir
+from extractor.sampling.run_folder import RunDir, journal_line
 from extractor.sampling.summary import RunSummary, attack_summaries
 
 _DRAINING_STOPS = ("max_seconds", "errors", "crashed", "interrupted")  # requests not yet sent are dropped
@@ -125,6 +125,7 @@ class Engine:
             else:
                 try:
                     self.sender.build_rows(d)
+                    self._prefinish(d)
                 except BaseException as exc:  # noqa: BLE001 - reported to the main thread
                     d.error = exc
                 done_q.put(("done", d))
@@ -154,6 +155,7 @@ class Engine:
             for x in batch:
                 try:
                     self.sender.build_rows(x, tokens_done=True)
+                    self._prefinish(x)
                 except BaseException as exc:  # noqa: BLE001
                     x.error = exc
                 x.freed = True
@@ -299,6 +301,7 @@ class Engine:
             except queue.Empty:
                 break
         rows: list[dict] = []
+        lines: list[bytes] = []
         for kind, d in msgs:
             if kind == "freed":
                 fl.generating.discard(id(d))
@@ -308,10 +311,12 @@ class Engine:
                 self._failed(unit, d.error)
                 continue
             self._consecutive_failures = 0
-            rows.extend(self._record(d))
+            done = self._record(d)
+            rows.extend(done)
+            lines.append(d.journal if d.journal is not None else b"".join([journal_line(r) for r in done]))
         if not rows:
             return
-        self.rd.append_many(rows)   # the rows in one journal write, then counted
+        self.rd.append_many(rows, b"".join(lines))   # the rows in one journal write, then counted
         self.usage.generations += len(rows)
         self.new += len(rows)
         self.session_completion += sum(row["completion_tokens"] for row in rows)
@@ -350,24 +355,10 @@ class Engine:
             self.fatal = error
 
     # -- recording ----------------------------------------------------------------------------
-    def _endpoint_stats(self) -> dict:
-        return self.be.stats()   # the replica pool reports per-member figures; others: {}
-
-    def _time_cost_pending(self) -> float:
-        """With an hourly price: the cost of the wall time since the last recorded generation."""
-        if not self.pricing.hourly:
-            return 0.0
-        return self.pricing.time_cost(time.monotonic() - self.last_done_t)
-
-    def _record(self, d: Done) -> list[dict]:
-        """The rows of a finished request, ready to journal (extra finished, cost shared); the
-        request's billed tokens and cost are counted (its generations once journaled)."""
+    def _final_rows(self, d: Done, cost_total: float) -> list[dict]:
+        """``d``'s rows with their attack's facts and billed shares in ``extra`` and their share of
+        ``cost_total`` (any thread: ``Attack.finish`` is a pure function of the generation)."""
         rows = d.result or []
-        if self.pricing.hourly:
-            cost_total = self.pricing.time_cost(max(0.0, d.finished_at - self.last_done_t))
-            self.last_done_t = max(self.last_done_t, d.finished_at)
-        else:
-            cost_total = self.pricing.token_cost(d.billed_prompt, d.billed_completion)
         share = cost_total / max(1, len(rows))
         billed_p = d.billed_prompt / max(1, len(rows))
         billed_c = d.billed_completion / max(1, len(rows))
@@ -384,6 +375,41 @@ class Engine:
             extra["billed_completion_tokens"] = billed_c
             row["extra"] = json.dumps(extra, ensure_ascii=False, sort_keys=True)
             row["cost_usd"] = share
+        return rows
+
+    def _prefinish(self, d: Done) -> None:
+        """In the worker that built ``d``'s rows: make them final and encode their journal lines,
+        so that the dispatch thread only writes and counts them. Not with an hourly price (a
+        request's cost is the wall time since the one recorded before it: the dispatch thread's)."""
+        if self.pricing.hourly or d.error is not None:
+            return
+        cost_total = self.pricing.token_cost(d.billed_prompt, d.billed_completion)
+        d.result = self._final_rows(d, cost_total)
+        d.journal = b"".join([journal_line(r) for r in d.result])
+        d.cost_usd = cost_total
+
+    def _endpoint_stats(self) -> dict:
+        return self.be.stats()   # the replica pool reports per-member figures; others: {}
+
+    def _time_cost_pending(self) -> float:
+        """With an hourly price: the cost of the wall time since the last recorded generation."""
+        if not self.pricing.hourly:
+            return 0.0
+        return self.pricing.time_cost(time.monotonic() - self.last_done_t)
+
+    def _record(self, d: Done) -> list[dict]:
+        """The rows of a finished request, ready to journal (extra finished, cost shared; done by
+        the worker already unless the price is hourly, see :meth:`_prefinish`); the request's
+        billed tokens and cost are counted (its generations once journaled)."""
+        if d.cost_usd is not None:
+            rows, cost_total = d.result or [], d.cost_usd
+        else:
+            if self.pricing.hourly:
+                cost_total = self.pricing.time_cost(max(0.0, d.finished_at - self.last_done_t))
+                self.last_done_t = max(self.last_done_t, d.finished_at)
+            else:
+                cost_total = self.pricing.token_cost(d.billed_prompt, d.billed_completion)
+            rows = self._final_rows(d, cost_total)
         self.usage.prompt_tokens += d.billed_prompt
         self.usage.completion_tokens += d.billed_completion
         self.usage.cost_usd += cost_total

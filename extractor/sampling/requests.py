@@ -31,6 +31,8 @@ class Done:
     finished_at: float = 0.0
     pending: list[Pending] | None = None   # completions before token boundaries are filled
     freed: bool = False                # its generation slot was released earlier (a "freed" message)
+    cost_usd: float | None = None      # set with the rows made final in the worker (Engine._prefinish)
+    journal: bytes | None = None       # then also: the rows' journal lines
 
 
 class Sender:

@@ -154,13 +154,22 @@ def _finite(row: dict) -> bool:
 
 
 def rows_to_table(rows: list[dict]) -> pa.Table:
-    cols = {name: [] for name in GENERATIONS_SCHEMA.names}
-    for r in rows:
-        for name in cols:
+    cols = {}
+    for name in GENERATIONS_SCHEMA.names:
+        if name != "created_at":
+            cols[name] = [r.get(name) for r in rows]
+            continue
+        parsed: dict[str, _dt.datetime] = {}   # a request's rows share one time: parsed once
+        out = []
+        for r in rows:
             v = r.get(name)
-            if name == "created_at" and isinstance(v, str):
-                v = _dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
-            cols[name].append(v)
+            if isinstance(v, str):
+                t = parsed.get(v)
+                if t is None:
+                    t = parsed[v] = _dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
+                v = t
+            out.append(v)
+        cols[name] = out
     return pa.table(cols, schema=GENERATIONS_SCHEMA)
 
 
@@ -349,13 +358,14 @@ class RunDir:
         """Record one finished generation (durable against kill -9 when this returns)."""
         self.append_many([row])
 
-    def append_many(self, rows: list[dict]) -> None:
-        """Record the finished generations of one request in one write (durable against kill -9
-        when this returns; a kill during the write leaves whole lines for some of them and at most
-        one torn last line, which :meth:`recover` drops: those generations were never done)."""
+    def append_many(self, rows: list[dict], lines: bytes | None = None) -> None:
+        """Record finished generations in one write (durable against kill -9 when this returns; a
+        kill during the write leaves whole lines for some of them and at most one torn last line,
+        which :meth:`recover` drops: those generations were never done). ``lines``: the rows'
+        :func:`journal_line` s, when the caller encoded them already."""
         if not rows:
             return
-        self._journal.write(b"".join([journal_line(r) for r in rows]))
+        self._journal.write(lines if lines is not None else b"".join([journal_line(r) for r in rows]))
         self._journal.flush()
         self._buffer.extend(rows)
         self._buffered_tokens += sum(len(r.get("token_offsets") or ()) for r in rows)
