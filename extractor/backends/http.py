@@ -53,6 +53,7 @@ import heapq
 import json
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -456,6 +457,7 @@ class HTTPClient:
             attempt += 1
 
 
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
 _CHUNK = 1 << 20   # bytes per read of an answer: few reads (each one waits for the interpreter lock again)
 
 
@@ -477,10 +479,11 @@ def parse_json(raw: bytes) -> Any:
     it is empty or not JSON (nesting too deep to parse included)."""
     if not raw:
         return None
-    if _orjson is not None:
+    if _orjson is not None and not _LONG_DIGITS.search(raw):
         # orjson parses what it accepts to the very values json.loads gives; what it refuses
-        # (invalid UTF-8, a BOM, NaN literals, lone surrogate escapes, ints past 64 bits) goes
-        # the standard library's way below
+        # (invalid UTF-8, a BOM, NaN literals, lone surrogate escapes, deep nesting) goes the
+        # standard library's way below, and so does a body with 19 digits in a row (orjson reads
+        # an integer past 64 bits as a float; json.loads keeps it exact)
         try:
             return _orjson.loads(raw)
         except _orjson.JSONDecodeError:
