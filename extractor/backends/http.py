@@ -53,7 +53,6 @@ import heapq
 import json
 import os
 import random
-import re
 import socket
 import threading
 import time
@@ -457,7 +456,6 @@ class HTTPClient:
             attempt += 1
 
 
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")
 _CHUNK = 1 << 20   # bytes per read of an answer: few reads (each one waits for the interpreter lock again)
 
 
@@ -479,11 +477,12 @@ def parse_json(raw: bytes) -> Any:
     it is empty or not JSON (nesting too deep to parse included)."""
     if not raw:
         return None
-    if _orjson is not None and not _LONG_DIGITS.search(raw):
-        # orjson parses what it accepts to the very values json.loads gives; what it refuses
-        # (invalid UTF-8, a BOM, NaN literals, lone surrogate escapes, deep nesting) goes the
-        # standard library's way below, and so does a body with 19 digits in a row (orjson reads
-        # an integer past 64 bits as a float; json.loads keeps it exact)
+    if _orjson is not None:
+        # orjson parses what it accepts to the values json.loads gives, but for an integer past
+        # 64 bits, which it reads as a float (no server sends one: the checks of counts, indexes
+        # and token ids refuse a float, so such an answer is malformed, never a silently different
+        # number); what it refuses (invalid UTF-8, a BOM, NaN literals, lone surrogate escapes,
+        # deep nesting) goes the standard library's way below
         try:
             return _orjson.loads(raw)
         except _orjson.JSONDecodeError:
