@@ -5,10 +5,13 @@ rendered once per shape and cached: the server's cost per request is a lookup an
 what is measured is the client: trawl's ``run_attacks`` (planning, sending, parsing, token
 boundaries from the answer's logprobs, journaling, Parquet parts, run.json) against a minimal
 threaded ``requests`` client that replays **the very request bodies trawl sent** (recorded by
-the server during trawl's run), parses each answer's JSON, builds the same rows (completion
-text and token byte offsets) and writes them to one Parquet file. Rounds alternate which client
-goes first; the figure is generations per second, the ratio trawl / raw (issue 16's goal:
->= 0.98).
+the server during trawl's run), parses each answer's JSON, builds rows with every column of
+trawl's generations schema (text, token byte offsets, log-probs, counts, parameters, seed,
+latency, time) and writes them to one Parquet file. Rounds alternate which client goes first;
+the figure is generations per second, the ratio trawl / raw (issue 16's goal: >= 0.98), and
+each client's CPU seconds per run (steadier than wall time on a shared machine). The server's
+listen backlog is 1,024: socketserver's 5 drops SYNs when 64 clients connect at once, and each
+drop costs a random client a 1 s retransmission.
 
     PYTHONPATH=. python benchmarks/bench_sampler_ceiling.py                     # 1,000 and 10,000 generations
     PYTHONPATH=. python benchmarks/bench_sampler_ceiling.py --generations 10000 --rounds 5 --one-per-request
