@@ -6,9 +6,10 @@ records, flushes and writes ``run.json``, so the run folder has one writer.
 
 Guarantees:
 
-* every finished generation is in the run folder's journal before the next message is
-  handled (:meth:`RunDir.append`), and parts roll every ``flush_rows`` rows or
-  ``flush_seconds`` seconds;
+* every finished generation is in the run folder's journal before it is counted and before
+  the next messages are taken (the rows of the requests that came back together go in one
+  :meth:`RunDir.append_many` write), and parts roll every ``flush_rows`` rows,
+  :data:`~extractor.sampling.run_folder.PART_TOKENS` tokens or ``flush_seconds`` seconds;
 * nothing is dispatched that could cross a budget cap (each request in flight reserves its
   worst case); a request serving several generations that does not fit a generation cap is
   sent whole and only its first generations are stored (cutting it would change its seed);

@@ -10,9 +10,10 @@ Layout (docs/CONTRACTS.md §3)::
 
 Crash safety
     Every finished generation is appended to ``_journal.jsonl`` and flushed to the
-    kernel at once, so a ``kill -9`` of the process loses nothing that finished
-    (only a power cut can lose what the OS had not yet written; parts are
-    fsynced). Every ``flush_rows`` generations or ``flush_seconds`` seconds the
+    kernel at once (the rows that come back together in one write), so a ``kill -9``
+    of the process loses nothing that finished (only a power cut can lose what the
+    OS had not yet written; parts are fsynced). Every ``flush_rows`` generations,
+    :data:`PART_TOKENS` buffered token offsets or ``flush_seconds`` seconds the
     buffered rows become a Parquet part written atomically (a hidden
     ``.part-NNNNN.parquet.tmp-<pid>``, fsync, ``os.replace``, directory fsync)
     and only then is the journal emptied; a clean stop removes the empty journal.
