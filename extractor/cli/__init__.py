@@ -40,8 +40,20 @@ class TrawlParser(argparse.ArgumentParser):
         kwargs["allow_abbrev"] = False
         super().__init__(*args, **kwargs)
 
-    def error(self, message):  # argparse quotes what the user typed: shown without raw control characters
-        super().error(visible(message))
+    def error(self, message):
+        """Every usage error is one line, ``trawl: error: ...`` (exit 2), on every parser and
+        subparser: no usage block (``--help`` shows it). argparse quotes what the user typed, so
+        the message is shown without raw control characters."""
+        usage_error(self.prog, message)
+
+
+def usage_error(prog: str, message: str):
+    """Print a usage error as the one line every trawl error is and exit 2 (what argparse's
+    ``error`` does, without the usage block). ``prog`` (``trawl sample``) names the command."""
+    where = prog[len("trawl"):].strip() if prog.startswith("trawl") else prog
+    hint = f" (see trawl {where} --help)" if where else " (see trawl --help)"
+    sys.stderr.write(f"trawl: error: {visible(message)}{hint}\n")
+    sys.exit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=_version())
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in _COMMAND_MODULES:
         try:
             mod = importlib.import_module(name)
