@@ -7,7 +7,7 @@ import argparse
 import pytest
 
 from extractor.cli import build_parser
-from tests.repo import trawl
+from repo import trawl
 
 
 def _parsers(p: argparse.ArgumentParser, path=()):
