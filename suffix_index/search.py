@@ -85,7 +85,7 @@ def lcp_compare(text: np.ndarray, G: np.ndarray, pos: np.ndarray, xs: np.ndarray
 
 
 def sa_search(text: np.ndarray, sa: np.ndarray, G: np.ndarray, xs: np.ndarray, xl: np.ndarray,
-              upper: bool = False, name=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+              upper: bool = False, name=None, trace: list | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Binary-search each pattern in the suffix array.
 
     ``upper=False``: the first rank whose suffix is ``>=`` the pattern (a suffix that
@@ -95,6 +95,11 @@ def sa_search(text: np.ndarray, sa: np.ndarray, G: np.ndarray, xs: np.ndarray, x
     of the pattern with the suffixes at ``rank - 1`` and ``rank`` (0 out of range).
     With ``upper=False``, ``max(lcp_before, lcp_at)`` is the length of the longest
     prefix of the pattern that occurs in the shard.
+
+    ``trace`` (a list) receives, per step, ``(ranks, positions, lengths)``: the suffix-array
+    entries read and, for each, the text bytes ``[position, position + length)`` the comparison
+    depended on. The result is a function of those values only, so a caller that checks the
+    blocks holding them knows the answer is the one an undamaged index gives.
     """
     P = len(xs)
     N = len(sa)
@@ -114,6 +119,8 @@ def sa_search(text: np.ndarray, sa: np.ndarray, G: np.ndarray, xs: np.ndarray, x
         pos = checked_pointers(sa[mid], len(text), name)
         m = np.minimum(llcp[act], rlcp[act])
         l, less = lcp_compare(text, G, pos, xs[act], xl[act], m)
+        if trace is not None:
+            trace.append((mid, pos, np.minimum(l + 1, xl[act])))
         full = l >= xl[act]
         right = (less & ~full) | (full & upper)
         ri = act[right]
@@ -127,8 +134,9 @@ def sa_search(text: np.ndarray, sa: np.ndarray, G: np.ndarray, xs: np.ndarray, x
 
 
 def sa_range(text: np.ndarray, sa: np.ndarray, G: np.ndarray, xs: np.ndarray, xl: np.ndarray,
-             name=None) -> tuple[np.ndarray, np.ndarray]:
-    """``[lo, hi)`` ranks of the suffixes that start with each pattern (count = hi - lo)."""
-    lo, _, _ = sa_search(text, sa, G, xs, xl, upper=False, name=name)
-    hi, _, _ = sa_search(text, sa, G, xs, xl, upper=True, name=name)
+             name=None, trace: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``[lo, hi)`` ranks of the suffixes that start with each pattern (count = hi - lo).
+    ``trace``: see :func:`sa_search`."""
+    lo, _, _ = sa_search(text, sa, G, xs, xl, upper=False, name=name, trace=trace)
+    hi, _, _ = sa_search(text, sa, G, xs, xl, upper=True, name=name, trace=trace)
     return lo, hi
