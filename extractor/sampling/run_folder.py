@@ -23,6 +23,16 @@ Crash safety
     emptying the journal therefore duplicates nothing, and a torn last journal
     line (a kill in the middle of a write) is dropped because that generation was
     never counted as done.
+
+Journal rows carry a checksum
+    Each journal line is the row's JSON with one more key at the end,
+    ``"_crc32"``: the CRC-32 of the line's bytes before it (the row's own JSON,
+    :func:`journal_line`). On resume a row whose bytes do not match is dropped,
+    named in the sampler's log (:attr:`RunDir.dropped`), and its generation is
+    sampled again: it was never in a part, and its draw is fixed by its seed, so
+    the run ends with the rows of an undamaged one (a one-line error would ask a
+    person to edit the journal for the same result). Journals written before the
+    checksum (no ``"_crc32"`` in any line) are read as before.
 """
 from __future__ import annotations
 
@@ -30,6 +40,8 @@ import datetime as _dt
 import glob
 import json
 import os
+import re
+import zlib
 from typing import Iterable
 
 import pyarrow as pa
@@ -110,6 +122,38 @@ class RunLock:
         self.release()
 
 
+CRC_KEY = "_crc32"
+_CRC_TAIL = re.compile(rb'(\{.*), "_crc32": (\d{1,10})\}\r?\n?', re.DOTALL)
+
+
+def journal_line(row: dict) -> str:
+    """One journal line for ``row``: its JSON with ``"_crc32"`` (the CRC-32 of the UTF-8 bytes of
+    that JSON) added as the last key, and a newline. Writers that put several rows in one write
+    join these lines."""
+    body = json.dumps(row, ensure_ascii=False, allow_nan=True)
+    if not row:
+        raise ValueError("a journal row is never empty")
+    return f'{body[:-1]}, "{CRC_KEY}": {zlib.crc32(body.encode("utf-8"))}}}\n'
+
+
+def read_journal_line(line: bytes, checked: bool):
+    """The row a journal line holds, or None when the line is torn, not JSON or (``checked``: the
+    journal carries checksums) does not match its checksum."""
+    if checked:
+        m = _CRC_TAIL.fullmatch(line)
+        if m is None:
+            return None
+        body = m.group(1) + b"}"
+        if zlib.crc32(body) != int(m.group(2)):
+            return None
+        line = body
+    try:
+        row = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    return row
+
+
 def write_json_atomic(path: str, obj) -> None:
     """run.json / config.json: indented, non-ASCII kept (see corpora.storage.write_json_atomic)."""
     _write_json_atomic(path, obj, indent=2, ensure_ascii=False)
@@ -152,6 +196,7 @@ class RunDir:
         self._buffer: list[dict] = []
         self._journal = None
         self._next_part = 0
+        self.dropped: list[str] = []   # recover(): one line per damaged journal row dropped (see above)
 
     # -- config ---------------------------------------------------------------------------
     def has_run(self) -> bool:
@@ -275,21 +320,27 @@ class RunDir:
             if not os.path.exists(jpath):
                 continue
             with open(jpath, "rb") as fh:
-                for lineno, line in enumerate(fh, 1):
-                    try:
-                        row = json.loads(line)
-                    except (ValueError, RecursionError):
-                        continue  # torn last line: that generation was never done
-                    rid = row.get("request_id") if isinstance(row, dict) else None
-                    if not isinstance(rid, str) or not rid or rid in done or rid in seen:
-                        continue
-                    problem = row_problem(row)
-                    if problem:
-                        raise TrawlError(f"{jpath}:{lineno}: damaged journal row ({problem}); the journal is "
-                                         f"written by trawl, so it was changed outside it: restore it, or delete "
-                                         f"that line to sample the generation again with --resume")
-                    seen.add(rid)
-                    pending.append(row)
+                lines = fh.readlines()
+            checked = any(f'"{CRC_KEY}": '.encode() in line for line in lines)
+            for lineno, line in enumerate(lines, 1):
+                row = read_journal_line(line, checked)
+                if row is None:
+                    if line.endswith(b"\n") and line.strip():   # not a torn last line: damage
+                        self.dropped.append(f"{jpath}:{lineno}: damaged journal row (its bytes do not match its "
+                                            f"checksum or are not JSON); dropped: that generation is sampled again")
+                    continue  # torn last line: that generation was never done
+                if isinstance(row, dict):
+                    row.pop(CRC_KEY, None)
+                rid = row.get("request_id") if isinstance(row, dict) else None
+                if not isinstance(rid, str) or not rid or rid in done or rid in seen:
+                    continue
+                problem = row_problem(row)
+                if problem:
+                    raise TrawlError(f"{jpath}:{lineno}: damaged journal row ({problem}); the journal is "
+                                     f"written by trawl, so it was changed outside it: restore it, or delete "
+                                     f"that line to sample the generation again with --resume")
+                seen.add(rid)
+                pending.append(row)
         if pending:
             self._write_part(pending)
             done.update(seen)
@@ -308,7 +359,7 @@ class RunDir:
 
     def append(self, row: dict) -> None:
         """Record one finished generation (durable against kill -9 when this returns)."""
-        self._journal.write(json.dumps(row, ensure_ascii=False, allow_nan=True) + "\n")
+        self._journal.write(journal_line(row))
         self._journal.flush()
         self._buffer.append(row)
 
