@@ -14,6 +14,7 @@ import importlib
 import sys
 
 from corpora.hygiene import visible
+from corpora.storage import NO_ROOM, os_errno, write_error
 from extractor.errors import is_user_error
 
 # Packages whose cli module provides register(subparsers). Order = order in --help.
@@ -97,7 +98,12 @@ def main(argv: list[str] | None = None) -> int:
         rc = args.func(args)
     except Exception as exc:
         if not is_user_error(exc):
-            raise
+            if isinstance(exc, OSError) and os_errno(exc) in NO_ROOM:
+                # a write that no writer named (each of trawl's writers raises a WriteError naming its
+                # file): still the one line of a full disk, never a traceback
+                exc = write_error(exc.filename or "a file", exc)
+            else:
+                raise
         # one line, whatever the message carries (a server's or a file's text): control and format
         # characters, newlines included, are shown as escapes and never reach the terminal raw
         print(f"trawl: error: {visible(exc)}", file=sys.stderr)
