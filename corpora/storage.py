@@ -151,6 +151,36 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     fsync_dir(os.path.dirname(os.fspath(path)) or ".")
 
 
+def write_texts_atomic(items: list[tuple[str | os.PathLike, str]]) -> None:
+    """Write several files as one publication: every new content goes to its temporary file first
+    (fsynced), and only when all are written are they renamed over their targets; a failure (a full
+    disk) removes the temporary files and leaves every target as it was. The report's files go
+    through here, so a report is never half new and half old."""
+    written: list[tuple[str, str]] = []
+    try:
+        for path, text in items:
+            folder, name = os.path.split(os.fspath(path))
+            tmp = os.path.join(folder, f"{name}.tmp-{os.getpid()}")
+            written.append((tmp, os.fspath(path)))
+            with writing(path):
+                with open(tmp, "wb") as fh:
+                    fh.write(text.encode("utf-8"))
+                    fh.flush()
+                    os.fsync(fh.fileno())
+        for tmp, path in written:
+            with writing(path):
+                os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in written:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        raise
+    for folder in {os.path.dirname(p) or "." for _, p in written}:
+        fsync_dir(folder)
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int = 1, ensure_ascii: bool = True) -> None:
     """Write JSON to ``path`` atomically (see :func:`write_text_atomic`)."""
     write_text_atomic(path, json.dumps(obj, indent=indent, ensure_ascii=ensure_ascii) + "\n")

@@ -39,7 +39,10 @@ exit $rc
 
 @functools.lru_cache(maxsize=1)
 def mode() -> str:
-    """``tmpfs`` where a private tmpfs can be mounted, else ``fsize``."""
+    """``tmpfs`` where a private tmpfs can be mounted, else ``fsize`` (``TRAWL_TEST_DISK=fsize``
+    forces the fallback, to test it where both work)."""
+    if os.environ.get("TRAWL_TEST_DISK") in ("tmpfs", "fsize"):
+        return os.environ["TRAWL_TEST_DISK"]
     if shutil.which("unshare"):
         probe = Path(os.environ.get("TMPDIR", "/tmp")) / f"trawl-ns-probe-{os.getpid()}"
         probe.mkdir(exist_ok=True)

@@ -48,7 +48,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from corpora.storage import (GENERATIONS_SCHEMA, PARQUET_ERRORS, PARQUET_READ_OPTIONS, PART_RE, first_line, FolderLock, FolderLocked,
-                             generation_parts, write_parquet_atomic)
+                             generation_parts, write_parquet_atomic, writing)
 from corpora.storage import write_json_atomic as _write_json_atomic
 from extractor.errors import TrawlError
 
@@ -350,17 +350,33 @@ class RunDir:
             os.unlink(old)
         return done
 
+    def _close_journal(self) -> None:
+        """Close the journal; what a failed write (a full disk) left in its buffer is dropped, not
+        written again: that row was never counted as done."""
+        journal, self._journal = self._journal, None
+        if journal is not None:
+            try:
+                journal.close()
+            except OSError:
+                try:
+                    journal.close()   # the buffer is discarded once a flush has failed
+                except OSError:
+                    pass
+
     def _truncate_journal(self) -> None:
-        if self._journal is not None:
-            self._journal.close()
-        self._journal = open(self.journal_path, "w", encoding="utf-8")
-        self._journal.flush()
-        os.fsync(self._journal.fileno())
+        self._close_journal()
+        with writing(self.journal_path):
+            self._journal = open(self.journal_path, "w", encoding="utf-8")
+            self._journal.flush()
+            os.fsync(self._journal.fileno())
 
     def append(self, row: dict) -> None:
-        """Record one finished generation (durable against kill -9 when this returns)."""
-        self._journal.write(journal_line(row))
-        self._journal.flush()
+        """Record one finished generation (durable against kill -9 when this returns). A write that
+        fails (a full disk) raises WriteError and the row is not counted as done: a torn line is
+        dropped on resume and that generation sampled again."""
+        with writing(self.journal_path):
+            self._journal.write(journal_line(row))
+            self._journal.flush()
         self._buffer.append(row)
 
     def buffered(self) -> int:
@@ -379,8 +395,7 @@ class RunDir:
         """Flush, and remove the (then empty) journal so the folder holds only parts."""
         self.flush()
         if self._journal is not None:
-            self._journal.close()
-            self._journal = None
+            self._close_journal()
             try:
                 if os.path.getsize(self.journal_path) == 0:
                     os.unlink(self.journal_path)
