@@ -238,6 +238,7 @@ class OpenAIBackend:
         tb = self.boundaries
         ident = server_identity(self.http) if use_cache else None
         key = (self.endpoint, self.model, self.token_info_pref, self.tokenizer_file, self.http.key_digest(), ident)
+        tb.use_pieces_of(ident)
         hit = _PROBE_CACHE.get(key) if ident is not None else None
         if hit is not None and time.monotonic() - hit[3] <= PROBE_CACHE_SECONDS:
             caps, tb.sep_ids, tb.gguf, _ = hit

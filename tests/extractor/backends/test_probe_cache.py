@@ -7,13 +7,13 @@ from http.server import ThreadingHTTPServer
 
 import pytest
 
-from draw_server import DrawServer
+from draw_server import VOCAB, DrawServer
 from extractor.backends import OpenAIBackend, openai
 from extractor.errors import TrawlError
 
 
-def _backend(url):
-    return OpenAIBackend(url, DrawServer.model, api_key_env=None, max_retries=0, timeout=5)
+def _backend(url, **kw):
+    return OpenAIBackend(url, DrawServer.model, api_key_env=None, max_retries=0, timeout=5, **kw)
 
 
 def _on_port(srv: DrawServer, port: int) -> DrawServer:
@@ -62,3 +62,35 @@ def test_a_failed_probe_forgets_the_endpoint():
     with pytest.raises(TrawlError, match="cannot reach"):
         _backend(url).probe()
     assert not any(k[0] == url for k in openai._PROBE_CACHE)
+
+
+def _rot(i: int, k: int) -> int:
+    """A vocabulary id (10 ... 10 + len - 1) rotated by k; other ids (characters) as they are."""
+    return 10 + (i - 10 + k) % len(VOCAB) if 10 <= i < 10 + len(VOCAB) else i
+
+
+class _ShiftedServer(DrawServer):
+    """The same API with another tokenizer: each token id is one more (the vocabulary rotated)."""
+
+    def tokenize(self, text):
+        return [_rot(i, 1) for i in DrawServer.tokenize(text)]
+
+    def detokenize(self, ids):
+        return DrawServer.detokenize([_rot(i, -1) for i in ids])
+
+
+def test_decoded_pieces_are_not_shared_with_a_different_server_on_the_same_port():
+    """Neighbour of the probe cache: the decoded token pieces were cached per (endpoint, model), so a
+    server with another tokenizer on a reused port got the earlier server's pieces (wrong token
+    boundaries, silently). Now they are shared per server identity."""
+    ids = DrawServer.tokenize(" poem data the poem")
+    with DrawServer(version="0.32.0") as a:
+        url = a.base_url
+        be = _backend(url)
+        be.probe()
+        assert be.boundaries.pieces(ids) == [VOCAB[i - 10] for i in ids]
+    port = int(url.rsplit(":", 1)[1])
+    with _on_port(_ShiftedServer(version="9.9.9"), port):
+        be2 = _backend(url)
+        be2.probe()
+        assert be2.boundaries.pieces(ids) == [VOCAB[(i - 11) % len(VOCAB)] for i in ids]
