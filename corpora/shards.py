@@ -181,6 +181,21 @@ class Corpus:
         except (pa.ArrowException, OSError) as exc:
             raise CorpusError(f"{path}: corrupt or unreadable corpus shard: {exc}") from None
 
+    def check_shard(self, shard: int) -> None:
+        """Compare a shard with its sha256 in ``corpus.json`` (when recorded): a damaged byte of text
+        is a :class:`CorpusError` naming the shard, never another document. One read of the file."""
+        path = self.shards[shard]
+        want = self.manifest["shards"][shard].get("sha256")
+        if not want:
+            return
+        try:
+            got = sha256_file(path)
+        except OSError as exc:
+            raise CorpusError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        if got != want:
+            raise CorpusError(f"{path}: checksum mismatch (corpus.json says {want}, file has {got}); the shard is "
+                              f"damaged, re-ingest the corpus")
+
     def iter_documents(self) -> Iterator[Document]:
         for i in range(len(self.shards)):
             t = self.table(i)
