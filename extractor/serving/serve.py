@@ -36,7 +36,7 @@ from pathlib import Path
 
 import requests
 
-from corpora.storage import check_output_dir
+from corpora.storage import check_output_dir, writing
 from extractor.serving.embedded import EmbeddedServer, cache_dir
 from extractor.errors import TrawlError
 
@@ -94,10 +94,11 @@ def gguf_to_hf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *, over
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", suffix=".tmp", dir=out_dir.parent))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / SOURCE_MARKER).write_text(json.dumps({"gguf": str(gguf_path),
-                                                           "size": gguf_path.stat().st_size}) + "\n")
+        with writing(tmp):   # a full disk: one line naming the folder, the partial one removed below
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            (tmp / SOURCE_MARKER).write_text(json.dumps({"gguf": str(gguf_path),
+                                                               "size": gguf_path.stat().st_size}) + "\n")
         os.chmod(tmp, 0o755)
         if out_dir.exists():
             shutil.rmtree(out_dir)
