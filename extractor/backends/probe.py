@@ -206,10 +206,13 @@ def server_identity(http: "HTTPClient") -> str | None:
             data, _ = http.request("GET", path, None, max_retries=0, timeout=_t(http, 10))
         except (BackendError, TrawlError):    # and OutOfTime: no answer is no identity
             data = None
-        parts.append(_stable(data))
+        parts.append(data)
     if not isinstance(parts[0], dict):
         return None
-    text = json.dumps(parts, sort_keys=True, ensure_ascii=True, default=str)
+    try:
+        text = json.dumps(_stable(parts), sort_keys=True, ensure_ascii=True, default=str)
+    except (RecursionError, ValueError):   # nesting as deep as json allows: no usable identity
+        return None
     return hashlib.sha256(text.encode()).hexdigest()
 
 
