@@ -40,6 +40,15 @@ class TrawlParser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs["allow_abbrev"] = False
         super().__init__(*args, **kwargs)
+        self.set_defaults(_usage_prog=self.prog)   # the deepest (sub)command parsed sets it last
+
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, with leftover arguments blamed on the subcommand that was parsed
+        (``see trawl sample --help``, not the top level's help)."""
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            usage_error(getattr(ns, "_usage_prog", self.prog), "unrecognized arguments: " + " ".join(extras))
+        return ns
 
     def error(self, message):
         """Every usage error is one line, ``trawl: error: ...`` (exit 2), on every parser and

@@ -45,6 +45,9 @@ def test_an_unknown_flag_on_every_parser_is_one_line(capsys):
     (["sample", "--endpoint", "http://x", "--model", "m"], "--out"),
     (["report"], "RUN"),
     (["history", "l.parquet", "--tolerance", "\x1b[31mred"], "\\x1b"),
+    (["sample", "--endpoint", "http://x", "--model", "m", "--out", "o", "--flush-rows", "3"],
+     "unrecognized arguments: --flush-rows 3 (see trawl sample --help)"),
+    (["index", "count", "i", "t", "--zz"], "(see trawl index count --help)"),
 ])
 def test_usage_errors_through_the_real_cli(argv, message):
     r = trawl(*argv)
