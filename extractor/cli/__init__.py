@@ -14,7 +14,6 @@ import importlib
 import sys
 
 from corpora.hygiene import visible
-from corpora.storage import NO_ROOM, os_errno, write_error
 from extractor.errors import is_user_error
 
 # Packages whose cli module provides register(subparsers). Order = order in --help.
@@ -119,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         rc = args.func(args)
     except Exception as exc:
         if not is_user_error(exc):
+            from corpora.storage import NO_ROOM, os_errno, write_error   # here: --help stays free of pyarrow
             if isinstance(exc, OSError) and os_errno(exc) in NO_ROOM:
                 # a write that no writer named (each of trawl's writers raises a WriteError naming its
                 # file): still the one line of a full disk, never a traceback
