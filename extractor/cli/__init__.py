@@ -22,6 +22,7 @@ _COMMAND_MODULES = [
     "corpora.cli",
     "suffix_index.cli",
     "extractor.cli.sample",
+    "extractor.cli.rank",
     "extractor.cli.attacks",
     "extractor.cli.run",
     "extractor.cli.sweep",
