@@ -92,6 +92,8 @@ def _read_json(path: str) -> dict:
 def make_scorers(args) -> tuple[object, object | None]:
     """The scorer and the reference scorer the arguments name (module docstring of extractor.scoring)."""
     from extractor.backends import make_backend
+    if (args.reference_endpoint or args.reference_model) and not (args.reference_endpoint and args.reference_model):
+        raise TrawlError("give both --reference-endpoint and --reference-model")
     run = os.path.abspath(args.run)
     if not os.path.isdir(run):
         raise TrawlError(f"{run}: no such run folder")
@@ -129,9 +131,7 @@ def make_scorers(args) -> tuple[object, object | None]:
     if args.reference_model_file:
         from extractor.backends.llama_inprocess import LlamaScorer
         reference = LlamaScorer(args.reference_model_file)
-    elif args.reference_endpoint or args.reference_model:
-        if not (args.reference_endpoint and args.reference_model):
-            raise TrawlError("give both --reference-endpoint and --reference-model")
+    elif args.reference_endpoint:
         reference = make_backend("openai", endpoint=args.reference_endpoint, model=args.reference_model,
                                  api_key_env=args.api_key_env or be_cfg.get("api_key_env"), timeout=args.timeout,
                                  max_retries=args.max_retries)

@@ -77,7 +77,10 @@ class ScoreSettings:
 
 def _who(be) -> str:
     d = be.describe() if hasattr(be, "describe") else {}
-    return json.dumps({k: d.get(k) for k in ("backend", "endpoint", "model", "model_file") if d.get(k) is not None},
+    # the model, not where it is served (a restarted server gets another port; replicas are one model)
+    if d.get("model_file"):
+        d = {**d, "model_file": os.path.basename(str(d["model_file"]))}
+    return json.dumps({k: d.get(k) for k in ("backend", "model", "model_file") if d.get(k) is not None},
                       sort_keys=True)
 
 
