@@ -168,6 +168,9 @@ def cmd_rank(args) -> int:
     print(f"trawl: {summary.line()}", file=sys.stderr)
     for n in summary.notes:
         print(f"trawl: note: {n}", file=sys.stderr)
+    from reports.render_ranking import write_ranking_report
+    html_path, _md, _sec = write_ranking_report(os.path.abspath(args.run), args.window_tokens)
+    print(f"trawl: top candidates by each ranking: {html_path}", file=sys.stderr)
     evaluation = None
     matches = os.path.join(os.path.abspath(args.run), "matches.parquet")
     cols, _meta = ranking.read_scores(summary.path)
