@@ -225,7 +225,7 @@ def score_run(run_dir: str, scorer, *, reference=None, settings: ScoreSettings |
     with RunLock(run_dir):
         done, usage = _load_previous(run_dir, ident, st.restart)
         todo = [g for g in gens if g["request_id"] not in done]
-        new = errors_before = 0
+        new = 0
         jpath = os.path.join(run_dir, JOURNAL_NAME)
         lock = threading.Lock()
         t0 = time.monotonic()

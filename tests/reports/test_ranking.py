@@ -7,7 +7,6 @@ import math
 import random
 import zlib
 
-import numpy as np
 import pytest
 
 from reports import ranking as R
