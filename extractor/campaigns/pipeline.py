@@ -422,7 +422,8 @@ class CampaignRunner:
             self.save()
             raise
         rec.update({"status": "done", "ended_at": utcnow(), "result": out})
-        session["steps_run"].append(step.name)
+        if not (isinstance(out, dict) and out.get("skipped")):   # an optional step not asked for (rank)
+            session["steps_run"].append(step.name)
         if step.name == "report":
             m = self.ctx.metrics["metrics"]
             st["metrics"] = {k: m.get(k) for k in SUMMARY_KEYS}
@@ -455,8 +456,9 @@ class CampaignRunner:
             st["steps"].setdefault(step.name, {"status": "pending"})   # a campaign begun before the step existed
             if st["steps"][step.name].get("status") == "done":
                 continue
-            self._run_step(step, session)
-            result.steps_run.append(step.name)
+            out = self._run_step(step, session)
+            if not (isinstance(out, dict) and out.get("skipped")):
+                result.steps_run.append(step.name)
             if stop_after == step.name:
                 session["ended_at"] = utcnow()
                 self.save()

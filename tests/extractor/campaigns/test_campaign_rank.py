@@ -48,6 +48,7 @@ def test_rank_step_feeds_the_report_and_gates(tmp_path):
     assert list(st["steps"]) == ["sample", "match", "rank", "report", "history"]
     rank = st["steps"]["rank"]
     assert rank["status"] == "done" and rank["result"]["rows"] == 4 and scored == 4
+    assert st["sessions"][-1]["steps_run"] == ["sample", "match", "rank", "report", "history"]
     t = pq.read_table(out / "run" / "scores.parquet")
     assert t.num_rows == 4 and t.schema.metadata[b"k"] == b"0.5"
     m = json.loads((out / "report" / "metrics.json").read_text())
@@ -73,4 +74,6 @@ def test_without_rank_table_the_step_is_skipped_and_bad_tables_are_one_line(tmp_
         assert not any(x.get("echo") for x in srv.requests)
     st = json.loads((tmp_path / "out" / "campaign.json").read_text())
     assert st["steps"]["rank"]["result"] == {"skipped": True}
+    assert st["sessions"][-1]["steps_run"] == ["sample", "match", "report", "history"]
+    assert "finished (sample, match, report, history)" in r.stdout + r.stderr
     assert not (tmp_path / "out" / "run" / "scores.parquet").exists()
