@@ -1,5 +1,5 @@
 """What every backend is, returns and raises: :class:`Backend`, :class:`Capabilities`,
-:class:`Choice`, :class:`CompletionResult`, :class:`BackendError`.
+:class:`Choice`, :class:`CompletionResult`, :class:`TextScore`, :class:`BackendError`.
 
 Three classes implement :class:`Backend`: :class:`~extractor.backends.openai.OpenAIBackend`
 (one OpenAI-compatible server), :class:`~extractor.backends.pool.PoolBackend` (replicas of
@@ -48,6 +48,8 @@ class Capabilities:
     temperature_decay: bool = False  # exact per-token temperature decay (backend vllm: a logits processor)
     ignore_eos: bool = False        # honours ignore_eos (generate past EOS to max_tokens): vLLM only
     tokenizer_file: str | None = None  # token_info "local_tokenize": the GGUF file whose tokenizer is used
+    score: str | None = None        # how Backend.score works here: "echo", "prompt_logprobs", "in_process" or None
+    full_distribution: bool = False  # score(vocab_stats=True / full=True) sees the whole vocabulary (exact)
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -89,6 +91,28 @@ class CompletionResult:
     endpoint: str = ""     # the replica that answered
 
 
+@dataclass
+class TextScore:
+    """The model's own log-probabilities of one given text (``Backend.score``).
+
+    Positions are the tokens of the scored text only (a context conditions them but is not
+    scored). Log-probabilities are natural logs at temperature 1 (the raw distribution, no
+    sampling truncation). A position the backend could not score (e.g. the first token of a
+    text with no context on a server that does not score the first prompt token) holds NaN.
+    """
+
+    token_ids: list[int] | None        # the scored text's tokens (after the context), when known
+    token_offsets: list[int]           # byte offset of each token's start in the text's UTF-8 (as Choice.token_offsets)
+    logprobs: list[float]              # log p(token_i | context, tokens_<i), temperature 1, natural log
+    top_logprobs: list[dict[str, float]] | None   # top-k alternatives per position (token string -> logprob), when asked
+    vocab_mean: list[float] | None     # per position: mu = E_{z~p}[log p(z)] over the vocabulary (min-k%++, Zhang et al. 2024)
+    vocab_var: list[float] | None      # per position: sigma^2 = E_{z~p}[(log p(z) - mu)^2]
+    exact_vocab_stats: bool            # True: from the full distribution; False: approximated from the top-k
+    full_logprobs: "numpy.ndarray | None" = None  # [positions, vocab] float32 log-softmax rows (full=True, where the backend can)  # noqa: F821
+    prompt_tokens: int = 0             # tokens sent (context + text, with BOS): what the request is billed for
+    note: str | None = None            # how the figures were obtained, when not exactly as asked (e.g. the approximation)
+
+
 @runtime_checkable
 class Backend(Protocol):
     """A served model, as the sampler and the attacks use it.
@@ -106,6 +130,14 @@ class Backend(Protocol):
       has its token boundaries (``token_offsets``), or ``token_source == "none"`` /
       ``"empty"``, or, only with ``defer_tokens=True`` and only when
       ``capabilities.deferred_tokens``, ``"pending"``.
+    * :meth:`score` returns one :class:`TextScore` per text, in order: the log-probability of each
+      of the text's tokens given ``contexts[i]`` (unscored) and the tokens before it, at
+      temperature 1, with ``top_k`` alternatives per position and, with ``vocab_stats``, the
+      per-position mean and variance of log p over the vocabulary (exact only where
+      ``capabilities.full_distribution``; otherwise estimated from the top-k, and
+      ``exact_vocab_stats`` is False); ``full=True`` adds the whole log-softmax rows where the
+      backend can (else None). ``capabilities.score`` says how (None: the backend cannot score,
+      and ``score`` raises TrawlError). Failures raise :class:`BackendError` like ``complete``.
     * :meth:`fill_tokens` / :meth:`fill_tokens_many` turn ``pending`` choices into ones with
       boundaries, or ``token_source == "none"`` with ``token_error`` set; they never raise for a
       tokenizer failure (the generation was paid for) and leave other choices alone.
@@ -132,6 +164,9 @@ class Backend(Protocol):
 
     def complete(self, prompt: str | list[str], params: dict, *, n: int = 1, seed: int | None = None,
                  timeout: float | None = None, defer_tokens: bool = False) -> CompletionResult: ...
+
+    def score(self, texts: list[str], *, contexts: list[str] | None = None, top_k: int = 0,
+              vocab_stats: bool = False, full: bool = False, timeout: float | None = None) -> list[TextScore]: ...
 
     def fill_tokens(self, choice: Choice) -> Choice: ...
 

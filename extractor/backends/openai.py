@@ -199,6 +199,14 @@ class OpenAIBackend:
         return Choice(text=text, token_offsets=offsets, token_logprobs=logprobs, completion_tokens=ntok,
                       finish_reason=str(finish), token_source=source)
 
+    # -- scoring given text (extractor/backends/scoring_http.py) --------------------------------
+    def score(self, texts: list[str], *, contexts: list[str] | None = None, top_k: int = 0,
+              vocab_stats: bool = False, full: bool = False, timeout: float | None = None) -> list:
+        """Per-token logprobs of given texts via ``echo`` + ``logprobs`` (see extractor/backends/scoring_http.py)."""
+        from extractor.backends.scoring_http import score_http
+        return score_http(self, texts, contexts=contexts, top_k=top_k, vocab_stats=vocab_stats, full=full,
+                          timeout=timeout)
+
     # -- token boundaries (extractor/backends/boundaries.py) ----------------------------------
     def fill_tokens(self, choice: Choice) -> Choice:
         """Complete a choice left ``pending`` by ``complete(defer_tokens=True)`` (a failure keeps
@@ -237,6 +245,8 @@ class OpenAIBackend:
             return self.capabilities
         caps = self.capabilities = Capabilities()
         probe_server(self.http, tb, caps, token_info=self.token_info_pref, tokenizer_file=self.tokenizer_file)
+        from extractor.backends.scoring_http import note_capability
+        note_capability(caps)
         self.capabilities = caps
         _PROBE_CACHE[key] = (caps, tb.sep_ids, tb.gguf)
         return caps

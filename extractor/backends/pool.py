@@ -352,6 +352,12 @@ class PoolBackend:
             self._local.endpoint = served_by
         return res
 
+    def score(self, texts, *, contexts=None, top_k: int = 0, vocab_stats: bool = False, full: bool = False,
+              timeout: float | None = None) -> list:
+        """``Backend.score`` on a live member (fails over like :meth:`complete`)."""
+        return self._call(lambda be: be.score(texts, contexts=contexts, top_k=top_k, vocab_stats=vocab_stats,
+                                              full=full, timeout=timeout), "scoring")
+
     def fill_tokens(self, choice):
         """Token boundaries of a choice left ``pending`` by ``complete(defer_tokens=True)``, on any
         live replica (they share the tokenizer). When every replica fails, the generation is kept
