@@ -51,10 +51,14 @@ def vocab_stats_from_top(top: dict[str, float]) -> tuple[float, float]:
         return float("nan"), float("nan")
     m = max(vals)
     z = sum(math.exp(v - m) for v in vals)
-    w = [math.exp(v - m) / z for v in vals]
-    mean = sum(wi * v for wi, v in zip(w, vals))
-    var = sum(wi * (v - mean) ** 2 for wi, v in zip(w, vals))
+    pairs = [(math.exp(v - m) / z, v) for v in vals]
+    pairs = [(w, v) for w, v in pairs if w > 0.0]    # a weight that underflows adds nothing (and may overflow)
+    mean = sum(w * v for w, v in pairs)
+    var = sum(w * (v - mean) ** 2 for w, v in pairs)
     return mean, var
+
+
+_MAX_LOGPROB = 1e-3     # a log-probability is <= 0; servers' float rounding stays far below this
 
 
 class BoundaryError(ValueError):
@@ -68,9 +72,12 @@ def _num(v) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise ValueError("a logprob is not a number")
     try:
-        return float(v)
+        x = float(v)
     except OverflowError:
-        return float("nan")
+        raise ValueError("a logprob is out of range") from None
+    if not x <= _MAX_LOGPROB:
+        raise ValueError("a logprob is positive or not a number")
+    return x
 
 
 def parse_echo(choice, prompt: str, context: str, *, top_k: int, vocab_stats: bool) -> TextScore:

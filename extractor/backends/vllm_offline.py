@@ -206,6 +206,7 @@ class VLLMOfflineBackend:
             logprobs_tokens=True, logprobs_values=True, n=True, prompt_list=True, seed=True, top_k=True,
             tokenize=None, token_info="ids", server="vllm-offline", server_version=vllm.__version__,
             sampling_defaults=dict(VLLM_NEUTRAL), temperature_decay=True, ignore_eos=True,
+            score="prompt_logprobs", full_distribution=self._max_logprobs() == -1,
             notes=["in-process vLLM engine: token boundaries from the generated token ids; temperature decay "
                    "exact (logits processor)"])
         return self.capabilities
@@ -306,6 +307,109 @@ class VLLMOfflineBackend:
                                       token_source="ids"))
         return CompletionResult(choices=choices, prompt_tokens=ptoks, completion_tokens=ctoks,
                                 latency_s=time.monotonic() - t0, attempts=1, endpoint=self.endpoint)
+
+    # -- scoring given text (prompt_logprobs) --------------------------------------------------
+    def _max_logprobs(self) -> int:
+        """The engine's ``max_logprobs`` (-1: the whole vocabulary may be asked for; vLLM's default is 20)."""
+        try:
+            return int(self._llm.llm_engine.model_config.max_logprobs)
+        except (AttributeError, TypeError, ValueError):
+            return 20
+
+    def score(self, texts: list[str], *, contexts: list[str] | None = None, top_k: int = 0,
+              vocab_stats: bool = False, full: bool = False, timeout: float | None = None) -> list:
+        """Per-token logprobs of given texts from vLLM's ``prompt_logprobs`` (one engine request
+        per text, all queued at once). vLLM caps the alternatives per position at the engine's
+        ``max_logprobs`` (default 20); started with ``engine_args={"max_logprobs": -1}`` it returns
+        the whole vocabulary (``prompt_logprobs=-1``), so ``vocab_stats`` and ``full`` are exact;
+        otherwise the statistics are estimated from the top-k (``exact_vocab_stats`` False)."""
+        import numpy as np
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        from extractor.backends.base import TextScore
+        from extractor.backends.scoring_http import DEFAULT_TOP_K_FOR_STATS, vocab_stats_from_top
+
+        self._ensure()
+        if contexts is not None and len(contexts) != len(texts):
+            raise TrawlError("score: contexts must be as many as texts")
+        cap = self._max_logprobs()
+        whole = cap == -1 and (vocab_stats or full)
+        k = -1 if whole else max(int(top_k), DEFAULT_TOP_K_FOR_STATS if vocab_stats else 0, 1)
+        if cap != -1:
+            k = min(k, cap)
+        jobs = []
+        for i, text in enumerate(texts):
+            ctx = contexts[i] if contexts is not None else ""
+            prompt = ctx + text
+            body = self.tokenize(prompt) if prompt else []
+            ids = self._prompt_ids(prompt) if prompt else self._prompt_ids("")
+            nb = len(ids) - len(body) if prompt else 1
+            if nb < 1 or ids[nb:] != body:
+                raise TrawlError(f"text {i}: vLLM's prompt ids are not BOS + the text's tokens; cannot score it")
+            offsets = self.offsets(prompt, body)
+            ctx_b = len(ctx.encode("utf-8"))
+            if ctx_b and ctx_b not in offsets:
+                raise TrawlError(f"text {i}: the context and the text share a token (no token starts where the "
+                                 f"text does); split the text at a token boundary")
+            first = offsets.index(ctx_b) if ctx_b else 0
+            sp = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=k, detokenize=True,
+                                output_kind=RequestOutputKind.FINAL_ONLY)
+            jobs.append((ids, nb, body, offsets, ctx_b, first if text else len(body),
+                         self._disp.submit(TokensPrompt(prompt_token_ids=ids), sp)))
+        out = []
+        for ids, nb, body, offsets, ctx_b, first, fut in jobs:
+            try:
+                res = fut.result(timeout=timeout)
+            except Exception as exc:
+                raise BackendError(f"vLLM engine: {type(exc).__name__}: {str(exc)[:300]}", retryable=False) from exc
+            plp = res.prompt_logprobs or []
+            sel = list(range(first, len(body)))
+            lps, tops, mean, var, rows = [], [], [], [], []
+            for j in sel:
+                step = plp[j + nb] if j + nb < len(plp) else None
+                tid = body[j]
+                if not step or tid not in step:
+                    lps.append(float("nan"))
+                    tops.append({})
+                    mean.append(float("nan"))
+                    var.append(float("nan"))
+                    continue
+                lps.append(float(step[tid].logprob))
+                ranked = sorted(step.items(), key=lambda kv: -kv[1].logprob)
+                tops.append({(lp.decoded_token if lp.decoded_token is not None else str(t)): float(lp.logprob)
+                             for t, lp in ranked[: (top_k if top_k else len(ranked))]})
+                if vocab_stats or full:
+                    vals = np.array([lp.logprob for lp in step.values()], dtype=np.float64)
+                    if whole:
+                        p = np.exp(vals)
+                        mu = float((p * vals).sum())
+                        mean.append(mu)
+                        var.append(float((p * (vals - mu) ** 2).sum()))
+                        if full:
+                            size = max(len(step), max(step) + 1)
+                            row = np.full(size, -np.inf, dtype=np.float32)
+                            for t, lp in step.items():
+                                row[t] = lp.logprob
+                            rows.append(row)
+                    else:
+                        m, v = vocab_stats_from_top({str(t): float(lp.logprob) for t, lp in step.items()})
+                        mean.append(m)
+                        var.append(v)
+            full_rows = None
+            if full and whole and rows:
+                width = max(len(r) for r in rows)
+                full_rows = np.stack([np.pad(r, (0, width - len(r)), constant_values=-np.inf) for r in rows])
+            out.append(TextScore(
+                token_ids=[body[j] for j in sel], token_offsets=[offsets[j] - ctx_b for j in sel], logprobs=lps,
+                top_logprobs=tops if top_k else None, vocab_mean=mean if vocab_stats else None,
+                vocab_var=var if vocab_stats else None, exact_vocab_stats=bool(whole),
+                full_logprobs=full_rows, prompt_tokens=len(ids),
+                note=None if whole or not vocab_stats else
+                f"vocabulary mean and variance estimated from the top-{k} prompt logprobs (engine max_logprobs="
+                f"{cap}; start it with max_logprobs=-1 for the exact figures)"))
+        return out
 
     def fill_tokens(self, choice: Choice) -> Choice:
         return choice
