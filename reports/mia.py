@@ -2,8 +2,8 @@
 false-positive rates, with bootstrap confidence intervals (Carlini et al. 2022, "Membership
 Inference Attacks From First Principles").
 
-Convention: a method's *membership score* is oriented so that **higher means "member"** (a loss
-becomes its negation; see :data:`ORIENTATION`). A threshold t classifies "score >= t" as member.
+Convention: a method's *membership score* is oriented so that **higher means "member"** (the
+transforms of :data:`reports.ranking.RANKINGS`: low perplexity first, high min-k% first, ...). A threshold t classifies "score >= t" as member.
 
 * ROC curve: one point (FPR, TPR) per distinct score, from (0, 0) to (1, 1).
 * AUC: the probability that a random member outscores a random non-member, ties counting 1/2 —
@@ -23,16 +23,7 @@ import math
 import numpy as np
 
 FPRS = (0.01, 0.001)
-# membership signals and whether a higher value means "member" (+1) or "non-member" (-1)
-ORIENTATION = {
-    "loss": -1,                    # mean negative log-likelihood per token: members are lower
-    "perplexity": -1,
-    "zlib_ratio": -1,              # log-perplexity / zlib entropy (Carlini 2021): lower = member
-    "lowercase_ratio": -1,         # log-perplexity / log-perplexity of the lowercased text
-    "reference_ratio": -1,         # log-perplexity / the reference model's log-perplexity
-    "min_k": +1,                   # mean of the k% lowest token log-probabilities: higher = member
-    "min_k_plus_plus": +1,
-}
+# the methods, their signal columns and orientation: reports/ranking.py's RANKINGS (part of one home)
 
 
 def _check(members, nonmembers) -> tuple[np.ndarray, np.ndarray]:
@@ -116,9 +107,11 @@ def evaluate(members, nonmembers, rounds: int = 1000, seed: int = 0) -> dict:
 
 
 def oriented(method: str, values) -> np.ndarray:
-    """``values`` of a signal turned into membership scores (higher = member)."""
-    base = method.split("@", 1)[0]
-    sign = ORIENTATION.get(base)
-    if sign is None:
-        raise KeyError(f"no orientation known for signal {method!r}")
-    return sign * np.asarray(values, dtype=np.float64)
+    """The values of a :data:`reports.ranking.RANKINGS` method's column turned into membership
+    scores (higher = member), with the ranking's own transform."""
+    from reports.ranking import RANKINGS
+
+    if method not in RANKINGS:
+        raise KeyError(f"unknown membership method {method!r}; known: {', '.join(RANKINGS)}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.asarray(RANKINGS[method][1](np.asarray(values, dtype=np.float64)), dtype=np.float64)

@@ -72,7 +72,7 @@ def test_evaluate_has_intervals_and_resolution():
 
 
 def test_orientation():
-    assert list(oriented("loss", [1.0, 2.0])) == [-1.0, -2.0]
-    assert list(oriented("min_k@20", [-1.0])) == [-1.0]
+    assert list(oriented("perplexity", [1.0, np.e])) == [0.0, -1.0]      # low perplexity = member
+    assert list(oriented("min_k", [-1.0])) == [-1.0]
     with pytest.raises(KeyError):
         oriented("unknown", [1])
