@@ -27,6 +27,7 @@ _COMMAND_MODULES = [
     "extractor.cli.sweep",
     "extractor.cli.history",
     "extractor.cli.serve",
+    "extractor.cli.mia",
     "reports.cli",
 ]
 
