@@ -89,6 +89,52 @@ def document_pz(scorer, prompt: str, target: str, scheme: Scheme, *, timeout: fl
     return pz_topk(lps, sc.top_logprobs, scheme)
 
 
+def scorer_for(be, caps, tokenizer_file: str | None):
+    """The best scorer for a run: the sampling backend when it sees full distributions, else the GGUF
+    file a llama.cpp server loaded (in process, full distributions), else the backend's top-k echo;
+    None when nothing can score."""
+    if caps.score and caps.full_distribution:
+        return be, False
+    if tokenizer_file:
+        from extractor.backends.llama_inprocess import LlamaScorer
+        return LlamaScorer(tokenizer_file), True
+    if caps.score:
+        return be, False
+    return None, False
+
+
+def maybe_score(run_dir, resolved: list[dict], be, caps, tokenizer_file: str | None, log) -> dict | None:
+    """The sampler's post-step: score the run's discoverable documents when a discoverable entry asks
+    for it (``exact_np``: "on", or "auto" with sampled decoding) and something can score. A failure
+    is logged, never fatal: the Monte Carlo figures stand."""
+    want = False
+    for a in resolved:
+        if a.get("name") != "discoverable":
+            continue
+        mode = a["params"].get("exact_np", "auto")
+        want |= mode == "on" or (mode == "auto" and float(a["params"].get("temperature") or 0) > 0)
+    if not want:
+        return None
+    try:
+        scorer, own = scorer_for(be, caps, tokenizer_file)
+    except TrawlError as exc:
+        log(f"exact (n,p) not computed: {exc}")
+        return None
+    if scorer is None:
+        log("exact (n,p) not computed: the backend cannot score text (give the GGUF file with --tokenizer-file "
+            "for a llama.cpp server); the Monte Carlo estimate stands")
+        return None
+    from extractor.backends.base import BackendError
+    try:
+        return score_discoverable(run_dir, scorer, server=caps.server, log=log)
+    except (TrawlError, BackendError) as exc:
+        log(f"exact (n,p) not computed: {exc}")
+        return None
+    finally:
+        if own:
+            scorer.close()
+
+
 def score_discoverable(run_dir, scorer, *, server: str | None = None, log=lambda msg: None,
                        timeout: float | None = None) -> dict | None:
     """Score every discoverable document of ``run_dir`` with ``scorer`` and write ``RUN/extraction_np.json``.
@@ -105,7 +151,10 @@ def score_discoverable(run_dir, scorer, *, server: str | None = None, log=lambda
     for d in docs.values():
         scheme = _scheme(d["params"], order)
         schemes.add(scheme)
-        pz = document_pz(scorer, d["prompt"], d["target"], scheme, timeout=timeout)
+        try:
+            pz = document_pz(scorer, d["prompt"], d["target"], scheme, timeout=timeout)
+        except TrawlError as exc:          # e.g. prefix and target share a token: this document only
+            pz = PZ("unavailable", note=str(exc))
         values.append(pz)
         mc = d["hits"] / d["samples"]
         rows.append({"doc_id": d["doc_id"], "source": d["source"], "scheme": scheme.describe(), **pz.to_dict(),
