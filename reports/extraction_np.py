@@ -199,12 +199,17 @@ def _unseen_tempered_mass(rest: float, smallest: float, a: float, unseen: int | 
     return (min(conc, spread), max(conc, spread))
 
 
-def token_logprob_topk(own: float, alternatives, scheme: Scheme, vocab_size: int | None = None
-                       ) -> tuple[str, float, float]:
+def token_logprob_topk(own: float, alternatives, scheme: Scheme, vocab_size: int | None = None,
+                       asked: int | None = None) -> tuple[str, float, float]:
     """``(kind, log_lower, log_upper)`` of a token's probability under ``scheme`` from its own
     logprob (T = 1) and the logprobs of the server's top alternatives (``alternatives``: values;
-    the token itself may be among them). ``kind`` "exact" has lower == upper."""
+    the token itself may be among them). ``asked``: the number of alternatives asked for — a
+    server that appends the scored token to its top ``asked`` (llama-cpp-python) returns one more,
+    which is not the next most likely token, so only the ``asked`` largest count as the top set.
+    ``kind`` "exact" has lower == upper."""
     alts = sorted((float(x) for x in alternatives), reverse=True)
+    if asked is not None:
+        alts = alts[:max(int(asked), 0)]
     k_known = len(alts)
     # the known set: the alternatives, plus the token itself when it is not among them
     in_alts = any(abs(x - own) <= 1e-9 for x in alts)
@@ -261,12 +266,14 @@ def token_logprob_topk(own: float, alternatives, scheme: Scheme, vocab_size: int
     return "exact", lp, lp
 
 
-def pz_topk(own_logprobs, top_logprobs, scheme: Scheme, vocab_size: int | None = None) -> PZ:
-    """p_z from per-token own logprobs and top-alternative dicts (``{token: logprob}`` per position)."""
+def pz_topk(own_logprobs, top_logprobs, scheme: Scheme, vocab_size: int | None = None,
+            asked: int | None = None) -> PZ:
+    """p_z from per-token own logprobs and top-alternative dicts (``{token: logprob}`` per position);
+    ``asked``: see :func:`token_logprob_topk`."""
     lo = hi = 0.0
     kinds = set()
     for own, top in zip(own_logprobs, top_logprobs):
-        kind, a, b = token_logprob_topk(float(own), list((top or {}).values()), scheme, vocab_size)
+        kind, a, b = token_logprob_topk(float(own), list((top or {}).values()), scheme, vocab_size, asked)
         kinds.add(kind)
         if kind == "unavailable":
             return PZ("unavailable", tokens=len(own_logprobs),

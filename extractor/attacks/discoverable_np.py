@@ -86,7 +86,7 @@ def document_pz(scorer, prompt: str, target: str, scheme: Scheme, *, timeout: fl
         if scheme.temperature == 1.0 and scheme.top_k <= 0 and scheme.top_p >= 1.0:
             return PZ("exact", log_pz=float(sum(lps)), tokens=len(lps))
         return PZ("unavailable", tokens=len(lps), note="no top logprobs from the scorer")
-    return pz_topk(lps, sc.top_logprobs, scheme)
+    return pz_topk(lps, sc.top_logprobs, scheme, asked=HTTP_TOP_K)
 
 
 def scorer_for(be, caps, tokenizer_file: str | None):

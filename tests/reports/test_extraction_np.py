@@ -154,6 +154,11 @@ def test_topk_hand_cases_and_labels():
     # nucleus 0.6 closes inside {0.5, 0.3} at T = 1 (llama.cpp order), then temperature 2
     t = pz_topk([own], [{"a": alts[0], "b": alts[1]}], Scheme(temperature=2, top_p=0.6, order="llama.cpp"))
     assert t.kind == "exact" and t.pz == pytest.approx(SQ[0] / SQ[:2].sum())
+    # a server that appends the scored token to its top-1 (llama-cpp-python): only the top 1 is the top set
+    low = math.log(0.05)
+    two = {"a": alts[0], "own": low}
+    assert pz_topk([low], [two], Scheme(temperature=1, top_k=2), asked=1).kind == "unavailable"
+    assert pz_topk([low], [two], Scheme(temperature=1, top_k=1), asked=1).pz == 0.0
     # the same in vLLM order needs the tempered distribution over the whole vocabulary
     assert pz_topk([own], [{"a": alts[0], "b": alts[1]}], Scheme(temperature=2, top_p=0.6)).kind == "unavailable"
 
