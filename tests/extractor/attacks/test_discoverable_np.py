@@ -86,22 +86,27 @@ def test_exact_pz_agrees_with_llama_cpp_monte_carlo(local_server, tmp_path):
 
 
 @pytest.mark.slow
-def test_http_echo_scorer_agrees_with_in_process(local_server):
-    """Temperature 1 without truncation is exact from the server's own echoed logprobs; it equals the
-    in-process value (float32 rounding)."""
+def test_http_echo_scorer_against_in_process(local_server):
+    """Over HTTP (echoed top-20 logprobs): temperature 1 is exact from the server's own logprobs and
+    equals the in-process value where the two engines agree (the first two tokens after this prefix:
+    further on, the embedded server's echo and llama.cpp in process differ, see the README); at
+    temperature 1.5 the bounds hold the in-process exact value; greedy is exact."""
     from extractor.backends import make_backend
     from extractor.backends.llama_inprocess import LlamaScorer
 
-    prompt, target = "We the People of the United States, in Order to form a more perfect", " Union, establish Justice"
+    prompt, target = "We the People of the United States, in Order to form a more perfect", " Union,"
     be = make_backend("openai", endpoint=local_server.base_url, model=local_server.model)
     be.probe()
     http = document_pz(be, prompt, target, Scheme(temperature=1.0))
+    hot = document_pz(be, prompt, target, Scheme(temperature=1.5))
     greedy = document_pz(be, prompt, target, Scheme(temperature=0.0))
     scorer = LlamaScorer(local_server.model_path)
     try:
         local = document_pz(scorer, prompt, target, Scheme(temperature=1.0))
+        local_hot = document_pz(scorer, prompt, target, Scheme(temperature=1.5))
     finally:
         scorer.close()
-    assert http.kind == "exact" and local.kind == "exact"
-    assert http.log_pz == pytest.approx(local.log_pz, abs=1e-3)
+    assert http.kind == "exact" and local.kind == "exact" and http.tokens == local.tokens == 2
+    assert http.log_pz == pytest.approx(local.log_pz, abs=1e-2)     # llama.cpp runs differ by ~2e-3 (threads)
+    assert hot.kind == "bounds" and hot.log_lower - 1e-2 <= local_hot.log_pz <= hot.log_upper + 1e-2
     assert greedy.kind == "exact" and greedy.pz == 1.0
