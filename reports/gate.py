@@ -213,7 +213,7 @@ def metric_names() -> frozenset[str]:
 # after this many levels of attack / variant names) and other sections (checked at evaluation)
 _FIGURE_TABLES = {"metrics": 0, "per_attack": 1, "per_variant": 2}
 _SECTIONS = ("by_category", "extrapolation", "longest_run", "repeated_draws", "near_duplicates", "categories",
-             "run_lengths", "taxonomy", "approximate", "run", "parameters")
+             "run_lengths", "taxonomy", "approximate", "run", "parameters", "ranking")
 
 
 def check_metric_name(name: str) -> None:

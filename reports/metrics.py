@@ -152,6 +152,8 @@ DEFINITIONS = {
     "nontrivial_mb_per_dollar": "non-trivial unique memorized bytes / 1e6 / total cost (n/a when no cost was recorded)",
     "nontrivial_usd_per_unique_window": "total cost / non-trivial unique memorized windows (n/a when no cost or none)",
     "same_draw_rows": "sampled generations that repeat an earlier row's attack, variant, prompt, params and seed + n_choice: the same draw stored twice (see Repeated draws)",
+    "ranking_best_auc": "highest ROC AUC of any membership ranking in scores.parquet (trawl rank) against the memorized generations; null without scores",
+    "ranking_best_precision_at_100": "highest precision@100 of any membership ranking (trawl rank); null without scores or with fewer than 100 generations",
     "implausible_duplicate_rows": "sampled generations that repeat an earlier row's completion more often than independent sampling explains (binomial tail < 1e-6 from token logprobs; without logprobs: >= 64 tokens and zlib ratio >= 0.5)",
 }
 
@@ -241,6 +243,10 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
     texts = _text_sections(acc, totals, per_attack, per_variant, longest_run, int(recitation_min_occurrences),
                            minhash_threshold, minhash_max_texts, index, mi.meta, warnings)
     stage("texts")
+    rank_sec = _ranking(run_dir, parts, mi, W, warnings)
+    from reports.render_ranking import best as best_ranking
+    totals["ranking_best_auc"], totals["ranking_best_precision_at_100"] = best_ranking(rank_sec)
+    stage("ranking")
     metrics = Metrics({
         "schema": "trawl-report-metrics",
         "schema_version": SCHEMA_VERSION,
@@ -265,6 +271,7 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
         "approximate": {"examples": acc.approx_examples},
         "categories": texts["categories"],
         "top_spans": texts["all"][:top_spans],
+        "ranking": rank_sec,
         "extraction_np": load_extraction_np(run_dir, warnings),
         "warnings": warnings,
         "elapsed_s": round(time.time() - t0, 3),
@@ -272,6 +279,19 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
     })
     metrics.memorized_texts = texts["all"]
     return metrics
+
+
+def _ranking(run_dir: str, parts: list[str], mi: MatchIndex, W: int, warnings: list[str]) -> dict | None:
+    """metrics.json's ``ranking`` section from RUN/scores.parquet (``trawl rank``; None without it); a
+    damaged scores file is a warning, not a failed report."""
+    from reports.render_ranking import ranking_section
+    if not os.path.exists(os.path.join(run_dir, "scores.parquet")):
+        return None
+    try:
+        return ranking_section(run_dir, parts, set(mi.memorized.keys()), W)
+    except ReportError as exc:
+        warnings.append(f"the rankings are left out: {exc}")
+        return None
 
 
 def _stream_warnings(acc: RunAccumulator, mi: MatchIndex, W: int) -> list[str]:

@@ -234,3 +234,56 @@ def evaluate(columns: dict, labels, keys=None, ns=PRECISION_NS) -> dict:
         out[name] = {"precision_at": {int(n): precision_at(sc, lab, int(n), keys) for n in ns},
                      "auc": roc_auc(sc, lab), "roc": roc_curve(sc, lab), "scored": scored}
     return out
+
+
+# -- RUN/scores.parquet (docs/CONTRACTS.md §6): written by extractor/scoring, read here -------------
+SCORES_NAME = "scores.parquet"
+SCORES_FORMAT = "1"
+SIGNAL_COLUMNS = ("perplexity", "zlib_ratio", "lower_ratio", "ref_ratio", "window_ppl", "min_k", "min_k_pp")
+
+
+def scores_schema():
+    import pyarrow as pa
+    return pa.schema([
+        ("run_id", pa.string()), ("request_id", pa.string()), ("attack", pa.string()), ("variant", pa.string()),
+        ("scored_tokens", pa.int32()), ("perplexity", pa.float64()), ("zlib_entropy", pa.int32()),
+        ("zlib_ratio", pa.float64()), ("lower_ratio", pa.float64()), ("ref_ratio", pa.float64()),
+        ("window_ppl", pa.float64()), ("min_k", pa.float64()), ("min_k_pp", pa.float64()),
+        ("min_k_pp_exact", pa.bool_()), ("token_logprobs", pa.list_(pa.float32())), ("error", pa.string()),
+    ])
+
+
+def memorized_ids(matches_path: str, window_tokens: int = 50) -> set[str]:
+    """Request ids of generations holding a memorized window: a verbatim span of at least
+    ``window_tokens`` covered tokens (the matches' ``tokens`` column, as reports/metrics.py counts)."""
+    import pyarrow.compute as pc
+
+    from reports.inputs import iter_batches, open_parquet
+    pf = open_parquet(matches_path, ("request_id", "tokens"))
+    out: set[str] = set()
+    for b in iter_batches(pf, matches_path, ["request_id", "tokens"], 65536):
+        tok = b.column(1)
+        keep = pc.fill_null(pc.greater_equal(tok, int(window_tokens)), False)
+        out.update(x for x in b.column(0).filter(keep).to_pylist() if isinstance(x, str))
+    return out
+
+
+def read_scores(path: str) -> tuple[dict, dict]:
+    """``scores.parquet`` as columns (lists) and its key-value metadata (strings); a damaged file or a
+    missing column is a ReportError naming the file."""
+    from reports.errors import ReportError
+    from reports.inputs import open_parquet
+    need = ("request_id", "attack", "variant") + SIGNAL_COLUMNS
+    pf = open_parquet(path, need)
+    try:
+        t = pf.read(columns=list(need) + [c for c in ("min_k_pp_exact", "scored_tokens", "error")
+                                          if c in pf.schema_arrow.names])
+    except Exception as exc:
+        from corpora.storage import first_line
+        raise ReportError(f"{path}: damaged data ({type(exc).__name__}: {first_line(exc)})") from None
+    meta = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace")
+            for k, v in (pf.schema_arrow.metadata or {}).items() if not k.startswith(b"ARROW:")}
+    cols = {name: t.column(name).to_pylist() for name in t.column_names}
+    for c in SIGNAL_COLUMNS:
+        cols[c] = [float("nan") if not isinstance(v, (int, float)) else float(v) for v in cols[c]]
+    return cols, meta

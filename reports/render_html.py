@@ -45,10 +45,16 @@ def render_html(m: dict) -> str:
     """The whole document (sections in page order)."""
     h = []
     for section in (_html_head, _html_headline, _html_longest_run, _html_run_lengths, _html_extrapolation,
-                    _html_exact_np, _html_cost, _html_breakdowns, _html_near_duplicates, _html_categories, _html_spans,
-                    _html_definitions):
+                    _html_exact_np, _html_cost, _html_breakdowns, _html_near_duplicates, _html_categories,
+                    _html_spans, _html_ranking, _html_definitions):
         section(m, h.append)
     return "".join(h)
+
+
+def _html_ranking(m: dict, a) -> None:
+    """Rankings by membership signals (trawl rank's scores.parquet), when the run has them."""
+    from reports.render_ranking import html_ranking
+    a(html_ranking(m.get("ranking")))
 
 
 def _html_head(m: dict, a) -> None:

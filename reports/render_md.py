@@ -17,9 +17,16 @@ def render_markdown(m: dict) -> str:
     """The whole document (sections in page order)."""
     L = []
     for section in (_md_head, _md_headline, _md_longest_run, _md_run_lengths, _md_extrapolation_cost,
-                    _md_exact_np, _md_breakdowns, _md_texts, _md_spans):
+                    _md_exact_np, _md_breakdowns, _md_texts, _md_spans, _md_ranking):
         section(m, L.append)
     return "\n".join(L) + "\n"
+
+
+def _md_ranking(m: dict, a) -> None:
+    """Rankings by membership signals (trawl rank's scores.parquet), when the run has them."""
+    from reports.render_ranking import md_ranking
+    if m.get("ranking"):
+        a(md_ranking(m["ranking"]))
 
 
 def _md_head(m: dict, a) -> None:

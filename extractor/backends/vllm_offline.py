@@ -346,8 +346,14 @@ class VLLMOfflineBackend:
             body = self.tokenize(prompt) if prompt else []
             ids = self._prompt_ids(prompt) if prompt else self._prompt_ids("")
             nb = len(ids) - len(body) if prompt else 1
-            if nb < 1 or ids[nb:] != body:
-                raise TrawlError(f"text {i}: vLLM's prompt ids are not BOS + the text's tokens; cannot score it")
+            if nb < 0 or ids[nb:] != body:
+                raise TrawlError(f"text {i}: vLLM's prompt ids are not the text's tokens after the start "
+                                 f"token(s); cannot score it")
+            if nb == 0 and not ctx:
+                # a tokenizer that adds no BOS (GPT-style): the start-of-text token conditions the first
+                # token, as for an empty prompt (_prompt_ids), so that every token of the text is scored
+                ids = self._prompt_ids("") + body
+                nb = len(ids) - len(body)
             offsets = self.offsets(prompt, body)
             ctx_b = len(ctx.encode("utf-8"))
             if ctx_b and ctx_b not in offsets:

@@ -100,6 +100,24 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "redact": Key("bool", False, "mask personal data and secrets in the report"),
         "fail_if": Key("list[str]", [], "release gates (trawl report --fail-if grammar); exit code 3 when any holds"),
     },
+    "rank": {
+        "enabled": Key("bool", False, "score every generation with the model and rank them by membership signals "
+                                      "(trawl rank) before the report; a [rank] table turns it on unless false"),
+        "k": Key("float", 20.0, "min-k% and min-k%++: percentage of lowest-scoring tokens averaged", minimum=0.001,
+                 maximum=100),
+        "window": Key("int", 50, "sliding-window perplexity: window length in tokens", minimum=1, maximum=1_000_000),
+        "top_k": Key("int", 20, "alternatives per position asked of a server (min-k%++'s approximation)", minimum=0,
+                     maximum=100_000),
+        "lowercase": Key("bool", True, "also score each text lowercased (the lowercase-ratio signal; twice the cost)"),
+        "model_file": Key("path", None, "score with llama.cpp in the trawl process from this GGUF (exact min-k%++); "
+                                        "default: the served GGUF for embedded = true, else the target's endpoints"),
+        "reference_endpoint": Key("str", None, "a reference model's server, for the reference-ratio signal"),
+        "reference_model": Key("str", None, "the reference model's name at reference_endpoint"),
+        "reference_model_file": Key("path", None, "the reference model as a GGUF scored in the trawl process"),
+        "batch": Key("int", 8, "texts per scoring call", minimum=1, maximum=4096),
+        "max_seconds": Key("float", None, "wall time of the rank step in one session (rerun to continue)",
+                           minimum=0),
+    },
     "history": {
         "record": Key("bool", True, "append the metrics to the ledger when the campaign finishes"),
         "ledger": Key("path", None, "ledger Parquet file; default: ledger.parquet in the campaign folder's parent"),
@@ -117,6 +135,7 @@ SECTION_HELP = {
     "pricing": "cost model for the $-figures",
     "index": "the reference corpus index",
     "report": "report settings",
+    "rank": "optional: membership rankings of the generations (trawl rank) for the report and the gates",
     "history": "the ledger",
 }
 
@@ -400,6 +419,11 @@ def validate_campaign(data: dict, *, file: str, base_dir: Path, default_name: st
             Gate(expr)
         except Exception as exc:  # noqa: BLE001 - ReportError (user_error) or a parse error
             raise TrawlError(f"report.fail_if[{i}] in {file}: {exc}") from None
+    rk = cfg["rank"]
+    if "rank" in data and "enabled" not in data["rank"]:
+        rk["enabled"] = True          # a [rank] table asks for the step
+    if (rk["reference_endpoint"] is None) != (rk["reference_model"] is None):
+        raise TrawlError(f"rank: give both reference_endpoint and reference_model (in {file})")
     if check_index_files:
         check_index(file, cfg["index"]["path"])
     return cfg

@@ -217,6 +217,58 @@ class MatchStep:
         return {"spans": r["spans"], "generations": r["generations"], "matches": r["out"]}
 
 
+class RankStep:
+    """Score the generations with the model and write RUN/scores.parquet (``[rank]``; skipped without
+    it): the report's rankings and the ``ranking_*`` gate figures. The target is reached as in
+    sampling, except that an embedded model is scored in this process from its GGUF (llama.cpp,
+    the full distribution) instead of through its server."""
+
+    name = "rank"
+
+    def run(self, ctx: CampaignContext) -> dict:
+        rk = ctx.cfg.get("rank") or {}
+        if not rk.get("enabled"):
+            return {"skipped": True}
+        from extractor.backends import make_backend
+        from extractor.backends.llama_inprocess import LlamaScorer
+        from extractor.sampling.budget import Budget
+        from extractor.scoring import ScoreSettings, score_run
+
+        t = ctx.cfg["target"]
+        if rk["model_file"] or t["embedded"]:
+            path = rk["model_file"] or t["model_path"]
+            if path is None:
+                from extractor.serving.embedded import default_model_path
+                path = default_model_path()
+            scorer = LlamaScorer(path, model=t["model"])
+        elif t["backend"] == "vllm":
+            scorer = make_backend("vllm", model=t["model_path"] or t["model"])
+        else:
+            eps = t["endpoints"]
+            scorer = make_backend("openai", endpoint=eps if len(eps) > 1 else eps[0], model=t["model"],
+                                  api_key_env=t["api_key_env"], timeout=t["timeout"], max_retries=t["max_retries"])
+        reference = None
+        if rk["reference_model_file"]:
+            reference = LlamaScorer(rk["reference_model_file"])
+        elif rk["reference_endpoint"]:
+            reference = make_backend("openai", endpoint=rk["reference_endpoint"], model=rk["reference_model"],
+                                     api_key_env=t["api_key_env"], timeout=t["timeout"], max_retries=t["max_retries"])
+        inproc = scorer.capabilities.score == "in_process"
+        st = ScoreSettings(k=rk["k"] / 100.0, window=rk["window"], top_k=rk["top_k"], batch=rk["batch"],
+                           concurrency=1 if inproc else max(1, min(t["concurrency"], 16)), timeout=t["timeout"],
+                           lowercase=rk["lowercase"], budget=Budget(max_seconds=rk["max_seconds"]))
+        try:
+            s = score_run(str(ctx.run_dir), scorer, reference=reference, settings=st)
+        finally:
+            for be in (scorer, reference):
+                if be is not None:
+                    be.close()
+        if s.stopped:
+            raise TrawlError(f"ranking stopped early ({s.stopped}): {s.rows} generations scored; run again to resume")
+        return {"scores": s.path, "rows": s.rows, "new": s.new, "errors": s.errors,
+                "exact_vocab_stats": s.exact_vocab_stats, "prompt_tokens": s.prompt_tokens}
+
+
 class ReportStep:
     """Compute the metrics, judge the release gates, write the report; the metrics stay in the context."""
 
@@ -248,7 +300,7 @@ class HistoryStep:
         return {"recorded": append_rows(h["ledger"], rows), "ledger": h["ledger"]}
 
 
-CAMPAIGN_STEPS = (SampleStep(), MatchStep(), ReportStep(), HistoryStep())
+CAMPAIGN_STEPS = (SampleStep(), MatchStep(), RankStep(), ReportStep(), HistoryStep())
 STEPS = tuple(s.name for s in CAMPAIGN_STEPS)
 
 
@@ -400,6 +452,7 @@ class CampaignRunner:
         st["status"] = "running"
         self.save()
         for step in self.steps:
+            st["steps"].setdefault(step.name, {"status": "pending"})   # a campaign begun before the step existed
             if st["steps"][step.name].get("status") == "done":
                 continue
             self._run_step(step, session)

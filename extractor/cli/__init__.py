@@ -2,7 +2,7 @@
 
 Each command is defined by a module with a ``register(subparsers)`` function: the
 extractor's in this package, named after the commands they define (``demo``,
-``sample``, ``attacks``, ``run``, ``sweep``, ``history``, ``serve``, ``mia``), the other
+``sample``, ``rank``, ``attacks``, ``run``, ``sweep``, ``history``, ``serve``, ``mia``), the other
 packages' in their own ``cli`` module (``corpus``, ``index``, ``report``). This
 module only wires them together and turns user errors (see :mod:`extractor.errors`)
 into one clear line on stderr and a non-zero exit code (never a traceback).
@@ -22,6 +22,7 @@ _COMMAND_MODULES = [
     "corpora.cli",
     "suffix_index.cli",
     "extractor.cli.sample",
+    "extractor.cli.rank",
     "extractor.cli.attacks",
     "extractor.cli.run",
     "extractor.cli.sweep",
