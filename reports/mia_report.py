@@ -9,7 +9,6 @@ is listed as not computed. Every string shown is escaped (HTML) or made one safe
 """
 from __future__ import annotations
 
-import html
 import json
 import math
 import os
@@ -150,4 +149,4 @@ def write_mia_report(figures: dict, out_dir: str, redact: bool = False) -> dict:
     return paths
 
 
-__all__ = ["mia_figures", "render_mia_html", "render_mia_markdown", "write_mia_report", "html"]
+__all__ = ["mia_figures", "render_mia_html", "render_mia_markdown", "write_mia_report"]

@@ -9,7 +9,6 @@ import math
 import os
 
 from reports import svg
-from reports.extraction_np import P_TARGETS
 from reports.render_common import esc, fmt_num, md_cell
 
 FILE = "extraction_np.json"
@@ -152,4 +151,4 @@ def md_section(d: dict | None) -> str:
     return "\n".join(L) + "\n"
 
 
-__all__ = ["P_TARGETS", "html_section", "load_extraction_np", "md_section"]
+__all__ = ["html_section", "load_extraction_np", "md_section"]
