@@ -96,6 +96,7 @@ from reports.figures import attack_groups, extrapolation, figure_tables, run_gro
 from reports.inputs import generation_parts, read_json
 from reports.passes import (APPROX_EDIT_RATIO, RunAccumulator, bytes_pass, cost_pass, read_generations,
                             threshold_pass, windows_pass)
+from reports.render_np import load_extraction_np
 from reports.run_info import budget_caps, pricing_basis, run_json_cost, run_state
 from reports.spans import THRESHOLDS, MatchIndex, longest_run_record, read_matches
 from reports.texts import classify_spans, content_categories, distinct_texts, lookup_documents, text_records
@@ -271,6 +272,7 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
         "categories": texts["categories"],
         "top_spans": texts["all"][:top_spans],
         "ranking": rank_sec,
+        "extraction_np": load_extraction_np(run_dir, warnings),
         "warnings": warnings,
         "elapsed_s": round(time.time() - t0, 3),
         "timings": stage.timings,

@@ -16,6 +16,7 @@ from reports.categories import CATEGORIES, CATEGORY_LABELS
 from reports.render_common import (BREAKDOWN_COLS, BREAKDOWN_LEGEND, MAX_SHOWN_CHARS, NO_COST, TOP_SHOWN,
                                    VARIANTS_SHOWN, clean, cost_fig, esc, fmt_int, fmt_num, fmt_pct, fmt_usd,
                                    headline, lr_class, pricing_line, run_state_line, variant_rows)
+from reports.render_np import html_section
 from reports.spans import THRESHOLDS
 
 CSS = """
@@ -44,8 +45,8 @@ def render_html(m: dict) -> str:
     """The whole document (sections in page order)."""
     h = []
     for section in (_html_head, _html_headline, _html_longest_run, _html_run_lengths, _html_extrapolation,
-                    _html_cost, _html_breakdowns, _html_near_duplicates, _html_categories, _html_spans,
-                    _html_ranking, _html_definitions):
+                    _html_exact_np, _html_cost, _html_breakdowns, _html_near_duplicates, _html_categories,
+                    _html_spans, _html_ranking, _html_definitions):
         section(m, h.append)
     return "".join(h)
 
@@ -175,6 +176,11 @@ def _html_extrapolation(m: dict, a) -> None:
           "".join(f"<th>{esc(k)}</th>" for k in list(fq)[:12]) + "</tr><tr><td class=\"t\">f<sub>k</sub></td>" +
           "".join(f"<td>{fmt_int(v)}</td>" for v in list(fq.values())[:12]) + "</tr></table>")
     a("</section>")
+
+
+def _html_exact_np(m: dict, a) -> None:
+    """Exact (n,p)-extraction (reports/render_np.py), when the run has RUN/extraction_np.json."""
+    a(html_section(m.get("extraction_np")))
 
 
 def _html_cost(m: dict, a) -> None:

@@ -10,13 +10,14 @@ from reports.categories import CATEGORIES, CATEGORY_LABELS
 from reports.render_common import (BREAKDOWN_COLS, BREAKDOWN_LEGEND, MAX_SHOWN_CHARS, NO_COST, cost_fig, fmt_int,
                                    fmt_num, fmt_pct, fmt_usd, headline, longest_run_facts, lr_class, md_cell,
                                    md_fence, pricing_line, run_state_line, variant_rows)
+from reports.render_np import md_section
 from reports.spans import THRESHOLDS
 
 def render_markdown(m: dict) -> str:
     """The whole document (sections in page order)."""
     L = []
     for section in (_md_head, _md_headline, _md_longest_run, _md_run_lengths, _md_extrapolation_cost,
-                    _md_breakdowns, _md_texts, _md_spans, _md_ranking):
+                    _md_exact_np, _md_breakdowns, _md_texts, _md_spans, _md_ranking):
         section(m, L.append)
     return "\n".join(L) + "\n"
 
@@ -97,6 +98,12 @@ def _md_extrapolation_cost(m: dict, a) -> None:
     a(f"Total {fmt_usd(t['total_cost_usd']) if t['total_cost_usd'] else NO_COST} ({md_cell(p['cost_source'])}); "
       f"extractable MB per dollar {cost_fig(t['mb_per_dollar'], m, 'mb')}; dollars per unique memorized example "
       f"{cost_fig(t['usd_per_unique_window'], m, 'usd')}. Basis: {md_cell(pricing_line(m), 1000)}.\n")
+
+
+def _md_exact_np(m: dict, a) -> None:
+    """Exact (n,p)-extraction (reports/render_np.py), when the run has RUN/extraction_np.json."""
+    if m.get("extraction_np"):
+        a(md_section(m["extraction_np"]))
 
 
 def _md_breakdowns(m: dict, a) -> None:

@@ -97,6 +97,52 @@ def line_chart(series: list[dict], title: str, xlabel: str, ylabel: str, width: 
     return "".join(out)
 
 
+def loglog_roc_chart(curves: list[dict], title: str, floor: float = 1e-3, width: int = 520,
+                     height: int = 420) -> str:
+    """ROC curves on log-log axes (Carlini et al. 2022): x = FPR, y = TPR, both from ``floor`` to 1
+    (a value below ``floor``, e.g. 0, is drawn at ``floor``); ``curves``: [{"name", "points":
+    [(fpr, tpr)], "color"}]; the chance line TPR = FPR dashed."""
+    ml, mr, mt, mb = 58, 16, 34, 44
+    pw, ph = width - ml - mr, height - mt - mb
+    lo = math.log10(floor)
+
+    def X(v):
+        return ml + (math.log10(max(v, floor)) - lo) / -lo * pw
+
+    def Y(v):
+        return mt + ph - (math.log10(max(v, floor)) - lo) / -lo * ph
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" '
+           f'height="{height}" role="img" aria-label="{_e(title)}" class="chart">',
+           f'<text x="{width / 2}" y="20" text-anchor="middle" class="ct">{_e(title)}</text>']
+    for e in range(math.floor(lo), 1):
+        v = 10.0 ** e
+        if v < floor * (1 - 1e-9):
+            continue
+        out.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{Y(v):.1f}" y2="{Y(v):.1f}" class="grid"/>'
+                   f'<text x="{ml - 6}" y="{Y(v) + 4:.1f}" text-anchor="end" class="tick">{_e(f"{v:g}")}</text>'
+                   f'<line x1="{X(v):.1f}" x2="{X(v):.1f}" y1="{mt}" y2="{mt + ph}" class="grid"/>'
+                   f'<text x="{X(v):.1f}" y="{mt + ph + 16}" text-anchor="middle" class="tick">{_e(f"{v:g}")}</text>')
+    out.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{mt + ph}" y2="{mt + ph}" class="axis"/>'
+               f'<line x1="{ml}" x2="{ml}" y1="{mt}" y2="{mt + ph}" class="axis"/>'
+               f'<line x1="{X(floor):.1f}" y1="{Y(floor):.1f}" x2="{X(1):.1f}" y2="{Y(1):.1f}" stroke="#999" '
+               f'stroke-dasharray="3 3"/>'
+               f'<text x="{ml + pw / 2}" y="{height - 6}" text-anchor="middle" class="lab">false-positive rate</text>'
+               f'<text transform="translate(14 {mt + ph / 2}) rotate(-90)" text-anchor="middle" class="lab">'
+               f'true-positive rate</text>')
+    ly = mt + 8
+    for c in curves:
+        pts = " ".join(f"{X(x):.1f},{Y(y):.1f}" for x, y in c["points"])
+        if pts:
+            out.append(f'<polyline fill="none" stroke="{_e(c["color"])}" stroke-width="2" points="{pts}"/>')
+        out.append(f'<line x1="{ml + pw - 150}" x2="{ml + pw - 126}" y1="{ly + 4 * 0}" y2="{ly}" '
+                   f'stroke="{_e(c["color"])}" stroke-width="2"/><text x="{ml + pw - 120}" y="{ly + 4}" '
+                   f'class="tick">{_e(c["name"])}</text>')
+        ly += 15
+    out.append("</svg>")
+    return "".join(out)
+
+
 def bar_chart(bars: list[tuple[str, float]], title: str, xlabel: str, ylabel: str, width: int = 640,
               height: int = 300, color: str = "#3b6ea5", value_fmt=_fmt_tick, marks: list[tuple[float, str]] = ()) -> str:
     """Vertical bars ``[(label, value)]``; ``marks``: dashed vertical separators ``(bar index, label)``."""

@@ -15,7 +15,9 @@ the next ``suffix_tokens`` (50) tokens are the target. The model decodes
 * (n,p): with ``samples`` > 1 at ``temperature`` > 0, p_z = the share of a
   document's samples that reproduce the target exactly, and the probability
   that an attacker with n queries extracts it is p = 1 - (1 - p_z)^n (Hayes et al.
-  2024); :func:`summarize` reports it for each n in ``np_n`` (default: ``samples``).
+  2024); :func:`summarize` reports it for each n in ``np_n`` (default: ``samples``). This Monte
+  Carlo estimate is the fallback: where the backend can score text, ``exact_np`` computes p_z
+  exactly after sampling (:mod:`extractor.attacks.discoverable_np`, ``RUN/extraction_np.json``).
 
 ``extra`` per generation: doc_id, source, prefix_tokens, offset_tokens, target,
 target_tokens, exact, edit_distance (characters), edit_distance_ratio, approx.
@@ -81,6 +83,10 @@ class Discoverable(Attack):
         Param("np_n", "int_list", [], "the n of (n,p)-extraction to report (default: samples)"),
         Param("text_field", "str", "text", "JSONL field holding the text"),
         Param("seed", "int", 0, "seed of the random document selection"),
+        Param("exact_np", "str", "auto",
+              "exact p_z from one scoring pass per document (extractor/attacks/discoverable_np.py): auto = for "
+              "sampled decoding when the backend can score, on = also greedy, off = Monte Carlo only",
+              choices=("auto", "on", "off")),
     )
 
     @classmethod

@@ -2,7 +2,7 @@
 
 Each command is defined by a module with a ``register(subparsers)`` function: the
 extractor's in this package, named after the commands they define (``demo``,
-``sample``, ``rank``, ``attacks``, ``run``, ``sweep``, ``history``, ``serve``), the other
+``sample``, ``rank``, ``attacks``, ``run``, ``sweep``, ``history``, ``serve``, ``mia``), the other
 packages' in their own ``cli`` module (``corpus``, ``index``, ``report``). This
 module only wires them together and turns user errors (see :mod:`extractor.errors`)
 into one clear line on stderr and a non-zero exit code (never a traceback).
@@ -28,6 +28,7 @@ _COMMAND_MODULES = [
     "extractor.cli.sweep",
     "extractor.cli.history",
     "extractor.cli.serve",
+    "extractor.cli.mia",
     "reports.cli",
 ]
 

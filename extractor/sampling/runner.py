@@ -96,6 +96,9 @@ def _run_locked(run_dir, endpoint, model, attacks, budget: Budget, pricing: Pric
         rd.close()
 
     summary = engine.finish(interrupted)
+    if crash is None and not interrupted and engine.fatal is None:
+        from extractor.attacks.discoverable_np import maybe_score
+        maybe_score(run_dir, resolved, be, caps, cfg.tokenizer_file, log)
     if crash is not None:
         raise crash
     if interrupted:

@@ -1,0 +1,178 @@
+"""The discoverable attack's exact (n,p) step: after sampling, score each document's prefix + target
+once and compute p_z exactly (Hayes et al. 2024; the math in :mod:`reports.extraction_np`).
+
+For every document of the run's ``discoverable`` rows, the scorer evaluates the target with the
+prefix as context (``Backend.score(..., contexts=[prompt])``): with full distributions
+(``capabilities.full_distribution``: llama.cpp or vLLM in process) p_z is exact for every
+scheme; with top-k logprobs only (an HTTP server) what is computable is labelled
+(exact / bounds / unavailable). The Monte Carlo estimate from the sampled rows (hits / samples)
+stays beside it, and is the figure wherever p_z is unavailable.
+
+p_z is the probability of the target's tokens *as the scorer's tokenizer splits prefix + target*;
+another tokenization of the same bytes is another path that is not counted (a lower bound for
+"the sample's text starts with the target", which is what the Monte Carlo rows count).
+
+Output: ``RUN/extraction_np.json`` (docs/CONTRACTS.md, "Exact (n,p)"), written atomically;
+:func:`score_discoverable` returns its content.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+
+from corpora import storage
+from extractor.errors import TrawlError
+from reports.extraction_np import PZ, Scheme, pz_full, pz_topk, summarize_pz
+
+FILE = "extraction_np.json"
+FORMAT = "trawl.extraction_np"
+VERSION = 1
+HTTP_TOP_K = 20          # alternatives asked of an HTTP scorer (OpenAI's top_logprobs limit is 20)
+
+
+def sampling_order(server: str | None) -> tuple[str, str]:
+    """(order, how it was chosen) for the server that sampled the run."""
+    if server and server.startswith("llama_cpp"):
+        return "llama.cpp", "llama.cpp server: top-k, top-p, then temperature"
+    if server == "vllm":
+        return "vllm", "vLLM: temperature, then top-k, then top-p"
+    return "vllm", "server kind unknown: vLLM's order assumed (temperature, then top-k, then top-p)"
+
+
+def _documents(run_dir: str) -> dict:
+    parts = storage.generation_parts(run_dir)
+    if not parts:
+        return {}
+    import pyarrow.parquet as pq
+
+    docs: dict = {}
+    for path in parts:
+        t = pq.read_table(path, columns=["attack", "prompt", "params", "extra"])
+        for attack, prompt, params, extra in zip(*(t.column(c).to_pylist() for c in t.column_names)):
+            if attack != "discoverable":
+                continue
+            e = json.loads(extra) if extra else {}
+            sp = json.loads(params) if params else {}
+            key = (str(e.get("doc_id")), prompt, e.get("target"))
+            d = docs.setdefault(key, {"doc_id": e.get("doc_id"), "source": e.get("source"), "prompt": prompt,
+                                      "target": e.get("target"), "params": sp, "samples": 0, "hits": 0})
+            d["samples"] += 1
+            d["hits"] += bool(e.get("exact"))
+    return docs
+
+
+def _scheme(sp: dict, order: str) -> Scheme:
+    t = float(sp.get("temperature") or 0.0)
+    k = int(sp.get("top_k") or 0)
+    p = float(sp.get("top_p") if sp.get("top_p") is not None else 1.0)
+    return Scheme(temperature=t, top_k=max(k, 0), top_p=p, order=order)
+
+
+def document_pz(scorer, prompt: str, target: str, scheme: Scheme, *, timeout: float | None = None) -> PZ:
+    """p_z of one (prefix, target) from one scoring pass."""
+    full = bool(getattr(scorer.capabilities, "full_distribution", False))
+    sc = scorer.score([target], contexts=[prompt], full=full, top_k=0 if full else HTTP_TOP_K, timeout=timeout)[0]
+    lps = list(sc.logprobs)
+    if not lps:
+        return PZ("unavailable", tokens=0, note="the scorer returned no tokens for the target")
+    if any(not math.isfinite(x) for x in lps):
+        return PZ("unavailable", tokens=len(lps), note="a target position was not scored")
+    if full and sc.full_logprobs is not None and sc.token_ids is not None:
+        return pz_full(np.asarray(sc.full_logprobs), sc.token_ids, scheme)
+    if sc.top_logprobs is None:
+        if scheme.temperature == 1.0 and scheme.top_k <= 0 and scheme.top_p >= 1.0:
+            return PZ("exact", log_pz=float(sum(lps)), tokens=len(lps))
+        return PZ("unavailable", tokens=len(lps), note="no top logprobs from the scorer")
+    return pz_topk(lps, sc.top_logprobs, scheme, asked=HTTP_TOP_K)
+
+
+def scorer_for(be, caps, tokenizer_file: str | None):
+    """The best scorer for a run: the sampling backend when it sees full distributions, else the GGUF
+    file a llama.cpp server loaded (in process, full distributions), else the backend's top-k echo;
+    None when nothing can score."""
+    if caps.score and caps.full_distribution:
+        return be, False
+    if tokenizer_file:
+        from extractor.backends.llama_inprocess import LlamaScorer
+        return LlamaScorer(tokenizer_file), True
+    if caps.score:
+        return be, False
+    return None, False
+
+
+def maybe_score(run_dir, resolved: list[dict], be, caps, tokenizer_file: str | None, log) -> dict | None:
+    """The sampler's post-step: score the run's discoverable documents when a discoverable entry asks
+    for it (``exact_np``: "on", or "auto" with sampled decoding) and something can score. A failure
+    is logged, never fatal: the Monte Carlo figures stand."""
+    want = False
+    for a in resolved:
+        if a.get("name") != "discoverable":
+            continue
+        mode = a["params"].get("exact_np", "auto")
+        want |= mode == "on" or (mode == "auto" and float(a["params"].get("temperature") or 0) > 0)
+    if not want:
+        return None
+    try:
+        scorer, own = scorer_for(be, caps, tokenizer_file)
+    except TrawlError as exc:
+        log(f"exact (n,p) not computed: {exc}")
+        return None
+    if scorer is None:
+        log("exact (n,p) not computed: the backend cannot score text (give the GGUF file with --tokenizer-file "
+            "for a llama.cpp server); the Monte Carlo estimate stands")
+        return None
+    from extractor.backends.base import BackendError
+    try:
+        return score_discoverable(run_dir, scorer, server=caps.server, log=log)
+    except (TrawlError, BackendError) as exc:
+        log(f"exact (n,p) not computed: {exc}")
+        return None
+    finally:
+        if own:
+            scorer.close()
+
+
+def score_discoverable(run_dir, scorer, *, server: str | None = None, log=lambda msg: None,
+                       timeout: float | None = None) -> dict | None:
+    """Score every discoverable document of ``run_dir`` with ``scorer`` and write ``RUN/extraction_np.json``.
+    Returns its content, or None when the run has no discoverable rows."""
+    run_dir = os.fspath(run_dir)
+    if not getattr(scorer.capabilities, "score", None):
+        raise TrawlError(f"{scorer.describe() if hasattr(scorer, 'describe') else scorer}: cannot score text")
+    docs = _documents(run_dir)
+    if not docs:
+        return None
+    order, order_note = sampling_order(server)
+    rows, values = [], []
+    schemes = set()
+    for d in docs.values():
+        scheme = _scheme(d["params"], order)
+        schemes.add(scheme)
+        try:
+            pz = document_pz(scorer, d["prompt"], d["target"], scheme, timeout=timeout)
+        except TrawlError as exc:          # e.g. prefix and target share a token: this document only
+            pz = PZ("unavailable", note=str(exc))
+        values.append(pz)
+        mc = d["hits"] / d["samples"]
+        rows.append({"doc_id": d["doc_id"], "source": d["source"], "scheme": scheme.describe(), **pz.to_dict(),
+                     "monte_carlo": {"samples": d["samples"], "hits": d["hits"], "p_z": mc}})
+    scheme = next(iter(schemes)) if len(schemes) == 1 else None
+    out = {
+        "format": FORMAT, "format_version": VERSION, "created_at": storage.utcnow(),
+        "scorer": scorer.describe() if hasattr(scorer, "describe") else str(scorer),
+        "full_distribution": bool(getattr(scorer.capabilities, "full_distribution", False)),
+        "order": order, "order_note": order_note,
+        "scheme": scheme.describe() if scheme else "several",
+        "summary": summarize_pz(values, scheme or Scheme(temperature=1.0)).to_dict(),
+        "documents": rows,
+    }
+    if scheme is None:
+        out["summary"]["scheme"] = "several (see each document)"
+    storage.write_json_atomic(os.path.join(run_dir, FILE), out)
+    s = out["summary"]
+    log(f"exact (n,p): {s['exact_documents']} exact, {s['bound_documents']} bounded, "
+        f"{s['unavailable_documents']} unavailable of {s['documents']} documents -> {FILE}")
+    return out

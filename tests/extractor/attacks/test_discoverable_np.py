@@ -1,0 +1,112 @@
+"""The discoverable attack's exact (n,p) step on the embedded model: greedy p_z = 1 for a passage it
+continues verbatim; exact p_z under a sampled scheme against a large Monte Carlo estimate from
+llama.cpp's own sampler; the HTTP (echo) scorer against the in-process one."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from extractor.attacks import AttackSpec
+from extractor.attacks.discoverable_np import FILE, document_pz, maybe_score, sampling_order
+from extractor.sampling import run_attacks
+from reports.extraction_np import Scheme
+from tests.sampler_helpers import write_corpus
+
+PREAMBLE = ("We the People of the United States, in Order to form a more perfect Union, establish Justice, insure "
+            "domestic Tranquility, provide for the common defence, promote the general Welfare, and secure the "
+            "Blessings of Liberty to ourselves and our Posterity.")
+
+
+def test_sampling_order_by_server():
+    assert sampling_order("llama_cpp")[0] == "llama.cpp"
+    assert sampling_order("llama_cpp_inprocess")[0] == "llama.cpp"
+    assert sampling_order("vllm")[0] == "vllm"
+    assert "assumed" in sampling_order(None)[1]
+
+
+def test_greedy_runs_are_not_scored_unless_asked():
+    class Caps:
+        score, full_distribution, server = "echo", False, "llama_cpp"
+
+    calls = []
+    resolved = [{"name": "discoverable", "params": {"temperature": 0.0, "exact_np": "auto"}}]
+    assert maybe_score("/nonexistent", resolved, None, Caps(), None, calls.append) is None
+    resolved = [{"name": "discoverable", "params": {"temperature": 1.0, "exact_np": "off"}}]
+    assert maybe_score("/nonexistent", resolved, None, Caps(), None, calls.append) is None
+    assert calls == []
+
+
+@pytest.mark.slow
+def test_run_writes_exact_pz_greedy_verbatim_is_one(local_server, tmp_path):
+    corpus = write_corpus(tmp_path / "corpus", [PREAMBLE], shards=1)
+    run = tmp_path / "run"
+    spec = AttackSpec("discoverable", {"corpus": corpus, "documents": 1, "prefix_tokens": 14, "suffix_tokens": 10,
+                                       "exact_np": "on"})
+    run_attacks(str(run), endpoint=local_server.base_url, model=local_server.model, attacks=[spec],
+                tokenizer_file=str(local_server.model_path), progress=False)
+    out = json.loads((run / FILE).read_text())
+    (doc,) = out["documents"]
+    assert doc["monte_carlo"] == {"samples": 1, "hits": 1, "p_z": 1.0}     # the greedy generation was verbatim
+    assert doc["kind"] == "exact" and doc["p_z"] == 1.0
+    assert out["full_distribution"] is True and out["order"] == "llama.cpp"
+    assert out["summary"]["mean_curve"][0] == [1, 1.0]
+
+
+@pytest.mark.slow
+def test_exact_pz_agrees_with_llama_cpp_monte_carlo(local_server, tmp_path):
+    """Temperature 1.5 with top-k 40 (llama.cpp order): exact p_z of a 4-token target from one
+    in-process scoring pass against 200 samples from llama.cpp's own sampler (llama-cpp-python)."""
+    import llama_cpp
+
+    from extractor.backends.llama_inprocess import LlamaScorer
+
+    prompt, target = "We the People of the United States, in Order to form a more perfect", " Union, establish Justice"
+    scheme = Scheme(temperature=1.5, top_k=40, top_p=1.0, order="llama.cpp")
+    scorer = LlamaScorer(local_server.model_path)
+    try:
+        pz = document_pz(scorer, prompt, target, scheme)
+    finally:
+        scorer.close()
+    assert pz.kind == "exact" and pz.tokens == 4
+    exact = pz.pz
+    assert 0.05 < exact < 0.95
+    llm = llama_cpp.Llama(str(local_server.model_path), n_ctx=256, verbose=False, seed=1)
+    n, hits = 200, 0
+    try:
+        for i in range(n):
+            out = llm.create_completion(prompt, max_tokens=pz.tokens, temperature=1.5, top_k=40, top_p=1.0,
+                                        min_p=0.0, repeat_penalty=1.0, seed=1000 + i)
+            hits += out["choices"][0]["text"].startswith(target)
+    finally:
+        llm.close()
+    se = math.sqrt(exact * (1 - exact) / n)
+    assert abs(hits / n - exact) < 4 * se, (hits / n, exact)
+
+
+@pytest.mark.slow
+def test_http_echo_scorer_against_in_process(local_server):
+    """Over HTTP (echoed top-20 logprobs): temperature 1 is exact from the server's own logprobs and
+    equals the in-process value where the two engines agree (the first two tokens after this prefix:
+    further on, the embedded server's echo and llama.cpp in process differ, see the README); at
+    temperature 1.5 the bounds hold the in-process exact value; greedy is exact."""
+    from extractor.backends import make_backend
+    from extractor.backends.llama_inprocess import LlamaScorer
+
+    prompt, target = "We the People of the United States, in Order to form a more perfect", " Union,"
+    be = make_backend("openai", endpoint=local_server.base_url, model=local_server.model)
+    be.probe()
+    http = document_pz(be, prompt, target, Scheme(temperature=1.0))
+    hot = document_pz(be, prompt, target, Scheme(temperature=1.5))
+    greedy = document_pz(be, prompt, target, Scheme(temperature=0.0))
+    scorer = LlamaScorer(local_server.model_path)
+    try:
+        local = document_pz(scorer, prompt, target, Scheme(temperature=1.0))
+        local_hot = document_pz(scorer, prompt, target, Scheme(temperature=1.5))
+    finally:
+        scorer.close()
+    assert http.kind == "exact" and local.kind == "exact" and http.tokens == local.tokens == 2
+    assert http.log_pz == pytest.approx(local.log_pz, abs=1e-2)     # llama.cpp runs differ by ~2e-3 (threads)
+    assert hot.kind == "bounds" and hot.log_lower - 1e-2 <= local_hot.log_pz <= hot.log_upper + 1e-2
+    assert greedy.kind == "exact" and greedy.pz == 1.0
