@@ -296,25 +296,34 @@ def _predictable_batch(texts: list[str], sep: str) -> np.ndarray:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    units = _UNIT.findall(_SPACE.sub(" ", sep.join(texts)))
+    # the units of the text with its whitespace runs collapsed are those of the text itself (a
+    # whitespace run is always one unit), only the runs' text differs: all runs get one id below
+    units = _UNIT.findall(sep.join(texts))
     n = len(units)
     enc = pa.array(units, pa.string()).dictionary_encode()
-    words = enc.dictionary.to_pylist()
+    dic = enc.dictionary
     idx = enc.indices.to_numpy().astype(np.int64)
-    nd = len(words)
-    dkind = np.fromiter((1 if w[0] in _ASCII_DIGITS else 2 if len(w) == 1 and w in _ASCII_LETTERS
-                         else 3 if w == sep else 0 for w in words), np.int8, nd)
+    nd = len(dic)
+    dlen = pc.utf8_length(dic).to_numpy().astype(np.int64)
+    first = pc.utf8_slice_codeunits(dic, 0, 1)
+    dkind = np.zeros(nd, dtype=np.int8)
+    dkind[pc.is_in(first, value_set=pa.array(sorted(_ASCII_DIGITS))).to_numpy(zero_copy_only=False)] = 1
+    dkind[(pc.is_in(dic, value_set=pa.array(sorted(_ASCII_LETTERS))).to_numpy(zero_copy_only=False))] = 2
+    dkind[[w[:1].isspace() for w in dic.to_pylist()]] = 4      # Python's \s: str.isspace()
+    dkind[pc.equal(dic, sep).to_numpy(zero_copy_only=False)] = 3
     dval = np.full(nd, np.nan)
-    for k, value in ((1, _number), (2, ord)):
-        pos = np.nonzero(dkind == k)[0]
-        if len(pos):
-            dval[pos] = np.fromiter(map(value, map(words.__getitem__, pos.tolist())), np.float64, len(pos))
-    dlen = pc.utf8_length(enc.dictionary).to_numpy().astype(np.int64)
-    dlen[[w == " " or w == sep for w in words]] = 0
+    num = np.nonzero((dkind == 1) & (dlen <= _MAX_DIGITS))[0]       # longer numbers: NaN, as _number
+    if len(num):
+        dval[num] = pc.cast(dic.take(pa.array(num)), pa.float64()).to_numpy(zero_copy_only=False)
+    let = np.nonzero(dkind == 2)[0]
+    if len(let):
+        dval[let] = [ord(c) for c in dic.take(pa.array(let)).to_pylist()]
+    dlen[(dkind == 3) | (dkind == 4)] = 0
     kind, vals, lens = dkind[idx], dval[idx], dlen[idx]
     ids = idx.copy()
     ids[kind == 1] = nd                       # all numbers equal
     ids[kind == 2] = nd + 1                   # all lone letters equal
+    ids[kind == 4] = nd + 2                   # all whitespace runs equal
     seps = np.nonzero(kind == 3)[0]
     ids[seps] = -4 * MAX_PERIOD - np.arange(len(seps))     # each separator unique (below _runs' end sentinels)
     valued = (kind == 1) | (kind == 2)
@@ -322,10 +331,58 @@ def _predictable_batch(texts: list[str], sep: str) -> np.ndarray:
     text_of[seps] = 1
     text_of = np.cumsum(text_of)
     total = np.bincount(text_of, weights=lens, minlength=len(texts)).astype(np.int64)
-    covered = _covered_units(ids, vals, valued) if n > 1 else np.zeros(n, dtype=bool)
+    if n < 2:
+        return np.zeros(len(texts), dtype=bool)
+    # an exact pre-check, as is_predictable's: the characters that could lie in predictable units
+    # bound the covered ones from above; a text whose bound is below the threshold is not predictable
+    maybe = _coverable_units(ids, vals, valued, kind)
+    bound = np.bincount(text_of[maybe], weights=lens[maybe], minlength=len(texts)).astype(np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cand = (total > 0) & (bound / np.maximum(total, 1) >= RECONSTRUCTION_MIN_COVERAGE)
+    if not cand.any():
+        return cand
+    covered = _covered_units(ids, vals, valued)
     got = np.bincount(text_of[covered], weights=lens[covered], minlength=len(texts)).astype(np.int64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return (total > 0) & (got / np.maximum(total, 1) >= RECONSTRUCTION_MIN_COVERAGE)
+        return cand & (total > 0) & (got / np.maximum(total, 1) >= RECONSTRUCTION_MIN_COVERAGE)
+
+
+def _coverable_units(ids, vals, valued, kind) -> np.ndarray:
+    """Units that could be predictable (a superset of :func:`_covered_units`): a unit of a stretch
+    has its id again within MAX_PERIOD units; a number or lone letter counted as predictable is one
+    of three copies x, x + p, x + 2p (p <= MAX_PERIOD) of its kind with one step. Checked over the
+    whole batch, separators ignored: a pattern across two texts only loosens the bound."""
+    m = len(ids)
+    order = np.argsort(ids, kind="stable")
+    same = (ids[order][1:] == ids[order][:-1]) & (np.diff(order) <= MAX_PERIOD)
+    near = np.zeros(m, dtype=bool)
+    near[order[1:][same]] = True
+    near[order[:-1][same]] = True
+    out = near & ~valued
+    out |= kind == 2            # lone letters (one character each) are all counted as coverable
+    for k in (1,):
+        pos = np.nonzero(kind == k)[0]
+        if len(pos) < 3:
+            continue
+        dense = np.full(m + 2 * MAX_PERIOD + 1, np.nan)
+        dense[pos] = vals[pos]
+        v = vals[pos]
+        hit = np.zeros(m + 2 * MAX_PERIOD + 1, dtype=bool)
+        for j in range(1, len(pos)):
+            d = pos[j:] - pos[:-j]                    # pairs (i, i + j) of this kind, d units apart
+            close = d <= MAX_PERIOD
+            if not close.any():
+                break
+            a = np.nonzero(close)[0]
+            b = a + j
+            third = pos[b] + d[a]
+            with np.errstate(invalid="ignore"):
+                ok = dense[third] - v[b] == v[b] - v[a]
+            hit[pos[a[ok]]] = True
+            hit[pos[b[ok]]] = True
+            hit[third[ok]] = True
+        out |= hit[:m] & (kind == k)
+    return out
 
 
 def _covered_units(ids, vals, valued) -> np.ndarray:

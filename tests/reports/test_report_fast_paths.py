@@ -12,8 +12,9 @@ from reports import taxonomy
 def _texts(seed: int) -> list[str]:
     rng = random.Random(seed)
     pieces = ["1", "2", "3", "7", "10", "a", "b", "c", "Q", ",", ", ", " ", "\n", "yy", "zz", "x1", "-", ".",
-              "1234567890123456789", "\u00e9t\u00e9", "\u0663", "\ue000", "\ue001", "_", "\t\t", "poem "]
-    texts = ["".join(rng.choice(pieces[:k]) for _ in range(rng.randint(0, 150))) for k in (4, 8, 12, 26)
+              "1234567890123456789", "\u00e9t\u00e9", "\u0663", "\ue000", "\ue001", "_", "\t\t", "poem ",
+              "\u2003", "\x1c", "\u200b", "\x85", "\xa0", "\u00bd", "\uff11"]
+    texts = ["".join(rng.choice(pieces[:k]) for _ in range(rng.randint(0, 150))) for k in (4, 8, 12, len(pieces))
              for _ in range(250)]
     texts += ["".join(f"{rng.choice(pieces)}{i}" for i in range(rng.randint(3, 30))) for _ in range(100)]
     texts += [pre + ", ".join(str(3 * i + 1) for i in range(n)) + post for n in range(1, 12)
