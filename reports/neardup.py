@@ -39,6 +39,7 @@ SHINGLE = "word 5-grams (character 5-grams below 5 words), lower-cased"
 CHUNK_SHINGLES = 65_536          # shingles per signature block (x 128 x 4 bytes: 32 MB)
 CHUNK_PAIRS = 131_072            # candidate pairs compared per block (x 128 x 2 x 4 bytes)
 _WORD = re.compile(r"\w+", re.UNICODE)
+_WORD_BYTES = re.compile(rb"\w+")
 _FMIX32 = (16, 0x85EBCA6B, 13, 0xC2B2AE35, 16)
 
 
@@ -49,6 +50,10 @@ def _shingles(text: str) -> set[bytes]:
 
 def _shingle_list(text: str) -> list[bytes]:
     """The text's shingles, repeats allowed (a MinHash is the same over a list or its set)."""
+    if text.isascii():              # the same words and bytes, found on bytes (\w is [A-Za-z0-9_] in ASCII)
+        words = _WORD_BYTES.findall(text.lower().encode("ascii"))
+        if len(words) >= 5:
+            return [b" ".join(g) for g in zip(words, words[1:], words[2:], words[3:], words[4:])]
     low = text.lower()
     words = _WORD.findall(low)
     if len(words) >= 5:
@@ -125,12 +130,18 @@ def lsh_params(threshold: float, num_perm: int = NUM_PERM) -> tuple[int, int]:
 
 
 def _bucket_pairs(sig: np.ndarray, bands: int, rows: int):
-    """Blocks of pairs ``(i, j)`` (arrays, i > j) of texts whose signatures agree on one whole band;
-    a pair colliding in several bands comes once per band. At most about CHUNK_PAIRS per block."""
+    """Blocks ``(band, i, j)`` of pairs (arrays, i > j) of texts whose band has the same 64-bit key
+    (every pair agreeing on the whole band, and rarely one that does not: the caller compares the
+    band itself); a pair colliding in several bands comes once per band. At most about CHUNK_PAIRS
+    pairs per block."""
     for k in range(bands):
-        band = np.ascontiguousarray(sig[:, k * rows:(k + 1) * rows])
-        _u, inv, cnt = np.unique(band.view(np.dtype((np.void, band.dtype.itemsize * rows))).ravel(),
-                                 return_inverse=True, return_counts=True)
+        band = sig[:, k * rows:(k + 1) * rows].astype(np.uint64)
+        key = np.zeros(len(sig), dtype=np.uint64)      # a 64-bit mix of the band: equal bands, equal keys
+        with np.errstate(over="ignore"):
+            for c in range(rows):
+                key = (key ^ band[:, c]) * np.uint64(0x9E3779B97F4A7C15)
+                key ^= key >> np.uint64(29)
+        _u, inv, cnt = np.unique(key, return_inverse=True, return_counts=True)
         multi = np.nonzero(cnt > 1)[0]
         if not len(multi):
             continue
@@ -148,10 +159,10 @@ def _bucket_pairs(sig: np.ndarray, bands: int, rows: int):
                 bj.append(mem[lo])
                 size += len(hi)
                 if size >= CHUNK_PAIRS:
-                    yield np.concatenate(bi), np.concatenate(bj)
+                    yield k, np.concatenate(bi), np.concatenate(bj)
                     bi, bj, size = [], [], 0
         if size:
-            yield np.concatenate(bi), np.concatenate(bj)
+            yield k, np.concatenate(bi), np.concatenate(bj)
 
 
 def cluster_texts(texts: list[str], threshold: float = 0.5, max_texts: int = 200_000) -> dict:
@@ -176,9 +187,12 @@ def cluster_texts(texts: list[str], threshold: float = 0.5, max_texts: int = 200
         bands, rows = lsh_params(threshold, NUM_PERM)
         need = threshold * NUM_PERM
         root = np.arange(m)
-        for i, j in _bucket_pairs(sig, bands, rows):
+        for k, i, j in _bucket_pairs(sig, bands, rows):
             keep = root[i] != root[j]              # pairs already joined need no check (exact: union is idempotent)
             i, j = i[keep], j[keep]
+            band = slice(k * rows, (k + 1) * rows)
+            same = np.all(sig[i, band] == sig[j, band], axis=1)    # the band itself, not only its 64-bit key
+            i, j = i[same], j[same]
             ok = np.count_nonzero(sig[i] == sig[j], axis=1) >= need
             joined = False
             for a_, b_ in zip(i[ok].tolist(), j[ok].tolist()):
