@@ -64,6 +64,11 @@ class SpanPool:
         self.woff = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
         blob = b"".join(r["wins"] for r in records)
         self.digests = np.frombuffer(blob, dtype="<u8") if blob else np.zeros(0, np.uint64)
+        # each window as a dense number and its generation, once: a subset's windows are then counted
+        # with one sort of int64 keys instead of a two-key lexsort of digests per subset
+        self.wid = np.unique(self.digests, return_inverse=True)[1].ravel().astype(np.int64)
+        self.wgen = np.repeat(self.gen, lens)
+        self.ngen = max(len(gen_of), 1)
 
     def _window_freq(self, idx: np.ndarray) -> dict[int, int]:
         """``{k: f_k}``: distinct windows of the spans ``idx`` seen in exactly k generations."""
@@ -73,14 +78,10 @@ class SpanPool:
             return {}
         first = np.repeat(self.woff[idx] - (np.cumsum(lens) - lens), lens)
         pos = np.arange(total, dtype=np.int64) + first
-        d, g = self.digests[pos], np.repeat(self.gen[idx], lens)
-        order = np.lexsort((g, d))
-        d, g = d[order], g[order]
-        new = np.ones(total, dtype=bool)
-        new[1:] = (d[1:] != d[:-1]) | (g[1:] != g[:-1])       # first incidence of (window, generation)
-        per_window = np.unique(d[new], return_counts=True)[1]
-        kk, fk = np.unique(per_window, return_counts=True)
-        return {int(k): int(f) for k, f in zip(kk, fk)}
+        inc = np.unique(self.wid[pos] * self.ngen + self.wgen[pos])     # distinct (window, generation)
+        per_window = np.bincount(inc // self.ngen)
+        fk = np.bincount(per_window[per_window > 0])
+        return {int(k): int(f) for k, f in enumerate(fk.tolist()) if f}
 
     def _tokens(self, idx: np.ndarray) -> int:
         off = idx[~self.no_off[idx]]
