@@ -35,6 +35,9 @@ from reports.spans import THRESHOLDS, MatchIndex, longest_per, union_length
 APPROX_EDIT_RATIO = 0.1
 REPEAT_ATTACKS = ("divergence", "special_chars")   # attacks that carry diverged_generations / divergence_rate
 DIVERGENCE_ATTACKS = ("divergence",)                # ... with a value; special_chars: n/a (Bai et al. define none)
+# what the pass keeps until its end is copied out of the default pool, where the record batches'
+# buffers come and go: a small survivor there pins the pages of a freed batch (fragmentation)
+LONG_LIVED = pa.system_memory_pool()
 OPTIONAL_GEN_COLUMNS = ("cost_usd", "extra", "model", "endpoint", "run_id", "prompt", "params", "seed")
 
 
@@ -158,8 +161,9 @@ def read_generations(parts: list[str], mi: MatchIndex, W: int, batch_rows: int, 
             _group_counts(acc, batch, names, attack, variant, extra)
             row_gid = _row_groups(acc, attack, variant)
             if mi.per_request is not None:
-                acc.rid_gid.append(pa.table({"request_id": as_string(batch.column("request_id")),
-                                             "gid": pa.array(row_gid)}))
+                rid = pc.take(batch.column("request_id"), pa.array(np.arange(batch.num_rows)), memory_pool=LONG_LIVED)
+                acc.rid_gid.append(pa.table({"request_id": pc.cast(rid, pa.string(), memory_pool=LONG_LIVED),
+                                             "gid": pa.array(row_gid, memory_pool=LONG_LIVED)}))
             if extra is not None:
                 _discoverable(acc, batch, attack, extra, row_gid, top_spans)
             _memorized(acc, batch, row_gid, mem_rids, mi, W)

@@ -48,3 +48,55 @@ def test_classify_many_equals_classify_both():
     for rmin in (1, 6):
         assert taxonomy.classify_many(texts, occ, rmin) == [taxonomy.classify_both(t, o, rmin)
                                                             for t, o in zip(texts, occ)]
+
+
+def test_repeated_draws_same_when_every_fingerprint_collides(tmp_path, monkeypatch):
+    """Rows are compared in full only where their fingerprints agree; with every fingerprint equal
+    (all rows compared in full) the section is the same, near-identical completions (one byte apart,
+    same length: same fingerprint where the byte is not sampled) are told apart, and copies in
+    other batches and parts are found."""
+    import json as _json
+
+    import pyarrow as pa
+
+    import reports.metrics as rm
+    from reports import compute_metrics, repeats
+    from synthetic_runs import Corpus, Gen, write_run
+    rng = random.Random(3)
+    params = _json.dumps({"temperature": 1.0})
+
+    def toks():
+        return [" " + "".join(rng.choice("bcdfghjklmnpqrstvwxz") for _ in range(rng.randint(3, 9)))
+                for _ in range(80)]
+    same, other = toks(), toks()
+    near = list(same)
+    near[40] = near[40][:-1] + ("b" if near[40][-1] != "b" else "c")         # one byte apart, same length
+    gens = [Gen(t, "divergence", "poem", extra={}, request_id=rid, meta={"seed": s, "params": params})
+            for t, rid, s in [(same, "a", 1), (other, "b", 2), (near, "c", 3), (same, "d", 4), (toks(), "e", 5),
+                              (same, "f", 6), (near, "g", 7), ([], "h", 8), ([], "i", 9)]]
+    run = tmp_path / "run"
+    write_run(str(run), Corpus(["nothing here matches"]), gens, min_tokens=10, parts=2)
+    monkeypatch.setattr(rm, "BATCH_ROWS", 2)
+    want = compute_metrics(str(run))["repeated_draws"]
+    assert (want["duplicate_rows"], want["duplicate_completions"]) == (4, 3)      # same x3, near x2, empty x2
+    col = pa.array(["".join(same).encode(), "".join(near).encode(), None, b""], pa.binary())
+    fp = repeats.fingerprints(col, np.arange(4))
+    assert fp[2] == fp[3] and fp[0] != fp[2]
+    monkeypatch.setattr(repeats, "fingerprints", lambda col, rows: np.zeros(len(rows), np.uint64))
+    assert compute_metrics(str(run))["repeated_draws"] == want
+
+
+def test_fingerprints_equal_for_equal_completions():
+    import pyarrow as pa
+
+    from reports.repeats import fingerprints
+    rng = random.Random(9)
+    vals = [bytes(rng.randrange(256) for _ in range(rng.choice([0, 1, 7, 8, 9, 15, 16, 100]))) for _ in range(300)]
+    vals += vals[:100]
+    for typ in (pa.binary(), pa.large_binary()):
+        arr = pa.array(vals, typ)
+        fp = fingerprints(arr.slice(3), np.arange(len(vals) - 3))          # a sliced column too
+        by_val: dict = {}
+        for v, f in zip(vals[3:], fp.tolist()):
+            assert by_val.setdefault(v, f) == f
+        assert len(set(fp.tolist())) == len(set(vals[3:]))                     # and here all differ
