@@ -100,3 +100,88 @@ def test_fingerprints_equal_for_equal_completions():
         for v, f in zip(vals[3:], fp.tolist()):
             assert by_val.setdefault(v, f) == f
         assert len(set(fp.tolist())) == len(set(vals[3:]))                     # and here all differ
+
+
+def _diff(a, b, path="") -> list[str]:
+    """Paths where two JSON values differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [p for k in sorted(set(a) | set(b), key=str) for p in
+                (_diff(a[k], b[k], f"{path}.{k}") if k in a and k in b else [f"{path}.{k}"])]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [p for i, (x, y) in enumerate(zip(a, b)) for p in _diff(x, y, f"{path}[{i}]")]
+    return [] if a == b and type(a) is type(b) else [f"{path}: {a!r:.80} != {b!r:.80}"]
+
+
+def _straightforward(monkeypatch):
+    """Swap the batched paths for the one-at-a-time computations they replace."""
+    import zlib
+
+    from reports import neardup, repeats, taxonomy_figures, texts
+
+    def cluster_texts(items, threshold=0.5, max_texts=200_000):      # datasketch, one text at a time
+        from datasketch import MinHash, MinHashLSH
+        n, m = len(items), min(len(items), max_texts)
+        parent = list(range(n))
+
+        def find(i):
+            while parent[i] != i:
+                i = parent[i]
+            return i
+        lsh = MinHashLSH(threshold=threshold, num_perm=128)
+        mhs = MinHash.bulk([neardup._shingles(t) for t in items[:m]], num_perm=128, seed=1, hashfunc=zlib.crc32)
+        for i, mh in enumerate(mhs):
+            for j in lsh.query(mh):
+                if np.count_nonzero(mh.hashvalues == mhs[j].hashvalues) >= threshold * 128:
+                    ri, rj = find(i), find(j)
+                    if ri != rj:
+                        parent[max(ri, rj)] = min(ri, rj)
+            lsh.insert(i, mh, check_duplication=False)
+        labels = [find(i) for i in range(n)]
+        sizes = np.bincount(np.array(labels, dtype=np.int64), minlength=max(n, 1))
+        summary = {"distinct_texts": n, "clusters": len(set(labels)), "largest_cluster": int(sizes.max()) if n else 0,
+                   "clusters_with_several_texts": int((sizes > 1).sum()) if n else 0, "threshold": threshold,
+                   "num_perm": 128, "shingle": neardup.SHINGLE, "capped": n > max_texts, "clustered_texts": m}
+        return {"clusters": len(set(labels)), "labels": labels, "num_perm": 128, "shingle": neardup.SHINGLE,
+                "summary": summary}
+
+    def window_freq(self, idx):                                        # distinct (window, generation) by lexsort
+        lens = self.woff[idx + 1] - self.woff[idx]
+        pairs = {(int(d), int(g)) for i, n in zip(idx.tolist(), lens.tolist())
+                 for d, g in zip(self.digests[self.woff[i]:self.woff[i] + n].tolist(), [int(self.gen[i])] * n)}
+        per: dict = {}
+        for d, _g in pairs:
+            per[d] = per.get(d, 0) + 1
+        fk: dict = {}
+        for k in per.values():
+            fk[k] = fk.get(k, 0) + 1
+        return dict(sorted(fk.items()))
+
+    monkeypatch.setattr(neardup, "cluster_texts", cluster_texts)
+    monkeypatch.setattr(texts.taxonomy, "classify_many",
+                        lambda ts, occ, rmin: [taxonomy.classify_both(t, o, rmin) for t, o in zip(ts, occ)])
+    monkeypatch.setattr(repeats, "fingerprints", lambda col, rows: np.zeros(len(rows), np.uint64))
+    monkeypatch.setattr(taxonomy_figures.SpanPool, "_window_freq", window_freq)
+
+
+def test_metrics_json_equals_the_straightforward_computation(tmp_path, monkeypatch):
+    """On a planted run (known spans, near-duplicate passages of shared documents, 3 parts) every
+    figure of metrics.json is the one the one-at-a-time computations give."""
+    pytest.importorskip("datasketch")
+    import json as _json
+
+    from reports import compute_metrics
+    from synthetic_runs import write_planted_run
+    run = tmp_path / "run"
+    info = write_planted_run(str(run), 2500, memorized_rate=0.06, short_rate=0.1, corpus_docs=40, part_rows=1000,
+                             row_group_rows=300)
+    fast = compute_metrics(str(run))
+    _straightforward(monkeypatch)
+    slow = compute_metrics(str(run))
+    for m in (fast, slow):
+        for k in ("generated_at", "elapsed_s", "timings"):
+            m.pop(k)
+    assert _diff(fast, slow) == []
+    assert fast.memorized_texts == slow.memorized_texts
+    m = fast["metrics"]
+    assert m["memorized_generations"] == info["planted_memorized"] > 100
+    assert 0 < m["unique_memorized_documents"] < fast["near_duplicates"]["distinct_texts"]
