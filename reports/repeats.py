@@ -116,11 +116,11 @@ class RepeatedDraws:
         group = pc.binary_join_element_wise(*(col(c).take(take) for c in ("attack", "variant", "prompt", "params")),
                                             b"\x00")
         uniq = pc.unique(group)
-        digests = [hashlib.blake2b(g, digest_size=8).digest() for g in uniq.to_pylist()]
-        gd = [digests[i] for i in pc.index_in(group, value_set=uniq).to_numpy(zero_copy_only=False)]
+        digests = np.frombuffer(b"".join(hashlib.blake2b(g, digest_size=8).digest() for g in uniq.to_pylist()), "<u8")
+        gd = digests[pc.index_in(group, value_set=uniq).to_numpy(zero_copy_only=False)]
         self.fp.append(fingerprints(batch.column("completion"), keep))
         self.ordinal.append(self.rows_added - n + keep)
-        self.g64.append(np.frombuffer(b"".join(gd), "<u8"))
+        self.g64.append(gd)
         seed = batch.column("seed").take(take) if "seed" in names else pa.nulls(len(keep), pa.int64())
         nch = pc.extract_regex(col("extra", b"{}").take(take), r'"n_choice"\s*:\s*(?P<k>[0-9]+)')
         nch = pc.struct_field(nch, "k") if nch.type.num_fields else pa.nulls(len(keep), pa.string())
