@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 from reports.inputs import REQUIRED_GEN_COLUMNS, as_string, iter_batches, open_parquet, raw_bytes, text
 from reports.repeats import RepeatedDraws
 from reports.spans import THRESHOLDS, MatchIndex, longest_per, union_length
+from reports.taxonomy_figures import distinct_count
 
 APPROX_EDIT_RATIO = 0.1
 REPEAT_ATTACKS = ("divergence", "special_chars")   # attacks that carry diverged_generations / divergence_rate
@@ -428,7 +429,7 @@ def bytes_pass(acc: RunAccumulator, run: Group, attacks: list[Group]) -> int:
             per[k] += v
         for i, g in enumerate(level):
             g.unique_bytes = per.get(i, 0)
-    return int(len(np.unique(idoc)))
+    return distinct_count(idoc)
 
 
 def cost_pass(acc: RunAccumulator, run_json_cost: float) -> tuple[float, str]:
