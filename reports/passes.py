@@ -199,7 +199,7 @@ def _group_counts(acc: RunAccumulator, batch: pa.RecordBatch, names: list[str], 
         diverged = pa.array(np.zeros(n, dtype=np.int64))
     tbl = pa.table({"attack": attack, "variant": variant, "ct": pc.cast(ctoks, pa.int64()),
                     "cost": pc.cast(cost, pa.float64()), "div": diverged})
-    agg = tbl.group_by(["attack", "variant"]).aggregate([("ct", "sum"), ("cost", "sum"), ("div", "sum"),
+    agg = tbl.group_by(["attack", "variant"], use_threads=False).aggregate([("ct", "sum"), ("cost", "sum"), ("div", "sum"),
                                                          ("ct", "count")])
     for a, v, cts, cs, dv, cnt in zip(*(agg.column(c).to_pylist() for c in
                                        ("attack", "variant", "ct_sum", "cost_sum", "div_sum", "ct_count"))):
