@@ -192,17 +192,19 @@ def fingerprints(completions: pa.Array, rows: np.ndarray) -> np.ndarray:
     start, length = off[:-1][rows], np.diff(off)[rows]
     if arr.null_count:
         length = np.where(arr.is_valid().to_numpy(zero_copy_only=False)[rows], length, 0)
-    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None and len(bufs[2]) else np.zeros(1, np.uint8)
+    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None and len(bufs[2]) else np.zeros(0, np.uint8)
+    lo = int(start.min()) if len(rows) else 0
+    hi = int((start + length).max()) if len(rows) else 0
+    pad = np.zeros(hi - lo + 8, dtype=np.uint8)          # the rows' bytes and 8 zeros: every 8-byte read fits
+    pad[:hi - lo] = data[lo:hi]
+    win = np.lib.stride_tricks.sliding_window_view(pad, 8)
+    keep = (np.arange(8)[None, :] < length[:, None]).astype(np.uint8)     # bytes past a short row's end: 0
     span = np.maximum(length - 8, 0)
     fp = length.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
     with np.errstate(over="ignore"):
         for k in range(8):
-            at = start + span * k // 7
-            word = np.zeros(len(rows), dtype=np.uint64)
-            for b in range(8):
-                ok = b < length
-                byte = data[np.minimum(at + b, len(data) - 1)].astype(np.uint64)
-                word |= np.where(ok, byte, np.uint64(0)) << np.uint64(8 * b)
+            at = start - lo + span * k // 7
+            word = np.ascontiguousarray(win[at] * keep).view("<u8").ravel()
             fp = (fp ^ word) * np.uint64(0xBF58476D1CE4E5B9)
             fp ^= fp >> np.uint64(31)
     return fp
