@@ -284,10 +284,14 @@ def predictable_many(texts: list[str]) -> np.ndarray:
             j += 1
         batch = texts[i:j]
         sep = next((s for s in _SEPARATORS if not any(s in t for t in batch)), None)
-        if sep is None or len(batch) == 1:
-            out[i:j] = [is_predictable(t) for t in batch]
-        else:
-            out[i:j] = _predictable_batch(batch, sep)
+        if sep is not None and len(batch) > 1:
+            try:
+                out[i:j] = _predictable_batch(batch, sep)
+                i = j
+                continue
+            except (UnicodeError, ValueError):   # e.g. a lone surrogate Arrow will not hold: one at a time
+                pass
+        out[i:j] = [is_predictable(t) for t in batch]
         i = j
     return out
 

@@ -41,6 +41,14 @@ def test_predictable_many_without_a_free_separator(monkeypatch):
     assert taxonomy.predictable_many(texts).tolist() == want
 
 
+def test_predictable_many_text_arrow_cannot_hold():
+    """A lone surrogate (not from a report, whose texts are decoded with U+FFFD, but from a caller):
+    that batch is judged one text at a time."""
+    texts = ["1, 2, 3, 4, 5, 6", "abc \ud800 def", "poem poem poem poem"]
+    assert taxonomy.predictable_many(texts).tolist() == [taxonomy.is_predictable(t) for t in texts] == \
+        [True, False, True]
+
+
 def test_classify_many_equals_classify_both():
     rng = random.Random(7)
     texts = _texts(11)
