@@ -10,9 +10,10 @@ Layout (docs/CONTRACTS.md §3)::
 
 Crash safety
     Every finished generation is appended to ``_journal.jsonl`` and flushed to the
-    kernel at once, so a ``kill -9`` of the process loses nothing that finished
-    (only a power cut can lose what the OS had not yet written; parts are
-    fsynced). Every ``flush_rows`` generations or ``flush_seconds`` seconds the
+    kernel at once (the rows that come back together in one write), so a ``kill -9``
+    of the process loses nothing that finished (only a power cut can lose what the
+    OS had not yet written; parts are fsynced). Every ``flush_rows`` generations,
+    :data:`PART_TOKENS` buffered token offsets or ``flush_seconds`` seconds the
     buffered rows become a Parquet part written atomically (a hidden
     ``.part-NNNNN.parquet.tmp-<pid>``, fsync, ``os.replace``, directory fsync)
     and only then is the journal emptied; a clean stop removes the empty journal.
@@ -23,28 +24,47 @@ Crash safety
     emptying the journal therefore duplicates nothing, and a torn last journal
     line (a kill in the middle of a write) is dropped because that generation was
     never counted as done.
+
+Journal rows carry a checksum
+    Each journal line is the row's JSON with one more key at the end,
+    ``"_crc32"``: the CRC-32 of the line's bytes before it (the row's own JSON,
+    :func:`journal_line`). On resume a row whose bytes do not match is dropped,
+    named in the sampler's log (:attr:`RunDir.dropped`), and its generation is
+    sampled again: it was never in a part, and its draw is fixed by its seed, so
+    the run ends with the rows of an undamaged one (a one-line error would ask a
+    person to edit the journal for the same result). Journals written before the
+    checksum (no ``"_crc32"`` in any line) are read as before.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import glob
 import json
+import math
 import os
+import re
+import zlib
 from typing import Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from corpora.storage import (GENERATIONS_SCHEMA, PARQUET_ERRORS, PARQUET_READ_OPTIONS, PART_RE, first_line, FolderLock, FolderLocked,
-                             generation_parts, write_parquet_atomic)
+                             generation_parts, write_parquet_atomic, writing)
 from corpora.storage import write_json_atomic as _write_json_atomic
 from extractor.errors import TrawlError
+
+try:   # optional: a faster JSON writer for the journal (pyproject lists it; the standard library otherwise)
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - exercised where orjson is not installed
+    _orjson = None
 
 # Names in generations/ that are not parts start with "_" or "." so that dataset readers
 # (pyarrow.parquet.read_table("RUN/generations"), DuckDB globs on part-*) skip them.
 JOURNAL_NAME = "_journal.jsonl"
 FORMAT = "trawl-run"      # config.json's and run.json's "format"
 FORMAT_VERSION = 1
+PART_TOKENS = 1 << 20    # token offsets buffered that roll a part even before flush_rows rows
 LOCK_NAME = ".lock"  # RUN/.lock: fcntl.flock'ed by the process using the run folder
 
 
@@ -110,19 +130,88 @@ class RunLock:
         self.release()
 
 
+CRC_KEY = "_crc32"
+_CRC_TAIL = re.compile(rb'(\{.*), "_crc32": (\d{1,10})\}\r?\n?', re.DOTALL)
+
+
+def read_journal_line(line: bytes, checked: bool):
+    """The row a journal line holds, or None when the line is torn, not JSON or (``checked``: the
+    journal carries checksums) does not match its checksum."""
+    if checked:
+        m = _CRC_TAIL.fullmatch(line)
+        if m is None:
+            return None
+        body = m.group(1) + b"}"
+        if zlib.crc32(body) != int(m.group(2)):
+            return None
+        line = body
+    try:
+        row = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    return row
+
+
 def write_json_atomic(path: str, obj) -> None:
     """run.json / config.json: indented, non-ASCII kept (see corpora.storage.write_json_atomic)."""
     _write_json_atomic(path, obj, indent=2, ensure_ascii=False)
 
 
+def journal_line(row: dict) -> bytes:
+    """One journal line for ``row``: its JSON (UTF-8, non-ASCII kept, NaN and infinities as Python's
+    ``json`` writes them) with ``"_crc32"`` (the CRC-32 of the bytes of that JSON) added as the last
+    key, and a newline. Writers that put several rows in one write join these lines. orjson writes
+    the JSON when installed and the row is plain (its floats finite: orjson would write NaN as null);
+    else the standard library, whose text ``json.loads`` reads back to the same row either way. The
+    checksum covers whichever bytes were written (:func:`read_journal_line`)."""
+    if not row:
+        raise ValueError("a journal row is never empty")
+    body = None
+    if _orjson is not None and _finite(row):
+        try:
+            body = _orjson.dumps(row)
+        except TypeError:      # a value orjson does not take (an int past 64 bits, a lone surrogate)
+            body = None
+    if body is None:
+        body = json.dumps(row, ensure_ascii=False, allow_nan=True).encode("utf-8")
+    return b"%s, \"%s\": %d}\n" % (body[:-1], CRC_KEY.encode(), zlib.crc32(body))
+
+
+def _finite(row: dict) -> bool:
+    """No NaN or infinity among the row's floats (top level, and in lists of numbers); False too
+    for anything nested deeper (a dict, a list of lists) or a sum that overflows (the slow way)."""
+    total = 0.0
+    try:
+        for v in row.values():
+            c = v.__class__
+            if c is float:
+                total += v
+            elif c is list:
+                total += sum(v)
+            elif c is dict:
+                return False
+    except (TypeError, OverflowError):
+        return False
+    return math.isfinite(total)
+
+
 def rows_to_table(rows: list[dict]) -> pa.Table:
-    cols = {name: [] for name in GENERATIONS_SCHEMA.names}
-    for r in rows:
-        for name in cols:
+    cols = {}
+    for name in GENERATIONS_SCHEMA.names:
+        if name != "created_at":
+            cols[name] = [r.get(name) for r in rows]
+            continue
+        parsed: dict[str, _dt.datetime] = {}   # a request's rows share one time: parsed once
+        out = []
+        for r in rows:
             v = r.get(name)
-            if name == "created_at" and isinstance(v, str):
-                v = _dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
-            cols[name].append(v)
+            if isinstance(v, str):
+                t = parsed.get(v)
+                if t is None:
+                    t = parsed[v] = _dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
+                v = t
+            out.append(v)
+        cols[name] = out
     return pa.table(cols, schema=GENERATIONS_SCHEMA)
 
 
@@ -141,7 +230,7 @@ def row_problem(row: dict) -> str | None:
 
 
 class RunDir:
-    def __init__(self, path: str, *, flush_rows: int = 256, flush_seconds: float = 30.0):
+    def __init__(self, path: str, *, flush_rows: int = 4096, flush_seconds: float = 30.0):
         self.path = os.path.abspath(path)
         self.gen_dir = os.path.join(self.path, "generations")
         self.config_path = os.path.join(self.path, "config.json")
@@ -150,8 +239,10 @@ class RunDir:
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
         self._buffer: list[dict] = []
+        self._buffered_tokens = 0
         self._journal = None
         self._next_part = 0
+        self.dropped: list[str] = []   # recover(): one line per damaged journal row dropped (see above)
 
     # -- config ---------------------------------------------------------------------------
     def has_run(self) -> bool:
@@ -275,21 +366,27 @@ class RunDir:
             if not os.path.exists(jpath):
                 continue
             with open(jpath, "rb") as fh:
-                for lineno, line in enumerate(fh, 1):
-                    try:
-                        row = json.loads(line)
-                    except (ValueError, RecursionError):
-                        continue  # torn last line: that generation was never done
-                    rid = row.get("request_id") if isinstance(row, dict) else None
-                    if not isinstance(rid, str) or not rid or rid in done or rid in seen:
-                        continue
-                    problem = row_problem(row)
-                    if problem:
-                        raise TrawlError(f"{jpath}:{lineno}: damaged journal row ({problem}); the journal is "
-                                         f"written by trawl, so it was changed outside it: restore it, or delete "
-                                         f"that line to sample the generation again with --resume")
-                    seen.add(rid)
-                    pending.append(row)
+                lines = fh.readlines()
+            checked = any(f'"{CRC_KEY}": '.encode() in line for line in lines)
+            for lineno, line in enumerate(lines, 1):
+                row = read_journal_line(line, checked)
+                if row is None:
+                    if line.endswith(b"\n") and line.strip():   # not a torn last line: damage
+                        self.dropped.append(f"{jpath}:{lineno}: damaged journal row (its bytes do not match its "
+                                            f"checksum or are not JSON); dropped: that generation is sampled again")
+                    continue  # torn last line: that generation was never done
+                if isinstance(row, dict):
+                    row.pop(CRC_KEY, None)
+                rid = row.get("request_id") if isinstance(row, dict) else None
+                if not isinstance(rid, str) or not rid or rid in done or rid in seen:
+                    continue
+                problem = row_problem(row)
+                if problem:
+                    raise TrawlError(f"{jpath}:{lineno}: damaged journal row ({problem}); the journal is "
+                                     f"written by trawl, so it was changed outside it: restore it, or delete "
+                                     f"that line to sample the generation again with --resume")
+                seen.add(rid)
+                pending.append(row)
         if pending:
             self._write_part(pending)
             done.update(seen)
@@ -299,21 +396,52 @@ class RunDir:
             os.unlink(old)
         return done
 
+    def _close_journal(self) -> None:
+        """Close the journal; what a failed write (a full disk) left in its buffer is dropped, not
+        written again: that row was never counted as done."""
+        journal, self._journal = self._journal, None
+        if journal is not None:
+            try:
+                journal.close()
+            except OSError:
+                try:
+                    journal.close()   # the buffer is discarded once a flush has failed
+                except OSError:
+                    pass
+
     def _truncate_journal(self) -> None:
-        if self._journal is not None:
-            self._journal.close()
-        self._journal = open(self.journal_path, "w", encoding="utf-8")
-        self._journal.flush()
-        os.fsync(self._journal.fileno())
+        """Empty the journal (its rows are in a fsynced part). Not fsynced itself: should a power cut
+        bring the old rows back, :meth:`recover` skips them as done."""
+        self._close_journal()
+        with writing(self.journal_path):
+            self._journal = open(self.journal_path, "wb")
 
     def append(self, row: dict) -> None:
         """Record one finished generation (durable against kill -9 when this returns)."""
-        self._journal.write(json.dumps(row, ensure_ascii=False, allow_nan=True) + "\n")
-        self._journal.flush()
-        self._buffer.append(row)
+        self.append_many([row])
+
+    def append_many(self, rows: list[dict], lines: bytes | None = None) -> None:
+        """Record finished generations in one write (durable against kill -9 when this returns; a
+        kill during the write leaves whole lines for some of them and at most one torn last line,
+        which :meth:`recover` drops: those generations were never done). ``lines``: the rows'
+        :func:`journal_line` s, when the caller encoded them already. A write that fails (a full
+        disk) raises WriteError and none of these rows is counted as done: a torn line is dropped
+        on resume and those generations sampled again."""
+        if not rows:
+            return
+        with writing(self.journal_path):
+            self._journal.write(lines if lines is not None else b"".join([journal_line(r) for r in rows]))
+            self._journal.flush()
+        self._buffer.extend(rows)
+        self._buffered_tokens += sum(len(r.get("token_offsets") or ()) for r in rows)
 
     def buffered(self) -> int:
         return len(self._buffer)
+
+    def should_flush(self) -> bool:
+        """The buffered rows make a part: ``flush_rows`` of them, or :data:`PART_TOKENS` token
+        offsets (long completions roll sooner, bounding the memory the buffer holds)."""
+        return len(self._buffer) >= self.flush_rows or self._buffered_tokens >= PART_TOKENS
 
     def flush(self) -> str | None:
         """Turn buffered generations into a part, then empty the journal."""
@@ -321,6 +449,7 @@ class RunDir:
             return None
         name = self._write_part(self._buffer)
         self._buffer = []
+        self._buffered_tokens = 0
         self._truncate_journal()
         return name
 
@@ -328,8 +457,7 @@ class RunDir:
         """Flush, and remove the (then empty) journal so the folder holds only parts."""
         self.flush()
         if self._journal is not None:
-            self._journal.close()
-            self._journal = None
+            self._close_journal()
             try:
                 if os.path.getsize(self.journal_path) == 0:
                     os.unlink(self.journal_path)

@@ -52,7 +52,7 @@ class SamplerSettings:
     max_n: int = 16
     use_prompt_lists: bool = True
     max_prompts: int = 8
-    flush_rows: int = 256
+    flush_rows: int = 4096
     flush_seconds: float = 30.0
     drain_seconds: float = 60.0
     max_consecutive_failures: int | None = None
@@ -71,11 +71,16 @@ class SamplerSettings:
              f"an integer from 1 to {MAX_CONCURRENCY}")
         _num("timeout", lambda v: 0 < v < float("inf"), "a number of seconds > 0")
         _num("max_retries", lambda v: v >= 0 and v == int(v), "an integer >= 0")
-        _num("drain_seconds", lambda v: v >= 0, "a number of seconds >= 0")
-        _num("max_n", lambda v: v >= 1, ">= 1")
-        _num("max_prompts", lambda v: v >= 1 and v == int(v), "an integer >= 1")
-        _num("flush_rows", lambda v: v >= 1, ">= 1")
-        _num("flush_seconds", lambda v: v >= 0, ">= 0")
+        _num("drain_seconds", lambda v: 0 <= v < float("inf"), "a finite number of seconds >= 0")
+        _num("max_n", lambda v: 1 <= v < float("inf") and v == int(v), "an integer >= 1")
+        _num("max_prompts", lambda v: 1 <= v < float("inf") and v == int(v), "an integer >= 1")
+        _num("flush_rows", lambda v: 1 <= v < float("inf") and v == int(v), "an integer >= 1")
+        _num("flush_seconds", lambda v: 0 <= v < float("inf"), "a finite number >= 0")
+        _num("backoff_base", lambda v: 0 <= v < float("inf"), "a finite number of seconds >= 0")
+        _num("backoff_max", lambda v: 0 <= v < float("inf"), "a finite number of seconds >= 0")
+        _num("seed", lambda v: abs(v) < float("inf") and v == int(v), "an integer")
+        if self.max_consecutive_failures is not None:
+            _num("max_consecutive_failures", lambda v: 1 <= v < float("inf") and v == int(v), "an integer >= 1")
 
     @property
     def logger(self) -> Callable[[str], None]:
