@@ -30,13 +30,15 @@ def _progress(args) -> bool:
 
 
 def _cmd_ingest(args) -> int:
+    from corpora.executor import open_executor, spec_from_args
     from corpora.ingest import ingest
 
-    corpus = ingest(
-        args.sources, args.out, text_field=args.text_field, id_field=args.id_field,
-        max_shard_bytes=args.shard_size, keep_duplicates=args.keep_duplicates,
-        skip_binary=args.skip_binary, overwrite=args.force, progress=_progress(args),
-    )
+    with open_executor(spec_from_args(args)) as ex:
+        corpus = ingest(
+            args.sources, args.out, text_field=args.text_field, id_field=args.id_field,
+            max_shard_bytes=args.shard_size, keep_duplicates=args.keep_duplicates,
+            skip_binary=args.skip_binary, overwrite=args.force, progress=_progress(args), executor=ex,
+        )
     st = corpus.stats
     print(
         f"{corpus.path}: {corpus.documents} documents, {corpus.text_bytes} bytes of text in "
@@ -106,6 +108,9 @@ def register(subparsers) -> None:
                      help="skip binary files in directories instead of stopping with an error")
     ing.add_argument("--force", action="store_true", help="replace DIR if it exists")
     ing.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    from corpora.executor import add_arguments as add_executor_arguments
+
+    add_executor_arguments(ing)
     ing.set_defaults(func=_cmd_ingest)
 
     info = sub.add_parser("info", help="show a corpus folder's counts", description="Show a corpus folder's manifest.")

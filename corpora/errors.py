@@ -13,3 +13,11 @@ class CorpusError(Exception):
 
     user_error = True
     exit_code = 2
+
+
+class ExecutorError(Exception):
+    """The distributed executor failed as a whole: Ray missing, the cluster unreachable or lost, a
+    task that no node can hold. Nothing was published; the command can be re-run as it was."""
+
+    user_error = True
+    exit_code = 2

@@ -289,6 +289,36 @@ def build_shard(corpus_shard: str, out_dir: str, index: int, n_docs: int, text_b
     }
 
 
+def shard_memory(text_bytes: int, n_docs: int) -> int:
+    """Bytes of RAM a shard's build needs (declared to the scheduler): the ``n`` bytes of text and
+    separators, the suffix array (4 or 8 bytes per byte), and 64 MiB for the interpreter and the
+    document table."""
+    n = int(text_bytes) + int(n_docs)
+    return n * (1 + (4 if n <= MAX_32BIT_BYTES else 8)) + (64 << 20)
+
+
+def build_shard_whole(corpus_shard: str, out_dir: str, index: int, n_docs: int, text_bytes: int,
+                      fsync: bool = False, sha256: str | None = None) -> dict[str, Any]:
+    """:func:`build_shard` into a folder of this attempt's own, then its files moved into
+    ``out_dir``: a worker killed mid-write leaves only that folder (removed with the temporary
+    index), never a half-written ``shard-NNNNN.*`` beside the finished ones."""
+    import uuid
+
+    from corpora.executor import crash_once_hook
+
+    out = Path(out_dir)
+    part = out / f".part-{shard_base(index)}-{uuid.uuid4().hex}"
+    part.mkdir()
+    try:
+        crash_once_hook()   # the fault tests' worker death, with the part folder half made
+        entry = build_shard(corpus_shard, str(part), index, n_docs, text_bytes, fsync, sha256)
+        for f in entry["files"].values():
+            os.replace(part / f["name"], out / f["name"])
+    finally:
+        shutil.rmtree(part, ignore_errors=True)
+    return entry
+
+
 def build_index(
     corpus_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -297,8 +327,15 @@ def build_index(
     overwrite: bool = False,
     progress: bool = False,
     fsync: bool = False,
+    executor=None,
 ) -> dict[str, Any]:
     """Build the index of the corpus at ``corpus_dir`` into ``out_dir``; returns the manifest.
+
+    ``executor`` (:mod:`corpora.executor`): where the shards are built; default: this machine with
+    ``jobs`` processes. On Ray, one task per shard declaring the memory it needs
+    (:func:`shard_memory`), each shard written under a name of its own and moved into the
+    temporary index folder only when whole, so a retried or killed task never leaves half a shard
+    in what is published.
 
     ``fsync=True`` flushes the ``.bytes``/``.sa`` files to disk before the rename
     (durable across a power failure, at the disk's write speed: about 5 bytes per
@@ -345,7 +382,14 @@ def build_index(
         bar = tqdm(total=sum(s[4] + s[3] for s in specs), unit="B", unit_scale=True, desc="index build", file=sys.stderr)
     entries: list[dict[str, Any] | None] = [None] * len(specs)
     try:
-        if jobs == 1 or len(specs) <= 1:
+        if executor is not None and executor.kind != "local":
+            def done(i, entry):
+                entries[i] = entry
+                if bar is not None:
+                    bar.update(specs[i][4] + specs[i][3])
+
+            executor.map(build_shard_whole, specs, memory=[shard_memory(s[4], s[3]) for s in specs], on_done=done)
+        elif jobs == 1 or len(specs) <= 1:
             for spec in specs:
                 entries[spec[2]] = build_shard(*spec)
                 if bar is not None:
@@ -360,6 +404,8 @@ def build_index(
                         bar.update(spec[4] + spec[3])
         if bar is not None:
             bar.close()
+        for part in tmp.glob(".part-*"):   # what killed (then retried) tasks left: never published
+            shutil.rmtree(part, ignore_errors=True)
         manifest = {
             "format": INDEX_FORMAT,
             "format_version": INDEX_FORMAT_VERSION,
@@ -371,6 +417,7 @@ def build_index(
                 "corpus": str(Path(corpus_dir).resolve()),
                 "corpus_manifest_sha256": hashlib.sha256((Path(corpus_dir) / CORPUS_MANIFEST).read_bytes()).hexdigest(),
                 "jobs": jobs,
+                "executor": getattr(executor, "kind", "local"),
                 "separator": SEPARATOR,
                 "tools": _tool_versions(),
                 "started_at": started,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from corpora.executor import add_arguments as add_executor_arguments
 from corpora.hygiene import visible
 
 
@@ -16,9 +17,13 @@ def _cmd_build(args) -> int:
     from suffix_index.build import build_index
     from suffix_index.errors import check_int
 
+    from corpora.executor import open_executor, spec_from_args
+
     check_int("--jobs", args.jobs, 1)
-    m = build_index(args.corpus, args.out, jobs=args.jobs, overwrite=args.force, progress=_progress(args),
-                    fsync=args.fsync)
+    spec = spec_from_args(args)
+    with open_executor(spec, local_workers=args.jobs) as ex:
+        m = build_index(args.corpus, args.out, jobs=args.jobs, overwrite=args.force, progress=_progress(args),
+                        fsync=args.fsync, executor=ex)
     print(f"{args.out}: {m['documents']} documents, {m['bytes']} bytes in {len(m['shards'])} shard(s), "
           f"built in {m['build']['seconds']:.1f} s")
     return 0
@@ -89,6 +94,9 @@ def _cmd_match(args) -> int:
     from suffix_index.errors import MatchInputError, check_int
     from suffix_index.matchfile import check_output_file, default_output, generation_files, match_to_parquet
 
+    from corpora.executor import open_executor, spec_from_args
+
+    spec = spec_from_args(args)
     check_int("--min-tokens", args.min_tokens, 1)
     if args.min_bytes is not None:
         check_int("--min-bytes", args.min_bytes, 1)
@@ -98,6 +106,14 @@ def _cmd_match(args) -> int:
     if out is None:
         raise MatchInputError(f"{args.generations}: not a run folder; say where to write with --out")
     check_output_file(out)   # before the index is opened and the generations matched
+    if spec.kind == "ray":
+        from suffix_index.distributed import DistributedIndex
+
+        with open_executor(spec) as ex, DistributedIndex(args.index, ex) as idx:
+            r = match_to_parquet(idx, args.generations, out, min_tokens=args.min_tokens, min_bytes=args.min_bytes,
+                                 batch_size=args.batch_size, progress=_progress(args))
+        print(f"{r['out']}: {r['spans']} span(s) from {r['generations']} generation(s)")
+        return 0
     with SuffixIndex.open(args.index) as idx:
         if not args.no_prefetch:
             idx.prefetch()
@@ -129,6 +145,7 @@ def register(subparsers) -> None:
                    help="flush the big files to disk before publishing the index (durable across a power failure; "
                         "slower: the disk must write ~5 bytes per corpus byte)")
     b.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    add_executor_arguments(b)
     b.set_defaults(func=_cmd_build)
 
     v = sub.add_parser("verify", help="check an index's checksums and sort order",
@@ -182,4 +199,5 @@ def register(subparsers) -> None:
                    help="do not ask the kernel to read the index ahead (done by default when it fits in half "
                         "the available memory)")
     m.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    add_executor_arguments(m)
     m.set_defaults(func=_cmd_match)

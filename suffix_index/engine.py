@@ -139,11 +139,20 @@ class SuffixIndex:
 
     # ------------------------------------------------------------------ opening
     @classmethod
-    def open(cls, path: str | os.PathLike) -> "SuffixIndex":
+    def open(cls, path: str | os.PathLike, shards: Iterable[int] | None = None) -> "SuffixIndex":
+        """Map the index at ``path``. ``shards``: the numbers of the shards to map (default: all);
+        a subset serves one match actor (:mod:`suffix_index.distributed`), whose queries then cover
+        those shards only (``Span.shard`` and ``Occurrence.shard`` stay the index's numbers only
+        through :meth:`shard_number`)."""
         path = Path(path)
         manifest = load_manifest(path)
-        shards = [_Shard(path, e, i) for i, e in enumerate(manifest["shards"])]
-        return cls(path, manifest, shards)
+        entries = manifest["shards"]
+        numbers = range(len(entries)) if shards is None else list(shards)
+        return cls(path, manifest, [_Shard(path, entries[i], i) for i in numbers])
+
+    def shard_number(self, local: int) -> int:
+        """The index's number of the ``local``-th shard this object mapped."""
+        return self.shards[local].number
 
     def close(self) -> None:
         for s in self.shards:

@@ -163,12 +163,18 @@ def match_to_parquet(index, generations: str | os.PathLike, out: str | os.PathLi
         from tqdm import tqdm
 
         bar = tqdm(unit="gen", desc="match", file=sys.stderr)
-    for batch in iter_batches(read_generations(generations, batch_rows=batch_size), batch_size):
+    batches = iter_batches(read_generations(generations, batch_rows=batch_size), batch_size)
+    if hasattr(index, "match_batches"):   # a distributed index: batches in flight at once
+        matched = index.match_batches(batches, min_tokens, eff_min_bytes)
+    else:
+        matched = ((b, index.iter_match(b, min_tokens=min_tokens, min_bytes=eff_min_bytes, batch_size=batch_size))
+                   for b in batches)
+    for batch, spans in matched:
         n_gen += len(batch)
         texts = {}
         for key, data, _ in batch:
             texts[key] = data
-        for s in index.iter_match(batch, min_tokens=min_tokens, min_bytes=eff_min_bytes, batch_size=batch_size):
+        for s in spans:
             rows.append((s, texts[s.key][s.start : s.end].decode("utf-8", "replace")))
         if bar is not None:
             bar.update(len(batch))

@@ -366,7 +366,7 @@ def validate_campaign(data: dict, *, file: str, base_dir: Path, default_name: st
     """A parsed campaign TOML -> the resolved configuration (defaults filled, paths absolute)."""
     if not isinstance(data, dict):
         raise TrawlError(f"{file}: not a TOML table")
-    known = [*SCHEMA, "attacks"]
+    known = [*SCHEMA, "attacks", "executor"]
     for k in data:
         if k not in known:
             raise TrawlError(f"unknown key '{k}' in {file} (known: {', '.join(known)})")
@@ -380,6 +380,7 @@ def validate_campaign(data: dict, *, file: str, base_dir: Path, default_name: st
     if "attacks" not in data:
         raise TrawlError(f"missing [[attacks]] in {file}: give at least one attack")
     cfg["attacks"] = check_attacks(file, "attacks", data["attacks"], base_dir)
+    cfg["executor"] = check_executor(file, data.get("executor"))
     finish_target(file, "target", cfg["target"], base_dir)
     c = cfg["campaign"]
     if c["name"] is None:
@@ -403,6 +404,17 @@ def validate_campaign(data: dict, *, file: str, base_dir: Path, default_name: st
     if check_index_files:
         check_index(file, cfg["index"]["path"])
     return cfg
+
+
+def check_executor(file: str, table) -> dict:
+    """``[executor]`` (where the match step runs: ``kind = "local"`` or ``"ray"``, ``address``,
+    ``cpus``, ``workers``, ``retries``; see :mod:`corpora.executor`) as a plain table, defaults
+    filled; bad keys or values are one line naming the file."""
+    from dataclasses import asdict
+
+    from corpora.executor import spec_from_table
+
+    return asdict(spec_from_table(table, file, error=TrawlError))
 
 
 def load_toml(path: str | os.PathLike) -> dict:
@@ -442,6 +454,11 @@ def dump_toml(cfg: dict) -> str:
         for k, v in cfg[section].items():
             if v is not None:
                 lines.append(f"{k} = {_toml_scalar(v)}")
+        lines.append("")
+    ex = cfg.get("executor")
+    if ex and ex.get("kind", "local") != "local":
+        lines.append("[executor]")
+        lines.extend(f"{k} = {_toml_scalar(v)}" for k, v in ex.items() if v is not None)
         lines.append("")
     for a in cfg["attacks"]:
         lines.append("[[attacks]]")

@@ -106,12 +106,21 @@ def served_target(target: dict, *, log_path: Path, on_start: Callable[[], None] 
 
 
 def match_run(run_dir: Path, index_path: str | os.PathLike, *, min_tokens: int, min_bytes: int | None = None,
-              progress: bool = True) -> dict:
+              progress: bool = True, executor: dict | None = None) -> dict:
     """Every maximal verbatim span of >= ``min_tokens`` tokens of the run's generations in the index
-    -> ``RUN/matches.parquet`` (replaced atomically); returns ``{"generations", "spans", "out"}``."""
+    -> ``RUN/matches.parquet`` (replaced atomically); returns ``{"generations", "spans", "out"}``.
+    ``executor``: the campaign's ``[executor]`` table; with ``kind = "ray"`` the index's shards are
+    matched by Ray actors (:mod:`suffix_index.distributed`), with the same file as a result."""
     from suffix_index import SuffixIndex
     from suffix_index.matchfile import match_to_parquet
 
+    if executor and executor.get("kind") == "ray":
+        from corpora.executor import ExecutorSpec, open_executor
+        from suffix_index.distributed import DistributedIndex
+
+        with open_executor(ExecutorSpec(**executor)) as ex, DistributedIndex(index_path, ex) as idx:
+            return match_to_parquet(idx, run_dir, run_dir / "matches.parquet", min_tokens=min_tokens,
+                                    min_bytes=min_bytes, progress=progress)
     with SuffixIndex.open(index_path) as idx:
         return match_to_parquet(idx, run_dir, run_dir / "matches.parquet", min_tokens=min_tokens,
                                 min_bytes=min_bytes, progress=progress)
@@ -213,7 +222,7 @@ class MatchStep:
     def run(self, ctx: CampaignContext) -> dict:
         ix = ctx.cfg["index"]
         r = match_run(ctx.run_dir, ix["path"], min_tokens=ix["min_tokens"], min_bytes=ix["min_bytes"],
-                      progress=ctx.progress)
+                      progress=ctx.progress, executor=ctx.cfg.get("executor"))
         return {"spans": r["spans"], "generations": r["generations"], "matches": r["out"]}
 
 

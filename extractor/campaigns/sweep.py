@@ -103,7 +103,7 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
     file = str(path)
     base = p.resolve().parent
     data = load_toml(p)
-    known = ["sweep", "history", "defaults", "attacks", "targets"]
+    known = ["sweep", "history", "defaults", "attacks", "targets", "executor"]
     for k in data:
         if k not in known:
             raise TrawlError(f"unknown key '{k}' in {file} (known: {', '.join(known)})")
@@ -121,6 +121,8 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
     attacks = check_attacks(file, "attacks", data["attacks"], base)
     targets, order = _targets(file, data, defaults, base)
     groups = [[a] for a in attacks] if sw["split_attacks"] else [attacks]
+    if "executor" in data:   # where every campaign's match step runs (checked by each campaign's validation)
+        defaults = {**defaults, "executor": data["executor"]}
     campaigns = _campaigns(file, base, name, out, hist, defaults, targets, groups, order, sw["split_attacks"])
     for ipath in dict.fromkeys(c.config["index"]["path"] for c in campaigns):
         check_index(file, ipath)
