@@ -1,17 +1,22 @@
 """Benchmark: `trawl report` over a large run, against a plain pyarrow baseline.
 
-    PYTHONPATH=. python benchmarks/bench_report.py --generations 1000000 [--run DIR] [--keep]
+    PYTHONPATH=. python benchmarks/bench_report.py --generations 1000000 [--run DIR] [--keep] [--rounds 3]
 
 1. writes a synthetic run (tests/synthetic_runs.py write_planted_run: 256 tokens per generation,
    3% of generations with a planted 50-200-token corpus passage, 9% with a 10-45-token one)
    unless --run points at an existing one;
 2. baseline: reads the same generation columns the report reads (request_id, attack,
-   variant, completion, token_offsets, completion_tokens, cost_usd, extra) and the matches
-   file with ``pyarrow.parquet.ParquetFile.iter_batches`` and does nothing with them;
+   variant, completion, token_offsets, completion_tokens, cost_usd, extra, and for the
+   repeated-draw checks and the run section model, endpoint, run_id, prompt, params, seed)
+   and the matches file with ``pyarrow.parquet.ParquetFile.iter_batches`` and does nothing
+   with them;
 3. report: ``reports.write_report`` (compute_metrics + HTML + Markdown + JSON).
 
-Each phase runs in its own process and reports its wall time and peak RSS
-(``resource.getrusage(RUSAGE_SELF).ru_maxrss``); the script prints the report/baseline ratio.
+Each phase runs in its own process and reports its wall time, CPU time and peak RSS
+(``resource.getrusage(RUSAGE_SELF).ru_maxrss``). ``--rounds`` rounds alternate the order
+(baseline first, then report first, ...) so that a load change on a shared machine falls on
+both; the script prints the load average around each round, the medians and both ratios
+(time and peak memory, report / baseline).
 """
 from __future__ import annotations
 
@@ -25,7 +30,8 @@ import sys
 import tempfile
 import time
 
-COLUMNS = ["request_id", "attack", "variant", "completion", "token_offsets", "completion_tokens", "cost_usd", "extra"]
+COLUMNS = ["request_id", "attack", "variant", "completion", "token_offsets", "completion_tokens", "cost_usd", "extra",
+           "model", "endpoint", "run_id", "prompt", "params", "seed"]     # reports.passes: required + optional
 
 
 def _peak_mb() -> float:
@@ -52,7 +58,9 @@ def phase_baseline(run: str) -> dict:
     t, c = time.perf_counter(), _cpu_s()
     rows = 0
     for p in sorted(glob.glob(os.path.join(run, "generations", "part-*.parquet"))):
-        for b in pq.ParquetFile(p).iter_batches(batch_size=16_384, columns=COLUMNS):
+        pf = pq.ParquetFile(p)
+        cols = [c for c in COLUMNS if c in pf.schema_arrow.names]
+        for b in pf.iter_batches(batch_size=16_384, columns=cols):
             rows += b.num_rows
     for b in pq.ParquetFile(os.path.join(run, "matches.parquet")).iter_batches(batch_size=16_384):
         rows += 0
@@ -88,6 +96,7 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the temporary run")
     ap.add_argument("--memorized-rate", type=float, default=0.03,
                     help="share of generations with a planted >= 50-token passage (default 0.03; 3x as many short ones)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating baseline/report rounds (default 3)")
     ap.add_argument("--phase", choices=["gen", "baseline", "report"], help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.phase:
@@ -107,17 +116,31 @@ def main() -> None:
                   f"passage, {g['spans']:,} spans in {g['seconds']:.1f} s")
         size = sum(os.path.getsize(os.path.join(dp, f)) for dp, _d, fs in os.walk(run) for f in fs)
         print(f"run folder: {size / 1e6:,.0f} MB on disk")
-        b = _run_phase("baseline", run, a.generations)
-        r = _run_phase("report", run, a.generations)
-        print(f"load average before the runs: {os.getloadavg()[0]:.2f} (on {os.cpu_count()} CPUs)")
+        import statistics
+
+        rounds = {"baseline": [], "report": []}
+        for i in range(max(1, a.rounds)):
+            order = ("baseline", "report") if i % 2 == 0 else ("report", "baseline")
+            before = os.getloadavg()[0]
+            for name in order:
+                rounds[name].append(_run_phase(name, run, a.generations))
+            print(f"round {i + 1} ({' then '.join(order)}): load average {before:.2f} -> {os.getloadavg()[0]:.2f} "
+                  f"(on {os.cpu_count()} CPUs); baseline {rounds['baseline'][-1]['seconds']:.1f} s, "
+                  f"report {rounds['report'][-1]['seconds']:.1f} s", flush=True)
+        med = {name: {k: statistics.median(r[k] for r in rs) for k in ("seconds", "cpu_s", "peak_rss_mb")}
+               for name, rs in rounds.items()}
+        b, r = med["baseline"], med["report"]
+        last = rounds["report"][-1]
+        print(f"medians of {len(rounds['report'])} round(s):")
         print(f"baseline (pyarrow iter_batches over the same columns): {b['seconds']:.1f} s wall, "
               f"{b['cpu_s']:.1f} s CPU, peak RSS {b['peak_rss_mb']:,.0f} MB")
         print(f"trawl report (metrics + HTML/MD/JSON/JSONL):           {r['seconds']:.1f} s wall, "
               f"{r['cpu_s']:.1f} s CPU, peak RSS {r['peak_rss_mb']:,.0f} MB")
-        print(f"ratio report/baseline: wall {r['seconds'] / b['seconds']:.2f}x, CPU {r['cpu_s'] / b['cpu_s']:.2f}x, "
-              f"peak RSS {r['peak_rss_mb'] / b['peak_rss_mb']:.2f}x")
-        print("report stages (s): " + ", ".join(f"{k} {v['seconds']:.1f}" for k, v in (r["timings"] or {}).items()))
-        print("figures: " + json.dumps(r["figures"]))
+        print(f"ratio report/baseline: time {r['seconds'] / b['seconds']:.2f}x wall, {r['cpu_s'] / b['cpu_s']:.2f}x CPU; "
+              f"peak memory {r['peak_rss_mb'] / b['peak_rss_mb']:.2f}x (goal: <= 2x both)")
+        print("report stages of the last round (s): " +
+              ", ".join(f"{k} {v['seconds']:.1f}" for k, v in (last["timings"] or {}).items()))
+        print("figures: " + json.dumps(last["figures"]))
     finally:
         if tmp and not a.keep:
             shutil.rmtree(tmp, ignore_errors=True)

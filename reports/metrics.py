@@ -179,6 +179,16 @@ class _Stages:
         self.last = now
 
 
+def _release_unused() -> None:
+    """Hand the Arrow pool's freed pages back to the system after a streaming pass (mimalloc and
+    jemalloc keep them otherwise, and the next pass's Python objects cannot use them)."""
+    try:
+        import pyarrow as pa
+        pa.default_memory_pool().release_unused()
+    except Exception:  # an old pyarrow or a pool without it: only memory is at stake
+        pass
+
+
 def _peak_rss_mb() -> float | None:
     try:
         import resource
@@ -216,8 +226,10 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
     stage = _Stages(t0)
 
     mi = read_matches(run_dir, parts, W, BATCH_ROWS, warnings)
+    _release_unused()
     stage("matches")
     acc = read_generations(parts, mi, W, BATCH_ROWS, top_spans, progress)
+    _release_unused()
     warnings += _stream_warnings(acc, mi, W)
     repeated = acc.repeats.result(parts)
     if repeated["repeated_rows"]:

@@ -31,10 +31,14 @@ import pyarrow.compute as pc
 from reports.inputs import REQUIRED_GEN_COLUMNS, as_string, iter_batches, open_parquet, raw_bytes, text
 from reports.repeats import RepeatedDraws
 from reports.spans import THRESHOLDS, MatchIndex, longest_per, union_length
+from reports.taxonomy_figures import distinct_count
 
 APPROX_EDIT_RATIO = 0.1
 REPEAT_ATTACKS = ("divergence", "special_chars")   # attacks that carry diverged_generations / divergence_rate
 DIVERGENCE_ATTACKS = ("divergence",)                # ... with a value; special_chars: n/a (Bai et al. define none)
+# what the pass keeps until its end is copied out of the default pool, where the record batches'
+# buffers come and go: a small survivor there pins the pages of a freed batch (fragmentation)
+LONG_LIVED = pa.system_memory_pool()
 OPTIONAL_GEN_COLUMNS = ("cost_usd", "extra", "model", "endpoint", "run_id", "prompt", "params", "seed")
 
 
@@ -158,8 +162,9 @@ def read_generations(parts: list[str], mi: MatchIndex, W: int, batch_rows: int, 
             _group_counts(acc, batch, names, attack, variant, extra)
             row_gid = _row_groups(acc, attack, variant)
             if mi.per_request is not None:
-                acc.rid_gid.append(pa.table({"request_id": as_string(batch.column("request_id")),
-                                             "gid": pa.array(row_gid)}))
+                rid = pc.take(batch.column("request_id"), pa.array(np.arange(batch.num_rows)), memory_pool=LONG_LIVED)
+                acc.rid_gid.append(pa.table({"request_id": pc.cast(rid, pa.string(), memory_pool=LONG_LIVED),
+                                             "gid": pa.array(row_gid, memory_pool=LONG_LIVED)}))
             if extra is not None:
                 _discoverable(acc, batch, attack, extra, row_gid, top_spans)
             _memorized(acc, batch, row_gid, mem_rids, mi, W)
@@ -194,7 +199,7 @@ def _group_counts(acc: RunAccumulator, batch: pa.RecordBatch, names: list[str], 
         diverged = pa.array(np.zeros(n, dtype=np.int64))
     tbl = pa.table({"attack": attack, "variant": variant, "ct": pc.cast(ctoks, pa.int64()),
                     "cost": pc.cast(cost, pa.float64()), "div": diverged})
-    agg = tbl.group_by(["attack", "variant"]).aggregate([("ct", "sum"), ("cost", "sum"), ("div", "sum"),
+    agg = tbl.group_by(["attack", "variant"], use_threads=False).aggregate([("ct", "sum"), ("cost", "sum"), ("div", "sum"),
                                                          ("ct", "count")])
     for a, v, cts, cs, dv, cnt in zip(*(agg.column(c).to_pylist() for c in
                                        ("attack", "variant", "ct_sum", "cost_sum", "div_sum", "ct_count"))):
@@ -424,7 +429,7 @@ def bytes_pass(acc: RunAccumulator, run: Group, attacks: list[Group]) -> int:
             per[k] += v
         for i, g in enumerate(level):
             g.unique_bytes = per.get(i, 0)
-    return int(len(np.unique(idoc)))
+    return distinct_count(idoc)
 
 
 def cost_pass(acc: RunAccumulator, run_json_cost: float) -> tuple[float, str]:

@@ -223,7 +223,7 @@ def _html_near_duplicates(m: dict, a) -> None:
     nd = m["near_duplicates"]
     a("<section id=\"near-duplicates\"><h2>Unique memorized documents (near-duplicates)</h2>")
     a(f"<p>{fmt_int(nd['distinct_texts'])} distinct memorized texts (spans of \u2265 {W} tokens) form "
-      f"<b>{fmt_int(nd['clusters'])}</b> near-duplicate clusters (datasketch MinHash LSH, {nd['num_perm']} permutations, "
+      f"<b>{fmt_int(nd['clusters'])}</b> near-duplicate clusters (MinHash LSH as datasketch computes it, {nd['num_perm']} permutations, "
       f"Jaccard \u2265 {nd['threshold']} on {esc(nd['shingle'])}); largest cluster {fmt_int(nd['largest_cluster'])} texts. "
       f"They come from {fmt_int(t['unique_source_documents'])} distinct corpus documents (canonical occurrence)."
       + (f" Only the first {fmt_int(nd['clustered_texts'])} texts were clustered." if nd.get("capped") else "") + "</p>")

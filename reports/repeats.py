@@ -46,6 +46,10 @@ EXAMPLES = 5
 COLUMNS = ("request_id", "attack", "variant", "prompt", "params", "seed", "extra", "completion",
            "completion_tokens")
 
+# kept until the end of the pass: allocated apart from the record batches' buffers (the default
+# pool), so that freeing a batch returns its memory instead of leaving it pinned by small survivors
+_LONG_LIVED = pa.system_memory_pool()
+
 RULE = (f"sampled rows (temperature > 0 and top_k != 1 in params) grouped by attack, variant, prompt and params; "
         f"same draw: same seed + extra.n_choice (vLLM: choice k of a request uses seed + k); implausible: k "
         f"identical completions among the group's m rows with binomial P(X >= k | m, p) < {TAIL_THRESHOLD:g}, "
@@ -88,9 +92,10 @@ class RepeatedDraws:
     ``repeated_draws`` section."""
 
     def __init__(self):
-        self.g64, self.d64, self.eff, self.ctoks = [], [], [], []
+        self.g64, self.fp, self.eff, self.ctoks, self.ordinal = [], [], [], [], []
         self.rids: list[pa.Array] = []
         self.greedy = 0
+        self.rows_added = 0
 
     def add(self, batch: pa.RecordBatch) -> None:
         names = batch.schema.names
@@ -104,17 +109,18 @@ class RepeatedDraws:
         params = col("params", b"{}")
         keep = np.nonzero(_sampled_mask(params))[0]
         self.greedy += n - len(keep)
+        self.rows_added += n
         if not len(keep):
             return
         take = pa.array(keep)
         group = pc.binary_join_element_wise(*(col(c).take(take) for c in ("attack", "variant", "prompt", "params")),
                                             b"\x00")
         uniq = pc.unique(group)
-        digests = [hashlib.blake2b(g, digest_size=8).digest() for g in uniq.to_pylist()]
-        gd = [digests[i] for i in pc.index_in(group, value_set=uniq).to_numpy(zero_copy_only=False)]
-        comp = pc.cast(batch.column("completion").take(take), pa.large_binary())
-        self.d64.append(np.fromiter((hash(c or b"") for c in comp.to_pylist()), np.int64, len(keep)))
-        self.g64.append(np.frombuffer(b"".join(gd), "<u8"))
+        digests = np.frombuffer(b"".join(hashlib.blake2b(g, digest_size=8).digest() for g in uniq.to_pylist()), "<u8")
+        gd = digests[pc.index_in(group, value_set=uniq).to_numpy(zero_copy_only=False)]
+        self.fp.append(fingerprints(batch.column("completion"), keep))
+        self.ordinal.append(self.rows_added - n + keep)
+        self.g64.append(gd)
         seed = batch.column("seed").take(take) if "seed" in names else pa.nulls(len(keep), pa.int64())
         nch = pc.extract_regex(col("extra", b"{}").take(take), r'"n_choice"\s*:\s*(?P<k>[0-9]+)')
         nch = pc.struct_field(nch, "k") if nch.type.num_fields else pa.nulls(len(keep), pa.string())
@@ -123,19 +129,28 @@ class RepeatedDraws:
                                  pc.fill_null(eff, 0).to_numpy(zero_copy_only=False), np.iinfo(np.int64).min))
         self.ctoks.append(pc.fill_null(batch.column("completion_tokens").take(take), 0)
                           .to_numpy(zero_copy_only=False).astype(np.int64))
-        self.rids.append(pc.cast(batch.column("request_id").take(take), pa.string()))
+        self.rids.append(pc.cast(pc.take(batch.column("request_id"), take, memory_pool=_LONG_LIVED), pa.string(),
+                                 memory_pool=_LONG_LIVED))
 
     def result(self, parts: list[str]) -> dict:
         """The ``repeated_draws`` section; ``parts`` (the generation files, in the order they were
         added) are read again for one representative row of each duplicated completion."""
         cat = lambda xs, t: np.concatenate(xs) if xs else np.zeros(0, t)  # noqa: E731
-        g64, d64, eff, ctoks = cat(self.g64, np.uint64), cat(self.d64, np.int64), cat(self.eff, np.int64), \
+        g64, fp, eff, ctoks = cat(self.g64, np.uint64), cat(self.fp, np.uint64), cat(self.eff, np.int64), \
             cat(self.ctoks, np.int64)
+        ordinal = cat(self.ordinal, np.int64)
         rids = pa.chunked_array(self.rids, pa.string()) if self.rids else pa.chunked_array([], pa.string())
         ug, ginv, gsize = np.unique(g64, return_inverse=True, return_counts=True)
         has_seed = eff != np.iinfo(np.int64).min
         same_rows, same_classes = _repeat_rows((g64[has_seed], eff[has_seed]), np.nonzero(has_seed)[0])
-        dup_rows, dup_classes = _repeat_rows((g64, d64), np.arange(len(d64)))
+        # identical completions have identical fingerprints: only rows sharing (group, fingerprint) with
+        # another can repeat one; their completions are read again and compared by their full hash
+        cand = np.zeros(len(fp), dtype=bool)
+        cand[np.concatenate([c[0] for c in _repeat_rows((g64, fp), np.arange(len(fp)))[1]] or
+                            [np.zeros(0, np.int64)])] = True
+        cand = np.nonzero(cand)[0]
+        d64 = _completion_hashes(parts, ordinal[cand])
+        dup_rows, dup_classes = _repeat_rows((g64[cand], d64), cand)
         reps = [int(c[1]) for c in dup_classes]            # a second copy of each duplicated completion
         try:
             info = _fetch(parts, rids.take(pa.array(reps, pa.int64())).to_pylist() if reps else [])
@@ -158,6 +173,69 @@ class RepeatedDraws:
                 "duplicate_rows": int(len(dup_rows)), "duplicate_completions": len(dup_classes),
                 "same_draw_rows": len(same_set), "flagged_rows": len(flag_set),
                 "repeated_rows": len(same_set | flag_set), "examples": same_examples + examples, "rule": RULE}
+
+
+def fingerprints(completions: pa.Array, rows: np.ndarray) -> np.ndarray:
+    """A 64-bit fingerprint of the completion of each of ``rows``, computed on the column's buffers:
+    its length and 8 bytes at 8 evenly spaced places. Equal completions (null as empty) have equal
+    fingerprints; different ones usually differ (they are compared in full where they do not)."""
+    arr = completions.combine_chunks() if isinstance(completions, pa.ChunkedArray) else completions
+    if pa.types.is_string(arr.type):
+        arr = arr.view(pa.binary())
+    elif pa.types.is_large_string(arr.type):
+        arr = arr.view(pa.large_binary())
+    elif not (pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type)):
+        arr = pc.cast(arr, pa.large_binary())
+    bufs = arr.buffers()
+    otype = np.int64 if pa.types.is_large_binary(arr.type) else np.int32
+    off = np.frombuffer(bufs[1], dtype=otype)[arr.offset:arr.offset + len(arr) + 1].astype(np.int64)
+    start, length = off[:-1][rows], np.diff(off)[rows]
+    if arr.null_count:
+        length = np.where(arr.is_valid().to_numpy(zero_copy_only=False)[rows], length, 0)
+    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None and len(bufs[2]) else np.zeros(0, np.uint8)
+    lo = int(start.min()) if len(rows) else 0
+    hi = int((start + length).max()) if len(rows) else 0
+    pad = np.zeros(hi - lo + 8, dtype=np.uint8)          # the rows' bytes and 8 zeros: every 8-byte read fits
+    pad[:hi - lo] = data[lo:hi]
+    win = np.lib.stride_tricks.sliding_window_view(pad, 8)
+    keep = (np.arange(8)[None, :] < length[:, None]).astype(np.uint8)     # bytes past a short row's end: 0
+    span = np.maximum(length - 8, 0)
+    fp = length.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        for k in range(8):
+            at = start - lo + span * k // 7
+            word = np.ascontiguousarray(win[at] * keep).view("<u8").ravel()
+            fp = (fp ^ word) * np.uint64(0xBF58476D1CE4E5B9)
+            fp ^= fp >> np.uint64(31)
+    return fp
+
+
+def _completion_hashes(parts: list[str], ordinals: np.ndarray) -> np.ndarray:
+    """The 64-bit hash (Python's, as bytes) of the completion of each row at these stream ordinals
+    (ascending), reading only the row groups that hold them, a row group at a time."""
+    out = np.zeros(len(ordinals), dtype=np.int64)
+    if not len(ordinals):
+        return out
+    base, j = 0, 0
+    for path in parts:
+        pf = open_parquet(path, ("completion",))
+        for rg in range(pf.metadata.num_row_groups):
+            n = pf.metadata.row_group(rg).num_rows
+            k = j
+            while k < len(ordinals) and ordinals[k] < base + n:
+                k += 1
+            if k > j:
+                try:
+                    col = pf.read_row_group(rg, columns=["completion"]).column(0)
+                except (OSError, pa.ArrowException) as exc:
+                    raise ReportError(f"{path}: damaged Parquet data ({exc})") from None
+                comp = pc.cast(col.take(pa.array(ordinals[j:k] - base)), pa.large_binary()).to_pylist()
+                out[j:k] = [hash(c or b"") for c in comp]
+                j = k
+            base += n
+            if j == len(ordinals):
+                return out
+    raise ReportError(f"{parts[-1]}: the generation files changed while the report read them")
 
 
 def _repeat_rows(keys: tuple, rows: np.ndarray) -> tuple[np.ndarray, list[tuple[np.ndarray, int]]]:

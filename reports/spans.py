@@ -190,7 +190,7 @@ def _threshold_counts(rids: pa.Array, tok: np.ndarray) -> pa.Table:
     cols = {"request_id": rids}
     for i, t in enumerate(THRESHOLDS):
         cols[f"s{i}"] = pa.array((tok >= t).astype(np.int64))
-    return pa.table(cols).group_by(["request_id"]).aggregate([(f"s{i}", "sum") for i in range(len(THRESHOLDS))])
+    return pa.table(cols).group_by(["request_id"], use_threads=False).aggregate([(f"s{i}", "sum") for i in range(len(THRESHOLDS))])
 
 
 def _keep_memorized(mi: MatchIndex, batch: pa.RecordBatch, tok: np.ndarray, W: int) -> None:

@@ -240,3 +240,184 @@ def classify_both(text: str, occurrences: int,
     ours = ("low_information" if low else "reconstruction" if predictable
             else "recitation" if recites else "recollection")
     return ours, paper
+
+
+# ------------------------------------------------------------------------------- many texts at once
+
+BATCH_UNITS = 65_536     # units per batch of texts in predictable_many (its arrays: ~64 x this x 9 bytes)
+_SEPARATORS = [chr(c) for c in range(0xE000, 0xF900)]   # private-use characters: a single "other" unit each
+
+
+def classify_many(texts: list[str], occurrences: list[int],
+                  recitation_min_occurrences: int = RECITATION_MIN_OCCURRENCES) -> list[tuple[str, str]]:
+    """:func:`classify_both` of every (text, occurrences) pair, the predictable coverage of all
+    texts computed together (:func:`predictable_many`); the same classes, one pair at a time."""
+    recites = [int(o or 0) >= recitation_min_occurrences for o in occurrences]
+    low = [alnum_share(t) < LOW_INFORMATION_MAX_ALNUM for t in texts]
+    need = [i for i in range(len(texts)) if not (recites[i] and low[i])]
+    pred = dict(zip(need, predictable_many([texts[i] for i in need]).tolist()))
+    out = []
+    for i in range(len(texts)):
+        if recites[i] and low[i]:
+            out.append(("low_information", "recitation"))
+            continue
+        p = pred[i]
+        out.append(("low_information" if low[i] else "reconstruction" if p else "recitation" if recites[i]
+                     else "recollection", "recitation" if recites[i] else "reconstruction" if p else "recollection"))
+    return out
+
+
+def predictable_many(texts: list[str]) -> np.ndarray:
+    """:func:`is_predictable` of every text (a bool array), computed on batches of texts laid end
+    to end with a separator unit between two texts. A separator's id occurs once, so no run
+    ``ids[t] == ids[t + p]`` of >= p + 1 positions reaches across it: a run holding a pair that
+    straddles the separator at q holds t = q - p or t = q, which compare the separator with
+    another unit. Every stretch therefore lies inside one text, and so does every triple of copies
+    checked inside a stretch; periods above a text's m // 2 cannot hold a stretch of it. So each
+    text's covered units are those :func:`predictable_coverage` finds in it alone."""
+    out = np.zeros(len(texts), dtype=bool)
+    i = 0
+    while i < len(texts):
+        j, size = i, 0
+        while j < len(texts) and (j == i or size < BATCH_UNITS):
+            size += len(texts[j]) + 1       # units <= characters
+            j += 1
+        batch = texts[i:j]
+        sep = next((s for s in _SEPARATORS if not any(s in t for t in batch)), None)
+        if sep is not None and len(batch) > 1:
+            try:
+                out[i:j] = _predictable_batch(batch, sep)
+                i = j
+                continue
+            except (UnicodeError, ValueError):   # e.g. a lone surrogate Arrow will not hold: one at a time
+                pass
+        out[i:j] = [is_predictable(t) for t in batch]
+        i = j
+    return out
+
+
+def _predictable_batch(texts: list[str], sep: str) -> np.ndarray:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    # the units of the text with its whitespace runs collapsed are those of the text itself (a
+    # whitespace run is always one unit), only the runs' text differs: all runs get one id below
+    units = _UNIT.findall(sep.join(texts))
+    n = len(units)
+    enc = pa.array(units, pa.string()).dictionary_encode()
+    dic = enc.dictionary
+    idx = enc.indices.to_numpy().astype(np.int64)
+    nd = len(dic)
+    dlen = pc.utf8_length(dic).to_numpy().astype(np.int64)
+    first = pc.utf8_slice_codeunits(dic, 0, 1)
+    dkind = np.zeros(nd, dtype=np.int8)
+    dkind[pc.is_in(first, value_set=pa.array(sorted(_ASCII_DIGITS))).to_numpy(zero_copy_only=False)] = 1
+    dkind[(pc.is_in(dic, value_set=pa.array(sorted(_ASCII_LETTERS))).to_numpy(zero_copy_only=False))] = 2
+    dkind[[w[:1].isspace() for w in dic.to_pylist()]] = 4      # Python's \s: str.isspace()
+    dkind[pc.equal(dic, sep).to_numpy(zero_copy_only=False)] = 3
+    dval = np.full(nd, np.nan)
+    num = np.nonzero((dkind == 1) & (dlen <= _MAX_DIGITS))[0]       # longer numbers: NaN, as _number
+    if len(num):
+        dval[num] = pc.cast(dic.take(pa.array(num)), pa.float64()).to_numpy(zero_copy_only=False)
+    let = np.nonzero(dkind == 2)[0]
+    if len(let):
+        dval[let] = [ord(c) for c in dic.take(pa.array(let)).to_pylist()]
+    dlen[(dkind == 3) | (dkind == 4)] = 0
+    kind, vals, lens = dkind[idx], dval[idx], dlen[idx]
+    ids = idx.copy()
+    ids[kind == 1] = nd                       # all numbers equal
+    ids[kind == 2] = nd + 1                   # all lone letters equal
+    ids[kind == 4] = nd + 2                   # all whitespace runs equal
+    seps = np.nonzero(kind == 3)[0]
+    ids[seps] = -4 * MAX_PERIOD - np.arange(len(seps))     # each separator unique (below _runs' end sentinels)
+    valued = (kind == 1) | (kind == 2)
+    text_of = np.zeros(n, dtype=np.int64)
+    text_of[seps] = 1
+    text_of = np.cumsum(text_of)
+    total = np.bincount(text_of, weights=lens, minlength=len(texts)).astype(np.int64)
+    if n < 2:
+        return np.zeros(len(texts), dtype=bool)
+    # an exact pre-check, as is_predictable's: the characters that could lie in predictable units
+    # bound the covered ones from above; a text whose bound is below the threshold is not predictable
+    maybe = _coverable_units(ids, vals, valued, kind)
+    bound = np.bincount(text_of[maybe], weights=lens[maybe], minlength=len(texts)).astype(np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cand = (total > 0) & (bound / np.maximum(total, 1) >= RECONSTRUCTION_MIN_COVERAGE)
+    if not cand.any():
+        return cand
+    covered = _covered_units(ids, vals, valued)
+    got = np.bincount(text_of[covered], weights=lens[covered], minlength=len(texts)).astype(np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return cand & (total > 0) & (got / np.maximum(total, 1) >= RECONSTRUCTION_MIN_COVERAGE)
+
+
+def _coverable_units(ids, vals, valued, kind) -> np.ndarray:
+    """Units that could be predictable (a superset of :func:`_covered_units`): a unit of a stretch
+    has its id again within MAX_PERIOD units; a number or lone letter counted as predictable is one
+    of three copies x, x + p, x + 2p (p <= MAX_PERIOD) of its kind with one step. Checked over the
+    whole batch, separators ignored: a pattern across two texts only loosens the bound."""
+    m = len(ids)
+    order = np.argsort(ids, kind="stable")
+    same = (ids[order][1:] == ids[order][:-1]) & (np.diff(order) <= MAX_PERIOD)
+    near = np.zeros(m, dtype=bool)
+    near[order[1:][same]] = True
+    near[order[:-1][same]] = True
+    out = near & ~valued
+    out |= kind == 2            # lone letters (one character each) are all counted as coverable
+    for k in (1,):
+        pos = np.nonzero(kind == k)[0]
+        if len(pos) < 3:
+            continue
+        dense = np.full(m + 2 * MAX_PERIOD + 1, np.nan)
+        dense[pos] = vals[pos]
+        v = vals[pos]
+        hit = np.zeros(m + 2 * MAX_PERIOD + 1, dtype=bool)
+        for j in range(1, len(pos)):
+            d = pos[j:] - pos[:-j]                    # pairs (i, i + j) of this kind, d units apart
+            close = d <= MAX_PERIOD
+            if not close.any():
+                break
+            a = np.nonzero(close)[0]
+            b = a + j
+            third = pos[b] + d[a]
+            with np.errstate(invalid="ignore"):
+                ok = dense[third] - v[b] == v[b] - v[a]
+            hit[pos[a[ok]]] = True
+            hit[pos[b[ok]]] = True
+            hit[third[ok]] = True
+        out |= hit[:m] & (kind == k)
+    return out
+
+
+def _covered_units(ids, vals, valued) -> np.ndarray:
+    """The predictable units (:func:`_coverage`'s ``covered``) of units laid end to end, periods up
+    to MAX_PERIOD."""
+    m = len(ids)
+    P = min(MAX_PERIOD, m // 2)
+    if P < 1:
+        return np.zeros(m, dtype=bool)
+    p, s, e = _runs(ids, P)
+    if not len(p):
+        return np.zeros(m, dtype=bool)
+    diff = np.zeros(m + 1, dtype=np.int64)
+    np.add.at(diff, s, 1)
+    np.add.at(diff, e + p, -1)
+    covered = np.cumsum(diff)[:m] > 0
+    x, tp = np.nonzero(valued & covered)[0], np.unique(p)   # a counted copy lies in a stretch
+    i1 = x[:, None] + tp[None, :]
+    i2 = i1 + tp[None, :]
+    idp = np.concatenate([ids, np.iinfo(np.int64).min + np.arange(2 * P, dtype=np.int64)])
+    vp = np.concatenate([vals, np.full(2 * P, np.nan)])
+    v0, v1, v2 = vals[x][:, None], vp[i1], vp[i2]
+    with np.errstate(invalid="ignore"):
+        good = (idp[i1] == ids[x][:, None]) & (idp[i2] == ids[x][:, None]) & (v1 - v0 == v2 - v1)
+    gx, gp = np.nonzero(good)
+    x, tp = x[gx], tp[gp]
+    key = (p - 1) * (m + 1) + s
+    r = np.searchsorted(key, (tp - 1) * (m + 1) + x, side="right") - 1
+    ok = r >= 0
+    ok[ok] = (p[r[ok]] == tp[ok]) & (x[ok] + tp[ok] < e[r[ok]])
+    step = np.zeros(m, dtype=bool)
+    for k in (0, 1, 2):
+        step[x[ok] + k * tp[ok]] = True
+    return np.where(valued, step, covered)

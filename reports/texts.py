@@ -44,11 +44,8 @@ def classify_spans(records: list[dict], uniq: dict, groups: list, totals: dict, 
     """Class of every memorized span (``reports.taxonomy``), set on each distinct text as ``taxonomy``;
     returns ``by_category`` (figures per class and non-trivial; ``nontrivial_*`` scalars added to the
     figure dicts in place) and the ``taxonomy`` section (thresholds, definitions, counts)."""
-    cache: dict = {}
-    for r in records:
-        key = (r["text"], r["occurrences"])
-        if key not in cache:
-            cache[key] = taxonomy.classify_both(r["text"], r["occurrences"], rmin)
+    keys = list(dict.fromkeys((r["text"], r["occurrences"]) for r in records))
+    cache = dict(zip(keys, taxonomy.classify_many([k[0] for k in keys], [k[1] for k in keys], rmin)))
     both = [cache[(r["text"], r["occurrences"])] for r in records]
     for r, (ours, _) in zip(records, both):
         uniq[r["text"]].setdefault("taxonomy", ours)

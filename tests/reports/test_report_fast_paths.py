@@ -1,0 +1,195 @@
+"""The report's batched paths give exactly what the one-at-a-time definitions give."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from reports import taxonomy
+
+
+def _texts(seed: int) -> list[str]:
+    rng = random.Random(seed)
+    pieces = ["1", "2", "3", "7", "10", "a", "b", "c", "Q", ",", ", ", " ", "\n", "yy", "zz", "x1", "-", ".",
+              "1234567890123456789", "\u00e9t\u00e9", "\u0663", "\ue000", "\ue001", "_", "\t\t", "poem ",
+              "\u2003", "\x1c", "\u200b", "\x85", "\xa0", "\u00bd", "\uff11"]
+    texts = ["".join(rng.choice(pieces[:k]) for _ in range(rng.randint(0, 150))) for k in (4, 8, 12, len(pieces))
+             for _ in range(250)]
+    texts += ["".join(f"{rng.choice(pieces)}{i}" for i in range(rng.randint(3, 30))) for _ in range(100)]
+    texts += [pre + ", ".join(str(3 * i + 1) for i in range(n)) + post for n in range(1, 12)
+              for pre, post in (("", ""), ("x", " y"))]
+    texts += ["poem " * k for k in range(8)] + ["", " ", "a", "1", "2016, 2017, 2018, 2019"]
+    rng.shuffle(texts)
+    return texts
+
+
+@pytest.mark.parametrize("batch_units", [1, 40, 700, 65_536])
+def test_predictable_many_equals_one_at_a_time(batch_units, monkeypatch):
+    texts = _texts(batch_units)
+    want = np.array([taxonomy.is_predictable(t) for t in texts])
+    monkeypatch.setattr(taxonomy, "BATCH_UNITS", batch_units)
+    assert np.array_equal(taxonomy.predictable_many(texts), want)
+    assert 0 < want.sum() < len(texts)                # both answers occur
+
+
+def test_predictable_many_without_a_free_separator(monkeypatch):
+    """When every separator character occurs in the batch, the texts are judged one at a time."""
+    texts = _texts(3)[:60] + ["\ue000 1, 2, 3, 4, 5", "\ue001"]
+    want = [taxonomy.is_predictable(t) for t in texts]
+    monkeypatch.setattr(taxonomy, "_SEPARATORS", ["\ue000", "\ue001"])
+    assert taxonomy.predictable_many(texts).tolist() == want
+
+
+def test_predictable_many_text_arrow_cannot_hold():
+    """A lone surrogate (not from a report, whose texts are decoded with U+FFFD, but from a caller):
+    that batch is judged one text at a time."""
+    texts = ["1, 2, 3, 4, 5, 6", "abc \ud800 def", "poem poem poem poem"]
+    assert taxonomy.predictable_many(texts).tolist() == [taxonomy.is_predictable(t) for t in texts] == \
+        [True, False, True]
+
+
+def test_classify_many_equals_classify_both():
+    rng = random.Random(7)
+    texts = _texts(11)
+    occ = [rng.choice([0, 1, 5, 6, 100, None]) for _ in texts]
+    for rmin in (1, 6):
+        assert taxonomy.classify_many(texts, occ, rmin) == [taxonomy.classify_both(t, o, rmin)
+                                                            for t, o in zip(texts, occ)]
+
+
+def test_repeated_draws_same_when_every_fingerprint_collides(tmp_path, monkeypatch):
+    """Rows are compared in full only where their fingerprints agree; with every fingerprint equal
+    (all rows compared in full) the section is the same, near-identical completions (one byte apart,
+    same length: same fingerprint where the byte is not sampled) are told apart, and copies in
+    other batches and parts are found."""
+    import json as _json
+
+    import pyarrow as pa
+
+    import reports.metrics as rm
+    from reports import compute_metrics, repeats
+    from synthetic_runs import Corpus, Gen, write_run
+    rng = random.Random(3)
+    params = _json.dumps({"temperature": 1.0})
+
+    def toks():
+        return [" " + "".join(rng.choice("bcdfghjklmnpqrstvwxz") for _ in range(rng.randint(3, 9)))
+                for _ in range(80)]
+    same, other = toks(), toks()
+    near = list(same)
+    near[40] = near[40][:-1] + ("b" if near[40][-1] != "b" else "c")         # one byte apart, same length
+    gens = [Gen(t, "divergence", "poem", extra={}, request_id=rid, meta={"seed": s, "params": params})
+            for t, rid, s in [(same, "a", 1), (other, "b", 2), (near, "c", 3), (same, "d", 4), (toks(), "e", 5),
+                              (same, "f", 6), (near, "g", 7), ([], "h", 8), ([], "i", 9)]]
+    run = tmp_path / "run"
+    write_run(str(run), Corpus(["nothing here matches"]), gens, min_tokens=10, parts=2)
+    monkeypatch.setattr(rm, "BATCH_ROWS", 2)
+    want = compute_metrics(str(run))["repeated_draws"]
+    assert (want["duplicate_rows"], want["duplicate_completions"]) == (4, 3)      # same x3, near x2, empty x2
+    col = pa.array(["".join(same).encode(), "".join(near).encode(), None, b""], pa.binary())
+    fp = repeats.fingerprints(col, np.arange(4))
+    assert fp[2] == fp[3] and fp[0] != fp[2]
+    monkeypatch.setattr(repeats, "fingerprints", lambda col, rows: np.zeros(len(rows), np.uint64))
+    assert compute_metrics(str(run))["repeated_draws"] == want
+
+
+def test_fingerprints_equal_for_equal_completions():
+    import pyarrow as pa
+
+    from reports.repeats import fingerprints
+    rng = random.Random(9)
+    vals = [bytes(rng.randrange(256) for _ in range(rng.choice([0, 1, 7, 8, 9, 15, 16, 100]))) for _ in range(300)]
+    vals += vals[:100]
+    for typ in (pa.binary(), pa.large_binary()):
+        arr = pa.array(vals, typ)
+        fp = fingerprints(arr.slice(3), np.arange(len(vals) - 3))          # a sliced column too
+        by_val: dict = {}
+        for v, f in zip(vals[3:], fp.tolist()):
+            assert by_val.setdefault(v, f) == f
+        assert len(set(fp.tolist())) == len(set(vals[3:]))                     # and here all differ
+
+
+def _diff(a, b, path="") -> list[str]:
+    """Paths where two JSON values differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [p for k in sorted(set(a) | set(b), key=str) for p in
+                (_diff(a[k], b[k], f"{path}.{k}") if k in a and k in b else [f"{path}.{k}"])]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [p for i, (x, y) in enumerate(zip(a, b)) for p in _diff(x, y, f"{path}[{i}]")]
+    return [] if a == b and type(a) is type(b) else [f"{path}: {a!r:.80} != {b!r:.80}"]
+
+
+def _straightforward(monkeypatch):
+    """Swap the batched paths for the one-at-a-time computations they replace."""
+    import zlib
+
+    from reports import neardup, repeats, taxonomy_figures, texts
+
+    def cluster_texts(items, threshold=0.5, max_texts=200_000):      # datasketch, one text at a time
+        from datasketch import MinHash, MinHashLSH
+        n, m = len(items), min(len(items), max_texts)
+        parent = list(range(n))
+
+        def find(i):
+            while parent[i] != i:
+                i = parent[i]
+            return i
+        lsh = MinHashLSH(threshold=threshold, num_perm=128)
+        mhs = MinHash.bulk([neardup._shingles(t) for t in items[:m]], num_perm=128, seed=1, hashfunc=zlib.crc32)
+        for i, mh in enumerate(mhs):
+            for j in lsh.query(mh):
+                if np.count_nonzero(mh.hashvalues == mhs[j].hashvalues) >= threshold * 128:
+                    ri, rj = find(i), find(j)
+                    if ri != rj:
+                        parent[max(ri, rj)] = min(ri, rj)
+            lsh.insert(i, mh, check_duplication=False)
+        labels = [find(i) for i in range(n)]
+        sizes = np.bincount(np.array(labels, dtype=np.int64), minlength=max(n, 1))
+        summary = {"distinct_texts": n, "clusters": len(set(labels)), "largest_cluster": int(sizes.max()) if n else 0,
+                   "clusters_with_several_texts": int((sizes > 1).sum()) if n else 0, "threshold": threshold,
+                   "num_perm": 128, "shingle": neardup.SHINGLE, "capped": n > max_texts, "clustered_texts": m}
+        return {"clusters": len(set(labels)), "labels": labels, "num_perm": 128, "shingle": neardup.SHINGLE,
+                "summary": summary}
+
+    def window_freq(self, idx):                                        # distinct (window, generation) by lexsort
+        lens = self.woff[idx + 1] - self.woff[idx]
+        pairs = {(int(d), int(g)) for i, n in zip(idx.tolist(), lens.tolist())
+                 for d, g in zip(self.digests[self.woff[i]:self.woff[i] + n].tolist(), [int(self.gen[i])] * n)}
+        per: dict = {}
+        for d, _g in pairs:
+            per[d] = per.get(d, 0) + 1
+        fk: dict = {}
+        for k in per.values():
+            fk[k] = fk.get(k, 0) + 1
+        return dict(sorted(fk.items()))
+
+    monkeypatch.setattr(neardup, "cluster_texts", cluster_texts)
+    monkeypatch.setattr(texts.taxonomy, "classify_many",
+                        lambda ts, occ, rmin: [taxonomy.classify_both(t, o, rmin) for t, o in zip(ts, occ)])
+    monkeypatch.setattr(repeats, "fingerprints", lambda col, rows: np.zeros(len(rows), np.uint64))
+    monkeypatch.setattr(taxonomy_figures.SpanPool, "_window_freq", window_freq)
+
+
+def test_metrics_json_equals_the_straightforward_computation(tmp_path, monkeypatch):
+    """On a planted run (known spans, near-duplicate passages of shared documents, 3 parts) every
+    figure of metrics.json is the one the one-at-a-time computations give."""
+    pytest.importorskip("datasketch")
+    import json as _json
+
+    from reports import compute_metrics
+    from synthetic_runs import write_planted_run
+    run = tmp_path / "run"
+    info = write_planted_run(str(run), 2500, memorized_rate=0.06, short_rate=0.1, corpus_docs=40, part_rows=1000,
+                             row_group_rows=300)
+    fast = compute_metrics(str(run))
+    _straightforward(monkeypatch)
+    slow = compute_metrics(str(run))
+    for m in (fast, slow):
+        for k in ("generated_at", "elapsed_s", "timings"):
+            m.pop(k)
+    assert _diff(fast, slow) == []
+    assert fast.memorized_texts == slow.memorized_texts
+    m = fast["metrics"]
+    assert m["memorized_generations"] == info["planted_memorized"] > 100
+    assert 0 < m["unique_memorized_documents"] < fast["near_duplicates"]["distinct_texts"]
