@@ -48,6 +48,9 @@ class Capabilities:
     temperature_decay: bool = False  # exact per-token temperature decay (backend vllm: a logits processor)
     ignore_eos: bool = False        # honours ignore_eos (generate past EOS to max_tokens): vLLM only
     tokenizer_file: str | None = None  # token_info "local_tokenize": the GGUF file whose tokenizer is used
+    api: str = "completions"        # the API requests go to: "completions" (/v1/completions) or "chat"
+    chat_max_field: str = "max_tokens"  # chat: the name max_tokens is sent under (or max_completion_tokens)
+    chat_template: dict | None = None  # chat: {"sha256", "source"} of the server's chat template (backends/chat.py)
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -105,7 +108,9 @@ class Backend(Protocol):
       backend's own retries; ``retryable`` says whether trying later may help). Every choice
       has its token boundaries (``token_offsets``), or ``token_source == "none"`` /
       ``"empty"``, or, only with ``defer_tokens=True`` and only when
-      ``capabilities.deferred_tokens``, ``"pending"``.
+      ``capabilities.deferred_tokens``, ``"pending"``. With ``capabilities.api == "chat"`` the
+      prompt is one conversation: a string (one user turn) or a list of ``{"role", "content"}``
+      messages (see :mod:`extractor.backends.chat`); each choice is an assistant reply.
     * :meth:`fill_tokens` / :meth:`fill_tokens_many` turn ``pending`` choices into ones with
       boundaries, or ``token_source == "none"`` with ``token_error`` set; they never raise for a
       tokenizer failure (the generation was paid for) and leave other choices alone.
@@ -130,7 +135,7 @@ class Backend(Protocol):
 
     def probe(self, use_cache: bool = True) -> Capabilities: ...
 
-    def complete(self, prompt: str | list[str], params: dict, *, n: int = 1, seed: int | None = None,
+    def complete(self, prompt: str | list[str] | list[dict], params: dict, *, n: int = 1, seed: int | None = None,
                  timeout: float | None = None, defer_tokens: bool = False) -> CompletionResult: ...
 
     def fill_tokens(self, choice: Choice) -> Choice: ...
