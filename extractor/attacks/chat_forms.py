@@ -59,7 +59,7 @@ CHAT_TEMPLATE = Param("chat_template", "path", None,
 
 def is_chat(ctx) -> bool:
     """Whether the plan's backend speaks the chat API."""
-    return getattr(getattr(ctx.backend, "capabilities", None), "api", "completions") == "chat"
+    return getattr(getattr(getattr(ctx, "backend", None), "capabilities", None), "api", "completions") == "chat"
 
 
 def system_text(value: str | None) -> str | None:

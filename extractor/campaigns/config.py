@@ -74,6 +74,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_retries": Key("int", 6, "retries of a failed request (over the endpoints, with backoff)", minimum=0,
                            maximum=1000),
         "token_info": Key("str", "auto", "where token boundaries come from", choices=("auto", "logprobs", "tokenize")),
+        "api": Key("str", "completions", "completions: /v1/completions; chat: /v1/chat/completions (a chat model; "
+                                         "see trawl sample --api); auto: completions where the server answers "
+                                         "them, else chat", choices=("completions", "chat", "auto")),
     },
     "budget": {
         "max_generations": Key("int", None, "generations in the whole campaign", minimum=0),
@@ -308,6 +311,9 @@ def vllm_model(file: str, key: str, name: str, base_dir: Path) -> str:
 def finish_target(file: str, where: str, t: dict, base_dir: Path | None = None) -> dict:
     """Cross-key checks of a checked ``[target]`` table; fills ``model`` (embedded default, or the
     absolute folder of a vLLM target, relative to ``base_dir``, default the working folder)."""
+    if t.get("api", "completions") != "completions" and t["backend"] != "openai":
+        raise TrawlError(f"{where}.api = {t['api']!r} is for backend = \"openai\" (an OpenAI-compatible server); "
+                         f"the {t['backend']} backend takes the completions form (in {file})")
     if t["backend"] == "vllm":
         if t["endpoints"]:
             raise TrawlError(f"{where}.endpoints: backend = \"vllm\" runs the model in the trawl process, "
