@@ -129,7 +129,7 @@ class DrawServer:
                  delay: float = 0.0, chat: bool = False, chat_bytes: bool = True, completions: bool = True,
                  mutate=None):
         self.chat, self.chat_bytes, self.completions = chat, chat_bytes, completions
-        self.mutate = mutate   # mutate(body) -> body: rewrites every chat answer (fuzz tests)
+        self.mutate = mutate   # mutate(path, request, body bytes) -> bytes: rewrites every chat answer (fuzz tests)
         self.faults, self.max_failures, self.stall_s, self.version = tuple(faults), max_failures, stall_s, version
         self.delay = delay  # seconds added to every good answer (a run that lasts long enough to be killed)
         self.payloads: list[dict] = []
@@ -167,10 +167,10 @@ class DrawServer:
                         outer.payloads.append(data)
                     if outer.delay:
                         time.sleep(outer.delay)
-                    body = outer.chat_complete(data)
+                    body = json.dumps(outer.chat_complete(data)).encode()
                     if outer.mutate is not None:
-                        body = outer.mutate(body)
-                    return self._send(200, body)
+                        body = outer.mutate(self.path, data, body)
+                    return send_body(self, 200, body)
                 if self.path == "/v1/completions" and outer.completions:
                     fault = outer._fault(raw)
                     if fault == "stall":
