@@ -311,9 +311,6 @@ def vllm_model(file: str, key: str, name: str, base_dir: Path) -> str:
 def finish_target(file: str, where: str, t: dict, base_dir: Path | None = None) -> dict:
     """Cross-key checks of a checked ``[target]`` table; fills ``model`` (embedded default, or the
     absolute folder of a vLLM target, relative to ``base_dir``, default the working folder)."""
-    if t.get("api", "completions") != "completions" and t["backend"] != "openai":
-        raise TrawlError(f"{where}.api = {t['api']!r} is for backend = \"openai\" (an OpenAI-compatible server); "
-                         f"the {t['backend']} backend takes the completions form (in {file})")
     if t["backend"] == "vllm":
         if t["endpoints"]:
             raise TrawlError(f"{where}.endpoints: backend = \"vllm\" runs the model in the trawl process, "

@@ -117,7 +117,7 @@ def _open_backend(endpoint, model: str, cfg: SamplerSettings, pool_log) -> Backe
     extra = {"log": pool_log} if isinstance(endpoint, (list, tuple)) and len(endpoint) > 1 else {}
     if cfg.tokenizer_file:
         extra["tokenizer_file"] = cfg.tokenizer_file
-    if cfg.api != "completions":
+    if cfg.api != "completions":   # every backend takes it (the in-process vllm one applies the template)
         extra["api"] = cfg.api
     return make_backend(cfg.backend, endpoint=endpoint, model=model, api_key_env=cfg.api_key_env,
                         timeout=cfg.timeout, max_retries=cfg.max_retries, backoff_base=cfg.backoff_base,

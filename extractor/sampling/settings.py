@@ -79,9 +79,6 @@ class SamplerSettings:
         _num("flush_seconds", lambda v: v >= 0, ">= 0")
         if self.api not in ("completions", "chat", "auto"):
             raise TrawlError(f"api must be completions, chat or auto, got {self.api!r}")
-        if self.api != "completions" and self.backend != "openai":
-            raise TrawlError(f"api {self.api} is for the openai backend (an OpenAI-compatible server); the "
-                             f"{self.backend} backend takes the completions form")
 
     @property
     def logger(self) -> Callable[[str], None]:

@@ -197,11 +197,15 @@ def test_run_json_records_api_template_and_each_conversation_once(tmp_path):
 
 
 def test_campaign_target_api_is_checked(tmp_path):
-    from extractor.campaigns.config import finish_target
-    t = {"backend": "vllm", "api": "chat", "endpoints": [], "embedded": False, "model": "m", "model_path": None,
-         "version": "v"}
-    with pytest.raises(TrawlError, match="api = 'chat' is for backend"):
-        finish_target("c.toml", "target", t)
+    from pathlib import Path
+
+    from extractor.campaigns.config import SCHEMA, check_table
+    base = {"model": "m", "version": "v", "endpoints": ["http://h:1"]}
+    assert check_table("c.toml", "target", {**base, "api": "chat"}, SCHEMA["target"], Path("."))["api"] == "chat"
+    assert check_table("c.toml", "target", base, SCHEMA["target"], Path("."))["api"] == "completions"
+    with pytest.raises(TrawlError, match="target.api") as e:
+        check_table("c.toml", "target", {**base, "api": "chats"}, SCHEMA["target"], Path("."))
+    assert "\n" not in str(e.value)
 
 
 def test_attack_help_lists_the_chat_parameters():
