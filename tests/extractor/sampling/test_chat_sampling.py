@@ -217,3 +217,16 @@ def test_a_server_without_chat_is_one_line(tmp_path):
         assert "api must be" in str(exc)
     else:
         raise AssertionError("an unknown api was accepted")
+
+
+def test_replica_pool_speaks_chat_and_every_sample_is_its_own_draw(tmp_path):
+    with DrawServer(chat=True, faults=("503",), max_failures=1) as a, DrawServer(chat=True) as b:
+        s = run_attacks(str(tmp_path / "run"), endpoint=[a.base_url, b.base_url], model=a.model, api="chat",
+                        api_key_env=None, progress=False, log=lambda m: None, timeout=5.0, backoff_base=0.01,
+                        backoff_max=0.05, max_retries=6, concurrency=4,
+                        attacks=[AttackSpec("divergence", {"words": "a,b,c", "samples": 5, "repetitions": 2,
+                                                           "max_tokens": 12, "system": "assistant"})])
+        served = {p["messages"][-1]["content"] for p in a.payloads + b.payloads if "messages" in p}
+    assert s.status == "finished" and s.finished == 15
+    rows = _check_draws(tmp_path / "run", 15)
+    assert {r["prompt"] for r in rows} <= served and {r["endpoint"] for r in rows} <= {a.base_url, b.base_url}
