@@ -266,10 +266,9 @@ class VLLMOfflineBackend:
         """Token ids of a conversation rendered by the model's chat template, ready for the reply."""
         from extractor.backends.chat import as_messages
 
-        ids = self._tok.apply_chat_template(as_messages(prompt), add_generation_prompt=True, tokenize=True)
-        if isinstance(ids, dict):   # some tokenizers return a BatchEncoding
-            ids = ids["input_ids"]
-        return [int(i) for i in ids]
+        # rendered as text, then tokenized without added special tokens (the template holds them): as LLM.chat
+        text = self._tok.apply_chat_template(as_messages(prompt), add_generation_prompt=True, tokenize=False)
+        return [int(i) for i in self._tok.encode(text, add_special_tokens=False)]
 
     def token_offsets(self, text: str) -> list[int]:
         """Byte offsets of the tokens of ``text`` (re-tokenized with the engine's tokenizer)."""
