@@ -263,6 +263,8 @@ def test_raw_template_from_an_hf_tokenizer_folder_equals_the_ggufs(hf_model):
     msgs = [{"role": "system", "content": "You are a helpful assistant."},
             {"role": "user", "content": "Continue the following text:"}]
     hf = render_template(hf_model, msgs)
-    assert hf.endswith("<|im_start|>assistant\n") and "<|im_start|>user\nContinue the following text:" in hf
+    # the string tests/extractor/backends/test_chat.py gets from the GGUF (llama-cpp-python is not in this venv)
+    assert hf == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nContinue the "
+                  "following text:<|im_end|>\n<|im_start|>assistant\n")
     if importlib.util.find_spec("llama_cpp") is not None:
         assert render_template(gguf, msgs) == hf
