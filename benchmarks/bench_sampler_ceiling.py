@@ -5,10 +5,13 @@ rendered once per shape and cached: the server's cost per request is a lookup an
 what is measured is the client: trawl's ``run_attacks`` (planning, sending, parsing, token
 boundaries from the answer's logprobs, journaling, Parquet parts, run.json) against a minimal
 threaded ``requests`` client that replays **the very request bodies trawl sent** (recorded by
-the server during trawl's run), parses each answer's JSON, builds the same rows (completion
-text and token byte offsets) and writes them to one Parquet file. Rounds alternate which client
-goes first; the figure is generations per second, the ratio trawl / raw (issue 16's goal:
->= 0.98).
+the server during trawl's run), parses each answer's JSON, builds rows with every column of
+trawl's generations schema (text, token byte offsets, log-probs, counts, parameters, seed,
+latency, time) and writes them to one Parquet file. Rounds alternate which client goes first;
+the figure is generations per second, the ratio trawl / raw (issue 16's goal: >= 0.98), and
+each client's CPU seconds per run (steadier than wall time on a shared machine). The server's
+listen backlog is 1,024: socketserver's 5 drops SYNs when 64 clients connect at once, and each
+drop costs a random client a 1 s retransmission.
 
     PYTHONPATH=. python benchmarks/bench_sampler_ceiling.py                     # 1,000 and 10,000 generations
     PYTHONPATH=. python benchmarks/bench_sampler_ceiling.py --generations 10000 --rounds 5 --one-per-request
@@ -96,7 +99,12 @@ def _serve(port: int, tokens: int) -> None:
                 return self._send(json.dumps({"prompt": "".join(chr(i) for i in d["tokens"])}).encode())
             self._send(b'{"detail": "Not Found"}', 404)
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", port), H)
+    class Server(ThreadingHTTPServer):
+        # a listen backlog of 5 (socketserver's default) drops the SYNs of 64 clients connecting at
+        # once: each dropped one costs its client a 1 s retransmission, at random, to either client
+        request_queue_size = 1024
+
+    httpd = Server(("127.0.0.1", port), H)
     httpd.daemon_threads = True
     httpd.serve_forever()
 
@@ -125,34 +133,55 @@ def run_trawl(endpoint: str, args, out: str) -> tuple[int, float]:
 
 
 def run_raw(endpoint: str, bodies: list[dict], concurrency: int, out: str) -> tuple[int, float]:
-    """Send the bodies, parse the answers, build rows (text + token byte offsets), write Parquet."""
+    """Send the bodies, parse the answers, build rows with the columns of trawl's generations
+    (text, token byte offsets, log-probs, counts, finish reason, parameters, seed, latency, time),
+    write them to one Parquet file with trawl's schema."""
+    import datetime as dt
+    import hashlib
+
     import pyarrow as pa
     import pyarrow.parquet as pq
     import requests
 
+    from corpora.storage import GENERATIONS_SCHEMA
+
     local = threading.local()
     url = endpoint + "/v1/completions"
 
-    def one(body: dict) -> list[tuple[str, list[int]]]:
+    def one(body: dict) -> list[dict]:
         s = getattr(local, "s", None)
         if s is None:
             s = local.s = requests.Session()
+        t0 = time.monotonic()
         r = s.post(url, json=body, timeout=600)
         r.raise_for_status()
+        data = r.json()
+        latency = time.monotonic() - t0
+        now = dt.datetime.now(dt.timezone.utc)
+        prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
+        n = body.get("n", 1)
+        params = json.dumps({k: v for k, v in body.items() if k not in ("prompt", "seed", "model")}, sort_keys=True)
         rows = []
-        for c in r.json()["choices"]:
+        for c in sorted(data["choices"], key=lambda c: c["index"]):
+            i, k = divmod(c["index"], n)
             offs, pos = [], 0
             for t in c["logprobs"]["tokens"]:
                 offs.append(pos)
                 pos += len(t.encode("utf-8"))
-            rows.append((c["text"], offs))
+            rid = hashlib.sha1(f"{prompts[i]}\0{body.get('seed')}\0{k}".encode()).hexdigest()[:16]
+            rows.append({"run_id": "raw", "request_id": rid, "attack": "divergence", "variant": "",
+                         "prompt": prompts[i], "completion": c["text"], "token_offsets": offs,
+                         "token_logprobs": c["logprobs"]["token_logprobs"], "prompt_tokens": 8,
+                         "completion_tokens": len(offs), "finish_reason": c["finish_reason"], "model": body["model"],
+                         "endpoint": endpoint, "params": params, "seed": body.get("seed"), "latency_s": latency,
+                         "cost_usd": 0.0, "created_at": now, "extra": "{}"})
         return rows
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as ex:
         rows = [row for part in ex.map(one, bodies) for row in part]
-    pq.write_table(pa.table({"completion": [r[0] for r in rows],
-                             "token_offsets": pa.array([r[1] for r in rows], pa.list_(pa.int32()))}),
+    pq.write_table(pa.table({name: [r[name] for r in rows] for name in GENERATIONS_SCHEMA.names},
+                            schema=GENERATIONS_SCHEMA),
                    os.path.join(out, "raw.parquet"), compression="zstd")
     return len(rows), time.perf_counter() - t0
 
@@ -165,12 +194,13 @@ def bench(endpoint: str, args) -> dict:
         requests.get(endpoint + "/_bodies", timeout=10)                 # start clean
         n, _ = run_trawl(endpoint, args, os.path.join(tmp, "warm"))      # warm-up, records the bodies
         bodies = requests.get(endpoint + "/_bodies", timeout=60).json()
-        trawl_r, raw_r = [], []
+        trawl_r, raw_r, trawl_cpu, raw_cpu = [], [], [], []
         for r in range(args.rounds):
             order = ("trawl", "raw") if r % 2 == 0 else ("raw", "trawl")
             for who in order:
                 d = os.path.join(tmp, f"{who}-{r}")
                 os.makedirs(d)
+                c0 = time.process_time()
                 if who == "trawl":
                     g, el = run_trawl(endpoint, args, d)
                     requests.get(endpoint + "/_bodies", timeout=60)
@@ -178,11 +208,16 @@ def bench(endpoint: str, args) -> dict:
                 else:
                     g, el = run_raw(endpoint, bodies, args.concurrency, d)
                     raw_r.append(g / el)
-                print(f"  round {r + 1} {who:5s}: {g} generations in {el:.2f} s = {g / el:,.0f} gens/s", flush=True)
+                cpu = time.process_time() - c0
+                (trawl_cpu if who == "trawl" else raw_cpu).append(cpu)
+                print(f"  round {r + 1} {who:5s}: {g} generations in {el:.2f} s = {g / el:,.0f} gens/s "
+                      f"(CPU {cpu:.2f} s)", flush=True)
                 shutil.rmtree(d)
         t, w = statistics.median(trawl_r), statistics.median(raw_r)
         return {"generations": n, "requests": len(bodies), "trawl_gens_per_s": t, "raw_gens_per_s": w,
-                "ratio": t / w, "rounds": args.rounds, "trawl_rounds": trawl_r, "raw_rounds": raw_r}
+                "ratio": t / w, "rounds": args.rounds, "trawl_rounds": trawl_r, "raw_rounds": raw_r,
+                "trawl_cpu_s": trawl_cpu, "raw_cpu_s": raw_cpu,
+                "cpu_ratio": statistics.median(raw_cpu) / statistics.median(trawl_cpu)}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -217,7 +252,8 @@ def main() -> int:
                   f"{', one per request' if args.one_per_request else ''}; load {os.getloadavg()[0]:.1f}")
             res = bench(endpoint, args)
             print(f"=> {res['requests']} requests: trawl {res['trawl_gens_per_s']:,.0f} gens/s, raw client "
-                  f"{res['raw_gens_per_s']:,.0f} gens/s, ratio {res['ratio']:.3f} (goal >= 0.98)\n", flush=True)
+                  f"{res['raw_gens_per_s']:,.0f} gens/s, ratio {res['ratio']:.3f} (goal >= 0.98); CPU per run, raw/trawl "
+                  f"{res['cpu_ratio']:.3f}\n", flush=True)
             results.append(res)
         if args.json:
             with open(args.json, "w") as fh:

@@ -7,18 +7,18 @@ Public API::
     corpus.stats            # {"read", "skipped_empty", "repaired_utf8", "exact_duplicates"}
     for doc in corpus.iter_documents(): ...
 """
-from corpora.builtin import build_offline_corpus, offline_sources
-from corpora.errors import CorpusError
-from corpora.ingest import IngestStats, ingest, ingest_records
-from corpora.readers import Record, read_sources
-from corpora.shards import (
-    CORPUS_FORMAT,
-    CORPUS_FORMAT_VERSION,
-    DEFAULT_MAX_SHARD_BYTES,
-    Corpus,
-    Document,
-    open_corpus,
-)
+from corpora.lazy import install as _install
+
+_EXPORTS = {
+    "build_offline_corpus": "corpora.builtin", "offline_sources": "corpora.builtin",
+    "CorpusError": "corpora.errors",
+    "IngestStats": "corpora.ingest", "ingest": "corpora.ingest", "ingest_records": "corpora.ingest",
+    "Record": "corpora.readers", "read_sources": "corpora.readers",
+    "CORPUS_FORMAT": "corpora.shards", "CORPUS_FORMAT_VERSION": "corpora.shards",
+    "DEFAULT_MAX_SHARD_BYTES": "corpora.shards", "Corpus": "corpora.shards", "Document": "corpora.shards",
+    "open_corpus": "corpora.shards",
+}
+_install(__name__, _EXPORTS)   # imported on first use (trawl --help needs none of them)
 
 __all__ = [
     "CORPUS_FORMAT",

@@ -28,15 +28,9 @@ never imports ``extractor``.
 """
 from __future__ import annotations
 
-from reports.errors import ReportError
-from reports.metrics import SCHEMA_VERSION, compute_metrics
+from corpora.lazy import install as _install
 
 __all__ = ["compute_metrics", "write_report", "ReportError", "ReportPaths", "SCHEMA_VERSION"]
-
-
-def __getattr__(name):  # lazy: rendering is not needed to compute metrics
-    if name in ("write_report", "ReportPaths"):
-        from reports import render
-
-        return getattr(render, name)
-    raise AttributeError(name)
+_install(__name__, {"ReportError": "reports.errors", "SCHEMA_VERSION": "reports.metrics",
+                    "compute_metrics": "reports.metrics", "write_report": "reports.render",
+                    "ReportPaths": "reports.render"})   # imported on first use (trawl --help needs none of them)

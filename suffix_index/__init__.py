@@ -8,13 +8,17 @@ Public API::
         idx.count("text"); idx.find("text"); idx.document(0)
         idx.match([(key, completion_bytes, token_offsets)], min_tokens=50)
 """
-from suffix_index.build import build_index
-from suffix_index.engine import Occurrence, SuffixIndex
-from suffix_index.errors import IndexFormatError, MatchInputError, ParameterError
-from suffix_index.manifest import INDEX_FORMAT, INDEX_FORMAT_VERSION
-from suffix_index.match import Span
-from suffix_index.matchfile import match_to_parquet, read_generations
-from suffix_index.verify import verify_index
+from corpora.lazy import install as _install
+
+_EXPORTS = {
+    "build_index": "suffix_index.build", "Occurrence": "suffix_index.engine", "SuffixIndex": "suffix_index.engine",
+    "IndexFormatError": "suffix_index.errors", "MatchInputError": "suffix_index.errors",
+    "ParameterError": "suffix_index.errors", "INDEX_FORMAT": "suffix_index.manifest",
+    "INDEX_FORMAT_VERSION": "suffix_index.manifest", "Span": "suffix_index.match",
+    "match_to_parquet": "suffix_index.matchfile", "read_generations": "suffix_index.matchfile",
+    "verify_index": "suffix_index.verify",
+}
+_install(__name__, _EXPORTS)   # imported on first use (trawl --help needs none of them)
 
 __all__ = [
     "ParameterError",

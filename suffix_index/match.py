@@ -22,11 +22,17 @@ bytes a qualifying span can have (``min_bytes``, or the shortest run of
 
 1. for every seed position ``p`` compute the matching statistic ``ms[p]`` (the
    longest prefix of ``g[p:]`` in the corpus) with one batched binary search per
-   shard (:mod:`suffix_index.search`); seeds with ``ms[p] < q`` are done;
+   shard (:mod:`suffix_index.search`: 8-byte word compares, each search started from the
+   shard's :class:`~suffix_index.search.PrefixSample`); seeds with ``ms[p] < q`` are done;
 2. for a hit seed, the spans starting in its zone ``(p - s, p]`` are found right to
    left: with ``r = p + ms[p]``, binary-search the smallest start ``a`` in the zone
    for which ``g[a:r]`` occurs; ``[a, r)`` is maximal unless ``g[a-1:r]`` occurs too;
-   then continue from ``a - 1`` with its own ``ms``. Ends of spans only decrease,
+   then continue from ``a - 1`` with its own ``ms``. When ``g[x:r]`` (``x`` the seed or the
+   continuation point) occurs at most ``BACKWARD_MAX_OCCURRENCES`` times per shard, ``a`` is read
+   off the corpus instead: ``g[a:r]`` occurs iff some occurrence of ``g[x:r]`` is preceded by
+   ``g[a:x]``, so ``a = x -`` the longest backward match before those occurrences (one range
+   search and a few word compares instead of a search over starts, which stays for the rest and
+   probes 3 starts per round). Ends of spans only decrease,
    so the loop stops as soon as nothing of length ``L`` can remain. A seed whose
    predecessor seed reaches the same end has nothing of its own (its zone's spans
    are not left-maximal) and costs nothing;
@@ -37,16 +43,22 @@ arrays proportional to the batch (its bytes, a few integers per seed).
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from suffix_index.search import checked_pointers, sa_range, sa_search
+from suffix_index.search import PrefixSample, backward_match, checked_pointers, sa_occurs, sa_range, sa_search
 
 SEPARATOR = 0xFF
 DEFAULT_MIN_TOKENS = 50
 BYTES_PER_TOKEN = 4  # min_bytes default = BYTES_PER_TOKEN * min_tokens
+_PROBE_D = 4   # the zone search is 4-ary (measured at 1 GB: 2-, 8- and 16-ary were slower)
+_PROBE_K = np.arange(1, _PROBE_D, dtype=np.int64)   # its probes, in quarters of the interval
+BACKWARD_MAX_OCCURRENCES = 128   # a span's extension reads before each occurrence, up to this many (measured: 8-1024)
+SEED_MIN, SEED_MAX = 12, 32   # seed length bounds (seed_length)
+SAMPLE_STRIDE = 256  # every 256th suffix's first 8 bytes (search.PrefixSample): 1/32 byte per corpus byte
 
 
 @dataclass(frozen=True)
@@ -80,7 +92,7 @@ class _Gen:
 
 def seed_length(L: int) -> int:
     """Seed length for a minimum span length ``L``: long enough to be rare, short enough to space seeds."""
-    return int(min(L, max(12, min(32, L // 2))))
+    return int(min(L, max(SEED_MIN, min(SEED_MAX, L // 2))))
 
 
 def token_arrays(offsets, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -113,20 +125,52 @@ class Matcher:
     (uint32/uint64 array) attributes, typically memory-mapped files.
     """
 
-    def __init__(self, shards: Sequence[Any]):
+    def __init__(self, shards: Sequence[Any], sample_stride: int | None = SAMPLE_STRIDE):
         self.shards = list(shards)
+        self.sample_stride = sample_stride
+        self._samples: dict[int, PrefixSample | None] = {}
+        self._samples_lock = threading.Lock()
+
+    def __getstate__(self):   # picklable (a process pool, Ray): the samples are derived again there
+        state = dict(self.__dict__)
+        state["_samples"] = {}
+        del state["_samples_lock"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._samples_lock = threading.Lock()
+
+    def sample(self, i: int) -> PrefixSample | None:
+        """Shard ``i``'s :class:`PrefixSample` (derived on first use; None with ``sample_stride=None``)."""
+        got = self._samples.get(i)
+        if got is None and self.sample_stride and i not in self._samples:
+            with self._samples_lock:
+                if i not in self._samples:
+                    sh = self.shards[i]
+                    self._samples[i] = PrefixSample(sh.text, sh.sa, self.sample_stride, name=getattr(sh, "sa_path", None))
+                got = self._samples[i]
+        return got
 
     # ------------------------------------------------------------ primitives over all shards
     def ms(self, G: np.ndarray, xs: np.ndarray, xl: np.ndarray) -> np.ndarray:
         """Longest prefix of each pattern occurring in the corpus (max over shards)."""
         best = np.zeros(len(xs), dtype=np.int64)
-        for sh in self.shards:
-            _, a, b = sa_search(sh.text, sh.sa, G, xs, xl, name=getattr(sh, "sa_path", None))
+        for i, sh in enumerate(self.shards):
+            _, a, b = sa_search(sh.text, sh.sa, G, xs, xl, name=getattr(sh, "sa_path", None), sample=self.sample(i))
             np.maximum(best, np.maximum(a, b), out=best)
         return best
 
     def occurs(self, G: np.ndarray, xs: np.ndarray, xl: np.ndarray) -> np.ndarray:
-        return self.ms(G, xs, xl) >= xl
+        """Whether each pattern occurs in some shard (each shard searched for the patterns not yet found)."""
+        found = np.zeros(len(xs), dtype=bool)
+        for i, sh in enumerate(self.shards):
+            rest = np.flatnonzero(~found)
+            if not rest.size:
+                break
+            found[rest] = sa_occurs(sh.text, sh.sa, G, xs[rest], xl[rest], name=getattr(sh, "sa_path", None),
+                                    sample=self.sample(i))
+        return found
 
     # ------------------------------------------------------------ the algorithm
     def spans(self, gens: Sequence[tuple[Any, bytes, Any]], min_tokens: int = DEFAULT_MIN_TOKENS,
@@ -193,21 +237,15 @@ class Matcher:
 
     def _hit_seeds(self, G: np.ndarray, segs: "_Segments"):
         """Seeds that occur in the index and own a span: ``(x, right end, segment, zone left)``."""
-        sp, sseg, sq, ss = [], [], [], []
-        for si in range(len(segs.start)):
-            L = int(segs.L[si])
-            q = seed_length(L)
-            s = L - q + 1
-            ln = int(segs.end[si] - segs.start[si])
-            pos = np.arange(0, ln - q + 1, s, dtype=np.int64) + segs.start[si]
-            sp.append(pos)
-            sseg.append(np.full(pos.size, si, dtype=np.int64))
-            sq.append(np.full(pos.size, q, dtype=np.int64))
-            ss.append(np.full(pos.size, s, dtype=np.int64))
-        sp_a = np.concatenate(sp)
-        sseg_a = np.concatenate(sseg)
-        sq_a = np.concatenate(sq)
-        ss_a = np.concatenate(ss)
+        Ls = segs.L
+        q = np.minimum(Ls, np.maximum(SEED_MIN, np.minimum(SEED_MAX, Ls // 2)))   # seed_length, per segment
+        step = Ls - q + 1
+        count = (segs.end - segs.start - q) // step + 1   # every segment is at least L >= q long
+        sseg_a = np.repeat(np.arange(Ls.size), count)
+        within = np.arange(sseg_a.size) - np.repeat(np.cumsum(count) - count, count)
+        sp_a = segs.start[sseg_a] + within * step[sseg_a]
+        sq_a = q[sseg_a]
+        ss_a = step[sseg_a]
         ms = self.ms(G, sp_a, segs.end[sseg_a] - sp_a)
         r = sp_a + ms
         hit = ms >= sq_a
@@ -232,12 +270,26 @@ class Matcher:
             floor = np.maximum(zl - 1, segs.start[seg])  # lowest start to try
             lo = floor - 1  # virtual: "does not occur"
             hi = x.copy()  # g[x:cur_r] occurs
+            known = self._start_from_occurrences(G, x, cur_r, floor)
+            if known is not None:   # found by reading backwards before each occurrence of g[x:cur_r]
+                done, a_known = known
+                hi[done] = a_known[done]
+                lo[done] = hi[done] - 1
             act = np.flatnonzero(hi - lo > 1)
             while act.size:
-                mid = (lo[act] + hi[act]) >> 1
-                occ = self.occurs(G, mid, cur_r[act] - mid)
-                hi[act[occ]] = mid[occ]
-                lo[act[~occ]] = mid[~occ]
+                # a 4-ary search: 3 probes per zone in one batched query (a zone of s starts takes
+                # log4(s) rounds instead of log2(s): part of each round's cost is per call)
+                a_lo, a_hi = lo[act], hi[act]
+                probes = a_lo[:, None] + ((a_hi - a_lo)[:, None] * _PROBE_K) // _PROBE_D
+                probes = np.maximum(probes, a_lo[:, None] + 1)   # inside (lo, hi): a probe at hi is known
+                r = np.broadcast_to(cur_r[act][:, None], probes.shape)
+                occ = self.occurs(G, probes.ravel(), (r - probes).ravel()).reshape(probes.shape)
+                # occurrence is monotone in the start (a suffix of an occurring string occurs):
+                # the new hi is the first probe that occurs, the new lo the probe just before it
+                first = np.where(occ.any(axis=1), occ.argmax(axis=1), _PROBE_K.size)
+                rows = np.arange(act.size)
+                hi[act] = np.where(first < _PROBE_K.size, probes[rows, np.minimum(first, _PROBE_K.size - 1)], a_hi)
+                lo[act] = np.where(first > 0, probes[rows, np.maximum(first - 1, 0)], a_lo)
                 act = act[(hi[act] - lo[act]) > 1]
             a = hi
             not_left_max = (zl - 1 >= segs.start[seg]) & (a == zl - 1)
@@ -269,6 +321,50 @@ class Matcher:
         keep[1:] = (A[1:] != A[:-1]) | (B[1:] != B[:-1])
         return A[keep], B[keep], S[keep]
 
+    def _start_from_occurrences(self, G: np.ndarray, x: np.ndarray, r: np.ndarray, floor: np.ndarray,
+                                max_occurrences: int | None = None):
+        """The smallest ``a`` in ``[floor, x]`` with ``g[a:r]`` in the corpus, for each item whose
+        ``g[x:r]`` (which occurs) occurs at most ``max_occurrences`` times in every shard:
+        ``g[a:r]`` occurs iff some occurrence ``p`` of ``g[x:r]`` is preceded by ``g[a:x]``, so ``a``
+        is ``x`` minus the longest backward match before those occurrences (capped at ``x - floor``).
+        One range search of ``g[x:r]`` and a few word compares replace the search over starts.
+        Returns ``(done, a)``, ``done`` marking the items answered; None when none is."""
+        if max_occurrences is None:
+            max_occurrences = BACKWARD_MAX_OCCURRENCES
+        kmax = x - floor
+        need = np.flatnonzero(kmax > 0)
+        if not need.size:
+            return None
+        ok = np.ones(need.size, dtype=bool)
+        best = np.zeros(need.size, dtype=np.int64)
+        xn, ln, kn = x[need], r[need] - x[need], kmax[need]
+        Gf = None
+        for si, sh in enumerate(self.shards):
+            name = getattr(sh, "sa_path", None)
+            rest = np.flatnonzero(ok)
+            if not rest.size:
+                break
+            lo_r, hi_r = sa_range(sh.text, sh.sa, G, xn[rest], ln[rest], name=name, sample=self.sample(si))
+            cnt = hi_r - lo_r
+            ok[rest[cnt > max_occurrences]] = False
+            small = np.flatnonzero((cnt > 0) & (cnt <= max_occurrences))
+            if not small.size:
+                continue
+            c = cnt[small]
+            rep = np.repeat(small, c)
+            ranks = lo_r[rep] + (np.arange(rep.size) - np.repeat(np.cumsum(c) - c, c))
+            pos = checked_pointers(sh.sa[ranks], len(sh.text), name)
+            if Gf is None:
+                Gf = np.concatenate((np.zeros(8, dtype=np.uint8), G))   # words may start before byte 0
+            items = rest[rep]
+            back = backward_match(sh.text, Gf, pos, xn[items] + 8, kn[items])
+            np.maximum.at(best, items, back)
+        done = np.zeros(x.size, dtype=bool)
+        done[need[ok]] = True
+        a = x.copy()
+        a[need] = xn - np.minimum(best, kn)
+        return done, a
+
     def _occurrences(self, G: np.ndarray, res_a: list[int], res_b: list[int]):
         """Per span: occurrences summed over every shard, and the first occurrence (lowest shard,
         then lowest position)."""
@@ -279,7 +375,7 @@ class Matcher:
         first_pos = np.full(xa.size, -1, dtype=np.int64)
         for si, sh in enumerate(self.shards):
             name = getattr(sh, "sa_path", None)
-            lo_r, hi_r = sa_range(sh.text, sh.sa, G, xa, xlen, name=name)
+            lo_r, hi_r = sa_range(sh.text, sh.sa, G, xa, xlen, name=name, sample=self.sample(si))
             cnt = hi_r - lo_r
             total += cnt
             need = np.flatnonzero((first_shard < 0) & (cnt > 0))
@@ -301,22 +397,24 @@ class _Segments:
 
 
 def _segments(G: np.ndarray, glist: list[_Gen]) -> _Segments | None:
-    seg_start, seg_end, seg_gen = [], [], []
-    for gi, g in enumerate(glist):
-        if g.L <= 0 or g.n < g.L:
-            continue
-        arr = G[g.base : g.base + g.n]
-        cuts = np.flatnonzero(arr == SEPARATOR)
-        bounds = np.concatenate(([-1], cuts, [g.n]))
-        for a, b in zip(bounds[:-1] + 1, bounds[1:]):
-            if b - a >= g.L:
-                seg_start.append(g.base + int(a))
-                seg_end.append(g.base + int(b))
-                seg_gen.append(gi)
-    if not seg_start:
+    """Runs between 0xFF bytes and generation edges, at least their generation's ``L`` long, in
+    generation and position order (sorted starts and sorted ends pair up: runs do not overlap)."""
+    if not glist:
         return None
-    return _Segments(np.array(seg_start, dtype=np.int64), np.array(seg_end, dtype=np.int64),
-                     np.array([glist[g].L for g in seg_gen], dtype=np.int64), seg_gen)
+    base = np.array([g.base for g in glist], dtype=np.int64)
+    n = np.array([g.n for g in glist], dtype=np.int64)
+    L = np.array([g.L for g in glist], dtype=np.int64)
+    ends = base + n
+    ff = np.flatnonzero(G[: int(ends[-1])] == SEPARATOR)
+    starts = np.sort(np.concatenate((base, ff + 1)))
+    stops = np.sort(np.concatenate((ends, ff)))
+    gen = np.searchsorted(ends, starts, side="right")   # the generation a (non-empty) run lies in
+    gen = np.minimum(gen, len(glist) - 1)
+    Lr = L[gen]
+    keep = (Lr > 0) & (stops - starts >= Lr) & (stops > starts)
+    if not keep.any():
+        return None
+    return _Segments(starts[keep], stops[keep], Lr[keep], gen[keep].tolist())
 
 
 def _token_filter(A, B, S, seg_gen: list[int], glist: list[_Gen], min_tokens: int, min_bytes: int):

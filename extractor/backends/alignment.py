@@ -11,6 +11,7 @@ their known neighbours leave (see docs/CONTRACTS.md §3).
 from __future__ import annotations
 
 import re
+from itertools import accumulate
 
 _BYTES_PREFIX = "bytes:"
 _HEX_ESCAPE = re.compile(r"\\x([0-9a-fA-F]{2})")
@@ -33,11 +34,37 @@ def _token_bytes(tok: str) -> bytes | None:
     return tok.encode("utf-8")
 
 
+def exact_offsets(text: str, tokens: list) -> list[int] | None:
+    """The fast path of :func:`align_tokens`: when the tokens are non-empty strings that spell
+    ``text`` exactly (none a ``bytes:`` name, no U+FFFD), each starts where the UTF-8 lengths of
+    those before it sum to (the very offsets the token-by-token walk finds); else None."""
+    try:
+        if "".join(tokens) != text:
+            return None
+    except TypeError:        # a token that is not a string
+        return None
+    if not all(tokens) or _BYTES_PREFIX in text or "\ufffd" in text:
+        return None           # empty or unknown-byte tokens: the walk spreads them over their gap
+    lengths = map(len, tokens) if text.isascii() else map(len, map(str.encode, tokens))
+    offsets = list(accumulate(lengths, initial=0))
+    offsets.pop()
+    return offsets
+
+
 def align_tokens(text: str, tokens: list[str]) -> list[int]:
-    """Byte offsets (into ``text.encode()``) where each token starts.
+    """Byte offsets (into ``text.encode()``) where each token starts. A token that is not a
+    string counts as one of unknown bytes (as an empty one).
 
     Raises :class:`AlignmentError` when the tokens cannot be matched to the text.
     """
+    fast = exact_offsets(text, tokens)
+    if fast is not None:
+        return fast
+    return _walk(text, [t if isinstance(t, str) else "" for t in tokens])
+
+
+def _walk(text: str, tokens: list[str]) -> list[int]:
+    """:func:`align_tokens` token by token (any tokens, known or unknown bytes)."""
     data = text.encode("utf-8")
     n = len(data)
     offsets: list[int] = []

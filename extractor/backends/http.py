@@ -64,6 +64,11 @@ import requests
 from extractor.backends.base import BackendError
 from extractor.errors import TrawlError
 
+try:   # optional: a faster parser for answers (see parse_json); the standard library otherwise
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - exercised where orjson is not installed
+    _orjson = None
+
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504}) | frozenset(range(520, 530))
 DEFAULT_MAX_BYTES = 1 << 20      # cap of an answer whose caller gives none (probe, version, small requests)
 MAX_POOL_PER_SESSION = 4         # one Session per thread, one request at a time: a few connections suffice
@@ -451,13 +456,16 @@ class HTTPClient:
             attempt += 1
 
 
+_CHUNK = 1 << 20   # bytes per read of an answer: few reads (each one waits for the interpreter lock again)
+
+
 def _read_capped(resp, max_bytes: int) -> bytes:
     """The body of ``resp`` (decoded as sent, gzip included), or :class:`_TooLarge` past ``max_bytes``."""
     declared = resp.headers.get("Content-Length")
     if declared and declared.strip().isdigit() and int(declared) > max_bytes:
         raise _TooLarge()
     buf = bytearray()
-    for chunk in resp.iter_content(64 * 1024):
+    for chunk in resp.iter_content(_CHUNK):
         buf += chunk
         if len(buf) > max_bytes:
             raise _TooLarge()
@@ -469,6 +477,16 @@ def parse_json(raw: bytes) -> Any:
     it is empty or not JSON (nesting too deep to parse included)."""
     if not raw:
         return None
+    if _orjson is not None:
+        # orjson parses what it accepts to the values json.loads gives, but for an integer past
+        # 64 bits, which it reads as a float (no server sends one: the checks of counts, indexes
+        # and token ids refuse a float, so such an answer is malformed, never a silently different
+        # number); what it refuses (invalid UTF-8, a BOM, NaN literals, lone surrogate escapes,
+        # deep nesting) goes the standard library's way below
+        try:
+            return _orjson.loads(raw)
+        except _orjson.JSONDecodeError:
+            pass
     try:
         return json.loads(raw.decode("utf-8-sig", "replace"))
     except (ValueError, RecursionError):

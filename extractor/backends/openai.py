@@ -211,13 +211,13 @@ class OpenAIBackend:
         offsets = logprobs = None
         source = "none"
         if lp and isinstance(lp.get("tokens"), list):
-            toks = [t if isinstance(t, str) else "" for t in lp["tokens"]]
+            toks = lp["tokens"]   # align_tokens counts a token that is not a string as unknown bytes
             try:
                 offsets = align_tokens(text, toks)
                 source = "logprobs"
                 vals = lp.get("token_logprobs")
                 if isinstance(vals, list) and len(vals) == len(toks):
-                    logprobs = [_logprob(v) for v in vals]
+                    logprobs = [v if v.__class__ is float else _logprob(v) for v in vals]
             except AlignmentError:
                 offsets = None
         return self._finish_choice(text, finish, offsets, logprobs, source, defer)

@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
             "how much training data an outsider can extract per dollar."
         ),
     )
-    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMAND_MODULES:
         try:
@@ -64,6 +64,18 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         mod.register(sub)
     return parser
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: looks the installed version up only when asked (importlib.metadata costs
+    more start-up time than the rest of ``trawl --help``)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0,
+                         help=help or "show the program's version number and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.exit(message=_version() + "\n")
 
 
 def _version() -> str:

@@ -6,9 +6,10 @@ records, flushes and writes ``run.json``, so the run folder has one writer.
 
 Guarantees:
 
-* every finished generation is in the run folder's journal before the next message is
-  handled (:meth:`RunDir.append`), and parts roll every ``flush_rows`` rows or
-  ``flush_seconds`` seconds;
+* every finished generation is in the run folder's journal before it is counted and before
+  the next messages are taken (the rows of the requests that came back together go in one
+  :meth:`RunDir.append_many` write), and parts roll every ``flush_rows`` rows,
+  :data:`~extractor.sampling.run_folder.PART_TOKENS` tokens or ``flush_seconds`` seconds;
 * nothing is dispatched that could cross a budget cap (each request in flight reserves its
   worst case); a request serving several generations that does not fit a generation cap is
   sent whole and only its first generations are stored (cutting it would change its seed);
@@ -38,7 +39,7 @@ from extractor.errors import TrawlError
 from extractor.sampling.budget import Budget, Pricing, Usage, stop_reason
 from extractor.sampling.plan import Grouping, Unit
 from extractor.sampling.requests import Done, Sender
-from extractor.sampling.run_folder import RunDir
+from extractor.sampling.run_folder import RunDir, journal_line
 from extractor.sampling.summary import RunSummary, attack_summaries
 
 _DRAINING_STOPS = ("max_seconds", "errors", "crashed", "interrupted")  # requests not yet sent are dropped
@@ -125,6 +126,7 @@ class Engine:
             else:
                 try:
                     self.sender.build_rows(d)
+                    self._prefinish(d)
                 except BaseException as exc:  # noqa: BLE001 - reported to the main thread
                     d.error = exc
                 done_q.put(("done", d))
@@ -154,6 +156,7 @@ class Engine:
             for x in batch:
                 try:
                     self.sender.build_rows(x, tokens_done=True)
+                    self._prefinish(x)
                 except BaseException as exc:  # noqa: BLE001
                     x.error = exc
                 x.freed = True
@@ -281,26 +284,47 @@ class Engine:
         return True
 
     def _receive(self, fl: _Flight) -> None:
-        """Handle the next message of the workers (or, after half a second without one, the clock)."""
+        """Handle the next messages of the workers (or, after half a second without one, the clock):
+        the first one that comes and every one already waiting behind it (up to 256), their rows
+        journaled in one write. Each blocking call of this thread hands the interpreter lock to
+        the busy workers and waits to get it back, so it makes few of them."""
         try:
-            kind, d = self.done_q.get(timeout=0.5)
+            msgs = [self.done_q.get(timeout=0.5)]
         except queue.Empty:
             self._tick()
             if self.budget.max_seconds is not None and self.stop_reason is None and \
                     time.monotonic() - self.t0 >= self.budget.max_seconds:
                 self.stop_reason = "max_seconds"
             return
-        if kind == "freed":
-            fl.generating.discard(id(d))
+        while len(msgs) < 256:
+            try:
+                msgs.append(self.done_q.get_nowait())
+            except queue.Empty:
+                break
+        rows: list[dict] = []
+        lines: list[bytes] = []
+        for kind, d in msgs:
+            if kind == "freed":
+                fl.generating.discard(id(d))
+                continue
+            unit = fl.remove(d.unit)
+            if d.error is not None:
+                self._failed(unit, d.error)
+                continue
+            self._consecutive_failures = 0
+            done = self._record(d)
+            rows.extend(done)
+            lines.append(d.journal if d.journal is not None else b"".join([journal_line(r) for r in done]))
+        if not rows:
             return
-        unit = fl.remove(d.unit)
-        if d.error is not None:
-            self._failed(unit, d.error)
-            return
-        self._consecutive_failures = 0
-        self._record(d)
+        self.rd.append_many(rows, b"".join(lines))   # the rows in one journal write, then counted
+        self.usage.generations += len(rows)
+        self.new += len(rows)
+        self.session_completion += sum(row["completion_tokens"] for row in rows)
+        if self.bar is not None:
+            self.bar.update(len(rows))
         now = time.monotonic()
-        if self.rd.buffered() >= self.rd.flush_rows or now - self._last_flush >= self.rd.flush_seconds:
+        if self.rd.should_flush() or now - self._last_flush >= self.rd.flush_seconds:
             self.rd.flush()
             self._last_flush = now
         if now - self._last_status >= 5.0:
@@ -332,6 +356,39 @@ class Engine:
             self.fatal = error
 
     # -- recording ----------------------------------------------------------------------------
+    def _final_rows(self, d: Done, cost_total: float) -> list[dict]:
+        """``d``'s rows with their attack's facts and billed shares in ``extra`` and their share of
+        ``cost_total`` (any thread: ``Attack.finish`` is a pure function of the generation)."""
+        rows = d.result or []
+        share = cost_total / max(1, len(rows))
+        billed_p = d.billed_prompt / max(1, len(rows))
+        billed_c = d.billed_completion / max(1, len(rows))
+        jobs = {j.request_id: j for j in d.unit.jobs}
+        for row in rows:
+            job_attack = self.attacks[row["attack"]]
+            extra = row.pop("_extra")
+            job = jobs[row["request_id"]]
+            try:
+                extra.update(job_attack.finish(job, row["completion"], row["token_offsets"]))
+            except Exception as exc:  # noqa: BLE001 - an analysis bug must not lose the generation
+                extra["finish_error"] = f"{type(exc).__name__}: {exc}"
+            extra["billed_prompt_tokens"] = billed_p
+            extra["billed_completion_tokens"] = billed_c
+            row["extra"] = json.dumps(extra, ensure_ascii=False, sort_keys=True)
+            row["cost_usd"] = share
+        return rows
+
+    def _prefinish(self, d: Done) -> None:
+        """In the worker that built ``d``'s rows: make them final and encode their journal lines,
+        so that the dispatch thread only writes and counts them. Not with an hourly price (a
+        request's cost is the wall time since the one recorded before it: the dispatch thread's)."""
+        if self.pricing.hourly or d.error is not None:
+            return
+        cost_total = self.pricing.token_cost(d.billed_prompt, d.billed_completion)
+        d.result = self._final_rows(d, cost_total)
+        d.journal = b"".join([journal_line(r) for r in d.result])
+        d.cost_usd = cost_total
+
     def _endpoint_stats(self) -> dict:
         return self.be.stats()   # the replica pool reports per-member figures; others: {}
 
@@ -341,32 +398,19 @@ class Engine:
             return 0.0
         return self.pricing.time_cost(time.monotonic() - self.last_done_t)
 
-    def _record(self, d: Done) -> None:
-        rows = d.result or []
-        if self.pricing.hourly:
-            cost_total = self.pricing.time_cost(max(0.0, d.finished_at - self.last_done_t))
-            self.last_done_t = max(self.last_done_t, d.finished_at)
+    def _record(self, d: Done) -> list[dict]:
+        """The rows of a finished request, ready to journal (extra finished, cost shared; done by
+        the worker already unless the price is hourly, see :meth:`_prefinish`); the request's
+        billed tokens and cost are counted (its generations once journaled)."""
+        if d.cost_usd is not None:
+            rows, cost_total = d.result or [], d.cost_usd
         else:
-            cost_total = self.pricing.token_cost(d.billed_prompt, d.billed_completion)
-        share = cost_total / max(1, len(rows))
-        billed_p = d.billed_prompt / max(1, len(rows))
-        billed_c = d.billed_completion / max(1, len(rows))
-        for row in rows:
-            job_attack = self.attacks[row["attack"]]
-            extra = row.pop("_extra")
-            job = next(j for j in d.unit.jobs if j.request_id == row["request_id"])
-            try:
-                extra.update(job_attack.finish(job, row["completion"], row["token_offsets"]))
-            except Exception as exc:  # noqa: BLE001 - an analysis bug must not lose the generation
-                extra["finish_error"] = f"{type(exc).__name__}: {exc}"
-            extra["billed_prompt_tokens"] = billed_p
-            extra["billed_completion_tokens"] = billed_c
-            row["extra"] = json.dumps(extra, ensure_ascii=False, sort_keys=True)
-            row["cost_usd"] = share
-            self.rd.append(row)
-            self.usage.generations += 1
-            self.new += 1
-            self.session_completion += row["completion_tokens"]
+            if self.pricing.hourly:
+                cost_total = self.pricing.time_cost(max(0.0, d.finished_at - self.last_done_t))
+                self.last_done_t = max(self.last_done_t, d.finished_at)
+            else:
+                cost_total = self.pricing.token_cost(d.billed_prompt, d.billed_completion)
+            rows = self._final_rows(d, cost_total)
         self.usage.prompt_tokens += d.billed_prompt
         self.usage.completion_tokens += d.billed_completion
         self.usage.cost_usd += cost_total
@@ -375,9 +419,7 @@ class Engine:
             self._ppt_samples[0] += pb
             self._ppt_samples[1] += d.billed_prompt
             self.prompt_bytes_per_token = max(1.0, self._ppt_samples[0] / self._ppt_samples[1]) * 0.9
-        if self.bar is not None:
-            self._tick()
-            self.bar.update(len(rows))
+        return rows
 
     def _tick(self) -> None:
         if self.bar is None:

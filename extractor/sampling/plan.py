@@ -175,20 +175,33 @@ class Grouping:
     use_n: bool        # samples of one prompt share a request with ``n``
     max_n: int
     max_prompts: int   # 1: no prompt lists
+    by_ordinal: bool = True   # seed scheme 3: a list holds the k-th n-groups of different prompts
 
     @classmethod
-    def for_server(cls, settings: SamplerSettings, caps) -> "Grouping":
+    def for_server(cls, settings: SamplerSettings, caps, seed_scheme: int = SEED_SCHEME) -> "Grouping":
         return cls(use_n=bool(settings.use_n and caps.n), max_n=max(1, settings.max_n),
                    max_prompts=max(1, int(settings.max_prompts if settings.use_prompt_lists and caps.prompt_list
-                                          else 1)))
+                                          else 1)),
+                   by_ordinal=seed_scheme >= 3)
 
     def units(self, jobs: list[Job]):
         """Requests for ``jobs`` (the whole plan, in order), as lists of parts (see :class:`Unit`).
 
         Samples of one prompt share a request with ``n`` (``use_n``, temperature > 0, up to
-        ``max_n``); consecutive parts with the same parameters and the same ``n`` share one with a
-        prompt list (servers that honour lists, up to ``max_prompts`` prompts). The grouping is a
-        function of the plan alone, so a resumed run sends the requests an uninterrupted one would.
+        ``max_n``): the plan's consecutive samples of a prompt make its n-groups. On servers that
+        honour prompt lists, up to ``max_prompts`` n-groups of *different* prompts with the same
+        parameters and the same ``n`` share a request: under seed scheme 3 the k-th n-group of each
+        prompt joins the list of k-th n-groups (so 8 words x 1,250 samples at n = 16 are 79
+        requests, not 632); runs frozen with an older scheme keep their grouping (consecutive
+        n-groups only), so that they resume sending the requests they began with.
+
+        Every request is sent with its first n-group's seeds (``seed + k`` for choice ``k``, see
+        :func:`extractor.attacks.base.draw_seed`): an n-group is a run of consecutive generations
+        of the plan and leads at most one request, so requests use disjoint seed ranges, and a
+        list never holds one prompt twice; so no prompt is drawn twice with one seed.
+
+        The grouping is a function of the plan alone, so a resumed run sends the requests an
+        uninterrupted one would; requests come in the order of their first n-group.
         """
         i = 0
         parts: list[list[Job]] = []
@@ -202,6 +215,9 @@ class Grouping:
                     group.append(jobs[i + len(group)])
             i += len(group)
             parts.append(group)
+        if self.by_ordinal and self.max_prompts > 1:
+            yield from self._lists_by_ordinal(parts)
+            return
         unit: list[list[Job]] = []
         for part in parts:
             if unit and (len(unit) >= self.max_prompts or not listable(unit, part)):
@@ -210,6 +226,29 @@ class Grouping:
             unit.append(part)
         if unit:
             yield unit
+
+    def _lists_by_ordinal(self, parts: list[list[Job]]):
+        """Scheme 3's prompt lists: n-group ``k`` of a prompt (counted per parameters and ``n``)
+        joins the open list of the k-th n-groups with the same parameters and ``n``; a full list
+        is closed and the next such n-group opens a new one. Prompts in a list are distinct
+        because a prompt has one k-th n-group per parameters and ``n``."""
+        units: list[list[list[Job]]] = []
+        open_lists: dict[tuple, list[list[Job]]] = {}
+        ordinal: dict[tuple, int] = {}
+        for part in parts:
+            lead = part[0]
+            if lead.steps is not None:
+                units.append([part])
+                continue
+            shape = (json.dumps(lead.params, sort_keys=True), len(part))
+            k = ordinal.get((shape, lead.prompt), 0)
+            ordinal[(shape, lead.prompt)] = k + 1
+            cur = open_lists.get((shape, k))
+            if cur is None or len(cur) >= self.max_prompts:
+                cur = open_lists[(shape, k)] = []
+                units.append(cur)
+            cur.append(part)
+        return units
 
     def pending(self, all_jobs: list[Job], done: set[str]):
         """:meth:`units` of the whole plan, less the generations already stored, as

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from corpora.storage import utcnow
 from extractor.attacks import Job
 from extractor.backends import CompletionResult
 from extractor.sampling.plan import Unit
@@ -30,6 +31,8 @@ class Done:
     finished_at: float = 0.0
     pending: list[Pending] | None = None   # completions before token boundaries are filled
     freed: bool = False                # its generation slot was released earlier (a "freed" message)
+    cost_usd: float | None = None      # set with the rows made final in the worker (Engine._prefinish)
+    journal: bytes | None = None       # then also: the rows' journal lines
 
 
 class Sender:
@@ -133,9 +136,10 @@ class Sender:
         if not tokens_done and self.defer:
             self.fill_many([p.choice for p in d.pending if p.choice.token_source == "pending"])
         rows = []
+        now = utcnow(precise=True)   # the request's rows are made together
         for p in d.pending:
             if p.choice.token_source == "pending":
                 self.be.fill_tokens(p.choice)
-            rows.append(make_row(p, run_id=self.run_id, model=self.model, endpoint=self.be.endpoint))
+            rows.append(make_row(p, run_id=self.run_id, model=self.model, endpoint=self.be.endpoint, created_at=now))
         d.result = rows
         d.pending = None

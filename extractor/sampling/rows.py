@@ -65,9 +65,9 @@ def merge_choices(choices: list[Choice], finish: str, can_tokenize) -> Choice:
                   finish_reason=finish, token_source="pending" if can_tokenize else "none")
 
 
-def make_row(p: Pending, *, run_id: str, model: str, endpoint: str) -> dict:
+def make_row(p: Pending, *, run_id: str, model: str, endpoint: str, created_at: str | None = None) -> dict:
     """The row of a completion whose token boundaries are filled (``endpoint``: when the
-    completion names none)."""
+    completion names none; ``created_at``: now unless given, e.g. once for a request's rows)."""
     ch = p.choice
     extra = {**p.extra, "token_source": ch.token_source}
     if ch.token_error:
@@ -80,7 +80,7 @@ def make_row(p: Pending, *, run_id: str, model: str, endpoint: str) -> dict:
         "completion_tokens": int(ntok), "finish_reason": ch.finish_reason, "model": model,
         "endpoint": p.endpoint or endpoint, "params": json.dumps(p.params, sort_keys=True),
         "seed": p.seed, "latency_s": float(p.latency), "cost_usd": 0.0,
-        "created_at": utcnow(precise=True), "_extra": {**p.job.extra, **extra},
+        "created_at": created_at or utcnow(precise=True), "_extra": {**p.job.extra, **extra},
     }
 
 

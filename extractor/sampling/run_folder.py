@@ -10,9 +10,10 @@ Layout (docs/CONTRACTS.md §3)::
 
 Crash safety
     Every finished generation is appended to ``_journal.jsonl`` and flushed to the
-    kernel at once, so a ``kill -9`` of the process loses nothing that finished
-    (only a power cut can lose what the OS had not yet written; parts are
-    fsynced). Every ``flush_rows`` generations or ``flush_seconds`` seconds the
+    kernel at once (the rows that come back together in one write), so a ``kill -9``
+    of the process loses nothing that finished (only a power cut can lose what the
+    OS had not yet written; parts are fsynced). Every ``flush_rows`` generations,
+    :data:`PART_TOKENS` buffered token offsets or ``flush_seconds`` seconds the
     buffered rows become a Parquet part written atomically (a hidden
     ``.part-NNNNN.parquet.tmp-<pid>``, fsync, ``os.replace``, directory fsync)
     and only then is the journal emptied; a clean stop removes the empty journal.
@@ -29,6 +30,7 @@ from __future__ import annotations
 import datetime as _dt
 import glob
 import json
+import math
 import os
 from typing import Iterable
 
@@ -40,11 +42,17 @@ from corpora.storage import (GENERATIONS_SCHEMA, PARQUET_ERRORS, PARQUET_READ_OP
 from corpora.storage import write_json_atomic as _write_json_atomic
 from extractor.errors import TrawlError
 
+try:   # optional: a faster JSON writer for the journal (pyproject lists it; the standard library otherwise)
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - exercised where orjson is not installed
+    _orjson = None
+
 # Names in generations/ that are not parts start with "_" or "." so that dataset readers
 # (pyarrow.parquet.read_table("RUN/generations"), DuckDB globs on part-*) skip them.
 JOURNAL_NAME = "_journal.jsonl"
 FORMAT = "trawl-run"      # config.json's and run.json's "format"
 FORMAT_VERSION = 1
+PART_TOKENS = 1 << 20    # token offsets buffered that roll a part even before flush_rows rows
 LOCK_NAME = ".lock"  # RUN/.lock: fcntl.flock'ed by the process using the run folder
 
 
@@ -115,14 +123,54 @@ def write_json_atomic(path: str, obj) -> None:
     _write_json_atomic(path, obj, indent=2, ensure_ascii=False)
 
 
+def journal_line(row: dict) -> bytes:
+    """One journal line: the row as JSON (UTF-8, non-ASCII kept, NaN and infinities as Python's
+    ``json`` writes them), newline-terminated. orjson writes it when installed and the row is
+    plain (its floats finite: orjson would write NaN as null); else the standard library, whose
+    text ``json.loads`` reads back to the same row either way."""
+    if _orjson is not None and _finite(row):
+        try:
+            return _orjson.dumps(row, option=_orjson.OPT_APPEND_NEWLINE)
+        except TypeError:      # a value orjson does not take (an int past 64 bits, a lone surrogate)
+            pass
+    return (json.dumps(row, ensure_ascii=False, allow_nan=True) + "\n").encode("utf-8")
+
+
+def _finite(row: dict) -> bool:
+    """No NaN or infinity among the row's floats (top level, and in lists of numbers); False too
+    for anything nested deeper (a dict, a list of lists) or a sum that overflows (the slow way)."""
+    total = 0.0
+    try:
+        for v in row.values():
+            c = v.__class__
+            if c is float:
+                total += v
+            elif c is list:
+                total += sum(v)
+            elif c is dict:
+                return False
+    except (TypeError, OverflowError):
+        return False
+    return math.isfinite(total)
+
+
 def rows_to_table(rows: list[dict]) -> pa.Table:
-    cols = {name: [] for name in GENERATIONS_SCHEMA.names}
-    for r in rows:
-        for name in cols:
+    cols = {}
+    for name in GENERATIONS_SCHEMA.names:
+        if name != "created_at":
+            cols[name] = [r.get(name) for r in rows]
+            continue
+        parsed: dict[str, _dt.datetime] = {}   # a request's rows share one time: parsed once
+        out = []
+        for r in rows:
             v = r.get(name)
-            if name == "created_at" and isinstance(v, str):
-                v = _dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
-            cols[name].append(v)
+            if isinstance(v, str):
+                t = parsed.get(v)
+                if t is None:
+                    t = parsed[v] = _dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
+                v = t
+            out.append(v)
+        cols[name] = out
     return pa.table(cols, schema=GENERATIONS_SCHEMA)
 
 
@@ -141,7 +189,7 @@ def row_problem(row: dict) -> str | None:
 
 
 class RunDir:
-    def __init__(self, path: str, *, flush_rows: int = 256, flush_seconds: float = 30.0):
+    def __init__(self, path: str, *, flush_rows: int = 4096, flush_seconds: float = 30.0):
         self.path = os.path.abspath(path)
         self.gen_dir = os.path.join(self.path, "generations")
         self.config_path = os.path.join(self.path, "config.json")
@@ -150,6 +198,7 @@ class RunDir:
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
         self._buffer: list[dict] = []
+        self._buffered_tokens = 0
         self._journal = None
         self._next_part = 0
 
@@ -300,20 +349,35 @@ class RunDir:
         return done
 
     def _truncate_journal(self) -> None:
+        """Empty the journal (its rows are in a fsynced part). Not fsynced itself: should a power cut
+        bring the old rows back, :meth:`recover` skips them as done."""
         if self._journal is not None:
             self._journal.close()
-        self._journal = open(self.journal_path, "w", encoding="utf-8")
-        self._journal.flush()
-        os.fsync(self._journal.fileno())
+        self._journal = open(self.journal_path, "wb")
 
     def append(self, row: dict) -> None:
         """Record one finished generation (durable against kill -9 when this returns)."""
-        self._journal.write(json.dumps(row, ensure_ascii=False, allow_nan=True) + "\n")
+        self.append_many([row])
+
+    def append_many(self, rows: list[dict], lines: bytes | None = None) -> None:
+        """Record finished generations in one write (durable against kill -9 when this returns; a
+        kill during the write leaves whole lines for some of them and at most one torn last line,
+        which :meth:`recover` drops: those generations were never done). ``lines``: the rows'
+        :func:`journal_line` s, when the caller encoded them already."""
+        if not rows:
+            return
+        self._journal.write(lines if lines is not None else b"".join([journal_line(r) for r in rows]))
         self._journal.flush()
-        self._buffer.append(row)
+        self._buffer.extend(rows)
+        self._buffered_tokens += sum(len(r.get("token_offsets") or ()) for r in rows)
 
     def buffered(self) -> int:
         return len(self._buffer)
+
+    def should_flush(self) -> bool:
+        """The buffered rows make a part: ``flush_rows`` of them, or :data:`PART_TOKENS` token
+        offsets (long completions roll sooner, bounding the memory the buffer holds)."""
+        return len(self._buffer) >= self.flush_rows or self._buffered_tokens >= PART_TOKENS
 
     def flush(self) -> str | None:
         """Turn buffered generations into a part, then empty the journal."""
@@ -321,6 +385,7 @@ class RunDir:
             return None
         name = self._write_part(self._buffer)
         self._buffer = []
+        self._buffered_tokens = 0
         self._truncate_journal()
         return name
 

@@ -75,7 +75,7 @@ def _run_locked(run_dir, endpoint, model, attacks, budget: Budget, pricing: Pric
     done, prev, usage = _stored(rd, created)
     pending = [j for j in all_jobs if j.request_id not in done]
 
-    engine = Engine(be, rd, resolved, usage, budget, pricing, run_id=run_id, model=model, grouping=Grouping.for_server(cfg, caps),
+    engine = Engine(be, rd, resolved, usage, budget, pricing, run_id=run_id, model=model, grouping=Grouping.for_server(cfg, caps, seed_scheme),
                     concurrency=cfg.concurrency, progress=cfg.progress, planned=len(all_jobs),
                     drain_seconds=cfg.drain_seconds, max_consecutive_failures=cfg.failure_limit, log=log)
     engine_box.append(engine)

@@ -52,7 +52,7 @@ class SamplerSettings:
     max_n: int = 16
     use_prompt_lists: bool = True
     max_prompts: int = 8
-    flush_rows: int = 256
+    flush_rows: int = 4096
     flush_seconds: float = 30.0
     drain_seconds: float = 60.0
     max_consecutive_failures: int | None = None

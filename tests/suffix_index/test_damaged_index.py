@@ -123,3 +123,23 @@ def eval_path(obj, path):
     for p in path:
         obj = obj[p]
     return obj
+
+
+def test_old_index_with_misordered_suffix_array_is_one_line_not_other_spans(index, tmp_path):
+    """An index without block checksums (nothing compares the .sa before matching) whose suffix array
+    has two sampled entries swapped: the matcher's prefix sample (every 256th suffix) finds them out
+    of order and stops with one line naming the .sa file instead of searching from wrong bounds."""
+    import numpy as np
+
+    m = json.loads((index / MANIFEST_NAME).read_text())
+    for f in m["shards"][0]["files"].values():
+        f.pop("blocks", None)
+    (index / MANIFEST_NAME).write_text(json.dumps(m))
+    sa = np.fromfile(index / "shard-00000.sa", dtype="<u4")
+    assert len(sa) > 2 * 256
+    sa[[256, 512]] = sa[[512, 256]]
+    sa.tofile(index / "shard-00000.sa")
+    with pytest.raises(IndexFormatError) as err:
+        spans(index)
+    msg = str(err.value)
+    assert "\n" not in msg and "shard-00000.sa" in msg and "out of order" in msg, msg

@@ -96,7 +96,16 @@ def rand_text(rng: random.Random, alphabet: str, n: int) -> str:
 
 @pytest.mark.parametrize("alpha", list(ALPHABETS))
 @pytest.mark.parametrize("shards", [1, 3])
-def test_random_text_matches_brute_force(tmp_path, alpha, shards):
+@pytest.mark.parametrize("backward", [None, 0, 1 << 40])
+def test_random_text_matches_brute_force(tmp_path, alpha, shards, backward, monkeypatch):
+    """``backward``: the most occurrences a span's extension reads backwards from (default; 0: never,
+    always the search over starts; unbounded: always, whatever the count)."""
+    if backward is not None:
+        if shards == 1:
+            pytest.skip("the two extension paths are compared over 3 shards (the harder case) only")
+        import suffix_index.match
+
+        monkeypatch.setattr(suffix_index.match, "BACKWARD_MAX_OCCURRENCES", backward)
     rng = random.Random(hash((alpha, shards)) & 0xFFFF)
     A = ALPHABETS[alpha]
     docs = [rand_text(rng, A, rng.randint(1, 400)) for _ in range(40)]

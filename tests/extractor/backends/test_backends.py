@@ -142,3 +142,92 @@ def test_every_backend_implements_the_protocol():
     # deferral is derived from the tokenize endpoint and stays out of run.json's capabilities
     assert not Capabilities().deferred_tokens and Capabilities(tokenize="vllm").deferred_tokens
     assert "deferred_tokens" not in Capabilities(tokenize="vllm").to_dict()
+
+
+def test_align_fast_path_equals_the_token_walk_on_random_and_adversarial_tokens():
+    """align_tokens' running sum of token lengths (tokens that spell the text) gives the offsets of
+    the token-by-token walk, and everything else (unknown bytes, bytes: names, mismatches, tokens
+    that are not strings) takes the walk: same offsets or the same AlignmentError."""
+    import random
+
+    from extractor.backends.alignment import _walk, exact_offsets
+
+    rng = random.Random(1616)
+    alphabet = ["a", "b", " ", "é", "🙂", "\n", "\ufffd", "bytes:", "\\x41", "", "ß", "\u200b"]
+
+    def walk(text, toks):
+        try:
+            return _walk(text, [t if isinstance(t, str) else "" for t in toks])
+        except AlignmentError:
+            return "error"
+
+    def fast(text, toks):
+        try:
+            return align_tokens(text, toks)
+        except AlignmentError:
+            return "error"
+
+    fast_hits = 0
+    for _ in range(4000):
+        toks = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 3))) for _ in range(rng.randint(0, 12))]
+        text = "".join(toks)
+        if rng.random() < 0.3:   # damage: drop, change or insert a character, or a non-string token
+            kind = rng.randrange(4)
+            if kind == 0 and text:
+                i = rng.randrange(len(text))
+                text = text[:i] + text[i + 1:]
+            elif kind == 1:
+                text = text + rng.choice(alphabet)
+            elif kind == 2 and toks:
+                toks[rng.randrange(len(toks))] = rng.choice([None, 5, ["x"]])
+            else:
+                toks = toks[::-1]
+        fast_hits += exact_offsets(text, toks) is not None
+        assert fast(text, toks) == walk(text, toks), (text, toks)
+    assert fast_hits > 400       # the fast path was exercised
+    long = [" memorized"] * 256 + ["é", "🙂"]
+    assert align_tokens("".join(long), long) == _walk("".join(long), long)
+
+
+def test_parse_json_gives_the_standard_librarys_values_with_or_without_orjson():
+    """orjson parses what it accepts to json.loads' values (an int past 64 bits becomes a float,
+    which the completion check refuses as a count); what it refuses (NaN literals, a BOM, invalid
+    UTF-8, lone surrogate escapes, deep nesting) goes the standard way."""
+    import json
+    import random
+
+    from extractor.backends.http import parse_json
+
+    def std(raw, **kw):
+        try:
+            return json.loads(raw.decode("utf-8-sig", "replace"), **kw)
+        except (ValueError, RecursionError):
+            return None
+
+    def _int64_or_float(text):
+        v = int(text)
+        return v if -2**63 <= v < 2**64 else float(v)
+
+    rng = random.Random(3)
+
+    def value(depth=0):
+        k = rng.randrange(8 if depth < 3 else 5)
+        return [lambda: rng.randint(-2**70, 2**70), lambda: rng.uniform(-1e6, 1e6), lambda: None,
+                lambda: rng.choice([True, False]), lambda: "".join(rng.choice("aé🙂\"\\\n\u2028") for _ in range(4)),
+                lambda: [value(depth + 1) for _ in range(rng.randrange(3))],
+                lambda: {str(rng.randrange(5)): value(depth + 1) for _ in range(rng.randrange(3))},
+                lambda: rng.choice([float("nan"), float("inf"), -0.0])][k]()
+
+    cases = [b"", b"{", b"\xef\xbb\xbf{\"a\": 1}", b"{\"a\": NaN}", b"[\"\\ud800\"]", b"{\"a\": \"\xff\"}",
+             b"[" * 5000 + b"]" * 5000, b"123456789012345678901234567890", b"{\"a\": 1, \"a\": 2}"]
+    from extractor.backends.openai import check_completion
+    from extractor.backends.http import MalformedResponse
+
+    with pytest.raises(MalformedResponse):   # a count past 64 bits: refused, never stored as another number
+        check_completion(parse_json(b'{"choices": [{"text": "x", "finish_reason": null}], '
+                                    b'"usage": {"prompt_tokens": 123456789012345678901234567890}}'), 1)
+    cases += [json.dumps(value()).encode() for _ in range(500)]
+    for raw in cases:
+        got = json.dumps(parse_json(raw), sort_keys=True)
+        assert got in (json.dumps(std(raw), sort_keys=True),     # exact (the standard library's way)
+                       json.dumps(std(raw, parse_int=_int64_or_float), sort_keys=True)), raw[:60]

@@ -136,11 +136,108 @@ def test_seeds_are_consecutive_in_plan_order_so_n_choices_land_on_their_own_seed
                     attacks=[AttackSpec("divergence", {"words": ["poem", "data"], "samples": 20, "max_tokens": 4,
                                                        "repetitions": 3})], max_prompts=1, **QUIET)
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert cfg["seed_scheme"] == 2
+    assert cfg["seed_scheme"] == 3
     rows = _rows(tmp_path / "run")
     own = sorted(r["seed"] + json.loads(r["extra"]).get("n_choice", 0) for r in rows)
     base = draw_seed(cfg["run_id"], 0)
     assert own == list(range(base, base + 40))
+
+
+def _plan(prompts_samples: list[tuple[str, int, dict]], base: int = 1000) -> list:
+    """Jobs as plan_jobs makes them: consecutive samples per prompt, seed base + plan index."""
+    from extractor.attacks import Job
+
+    jobs = []
+    for prompt, samples, params in prompts_samples:
+        for k in range(samples):
+            jobs.append(Job(attack="a", variant="", prompt=prompt, sample=k, params=dict(params),
+                            request_id=f"{len(jobs):08d}", seed=base + len(jobs)))
+    return jobs
+
+
+def _draws_by_vllm_rule(units) -> list[tuple[str, int]]:
+    """The (prompt, seed) draw of every generation when each request is sent with its leader's
+    seed and choice k of every prompt of a list draws with seed + k (vLLM's server and engine)."""
+    draws = []
+    for unit in units:
+        seed = unit[0][0].seed
+        for part in unit:
+            draws.extend((part[0].prompt, seed + k) for k in range(len(part)))
+    return draws
+
+
+def _check_units(units, jobs) -> None:
+    """Every planned job in exactly one request; a list holds distinct prompts with one ``n`` and
+    one set of parameters; every generation its own draw (no (prompt, seed) twice)."""
+    got = [j.request_id for u in units for p in u for j in p]
+    assert sorted(got) == sorted(j.request_id for j in jobs)
+    for u in units:
+        assert len({p[0].prompt for p in u}) == len(u)
+        assert len({len(p) for p in u}) == 1
+        assert len({json.dumps(p[0].params, sort_keys=True) for p in u}) == 1
+        for p in u:   # an n-group: consecutive generations of one prompt
+            assert [j.seed for j in p] == list(range(p[0].seed, p[0].seed + len(p)))
+            assert {j.prompt for j in p} == {p[0].prompt}
+    draws = _draws_by_vllm_rule(units)
+    assert len(draws) == len(set(draws)) == len(jobs)
+
+
+def test_scheme_3_lists_hold_the_kth_n_groups_of_different_prompts():
+    """8 words x 1,250 samples at n = 16: the k-th n-groups of the 8 words share a request (79
+    requests: 78 with n = 16, one with the 2 left of each word), where scheme 2's consecutive
+    grouping sent 632; the seeds stay disjoint under vLLM's seed + k rule."""
+    from extractor.sampling.plan import Grouping
+
+    words = ["poem", "company", "book", "work", "data", "time", "year", "life"]
+    jobs = _plan([(w, 1250, {"temperature": 1.0, "max_tokens": 8}) for w in words])
+    units = list(Grouping(use_n=True, max_n=16, max_prompts=8, by_ordinal=True).units(jobs))
+    assert len(units) == 79
+    assert sorted(len(u[0]) for u in units) == [2] + [16] * 78
+    assert all([p[0].prompt for p in u] == words for u in units)
+    _check_units(units, jobs)
+    old = list(Grouping(use_n=True, max_n=16, max_prompts=8, by_ordinal=False).units(jobs))
+    assert len(old) == 632
+    _check_units(old, jobs)
+
+
+def test_scheme_3_grouping_keeps_draws_disjoint_on_random_plans():
+    """Brute force over random plans: prompts repeated across attacks and parameters, uneven
+    sample counts, greedy single samples, every n and list size: each generation its own draw."""
+    import random
+
+    from extractor.sampling.plan import Grouping
+
+    rng = random.Random(16)
+    for _ in range(300):
+        spec = []
+        for _ in range(rng.randint(1, 12)):
+            prompt = rng.choice("abcdefg")
+            params = rng.choice([{"temperature": 1.0}, {"temperature": 0.7, "top_k": 40}, {"temperature": 0}])
+            spec.append((prompt, 1 if params["temperature"] == 0 else rng.randint(1, 40), params))
+        jobs = _plan(spec, base=rng.randint(0, 10**6))
+        g = Grouping(use_n=rng.random() < 0.8, max_n=rng.randint(1, 9), max_prompts=rng.randint(1, 9),
+                     by_ordinal=True)
+        units = list(g.units(jobs))
+        _check_units(units, jobs)
+        assert [u[0][0].seed for u in units] == sorted(u[0][0].seed for u in units)   # first n-group order
+
+
+def test_runs_frozen_with_scheme_2_keep_consecutive_lists():
+    """A run folder frozen with seed scheme 2 resumes with scheme 2's grouping (lists of
+    consecutive n-groups), so it sends the very requests it began with."""
+    from extractor.sampling.plan import Grouping
+    from extractor.sampling.settings import SamplerSettings
+
+    class Caps:
+        n = prompt_list = True
+
+    assert not Grouping.for_server(SamplerSettings(), Caps(), 2).by_ordinal
+    assert Grouping.for_server(SamplerSettings(), Caps(), 3).by_ordinal
+    jobs = _plan([(w, 16, {"temperature": 1.0}) for w in "abc"])
+    units = list(Grouping.for_server(SamplerSettings(max_n=8), Caps(), 2).units(jobs))
+    assert [[p[0].prompt for p in u] for u in units] == [["a"], ["a", "b"], ["b", "c"], ["c"]]
+    units = list(Grouping.for_server(SamplerSettings(max_n=8), Caps(), 3).units(jobs))
+    assert [[p[0].prompt for p in u] for u in units] == [["a", "b", "c"], ["a", "b", "c"]]
 
 
 def test_a_run_frozen_with_the_old_seed_scheme_resumes_with_its_own_seeds(tmp_path):

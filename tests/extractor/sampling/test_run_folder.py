@@ -76,3 +76,64 @@ def test_generations_folder_reads_as_a_parquet_dataset(tmp_path):
     os.unlink(os.path.join(rd.gen_dir, ".part-00009.parquet.tmp-1"))
     assert sorted(os.listdir(rd.gen_dir)) == ["part-00000.parquet", "part-00001.parquet"]
     assert pq.read_table(rd.gen_dir).num_rows == 4
+
+
+def test_journal_lines_read_back_as_the_rows_they_encode():
+    """orjson writes a plain row's line, the standard library one with NaN, infinities, huge ints
+    or lone surrogates; json.loads gives back the very row either way."""
+    import math
+    import random
+
+    from extractor.sampling.run_folder import journal_line
+
+    rng = random.Random(7)
+    specials = [float("nan"), float("inf"), float("-inf"), 10 ** 30, "\ud800x", "é🙂\n\u2028", -0.0, 1e-300]
+    for _ in range(500):
+        row = _row(rng.randrange(6))
+        row["token_logprobs"] = [rng.uniform(-20, 0) for _ in range(rng.randrange(5))] or None
+        for _ in range(rng.randrange(3)):
+            key = rng.choice(["token_logprobs", "latency_s", "cost_usd", "seed", "completion", "extra"])
+            v = rng.choice(specials)
+            row[key] = [v, -1.0] if key == "token_logprobs" else v
+        try:
+            line = journal_line(row)
+        except UnicodeEncodeError:   # a lone surrogate: neither writer takes it (the sampler cleans text first)
+            continue
+        assert line.endswith(b"\n") and line.count(b"\n") == 1
+        back = json.loads(line)
+        assert json.dumps(back, sort_keys=True) == json.dumps(row, sort_keys=True)   # NaN == NaN as text
+        for k, v in row.items():
+            if isinstance(v, float) and math.isnan(v):
+                assert math.isnan(back[k])
+
+
+def test_a_request_journaled_in_one_write_recovers_its_whole_lines_after_a_torn_write(tmp_path):
+    """kill -9 during the one write of a request's rows: its whole lines are done, the torn one is not."""
+    from extractor.sampling.run_folder import journal_line
+
+    rd = RunDir(str(tmp_path / "run"))
+    rd.recover()
+    rd.append_many([_row(i) for i in range(3)])
+    data = b"".join(journal_line(_row(i)) for i in range(3, 6))
+    with open(rd.journal_path, "ab") as fh:
+        fh.write(data[: len(data) - 7])      # rows 3 and 4 whole, row 5 torn
+    done = RunDir(str(tmp_path / "run")).recover()
+    assert done == {f"id{i:04d}" for i in range(5)}
+
+
+def test_parts_roll_by_rows_or_by_buffered_tokens(tmp_path, monkeypatch):
+    import extractor.sampling.run_folder as rf
+
+    monkeypatch.setattr(rf, "PART_TOKENS", 10)
+    rd = RunDir(str(tmp_path / "run"), flush_rows=100)
+    rd.recover()
+    rd.append_many([_row(4), _row(5)])
+    assert not rd.should_flush()
+    rd.append(_row(1))
+    assert rd.should_flush()            # 10 token offsets buffered
+    rd.flush()
+    assert not rd.should_flush() and rd.buffered() == 0
+    rd2 = RunDir(str(tmp_path / "run2"), flush_rows=2)
+    rd2.recover()
+    rd2.append_many([_row(0), _row(0)])
+    assert rd2.should_flush()
