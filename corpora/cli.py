@@ -77,8 +77,7 @@ def register(subparsers) -> None:
         "corpus", help="ingest reference text into a corpus folder",
         description="Build and inspect corpus folders: Arrow shards of documents that 'trawl index build' indexes.",
     )
-    sub = p.add_subparsers(dest="corpus_command", metavar="SUBCOMMAND")
-    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+    sub = p.add_subparsers(dest="corpus_command", metavar="SUBCOMMAND", required=True)
 
     ing = sub.add_parser(
         "ingest", help="read JSONL/Parquet/Arrow files or text folders into a corpus folder",

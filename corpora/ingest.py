@@ -36,7 +36,8 @@ from corpora.shards import (
     ShardWriter,
     open_corpus,
 )
-from corpora.storage import check_output_dir, clean_stale_temps, commit_output_dir, utcnow, write_json_atomic
+from corpora.storage import (check_output_dir, clean_stale_temps, commit_output_dir, utcnow, write_json_atomic,
+                             writing)
 
 
 @dataclass
@@ -75,9 +76,10 @@ def prepare_output_dir(out: Path, overwrite: bool, inputs=()) -> tuple[Path, Pat
         raise CorpusError(f"{out.parent}: cannot create the folder ({exc.strerror or exc})") from None
     clean_stale_temps(out)
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    with writing(tmp):
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
     return out, tmp
 
 
@@ -151,7 +153,8 @@ def ingest_records(
         if extra_manifest:
             manifest.update(extra_manifest)
         write_json_atomic(tmp / MANIFEST_NAME, manifest)
-        commit_output_dir(tmp, out)
+        with writing(out):
+            commit_output_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import pyarrow as pa
 
 from corpora.errors import CorpusError
-from corpora.storage import ManifestFields, read_manifest
+from corpora.storage import ManifestFields, read_manifest, writing
 
 CORPUS_FORMAT = "trawl-corpus"
 CORPUS_FORMAT_VERSION = 1
@@ -112,10 +112,12 @@ class ShardWriter:
             self._flush_batch()
         return doc_id
 
+    # every write below names its shard when it fails (a full disk: storage.WriteError, one line)
     def _start_shard(self) -> None:
         path = self.out_dir / shard_name(len(self.shards))
-        self._sink = pa.OSFile(str(path), "wb")
-        self._writer = pa.ipc.new_file(self._sink, SHARD_SCHEMA)
+        with writing(path):
+            self._sink = pa.OSFile(str(path), "wb")
+            self._writer = pa.ipc.new_file(self._sink, SHARD_SCHEMA)
         self._shard_docs = 0
         self._shard_bytes = 0
 
@@ -124,19 +126,21 @@ class ShardWriter:
             return
         arrays = [pa.array(self._cols[f.name], type=f.type) for f in SHARD_SCHEMA]
         assert self._writer is not None
-        self._writer.write_batch(pa.record_batch(arrays, schema=SHARD_SCHEMA))
+        with writing(self.out_dir / shard_name(len(self.shards))):
+            self._writer.write_batch(pa.record_batch(arrays, schema=SHARD_SCHEMA))
         self._cols = {n: [] for n in SHARD_SCHEMA.names}
         self._batch_bytes = 0
 
     def _finish_shard(self) -> None:
         self._flush_batch()
         assert self._writer is not None and self._sink is not None
-        self._writer.close()
-        self._sink.close()
         name = shard_name(len(self.shards))
         path = self.out_dir / name
-        with open(path, "rb+") as f:
-            os.fsync(f.fileno())
+        with writing(path):
+            self._writer.close()
+            self._sink.close()
+            with open(path, "rb+") as f:
+                os.fsync(f.fileno())
         self.shards.append(
             {"name": name, "documents": self._shard_docs, "text_bytes": self._shard_bytes,
              "sha256": sha256_file(path)}
@@ -176,6 +180,21 @@ class Corpus:
             return pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
         except (pa.ArrowException, OSError) as exc:
             raise CorpusError(f"{path}: corrupt or unreadable corpus shard: {exc}") from None
+
+    def check_shard(self, shard: int) -> None:
+        """Compare a shard with its sha256 in ``corpus.json`` (when recorded): a damaged byte of text
+        is a :class:`CorpusError` naming the shard, never another document. One read of the file."""
+        path = self.shards[shard]
+        want = self.manifest["shards"][shard].get("sha256")
+        if not want:
+            return
+        try:
+            got = sha256_file(path)
+        except OSError as exc:
+            raise CorpusError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        if got != want:
+            raise CorpusError(f"{path}: checksum mismatch (corpus.json says {want}, file has {got}); the shard is "
+                              f"damaged, re-ingest the corpus")
 
     def iter_documents(self) -> Iterator[Document]:
         for i in range(len(self.shards)):

@@ -15,6 +15,11 @@ docs/ARCHITECTURE.md). Guarantees:
   lock file holding the holder's pid and start time; the kernel drops it when the holder
   exits, even on ``kill -9``, so a stale lock file never blocks anything; a busy lock is
   :class:`FolderLocked` (exit code 75, ``EX_TEMPFAIL``: try again later), a one-line error;
+* **failed writes** (:class:`WriteError`, :func:`writing`): a file that cannot be written
+  (the disk full, a quota, a file-size limit, a read-only folder) is one line naming it,
+  exit code 74 (``EX_IOERR``), whatever wrote it (Python, Arrow, Parquet); what was being
+  written is removed and nothing half-written is published, so the same command run again
+  once there is room finishes the work;
 * **timestamps** (:func:`utcnow`): UTC, ISO 8601 with a ``Z``;
 * **schemas**: :data:`GENERATIONS_SCHEMA` (docs/CONTRACTS.md §3) and
   :data:`MATCHES_SCHEMA` (§4), and :func:`generation_parts`, the one way to list a run's
@@ -30,10 +35,61 @@ import json
 import os
 import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pyarrow as pa
+
+# ---------------------------------------------------------------------------------- failed writes
+
+# errno values that mean "no room": the disk full, a quota, a file-size limit (ulimit -f)
+NO_ROOM = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+_ERRNO_IN_TEXT = re.compile(r"\[errno (\d+)\]", re.IGNORECASE)   # Arrow's OSError text carries it
+
+
+class WriteError(Exception):
+    """A file trawl could not write: one line naming it (never a traceback), exit code 74
+    (``EX_IOERR``). ``errno`` is the system's error number when known."""
+
+    user_error = True
+    exit_code = 74
+
+    def __init__(self, message: str, errno_: int | None = None):
+        super().__init__(message)
+        self.errno = errno_
+
+
+def os_errno(exc: BaseException) -> int | None:
+    """The errno of an OSError, also when Arrow reports it only in its message."""
+    code = getattr(exc, "errno", None)
+    if isinstance(code, int) and code:
+        return code
+    m = _ERRNO_IN_TEXT.search(str(exc))
+    return int(m.group(1)) if m else None
+
+
+def write_error(path, exc: BaseException) -> WriteError:
+    """The one-line :class:`WriteError` for ``exc`` raised while writing ``path``."""
+    code = os_errno(exc)
+    reason = os.strerror(code) if code else (getattr(exc, "strerror", None) or first_line(exc))
+    short = code is None and "requested and" in str(exc)   # NumPy's tofile: a short write, no errno
+    if short:
+        reason = f"only part of it was written ({first_line(exc)}): no room left?"
+    hint = ("; free some space (or raise the limit) and run the same command again" if code in NO_ROOM or short
+            else "")
+    return WriteError(f"{os.fspath(path)}: cannot write: {reason}{hint}", code)
+
+
+@contextmanager
+def writing(path) -> Iterator[None]:
+    """Turn an OSError raised inside the block (writing ``path``) into a :class:`WriteError`."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except OSError as exc:
+        raise write_error(path, exc) from None
 
 # ---------------------------------------------------------------------------------- timestamps
 
@@ -68,15 +124,17 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 def _replace_atomically(path: str | os.PathLike, write: Callable[[str], Any], hidden: bool = False) -> None:
     """Call ``write(tmp)`` for a temporary file beside ``path``, fsync it, rename it over ``path``;
-    the temporary file is removed when anything fails (the exception propagates). ``hidden``: the
+    the temporary file is removed when anything fails (the exception propagates; an OSError as a
+    :class:`WriteError` naming ``path``). ``hidden``: the
     temporary name starts with a dot (``.NAME.tmp-PID``), so dataset readers of the folder skip it."""
     folder, name = os.path.split(os.fspath(path))
     tmp = os.path.join(folder, f"{'.' if hidden else ''}{name}.tmp-{os.getpid()}")
     try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        with writing(path):
+            write(tmp)
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -91,6 +149,36 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     data = text.encode("utf-8")
     _replace_atomically(path, lambda tmp: Path(tmp).write_bytes(data))
     fsync_dir(os.path.dirname(os.fspath(path)) or ".")
+
+
+def write_texts_atomic(items: list[tuple[str | os.PathLike, str]]) -> None:
+    """Write several files as one publication: every new content goes to its temporary file first
+    (fsynced), and only when all are written are they renamed over their targets; a failure (a full
+    disk) removes the temporary files and leaves every target as it was. The report's files go
+    through here, so a report is never half new and half old."""
+    written: list[tuple[str, str]] = []
+    try:
+        for path, text in items:
+            folder, name = os.path.split(os.fspath(path))
+            tmp = os.path.join(folder, f"{name}.tmp-{os.getpid()}")
+            written.append((tmp, os.fspath(path)))
+            with writing(path):
+                with open(tmp, "wb") as fh:
+                    fh.write(text.encode("utf-8"))
+                    fh.flush()
+                    os.fsync(fh.fileno())
+        for tmp, path in written:
+            with writing(path):
+                os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in written:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        raise
+    for folder in {os.path.dirname(p) or "." for _, p in written}:
+        fsync_dir(folder)
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int = 1, ensure_ascii: bool = True) -> None:

@@ -74,14 +74,21 @@ def run(args) -> int:
 
 
 class _NoAbbrevParser(argparse.ArgumentParser):
+    """No prefix abbreviations and a usage error in one line, as ``trawl``'s own parser
+    (``extractor.cli.TrawlParser``; reports never imports extractor, hence this twin)."""
+
     def __init__(self, *args, **kwargs):
         kwargs["allow_abbrev"] = False
         super().__init__(*args, **kwargs)
 
+    def error(self, message):
+        sys.stderr.write(f"trawl: error: {visible(message)} (see {self.prog} --help)\n")
+        sys.exit(2)
+
 
 def main(argv=None) -> int:  # for `python -m reports.cli` without the extractor's CLI
-    parser = argparse.ArgumentParser(prog="trawl", allow_abbrev=False)
-    sub = parser.add_subparsers(dest="command", parser_class=_NoAbbrevParser)
+    parser = _NoAbbrevParser(prog="trawl")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_NoAbbrevParser, required=True)
     register(sub)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from corpora.storage import write_text_atomic
+from corpora.storage import write_texts_atomic
 from reports.categories import PERSONAL
 from reports.categories import redact as _redact
 from reports.errors import ReportError
@@ -74,18 +74,12 @@ def write_report(run_dir, out_dir=None, redact: bool = False, metrics: dict | No
         raise ReportError(f"{out_dir}: cannot create the report folder ({exc.strerror or exc})") from None
     paths = ReportPaths(os.path.join(out_dir, "report.html"), os.path.join(out_dir, "report.md"),
                         os.path.join(out_dir, "metrics.json"), m)
-    _atomic_write(paths.json, json.dumps(m, indent=1, ensure_ascii=False, allow_nan=False, default=str) + "\n")
+    files = [(paths.json, json.dumps(m, indent=1, ensure_ascii=False, allow_nan=False, default=str) + "\n")]
     if texts is not None:
         paths.spans = os.path.join(out_dir, "memorized_spans.jsonl")
-        _atomic_write(paths.spans, "".join(
-            json.dumps(redact_tree(x) if redact else x, ensure_ascii=False, allow_nan=False) + "\n" for x in texts))
-    _atomic_write(paths.md, render_markdown(m))
-    _atomic_write(paths.html, render_html(m))
+        files.append((paths.spans, "".join(
+            json.dumps(redact_tree(x) if redact else x, ensure_ascii=False, allow_nan=False) + "\n" for x in texts)))
+    files += [(paths.md, render_markdown(m)), (paths.html, render_html(m))]
+    # all or nothing: a full disk leaves the previous report whole (storage.WriteError, one line)
+    write_texts_atomic(files)
     return paths
-
-
-def _atomic_write(path: str, text: str) -> None:
-    try:
-        write_text_atomic(path, text)
-    except OSError as exc:
-        raise ReportError(f"{path}: cannot write ({exc.strerror or exc})") from None

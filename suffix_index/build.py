@@ -44,7 +44,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from corpora.storage import check_output_dir, clean_stale_temps, commit_output_dir, utcnow, write_json_atomic
+from corpora.storage import (check_output_dir, clean_stale_temps, commit_output_dir, utcnow, write_json_atomic,
+                             writing)
 from suffix_index.errors import IndexFormatError
 from suffix_index.manifest import (
     INDEX_FORMAT,
@@ -89,7 +90,7 @@ def _sha256_into(buf: np.ndarray, out: dict, key: str) -> None:
 
 
 def _write_array(path: Path, arr: np.ndarray, fsync: bool) -> None:
-    with open(path, "wb") as f:
+    with writing(path), open(path, "wb") as f:   # a full disk: one line naming the file
         arr.tofile(f)
         f.flush()
         if fsync:
@@ -242,12 +243,23 @@ def build_shard(corpus_shard: str, out_dir: str, index: int, n_docs: int, text_b
     names = {"bytes": f"{base}.bytes", "sa": f"{base}.sa", "docs": f"{base}.docs.arrow"}
     sums: dict[str, str] = {}
     # hash + write the text while libdivsufsort (which releases the GIL) sorts
-    side = threading.Thread(target=lambda: (_write_array(out / names["bytes"], buf, fsync), _sha256_into(buf, sums, "bytes")))
+    failed: list[BaseException] = []
+
+    def write_text():
+        try:
+            _write_array(out / names["bytes"], buf, fsync)
+            _sha256_into(buf, sums, "bytes")
+        except BaseException as exc:   # raised in the caller below (a full disk: its one-line WriteError)
+            failed.append(exc)
+
+    side = threading.Thread(target=write_text)
     side.start()
     t1 = time.perf_counter()
     sa = suffix_array(buf)
     t_sort = time.perf_counter() - t1
     side.join()
+    if failed:
+        raise failed[0]
     # write and checksum the suffix array at the same time (both release the GIL)
     hasher = threading.Thread(target=_sha256_into, args=(sa, sums, "sa"))
     hasher.start()
@@ -255,11 +267,12 @@ def build_shard(corpus_shard: str, out_dir: str, index: int, n_docs: int, text_b
     hasher.join()
     width = sa.dtype.itemsize
     del sa
-    with pa.OSFile(str(out / names["docs"]), "wb") as sink:
-        with pa.ipc.new_file(sink, DOCS_SCHEMA) as w:
-            w.write_table(docs)
-    with open(out / names["docs"], "rb+") as f:
-        os.fsync(f.fileno())
+    with writing(out / names["docs"]):
+        with pa.OSFile(str(out / names["docs"]), "wb") as sink:
+            with pa.ipc.new_file(sink, DOCS_SCHEMA) as w:
+                w.write_table(docs)
+        with open(out / names["docs"], "rb+") as f:
+            os.fsync(f.fileno())
     sums["docs"] = hashlib.sha256((out / names["docs"]).read_bytes()).hexdigest()
     first = int(docs.column("doc_id")[0].as_py()) if docs.num_rows else 0
     return {
@@ -317,7 +330,8 @@ def build_index(
     clean_stale_temps(out)   # what killed builds left beside it (a dead pid's INDEX.tmp-PID)
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    with writing(tmp):
+        tmp.mkdir()
     started = utcnow()
     t0 = time.perf_counter()
     specs = [
@@ -366,7 +380,8 @@ def build_index(
 
         write_json_atomic(tmp / MANIFEST_NAME, manifest)
         load_manifest(tmp)  # self-check before publishing
-        commit_output_dir(tmp, out)
+        with writing(out):
+            commit_output_dir(tmp, out)
     except BaseException:
         if bar is not None:
             bar.close()

@@ -112,8 +112,7 @@ def register(subparsers) -> None:
         "index", help="build and query the suffix-array index of a corpus",
         description="Build, check and query byte-level suffix-array indexes (one per corpus folder).",
     )
-    sub = p.add_subparsers(dest="index_command", metavar="SUBCOMMAND")
-    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+    sub = p.add_subparsers(dest="index_command", metavar="SUBCOMMAND", required=True)
 
     b = sub.add_parser(
         "build", help="build an index from a corpus folder",

@@ -132,6 +132,8 @@ class SuffixIndex:
         self.shards = shards
         self._blocks_checked = False
         self._blocks_lock = threading.Lock()
+        self._good_blocks: set[tuple[int, str, int]] = set()   # (shard, kind, block) compared and intact
+        self._good_docs: set[int] = set()                       # shards whose document table was compared
         self._matcher = Matcher(shards)
         self._doc_firsts = np.array([int(s.entry["first_doc_id"]) for s in shards], dtype=np.int64)
 
@@ -212,14 +214,7 @@ class SuffixIndex:
             else:
                 bad = [b for b in map(one, work) if b is not None]
             for sh in self.shards:   # the small document tables: whole-file sha256
-                f = sh.entry["files"]["docs"]
-                if "blocks" not in sh.entry["files"]["bytes"]:
-                    continue   # an index from before block checksums: as before, only verify compares
-                path = self.path / f["name"]
-                with open(path, "rb") as fh:
-                    if hashlib.sha256(fh.read()).hexdigest() != f["sha256"]:
-                        raise IndexFormatError(f"{path}: does not match its sha256 in {MANIFEST_NAME}; the index "
-                                               f"is damaged: rebuild it with 'trawl index build'")
+                self._check_docs(sh)
             if bad:
                 path, _, i, size, _ = bad[0]
                 more = f" and {len(bad) - 1} other block(s)" if len(bad) > 1 else ""
@@ -228,6 +223,61 @@ class SuffixIndex:
                                        f"'trawl index build'")
             self._blocks_checked = True
             return len(work)
+
+    def _check_docs(self, sh: "_Shard") -> None:
+        """Compare a shard's document table with its sha256 (once; indexes from before block
+        checksums are left to ``index verify``, as ``match`` does)."""
+        if sh.number in self._good_docs or "blocks" not in sh.entry["files"]["bytes"]:
+            return
+        f = sh.entry["files"]["docs"]
+        path = self.path / f["name"]
+        with open(path, "rb") as fh:
+            if hashlib.sha256(fh.read()).hexdigest() != f["sha256"]:
+                raise IndexFormatError(f"{path}: does not match its sha256 in {MANIFEST_NAME}; the index "
+                                       f"is damaged: rebuild it with 'trawl index build'")
+        self._good_docs.add(sh.number)
+
+    def _check_touched(self, sh: "_Shard", kind: str, starts, ends) -> None:
+        """Compare the blocks of ``sh``'s ``kind`` file (``bytes`` or ``sa``) that hold the byte
+        ranges ``[starts[i], ends[i])`` with their CRC-32s, each block once per opened index:
+        ``count``, ``find`` and ``document`` read a few blocks of a large index (O(log N) for a
+        search), so they check what they read instead of the whole index (which ``match`` does)."""
+        if self._blocks_checked:
+            return
+        f = sh.entry["files"][kind]
+        blocks = f.get("blocks")
+        arr = sh.text if kind == "bytes" else sh.sa
+        if not blocks or arr is None or not len(arr):
+            return
+        size = int(blocks["size"])
+        starts = np.asarray(starts, dtype=np.int64).ravel()
+        ends = np.asarray(ends, dtype=np.int64).ravel()
+        keep = ends > starts
+        first, last = starts[keep] // size, (ends[keep] - 1) // size
+        ids: set[int] = set()
+        for a, b in zip(first.tolist(), last.tolist()):
+            ids.update(range(a, b + 1))
+        view = memoryview(arr).cast("B")
+        crcs = blocks["crc32"]
+        for i in sorted(ids):
+            if (sh.number, kind, i) in self._good_blocks or i >= len(crcs):
+                continue
+            if zlib.crc32(view[i * size:(i + 1) * size]) != int(crcs[i]):
+                raise IndexFormatError(f"{self.path / f['name']}: block {i} (bytes {i * size}-{(i + 1) * size - 1}) "
+                                       f"does not match its checksum in {MANIFEST_NAME}; the index is damaged: "
+                                       f"rebuild it with 'trawl index build'")
+            self._good_blocks.add((sh.number, kind, i))
+
+    def _check_trace(self, sh: "_Shard", trace: list) -> None:
+        """The blocks a traced search read (see :func:`suffix_index.search.sa_search`)."""
+        if self._blocks_checked or not trace:
+            return
+        ranks = np.concatenate([t[0] for t in trace])
+        pos = np.concatenate([t[1] for t in trace])
+        length = np.concatenate([t[2] for t in trace])
+        width = sh.sa.itemsize
+        self._check_touched(sh, "sa", ranks * width, (ranks + 1) * width)
+        self._check_touched(sh, "bytes", pos, np.minimum(pos + length, len(sh.text)))
 
     @property
     def documents(self) -> int:
@@ -258,7 +308,9 @@ class SuffixIndex:
         xl = np.full(1, n, dtype=np.int64)
         out = []
         for s in self.shards:
-            lo, hi = sa_range(s.text, s.sa, G, xs, xl, name=s.sa_path)
+            trace: list = []
+            lo, hi = sa_range(s.text, s.sa, G, xs, xl, name=s.sa_path, trace=trace)
+            self._check_trace(s, trace)   # damage in what the search read: an error, never a wrong count
             out.append((int(lo[0]), int(hi[0])))
         return out
 
@@ -283,6 +335,9 @@ class SuffixIndex:
         for s, (lo, hi) in zip(self.shards, self._ranges(data)):
             if hi <= lo:
                 continue
+            w = s.sa.itemsize
+            self._check_touched(s, "sa", [lo * w], [hi * w])
+            self._check_docs(s)
             pos = np.sort(checked_pointers(s.sa[lo:hi], len(s.text), s.sa_path))
             if limit is not None:
                 pos = pos[: max(0, limit - len(out))]
@@ -310,9 +365,12 @@ class SuffixIndex:
         """The document with this id, as a :class:`corpora.Document`."""
         from corpora import Document
 
+        for sh in self.shards:   # before the table is used to find the row (small: once per index)
+            self._check_docs(sh)
         s, row = self._doc_row(int(doc_id))
         start = int(s.doc_starts[row])
         length = int(s.doc_lengths[row])
+        self._check_touched(s, "bytes", [start], [start + length])
         rec = s.docs.slice(row, 1).to_pylist()[0]
         text = bytes(s.text[start : start + length]).decode("utf-8")
         return Document(doc_id=int(doc_id), source=rec["source"], ext_id=rec["ext_id"], text=text,
@@ -321,6 +379,7 @@ class SuffixIndex:
     def source(self, shard: int, position: int) -> tuple[int, int, str | None]:
         """``(doc_id, doc_offset, source)`` of a byte position in a shard."""
         s = self.shards[shard]
+        self._check_docs(s)
         rows, offs = s.locate(np.array([position], dtype=np.int64))
         r = int(rows[0])
         return int(s.doc_ids[r]), int(offs[0]), s.docs.column("source")[r].as_py()

@@ -280,7 +280,8 @@ def _word_lcp(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def sa_search(text: np.ndarray, sa: np.ndarray, G: np.ndarray, xs: np.ndarray, xl: np.ndarray,
-              upper: bool = False, name=None, sample: PrefixSample | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+              upper: bool = False, name=None, sample: PrefixSample | None = None,
+              trace: list | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Binary-search each pattern in the suffix array.
 
     ``upper=False``: the first rank whose suffix is ``>=`` the pattern (a suffix that
@@ -291,8 +292,14 @@ def sa_search(text: np.ndarray, sa: np.ndarray, G: np.ndarray, xs: np.ndarray, x
     With ``upper=False``, ``max(lcp_before, lcp_at)`` is the length of the longest
     prefix of the pattern that occurs in the shard. ``sample``: the shard's
     :class:`PrefixSample`, to start each search from a few hundred ranks (same results).
+
+    ``trace`` (a list; only without ``sample``, whose derivation reads much of the index) receives,
+    per step, ``(ranks, positions, lengths)``: the suffix-array entries read and, for each, the text
+    bytes ``[position, position + length)`` the comparison depended on (the word compare reads a
+    few bytes more, which cannot change its answer). The result is a function of those values
+    only, so a caller that checks the blocks holding them knows it is the undamaged index's.
     """
-    hi, llcp, rlcp, _ = _search(text, sa, G, xs, xl, upper, name, sample)
+    hi, llcp, rlcp, _ = _search(text, sa, G, xs, xl, upper, name, sample, trace=trace)
     return hi, llcp, rlcp
 
 
@@ -304,7 +311,7 @@ def sa_occurs(text: np.ndarray, sa: np.ndarray, G: np.ndarray, xs: np.ndarray, x
     return found
 
 
-def _search(text, sa, G, xs, xl, upper, name, sample, stop_found=False, init=None):
+def _search(text, sa, G, xs, xl, upper, name, sample, stop_found=False, init=None, trace=None):
     """The batched binary search behind :func:`sa_search` (``(rank, lcp_before, lcp_at, found)``):
     ``stop_found`` drops a pattern at the first suffix that starts with it (``found``); ``init``
     ``(rows, lo, llcp)`` gives known lower bounds. Invariant: the suffix at ``lo`` is below the answer,
@@ -337,6 +344,8 @@ def _search(text, sa, G, xs, xl, upper, name, sample, stop_found=False, init=Non
         pos = checked_pointers(sa[mid], len(text), name)
         m = np.minimum(llcp[act], rlcp[act])
         l, less = lcp_compare_words(text, Tw, G, Gw, pos, xs[act], xl[act], m)
+        if trace is not None:
+            trace.append((mid, pos, np.minimum(l + 1, xl[act])))
         full = l >= xl[act]
         right = (less & ~full) | (full & upper)
         ri = act[right]
@@ -392,12 +401,15 @@ def _start_from_sample(sample: PrefixSample, text, sa, G, Gw, xs, xl, lo, hi, ll
                 lcp[r], _ = lcp_compare(text, G, p, xs[r], xl[r], np.zeros(r.size, dtype=np.int64))
 
 def sa_range(text: np.ndarray, sa: np.ndarray, G: np.ndarray, xs: np.ndarray, xl: np.ndarray,
-             name=None, sample: PrefixSample | None = None) -> tuple[np.ndarray, np.ndarray]:
+             name=None, sample: PrefixSample | None = None, trace: list | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``[lo, hi)`` ranks of the suffixes that start with each pattern (count = hi - lo).
+    ``trace``: every suffix-array entry and text range read (see :func:`sa_search`).
 
     The end of a range is searched from its start (known to start with the pattern), after one
     look at the next rank: most long patterns occur once or a few times."""
-    lo, _, at = sa_search(text, sa, G, xs, xl, upper=False, name=name, sample=sample)
+    if trace is not None and sample is not None:
+        raise ValueError("a traced search reads no prefix sample")
+    lo, _, at = sa_search(text, sa, G, xs, xl, upper=False, name=name, sample=sample, trace=trace)
     xs = np.asarray(xs, dtype=np.int64)
     xl = np.asarray(xl, dtype=np.int64)
     hi = lo.copy()
@@ -414,9 +426,11 @@ def sa_range(text: np.ndarray, sa: np.ndarray, G: np.ndarray, xs: np.ndarray, xl
         pos = checked_pointers(sa[nxt[inside]], len(text), name)
         l, _ = lcp_compare_words(text, word_view(text), G, word_view(G), pos, xs[r], xl[r],
                                  np.zeros(r.size, dtype=np.int64))
+        if trace is not None:
+            trace.append((nxt[inside], pos, np.minimum(l + 1, xl[r])))
         more = r[l >= xl[r]]   # the next suffix starts with the pattern too: search the end
         if more.size:
             h, _, _, _ = _search(text, sa, G, xs[more], xl[more], True, name, sample,
-                                 init=(np.arange(more.size), lo[more] + 1, xl[more]))
+                                 init=(np.arange(more.size), lo[more] + 1, xl[more]), trace=trace)
             hi[more] = h
     return lo, hi

@@ -48,6 +48,8 @@ class DocSource:
     def _open_corpus(self) -> None:
         try:
             corpus = open_corpus(self.path)
+            for i in range(len(corpus.shards)):   # prompts and targets come from these bytes: checked first
+                corpus.check_shard(i)
             self._tables = [corpus.table(i) for i in range(len(corpus.shards))]
         except CorpusError as exc:
             raise TrawlError(str(exc)) from None
@@ -105,8 +107,12 @@ class DocSource:
         j = i - self._starts[k]
         row = {c: t.column(c)[j].as_py() if c in t.column_names else None
                for c in ("doc_id", "source", "ext_id", "text", "metadata")}
-        return Document(int(row["doc_id"]), row["source"] or "", row["ext_id"], row["text"] or "",
-                        json.loads(row["metadata"] or "{}"))
+        try:
+            meta = json.loads(row["metadata"] or "{}")
+        except (ValueError, RecursionError):
+            raise TrawlError(f"{self.path}: document {row['doc_id']}: its metadata is not JSON; the corpus is "
+                             f"damaged, re-ingest it") from None
+        return Document(int(row["doc_id"]), row["source"] or "", row["ext_id"], row["text"] or "", meta)
 
     def order(self, selection: str, seed: int, want: int | None = None):
         """Indices in the order documents are tried: ``first`` (corpus order) or ``random`` (seeded).

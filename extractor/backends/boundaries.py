@@ -110,7 +110,15 @@ class TokenBoundaries:
         self._caps = capabilities
         self.sep_ids: list[int] | None = None
         self.gguf = None  # the model file's tokenizer, once checked against the server (probe)
-        self._piece_cache: dict[int, str] = _PIECE_CACHES.setdefault((http.endpoint, model), {})
+        self._piece_cache: dict[int, str] = {}   # shared per server once the probe knows which (use_pieces_of)
+
+    def use_pieces_of(self, identity: str | None) -> None:
+        """Share decoded pieces with every backend of the same server: the probe gives its identity
+        (:func:`extractor.backends.probe.server_identity`), so a different server that took over the
+        endpoint (another tokenizer) never reads the pieces of the one before; no identity: this
+        backend's own pieces."""
+        self._piece_cache = (_PIECE_CACHES.setdefault((self.http.endpoint, self.model, identity), {})
+                             if identity is not None else {})
 
     @property
     def endpoint(self) -> str:

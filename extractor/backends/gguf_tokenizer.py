@@ -33,7 +33,7 @@ import threading
 from extractor.backends.alignment import align_tokens, offsets_from_pieces
 from extractor.errors import TrawlError
 
-_CACHE: dict[str, "GGUFTokenizer"] = {}
+_CACHE: dict[tuple, "GGUFTokenizer"] = {}
 _CACHE_LOCK = threading.Lock()
 
 
@@ -73,12 +73,18 @@ class GGUFTokenizer:
 
     @classmethod
     def for_file(cls, path: str | os.PathLike) -> "GGUFTokenizer":
-        """The shared instance for ``path`` (loaded once per process)."""
-        key = os.path.abspath(os.fspath(path))
+        """The shared instance for ``path`` (loaded once per process, and again when the file at
+        that path is another one: its inode, size or modification time changed)."""
+        path = os.path.abspath(os.fspath(path))
+        try:
+            st = os.stat(path)
+            key = (path, st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError:
+            key = (path,)   # the constructor says what is wrong with it
         with _CACHE_LOCK:
             tok = _CACHE.get(key)
             if tok is None:
-                tok = _CACHE[key] = cls(key)
+                tok = _CACHE[key] = cls(path)
             return tok
 
     @property

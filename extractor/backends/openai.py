@@ -15,8 +15,8 @@ each with its own guarantees:
   tokenize/detokenize, pieces, :meth:`fill_tokens` / :meth:`fill_tokens_many`, the
   checked GGUF tokenizer file;
 * the capability probe, :func:`extractor.backends.probe.probe_server` (cached per
-  endpoint, model, token_info, tokenizer file and API key for the life of the
-  process), and the audit-neutral sampling fields each request gets
+  endpoint, model, token_info, tokenizer file, API key and server identity, for
+  at most ``PROBE_CACHE_SECONDS``), and the audit-neutral sampling fields each request gets
   (:func:`extractor.backends.probe.neutral_payload`).
 
 The API (``api``: "completions", "chat" or "auto", resolved by the probe into
@@ -38,13 +38,14 @@ from extractor.backends.alignment import AlignmentError, align_tokens
 from extractor.backends.boundaries import TokenBoundaries, clean_text
 from extractor.backends.chat import CHAT_PATH, as_messages, chat_cap, chat_payload, chat_tokens, check_chat
 from extractor.backends.http import HTTPClient, MalformedResponse, api_key_hint, normalize_endpoint, retry_after
-from extractor.backends.probe import neutral_payload, probe_server
+from extractor.backends.probe import neutral_payload, probe_server, server_identity
 from extractor.errors import TrawlError
 
 __all__ = ["OpenAIBackend", "api_key_hint", "clean_text"]
 
 _PROBE_CACHE: dict = {}
 API_CHOICES = ("completions", "chat", "auto")
+PROBE_CACHE_SECONDS = 300.0   # a cached probe is used this long at most (see probe())
 
 
 class OpenAIBackend:
@@ -270,20 +271,34 @@ class OpenAIBackend:
     def probe(self, use_cache: bool = True) -> Capabilities:
         """Find out what the server supports; raise TrawlError when it is unusable.
 
-        Results are cached per (endpoint, model, token_info, API key) for the life of the process.
+        Results are cached per (endpoint, model, token_info, tokenizer file, API key, server
+        identity) for at most ``PROBE_CACHE_SECONDS``: a long-lived process (a sweep, a pool of
+        replicas) must not take a different server that took over a port for the one it probed,
+        so each use of the cache first asks the server who it is (:func:`server_identity`: its
+        model list and version), a server that cannot say is probed afresh, and a failed probe
+        forgets every entry of the endpoint.
         """
         tb = self.boundaries
+        ident = server_identity(self.http) if use_cache else None
         key = (self.endpoint, self.model, self.token_info_pref, self.tokenizer_file, self.api_pref,
-               self.http.key_digest())
-        if use_cache and key in _PROBE_CACHE:
-            caps, tb.sep_ids, tb.gguf = _PROBE_CACHE[key]
+               self.http.key_digest(), ident)
+        tb.use_pieces_of(ident)
+        hit = _PROBE_CACHE.get(key) if ident is not None else None
+        if hit is not None and time.monotonic() - hit[3] <= PROBE_CACHE_SECONDS:
+            caps, tb.sep_ids, tb.gguf, _ = hit
             self.capabilities = Capabilities(**{**caps.to_dict(), "notes": list(caps.notes)})
             return self.capabilities
         caps = self.capabilities = Capabilities()
-        probe_server(self.http, tb, caps, token_info=self.token_info_pref, tokenizer_file=self.tokenizer_file,
-                     api=self.api_pref)
+        try:
+            probe_server(self.http, tb, caps, token_info=self.token_info_pref, tokenizer_file=self.tokenizer_file,
+                         api=self.api_pref)
+        except BaseException:
+            for k in [k for k in list(_PROBE_CACHE) if k[0] == self.endpoint]:
+                _PROBE_CACHE.pop(k, None)
+            raise
         self.capabilities = caps
-        _PROBE_CACHE[key] = (caps, tb.sep_ids, tb.gguf)
+        if ident is not None:
+            _PROBE_CACHE[key] = (caps, tb.sep_ids, tb.gguf, time.monotonic())
         return caps
 
 

@@ -15,8 +15,12 @@ Capability probe (:func:`probe_server`)
     Every probe request honours the client's timeout (``--timeout``), and the whole
     probe ends within :func:`probe_bound` of it (a one-line TrawlError past that).
     :meth:`extractor.backends.openai.OpenAIBackend.probe` caches the result per
-    (endpoint, model, token_info, tokenizer file, API key digest) for the life of
-    the process; every backend gets its own copy of the cached :class:`Capabilities`.
+    (endpoint, model, token_info, tokenizer file, API key digest, server identity) for
+    ``PROBE_CACHE_SECONDS`` (300 s): the identity (:func:`server_identity`, two GETs
+    per use) tells a different server on a reused port from the one probed, an entry
+    older than the TTL is probed again, a server without a model list is never cached,
+    and a failed probe drops the endpoint's entries; every backend gets its own copy
+    of the cached :class:`Capabilities`.
 
 Server detection (:func:`detect_server`): vLLM answers ``GET /version`` with
 ``{"version": "..."}``; llama-cpp-python is recognised by its
@@ -195,6 +199,44 @@ def probe_bound(timeout: float) -> float:
     """Seconds the whole start-up probe may take: 10 requests' worth of ``timeout``, at least 30 s
     (a slow but healthy server) and at most 600 s; each of its requests also honours ``timeout``."""
     return max(30.0, min(600.0, 10.0 * timeout))
+
+
+# fields of a model list that change from one answer to the next (vLLM stamps `created` with the time
+# of the request and gives each permission a fresh random id): left out of a server's identity
+_VOLATILE_FIELDS = frozenset({"created", "permission", "permissions"})
+
+
+def _stable(value):
+    if isinstance(value, dict):
+        return {k: _stable(v) for k, v in value.items() if k not in _VOLATILE_FIELDS}
+    if isinstance(value, list):
+        return [_stable(v) for v in value]
+    return value
+
+
+def server_identity(http: "HTTPClient") -> str | None:
+    """What tells one server from another on the same endpoint, for the probe cache: the sha256 of
+    its ``/v1/models`` answer (the models, their owner, root and context length; volatile fields
+    left out) and its ``/version`` answer. None when the server gives no model list (nothing to tell
+    it apart by: the caller probes afresh). Two requests, no retries, each within the probe's
+    timeout."""
+    import hashlib
+    import json
+
+    parts = []
+    for path in ("/v1/models", "/version"):
+        try:
+            data, _ = http.request("GET", path, None, max_retries=0, timeout=_t(http, 10))
+        except (BackendError, TrawlError):    # and OutOfTime: no answer is no identity
+            data = None
+        parts.append(data)
+    if not isinstance(parts[0], dict):
+        return None
+    try:
+        text = json.dumps(_stable(parts), sort_keys=True, ensure_ascii=True, default=str)
+    except (RecursionError, ValueError):   # nesting as deep as json allows: no usable identity
+        return None
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _t(http: "HTTPClient", seconds: float) -> float:

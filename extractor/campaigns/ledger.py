@@ -24,7 +24,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from corpora.storage import FolderLock, write_parquet_atomic, write_text_atomic
+from corpora.storage import FolderLock, first_line, write_parquet_atomic, write_text_atomic
 from extractor.errors import TrawlError
 from reports import trend
 from reports.errors import ReportError
@@ -47,6 +47,7 @@ LEDGER_SCHEMA = pa.schema([
     ("window_tokens", pa.int64()),
     ("report_path", pa.string()),
 ])
+LEDGER_KEYS = ("campaign_uid", "model", "version", "attack", "date")   # never null in a ledger trawl wrote
 NUMERIC = [f.name for f in LEDGER_SCHEMA if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)]
 
 
@@ -106,7 +107,29 @@ def read_ledger(path: str | os.PathLike) -> list[dict]:
     missing = [f.name for f in LEDGER_SCHEMA if f.name not in t.column_names]
     if missing:
         raise TrawlError(f"{p}: not a trawl ledger (no column {missing[0]!r})")
-    return t.select([f.name for f in LEDGER_SCHEMA]).to_pylist()
+    # a ledger written by something else (or edited): every column of its type, every key present,
+    # every figure a finite number or null, so the rule and the page never meet other values
+    cols = []
+    for f in LEDGER_SCHEMA:
+        col = t.column(f.name)
+        try:
+            cols.append(col if col.type == f.type else col.cast(f.type))
+        except (pa.ArrowException, ValueError) as exc:
+            raise TrawlError(f"{p}: damaged ledger: column {f.name!r} is {col.type}, not {f.type} "
+                             f"({first_line(exc)[:80]})") from None
+    rows = pa.table(cols, schema=LEDGER_SCHEMA).to_pylist()
+    for i, r in enumerate(rows):
+        for key in LEDGER_KEYS:
+            if not r[key]:
+                raise TrawlError(f"{p}: damaged ledger: row {i} has no {key!r}")
+        for name in NUMERIC:
+            v = r[name]
+            if isinstance(v, float) and not math.isfinite(v):
+                if math.isnan(v):
+                    r[name] = None   # as write_ledger stores a NaN: not measured
+                else:
+                    raise TrawlError(f"{p}: damaged ledger: row {i} has {name} = {v}")
+    return rows
 
 
 def write_ledger(path: str | os.PathLike, rows: list[dict]) -> None:

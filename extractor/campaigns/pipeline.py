@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from corpora.hygiene import visible
-from corpora.storage import FolderLock, FolderLocked, is_locked, utcnow, utcnow_compact, write_text_atomic
+from corpora.storage import FolderLock, FolderLocked, first_line, is_locked, utcnow, utcnow_compact, write_text_atomic
 from extractor.campaigns.config import Campaign, dump_toml
 from extractor.errors import TrawlError
 
@@ -171,7 +171,7 @@ class CampaignContext:
         """The report step's metrics: from memory, or from ``report/metrics.json`` when that step
         finished in an earlier session."""
         if self.metrics is None:
-            self.metrics = json.loads((self.report_dir / "metrics.json").read_text(encoding="utf-8"))
+            self.metrics = read_metrics(self.report_dir / "metrics.json")
         return self.metrics
 
 
@@ -288,6 +288,25 @@ class CampaignResult:
         return f"{self.name}: {what}{fig}{gates} -> {self.report_html}"
 
 
+def read_metrics(path: Path) -> dict:
+    """A report's ``metrics.json`` as an earlier session left it; damaged (not JSON, not the report's
+    object, figures not numbers) is one line that says how to write it again."""
+    try:
+        m = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        m, why = None, first_line(exc)[:120]
+    else:
+        why = "not a trawl report's metrics"
+    if isinstance(m, dict) and isinstance(m.get("metrics"), dict) and isinstance(m.get("per_attack", {}), dict) \
+            and all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+                    for v in m["metrics"].values()) \
+            and all(isinstance(v, dict) for v in m.get("per_attack", {}).values()) \
+            and isinstance(m.get("parameters", {}), dict) and isinstance(m.get("run", {}), dict):
+        return m
+    raise TrawlError(f"{path}: damaged report metrics ({why}); write the report again with 'trawl run --rerun' "
+                     f"or 'trawl report'")
+
+
 def read_status(out: Path) -> dict | None:
     """The campaign folder's ``campaign.json`` (None when there is none); a corrupt one is a TrawlError."""
     p = Path(out) / "campaign.json"
@@ -295,11 +314,46 @@ def read_status(out: Path) -> dict | None:
         return None
     try:
         st = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise TrawlError(f"{p}: unreadable campaign status ({exc}); move the folder away to start afresh") from None
+    except (OSError, ValueError, RecursionError) as exc:
+        raise TrawlError(f"{p}: unreadable campaign status ({first_line(exc)[:120]}); move the folder away to "
+                         f"start afresh") from None
     if not isinstance(st, dict) or st.get("format") != FORMAT:
         raise TrawlError(f"{p}: not a trawl campaign status file")
+    problem = _status_problem(st)
+    if problem:
+        raise TrawlError(f"{p}: damaged campaign status ({problem}); rerun it afresh (--rerun) or move the folder "
+                         f"away")
     return st
+
+
+def _status_problem(st: dict) -> str | None:
+    """What in a campaign.json trawl's runner could not use (a key of the wrong type), or None."""
+    def kind(v, t):
+        return isinstance(v, t) and not (t is int and isinstance(v, bool))
+
+    for key, t in (("uid", str), ("status", str), ("identity_sha256", str), ("steps", dict), ("sessions", list)):
+        if not kind(st.get(key), t):
+            return f"{key!r} is {type(st.get(key)).__name__}, not {t.__name__}"
+    if not all(isinstance(x, dict) for x in st["sessions"]):
+        return "'sessions' holds something that is not an object"
+    if "metrics" in st and not isinstance(st["metrics"], dict):
+        return "'metrics' is not an object"
+    for name in STEPS:
+        rec = st["steps"].get(name)
+        if not isinstance(rec, dict) or not isinstance(rec.get("status"), str):
+            return f"'steps.{name}' has no status"
+        if "result" in rec and not isinstance(rec["result"], (dict, type(None))):
+            return f"'steps.{name}.result' is not an object"
+        res = rec.get("result") or {}
+        if "gates_crossed" in res and not (isinstance(res["gates_crossed"], list)
+                                           and all(isinstance(g, str) for g in res["gates_crossed"])):
+            return f"'steps.{name}.result.gates_crossed' is not a list of texts"
+        if "html" in res and not isinstance(res["html"], (str, type(None))):
+            return f"'steps.{name}.result.html' is not a text"
+    if st["status"] == "finished" and not isinstance((st["steps"]["report"].get("result") or {}).get("gates_crossed"),
+                                                     list):
+        return "a finished campaign without its report's gates"
+    return None
 
 
 class CampaignRunner:
@@ -342,8 +396,8 @@ class CampaignRunner:
         """The current ``report.fail_if`` gates on the stored metrics (the recorded verdict when they are
         unreadable)."""
         try:
-            metrics = json.loads((self.ctx.report_dir / "metrics.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            metrics = read_metrics(self.ctx.report_dir / "metrics.json")
+        except TrawlError:
             return list(rep.get("gates_crossed", []))
         return gates_crossed(self.c.config["report"]["fail_if"], metrics)
 

@@ -39,9 +39,30 @@ class TrawlParser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs["allow_abbrev"] = False
         super().__init__(*args, **kwargs)
+        self.set_defaults(_usage_prog=self.prog)   # the deepest (sub)command parsed sets it last
 
-    def error(self, message):  # argparse quotes what the user typed: shown without raw control characters
-        super().error(visible(message))
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, with leftover arguments blamed on the subcommand that was parsed
+        (``see trawl sample --help``, not the top level's help)."""
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            usage_error(getattr(ns, "_usage_prog", self.prog), "unrecognized arguments: " + " ".join(extras))
+        return ns
+
+    def error(self, message):
+        """Every usage error is one line, ``trawl: error: ...`` (exit 2), on every parser and
+        subparser: no usage block (``--help`` shows it). argparse quotes what the user typed, so
+        the message is shown without raw control characters."""
+        usage_error(self.prog, message)
+
+
+def usage_error(prog: str, message: str):
+    """Print a usage error as the one line every trawl error is and exit 2 (what argparse's
+    ``error`` does, without the usage block). ``prog`` (``trawl sample``) names the command."""
+    where = prog[len("trawl"):].strip() if prog.startswith("trawl") else prog
+    hint = f" (see trawl {where} --help)" if where else " (see trawl --help)"
+    sys.stderr.write(f"trawl: error: {visible(message)}{hint}\n")
+    sys.exit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action=_VersionAction)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in _COMMAND_MODULES:
         try:
             mod = importlib.import_module(name)
@@ -97,7 +118,13 @@ def main(argv: list[str] | None = None) -> int:
         rc = args.func(args)
     except Exception as exc:
         if not is_user_error(exc):
-            raise
+            from corpora.storage import NO_ROOM, os_errno, write_error   # here: --help stays free of pyarrow
+            if isinstance(exc, OSError) and os_errno(exc) in NO_ROOM:
+                # a write that no writer named (each of trawl's writers raises a WriteError naming its
+                # file): still the one line of a full disk, never a traceback
+                exc = write_error(exc.filename or "a file", exc)
+            else:
+                raise
         # one line, whatever the message carries (a server's or a file's text): control and format
         # characters, newlines included, are shown as escapes and never reach the terminal raw
         print(f"trawl: error: {visible(exc)}", file=sys.stderr)

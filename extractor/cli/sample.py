@@ -132,12 +132,12 @@ def cmd_sample(args) -> int:
     if not items:
         raise TrawlError("no attack given; use --attack NAME (see `trawl attacks`)")
     specs = [AttackSpec(name, params) for name, params in items]
-    budget = Budget(max_generations=args.max_generations, max_tokens=args.max_tokens,
-                    max_dollars=args.max_dollars, max_seconds=args.max_seconds)
     for flag in ("max_dollars", "max_seconds"):      # inf is no cap in disguise: leave the flag out instead
         problem = number_problem("--" + flag.replace("_", "-"), getattr(args, flag))
         if problem:
             raise TrawlError(problem + " (leave the flag out for no cap)")
+    budget = Budget(max_generations=args.max_generations, max_tokens=args.max_tokens,
+                    max_dollars=args.max_dollars, max_seconds=args.max_seconds)
     pricing = Pricing(input_per_mtok=args.price_input_per_mtok, output_per_mtok=args.price_output_per_mtok,
                       gpu_hourly_usd=args.gpu_hourly_usd)
     if args.backend == "openai" and not args.endpoint:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from corpora.hygiene import number_problem
 from extractor.errors import TrawlError
 
 
@@ -28,9 +29,15 @@ class Budget:
     max_seconds: float | None = None
 
     def __post_init__(self):
+        # checked here, not only by the CLI and the campaign schema: a Budget built directly with
+        # nan (compares false with everything) or inf would switch its own cap off silently
         for k, v in asdict(self).items():
-            if v is not None and (v != v or v < 0):
-                raise TrawlError(f"budget {k} must be >= 0, got {v}")
+            problem = number_problem(f"budget {k}", v, minimum=0)
+            if problem is None and k in ("max_generations", "max_tokens") and v is not None \
+                    and (isinstance(v, float) and not v.is_integer()):
+                problem = f"budget {k} must be a whole number, got {v:g}"
+            if problem:
+                raise TrawlError(problem)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -46,8 +53,9 @@ class Pricing:
         if self.gpu_hourly_usd is not None and (self.input_per_mtok or self.output_per_mtok):
             raise TrawlError("give either per-million-token prices or an hourly GPU price, not both")
         for k, v in asdict(self).items():
-            if v is not None and (v != v or v < 0 or v == float("inf")):
-                raise TrawlError(f"price {k} must be a number >= 0, got {v}")
+            problem = number_problem(f"price {k}", v, minimum=0)
+            if problem:
+                raise TrawlError(problem)
 
     @property
     def hourly(self) -> bool:

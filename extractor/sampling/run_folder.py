@@ -24,6 +24,16 @@ Crash safety
     emptying the journal therefore duplicates nothing, and a torn last journal
     line (a kill in the middle of a write) is dropped because that generation was
     never counted as done.
+
+Journal rows carry a checksum
+    Each journal line is the row's JSON with one more key at the end,
+    ``"_crc32"``: the CRC-32 of the line's bytes before it (the row's own JSON,
+    :func:`journal_line`). On resume a row whose bytes do not match is dropped,
+    named in the sampler's log (:attr:`RunDir.dropped`), and its generation is
+    sampled again: it was never in a part, and its draw is fixed by its seed, so
+    the run ends with the rows of an undamaged one (a one-line error would ask a
+    person to edit the journal for the same result). Journals written before the
+    checksum (no ``"_crc32"`` in any line) are read as before.
 """
 from __future__ import annotations
 
@@ -32,13 +42,15 @@ import glob
 import json
 import math
 import os
+import re
+import zlib
 from typing import Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from corpora.storage import (GENERATIONS_SCHEMA, PARQUET_ERRORS, PARQUET_READ_OPTIONS, PART_RE, first_line, FolderLock, FolderLocked,
-                             generation_parts, write_parquet_atomic)
+                             generation_parts, write_parquet_atomic, writing)
 from corpora.storage import write_json_atomic as _write_json_atomic
 from extractor.errors import TrawlError
 
@@ -118,22 +130,51 @@ class RunLock:
         self.release()
 
 
+CRC_KEY = "_crc32"
+_CRC_TAIL = re.compile(rb'(\{.*), "_crc32": (\d{1,10})\}\r?\n?', re.DOTALL)
+
+
+def read_journal_line(line: bytes, checked: bool):
+    """The row a journal line holds, or None when the line is torn, not JSON or (``checked``: the
+    journal carries checksums) does not match its checksum."""
+    if checked:
+        m = _CRC_TAIL.fullmatch(line)
+        if m is None:
+            return None
+        body = m.group(1) + b"}"
+        if zlib.crc32(body) != int(m.group(2)):
+            return None
+        line = body
+    try:
+        row = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    return row
+
+
 def write_json_atomic(path: str, obj) -> None:
     """run.json / config.json: indented, non-ASCII kept (see corpora.storage.write_json_atomic)."""
     _write_json_atomic(path, obj, indent=2, ensure_ascii=False)
 
 
 def journal_line(row: dict) -> bytes:
-    """One journal line: the row as JSON (UTF-8, non-ASCII kept, NaN and infinities as Python's
-    ``json`` writes them), newline-terminated. orjson writes it when installed and the row is
-    plain (its floats finite: orjson would write NaN as null); else the standard library, whose
-    text ``json.loads`` reads back to the same row either way."""
+    """One journal line for ``row``: its JSON (UTF-8, non-ASCII kept, NaN and infinities as Python's
+    ``json`` writes them) with ``"_crc32"`` (the CRC-32 of the bytes of that JSON) added as the last
+    key, and a newline. Writers that put several rows in one write join these lines. orjson writes
+    the JSON when installed and the row is plain (its floats finite: orjson would write NaN as null);
+    else the standard library, whose text ``json.loads`` reads back to the same row either way. The
+    checksum covers whichever bytes were written (:func:`read_journal_line`)."""
+    if not row:
+        raise ValueError("a journal row is never empty")
+    body = None
     if _orjson is not None and _finite(row):
         try:
-            return _orjson.dumps(row, option=_orjson.OPT_APPEND_NEWLINE)
+            body = _orjson.dumps(row)
         except TypeError:      # a value orjson does not take (an int past 64 bits, a lone surrogate)
-            pass
-    return (json.dumps(row, ensure_ascii=False, allow_nan=True) + "\n").encode("utf-8")
+            body = None
+    if body is None:
+        body = json.dumps(row, ensure_ascii=False, allow_nan=True).encode("utf-8")
+    return b"%s, \"%s\": %d}\n" % (body[:-1], CRC_KEY.encode(), zlib.crc32(body))
 
 
 def _finite(row: dict) -> bool:
@@ -201,6 +242,7 @@ class RunDir:
         self._buffered_tokens = 0
         self._journal = None
         self._next_part = 0
+        self.dropped: list[str] = []   # recover(): one line per damaged journal row dropped (see above)
 
     # -- config ---------------------------------------------------------------------------
     def has_run(self) -> bool:
@@ -324,21 +366,27 @@ class RunDir:
             if not os.path.exists(jpath):
                 continue
             with open(jpath, "rb") as fh:
-                for lineno, line in enumerate(fh, 1):
-                    try:
-                        row = json.loads(line)
-                    except (ValueError, RecursionError):
-                        continue  # torn last line: that generation was never done
-                    rid = row.get("request_id") if isinstance(row, dict) else None
-                    if not isinstance(rid, str) or not rid or rid in done or rid in seen:
-                        continue
-                    problem = row_problem(row)
-                    if problem:
-                        raise TrawlError(f"{jpath}:{lineno}: damaged journal row ({problem}); the journal is "
-                                         f"written by trawl, so it was changed outside it: restore it, or delete "
-                                         f"that line to sample the generation again with --resume")
-                    seen.add(rid)
-                    pending.append(row)
+                lines = fh.readlines()
+            checked = any(f'"{CRC_KEY}": '.encode() in line for line in lines)
+            for lineno, line in enumerate(lines, 1):
+                row = read_journal_line(line, checked)
+                if row is None:
+                    if line.endswith(b"\n") and line.strip():   # not a torn last line: damage
+                        self.dropped.append(f"{jpath}:{lineno}: damaged journal row (its bytes do not match its "
+                                            f"checksum or are not JSON); dropped: that generation is sampled again")
+                    continue  # torn last line: that generation was never done
+                if isinstance(row, dict):
+                    row.pop(CRC_KEY, None)
+                rid = row.get("request_id") if isinstance(row, dict) else None
+                if not isinstance(rid, str) or not rid or rid in done or rid in seen:
+                    continue
+                problem = row_problem(row)
+                if problem:
+                    raise TrawlError(f"{jpath}:{lineno}: damaged journal row ({problem}); the journal is "
+                                     f"written by trawl, so it was changed outside it: restore it, or delete "
+                                     f"that line to sample the generation again with --resume")
+                seen.add(rid)
+                pending.append(row)
         if pending:
             self._write_part(pending)
             done.update(seen)
@@ -348,12 +396,25 @@ class RunDir:
             os.unlink(old)
         return done
 
+    def _close_journal(self) -> None:
+        """Close the journal; what a failed write (a full disk) left in its buffer is dropped, not
+        written again: that row was never counted as done."""
+        journal, self._journal = self._journal, None
+        if journal is not None:
+            try:
+                journal.close()
+            except OSError:
+                try:
+                    journal.close()   # the buffer is discarded once a flush has failed
+                except OSError:
+                    pass
+
     def _truncate_journal(self) -> None:
         """Empty the journal (its rows are in a fsynced part). Not fsynced itself: should a power cut
         bring the old rows back, :meth:`recover` skips them as done."""
-        if self._journal is not None:
-            self._journal.close()
-        self._journal = open(self.journal_path, "wb")
+        self._close_journal()
+        with writing(self.journal_path):
+            self._journal = open(self.journal_path, "wb")
 
     def append(self, row: dict) -> None:
         """Record one finished generation (durable against kill -9 when this returns)."""
@@ -363,11 +424,14 @@ class RunDir:
         """Record finished generations in one write (durable against kill -9 when this returns; a
         kill during the write leaves whole lines for some of them and at most one torn last line,
         which :meth:`recover` drops: those generations were never done). ``lines``: the rows'
-        :func:`journal_line` s, when the caller encoded them already."""
+        :func:`journal_line` s, when the caller encoded them already. A write that fails (a full
+        disk) raises WriteError and none of these rows is counted as done: a torn line is dropped
+        on resume and those generations sampled again."""
         if not rows:
             return
-        self._journal.write(lines if lines is not None else b"".join([journal_line(r) for r in rows]))
-        self._journal.flush()
+        with writing(self.journal_path):
+            self._journal.write(lines if lines is not None else b"".join([journal_line(r) for r in rows]))
+            self._journal.flush()
         self._buffer.extend(rows)
         self._buffered_tokens += sum(len(r.get("token_offsets") or ()) for r in rows)
 
@@ -393,8 +457,7 @@ class RunDir:
         """Flush, and remove the (then empty) journal so the folder holds only parts."""
         self.flush()
         if self._journal is not None:
-            self._journal.close()
-            self._journal = None
+            self._close_journal()
             try:
                 if os.path.getsize(self.journal_path) == 0:
                     os.unlink(self.journal_path)

@@ -73,6 +73,8 @@ def _run_locked(run_dir, endpoint, model, attacks, budget: Budget, pricing: Pric
             "created_at": utcnow(precise=True), **({"api": "chat"} if caps.api == "chat" else {}),
         })
     done, prev, usage = _stored(rd, created)
+    for note in rd.dropped:   # damaged journal rows: sampled again, and said so
+        log(note)
     pending = [j for j in all_jobs if j.request_id not in done]
 
     engine = Engine(be, rd, resolved, usage, budget, pricing, run_id=run_id, model=model, grouping=Grouping.for_server(cfg, caps, seed_scheme),

@@ -72,11 +72,16 @@ class SamplerSettings:
              f"an integer from 1 to {MAX_CONCURRENCY}")
         _num("timeout", lambda v: 0 < v < float("inf"), "a number of seconds > 0")
         _num("max_retries", lambda v: v >= 0 and v == int(v), "an integer >= 0")
-        _num("drain_seconds", lambda v: v >= 0, "a number of seconds >= 0")
-        _num("max_n", lambda v: v >= 1, ">= 1")
-        _num("max_prompts", lambda v: v >= 1 and v == int(v), "an integer >= 1")
-        _num("flush_rows", lambda v: v >= 1, ">= 1")
-        _num("flush_seconds", lambda v: v >= 0, ">= 0")
+        _num("drain_seconds", lambda v: 0 <= v < float("inf"), "a finite number of seconds >= 0")
+        _num("max_n", lambda v: 1 <= v < float("inf") and v == int(v), "an integer >= 1")
+        _num("max_prompts", lambda v: 1 <= v < float("inf") and v == int(v), "an integer >= 1")
+        _num("flush_rows", lambda v: 1 <= v < float("inf") and v == int(v), "an integer >= 1")
+        _num("flush_seconds", lambda v: 0 <= v < float("inf"), "a finite number >= 0")
+        _num("backoff_base", lambda v: 0 <= v < float("inf"), "a finite number of seconds >= 0")
+        _num("backoff_max", lambda v: 0 <= v < float("inf"), "a finite number of seconds >= 0")
+        _num("seed", lambda v: abs(v) < float("inf") and v == int(v), "an integer")
+        if self.max_consecutive_failures is not None:
+            _num("max_consecutive_failures", lambda v: 1 <= v < float("inf") and v == int(v), "an integer >= 1")
         if self.api not in ("completions", "chat", "auto"):
             raise TrawlError(f"api must be completions, chat or auto, got {self.api!r}")
 

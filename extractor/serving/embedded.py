@@ -33,6 +33,7 @@ from pathlib import Path
 
 import requests
 
+from corpora.hygiene import visible
 from extractor.errors import TrawlError
 
 MODEL_ALIAS = "gemma-3-270m"
@@ -193,15 +194,37 @@ class EmbeddedServer:
                 )
             try:
                 r = requests.get(url, timeout=2)
-                if r.status_code == 200:
-                    return
             except requests.RequestException:
-                pass
+                r = None
+            if r is not None and r.status_code == 200:
+                self._check_model_list(url, r)
+                return
             time.sleep(0.25)
         raise TrawlError(
             f"the local model server did not answer on {self.base_url} within {self.startup_timeout:.0f} s "
             f"(log: {self.log_path})"
         )
+
+    def _check_model_list(self, url: str, r) -> None:
+        """The first 200 answer to ``/v1/models`` must be an OpenAI model list naming this server's
+        model: anything else (not JSON, a JSON list, deeply nested JSON, another model) means some
+        other program answers on the port, and trawl says so in one line instead of calling it ready
+        (or failing later with a traceback)."""
+        try:
+            body = r.json()
+        except (ValueError, RecursionError):
+            body = None
+        ids = None
+        if isinstance(body, dict) and isinstance(body.get("data"), list):
+            ids = [m.get("id") for m in body["data"] if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        if not ids:
+            what = "not JSON" if body is None else f"JSON that is not a model list ({type(body).__name__})"
+            raise TrawlError(f"{url} answered with {what}: is another program using port {self.port}? "
+                             f"(log: {self.log_path})")
+        if self.model not in ids:
+            shown = ", ".join(visible(i)[:80] for i in ids[:3])
+            raise TrawlError(f"{url} serves {shown}, not {visible(self.model)}: is another server using "
+                             f"port {self.port}? (log: {self.log_path})")
 
     def _log_tail(self, lines: int = 3) -> str:
         try:

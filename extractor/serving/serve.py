@@ -36,10 +36,12 @@ from pathlib import Path
 
 import requests
 
+from corpora.storage import check_output_dir, writing
 from extractor.serving.embedded import EmbeddedServer, cache_dir
 from extractor.errors import TrawlError
 
 SMOLLM2_DIRNAME = "smollm2-135m-hf"
+SOURCE_MARKER = "trawl-source.json"   # in every folder gguf_to_hf made: what --force may replace
 ENGINES = ("auto", "vllm", "llama_cpp")
 
 
@@ -53,7 +55,10 @@ def gguf_to_hf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *, over
     (strictly: a missing or unexpected tensor is an error). Weights tied to the input
     embeddings are re-tied. The folder appears atomically (written beside it, then
     renamed); an existing folder with a ``config.json`` is returned as is unless
-    ``overwrite``.
+    ``overwrite``. ``overwrite`` replaces only a folder this function made (it holds
+    ``trawl-source.json``) or an empty one, as ``--force`` does for corpora and indexes
+    (:func:`corpora.storage.check_output_dir`); any other existing folder is refused in one
+    line before anything is converted, never deleted.
     """
     gguf_path = Path(gguf_path)
     out_dir = Path(out_dir)
@@ -61,6 +66,8 @@ def gguf_to_hf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *, over
         return out_dir
     if not gguf_path.is_file():
         raise TrawlError(f"{gguf_path}: GGUF file not found")
+    out_dir = check_output_dir(out_dir, marker=SOURCE_MARKER, kind="converted model", overwrite=overwrite,
+                               error=TrawlError, inputs=[gguf_path])
     try:
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -87,10 +94,11 @@ def gguf_to_hf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *, over
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", suffix=".tmp", dir=out_dir.parent))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "trawl-source.json").write_text(json.dumps({"gguf": str(gguf_path),
-                                                           "size": gguf_path.stat().st_size}) + "\n")
+        with writing(tmp):   # a full disk: one line naming the folder, the partial one removed below
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            (tmp / SOURCE_MARKER).write_text(json.dumps({"gguf": str(gguf_path),
+                                                               "size": gguf_path.stat().st_size}) + "\n")
         os.chmod(tmp, 0o755)
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -286,8 +294,9 @@ def server_info(srv) -> dict:
             "pid": srv._proc.pid if srv._proc else None}
     try:
         v = requests.get(srv.base_url + "/version", timeout=5)
-        if v.status_code == 200 and isinstance(v.json(), dict):
-            info["version"] = v.json().get("version")
-    except (requests.RequestException, ValueError):
-        pass
+        body = v.json() if v.status_code == 200 else None
+        if isinstance(body, dict) and isinstance(body.get("version"), str):
+            info["version"] = body["version"][:100]
+    except (requests.RequestException, ValueError, RecursionError):
+        pass   # the version is informative: a server that gives none (or garbage) is still served
     return info

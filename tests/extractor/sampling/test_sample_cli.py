@@ -123,8 +123,8 @@ def test_cli_replicas(tmp_path, capsys):
     ("--concurrency", "0", "concurrency must be an integer from 1 to 4096"),
     ("--max-retries", "-1", "max_retries must be an integer >= 0"),
     ("--max-seconds", "-5", "budget max_seconds must be >= 0"),
-    ("--max-dollars", "nan", "budget max_dollars must be >= 0"),
-    ("--price-input-per-mtok", "-1", "price input_per_mtok must be a number >= 0"),
+    ("--max-dollars", "nan", "--max-dollars must be a finite number, got nan"),
+    ("--price-input-per-mtok", "-1", "price input_per_mtok must be >= 0, got -1"),
 ])
 def test_bad_settings_refused_before_anything_is_written(tmp_path, flag, value, pattern):
     with FlakyServer(faults=()) as srv:
