@@ -14,6 +14,11 @@ seed) and nothing else: two stored samples with equal text are the same draw (or
 collision: with 256 tokens a 4-token sample has 2**32 possible texts; the draws are
 seeded, so a test that passes once passes every time). Tests use it to check that trawl gives every sample its own draw.
 
+Chat (``chat=True``): ``/v1/chat/completions`` too, with the same semantics: the reply of
+choice ``k`` is :func:`chat_expected_text` of (messages, parameters, seed, k); its logprobs
+(``logprobs: true``) carry each token's ``bytes`` unless ``chat_bytes=False`` (llama-cpp-python
+gives ``null``); ``completions=False`` makes a chat-only server (``/v1/completions`` 404).
+
 Faults (optional, deterministic per request body): ``faults=("500", "503", "stall")`` and
 ``max_failures``; a faulted attempt is answered with the status (503 with Retry-After 0),
 or ``stall``: no answer until ``stall_s`` has passed. ``delay`` slows every good answer.
@@ -32,7 +37,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 VOCAB = [" the", " of", " and", " poem", " data", " é", "\n", " x", ",", " 中文", " memorized", " text",
          " model", " 🙂", " word", " one"] + [f" t{i:03d}" for i in range(240)]
 # request fields that are not sampling parameters of one draw
-_NOT_PARAMS = {"prompt", "n", "seed", "logprobs", "model", "stream", "echo", "user"}
+_NOT_PARAMS = {"prompt", "messages", "n", "seed", "logprobs", "top_logprobs", "model", "stream", "echo", "user"}
 
 
 def send_body(handler: BaseHTTPRequestHandler, status: int, body: bytes, headers: dict | None = None) -> None:
@@ -94,11 +99,37 @@ def expected_text(prompt: str, params: dict, seed: int | None, choice: int) -> s
     return "".join(draw_text(prompt, params, eff, int(params.get("max_tokens", 16))))
 
 
+def chat_key(messages: list[dict]) -> str:
+    """The conversation as the fake model sees it (canonical JSON)."""
+    return json.dumps(messages, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def chat_max_tokens(params: dict) -> int:
+    return int(params.get("max_completion_tokens", params.get("max_tokens", 16)))
+
+
+def chat_expected_text(messages: list[dict], params: dict, seed: int | None, choice: int) -> str:
+    """The assistant reply of choice ``choice`` to ``messages`` under ``params`` and ``seed``."""
+    greedy = float(params.get("temperature", 1.0)) == 0
+    eff = None if greedy else seed + choice
+    return "".join(draw_text(chat_key(messages), _chat_params(params), eff, chat_max_tokens(params)))
+
+
+def _chat_params(params: dict) -> dict:
+    """The sampling parameters of a chat draw (the max-tokens field under one name)."""
+    out = {k: v for k, v in params.items() if k not in ("max_completion_tokens", "max_tokens")}
+    out["max_tokens"] = chat_max_tokens(params)
+    return out
+
+
 class DrawServer:
     model = "draw-model"
 
     def __init__(self, *, faults: tuple = (), max_failures: int = 1, stall_s: float = 2.0, version: str = "0.32.0",
-                 delay: float = 0.0):
+                 delay: float = 0.0, chat: bool = False, chat_bytes: bool = True, completions: bool = True,
+                 mutate=None):
+        self.chat, self.chat_bytes, self.completions = chat, chat_bytes, completions
+        self.mutate = mutate   # mutate(path, request, body bytes) -> bytes: rewrites every chat answer (fuzz tests)
         self.faults, self.max_failures, self.stall_s, self.version = tuple(faults), max_failures, stall_s, version
         self.delay = delay  # seconds added to every good answer (a run that lasts long enough to be killed)
         self.payloads: list[dict] = []
@@ -126,7 +157,21 @@ class DrawServer:
             def do_POST(self):
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 data = json.loads(raw)
-                if self.path == "/v1/completions":
+                if self.path == "/v1/chat/completions" and outer.chat:
+                    fault = outer._fault(raw)
+                    if fault == "stall":
+                        time.sleep(outer.stall_s)
+                    elif fault in ("500", "503"):
+                        return self._send(int(fault), {"error": {"message": "injected"}}, {"Retry-After": "0"})
+                    with outer._lock:
+                        outer.payloads.append(data)
+                    if outer.delay:
+                        time.sleep(outer.delay)
+                    body = json.dumps(outer.chat_complete(data)).encode()
+                    if outer.mutate is not None:
+                        body = outer.mutate(self.path, data, body)
+                    return send_body(self, 200, body)
+                if self.path == "/v1/completions" and outer.completions:
                     fault = outer._fault(raw)
                     if fault == "stall":
                         time.sleep(outer.stall_s)
@@ -137,6 +182,9 @@ class DrawServer:
                     if outer.delay:
                         time.sleep(outer.delay)
                     return self._send(200, outer.complete(data))
+                if self.path == "/tokenize" and "messages" in data:
+                    text = "".join(f"<{m['role']}>{m['content']}</s>" for m in data["messages"]) + "<assistant>"
+                    return self._send(200, {"tokens": outer.tokenize(text), "count": 0})
                 if self.path == "/tokenize":
                     return self._send(200, {"tokens": outer.tokenize(data["prompt"]), "count": 0})
                 if self.path == "/detokenize":
@@ -190,6 +238,33 @@ class DrawServer:
         n_prompt = sum(len(self.tokenize(p)) for p in prompts)
         n_out = sum(int(d.get("max_tokens", 16)) for _ in choices)
         return {"id": "cmpl-draw", "object": "text_completion", "model": self.model, "choices": choices,
+                "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out}}
+
+    def chat_complete(self, d: dict) -> dict:
+        msgs = d["messages"]
+        greedy = float(d.get("temperature", 1.0)) == 0
+        params = _chat_params(d)
+        choices = []
+        for k in range(int(d.get("n", 1) or 1)):
+            if greedy:
+                eff = None
+            elif d.get("seed") is not None:
+                eff = int(d["seed"]) + k
+            else:
+                with self._lock:
+                    self._random += 1
+                    eff = f"random-{self._random}"
+            toks = draw_text(chat_key(msgs), params, eff, chat_max_tokens(d))
+            c = {"index": k, "message": {"role": "assistant", "content": "".join(toks)}, "finish_reason": "length",
+                 "logprobs": None}
+            if d.get("logprobs"):
+                c["logprobs"] = {"content": [{"token": t, "logprob": -1.0,
+                                              "bytes": list(t.encode()) if self.chat_bytes else None,
+                                              "top_logprobs": []} for t in toks]}
+            choices.append(c)
+        n_prompt = sum(len(self.tokenize(m["content"])) + 3 for m in msgs)
+        n_out = chat_max_tokens(d) * len(choices)
+        return {"id": "chatcmpl-draw", "object": "chat.completion", "model": self.model, "choices": choices,
                 "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out}}
 
     def __enter__(self):

@@ -115,12 +115,14 @@ class Job:
     params: dict                 # sampling parameters as sent (temperature, top_k, max_tokens, ...)
     extra: dict = field(default_factory=dict)
     steps: list[dict] | None = None   # multi-call plan (temperature decay): params of the leading calls
+    messages: list[dict] | None = None  # chat API: the conversation sent (``prompt``: its last user turn)
     request_id: str = ""
     seed: int | None = None
 
     def group_key(self) -> tuple:
         """Jobs with the same key differ only in sample index: one request with ``n`` can serve them."""
-        return (self.attack, self.variant, self.prompt, json.dumps(self.params, sort_keys=True), self.steps is None)
+        return (self.attack, self.variant, self.prompt, json.dumps(self.params, sort_keys=True), self.steps is None,
+                None if self.messages is None else json.dumps(self.messages, sort_keys=True))
 
 
 def request_id(run_id: str, attack: str, variant: str, prompt: str, sample: int) -> str:

@@ -20,11 +20,15 @@ the next ``suffix_tokens`` (50) tokens are the target. The model decodes
   exactly after sampling (:mod:`extractor.attacks.discoverable_np`, ``RUN/extraction_np.json``).
 
 ``extra`` per generation: doc_id, source, prefix_tokens, offset_tokens, target,
-target_tokens, exact, edit_distance (characters), edit_distance_ratio, approx.
+target_tokens, exact, edit_distance (characters), edit_distance_ratio, approx; for a chat model
+(``--api chat``: the prefix sent after the ``chat_instruction`` user turn, the reply compared with the
+target, leading whitespace of both set aside) or raw-template mode (``chat_template``: the assistant
+turn pre-filled with the prefix) also chat_form and corpus_prefix (see :mod:`extractor.attacks.chat_forms`).
 """
 from __future__ import annotations
 
 from extractor.attacks.base import Attack, Job, Param, PlanContext, sampling_params
+from extractor.attacks.chat_forms import CHAT_INSTRUCTION, CHAT_TEMPLATE, SYSTEM, check_chat_params, continue_prompt
 from extractor.attacks.corpus_source import DocSource
 from extractor.errors import TrawlError
 
@@ -87,6 +91,7 @@ class Discoverable(Attack):
               "exact p_z from one scoring pass per document (extractor/attacks/discoverable_np.py): auto = for "
               "sampled decoding when the backend can score, on = also greedy, off = Monte Carlo only",
               choices=("auto", "on", "off")),
+        SYSTEM, CHAT_INSTRUCTION, CHAT_TEMPLATE,
     )
 
     @classmethod
@@ -101,6 +106,7 @@ class Discoverable(Attack):
                 raise TrawlError(f"attack discoverable: {k} must be >= 1")
 
     def plan(self, params: dict, ctx: PlanContext):
+        check_chat_params(self.name, params, ctx)
         if not getattr(ctx.backend.capabilities, "tokenize", None):
             raise TrawlError("attack discoverable needs the server's tokenize endpoint to cut prefixes and "
                              "suffixes in the model's tokens; this server has none")
@@ -119,11 +125,14 @@ class Discoverable(Attack):
                 continue
             prompt, target = cut
             found += 1
+            sent, messages, form = continue_prompt(prompt, params, ctx)
+            extra = {"doc_id": doc.doc_id, "source": doc.source, "prefix_tokens": k, "offset_tokens": off,
+                     "target": target, "target_tokens": s, "approx_threshold": params["approx_threshold"]}
+            if form != "completion":
+                extra.update(chat_form=form, corpus_prefix=prompt)
             for smp in range(params["samples"]):
-                yield Job(attack=self.name, variant=f"doc:{doc.doc_id}", prompt=prompt, sample=smp, params=dict(sp),
-                          extra={"doc_id": doc.doc_id, "source": doc.source, "prefix_tokens": k,
-                                 "offset_tokens": off, "target": target, "target_tokens": s,
-                                 "approx_threshold": params["approx_threshold"]})
+                yield Job(attack=self.name, variant=f"doc:{doc.doc_id}", prompt=sent, sample=smp, params=dict(sp),
+                          extra=dict(extra), messages=messages)
         if found < params["documents"]:
             ctx.log(f"discoverable: only {found} of {params['documents']} requested documents are long enough "
                     f"({off + k + s} tokens)")
@@ -136,6 +145,13 @@ class Discoverable(Attack):
     def finish(self, job: Job, text: str, token_offsets):
         target = job.extra["target"]
         s = job.extra["target_tokens"]
+        if job.extra.get("chat_form") == "chat":
+            # a reply opens a new message: the target's leading space (a tokenization artefact of the
+            # cut) is not asked of it
+            lead = len(text) - len(text.lstrip())
+            skip = len(text[:lead].encode("utf-8"))
+            text, target = text[lead:], target.lstrip()
+            token_offsets = [o - skip for o in token_offsets if o >= skip] if token_offsets else token_offsets
         tb = target.encode("utf-8")
         data = text.encode("utf-8")
         exact = data.startswith(tb)

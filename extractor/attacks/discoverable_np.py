@@ -115,6 +115,14 @@ def maybe_score(run_dir, resolved: list[dict], be, caps, tokenizer_file: str | N
         want |= mode == "on" or (mode == "auto" and float(a["params"].get("temperature") or 0) > 0)
     if not want:
         return None
+    chat = getattr(caps, "api", "completions") == "chat" or any(
+        a.get("name") == "discoverable" and a["params"].get("chat_template") for a in resolved)
+    if chat:
+        # the scorer reads prefix + target as plain text; a chat model sampled them inside its chat
+        # template (messages, or raw-template mode's special tokens), a different context: no exact figure
+        log("exact (n,p) not computed: the run's prompts went through a chat template, which the scorer does not "
+            "apply; the Monte Carlo estimate stands")
+        return None
     try:
         scorer, own = scorer_for(be, caps, tokenizer_file)
     except TrawlError as exc:

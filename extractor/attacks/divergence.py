@@ -8,6 +8,11 @@ data. Two prompt forms:
   (the quoted part holds ``repetitions`` copies of the word);
 * ``raw`` (Gemini 1.5 report): the word repeated ``repetitions`` times and nothing else.
 
+With the chat API (``--api chat``) the prompt is the user turn, as Nasr et al. sent it to
+gpt-3.5-turbo; ``system`` adds a system turn and ``turns = fed_back`` feeds the model's
+repetitions back as an earlier assistant turn (see :mod:`extractor.attacks.chat_forms`).
+The divergence point is found in the assistant's reply (the completion column).
+
 Default word list: 125 entries in the shape of the Gemini 1.5 report's protocol
 (25 top words plus the 100 characters of Python's ``string.printable``). The 25
 words are **trawl's choice**, not the report's: the report does not print its
@@ -30,6 +35,8 @@ import string
 from bisect import bisect_right
 
 from extractor.attacks.base import Attack, Job, Param, PlanContext, sampling_params
+from extractor.attacks.chat_forms import (ASSISTANT_SYSTEM, FED_BACK_USER, SYSTEM, TURNS, check_chat_params,
+                                          conversation, is_chat, system_text)
 from extractor.errors import TrawlError
 
 COMMON_WORDS = (
@@ -96,6 +103,8 @@ class Divergence(Attack):
         Param("temperature", "float", 1.0, "sampling temperature"),
         Param("top_p", "float", 1.0, "nucleus sampling (1 = off)"),
         Param("top_k", "int", 0, "top-k sampling (0 = off; a non-OpenAI extension)"),
+        SYSTEM,
+        TURNS,
     )
 
     @classmethod
@@ -107,15 +116,31 @@ class Divergence(Attack):
             raise TrawlError("attack divergence: words is empty")
 
     def plan(self, params: dict, ctx: PlanContext):
+        check_chat_params(self.name, params, ctx)
         forms = ["instruction", "raw"] if params["form"] == "both" else [params["form"]]
         sp = sampling_params(params)
+        chat = is_chat(ctx)
+        system = system_text(params.get("system"))
+        turns = params.get("turns", "single")
         for word in params["words"]:
             for form in forms:
                 prompt = make_prompt(word, params["repetitions"], form, params["separator"])
                 variant = word if len(forms) == 1 else f"{form}:{word}"
+                extra = {"word": word, "form": form, "repetitions": params["repetitions"]}
+                messages = None
+                if chat:   # Nasr et al.: the prompt is the user turn; the reply is the assistant's
+                    history = ()
+                    if turns == "fed_back":
+                        history = ({"role": "user", "content": prompt},
+                                   {"role": "assistant", "content": params["separator"].join(
+                                       [word] * params["repetitions"])})
+                        prompt = FED_BACK_USER
+                    messages = conversation(prompt, system=system, history=history)
+                    extra.update(turns=turns, system=params.get("system", "none") if system in (None, ASSISTANT_SYSTEM)
+                                 else "custom")
                 for s in range(params["samples"]):
                     yield Job(attack=self.name, variant=variant, prompt=prompt, sample=s, params=dict(sp),
-                              extra={"word": word, "form": form, "repetitions": params["repetitions"]})
+                              extra=dict(extra), messages=messages)
 
     @classmethod
     def summarize(cls, extras: list[dict], params: dict) -> dict:

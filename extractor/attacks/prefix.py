@@ -7,13 +7,16 @@ text file; the model then samples 256 tokens with top-k 40. The draws are
 seeded, so a resumed run plans the same prompts.
 
 ``extra``: doc_id, source, char_offset (where in the document the snippet
-starts), prompt_tokens_cut (its length in tokens).
+starts), prompt_tokens_cut (its length in tokens); for a chat model (``--api chat``) or
+raw-template mode (``chat_template``) also chat_form and corpus_prefix (the snippet; the prompt
+is then the continuation request, see :mod:`extractor.attacks.chat_forms`).
 """
 from __future__ import annotations
 
 import random
 
 from extractor.attacks.base import Attack, Job, Param, PlanContext, sampling_params
+from extractor.attacks.chat_forms import CHAT_INSTRUCTION, CHAT_TEMPLATE, SYSTEM, check_chat_params, continue_prompt
 from extractor.attacks.corpus_source import DocSource
 from extractor.errors import TrawlError
 
@@ -33,6 +36,7 @@ class Prefix(Attack):
         Param("temperature", "float", 1.0, "sampling temperature"),
         Param("text_field", "str", "text", "JSONL field holding the text"),
         Param("seed", "int", 0, "seed of the prompt draws"),
+        SYSTEM, CHAT_INSTRUCTION, CHAT_TEMPLATE,
     )
 
     @classmethod
@@ -44,6 +48,7 @@ class Prefix(Attack):
             raise TrawlError("attack prefix: need 1 <= min_prompt_tokens <= max_prompt_tokens")
 
     def plan(self, params: dict, ctx: PlanContext):
+        check_chat_params(self.name, params, ctx)
         if not getattr(ctx.backend.capabilities, "tokenize", None):
             raise TrawlError("attack prefix needs the server's tokenize endpoint to cut prompts in the model's "
                              "tokens; this server has none")
@@ -75,9 +80,12 @@ class Prefix(Attack):
             prompt = ctx.backend.detokenize(ids[:length])
             if not prompt.strip():
                 continue
+            sent, messages, form = continue_prompt(prompt, params, ctx)
+            extra = {"doc_id": doc.doc_id, "source": doc.source, "char_offset": start, "prompt_tokens_cut": length}
+            if form != "completion":
+                extra.update(chat_form=form, corpus_prefix=prompt)
             for s in range(params["samples"]):
-                yield Job(attack=self.name, variant=f"doc:{doc.doc_id}@{start}", prompt=prompt, sample=s,
-                          params=dict(sp), extra={"doc_id": doc.doc_id, "source": doc.source, "char_offset": start,
-                                                  "prompt_tokens_cut": length})
+                yield Job(attack=self.name, variant=f"doc:{doc.doc_id}@{start}", prompt=sent, sample=s,
+                          params=dict(sp), extra=dict(extra), messages=messages)
             taken.add((i, start))
             made += 1

@@ -23,6 +23,7 @@ import random
 import re
 
 from extractor.attacks.base import Attack, Job, Param, PlanContext, sampling_params
+from extractor.attacks.chat_forms import SYSTEM, check_chat_params, conversation, is_chat, system_text
 from extractor.errors import TrawlError
 
 STRUCTURAL = ("{", "}", "[", "]", "(", ")", "<", ">", "|")
@@ -48,6 +49,7 @@ class SpecialChars(Attack):
         Param("top_p", "float", 1.0, "nucleus sampling (1 = off)"),
         Param("top_k", "int", 0, "top-k sampling (0 = off)"),
         Param("seed", "int", 0, "seed of the random combinations"),
+        SYSTEM,
     )
 
     @classmethod
@@ -88,10 +90,15 @@ class SpecialChars(Attack):
                                {"strategy": strategy, "length": length, "chars": "+".join(names[s] for s in order)})
 
     def plan(self, params: dict, ctx: PlanContext):
+        check_chat_params(self.name, params, ctx, names=("system",))
         sp = sampling_params(params)
+        system = system_text(params.get("system"))
         for variant, prompt, extra in self.prompts(params):
+            # chat API: the characters are the user turn (after the system turn, if any)
+            messages = conversation(prompt, system=system) if is_chat(ctx) else None
             for s in range(params["samples"]):
-                yield Job(attack=self.name, variant=variant, prompt=prompt, sample=s, params=dict(sp), extra=dict(extra))
+                yield Job(attack=self.name, variant=variant, prompt=prompt, sample=s, params=dict(sp), extra=dict(extra),
+                          messages=messages)
 
     def finish(self, job: Job, text: str, token_offsets):
         m = _ALNUM.search(text)

@@ -50,6 +50,9 @@ class Capabilities:
     tokenizer_file: str | None = None  # token_info "local_tokenize": the GGUF file whose tokenizer is used
     score: str | None = None        # how Backend.score works here: "echo", "prompt_logprobs", "in_process" or None
     full_distribution: bool = False  # score(vocab_stats=True / full=True) sees the whole vocabulary (exact)
+    api: str = "completions"        # the API requests go to: "completions" (/v1/completions) or "chat"
+    chat_max_field: str = "max_tokens"  # chat: the name max_tokens is sent under (or max_completion_tokens)
+    chat_template: dict | None = None  # chat: {"sha256", "source"} of the server's chat template (backends/chat.py)
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -129,7 +132,9 @@ class Backend(Protocol):
       backend's own retries; ``retryable`` says whether trying later may help). Every choice
       has its token boundaries (``token_offsets``), or ``token_source == "none"`` /
       ``"empty"``, or, only with ``defer_tokens=True`` and only when
-      ``capabilities.deferred_tokens``, ``"pending"``.
+      ``capabilities.deferred_tokens``, ``"pending"``. With ``capabilities.api == "chat"`` the
+      prompt is one conversation: a string (one user turn) or a list of ``{"role", "content"}``
+      messages (see :mod:`extractor.backends.chat`); each choice is an assistant reply.
     * :meth:`score` returns one :class:`TextScore` per text, in order: the log-probability of each
       of the text's tokens given ``contexts[i]`` (unscored) and the tokens before it, at
       temperature 1, with ``top_k`` alternatives per position and, with ``vocab_stats``, the
@@ -162,7 +167,7 @@ class Backend(Protocol):
 
     def probe(self, use_cache: bool = True) -> Capabilities: ...
 
-    def complete(self, prompt: str | list[str], params: dict, *, n: int = 1, seed: int | None = None,
+    def complete(self, prompt: str | list[str] | list[dict], params: dict, *, n: int = 1, seed: int | None = None,
                  timeout: float | None = None, defer_tokens: bool = False) -> CompletionResult: ...
 
     def score(self, texts: list[str], *, contexts: list[str] | None = None, top_k: int = 0,

@@ -91,6 +91,11 @@ class GGUFTokenizer:
     def name(self) -> str:
         return os.path.basename(self.path)
 
+    @property
+    def metadata(self) -> dict:
+        """The file's GGUF metadata as llama.cpp reads it (strings; e.g. ``tokenizer.chat_template``)."""
+        return dict(getattr(self._llama, "metadata", None) or {})
+
     def tokenize(self, text: str) -> list[int]:
         """Token ids of ``text`` (special tokens parsed, as the server does; no BOS)."""
         with self._lock:

@@ -1,4 +1,4 @@
-"""Backend ``openai``: any OpenAI-compatible ``/v1/completions`` server.
+"""Backend ``openai``: any OpenAI-compatible ``/v1/completions`` or ``/v1/chat/completions`` server.
 
 Works with vLLM, llama.cpp (llama-cpp-python's server), OpenAI and others, over
 ``requests``. One :class:`OpenAIBackend` is shared by all worker threads; the
@@ -19,6 +19,11 @@ each with its own guarantees:
   at most ``PROBE_CACHE_SECONDS``), and the audit-neutral sampling fields each request gets
   (:func:`extractor.backends.probe.neutral_payload`).
 
+The API (``api``: "completions", "chat" or "auto", resolved by the probe into
+``capabilities.api``) decides where requests go; what differs for chat (messages, the
+answer's shape, boundaries from chat logprobs' ``bytes``, the template's identity) is in
+:mod:`extractor.backends.chat`.
+
 This module turns a completion request into its JSON body (:meth:`OpenAIBackend.payload`)
 and the answer into :class:`~extractor.backends.base.Choice` objects with their token
 boundaries (:meth:`OpenAIBackend.complete`).
@@ -31,6 +36,7 @@ import time
 from extractor.backends.base import BackendError, Capabilities, Choice, CompletionResult
 from extractor.backends.alignment import AlignmentError, align_tokens
 from extractor.backends.boundaries import TokenBoundaries, clean_text
+from extractor.backends.chat import CHAT_PATH, as_messages, chat_cap, chat_payload, chat_tokens, check_chat
 from extractor.backends.http import HTTPClient, MalformedResponse, api_key_hint, normalize_endpoint, retry_after
 from extractor.backends.probe import neutral_payload, probe_server, server_identity
 from extractor.errors import TrawlError
@@ -38,6 +44,7 @@ from extractor.errors import TrawlError
 __all__ = ["OpenAIBackend", "api_key_hint", "clean_text"]
 
 _PROBE_CACHE: dict = {}
+API_CHOICES = ("completions", "chat", "auto")
 PROBE_CACHE_SECONDS = 300.0   # a cached probe is used this long at most (see probe())
 
 
@@ -63,9 +70,15 @@ class OpenAIBackend:
         token_info: str = "auto",
         want_logprobs: bool = False,
         tokenizer_file: str | os.PathLike | None = None,
+        api: str = "completions",
+        top_logprobs: int = 0,
     ) -> None:
         if token_info not in ("auto", "logprobs", "tokenize"):
             raise TrawlError(f"token_info must be auto, logprobs or tokenize; got {token_info!r}")
+        if api not in API_CHOICES:
+            raise TrawlError(f"api must be {', '.join(API_CHOICES)}; got {api!r}")
+        self.api_pref = api
+        self.top_logprobs = int(top_logprobs)
         self.token_info_pref = token_info
         self.tokenizer_file = os.path.abspath(os.fspath(tokenizer_file)) if tokenizer_file else None
         self.want_logprobs = bool(want_logprobs)
@@ -100,7 +113,7 @@ class OpenAIBackend:
         """A dict safe to write to disk (no key)."""
         h = self.http
         return {"backend": self.name, "endpoint": self.endpoint, "model": self.model,
-                "api_key_env": self.api_key_env, "api_key_set": h.key_set,
+                "api_key_env": self.api_key_env, "api_key_set": h.key_set, "api": self.api_pref,
                 "timeout": h.timeout, "connect_timeout": h.connect_timeout,
                 "max_retries": h.max_retries, "backoff_base": h.backoff_base,
                 "backoff_max": h.backoff_max}
@@ -123,12 +136,18 @@ class OpenAIBackend:
         return self.http.backoff(attempt)
 
     # -- completions ----------------------------------------------------------------------
-    def payload(self, prompt: str | list[str], params: dict, *, n: int = 1, seed: int | None = None) -> dict:
+    def payload(self, prompt: str | list[str] | list[dict], params: dict, *, n: int = 1,
+                seed: int | None = None) -> dict:
         """The JSON body :meth:`complete` sends: ``params`` plus what the probe found (logprobs
         when boundaries come from them, ``n``, the seed where honoured, the server's neutral
-        sampling fields; see extractor/backends/probe.py)."""
-        payload = {"model": self.model, "prompt": prompt, **params}
+        sampling fields; see extractor/backends/probe.py). Chat: see :func:`extractor.backends.chat.chat_payload`."""
         caps = self.capabilities
+        if caps.api == "chat":
+            payload = chat_payload(self.model, as_messages(prompt), params, caps,
+                                   logprobs=caps.token_info == "logprobs" or self.want_logprobs,
+                                   top_logprobs=self.top_logprobs, n=n, seed=seed)
+            return neutral_payload(caps, payload)
+        payload = {"model": self.model, "prompt": prompt, **params}
         if caps.token_info == "logprobs" or self.want_logprobs:
             payload["logprobs"] = 1
         if n > 1:
@@ -149,17 +168,25 @@ class OpenAIBackend:
         "pending"``), so the caller can send its next generation first.
         """
         payload = self.payload(prompt, params, n=n, seed=seed)
-        expected = n * (len(prompt) if isinstance(prompt, list) else 1)
-        cap, note = completion_cap(payload, expected)
+        chat = self.capabilities.api == "chat"
+        if chat:
+            expected = n
+            cap, note = chat_cap(payload, expected, _BYTES_PER_TOKEN, _DEFAULT_MAX_TOKENS)
+            path, check = CHAT_PATH, check_chat
+        else:
+            expected = n * (len(prompt) if isinstance(prompt, list) else 1)
+            cap, note = completion_cap(payload, expected)
+            path, check = "/v1/completions", check_completion
         t0 = time.monotonic()
-        data, attempts = self.http.request("POST", "/v1/completions", payload, timeout=timeout,
-                                           check=lambda d: check_completion(d, expected), max_bytes=cap,
+        data, attempts = self.http.request("POST", path, payload, timeout=timeout,
+                                           check=lambda d: check(d, expected), max_bytes=cap,
                                            cap_note=note)
         latency = time.monotonic() - t0
         raw_choices = data["choices"]
         if any("index" in c for c in raw_choices):   # check_completion: then they are 0..expected-1
             raw_choices = sorted(raw_choices, key=lambda c: c["index"])
-        choices = [self._choice(c, defer_tokens) for c in raw_choices]
+        choices = [self._chat_choice(c, defer_tokens) if chat else self._choice(c, defer_tokens)
+                   for c in raw_choices]
         usage = data.get("usage") or {}
         ptoks = usage.get("prompt_tokens") or 0
         ctoks = usage.get("completion_tokens") or sum(c.completion_tokens for c in choices)
@@ -168,6 +195,15 @@ class OpenAIBackend:
                 c.completion_tokens = ctoks
         return CompletionResult(choices=choices, prompt_tokens=ptoks, completion_tokens=ctoks,
                                 latency_s=latency, attempts=attempts, endpoint=self.endpoint)
+
+    def _chat_choice(self, c: dict, defer: bool = False) -> Choice:
+        """A chat choice (checked by check_chat): the assistant's reply with its boundaries from
+        the chat logprobs (``bytes``, else token strings), else as :meth:`_choice` does."""
+        raw = c["message"].get("content") or ""
+        text = clean_text(raw)
+        offsets, logprobs = chat_tokens(text, c.get("logprobs")) if text == raw else (None, None)
+        return self._finish_choice(text, c.get("finish_reason") or "unknown", offsets, logprobs,
+                                   "logprobs" if offsets is not None else "none", defer)
 
     def _choice(self, c: dict, defer: bool = False) -> Choice:
         text = clean_text(c["text"])
@@ -185,6 +221,11 @@ class OpenAIBackend:
                     logprobs = [v if v.__class__ is float else _logprob(v) for v in vals]
             except AlignmentError:
                 offsets = None
+        return self._finish_choice(text, finish, offsets, logprobs, source, defer)
+
+    def _finish_choice(self, text: str, finish, offsets, logprobs, source: str, defer: bool) -> Choice:
+        """The choice, its boundaries re-tokenized (or left pending) when the answer gave none."""
+        error = None
         if offsets is None and self.capabilities.tokenize and text:
             if defer and self.boundaries.gguf is None:  # server requests: left for fill_tokens
                 source = "pending"
@@ -192,13 +233,15 @@ class OpenAIBackend:
                 try:
                     offsets = self.token_offsets(text)
                     source = "tokenize" if self.boundaries.gguf is None else "local_tokenize"
-                except (BackendError, AlignmentError):
-                    offsets = None
+                except (BackendError, AlignmentError) as exc:
+                    offsets, error = None, f"re-tokenizing failed: {str(exc)[:200]}"
         if offsets is None and not text:
             offsets, source = [], source if source != "none" else "empty"
+        if offsets is None and source == "none" and error is None:
+            error = "the answer's logprobs do not tile the text and the server has no tokenizer"
         ntok = len(offsets) if offsets is not None else 0
         return Choice(text=text, token_offsets=offsets, token_logprobs=logprobs, completion_tokens=ntok,
-                      finish_reason=str(finish), token_source=source)
+                      finish_reason=str(finish), token_source=source, token_error=error)
 
     # -- scoring given text (extractor/backends/scoring_http.py) --------------------------------
     def score(self, texts: list[str], *, contexts: list[str] | None = None, top_k: int = 0,
@@ -245,7 +288,8 @@ class OpenAIBackend:
         """
         tb = self.boundaries
         ident = server_identity(self.http) if use_cache else None
-        key = (self.endpoint, self.model, self.token_info_pref, self.tokenizer_file, self.http.key_digest(), ident)
+        key = (self.endpoint, self.model, self.token_info_pref, self.tokenizer_file, self.api_pref,
+               self.http.key_digest(), ident)
         tb.use_pieces_of(ident)
         hit = _PROBE_CACHE.get(key) if ident is not None else None
         if hit is not None and time.monotonic() - hit[3] <= PROBE_CACHE_SECONDS:
@@ -254,7 +298,8 @@ class OpenAIBackend:
             return self.capabilities
         caps = self.capabilities = Capabilities()
         try:
-            probe_server(self.http, tb, caps, token_info=self.token_info_pref, tokenizer_file=self.tokenizer_file)
+            probe_server(self.http, tb, caps, token_info=self.token_info_pref, tokenizer_file=self.tokenizer_file,
+                         api=self.api_pref)
         except BaseException:
             for k in [k for k in list(_PROBE_CACHE) if k[0] == self.endpoint]:
                 _PROBE_CACHE.pop(k, None)

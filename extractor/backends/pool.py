@@ -57,7 +57,7 @@ _SHARED_BOOLS = ("n", "prompt_list", "seed", "top_k", "logprobs_tokens", "logpro
                  "ignore_eos")
 # facts every member must share exactly: they change what is sent (neutral sampling fields, the
 # start-of-text ids, the tokenizer) or what the run records (server and version)
-_SAME = ("token_info", "tokenize", "tokenize_adds_bos", "server", "server_version", "sampling_defaults",
+_SAME = ("api", "chat_max_field", "token_info", "tokenize", "tokenize_adds_bos", "server", "server_version", "sampling_defaults",
          "start_ids", "tokenizer_file")
 
 

@@ -149,26 +149,49 @@ def neutral_payload(caps, payload: dict) -> dict:
 
 
 def probe_server(http: "HTTPClient", tokens: "TokenBoundaries", caps: Capabilities, *, token_info: str = "auto",
-                 tokenizer_file: str | None = None) -> Capabilities:
+                 tokenizer_file: str | None = None, api: str = "completions") -> Capabilities:
     """Fill ``caps`` with what the server behind ``http`` supports (see the module docstring).
 
     ``caps`` must be the object ``tokens`` reads its capabilities from (its ``tokenize`` field is
     set while the tokenize endpoints are tried); ``tokens.sep_ids`` and ``tokens.gguf`` are set.
     ``token_info`` ("auto", "logprobs" or "tokenize") is where token boundaries must come from;
     ``tokenizer_file`` a GGUF file to tokenize with in this process, checked against the server.
+    ``api``: "completions" (``/v1/completions``), "chat" (``/v1/chat/completions``, probed by
+    :func:`extractor.backends.chat.probe_chat`) or "auto" (completions where the server answers
+    them, else chat); the API chosen is ``caps.api``.
     Raises TrawlError when the server is unreachable, refuses, or gives no token information.
     """
+    from extractor.backends.chat import probe_chat, template_identity
+
     tokens.gguf = None
     base = {"model": tokens.model, "prompt": _PROBE_PROMPT, "max_tokens": 2, "temperature": 0.0}
     with http.bounded(probe_bound(http.timeout), "the start-up probe"):
-        text, choice = _first_completion(http, caps, base)
-        _probe_logprobs(caps, text, choice)
+        chat = api == "chat"
+        if not chat:
+            try:
+                text, choice = _first_completion(http, caps, base)
+            except TrawlError as exc:
+                if api != "auto":
+                    raise
+                try:   # a chat-only server (or model): the chat API, else the completions error
+                    probe_chat(http, tokens.model, caps, lambda s: _t(http, s))
+                except TrawlError:
+                    raise exc from None
+                chat = True
+                caps.notes.append(f"api auto: chat (the completions probe failed: {error_text(exc, 160)})")
+            else:
+                _probe_logprobs(caps, text, choice)
+        else:
+            probe_chat(http, tokens.model, caps, lambda s: _t(http, s))
         _probe_tokenize(tokens, caps)
-        _probe_optional(http, caps, base)
+        if not chat:
+            _probe_optional(http, caps, base)
         detect_server(http, tokens.model, caps)  # vLLM / llama.cpp and their sampling defaults
         _choose_token_info(http.endpoint, token_info, caps)
         if tokenizer_file:
             tokens.use_tokenizer_file(tokenizer_file, caps)
+        if chat:
+            template_identity(http, tokens.model, caps, tokenizer_file, lambda s: _t(http, s))
     return caps
 
 

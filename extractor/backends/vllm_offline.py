@@ -18,6 +18,13 @@ Sampling is audit-neutral: fields an attack leaves out get ``top_p=1``, no top-k
 ``min_p=0`` and no penalties, and ``generation_config="vllm"`` keeps the model's
 ``generation_config.json`` out (both recorded in ``capabilities.sampling_defaults``).
 
+Chat models (``api="chat"``, or ``"auto"``: chat when the tokenizer has a chat template):
+a prompt is a conversation (a string: one user turn; or messages, see
+:mod:`extractor.backends.chat`); the model's chat template is applied to it by the tokenizer
+(``apply_chat_template`` with the generation prompt, what ``LLM.chat`` does) and the token ids
+go to the same dispatcher, so chat requests are batched like completions.
+``capabilities.chat_template`` is the SHA-256 of the template text.
+
 Use: ``make_backend("vllm", model="/path/to/hf-folder")`` or
 ``run_attacks(..., backend="vllm", endpoint="vllm://local", model=PATH)``.
 """
@@ -168,9 +175,12 @@ class VLLMOfflineBackend:
     api_key_env = None  # no server, no key
 
     def __init__(self, endpoint: str | None = None, model: str = "", *, engine_args: dict | None = None,
-                 want_logprobs: bool = False, **_ignored) -> None:
+                 want_logprobs: bool = False, api: str = "completions", **_ignored) -> None:
         if not model:
             raise TrawlError("backend vllm needs a model (an HF folder or hub name)")
+        if api not in ("completions", "chat", "auto"):
+            raise TrawlError(f"api must be completions, chat or auto; got {api!r}")
+        self.api_pref = api
         self.model = model
         self.endpoint = endpoint if isinstance(endpoint, str) and endpoint else f"vllm://{model}"
         self.endpoints = [self.endpoint]
@@ -187,7 +197,7 @@ class VLLMOfflineBackend:
         return f"VLLMOfflineBackend(model={self.model!r})"
 
     def describe(self) -> dict:
-        return {"backend": self.name, "endpoint": self.endpoint, "model": self.model,
+        return {"backend": self.name, "endpoint": self.endpoint, "model": self.model, "api": self.api_pref,
                 "engine_args": {**DEFAULT_ENGINE_ARGS, **self.engine_args}}
 
     # -- engine ---------------------------------------------------------------------------
@@ -209,6 +219,17 @@ class VLLMOfflineBackend:
             score="prompt_logprobs", full_distribution=self._max_logprobs() == -1,
             notes=["in-process vLLM engine: token boundaries from the generated token ids; temperature decay "
                    "exact (logits processor)"])
+        template = getattr(self._tok, "chat_template", None)
+        if self.api_pref == "chat" and not template:
+            raise TrawlError(f"model {self.model}: its tokenizer has no chat template (api chat)")
+        if self.api_pref == "chat" or (self.api_pref == "auto" and template):
+            import hashlib
+
+            caps = self.capabilities
+            caps.api, caps.prompt_list = "chat", False
+            caps.chat_template = {"sha256": hashlib.sha256(str(template).encode("utf-8", "surrogatepass")).hexdigest(),
+                                  "source": "hf_tokenizer"}
+            caps.notes.append("chat: the tokenizer's chat template applied to each conversation (as LLM.chat)")
         return self.capabilities
 
     def stats(self) -> dict:
@@ -241,6 +262,14 @@ class VLLMOfflineBackend:
             if not prompt:
                 ids = [bos]
         return ids
+
+    def _chat_ids(self, prompt) -> list[int]:
+        """Token ids of a conversation rendered by the model's chat template, ready for the reply."""
+        from extractor.backends.chat import as_messages
+
+        # rendered as text, then tokenized without added special tokens (the template holds them): as LLM.chat
+        text = self._tok.apply_chat_template(as_messages(prompt), add_generation_prompt=True, tokenize=False)
+        return [int(i) for i in self._tok.encode(text, add_special_tokens=False)]
 
     def token_offsets(self, text: str) -> list[int]:
         """Byte offsets of the tokens of ``text`` (re-tokenized with the engine's tokenizer)."""
@@ -279,13 +308,15 @@ class VLLMOfflineBackend:
     def complete(self, prompt: str | list[str], params: dict, *, n: int = 1, seed: int | None = None,
                  timeout: float | None = None, defer_tokens: bool = False) -> CompletionResult:
         self._ensure()
-        prompts = prompt if isinstance(prompt, list) else [prompt]
+        chat = self.capabilities.api == "chat"
+        prompts = [prompt] if chat or not isinstance(prompt, list) else prompt
         sp = self._sampling_params(params, n, seed)
         futs = []
         t0 = time.monotonic()
         from vllm.inputs import TokensPrompt
         for p in prompts:
-            futs.append(self._disp.submit(TokensPrompt(prompt_token_ids=self._prompt_ids(p)), sp.clone()))
+            ids = self._chat_ids(p) if chat else self._prompt_ids(p)
+            futs.append(self._disp.submit(TokensPrompt(prompt_token_ids=ids), sp.clone()))
         choices, ptoks, ctoks = [], 0, 0
         for f in futs:
             try:

@@ -74,6 +74,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_retries": Key("int", 6, "retries of a failed request (over the endpoints, with backoff)", minimum=0,
                            maximum=1000),
         "token_info": Key("str", "auto", "where token boundaries come from", choices=("auto", "logprobs", "tokenize")),
+        "api": Key("str", "completions", "completions: /v1/completions; chat: /v1/chat/completions (a chat model; "
+                                         "see trawl sample --api); auto: completions where the server answers "
+                                         "them, else chat", choices=("completions", "chat", "auto")),
     },
     "budget": {
         "max_generations": Key("int", None, "generations in the whole campaign", minimum=0),

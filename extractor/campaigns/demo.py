@@ -11,6 +11,7 @@ Steps (each one is the same code the individual commands run):
 4. attacks - a discoverable-memorization pass (corpus prefixes, greedy
              continuation) and the divergence attack (Nasr et al. 2023), for
              a few minutes of wall time (:func:`extractor.sampling.run_attacks`);
+             no chat pass (:data:`CHAT_NOTE` says why);
 5. match   - every maximal verbatim span of at least ``min_tokens`` model tokens
              (:meth:`suffix_index.SuffixIndex.match`);
 6. report  - HTML, Markdown and JSON (:func:`reports.write_report`).
@@ -57,6 +58,11 @@ DEMO_DISCOVERABLE = {  # "documents" scales with the time budget: 8 per minute
     "suffix_tokens": 50,
     "selection": "random",
 }
+
+
+# why the demo runs no chat divergence pass (issue 13); printed at step 4
+CHAT_NOTE = ("the embedded Gemma-3-270m is a base model, so its chat template would frame text it was not tuned "
+             "on; audit an instruct model with `trawl sample --api chat` (README: \"Audit a chat model\")")
 
 
 @dataclass
@@ -227,3 +233,4 @@ def _sample(out: Path, run_dir: Path, target: dict, corpus_dir: Path, minutes: f
         )
     _say(f"      {summary.finished} generations ({summary.status}"
          + (f": {summary.stop_reason}" if summary.stop_reason else "") + ")", quiet)
+    _say(f"      no chat pass: {CHAT_NOTE}", quiet)

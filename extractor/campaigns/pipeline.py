@@ -204,7 +204,7 @@ class SampleStep:
                 str(ctx.run_dir), **served, attacks=specs, budget=budget, pricing=pricing,
                 concurrency=t["concurrency"], resume=True, progress=ctx.progress, timeout=t["timeout"],
                 max_retries=t["max_retries"], run_id=ctx.campaign.run_id, seed=cfg["campaign"]["seed"],
-                token_info=t["token_info"], log=ctx.log)
+                token_info=t["token_info"], api=t.get("api", "completions"), log=ctx.log)
         info = {k: getattr(summary, k) for k in ("run_id", "status", "stop_reason", "planned", "finished",
                                                  "new_generations", "failed_requests", "completion_tokens",
                                                  "cost_usd")}

@@ -51,7 +51,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "sample",
         help="run extraction attacks against a served model and store the generations",
-        description="Run extraction attacks against an OpenAI-compatible /v1/completions server "
+        description="Run extraction attacks against an OpenAI-compatible /v1/completions or "
+                    "/v1/chat/completions server "
                     "(vLLM, llama.cpp, OpenAI) and store every generation in a run folder "
                     "(docs/CONTRACTS.md section 3).",
         epilog=SAMPLE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -63,6 +64,11 @@ def register(subparsers) -> None:
     g.add_argument("--endpoint", metavar="URL", action="append",
                    help="server base URL, e.g. http://127.0.0.1:8000 (a trailing /v1 is accepted); repeat it for "
                         "replicas of the same model: the load is spread and a dead replica is routed around")
+    g.add_argument("--api", choices=("completions", "chat", "auto"), default="completions",
+                   help="completions: /v1/completions (default); chat: /v1/chat/completions (a chat model: each "
+                        "prompt is a user turn, or the attack's own conversation); auto: completions where the "
+                        "server answers them, else chat. run.json records the API, the conversations as sent "
+                        "and the chat template's hash where the server exposes it")
     g.add_argument("--model", required=True, metavar="NAME", help="model name to send in each request")
     g.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="VAR",
                    help="environment variable holding the API key (default: OPENAI_API_KEY; unset is fine "
@@ -150,7 +156,7 @@ def cmd_sample(args) -> int:
                           resume=args.resume,
                           progress=not args.no_progress, api_key_env=args.api_key_env, timeout=args.timeout,
                           max_retries=args.max_retries, run_id=args.run_id, seed=args.seed,
-                          token_info=args.token_info, backend=args.backend)
+                          token_info=args.token_info, backend=args.backend, api=args.api)
     print(f"trawl: {summary.line()}", file=sys.stderr)
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from extractor.attacks import AttackSpec, Job, PlanContext, get_attack, request_id, seed_for
 from extractor.attacks.base import SEED_SCHEME, apply_common, draw_seed
+from extractor.backends.chat import as_messages, messages_id, messages_key
 from extractor.errors import TrawlError
 from extractor.sampling.budget import Pricing
 from extractor.sampling.run_folder import FORMAT, RunDir
@@ -89,7 +90,9 @@ def plan_jobs(resolved: list[dict], ctx: PlanContext, caps, endpoint: str, seed_
                              f"at {endpoint} ({caps.server or 'unknown server'}) does not")
         for job in attack.plan(spec["params"], ctx):
             apply_common(job, spec["params"])
-            rid = request_id(ctx.run_id, job.attack, job.variant, job.prompt, job.sample)
+            chat_job(job, caps, endpoint)
+            rid = request_id(ctx.run_id, job.attack, job.variant,
+                             job.prompt if job.messages is None else messages_key(job.messages), job.sample)
             if rid in seen:
                 raise TrawlError(f"two planned generations share request id {rid} ({job.attack} {job.variant!r} "
                                  f"sample {job.sample}); give repeated attacks different parameters")
@@ -99,6 +102,41 @@ def plan_jobs(resolved: list[dict], ctx: PlanContext, caps, endpoint: str, seed_
             job.seed = draw_seed(ctx.run_id, len(jobs)) if seed_scheme >= 2 else seed_for(rid)
             jobs.append(job)
     return jobs
+
+
+def chat_job(job: Job, caps, endpoint: str) -> None:
+    """Check (and, for the chat API, complete) a planned job's conversation: on a chat server every
+    job has ``messages`` (a prompt alone becomes one user turn) and ``extra.messages_id``; a job
+    with messages needs the chat API; multi-call plans (temperature decay) need completions. The
+    request id of a chat job hashes its whole conversation (so two system prompts are two draws)."""
+    if getattr(caps, "api", "completions") != "chat":
+        if job.messages is not None:
+            raise TrawlError(f"attack {job.attack} ({job.variant!r}) plans a chat conversation, but the server at "
+                             f"{endpoint} is used through the completions API; pass --api chat")
+        return
+    if job.steps:
+        raise TrawlError(f"attack {job.attack} ({job.variant!r}): temperature decay chains completion calls, "
+                         f"which the chat API cannot continue; use --api completions (or decay_tokens=0)")
+    job.messages = as_messages(job.prompt if job.messages is None else job.messages)
+    job.extra["messages_id"] = messages_id(job.messages)
+
+
+def chat_record(jobs: list[Job], caps) -> dict:
+    """``run.json``'s ``chat``: the API, the chat template's identity where the server exposes it,
+    and each distinct conversation of the plan as sent, once, by ``messages_id``."""
+    convs: dict[str, list] = {}
+    for j in jobs:
+        if j.messages is not None:
+            convs.setdefault(j.extra.get("messages_id") or messages_id(j.messages), j.messages)
+    return {"api": "chat", "template": getattr(caps, "chat_template", None),
+            "max_tokens_field": getattr(caps, "chat_max_field", "max_tokens"), "messages": convs}
+
+
+def prompt_bytes(job: Job) -> int:
+    """UTF-8 bytes of what a job sends (the conversation's turns for a chat job)."""
+    if job.messages is not None:
+        return sum(len(m["content"].encode("utf-8", "surrogatepass")) + 8 for m in job.messages)
+    return len(job.prompt.encode("utf-8", "surrogatepass"))
 
 
 @dataclass
@@ -123,7 +161,7 @@ class Unit:
         for group in parts:
             j = group[0]
             calls = (j.steps or []) + [j.params]
-            est_prompt = int(math.ceil(len(j.prompt.encode("utf-8")) / bytes_per_token)) + 2
+            est_prompt = int(math.ceil(prompt_bytes(j) / bytes_per_token)) + 2
             max_new = sum(int(c.get("max_tokens", 16)) for c in calls)
             tokens += (est_prompt + max_new) * len(calls) if j.steps else est_prompt + max_new * len(group)
             dollars += 0.0 if pricing.hourly else pricing.token_cost(est_prompt * len(calls), max_new * len(group))

@@ -57,7 +57,8 @@ class Sender:
         parts = unit.parts
         n = len(parts[0])
         prompts = [p[0].prompt for p in parts]
-        res: CompletionResult = self.complete(prompts if len(parts) > 1 else j.prompt, j.params, n=n, seed=j.seed)
+        sent_prompt = j.messages if j.messages is not None else prompts if len(parts) > 1 else j.prompt
+        res: CompletionResult = self.complete(sent_prompt, j.params, n=n, seed=j.seed)
         d.billed_prompt, d.billed_completion = res.prompt_tokens, res.completion_tokens
         sent = dict(j.params)
         if not self.be.capabilities.top_k:

@@ -10,7 +10,8 @@ from extractor.backends import Backend, make_backend
 from corpora.storage import utcnow
 from extractor.sampling.budget import Budget, Pricing, Usage
 from extractor.sampling.engine import Engine
-from extractor.sampling.plan import Grouping, open_run, plan_config, plan_jobs, resolve_attacks
+from extractor.errors import TrawlError
+from extractor.sampling.plan import Grouping, chat_record, open_run, plan_config, plan_jobs, resolve_attacks
 from extractor.sampling.rows import recount
 from extractor.sampling.run_folder import FORMAT, FORMAT_VERSION, RunDir, RunLock
 from extractor.sampling.settings import SamplerSettings
@@ -55,6 +56,11 @@ def _run_locked(run_dir, endpoint, model, attacks, budget: Budget, pricing: Pric
     be = _open_backend(endpoint, model, cfg, lambda msg: (engine_box[0].log if engine_box else log)(msg))
     caps = be.probe()
     be.retries = 0
+    if not created:   # a resumed run speaks the API it was planned for (api auto may resolve otherwise)
+        frozen_api = rd.load_config().get("api", "completions")
+        if frozen_api != caps.api:
+            raise TrawlError(f"{rd.path}: the run was sampled through the {frozen_api} API and the server now "
+                             f"answers through {caps.api}; resume with --api {frozen_api}")
 
     # plan before anything is written: a planning error leaves no half-made run
     ctx = PlanContext(run_id=run_id, backend=be, seed=cfg.seed, log=log)
@@ -64,7 +70,7 @@ def _run_locked(run_dir, endpoint, model, attacks, budget: Budget, pricing: Pric
             "format": FORMAT, "format_version": FORMAT_VERSION, "run_id": run_id, "model": model,
             "attacks": resolved, "seed": cfg.seed, "seed_scheme": seed_scheme, "backend": be.describe(),
             "budget": budget.to_dict(), "pricing": pricing.to_dict(), "concurrency": cfg.concurrency,
-            "created_at": utcnow(precise=True),
+            "created_at": utcnow(precise=True), **({"api": "chat"} if caps.api == "chat" else {}),
         })
     done, prev, usage = _stored(rd, created)
     for note in rd.dropped:   # damaged journal rows: sampled again, and said so
@@ -76,6 +82,9 @@ def _run_locked(run_dir, endpoint, model, attacks, budget: Budget, pricing: Pric
                     drain_seconds=cfg.drain_seconds, max_consecutive_failures=cfg.failure_limit, log=log)
     engine_box.append(engine)
     _start_session(engine, be, caps, prev, created=created, done=len(done), skipped=len(all_jobs) - len(pending))
+    if caps.api == "chat":   # the API, the template's identity and each distinct conversation as sent
+        engine.status["chat"] = chat_record(all_jobs, caps)
+        engine.rd.write_status(engine.status)
 
     if caps.tokenize == "llama_cpp" and cfg.concurrency > 8 * len(be.endpoints):
         log(f"the server looks like llama-cpp-python, which runs one request at a time; {cfg.concurrency} in "
@@ -113,6 +122,8 @@ def _open_backend(endpoint, model: str, cfg: SamplerSettings, pool_log) -> Backe
     extra = {"log": pool_log} if isinstance(endpoint, (list, tuple)) and len(endpoint) > 1 else {}
     if cfg.tokenizer_file:
         extra["tokenizer_file"] = cfg.tokenizer_file
+    if cfg.api != "completions":   # every backend takes it (the in-process vllm one applies the template)
+        extra["api"] = cfg.api
     return make_backend(cfg.backend, endpoint=endpoint, model=model, api_key_env=cfg.api_key_env,
                         timeout=cfg.timeout, max_retries=cfg.max_retries, backoff_base=cfg.backoff_base,
                         backoff_max=cfg.backoff_max, pool_size=min(cfg.concurrency, 4),

@@ -33,7 +33,7 @@ class SamplerSettings:
     serve several generations; ``flush_rows``/``flush_seconds`` roll Parquet parts;
     ``drain_seconds`` is how long a stopping run waits for the requests in flight;
     ``max_consecutive_failures`` (default ``max(10, 2 * concurrency)``) stops a run whose
-    requests keep failing; ``backend``, ``api_key_env``, ``token_info`` and ``tokenizer_file``
+    requests keep failing; ``backend``, ``api``, ``api_key_env``, ``token_info`` and ``tokenizer_file``
     choose and configure the backend; ``log`` receives one-line messages (default: stderr,
     prefixed ``trawl: ``).
     """
@@ -59,6 +59,7 @@ class SamplerSettings:
     backend: str = "openai"
     token_info: str = "auto"
     tokenizer_file: str | None = None
+    api: str = "completions"   # "completions", "chat" or "auto" (backend openai; see backends/chat.py)
     log: Callable[[str], None] | None = None
 
     def __post_init__(self) -> None:
@@ -81,6 +82,8 @@ class SamplerSettings:
         _num("seed", lambda v: abs(v) < float("inf") and v == int(v), "an integer")
         if self.max_consecutive_failures is not None:
             _num("max_consecutive_failures", lambda v: 1 <= v < float("inf") and v == int(v), "an integer >= 1")
+        if self.api not in ("completions", "chat", "auto"):
+            raise TrawlError(f"api must be completions, chat or auto, got {self.api!r}")
 
     @property
     def logger(self) -> Callable[[str], None]:

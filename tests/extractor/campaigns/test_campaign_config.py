@@ -91,7 +91,7 @@ def test_unknown_keys_are_named_with_the_known_ones(tmp_path, index):
     msg = err(tmp_path, good(index, target='[target]\nmodle = "m"\nversion = "v1"\nendpoints = ["http://h:1"]\n'))
     assert msg.startswith("unknown key 'target.modle' in ") and msg.endswith(
         "(known: model, version, backend, endpoints, embedded, model_path, api_key_env, concurrency, timeout, "
-        "max_retries, token_info)")
+        "max_retries, token_info, api)")
     assert "unknown key 'reprot' in" in err(tmp_path, good(index) + "\n[reprot]\nredact = true\n")
     msg = err(tmp_path, good(index, attacks='[[attacks]]\nname = "divergence"\nwrds = ["poem"]\n'))
     assert msg.startswith("unknown key 'attacks[0].wrds' in ") and "words" in msg

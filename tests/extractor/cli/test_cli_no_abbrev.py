@@ -1,5 +1,6 @@
 """argparse's prefix abbreviations are off on every parser and subparser of `trawl`: a mistyped or
-future flag is an error (exit 2), never silently another flag (`--api chat` was `--api-key-env chat`)."""
+future flag is an error (exit 2), never silently another flag (`--api chat` was `--api-key-env chat` before
+`--api` existed)."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +11,7 @@ from extractor.cli import build_parser
 
 # (command line, the abbreviated flag): each abbreviation is a unique prefix of a real flag
 ABBREVIATED = [
-    (["sample", "--endpoint", "http://x", "--model", "m", "--out", "o", "--api", "chat"], "--api"),
+    (["sample", "--endpoint", "http://x", "--model", "m", "--out", "o", "--api-key", "K"], "--api-key"),
     (["sample", "--endpoint", "http://x", "--model", "m", "--out", "o", "--max-gen", "5"], "--max-gen"),
     (["sample", "--endpoint", "http://x", "--mod", "m", "--out", "o"], "--mod"),
     (["sample", "--endpoint", "http://x", "--model", "m", "--out", "o", "--token-i", "auto"], "--token-i"),
@@ -48,7 +49,9 @@ def test_abbreviated_flag_is_an_error(argv, flag, capsys):
 def test_full_flags_still_parse():
     a = build_parser().parse_args(["sample", "--endpoint", "http://x", "--model", "m", "--out", "o",
                                    "--api-key-env", "chat", "--max-generations", "5"])
-    assert a.api_key_env == "chat" and a.max_generations == 5
+    assert a.api_key_env == "chat" and a.max_generations == 5 and a.api == "completions"
+    a = build_parser().parse_args(["sample", "--endpoint", "http://x", "--model", "m", "--out", "o", "--api", "chat"])
+    assert a.api == "chat" and a.api_key_env == "OPENAI_API_KEY"
     assert build_parser().parse_args(["history", "l.parquet", "--tolerance", "0.2"]).tolerance == 0.2
 
 
