@@ -38,6 +38,26 @@ def test_greedy_runs_are_not_scored_unless_asked():
     assert calls == []
 
 
+def test_chat_runs_keep_the_monte_carlo_figure():
+    """A chat run (or raw-template mode) drew its samples inside a chat template that the scorer does not
+    apply: scoring prefix + target as plain text would be the probability of another context."""
+    class Caps:
+        score, full_distribution, server = "in_process", True, "llama_cpp"
+        api = "completions"
+
+    class Scorer:   # would be used if the step went ahead
+        def __getattr__(self, name):
+            raise AssertionError(f"scorer used: {name}")
+
+    sampled = {"name": "discoverable", "params": {"temperature": 1.0, "exact_np": "on"}}
+    for caps_api, template in (("chat", None), ("completions", "/models/x.gguf")):
+        Caps.api = caps_api
+        resolved = [dict(sampled, params=dict(sampled["params"], chat_template=template))]
+        log = []
+        assert maybe_score("/nonexistent", resolved, Scorer(), Caps(), None, log.append) is None
+        assert len(log) == 1 and "chat template" in log[0] and "Monte Carlo" in log[0]
+
+
 @pytest.mark.slow
 def test_run_writes_exact_pz_greedy_verbatim_is_one(local_server, tmp_path):
     corpus = write_corpus(tmp_path / "corpus", [PREAMBLE], shards=1)
