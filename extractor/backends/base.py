@@ -10,7 +10,10 @@ one model behind one backend) and :class:`~extractor.backends.vllm_offline.VLLMO
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:   # TextScore.full_logprobs' type only: numpy is imported where rows are made
+    import numpy
 
 
 class BackendError(Exception):

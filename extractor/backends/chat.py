@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 from extractor.backends.alignment import AlignmentError, align_tokens
 from extractor.backends.base import BackendError, Capabilities
-from extractor.backends.http import MalformedResponse, api_key_hint, error_text
+from extractor.backends.http import MalformedResponse, api_key_hint, check_choices, error_text, json_kind
 from extractor.errors import TrawlError
 
 if TYPE_CHECKING:
@@ -106,20 +106,6 @@ def chat_cap(payload: dict, choices: int, bytes_per_token: int, default_tokens: 
     return cap, f" (max_tokens={mt if mt is not None else 'unset'}, {choices} choice{'s' * (choices != 1)})"
 
 
-def _kind(v) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "a boolean"
-    if isinstance(v, int):
-        return "a negative integer" if v < 0 else "an integer"
-    return {float: "a floating-point number", str: "a string", list: "a list", dict: "an object"}.get(type(v), "a value")
-
-
-def _count(v) -> bool:
-    return v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
-
-
 def check_chat(data, expected: int) -> None:
     """Raise :class:`MalformedResponse` (one line, retried) unless ``data`` is a chat answer with
     ``expected`` choices: an object; ``choices`` a list of objects, each with a ``message``
@@ -130,34 +116,14 @@ def check_chat(data, expected: int) -> None:
     def bad(why):
         raise MalformedResponse(f"malformed chat JSON from {CHAT_PATH}: {why}")
 
-    if not isinstance(data, dict):
-        bad(f"the body is {_kind(data)}, not an object")
-    ch = data.get("choices")
-    if not isinstance(ch, list):
-        bad(f"choices is {_kind(ch)}, not a list")
-    if len(ch) != expected:
-        bad(f"{len(ch)} choices, expected {expected}")
-    for i, c in enumerate(ch):
-        if not isinstance(c, dict):
-            bad(f"choice {i} is {_kind(c)}, not an object")
+    def message(i, c, bad):
         msg = c.get("message")
         if not isinstance(msg, dict):
-            bad(f"choice {i}: message is {_kind(msg)}, not an object")
+            bad(f"choice {i}: message is {json_kind(msg)}, not an object")
         if not (msg.get("content") is None or isinstance(msg.get("content"), str)):
-            bad(f"choice {i}: message.content is {_kind(msg.get('content'))}, not a string")
-        if not (c.get("finish_reason") is None or isinstance(c.get("finish_reason"), str)):
-            bad(f"choice {i}: finish_reason is {_kind(c.get('finish_reason'))}")
-    if any("index" in c for c in ch):
-        idx = [c.get("index") for c in ch]
-        if not all(isinstance(i, int) and not isinstance(i, bool) for i in idx) or sorted(idx) != list(range(expected)):
-            bad(f"choice indexes are not 0..{expected - 1} each once")
-    usage = data.get("usage")
-    if usage is not None:
-        if not isinstance(usage, dict):
-            bad(f"usage is {_kind(usage)}, not an object")
-        for k in ("prompt_tokens", "completion_tokens", "total_tokens"):
-            if not _count(usage.get(k)):
-                bad(f"usage.{k} is {_kind(usage.get(k))}, not a count")
+            bad(f"choice {i}: message.content is {json_kind(msg.get('content'))}, not a string")
+
+    check_choices(data, expected, bad, message)
 
 
 def _byte_list(b) -> bytes | None:

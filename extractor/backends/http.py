@@ -145,6 +145,53 @@ class MalformedResponse(Exception):
     """A 200 answer whose body is not what was asked for (retried like a 5xx)."""
 
 
+def json_kind(v) -> str:
+    """A JSON value's type in words (never the value: it may be long or hostile)."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, int):
+        return "a negative integer" if v < 0 else "an integer"
+    return {float: "a floating-point number", str: "a string", list: "a list", dict: "an object"}.get(type(v), "a value")
+
+
+def _count(v) -> bool:
+    return v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
+
+
+def check_choices(data, expected: int, bad, check_choice) -> None:
+    """What every OpenAI-style answer (completions and chat) must be before it is read: an object;
+    ``choices`` a list of ``expected`` objects, each passing ``check_choice(i, choice, bad)`` and
+    with a string or null ``finish_reason``; when any has an ``index``, indexes ``0..expected-1``
+    each once; ``usage`` null or an object whose token counts are null or integers >= 0.
+    ``bad(why)`` raises the caller's one-line :class:`MalformedResponse`."""
+    if not isinstance(data, dict):
+        bad(f"the body is {json_kind(data)}, not an object")
+    ch = data.get("choices")
+    if not isinstance(ch, list):
+        bad(f"choices is {json_kind(ch)}, not a list")
+    if len(ch) != expected:
+        bad(f"{len(ch)} choices, expected {expected}")
+    for i, c in enumerate(ch):
+        if not isinstance(c, dict):
+            bad(f"choice {i} is {json_kind(c)}, not an object")
+        check_choice(i, c, bad)
+        if not (c.get("finish_reason") is None or isinstance(c.get("finish_reason"), str)):
+            bad(f"choice {i}: finish_reason is {json_kind(c.get('finish_reason'))}")
+    if any("index" in c for c in ch):
+        idx = [c.get("index") for c in ch]
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in idx) or sorted(idx) != list(range(expected)):
+            bad(f"choice indexes are not 0..{expected - 1} each once")
+    usage = data.get("usage")
+    if usage is not None:
+        if not isinstance(usage, dict):
+            bad(f"usage is {json_kind(usage)}, not an object")
+        for k in ("prompt_tokens", "completion_tokens", "total_tokens"):
+            if not _count(usage.get(k)):
+                bad(f"usage.{k} is {json_kind(usage.get(k))}, not a count")
+
+
 class _Deadline(Exception):
     pass
 

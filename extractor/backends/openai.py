@@ -37,7 +37,8 @@ from extractor.backends.base import BackendError, Capabilities, Choice, Completi
 from extractor.backends.alignment import AlignmentError, align_tokens
 from extractor.backends.boundaries import TokenBoundaries, clean_text
 from extractor.backends.chat import CHAT_PATH, as_messages, chat_cap, chat_payload, chat_tokens, check_chat
-from extractor.backends.http import HTTPClient, MalformedResponse, api_key_hint, normalize_endpoint, retry_after
+from extractor.backends.http import (HTTPClient, MalformedResponse, api_key_hint, check_choices,
+                                     normalize_endpoint, retry_after)
 from extractor.backends.probe import neutral_payload, probe_server, server_identity
 from extractor.errors import TrawlError
 
@@ -332,55 +333,18 @@ def completion_cap(payload: dict, choices: int) -> tuple[int, str]:
     return cap, f" (max_tokens={mt if mt is not None else 'unset'}, {choices} choice{'s' * (choices != 1)})"
 
 
-def _count(v) -> bool:
-    return v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
-
-
 def check_completion(data, expected: int) -> None:
     """Raise :class:`MalformedResponse` (one line, retried) unless ``data`` is a completion answer
-    with ``expected`` choices that :meth:`OpenAIBackend.complete` can read without guessing: an
-    object; ``choices`` a list of objects with a string ``text``, a string or null
-    ``finish_reason`` and, when any has an ``index``, indexes ``0..expected-1`` each once; ``usage``
-    null or an object whose token counts are null or integers >= 0."""
+    with ``expected`` choices that :meth:`OpenAIBackend.complete` can read without guessing
+    (:func:`~extractor.backends.http.check_choices`), each with a string ``text``."""
     def bad(why):
         raise MalformedResponse(f"malformed completion JSON from /v1/completions: {why}")
 
-    if not isinstance(data, dict):
-        bad(f"the body is {_kind(data)}, not an object")
-    ch = data.get("choices")
-    if not isinstance(ch, list):
-        bad(f"choices is {_kind(ch)}, not a list")
-    if len(ch) != expected:
-        bad(f"{len(ch)} choices, expected {expected}")
-    for i, c in enumerate(ch):
-        if not isinstance(c, dict):
-            bad(f"choice {i} is {_kind(c)}, not an object")
+    def text(i, c, bad):
         if not isinstance(c.get("text"), str):
             bad(f"choice {i} has no text string")
-        if not (c.get("finish_reason") is None or isinstance(c.get("finish_reason"), str)):
-            bad(f"choice {i}: finish_reason is {_kind(c.get('finish_reason'))}")
-    if any("index" in c for c in ch):
-        idx = [c.get("index") for c in ch]
-        if not all(isinstance(i, int) and not isinstance(i, bool) for i in idx) or sorted(idx) != list(range(expected)):
-            bad(f"choice indexes are not 0..{expected - 1} each once")
-    usage = data.get("usage")
-    if usage is not None:
-        if not isinstance(usage, dict):
-            bad(f"usage is {_kind(usage)}, not an object")
-        for k in ("prompt_tokens", "completion_tokens", "total_tokens"):
-            if not _count(usage.get(k)):
-                bad(f"usage.{k} is {_kind(usage.get(k))}, not a count")
 
-
-def _kind(v) -> str:
-    """A JSON value's type in words (never the value: it may be long or hostile)."""
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "a boolean"
-    if isinstance(v, int):
-        return "a negative integer" if v < 0 else "an integer"
-    return {float: "a floating-point number", str: "a string", list: "a list", dict: "an object"}.get(type(v), "a value")
+    check_choices(data, expected, bad, text)
 
 
 def _logprob(v) -> float:
