@@ -78,17 +78,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_rank)
 
 
-def _read_json(path: str) -> dict:
-    if not os.path.exists(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError, RecursionError) as exc:
-        raise TrawlError(f"{path}: not valid JSON ({' '.join(str(exc).split())[:200]})") from None
-    return data if isinstance(data, dict) else {}
-
-
 def make_scorers(args) -> tuple[object, object | None]:
     """The scorer and the reference scorer the arguments name (module docstring of extractor.scoring)."""
     from extractor.backends import make_backend
@@ -97,8 +86,10 @@ def make_scorers(args) -> tuple[object, object | None]:
     run = os.path.abspath(args.run)
     if not os.path.isdir(run):
         raise TrawlError(f"{run}: no such run folder")
-    cfg = _read_json(os.path.join(run, "config.json"))
-    status = _read_json(os.path.join(run, "run.json"))
+    from reports.inputs import read_json   # the report's reader: a damaged file is one line, not {}
+
+    cfg = read_json(os.path.join(run, "config.json"))
+    status = read_json(os.path.join(run, "run.json"))
     be_cfg = cfg.get("backend") if isinstance(cfg.get("backend"), dict) else {}
     caps = status.get("capabilities") if isinstance(status.get("capabilities"), dict) else {}
     model_file = args.model_file
