@@ -29,9 +29,9 @@ def register(subparsers):
         "mia", help="membership inference: how well each scoring signal separates members from non-members",
         description=(
             "Score every text of a member set and a non-member set with the model and report, for each "
-            "membership signal (perplexity, zlib ratio, lowercase ratio, sliding-window perplexity, min-k%%, "
-            "min-k%%++, reference-model ratio), its ROC AUC and its TPR at 1%% and 0.1%% FPR with bootstrap "
-            "95%% intervals, and ROC curves on log-log axes (Carlini et al. 2022). Writes OUT/mia.json, "
+            "membership signal (perplexity, zlib ratio, lowercase ratio, sliding-window perplexity, min-k%, "
+            "min-k%++, reference-model ratio), its ROC AUC and its TPR at 1% and 0.1% FPR with bootstrap "
+            "95% intervals, and ROC curves on log-log axes (Carlini et al. 2022). Writes OUT/mia.json, "
             "OUT/report.md and OUT/report.html."))
     p.add_argument("--members", required=True, metavar="PATH",
                    help="member texts: a corpus folder, a .jsonl file (field --text-field) or a UTF-8 text file "
