@@ -118,3 +118,44 @@ def test_chat_endpoint_replies_tile_and_record_the_template(server, tmp_path):
     assert len({r["completion"] for r in rows}) == 3   # n = 3 choices, each its own draw (seed + k)
     st = json.loads((tmp_path / "run" / "run.json").read_text())
     assert st["chat"]["template"] == c.chat_template and len(st["chat"]["messages"]) == 1
+
+
+def test_rank_and_mia_score_through_the_servers_echo(server, tmp_path):
+    """Issue 14 in the vLLM tier: ``trawl rank`` scores a run sampled from vLLM's server through its
+    echo + logprobs (one finite score per generation, each signal in its range), and ``trawl mia``
+    gives every method a finite AUC inside its bootstrap interval on member/non-member texts."""
+    import math
+
+    import pyarrow.parquet as pq
+
+    from tests.mia_texts import MEMBERS, NONMEMBERS, write_jsonl
+    from tests.repo import trawl
+
+    run = tmp_path / "run"
+    r = trawl("sample", "--endpoint", server.base_url, "--model", server.model, "--attack", "divergence",
+              "--param", "words=poem", "--param", "repetitions=16", "--param", "samples=4", "--param", "max_tokens=24",
+              "--out", run,
+              "--no-progress")
+    assert r.returncode == 0, r.stderr
+    r = trawl("rank", run, "--window", "8", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = pq.read_table(run / "scores.parquet").to_pylist()
+    assert len(rows) == 4
+    for row in rows:
+        assert row["error"] is None and row["scored_tokens"] > 0
+        assert math.isfinite(row["perplexity"]) and row["perplexity"] >= 1.0
+        assert row["min_k"] <= 0.0 and math.isfinite(row["zlib_ratio"])
+
+    members = write_jsonl(tmp_path / "m.jsonl", MEMBERS[:6])
+    nonmembers = write_jsonl(tmp_path / "n.jsonl", NONMEMBERS[:6])
+    r = trawl("mia", "--members", members, "--nonmembers", nonmembers, "--endpoint", server.base_url,
+              "--model", server.model, "--bootstrap", "200", "-o", tmp_path / "mia", "-q")
+    assert r.returncode == 0, r.stderr
+    out = json.loads((tmp_path / "mia" / "mia.json").read_text())
+    methods = out["methods"]
+    assert {"perplexity", "zlib", "min_k"} <= set(methods)
+    for name, m in methods.items():
+        if m.get("auc") is None:
+            continue
+        lo, hi = m["auc_ci"]
+        assert 0.0 <= lo <= m["auc"] <= hi <= 1.0, (name, m)
