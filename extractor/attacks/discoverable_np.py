@@ -74,7 +74,9 @@ def _scheme(sp: dict, order: str) -> Scheme:
 def document_pz(scorer, prompt: str, target: str, scheme: Scheme, *, timeout: float | None = None) -> PZ:
     """p_z of one (prefix, target) from one scoring pass."""
     full = bool(getattr(scorer.capabilities, "full_distribution", False))
-    sc = scorer.score([target], contexts=[prompt], full=full, top_k=0 if full else HTTP_TOP_K, timeout=timeout)[0]
+    kw = {"as_generated": True} if getattr(scorer, "scores_as_generated", False) else {}
+    sc = scorer.score([target], contexts=[prompt], full=full, top_k=0 if full else HTTP_TOP_K, timeout=timeout,
+                      **kw)[0]
     lps = list(sc.logprobs)
     if not lps:
         return PZ("unavailable", tokens=0, note="the scorer returned no tokens for the target")
