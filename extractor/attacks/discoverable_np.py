@@ -91,6 +91,23 @@ def document_pz(scorer, prompt: str, target: str, scheme: Scheme, *, timeout: fl
     return pz_topk(lps, sc.top_logprobs, scheme, asked=HTTP_TOP_K)
 
 
+SERVER_SCHEDULE_NOTE = (
+    "not exact for a llama.cpp server: its logits depend on how the prompt was split into batches, which "
+    "its prompt-cache reuse sets from the previous request (README, 'Without the training data'); "
+    "p_z_as_generated is the value for a freshly evaluated prompt, and the Monte Carlo rate stands")
+
+
+def _not_exact_for_server(pz: PZ) -> tuple[PZ, dict]:
+    """A sampled scheme's p_z for a run a llama.cpp HTTP server sampled: labelled unavailable (the
+    Monte Carlo rate stands), the value for a freshly evaluated prompt kept beside it."""
+    extra = {}
+    if pz.kind == "exact" and pz.log_pz is not None:
+        extra["p_z_as_generated"] = math.exp(pz.log_pz)
+    elif pz.kind == "bounds":
+        extra["p_z_as_generated_bounds"] = [math.exp(pz.log_lower), math.exp(pz.log_upper)]
+    return PZ("unavailable", tokens=pz.tokens, note=SERVER_SCHEDULE_NOTE), extra
+
+
 def scorer_for(be, caps, tokenizer_file: str | None):
     """The best scorer for a run: the sampling backend when it sees full distributions, else the GGUF
     file a llama.cpp server loaded (in process, full distributions), else the backend's top-k echo;
@@ -157,9 +174,12 @@ def score_discoverable(run_dir, scorer, *, server: str | None = None, log=lambda
             pz = document_pz(scorer, d["prompt"], d["target"], scheme, timeout=timeout)
         except TrawlError as exc:          # e.g. prefix and target share a token: this document only
             pz = PZ("unavailable", note=str(exc))
+        extra = {}
+        if server == "llama_cpp" and not scheme.greedy and pz.kind != "unavailable":
+            pz, extra = _not_exact_for_server(pz)
         values.append(pz)
         mc = d["hits"] / d["samples"]
-        rows.append({"doc_id": d["doc_id"], "source": d["source"], "scheme": scheme.describe(), **pz.to_dict(),
+        rows.append({"doc_id": d["doc_id"], "source": d["source"], "scheme": scheme.describe(), **pz.to_dict(), **extra,
                      "monte_carlo": {"samples": d["samples"], "hits": d["hits"], "p_z": mc}})
     scheme = next(iter(schemes)) if len(schemes) == 1 else None
     out = {
