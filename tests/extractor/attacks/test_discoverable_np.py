@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from extractor.attacks import AttackSpec
@@ -134,3 +135,52 @@ def test_http_echo_scorer_against_in_process(local_server):
     assert http.log_pz == pytest.approx(local.log_pz, abs=1e-2)     # llama.cpp runs differ by ~2e-3 (threads)
     assert hot.kind == "bounds" and hot.log_lower - 1e-2 <= local_hot.log_pz <= hot.log_upper + 1e-2
     assert greedy.kind == "exact" and greedy.pz == 1.0
+
+
+class _BatchSensitiveLlama:
+    """A stand-in for llama_cpp.Llama over the vocabulary "abcd" whose logits for a position depend on
+    the size of the batch it was evaluated in (as llama.cpp's CPU logits do): row = (batch size, 0, 0, 0)."""
+
+    def __init__(self):
+        self.calls, self.n = [], 0
+        self.scores = np.zeros((16, 4), dtype=np.float32)
+
+    def reset(self):
+        self.n = 0
+
+    def eval(self, toks):
+        self.calls.append(list(toks))
+        for j in range(len(toks)):
+            self.scores[self.n + j] = (len(toks), 0, 0, 0)
+        self.n += len(toks)
+
+    def tokenize(self, b, add_bos=False, special=True):
+        return ["abcd".index(c) for c in b.decode()]
+
+    def detokenize(self, ids, special=True):
+        return "".join("abcd"[i] for i in ids).encode()
+
+    def token_bos(self):
+        return -1
+
+    def n_vocab(self):
+        return 4
+
+
+def test_as_generated_scores_the_target_one_token_at_a_time():
+    """``as_generated``: the context in one batch, then each target token alone (the rows the sampler
+    drew from); the default evaluates everything in one batch. Known answers from the stand-in's rows."""
+    from extractor.backends.llama_inprocess import LlamaScorer
+
+    sc = LlamaScorer.__new__(LlamaScorer)
+    sc._llm, sc.n_ctx, sc._pieces = _BatchSensitiveLlama(), 16, {}
+    sc._lock = __import__("threading").Lock()
+    gen = sc.score(["cd"], contexts=["ab"], as_generated=True, full=True)[0]
+    assert sc._llm.calls == [[0, 1], [2], [3]]
+    # "c" is predicted by the row of "b" (batch of 2), "d" by the row of "c" (alone)
+    assert gen.logprobs == pytest.approx([-math.log(math.e ** 2 + 3), -math.log(math.e + 3)])
+    sc._llm.calls.clear()
+    batched = sc.score(["cd"], contexts=["ab"])[0]
+    assert sc._llm.calls == [[0, 1, 2, 3]]
+    assert batched.logprobs == pytest.approx([-math.log(math.e ** 4 + 3)] * 2)
+    assert gen.token_ids == batched.token_ids == [2, 3]
