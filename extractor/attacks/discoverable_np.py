@@ -8,6 +8,12 @@ scheme; with top-k logprobs only (an HTTP server) what is computable is labelled
 (exact / bounds / unavailable). The Monte Carlo estimate from the sampled rows (hits / samples)
 stays beside it, and is the figure wherever p_z is unavailable.
 
+The in-process llama.cpp scorer evaluates the prefix in one batch and the target one token at a
+time (``as_generated``), the split llama.cpp generates with: its logits depend on the split
+(:mod:`reports.extraction_np`, "Which rows"). A llama.cpp HTTP server's split depends on the
+previous request (prefix reuse), so for a run such a server sampled at temperature > 0 each
+document is labelled unavailable, ``p_z_as_generated`` beside it, and the Monte Carlo rate stands.
+
 p_z is the probability of the target's tokens *as the scorer's tokenizer splits prefix + target*;
 another tokenization of the same bytes is another path that is not counted (a lower bound for
 "the sample's text starts with the target", which is what the Monte Carlo rows count).
