@@ -31,6 +31,18 @@ Rules at the edges (stated because engines differ in them):
   p >= 1 is off. Values are computed in float64 from the scorer's rows; an engine that truncates
   in float32 can differ at a boundary that is within rounding of p.
 
+**Which rows** (measured on the embedded Gemma-3-270m Q4_K_M with llama-cpp-python 0.3.36; the
+README, "Exact (n,p)-extraction", has the figures): llama.cpp's sampler chain as llama-cpp-python
+builds it (penalties, top-k, typical, top-p with min_keep 1, min-p, temperature, dist; trawl sends
+typical_p 1, min_p 0 and no penalties) keeps exactly the tokens this module keeps, with the same
+probabilities, on the same row. But llama.cpp's CPU logits for a position depend on how the tokens
+were split into batches (P(" establish" | "...a more perfect Union,") from 0.48 to 0.80 across
+splits), so p_z is exact only from rows evaluated the way the sampler evaluated them: the prompt
+in one batch, then one token at a time (``LlamaScorer.score(..., as_generated=True)``, which
+:mod:`extractor.attacks.discoverable_np` uses). A llama.cpp server reuses the previous request's
+evaluated prefix, so its split is unknowable afterwards; its sampled schemes are labelled
+unavailable there (the Monte Carlo rate stands).
+
 **Full distributions** (:func:`pz_full`): exact for every scheme. **Top-k logprobs only** (an
 HTTP server returns the sampled token's own logprob and its K most likely alternatives,
 :func:`pz_topk`): what is computable is labelled per document —

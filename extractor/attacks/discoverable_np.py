@@ -8,6 +8,12 @@ scheme; with top-k logprobs only (an HTTP server) what is computable is labelled
 (exact / bounds / unavailable). The Monte Carlo estimate from the sampled rows (hits / samples)
 stays beside it, and is the figure wherever p_z is unavailable.
 
+The in-process llama.cpp scorer evaluates the prefix in one batch and the target one token at a
+time (``as_generated``), the split llama.cpp generates with: its logits depend on the split
+(:mod:`reports.extraction_np`, "Which rows"). A llama.cpp HTTP server's split depends on the
+previous request (prefix reuse), so for a run such a server sampled at temperature > 0 each
+document is labelled unavailable, ``p_z_as_generated`` beside it, and the Monte Carlo rate stands.
+
 p_z is the probability of the target's tokens *as the scorer's tokenizer splits prefix + target*;
 another tokenization of the same bytes is another path that is not counted (a lower bound for
 "the sample's text starts with the target", which is what the Monte Carlo rows count).
@@ -74,7 +80,9 @@ def _scheme(sp: dict, order: str) -> Scheme:
 def document_pz(scorer, prompt: str, target: str, scheme: Scheme, *, timeout: float | None = None) -> PZ:
     """p_z of one (prefix, target) from one scoring pass."""
     full = bool(getattr(scorer.capabilities, "full_distribution", False))
-    sc = scorer.score([target], contexts=[prompt], full=full, top_k=0 if full else HTTP_TOP_K, timeout=timeout)[0]
+    kw = {"as_generated": True} if getattr(scorer, "scores_as_generated", False) else {}
+    sc = scorer.score([target], contexts=[prompt], full=full, top_k=0 if full else HTTP_TOP_K, timeout=timeout,
+                      **kw)[0]
     lps = list(sc.logprobs)
     if not lps:
         return PZ("unavailable", tokens=0, note="the scorer returned no tokens for the target")
@@ -87,6 +95,23 @@ def document_pz(scorer, prompt: str, target: str, scheme: Scheme, *, timeout: fl
             return PZ("exact", log_pz=float(sum(lps)), tokens=len(lps))
         return PZ("unavailable", tokens=len(lps), note="no top logprobs from the scorer")
     return pz_topk(lps, sc.top_logprobs, scheme, asked=HTTP_TOP_K)
+
+
+SERVER_SCHEDULE_NOTE = (
+    "not exact for a llama.cpp server: its logits depend on how the prompt was split into batches, which "
+    "its prompt-cache reuse sets from the previous request (README, 'Without the training data'); "
+    "p_z_as_generated is the value for a freshly evaluated prompt, and the Monte Carlo rate stands")
+
+
+def _not_exact_for_server(pz: PZ) -> tuple[PZ, dict]:
+    """A sampled scheme's p_z for a run a llama.cpp HTTP server sampled: labelled unavailable (the
+    Monte Carlo rate stands), the value for a freshly evaluated prompt kept beside it."""
+    extra = {}
+    if pz.kind == "exact" and pz.log_pz is not None:
+        extra["p_z_as_generated"] = math.exp(pz.log_pz)
+    elif pz.kind == "bounds":
+        extra["p_z_as_generated_bounds"] = [math.exp(pz.log_lower), math.exp(pz.log_upper)]
+    return PZ("unavailable", tokens=pz.tokens, note=SERVER_SCHEDULE_NOTE), extra
 
 
 def scorer_for(be, caps, tokenizer_file: str | None):
@@ -163,9 +188,12 @@ def score_discoverable(run_dir, scorer, *, server: str | None = None, log=lambda
             pz = document_pz(scorer, d["prompt"], d["target"], scheme, timeout=timeout)
         except TrawlError as exc:          # e.g. prefix and target share a token: this document only
             pz = PZ("unavailable", note=str(exc))
+        extra = {}
+        if server == "llama_cpp" and not scheme.greedy and pz.kind != "unavailable":
+            pz, extra = _not_exact_for_server(pz)
         values.append(pz)
         mc = d["hits"] / d["samples"]
-        rows.append({"doc_id": d["doc_id"], "source": d["source"], "scheme": scheme.describe(), **pz.to_dict(),
+        rows.append({"doc_id": d["doc_id"], "source": d["source"], "scheme": scheme.describe(), **pz.to_dict(), **extra,
                      "monte_carlo": {"samples": d["samples"], "hits": d["hits"], "p_z": mc}})
     scheme = next(iter(schemes)) if len(schemes) == 1 else None
     out = {

@@ -56,6 +56,7 @@ class LlamaScorer:
         self.api_key_env = None
         self.capabilities = Capabilities(score="in_process", full_distribution=True, server="llama_cpp_inprocess",
                                          prompt_list=True)
+        self.scores_as_generated = True          # score(..., as_generated=True) is supported
         self._lock = threading.Lock()
         self._pieces: dict[int, bytes] = {}
 
@@ -86,27 +87,43 @@ class LlamaScorer:
             p = self._pieces[tid] = self._llm.detokenize([tid], special=True)
         return p
 
-    def _rows(self, ids: list[int]) -> np.ndarray:
-        """Log-softmax (float64) of the logits after each of ``ids`` (row i predicts ids[i+1])."""
+    def _rows(self, ids: list[int], split: int | None = None) -> np.ndarray:
+        """Log-softmax (float64) of the logits after each of ``ids`` (row i predicts ids[i+1]).
+
+        ``split``: evaluate ``ids[:split]`` as one batch (in ``n_batch`` chunks) and then each later
+        token alone, the schedule of llama.cpp generating after that prompt. Not a detail: on the
+        embedded Gemma-3 Q4_K_M, a row's logits differ by up to 3 between the schedules (P(" establish"
+        | "...a more perfect Union,") 0.796 all batched, 0.660 as generated, 0.478 one token at a
+        time throughout), so only this schedule gives the distribution the sampler drew from."""
         llm = self._llm
         llm.reset()
-        llm.eval(ids)
+        if split is None or split >= len(ids):
+            llm.eval(ids)
+        else:
+            llm.eval(ids[:split])
+            for t in ids[split:]:
+                llm.eval([t])
         logits = np.asarray(llm.scores[: len(ids)], dtype=np.float64)
         m = logits.max(axis=1, keepdims=True)
         return logits - (m + np.log(np.exp(logits - m).sum(axis=1, keepdims=True)))
 
     def score(self, texts: list[str], *, contexts: list[str] | None = None, top_k: int = 0,
-              vocab_stats: bool = False, full: bool = False, timeout: float | None = None) -> list[TextScore]:
+              vocab_stats: bool = False, full: bool = False, timeout: float | None = None,
+              as_generated: bool = False) -> list[TextScore]:
+        """``as_generated`` (this scorer only, not the Backend protocol): evaluate BOS + context in one
+        batch and then the text's tokens one at a time, as llama.cpp does when it generates the text
+        after the context (see :meth:`_rows`); exact p_z needs it."""
         if contexts is not None and len(contexts) != len(texts):
             raise TrawlError("score: contexts must be as many as texts")
         out = []
         for i, text in enumerate(texts):
             ctx = contexts[i] if contexts is not None else ""
             with self._lock:
-                out.append(self._score_one(i, ctx, text, int(top_k), vocab_stats, full))
+                out.append(self._score_one(i, ctx, text, int(top_k), vocab_stats, full, as_generated))
         return out
 
-    def _score_one(self, i: int, ctx: str, text: str, top_k: int, vocab_stats: bool, full: bool) -> TextScore:
+    def _score_one(self, i: int, ctx: str, text: str, top_k: int, vocab_stats: bool, full: bool,
+                   as_generated: bool = False) -> TextScore:
         llm = self._llm
         prompt = ctx + text
         body = list(llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)) if prompt else []
@@ -130,7 +147,8 @@ class LlamaScorer:
         nb = len(ids) - len(body)          # 1 with BOS: body[j] is predicted by row j + nb - 1
         if sel and nb == 0 and sel[0] == 0:
             raise TrawlError("the model has no BOS token: its first token cannot be scored")
-        rows = self._rows(ids)[[j + nb - 1 for j in sel]] if sel else np.zeros((0, llm.n_vocab()))
+        split = nb + first if as_generated else None
+        rows = self._rows(ids, split)[[j + nb - 1 for j in sel]] if sel else np.zeros((0, llm.n_vocab()))
         tok = [body[j] for j in sel]
         lps = [float(rows[r, t]) for r, t in enumerate(tok)]
         top = None

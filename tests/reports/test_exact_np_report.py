@@ -51,7 +51,7 @@ def _run(tmp_path, temperature=1.0, top_k=0):
 
 def test_scoring_step_and_report_section(tmp_path):
     run = _run(tmp_path)
-    out = score_discoverable(str(run), KnownScorer(), server="llama_cpp")
+    out = score_discoverable(str(run), KnownScorer(), server="llama_cpp_inprocess")
     d = json.loads((run / FILE).read_text())
     assert d == json.loads(json.dumps(out))
     by = {doc["doc_id"]: doc for doc in d["documents"]}
@@ -74,6 +74,21 @@ def test_scoring_step_and_report_section(tmp_path):
     assert "Exact (n,p)-extraction" in html and "<svg" in html.split("exact-np")[1]
     assert "## Exact (n,p)-extraction" in md and "| 1 | 0.1875 |" in md
     assert m["extraction_np"]["summary"]["documents"] == 2
+
+
+def test_llama_cpp_server_runs_are_not_called_exact(tmp_path):
+    """A sampled scheme on a run a llama.cpp HTTP server sampled: its logits depend on the batch split
+    its prompt cache chose, so each document is "unavailable" (Monte Carlo stands), the fresh-prompt
+    value kept as p_z_as_generated; the report still renders."""
+    run = _run(tmp_path)
+    d = score_discoverable(str(run), KnownScorer(), server="llama_cpp")
+    by = {doc["doc_id"]: doc for doc in d["documents"]}
+    assert by[1]["kind"] == by[2]["kind"] == "unavailable" and by[1]["p_z"] is None
+    assert by[1]["p_z_as_generated"] == pytest.approx(0.25) and "prompt-cache" in by[1]["note"]
+    assert d["summary"]["unavailable_documents"] == 2 and d["summary"]["mean_curve"] == []
+    r = trawl("report", run, "-q")
+    assert r.returncode == 0, r.stderr
+    assert "2 unavailable" in (run / "report" / "report.md").read_text()
 
 
 def test_damaged_file_is_a_warning(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from extractor.attacks import AttackSpec
@@ -74,35 +75,59 @@ def test_run_writes_exact_pz_greedy_verbatim_is_one(local_server, tmp_path):
     assert out["summary"]["mean_curve"][0] == [1, 1.0]
 
 
-@pytest.mark.slow
-def test_exact_pz_agrees_with_llama_cpp_monte_carlo(local_server, tmp_path):
-    """Temperature 1.5 with top-k 40 (llama.cpp order): exact p_z of a 4-token target from one
-    in-process scoring pass against 200 samples from llama.cpp's own sampler (llama-cpp-python)."""
+def _sampled_hits(model_path, prompt: str, target_ids: list[int], scheme: Scheme, n: int) -> int:
+    """Samples (of ``n``, seeds 1000..) in which llama.cpp's own sampler (llama-cpp-python's chain
+    top-k, typical, top-p, min-p, temperature, dist) emits exactly ``target_ids`` after ``prompt``:
+    the event p_z measures. The state is reset before each sample so every sample evaluates the
+    prompt in one batch and then one token at a time (no prefix reuse from the previous sample)."""
     import llama_cpp
 
+    llm = llama_cpp.Llama(str(model_path), n_ctx=128, verbose=False, seed=1)
+    hits = 0
+    try:
+        prompt_ids = llm.tokenize(prompt.encode("utf-8"))
+        for i in range(n):
+            llm.reset()
+            llm.set_seed(1000 + i)
+            j = 0
+            for tok in llm.generate(prompt_ids, top_k=scheme.top_k, top_p=scheme.top_p, min_p=0.0, typical_p=1.0,
+                                    temp=scheme.temperature, repeat_penalty=1.0):
+                if tok != target_ids[j]:
+                    break
+                j += 1
+                if j == len(target_ids):
+                    hits += 1
+                    break
+    finally:
+        llm.close()
+    return hits
+
+
+@pytest.mark.slow
+def test_exact_pz_agrees_with_llama_cpp_sampler(local_server):
+    """Temperature 1.5, top-k 40, top-p 0.9 (llama.cpp order): exact p_z of a
+    4-token target from one in-process scoring pass against 300 seeded samples from llama.cpp's own
+    sampler, within a 99.9% normal interval (3.29 binomial standard errors, 0.095 at p_z 0.5).
+    With top-p 0.9 this failed before the scorer evaluated the target as llama.cpp generates it
+    (one token at a time after the batched prompt): the all-batched rows gave 0.652, the sampler
+    ~0.49 (the sampler math itself matched llama.cpp's chain on the same rows)."""
     from extractor.backends.llama_inprocess import LlamaScorer
 
     prompt, target = "We the People of the United States, in Order to form a more perfect", " Union, establish Justice"
-    scheme = Scheme(temperature=1.5, top_k=40, top_p=1.0, order="llama.cpp")
+    scheme = Scheme(temperature=1.5, top_k=40, top_p=0.9, order="llama.cpp")
     scorer = LlamaScorer(local_server.model_path)
     try:
         pz = document_pz(scorer, prompt, target, scheme)
+        ids = scorer.score([target], contexts=[prompt])[0].token_ids
     finally:
         scorer.close()
-    assert pz.kind == "exact" and pz.tokens == 4
+    assert pz.kind == "exact" and pz.tokens == 4 == len(ids)
     exact = pz.pz
     assert 0.05 < exact < 0.95
-    llm = llama_cpp.Llama(str(local_server.model_path), n_ctx=256, verbose=False, seed=1)
-    n, hits = 200, 0
-    try:
-        for i in range(n):
-            out = llm.create_completion(prompt, max_tokens=pz.tokens, temperature=1.5, top_k=40, top_p=1.0,
-                                        min_p=0.0, repeat_penalty=1.0, seed=1000 + i)
-            hits += out["choices"][0]["text"].startswith(target)
-    finally:
-        llm.close()
+    n = 300
+    hits = _sampled_hits(local_server.model_path, prompt, ids, scheme, n)
     se = math.sqrt(exact * (1 - exact) / n)
-    assert abs(hits / n - exact) < 4 * se, (hits / n, exact)
+    assert abs(hits / n - exact) < 3.29 * se, (hits, n, exact)
 
 
 @pytest.mark.slow
@@ -130,3 +155,52 @@ def test_http_echo_scorer_against_in_process(local_server):
     assert http.log_pz == pytest.approx(local.log_pz, abs=1e-2)     # llama.cpp runs differ by ~2e-3 (threads)
     assert hot.kind == "bounds" and hot.log_lower - 1e-2 <= local_hot.log_pz <= hot.log_upper + 1e-2
     assert greedy.kind == "exact" and greedy.pz == 1.0
+
+
+class _BatchSensitiveLlama:
+    """A stand-in for llama_cpp.Llama over the vocabulary "abcd" whose logits for a position depend on
+    the size of the batch it was evaluated in (as llama.cpp's CPU logits do): row = (batch size, 0, 0, 0)."""
+
+    def __init__(self):
+        self.calls, self.n = [], 0
+        self.scores = np.zeros((16, 4), dtype=np.float32)
+
+    def reset(self):
+        self.n = 0
+
+    def eval(self, toks):
+        self.calls.append(list(toks))
+        for j in range(len(toks)):
+            self.scores[self.n + j] = (len(toks), 0, 0, 0)
+        self.n += len(toks)
+
+    def tokenize(self, b, add_bos=False, special=True):
+        return ["abcd".index(c) for c in b.decode()]
+
+    def detokenize(self, ids, special=True):
+        return "".join("abcd"[i] for i in ids).encode()
+
+    def token_bos(self):
+        return -1
+
+    def n_vocab(self):
+        return 4
+
+
+def test_as_generated_scores_the_target_one_token_at_a_time():
+    """``as_generated``: the context in one batch, then each target token alone (the rows the sampler
+    drew from); the default evaluates everything in one batch. Known answers from the stand-in's rows."""
+    from extractor.backends.llama_inprocess import LlamaScorer
+
+    sc = LlamaScorer.__new__(LlamaScorer)
+    sc._llm, sc.n_ctx, sc._pieces = _BatchSensitiveLlama(), 16, {}
+    sc._lock = __import__("threading").Lock()
+    gen = sc.score(["cd"], contexts=["ab"], as_generated=True, full=True)[0]
+    assert sc._llm.calls == [[0, 1], [2], [3]]
+    # "c" is predicted by the row of "b" (batch of 2), "d" by the row of "c" (alone)
+    assert gen.logprobs == pytest.approx([-math.log(math.e ** 2 + 3), -math.log(math.e + 3)])
+    sc._llm.calls.clear()
+    batched = sc.score(["cd"], contexts=["ab"])[0]
+    assert sc._llm.calls == [[0, 1, 2, 3]]
+    assert batched.logprobs == pytest.approx([-math.log(math.e ** 4 + 3)] * 2)
+    assert gen.token_ids == batched.token_ids == [2, 3]
