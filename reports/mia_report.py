@@ -20,7 +20,7 @@ from reports import mia
 from reports.categories import redact as redact_text
 from reports.ranking import RANKINGS
 from reports.render_common import esc, md_cell
-from reports.render_html import CSS
+from reports.render_common import CSS
 from reports.svg import PALETTE, loglog_roc_chart
 
 SCHEMA = "trawl-mia"

@@ -204,3 +204,26 @@ def variant_rows(m: dict):
             yield attack, name, f
         if len(items) > VARIANTS_SHOWN:
             yield attack, None, len(items) - VARIANTS_SHOWN
+
+
+# the stylesheet of every HTML page trawl writes (report, ranking report, mia report)
+CSS = """
+:root{--fg:#1d2330;--mut:#5b6577;--bd:#d9dee7;--acc:#3b6ea5;--bg2:#f5f7fa}
+*{box-sizing:border-box}body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--fg);
+margin:0;background:#fff}main{max-width:1100px;margin:0 auto;padding:24px}
+h1{font-size:24px;margin:0 0 4px}h2{font-size:18px;margin:32px 0 8px;border-bottom:1px solid var(--bd);padding-bottom:4px}
+h3{font-size:15px;margin:18px 0 6px}.mut{color:var(--mut)}.small{font-size:12px}
+.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(250px,1fr));gap:12px;margin:16px 0}
+.card{border:1px solid var(--bd);border-radius:8px;padding:12px 14px;background:var(--bg2)}
+.card .v{font-size:20px;font-weight:650;margin:2px 0;overflow-wrap:anywhere;line-height:1.25}.card .l{font-weight:600}
+.card .d{font-size:12px;color:var(--mut)}
+table{border-collapse:collapse;width:100%;margin:8px 0;font-size:13px}th,td{border:1px solid var(--bd);padding:4px 6px;
+text-align:right;vertical-align:top}th{background:var(--bg2)}td.t,th.t{text-align:left;overflow-wrap:anywhere;max-width:320px}td.a{white-space:nowrap}
+pre.x{white-space:pre-wrap;overflow-wrap:anywhere;word-break:break-all;max-height:18em;overflow:auto;background:#fbfbf7;
+border:1px solid var(--bd);border-radius:6px;padding:8px;font:12px/1.4 ui-monospace,Menlo,Consolas,monospace;margin:4px 0}
+.span{border-left:3px solid var(--acc);padding:2px 0 2px 10px;margin:14px 0}.tag{display:inline-block;background:#e8eef7;
+border-radius:4px;padding:0 6px;margin-right:4px;font-size:12px}.warn{background:#fff6e0;border:1px solid #f0d48a;
+border-radius:6px;padding:8px 12px}svg.chart{max-width:100%;height:auto;background:#fff}svg .ct{font-size:14px;font-weight:600}
+svg .tick{font-size:11px;fill:#444}svg .lab{font-size:12px;fill:#333}svg .grid{stroke:#eceff4}svg .axis{stroke:#888}
+dl.defs dt{font-weight:600;margin-top:6px}dl.defs dd{margin:0 0 0 16px;color:var(--mut)}
+"""

@@ -203,7 +203,7 @@ def write_ranking_report(run_dir: str, window_tokens: int = 50) -> tuple[str, st
     present); returns their paths and the section."""
     from corpora.storage import write_text_atomic
     from reports.inputs import generation_parts
-    from reports.render_html import CSS
+    from reports.render_common import CSS
 
     parts = generation_parts(run_dir)
     mpath = os.path.join(run_dir, "matches.parquet")
