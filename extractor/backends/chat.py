@@ -38,7 +38,8 @@ from typing import TYPE_CHECKING
 
 from extractor.backends.alignment import AlignmentError, align_tokens
 from extractor.backends.base import BackendError, Capabilities
-from extractor.backends.http import MalformedResponse, api_key_hint, check_choices, error_text, json_kind
+from extractor.backends.http import (MalformedResponse, api_key_hint, check_choices, error_text, json_kind,
+                                     logprob_value)
 from extractor.errors import TrawlError
 
 if TYPE_CHECKING:
@@ -142,7 +143,7 @@ def chat_tokens(text: str, logprobs) -> tuple[list[int] | None, list[float] | No
     content = logprobs.get("content") if isinstance(logprobs, dict) else None
     if not isinstance(content, list) or not content or not all(isinstance(e, dict) for e in content):
         return None, None
-    vals = [_value(e.get("logprob")) for e in content]
+    vals = [logprob_value(e.get("logprob")) for e in content]
     raw = text.encode("utf-8", "surrogatepass")
     pieces = [_byte_list(e.get("bytes")) for e in content]
     if all(p is not None for p in pieces) and b"".join(pieces) == raw:
@@ -156,15 +157,6 @@ def chat_tokens(text: str, logprobs) -> tuple[list[int] | None, list[float] | No
         return align_tokens(text, toks), vals
     except AlignmentError:
         return None, None
-
-
-def _value(v) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return float("nan")
-    try:
-        return float(v)
-    except OverflowError:
-        return float("nan")
 
 
 # -- the probe ------------------------------------------------------------------------------

@@ -156,6 +156,17 @@ def json_kind(v) -> str:
     return {float: "a floating-point number", str: "a string", list: "a list", dict: "an object"}.get(type(v), "a value")
 
 
+def logprob_value(v) -> float:
+    """A logprob value from an answer as a float (NaN for anything that is not a number, or too
+    large for one); completions and chat read their logprobs through this."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return float("nan")
+    try:
+        return float(v)
+    except OverflowError:
+        return float("nan")
+
+
 def _count(v) -> bool:
     return v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
 

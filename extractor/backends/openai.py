@@ -37,7 +37,7 @@ from extractor.backends.base import BackendError, Capabilities, Choice, Completi
 from extractor.backends.alignment import AlignmentError, align_tokens
 from extractor.backends.boundaries import TokenBoundaries, clean_text
 from extractor.backends.chat import CHAT_PATH, as_messages, chat_cap, chat_payload, chat_tokens, check_chat
-from extractor.backends.http import (HTTPClient, MalformedResponse, api_key_hint, check_choices,
+from extractor.backends.http import (HTTPClient, MalformedResponse, api_key_hint, check_choices, logprob_value,
                                      normalize_endpoint, retry_after)
 from extractor.backends.probe import neutral_payload, probe_server, server_identity
 from extractor.errors import TrawlError
@@ -219,7 +219,7 @@ class OpenAIBackend:
                 source = "logprobs"
                 vals = lp.get("token_logprobs")
                 if isinstance(vals, list) and len(vals) == len(toks):
-                    logprobs = [v if v.__class__ is float else _logprob(v) for v in vals]
+                    logprobs = [v if v.__class__ is float else logprob_value(v) for v in vals]
             except AlignmentError:
                 offsets = None
         return self._finish_choice(text, finish, offsets, logprobs, source, defer)
@@ -345,13 +345,3 @@ def check_completion(data, expected: int) -> None:
             bad(f"choice {i} has no text string")
 
     check_choices(data, expected, bad, text)
-
-
-def _logprob(v) -> float:
-    """A logprob value as a float (NaN for anything that is not a number, or too large for one)."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return float("nan")
-    try:
-        return float(v)
-    except OverflowError:
-        return float("nan")
