@@ -57,7 +57,12 @@ JOURNAL_NAME = "_scores_journal.jsonl"
 
 
 class ScoringStopped(TrawlError):
-    """A transient failure outlasted the backend's retries: scoring stopped; what was scored is kept."""
+    """A transient failure outlasted the backend's retries: scoring stopped; what was scored is kept.
+    ``notes``: the summary's notes (how the figures so far were obtained)."""
+
+    def __init__(self, message: str, notes: list[str] | None = None):
+        super().__init__(message)
+        self.notes = list(notes or [])
 
 
 @dataclass
@@ -66,7 +71,7 @@ class ScoreSettings:
     window: int = ranking.DEFAULT_WINDOW
     top_k: int = 20                # alternatives asked for over HTTP (min-k%++'s approximation)
     batch: int = 8
-    concurrency: int = 1
+    concurrency: int | None = None  # calls in flight; None: 1 in process, 4 over HTTP
     timeout: float | None = None
     lowercase: bool = True
     budget: Budget = field(default_factory=Budget)
@@ -77,7 +82,7 @@ class ScoreSettings:
     def check(self) -> None:
         if not (0 < self.k <= 1):
             raise TrawlError(f"k must be in (0, 1] (a fraction of the tokens), got {self.k}")
-        if self.window < 1 or self.batch < 1 or self.concurrency < 1 or self.top_k < 0:
+        if self.window < 1 or self.batch < 1 or (self.concurrency is not None and self.concurrency < 1) or self.top_k < 0:
             raise TrawlError("window, batch and concurrency must be >= 1, top_k >= 0")
 
     def identity(self, scorer, reference) -> dict:
@@ -276,6 +281,7 @@ def score_texts(folder: str, items: list[dict], scorer, *, reference=None, setti
                                  f"use --model-file GGUF to score in process")
     exact = bool(scorer.capabilities.full_distribution)
     ident = st.identity(scorer, reference)
+    concurrency = st.concurrency or (1 if scorer.capabilities.score == "in_process" else 4)
     notes = []
     if not exact:
         notes.append(f"min-k%++ uses the vocabulary mean and variance estimated from the top-{st.top_k} "
@@ -320,11 +326,11 @@ def score_texts(folder: str, items: list[dict], scorer, *, reference=None, setti
             batches = [todo[i:i + st.batch] for i in range(0, len(todo), st.batch)]
             reserved = {"tokens": 0}
             try:
-                with ThreadPoolExecutor(max_workers=st.concurrency, thread_name_prefix="trawl-score") as pool:
+                with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="trawl-score") as pool:
                     pending = {}
                     it = iter(batches)
                     while True:
-                        while len(pending) < st.concurrency and not failure and stopped is None:
+                        while len(pending) < concurrency and not failure and stopped is None:
                             b = next(it, None)
                             if b is None:
                                 break
@@ -369,7 +375,7 @@ def score_texts(folder: str, items: list[dict], scorer, *, reference=None, setti
             if isinstance(exc, (TrawlError, BackendError)):
                 have = len(wanted & done.keys())
                 raise ScoringStopped(f"scoring stopped: {error_text(exc, 300)} ({have} of {len(wanted)} "
-                                     f"{noun} scored are kept; rerun to continue)") from None
+                                     f"{noun} scored are kept; rerun to continue)", notes) from None
             raise exc
     errors = sum(1 for r in done.values() if r.get("error"))
     return ScoreSummary(path=os.path.join(folder, ranking.SCORES_NAME), rows=len(done), new=new, errors=errors,
