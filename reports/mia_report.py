@@ -150,6 +150,9 @@ def _redact_info(f: dict) -> dict:
             info[k] = redact_text(v)
         elif isinstance(v, list):
             info[k] = [redact_text(x) if isinstance(x, str) else x for x in v]
+    sc = f.get("scoring")
+    if isinstance(sc, dict) and isinstance(sc.get("stopped"), str):
+        sc["stopped"] = redact_text(sc["stopped"])         # a failure's text may quote a server's answer
     f["redacted"] = True
     return f
 
