@@ -215,13 +215,13 @@ def _journal_row(rec, ident: dict) -> dict | None:
         v = row.get(name)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
             return None
-    for name in ("scored_tokens", "zlib_entropy"):
-        if row.get(name) is not None and not _count(row.get(name)):
+    for name in ("scored_tokens", "zlib_entropy"):       # int32 columns
+        if row.get(name) is not None and not (_count(row.get(name)) and row[name] < 2 ** 31):
             return None
     for name in ("run_id", "attack", "variant", "error"):
         if row.get(name) is not None and not isinstance(row.get(name), str):
             return None
-    if row.get("min_k_pp_exact") not in (None, True, False):
+    if not (row.get("min_k_pp_exact") is None or isinstance(row.get("min_k_pp_exact"), bool)):
         return None
     lps = row.get("token_logprobs")
     if lps is not None and not (isinstance(lps, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool)

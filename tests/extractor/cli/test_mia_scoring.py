@@ -194,3 +194,39 @@ def test_damaged_journal_is_rescored_never_other_numbers(tmp_path, sets, capsys)
             if trial == 0:
                 assert rescored == 0      # an undamaged journal is used as it is
         assert "rescored" in outcomes and "journal" in outcomes
+
+
+def test_journal_records_of_other_types_are_rescored(tmp_path, sets, capsys):
+    """Lines whose checksum holds but whose record is not one trawl writes (a field of another type, other
+    settings): dropped and scored again; the figures are the undamaged run's."""
+    import pyarrow.parquet as pq
+
+    full = tmp_path / "full"
+    with EchoServer() as srv:
+        assert main(args(sets, srv, full, "--batch", "4", "-q")) == 0
+        want = figures(full)
+        t = pq.read_table(full / "scores.parquet")
+        settings = json.loads(t.schema.metadata[b"settings"])
+        rows = t.to_pylist()
+        bad = [("row", "perplexity", "1.5"), ("row", "scored_tokens", -1), ("row", "scored_tokens", 2 ** 40),
+               ("row", "token_logprobs", "x"), ("row", "request_id", 5), ("row", "min_k_pp_exact", 1),
+               ("row", "attack", 3), ("rec", "cost_usd", float("nan")), ("rec", "prompt_tokens", True),
+               ("rec", "settings", {**settings, "k": 0.5}), ("rec", "row", [])]
+        for trial, (where, key, value) in enumerate(bad):
+            recs = [{"settings": settings, "row": dict(r), "prompt_tokens": 7, "completion_tokens": 1,
+                     "cost_usd": 1e-5} for r in rows]
+            victim = recs[trial % len(recs)]
+            (victim["row"] if where == "row" else victim)[key] = value
+            out = tmp_path / f"b{trial}"
+            out.mkdir()
+            (out / "_scores_journal.jsonl").write_bytes(b"".join(journal_line(r) for r in recs))
+            before = len(srv.requests)
+            assert main(args(sets, srv, out, "--batch", "4", "-q")) == 0, (key, capsys.readouterr().err)
+            assert figures(out)["methods"] == want["methods"], key
+            sent = []
+            for q in srv.requests[before:]:
+                if q.get("echo"):
+                    sent.extend(q["prompt"] if isinstance(q["prompt"], list) else [q["prompt"]])
+            by_key = {text_key(w, t): t for w, ts in (("members", MEMBERS[:N]), ("nonmembers", NONMEMBERS[:N]))
+                      for t in ts}
+            assert [x for x in sent if x in by_key.values()] == [by_key[rows[trial % len(rows)]["request_id"]]], key
