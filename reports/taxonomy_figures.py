@@ -53,10 +53,11 @@ def _div(a, b):
 class SpanPool:
     """The memorized spans of a run (``span_records`` of :class:`reports.passes.RunAccumulator`:
     ``request_id``, ``tok_range`` (covered token indices ``(a, b)``, None without offsets),
-    ``tokens``, ``bytes``, ``wins`` (8-byte window digests, concatenated), ``doc_id``,
+    ``tokens``, ``bytes``, ``wins`` (the range of its windows in ``win_id`` / ``win_hash``: the
+    run's windows as dense ids and as hashes, :func:`reports.passes.windows_pass`), ``doc_id``,
     ``doc_offset``, ``raw``), in arrays, for figures over any subset of them."""
 
-    def __init__(self, records: list[dict]):
+    def __init__(self, records: list[dict], win_id: np.ndarray, win_hash: np.ndarray):
         gen_of: dict = {}
         text_of: dict = {}
         n = len(records)
@@ -69,13 +70,14 @@ class SpanPool:
         self.no_off = np.fromiter((r["tok_range"] is None for r in records), bool, n)
         self.ta = np.fromiter(((r["tok_range"] or (0, 0))[0] for r in records), np.int64, n)
         self.tb = np.fromiter(((r["tok_range"] or (0, 0))[1] for r in records), np.int64, n)
-        lens = np.fromiter((len(r["wins"]) // 8 for r in records), np.int64, n)
+        w0 = np.fromiter((r["wins"][0] for r in records), np.int64, n)
+        lens = np.fromiter((r["wins"][1] - r["wins"][0] for r in records), np.int64, n)
         self.woff = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
-        blob = b"".join(r["wins"] for r in records)
-        self.digests = np.frombuffer(blob, dtype="<u8") if blob else np.zeros(0, np.uint64)
-        # each window as a dense number and its generation, once: a subset's windows are then counted
-        # with one sort of int64 keys instead of a two-key lexsort of digests per subset
-        self.wid = np.unique(self.digests, return_inverse=True)[1].ravel().astype(np.int64)
+        at = np.arange(int(lens.sum()), dtype=np.int64) + np.repeat(w0 - self.woff[:-1], lens)
+        # each window as a dense number (its rank among the run's distinct hashes) and its generation:
+        # a subset's windows are then counted with one sort of int64 keys
+        self.digests = win_hash[at] if len(at) else np.zeros(0, np.uint64)
+        self.wid = win_id[at] if len(at) else np.zeros(0, np.int64)
         self.wgen = np.repeat(self.gen, lens)
         self.ngen = max(len(gen_of), 1)
 
@@ -132,12 +134,13 @@ class SpanPool:
 
 
 def taxonomy_figures(records: list[dict], classes: list[str], group_of_record: list[tuple[str, str]],
-                     totals: dict, per_attack: dict, per_variant: dict) -> dict:
+                     totals: dict, per_attack: dict, per_variant: dict, win_id: np.ndarray,
+                     win_hash: np.ndarray) -> dict:
     """``by_category`` of metrics.json: the figures of each class and of ``nontrivial`` (run-wide);
     and, in place, the ``nontrivial_*`` scalars (:data:`NONTRIVIAL_KEYS`) of ``totals``, of each
     attack in ``per_attack`` and of each variant in ``per_variant``, each against that row's own
-    generations, generated tokens and cost."""
-    pool = SpanPool(records)
+    generations, generated tokens and cost. ``win_id`` / ``win_hash``: :class:`SpanPool`."""
+    pool = SpanPool(records, win_id, win_hash)
     cls = np.array(classes, dtype=object) if records else np.zeros(0, dtype=object)
     nontrivial = np.isin(cls, NONTRIVIAL) if records else np.zeros(0, bool)
 
