@@ -26,18 +26,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from reports.inputs import REQUIRED_GEN_COLUMNS, as_string, iter_batches, open_parquet, raw_bytes, text
+from reports.inputs import (REQUIRED_GEN_COLUMNS, as_string, binary_buffers, iter_batches, open_parquet,
+                            raw_bytes, text)
 from reports.repeats import RepeatedDraws
-from reports.spans import THRESHOLDS, MatchIndex, longest_per, union_length
+from reports.spans import THRESHOLDS, MatchIndex, RequestLookup, longest_per, union_length
 from reports import windows
 from reports.taxonomy_figures import distinct_count
 
 APPROX_EDIT_RATIO = 0.1
 REPEAT_ATTACKS = ("divergence", "special_chars")   # attacks that carry diverged_generations / divergence_rate
 DIVERGENCE_ATTACKS = ("divergence",)                # ... with a value; special_chars: n/a (Bai et al. define none)
-# what the pass keeps until its end is copied out of the default pool, where the record batches'
-# buffers come and go: a small survivor there pins the pages of a freed batch (fragmentation)
-LONG_LIVED = pa.system_memory_pool()
 OPTIONAL_GEN_COLUMNS = ("cost_usd", "extra", "model", "endpoint", "run_id", "prompt", "params", "seed")
 
 
@@ -94,12 +92,15 @@ class RunAccumulator:
     one per batch; ``windows_kept`` windows in all); ``iv_*``: one corpus interval per memorized
     span and ``span_gen`` its generation's ordinal; ``span_records``: one dict per memorized
     span (fields of :class:`reports.taxonomy_figures.SpanPool` plus the text; ``wins``: the range
-    of its windows in ``win_h``), a generation's spans contiguous; ``rid_gid``: (request id, gid) of every generation, when any span exists."""
+    of its windows in ``win_h``), a generation's spans contiguous; ``pr_row`` / ``pr_gid``: for each generation whose request id
+    has a row in the matches' per-request table, that row and the generation's gid (arrays, one
+    per batch)."""
 
     gid_of: dict = field(default_factory=dict)
     groups: list = field(default_factory=list)
     generations: int = 0
-    rid_gid: list = field(default_factory=list)
+    pr_row: list = field(default_factory=list)
+    pr_gid: list = field(default_factory=list)
     win_h: list = field(default_factory=list)
     windows_kept: int = 0
     win_id: np.ndarray | None = None
@@ -143,6 +144,7 @@ def read_generations(parts: list[str], mi: MatchIndex, W: int, batch_rows: int, 
     """The generations pass: every part streamed once (``progress``: a tqdm bar on stderr)."""
     acc = RunAccumulator()
     mem_rids = mi.memorized_request_ids()
+    lookup = RequestLookup(mi.per_request.column("request_id")) if mi.per_request is not None else None
     bar = None
     if progress:
         from tqdm import tqdm
@@ -163,10 +165,10 @@ def read_generations(parts: list[str], mi: MatchIndex, W: int, batch_rows: int, 
             _run_info(acc, batch, names)
             _group_counts(acc, batch, names, attack, variant, extra)
             row_gid = _row_groups(acc, attack, variant)
-            if mi.per_request is not None:
-                rid = pc.take(batch.column("request_id"), pa.array(np.arange(batch.num_rows)), memory_pool=LONG_LIVED)
-                acc.rid_gid.append(pa.table({"request_id": pc.cast(rid, pa.string(), memory_pool=LONG_LIVED),
-                                             "gid": pa.array(row_gid, memory_pool=LONG_LIVED)}))
+            if lookup is not None:
+                pr, rows = lookup.find(batch.column("request_id"))
+                acc.pr_row.append(pr)
+                acc.pr_gid.append(row_gid[rows])
             if extra is not None:
                 _discoverable(acc, batch, attack, extra, row_gid, top_spans)
             _memorized(acc, batch, row_gid, mem_rids, mi, W)
@@ -269,7 +271,7 @@ def _memorized(acc: RunAccumulator, batch: pa.RecordBatch, row_gid: np.ndarray, 
     rids = text(batch.column("request_id").take(take))
     comp_col = batch.column("completion").take(take)
     comps = raw_bytes(comp_col)
-    data, cstart = _binary_buffers(comp_col)
+    data, cstart = binary_buffers(comp_col)
     clen = np.fromiter(map(len, comps), np.int64, len(comps))
     toff = batch.column("token_offsets").take(take)
     ntok = pc.fill_null(pc.list_value_length(toff), 0).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -328,20 +330,6 @@ def _per_group(gids: np.ndarray, values: np.ndarray) -> tuple[list, list, list]:
     return g.tolist(), cnt.tolist(), sums.tolist()
 
 
-def _binary_buffers(col: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """The bytes of a string/binary column laid end to end (uint8, nulls empty) and each value's
-    start, the end appended."""
-    arr = pc.cast(col, pa.large_binary()) if not pa.types.is_large_binary(col.type) else col
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
-    arr = pc.fill_null(arr, b"")
-    bufs = arr.buffers()
-    off = np.frombuffer(bufs[1], dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
-    data = (np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None and len(bufs[2])
-            else np.zeros(0, np.uint8))
-    return data, off.astype(np.int64)
-
-
 def _span_record(acc: RunAccumulator, gid: int, gen: int, rid: str, comp: bytes, sp, trange, wins) -> None:
     """One corpus interval and one record per memorized span: ``tok_range`` its covered tokens
     (None without offsets), ``wins`` the range of its windows in the run's window arrays."""
@@ -364,11 +352,13 @@ def threshold_pass(acc: RunAccumulator, mi: MatchIndex) -> dict | None:
     """Spans and generations per threshold and the longest run of every group (one join of the
     per-request table with the generations' groups); returns the run-wide longest span (a row
     of :func:`reports.spans.longest_per`, ``gid`` added), None when no span has a token count."""
-    if mi.per_request is None or not acc.rid_gid:
+    if mi.per_request is None or not acc.pr_row:
         return None
     groups = acc.groups
-    joined = mi.per_request.join(pa.concat_tables(acc.rid_gid), "request_id", join_type="inner")
-    acc.rid_gid = []
+    # the inner join of the per-request table with the generations on request_id (rows found per batch)
+    rows = np.concatenate(acc.pr_row)
+    joined = mi.per_request.take(pa.array(rows)).append_column("gid", pa.array(np.concatenate(acc.pr_gid)))
+    acc.pr_row, acc.pr_gid = [], []
     gids = joined.column("gid").to_numpy(zero_copy_only=False)
     for ti in range(len(THRESHOLDS)):
         v = joined.column(f"s{ti}_sum").to_numpy(zero_copy_only=False).astype(np.int64)
