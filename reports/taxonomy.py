@@ -66,6 +66,7 @@ loop implementation of the rule above.
 """
 from __future__ import annotations
 
+import functools
 import re
 
 import numpy as np
@@ -109,9 +110,19 @@ _ASCII_LETTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ
 _MAX_DIGITS = 15        # longer numbers are exact no more as float64: they never form a sequence
 
 
+# ASCII text: the same counts with bytes.translate (\w is [A-Za-z0-9_] there, \s the bytes below)
+_ASCII_ALNUM = bytes(c for c in range(128) if chr(c).isalnum())
+_ASCII_SPACE_MAP = bytes(32 if chr(c).isspace() else 120 for c in range(256))    # whitespace -> " ", else "x"
+
+
 def alnum_share(text: str) -> float:
     """Letters and digits (Unicode word characters except ``_``) / characters, each maximal
     whitespace run counted as one character."""
+    if text.isascii():
+        b = text.encode("ascii")
+        m = b.translate(_ASCII_SPACE_MAP)
+        total = len(b) - m.count(b" ") + m.count(b"x ") + m.startswith(b" ")
+        return (len(b) - len(b.translate(None, _ASCII_ALNUM))) / total if total else 0.0
     total = len(_SPACE.sub(" ", text))
     return len(_NOT_ALNUM.sub("", text)) / total if total else 0.0
 
@@ -296,6 +307,14 @@ def predictable_many(texts: list[str]) -> np.ndarray:
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def _whitespace():
+    """The characters Python's ``\\s`` (``str.isspace``) matches, as an Arrow array (all below U+3001;
+    tests/reports check the whole code space)."""
+    import pyarrow as pa
+    return pa.array([chr(c) for c in range(0x3001) if chr(c).isspace()], pa.string())
+
+
 def _predictable_batch(texts: list[str], sep: str) -> np.ndarray:
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -313,7 +332,7 @@ def _predictable_batch(texts: list[str], sep: str) -> np.ndarray:
     dkind = np.zeros(nd, dtype=np.int8)
     dkind[pc.is_in(first, value_set=pa.array(sorted(_ASCII_DIGITS))).to_numpy(zero_copy_only=False)] = 1
     dkind[(pc.is_in(dic, value_set=pa.array(sorted(_ASCII_LETTERS))).to_numpy(zero_copy_only=False))] = 2
-    dkind[[w[:1].isspace() for w in dic.to_pylist()]] = 4      # Python's \s: str.isspace()
+    dkind[pc.is_in(first, value_set=_whitespace()).to_numpy(zero_copy_only=False)] = 4   # Python's \s
     dkind[pc.equal(dic, sep).to_numpy(zero_copy_only=False)] = 3
     dval = np.full(nd, np.nan)
     num = np.nonzero((dkind == 1) & (dlen <= _MAX_DIGITS))[0]       # longer numbers: NaN, as _number
