@@ -192,22 +192,32 @@ def fingerprints(completions: pa.Array, rows: np.ndarray) -> np.ndarray:
     start, length = off[:-1][rows], np.diff(off)[rows]
     if arr.null_count:
         length = np.where(arr.is_valid().to_numpy(zero_copy_only=False)[rows], length, 0)
-    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None and len(bufs[2]) else np.zeros(0, np.uint8)
-    lo = int(start.min()) if len(rows) else 0
-    hi = int((start + length).max()) if len(rows) else 0
-    pad = np.zeros(hi - lo + 8, dtype=np.uint8)          # the rows' bytes and 8 zeros: every 8-byte read fits
-    pad[:hi - lo] = data[lo:hi]
-    win = np.lib.stride_tricks.sliding_window_view(pad, 8)
-    keep = (np.arange(8)[None, :] < length[:, None]).astype(np.uint8)     # bytes past a short row's end: 0
+    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None and len(bufs[2]) else np.zeros(1, np.uint8)
+    ar8 = np.arange(8)
+    keep = (ar8[None, :] < length[:, None]).astype(np.uint8)     # bytes past a short row's end: 0
     span = np.maximum(length - 8, 0)
     fp = length.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
     with np.errstate(over="ignore"):
         for k in range(8):
-            at = start - lo + span * k // 7
-            word = np.ascontiguousarray(win[at] * keep).view("<u8").ravel()
-            fp = (fp ^ word) * np.uint64(0xBF58476D1CE4E5B9)
+            at = start + span * k // 7          # 8 bytes inside the row (a row of >= 8 bytes)
+            word = _eight_bytes(data, at, ar8)
+            word *= keep
+            fp = (fp ^ word.view("<u8").ravel()) * np.uint64(0xBF58476D1CE4E5B9)
             fp ^= fp >> np.uint64(31)
     return fp
+
+
+def _eight_bytes(data: np.ndarray, at: np.ndarray, ar8: np.ndarray) -> np.ndarray:
+    """``data[at[i]:at[i] + 8]`` for every i as an (n, 8) uint8 array, zeros past the buffer's end."""
+    n = len(data)
+    if n < 8:
+        return np.take(data, at[:, None] + ar8[None, :], mode="clip") * (at[:, None] + ar8[None, :] < n)
+    word = np.lib.stride_tricks.sliding_window_view(data, 8)[np.minimum(at, n - 8)]
+    late = np.nonzero(at > n - 8)[0]
+    if len(late):
+        idx = at[late, None] + ar8[None, :]
+        word[late] = np.take(data, idx, mode="clip") * (idx < n)
+    return word
 
 
 def _completion_hashes(parts: list[str], ordinals: np.ndarray) -> np.ndarray:
