@@ -193,3 +193,43 @@ def test_metrics_json_equals_the_straightforward_computation(tmp_path, monkeypat
     m = fast["metrics"]
     assert m["memorized_generations"] == info["planted_memorized"] > 100
     assert 0 < m["unique_memorized_documents"] < fast["near_duplicates"]["distinct_texts"]
+
+
+def _ascii_texts(seed: int) -> list[str]:
+    rng = random.Random(seed)
+    pieces = ["1", "22", "007", "10", "1234567890123456", "123456789012345", "a", "b", "Z", "ab", "Ab", "abcdefghij",
+              "abcdefghijk", "abcdefghijkl", "_", ",", ", ", " ", "  ", "\n", "\t", "\x0b", "\x1c", "\x1f", "\x00",
+              "\x7f", "-", ".", "poem ", "x1"]
+    texts = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 120))) for _ in range(600)]
+    texts += [", ".join(str(3 * i + 1) for i in range(n)) for n in range(1, 10)]
+    texts += ["poem " * k for k in range(6)] + ["", " ", "a", "1", "a) b) c) d) e)", "\x1c\x1d\x1e\x1f"]
+    rng.shuffle(texts)
+    return texts
+
+
+def _partition(ids: np.ndarray) -> list:
+    """The partition of positions by equal id (the only thing the rules use of ids)."""
+    return sorted(sorted(np.nonzero(ids == v)[0].tolist()) for v in np.unique(ids))
+
+
+def test_ascii_units_equal_the_regex_units():
+    """The NumPy tokenizer of ASCII batches gives the regular expression's units: the same kinds,
+    values, lengths, and ids equal exactly where the units are equal."""
+    texts = _ascii_texts(5)
+    for lo in range(0, len(texts), 40):
+        batch = texts[lo:lo + 40]
+        fast = taxonomy._ascii_units(batch)
+        slow = taxonomy._units_arrow(batch, "\ue000")
+        for got, want in zip(fast[1:], slow[1:]):             # kind, vals, lens
+            assert np.array_equal(got, want, equal_nan=True)
+        keep = fast[1] != 3                                   # separators: the caller numbers them
+        assert _partition(fast[0][keep]) == _partition(slow[0][keep])
+
+
+@pytest.mark.parametrize("batch_units", [1, 40, 65_536])
+def test_predictable_many_ascii_equals_one_at_a_time(batch_units, monkeypatch):
+    texts = _ascii_texts(batch_units)
+    want = np.array([taxonomy.is_predictable(t) for t in texts])
+    monkeypatch.setattr(taxonomy, "BATCH_UNITS", batch_units)
+    assert np.array_equal(taxonomy.predictable_many(texts), want)
+    assert 0 < want.sum() < len(texts)
