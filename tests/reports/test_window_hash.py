@@ -144,3 +144,33 @@ def test_row_windows_equal_the_loop(W, block, request):
             w += int(nw[k])
             k += 1
     assert w == len(hashes) > 0
+
+
+def _join_by_dict(table_ids, gen_ids):
+    where = {r: i for i, r in enumerate(table_ids) if r is not None}
+    pairs = [(where[r], j) for j, r in enumerate(gen_ids) if r is not None and r in where]
+    return sorted(pairs)
+
+
+@pytest.mark.parametrize("hashes", ["real", "colliding", "constant"])
+def test_request_lookup_is_the_exact_join(hashes, monkeypatch):
+    """Request ids found in the per-request table equal a dict join (nulls match nothing), also
+    when the hashes collide between generation and table ids, or among the table's own ids."""
+    import pyarrow as pa
+
+    from reports import spans
+    if hashes == "colliding":        # r<k> and r<k + 450> share a hash: false candidates to reject
+        def folded(ids):
+            return np.array([int(r[1:r.index("-")]) % 450 if r and r.startswith("r") and "-" in r else 999
+                             for r in ids.to_pylist()], dtype=np.uint64)
+        monkeypatch.setattr(spans, "_id_hashes", folded)
+    elif hashes == "constant":
+        monkeypatch.setattr(spans, "_id_hashes", lambda ids: np.zeros(len(ids), np.uint64))
+    rng = random.Random(3)
+    table = [f"r{rng.randrange(400)}-\u00e9" if rng.random() > 0.05 else None for _ in range(300)]
+    table = list(dict.fromkeys(table))                 # one row per id, as the per-request table
+    lookup = spans.RequestLookup(pa.array(table, pa.string()))
+    for _ in range(5):
+        gen = [f"r{rng.randrange(500)}-\u00e9" if rng.random() > 0.1 else None for _ in range(200)] + ["", "r1"]
+        rows, pos = lookup.find(pa.chunked_array([pa.array(gen[:50]), pa.array(gen[50:])]))
+        assert sorted(zip(rows.tolist(), pos.tolist())) == _join_by_dict(table, gen)
