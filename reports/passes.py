@@ -427,13 +427,14 @@ def windows_pass(acc: RunAccumulator, run: Group, attacks: list[Group]) -> np.nd
     acc.win_id = wid
     # incidences: distinct (window, generation), a window counted once per generation
     ngen = acc.generations + 1
-    key = wid * ngen + np.repeat(np.frombuffer(acc.span_gen, dtype=np.int64), nwin)
-    order = np.argsort(key, kind="stable")
-    ks = key[order]
+    span_gen = np.frombuffer(acc.span_gen, dtype=np.int64)
+    ks = np.sort(wid * ngen + np.repeat(span_gen, nwin))
     new = np.ones(len(ks), dtype=bool)
     new[1:] = ks[1:] != ks[:-1]
     inc_wid, inc_gen = ks[new] // ngen, ks[new] % ngen
-    inc_gid = np.repeat(np.frombuffer(acc.iv_gid, dtype=np.uint32).astype(np.int64), nwin)[order][new]
+    gid_of_gen = np.zeros(ngen, dtype=np.int64)          # a generation's spans all have its gid
+    gid_of_gen[span_gen] = np.frombuffer(acc.iv_gid, dtype=np.uint32)
+    inc_gid = gid_of_gen[inc_gen]
     counts = np.bincount(inc_wid, minlength=len(uh))
     kk, fk = np.unique(counts, return_counts=True)
     run.freq = {int(k): int(f) for k, f in zip(kk, fk)}
