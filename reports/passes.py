@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 from reports.inputs import (REQUIRED_GEN_COLUMNS, as_string, binary_buffers, iter_batches, open_parquet,
                             raw_bytes, text)
 from reports.repeats import RepeatedDraws
-from reports.spans import THRESHOLDS, MatchIndex, RequestLookup, longest_per, union_length
+from reports.spans import THRESHOLDS, MatchIndex, RequestLookup, longest_per, union_added, union_length, union_total
 from reports import windows
 from reports.taxonomy_figures import distinct_count
 
@@ -457,11 +457,17 @@ def bytes_pass(acc: RunAccumulator, run: Group, attacks: list[Group]) -> int:
     idoc = np.frombuffer(acc.iv_doc, dtype=np.int64)
     ist = np.frombuffer(acc.iv_start, dtype=np.int64)
     ien = np.frombuffer(acc.iv_end, dtype=np.int64)
-    run.unique_bytes = sum(union_length(idoc, ist, ien).values())
+    run.unique_bytes = union_total(idoc, ist, ien)
     for level, keys in ((acc.groups, ig), (attacks, acc.attack_of_gid()[ig])):
         per: dict = defaultdict(int)
-        for (k, _d), v in union_length((keys, idoc), ist, ien).items():
-            per[k] += v
+        added = union_added((keys, idoc), ist, ien)
+        if added is not None:
+            sums = np.zeros(len(level), dtype=np.int64)
+            np.add.at(sums, keys, added)
+            per.update(enumerate(sums.tolist()))
+        else:
+            for (k, _d), v in union_length((keys, idoc), ist, ien).items():
+                per[k] += v
         for i, g in enumerate(level):
             g.unique_bytes = per.get(i, 0)
     return distinct_count(idoc)

@@ -54,6 +54,43 @@ def union_length(keys, starts: np.ndarray, ends: np.ndarray) -> dict:
     return out
 
 
+def union_added(keys, starts: np.ndarray, ends: np.ndarray) -> np.ndarray | None:
+    """For each interval, the length it adds to the union of its key's intervals when they are
+    taken by start (so the sum over a key's intervals is :func:`union_length`'s value for it), on
+    arrays; None where that does not hold or the arrays would not fit (an interval ending before
+    it starts, values too far apart): the caller uses :func:`union_length` then."""
+    keys = keys if isinstance(keys, tuple) else (keys,)
+    n = len(starts)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    starts, ends = starts.astype(np.int64), ends.astype(np.int64)
+    if bool((ends < starts).any()):
+        return None
+    order = np.lexsort((starts,) + tuple(reversed(keys)))
+    s, e = starts[order], ends[order]
+    newseg = np.ones(n, dtype=bool)
+    newseg[1:] = np.any([k[order][1:] != k[order][:-1] for k in keys], axis=0)
+    seg = np.cumsum(newseg) - 1
+    lo, width = int(s.min()), int(e.max()) - int(s.min()) + 1
+    if int(seg[-1]) + 1 > (1 << 62) // width:
+        return None
+    shift = seg * width - lo                       # each key's values above the previous key's
+    reach = np.maximum.accumulate(e + shift) - shift     # furthest end so far within the key
+    prev = np.empty(n, dtype=np.int64)
+    prev[0] = s[0]
+    prev[1:] = reach[:-1]
+    prev[newseg] = s[newseg]
+    added = np.empty(n, dtype=np.int64)
+    added[order] = np.maximum(e - np.maximum(s, prev), 0)
+    return added
+
+
+def union_total(keys, starts: np.ndarray, ends: np.ndarray) -> int:
+    """The sum over keys of :func:`union_length`."""
+    added = union_added(keys, starts, ends)
+    return int(added.sum()) if added is not None else int(sum(union_length(keys, starts, ends).values()))
+
+
 def span_table(batch: pa.RecordBatch, rids: pa.Array, tok: np.ndarray, keep: np.ndarray) -> pa.Table:
     """The spans ``keep`` of a matches batch, with what the longest-run record needs
     (optional matches columns filled with their defaults)."""

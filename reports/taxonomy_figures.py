@@ -28,7 +28,7 @@ from collections import defaultdict
 import numpy as np
 
 from reports import extrapolate as ex
-from reports.spans import union_length
+from reports.spans import union_total
 from reports.taxonomy import CLASSES, NONTRIVIAL
 
 NONTRIVIAL_KEYS = ("memorized_generations", "memorized_generation_fraction", "memorized_tokens",
@@ -97,7 +97,7 @@ class SpanPool:
 
     def _tokens(self, idx: np.ndarray) -> int:
         off = idx[~self.no_off[idx]]
-        tot = sum(union_length(self.gen[off], self.ta[off], self.tb[off]).values()) if len(off) else 0
+        tot = union_total(self.gen[off], self.ta[off], self.tb[off]) if len(off) else 0
         best: dict = defaultdict(int)
         for g, t in zip(self.gen[idx[self.no_off[idx]]].tolist(), self.tokens[idx[self.no_off[idx]]].tolist()):
             best[g] = max(best[g], t)
@@ -110,8 +110,7 @@ class SpanPool:
         mem_toks = self._tokens(idx)
         fq = self._window_freq(idx)
         uniq = int(sum(fq.values()))
-        ub = int(sum(union_length(self.doc[idx], self.doc_off[idx], self.doc_off[idx] + self.nbytes[idx]).values())
-                 ) if len(idx) else 0
+        ub = union_total(self.doc[idx], self.doc_off[idx], self.doc_off[idx] + self.nbytes[idx]) if len(idx) else 0
         lo, hi = ex.chao1_ci95(fq)
         longest = (0, 0)
         if len(idx):

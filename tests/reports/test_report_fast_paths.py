@@ -233,3 +233,29 @@ def test_predictable_many_ascii_equals_one_at_a_time(batch_units, monkeypatch):
     monkeypatch.setattr(taxonomy, "BATCH_UNITS", batch_units)
     assert np.array_equal(taxonomy.predictable_many(texts), want)
     assert 0 < want.sum() < len(texts)
+
+
+def test_union_added_equals_the_interval_loop():
+    """union_added / union_total (arrays) against union_length (the loop over sorted intervals),
+    with touching, nested, empty and negative intervals, single and compound keys; intervals that
+    end before they start fall back to the loop."""
+    from reports.spans import union_added, union_length, union_total
+    rng = np.random.default_rng(4)
+    for trial in range(60):
+        n = int(rng.integers(0, 300))
+        k1 = rng.integers(0, 1 + trial % 7, n)
+        k2 = rng.integers(-2, 3, n)
+        st = rng.integers(-50, 200, n) * (10 ** int(rng.integers(0, 12)))
+        en = st + rng.integers(0, 40, n) * (1 if trial % 5 else 0)
+        for keys in (k1, (k1, k2)):
+            want = union_length(keys, st, en)
+            assert union_total(keys, st, en) == sum(want.values())
+            added = union_added(keys, st, en)
+            got: dict = {}
+            for i, a in enumerate(added.tolist()):
+                key = (int(keys[0][i]), int(keys[1][i])) if isinstance(keys, tuple) else int(keys[i])
+                got[key] = got.get(key, 0) + a
+            assert got == {k: v for k, v in want.items()}
+    st, en = np.array([0, 10]), np.array([5, 3])                  # damaged: an end before its start
+    assert union_added(np.zeros(2, np.int64), st, en) is None
+    assert union_total(np.zeros(2, np.int64), st, en) == sum(union_length(np.zeros(2, np.int64), st, en).values())
