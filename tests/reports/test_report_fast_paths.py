@@ -169,6 +169,10 @@ def _straightforward(monkeypatch):
                         lambda ts, occ, rmin: [taxonomy.classify_both(t, o, rmin) for t, o in zip(ts, occ)])
     monkeypatch.setattr(repeats, "fingerprints", lambda col, rows: np.zeros(len(rows), np.uint64))
     monkeypatch.setattr(taxonomy_figures.SpanPool, "_window_freq", window_freq)
+    from reports import passes, spans
+    monkeypatch.setattr(spans, "union_added", lambda *a: None)         # interval unions: the loop
+    monkeypatch.setattr(passes, "union_added", lambda *a: None)
+    monkeypatch.setattr(spans, "_id_hashes", lambda ids: np.zeros(len(ids), np.uint64))   # request ids: a dict
 
 
 def test_metrics_json_equals_the_straightforward_computation(tmp_path, monkeypatch):
