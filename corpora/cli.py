@@ -41,7 +41,7 @@ def _cmd_ingest(args) -> int:
         )
     st = corpus.stats
     print(
-        f"{corpus.path}: {corpus.documents} documents, {corpus.text_bytes} bytes of text in "
+        f"{corpus.location}: {corpus.documents} documents, {corpus.text_bytes} bytes of text in "
         f"{len(corpus.shards)} shard(s); read {st['read']}, skipped (empty) {st['skipped_empty']}, "
         f"repaired (invalid UTF-8) {st['repaired_utf8']}, exact duplicates {st['exact_duplicates']}"
         f" ({corpus.manifest.get('duplicates', 'dropped')})"
@@ -56,7 +56,7 @@ def _cmd_info(args) -> int:
     if args.json:
         print(json.dumps(c.manifest, indent=1))
         return 0
-    print(f"corpus      {c.path}")
+    print(f"corpus      {c.location}")
     print(f"documents   {c.documents}")
     print(f"text bytes  {c.text_bytes}")
     print(f"shards      {len(c.shards)}")

@@ -181,18 +181,35 @@ def ingest(
     their records numbered, deduplicated and sharded here in input order, so the corpus is the one
     a local ingest writes; it is published once, atomically, as always.
 
+    Sources and ``out_dir`` may be URLs (:mod:`corpora.locations`): inputs are fetched a file at a
+    time; a corpus for a store is written to a local staging folder and published
+    (:func:`corpora.stores.build_and_publish`: the data files, then ``corpus.json`` last).
+
     Returns the opened :class:`Corpus`; ``corpus.stats`` has the counts.
     """
     sources = [str(s) for s in sources]
     if not sources:
         raise CorpusError("no input given")
+    from corpora.locations import is_url
+
+    if is_url(out_dir):
+        from corpora.stores import build_and_publish
+
+        built, cached = build_and_publish(
+            str(out_dir), kind="corpus", manifest_name=MANIFEST_NAME, overwrite=overwrite,
+            build=lambda local: ingest(sources, local, text_field=text_field, id_field=id_field,
+                                       max_shard_bytes=max_shard_bytes, keep_duplicates=keep_duplicates,
+                                       skip_binary=skip_binary, overwrite=True, progress=progress, executor=executor))
+        corpus = open_corpus(cached) if cached is not None else built
+        corpus.location = str(out_dir)
+        return corpus
     if executor is not None and executor.kind != "local":
         records = _parallel_records(executor, sources, text_field, id_field, skip_binary)
     else:
         records = read_sources(sources, text_field=text_field, id_field=id_field, skip_binary=skip_binary)
     return ingest_records(
         records, out_dir, max_shard_bytes=max_shard_bytes, keep_duplicates=keep_duplicates,
-        overwrite=overwrite, progress=progress, inputs=sources,
+        overwrite=overwrite, progress=progress, inputs=[s for s in sources if not is_url(s)],
         extra_manifest={"inputs": sources, "text_field": text_field, "id_field": id_field},
     )
 
@@ -203,10 +220,14 @@ FILES_PER_UNIT = 64
 def read_units(sources: list[str]) -> list[tuple[str, list[str]]]:
     """The input as units of work, in input order: ``("source", [file])`` for a data file (JSONL,
     Parquet, Arrow or text), ``("files", [paths])`` for up to ``FILES_PER_UNIT`` files of a folder."""
+    from corpora.locations import is_url
     from corpora.readers import input_kind, iter_directory_files
 
     units: list[tuple[str, list[str]]] = []
     for src in sources:
+        if is_url(src):   # a URL's files are listed and fetched by the worker that reads it
+            units.append(("source", [src]))
+            continue
         path = Path(src)
         if not path.exists():
             raise CorpusError(f"{path}: no such file or directory")

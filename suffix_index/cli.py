@@ -42,9 +42,9 @@ def _cmd_verify(args) -> int:
 
 
 def _cmd_info(args) -> int:
-    from suffix_index.manifest import FILE_KINDS, load_manifest
+    from suffix_index.manifest import FILE_KINDS, load_manifest, local_index
 
-    m = load_manifest(args.index)
+    m = load_manifest(local_index(args.index))
     if args.json:
         print(json.dumps(m, indent=1))
         return 0

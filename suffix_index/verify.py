@@ -108,7 +108,9 @@ def verify_index(index_dir: str | os.PathLike, samples: int = 10000, checksums: 
 
     samples = check_int("samples", samples, 0)
 
-    index_dir = Path(index_dir)
+    from suffix_index.manifest import local_index
+
+    index_dir = local_index(index_dir)   # a URL: this node's copy, its checksums compared as it came
     m = load_manifest(index_dir)
     bar = None
     if checksums and progress:
