@@ -70,7 +70,7 @@ def _cmd_builtin(args) -> int:
     from corpora.builtin import build_offline_corpus
 
     c = build_offline_corpus(args.out, max_bytes=args.max_bytes, overwrite=args.force, progress=_progress(args))
-    print(f"{c.path}: {c.documents} documents, {c.text_bytes} bytes of text (offline sources on this machine)")
+    print(f"{c.location}: {c.documents} documents, {c.text_bytes} bytes of text (offline sources on this machine)")
     return 0
 
 

@@ -398,3 +398,36 @@ def test_cli_through_a_file_store_across_processes(local_pipeline, tmp_path, mon
     assert matches_rows(tmp_path / "m.parquet") == matches_rows(ref["matches"])
     r = trawl("index", "verify", f"{store}/index", "-q")
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr
+
+
+def test_builtin_corpus_to_a_store_and_never_a_local_folder_named_after_a_url(tmp_path, monkeypatch):
+    from corpora import build_offline_corpus, ingest_records
+    from corpora.readers import Record
+
+    monkeypatch.chdir(tmp_path)
+    b = bucket()
+    c = build_offline_corpus(f"{b}/builtin", max_bytes=50_000)
+    local = build_offline_corpus(tmp_path / "builtin", max_bytes=50_000)
+    assert c.location == f"{b}/builtin" and c.documents == local.documents
+    assert {k: v for k, v in store_files(f"{b}/builtin").items() if k != "corpus.json"} == \
+        {k: v for k, v in local_files(tmp_path / "builtin").items() if k != "corpus.json"}
+    with pytest.raises(StoreError, match="written by ingest"):
+        ingest_records([Record(source="x", text="y")], f"{b}/direct")
+    assert not any(p.name.startswith("memory") for p in tmp_path.iterdir())
+
+
+def test_campaign_index_path_may_be_a_url(local_pipeline, tmp_path):
+    from extractor.campaigns.config import load_campaign
+    from extractor.errors import TrawlError
+
+    store = f"file://{tmp_path}/store"
+    build_index(local_pipeline["corpus"], f"{store}/index")
+    text = ('[campaign]\nname = "a"\n[target]\nmodel = "m"\nversion = "v1"\nendpoints = ["http://127.0.0.1:9/v1"]\n'
+            '[[attacks]]\nname = "divergence"\nwords = ["poem"]\nsamples = 2\nmax_tokens = 16\n'
+            f'[index]\npath = "{store}/index"\n')
+    (tmp_path / "c.toml").write_text(text)
+    assert load_campaign(tmp_path / "c.toml").config["index"]["path"] == f"{store}/index"   # kept as written
+    (tmp_path / "store" / "index" / "manifest.json").unlink()
+    (tmp_path / "store" / "index" / ".trawl-publishing").write_text("{}")
+    with pytest.raises(TrawlError, match=r"is not a usable index .*an unfinished publication"):
+        load_campaign(tmp_path / "c.toml")
