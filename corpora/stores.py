@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from corpora.errors import StoreError
-from corpora.locations import Location, open_location, store_errors
+from corpora.locations import Location, open_location, scheme, store_errors
 from corpora.storage import FolderLock, clean_stale_temps, utcnow, writing
 
 PUBLISHING_MARKER = ".trawl-publishing"
@@ -79,6 +79,9 @@ def check_destination(url: str, *, manifest_name: str, kind: str, overwrite: boo
     """The location ``url`` may receive a new ``kind`` folder: nothing is there, or an unfinished
     publication of trawl's (its marker, no manifest), or, with ``overwrite`` (``--force``), a folder
     trawl published (its manifest). Anything else is one line, before anything is built."""
+    if scheme(url) == "hf":
+        raise StoreError(f"{url}: trawl reads the Hugging Face Hub (ingest inputs, folders published elsewhere) but "
+                         f"does not publish to it; write the {kind} to s3://, gs://, file:// or a path")
     loc = open_location(url)
     a_kind = ("an " if kind[:1] in "aeiou" else "a ") + kind
     names = _files_under(loc)
@@ -111,7 +114,8 @@ def publish_folder(local: Path, loc: Location, *, manifest_name: str) -> list[st
     fs = loc.fs
     marker = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started_at": utcnow()}).encode()
     with store_errors(loc.url, "publish"):
-        fs.makedirs(loc.path, exist_ok=True)
+        if scheme(loc.url) == "file":   # a folder; on a bucket, makedirs could create the bucket itself
+            fs.makedirs(loc.path, exist_ok=True)
         fs.pipe_file(loc.path_of(PUBLISHING_MARKER), marker)
         if fs.exists(loc.path_of(manifest_name)):
             fs.rm_file(loc.path_of(manifest_name))   # the old version is no longer trusted from here on

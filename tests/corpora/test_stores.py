@@ -111,6 +111,9 @@ def test_parsing_locations():
     assert floc.path == "/tmp/some/where"
     with pytest.raises(StoreError, match=r"ftp://x/y: unsupported location scheme 'ftp://'"):
         open_location("ftp://x/y")
+    with pytest.raises(StoreError, match=r"^hf://datasets/o/n/corpus: trawl reads the Hugging Face Hub .* does not "
+                                         r"publish to it"):
+        ingest(["x.jsonl"], "hf://datasets/o/n/corpus")
 
 
 @pytest.mark.parametrize("url,module,extra", [("s3://bucket/corpus", "s3fs", "s3"),
