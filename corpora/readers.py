@@ -459,7 +459,8 @@ def read_url(url: str, text_field: str = "text", id_field: str | None = None,
 
     loc = open_location(url)
     for name, path, in_folder in url_files(url):
-        suffix = "".join(Path(path).suffixes[-2:])
+        # the temporary file keeps the name's kind and compression suffixes (and nothing odd or long)
+        suffix = "".join(x for x in Path(path).suffixes[-2:] if re.fullmatch(r"\.[A-Za-z0-9]{1,12}", x))
         fd, tmp = tempfile.mkstemp(prefix="trawl-input-", suffix=suffix)
         try:
             with os.fdopen(fd, "wb") as out, store_errors(name, "read it"):
