@@ -22,7 +22,8 @@ store (a :class:`corpora.locations.Location`) is never written or read in place:
 
 The cache lives in ``$TRAWL_CACHE_DIR`` (default ``$XDG_CACHE_HOME/trawl`` or ``~/.cache/trawl``),
 under ``store/``; staging folders under ``store/staging/`` (same file system, so a freshly published
-folder becomes the cache entry by a rename, and the node that built it never downloads it).
+folder becomes the cache entry by a rename, and the node that built it never downloads it), one
+folder per host.
 """
 from __future__ import annotations
 
@@ -135,7 +136,9 @@ def publish_folder(local: Path, loc: Location, *, manifest_name: str) -> list[st
 
 def staging_folder(name: str) -> Path:
     """A fresh local folder to build an output in before it is published (removed by the caller)."""
-    root = _mkdir(cache_root() / "staging")
+    # one folder per host: with a cache on a shared file system (README: Ray on several nodes), a
+    # leftover is judged by its pid on the host that made it, never by another host's pids
+    root = _mkdir(cache_root() / "staging" / (socket.gethostname() or "host"))
     for leftover in root.glob("*.tmp-*"):   # what killed publishers left (dead pids only)
         clean_stale_temps(leftover.with_name(leftover.name.split(".tmp-")[0]))
     path = root / f"{name}.tmp-{os.getpid()}"
