@@ -154,7 +154,7 @@ class SuffixIndex:
         entries = manifest["shards"]
         numbers = range(len(entries)) if shards is None else list(shards)
         idx = cls(path, manifest, [_Shard(path, entries[i], i) for i in numbers])
-        if location != str(path):
+        if location != str(path) and "://" in location:   # read from a URL (local_index fetched it)
             idx.location = location
         return idx
 
