@@ -470,3 +470,24 @@ def test_whole_chain_from_memory_inputs_equals_the_local_pipeline(local_pipeline
             assert got == [dict(r, source=url_source(r["source"])) for r in want]
     want = [dict(r, source=url_source(r["source"])) for r in matches_rows(ref["matches"])]
     assert matches_rows(tmp_path / "m.parquet") == want and want
+
+
+def test_report_reads_documents_from_an_index_url(local_pipeline, tmp_path, monkeypatch):
+    from reports.texts import _open_index
+
+    b = bucket()
+    build_index(local_pipeline["corpus"], f"{b}/index")
+    node(monkeypatch, tmp_path, "reporter")
+    probe = DOCS[3][10:40]
+    for index, meta in ((f"{b}/index", {}), (None, {"index": f"{b}/index"})):
+        warnings = []
+        idx, opened, where = _open_index(index, meta, warnings)
+        assert idx is not None and opened and not warnings
+        with SuffixIndex.open(local_pipeline["index"]) as ref:
+            assert [(o.doc_id, o.doc_offset) for o in idx.find(probe)] == \
+                [(o.doc_id, o.doc_offset) for o in ref.find(probe)]
+        idx.close()
+    warnings = []
+    assert _open_index(None, {"index": f"{b}/gone"}, warnings)[0] is None and "no such index folder" in warnings[0]
+    with pytest.raises(StoreError, match=f"^{b}/gone: no such index folder"):
+        _open_index(f"{b}/gone", {}, [])
