@@ -10,7 +10,6 @@ and that every adjacent pair of suffixes is in strictly increasing order
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
