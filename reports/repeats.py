@@ -142,11 +142,16 @@ class RepeatedDraws:
         rids = pa.chunked_array(self.rids, pa.string()) if self.rids else pa.chunked_array([], pa.string())
         ug, ginv, gsize = np.unique(g64, return_inverse=True, return_counts=True)
         has_seed = eff != np.iinfo(np.int64).min
-        same_rows, same_classes = _repeat_rows((g64[has_seed], eff[has_seed]), np.nonzero(has_seed)[0])
+        # a class of equal keys holds equal second keys: only rows whose seed (fingerprint) occurs twice
+        # can be in one, so the two-key sorts run on those alone
+        seeded = np.nonzero(has_seed)[0]
+        seeded = seeded[occurs_twice(eff[seeded])]
+        same_rows, same_classes = _repeat_rows((g64[seeded], eff[seeded]), seeded)
         # identical completions have identical fingerprints: only rows sharing (group, fingerprint) with
         # another can repeat one; their completions are read again and compared by their full hash
         cand = np.zeros(len(fp), dtype=bool)
-        cand[np.concatenate([c[0] for c in _repeat_rows((g64, fp), np.arange(len(fp)))[1]] or
+        twice = np.nonzero(occurs_twice(fp))[0]
+        cand[np.concatenate([c[0] for c in _repeat_rows((g64[twice], fp[twice]), twice)[1]] or
                             [np.zeros(0, np.int64)])] = True
         cand = np.nonzero(cand)[0]
         d64 = _completion_hashes(parts, ordinal[cand])
@@ -246,6 +251,15 @@ def _completion_hashes(parts: list[str], ordinals: np.ndarray) -> np.ndarray:
             if j == len(ordinals):
                 return out
     raise ReportError(f"{parts[-1]}: the generation files changed while the report read them")
+
+
+def occurs_twice(values: np.ndarray) -> np.ndarray:
+    """True where the value occurs at least twice in ``values`` (one sort)."""
+    if len(values) < 2:
+        return np.zeros(len(values), dtype=bool)
+    s = np.sort(values)
+    dup = s[1:][s[1:] == s[:-1]]
+    return np.isin(values, dup) if len(dup) else np.zeros(len(values), dtype=bool)
 
 
 def _repeat_rows(keys: tuple, rows: np.ndarray) -> tuple[np.ndarray, list[tuple[np.ndarray, int]]]:

@@ -263,3 +263,15 @@ def test_union_added_equals_the_interval_loop():
     st, en = np.array([0, 10]), np.array([5, 3])                  # damaged: an end before its start
     assert union_added(np.zeros(2, np.int64), st, en) is None
     assert union_total(np.zeros(2, np.int64), st, en) == sum(union_length(np.zeros(2, np.int64), st, en).values())
+
+
+def test_occurs_twice_by_counting():
+    from collections import Counter
+
+    from reports.repeats import occurs_twice
+    rng = np.random.default_rng(2)
+    for n, hi in ((0, 5), (1, 5), (2, 1), (50, 10), (500, 10_000), (300, 2 ** 63)):
+        for dtype in (np.int64, np.uint64):
+            x = rng.integers(0, hi, n, dtype=np.uint64).astype(dtype)
+            c = Counter(x.tolist())
+            assert occurs_twice(x).tolist() == [c[v] >= 2 for v in x.tolist()]
