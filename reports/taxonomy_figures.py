@@ -80,6 +80,7 @@ class SpanPool:
         self.wid = win_id[at] if len(at) else np.zeros(0, np.int64)
         self.wgen = np.repeat(self.gen, lens)
         self.ngen = max(len(gen_of), 1)
+        self._seen: dict = {}
 
     def _window_freq(self, idx: np.ndarray) -> dict[int, int]:
         """``{k: f_k}``: distinct windows of the spans ``idx`` seen in exactly k generations."""
@@ -103,19 +104,25 @@ class SpanPool:
             best[g] = max(best[g], t)
         return int(tot + sum(best.values()))
 
-    def figures(self, idx, generations: int, generated_tokens: int, cost: float) -> dict:
-        """The figures (module docstring) of the spans ``idx`` against these denominators."""
-        idx = np.asarray(idx, dtype=np.int64)
-        mem_gens = distinct_count(self.gen[idx])
-        mem_toks = self._tokens(idx)
-        fq = self._window_freq(idx)
-        uniq = int(sum(fq.values()))
-        ub = union_total(self.doc[idx], self.doc_off[idx], self.doc_off[idx] + self.nbytes[idx]) if len(idx) else 0
-        lo, hi = ex.chao1_ci95(fq)
+    def _counts(self, idx: np.ndarray) -> tuple:
+        """(memorized generations, memorized tokens, {k: f_k}, unique bytes, longest span) of the spans ``idx``."""
         longest = (0, 0)
         if len(idx):
             j = idx[np.lexsort((self.nbytes[idx], self.tokens[idx]))[-1]]
             longest = (int(self.tokens[j]), int(self.nbytes[j]))
+        ub = union_total(self.doc[idx], self.doc_off[idx], self.doc_off[idx] + self.nbytes[idx]) if len(idx) else 0
+        return distinct_count(self.gen[idx]), self._tokens(idx), self._window_freq(idx), ub, longest
+
+    def figures(self, idx, generations: int, generated_tokens: int, cost: float) -> dict:
+        """The figures (module docstring) of the spans ``idx`` against these denominators."""
+        idx = np.asarray(idx, dtype=np.int64)
+        key = idx.tobytes()            # the same spans again (a class that is all of an attack's): computed once
+        if key not in self._seen:
+            self._seen.clear()
+            self._seen[key] = self._counts(idx)
+        mem_gens, mem_toks, fq, ub, longest = self._seen[key]
+        uniq = int(sum(fq.values()))
+        lo, hi = ex.chao1_ci95(fq)
         return {
             "generations": generations, "generated_tokens": generated_tokens,
             "memorized_spans": int(len(idx)), "distinct_texts": distinct_count(self.text[idx]),
