@@ -143,20 +143,25 @@ def test_budget_stop_and_a_dead_server_are_said_then_a_rerun_completes(tmp_path,
     assert g["scoring"]["prompt_tokens"] == want["scoring"]["prompt_tokens"]
 
 
-def test_damaged_journal_is_rescored_never_other_numbers(tmp_path, sets, capsys):
-    """The journal a killed run leaves, damaged at random: each rerun ends with the figures of the
-    undamaged run (damaged lines scored again) or one line; never a traceback or other numbers."""
+def finished_run(tmp_path, sets, srv, batch: str) -> tuple[dict, list[dict]]:
+    """An uninterrupted run's figures, and the journal records the driver writes for its rows
+    (extractor/scoring: one a scored text), from its scores.parquet."""
     import pyarrow.parquet as pq
 
     full = tmp_path / "full"
+    assert main(args(sets, srv, full, "--batch", batch, "-q")) == 0
+    t = pq.read_table(full / "scores.parquet")
+    settings = json.loads(t.schema.metadata[b"settings"])
+    return figures(full), [{"settings": settings, "row": row, "prompt_tokens": 7, "completion_tokens": 1,
+                            "cost_usd": 1e-5} for row in t.to_pylist()]
+
+
+def test_damaged_journal_is_rescored_never_other_numbers(tmp_path, sets, capsys):
+    """The journal a killed run leaves, damaged at random: each rerun ends with the figures of the
+    undamaged run (damaged lines scored again) or one line; never a traceback or other numbers."""
     with EchoServer() as srv:
-        assert main(args(sets, srv, full, "--batch", "3", "-q")) == 0
-        want = figures(full)
-        t = pq.read_table(full / "scores.parquet")
-        settings = json.loads(t.schema.metadata[b"settings"])
-        # the journal as the driver writes it (extractor/scoring: one record a scored text)
-        clean = b"".join(journal_line({"settings": settings, "row": row, "prompt_tokens": 7, "completion_tokens": 1,
-                                       "cost_usd": 1e-5}) for row in t.to_pylist())
+        want, recs = finished_run(tmp_path, sets, srv, "3")
+        clean = b"".join(journal_line(r) for r in recs)
         rng = random.Random(1414)
         outcomes = set()
         for trial in range(30):
@@ -199,15 +204,9 @@ def test_damaged_journal_is_rescored_never_other_numbers(tmp_path, sets, capsys)
 def test_journal_records_of_other_types_are_rescored(tmp_path, sets, capsys):
     """Lines whose checksum holds but whose record is not one trawl writes (a field of another type, other
     settings): dropped and scored again; the figures are the undamaged run's."""
-    import pyarrow.parquet as pq
-
-    full = tmp_path / "full"
     with EchoServer() as srv:
-        assert main(args(sets, srv, full, "--batch", "4", "-q")) == 0
-        want = figures(full)
-        t = pq.read_table(full / "scores.parquet")
-        settings = json.loads(t.schema.metadata[b"settings"])
-        rows = t.to_pylist()
+        want, clean = finished_run(tmp_path, sets, srv, "4")
+        settings, rows = clean[0]["settings"], [r["row"] for r in clean]
         bad = [("row", "perplexity", "1.5"), ("row", "scored_tokens", -1), ("row", "scored_tokens", 2 ** 40),
                ("row", "token_logprobs", "x"), ("row", "request_id", 5), ("row", "min_k_pp_exact", 1),
                ("row", "attack", 3), ("rec", "cost_usd", float("nan")), ("rec", "prompt_tokens", True),
