@@ -42,7 +42,7 @@ from extractor.errors import TrawlError
 from extractor.sampling.budget import Budget, Pricing, Usage, stop_reason
 from extractor.sampling.plan import Grouping, Unit
 from extractor.sampling.requests import Done, Sender
-from extractor.sampling.run_folder import RunDir, journal_line, rows_to_table
+from extractor.sampling.run_folder import PART_TOKENS, RunDir, journal_line, rows_to_table
 from extractor.sampling.summary import RunSummary, attack_summaries
 
 _DRAINING_STOPS = ("max_seconds", "errors", "crashed", "interrupted")  # requests not yet sent are dropped
@@ -354,12 +354,20 @@ class Engine:
         if self.rd.should_flush() or now - self._last_flush >= self.rd.flush_seconds:
             self.rd.flush()
             self._last_flush = now
-        else:
-            self.rd.spill()   # the part's row groups are encoded as rows come, not all at the flush
+        elif self._exhausted and self._last_part(fl):
+            self.rd.spill()   # the run's last part: its row groups are encoded as rows come, not at the end
         if now - self._last_status >= 5.0:
             self._write_status("running")
             self._last_status = now
         self._tick()
+
+    def _last_part(self, fl: _Flight) -> bool:
+        """Every request is sent and the rows still in flight (at most what they reserve) fit the open
+        part: it is the run's last, and the run ends waiting for it. Written as its rows come
+        (:meth:`RunDir.spill`), only its last row group is left to encode then. Earlier parts are
+        written whole when they roll: one row group compresses better and costs less CPU than many."""
+        return (self.rd.buffered() + fl.reserved[0] < self.rd.flush_rows
+                and self.rd.buffered_tokens() + fl.reserved[1] < PART_TOKENS)
 
     def _failed(self, unit: Unit, error: BaseException) -> None:
         if isinstance(error, BackendError) and error.status in (401, 403, 404):

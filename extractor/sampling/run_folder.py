@@ -17,11 +17,12 @@ Crash safety
     buffered rows become a Parquet part written atomically (a hidden
     ``.part-NNNNN.parquet.tmp-<pid>``, fsync, ``os.replace``, directory fsync)
     and only then is the journal emptied; a clean stop removes the empty journal.
-    The part's temporary file is written as the rows come (:meth:`RunDir.spill`: a
-    row group each time :data:`GROUP_TOKENS` token offsets wait; the sampler's
-    workers hand over the rows already converted to Arrow), so that publishing a
-    part costs its last row group, the footer and the fsyncs, not the encoding of
-    all its rows; until it is published the journal holds all of them.
+    The sampler's workers hand over the rows already converted to Arrow; the run's
+    last part (every request sent, what is in flight fits in it) is written into
+    its temporary file as the rows come (:meth:`RunDir.spill`: a row group each
+    time :data:`GROUP_TOKENS` token offsets wait), so that the run's end costs its
+    last row group, the footer and the fsyncs, not the encoding of all its rows;
+    until it is published the journal holds all of them.
     Non-part names start with ``_`` or ``.`` so that dataset readers such as
     ``pyarrow.parquet.read_table("RUN/generations")`` skip them. :meth:`RunDir.recover` (run at every start) deletes stray temporary
     files, moves journal rows that are not in a part yet into a new part, and
@@ -480,6 +481,9 @@ class RunDir:
 
     def buffered(self) -> int:
         return self._buffered
+
+    def buffered_tokens(self) -> int:
+        return self._buffered_tokens
 
     def should_flush(self) -> bool:
         """The buffered rows make a part: ``flush_rows`` of them, or :data:`PART_TOKENS` token
