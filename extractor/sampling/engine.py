@@ -354,7 +354,7 @@ class Engine:
         if self.rd.should_flush() or now - self._last_flush >= self.rd.flush_seconds:
             self.rd.flush()
             self._last_flush = now
-        elif self._exhausted and self._last_part(fl):
+        elif self._last_part(fl):
             self.rd.spill()   # the run's last part: its row groups are encoded as rows come, not at the end
         if now - self._last_status >= 5.0:
             self._write_status("running")
@@ -366,7 +366,7 @@ class Engine:
         part: it is the run's last, and the run ends waiting for it. Written as its rows come
         (:meth:`RunDir.spill`), only its last row group is left to encode then. Earlier parts are
         written whole when they roll: one row group compresses better and costs less CPU than many."""
-        return (self.rd.buffered() + fl.reserved[0] < self.rd.flush_rows
+        return (self._exhausted and self.rd.buffered() + fl.reserved[0] < self.rd.flush_rows
                 and self.rd.buffered_tokens() + fl.reserved[1] < PART_TOKENS)
 
     def _failed(self, unit: Unit, error: BaseException) -> None:
