@@ -40,6 +40,7 @@ DEFAULT_RETRIES = 3
 # task or actor call to rename it to NAME.fired kills its own process: a worker lost mid-build or
 # mid-match, which Ray must retry
 CRASH_ONCE_ENV = "TRAWL_RAY_CRASH_ONCE"
+CRASH_STAGES = ("read", "write")   # the ingest workers' two steps (corpora.ingest_workers)
 
 
 @dataclass(frozen=True)
@@ -107,10 +108,18 @@ def spec_from_args(args) -> ExecutorSpec:
     return ExecutorSpec(kind=kind, address=address, cpus=cpus)
 
 
-def crash_once_hook() -> None:
-    """The fault-injection test hook (see ``CRASH_ONCE_ENV``); nothing unless that file exists."""
+def crash_once_hook(stage: str | None = None) -> None:
+    """The fault-injection test hook (see ``CRASH_ONCE_ENV``); nothing unless that file exists.
+    A file whose text names a stage (``read``, ``write``, ...) fires only at a hook of that stage;
+    any other text fires at the first hook reached."""
     path = os.environ.get(CRASH_ONCE_ENV)
     if not path:
+        return
+    try:
+        want = open(path, encoding="utf-8").read().strip()
+    except OSError:
+        return
+    if want in CRASH_STAGES and want != stage:
         return
     try:
         os.rename(path, path + ".fired")   # atomic: one caller wins
