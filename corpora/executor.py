@@ -40,7 +40,17 @@ DEFAULT_RETRIES = 3
 # task or actor call to rename it to NAME.fired kills its own process: a worker lost mid-build or
 # mid-match, which Ray must retry
 CRASH_ONCE_ENV = "TRAWL_RAY_CRASH_ONCE"
-CRASH_STAGES = ("read", "write")   # the ingest workers' two steps (corpora.ingest_workers)
+CRASH_STAGES = ("read", "write")
+# test hook: with this variable naming a file, every task or actor call reaching a hook touches
+# NAME.started and waits while NAME exists (at most STALL_MAX_S): the fault tests lose the cluster
+# while a command is mid-run
+STALL_ENV = "TRAWL_RAY_STALL"
+STALL_MAX_S = 120
+# a lost cluster: every wait on Ray polls (HEALTH_EVERY_S) and checks that the cluster's head (its
+# GCS) still accepts connections; unreachable for LOST_AFTER_S is a lost cluster, one error line
+# (Ray itself would wait 60 s, then end the process with its own log line, not trawl's)
+HEALTH_EVERY_S = 1.0
+LOST_AFTER_S = 8.0   # the ingest workers' two steps (corpora.ingest_workers)
 
 
 @dataclass(frozen=True)
@@ -112,6 +122,14 @@ def crash_once_hook(stage: str | None = None) -> None:
     """The fault-injection test hook (see ``CRASH_ONCE_ENV``); nothing unless that file exists.
     A file whose text names a stage (``read``, ``write``, ...) fires only at a hook of that stage;
     any other text fires at the first hook reached."""
+    stall = os.environ.get(STALL_ENV)
+    if stall:
+        import time
+
+        open(stall + ".started", "a").close()
+        deadline = time.monotonic() + STALL_MAX_S
+        while os.path.exists(stall) and time.monotonic() < deadline:
+            time.sleep(0.1)
     path = os.environ.get(CRASH_ONCE_ENV)
     if not path:
         return
@@ -242,6 +260,8 @@ class RayExecutor:
             nodes = [n for n in ray.nodes() if n.get("Alive")]
         except Exception as exc:   # noqa: BLE001 - any failure here is the cluster's
             raise ExecutorError(f"{self.where}: lost ({_first_line(exc)}); re-run the command") from None
+        self.lost = False
+        self.gcs = _gcs_address(ray, address)
         self.cpus = max(1, int(res.get("CPU", 1)))
         self.node_memory = max([int(n.get("Resources", {}).get("memory", 0)) for n in nodes] or [0])
         self.workers = spec.workers or self.cpus
@@ -269,7 +289,7 @@ class RayExecutor:
         pending = list(refs)
         try:
             while pending:
-                done, pending = ray.wait(pending, num_returns=1)
+                done, pending = self._wait(pending, 1)
                 for r in done:
                     results[index[r]] = self.get(r)
                     if on_done:
@@ -281,7 +301,9 @@ class RayExecutor:
 
     def _stop(self, refs) -> None:
         """Cancel tasks and wait (up to a minute) until they are gone, so that none still writes into
-        a temporary folder the caller is about to remove."""
+        a temporary folder the caller is about to remove. Nothing to do on a lost cluster."""
+        if self.lost:
+            return
         for r in refs:
             try:
                 self.ray.cancel(r, force=True)
@@ -329,11 +351,61 @@ class RayExecutor:
             out.append(remote.options(**opts).remote(*args))
         return out
 
+    def _wait(self, refs: list, num_returns: int) -> tuple[list, list]:
+        """``ray.wait`` for ``num_returns`` of ``refs``, checking the cluster's head every
+        ``HEALTH_EVERY_S``: gone for ``LOST_AFTER_S`` raises :class:`ExecutorError` (see
+        :meth:`_lose`) instead of Ray's minute-long wait and its own exit."""
+        import time
+
+        down_since = None
+        while True:
+            try:
+                done, rest = self.ray.wait(refs, num_returns=num_returns, timeout=HEALTH_EVERY_S)
+            except Exception as exc:   # noqa: BLE001 - the cluster's failure, translated by get()
+                if _is_ray_error(exc) and not self._head_alive():
+                    self._lose()
+                raise
+            if len(done) >= num_returns:
+                return done, rest
+            if self._head_alive():
+                down_since = None
+            elif down_since is None:
+                down_since = time.monotonic()
+            elif time.monotonic() - down_since >= LOST_AFTER_S:
+                self._lose()
+
+    def _head_alive(self) -> bool:
+        return _reachable(self.gcs) if self.gcs else True
+
+    def _lose(self):
+        """The cluster is gone mid-run: one error line, and Ray left alone (its shutdown would wait
+        for the dead head, then end the process with its own message)."""
+        import atexit
+
+        if not self.lost:
+            self.lost = True
+            try:
+                atexit.unregister(self.ray.shutdown)
+            except Exception:   # noqa: BLE001 - best effort
+                pass
+            # Ray's core worker, its head gone, crashes the interpreter's finalisation (SIGSEGV):
+            # once the error line is out, the process ends with that error's exit status instead
+            atexit.register(_exit_now, ExecutorError.exit_code)
+        raise ExecutorError(f"{self.where}: lost mid-run (its head at {self.gcs} stopped answering for "
+                            f"{LOST_AFTER_S:.0f} s); nothing was published: re-run the command once the "
+                            f"cluster is back (or without --ray-address)")
+
     def get(self, refs):
         """``ray.get`` with the errors translated (see the module docstring)."""
         ray = self.ray
         from ray import exceptions as rex
 
+        single = not isinstance(refs, list)
+        want = [refs] if single else list(refs)
+        if self.lost:
+            self._lose()
+        if want:
+            self._wait(want, len(want))
         try:
             return ray.get(refs)
         except rex.RayTaskError as exc:
@@ -347,6 +419,8 @@ class RayExecutor:
                                 f"the command") from None
 
     def kill(self, actors) -> None:
+        if self.lost:
+            return
         for a in actors:
             try:
                 self.ray.kill(a)
@@ -354,7 +428,7 @@ class RayExecutor:
                 pass
 
     def close(self) -> None:
-        if self.owned:
+        if self.owned and not self.lost:
             self.owned = False
             try:
                 self.ray.shutdown()
@@ -376,6 +450,43 @@ def open_executor(spec: ExecutorSpec | None = None, *, local_workers: int = 1):
     if spec.kind != "local":
         raise ExecutorError(f"unknown executor {spec.kind!r} (known: {', '.join(KINDS)})")
     return LocalExecutor(local_workers)
+
+
+def _exit_now(code: int) -> None:
+    import sys
+
+    for f in (sys.stdout, sys.stderr):
+        try:
+            f.flush()
+        except Exception:   # noqa: BLE001 - closed streams
+            pass
+    os._exit(code)
+
+
+def _gcs_address(ray, address: str | None) -> str | None:
+    """The ``host:port`` of the cluster's head (GCS), for the health checks; None if unknown."""
+    try:
+        gcs = ray.get_runtime_context().gcs_address
+    except Exception:   # noqa: BLE001 - an older Ray: the address given, when it is host:port
+        gcs = None
+    if not gcs and address and ":" in address and "/" not in address:
+        gcs = address
+    return gcs or None
+
+
+def _reachable(address: str, timeout: float = 2.0) -> bool:
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout).close()
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _is_ray_error(exc: BaseException) -> bool:
+    return type(exc).__module__.startswith("ray") or isinstance(exc, ConnectionError)
 
 
 def _check_reachable(address: str, where: str, timeout: float = 5.0) -> None:
