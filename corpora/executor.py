@@ -240,6 +240,9 @@ class RayExecutor:
         address = spec.address or os.environ.get("RAY_ADDRESS") or None
         self.where = f"Ray cluster at {address}" if address else "the local Ray"
         if not ray.is_initialized():
+            # Ray's C++ core logs its errors to this process's stderr (a dying cluster: dozens of
+            # lines); trawl reports them as one line. RAY_BACKEND_LOG_LEVEL set by the user wins
+            os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
             kw: dict[str, Any] = dict(include_dashboard=False, logging_level="ERROR", log_to_driver=False,
                                       configure_logging=True)
             if address:
@@ -250,7 +253,8 @@ class RayExecutor:
                 kw["num_cpus"] = spec.cpus or os.cpu_count() or 1
                 kw["object_store_memory"] = 256 << 20   # results are small: spans, manifest entries
             try:
-                ray.init(**kw)
+                with _quiet_stderr():   # the C++ core's line announcing its log level
+                    ray.init(**kw)
             except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
                 raise ExecutorError(f"{self.where}: cannot connect ({_first_line(exc)}); start it (ray start "
                                     f"--head) or fix --ray-address / RAY_ADDRESS, then re-run the command") from None
@@ -374,6 +378,19 @@ class RayExecutor:
             elif time.monotonic() - down_since >= LOST_AFTER_S:
                 self._lose()
 
+    def _head_gone(self, grace: float) -> bool:
+        """The head unreachable at two checks in a row within ``grace`` seconds."""
+        import time
+
+        end, misses = time.monotonic() + grace, 0
+        while True:
+            misses = 0 if self._head_alive() else misses + 1
+            if misses >= 2:
+                return True
+            if time.monotonic() >= end:
+                return False
+            time.sleep(HEALTH_EVERY_S / 2)
+
     def _head_alive(self) -> bool:
         return _reachable(self.gcs) if self.gcs else True
 
@@ -414,6 +431,8 @@ class RayExecutor:
                 raise cause from None
             raise
         except (rex.RayError, ConnectionError) as exc:
+            if self._head_gone(grace=3 * HEALTH_EVERY_S):
+                self._lose()
             raise ExecutorError(f"{self.where}: a worker or the cluster was lost and retries ran out "
                                 f"({type(exc).__name__}: {_first_line(exc)}); nothing was published: re-run "
                                 f"the command") from None
@@ -450,6 +469,28 @@ def open_executor(spec: ExecutorSpec | None = None, *, local_workers: int = 1):
     if spec.kind != "local":
         raise ExecutorError(f"unknown executor {spec.kind!r} (known: {', '.join(KINDS)})")
     return LocalExecutor(local_workers)
+
+
+class _quiet_stderr:
+    """File descriptor 2 sent to /dev/null for a block (what C++ code writes there included)."""
+
+    def __enter__(self):
+        import sys
+
+        try:
+            sys.stderr.flush()
+            self.saved = os.dup(2)
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 2)
+            os.close(null)
+        except OSError:
+            self.saved = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            os.dup2(self.saved, 2)
+            os.close(self.saved)
 
 
 def _exit_now(code: int) -> None:
