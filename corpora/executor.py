@@ -157,6 +157,7 @@ class LocalExecutor:
 
     def __init__(self, workers: int = 1):
         self.workers = self.cpus = max(1, int(workers))
+        self.gpus = 0
 
     def map(self, fn: Callable, argses: Sequence[tuple], *, memory: Sequence[int] | None = None,
             on_done: Callable[[int, Any], None] | None = None) -> list:
@@ -184,7 +185,7 @@ class LocalExecutor:
             yield fn(*args)
 
     def actors(self, cls: type, argses: Sequence[tuple], *, memory: Sequence[int] | None = None,
-               concurrency: int = 1, num_cpus: float = 1) -> list:
+               concurrency: int = 1, num_cpus: float = 1, num_gpus: float = 0) -> list:
         """In-process stand-ins for actors (same calling convention: ``a.method.remote(...)``, then
         :meth:`get`); the calls run at once, in this process."""
         return [_LocalActor(cls(*args)) for args in argses]
@@ -267,6 +268,7 @@ class RayExecutor:
         self.lost = False
         self.gcs = _gcs_address(ray, address)
         self.cpus = max(1, int(res.get("CPU", 1)))
+        self.gpus = int(res.get("GPU", 0))
         self.node_memory = max([int(n.get("Resources", {}).get("memory", 0)) for n in nodes] or [0])
         self.workers = spec.workers or self.cpus
 
@@ -341,14 +343,17 @@ class RayExecutor:
 
     # ------------------------------------------------------------------ actors
     def actors(self, cls: type, argses: Sequence[tuple], *, memory: Sequence[int] | None = None,
-               concurrency: int = 1, num_cpus: float = 1) -> list:
+               concurrency: int = 1, num_cpus: float = 1, num_gpus: float = 0) -> list:
         """One actor of ``cls`` per ``args``; restarted (its calls retried) when its process dies.
-        ``num_cpus``: what each holds while it lives (less than 1 to place more actors than CPUs)."""
+        ``num_cpus``, ``num_gpus``: what each holds while it lives (less than 1 CPU to place more
+        actors than CPUs; a GPU each for the vLLM engines)."""
         remote = self.ray.remote(cls)
         out = []
         for i, args in enumerate(argses):
             opts: dict[str, Any] = dict(num_cpus=num_cpus, max_restarts=self.spec.retries, max_task_retries=self.spec.retries,
                                         max_concurrency=concurrency)
+            if num_gpus:
+                opts["num_gpus"] = num_gpus
             if memory is not None and memory[i]:
                 self._check_memory(int(memory[i]), f"actor {i}")
                 opts["memory"] = int(memory[i])
