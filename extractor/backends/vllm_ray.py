@@ -43,10 +43,11 @@ def engine_for(seed: int | None, prompt, engines: int) -> int:
 class EngineWorker:
     """What each actor holds: one in-process vLLM backend (one engine), built on the worker."""
 
-    def __init__(self, model: str, engine_args: dict, want_logprobs: bool, api: str):
+    def __init__(self, endpoint: str, model: str, engine_args: dict, want_logprobs: bool, api: str):
         from extractor.backends.vllm_offline import VLLMOfflineBackend
 
-        self.be = VLLMOfflineBackend(model=model, engine_args=engine_args, want_logprobs=want_logprobs, api=api)
+        self.be = VLLMOfflineBackend(endpoint, model=model, engine_args=engine_args, want_logprobs=want_logprobs,
+                                     api=api)
 
     def probe(self):
         return self.be.probe()
@@ -116,7 +117,8 @@ class VLLMRayBackend:
             gpus = 1 if int(getattr(ex, "gpus", 0) or 0) >= 1 else 0
         n = self.spec.workers or (int(getattr(ex, "gpus", 0) or 0) if gpus else 0) or 1
         self.engines = n
-        self.actors = ex.actors(EngineWorker, [(self.model, self.engine_args, self.want_logprobs, self.api_pref)] * n,
+        self.actors = ex.actors(EngineWorker, [(self.endpoint, self.model, self.engine_args, self.want_logprobs,
+                                                      self.api_pref)] * n,
                                 concurrency=self.concurrency, num_cpus=1, num_gpus=gpus)
 
     def probe(self, use_cache: bool = True) -> Capabilities:

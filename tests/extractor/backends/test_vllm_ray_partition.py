@@ -17,7 +17,7 @@ from extractor.errors import TrawlError
 class FakeWorker:
     made: list = []
 
-    def __init__(self, model, engine_args, want_logprobs, api):
+    def __init__(self, endpoint, model, engine_args, want_logprobs, api):
         self.seen: list = []
         FakeWorker.made.append(self)
 
