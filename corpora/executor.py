@@ -16,7 +16,10 @@ imported here and nowhere else**; the steps see three calls:
 
 Failures: an exception a task raises reaches the caller as itself (a ``CorpusError`` stays one
 line); the cluster unreachable, lost, or unable to place a task is :class:`ExecutorError`, one line
-that says the command can be re-run (every step writes under a temporary name and publishes once,
+that says the command can be re-run. A cluster lost mid-run is found by polling: every wait on Ray
+returns each ``HEALTH_EVERY_S`` to check that the head (its GCS port) still accepts connections;
+gone for ``LOST_AFTER_S`` it is the error line at once, not Ray's own minute-long wait ending the
+process with its log line (and Ray's shutdown, which would hang on the dead head, is skipped) (every step writes under a temporary name and publishes once,
 so nothing half-done is ever left under the output's name).
 
 Configuration (:class:`ExecutorSpec`): ``--executor local|ray``, ``--ray-address`` (default: the
@@ -422,8 +425,7 @@ class RayExecutor:
         ray = self.ray
         from ray import exceptions as rex
 
-        single = not isinstance(refs, list)
-        want = [refs] if single else list(refs)
+        want = list(refs) if isinstance(refs, list) else [refs]
         if self.lost:
             self._lose()
         if want:
