@@ -19,7 +19,7 @@ records, so the work runs in three steps (two on workers, one here):
 
 Then this process renames each returned stage to ``shard-NNNNN.arrow``, removes the segments and
 any stage a killed (then retried) attempt left, writes ``corpus.json`` and publishes the folder
-once (:func:`corpora.ingest.publish_corpus`). Every file is inside the temporary folder until that
+once (:func:`corpora.ingest.finish_corpus`). Every file is inside the temporary folder until that
 rename, so no half-written shard is ever under the corpus's name, and a failed run leaves nothing.
 
 The temporary folder must be on a path every worker sees (a shared file system).
@@ -227,10 +227,12 @@ def ingest_on_workers(executor, sources: list[str], out_dir, *, text_field: str,
                       progress: bool, extra_manifest: dict | None):
     """:func:`corpora.ingest.ingest` with the reading and writing on ``executor``'s workers (see the
     module docstring). Returns the opened corpus."""
-    from corpora.ingest import IngestStats, prepare_output_dir, publish_corpus, read_units
+    from corpora.ingest import IngestStats, prepare_output_dir, finish_corpus, read_units
     from corpora.shards import open_corpus, shard_name
 
-    out, tmp = prepare_output_dir(Path(out_dir), overwrite, sources)
+    from corpora.locations import is_url
+
+    out, tmp = prepare_output_dir(Path(out_dir), overwrite, [s for s in sources if not is_url(s)])
     bar = None
     try:
         units = read_units(sources)
@@ -256,7 +258,7 @@ def ingest_on_workers(executor, sources: list[str], out_dir, *, text_field: str,
         for p in tmp.iterdir():   # segments, and stages of attempts killed then retried: never published
             if p.name.startswith((SEGMENT_PREFIX, STAGE_PREFIX)):
                 p.unlink()
-        publish_corpus(tmp, out, shards, stats, max_shard_bytes=max_shard_bytes, keep_duplicates=keep_duplicates,
+        finish_corpus(tmp, out, shards, stats, max_shard_bytes=max_shard_bytes, keep_duplicates=keep_duplicates,
                        extra_manifest=extra_manifest)
     except BaseException:
         if bar is not None:
