@@ -151,31 +151,40 @@ def ingest_records(
         writer.close()
         if bar is not None:
             bar.close()
-        if stats.documents == 0:
-            raise CorpusError(
-                f"no documents: all {stats.read} records were empty/duplicates/skipped "
-                f"({stats.skipped_empty} empty, {stats.exact_duplicates} duplicates); {out} not written"
-            )
-        manifest = {
-            "format": CORPUS_FORMAT,
-            "format_version": CORPUS_FORMAT_VERSION,
-            "shards": writer.shards,
-            "documents": stats.documents,
-            "text_bytes": stats.text_bytes,
-            "stats": stats.as_manifest(),
-            "max_shard_bytes": max_shard_bytes,
-            "duplicates": "kept" if keep_duplicates else "dropped",
-            "created_at": utcnow(),
-        }
-        if extra_manifest:
-            manifest.update(extra_manifest)
-        write_json_atomic(tmp / MANIFEST_NAME, manifest)
-        with writing(out):
-            commit_output_dir(tmp, out)
+        finish_corpus(tmp, out, writer.shards, stats, max_shard_bytes=max_shard_bytes,
+                      keep_duplicates=keep_duplicates, extra_manifest=extra_manifest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return open_corpus(out)
+
+
+def finish_corpus(tmp: Path, out: Path, shards: list[dict], stats: IngestStats, *, max_shard_bytes: int,
+                  keep_duplicates: bool, extra_manifest: dict | None) -> None:
+    """Write ``corpus.json`` into the finished temporary folder ``tmp`` and rename it to ``out``:
+    the one publication of a corpus, whoever wrote its shards (this process or workers). A corpus
+    without documents is refused here."""
+    if stats.documents == 0:
+        raise CorpusError(
+            f"no documents: all {stats.read} records were empty/duplicates/skipped "
+            f"({stats.skipped_empty} empty, {stats.exact_duplicates} duplicates); {out} not written"
+        )
+    manifest = {
+        "format": CORPUS_FORMAT,
+        "format_version": CORPUS_FORMAT_VERSION,
+        "shards": shards,
+        "documents": stats.documents,
+        "text_bytes": stats.text_bytes,
+        "stats": stats.as_manifest(),
+        "max_shard_bytes": max_shard_bytes,
+        "duplicates": "kept" if keep_duplicates else "dropped",
+        "created_at": utcnow(),
+    }
+    if extra_manifest:
+        manifest.update(extra_manifest)
+    write_json_atomic(tmp / MANIFEST_NAME, manifest)
+    with writing(out):
+        commit_output_dir(tmp, out)
 
 
 def ingest(
@@ -193,10 +202,10 @@ def ingest(
 ) -> Corpus:
     """Ingest files/folders (see :mod:`corpora.readers` for the formats) into ``out_dir``.
 
-    ``executor`` (:mod:`corpora.executor`): on Ray, the input files are read by workers in parallel
-    (:func:`read_units`: one unit per file, a folder's files in groups of ``FILES_PER_UNIT``) and
-    their records numbered, deduplicated and sharded here in input order, so the corpus is the one
-    a local ingest writes; it is published once, atomically, as always.
+    ``executor`` (:mod:`corpora.executor`): on Ray, workers read the input files and write the
+    shards (:mod:`corpora.ingest_workers`: read, then this process decides numbering, duplicates
+    and shard boundaries, then workers write), so the corpus is byte for byte the one a local
+    ingest writes; it is published once, atomically, as always.
 
     Sources and ``out_dir`` may be URLs (:mod:`corpora.locations`): inputs are fetched a file at a
     time; a corpus for a store is written to a local staging folder and published
@@ -213,14 +222,18 @@ def ingest(
             lambda local: ingest(sources, local, text_field=text_field, id_field=id_field,
                                  max_shard_bytes=max_shard_bytes, keep_duplicates=keep_duplicates,
                                  skip_binary=skip_binary, overwrite=True, progress=progress, executor=executor))
+    extra = {"inputs": sources, "text_field": text_field, "id_field": id_field}
     if executor is not None and executor.kind != "local":
-        records = _parallel_records(executor, sources, text_field, id_field, skip_binary)
-    else:
-        records = read_sources(sources, text_field=text_field, id_field=id_field, skip_binary=skip_binary)
+        from corpora.ingest_workers import ingest_on_workers
+
+        return ingest_on_workers(
+            executor, sources, out_dir, text_field=text_field, id_field=id_field, max_shard_bytes=max_shard_bytes,
+            keep_duplicates=keep_duplicates, skip_binary=skip_binary, overwrite=overwrite, progress=progress,
+            extra_manifest=extra)
+    records = read_sources(sources, text_field=text_field, id_field=id_field, skip_binary=skip_binary)
     return ingest_records(
         records, out_dir, max_shard_bytes=max_shard_bytes, keep_duplicates=keep_duplicates,
-        overwrite=overwrite, progress=progress, inputs=[s for s in sources if not is_url(s)],
-        extra_manifest={"inputs": sources, "text_field": text_field, "id_field": id_field},
+        overwrite=overwrite, progress=progress, inputs=[s for s in sources if not is_url(s)], extra_manifest=extra,
     )
 
 
@@ -247,20 +260,3 @@ def read_units(sources: list[str]) -> list[tuple[str, list[str]]]:
         for i in range(0, len(files), FILES_PER_UNIT):
             units.append(("files", files[i:i + FILES_PER_UNIT]))
     return units
-
-
-def read_unit(kind: str, paths: list[str], text_field: str, id_field: str | None, skip_binary: bool) -> list[Record]:
-    """The records of one unit (runs on a worker)."""
-    from corpora.executor import crash_once_hook
-    from corpora.readers import read_text_file
-
-    crash_once_hook()   # the fault tests' worker death, mid-read
-    if kind == "files":
-        return [r for r in (read_text_file(Path(p), skip_binary=skip_binary) for p in paths) if r is not None]
-    return list(read_sources(paths, text_field=text_field, id_field=id_field, skip_binary=skip_binary))
-
-
-def _parallel_records(executor, sources, text_field, id_field, skip_binary):
-    units = read_units(sources)
-    for records in executor.imap(read_unit, [(k, p, text_field, id_field, skip_binary) for k, p in units]):
-        yield from records

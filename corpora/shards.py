@@ -76,15 +76,21 @@ class ShardWriter:
     Call :meth:`add` per document (text must be non-empty valid UTF-8, ids are
     assigned here) and :meth:`close` once; :attr:`shards` then lists
     ``{"name", "documents", "text_bytes", "sha256"}`` per shard.
+
+    ``first_doc_id`` and ``name`` (the file name of the writer's i-th shard, default
+    :func:`shard_name`) let a worker write one shard of a corpus under a staged name
+    (:mod:`corpora.ingest_workers`): the bytes depend only on the documents and their ids.
     """
 
-    def __init__(self, out_dir: Path, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES):
+    def __init__(self, out_dir: Path, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, *, first_doc_id: int = 0,
+                 name=None):
         if max_shard_bytes <= 0:
             raise ValueError("max_shard_bytes must be positive")
         self.out_dir = Path(out_dir)
         self.max_shard_bytes = int(max_shard_bytes)
         self.shards: list[dict[str, Any]] = []
-        self.next_doc_id = 0
+        self.next_doc_id = int(first_doc_id)
+        self._name = name or shard_name
         self._writer: pa.RecordBatchFileWriter | None = None
         self._sink = None
         self._shard_docs = 0
@@ -114,7 +120,7 @@ class ShardWriter:
 
     # every write below names its shard when it fails (a full disk: storage.WriteError, one line)
     def _start_shard(self) -> None:
-        path = self.out_dir / shard_name(len(self.shards))
+        path = self.out_dir / self._name(len(self.shards))
         with writing(path):
             self._sink = pa.OSFile(str(path), "wb")
             self._writer = pa.ipc.new_file(self._sink, SHARD_SCHEMA)
@@ -126,7 +132,7 @@ class ShardWriter:
             return
         arrays = [pa.array(self._cols[f.name], type=f.type) for f in SHARD_SCHEMA]
         assert self._writer is not None
-        with writing(self.out_dir / shard_name(len(self.shards))):
+        with writing(self.out_dir / self._name(len(self.shards))):
             self._writer.write_batch(pa.record_batch(arrays, schema=SHARD_SCHEMA))
         self._cols = {n: [] for n in SHARD_SCHEMA.names}
         self._batch_bytes = 0
@@ -134,7 +140,7 @@ class ShardWriter:
     def _finish_shard(self) -> None:
         self._flush_batch()
         assert self._writer is not None and self._sink is not None
-        name = shard_name(len(self.shards))
+        name = self._name(len(self.shards))
         path = self.out_dir / name
         with writing(path):
             self._writer.close()
