@@ -46,6 +46,9 @@ from extractor.sampling.run_folder import PART_TOKENS, RunDir, journal_line, row
 from extractor.sampling.summary import RunSummary, attack_summaries
 
 _DRAINING_STOPS = ("max_seconds", "errors", "crashed", "interrupted")  # requests not yet sent are dropped
+# a row's `extra` as stored: the encoder json.dumps(extra, ensure_ascii=False, sort_keys=True) builds on
+# each call, built once (the same text; 10,000 rows were 10,000 encoder constructions)
+_EXTRA_JSON = json.JSONEncoder(ensure_ascii=False, sort_keys=True)
 
 
 def one_line(error: BaseException, *, with_type: bool = False, limit: int = 500) -> str:
@@ -411,7 +414,7 @@ class Engine:
                 extra["finish_error"] = f"{type(exc).__name__}: {exc}"
             extra["billed_prompt_tokens"] = billed_p
             extra["billed_completion_tokens"] = billed_c
-            row["extra"] = json.dumps(extra, ensure_ascii=False, sort_keys=True)
+            row["extra"] = _EXTRA_JSON.encode(extra)
             row["cost_usd"] = share
         return rows
 
