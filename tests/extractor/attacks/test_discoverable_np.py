@@ -61,6 +61,7 @@ def test_chat_runs_keep_the_monte_carlo_figure():
 
 @pytest.mark.slow
 def test_run_writes_exact_pz_greedy_verbatim_is_one(local_server, tmp_path):
+    """Greedy on the embedded llama.cpp server, a passage it continues verbatim: p_z = 1, observed."""
     corpus = write_corpus(tmp_path / "corpus", [PREAMBLE], shards=1)
     run = tmp_path / "run"
     spec = AttackSpec("discoverable", {"corpus": corpus, "documents": 1, "prefix_tokens": 14, "suffix_tokens": 10,
@@ -70,7 +71,11 @@ def test_run_writes_exact_pz_greedy_verbatim_is_one(local_server, tmp_path):
     out = json.loads((run / FILE).read_text())
     (doc,) = out["documents"]
     assert doc["monte_carlo"] == {"samples": 1, "hits": 1, "p_z": 1.0}     # the greedy generation was verbatim
-    assert doc["kind"] == "exact" and doc["p_z"] == 1.0
+    # a llama.cpp server's batch split (prompt-cache reuse) can flip an argmax, so the scorer's path is not the
+    # evidence: p_z = 1 observed, the same figure as the Monte Carlo row; the scorer's value beside it
+    assert doc["kind"] == "exact" and doc["p_z"] == 1.0 and doc["basis"] == "observed"
+    assert doc["p_z_as_generated"] == 1.0 and "disagree" not in doc["note"]
+    assert out["rows"]["sampler_rows"] is False and out["rows"]["check"] is None
     assert out["full_distribution"] is True and out["order"] == "llama.cpp"
     assert out["summary"]["mean_curve"][0] == [1, 1.0]
 
@@ -313,6 +318,10 @@ def test_rows_that_are_not_the_samplers_are_labelled():
             assert by[2]["p_z_as_generated"] == 1.0 and "disagree here" in by[2]["note"]
             assert by[3]["kind"] == "unavailable" and "disagree" in by[3]["note"]      # 1 of 3 greedy runs hit
             assert d["summary"]["exact_documents"] == 2 and d["summary"]["mean_curve"][0] == [1, 0.5]
+            from reports.render_np import load_extraction_np, md_section
+            warnings = []
+            md = md_section(load_extraction_np(str(run), warnings))
+            assert warnings == [] and "1 (observed greedy run)" in md and "Not the sampler's rows" in md
         # rows that agree: greedy p_z from the scorer (1 for all three)
         d = score_discoverable(str(run), _WordScorer(), server="vllm", sampler=_Sampler([lp, lp, lp]))
         assert [doc["p_z"] for doc in d["documents"]] == [1.0, 1.0, 1.0]
