@@ -11,7 +11,7 @@ from corpora.lazy import install as _install
 
 _EXPORTS = {
     "build_offline_corpus": "corpora.builtin", "offline_sources": "corpora.builtin",
-    "CorpusError": "corpora.errors",
+    "CorpusError": "corpora.errors", "StoreError": "corpora.errors",
     "IngestStats": "corpora.ingest", "ingest": "corpora.ingest", "ingest_records": "corpora.ingest",
     "Record": "corpora.readers", "read_sources": "corpora.readers",
     "CORPUS_FORMAT": "corpora.shards", "CORPUS_FORMAT_VERSION": "corpora.shards",
@@ -29,6 +29,7 @@ __all__ = [
     "Document",
     "IngestStats",
     "Record",
+    "StoreError",
     "build_offline_corpus",
     "ingest",
     "ingest_records",

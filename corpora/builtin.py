@@ -134,6 +134,13 @@ def build_offline_corpus(
 
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, numbers.Integral) or max_bytes <= 0:
         raise CorpusError(f"max_bytes must be a whole number > 0, got {max_bytes!r}")
+    from corpora.locations import is_url
+
+    if is_url(out_dir):   # built locally, then published (corpora.stores)
+        from corpora.ingest import publish_corpus
+
+        return publish_corpus(str(out_dir), overwrite,
+                              lambda local: build_offline_corpus(local, max_bytes, overwrite=True, progress=progress))
     return ingest_records(
         _records(int(max_bytes)), out_dir, overwrite=overwrite, progress=progress,
         extra_manifest={"inputs": ["builtin:offline"], "max_bytes": int(max_bytes)},

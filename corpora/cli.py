@@ -41,7 +41,7 @@ def _cmd_ingest(args) -> int:
         )
     st = corpus.stats
     print(
-        f"{corpus.path}: {corpus.documents} documents, {corpus.text_bytes} bytes of text in "
+        f"{corpus.location}: {corpus.documents} documents, {corpus.text_bytes} bytes of text in "
         f"{len(corpus.shards)} shard(s); read {st['read']}, skipped (empty) {st['skipped_empty']}, "
         f"repaired (invalid UTF-8) {st['repaired_utf8']}, exact duplicates {st['exact_duplicates']}"
         f" ({corpus.manifest.get('duplicates', 'dropped')})"
@@ -56,7 +56,7 @@ def _cmd_info(args) -> int:
     if args.json:
         print(json.dumps(c.manifest, indent=1))
         return 0
-    print(f"corpus      {c.path}")
+    print(f"corpus      {c.location}")
     print(f"documents   {c.documents}")
     print(f"text bytes  {c.text_bytes}")
     print(f"shards      {len(c.shards)}")
@@ -70,7 +70,7 @@ def _cmd_builtin(args) -> int:
     from corpora.builtin import build_offline_corpus
 
     c = build_offline_corpus(args.out, max_bytes=args.max_bytes, overwrite=args.force, progress=_progress(args))
-    print(f"{c.path}: {c.documents} documents, {c.text_bytes} bytes of text (offline sources on this machine)")
+    print(f"{c.location}: {c.documents} documents, {c.text_bytes} bytes of text (offline sources on this machine)")
     return 0
 
 
@@ -94,11 +94,14 @@ def register(subparsers) -> None:
             "Cleaning: empty documents are skipped; invalid UTF-8 (and lone surrogates) is replaced\n"
             "with U+FFFD and counted as repaired; exact duplicates are dropped (counted) unless\n"
             "--keep-duplicates. Inputs that leave no document at all are an error. The folder is\n"
-            "written under a temporary name and renamed when complete."
+            "written under a temporary name and renamed when complete.\n\n"
+            "Object stores: SRC may be a URL (s3://, gs://, hf://, file://: a file, a folder of text\n"
+            "files, or a glob), fetched a file at a time; DIR may be a URL (s3://, gs://, file://):\n"
+            "the corpus is built in a local staging folder and published, corpus.json last."
         ),
     )
-    ing.add_argument("sources", nargs="+", metavar="SRC", help="input files or directories, read in this order")
-    ing.add_argument("--out", "-o", required=True, metavar="DIR", help="corpus folder to create")
+    ing.add_argument("sources", nargs="+", metavar="SRC", help="input files or directories (or URLs), read in this order")
+    ing.add_argument("--out", "-o", required=True, metavar="DIR", help="corpus folder (or URL) to create")
     ing.add_argument("--text-field", default="text", metavar="NAME", help="field/column with the text (default: text)")
     ing.add_argument("--id-field", default=None, metavar="NAME", help="field/column kept as the document's external id")
     ing.add_argument("--shard-size", type=parse_size, default=1 << 30, metavar="SIZE",
@@ -114,7 +117,7 @@ def register(subparsers) -> None:
     ing.set_defaults(func=_cmd_ingest)
 
     info = sub.add_parser("info", help="show a corpus folder's counts", description="Show a corpus folder's manifest.")
-    info.add_argument("corpus", metavar="DIR", help="corpus folder from 'trawl corpus ingest' or 'trawl corpus builtin'")
+    info.add_argument("corpus", metavar="DIR", help="corpus folder (or URL) from 'trawl corpus ingest' or 'trawl corpus builtin'")
     info.add_argument("--json", action="store_true", help="print the manifest as JSON")
     info.set_defaults(func=_cmd_info)
 

@@ -21,3 +21,13 @@ class ExecutorError(Exception):
 
     user_error = True
     exit_code = 2
+
+
+class StoreError(Exception):
+    """A location given as a URL (``s3://``, ``gs://``, ``hf://``, ``file://``, ``memory://``) that
+    cannot be opened, read or written: an unknown scheme, a driver not installed, the store's own
+    failure, an unfinished or damaged publication. One line naming the URL; re-running the command
+    that publishes the folder (or the one that read it) is always safe."""
+
+    user_error = True
+    exit_code = 2

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Iterable
 
 from corpora.errors import CorpusError
+from corpora.locations import is_url
 from corpora.readers import Record, read_sources
 from corpora.shards import (
     CORPUS_FORMAT,
@@ -64,10 +65,26 @@ def progress_enabled(quiet: bool = False) -> bool:
     return not quiet and sys.stderr.isatty()
 
 
+def publish_corpus(url: str, overwrite: bool, build) -> Corpus:
+    """The corpus ``build(local_folder)`` writes, published at ``url`` (:mod:`corpora.stores`: built
+    in a staging folder, then the shards and ``corpus.json`` last); opened from this node's cache."""
+    from corpora.stores import build_and_publish
+
+    built, cached = build_and_publish(url, kind="corpus", manifest_name=MANIFEST_NAME, overwrite=overwrite,
+                                      build=build)
+    corpus = open_corpus(cached) if cached is not None else built
+    corpus.location = url
+    return corpus
+
+
 def prepare_output_dir(out: Path, overwrite: bool, inputs=()) -> tuple[Path, Path]:
     """Check ``out`` (see :func:`corpora.storage.check_output_dir`: ``--force`` replaces only a
     corpus folder trawl made), remove temporary folders that killed ingests left beside it, and
     return ``(out, tmp)``: ``out`` absolute and a fresh temporary sibling folder to write into."""
+    if is_url(out):   # never a local folder named "s3:": URLs go through ingest() / publish_corpus()
+        from corpora.errors import StoreError
+
+        raise StoreError(f"{out}: a corpus for a URL is written by ingest() or publish_corpus(), not here")
     out = check_output_dir(out, marker=MANIFEST_NAME, kind="corpus", overwrite=overwrite, error=CorpusError,
                            inputs=inputs)
     try:
@@ -96,7 +113,7 @@ def ingest_records(
 ) -> Corpus:
     """Write ``records`` as a corpus folder at ``out_dir`` and return it opened. ``inputs``: the
     files and folders the records come from (``out_dir`` may neither hold nor lie inside one)."""
-    out, tmp = prepare_output_dir(Path(out_dir), overwrite, inputs)
+    out, tmp = prepare_output_dir(out_dir if is_url(out_dir) else Path(out_dir), overwrite, inputs)
     stats = IngestStats()
     seen: set[bytes] = set()
     try:
@@ -181,18 +198,28 @@ def ingest(
     their records numbered, deduplicated and sharded here in input order, so the corpus is the one
     a local ingest writes; it is published once, atomically, as always.
 
+    Sources and ``out_dir`` may be URLs (:mod:`corpora.locations`): inputs are fetched a file at a
+    time; a corpus for a store is written to a local staging folder and published
+    (:func:`corpora.stores.build_and_publish`: the data files, then ``corpus.json`` last).
+
     Returns the opened :class:`Corpus`; ``corpus.stats`` has the counts.
     """
     sources = [str(s) for s in sources]
     if not sources:
         raise CorpusError("no input given")
+    if is_url(out_dir):
+        return publish_corpus(
+            str(out_dir), overwrite,
+            lambda local: ingest(sources, local, text_field=text_field, id_field=id_field,
+                                 max_shard_bytes=max_shard_bytes, keep_duplicates=keep_duplicates,
+                                 skip_binary=skip_binary, overwrite=True, progress=progress, executor=executor))
     if executor is not None and executor.kind != "local":
         records = _parallel_records(executor, sources, text_field, id_field, skip_binary)
     else:
         records = read_sources(sources, text_field=text_field, id_field=id_field, skip_binary=skip_binary)
     return ingest_records(
         records, out_dir, max_shard_bytes=max_shard_bytes, keep_duplicates=keep_duplicates,
-        overwrite=overwrite, progress=progress, inputs=sources,
+        overwrite=overwrite, progress=progress, inputs=[s for s in sources if not is_url(s)],
         extra_manifest={"inputs": sources, "text_field": text_field, "id_field": id_field},
     )
 
@@ -207,6 +234,9 @@ def read_units(sources: list[str]) -> list[tuple[str, list[str]]]:
 
     units: list[tuple[str, list[str]]] = []
     for src in sources:
+        if is_url(src):   # a URL's files are listed and fetched by the worker that reads it
+            units.append(("source", [src]))
+            continue
         path = Path(src)
         if not path.exists():
             raise CorpusError(f"{path}: no such file or directory")

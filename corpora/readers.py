@@ -32,12 +32,15 @@ import gzip
 import io
 import json
 import os
+import re
+import shutil
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from corpora.errors import CorpusError
+from corpora.locations import is_url
 from corpora.storage import PARQUET_ERRORS, PARQUET_READ_OPTIONS, first_line
 
 JSONL_SUFFIXES = {".jsonl", ".ndjson", ".json"}
@@ -84,6 +87,11 @@ def input_kind(path: Path) -> str:
     """Classify an input path: ``dir``, ``jsonl``, ``parquet``, ``arrow`` or ``text``."""
     if path.is_dir():
         return "dir"
+    return kind_by_name(path)
+
+
+def kind_by_name(path: Path) -> str:
+    """A file's kind from its name alone: ``jsonl``, ``parquet``, ``arrow`` or ``text``."""
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] in COMPRESSION_SUFFIXES:
         suffixes = suffixes[:-1]
@@ -103,8 +111,12 @@ def read_sources(
     id_field: str | None = None,
     skip_binary: bool = False,
 ) -> Iterator[Record]:
-    """Yield the records of every source, in order (see the module docstring)."""
+    """Yield the records of every source, in order (see the module docstring). A source given as
+    a URL (``s3://``, ``hf://``, ...: :mod:`corpora.locations`) is read through :func:`read_url`."""
     for src in sources:
+        if is_url(src):
+            yield from read_url(str(src), text_field=text_field, id_field=id_field, skip_binary=skip_binary)
+            continue
         path = Path(src)
         if not path.exists():
             raise CorpusError(f"{path}: no such file or directory")
@@ -131,16 +143,18 @@ def _is_binary(data: bytes) -> bool:
 
 
 def read_text_file(path: Path, skip_binary: bool = False, source: str | None = None) -> Record | None:
-    """One file, one document. Binary files raise (or return None with ``skip_binary``)."""
+    """One file, one document. Binary files raise (or return None with ``skip_binary``). ``source``:
+    the name the record and the errors give the file (its URL when fetched from a store)."""
+    shown = source or path
     try:
-        data = _read_maybe_compressed(path)
+        data = _read_maybe_compressed(path, shown)
     except OSError as exc:
-        raise CorpusError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        raise CorpusError(f"{shown}: cannot read: {exc.strerror or exc}") from None
     if _is_binary(data):
         if skip_binary:
             return None
         raise CorpusError(
-            f"{path}: binary file (NUL byte in the first {BINARY_SNIFF_BYTES} bytes); "
+            f"{shown}: binary file (NUL byte in the first {BINARY_SNIFF_BYTES} bytes); "
             "remove it or pass --skip-binary"
         )
     if data.startswith(UTF8_BOM):  # utf-8-sig: a BOM at the start of the file is not text
@@ -168,32 +182,33 @@ def read_directory(root: Path, skip_binary: bool = False) -> Iterator[Record]:
             yield rec
 
 
-def _read_maybe_compressed(path: Path) -> bytes:
+def _read_maybe_compressed(path: Path, shown=None) -> bytes:
+    shown = shown or path
     suffix = path.suffix.lower()
     if suffix == ".gz":
         try:
             with gzip.open(path, "rb") as f:
                 return f.read()
         except (OSError, EOFError, zlib.error) as exc:   # BadGzipFile is an OSError
-            raise CorpusError(f"{path}: not a valid gzip file: {exc}") from None
+            raise CorpusError(f"{shown}: not a valid gzip file: {exc}") from None
     if suffix in (".zst", ".zstd"):
         import zstandard
 
         try:
-            with _ZstdFrames(path) as f:
+            with _ZstdFrames(path, shown=shown) as f:
                 return f.read()
         except zstandard.ZstdError as exc:
-            raise CorpusError(f"{path}: not a valid zstd file: {exc}") from None
+            raise CorpusError(f"{shown}: not a valid zstd file: {exc}") from None
     with open(path, "rb") as f:
         return f.read()
 
 
-def _open_binary_stream(path: Path) -> io.BufferedIOBase:
+def _open_binary_stream(path: Path, shown=None) -> io.BufferedIOBase:
     suffix = path.suffix.lower()
     if suffix == ".gz":
         return gzip.open(path, "rb")  # type: ignore[return-value]
     if suffix in (".zst", ".zstd"):
-        return io.BufferedReader(_ZstdFrames(path))
+        return io.BufferedReader(_ZstdFrames(path, shown=shown))
     return open(path, "rb")
 
 
@@ -202,10 +217,10 @@ class _ZstdFrames(io.RawIOBase):
     raises :class:`CorpusError` at the end when the last frame is incomplete: zstandard's
     ``stream_reader`` returns a truncated file's partial data as if it were whole."""
 
-    def __init__(self, path: Path, chunk: int = 1 << 20):
+    def __init__(self, path: Path, chunk: int = 1 << 20, shown=None):
         import zstandard
 
-        self.path, self.chunk = path, chunk
+        self.path, self.chunk = shown or path, chunk
         self._raw = open(path, "rb")
         self._dctx = zstandard.ZstdDecompressor()
         self._dobj = None          # the frame being decompressed (None between frames)
@@ -270,10 +285,13 @@ def _row_to_record(
     return Record(source=source, text=text, ext_id=ext_id, metadata=meta, repaired=repaired)
 
 
-def read_jsonl(path: Path, text_field: str = "text", id_field: str | None = None) -> Iterator[Record]:
-    """One JSON object a line; blank lines are ignored; ``source`` is ``path#line``."""
+def read_jsonl(path: Path, text_field: str = "text", id_field: str | None = None,
+               name: str | None = None) -> Iterator[Record]:
+    """One JSON object a line; blank lines are ignored; ``source`` is ``path#line`` (``name``: the
+    file's name in sources and errors, its URL when fetched from a store)."""
+    local, path = path, (name or path)
     try:
-        stream = _open_binary_stream(path)
+        stream = _open_binary_stream(Path(local), shown=path)
     except OSError as exc:
         raise CorpusError(f"{path}: cannot read: {exc.strerror or exc}") from None
     lineno = 0
@@ -346,12 +364,14 @@ def _iter_table_batches(path: Path, batches, schema, text_field: str, id_field: 
             row += 1
 
 
-def read_parquet(path: Path, text_field: str = "text", id_field: str | None = None) -> Iterator[Record]:
-    """Rows of a Parquet file; ``source`` is ``path#row`` (0-based)."""
+def read_parquet(path: Path, text_field: str = "text", id_field: str | None = None,
+                 name: str | None = None) -> Iterator[Record]:
+    """Rows of a Parquet file; ``source`` is ``path#row`` (0-based; ``name`` as in :func:`read_jsonl`)."""
     import pyarrow.parquet as pq
 
+    local, path = path, (name or path)
     try:
-        pf = pq.ParquetFile(path, **PARQUET_READ_OPTIONS)   # pages with a checksum are verified
+        pf = pq.ParquetFile(local, **PARQUET_READ_OPTIONS)   # pages with a checksum are verified
         schema = pf.schema_arrow
         schema.names
     except PARQUET_ERRORS as exc:
@@ -362,12 +382,15 @@ def read_parquet(path: Path, text_field: str = "text", id_field: str | None = No
         raise CorpusError(f"{path}: corrupt Parquet data: {first_line(exc)}") from None
 
 
-def read_arrow(path: Path, text_field: str = "text", id_field: str | None = None) -> Iterator[Record]:
-    """Rows of an Arrow IPC file or stream (Feather v2); ``source`` is ``path#row``."""
+def read_arrow(path: Path, text_field: str = "text", id_field: str | None = None,
+               name: str | None = None) -> Iterator[Record]:
+    """Rows of an Arrow IPC file or stream (Feather v2); ``source`` is ``path#row`` (``name`` as in
+    :func:`read_jsonl`)."""
     import pyarrow as pa
 
+    local, path = path, (name or path)
     try:
-        source = pa.memory_map(str(path), "r")
+        source = pa.memory_map(str(local), "r")
     except (pa.ArrowException, OSError) as exc:
         raise CorpusError(f"{path}: cannot read: {first_line(exc)}") from None
     try:
@@ -388,3 +411,75 @@ def read_arrow(path: Path, text_field: str = "text", id_field: str | None = None
         raise CorpusError(f"{path}: corrupt Arrow data: {first_line(exc)}") from None
     finally:
         source.close()
+
+
+# --------------------------------------------------------------------------- URLs
+
+
+def url_files(url: str) -> list[tuple[str, str, bool]]:
+    """What the input URL names, in order: ``[(url of the file, path on its store, in_folder)]``.
+    A URL of one object is that file; a folder (a prefix) is every object below it in sorted order,
+    hidden names and ``__pycache__`` skipped, each a text document as a local folder's files are
+    (``in_folder``); a URL with ``*``, ``?`` or ``[`` is a glob whose files are read by their suffix."""
+    from corpora.locations import has_glob, open_location, store_errors
+
+    loc = open_location(url)
+    fs = loc.fs
+    with store_errors(url, "list the input"):
+        if has_glob(loc.path):
+            cut = loc.path[:re.search(r"[*?\[]", loc.path).start()].rsplit("/", 1)[0]
+            ucut = loc.url[:re.search(r"[*?\[]", loc.url).start()].rsplit("/", 1)[0]
+            found = sorted(p for p in fs.glob(loc.path) if fs.isfile(p))
+            if not found:
+                raise CorpusError(f"{url}: no file matches")
+            return [(ucut + p[len(cut):] if p.startswith(cut) else fs.unstrip_protocol(p), p, False) for p in found]
+        if fs.isfile(loc.path):
+            return [(loc.url, loc.path, False)]
+        if not fs.isdir(loc.path):
+            raise CorpusError(f"{url}: no such file or folder")
+        base = loc.path.rstrip("/") + "/"
+        out = []
+        for p in sorted(fs.find(loc.path)):
+            rel = p[len(base):] if p.startswith(base) else p
+            parts = rel.split("/")
+            if any(x.startswith(".") or x == "__pycache__" for x in parts):
+                continue
+            out.append((f"{loc.url}/{rel}", p, True))
+        return out
+
+
+def read_url(url: str, text_field: str = "text", id_field: str | None = None,
+             skip_binary: bool = False) -> Iterator[Record]:
+    """The records of an input URL (:func:`url_files`): each file is fetched into a temporary local
+    file (one at a time: the local space needed is the largest input file), read by the reader of
+    its kind under its URL (sources ``URL#line``, errors naming the URL), then removed."""
+    import tempfile
+
+    from corpora.locations import open_location, store_errors
+
+    loc = open_location(url)
+    for name, path, in_folder in url_files(url):
+        # the temporary file keeps the name's kind and compression suffixes (and nothing odd or long)
+        suffix = "".join(x for x in Path(path).suffixes[-2:] if re.fullmatch(r"\.[A-Za-z0-9]{1,12}", x))
+        fd, tmp = tempfile.mkstemp(prefix="trawl-input-", suffix=suffix)
+        try:
+            with os.fdopen(fd, "wb") as out, store_errors(name, "read it"):
+                with loc.fs.open(path, "rb") as src:
+                    shutil.copyfileobj(src, out, 8 << 20)
+            local = Path(tmp)
+            kind = "text" if in_folder else kind_by_name(Path(path))
+            if kind == "jsonl":
+                yield from read_jsonl(local, text_field, id_field, name=name)
+            elif kind == "parquet":
+                yield from read_parquet(local, text_field, id_field, name=name)
+            elif kind == "arrow":
+                yield from read_arrow(local, text_field, id_field, name=name)
+            else:
+                rec = read_text_file(local, skip_binary=skip_binary, source=name)
+                if rec is not None:
+                    yield rec
+        finally:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass

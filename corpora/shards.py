@@ -156,8 +156,9 @@ class ShardWriter:
 class Corpus:
     """A corpus folder opened for reading (see :func:`open_corpus`)."""
 
-    def __init__(self, path: Path, manifest: dict[str, Any]):
+    def __init__(self, path: Path, manifest: dict[str, Any], location: str | None = None):
         self.path = Path(path)
+        self.location = location or str(path)   # what the user named: the path, or the store's URL
         self.manifest = manifest
         self.shards: list[Path] = [self.path / s["name"] for s in manifest["shards"]]
 
@@ -212,8 +213,36 @@ class Corpus:
 
 
 def open_corpus(path: str | os.PathLike) -> Corpus:
-    """Open a corpus folder written by :func:`corpora.ingest`; validates its manifest."""
+    """Open a corpus folder written by :func:`corpora.ingest`; validates its manifest. A URL
+    (:mod:`corpora.locations`) is read through this node's checked cache (:func:`corpora.stores.fetch_folder`)."""
+    from corpora.locations import is_url
+
+    if is_url(path):
+        from corpora.stores import fetch_folder
+
+        local = fetch_folder(str(path), kind="corpus", manifest_name=MANIFEST_NAME, listing=corpus_files)
+        corpus = open_corpus(local)
+        corpus.location = str(path)
+        return corpus
     path = Path(path)
+    manifest = _checked_manifest(path, check_files=True)
+    return Corpus(path, manifest)
+
+
+def corpus_files(path: Path) -> list[tuple[str, str, None]]:
+    """The shard files ``corpus.json`` in ``path`` lists, with their sha256 (what a store's reader
+    downloads and checks); the manifest checked as :func:`open_corpus` does, the files not yet there."""
+    manifest = _checked_manifest(Path(path), check_files=False)
+    out = []
+    for i, s in enumerate(manifest["shards"]):
+        if not s.get("sha256"):
+            raise CorpusError(f"{Path(path) / MANIFEST_NAME}: corrupt manifest (shards[{i}].sha256 is missing; a corpus "
+                              f"read from a store needs every shard's checksum)")
+        out.append((s["name"], s["sha256"], None))
+    return out
+
+
+def _checked_manifest(path: Path, check_files: bool) -> dict[str, Any]:
     if not path.is_dir():   # a user's "no such folder" reads better as what was expected there
         raise CorpusError(f"{path}: not a corpus folder (no such directory)")
     manifest = read_manifest(path, MANIFEST_NAME, fmt=CORPUS_FORMAT, version=CORPUS_FORMAT_VERSION, error=CorpusError,
@@ -231,6 +260,6 @@ def open_corpus(path: str | os.PathLike) -> Corpus:
         check.count(s, "text_bytes", f"shards[{i}].text_bytes", optional=True)
         check.text(s, "sha256", f"shards[{i}].sha256", optional=True)
         sp = path / name
-        if not sp.is_file():
+        if check_files and not sp.is_file():
             raise CorpusError(f"{sp}: corpus shard missing")
-    return Corpus(path, manifest)
+    return manifest

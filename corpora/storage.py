@@ -372,7 +372,7 @@ class ManifestFields:
         v = obj.get(name)
         if v is None and optional and name not in obj:
             return None
-        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum or v >= 1 << 63:   # 64-bit arithmetic
             self._fail(key, v, f"a whole number >= {minimum}")
         return v
 

@@ -34,7 +34,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                         "et al. 2024's 'more than 5 duplicates'); reconstruction and low-information spans are "
                         "left out of the non-trivial figures whatever their count")
     p.add_argument("--index", metavar="INDEX",
-                   help="suffix index folder, to list every document holding a span (default: the index recorded "
+                   help="suffix index folder (or URL), to list every document holding a span (default: the index recorded "
                         "in matches.parquet, when it is still there and unchanged)")
     p.add_argument("--fail-if", metavar="EXPR", action="append", default=[],
                    help=f"exit {FAIL_EXIT_CODE} when EXPR holds (repeatable: any true expression fails)")

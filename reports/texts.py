@@ -108,6 +108,17 @@ def _open_index(index, meta: dict, warnings: list[str]):
     if index is not None and not isinstance(index, (str, os.PathLike)):
         return index, False, "index object"
     path, explicit = (os.fspath(index), True) if index is not None else (meta.get("index"), False)
+    if path and "://" in str(path):   # an index on an object store: this node's checked copy
+        try:
+            from suffix_index.manifest import local_index
+            path = str(local_index(path))
+        except ImportError:
+            path = None
+        except Exception as exc:   # noqa: BLE001 - a store's failure: one line when asked for, else no index
+            if explicit or not getattr(exc, "user_error", False):
+                raise
+            warnings.append(f"index {meta.get('index')}: {exc}; documents per span come from matches.parquet only")
+            return None, False, None
     if not (path and os.path.isdir(path)):
         if explicit:
             raise ReportError(f"--index {path}: no such index folder")

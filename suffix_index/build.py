@@ -349,14 +349,26 @@ def build_index(
     from corpora.storage import ManifestFields
 
     jobs = check_int("jobs", jobs, 1)
-    corpus = open_corpus(corpus_dir)
+    from corpora.locations import is_url
+
+    if is_url(out_dir):   # built in a local staging folder, then published: data files, manifest.json last
+        from corpora.stores import build_and_publish
+
+        manifest, _ = build_and_publish(
+            str(out_dir), kind="index", manifest_name=MANIFEST_NAME, overwrite=overwrite,
+            build=lambda local: build_index(corpus_dir, local, jobs=jobs, overwrite=True, progress=progress,
+                                            fsync=fsync, executor=executor))
+        return manifest
+    corpus = open_corpus(corpus_dir)   # a URL: this node's checked copy (corpora.stores)
+    corpus_name = corpus.location if is_url(corpus_dir) else str(Path(corpus_dir).resolve())
+    corpus_dir = corpus.path
     check = ManifestFields(Path(corpus_dir) / CORPUS_MANIFEST, CorpusError)   # what a build needs is there
     check.count(corpus.manifest, "documents", "documents")
     for i, s in enumerate(corpus.manifest["shards"]):
         check.count(s, "documents", f"shards[{i}].documents")
         check.count(s, "text_bytes", f"shards[{i}].text_bytes")
     if corpus.documents == 0 or not corpus.shards:
-        raise CorpusError(f"{corpus_dir}: the corpus has no documents; nothing to index")
+        raise CorpusError(f"{corpus.location}: the corpus has no documents; nothing to index")
     # --force replaces only an index folder trawl made, never the corpus, the current folder or others
     out = check_output_dir(out_dir, marker=MANIFEST_NAME, kind="index", overwrite=overwrite,
                            error=IndexFormatError, inputs=[corpus_dir])
@@ -414,7 +426,7 @@ def build_index(
             "documents": sum(e["documents"] for e in entries),
             "shards": entries,
             "build": {
-                "corpus": str(Path(corpus_dir).resolve()),
+                "corpus": corpus_name,
                 "corpus_manifest_sha256": hashlib.sha256((Path(corpus_dir) / CORPUS_MANIFEST).read_bytes()).hexdigest(),
                 "jobs": jobs,
                 "executor": getattr(executor, "kind", "local"),

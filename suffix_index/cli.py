@@ -42,9 +42,9 @@ def _cmd_verify(args) -> int:
 
 
 def _cmd_info(args) -> int:
-    from suffix_index.manifest import FILE_KINDS, load_manifest
+    from suffix_index.manifest import FILE_KINDS, load_manifest, local_index
 
-    m = load_manifest(args.index)
+    m = load_manifest(local_index(args.index))
     if args.json:
         print(json.dumps(m, indent=1))
         return 0
@@ -137,8 +137,11 @@ def register(subparsers) -> None:
                      "2 GiB) and a document table, plus manifest.json with checksums. Needs about 5 bytes of "
                      "RAM per corpus byte per job. Written under a temporary name, renamed when complete."),
     )
-    b.add_argument("corpus", metavar="CORPUS", help="corpus folder from 'trawl corpus ingest'")
-    b.add_argument("--out", "-o", required=True, metavar="INDEX", help="index folder to create")
+    b.add_argument("corpus", metavar="CORPUS", help="corpus folder (or URL: read through this node's cache) from "
+                                                    "'trawl corpus ingest'")
+    b.add_argument("--out", "-o", required=True, metavar="INDEX",
+                   help="index folder to create, or a URL (built in a local staging folder, then published: "
+                        "the files, manifest.json last)")
     b.add_argument("--jobs", "-j", type=int, default=1, metavar="N", help="shards built in parallel processes, >= 1 (default: 1)")
     b.add_argument("--force", action="store_true", help="replace INDEX if it exists")
     b.add_argument("--fsync", action="store_true",
@@ -152,7 +155,7 @@ def register(subparsers) -> None:
                        description=("Recompute every file's sha256, check that every suffix-array pointer is in range "
                                     "(and the array is a permutation), and check the order of every adjacent pair of "
                                     "suffixes in one linear pass (about as long as building the index)."))
-    v.add_argument("index", metavar="INDEX", help="index folder from 'trawl index build'")
+    v.add_argument("index", metavar="INDEX", help="index folder (or URL) from 'trawl index build'")
     v.add_argument("--samples", type=int, default=10000, metavar="N",
                    help="0 skips the order check; any other value checks every adjacent pair (it was a sample "
                         "size; kept for scripts) (default: 10000)")
@@ -162,17 +165,17 @@ def register(subparsers) -> None:
     v.set_defaults(func=_cmd_verify)
 
     i = sub.add_parser("info", help="show an index's manifest", description="Show an index's shards, sizes and build.")
-    i.add_argument("index", metavar="INDEX", help="index folder from 'trawl index build'")
+    i.add_argument("index", metavar="INDEX", help="index folder (or URL) from 'trawl index build'")
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
     i.set_defaults(func=_cmd_info)
 
     c = sub.add_parser("count", help="count occurrences of a text", description="Count occurrences of TEXT (UTF-8 bytes).")
-    c.add_argument("index", metavar="INDEX", help="index folder from 'trawl index build'")
+    c.add_argument("index", metavar="INDEX", help="index folder (or URL) from 'trawl index build'")
     c.add_argument("text", metavar="TEXT", help="text to count (its UTF-8 bytes, matched exactly)")
     c.set_defaults(func=_cmd_count)
 
     f = sub.add_parser("find", help="list occurrences of a text", description="List where TEXT occurs: document, offset, source.")
-    f.add_argument("index", metavar="INDEX", help="index folder from 'trawl index build'")
+    f.add_argument("index", metavar="INDEX", help="index folder (or URL) from 'trawl index build'")
     f.add_argument("text", metavar="TEXT", help="text to look up (its UTF-8 bytes, matched exactly)")
     f.add_argument("--limit", type=int, default=20, metavar="N",
                    help="most occurrences to list; 0 lists none and prints the count only (default: 20)")
@@ -188,7 +191,8 @@ def register(subparsers) -> None:
     )
     m.add_argument("generations", metavar="GENERATIONS",
                    help="run folder, generations Parquet file or folder of Parquet parts")
-    m.add_argument("--index", required=True, metavar="INDEX", help="index folder")
+    m.add_argument("--index", required=True, metavar="INDEX",
+                   help="index folder, or its URL (downloaded once per node into the cache, checked, then mapped)")
     m.add_argument("--out", "-o", default=None, metavar="FILE",
                    help="matches file (default: RUN/matches.parquet for a run folder)")
     m.add_argument("--min-tokens", type=int, default=50, metavar="K", help="fewest whole tokens in a span, >= 1 (default: 50)")

@@ -119,9 +119,11 @@ class DistributedIndex:
 
     def __init__(self, path: str | os.PathLike, executor, *, groups: int | None = None,
                  replicas: int | None = None, inflight: int | None = None):
-        from suffix_index.manifest import FILE_KINDS, load_manifest, manifest_sha256
+        from corpora.locations import is_url
+        from suffix_index.manifest import FILE_KINDS, load_manifest, local_index, manifest_sha256
 
-        self.path = Path(path)
+        self.location = str(path) if is_url(path) else None
+        self.path = local_index(path)   # a URL: the driver's checked copy; each actor fetches its node's
         self.manifest = load_manifest(self.path)
         self.manifest_sha256 = manifest_sha256(self.path)
         self.executor = executor
@@ -138,7 +140,8 @@ class DistributedIndex:
         share = max(1, int(getattr(executor, "cpus", 1))) / (len(self.sets) * self.replicas)
         cpus = min(1.0, int(share * 10_000) / 10_000)   # Ray counts CPUs in units of 1/10,000
         # actors[r][g]: replica r of group g
-        self.actors = [executor.actors(ShardGroup, [(str(self.path.resolve()), s, self.manifest_sha256)
+        where = self.location or str(self.path.resolve())
+        self.actors = [executor.actors(ShardGroup, [(where, s, self.manifest_sha256)
                                                     for s in self.sets], memory=memory, num_cpus=cpus)
                        for _ in range(self.replicas)]
 

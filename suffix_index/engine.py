@@ -128,6 +128,7 @@ class SuffixIndex:
 
     def __init__(self, path: Path, manifest: dict[str, Any], shards: list[_Shard]):
         self.path = path
+        self.location: str | None = None   # the URL it was read from (corpora.locations), else None
         self.manifest = manifest
         self.shards = shards
         self._blocks_checked = False
@@ -143,12 +144,19 @@ class SuffixIndex:
         """Map the index at ``path``. ``shards``: the numbers of the shards to map (default: all);
         a subset serves one match actor (:mod:`suffix_index.distributed`), whose queries then cover
         those shards only (``Span.shard`` and ``Occurrence.shard`` stay the index's numbers only
-        through :meth:`shard_number`)."""
-        path = Path(path)
+        through :meth:`shard_number`). A URL (``s3://...``) maps this node's checked copy
+        (:func:`suffix_index.manifest.local_index`)."""
+        from suffix_index.manifest import local_index
+
+        location = str(path)
+        path = local_index(path)
         manifest = load_manifest(path)
         entries = manifest["shards"]
         numbers = range(len(entries)) if shards is None else list(shards)
-        return cls(path, manifest, [_Shard(path, entries[i], i) for i in numbers])
+        idx = cls(path, manifest, [_Shard(path, entries[i], i) for i in numbers])
+        if location != str(path) and "://" in location:   # read from a URL (local_index fetched it)
+            idx.location = location
+        return idx
 
     def shard_number(self, local: int) -> int:
         """The index's number of the ``local``-th shard this object mapped."""

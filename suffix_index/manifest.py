@@ -55,6 +55,28 @@ def manifest_sha256(index_dir: str | os.PathLike) -> str:
     return hashlib.sha256((Path(index_dir) / MANIFEST_NAME).read_bytes()).hexdigest()
 
 
+def index_files(index_dir: Path) -> list[tuple[str, str, int]]:
+    """``(name, sha256, size)`` of every file the manifest in ``index_dir`` lists (what a store's
+    reader downloads and checks: :func:`corpora.stores.fetch_folder`); the manifest checked as
+    :func:`load_manifest` does, the files not yet there."""
+    m = load_manifest(index_dir, check_files=False)
+    return [(s["files"][k]["name"], s["files"][k]["sha256"], int(s["files"][k]["size"]))
+            for s in m["shards"] for k in FILE_KINDS]
+
+
+def local_index(path: str | os.PathLike) -> Path:
+    """The index folder to map for ``path``: the path itself, or for a URL (``s3://...``,
+    :mod:`corpora.locations`) this node's copy, downloaded once and checked against the manifest's
+    sha256s (:func:`corpora.stores.fetch_folder`)."""
+    from corpora.locations import is_url
+
+    if not is_url(path):
+        return Path(path)
+    from corpora.stores import fetch_folder
+
+    return fetch_folder(str(path), kind="index", manifest_name=MANIFEST_NAME, listing=index_files)
+
+
 def load_manifest(index_dir: str | os.PathLike, check_files: bool = True) -> dict[str, Any]:
     index_dir = Path(index_dir)
     mpath = index_dir / MANIFEST_NAME

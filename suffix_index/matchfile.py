@@ -29,6 +29,9 @@ REQUIRED_COLUMNS = ("run_id", "request_id", "completion")
 
 def generation_files(path: str | os.PathLike) -> list[Path]:
     """The Parquet files a GENERATIONS argument names (see module docstring)."""
+    from corpora.locations import require_local
+
+    require_local(path, "GENERATIONS (a run folder or generations file)")
     p = Path(path)
     if not p.exists():
         raise MatchInputError(f"{p}: no such file or folder")
@@ -116,6 +119,9 @@ def read_generations(path: str | os.PathLike, batch_rows: int = 1000) -> Iterato
 
 def check_output_file(out: str | os.PathLike) -> Path:
     """``out`` as a Path when it may be written as the matches file: not a folder, and not below a file."""
+    from corpora.locations import require_local
+
+    require_local(out, "the matches file")
     out = Path(out)
     if out.is_dir():
         raise MatchInputError(f"{out}: is a folder; --out names the matches file to write "
@@ -185,7 +191,7 @@ def match_to_parquet(index, generations: str | os.PathLike, out: str | os.PathLi
         "min_tokens": str(int(min_tokens)),
         "min_bytes": str(eff_min_bytes),
         "index_manifest_sha256": index.manifest_sha256,
-        "index": str(Path(index.path).resolve()),
+        "index": getattr(index, "location", None) or str(Path(index.path).resolve()),
         "trawl_matches_format": str(MATCHES_FORMAT_VERSION),
         "generations": str(generations),
     }

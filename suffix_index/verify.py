@@ -10,7 +10,6 @@ and that every adjacent pair of suffixes is in strictly increasing order
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -108,7 +107,9 @@ def verify_index(index_dir: str | os.PathLike, samples: int = 10000, checksums: 
 
     samples = check_int("samples", samples, 0)
 
-    index_dir = Path(index_dir)
+    from suffix_index.manifest import local_index
+
+    index_dir = local_index(index_dir)   # a URL: this node's copy, its checksums compared as it came
     m = load_manifest(index_dir)
     bar = None
     if checksums and progress:

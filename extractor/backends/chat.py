@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 from extractor.backends.alignment import AlignmentError, align_tokens
 from extractor.backends.base import BackendError, Capabilities
-from extractor.backends.http import (MalformedResponse, api_key_hint, check_choices, error_text, json_kind,
+from extractor.backends.http import (MalformedResponse, check_choices, first_request, json_kind,
                                      logprob_value)
 from extractor.errors import TrawlError
 
@@ -166,24 +166,8 @@ def probe_chat(http: "HTTPClient", model: str, caps: Capabilities, timeout_of) -
     ``max_completion_tokens`` name, each honoured or not. Returns the reply's text. Raises
     TrawlError when the server does not answer chat requests."""
     base = {"model": model, "messages": PROBE_MESSAGES, "max_tokens": 2, "temperature": 0.0}
-    try:
-        data, _ = http.request("POST", CHAT_PATH, {**base, "logprobs": True}, max_retries=2,
-                               timeout=timeout_of(60), check=lambda d: check_chat(d, 1))
-    except BackendError as exc:
-        if exc.status in (401, 403):
-            raise TrawlError(f"the server at {http.endpoint} refused the request (HTTP {exc.status}); "
-                             f"{api_key_hint(http.api_key_env)}") from None
-        if exc.status == 404:
-            raise TrawlError(f"{http.endpoint}{CHAT_PATH} not found (HTTP 404): not an OpenAI-compatible chat "
-                             f"server, or model {model!r} unknown") from None
-        if exc.status is None or exc.retryable:
-            raise TrawlError(f"cannot reach the model server at {http.endpoint}: {exc}") from None
-        try:
-            data, _ = http.request("POST", CHAT_PATH, base, max_retries=2, timeout=timeout_of(60),
-                                   check=lambda d: check_chat(d, 1))
-            caps.notes.append(f"chat logprobs rejected: {error_text(exc, 200)}")
-        except BackendError as exc2:
-            raise TrawlError(f"the server at {http.endpoint} rejected a minimal chat request: {exc2}") from None
+    data = first_request(http, CHAT_PATH, base, {"logprobs": True}, kind="chat", notes=caps.notes,
+                         timeout=timeout_of(60), check=lambda d: check_chat(d, 1))
     caps.api = "chat"
     ch = data["choices"][0]
     text = ch["message"].get("content") or ""

@@ -52,17 +52,8 @@ class GGUFTokenizer:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = os.path.abspath(os.fspath(path))
-        if not os.path.isfile(self.path):
-            raise TrawlError(f"{self.path}: tokenizer file not found")
-        try:
-            import llama_cpp
-        except ImportError:  # pragma: no cover - a dependency of trawl
-            raise TrawlError("llama-cpp-python is not installed; install trawl as the README says") from None
-        try:
-            with _quiet_fd2():  # llama.cpp's C code warns about the (unused) context on stderr
-                self._llama = llama_cpp.Llama(self.path, vocab_only=True, verbose=False)
-        except (ValueError, RuntimeError, OSError) as exc:
-            raise TrawlError(f"{self.path}: not a GGUF model file llama.cpp can read ({exc})") from None
+        # vocab_only: llama.cpp's C code warns about the (unused) context on stderr, which open_gguf hides
+        self._llama = open_gguf(self.path, "tokenizer file", vocab_only=True)
         self._lock = threading.Lock()
         self._pieces: dict[int, bytes] = {}
 
@@ -125,6 +116,24 @@ class GGUFTokenizer:
             return exact
         # pieces that are parts of one character do not decode alone: align what is known
         return align_tokens(text, [_decoded(p) for p in pieces])  # AlignmentError when they do not fit
+
+
+def open_gguf(path: str, what: str, **llama_kwargs):
+    """``llama_cpp.Llama(path, **llama_kwargs)`` with every failure one TrawlError naming *path*: the file
+    missing ("<path>: <what> not found"), llama-cpp-python missing, or a file llama.cpp cannot load. The
+    C library's load-time chatter on stderr is suppressed. The one opener of a GGUF file in trawl (the
+    tokenizer and the in-process scorer)."""
+    if not os.path.isfile(path):
+        raise TrawlError(f"{path}: {what} not found")
+    try:
+        import llama_cpp
+    except ImportError:  # pragma: no cover - a dependency of trawl
+        raise TrawlError("llama-cpp-python is not installed; install trawl as the README says") from None
+    try:
+        with _quiet_fd2():
+            return llama_cpp.Llama(path, verbose=False, **llama_kwargs)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise TrawlError(f"{path}: not a GGUF model file llama.cpp can load ({exc})") from None
 
 
 @contextlib.contextmanager

@@ -302,6 +302,34 @@ def api_key_hint(api_key_env: str | None) -> str:
     return f"check the API key in ${api_key_env}"
 
 
+def first_request(http: "HTTPClient", path: str, base: dict, extra: dict, *, kind: str, notes: list,
+                  timeout: float, check: Callable[[Any], None] | None = None) -> Any:
+    """A start-up probe's first request to *path*: ``base`` plus ``extra`` (asking for logprobs), and
+    ``base`` alone when the server rejects that with a client error (a note in *notes* says so). Every
+    failure is one TrawlError line: 401/403 with the API-key hint, 404 as "not this API (or unknown
+    model)", an unreachable server, or a minimal request rejected. *kind* names the API in those lines
+    ("completions" or "chat"). The completions probe and the chat probe both start here."""
+    try:
+        data, _ = http.request("POST", path, {**base, **extra}, max_retries=2, timeout=timeout, check=check)
+        return data
+    except BackendError as exc:
+        if exc.status in (401, 403):
+            raise TrawlError(f"the server at {http.endpoint} refused the request (HTTP {exc.status}); "
+                             f"{api_key_hint(http.api_key_env)}") from None
+        if exc.status == 404:
+            raise TrawlError(f"{http.endpoint}{path} not found (HTTP 404): not an OpenAI-compatible {kind} "
+                             f"server, or model {base.get('model')!r} unknown") from None
+        if exc.status is None or exc.retryable:
+            raise TrawlError(f"cannot reach the model server at {http.endpoint}: {exc}") from None
+        first = exc
+    try:
+        data, _ = http.request("POST", path, base, max_retries=2, timeout=timeout, check=check)
+    except BackendError as exc2:
+        raise TrawlError(f"the server at {http.endpoint} rejected a minimal {kind} request: {exc2}") from None
+    notes.append(f"{'chat ' if kind == 'chat' else ''}logprobs rejected: {error_text(first, 200)}")
+    return data
+
+
 def retry_after(resp_headers) -> float | None:
     """Seconds a ``Retry-After`` header asks for (a number or an HTTP date), or None."""
     value = resp_headers.get("Retry-After") if resp_headers is not None else None

@@ -24,7 +24,7 @@ import numpy as np
 
 from extractor.backends.alignment import AlignmentError, align_tokens, offsets_from_pieces
 from extractor.backends.base import Capabilities, TextScore
-from extractor.backends.gguf_tokenizer import _decoded, _quiet_fd2
+from extractor.backends.gguf_tokenizer import _decoded, open_gguf
 from extractor.errors import TrawlError
 
 
@@ -36,18 +36,8 @@ class LlamaScorer:
     def __init__(self, model_path: str | os.PathLike, *, model: str | None = None, n_ctx: int = 2048,
                  n_threads: int | None = None, n_batch: int = 512) -> None:
         self.path = os.path.abspath(os.fspath(model_path))
-        if not os.path.isfile(self.path):
-            raise TrawlError(f"{self.path}: model file not found")
-        try:
-            import llama_cpp
-        except ImportError:  # pragma: no cover - a dependency of trawl
-            raise TrawlError("llama-cpp-python is not installed; install trawl as the README says") from None
-        try:
-            with _quiet_fd2():
-                self._llm = llama_cpp.Llama(self.path, logits_all=True, n_ctx=n_ctx, n_batch=n_batch,
-                                            n_threads=n_threads or os.cpu_count() or 1, verbose=False)
-        except (ValueError, RuntimeError, OSError) as exc:
-            raise TrawlError(f"{self.path}: not a GGUF model file llama.cpp can load ({exc})") from None
+        self._llm = open_gguf(self.path, "model file", logits_all=True, n_ctx=n_ctx, n_batch=n_batch,
+                              n_threads=n_threads or os.cpu_count() or 1)
         self.model = model or os.path.basename(self.path)
         self.endpoint = f"in-process:{os.path.basename(self.path)}"
         self.endpoints = [self.endpoint]

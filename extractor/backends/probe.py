@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING
 
 from extractor.backends.base import BackendError, Capabilities
 from extractor.backends.boundaries import AlignmentError, align_tokens, is_token_id
-from extractor.backends.http import OutOfTime, api_key_hint, error_text
+from extractor.backends.http import OutOfTime, error_text, first_request
 from extractor.errors import TrawlError
 
 if TYPE_CHECKING:
@@ -246,25 +246,8 @@ def _t(http: "HTTPClient", seconds: float) -> float:
 
 def _first_completion(http: "HTTPClient", caps: Capabilities, base: dict) -> tuple[str, dict]:
     """The probe prompt's completion (with logprobs when the server takes them): its text and choice."""
-    try:
-        data, _ = http.request("POST", "/v1/completions", {**base, "logprobs": 1}, max_retries=2,
-                               timeout=_t(http, 60))
-    except BackendError as exc:
-        if exc.status in (401, 403):
-            raise TrawlError(f"the server at {http.endpoint} refused the request (HTTP {exc.status}); "
-                             f"{api_key_hint(http.api_key_env)}") from None
-        if exc.status == 404:
-            raise TrawlError(f"{http.endpoint}/v1/completions not found (HTTP 404): not an OpenAI-compatible "
-                             f"completions server, or model {base['model']!r} unknown") from None
-        if exc.status is None or exc.retryable:
-            raise TrawlError(f"cannot reach the model server at {http.endpoint}: {exc}") from None
-        # maybe logprobs is what it rejects
-        try:
-            data, _ = http.request("POST", "/v1/completions", base, max_retries=2, timeout=_t(http, 60))
-            caps.notes.append(f"logprobs rejected: {error_text(exc, 200)}")
-        except BackendError as exc2:
-            raise TrawlError(f"the server at {http.endpoint} rejected a minimal completion request: "
-                             f"{exc2}") from None
+    data = first_request(http, "/v1/completions", base, {"logprobs": 1}, kind="completions", notes=caps.notes,
+                         timeout=_t(http, 60))
     try:
         ch = data["choices"][0]
         text = ch["text"]

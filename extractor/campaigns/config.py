@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from corpora.locations import is_url
 from extractor.errors import TrawlError
 from extractor.sampling.settings import MAX_CONCURRENCY
 
@@ -91,7 +92,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
                               minimum=0),
     },
     "index": {
-        "path": Key("path", None, "suffix-array index folder (trawl index build)", required=True),
+        "path": Key("location", None, "suffix-array index folder (trawl index build), or its URL on an object store "
+                                      "(s3://, gs://, file://: read through the node's cache)", required=True),
         "min_tokens": Key("int", 10, "matcher threshold: fewest whole tokens in a reported span (10 fills the "
                                      "report's 10-50 token histogram)", minimum=1, maximum=1_000_000),
         "min_bytes": Key("int", None, "threshold for generations without token offsets (default 4 x min_tokens)",
@@ -143,7 +145,7 @@ SECTION_HELP = {
 }
 
 _TYPE_WORDS = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
-               "path": "a string (a path)", "list[str]": "a list of strings", "list[int]": "a list of integers",
+               "path": "a string (a path)", "location": "a string (a path or a URL)", "list[str]": "a list of strings", "list[int]": "a list of integers",
                "table": "a table", "array": "an array of tables"}
 
 
@@ -173,7 +175,7 @@ def _short(v: Any) -> str:
 
 
 def _ok_scalar(kind: str, v: Any) -> bool:
-    if kind in ("str", "path"):
+    if kind in ("str", "path", "location"):
         return isinstance(v, str)
     if kind == "int":
         return isinstance(v, int) and not isinstance(v, bool)
@@ -197,7 +199,9 @@ def check_value(file: str, key: str, spec: Key, v: Any, base_dir: Path) -> Any:
         if kind == "float" and not math.isfinite(out):
             # nan compares false with everything: a nan cap, price or tolerance would switch its check off
             raise TrawlError(f"{key} must be a finite number, got {v!r} (in {file})")
-        if kind == "path":
+        if kind == "location" and is_url(out):   # a URL (corpora.locations) is kept as written
+            pass
+        elif kind in ("path", "location"):
             if not out:
                 raise TrawlError(f"{key} must not be empty (in {file})")
             out = str((base_dir / os.path.expanduser(out)).resolve())
@@ -287,14 +291,15 @@ def check_attacks(file: str, where: str, data: Any, base_dir: Path) -> list[dict
 
 
 def check_index(file: str, path: str) -> None:
+    from corpora.errors import StoreError
     from suffix_index import IndexFormatError, SuffixIndex
 
-    if not os.path.exists(path):
+    if not is_url(path) and not os.path.exists(path):
         raise TrawlError(f"index.path {path!r} does not exist (in {file}); build one with `trawl index build`")
     try:
         with SuffixIndex.open(path):
             pass
-    except IndexFormatError as exc:
+    except (IndexFormatError, StoreError) as exc:
         raise TrawlError(f"index.path {path!r} is not a usable index (in {file}): {exc}") from None
 
 

@@ -105,6 +105,18 @@ def served_target(target: dict, *, log_path: Path, on_start: Callable[[], None] 
                "backend": "openai", "tokenizer_file": None}
 
 
+def _index_folder(path: str) -> str:
+    """The index folder the report reads documents from: the path, or for a URL this node's checked
+    copy (fetched by the match step; corpora.stores)."""
+    from corpora.locations import is_url
+
+    if not is_url(path):
+        return path
+    from suffix_index.manifest import local_index
+
+    return str(local_index(path))
+
+
 def match_run(run_dir: Path, index_path: str | os.PathLike, *, min_tokens: int, min_bytes: int | None = None,
               progress: bool = True, executor: dict | None = None) -> dict:
     """Every maximal verbatim span of >= ``min_tokens`` tokens of the run's generations in the index
@@ -285,7 +297,7 @@ class ReportStep:
 
     def run(self, ctx: CampaignContext) -> dict:
         r = ctx.cfg["report"]
-        metrics, paths, crossed = report_run(ctx.run_dir, index=ctx.cfg["index"]["path"], out_dir=ctx.report_dir,
+        metrics, paths, crossed = report_run(ctx.run_dir, index=_index_folder(ctx.cfg["index"]["path"]), out_dir=ctx.report_dir,
                                              window_tokens=r["window_tokens"], redact=r["redact"],
                                              fail_if=r["fail_if"])
         ctx.metrics = metrics

@@ -231,6 +231,9 @@ def row_problem(row: dict) -> str | None:
 
 class RunDir:
     def __init__(self, path: str, *, flush_rows: int = 4096, flush_seconds: float = 30.0):
+        from corpora.locations import require_local
+
+        require_local(path, "a run folder")   # appended to and locked while it runs: not on an object store
         self.path = os.path.abspath(path)
         self.gen_dir = os.path.join(self.path, "generations")
         self.config_path = os.path.join(self.path, "config.json")

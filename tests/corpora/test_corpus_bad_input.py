@@ -74,7 +74,7 @@ def test_corpus_help_describes_arguments():
     assert "--out DIR, -o DIR corpus folder to create" in out, out
     r = trawl("corpus", "info", "--help")
     out = " ".join(r.stdout.split())
-    assert "DIR corpus folder from" in out, out
+    assert "DIR corpus folder (or URL) from" in out, out
 
 
 # ------------------------------------------------------------------ truncated compressed input

@@ -255,7 +255,7 @@ def test_tokenizer_file_that_does_not_match_the_server_is_refused(local_server, 
                         progress=False, log=lambda m: None)
     bad = tmp_path / "not-a-model.gguf"
     bad.write_bytes(b"GGUF" + b"\x00" * 64)
-    with pytest.raises(TrawlError, match=r"not-a-model.gguf: not a GGUF model file llama.cpp can read"):
+    with pytest.raises(TrawlError, match=r"not-a-model.gguf: not a GGUF model file llama.cpp can load"):
         run_attacks(str(tmp_path / "run2"), endpoint=local_server.base_url, model=local_server.model,
                     tokenizer_file=str(bad), attacks=[AttackSpec("divergence", {"words": ["a"], "samples": 1})],
                     progress=False, log=lambda m: None)
