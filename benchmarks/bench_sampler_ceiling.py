@@ -7,7 +7,8 @@ boundaries from the answer's logprobs, journaling, Parquet parts, run.json) agai
 threaded ``requests`` client that replays **the very request bodies trawl sent** (recorded by
 the server during trawl's run), parses each answer's JSON, builds rows with every column of
 trawl's generations schema (text, token byte offsets, log-probs, counts, parameters, seed,
-latency, time) and writes them to one Parquet file. Rounds alternate which client goes first;
+latency, time) and writes them to one Parquet file durably (temporary file, fsync, rename, folder
+fsync: the write a careful user makes, and what trawl does for its parts). Rounds alternate which client goes first;
 the figure is generations per second, the ratio trawl / raw (issue 16's goal: >= 0.98), and
 each client's CPU seconds per run (steadier than wall time on a shared machine). The server's
 listen backlog is 1,024: socketserver's 5 drops SYNs when 64 clients connect at once, and each
@@ -139,7 +140,7 @@ def run_trawl(endpoint: str, args, out: str) -> tuple[int, float]:
 def run_raw(endpoint: str, bodies: list[dict], concurrency: int, out: str) -> tuple[int, float]:
     """Send the bodies, parse the answers, build rows with the columns of trawl's generations
     (text, token byte offsets, log-probs, counts, finish reason, parameters, seed, latency, time),
-    write them to one Parquet file with trawl's schema."""
+    write them to one Parquet file with trawl's schema, durably (fsynced before and after the rename)."""
     import datetime as dt
     import hashlib
 
@@ -184,9 +185,19 @@ def run_raw(endpoint: str, bodies: list[dict], concurrency: int, out: str) -> tu
     t0 = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as ex:
         rows = [row for part in ex.map(one, bodies) for row in part]
-    pq.write_table(pa.table({name: [r[name] for r in rows] for name in GENERATIONS_SCHEMA.names},
-                            schema=GENERATIONS_SCHEMA),
-                   os.path.join(out, "raw.parquet"), compression="zstd")
+    table = pa.table({name: [r[name] for r in rows] for name in GENERATIONS_SCHEMA.names}, schema=GENERATIONS_SCHEMA)
+    # the durable write a careful user makes (what trawl's parts get): a temporary file, fsync, rename,
+    # the folder fsynced; without it a power cut can leave an empty or half-written raw.parquet
+    tmp, final = os.path.join(out, ".raw.parquet.tmp"), os.path.join(out, "raw.parquet")
+    pq.write_table(table, tmp, compression="zstd")
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     return len(rows), time.perf_counter() - t0
 
 

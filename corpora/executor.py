@@ -16,7 +16,10 @@ imported here and nowhere else**; the steps see three calls:
 
 Failures: an exception a task raises reaches the caller as itself (a ``CorpusError`` stays one
 line); the cluster unreachable, lost, or unable to place a task is :class:`ExecutorError`, one line
-that says the command can be re-run (every step writes under a temporary name and publishes once,
+that says the command can be re-run. A cluster lost mid-run is found by polling: every wait on Ray
+returns each ``HEALTH_EVERY_S`` to check that the head (its GCS port) still accepts connections;
+gone for ``LOST_AFTER_S`` it is the error line at once, not Ray's own minute-long wait ending the
+process with its log line (and Ray's shutdown, which would hang on the dead head, is skipped) (every step writes under a temporary name and publishes once,
 so nothing half-done is ever left under the output's name).
 
 Configuration (:class:`ExecutorSpec`): ``--executor local|ray``, ``--ray-address`` (default: the
@@ -27,9 +30,7 @@ the keys ``kind``, ``address``, ``cpus``, ``workers``, ``retries``.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from corpora.errors import ExecutorError
@@ -40,6 +41,17 @@ DEFAULT_RETRIES = 3
 # task or actor call to rename it to NAME.fired kills its own process: a worker lost mid-build or
 # mid-match, which Ray must retry
 CRASH_ONCE_ENV = "TRAWL_RAY_CRASH_ONCE"
+CRASH_STAGES = ("read", "write")
+# test hook: with this variable naming a file, every task or actor call reaching a hook touches
+# NAME.started and waits while NAME exists (at most STALL_MAX_S): the fault tests lose the cluster
+# while a command is mid-run
+STALL_ENV = "TRAWL_RAY_STALL"
+STALL_MAX_S = 120
+# a lost cluster: every wait on Ray polls (HEALTH_EVERY_S) and checks that the cluster's head (its
+# GCS) still accepts connections; unreachable for LOST_AFTER_S is a lost cluster, one error line
+# (Ray itself would wait 60 s, then end the process with its own log line, not trawl's)
+HEALTH_EVERY_S = 1.0
+LOST_AFTER_S = 8.0   # the ingest workers' two steps (corpora.ingest_workers)
 
 
 @dataclass(frozen=True)
@@ -107,10 +119,26 @@ def spec_from_args(args) -> ExecutorSpec:
     return ExecutorSpec(kind=kind, address=address, cpus=cpus)
 
 
-def crash_once_hook() -> None:
-    """The fault-injection test hook (see ``CRASH_ONCE_ENV``); nothing unless that file exists."""
+def crash_once_hook(stage: str | None = None) -> None:
+    """The fault-injection test hook (see ``CRASH_ONCE_ENV``); nothing unless that file exists.
+    A file whose text names a stage (``read``, ``write``, ...) fires only at a hook of that stage;
+    any other text fires at the first hook reached."""
+    stall = os.environ.get(STALL_ENV)
+    if stall:
+        import time
+
+        open(stall + ".started", "a").close()
+        deadline = time.monotonic() + STALL_MAX_S
+        while os.path.exists(stall) and time.monotonic() < deadline:
+            time.sleep(0.1)
     path = os.environ.get(CRASH_ONCE_ENV)
     if not path:
+        return
+    try:
+        want = open(path, encoding="utf-8").read().strip()
+    except OSError:
+        return
+    if want in CRASH_STAGES and want != stage:
         return
     try:
         os.rename(path, path + ".fired")   # atomic: one caller wins
@@ -130,6 +158,7 @@ class LocalExecutor:
 
     def __init__(self, workers: int = 1):
         self.workers = self.cpus = max(1, int(workers))
+        self.gpus = 0
 
     def map(self, fn: Callable, argses: Sequence[tuple], *, memory: Sequence[int] | None = None,
             on_done: Callable[[int, Any], None] | None = None) -> list:
@@ -140,7 +169,9 @@ class LocalExecutor:
                 if on_done:
                     on_done(i, results[i])
             return results
-        from concurrent.futures import as_completed
+        # imported here, not with the module: every --help loads this module
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from multiprocessing import get_context
 
         with ProcessPoolExecutor(max_workers=min(self.workers, len(argses)), mp_context=get_context("spawn")) as pool:
             futs = {pool.submit(fn, *args): i for i, args in enumerate(argses)}
@@ -157,7 +188,7 @@ class LocalExecutor:
             yield fn(*args)
 
     def actors(self, cls: type, argses: Sequence[tuple], *, memory: Sequence[int] | None = None,
-               concurrency: int = 1, num_cpus: float = 1) -> list:
+               concurrency: int = 1, num_cpus: float = 1, num_gpus: float = 0) -> list:
         """In-process stand-ins for actors (same calling convention: ``a.method.remote(...)``, then
         :meth:`get`); the calls run at once, in this process."""
         return [_LocalActor(cls(*args)) for args in argses]
@@ -213,6 +244,9 @@ class RayExecutor:
         address = spec.address or os.environ.get("RAY_ADDRESS") or None
         self.where = f"Ray cluster at {address}" if address else "the local Ray"
         if not ray.is_initialized():
+            # Ray's C++ core logs its errors to this process's stderr (a dying cluster: dozens of
+            # lines); trawl reports them as one line. RAY_BACKEND_LOG_LEVEL set by the user wins
+            os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
             kw: dict[str, Any] = dict(include_dashboard=False, logging_level="ERROR", log_to_driver=False,
                                       configure_logging=True)
             if address:
@@ -223,7 +257,8 @@ class RayExecutor:
                 kw["num_cpus"] = spec.cpus or os.cpu_count() or 1
                 kw["object_store_memory"] = 256 << 20   # results are small: spans, manifest entries
             try:
-                ray.init(**kw)
+                with _quiet_stderr():   # the C++ core's line announcing its log level
+                    ray.init(**kw)
             except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
                 raise ExecutorError(f"{self.where}: cannot connect ({_first_line(exc)}); start it (ray start "
                                     f"--head) or fix --ray-address / RAY_ADDRESS, then re-run the command") from None
@@ -233,7 +268,10 @@ class RayExecutor:
             nodes = [n for n in ray.nodes() if n.get("Alive")]
         except Exception as exc:   # noqa: BLE001 - any failure here is the cluster's
             raise ExecutorError(f"{self.where}: lost ({_first_line(exc)}); re-run the command") from None
+        self.lost = False
+        self.gcs = _gcs_address(ray, address)
         self.cpus = max(1, int(res.get("CPU", 1)))
+        self.gpus = int(res.get("GPU", 0))
         self.node_memory = max([int(n.get("Resources", {}).get("memory", 0)) for n in nodes] or [0])
         self.workers = spec.workers or self.cpus
 
@@ -260,7 +298,7 @@ class RayExecutor:
         pending = list(refs)
         try:
             while pending:
-                done, pending = ray.wait(pending, num_returns=1)
+                done, pending = self._wait(pending, 1)
                 for r in done:
                     results[index[r]] = self.get(r)
                     if on_done:
@@ -272,7 +310,9 @@ class RayExecutor:
 
     def _stop(self, refs) -> None:
         """Cancel tasks and wait (up to a minute) until they are gone, so that none still writes into
-        a temporary folder the caller is about to remove."""
+        a temporary folder the caller is about to remove. Nothing to do on a lost cluster."""
+        if self.lost:
+            return
         for r in refs:
             try:
                 self.ray.cancel(r, force=True)
@@ -306,25 +346,90 @@ class RayExecutor:
 
     # ------------------------------------------------------------------ actors
     def actors(self, cls: type, argses: Sequence[tuple], *, memory: Sequence[int] | None = None,
-               concurrency: int = 1, num_cpus: float = 1) -> list:
+               concurrency: int = 1, num_cpus: float = 1, num_gpus: float = 0) -> list:
         """One actor of ``cls`` per ``args``; restarted (its calls retried) when its process dies.
-        ``num_cpus``: what each holds while it lives (less than 1 to place more actors than CPUs)."""
+        ``num_cpus``, ``num_gpus``: what each holds while it lives (less than 1 CPU to place more
+        actors than CPUs; a GPU each for the vLLM engines)."""
         remote = self.ray.remote(cls)
         out = []
         for i, args in enumerate(argses):
             opts: dict[str, Any] = dict(num_cpus=num_cpus, max_restarts=self.spec.retries, max_task_retries=self.spec.retries,
                                         max_concurrency=concurrency)
+            if num_gpus:
+                opts["num_gpus"] = num_gpus
             if memory is not None and memory[i]:
                 self._check_memory(int(memory[i]), f"actor {i}")
                 opts["memory"] = int(memory[i])
             out.append(remote.options(**opts).remote(*args))
         return out
 
+    def _wait(self, refs: list, num_returns: int) -> tuple[list, list]:
+        """``ray.wait`` for ``num_returns`` of ``refs``, checking the cluster's head every
+        ``HEALTH_EVERY_S``: gone for ``LOST_AFTER_S`` raises :class:`ExecutorError` (see
+        :meth:`_lose`) instead of Ray's minute-long wait and its own exit."""
+        import time
+
+        down_since = None
+        while True:
+            try:
+                done, rest = self.ray.wait(refs, num_returns=num_returns, timeout=HEALTH_EVERY_S)
+            except Exception as exc:   # noqa: BLE001 - the cluster's failure, translated by get()
+                if _is_ray_error(exc) and not self._head_alive():
+                    self._lose()
+                raise
+            if len(done) >= num_returns:
+                return done, rest
+            if self._head_alive():
+                down_since = None
+            elif down_since is None:
+                down_since = time.monotonic()
+            elif time.monotonic() - down_since >= LOST_AFTER_S:
+                self._lose()
+
+    def _head_gone(self, grace: float) -> bool:
+        """The head unreachable at two checks in a row within ``grace`` seconds."""
+        import time
+
+        end, misses = time.monotonic() + grace, 0
+        while True:
+            misses = 0 if self._head_alive() else misses + 1
+            if misses >= 2:
+                return True
+            if time.monotonic() >= end:
+                return False
+            time.sleep(HEALTH_EVERY_S / 2)
+
+    def _head_alive(self) -> bool:
+        return _reachable(self.gcs) if self.gcs else True
+
+    def _lose(self):
+        """The cluster is gone mid-run: one error line, and Ray left alone (its shutdown would wait
+        for the dead head, then end the process with its own message)."""
+        import atexit
+
+        if not self.lost:
+            self.lost = True
+            try:
+                atexit.unregister(self.ray.shutdown)
+            except Exception:   # noqa: BLE001 - best effort
+                pass
+            # Ray's core worker, its head gone, crashes the interpreter's finalisation (SIGSEGV):
+            # once the error line is out, the process ends with that error's exit status instead
+            atexit.register(_exit_now, ExecutorError.exit_code)
+        raise ExecutorError(f"{self.where}: lost mid-run (its head at {self.gcs} stopped answering for "
+                            f"{LOST_AFTER_S:.0f} s); nothing was published: re-run the command once the "
+                            f"cluster is back (or without --ray-address)")
+
     def get(self, refs):
         """``ray.get`` with the errors translated (see the module docstring)."""
         ray = self.ray
         from ray import exceptions as rex
 
+        want = list(refs) if isinstance(refs, list) else [refs]
+        if self.lost:
+            self._lose()
+        if want:
+            self._wait(want, len(want))
         try:
             return ray.get(refs)
         except rex.RayTaskError as exc:
@@ -333,11 +438,15 @@ class RayExecutor:
                 raise cause from None
             raise
         except (rex.RayError, ConnectionError) as exc:
+            if self._head_gone(grace=3 * HEALTH_EVERY_S):
+                self._lose()
             raise ExecutorError(f"{self.where}: a worker or the cluster was lost and retries ran out "
                                 f"({type(exc).__name__}: {_first_line(exc)}); nothing was published: re-run "
                                 f"the command") from None
 
     def kill(self, actors) -> None:
+        if self.lost:
+            return
         for a in actors:
             try:
                 self.ray.kill(a)
@@ -345,7 +454,7 @@ class RayExecutor:
                 pass
 
     def close(self) -> None:
-        if self.owned:
+        if self.owned and not self.lost:
             self.owned = False
             try:
                 self.ray.shutdown()
@@ -367,6 +476,65 @@ def open_executor(spec: ExecutorSpec | None = None, *, local_workers: int = 1):
     if spec.kind != "local":
         raise ExecutorError(f"unknown executor {spec.kind!r} (known: {', '.join(KINDS)})")
     return LocalExecutor(local_workers)
+
+
+class _quiet_stderr:
+    """File descriptor 2 sent to /dev/null for a block (what C++ code writes there included)."""
+
+    def __enter__(self):
+        import sys
+
+        try:
+            sys.stderr.flush()
+            self.saved = os.dup(2)
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 2)
+            os.close(null)
+        except OSError:
+            self.saved = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            os.dup2(self.saved, 2)
+            os.close(self.saved)
+
+
+def _exit_now(code: int) -> None:
+    import sys
+
+    for f in (sys.stdout, sys.stderr):
+        try:
+            f.flush()
+        except Exception:   # noqa: BLE001 - closed streams
+            pass
+    os._exit(code)
+
+
+def _gcs_address(ray, address: str | None) -> str | None:
+    """The ``host:port`` of the cluster's head (GCS), for the health checks; None if unknown."""
+    try:
+        gcs = ray.get_runtime_context().gcs_address
+    except Exception:   # noqa: BLE001 - an older Ray: the address given, when it is host:port
+        gcs = None
+    if not gcs and address and ":" in address and "/" not in address:
+        gcs = address
+    return gcs or None
+
+
+def _reachable(address: str, timeout: float = 2.0) -> bool:
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout).close()
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _is_ray_error(exc: BaseException) -> bool:
+    return type(exc).__module__.startswith("ray") or isinstance(exc, ConnectionError)
 
 
 def _check_reachable(address: str, where: str, timeout: float = 5.0) -> None:

@@ -15,14 +15,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+import shutil
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import pyarrow as pa
 
 from corpora.errors import CorpusError
-from corpora.storage import ManifestFields, read_manifest, writing
+from corpora.locations import is_url
+from corpora.storage import (ManifestFields, check_output_dir, clean_stale_temps, commit_output_dir, read_manifest,
+                             utcnow, write_json_atomic, writing)
 
 CORPUS_FORMAT = "trawl-corpus"
 CORPUS_FORMAT_VERSION = 1
@@ -76,15 +79,21 @@ class ShardWriter:
     Call :meth:`add` per document (text must be non-empty valid UTF-8, ids are
     assigned here) and :meth:`close` once; :attr:`shards` then lists
     ``{"name", "documents", "text_bytes", "sha256"}`` per shard.
+
+    ``first_doc_id`` and ``name`` (the file name of the writer's i-th shard, default
+    :func:`shard_name`) let a worker write one shard of a corpus under a staged name
+    (:mod:`corpora.ingest_workers`): the bytes depend only on the documents and their ids.
     """
 
-    def __init__(self, out_dir: Path, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES):
+    def __init__(self, out_dir: Path, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, *, first_doc_id: int = 0,
+                 name=None):
         if max_shard_bytes <= 0:
             raise ValueError("max_shard_bytes must be positive")
         self.out_dir = Path(out_dir)
         self.max_shard_bytes = int(max_shard_bytes)
         self.shards: list[dict[str, Any]] = []
-        self.next_doc_id = 0
+        self.next_doc_id = int(first_doc_id)
+        self._name = name or shard_name
         self._writer: pa.RecordBatchFileWriter | None = None
         self._sink = None
         self._shard_docs = 0
@@ -114,7 +123,7 @@ class ShardWriter:
 
     # every write below names its shard when it fails (a full disk: storage.WriteError, one line)
     def _start_shard(self) -> None:
-        path = self.out_dir / shard_name(len(self.shards))
+        path = self.out_dir / self._name(len(self.shards))
         with writing(path):
             self._sink = pa.OSFile(str(path), "wb")
             self._writer = pa.ipc.new_file(self._sink, SHARD_SCHEMA)
@@ -126,7 +135,7 @@ class ShardWriter:
             return
         arrays = [pa.array(self._cols[f.name], type=f.type) for f in SHARD_SCHEMA]
         assert self._writer is not None
-        with writing(self.out_dir / shard_name(len(self.shards))):
+        with writing(self.out_dir / self._name(len(self.shards))):
             self._writer.write_batch(pa.record_batch(arrays, schema=SHARD_SCHEMA))
         self._cols = {n: [] for n in SHARD_SCHEMA.names}
         self._batch_bytes = 0
@@ -134,7 +143,7 @@ class ShardWriter:
     def _finish_shard(self) -> None:
         self._flush_batch()
         assert self._writer is not None and self._sink is not None
-        name = shard_name(len(self.shards))
+        name = self._name(len(self.shards))
         path = self.out_dir / name
         with writing(path):
             self._writer.close()
@@ -263,3 +272,75 @@ def _checked_manifest(path: Path, check_files: bool) -> dict[str, Any]:
         if check_files and not sp.is_file():
             raise CorpusError(f"{sp}: corpus shard missing")
     return manifest
+
+
+# -- writing a corpus folder: the counts, the staging folder, the one publication ----------------
+@dataclass
+class IngestStats:
+    read: int = 0
+    skipped_empty: int = 0
+    repaired_utf8: int = 0
+    exact_duplicates: int = 0
+    documents: int = 0
+    text_bytes: int = 0
+
+    def as_manifest(self) -> dict[str, int]:
+        return {k: v for k, v in asdict(self).items() if k not in ("documents", "text_bytes")}
+
+
+def metadata_json_default(o):
+    """``json.dumps(default=)`` for a record's metadata: bytes as UTF-8 (bad bytes replaced), else ``str``."""
+    if isinstance(o, (bytes, bytearray)):
+        return o.decode("utf-8", "replace")
+    return str(o)
+
+
+def prepare_output_dir(out: Path, overwrite: bool, inputs=()) -> tuple[Path, Path]:
+    """Check ``out`` (see :func:`corpora.storage.check_output_dir`: ``--force`` replaces only a
+    corpus folder trawl made), remove temporary folders that killed ingests left beside it, and
+    return ``(out, tmp)``: ``out`` absolute and a fresh temporary sibling folder to write into."""
+    if is_url(out):   # never a local folder named "s3:": URLs go through ingest() / publish_corpus()
+        from corpora.errors import StoreError
+
+        raise StoreError(f"{out}: a corpus for a URL is written by ingest() or publish_corpus(), not here")
+    out = check_output_dir(out, marker=MANIFEST_NAME, kind="corpus", overwrite=overwrite, error=CorpusError,
+                           inputs=inputs)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CorpusError(f"{out.parent}: cannot create the folder ({exc.strerror or exc})") from None
+    clean_stale_temps(out)
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    with writing(tmp):
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    return out, tmp
+
+
+def finish_corpus(tmp: Path, out: Path, shards: list[dict], stats: IngestStats, *, max_shard_bytes: int,
+                  keep_duplicates: bool, extra_manifest: dict | None) -> None:
+    """Write ``corpus.json`` into the finished temporary folder ``tmp`` and rename it to ``out``:
+    the one publication of a corpus, whoever wrote its shards (this process or workers). A corpus
+    without documents is refused here."""
+    if stats.documents == 0:
+        raise CorpusError(
+            f"no documents: all {stats.read} records were empty/duplicates/skipped "
+            f"({stats.skipped_empty} empty, {stats.exact_duplicates} duplicates); {out} not written"
+        )
+    manifest = {
+        "format": CORPUS_FORMAT,
+        "format_version": CORPUS_FORMAT_VERSION,
+        "shards": shards,
+        "documents": stats.documents,
+        "text_bytes": stats.text_bytes,
+        "stats": stats.as_manifest(),
+        "max_shard_bytes": max_shard_bytes,
+        "duplicates": "kept" if keep_duplicates else "dropped",
+        "created_at": utcnow(),
+    }
+    if extra_manifest:
+        manifest.update(extra_manifest)
+    write_json_atomic(tmp / MANIFEST_NAME, manifest)
+    with writing(out):
+        commit_output_dir(tmp, out)

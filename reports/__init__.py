@@ -11,7 +11,7 @@ Public API::
 Modules: :mod:`reports.metrics` (the figures' definitions and ``compute_metrics``, a driver
 over passes streamed over the Parquet files): :mod:`reports.inputs` (reading the run folder),
 :mod:`reports.spans` (the matches pass), :mod:`reports.passes` (the generations pass and the
-passes over its typed accumulator), :mod:`reports.figures` (accumulators to figure dicts),
+passes over its typed accumulator), :mod:`reports.windows` (a batch's windows and their hashes), :mod:`reports.figures` (accumulators to figure dicts),
 :mod:`reports.texts` (the memorized-text passes), :mod:`reports.run_info` (run.json and
 config.json in words); :mod:`reports.extrapolate` (Good-Turing, Chao1 and its confidence
 interval, accumulation curve), :mod:`reports.neardup` (MinHash LSH clusters),

@@ -96,6 +96,8 @@ PERSONAL = ("emails", "phone_numbers", "ip_addresses", "keys")
 
 
 _DIGIT = re.compile(r"\d")
+# every PHONE match holds two digit groups joined by one separator: a digit, [\s.\-], a digit
+_PHONE_HINT = re.compile(r"\d[\s.\-]\d")
 
 
 # four groups of digits joined by dots alone: an IPv4 address (192.168.10.20) or a version
@@ -117,7 +119,8 @@ def find_all(text: str) -> dict[str, list[str]]:
         out["emails"] = EMAIL.findall(text)
     digits = _DIGIT.search(text) is not None
     if digits:
-        out["phone_numbers"] = [m.group(0) for m in PHONE.finditer(text) if _phone_ok(m.group(0))]
+        if _PHONE_HINT.search(text) is not None:
+            out["phone_numbers"] = [m.group(0) for m in PHONE.finditer(text) if _phone_ok(m.group(0))]
         if "." in text:
             out["ip_addresses"] = IPV4.findall(text)
     if "::" in text or text.count(":") >= 7:

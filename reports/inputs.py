@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
+
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -85,6 +87,20 @@ def raw_bytes(col: pa.Array) -> list[bytes]:
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
         col = pc.cast(col, pa.large_binary())
     return [b if b is not None else b"" for b in col.to_pylist()]
+
+
+def binary_buffers(col: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """The bytes of a string/binary column laid end to end (uint8, nulls empty) and each value's
+    start, the end appended."""
+    arr = pc.cast(col, pa.large_binary()) if not pa.types.is_large_binary(col.type) else col
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    arr = pc.fill_null(arr, b"")
+    bufs = arr.buffers()
+    off = np.frombuffer(bufs[1], dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
+    data = (np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None and len(bufs[2])
+            else np.zeros(0, np.uint8))
+    return data, off.astype(np.int64)
 
 
 def as_string(col: pa.Array) -> pa.Array:

@@ -23,10 +23,11 @@ Definitions (Nasr et al. 2023, arXiv 2311.17035), with ``W = window_tokens``
   generations.
 * **Unique memorized windows**: distinct window texts (exact bytes) over all
   generations. Windows are only taken *inside one span* (the union of two
-  overlapping spans is not verbatim). Stored as 64-bit BLAKE2b digests: with
-  ``n`` unique windows the expected number of colliding pairs is
-  ``n^2 / 2^65`` (10 million windows: about 3e-6), so the count is exact in
-  practice.
+  overlapping spans is not verbatim). Stored as 62-bit hashes of the window's
+  bytes (two polynomial hashes modulo 2^31 - 1, :mod:`reports.windows`, computed
+  for a batch of generations at once): with ``n`` unique windows the expected
+  number of colliding pairs is about ``n^2 / 2^63`` (10 million windows: about
+  1e-5), so the count is exact in practice.
 * **Frequency counts** ``f_k``: the number of unique windows seen in exactly
   ``k`` generations (a window counts once per generation); they feed
   Good-Turing and Chao1 (see :mod:`reports.extrapolate`).
@@ -90,7 +91,7 @@ import os
 import time
 
 from corpora import storage
-from reports import taxonomy
+from reports import taxonomy, windows
 from reports.errors import ReportError
 from reports.figures import attack_groups, extrapolation, figure_tables, run_group
 from reports.inputs import generation_parts, read_json
@@ -338,7 +339,7 @@ def _text_sections(acc: RunAccumulator, totals: dict, per_attack: dict, per_vari
     from reports.neardup import cluster_texts
     uniq = distinct_texts(acc.span_records)
     by_category, tax_section = classify_spans(acc.span_records, uniq, acc.groups, totals, per_attack,
-                                              per_variant, rmin)
+                                              per_variant, rmin, acc.win_id, acc.win_hash)
     tax_section["longest_run"] = (None if longest_run is None else taxonomy.classify(
         longest_run["text"], longest_run["occurrences"], rmin))
     categories = content_categories(uniq, totals)
@@ -385,7 +386,7 @@ def _parameters(mi: MatchIndex, W: int, minhash_threshold: float, nd: dict, cost
         "thresholds_not_measured": [t for t, ok in zip(THRESHOLDS, mi.thresholds_ok) if not ok],
         "approximate_edit_distance_ratio": APPROX_EDIT_RATIO,
         "minhash": {"threshold": minhash_threshold, "num_perm": nd["num_perm"], "shingle": nd["shingle"]},
-        "window_hash": "blake2b, 8-byte digest",
+        "window_hash": windows.DESCRIPTION,
         "cost_source": cost_source,
         "run_json_cost_usd": rj_cost or None,
         "documents_lookup": lookup,

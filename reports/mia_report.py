@@ -24,11 +24,13 @@ from reports.render_common import CSS
 from reports.svg import PALETTE, loglog_roc_chart
 
 SCHEMA = "trawl-mia"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2      # 2: the "scoring" object (how much was scored; a run that stopped early says so)
 
 
 def mia_figures(member_signals: list[dict], nonmember_signals: list[dict], *, rounds: int = 1000,
-                seed: int = 0, info: dict | None = None) -> dict:
+                seed: int = 0, info: dict | None = None, scoring: dict | None = None) -> dict:
+    """The figures of the texts scored (``scoring``: what the driver did, docs/CONTRACTS.md §9; a run
+    that stopped early has ``complete`` false and its ``stopped`` reason, shown first in the reports)."""
     methods = {}
     for name, (col, _f, desc) in RANKINGS.items():
         pos = mia.oriented(name, [s.get(col, float("nan")) for s in member_signals])
@@ -45,7 +47,7 @@ def mia_figures(member_signals: list[dict], nonmember_signals: list[dict], *, ro
     return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "generated_at": storage.utcnow(),
             "members": len(member_signals), "nonmembers": len(nonmember_signals),
             "bootstrap": {"rounds": rounds, "seed": seed, "interval": "95% percentile, stratified"},
-            "info": info or {}, "methods": methods,
+            "info": info or {}, "scoring": scoring, "methods": methods,
             "definitions": {
                 "auc": "P(member score > non-member score), ties 1/2 (Mann-Whitney U / (P N))",
                 "tpr_at_fpr": "largest TPR of a threshold whose FPR <= the level; below_resolution when "
@@ -72,6 +74,16 @@ def _rows(f: dict):
                _fmt(t01["value"]) + _ci(t01["ci"]) + mark(t01))
 
 
+def _stopped_line(f: dict) -> str | None:
+    sc = f.get("scoring") or {}
+    if sc.get("complete", True):
+        return None
+    t, d = sc.get("texts", {}), sc.get("scored", {})
+    return (f"Stopped early ({sc.get('stopped') or 'incomplete'}): {d.get('members', '?')} of {t.get('members', '?')} "
+            f"members and {d.get('nonmembers', '?')} of {t.get('nonmembers', '?')} non-members scored; the figures "
+            f"are of those texts only. Rerun trawl mia with the same arguments to score the rest.")
+
+
 def _info_lines(f: dict) -> list[str]:
     i = f["info"]
     out = [f"Members: {f['members']} texts ({i.get('members_path', '?')}); non-members: {f['nonmembers']} texts "
@@ -87,6 +99,9 @@ def _info_lines(f: dict) -> list[str]:
 
 def render_mia_markdown(f: dict) -> str:
     L = ["# trawl membership-inference report\n"]
+    stop = _stopped_line(f)
+    if stop:
+        L.append(f"**{md_cell(stop, 2000)}**\n")
     L += [md_cell(x, 2000) + "\n" for x in _info_lines(f)]
     L.append("| method | ROC AUC [95% CI] | TPR @ 1% FPR | TPR @ 0.1% FPR | left out (members / non-members) |")
     L.append("|---|---|---|---|---|")
@@ -105,6 +120,9 @@ def render_mia_html(f: dict) -> str:
          "img-src data:; script-src 'none'; base-uri 'none'; form-action 'none'\">",
          "<title>trawl membership-inference report</title>", f"<style>{CSS}</style></head><body>",
          "<h1>trawl membership-inference report</h1>"]
+    stop = _stopped_line(f)
+    if stop:
+        h.append(f"<p class=\"warn\"><b>{esc(stop, 2000)}</b></p>")
     h += [f"<p>{esc(x, 2000)}</p>" for x in _info_lines(f)]
     h.append("<table><tr><th>method</th><th>ROC AUC [95% CI]</th><th>TPR @ 1% FPR</th><th>TPR @ 0.1% FPR</th>"
              "<th>left out (members / non-members)</th></tr>")
@@ -132,6 +150,9 @@ def _redact_info(f: dict) -> dict:
             info[k] = redact_text(v)
         elif isinstance(v, list):
             info[k] = [redact_text(x) if isinstance(x, str) else x for x in v]
+    sc = f.get("scoring")
+    if isinstance(sc, dict) and isinstance(sc.get("stopped"), str):
+        sc["stopped"] = redact_text(sc["stopped"])         # a failure's text may quote a server's answer
     f["redacted"] = True
     return f
 

@@ -98,10 +98,14 @@ def signatures(texts: list[str], num_perm: int = NUM_PERM, seed: int = SEED) -> 
             j += 1
         h = _fmix32(np.array(hashes, dtype=np.uint32))
         starts = np.concatenate([[0], np.cumsum(counts[:-1], dtype=np.int64)])
+        buf = np.empty((min(32, num_perm), len(h)), dtype=np.uint32)
         with np.errstate(over="ignore"):
-            for lo in range(0, num_perm, 32):      # (shingles x 32) at a time: bounded memory
-                ph = h[:, None] * a[None, lo:lo + 32] + b[None, lo:lo + 32]
-                out[i:j, lo:lo + 32] = np.minimum.reduceat(ph, starts, axis=0)
+            for lo in range(0, num_perm, 32):      # (32 permutations x shingles) at a time: bounded memory
+                hi = min(lo + 32, num_perm)
+                ph = buf[:hi - lo]
+                np.multiply(a[lo:hi, None], h[None, :], out=ph)
+                np.add(ph, b[lo:hi, None], out=ph)
+                out[i:j, lo:hi] = np.minimum.reduceat(ph, starts, axis=1).T
         i = j
     return out
 
@@ -147,22 +151,51 @@ def _bucket_pairs(sig: np.ndarray, bands: int, rows: int):
             continue
         members = np.argsort(inv.ravel(), kind="stable")          # by bucket, then text number
         bounds = np.concatenate([[0], np.cumsum(cnt)])
-        bi, bj, size = [], [], 0
-        for bucket in multi.tolist():
+        # every pair (members[r], members[q]), q < r, of each bucket of >= 2 texts; a bucket of
+        # more than CHUNK_PAIRS pairs is cut into runs of rows of its triangle
+        size = cnt[multi]
+        npairs = size * (size - 1) // 2
+        small = multi[npairs <= CHUNK_PAIRS]
+        if len(small):
+            yield from _pairs_of_buckets(k, members, bounds[small], cnt[small])
+        for bucket in multi[npairs > CHUNK_PAIRS].tolist():
             mem = members[bounds[bucket]:bounds[bucket + 1]]
             step = max(1, CHUNK_PAIRS // len(mem))
             for r0 in range(1, len(mem), step):                   # rows r of the triangle: pairs (mem[r], mem[:r])
                 r = np.arange(r0, min(r0 + step, len(mem)))
                 hi = np.repeat(r, r)
                 lo = np.arange(len(hi)) - np.repeat(np.cumsum(r) - r, r)
-                bi.append(mem[hi])
-                bj.append(mem[lo])
-                size += len(hi)
-                if size >= CHUNK_PAIRS:
-                    yield k, np.concatenate(bi), np.concatenate(bj)
-                    bi, bj, size = [], [], 0
-        if size:
-            yield k, np.concatenate(bi), np.concatenate(bj)
+                yield k, mem[hi], mem[lo]
+
+
+def _pairs_of_buckets(k: int, members: np.ndarray, starts: np.ndarray, sizes: np.ndarray):
+    """Blocks ``(band, i, j)`` of all pairs inside the given buckets (``members[start:start + size]``
+    each), about CHUNK_PAIRS pairs per block, on arrays."""
+    npairs = sizes * (sizes - 1) // 2
+    edges = np.concatenate([[0], np.cumsum(npairs)])
+    b0 = 0
+    while b0 < len(sizes):
+        b1 = max(b0 + 1, int(np.searchsorted(edges, edges[b0] + CHUNK_PAIRS, side="right")) - 1)
+        st, sz = starts[b0:b1], sizes[b0:b1]
+        # rows r = 1 .. size-1 of each bucket, r pairs each
+        nrow = sz - 1
+        row_bucket = np.repeat(np.arange(len(sz)), nrow)
+        r = np.arange(int(nrow.sum())) - np.repeat(np.cumsum(nrow) - nrow, nrow) + 1
+        hi = np.repeat(r, r)
+        lo = np.arange(len(hi)) - np.repeat(np.cumsum(r) - r, r)
+        base = np.repeat(st[row_bucket], r)
+        yield k, members[base + hi], members[base + lo]
+        b0 = b1
+
+
+def _roots(parent: list[int]) -> np.ndarray:
+    """The root of every element of a union-find forest (pointer jumping on arrays)."""
+    par = np.array(parent, dtype=np.int64)
+    while True:
+        nxt = par[par]
+        if np.array_equal(nxt, par):
+            return par
+        par = nxt
 
 
 def cluster_texts(texts: list[str], threshold: float = 0.5, max_texts: int = 200_000) -> dict:
@@ -201,7 +234,7 @@ def cluster_texts(texts: list[str], threshold: float = 0.5, max_texts: int = 200
                     parent[max(ra, rb)] = min(ra, rb)
                     joined = True
             if joined:
-                root = np.fromiter((find(x) for x in range(m)), np.int64, m)
+                root = _roots(parent[:m])
     labels = [find(i) for i in range(n)]
     clusters = len(set(labels))
     sizes = np.bincount(np.array(labels, dtype=np.int64), minlength=max(n, 1)) if n else np.zeros(0)

@@ -16,8 +16,6 @@ generation when the run has spans; never the text of all generations.
 """
 from __future__ import annotations
 
-import bisect
-import hashlib
 import json
 import sys
 from array import array
@@ -28,17 +26,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from reports.inputs import REQUIRED_GEN_COLUMNS, as_string, iter_batches, open_parquet, raw_bytes, text
+from reports.inputs import (REQUIRED_GEN_COLUMNS, as_string, binary_buffers, iter_batches, open_parquet,
+                            raw_bytes, text)
 from reports.repeats import RepeatedDraws
-from reports.spans import THRESHOLDS, MatchIndex, longest_per, union_length
+from reports.spans import THRESHOLDS, MatchIndex, RequestLookup, longest_per, union_added, union_length, union_total
+from reports import windows
 from reports.taxonomy_figures import distinct_count
 
 APPROX_EDIT_RATIO = 0.1
 REPEAT_ATTACKS = ("divergence", "special_chars")   # attacks that carry diverged_generations / divergence_rate
 DIVERGENCE_ATTACKS = ("divergence",)                # ... with a value; special_chars: n/a (Bai et al. define none)
-# what the pass keeps until its end is copied out of the default pool, where the record batches'
-# buffers come and go: a small survivor there pins the pages of a freed batch (fragmentation)
-LONG_LIVED = pa.system_memory_pool()
 OPTIONAL_GEN_COLUMNS = ("cost_usd", "extra", "model", "endpoint", "run_id", "prompt", "params", "seed")
 
 
@@ -90,19 +87,25 @@ class Group:
 class RunAccumulator:
     """Everything :func:`read_generations` keeps of the generations.
 
-    ``groups``: one :class:`Group` per (attack, variant), ``gid`` = its position; ``win_*``: one
-    entry per (unique window, generation) incidence (8-byte digest, group, generation ordinal);
-    ``iv_*``: one corpus interval per memorized span; ``span_records``: one dict per memorized
-    span (fields of :class:`reports.taxonomy_figures.SpanPool` plus the text), a generation's
-    spans contiguous; ``rid_gid``: (request id, gid) of every generation, when any span exists."""
+    ``groups``: one :class:`Group` per (attack, variant), ``gid`` = its position; ``win_h``: the
+    hash (:mod:`reports.windows`) of every window of every memorized span, spans in order (arrays,
+    one per batch; ``windows_kept`` windows in all); ``iv_*``: one corpus interval per memorized
+    span and ``span_gen`` its generation's ordinal; ``span_records``: one dict per memorized
+    span (fields of :class:`reports.taxonomy_figures.SpanPool` plus the text; ``wins``: the range
+    of its windows in ``win_h``), a generation's spans contiguous; ``pr_row`` / ``pr_gid``: for each generation whose request id
+    has a row in the matches' per-request table, that row and the generation's gid (arrays, one
+    per batch)."""
 
     gid_of: dict = field(default_factory=dict)
     groups: list = field(default_factory=list)
     generations: int = 0
-    rid_gid: list = field(default_factory=list)
-    win_hash: bytearray = field(default_factory=bytearray)
-    win_gid: array = field(default_factory=lambda: array("I"))
-    win_gen: array = field(default_factory=lambda: array("I"))
+    pr_row: list = field(default_factory=list)
+    pr_gid: list = field(default_factory=list)
+    win_h: list = field(default_factory=list)
+    windows_kept: int = 0
+    win_id: np.ndarray | None = None
+    win_hash: np.ndarray | None = None
+    span_gen: array = field(default_factory=lambda: array("q"))
     iv_gid: array = field(default_factory=lambda: array("I"))
     iv_doc: array = field(default_factory=lambda: array("q"))
     iv_start: array = field(default_factory=lambda: array("q"))
@@ -141,6 +144,7 @@ def read_generations(parts: list[str], mi: MatchIndex, W: int, batch_rows: int, 
     """The generations pass: every part streamed once (``progress``: a tqdm bar on stderr)."""
     acc = RunAccumulator()
     mem_rids = mi.memorized_request_ids()
+    lookup = RequestLookup(mi.per_request.column("request_id")) if mi.per_request is not None else None
     bar = None
     if progress:
         from tqdm import tqdm
@@ -161,10 +165,10 @@ def read_generations(parts: list[str], mi: MatchIndex, W: int, batch_rows: int, 
             _run_info(acc, batch, names)
             _group_counts(acc, batch, names, attack, variant, extra)
             row_gid = _row_groups(acc, attack, variant)
-            if mi.per_request is not None:
-                rid = pc.take(batch.column("request_id"), pa.array(np.arange(batch.num_rows)), memory_pool=LONG_LIVED)
-                acc.rid_gid.append(pa.table({"request_id": pc.cast(rid, pa.string(), memory_pool=LONG_LIVED),
-                                             "gid": pa.array(row_gid, memory_pool=LONG_LIVED)}))
+            if lookup is not None:
+                pr, rows = lookup.find(batch.column("request_id"))
+                acc.pr_row.append(pr)
+                acc.pr_gid.append(row_gid[rows])
             if extra is not None:
                 _discoverable(acc, batch, attack, extra, row_gid, top_spans)
             _memorized(acc, batch, row_gid, mem_rids, mi, W)
@@ -255,7 +259,8 @@ def _discoverable(acc: RunAccumulator, batch: pa.RecordBatch, attack: pa.Array, 
 
 def _memorized(acc: RunAccumulator, batch: pa.RecordBatch, row_gid: np.ndarray, mem_rids: pa.Array,
                mi: MatchIndex, W: int) -> None:
-    """The batch's generations holding memorized spans: their tokens, windows and span records."""
+    """The batch's generations holding memorized spans: their tokens, windows and span records,
+    all rows of the batch at once (:mod:`reports.windows`)."""
     if not len(mem_rids):
         return
     hit = np.nonzero(pc.is_in(as_string(batch.column("request_id")), value_set=mem_rids)
@@ -264,80 +269,81 @@ def _memorized(acc: RunAccumulator, batch: pa.RecordBatch, row_gid: np.ndarray, 
         return
     take = pa.array(hit)
     rids = text(batch.column("request_id").take(take))
-    comps = raw_bytes(batch.column("completion").take(take))
-    offs_l = batch.column("token_offsets").take(take).to_pylist()
-    for j, i in enumerate(hit.tolist()):
-        acc.memorized_rows_seen += 1
-        gid = int(row_gid[i])
-        grp = acc.groups[gid]
-        comp, spans = comps[j], mi.memorized.get(rids[j], ())
-        grp.memorized_generations += 1
-        offs = offs_l[j]
-        if offs:
-            o = np.asarray(offs, dtype=np.int64)          # as the matcher does (token_arrays)
-            np.clip(o, 0, len(comp), out=o)
-            np.maximum.accumulate(o, out=o)
-            offs = o.tolist()
-        if not offs:
-            acc.no_offsets += 1
-            grp.memorized_tokens += max(sp[2] for sp in spans)
-            span_tok = [(None, b"")] * len(spans)
-        else:
-            tokens, wins, span_tok = generation_windows(comp, offs, spans, W)
-            grp.memorized_tokens += tokens
-            if wins:
-                acc.win_hash += b"".join(wins)           # 8-byte digests, read as little-endian uint64
-                acc.win_gid.extend([gid] * len(wins))
-                acc.win_gen.extend([acc.generations + i] * len(wins))
-        _span_records(acc, gid, rids[j], comp, spans, span_tok)
+    comp_col = batch.column("completion").take(take)
+    comps = raw_bytes(comp_col)
+    data, cstart = binary_buffers(comp_col)
+    clen = np.fromiter(map(len, comps), np.int64, len(comps))
+    toff = batch.column("token_offsets").take(take)
+    ntok = pc.fill_null(pc.list_value_length(toff), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    span_lists = [mi.memorized.get(r, ()) for r in rids]
+    nspan = np.fromiter(map(len, span_lists), np.int64, len(span_lists))
+    flat = [sp for spans in span_lists for sp in spans]
+    span_row = np.repeat(np.arange(len(hit), dtype=np.int64), nspan)
+    ss = np.fromiter((sp[0] for sp in flat), np.int64, len(flat))
+    se = np.fromiter((sp[1] for sp in flat), np.int64, len(flat))
+    gids = row_gid[hit].astype(np.int64)
+    acc.memorized_rows_seen += len(hit)
+    with_off = ntok[span_row] > 0
+    ta = np.zeros(len(flat), np.int64)
+    tb = np.zeros(len(flat), np.int64)
+    nwin = np.zeros(len(flat), np.int64)
+    tokens = np.zeros(len(hit), np.int64)
+    rows = np.nonzero(ntok > 0)[0]
+    if len(rows):
+        vals = pc.list_flatten(toff.filter(pa.array(ntok > 0)))
+        vals = pc.fill_null(vals, 0).to_numpy(zero_copy_only=False)
+        rstart = np.concatenate([[0], np.cumsum(ntok[rows])]).astype(np.int64)
+        local = np.full(len(hit), -1, np.int64)
+        local[rows] = np.arange(len(rows))
+        sel = np.nonzero(with_off)[0]
+        _o, _e, a, b, nw, ws, we = windows.row_windows(vals, rstart, clen[rows], local[span_row[sel]], ss[sel],
+                                                       se[sel], W)
+        ta[sel], tb[sel], nwin[sel] = a, b, nw
+        tokens[rows] = windows.covered_tokens(local[span_row[sel]], a, b, len(rows))
+        acc.win_h.append(windows.hash_windows(data, cstart, np.repeat(span_row[sel], nw), ws, we))
+    no_off = np.nonzero(ntok == 0)[0]
+    acc.no_offsets += len(no_off)
+    for j in no_off.tolist():
+        tokens[j] = max(sp[2] for sp in span_lists[j])
+    for g, n, t in zip(*_per_group(gids, tokens)):
+        acc.groups[g].memorized_generations += n
+        acc.groups[g].memorized_tokens += t
+    gen0 = acc.generations
+    w0 = acc.windows_kept
+    k = 0
+    for j, (i, rid, comp, spans) in enumerate(zip(hit.tolist(), rids, comps, span_lists)):
+        gid = int(gids[j])
+        for sp in spans:
+            n = int(nwin[k])
+            trange = (int(ta[k]), int(tb[k])) if with_off[k] else None
+            _span_record(acc, gid, gen0 + i, rid, comp, sp, trange, (w0, w0 + n))
+            w0 += n
+            k += 1
+    acc.windows_kept = w0
 
 
-def generation_windows(comp: bytes, offs: list[int], spans, W: int) -> tuple[int, set, list]:
-    """For one generation (completion bytes, token offsets, its memorized spans): the tokens
-    inside some span (each once), the set of its distinct W-token window digests (64-bit
-    BLAKE2b of the window's bytes; windows only inside one span), and per span ``((a, b),
-    digests)``: the covered token indices ``[a, b)`` and its windows' digests concatenated."""
-    blake = hashlib.blake2b
-    nb = len(comp)
-    ends = offs[1:] + [nb]
-    covered, wins, span_tok = [], set(), []
-    for sp in spans:
-        s, e = sp[0], sp[1]
-        a = bisect.bisect_left(offs, s)
-        b = bisect.bisect_right(ends, e) - 1
-        if b - a + 1 < 1:
-            span_tok.append(((a, a), b""))
-            continue
-        covered.append((a, b + 1))
-        sw = [blake(comp[offs[k]:ends[k + W - 1]], digest_size=8).digest() for k in range(a, b - W + 2)]
-        wins.update(sw)
-        span_tok.append(((a, b + 1), b"".join(sw)))
-    covered.sort()
-    tot = 0
-    cs_, ce_ = -1, -1
-    for a, b in covered:
-        if a > ce_:
-            tot += ce_ - cs_ if ce_ > cs_ else 0
-            cs_, ce_ = a, b
-        elif b > ce_:
-            ce_ = b
-    tot += ce_ - cs_ if ce_ > cs_ else 0
-    return tot, wins, span_tok
+def _per_group(gids: np.ndarray, values: np.ndarray) -> tuple[list, list, list]:
+    """The groups present, their number of rows and the sum of ``values`` (int64) over them."""
+    order = np.argsort(gids, kind="stable")
+    g, first, cnt = np.unique(gids[order], return_index=True, return_counts=True)
+    sums = np.add.reduceat(values[order], first) if len(first) else np.zeros(0, np.int64)
+    return g.tolist(), cnt.tolist(), sums.tolist()
 
 
-def _span_records(acc: RunAccumulator, gid: int, rid: str, comp: bytes, spans, span_tok: list) -> None:
-    """One corpus interval and one record per memorized span of a generation."""
-    for sp, (trange, swins) in zip(spans, span_tok):
-        s, e, tk, sh, d, do, oc, src, _ = sp
-        raw = comp[s:e]
-        acc.iv_gid.append(gid)
-        acc.iv_doc.append(d)
-        acc.iv_start.append(do)
-        acc.iv_end.append(do + (e - s))
-        acc.span_records.append({"request_id": rid, "gid": gid, "span_start": s, "span_end": e, "tokens": tk,
-                                 "bytes": e - s, "shard": sh, "doc_id": d, "doc_offset": do, "occurrences": oc,
-                                 "source": src, "text": raw.decode("utf-8", "replace"),   # as matches' `text`
-                                 "raw": raw, "tok_range": trange, "wins": swins})
+def _span_record(acc: RunAccumulator, gid: int, gen: int, rid: str, comp: bytes, sp, trange, wins) -> None:
+    """One corpus interval and one record per memorized span: ``tok_range`` its covered tokens
+    (None without offsets), ``wins`` the range of its windows in the run's window arrays."""
+    s, e, tk, sh, d, do, oc, src, _ = sp
+    raw = comp[s:e]
+    acc.iv_gid.append(gid)
+    acc.iv_doc.append(d)
+    acc.iv_start.append(do)
+    acc.iv_end.append(do + (e - s))
+    acc.span_gen.append(gen)
+    acc.span_records.append({"request_id": rid, "gid": gid, "span_start": s, "span_end": e, "tokens": tk,
+                             "bytes": e - s, "shard": sh, "doc_id": d, "doc_offset": do, "occurrences": oc,
+                             "source": src, "text": raw.decode("utf-8", "replace"),   # as matches' `text`
+                             "raw": raw, "tok_range": trange, "wins": wins})
 
 
 # ----------------------------------------------------------------------------------------- after the stream
@@ -346,11 +352,13 @@ def threshold_pass(acc: RunAccumulator, mi: MatchIndex) -> dict | None:
     """Spans and generations per threshold and the longest run of every group (one join of the
     per-request table with the generations' groups); returns the run-wide longest span (a row
     of :func:`reports.spans.longest_per`, ``gid`` added), None when no span has a token count."""
-    if mi.per_request is None or not acc.rid_gid:
+    if mi.per_request is None or not acc.pr_row:
         return None
     groups = acc.groups
-    joined = mi.per_request.join(pa.concat_tables(acc.rid_gid), "request_id", join_type="inner")
-    acc.rid_gid = []
+    # the inner join of the per-request table with the generations on request_id (rows found per batch)
+    rows = np.concatenate(acc.pr_row)
+    joined = mi.per_request.take(pa.array(rows)).append_column("gid", pa.array(np.concatenate(acc.pr_gid)))
+    acc.pr_row, acc.pr_gid = [], []
     gids = joined.column("gid").to_numpy(zero_copy_only=False)
     for ti in range(len(THRESHOLDS)):
         v = joined.column(f"s{ti}_sum").to_numpy(zero_copy_only=False).astype(np.int64)
@@ -372,16 +380,26 @@ def threshold_pass(acc: RunAccumulator, mi: MatchIndex) -> dict | None:
 def uniques_and_freq_per_key(keys: np.ndarray, hashes: np.ndarray) -> tuple[dict[int, int], dict[int, dict[int, int]]]:
     """Per key: the number of distinct hashes, and the frequency counts ``{k: f_k}`` (how many
     distinct hashes occur exactly k times under that key; each entry is one generation's
-    incidence already)."""
+    incidence already). ``keys`` and ``hashes``: non-negative integers (one int64 sort when
+    ``max(keys) * (max(hashes) + 1)`` fits in int64)."""
     if not len(keys):
         return {}, {}
-    order = np.lexsort((hashes, keys))
-    k, h = keys[order], hashes[order]
-    new = np.ones(len(k), dtype=bool)
-    new[1:] = (k[1:] != k[:-1]) | (h[1:] != h[:-1])
-    starts = np.nonzero(new)[0]
-    runs = np.diff(np.append(starts, len(k)))          # incidences of each (key, hash)
-    run_keys = k[starts]
+    keys = keys.astype(np.int64)
+    span = int(hashes.max()) + 1 if hashes.dtype.kind in "iu" and int(hashes.min()) >= 0 else 0
+    if span and int(keys.max()) < (1 << 62) // span and int(keys.min()) >= 0:
+        ck = np.sort(keys * span + hashes.astype(np.int64))
+        new = np.ones(len(ck), dtype=bool)
+        new[1:] = ck[1:] != ck[:-1]
+        starts = np.nonzero(new)[0]
+        run_keys = ck[starts] // span
+    else:
+        order = np.lexsort((hashes, keys))
+        k, h = keys[order], hashes[order]
+        new = np.ones(len(k), dtype=bool)
+        new[1:] = (k[1:] != k[:-1]) | (h[1:] != h[:-1])
+        starts = np.nonzero(new)[0]
+        run_keys = k[starts]
+    runs = np.diff(np.append(starts, len(keys)))       # incidences of each (key, hash)
     ks, n_unique = np.unique(run_keys, return_counts=True)
     # (key, run length) pairs -> f_k per key, vectorised
     base = int(runs.max()) + 1
@@ -395,22 +413,39 @@ def uniques_and_freq_per_key(keys: np.ndarray, hashes: np.ndarray) -> tuple[dict
 def windows_pass(acc: RunAccumulator, run: Group, attacks: list[Group]) -> np.ndarray:
     """Unique windows and frequency counts of the run, of each group and of each attack (in
     :meth:`RunAccumulator.attacks` order); returns the sorted generation ordinals at which
-    each unique window was first seen (the observed accumulation curve)."""
-    wh = np.frombuffer(bytes(acc.win_hash), dtype="<u8").astype(np.uint64) if acc.win_hash else np.zeros(0, np.uint64)
-    acc.win_hash = bytearray()
+    each unique window was first seen (the observed accumulation curve). Sets ``acc.win_id``:
+    each window's rank among the distinct hashes (for :class:`reports.taxonomy_figures.SpanPool`)."""
+    wh = np.concatenate(acc.win_h) if acc.win_h else np.zeros(0, np.uint64)
+    acc.win_h = []
+    acc.win_hash = wh
     if not len(wh):
+        acc.win_id = np.zeros(0, np.int64)
         return np.zeros(0, np.int64)
-    wg = np.frombuffer(acc.win_gid, dtype=np.uint32).astype(np.int64)
-    wn = np.frombuffer(acc.win_gen, dtype=np.uint32)
-    u, first_idx, counts = np.unique(wh, return_index=True, return_counts=True)
+    nwin = np.fromiter((r["wins"][1] - r["wins"][0] for r in acc.span_records), np.int64, len(acc.span_records))
+    uh, wid = np.unique(wh, return_inverse=True)
+    wid = wid.ravel().astype(np.int64)
+    acc.win_id = wid
+    # incidences: distinct (window, generation), a window counted once per generation
+    ngen = acc.generations + 1
+    span_gen = np.frombuffer(acc.span_gen, dtype=np.int64)
+    ks = np.sort(wid * ngen + np.repeat(span_gen, nwin))
+    new = np.ones(len(ks), dtype=bool)
+    new[1:] = ks[1:] != ks[:-1]
+    inc_wid, inc_gen = ks[new] // ngen, ks[new] % ngen
+    gid_of_gen = np.zeros(ngen, dtype=np.int64)          # a generation's spans all have its gid
+    gid_of_gen[span_gen] = np.frombuffer(acc.iv_gid, dtype=np.uint32)
+    inc_gid = gid_of_gen[inc_gen]
+    counts = np.bincount(inc_wid, minlength=len(uh))
     kk, fk = np.unique(counts, return_counts=True)
     run.freq = {int(k): int(f) for k, f in zip(kk, fk)}
-    run.unique_windows = int(len(u))
-    for level, keys in ((acc.groups, wg), (attacks, acc.attack_of_gid()[wg])):
-        uniq, freq = uniques_and_freq_per_key(keys, wh)
+    run.unique_windows = int(len(uh))
+    firsts = np.ones(len(inc_wid), dtype=bool)          # sorted by (window, generation): a window's first
+    firsts[1:] = inc_wid[1:] != inc_wid[:-1]
+    for level, keys in ((acc.groups, inc_gid), (attacks, acc.attack_of_gid()[inc_gid])):
+        uniq, freq = uniques_and_freq_per_key(keys, inc_wid)
         for i, g in enumerate(level):
             g.unique_windows, g.freq = uniq.get(i, 0), freq.get(i, {})
-    return np.sort(wn[first_idx])
+    return np.sort(inc_gen[firsts])
 
 
 def bytes_pass(acc: RunAccumulator, run: Group, attacks: list[Group]) -> int:
@@ -422,11 +457,17 @@ def bytes_pass(acc: RunAccumulator, run: Group, attacks: list[Group]) -> int:
     idoc = np.frombuffer(acc.iv_doc, dtype=np.int64)
     ist = np.frombuffer(acc.iv_start, dtype=np.int64)
     ien = np.frombuffer(acc.iv_end, dtype=np.int64)
-    run.unique_bytes = sum(union_length(idoc, ist, ien).values())
+    run.unique_bytes = union_total(idoc, ist, ien)
     for level, keys in ((acc.groups, ig), (attacks, acc.attack_of_gid()[ig])):
         per: dict = defaultdict(int)
-        for (k, _d), v in union_length((keys, idoc), ist, ien).items():
-            per[k] += v
+        added = union_added((keys, idoc), ist, ien)
+        if added is not None:
+            sums = np.zeros(len(level), dtype=np.int64)
+            np.add.at(sums, keys, added)
+            per.update(enumerate(sums.tolist()))
+        else:
+            for (k, _d), v in union_length((keys, idoc), ist, ien).items():
+                per[k] += v
         for i, g in enumerate(level):
             g.unique_bytes = per.get(i, 0)
     return distinct_count(idoc)

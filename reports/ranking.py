@@ -236,6 +236,19 @@ def evaluate(columns: dict, labels, keys=None, ns=PRECISION_NS) -> dict:
     return out
 
 
+def best_figures(section: dict | None) -> dict:
+    """The ledger's ranking figures from metrics.json's ``ranking`` section: the highest ROC AUC and the
+    highest precision@N (N in :data:`PRECISION_NS`) over the rankings, each None when no ranking has it
+    (no scores, nothing memorized, fewer than N generations)."""
+    rankings = (section or {}).get("rankings") or {}
+    aucs = [r.get("auc") for r in rankings.values()]
+    out = {"ranking_best_auc": max((a for a in aucs if a is not None), default=None)}
+    for n in PRECISION_NS:
+        vals = [(r.get("precision_at") or {}).get(str(n)) for r in rankings.values()]
+        out[f"ranking_best_precision_at_{n}"] = max((v for v in vals if v is not None), default=None)
+    return out
+
+
 # -- RUN/scores.parquet (docs/CONTRACTS.md §7): written by extractor/scoring, read here -------------
 SCORES_NAME = "scores.parquet"
 SCORES_FORMAT = "1"

@@ -108,11 +108,8 @@ def _f(v):
 
 def best(section: dict | None) -> tuple[float | None, float | None]:
     """(highest AUC, highest precision@100) over the rankings (None when not available)."""
-    if not section:
-        return None, None
-    aucs = [r["auc"] for r in section["rankings"].values() if r["auc"] is not None]
-    p100 = [r["precision_at"]["100"] for r in section["rankings"].values() if r["precision_at"]["100"] is not None]
-    return (max(aucs) if aucs else None), (max(p100) if p100 else None)
+    b = ranking.best_figures(section)
+    return b["ranking_best_auc"], b["ranking_best_precision_at_100"]
 
 
 def roc_svg(section: dict) -> str:

@@ -142,11 +142,16 @@ class RepeatedDraws:
         rids = pa.chunked_array(self.rids, pa.string()) if self.rids else pa.chunked_array([], pa.string())
         ug, ginv, gsize = np.unique(g64, return_inverse=True, return_counts=True)
         has_seed = eff != np.iinfo(np.int64).min
-        same_rows, same_classes = _repeat_rows((g64[has_seed], eff[has_seed]), np.nonzero(has_seed)[0])
+        # a class of equal keys holds equal second keys: only rows whose seed (fingerprint) occurs twice
+        # can be in one, so the two-key sorts run on those alone
+        seeded = np.nonzero(has_seed)[0]
+        seeded = seeded[occurs_twice(eff[seeded])]
+        same_rows, same_classes = _repeat_rows((g64[seeded], eff[seeded]), seeded)
         # identical completions have identical fingerprints: only rows sharing (group, fingerprint) with
         # another can repeat one; their completions are read again and compared by their full hash
         cand = np.zeros(len(fp), dtype=bool)
-        cand[np.concatenate([c[0] for c in _repeat_rows((g64, fp), np.arange(len(fp)))[1]] or
+        twice = np.nonzero(occurs_twice(fp))[0]
+        cand[np.concatenate([c[0] for c in _repeat_rows((g64[twice], fp[twice]), twice)[1]] or
                             [np.zeros(0, np.int64)])] = True
         cand = np.nonzero(cand)[0]
         d64 = _completion_hashes(parts, ordinal[cand])
@@ -192,22 +197,32 @@ def fingerprints(completions: pa.Array, rows: np.ndarray) -> np.ndarray:
     start, length = off[:-1][rows], np.diff(off)[rows]
     if arr.null_count:
         length = np.where(arr.is_valid().to_numpy(zero_copy_only=False)[rows], length, 0)
-    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None and len(bufs[2]) else np.zeros(0, np.uint8)
-    lo = int(start.min()) if len(rows) else 0
-    hi = int((start + length).max()) if len(rows) else 0
-    pad = np.zeros(hi - lo + 8, dtype=np.uint8)          # the rows' bytes and 8 zeros: every 8-byte read fits
-    pad[:hi - lo] = data[lo:hi]
-    win = np.lib.stride_tricks.sliding_window_view(pad, 8)
-    keep = (np.arange(8)[None, :] < length[:, None]).astype(np.uint8)     # bytes past a short row's end: 0
+    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None and len(bufs[2]) else np.zeros(1, np.uint8)
+    ar8 = np.arange(8)
+    keep = (ar8[None, :] < length[:, None]).astype(np.uint8)     # bytes past a short row's end: 0
     span = np.maximum(length - 8, 0)
     fp = length.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
     with np.errstate(over="ignore"):
         for k in range(8):
-            at = start - lo + span * k // 7
-            word = np.ascontiguousarray(win[at] * keep).view("<u8").ravel()
-            fp = (fp ^ word) * np.uint64(0xBF58476D1CE4E5B9)
+            at = start + span * k // 7          # 8 bytes inside the row (a row of >= 8 bytes)
+            word = _eight_bytes(data, at, ar8)
+            word *= keep
+            fp = (fp ^ word.view("<u8").ravel()) * np.uint64(0xBF58476D1CE4E5B9)
             fp ^= fp >> np.uint64(31)
     return fp
+
+
+def _eight_bytes(data: np.ndarray, at: np.ndarray, ar8: np.ndarray) -> np.ndarray:
+    """``data[at[i]:at[i] + 8]`` for every i as an (n, 8) uint8 array, zeros past the buffer's end."""
+    n = len(data)
+    if n < 8:
+        return np.take(data, at[:, None] + ar8[None, :], mode="clip") * (at[:, None] + ar8[None, :] < n)
+    word = np.lib.stride_tricks.sliding_window_view(data, 8)[np.minimum(at, n - 8)]
+    late = np.nonzero(at > n - 8)[0]
+    if len(late):
+        idx = at[late, None] + ar8[None, :]
+        word[late] = np.take(data, idx, mode="clip") * (idx < n)
+    return word
 
 
 def _completion_hashes(parts: list[str], ordinals: np.ndarray) -> np.ndarray:
@@ -236,6 +251,15 @@ def _completion_hashes(parts: list[str], ordinals: np.ndarray) -> np.ndarray:
             if j == len(ordinals):
                 return out
     raise ReportError(f"{parts[-1]}: the generation files changed while the report read them")
+
+
+def occurs_twice(values: np.ndarray) -> np.ndarray:
+    """True where the value occurs at least twice in ``values`` (one sort)."""
+    if len(values) < 2:
+        return np.zeros(len(values), dtype=bool)
+    s = np.sort(values)
+    dup = s[1:][s[1:] == s[:-1]]
+    return np.isin(values, dup) if len(dup) else np.zeros(len(values), dtype=bool)
 
 
 def _repeat_rows(keys: tuple, rows: np.ndarray) -> tuple[np.ndarray, list[tuple[np.ndarray, int]]]:

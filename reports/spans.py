@@ -18,8 +18,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from reports.errors import ReportError
-from reports.inputs import (REQUIRED_MATCH_COLUMNS, as_string, completion_bytes, iter_batches, open_parquet,
-                            text)
+from reports.inputs import (REQUIRED_MATCH_COLUMNS, as_string, binary_buffers, completion_bytes, iter_batches,
+                            open_parquet, text)
+from reports.windows import hash_ranges
 
 THRESHOLDS = (10, 20, 30, 40, 50)
 MATCH_COLUMNS = ("request_id", "span_start", "span_end", "tokens", "shard", "doc_id", "doc_offset",
@@ -51,6 +52,43 @@ def union_length(keys, starts: np.ndarray, ends: np.ndarray) -> dict:
             ce = b
     out[cur_k] = out.get(cur_k, 0) + (ce - cs)
     return out
+
+
+def union_added(keys, starts: np.ndarray, ends: np.ndarray) -> np.ndarray | None:
+    """For each interval, the length it adds to the union of its key's intervals when they are
+    taken by start (so the sum over a key's intervals is :func:`union_length`'s value for it), on
+    arrays; None where that does not hold or the arrays would not fit (an interval ending before
+    it starts, values too far apart): the caller uses :func:`union_length` then."""
+    keys = keys if isinstance(keys, tuple) else (keys,)
+    n = len(starts)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    starts, ends = starts.astype(np.int64), ends.astype(np.int64)
+    if bool((ends < starts).any()):
+        return None
+    order = np.lexsort((starts,) + tuple(reversed(keys)))
+    s, e = starts[order], ends[order]
+    newseg = np.ones(n, dtype=bool)
+    newseg[1:] = np.any([k[order][1:] != k[order][:-1] for k in keys], axis=0)
+    seg = np.cumsum(newseg) - 1
+    lo, width = int(s.min()), int(e.max()) - int(s.min()) + 1
+    if int(seg[-1]) + 1 > (1 << 62) // width:
+        return None
+    shift = seg * width - lo                       # each key's values above the previous key's
+    reach = np.maximum.accumulate(e + shift) - shift     # furthest end so far within the key
+    prev = np.empty(n, dtype=np.int64)
+    prev[0] = s[0]
+    prev[1:] = reach[:-1]
+    prev[newseg] = s[newseg]
+    added = np.empty(n, dtype=np.int64)
+    added[order] = np.maximum(e - np.maximum(s, prev), 0)
+    return added
+
+
+def union_total(keys, starts: np.ndarray, ends: np.ndarray) -> int:
+    """The sum over keys of :func:`union_length`."""
+    added = union_added(keys, starts, ends)
+    return int(added.sum()) if added is not None else int(sum(union_length(keys, starts, ends).values()))
 
 
 def span_table(batch: pa.RecordBatch, rids: pa.Array, tok: np.ndarray, keep: np.ndarray) -> pa.Table:
@@ -132,6 +170,50 @@ class MatchIndex:
 
     def memorized_request_ids(self) -> pa.Array:
         return pa.array(list(self.memorized.keys()), type=pa.string())
+
+
+def _id_hashes(ids: pa.Array) -> np.ndarray:
+    """A 62-bit hash of each value of a string column (:func:`reports.windows.hash_ranges`)."""
+    data, off = binary_buffers(ids)
+    return hash_ranges(data, off[:-1], off[1:])
+
+
+class RequestLookup:
+    """The rows of the matches' per-request table holding given request ids: the inner join of
+    that table with the generations on ``request_id`` (nulls match nothing), one batch of
+    generations at a time. The ids are found by their hashes (binary search in the table's sorted
+    hashes), then every candidate is compared in full, so a hash collision cannot join two
+    different ids; should two of the table's ids share a hash, a dict is used instead."""
+
+    def __init__(self, ids):
+        ids = as_string(ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids)
+        self.ids = ids
+        rows = np.nonzero(ids.is_valid().to_numpy(zero_copy_only=False))[0]
+        h = _id_hashes(ids)[rows]
+        order = np.argsort(h, kind="stable")
+        self.hash, self.row = h[order], rows[order]
+        self.by_id = None
+        if len(self.hash) > 1 and bool((self.hash[1:] == self.hash[:-1]).any()):
+            self.by_id = {r: i for i, r in enumerate(ids.to_pylist()) if r is not None}
+
+    def find(self, col) -> tuple[np.ndarray, np.ndarray]:
+        """``(table rows, positions in col)`` of the values of ``col`` found in the table."""
+        col = as_string(col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col)
+        if self.by_id is not None:
+            got = [self.by_id.get(r, -1) if r is not None else -1 for r in col.to_pylist()]
+            got = np.array(got, dtype=np.int64)
+            pos = np.nonzero(got >= 0)[0]
+            return got[pos], pos
+        if not len(self.hash) or not len(col):
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        h = _id_hashes(col)
+        at = np.minimum(np.searchsorted(self.hash, h), len(self.hash) - 1)
+        cand = (self.hash[at] == h) & col.is_valid().to_numpy(zero_copy_only=False)
+        pos = np.nonzero(cand)[0]
+        rows = self.row[at[pos]]
+        same = pc.fill_null(pc.equal(self.ids.take(pa.array(rows)), col.take(pa.array(pos))), False)
+        keep = same.to_numpy(zero_copy_only=False)
+        return rows[keep], pos[keep]
 
 
 def read_matches(run_dir: str, parts: list[str], W: int, batch_rows: int, warnings: list[str]) -> MatchIndex:

@@ -66,6 +66,7 @@ loop implementation of the rule above.
 """
 from __future__ import annotations
 
+import functools
 import re
 
 import numpy as np
@@ -109,9 +110,19 @@ _ASCII_LETTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ
 _MAX_DIGITS = 15        # longer numbers are exact no more as float64: they never form a sequence
 
 
+# ASCII text: the same counts with bytes.translate (\w is [A-Za-z0-9_] there, \s the bytes below)
+_ASCII_ALNUM = bytes(c for c in range(128) if chr(c).isalnum())
+_ASCII_SPACE_MAP = bytes(32 if chr(c).isspace() else 120 for c in range(256))    # whitespace -> " ", else "x"
+
+
 def alnum_share(text: str) -> float:
     """Letters and digits (Unicode word characters except ``_``) / characters, each maximal
     whitespace run counted as one character."""
+    if text.isascii():
+        b = text.encode("ascii")
+        m = b.translate(_ASCII_SPACE_MAP)
+        total = len(b) - m.count(b" ") + m.count(b"x ") + m.startswith(b" ")
+        return (len(b) - len(b.translate(None, _ASCII_ALNUM))) / total if total else 0.0
     total = len(_SPACE.sub(" ", text))
     return len(_NOT_ALNUM.sub("", text)) / total if total else 0.0
 
@@ -296,38 +307,21 @@ def predictable_many(texts: list[str]) -> np.ndarray:
     return out
 
 
-def _predictable_batch(texts: list[str], sep: str) -> np.ndarray:
+@functools.lru_cache(maxsize=1)
+def _whitespace():
+    """The characters Python's ``\\s`` (``str.isspace``) matches, as an Arrow array (all below U+3001;
+    tests/reports check the whole code space)."""
     import pyarrow as pa
-    import pyarrow.compute as pc
+    return pa.array([chr(c) for c in range(0x3001) if chr(c).isspace()], pa.string())
 
-    # the units of the text with its whitespace runs collapsed are those of the text itself (a
-    # whitespace run is always one unit), only the runs' text differs: all runs get one id below
-    units = _UNIT.findall(sep.join(texts))
-    n = len(units)
-    enc = pa.array(units, pa.string()).dictionary_encode()
-    dic = enc.dictionary
-    idx = enc.indices.to_numpy().astype(np.int64)
-    nd = len(dic)
-    dlen = pc.utf8_length(dic).to_numpy().astype(np.int64)
-    first = pc.utf8_slice_codeunits(dic, 0, 1)
-    dkind = np.zeros(nd, dtype=np.int8)
-    dkind[pc.is_in(first, value_set=pa.array(sorted(_ASCII_DIGITS))).to_numpy(zero_copy_only=False)] = 1
-    dkind[(pc.is_in(dic, value_set=pa.array(sorted(_ASCII_LETTERS))).to_numpy(zero_copy_only=False))] = 2
-    dkind[[w[:1].isspace() for w in dic.to_pylist()]] = 4      # Python's \s: str.isspace()
-    dkind[pc.equal(dic, sep).to_numpy(zero_copy_only=False)] = 3
-    dval = np.full(nd, np.nan)
-    num = np.nonzero((dkind == 1) & (dlen <= _MAX_DIGITS))[0]       # longer numbers: NaN, as _number
-    if len(num):
-        dval[num] = pc.cast(dic.take(pa.array(num)), pa.float64()).to_numpy(zero_copy_only=False)
-    let = np.nonzero(dkind == 2)[0]
-    if len(let):
-        dval[let] = [ord(c) for c in dic.take(pa.array(let)).to_pylist()]
-    dlen[(dkind == 3) | (dkind == 4)] = 0
-    kind, vals, lens = dkind[idx], dval[idx], dlen[idx]
-    ids = idx.copy()
-    ids[kind == 1] = nd                       # all numbers equal
-    ids[kind == 2] = nd + 1                   # all lone letters equal
-    ids[kind == 4] = nd + 2                   # all whitespace runs equal
+
+def _predictable_batch(texts: list[str], sep: str) -> np.ndarray:
+    if all(t.isascii() for t in texts):
+        ids, kind, vals, lens = _ascii_units(texts)
+        n = len(ids)
+    else:
+        ids, kind, vals, lens = _units_arrow(texts, sep)
+        n = len(ids)
     seps = np.nonzero(kind == 3)[0]
     ids[seps] = -4 * MAX_PERIOD - np.arange(len(seps))     # each separator unique (below _runs' end sentinels)
     valued = (kind == 1) | (kind == 2)
@@ -349,6 +343,106 @@ def _predictable_batch(texts: list[str], sep: str) -> np.ndarray:
     got = np.bincount(text_of[covered], weights=lens[covered], minlength=len(texts)).astype(np.int64)
     with np.errstate(invalid="ignore", divide="ignore"):
         return cand & (total > 0) & (got / np.maximum(total, 1) >= RECONSTRUCTION_MIN_COVERAGE)
+
+
+def _units_arrow(texts: list[str], sep: str):
+    """(ids, kind, vals, lens) of the units of texts joined by ``sep`` (kind: 1 number, 2 lone
+    ASCII letter, 3 separator, 4 whitespace run, 0 other; ids equal for equal units, all numbers,
+    lone letters and whitespace runs one id each; separators' ids set by the caller)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    # the units of the text with its whitespace runs collapsed are those of the text itself (a
+    # whitespace run is always one unit), only the runs' text differs: all runs get one id below
+    units = _UNIT.findall(sep.join(texts))
+    n = len(units)
+    enc = pa.array(units, pa.string()).dictionary_encode()
+    dic = enc.dictionary
+    idx = enc.indices.to_numpy().astype(np.int64)
+    nd = len(dic)
+    dlen = pc.utf8_length(dic).to_numpy().astype(np.int64)
+    first = pc.utf8_slice_codeunits(dic, 0, 1)
+    dkind = np.zeros(nd, dtype=np.int8)
+    dkind[pc.is_in(first, value_set=pa.array(sorted(_ASCII_DIGITS))).to_numpy(zero_copy_only=False)] = 1
+    dkind[(pc.is_in(dic, value_set=pa.array(sorted(_ASCII_LETTERS))).to_numpy(zero_copy_only=False))] = 2
+    dkind[pc.is_in(first, value_set=_whitespace()).to_numpy(zero_copy_only=False)] = 4   # Python's \s
+    dkind[pc.equal(dic, sep).to_numpy(zero_copy_only=False)] = 3
+    dval = np.full(nd, np.nan)
+    num = np.nonzero((dkind == 1) & (dlen <= _MAX_DIGITS))[0]       # longer numbers: NaN, as _number
+    if len(num):
+        dval[num] = pc.cast(dic.take(pa.array(num)), pa.float64()).to_numpy(zero_copy_only=False)
+    let = np.nonzero(dkind == 2)[0]
+    if len(let):
+        dval[let] = [ord(c) for c in dic.take(pa.array(let)).to_pylist()]
+    dlen[(dkind == 3) | (dkind == 4)] = 0
+    kind, vals, lens = dkind[idx], dval[idx], dlen[idx]
+    ids = idx.copy()
+    ids[kind == 1] = nd                       # all numbers equal
+    ids[kind == 2] = nd + 1                   # all lone letters equal
+    ids[kind == 4] = nd + 2                   # all whitespace runs equal
+    return ids, kind, vals, lens
+
+
+# ASCII texts: unit classes of a byte (1 digit, 2 letter, 4 whitespace as Python's \s, 3 the
+# separator byte 0xFF, which no ASCII text holds; 0 any other character, a unit of its own)
+_SEP_BYTE = 0xFF
+_BYTE_CLASS = np.array([1 if chr(c) in _ASCII_DIGITS else 2 if chr(c) in _ASCII_LETTERS
+                        else 4 if c < 128 and chr(c).isspace() else 3 if c == _SEP_BYTE else 0
+                        for c in range(256)], dtype=np.int8)
+_LETTER_CODE = np.array([1 + "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz".find(chr(c)) for c in range(256)],
+                        dtype=np.int64)
+_PACK_LETTERS = 10          # a run of up to 10 letters packs exactly into 6 bits a letter
+_ID_NUM, _ID_LETTER, _ID_SPACE = 1 << 61, (1 << 61) + 1, (1 << 61) + 2
+_ID_OTHER, _ID_LONG = (1 << 61) + 256, 1 << 62
+
+
+def _ascii_units(texts: list[str]):
+    """:func:`_units_arrow` of ASCII texts, on the bytes with NumPy (the same units as ``_UNIT``:
+    ``[0-9]+``, ``[A-Za-z]+``, ``\\s+`` or one other character; the same kinds, values and
+    lengths; ids equal exactly for equal units)."""
+    raw = b"\xff".join(t.encode("ascii") for t in texts)
+    buf = np.frombuffer(raw, dtype=np.uint8)
+    c = _BYTE_CLASS[buf]
+    start = np.ones(len(buf), dtype=bool)
+    start[1:] = (c[1:] != c[:-1]) | (c[1:] == 0) | (c[1:] == 3)
+    starts = np.nonzero(start)[0]
+    ulen = np.diff(np.append(starts, len(buf)))
+    ucls = c[starts]
+    n = len(starts)
+    kind = np.where(ucls == 2, np.where(ulen == 1, 2, 0), ucls).astype(np.int8)   # letter runs: lone or text
+    lens = np.where((kind == 3) | (kind == 4), 0, ulen).astype(np.int64)
+    vals = np.full(n, np.nan)
+    ids = np.zeros(n, dtype=np.int64)
+    ids[kind == 1] = _ID_NUM
+    ids[kind == 2] = _ID_LETTER
+    ids[kind == 4] = _ID_SPACE
+    other = ucls == 0
+    ids[other] = _ID_OTHER + buf[starts[other]].astype(np.int64)
+    let = kind == 2
+    vals[let] = buf[starts[let]]
+    unit_of = np.repeat(np.arange(n), ulen)
+    end_of = np.repeat(starts + ulen, ulen) - 1 - np.arange(len(buf))      # bytes to the unit's end
+    # numbers of <= 15 digits: their value (exact: every partial sum is an integer below 2^53)
+    short = (c == 1) & (np.repeat(ulen, ulen) <= _MAX_DIGITS)
+    if short.any():
+        dig = (buf[short].astype(np.int64) - 48) * (10 ** np.minimum(end_of[short], _MAX_DIGITS))
+        got = np.bincount(unit_of[short], weights=dig.astype(np.float64), minlength=n)
+        num = (kind == 1) & (ulen <= _MAX_DIGITS)
+        vals[num] = got[num]
+    # runs of 2..10 letters: packed exactly; longer ones numbered through a dict of their bytes
+    word = (ucls == 2) & (ulen >= 2)
+    packed = word & (ulen <= _PACK_LETTERS)
+    inb = packed[unit_of]
+    if inb.any():
+        code = _LETTER_CODE[buf[inb]] << (6 * end_of[inb])
+        first = np.nonzero(np.diff(unit_of[inb], prepend=-1))[0]          # each packed unit's first byte
+        ids[packed] = np.add.reduceat(code, first)
+    long_ = np.nonzero(word & (ulen > _PACK_LETTERS))[0]
+    if len(long_):
+        seen: dict = {}
+        ids[long_] = [_ID_LONG + seen.setdefault(raw[a:a + m], len(seen))
+                      for a, m in zip(starts[long_].tolist(), ulen[long_].tolist())]
+    return ids, kind, vals, lens
 
 
 def _coverable_units(ids, vals, valued, kind) -> np.ndarray:

@@ -28,7 +28,7 @@ from collections import defaultdict
 import numpy as np
 
 from reports import extrapolate as ex
-from reports.spans import union_length
+from reports.spans import union_total
 from reports.taxonomy import CLASSES, NONTRIVIAL
 
 NONTRIVIAL_KEYS = ("memorized_generations", "memorized_generation_fraction", "memorized_tokens",
@@ -53,10 +53,11 @@ def _div(a, b):
 class SpanPool:
     """The memorized spans of a run (``span_records`` of :class:`reports.passes.RunAccumulator`:
     ``request_id``, ``tok_range`` (covered token indices ``(a, b)``, None without offsets),
-    ``tokens``, ``bytes``, ``wins`` (8-byte window digests, concatenated), ``doc_id``,
+    ``tokens``, ``bytes``, ``wins`` (the range of its windows in ``win_id`` / ``win_hash``: the
+    run's windows as dense ids and as hashes, :func:`reports.passes.windows_pass`), ``doc_id``,
     ``doc_offset``, ``raw``), in arrays, for figures over any subset of them."""
 
-    def __init__(self, records: list[dict]):
+    def __init__(self, records: list[dict], win_id: np.ndarray, win_hash: np.ndarray):
         gen_of: dict = {}
         text_of: dict = {}
         n = len(records)
@@ -69,15 +70,17 @@ class SpanPool:
         self.no_off = np.fromiter((r["tok_range"] is None for r in records), bool, n)
         self.ta = np.fromiter(((r["tok_range"] or (0, 0))[0] for r in records), np.int64, n)
         self.tb = np.fromiter(((r["tok_range"] or (0, 0))[1] for r in records), np.int64, n)
-        lens = np.fromiter((len(r["wins"]) // 8 for r in records), np.int64, n)
+        w0 = np.fromiter((r["wins"][0] for r in records), np.int64, n)
+        lens = np.fromiter((r["wins"][1] - r["wins"][0] for r in records), np.int64, n)
         self.woff = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
-        blob = b"".join(r["wins"] for r in records)
-        self.digests = np.frombuffer(blob, dtype="<u8") if blob else np.zeros(0, np.uint64)
-        # each window as a dense number and its generation, once: a subset's windows are then counted
-        # with one sort of int64 keys instead of a two-key lexsort of digests per subset
-        self.wid = np.unique(self.digests, return_inverse=True)[1].ravel().astype(np.int64)
+        at = np.arange(int(lens.sum()), dtype=np.int64) + np.repeat(w0 - self.woff[:-1], lens)
+        # each window as a dense number (its rank among the run's distinct hashes) and its generation:
+        # a subset's windows are then counted with one sort of int64 keys
+        self.digests = win_hash[at] if len(at) else np.zeros(0, np.uint64)
+        self.wid = win_id[at] if len(at) else np.zeros(0, np.int64)
         self.wgen = np.repeat(self.gen, lens)
         self.ngen = max(len(gen_of), 1)
+        self._seen: dict = {}
 
     def _window_freq(self, idx: np.ndarray) -> dict[int, int]:
         """``{k: f_k}``: distinct windows of the spans ``idx`` seen in exactly k generations."""
@@ -95,26 +98,31 @@ class SpanPool:
 
     def _tokens(self, idx: np.ndarray) -> int:
         off = idx[~self.no_off[idx]]
-        tot = sum(union_length(self.gen[off], self.ta[off], self.tb[off]).values()) if len(off) else 0
+        tot = union_total(self.gen[off], self.ta[off], self.tb[off]) if len(off) else 0
         best: dict = defaultdict(int)
         for g, t in zip(self.gen[idx[self.no_off[idx]]].tolist(), self.tokens[idx[self.no_off[idx]]].tolist()):
             best[g] = max(best[g], t)
         return int(tot + sum(best.values()))
 
-    def figures(self, idx, generations: int, generated_tokens: int, cost: float) -> dict:
-        """The figures (module docstring) of the spans ``idx`` against these denominators."""
-        idx = np.asarray(idx, dtype=np.int64)
-        mem_gens = distinct_count(self.gen[idx])
-        mem_toks = self._tokens(idx)
-        fq = self._window_freq(idx)
-        uniq = int(sum(fq.values()))
-        ub = int(sum(union_length(self.doc[idx], self.doc_off[idx], self.doc_off[idx] + self.nbytes[idx]).values())
-                 ) if len(idx) else 0
-        lo, hi = ex.chao1_ci95(fq)
+    def _counts(self, idx: np.ndarray) -> tuple:
+        """(memorized generations, memorized tokens, {k: f_k}, unique bytes, longest span) of the spans ``idx``."""
         longest = (0, 0)
         if len(idx):
             j = idx[np.lexsort((self.nbytes[idx], self.tokens[idx]))[-1]]
             longest = (int(self.tokens[j]), int(self.nbytes[j]))
+        ub = union_total(self.doc[idx], self.doc_off[idx], self.doc_off[idx] + self.nbytes[idx]) if len(idx) else 0
+        return distinct_count(self.gen[idx]), self._tokens(idx), self._window_freq(idx), ub, longest
+
+    def figures(self, idx, generations: int, generated_tokens: int, cost: float) -> dict:
+        """The figures (module docstring) of the spans ``idx`` against these denominators."""
+        idx = np.asarray(idx, dtype=np.int64)
+        key = idx.tobytes()            # the same spans again (a class that is all of an attack's): computed once
+        if key not in self._seen:
+            self._seen.clear()
+            self._seen[key] = self._counts(idx)
+        mem_gens, mem_toks, fq, ub, longest = self._seen[key]
+        uniq = int(sum(fq.values()))
+        lo, hi = ex.chao1_ci95(fq)
         return {
             "generations": generations, "generated_tokens": generated_tokens,
             "memorized_spans": int(len(idx)), "distinct_texts": distinct_count(self.text[idx]),
@@ -132,12 +140,13 @@ class SpanPool:
 
 
 def taxonomy_figures(records: list[dict], classes: list[str], group_of_record: list[tuple[str, str]],
-                     totals: dict, per_attack: dict, per_variant: dict) -> dict:
+                     totals: dict, per_attack: dict, per_variant: dict, win_id: np.ndarray,
+                     win_hash: np.ndarray) -> dict:
     """``by_category`` of metrics.json: the figures of each class and of ``nontrivial`` (run-wide);
     and, in place, the ``nontrivial_*`` scalars (:data:`NONTRIVIAL_KEYS`) of ``totals``, of each
     attack in ``per_attack`` and of each variant in ``per_variant``, each against that row's own
-    generations, generated tokens and cost."""
-    pool = SpanPool(records)
+    generations, generated tokens and cost. ``win_id`` / ``win_hash``: :class:`SpanPool`."""
+    pool = SpanPool(records, win_id, win_hash)
     cls = np.array(classes, dtype=object) if records else np.zeros(0, dtype=object)
     nontrivial = np.isin(cls, NONTRIVIAL) if records else np.zeros(0, bool)
 

@@ -18,7 +18,9 @@ Regression rule
 
     (defaults: tolerance 0.10, epsilon 0.0). Pairs where either figure is missing
     (None) are not compared. Every metric in the ledger is "higher = more
-    memorization" (or cheaper extraction, for ``mb_per_dollar``), so up is bad.
+    memorization" (or cheaper extraction, for ``mb_per_dollar``; for the ``ranking_best_*``
+    figures of ``trawl rank``, memorized generations found more reliably without the
+    training data), so up is bad.
     By default only each series' newest pair decides the exit code (a CI gate on the
     version just audited); ``all_pairs`` checks the whole history.
 
@@ -59,9 +61,17 @@ METRIC_FIELDS: list[tuple[str, pa.DataType]] = [
     ("total_cost_usd", pa.float64()),
     ("mb_per_dollar", pa.float64()),
 ]
+# The membership rankings' figures (trawl rank against the run's matches; ledger format 2 on): the
+# campaign's row "all" only (a ranking is run-wide), null without scores; reports.ranking.best_figures.
+RANKING_FIELDS: list[tuple[str, pa.DataType]] = [
+    ("ranking_best_auc", pa.float64()),
+    *[(f"ranking_best_precision_at_{n}", pa.float64()) for n in (10, 100, 1000)],
+]
+METRIC_FIELDS += RANKING_FIELDS
 METRICS = [name for name, _ in METRIC_FIELDS]
+RANKING_METRICS = tuple(name for name, _ in RANKING_FIELDS)
 PLOTTED = ("memorized_token_fraction", "memorized_generation_fraction", "unique_memorized_windows",
-           "longest_run_tokens", "mb_per_dollar")
+           "longest_run_tokens", "mb_per_dollar", "ranking_best_auc")
 
 
 # ============================================================================ the rule
@@ -219,6 +229,9 @@ def _plots(ser: dict, comparisons: list[Comparison], metric: str, version_order)
         first = {v: i for i, v in enumerate(labels)}
         labels = sorted(labels, key=lambda v: order.index(v) if v in order else len(order) + first[v])
         for m in dict.fromkeys((metric, *PLOTTED)):
+            if m != metric and m in RANKING_METRICS and all(r.get(m) is None for items in attacks.values()
+                                                            for _, r in items):
+                continue        # no campaign of this model ranked its generations (trawl rank): no empty chart
             lines = []
             for attack, items in attacks.items():
                 d = {v: r.get(m) for v, r in items}
@@ -231,9 +244,11 @@ def _plots(ser: dict, comparisons: list[Comparison], metric: str, version_order)
 def _ledger_table(ser: dict) -> list[str]:
     out = ["<h2>Ledger (latest row per version)</h2><table><tr><th>date</th><th>suite</th><th>model</th>"
            "<th>version</th><th>attack</th><th>generations</th><th>tokens</th><th>memorized tokens</th>"
-           "<th>memorized gens</th><th>unique windows</th><th>longest run</th><th>cost $</th><th>report</th></tr>"]
+           "<th>memorized gens</th><th>unique windows</th><th>longest run</th><th>cost $</th>"
+           "<th>best ranking AUC</th><th>best ranking P@100</th><th>report</th></tr>"]
     cols = ("generations", "generated_tokens", "memorized_token_fraction", "memorized_generation_fraction",
-            "unique_memorized_windows", "longest_run_tokens", "total_cost_usd")
+            "unique_memorized_windows", "longest_run_tokens", "total_cost_usd", "ranking_best_auc",
+            "ranking_best_precision_at_100")
     for (suite, model, attack), items in ser.items():
         for v, r in items:
             rp = r.get("report_path") or ""

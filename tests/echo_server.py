@@ -6,14 +6,16 @@ word, punctuation alone), ``null`` for the first token and ``token_logprobs`` gi
 :func:`known_logprob` (a function of the token's text only, so a test computes every signal by
 hand), top logprobs of the token and one alternative, plus one generated token ``"!"``.
 ``usage.prompt_tokens`` counts the prompt's tokens. ``fail_after``: every echo request after that many
-answers gets HTTP 500 (a server that dies mid-run); ``bad_body``: bytes sent instead of the answer.
-``requests`` records every request body.
+answers gets HTTP 500 (a server that dies mid-run); ``bad_body``: bytes sent instead of the answer;
+``delay``: seconds each echo request waits before its answer (settable while serving: a slow server
+gives a test time to kill its client mid-run). ``requests`` records every request body.
 """
 from __future__ import annotations
 
 import json
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from tests.draw_server import send_body
@@ -36,8 +38,9 @@ def known_logprob(tok: str) -> float:
 
 
 class EchoServer:
-    def __init__(self, *, fail_after: int | None = None, bad_body: bytes | None = None):
+    def __init__(self, *, fail_after: int | None = None, bad_body: bytes | None = None, delay: float = 0.0):
         self.fail_after = fail_after
+        self.delay = delay
         self.bad_body = bad_body
         self.requests: list[dict] = []
         self._lock = threading.Lock()
@@ -64,6 +67,8 @@ class EchoServer:
                 if srv.fail_after is not None and req.get("echo") and count > srv.fail_after:
                     send_body(self, 500, b'{"error": "down"}')
                     return
+                if srv.delay and req.get("echo"):
+                    time.sleep(srv.delay)
                 if srv.bad_body is not None:
                     send_body(self, 200, srv.bad_body)
                     return

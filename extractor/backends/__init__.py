@@ -5,7 +5,8 @@ Modules: ``base`` (the protocol and what backends return), ``openai`` (one
 OpenAI-compatible server) composed of ``http`` (transport), ``boundaries`` (token
 boundaries) and ``probe`` (capabilities, server detection, neutral sampling fields);
 ``pool`` (replicas behind one backend); ``vllm_offline`` (vLLM in trawl's process,
-with ``vllm_logits``); ``gguf_tokenizer`` (a model file's tokenizer in trawl's process).
+with ``vllm_logits``); ``vllm_ray`` (one such engine per Ray worker, ``make_backend("vllm",
+ray={...})``); ``gguf_tokenizer`` (a model file's tokenizer in trawl's process).
 """
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ from extractor.errors import TrawlError
 
 
 def _vllm_offline(**kwargs):  # imported on use: vLLM is an optional extra
+    ray = kwargs.pop("ray", None)
+    if ray and ray.get("kind", "ray") == "ray":   # one engine per Ray worker (backends/vllm_ray.py)
+        from extractor.backends.vllm_ray import VLLMRayBackend
+        return VLLMRayBackend(ray=ray, **kwargs)
     from extractor.backends.vllm_offline import VLLMOfflineBackend
     return VLLMOfflineBackend(**kwargs)
 

@@ -9,6 +9,13 @@ does not record twice. Appending is atomic: under an exclusive ``fcntl.flock`` o
 file, fsynced and renamed over the old one; a reader sees the old ledger or the
 new one, never a torn file.
 
+Versions (the file's ``format_version`` metadata, :data:`LEDGER_FORMAT_VERSION`): 1 had no
+ranking figures; 2 adds :data:`reports.trend.RANKING_FIELDS` (``ranking_best_auc``,
+``ranking_best_precision_at_10/100/1000``). A version-1 ledger is read with those columns null
+(migrated in memory) and written back as version 2 by the next append; a ledger of a later or
+unknown version is refused with one line (a newer trawl wrote it: upgrade). A file without the
+metadata is read as the columns it has (the version-2 columns missing: version 1).
+
 The regression rule and the HTML trend report are :mod:`reports.trend`'s (they take
 the rows, not the file); :func:`history_report` joins the two for ``trawl history``
 and sweeps.
@@ -18,21 +25,24 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from corpora.hygiene import visible
 from corpora.storage import FolderLock, first_line, write_parquet_atomic, write_text_atomic
 from extractor.errors import TrawlError
-from reports import trend
+from reports import ranking, trend
 from reports.errors import ReportError
 from reports.trend import (DEFAULT_EPSILON, DEFAULT_METRIC, DEFAULT_TOLERANCE, METRIC_FIELDS,
-                           REGRESSION_EXIT_CODE, Comparison)
+                           RANKING_METRICS, REGRESSION_EXIT_CODE, Comparison)
 
 LEDGER_FORMAT = "trawl-ledger"
-LEDGER_FORMAT_VERSION = 1
+LEDGER_FORMAT_VERSION = 2
+ADDED_IN = {2: RANKING_METRICS}     # the columns each version added (null in the rows of an older ledger)
 
 LEDGER_SCHEMA = pa.schema([
     ("campaign", pa.string()),
@@ -72,7 +82,7 @@ def ledger_rows(cfg: dict, metrics: dict, *, uid: str, report_path: str, date: s
                 r[name] = m.get(name)
         return r
 
-    rows = [row("all", metrics["metrics"])]
+    rows = [row("all", {**metrics["metrics"], **ranking.best_figures(metrics.get("ranking"))})]
     for name, m in sorted(metrics.get("per_attack", {}).items()):
         lab = labels.get(name, [name])
         rows.append(row(lab[0] if len(lab) == 1 else name, m))
@@ -104,9 +114,15 @@ def read_ledger(path: str | os.PathLike) -> list[dict]:
         t = pq.read_table(p, page_checksum_verification=True)
     except (pa.ArrowException, OSError) as exc:
         raise TrawlError(f"{p}: not a readable ledger Parquet file ({exc})") from None
-    missing = [f.name for f in LEDGER_SCHEMA if f.name not in t.column_names]
+    version = _format_version(p, t.schema.metadata or {})
+    optional = {c for v, cols in ADDED_IN.items() if v > version for c in cols}
+    missing = [f.name for f in LEDGER_SCHEMA if f.name not in t.column_names and f.name not in optional]
     if missing:
         raise TrawlError(f"{p}: not a trawl ledger (no column {missing[0]!r})")
+    for name in optional:       # an older ledger: the columns its version lacks are null (not measured)
+        if name not in t.column_names:
+            t = t.append_column(pa.field(name, LEDGER_SCHEMA.field(name).type), pa.nulls(t.num_rows,
+                                                                                        LEDGER_SCHEMA.field(name).type))
     # a ledger written by something else (or edited): every column of its type, every key present,
     # every figure a finite number or null, so the rule and the page never meet other values
     cols = []
@@ -130,6 +146,26 @@ def read_ledger(path: str | os.PathLike) -> list[dict]:
                 else:
                     raise TrawlError(f"{p}: damaged ledger: row {i} has {name} = {v}")
     return rows
+
+
+def _format_version(p: Path, meta: dict) -> int:
+    """The ledger's format version from its metadata (module docstring); a later or unknown one is a
+    one-line TrawlError. No metadata: the version its columns fit is decided by the caller (1 here)."""
+    fmt = meta.get(b"format")
+    raw = meta.get(b"format_version")
+    if fmt is None and raw is None:
+        return 1
+    if fmt != LEDGER_FORMAT.encode():
+        raise TrawlError(f"{p}: not a trawl ledger (format {visible(fmt.decode('utf-8', 'replace'))[:40]!r})"
+                         if fmt is not None else f"{p}: not a trawl ledger (a format version but no format)")
+    text = (raw or b"").decode("utf-8", "replace")
+    if not re.fullmatch(r"[1-9][0-9]{0,5}", text):     # as trawl writes it: a plain positive integer
+        raise TrawlError(f"{p}: unknown ledger format version {visible(text)[:20]!r} (this trawl reads 1 to "
+                         f"{LEDGER_FORMAT_VERSION})")
+    if int(text) > LEDGER_FORMAT_VERSION:
+        raise TrawlError(f"{p}: ledger format version {int(text)} was written by a newer trawl (this one reads 1 "
+                         f"to {LEDGER_FORMAT_VERSION}); upgrade trawl to read it")
+    return int(text)
 
 
 def write_ledger(path: str | os.PathLike, rows: list[dict]) -> None:

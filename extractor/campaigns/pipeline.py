@@ -216,7 +216,8 @@ class SampleStep:
                 str(ctx.run_dir), **served, attacks=specs, budget=budget, pricing=pricing,
                 concurrency=t["concurrency"], resume=True, progress=ctx.progress, timeout=t["timeout"],
                 max_retries=t["max_retries"], run_id=ctx.campaign.run_id, seed=cfg["campaign"]["seed"],
-                token_info=t["token_info"], api=t.get("api", "completions"), log=ctx.log)
+                token_info=t["token_info"], api=t.get("api", "completions"), log=ctx.log,
+                ray=_ray_engines(cfg, served))
         info = {k: getattr(summary, k) for k in ("run_id", "status", "stop_reason", "planned", "finished",
                                                  "new_generations", "failed_requests", "completion_tokens",
                                                  "cost_usd")}
@@ -224,6 +225,13 @@ class SampleStep:
             raise TrawlError(f"sampling ended {summary.status} ({summary.stop_reason}): {summary.finished}/"
                              f"{summary.planned} generations stored; run again to resume")
         return info
+
+
+def _ray_engines(cfg: dict, served: dict) -> dict | None:
+    """``backend = "vllm"`` with ``[executor] kind = "ray"``: one engine per Ray worker
+    (extractor/backends/vllm_ray.py); else None (one engine in this process)."""
+    ex = cfg.get("executor") or {}
+    return dict(ex) if served.get("backend") == "vllm" and ex.get("kind") == "ray" else None
 
 
 class MatchStep:

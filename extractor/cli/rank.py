@@ -50,11 +50,8 @@ def register(subparsers) -> None:
                    "reference-ratio signal")
     g.add_argument("--reference-model", metavar="NAME", help="the reference model's name at --reference-endpoint")
     g.add_argument("--reference-model-file", metavar="GGUF", help="the reference model in this process (llama.cpp)")
-    g.add_argument("--batch", type=int, default=8, metavar="N", help="texts per scoring call (default: 8)")
-    g.add_argument("--concurrency", type=int, default=None, metavar="N",
-                   help="scoring calls in flight (default: 4 over HTTP, 1 in process)")
+    add_batch_args(g)
     g.add_argument("--timeout", type=float, default=300.0, metavar="S", help="time limit of one request (default: 300)")
-    g.add_argument("--max-retries", type=int, default=6, metavar="N", help="retries of a failed request (default: 6)")
     m = p.add_argument_group("signals")
     m.add_argument("--k", type=float, default=20.0, metavar="PCT",
                    help="min-k%% and min-k%%++: the percentage of lowest-scoring tokens averaged (default: 20)")
@@ -65,6 +62,26 @@ def register(subparsers) -> None:
     m.add_argument("--no-lowercase", action="store_true", help="skip the lowercase-ratio signal (halves the cost)")
     m.add_argument("--window-tokens", type=int, default=50, metavar="W",
                    help="evaluation: a generation is memorized when it holds a verbatim span of >= W tokens (default: 50)")
+    add_budget_args(p)
+    o = p.add_argument_group("output")
+    o.add_argument("--restart", action="store_true", help="discard RUN/scores.parquet and score everything again")
+    o.add_argument("--json", action="store_true", help="print the summary and evaluation as JSON on stdout")
+    o.add_argument("--no-progress", action="store_true", help="no progress bar (shown only on a terminal)")
+    p.set_defaults(func=cmd_rank)
+
+
+# -- the scoring flags and settings, shared by `trawl rank` and `trawl mia` (one copy) -----------------
+
+def add_batch_args(g) -> None:
+    """How texts are sent to the scorer: --batch, --concurrency, --max-retries."""
+    g.add_argument("--batch", type=int, default=8, metavar="N", help="texts per scoring call (default: 8)")
+    g.add_argument("--concurrency", type=int, default=None, metavar="N",
+                   help="scoring calls in flight (default: 4 over HTTP, 1 in process)")
+    g.add_argument("--max-retries", type=int, default=6, metavar="N", help="retries of a failed request (default: 6)")
+
+
+def add_budget_args(p) -> None:
+    """The budget caps and prices of scoring (as trawl sample's): the driver stops cleanly at a cap."""
     b = p.add_argument_group("budget and cost (as trawl sample; default: no cap)")
     b.add_argument("--max-tokens", type=int, default=None, metavar="N", help="prompt tokens scored, all sessions")
     b.add_argument("--max-dollars", type=float, default=None, metavar="X", help="spend in USD, all sessions")
@@ -72,10 +89,25 @@ def register(subparsers) -> None:
     b.add_argument("--price-input-per-mtok", type=float, default=0.0, metavar="P", help="USD per 1M prompt tokens")
     b.add_argument("--price-output-per-mtok", type=float, default=0.0, metavar="P", help="USD per 1M generated tokens")
     b.add_argument("--gpu-hourly-usd", type=float, default=None, metavar="P", help="USD per hour of wall time")
-    o = p.add_argument_group("output")
-    o.add_argument("--restart", action="store_true", help="discard RUN/scores.parquet and score everything again")
-    o.add_argument("--json", action="store_true", help="print the summary and evaluation as JSON on stdout")
-    p.set_defaults(func=cmd_rank)
+
+
+def score_settings(args, **signals):
+    """The driver's :class:`~extractor.scoring.ScoreSettings` from the flags of :func:`add_batch_args` and
+    :func:`add_budget_args` (plus --timeout, --restart, --no-progress) and the command's ``signals``
+    settings (k, window, top_k, lowercase); a bad number is one line."""
+    from extractor.sampling.budget import Budget, Pricing
+    from extractor.scoring import ScoreSettings
+
+    for flag in ("max_dollars", "max_seconds", "timeout"):
+        problem = number_problem("--" + flag.replace("_", "-"), getattr(args, flag))
+        if problem:
+            raise TrawlError(problem)
+    budget = Budget(max_tokens=args.max_tokens, max_dollars=args.max_dollars, max_seconds=args.max_seconds)
+    pricing = Pricing(input_per_mtok=args.price_input_per_mtok, output_per_mtok=args.price_output_per_mtok,
+                      gpu_hourly_usd=args.gpu_hourly_usd)
+    return ScoreSettings(batch=args.batch, concurrency=args.concurrency, timeout=args.timeout,
+                         budget=budget, pricing=pricing, restart=args.restart, progress=not args.no_progress,
+                         **signals)
 
 
 def make_scorers(args) -> tuple[object, object | None]:
@@ -130,26 +162,18 @@ def make_scorers(args) -> tuple[object, object | None]:
 
 
 def cmd_rank(args) -> int:
-    from extractor.sampling.budget import Budget, Pricing
-    from extractor.scoring import ScoreSettings, score_run
+    from extractor.scoring import score_run
     from reports import ranking
 
-    for flag in ("max_dollars", "max_seconds", "k", "timeout"):
-        problem = number_problem("--" + flag.replace("_", "-"), getattr(args, flag))
-        if problem:
-            raise TrawlError(problem)
+    problem = number_problem("--k", args.k)
+    if problem:
+        raise TrawlError(problem)
     if not (0 < args.k <= 100):
         raise TrawlError(f"--k is a percentage in (0, 100], got {args.k:g}")
     if args.window_tokens < 1:
         raise TrawlError("--window-tokens must be >= 1")
-    budget = Budget(max_tokens=args.max_tokens, max_dollars=args.max_dollars, max_seconds=args.max_seconds)
-    pricing = Pricing(input_per_mtok=args.price_input_per_mtok, output_per_mtok=args.price_output_per_mtok,
-                      gpu_hourly_usd=args.gpu_hourly_usd)
+    st = score_settings(args, k=args.k / 100.0, window=args.window, top_k=args.top_k, lowercase=not args.no_lowercase)
     scorer, reference = make_scorers(args)
-    inproc = scorer.capabilities.score == "in_process"
-    st = ScoreSettings(k=args.k / 100.0, window=args.window, top_k=args.top_k, batch=args.batch,
-                       concurrency=args.concurrency or (1 if inproc else 4), timeout=args.timeout,
-                       lowercase=not args.no_lowercase, budget=budget, pricing=pricing, restart=args.restart)
     try:
         summary = score_run(args.run, scorer, reference=reference, settings=st)
     finally:

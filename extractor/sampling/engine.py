@@ -1,7 +1,8 @@
 """The dispatch loop: keeps ``concurrency`` requests in flight, records what comes back, enforces the budget.
 
-Threads: ``concurrency`` daemon workers send requests (:class:`~extractor.sampling.requests.Sender`);
-four more fill deferred token boundaries in batches; the calling thread alone dispatches,
+Threads: up to ``concurrency`` daemon workers send requests (:class:`~extractor.sampling.requests.Sender`),
+started as requests go out (one per request in flight); four more, started when a completion first
+waits for its token boundaries, fill those in batches; the calling thread alone dispatches,
 records, flushes and writes ``run.json``, so the run folder has one writer.
 
 Guarantees:
@@ -30,6 +31,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from pyarrow import ArrowException
+
 from corpora.storage import utcnow
 from extractor.attacks import get_attack
 from extractor.backends import BackendError
@@ -39,7 +42,7 @@ from extractor.errors import TrawlError
 from extractor.sampling.budget import Budget, Pricing, Usage, stop_reason
 from extractor.sampling.plan import Grouping, Unit
 from extractor.sampling.requests import Done, Sender
-from extractor.sampling.run_folder import RunDir, journal_line
+from extractor.sampling.run_folder import PART_TOKENS, RunDir, journal_line, rows_to_table
 from extractor.sampling.summary import RunSummary, attack_summaries
 
 _DRAINING_STOPS = ("max_seconds", "errors", "crashed", "interrupted")  # requests not yet sent are dropped
@@ -165,18 +168,33 @@ class Engine:
                 return
 
     def _start_threads(self, pending: int):
+        """The queues, and the thread lists that :meth:`_more_workers` and :meth:`_start_post_threads`
+        fill as they are needed: a worker per request in flight (up to ``concurrency``), and the
+        token-boundary threads once a completion waits for its boundaries. A run of 8 requests
+        starts 8 threads, not ``concurrency`` + 4 (each start waits for the new thread to run)."""
         self.work_q: queue.Queue = queue.Queue()
         self.post_q: queue.Queue = queue.Queue()
         self.done_q: queue.Queue = queue.Queue()
-        n_workers = min(self.concurrency, max(1, pending))
-        n_post = 4  # batched token-boundary requests (see _post_worker)
-        threads = [threading.Thread(target=self._worker, args=(self.work_q, self.post_q, self.done_q), daemon=True,
-                                    name=f"trawl-worker-{i}") for i in range(n_workers)]
-        posts = [threading.Thread(target=self._post_worker, args=(self.post_q, self.done_q), daemon=True,
-                                  name=f"trawl-tokens-{i}") for i in range(n_post)]
-        for t in threads + posts:
+        self._max_workers = min(self.concurrency, max(1, pending))
+        self._threads: list[threading.Thread] = []
+        self._posts: list[threading.Thread] = []
+        return self._threads, self._posts
+
+    def _more_workers(self, wanted: int) -> None:
+        """Start workers until ``wanted`` of them run (at most the limit set by :meth:`_start_threads`)."""
+        while len(self._threads) < min(wanted, self._max_workers):
+            t = threading.Thread(target=self._worker, args=(self.work_q, self.post_q, self.done_q), daemon=True,
+                                 name=f"trawl-worker-{len(self._threads)}")
             t.start()
-        return threads, posts
+            self._threads.append(t)
+
+    def _start_post_threads(self) -> None:
+        """The four token-boundary threads (batched tokenize requests, see :meth:`_post_worker`)."""
+        while len(self._posts) < 4:
+            t = threading.Thread(target=self._post_worker, args=(self.post_q, self.done_q), daemon=True,
+                                 name=f"trawl-tokens-{len(self._posts)}")
+            t.start()
+            self._posts.append(t)
 
     def _open_bar(self, pending: int) -> None:
         if not self.progress:
@@ -261,6 +279,7 @@ class Engine:
             self._next_unit = None
             fl.add(nu)
             self.work_q.put(nu)
+            self._more_workers(len(fl.generating))
 
     def _begin_stop(self, fl: _Flight) -> bool:
         """The run just got a stop reason: drop unsent units where it says so; False when
@@ -303,9 +322,11 @@ class Engine:
                 break
         rows: list[dict] = []
         lines: list[bytes] = []
+        tables: list | None = []
         for kind, d in msgs:
             if kind == "freed":
                 fl.generating.discard(id(d))
+                self._start_post_threads()
                 continue
             unit = fl.remove(d.unit)
             if d.error is not None:
@@ -313,11 +334,17 @@ class Engine:
                 continue
             self._consecutive_failures = 0
             done = self._record(d)
+            if not done:
+                continue
             rows.extend(done)
             lines.append(d.journal if d.journal is not None else b"".join([journal_line(r) for r in done]))
+            if tables is not None and d.table is not None and d.table.num_rows == len(done):
+                tables.append(d.table)
+            else:
+                tables = None    # the run folder converts these rows itself
         if not rows:
             return
-        self.rd.append_many(rows, b"".join(lines))   # the rows in one journal write, then counted
+        self.rd.append_many(rows, b"".join(lines), tables)   # the rows in one journal write, then counted
         self.usage.generations += len(rows)
         self.new += len(rows)
         self.session_completion += sum(row["completion_tokens"] for row in rows)
@@ -327,10 +354,20 @@ class Engine:
         if self.rd.should_flush() or now - self._last_flush >= self.rd.flush_seconds:
             self.rd.flush()
             self._last_flush = now
+        elif self._last_part(fl):
+            self.rd.spill()   # the run's last part: its row groups are encoded as rows come, not at the end
         if now - self._last_status >= 5.0:
             self._write_status("running")
             self._last_status = now
         self._tick()
+
+    def _last_part(self, fl: _Flight) -> bool:
+        """Every request is sent and the rows still in flight (at most what they reserve) fit the open
+        part: it is the run's last, and the run ends waiting for it. Written as its rows come
+        (:meth:`RunDir.spill`), only its last row group is left to encode then. Earlier parts are
+        written whole when they roll: one row group compresses better and costs less CPU than many."""
+        return (self._exhausted and self.rd.buffered() + fl.reserved[0] < self.rd.flush_rows
+                and self.rd.buffered_tokens() + fl.reserved[1] < PART_TOKENS)
 
     def _failed(self, unit: Unit, error: BaseException) -> None:
         if isinstance(error, BackendError) and error.status in (401, 403, 404):
@@ -381,12 +418,17 @@ class Engine:
     def _prefinish(self, d: Done) -> None:
         """In the worker that built ``d``'s rows: make them final and encode their journal lines,
         so that the dispatch thread only writes and counts them. Not with an hourly price (a
-        request's cost is the wall time since the one recorded before it: the dispatch thread's)."""
+        request's cost is the wall time since the one recorded before it: the dispatch thread's).
+        Its rows also become the Arrow table that goes into the Parquet part (:meth:`RunDir.append_many`)."""
         if self.pricing.hourly or d.error is not None:
             return
         cost_total = self.pricing.token_cost(d.billed_prompt, d.billed_completion)
         d.result = self._final_rows(d, cost_total)
         d.journal = b"".join([journal_line(r) for r in d.result])
+        try:
+            d.table = rows_to_table(d.result) if d.result else None
+        except (ArrowException, TypeError, ValueError, OverflowError):   # the run folder converts them (and says why not)
+            d.table = None
         d.cost_usd = cost_total
 
     def _endpoint_stats(self) -> dict:

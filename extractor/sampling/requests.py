@@ -11,6 +11,7 @@ caller (the engine's worker threads report them to the main thread).
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ class Done:
     freed: bool = False                # its generation slot was released earlier (a "freed" message)
     cost_usd: float | None = None      # set with the rows made final in the worker (Engine._prefinish)
     journal: bytes | None = None       # then also: the rows' journal lines
+    table: object = None               # and the rows as an Arrow table (run_folder.rows_to_table)
 
 
 class Sender:
@@ -137,9 +139,14 @@ class Sender:
             self.fill_many([p.choice for p in d.pending if p.choice.token_source == "pending"])
         rows = []
         now = utcnow(precise=True)   # the request's rows are made together
+        encoded: dict[int, tuple[dict, str]] = {}   # the request's rows share one parameters dict: encoded once
         for p in d.pending:
             if p.choice.token_source == "pending":
                 self.be.fill_tokens(p.choice)
-            rows.append(make_row(p, run_id=self.run_id, model=self.model, endpoint=self.be.endpoint, created_at=now))
+            hit = encoded.get(id(p.params))
+            if hit is None or hit[0] is not p.params:
+                hit = encoded[id(p.params)] = (p.params, json.dumps(p.params, sort_keys=True))
+            rows.append(make_row(p, run_id=self.run_id, model=self.model, endpoint=self.be.endpoint, created_at=now,
+                                 params_json=hit[1]))
         d.result = rows
         d.pending = None

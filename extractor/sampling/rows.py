@@ -65,9 +65,11 @@ def merge_choices(choices: list[Choice], finish: str, can_tokenize) -> Choice:
                   finish_reason=finish, token_source="pending" if can_tokenize else "none")
 
 
-def make_row(p: Pending, *, run_id: str, model: str, endpoint: str, created_at: str | None = None) -> dict:
+def make_row(p: Pending, *, run_id: str, model: str, endpoint: str, created_at: str | None = None,
+             params_json: str | None = None) -> dict:
     """The row of a completion whose token boundaries are filled (``endpoint``: when the
-    completion names none; ``created_at``: now unless given, e.g. once for a request's rows)."""
+    completion names none; ``created_at``: now unless given, e.g. once for a request's rows;
+    ``params_json``: ``p.params`` as the row stores it, when the caller encoded it already)."""
     ch = p.choice
     extra = {**p.extra, "token_source": ch.token_source}
     if ch.token_error:
@@ -78,7 +80,7 @@ def make_row(p: Pending, *, run_id: str, model: str, endpoint: str, created_at: 
         "prompt": clean_text(p.job.prompt), "completion": ch.text, "token_offsets": ch.token_offsets,
         "token_logprobs": ch.token_logprobs, "prompt_tokens": int(p.prompt_tokens),
         "completion_tokens": int(ntok), "finish_reason": ch.finish_reason, "model": model,
-        "endpoint": p.endpoint or endpoint, "params": json.dumps(p.params, sort_keys=True),
+        "endpoint": p.endpoint or endpoint, "params": params_json if params_json is not None else json.dumps(p.params, sort_keys=True),
         "seed": p.seed, "latency_s": float(p.latency), "cost_usd": 0.0,
         "created_at": created_at or utcnow(precise=True), "_extra": {**p.job.extra, **extra},
     }

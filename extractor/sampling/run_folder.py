@@ -17,6 +17,12 @@ Crash safety
     buffered rows become a Parquet part written atomically (a hidden
     ``.part-NNNNN.parquet.tmp-<pid>``, fsync, ``os.replace``, directory fsync)
     and only then is the journal emptied; a clean stop removes the empty journal.
+    The sampler's workers hand over the rows already converted to Arrow; the run's
+    last part (every request sent, what is in flight fits in it) is written into
+    its temporary file as the rows come (:meth:`RunDir.spill`: a row group each
+    time :data:`GROUP_TOKENS` token offsets wait), so that the run's end costs its
+    last row group, the footer and the fsyncs, not the encoding of all its rows;
+    until it is published the journal holds all of them.
     Non-part names start with ``_`` or ``.`` so that dataset readers such as
     ``pyarrow.parquet.read_table("RUN/generations")`` skip them. :meth:`RunDir.recover` (run at every start) deletes stray temporary
     files, moves journal rows that are not in a part yet into a new part, and
@@ -50,7 +56,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from corpora.storage import (GENERATIONS_SCHEMA, PARQUET_ERRORS, PARQUET_READ_OPTIONS, PART_RE, first_line, FolderLock, FolderLocked,
-                             generation_parts, write_parquet_atomic, writing)
+                             fsync_dir, generation_parts, write_parquet_atomic, writing)
 from corpora.storage import write_json_atomic as _write_json_atomic
 from extractor.errors import TrawlError
 
@@ -65,6 +71,7 @@ JOURNAL_NAME = "_journal.jsonl"
 FORMAT = "trawl-run"      # config.json's and run.json's "format"
 FORMAT_VERSION = 1
 PART_TOKENS = 1 << 20    # token offsets buffered that roll a part even before flush_rows rows
+GROUP_TOKENS = 1 << 14   # token offsets waiting that RunDir.spill writes into the open part (a row group)
 LOCK_NAME = ".lock"  # RUN/.lock: fcntl.flock'ed by the process using the run folder
 
 
@@ -163,14 +170,20 @@ def journal_line(row: dict) -> bytes:
     key, and a newline. Writers that put several rows in one write join these lines. orjson writes
     the JSON when installed and the row is plain (its floats finite: orjson would write NaN as null);
     else the standard library, whose text ``json.loads`` reads back to the same row either way. The
-    checksum covers whichever bytes were written (:func:`read_journal_line`)."""
+    checksum covers whichever bytes were written (:func:`read_journal_line`).
+
+    orjson writes every NaN and infinity as ``null``, so a body without the bytes ``null`` had none
+    and is kept as it is; one with them (a None, or the word inside a string) is kept only when
+    :func:`_finite` finds the row's floats finite."""
     if not row:
         raise ValueError("a journal row is never empty")
     body = None
-    if _orjson is not None and _finite(row):
+    if _orjson is not None:
         try:
             body = _orjson.dumps(row)
         except TypeError:      # a value orjson does not take (an int past 64 bits, a lone surrogate)
+            body = None
+        if body is not None and b"null" in body and not _finite(row):
             body = None
     if body is None:
         body = json.dumps(row, ensure_ascii=False, allow_nan=True).encode("utf-8")
@@ -241,8 +254,15 @@ class RunDir:
         self.journal_path = os.path.join(self.gen_dir, JOURNAL_NAME)
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
-        self._buffer: list[dict] = []
+        self._buffered = 0              # rows of the part being built (journaled, not yet in a part)
         self._buffered_tokens = 0
+        self._tables: list[pa.Table] = []   # those rows, as Arrow tables (from rows or from the workers)
+        self._rows: list[dict] = []     # rows handed over without a table: converted when written
+        self._written = 0               # of self._tables, how many are in the open part file already
+        self._unwritten_tokens = 0
+        self._writer = None             # (pq.ParquetWriter, temporary path, part path) while a part is open
+        self._part_summary: list[tuple] = []   # (attack, extra, completion_tokens) of the part's rows
+        self._summaries: dict[str, list[tuple]] = {}   # the same for every part read or written here
         self._journal = None
         self._next_part = 0
         self.dropped: list[str] = []   # recover(): one line per damaged journal row dropped (see above)
@@ -316,8 +336,20 @@ class RunDir:
         verified: a part damaged on disk stops the resume instead of being built upon."""
         done: set[str] = set()
         for p in self.part_paths():
-            done.update(self._read_part(p).column("request_id").to_pylist())
+            table = self._read_part(p)
+            done.update(table.column("request_id").to_pylist())
+            self._summaries[p] = _summary_of(table)
         return done
+
+    def summary_rows(self) -> list[tuple]:
+        """``(attack, extra, completion_tokens)`` of every stored row, in part order: from what this
+        object wrote or read (every part it read is verified, see :meth:`done_ids`), else read from
+        the parts. The same values either way: a part's cached rows are those of its table."""
+        parts = self.part_paths()
+        if all(p in self._summaries for p in parts):
+            return [row for p in parts for row in self._summaries[p]]
+        t = self.read_generations(columns=list(_SUMMARY_COLUMNS))
+        return list(zip(*(t.column(c).to_pylist() for c in _SUMMARY_COLUMNS)))
 
     def _read_part(self, path: str, columns: list[str] | None = None) -> pa.Table:
         """One part; a damaged one (parts are written atomically, so damaged from outside) is a TrawlError."""
@@ -341,10 +373,12 @@ class RunDir:
         return pa.concat_tables([self._read_part(p, columns) for p in parts])
 
     def _write_part(self, rows: list[dict]) -> str:
+        """One whole part from ``rows`` (recovery: the journal's rows not in a part yet)."""
         table = rows_to_table(rows)
         base = f"part-{self._next_part:05d}.parquet"
         name = os.path.join(self.gen_dir, base)
         write_parquet_atomic(table, name, hidden=True, sync_dir=True)
+        self._summaries[name] = _summary_of(table)
         self._next_part += 1
         return name
 
@@ -423,36 +457,118 @@ class RunDir:
         """Record one finished generation (durable against kill -9 when this returns)."""
         self.append_many([row])
 
-    def append_many(self, rows: list[dict], lines: bytes | None = None) -> None:
+    def append_many(self, rows: list[dict], lines: bytes | None = None, tables: list[pa.Table] | None = None) -> None:
         """Record finished generations in one write (durable against kill -9 when this returns; a
         kill during the write leaves whole lines for some of them and at most one torn last line,
         which :meth:`recover` drops: those generations were never done). ``lines``: the rows'
-        :func:`journal_line` s, when the caller encoded them already. A write that fails (a full
-        disk) raises WriteError and none of these rows is counted as done: a torn line is dropped
-        on resume and those generations sampled again."""
+        :func:`journal_line` s, when the caller encoded them already; ``tables``: the rows as Arrow
+        tables (:func:`rows_to_table`, in order), when the caller converted them already (the
+        sampler's workers do, off the dispatch thread). A write that fails (a full disk) raises
+        WriteError and none of these rows is counted as done: a torn line is dropped on resume and
+        those generations sampled again."""
         if not rows:
             return
         with writing(self.journal_path):
             self._journal.write(lines if lines is not None else b"".join([journal_line(r) for r in rows]))
             self._journal.flush()
-        self._buffer.extend(rows)
-        self._buffered_tokens += sum(len(r.get("token_offsets") or ()) for r in rows)
+        if tables is not None:
+            self._take_rows()
+            self._tables.extend(tables)
+        else:
+            self._rows.extend(rows)
+        tokens = sum(len(r.get("token_offsets") or ()) for r in rows)
+        self._buffered += len(rows)
+        self._buffered_tokens += tokens
+        self._unwritten_tokens += tokens + len(rows)
+        self._part_summary.extend([(r.get("attack"), r.get("extra"), r.get("completion_tokens")) for r in rows])
 
     def buffered(self) -> int:
-        return len(self._buffer)
+        return self._buffered
+
+    def buffered_tokens(self) -> int:
+        return self._buffered_tokens
 
     def should_flush(self) -> bool:
         """The buffered rows make a part: ``flush_rows`` of them, or :data:`PART_TOKENS` token
         offsets (long completions roll sooner, bounding the memory the buffer holds)."""
-        return len(self._buffer) >= self.flush_rows or self._buffered_tokens >= PART_TOKENS
+        return self._buffered >= self.flush_rows or self._buffered_tokens >= PART_TOKENS
+
+    def spill(self) -> None:
+        """Write the buffered rows into the part being built (its hidden temporary file, a row group)
+        once :data:`GROUP_TOKENS` token offsets (plus one per row) wait, so that a part's encoding and
+        compression happen while the run goes on rather than all at :meth:`flush`. The part is
+        published (and the journal emptied) only by :meth:`flush`; until then the journal holds every
+        row, and a kill leaves a temporary file that :meth:`recover` deletes."""
+        if self._unwritten_tokens >= GROUP_TOKENS:
+            self._write_open_part()
+
+    def _take_rows(self) -> None:
+        """Rows handed over without a table become one (kept in order with the tables)."""
+        if self._rows:
+            self._tables.append(rows_to_table(self._rows))
+            self._rows = []
+
+    def _write_open_part(self) -> None:
+        """Append the tables not yet written to the open part's temporary file (opened first)."""
+        self._take_rows()
+        todo = self._tables[self._written:]
+        if not todo:
+            return
+        if self._writer is None:
+            name = os.path.join(self.gen_dir, f"part-{self._next_part:05d}.parquet")
+            tmp = os.path.join(self.gen_dir, f".{os.path.basename(name)}.tmp-{os.getpid()}")
+            with writing(name):
+                writer = pq.ParquetWriter(tmp, GENERATIONS_SCHEMA, compression="zstd", write_page_checksum=True)
+            self._writer = (writer, tmp, name)
+        writer, tmp, name = self._writer
+        try:
+            with writing(name):
+                writer.write_table(todo[0] if len(todo) == 1 else pa.concat_tables(todo))
+        except BaseException:
+            self._abort_part()
+            raise
+        self._written = len(self._tables)
+        self._unwritten_tokens = 0
+
+    def _abort_part(self) -> None:
+        """Drop the open part's temporary file after a failed write; the rows stay buffered (and in
+        the journal), so a later :meth:`flush` writes the part again from the start."""
+        writer, tmp, _ = self._writer
+        self._writer = None
+        self._written = 0
+        self._unwritten_tokens = self._buffered_tokens + self._buffered
+        try:
+            writer.close()
+        except Exception:  # noqa: BLE001 - the file is deleted anyway
+            pass
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
     def flush(self) -> str | None:
-        """Turn buffered generations into a part, then empty the journal."""
-        if not self._buffer:
+        """Turn buffered generations into a part (the open part's file completed, fsynced, renamed
+        into place, its folder fsynced), then empty the journal."""
+        if not self._buffered:
             return None
-        name = self._write_part(self._buffer)
-        self._buffer = []
-        self._buffered_tokens = 0
+        self._write_open_part()
+        writer, tmp, name = self._writer
+        try:
+            with writing(name):
+                writer.close()
+                with open(tmp, "rb+") as fh:
+                    os.fsync(fh.fileno())
+                os.replace(tmp, name)
+        except BaseException:
+            self._abort_part()
+            raise
+        self._writer = None
+        fsync_dir(self.gen_dir)
+        self._summaries[name] = self._part_summary
+        self._part_summary = []
+        self._tables, self._written = [], 0
+        self._buffered = self._buffered_tokens = self._unwritten_tokens = 0
+        self._next_part += 1
         self._truncate_journal()
         return name
 
@@ -466,6 +582,13 @@ class RunDir:
                     os.unlink(self.journal_path)
             except OSError:
                 pass
+
+
+_SUMMARY_COLUMNS = ("attack", "extra", "completion_tokens")
+
+
+def _summary_of(table: pa.Table) -> list[tuple]:
+    return list(zip(*(table.column(c).to_pylist() for c in _SUMMARY_COLUMNS)))
 
 
 def iter_rows(table: pa.Table) -> Iterable[dict]:

@@ -124,6 +124,8 @@ def _open_backend(endpoint, model: str, cfg: SamplerSettings, pool_log) -> Backe
         extra["tokenizer_file"] = cfg.tokenizer_file
     if cfg.api != "completions":   # every backend takes it (the in-process vllm one applies the template)
         extra["api"] = cfg.api
+    if cfg.ray and cfg.backend == "vllm":   # one engine per Ray worker; the plan is the same
+        extra["ray"] = dict(cfg.ray)
     return make_backend(cfg.backend, endpoint=endpoint, model=model, api_key_env=cfg.api_key_env,
                         timeout=cfg.timeout, max_retries=cfg.max_retries, backoff_base=cfg.backoff_base,
                         backoff_max=cfg.backoff_max, pool_size=min(cfg.concurrency, 4),

@@ -60,6 +60,7 @@ class SamplerSettings:
     token_info: str = "auto"
     tokenizer_file: str | None = None
     api: str = "completions"   # "completions", "chat" or "auto" (backend openai; see backends/chat.py)
+    ray: dict | None = None    # backend vllm: an [executor] table with kind = "ray" (backends/vllm_ray.py)
     log: Callable[[str], None] | None = None
 
     def __post_init__(self) -> None:

@@ -1,7 +1,8 @@
 """What a run reports: :class:`RunSummary` (returned by ``run_attacks``) and per-attack figures.
 
-Guarantees: :func:`attack_summaries` reads only the stored rows, so its figures cover every
-session of the run; each attack gets ``generations`` and ``completion_tokens`` plus what its
+Guarantees: :func:`attack_summaries` counts only the stored rows (the parts; those this run folder
+object wrote or verified are taken from memory, :meth:`RunDir.summary_rows`), so its figures cover
+every session of the run; each attack gets ``generations`` and ``completion_tokens`` plus what its
 :meth:`~extractor.attacks.base.Attack.summarize` adds.
 """
 from __future__ import annotations
@@ -44,10 +45,8 @@ class RunSummary:
 def attack_summaries(rd: RunDir, resolved: list[dict] | None = None) -> dict:
     """``{attack: {"generations", "completion_tokens", ...}}`` over the stored rows; the attack's
     parameters for :meth:`Attack.summarize` are those of its first entry in ``resolved``."""
-    t = rd.read_generations(columns=["attack", "extra", "completion_tokens"])
     by: dict = {}
-    for attack, extra, ct in zip(t.column("attack").to_pylist(), t.column("extra").to_pylist(),
-                                 t.column("completion_tokens").to_pylist()):
+    for attack, extra, ct in rd.summary_rows():
         e = json.loads(extra) if extra else {}
         by.setdefault(attack, []).append((e, ct or 0))
     out: dict = {}

@@ -23,15 +23,21 @@ Like sampling:
 * **locked**: the run folder's lock (``RUN/.lock``) is held throughout: scoring never runs beside
   the sampler or another ``trawl rank`` on the same run.
 
+The core, :func:`score_texts`, scores any list of keyed texts into a folder (``trawl mia`` uses
+it for its member and non-member sets, in ``OUT``); :func:`score_run` is it over a run's
+generations. Journal lines carry a CRC-32 (:func:`extractor.sampling.run_folder.journal_line`): a
+damaged line is dropped and its text scored again, never read as other numbers.
+
 A text the scorer refuses on its own (too long for the context window, a permanent 4xx) gets an
 ``error`` and no signals; a transient failure that outlasts the backend's retries stops the
-invocation (what was scored is kept; rerun to continue).
+invocation (what was scored is kept; rerun to continue): :class:`ScoringStopped`.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import sys
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -44,10 +50,19 @@ from extractor.backends.base import BackendError
 from extractor.backends.http import error_text
 from extractor.errors import TrawlError
 from extractor.sampling.budget import Budget, Pricing, Usage, stop_reason
-from extractor.sampling.run_folder import RunLock
+from extractor.sampling.run_folder import RunLock, journal_line, read_journal_line
 from reports import ranking
 
 JOURNAL_NAME = "_scores_journal.jsonl"
+
+
+class ScoringStopped(TrawlError):
+    """A transient failure outlasted the backend's retries: scoring stopped; what was scored is kept.
+    ``notes``: the summary's notes (how the figures so far were obtained)."""
+
+    def __init__(self, message: str, notes: list[str] | None = None):
+        super().__init__(message)
+        self.notes = list(notes or [])
 
 
 @dataclass
@@ -56,17 +71,18 @@ class ScoreSettings:
     window: int = ranking.DEFAULT_WINDOW
     top_k: int = 20                # alternatives asked for over HTTP (min-k%++'s approximation)
     batch: int = 8
-    concurrency: int = 1
+    concurrency: int | None = None  # calls in flight; None: 1 in process, 4 over HTTP
     timeout: float | None = None
     lowercase: bool = True
     budget: Budget = field(default_factory=Budget)
     pricing: Pricing = field(default_factory=Pricing)
     restart: bool = False
+    progress: bool = False         # a progress bar on stderr (shown only on a terminal)
 
     def check(self) -> None:
         if not (0 < self.k <= 1):
             raise TrawlError(f"k must be in (0, 1] (a fraction of the tokens), got {self.k}")
-        if self.window < 1 or self.batch < 1 or self.concurrency < 1 or self.top_k < 0:
+        if self.window < 1 or self.batch < 1 or (self.concurrency is not None and self.concurrency < 1) or self.top_k < 0:
             raise TrawlError("window, batch and concurrency must be >= 1, top_k >= 0")
 
     def identity(self, scorer, reference) -> dict:
@@ -95,9 +111,11 @@ class ScoreSummary:
     cost_usd: float
     exact_vocab_stats: bool
     notes: list[str]
+    complete: bool = True          # every text given has a row
+    noun: str = "generations"
 
     def line(self) -> str:
-        s = f"scored {self.rows} generations ({self.new} new, {self.errors} with errors) into {self.path}"
+        s = f"scored {self.rows} {self.noun} ({self.new} new, {self.errors} with errors) into {self.path}"
         if self.stopped:
             s += f"; stopped early ({self.stopped}): rerun to continue"
         return s
@@ -161,21 +179,55 @@ def _load_previous(run_dir: str, ident: dict, restart: bool) -> tuple[dict, Usag
                 done[r["request_id"]] = r
     if os.path.exists(jpath):
         with open(jpath, "rb") as fh:
-            lines = fh.read().split(b"\n")
+            lines = fh.readlines()
         for line in lines:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue        # a torn last line: that generation was never counted as scored
-            if not isinstance(rec, dict) or rec.get("settings") != ident or not isinstance(rec.get("row"), dict):
+            # every line must match its checksum (a journal from before it is scored again: it lives only
+            # between a kill and the next invocation, and a line without one cannot be trusted)
+            rec = read_journal_line(line, True)
+            if rec is None:
+                continue        # torn (a kill mid-write) or damaged: that text was never counted as scored
+            row = _journal_row(rec, ident)
+            if row is None:
                 continue
-            row = rec["row"]
-            if isinstance(row.get("request_id"), str):
-                done[row["request_id"]] = row
-                usage.prompt_tokens += int(rec.get("prompt_tokens") or 0)
-                usage.completion_tokens += int(rec.get("completion_tokens") or 0)
-                usage.cost_usd += float(rec.get("cost_usd") or 0.0)
+            done[row["request_id"]] = row
+            usage.prompt_tokens += rec["prompt_tokens"]
+            usage.completion_tokens += rec["completion_tokens"]
+            usage.cost_usd += rec["cost_usd"]
     return done, usage
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _journal_row(rec, ident: dict) -> dict | None:
+    """The row of a journal record whose settings are ``ident`` and whose fields have their types (a
+    record that passed its checksum yet is not one trawl wrote is dropped: its text is scored again)."""
+    if not isinstance(rec, dict) or rec.get("settings") != ident or not isinstance(rec.get("row"), dict):
+        return None
+    row = rec["row"]
+    cost = rec.get("cost_usd")
+    if not (isinstance(row.get("request_id"), str) and _count(rec.get("prompt_tokens"))
+            and _count(rec.get("completion_tokens")) and isinstance(cost, (int, float)) and not isinstance(cost, bool)
+            and math.isfinite(cost) and cost >= 0):
+        return None
+    for name in ranking.SIGNAL_COLUMNS:
+        v = row.get(name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            return None
+    for name in ("scored_tokens", "zlib_entropy"):       # int32 columns
+        if row.get(name) is not None and not (_count(row.get(name)) and row[name] < 2 ** 31):
+            return None
+    for name in ("run_id", "attack", "variant", "error"):
+        if row.get(name) is not None and not isinstance(row.get(name), str):
+            return None
+    if not (row.get("min_k_pp_exact") is None or isinstance(row.get("min_k_pp_exact"), bool)):
+        return None
+    lps = row.get("token_logprobs")
+    if lps is not None and not (isinstance(lps, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                                for x in lps)):
+        return None
+    return row
 
 
 def _diff(old, new) -> str:
@@ -204,12 +256,23 @@ def _est_tokens(text: str) -> int:
 def score_run(run_dir: str, scorer, *, reference=None, settings: ScoreSettings | None = None,
               log=None) -> ScoreSummary:
     """Score every generation of ``run_dir`` (module docstring); returns what was done."""
-    st = settings or ScoreSettings()
-    st.check()
     run_dir = os.path.abspath(run_dir)
     if not os.path.isdir(run_dir):
         raise TrawlError(f"{run_dir}: no such run folder")
-    gens = _read_generations(run_dir)
+    return score_texts(run_dir, _read_generations(run_dir), scorer, reference=reference, settings=settings)
+
+
+def score_texts(folder: str, items: list[dict], scorer, *, reference=None, settings: ScoreSettings | None = None,
+                noun: str = "generations") -> ScoreSummary:
+    """Score ``items`` (dicts: ``request_id`` the key, ``completion`` the text, ``run_id`` / ``attack`` /
+    ``variant`` carried into the row) into ``folder``'s scores.parquet, through its journal, under its
+    lock (module docstring). Items already scored with the same settings are not scored again.
+
+    A transient failure that outlasts the retries raises :class:`ScoringStopped` after the rows so far
+    are written; a budget cap or an interrupt returns a summary whose ``stopped`` says which."""
+    st = settings or ScoreSettings()
+    st.check()
+    folder = os.path.abspath(folder)
     for be in (scorer, reference):
         if be is not None:
             be.probe()
@@ -218,22 +281,25 @@ def score_run(run_dir: str, scorer, *, reference=None, settings: ScoreSettings |
                                  f"use --model-file GGUF to score in process")
     exact = bool(scorer.capabilities.full_distribution)
     ident = st.identity(scorer, reference)
+    concurrency = st.concurrency or (1 if scorer.capabilities.score == "in_process" else 4)
     notes = []
     if not exact:
         notes.append(f"min-k%++ uses the vocabulary mean and variance estimated from the top-{st.top_k} "
                      f"logprobs (the scorer does not return the full distribution)")
-    with RunLock(run_dir):
-        done, usage = _load_previous(run_dir, ident, st.restart)
-        todo = [g for g in gens if g["request_id"] not in done]
+    wanted = {g["request_id"] for g in items}
+    with RunLock(folder):
+        done, usage = _load_previous(folder, ident, st.restart)
+        todo = list({g["request_id"]: g for g in items if g["request_id"] not in done}.values())
         new = 0
-        jpath = os.path.join(run_dir, JOURNAL_NAME)
+        jpath = os.path.join(folder, JOURNAL_NAME)
         lock = threading.Lock()
         t0 = time.monotonic()
         last_t = [t0]
         stopped = None
         failure: list[BaseException] = []
+        bar = _bar(st.progress, len(wanted), len(wanted) - len(todo), noun)
         with open(jpath, "ab") as journal:
-            def record(rows_out, ptoks, ctoks, elapsed_since):
+            def record(rows_out, ptoks, ctoks):
                 nonlocal new
                 with lock:
                     cost = st.pricing.token_cost(ptoks, ctoks)
@@ -242,25 +308,29 @@ def score_run(run_dir: str, scorer, *, reference=None, settings: ScoreSettings |
                         cost = st.pricing.time_cost(now - last_t[0])
                         last_t[0] = now
                     share = cost / max(len(rows_out), 1)
+                    lines = []
                     for row, pt in rows_out:
                         done[row["request_id"]] = row
-                        journal.write(json.dumps({"settings": ident, "row": row, "prompt_tokens": pt,
-                                                  "completion_tokens": ctoks // max(len(rows_out), 1),
-                                                  "cost_usd": share}, allow_nan=True).encode() + b"\n")
+                        lines.append(journal_line({"settings": ident, "row": row, "prompt_tokens": pt,
+                                                   "completion_tokens": ctoks // max(len(rows_out), 1),
+                                                   "cost_usd": share}))
                         new += 1
+                    journal.write(b"".join(lines))
                     journal.flush()
                     usage.prompt_tokens += ptoks
                     usage.completion_tokens += ctoks
                     usage.cost_usd += cost
+                    if bar is not None:
+                        bar.update(len(rows_out))
 
             batches = [todo[i:i + st.batch] for i in range(0, len(todo), st.batch)]
             reserved = {"tokens": 0}
             try:
-                with ThreadPoolExecutor(max_workers=st.concurrency, thread_name_prefix="trawl-score") as pool:
+                with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="trawl-score") as pool:
                     pending = {}
                     it = iter(batches)
                     while True:
-                        while len(pending) < st.concurrency and not failure and stopped is None:
+                        while len(pending) < concurrency and not failure and stopped is None:
                             b = next(it, None)
                             if b is None:
                                 break
@@ -288,11 +358,14 @@ def score_run(run_dir: str, scorer, *, reference=None, settings: ScoreSettings |
                             except BaseException as exc:   # noqa: BLE001 - recorded, the rest drains
                                 failure.append(exc)
                                 continue
-                            record(rows_out, ptoks, ctoks, None)
+                            record(rows_out, ptoks, ctoks)
             except KeyboardInterrupt:
                 stopped = "interrupted"
             finally:
-                _finish(run_dir, done, ident, usage, st, exact, complete=len(done) >= len(gens) and not failure)
+                if bar is not None:
+                    bar.close()
+                complete = wanted <= done.keys() and not failure
+                _finish(folder, done, ident, usage, st, exact, complete=complete)
                 try:
                     os.unlink(jpath)
                 except OSError:
@@ -300,13 +373,23 @@ def score_run(run_dir: str, scorer, *, reference=None, settings: ScoreSettings |
         if failure:
             exc = failure[0]
             if isinstance(exc, (TrawlError, BackendError)):
-                raise TrawlError(f"scoring stopped: {error_text(exc, 300)} ({len(done)} of {len(gens)} "
-                                 f"generations scored are kept; rerun to continue)") from None
+                have = len(wanted & done.keys())
+                raise ScoringStopped(f"scoring stopped: {error_text(exc, 300)} ({have} of {len(wanted)} "
+                                     f"{noun} scored are kept; rerun to continue)", notes) from None
             raise exc
     errors = sum(1 for r in done.values() if r.get("error"))
-    return ScoreSummary(path=os.path.join(run_dir, ranking.SCORES_NAME), rows=len(done), new=new, errors=errors,
+    return ScoreSummary(path=os.path.join(folder, ranking.SCORES_NAME), rows=len(done), new=new, errors=errors,
                         stopped=stopped, prompt_tokens=usage.prompt_tokens, cost_usd=usage.cost_usd,
-                        exact_vocab_stats=exact, notes=notes)
+                        exact_vocab_stats=exact, notes=notes, complete=complete, noun=noun)
+
+
+def _bar(progress: bool, total: int, initial: int, noun: str):
+    """A tqdm bar on stderr when ``progress`` and stderr is a terminal (None otherwise)."""
+    if not progress or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, unit=noun.rstrip("s") or noun, desc="scoring", file=sys.stderr,
+                dynamic_ncols=True, smoothing=0.1)
 
 
 def _finish(run_dir, done, ident, usage, st, exact, complete) -> None:

@@ -51,8 +51,8 @@ def ex(work):
         os.environ.update(saved)
 
 
-def _arm(work: Path) -> Path:
-    (work / "crash").write_text("armed")
+def _arm(work: Path, stage: str = "armed") -> Path:
+    (work / "crash").write_text(stage)
     return work / "crash.fired"
 
 
@@ -133,7 +133,10 @@ def test_a_shard_no_node_can_hold_is_refused(work, ex, tmp_path, monkeypatch):
     assert not (tmp_path / "i").exists()
 
 
-def test_ingest_on_workers_equals_local_even_when_one_dies(work, ex, tmp_path):
+@pytest.mark.parametrize("stage", ["read", "write"])
+def test_ingest_on_workers_equals_local_even_when_one_dies(work, ex, tmp_path, stage):
+    """Workers read the files and write the shards; one killed mid-read or with its shard half
+    written is retried, and the corpus is still the local one, with no stage or segment left."""
     import json
 
     from corpora import ingest
@@ -146,11 +149,13 @@ def test_ingest_on_workers_equals_local_even_when_one_dies(work, ex, tmp_path):
     (src / "z-dup.txt").write_text(texts[3])
     ingest([src], tmp_path / "c-local", max_shard_bytes=9_000)
     _clear(work)
-    fired = _arm(work)
+    fired = _arm(work, stage)
     ingest([src], tmp_path / "c-ray", max_shard_bytes=9_000, executor=ex)
     assert fired.exists(), "no worker was killed"
     a, b = (json.loads((tmp_path / n / "corpus.json").read_text()) for n in ("c-local", "c-ray"))
     a.pop("created_at"), b.pop("created_at")
     assert a == b and len(a["shards"]) >= 3 and a["stats"]["exact_duplicates"] == 1
+    assert sorted(os.listdir(tmp_path / "c-ray")) == sorted(os.listdir(tmp_path / "c-local"))
     for f in (tmp_path / "c-local").glob("shard-*"):
         assert (tmp_path / "c-ray" / f.name).read_bytes() == f.read_bytes()
+    assert sorted(os.listdir(tmp_path)) == ["c-local", "c-ray", "src"]

@@ -103,3 +103,75 @@ def test_a_lost_cluster_is_one_line_and_the_command_reruns(tmp_path, tmp_path_fa
     assert r.returncode == 0, r.stderr
     r = trawl("index", "verify", tmp_path / "i", "-q")
     assert r.returncode == 0, r.stderr
+
+
+@pytest.fixture(scope="module")
+def local_outputs(tmp_path_factory):
+    """Inputs, and the local corpus, index and matches that the re-runs must equal."""
+    t = tmp_path_factory.mktemp("lost")
+    src, docs = _inputs(t)
+    for args in (("corpus", "ingest", src / "part1.jsonl", src / "a", "--out", t / "c", "--shard-size", "9000"),
+                 ("index", "build", t / "c", "--out", t / "i")):
+        r = trawl(*args, "-q")
+        assert r.returncode == 0, r.stderr
+    write_run(t / "run", generations(docs, n=150, seed=4))
+    r = trawl("match", t / "run", "--index", t / "i", "--out", t / "m.parquet", "--min-tokens", "4", "--batch-size",
+              "40", "-q")
+    assert r.returncode == 0, r.stderr
+    return t
+
+
+def _command(step: str, t: Path, out: Path) -> list:
+    return {
+        "ingest": ["corpus", "ingest", t / "src" / "part1.jsonl", t / "src" / "a", "--out", out, "--shard-size", "9000"],
+        "build": ["index", "build", t / "c", "--out", out],
+        "match": ["match", t / "run", "--index", t / "i", "--out", out, "--min-tokens", "4", "--batch-size", "40"],
+    }[step]
+
+
+@pytest.mark.parametrize("step, out", [("ingest", "c2"), ("build", "i2"), ("match", "m2.parquet")])
+def test_cluster_lost_mid_run_is_one_line_nothing_published_and_the_rerun_equals_local(
+        local_outputs, tmp_path, tmp_path_factory, step, out):
+    """The head and worker killed while the command's tasks (or match actors) run: one error line naming
+    the cluster and the re-run, no output and no temporary folder; the same command re-run (here on a
+    Ray started for it) writes what the local command wrote."""
+    import subprocess
+    import time
+
+    from corpora.executor import STALL_ENV
+    from ray_cluster import Cluster
+
+    t = local_outputs
+    stall = tmp_path / "stall"
+    stall.write_text("hold the tasks")
+    c = Cluster(tmp_path_factory.mktemp("raylost"), env_extra={STALL_ENV: str(stall)})
+    try:
+        p = subprocess.Popen([sys.executable, "-m", "extractor.cli", *map(str, _command(step, t, tmp_path / out)),
+                              "--executor", "ray", "--ray-address", c.address, "-q"], env=c.env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.time() + 180
+        while not (tmp_path / "stall.started").exists() and p.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert (tmp_path / "stall.started").exists(), p.communicate(timeout=60)
+    finally:
+        c.stop()   # every process of the cluster, SIGKILL at the latest: a head and a worker lost
+    stdout, stderr = p.communicate(timeout=180)
+    one_line_error(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr),
+                   f"Ray cluster at {c.address}: lost mid-run")
+    assert "re-run the command" in stderr
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["stall", "stall.started"]   # nothing half-published
+
+    env = {k: v for k, v in c.env.items() if k not in ("RAY_ADDRESS", STALL_ENV)}
+    r = _env_trawl(env, *_command(step, t, tmp_path / out), "--executor", "ray", "--ray-cpus", "2", "-q")
+    assert r.returncode == 0, r.stderr
+    if step == "match":
+        assert (tmp_path / out).read_bytes() == (t / "m.parquet").read_bytes()
+    elif step == "build":
+        assert index_files(tmp_path / out) == index_files(t / "i")
+    else:
+        got, want = (json.loads((d / "corpus.json").read_text()) for d in (tmp_path / out, t / "c"))
+        got.pop("created_at"), want.pop("created_at")
+        want["inputs"] = got["inputs"]   # the same files, named from another folder
+        assert got == want
+        for f in sorted((t / "c").glob("shard-*")):
+            assert (tmp_path / out / f.name).read_bytes() == f.read_bytes()

@@ -169,6 +169,10 @@ def _straightforward(monkeypatch):
                         lambda ts, occ, rmin: [taxonomy.classify_both(t, o, rmin) for t, o in zip(ts, occ)])
     monkeypatch.setattr(repeats, "fingerprints", lambda col, rows: np.zeros(len(rows), np.uint64))
     monkeypatch.setattr(taxonomy_figures.SpanPool, "_window_freq", window_freq)
+    from reports import passes, spans
+    monkeypatch.setattr(spans, "union_added", lambda *a: None)         # interval unions: the loop
+    monkeypatch.setattr(passes, "union_added", lambda *a: None)
+    monkeypatch.setattr(spans, "_id_hashes", lambda ids: np.zeros(len(ids), np.uint64))   # request ids: a dict
 
 
 def test_metrics_json_equals_the_straightforward_computation(tmp_path, monkeypatch):
@@ -193,3 +197,81 @@ def test_metrics_json_equals_the_straightforward_computation(tmp_path, monkeypat
     m = fast["metrics"]
     assert m["memorized_generations"] == info["planted_memorized"] > 100
     assert 0 < m["unique_memorized_documents"] < fast["near_duplicates"]["distinct_texts"]
+
+
+def _ascii_texts(seed: int) -> list[str]:
+    rng = random.Random(seed)
+    pieces = ["1", "22", "007", "10", "1234567890123456", "123456789012345", "a", "b", "Z", "ab", "Ab", "abcdefghij",
+              "abcdefghijk", "abcdefghijkl", "_", ",", ", ", " ", "  ", "\n", "\t", "\x0b", "\x1c", "\x1f", "\x00",
+              "\x7f", "-", ".", "poem ", "x1"]
+    texts = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 120))) for _ in range(600)]
+    texts += [", ".join(str(3 * i + 1) for i in range(n)) for n in range(1, 10)]
+    texts += ["poem " * k for k in range(6)] + ["", " ", "a", "1", "a) b) c) d) e)", "\x1c\x1d\x1e\x1f"]
+    rng.shuffle(texts)
+    return texts
+
+
+def _partition(ids: np.ndarray) -> list:
+    """The partition of positions by equal id (the only thing the rules use of ids)."""
+    return sorted(sorted(np.nonzero(ids == v)[0].tolist()) for v in np.unique(ids))
+
+
+def test_ascii_units_equal_the_regex_units():
+    """The NumPy tokenizer of ASCII batches gives the regular expression's units: the same kinds,
+    values, lengths, and ids equal exactly where the units are equal."""
+    texts = _ascii_texts(5)
+    for lo in range(0, len(texts), 40):
+        batch = texts[lo:lo + 40]
+        fast = taxonomy._ascii_units(batch)
+        slow = taxonomy._units_arrow(batch, "\ue000")
+        for got, want in zip(fast[1:], slow[1:]):             # kind, vals, lens
+            assert np.array_equal(got, want, equal_nan=True)
+        keep = fast[1] != 3                                   # separators: the caller numbers them
+        assert _partition(fast[0][keep]) == _partition(slow[0][keep])
+
+
+@pytest.mark.parametrize("batch_units", [1, 40, 65_536])
+def test_predictable_many_ascii_equals_one_at_a_time(batch_units, monkeypatch):
+    texts = _ascii_texts(batch_units)
+    want = np.array([taxonomy.is_predictable(t) for t in texts])
+    monkeypatch.setattr(taxonomy, "BATCH_UNITS", batch_units)
+    assert np.array_equal(taxonomy.predictable_many(texts), want)
+    assert 0 < want.sum() < len(texts)
+
+
+def test_union_added_equals_the_interval_loop():
+    """union_added / union_total (arrays) against union_length (the loop over sorted intervals),
+    with touching, nested, empty and negative intervals, single and compound keys; intervals that
+    end before they start fall back to the loop."""
+    from reports.spans import union_added, union_length, union_total
+    rng = np.random.default_rng(4)
+    for trial in range(60):
+        n = int(rng.integers(0, 300))
+        k1 = rng.integers(0, 1 + trial % 7, n)
+        k2 = rng.integers(-2, 3, n)
+        st = rng.integers(-50, 200, n) * (10 ** int(rng.integers(0, 12)))
+        en = st + rng.integers(0, 40, n) * (1 if trial % 5 else 0)
+        for keys in (k1, (k1, k2)):
+            want = union_length(keys, st, en)
+            assert union_total(keys, st, en) == sum(want.values())
+            added = union_added(keys, st, en)
+            got: dict = {}
+            for i, a in enumerate(added.tolist()):
+                key = (int(keys[0][i]), int(keys[1][i])) if isinstance(keys, tuple) else int(keys[i])
+                got[key] = got.get(key, 0) + a
+            assert got == {k: v for k, v in want.items()}
+    st, en = np.array([0, 10]), np.array([5, 3])                  # damaged: an end before its start
+    assert union_added(np.zeros(2, np.int64), st, en) is None
+    assert union_total(np.zeros(2, np.int64), st, en) == sum(union_length(np.zeros(2, np.int64), st, en).values())
+
+
+def test_occurs_twice_by_counting():
+    from collections import Counter
+
+    from reports.repeats import occurs_twice
+    rng = np.random.default_rng(2)
+    for n, hi in ((0, 5), (1, 5), (2, 1), (50, 10), (500, 10_000), (300, 2 ** 63)):
+        for dtype in (np.int64, np.uint64):
+            x = rng.integers(0, hi, n, dtype=np.uint64).astype(dtype)
+            c = Counter(x.tolist())
+            assert occurs_twice(x).tolist() == [c[v] >= 2 for v in x.tolist()]

@@ -55,6 +55,12 @@ def test_rank_step_feeds_the_report_and_gates(tmp_path):
     assert m["ranking"]["generations_scored"] == 4 and m["metrics"]["ranking_best_auc"] is None   # nothing memorized: n/a
     assert st["status"] == "finished" and st["steps"]["report"]["result"]["gates_crossed"] == []
     assert "Top candidates by each ranking" in (out / "report" / "report.html").read_text()
+    # the ledger (format 2) carries the ranking figures of metrics.json on the campaign's "all" row
+    from extractor.campaigns.ledger import read_ledger
+    led = {r["attack"]: r for r in read_ledger(tmp_path / "ledger.parquet")}
+    assert led["all"]["ranking_best_auc"] == m["metrics"]["ranking_best_auc"]
+    assert led["all"]["ranking_best_precision_at_100"] == m["metrics"]["ranking_best_precision_at_100"]
+    assert pq.read_schema(tmp_path / "ledger.parquet").metadata[b"format_version"] == b"2"
 
 
 def test_without_rank_table_the_step_is_skipped_and_bad_tables_are_one_line(tmp_path):

@@ -73,3 +73,43 @@ def test_fuzz_ledger_columns_of_other_types_and_values(tmp_path, capsys):
             arrays.pop(rng.choice(names))
         pq.write_table(pa.table(arrays), ledger)
         _check(history(ledger, capsys, tmp_path))
+
+
+def test_fuzz_ledger_format_versions_and_columns(tmp_path, capsys):
+    """Ledger format 2 (issue 14): the metadata's format and version at random (numbers, words, bytes,
+    absent) over the version-1 columns (no ranking figures) or all of them: one line naming the ledger,
+    or the rows as they are."""
+    from extractor.campaigns.ledger import ADDED_IN, read_ledger
+    from extractor.errors import TrawlError
+
+    ledger = tmp_path / "ledger.parquet"
+    rows = _base(ledger)
+    rng = random.Random(1414)
+    added = {c for cols in ADDED_IN.values() for c in cols}
+    versions = [b"1", b"2", b"3", b"0", b"-1", b"01", b"2.0", b"", b" 2", b"99999999", b"\xff\xfe", b"two", None]
+    outcomes = set()
+    for trial in range(40):
+        names = [n for n in LEDGER_SCHEMA.names if not (rng.random() < 0.5 and n in added)]
+        t = pa.table({n: pa.array([r[n] for r in rows], type=LEDGER_SCHEMA.field(n).type) for n in names})
+        meta = {}
+        if rng.random() < 0.9:
+            meta[b"format"] = rng.choice([b"trawl-ledger"] * 4 + [b"", b"trawl-ledgerx", b"\x00\xff"])
+        v = rng.choice(versions)
+        if v is not None:
+            meta[b"format_version"] = v
+        pq.write_table(t.replace_schema_metadata(meta or None), ledger)
+        _check(history(ledger, capsys, tmp_path))
+        try:
+            got = read_ledger(ledger)
+        except TrawlError as exc:
+            assert str(ledger) in str(exc)
+            outcomes.add("error")
+            continue
+        outcomes.add("rows")
+        missing = added - set(names)
+        # read as written: the figures present equal the rows', the columns a version-1 file lacks are null
+        assert [r["memorized_token_fraction"] for r in got] == [r["memorized_token_fraction"] for r in rows]
+        assert all(r[c] is None for r in got for c in missing)
+        if missing:
+            assert meta.get(b"format_version") in (None, b"1")
+    assert outcomes == {"error", "rows"}

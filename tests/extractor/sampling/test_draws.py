@@ -320,3 +320,39 @@ def test_kill9_and_resume_store_exactly_what_an_uninterrupted_run_stores(tmp_pat
     key = lambda r: (r["request_id"], r["prompt"], r["completion"], r["seed"], tuple(r["token_offsets"]))  # noqa: E731
     assert [key(r) for r in a] == [key(r) for r in b]
     _assert_own_draws(a, 200, payloads)
+
+
+def test_the_last_part_written_in_row_groups_stores_what_whole_parts_store(tmp_path, monkeypatch):
+    """Parts written as their rows come (a row group per batch of answers, the rows converted to
+    Arrow by the workers; the sampler does so for the run's last part) hold exactly the rows that
+    parts written whole hold; the run's figures (kept from the parts written) equal those read
+    back from the folder."""
+    import pyarrow.parquet as pq
+
+    import extractor.sampling.run_folder as rf
+    from extractor.sampling.engine import Engine
+    from extractor.sampling.summary import attack_summaries
+
+    specs = [AttackSpec("divergence", {"words": ["poem", "company", "a"], "samples": 7, "max_tokens": 6}),
+             AttackSpec("special_chars", {"max_tokens": 5, "lengths": [10], "structural": ["{"], "special": ["@"],
+                                          "samples": 2})]
+    keep = ("request_id", "attack", "variant", "prompt", "completion", "token_offsets", "token_logprobs", "seed",
+            "completion_tokens", "finish_reason", "params", "extra")
+    runs = {}
+    with DrawServer() as srv:
+        for name, group_tokens, flush_rows in (("whole", 1 << 30, 4096), ("groups", 1, 12)):
+            monkeypatch.setattr(rf, "GROUP_TOKENS", group_tokens)
+            # every part written as its rows come (the sampler does so for the run's last part only)
+            monkeypatch.setattr(Engine, "_last_part", lambda self, fl: name == "groups")
+            s = run_attacks(str(tmp_path / name), endpoint=srv.base_url, model=srv.model, attacks=specs,
+                            concurrency=2, flush_rows=flush_rows, use_n=False, use_prompt_lists=False, **QUIET)
+            assert s.status == "finished", s.line()
+            runs[name] = ([{k: r[k] for k in keep} for r in _rows(tmp_path / name)], s.attacks)
+    rows, figures = runs["groups"]
+    assert rows == runs["whole"][0] and len(rows) == s.planned
+    assert figures == runs["whole"][1] == attack_summaries(RunDir(str(tmp_path / "groups")))
+    parts = RunDir(str(tmp_path / "groups")).part_paths()
+    groups = [pq.ParquetFile(p).metadata.num_row_groups for p in parts]
+    # a part holds 12 rows and a batch of answers at most 4 (one-row requests, 2 in flight, 2 waiting): each full part
+    # took several batches, the ones before its last written as row groups of their own
+    assert len(parts) > 1 and all(g > 1 for g in groups[:-1]), groups

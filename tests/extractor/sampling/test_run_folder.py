@@ -46,7 +46,7 @@ def test_crash_between_part_and_journal_truncation_duplicates_nothing(tmp_path):
     rows = [_row(i) for i in range(4)]
     for r in rows:
         rd.append(r)
-    rd._write_part(list(rd._buffer))  # the part is written, then the process dies before truncating
+    rd._write_part(rows)  # the part is written, then the process dies before truncating
     with open(rd.journal_path) as fh:
         assert len(fh.readlines()) == 4
     rd2 = RunDir(str(tmp_path / "run"))
@@ -139,3 +139,130 @@ def test_parts_roll_by_rows_or_by_buffered_tokens(tmp_path, monkeypatch):
     rd2.recover()
     rd2.append_many([_row(0), _row(0)])
     assert rd2.should_flush()
+
+
+def _read(rd):
+    t = rd.read_generations()
+    return sorted(t.to_pylist(), key=lambda r: r["request_id"])
+
+
+def _plain(rows):
+    from extractor.sampling.run_folder import rows_to_table
+
+    return sorted(rows_to_table(rows).to_pylist(), key=lambda r: r["request_id"])
+
+
+def test_a_part_built_in_row_groups_holds_every_row_once(tmp_path, monkeypatch):
+    """Rows spilled into the open part as they come (tables from the workers, rows converted here,
+    in any mix) make one part equal to the rows, published only at the flush; before it the
+    temporary file is hidden from dataset readers and the journal holds every row."""
+    import extractor.sampling.run_folder as rf
+
+    monkeypatch.setattr(rf, "GROUP_TOKENS", 8)
+    rd = RunDir(str(tmp_path / "run"))
+    rd.recover()
+    rows = [_row(i) for i in range(12)]
+    rd.append_many(rows[0:3], tables=[rf.rows_to_table(rows[0:2]), rf.rows_to_table(rows[2:3])])
+    rd.spill()                                   # 3 rows + 3 tokens: below 8, nothing written yet
+    assert not [n for n in os.listdir(rd.gen_dir) if ".tmp-" in n]
+    rd.append_many(rows[3:6])                    # rows without tables
+    rd.spill()
+    tmp = [n for n in os.listdir(rd.gen_dir) if ".tmp-" in n]
+    assert tmp and all(n.startswith(".") for n in tmp)
+    assert rd.part_paths() == [] and pq.read_table(rd.gen_dir).num_rows == 0
+    rd.append_many(rows[6:8], tables=[rf.rows_to_table(rows[6:8])])
+    rd.append(rows[8])
+    rd.spill()
+    rd.append_many(rows[9:12], tables=[rf.rows_to_table(rows[9:12])])
+    with open(rd.journal_path) as fh:
+        assert len(fh.readlines()) == 12
+    name = rd.flush()
+    assert rd.part_paths() == [name] and pq.ParquetFile(name).metadata.num_row_groups >= 3
+    assert os.path.getsize(rd.journal_path) == 0
+    assert not [n for n in os.listdir(rd.gen_dir) if ".tmp-" in n]
+    assert _read(rd) == _plain(rows)
+    rd.append(_row(20))
+    rd.close()
+    assert len(rd.part_paths()) == 2 and len(_read(rd)) == 13
+
+
+def test_a_kill_while_a_part_is_open_loses_nothing(tmp_path, monkeypatch):
+    """The process dies with row groups in the open part's temporary file: recovery deletes the file
+    and makes the part from the journal, every row once."""
+    import extractor.sampling.run_folder as rf
+
+    monkeypatch.setattr(rf, "GROUP_TOKENS", 1)
+    rows = [_row(i) for i in range(8)]
+    rd = RunDir(str(tmp_path / "run"))
+    rd.recover()
+    rd.append_many(rows[:3])
+    rd.flush()
+    rd.append_many(rows[3:7])
+    rd.spill()
+    rd.append(rows[7])
+    rd._journal.close()                          # as a kill -9 leaves it: the writer never closed
+    assert [n for n in os.listdir(rd.gen_dir) if ".tmp-" in n]
+    rd2 = RunDir(str(tmp_path / "run"))
+    assert rd2.recover() == {f"id{i:04d}" for i in range(8)}
+    assert not [n for n in os.listdir(rd.gen_dir) if ".tmp-" in n]
+    assert _read(rd2) == _plain(rows)
+
+
+def test_a_failed_row_group_write_is_one_error_and_the_next_flush_writes_the_whole_part(tmp_path, monkeypatch):
+    """A full disk while a row group goes into the open part: a WriteError naming the part, its
+    temporary file removed, the rows still buffered (and journaled); a later flush writes them all."""
+    import errno
+
+    import extractor.sampling.run_folder as rf
+    from corpora.storage import WriteError
+
+    monkeypatch.setattr(rf, "GROUP_TOKENS", 1)
+    rows = [_row(i) for i in range(5)]
+    rd = RunDir(str(tmp_path / "run"))
+    rd.recover()
+    rd.append_many(rows[:3])
+    rd.spill()
+    real = pq.ParquetWriter.write_table
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", full)
+    rd.append_many(rows[3:])
+    try:
+        rd.spill()
+        raise AssertionError("no error")
+    except WriteError as exc:
+        assert "part-00000.parquet" in str(exc) and "No space left" in str(exc) and "\n" not in str(exc)
+    assert not [n for n in os.listdir(rd.gen_dir) if ".tmp-" in n]
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", real)
+    rd.flush()
+    assert _read(rd) == _plain(rows)
+
+
+def test_summary_rows_from_memory_equal_the_parts_read_back(tmp_path, monkeypatch):
+    """What the run folder remembers of the parts it wrote or verified is what a fresh reader finds."""
+    import random
+
+    import extractor.sampling.run_folder as rf
+
+    monkeypatch.setattr(rf, "GROUP_TOKENS", 5)
+    rng = random.Random(3)
+    rd = RunDir(str(tmp_path / "run"), flush_rows=7)
+    rd.recover()
+    for k in range(30):
+        r = dict(_row(rng.randrange(6)), request_id=f"r{k}", attack=rng.choice(["divergence", "prefix"]),
+                 extra=json.dumps({"diverged": rng.random() < 0.5, "é": k}, ensure_ascii=False))
+        rd.append_many([r], tables=[rf.rows_to_table([r])] if k % 2 else None)
+        if rd.should_flush():
+            rd.flush()
+        else:
+            rd.spill()
+    rd.append(dict(_row(2), request_id="tail"))
+    rd._journal.close()                          # killed: the last rows are recovered from the journal
+    rd2 = RunDir(str(tmp_path / "run"), flush_rows=7)
+    rd2.recover()
+    remembered = rd2.summary_rows()
+    assert len(remembered) == 31
+    rd2.close()
+    assert RunDir(str(tmp_path / "run")).summary_rows() == remembered   # nothing remembered: read back

@@ -1,0 +1,176 @@
+"""The array path of reports.windows against the straightforward one-generation-at-a-time
+computation (bisect on the offsets, one hash per window in plain Python)."""
+from __future__ import annotations
+
+import bisect
+import random
+
+import numpy as np
+import pytest
+
+from reports import windows
+
+
+def _thue_morse(n: int) -> bytes:
+    return bytes(ord("a") + bin(i).count("1") % 2 for i in range(n))
+
+
+def _buffers(seed: int) -> list[bytes]:
+    rng = random.Random(seed)
+    out = [b"", b"\x00", b"\x00\x00", b"a", bytes(300), b"ab" * 2000, "\u00e9t\u00e9 \u2603 \U0001f600".encode() * 40,
+           _thue_morse(4096), bytes(255 - (i % 256) for i in range(3000))]
+    out += [bytes(rng.randrange(256) for _ in range(rng.randrange(0, 700))) for _ in range(30)]
+    out += [bytes(rng.choice(b"ab ") for _ in range(rng.randrange(0, 400))) for _ in range(30)]
+    return out
+
+
+@pytest.fixture
+def small_block(monkeypatch):
+    """BLOCK made tiny so that the block-wise prefix and the row runs are exercised."""
+    windows._powers.cache_clear()
+    monkeypatch.setattr(windows, "BLOCK", 64)
+    yield
+    windows._powers.cache_clear()
+
+
+def _check_ranges(data: bytes, rng: random.Random, n: int = 400):
+    arr = np.frombuffer(data, dtype=np.uint8)
+    st = [rng.randrange(len(data) + 1) for _ in range(n)]
+    en = [rng.randrange(s, len(data) + 1) for s in st]
+    st += [0, len(data), 0]
+    en += [len(data), len(data), 0]
+    got = windows.hash_ranges(arr, np.array(st), np.array(en)).tolist()
+    assert got == [windows.window_hash(data[s:e]) for s, e in zip(st, en)]
+
+
+@pytest.mark.parametrize("block", ["default", "small"])
+def test_hash_ranges_equal_the_plain_hash(block, request):
+    if block == "small":
+        request.getfixturevalue("small_block")
+    rng = random.Random(1)
+    for data in _buffers(2):
+        _check_ranges(data, rng, 60)
+    _check_ranges(b"".join(_buffers(3)), rng)
+
+
+def test_distinct_windows_hash_apart():
+    """No collision among the distinct windows of adversarial texts: Thue-Morse (a polynomial hash
+    modulo 2^64 would collide there), long runs of one byte, trailing NUL bytes, non-ASCII."""
+    texts = [_thue_morse(8192), bytes(5000), b"ab" * 3000, "\u00e9\u00e8".encode() * 2000,
+             bytes(random.Random(4).randrange(256) for _ in range(5000))]
+    seen: dict = {}
+    for data in texts:
+        arr = np.frombuffer(data, dtype=np.uint8)
+        for length in (0, 1, 2, 7, 64, 1024, 2048, 4096):
+            st = np.arange(0, max(len(data) - length + 1, 0), 3)
+            for s, h in zip(st.tolist(), windows.hash_ranges(arr, st, st + length).tolist()):
+                seen.setdefault(h, set()).add(data[s:s + length])
+    assert all(len(v) == 1 for v in seen.values())
+    assert windows.window_hash(b"ab") != windows.window_hash(b"ab\x00") != windows.window_hash(b"\x00ab")
+
+
+def _reference(comp: bytes, offs: list | None, spans: list[tuple[int, int]], W: int):
+    """The generation's memorized tokens, its distinct window hashes and per span its covered
+    token range and window hashes, one window at a time (the report's former loop)."""
+    if not offs:
+        return None
+    o = np.clip(np.asarray(offs, dtype=np.int64), 0, len(comp))
+    offs = np.maximum.accumulate(o).tolist()
+    ends = offs[1:] + [len(comp)]
+    covered, per_span = [], []
+    for s, e in spans:
+        a = bisect.bisect_left(offs, s)
+        b = bisect.bisect_right(ends, e) - 1
+        if b - a + 1 < 1:
+            per_span.append(((a, a), []))
+            continue
+        covered.append((a, b + 1))
+        per_span.append(((a, b + 1), [windows.window_hash(comp[offs[k]:ends[k + W - 1]])
+                                      for k in range(a, b - W + 2)]))
+    tokens = len({t for a, b in covered for t in range(a, b)})
+    return tokens, per_span
+
+
+def _random_generation(rng: random.Random):
+    n = rng.randrange(0, 120)
+    pieces = [rng.choice([b"a", b"bb", b" ", b"\xc3\xa9", b"", b"xyz", b"\x00"]) for _ in range(n)]
+    comp = b"".join(pieces)
+    offs, pos = [], 0
+    for p in pieces:
+        offs.append(pos)
+        pos += len(p)
+    kind = rng.random()
+    if kind < 0.15:                                     # damaged offsets: out of range, decreasing
+        offs = [rng.randrange(-5, len(comp) + 10) for _ in offs]
+    elif kind < 0.2:
+        offs = []
+    spans = []
+    for _ in range(rng.randrange(1, 5)):
+        s = rng.randrange(-3, len(comp) + 3)
+        spans.append((s, rng.randrange(s - 2, len(comp) + 4)))
+    if rng.random() < 0.2:
+        spans.append((0, len(comp)))
+    return comp, offs, spans
+
+
+@pytest.mark.parametrize("W", [1, 3, 10])
+@pytest.mark.parametrize("block", ["default", "small"])
+def test_row_windows_equal_the_loop(W, block, request):
+    if block == "small":
+        request.getfixturevalue("small_block")
+    rng = random.Random(W)
+    gens = [_random_generation(rng) for _ in range(300)]
+    rows = [j for j, g in enumerate(gens) if g[1]]
+    comps = [g[0] for g in gens]
+    data = np.frombuffer(b"".join(comps), dtype=np.uint8)
+    cstart = np.concatenate([[0], np.cumsum([len(c) for c in comps])]).astype(np.int64)
+    vals = np.array([o for j in rows for o in gens[j][1]], dtype=np.int64)
+    rstart = np.concatenate([[0], np.cumsum([len(gens[j][1]) for j in rows])]).astype(np.int64)
+    span_row = np.array([r for r, j in enumerate(rows) for _ in gens[j][2]], dtype=np.int64)
+    ss = np.array([s for j in rows for s, _e in gens[j][2]], dtype=np.int64)
+    se = np.array([e for j in rows for _s, e in gens[j][2]], dtype=np.int64)
+    _o, _e, a, b, nw, ws, we = windows.row_windows(vals, rstart, np.array([len(comps[j]) for j in rows]), span_row,
+                                                   ss, se, W)
+    rows_arr = np.array(rows, dtype=np.int64)
+    hashes = windows.hash_windows(data, cstart, np.repeat(rows_arr[span_row], nw), ws, we).tolist()
+    tokens = windows.covered_tokens(span_row, a, b, len(rows)).tolist()
+    k = w = 0
+    for r, j in enumerate(rows):
+        want_tokens, per_span = _reference(*gens[j], W)
+        assert tokens[r] == want_tokens
+        for trange, hs in per_span:
+            assert (int(a[k]), int(b[k])) == trange
+            assert hashes[w:w + int(nw[k])] == hs
+            w += int(nw[k])
+            k += 1
+    assert w == len(hashes) > 0
+
+
+def _join_by_dict(table_ids, gen_ids):
+    where = {r: i for i, r in enumerate(table_ids) if r is not None}
+    pairs = [(where[r], j) for j, r in enumerate(gen_ids) if r is not None and r in where]
+    return sorted(pairs)
+
+
+@pytest.mark.parametrize("hashes", ["real", "colliding", "constant"])
+def test_request_lookup_is_the_exact_join(hashes, monkeypatch):
+    """Request ids found in the per-request table equal a dict join (nulls match nothing), also
+    when the hashes collide between generation and table ids, or among the table's own ids."""
+    import pyarrow as pa
+
+    from reports import spans
+    if hashes == "colliding":        # r<k> and r<k + 450> share a hash: false candidates to reject
+        def folded(ids):
+            return np.array([int(r[1:r.index("-")]) % 450 if r and r.startswith("r") and "-" in r else 999
+                             for r in ids.to_pylist()], dtype=np.uint64)
+        monkeypatch.setattr(spans, "_id_hashes", folded)
+    elif hashes == "constant":
+        monkeypatch.setattr(spans, "_id_hashes", lambda ids: np.zeros(len(ids), np.uint64))
+    rng = random.Random(3)
+    table = [f"r{rng.randrange(400)}-\u00e9" if rng.random() > 0.05 else None for _ in range(300)]
+    table = list(dict.fromkeys(table))                 # one row per id, as the per-request table
+    lookup = spans.RequestLookup(pa.array(table, pa.string()))
+    for _ in range(5):
+        gen = [f"r{rng.randrange(500)}-\u00e9" if rng.random() > 0.1 else None for _ in range(200)] + ["", "r1"]
+        rows, pos = lookup.find(pa.chunked_array([pa.array(gen[:50]), pa.array(gen[50:])]))
+        assert sorted(zip(rows.tolist(), pos.tolist())) == _join_by_dict(table, gen)
