@@ -12,7 +12,7 @@ from corpora.lazy import install as _install
 _EXPORTS = {
     "build_offline_corpus": "corpora.builtin", "offline_sources": "corpora.builtin",
     "CorpusError": "corpora.errors", "StoreError": "corpora.errors",
-    "IngestStats": "corpora.ingest", "ingest": "corpora.ingest", "ingest_records": "corpora.ingest",
+    "IngestStats": "corpora.shards", "ingest": "corpora.ingest", "ingest_records": "corpora.ingest",
     "Record": "corpora.readers", "read_sources": "corpora.readers",
     "CORPUS_FORMAT": "corpora.shards", "CORPUS_FORMAT_VERSION": "corpora.shards",
     "DEFAULT_MAX_SHARD_BYTES": "corpora.shards", "Corpus": "corpora.shards", "Document": "corpora.shards",

@@ -30,9 +30,7 @@ the keys ``kind``, ``address``, ``cpus``, ``workers``, ``retries``.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from corpora.errors import ExecutorError
@@ -171,7 +169,9 @@ class LocalExecutor:
                 if on_done:
                     on_done(i, results[i])
             return results
-        from concurrent.futures import as_completed
+        # imported here, not with the module: every --help loads this module
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from multiprocessing import get_context
 
         with ProcessPoolExecutor(max_workers=min(self.workers, len(argses)), mp_context=get_context("spawn")) as pool:
             futs = {pool.submit(fn, *args): i for i, args in enumerate(argses)}

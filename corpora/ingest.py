@@ -21,43 +21,14 @@ import json
 import os
 import shutil
 import sys
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
 
 from corpora.errors import CorpusError
 from corpora.locations import is_url
 from corpora.readers import Record, read_sources
-from corpora.shards import (
-    CORPUS_FORMAT,
-    CORPUS_FORMAT_VERSION,
-    DEFAULT_MAX_SHARD_BYTES,
-    MANIFEST_NAME,
-    Corpus,
-    ShardWriter,
-    open_corpus,
-)
-from corpora.storage import (check_output_dir, clean_stale_temps, commit_output_dir, utcnow, write_json_atomic,
-                             writing)
-
-
-@dataclass
-class IngestStats:
-    read: int = 0
-    skipped_empty: int = 0
-    repaired_utf8: int = 0
-    exact_duplicates: int = 0
-    documents: int = 0
-    text_bytes: int = 0
-
-    def as_manifest(self) -> dict[str, int]:
-        return {k: v for k, v in asdict(self).items() if k not in ("documents", "text_bytes")}
-
-
-def _json_default(o):
-    if isinstance(o, (bytes, bytearray)):
-        return o.decode("utf-8", "replace")
-    return str(o)
+from corpora.shards import (DEFAULT_MAX_SHARD_BYTES, MANIFEST_NAME, Corpus, IngestStats, ShardWriter, finish_corpus,
+                            metadata_json_default, open_corpus, prepare_output_dir)
 
 
 def progress_enabled(quiet: bool = False) -> bool:
@@ -75,29 +46,6 @@ def publish_corpus(url: str, overwrite: bool, build) -> Corpus:
     corpus = open_corpus(cached) if cached is not None else built
     corpus.location = url
     return corpus
-
-
-def prepare_output_dir(out: Path, overwrite: bool, inputs=()) -> tuple[Path, Path]:
-    """Check ``out`` (see :func:`corpora.storage.check_output_dir`: ``--force`` replaces only a
-    corpus folder trawl made), remove temporary folders that killed ingests left beside it, and
-    return ``(out, tmp)``: ``out`` absolute and a fresh temporary sibling folder to write into."""
-    if is_url(out):   # never a local folder named "s3:": URLs go through ingest() / publish_corpus()
-        from corpora.errors import StoreError
-
-        raise StoreError(f"{out}: a corpus for a URL is written by ingest() or publish_corpus(), not here")
-    out = check_output_dir(out, marker=MANIFEST_NAME, kind="corpus", overwrite=overwrite, error=CorpusError,
-                           inputs=inputs)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CorpusError(f"{out.parent}: cannot create the folder ({exc.strerror or exc})") from None
-    clean_stale_temps(out)
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    with writing(tmp):
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-    return out, tmp
 
 
 def ingest_records(
@@ -139,7 +87,7 @@ def ingest_records(
                     continue
                 seen.add(digest)
             try:
-                meta = json.dumps(rec.metadata, ensure_ascii=False, default=_json_default) if rec.metadata else "{}"
+                meta = json.dumps(rec.metadata, ensure_ascii=False, default=metadata_json_default) if rec.metadata else "{}"
             except (RecursionError, ValueError) as exc:
                 raise CorpusError(f"{rec.source}: metadata cannot be stored as JSON "
                                   f"({'nested too deeply' if isinstance(exc, RecursionError) else exc})") from None
@@ -157,34 +105,6 @@ def ingest_records(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return open_corpus(out)
-
-
-def finish_corpus(tmp: Path, out: Path, shards: list[dict], stats: IngestStats, *, max_shard_bytes: int,
-                  keep_duplicates: bool, extra_manifest: dict | None) -> None:
-    """Write ``corpus.json`` into the finished temporary folder ``tmp`` and rename it to ``out``:
-    the one publication of a corpus, whoever wrote its shards (this process or workers). A corpus
-    without documents is refused here."""
-    if stats.documents == 0:
-        raise CorpusError(
-            f"no documents: all {stats.read} records were empty/duplicates/skipped "
-            f"({stats.skipped_empty} empty, {stats.exact_duplicates} duplicates); {out} not written"
-        )
-    manifest = {
-        "format": CORPUS_FORMAT,
-        "format_version": CORPUS_FORMAT_VERSION,
-        "shards": shards,
-        "documents": stats.documents,
-        "text_bytes": stats.text_bytes,
-        "stats": stats.as_manifest(),
-        "max_shard_bytes": max_shard_bytes,
-        "duplicates": "kept" if keep_duplicates else "dropped",
-        "created_at": utcnow(),
-    }
-    if extra_manifest:
-        manifest.update(extra_manifest)
-    write_json_atomic(tmp / MANIFEST_NAME, manifest)
-    with writing(out):
-        commit_output_dir(tmp, out)
 
 
 def ingest(
@@ -235,28 +155,3 @@ def ingest(
         records, out_dir, max_shard_bytes=max_shard_bytes, keep_duplicates=keep_duplicates,
         overwrite=overwrite, progress=progress, inputs=[s for s in sources if not is_url(s)], extra_manifest=extra,
     )
-
-
-FILES_PER_UNIT = 64
-
-
-def read_units(sources: list[str]) -> list[tuple[str, list[str]]]:
-    """The input as units of work, in input order: ``("source", [file])`` for a data file (JSONL,
-    Parquet, Arrow or text), ``("files", [paths])`` for up to ``FILES_PER_UNIT`` files of a folder."""
-    from corpora.readers import input_kind, iter_directory_files
-
-    units: list[tuple[str, list[str]]] = []
-    for src in sources:
-        if is_url(src):   # a URL's files are listed and fetched by the worker that reads it
-            units.append(("source", [src]))
-            continue
-        path = Path(src)
-        if not path.exists():
-            raise CorpusError(f"{path}: no such file or directory")
-        if input_kind(path) != "dir":
-            units.append(("source", [src]))
-            continue
-        files = [str(p) for p in iter_directory_files(path)]
-        for i in range(0, len(files), FILES_PER_UNIT):
-            units.append(("files", files[i:i + FILES_PER_UNIT]))
-    return units

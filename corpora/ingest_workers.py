@@ -4,7 +4,7 @@ corpus byte for byte the one :func:`corpora.ingest.ingest_records` writes in one
 Exact deduplication, dense document ids and shard boundaries depend on the order of all the
 records, so the work runs in three steps (two on workers, one here):
 
-1. **read** (one task per unit of :func:`corpora.ingest.read_units`): a worker reads its files
+1. **read** (one task per unit of :func:`read_units`): a worker reads its files
    once, writes their non-empty records to a *segment* (an Arrow IPC file, staged inside the
    corpus's temporary folder under a name of its own attempt) and returns, per record, the blake2b
    digest of its text (what local ingest deduplicates on) and its UTF-8 length, plus the unit's
@@ -19,7 +19,7 @@ records, so the work runs in three steps (two on workers, one here):
 
 Then this process renames each returned stage to ``shard-NNNNN.arrow``, removes the segments and
 any stage a killed (then retried) attempt left, writes ``corpus.json`` and publishes the folder
-once (:func:`corpora.ingest.finish_corpus`). Every file is inside the temporary folder until that
+once (:func:`corpora.shards.finish_corpus`). Every file is inside the temporary folder until that
 rename, so no half-written shard is ever under the corpus's name, and a failed run leaves nothing.
 
 The temporary folder must be on a path every worker sees (a shared file system).
@@ -41,6 +41,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from corpora.errors import CorpusError
+from corpora.locations import is_url
+from corpora.shards import (IngestStats, ShardWriter, finish_corpus, metadata_json_default, open_corpus,
+                            prepare_output_dir, shard_name)
 from corpora.storage import writing
 
 SEGMENT_SCHEMA = pa.schema([
@@ -73,7 +76,6 @@ def read_unit_to_segment(tmp_dir: str, unit: int, kind: str, paths: list[str], t
     per segment row), ``digests`` (16 bytes per row), ``bad_meta`` (``{row: message}``) and
     ``error`` (a reader's one-line error after the rows before it, or None)."""
     from corpora.executor import crash_once_hook
-    from corpora.ingest import _json_default
 
     crash_once_hook("read")   # the fault tests' worker death, before anything is written
     name = f"{SEGMENT_PREFIX}{unit:07d}-{uuid.uuid4().hex}.arrow"
@@ -106,7 +108,7 @@ def read_unit_to_segment(tmp_dir: str, unit: int, kind: str, paths: list[str], t
                         out["repaired"] += 1
                     data = rec.text.encode("utf-8")
                     try:
-                        meta = (json.dumps(rec.metadata, ensure_ascii=False, default=_json_default)
+                        meta = (json.dumps(rec.metadata, ensure_ascii=False, default=metadata_json_default)
                                 if rec.metadata else "{}")
                     except (RecursionError, ValueError) as exc:
                         meta = None
@@ -193,7 +195,6 @@ def write_shard(tmp_dir: str, index: int, first_doc_id: int, pieces: list[tuple[
     """Step 3, on a worker: shard ``index`` from its pieces of segments, under a staged name.
     Returns its manifest entry with ``name`` the staged file's."""
     from corpora.executor import crash_once_hook
-    from corpora.shards import ShardWriter
 
     tmp = Path(tmp_dir)
     stage = f"{STAGE_PREFIX}{index:05d}-{uuid.uuid4().hex}.arrow"
@@ -227,10 +228,7 @@ def ingest_on_workers(executor, sources: list[str], out_dir, *, text_field: str,
                       progress: bool, extra_manifest: dict | None):
     """:func:`corpora.ingest.ingest` with the reading and writing on ``executor``'s workers (see the
     module docstring). Returns the opened corpus."""
-    from corpora.ingest import IngestStats, prepare_output_dir, finish_corpus, read_units
-    from corpora.shards import open_corpus, shard_name
 
-    from corpora.locations import is_url
 
     out, tmp = prepare_output_dir(Path(out_dir), overwrite, [s for s in sources if not is_url(s)])
     bar = None
@@ -266,3 +264,28 @@ def ingest_on_workers(executor, sources: list[str], out_dir, *, text_field: str,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return open_corpus(out)
+
+
+FILES_PER_UNIT = 64
+
+
+def read_units(sources: list[str]) -> list[tuple[str, list[str]]]:
+    """The input as units of work, in input order: ``("source", [file])`` for a data file (JSONL,
+    Parquet, Arrow or text), ``("files", [paths])`` for up to ``FILES_PER_UNIT`` files of a folder."""
+    from corpora.readers import input_kind, iter_directory_files
+
+    units: list[tuple[str, list[str]]] = []
+    for src in sources:
+        if is_url(src):   # a URL's files are listed and fetched by the worker that reads it
+            units.append(("source", [src]))
+            continue
+        path = Path(src)
+        if not path.exists():
+            raise CorpusError(f"{path}: no such file or directory")
+        if input_kind(path) != "dir":
+            units.append(("source", [src]))
+            continue
+        files = [str(p) for p in iter_directory_files(path)]
+        for i in range(0, len(files), FILES_PER_UNIT):
+            units.append(("files", files[i:i + FILES_PER_UNIT]))
+    return units

@@ -15,14 +15,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+import shutil
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import pyarrow as pa
 
 from corpora.errors import CorpusError
-from corpora.storage import ManifestFields, read_manifest, writing
+from corpora.locations import is_url
+from corpora.storage import (ManifestFields, check_output_dir, clean_stale_temps, commit_output_dir, read_manifest,
+                             utcnow, write_json_atomic, writing)
 
 CORPUS_FORMAT = "trawl-corpus"
 CORPUS_FORMAT_VERSION = 1
@@ -269,3 +272,75 @@ def _checked_manifest(path: Path, check_files: bool) -> dict[str, Any]:
         if check_files and not sp.is_file():
             raise CorpusError(f"{sp}: corpus shard missing")
     return manifest
+
+
+# -- writing a corpus folder: the counts, the staging folder, the one publication ----------------
+@dataclass
+class IngestStats:
+    read: int = 0
+    skipped_empty: int = 0
+    repaired_utf8: int = 0
+    exact_duplicates: int = 0
+    documents: int = 0
+    text_bytes: int = 0
+
+    def as_manifest(self) -> dict[str, int]:
+        return {k: v for k, v in asdict(self).items() if k not in ("documents", "text_bytes")}
+
+
+def metadata_json_default(o):
+    """``json.dumps(default=)`` for a record's metadata: bytes as UTF-8 (bad bytes replaced), else ``str``."""
+    if isinstance(o, (bytes, bytearray)):
+        return o.decode("utf-8", "replace")
+    return str(o)
+
+
+def prepare_output_dir(out: Path, overwrite: bool, inputs=()) -> tuple[Path, Path]:
+    """Check ``out`` (see :func:`corpora.storage.check_output_dir`: ``--force`` replaces only a
+    corpus folder trawl made), remove temporary folders that killed ingests left beside it, and
+    return ``(out, tmp)``: ``out`` absolute and a fresh temporary sibling folder to write into."""
+    if is_url(out):   # never a local folder named "s3:": URLs go through ingest() / publish_corpus()
+        from corpora.errors import StoreError
+
+        raise StoreError(f"{out}: a corpus for a URL is written by ingest() or publish_corpus(), not here")
+    out = check_output_dir(out, marker=MANIFEST_NAME, kind="corpus", overwrite=overwrite, error=CorpusError,
+                           inputs=inputs)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CorpusError(f"{out.parent}: cannot create the folder ({exc.strerror or exc})") from None
+    clean_stale_temps(out)
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    with writing(tmp):
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    return out, tmp
+
+
+def finish_corpus(tmp: Path, out: Path, shards: list[dict], stats: IngestStats, *, max_shard_bytes: int,
+                  keep_duplicates: bool, extra_manifest: dict | None) -> None:
+    """Write ``corpus.json`` into the finished temporary folder ``tmp`` and rename it to ``out``:
+    the one publication of a corpus, whoever wrote its shards (this process or workers). A corpus
+    without documents is refused here."""
+    if stats.documents == 0:
+        raise CorpusError(
+            f"no documents: all {stats.read} records were empty/duplicates/skipped "
+            f"({stats.skipped_empty} empty, {stats.exact_duplicates} duplicates); {out} not written"
+        )
+    manifest = {
+        "format": CORPUS_FORMAT,
+        "format_version": CORPUS_FORMAT_VERSION,
+        "shards": shards,
+        "documents": stats.documents,
+        "text_bytes": stats.text_bytes,
+        "stats": stats.as_manifest(),
+        "max_shard_bytes": max_shard_bytes,
+        "duplicates": "kept" if keep_duplicates else "dropped",
+        "created_at": utcnow(),
+    }
+    if extra_manifest:
+        manifest.update(extra_manifest)
+    write_json_atomic(tmp / MANIFEST_NAME, manifest)
+    with writing(out):
+        commit_output_dir(tmp, out)

@@ -80,7 +80,7 @@ def load_extraction_np(run_dir: str, warnings: list[str]) -> dict | None:
 
 def _pz_text(doc: dict) -> str:
     if doc["kind"] == "exact":
-        return f"{doc['p_z']:.4g}"
+        return f"{doc['p_z']:.4g}" + (" (observed greedy run)" if doc.get("basis") == "observed" else "")
     if doc["kind"] == "bounds":
         return f"[{doc['p_z_lower']:.3g}, {doc['p_z_upper']:.3g}]"
     return "unavailable"
@@ -94,7 +94,16 @@ def _intro(d: dict) -> str:
             f"({'full distributions: exact' if d['full_distribution'] else 'top-k logprobs: exact where stated, else bounds'}). "
             f"Documents: {s['documents']} ({s['exact_documents']} exact, {s['bound_documents']} bounded, "
             f"{s['unavailable_documents']} unavailable: the Monte Carlo rate stands for those). Curves use exact "
-            f"values and the lower bound of bounded documents (floors).")
+            f"values and the lower bound of bounded documents (floors)." + _rows_text(d))
+
+
+def _rows_text(d: dict) -> str:
+    """What the rows check said (optional key ``rows``; docs/CONTRACTS.md), when the scorer's rows are not the
+    sampler's."""
+    rows = d.get("rows")
+    if isinstance(rows, dict) and rows.get("sampler_rows") is False and isinstance(rows.get("note"), str):
+        return f" Not the sampler's rows: {rows['note'][:600]}"
+    return ""
 
 
 def html_section(d: dict | None) -> str:

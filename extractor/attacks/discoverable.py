@@ -107,7 +107,9 @@ class Discoverable(Attack):
 
     def plan(self, params: dict, ctx: PlanContext):
         check_chat_params(self.name, params, ctx)
-        if not getattr(ctx.backend.capabilities, "tokenize", None):
+        caps = ctx.backend.capabilities
+        # a tokenize endpoint, or the engine's own tokenizer in this process (in-process vLLM: token_info "ids")
+        if not (getattr(caps, "tokenize", None) or getattr(caps, "token_info", None) == "ids"):
             raise TrawlError("attack discoverable needs the server's tokenize endpoint to cut prefixes and "
                              "suffixes in the model's tokens; this server has none")
         src = DocSource(params["corpus"], params["text_field"])

