@@ -7,18 +7,9 @@ real model, nothing is mocked.
 """
 from __future__ import annotations
 
-import signal
-
 import pytest
 
 from extractor.serving.embedded import EmbeddedServer
-
-# The Ctrl-C tests send SIGINT to a trawl they started, as a terminal would. A runner that starts
-# pytest with SIGINT ignored (a background job of a non-interactive shell: `pytest &`, nohup) passes
-# that on to every child, whose Python then never raises KeyboardInterrupt; a handler here is reset
-# to the default in every child at exec, so the children meet Ctrl-C as a user's trawl does.
-if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

@@ -22,3 +22,14 @@ def one_line_error(r: subprocess.CompletedProcess, message: str) -> None:
     assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
     assert r.stderr.startswith("trawl: error: ") and message in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def ctrl_c_ready() -> None:
+    """``preexec_fn`` for a child the test will send Ctrl-C (SIGINT) as a terminal would: SIGINT at
+    its default and unblocked in the child, whatever the test runner's own state. A runner started
+    as a background job of a non-interactive shell (``pytest &``) ignores SIGINT, a child inherits
+    that, and its Python then never raises KeyboardInterrupt."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])

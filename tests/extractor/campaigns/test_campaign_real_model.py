@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from campaign_helpers import ROOT, make_index, q, qlist, trawl
+from repo import ctrl_c_ready
 from extractor.campaigns.config import load_campaign
 from extractor.campaigns.pipeline import run_campaign
 from extractor.serving.embedded import EmbeddedServer
@@ -128,7 +129,7 @@ fail_if = ["generations > 1000"]
     out = tmp_path / "trawl-out" / "audit"
     p = subprocess.Popen([sys.executable, "-m", "extractor.cli", "run", "audit.toml", "--no-progress"], cwd=tmp_path,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+                         env={**__import__("os").environ, "PYTHONPATH": str(ROOT)}, preexec_fn=ctrl_c_ready)
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and p.poll() is None:

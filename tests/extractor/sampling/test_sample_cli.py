@@ -14,7 +14,7 @@ import pytest
 from extractor.cli import main
 from flaky_server import FlakyServer
 from sampler_helpers import write_corpus
-from repo import ROOT, REPO
+from repo import REPO, ROOT, ctrl_c_ready
 
 
 ENV = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -88,7 +88,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path):
                 "--attack", "divergence", "--param", "words=a,b,c,d", "--param", "samples=5",
                 "--param", "max_tokens=5", "--concurrency", "2", "--no-progress"]
         proc = subprocess.Popen([sys.executable, "-m", "extractor.cli", *args], env=ENV, cwd=REPO,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_ready)
         journal = tmp_path / "run" / "generations" / "_journal.jsonl"
         deadline = time.monotonic() + 60
         while not (journal.exists() and journal.read_text().count("\n") >= 3):

@@ -14,7 +14,7 @@ import requests
 
 from extractor.errors import TrawlError
 from extractor.serving.serve import VLLMServer, make_server, pick_engine
-from repo import ROOT
+from repo import ROOT, ctrl_c_ready
 
 
 
@@ -59,7 +59,8 @@ def test_trawl_serve_gguf_on_llama_cpp(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen([sys.executable, "-m", "extractor.cli", "serve", str(gguf), "--name", "g",
                              "--n-ctx", "1024", "--log", str(tmp_path / "srv.log"), "--startup-timeout", "120"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+                            preexec_fn=ctrl_c_ready)
     try:
         line = proc.stdout.readline()
         assert line, proc.stderr.read()
