@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from corpora.errors import ExecutorError
+from corpora.quiet import quiet_stderr
 
 KINDS = ("local", "ray")
 DEFAULT_RETRIES = 3
@@ -257,7 +258,7 @@ class RayExecutor:
                 kw["num_cpus"] = spec.cpus or os.cpu_count() or 1
                 kw["object_store_memory"] = 256 << 20   # results are small: spans, manifest entries
             try:
-                with _quiet_stderr():   # the C++ core's line announcing its log level
+                with quiet_stderr():   # the C++ core's line announcing its log level
                     ray.init(**kw)
             except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
                 raise ExecutorError(f"{self.where}: cannot connect ({_first_line(exc)}); start it (ray start "
@@ -476,28 +477,6 @@ def open_executor(spec: ExecutorSpec | None = None, *, local_workers: int = 1):
     if spec.kind != "local":
         raise ExecutorError(f"unknown executor {spec.kind!r} (known: {', '.join(KINDS)})")
     return LocalExecutor(local_workers)
-
-
-class _quiet_stderr:
-    """File descriptor 2 sent to /dev/null for a block (what C++ code writes there included)."""
-
-    def __enter__(self):
-        import sys
-
-        try:
-            sys.stderr.flush()
-            self.saved = os.dup(2)
-            null = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(null, 2)
-            os.close(null)
-        except OSError:
-            self.saved = None
-        return self
-
-    def __exit__(self, *exc):
-        if self.saved is not None:
-            os.dup2(self.saved, 2)
-            os.close(self.saved)
 
 
 def _exit_now(code: int) -> None:

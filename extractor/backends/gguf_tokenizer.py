@@ -25,11 +25,10 @@ boundaries. Instances are shared per file within a process and are thread-safe.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import os
-import sys
 import threading
 
+from corpora.quiet import quiet_stderr
 from extractor.backends.alignment import align_tokens, offsets_from_pieces
 from extractor.errors import TrawlError
 
@@ -130,28 +129,10 @@ def open_gguf(path: str, what: str, **llama_kwargs):
     except ImportError:  # pragma: no cover - a dependency of trawl
         raise TrawlError("llama-cpp-python is not installed; install trawl as the README says") from None
     try:
-        with _quiet_fd2():
+        with quiet_stderr():
             return llama_cpp.Llama(path, verbose=False, **llama_kwargs)
     except (ValueError, RuntimeError, OSError) as exc:
         raise TrawlError(f"{path}: not a GGUF model file llama.cpp can load ({exc})") from None
-
-
-@contextlib.contextmanager
-def _quiet_fd2():
-    """Send file descriptor 2 (C-level stderr) to /dev/null for the duration (load time only)."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no usable fd 2: nothing to silence
-        yield
-        return
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def _decoded(piece: bytes) -> str:
