@@ -122,19 +122,31 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def _replace_atomically(path: str | os.PathLike, write: Callable[[str], Any], hidden: bool = False) -> None:
-    """Call ``write(tmp)`` for a temporary file beside ``path``, fsync it, rename it over ``path``;
-    the temporary file is removed when anything fails (the exception propagates; an OSError as a
-    :class:`WriteError` naming ``path``). ``hidden``: the
-    temporary name starts with a dot (``.NAME.tmp-PID``), so dataset readers of the folder skip it."""
+def temp_path(path: str | os.PathLike, hidden: bool = False) -> str:
+    """The temporary file beside ``path`` that a writer fills before :func:`commit_temp`:
+    ``NAME.tmp-PID`` (``.NAME.tmp-PID`` when ``hidden``, so dataset readers of the folder skip it);
+    :func:`clean_stale_temps` and the run folder's recovery know these names."""
     folder, name = os.path.split(os.fspath(path))
-    tmp = os.path.join(folder, f"{'.' if hidden else ''}{name}.tmp-{os.getpid()}")
+    return os.path.join(folder, f"{'.' if hidden else ''}{name}.tmp-{os.getpid()}")
+
+
+def commit_temp(tmp: str, path: str | os.PathLike) -> None:
+    """Publish a finished temporary file: fsync it, then rename it over ``path`` (the caller
+    fsyncs the folder when the rename must survive a crash: :func:`fsync_dir`)."""
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _replace_atomically(path: str | os.PathLike, write: Callable[[str], Any], hidden: bool = False) -> None:
+    """Call ``write(tmp)`` for a temporary file beside ``path`` (:func:`temp_path`), then
+    :func:`commit_temp`; the temporary file is removed when anything fails (the exception
+    propagates; an OSError as a :class:`WriteError` naming ``path``)."""
+    tmp = temp_path(path, hidden)
     try:
         with writing(path):
             write(tmp)
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
+            commit_temp(tmp, path)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -159,8 +171,7 @@ def write_texts_atomic(items: list[tuple[str | os.PathLike, str]]) -> None:
     written: list[tuple[str, str]] = []
     try:
         for path, text in items:
-            folder, name = os.path.split(os.fspath(path))
-            tmp = os.path.join(folder, f"{name}.tmp-{os.getpid()}")
+            tmp = temp_path(path)
             written.append((tmp, os.fspath(path)))
             with writing(path):
                 with open(tmp, "wb") as fh:

@@ -56,7 +56,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from corpora.storage import (GENERATIONS_SCHEMA, PARQUET_ERRORS, PARQUET_READ_OPTIONS, PART_RE, first_line, FolderLock, FolderLocked,
-                             fsync_dir, generation_parts, write_parquet_atomic, writing)
+                             commit_temp, fsync_dir, generation_parts, temp_path, write_parquet_atomic, writing)
 from corpora.storage import write_json_atomic as _write_json_atomic
 from extractor.errors import TrawlError
 
@@ -528,7 +528,7 @@ class RunDir:
             return
         if self._writer is None:
             name = os.path.join(self.gen_dir, f"part-{self._next_part:05d}.parquet")
-            tmp = os.path.join(self.gen_dir, f".{os.path.basename(name)}.tmp-{os.getpid()}")
+            tmp = temp_path(name, hidden=True)
             with writing(name):
                 writer = pq.ParquetWriter(tmp, GENERATIONS_SCHEMA, compression="zstd", write_page_checksum=True)
             self._writer = (writer, tmp, name)
@@ -568,9 +568,7 @@ class RunDir:
         try:
             with writing(name):
                 writer.close()
-                with open(tmp, "rb+") as fh:
-                    os.fsync(fh.fileno())
-                os.replace(tmp, name)
+                commit_temp(tmp, name)
         except BaseException:
             self._abort_part()
             raise
