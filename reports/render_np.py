@@ -59,6 +59,9 @@ def _sound(d) -> bool:
         if not (isinstance(mc, dict) and _int(mc.get("samples")) and _int(mc.get("hits"))
                 and mc["hits"] <= mc["samples"] and _num(mc.get("p_z"))):
             return False
+        th = mc.get("token_hits")       # optional (CONTRACTS §8)
+        if th is not None and not (_int(th) and th <= mc["hits"]):
+            return False
     return True
 
 
@@ -86,6 +89,15 @@ def _pz_text(doc: dict) -> str:
     return "unavailable"
 
 
+def _mc_text(mc: dict) -> str:
+    """hits / samples, and the token hits (the event p_z is the probability of) where they differ."""
+    out = f"{mc.get('hits')} / {mc.get('samples')}"
+    th = mc.get("token_hits")
+    if th is not None and th != mc.get("hits"):
+        out += f" ({th} as the target's tokens)"
+    return out
+
+
 def _intro(d: dict) -> str:
     s = d["summary"]
     return (f"p_z is the probability that one sample reproduces a document's target suffix (Hayes et al. 2024), "
@@ -94,7 +106,10 @@ def _intro(d: dict) -> str:
             f"({'full distributions: exact' if d['full_distribution'] else 'top-k logprobs: exact where stated, else bounds'}). "
             f"Documents: {s['documents']} ({s['exact_documents']} exact, {s['bound_documents']} bounded, "
             f"{s['unavailable_documents']} unavailable: the Monte Carlo rate stands for those). Curves use exact "
-            f"values and the lower bound of bounded documents (floors)." + _rows_text(d))
+            f"values and the lower bound of bounded documents (floors). Monte Carlo: samples whose text starts with "
+            f"the target, and of those, the ones whose first tokens are the target's tokens (what p_z is the "
+            f"probability of; another split or a last token running past the target is a text hit only)."
+            + _rows_text(d))
 
 
 def _rows_text(d: dict) -> str:
@@ -130,7 +145,7 @@ def html_section(d: dict | None) -> str:
         mc = doc["monte_carlo"]
         out.append(f"<tr><td class=\"t\">{esc(doc.get('doc_id'))} {esc(doc.get('source') or '', 80)}</td>"
                    f"<td>{esc(doc.get('tokens'))}</td><td>{esc(_pz_text(doc))}</td>"
-                   f"<td>{esc(mc.get('hits'))} / {esc(mc.get('samples'))}</td></tr>")
+                   f"<td>{esc(_mc_text(mc))}</td></tr>")
     out.append("</table>")
     if len(d["documents"]) > DOCS_SHOWN:
         out.append(f"<p class=\"small mut\">{len(d['documents']) - DOCS_SHOWN} more documents in {FILE}.</p>")
@@ -156,7 +171,7 @@ def md_section(d: dict | None) -> str:
     for doc in d["documents"][:DOCS_SHOWN]:
         mc = doc["monte_carlo"]
         L.append(f"| {md_cell(doc.get('doc_id'))} | {md_cell(doc.get('tokens'))} | {md_cell(_pz_text(doc))} | "
-                 f"{md_cell(mc.get('hits'))} / {md_cell(mc.get('samples'))} |")
+                 f"{md_cell(_mc_text(mc))} |")
     return "\n".join(L) + "\n"
 
 

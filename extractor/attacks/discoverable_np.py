@@ -29,8 +29,12 @@ cannot be read from the scorer there: batch dependence flips argmaxes (measured 
 model, README).
 
 p_z is the probability of the target's tokens *as the scorer's tokenizer splits prefix + target*;
-another tokenization of the same bytes is another path that is not counted (a lower bound for
-"the sample's text starts with the target", which is what the Monte Carlo rows count).
+another tokenization of the same bytes is another path that is not counted, and so is a last token
+that runs past the target (``,"`` where the target ends in ``,``). So the Monte Carlo rows are counted
+twice: ``hits``, samples whose text starts with the target (Carlini et al. 2022, the attack's
+``exact``), of which p_z is a lower bound; and ``token_hits``, samples whose first tokens are the
+target's tokens as the scorer split them, the event p_z is the probability of (measured through
+vLLM's server, temperature 1, top-k 20: 100 text hits of 200 samples, 95 token hits).
 
 Output: ``RUN/extraction_np.json`` (docs/CONTRACTS.md, "Exact (n,p)"), written atomically;
 :func:`score_discoverable` returns its content.
@@ -70,18 +74,48 @@ def _documents(run_dir: str) -> dict:
 
     docs: dict = {}
     for path in parts:
-        t = pq.read_table(path, columns=["attack", "prompt", "params", "extra"])
-        for attack, prompt, params, extra in zip(*(t.column(c).to_pylist() for c in t.column_names)):
+        t = pq.read_table(path, columns=["attack", "prompt", "params", "extra", "completion", "token_offsets"])
+        for attack, prompt, params, extra, text, offsets in zip(*(t.column(c).to_pylist() for c in t.column_names)):
             if attack != "discoverable":
                 continue
             e = json.loads(extra) if extra else {}
             sp = json.loads(params) if params else {}
             key = (str(e.get("doc_id")), prompt, e.get("target"))
             d = docs.setdefault(key, {"doc_id": e.get("doc_id"), "source": e.get("source"), "prompt": prompt,
-                                      "target": e.get("target"), "params": sp, "samples": 0, "hits": 0})
+                                      "target": e.get("target"), "params": sp, "samples": 0, "hits": 0,
+                                      "splits": {}, "unsplit": 0})
             d["samples"] += 1
-            d["hits"] += bool(e.get("exact"))
+            if e.get("exact"):
+                d["hits"] += 1
+                split = _split(text or "", offsets, e.get("target") or "")
+                if split is None:
+                    d["unsplit"] += 1
+                else:
+                    d["splits"][split] = d["splits"].get(split, 0) + 1
     return docs
+
+
+def _split(text: str, offsets, target: str) -> tuple | None:
+    """How a sample whose text starts with ``target`` split it: the byte offsets of the tokens that start
+    inside the target, and whether one of them runs past its end; None without token offsets."""
+    if offsets is None:
+        return None
+    if not text.startswith(target):
+        return (), True
+    end = len(target.encode("utf-8"))
+    starts = tuple(o for o in offsets if o < end)
+    after = [o for o in offsets if o >= end]
+    past = (after[0] != end) if after else len(text.encode("utf-8")) != end
+    return starts, past
+
+
+def token_hits(d: dict, target_offsets) -> int | None:
+    """Of a document's text hits, the samples whose first tokens are the target's tokens as the scorer split
+    them (``target_offsets``: byte offsets in the target): the event p_z is the probability of. None when a
+    hit's split is unknown (no token offsets) or the scorer's is."""
+    if d["unsplit"] or target_offsets is None:
+        return None
+    return d["splits"].get((tuple(target_offsets), False), 0)
 
 
 def _scheme(sp: dict, order: str) -> Scheme:
@@ -93,10 +127,20 @@ def _scheme(sp: dict, order: str) -> Scheme:
 
 def document_pz(scorer, prompt: str, target: str, scheme: Scheme, *, timeout: float | None = None) -> PZ:
     """p_z of one (prefix, target) from one scoring pass."""
+    return _target_pz(scorer, prompt, target, scheme, timeout=timeout)[0]
+
+
+def _target_pz(scorer, prompt: str, target: str, scheme: Scheme, *, timeout: float | None = None):
+    """(p_z, the target's token offsets as the scorer split it, or None)."""
     full = bool(getattr(scorer.capabilities, "full_distribution", False))
     kw = {"as_generated": True} if getattr(scorer, "scores_as_generated", False) else {}
     sc = scorer.score([target], contexts=[prompt], full=full, top_k=0 if full else HTTP_TOP_K, timeout=timeout,
                       **kw)[0]
+    offsets = list(sc.token_offsets) if sc.token_offsets is not None else None
+    return _pz_of(sc, scheme, full), offsets
+
+
+def _pz_of(sc, scheme: Scheme, full: bool) -> PZ:
     lps = list(sc.logprobs)
     if not lps:
         return PZ("unavailable", tokens=0, note="the scorer returned no tokens for the target")
@@ -286,8 +330,9 @@ def score_discoverable(run_dir, scorer, *, server: str | None = None, log=lambda
     for d in docs.values():
         scheme = _scheme(d["params"], order)
         schemes.add(scheme)
+        offsets = None
         try:
-            pz = document_pz(scorer, d["prompt"], d["target"], scheme, timeout=timeout)
+            pz, offsets = _target_pz(scorer, d["prompt"], d["target"], scheme, timeout=timeout)
         except TrawlError as exc:          # e.g. prefix and target share a token: this document only
             pz = PZ("unavailable", note=str(exc))
         extra = {}
@@ -296,9 +341,11 @@ def score_discoverable(run_dir, scorer, *, server: str | None = None, log=lambda
         elif not faithful and pz.kind != "unavailable":
             pz, extra = _not_exact_for_server(pz, verdict)
         values.append(pz)
-        mc = d["hits"] / d["samples"]
+        th = token_hits(d, offsets)
+        mc = {"samples": d["samples"], "hits": d["hits"], "p_z": d["hits"] / d["samples"], "token_hits": th,
+              "p_z_tokens": th / d["samples"] if th is not None else None}
         rows.append({"doc_id": d["doc_id"], "source": d["source"], "scheme": scheme.describe(), **pz.to_dict(), **extra,
-                     "monte_carlo": {"samples": d["samples"], "hits": d["hits"], "p_z": mc}})
+                     "monte_carlo": mc})
     scheme = next(iter(schemes)) if len(schemes) == 1 else None
     out = {
         "format": FORMAT, "format_version": VERSION, "created_at": storage.utcnow(),

@@ -30,7 +30,8 @@ class KnownScorer:
         out = []
         for t in texts:
             n = len(t.split())
-            out.append(TextScore(token_ids=[0] * n, token_offsets=list(range(n)), logprobs=[float(ROW[0])] * n,
+            offsets = [0] + [i for i, ch in enumerate(t) if ch == " "]     # "a b c" as "a", " b", " c"
+            out.append(TextScore(token_ids=[0] * n, token_offsets=offsets, logprobs=[float(ROW[0])] * n,
                                  top_logprobs=None, vocab_mean=None, vocab_var=None, exact_vocab_stats=True,
                                  full_logprobs=np.stack([ROW] * n)))
         return out
@@ -38,9 +39,12 @@ class KnownScorer:
 
 def _run(tmp_path, temperature=1.0, top_k=0):
     gens = []
-    for doc, target, samples, hits in ((1, "a b", 4, 1), (2, "a b c", 4, 0)):
+    # doc 1's samples: the target's own tokens (a token hit), a last token running past the target, the
+    # target split otherwise (text hits both, not token hits), and a miss
+    hit_tokens = [["a", " b"], ["a", " b,"], ["a ", "b"]]
+    for doc, target, samples, hits in ((1, "a b", 4, 3), (2, "a b c", 4, 0)):
         for s in range(samples):
-            gens.append(Gen(tokens=["x", " y"], attack="discoverable", variant=f"doc:{doc}",
+            gens.append(Gen(tokens=hit_tokens[s] if s < hits else ["x", " y"], attack="discoverable", variant=f"doc:{doc}",
                             extra={"doc_id": doc, "source": "s", "target": target, "exact": s < hits},
                             meta={"prompt": f"prefix {doc}",
                                   "params": json.dumps({"temperature": temperature, "top_k": top_k})}))
@@ -56,7 +60,8 @@ def test_scoring_step_and_report_section(tmp_path):
     assert d == json.loads(json.dumps(out))
     by = {doc["doc_id"]: doc for doc in d["documents"]}
     assert by[1]["p_z"] == pytest.approx(0.25) and by[2]["p_z"] == pytest.approx(0.125)   # 0.5^2, 0.5^3
-    assert by[1]["monte_carlo"] == {"samples": 4, "hits": 1, "p_z": 0.25}
+    assert by[1]["monte_carlo"] == {"samples": 4, "hits": 3, "p_z": 0.75, "token_hits": 1, "p_z_tokens": 0.25}
+    assert by[2]["monte_carlo"] == {"samples": 4, "hits": 0, "p_z": 0.0, "token_hits": 0, "p_z_tokens": 0.0}
     curve = dict(map(tuple, d["summary"]["mean_curve"]))
     assert curve[1] == pytest.approx((0.25 + 0.125) / 2)
     assert curve[10] == pytest.approx((1 - 0.75 ** 10 + 1 - 0.875 ** 10) / 2)
@@ -73,6 +78,7 @@ def test_scoring_step_and_report_section(tmp_path):
     m = json.loads((run / "report" / "metrics.json").read_text())
     assert "Exact (n,p)-extraction" in html and "<svg" in html.split("exact-np")[1]
     assert "## Exact (n,p)-extraction" in md and "| 1 | 0.1875 |" in md
+    assert "| 3 / 4 (1 as the target's tokens) |" in md and "3 / 4 (1 as the target&#x27;s tokens)" in html
     assert m["extraction_np"]["summary"]["documents"] == 2
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from extractor.attacks import AttackSpec
-from extractor.attacks.discoverable_np import FILE, document_pz, maybe_score, sampling_order
+from extractor.attacks.discoverable_np import FILE, _split, document_pz, maybe_score, sampling_order, token_hits
 from extractor.sampling import run_attacks
 from reports.extraction_np import Scheme
 from tests.sampler_helpers import write_corpus
@@ -25,6 +25,29 @@ def test_sampling_order_by_server():
     assert sampling_order("llama_cpp_inprocess")[0] == "llama.cpp"
     assert sampling_order("vllm")[0] == "vllm"
     assert "assumed" in sampling_order(None)[1]
+
+
+def test_token_hits_count_only_the_targets_own_tokens():
+    """p_z is the probability of the target's tokens as the scorer split them; a sample whose text starts with
+    the target through another split, or whose last target token runs past it (',"' for ','), is a text hit
+    and not a token hit. Offsets are bytes: "é" is two."""
+    target = " a perfect Union,"
+    own = [0, 2, 10, 16]                                    # " a", " perfect", " Union", ","
+    d = {"splits": {}, "unsplit": 0}
+    for text, offsets in ((" a perfect Union, establish", own + [17]),      # the target's tokens, then more
+                          (" a perfect Union,", own),                        # the target's tokens, nothing after
+                          (' a perfect Union,"', own),                       # ',"': runs past the target
+                          (" a perfect Union, x", [0, 2, 10, 13, 16, 17]),   # " Un" + "ion": another split
+                          (" a perfect", [0, 2])):                           # not a text hit at all
+        split = _split(text, offsets, target)
+        d["splits"][split] = d["splits"].get(split, 0) + 1
+    assert token_hits(d, own) == 2
+    assert token_hits(d, [0, 2, 10]) == 0 and token_hits(d, None) is None
+    assert _split("é ab", [0, 2], "é a") == ((0, 2), True)          # " ab" starts at byte 2, ends past "é a"
+    assert _split("é a", [0, 2], "é a") == ((0, 2), False)
+    assert _split(" a perfect", None, " a") is None
+    d["unsplit"] = 1                                         # one hit without offsets: the count is unknown
+    assert token_hits(d, own) is None
 
 
 def test_greedy_runs_are_not_scored_unless_asked():
@@ -70,7 +93,7 @@ def test_run_writes_exact_pz_greedy_verbatim_is_one(local_server, tmp_path):
                 tokenizer_file=str(local_server.model_path), progress=False)
     out = json.loads((run / FILE).read_text())
     (doc,) = out["documents"]
-    assert doc["monte_carlo"] == {"samples": 1, "hits": 1, "p_z": 1.0}     # the greedy generation was verbatim
+    assert doc["monte_carlo"] == {"samples": 1, "hits": 1, "p_z": 1.0, "token_hits": 1, "p_z_tokens": 1.0}     # the greedy generation was verbatim
     # a llama.cpp server's batch split (prompt-cache reuse) can flip an argmax, so the scorer's path is not the
     # evidence: p_z = 1 observed, the same figure as the Monte Carlo row; the scorer's value beside it
     assert doc["kind"] == "exact" and doc["p_z"] == 1.0 and doc["basis"] == "observed"

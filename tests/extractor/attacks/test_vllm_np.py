@@ -75,7 +75,7 @@ def test_greedy_verbatim_passage_has_pz_one(be, tmp_path):
 
     out = _run(be, tmp_path, exact_np="on")
     (doc,) = out["documents"]
-    assert doc["monte_carlo"] == {"samples": 1, "hits": 1, "p_z": 1.0}       # vLLM's greedy run was verbatim
+    assert doc["monte_carlo"] == {"samples": 1, "hits": 1, "p_z": 1.0, "token_hits": 1, "p_z_tokens": 1.0}       # vLLM's greedy run was verbatim
     assert doc["kind"] == "exact" and doc["p_z"] == 1.0 and "basis" not in doc and doc["tokens"] == SUFFIX
     assert out["full_distribution"] is True and out["order"] == "vllm" and out["rows"]["sampler_rows"] is True
     assert out["summary"]["mean_curve"][0] == [1, 1.0]
@@ -92,5 +92,8 @@ def test_sampled_exact_pz_agrees_with_vllms_own_sampling(be, tmp_path):
     assert doc["kind"] == "exact" and doc["scheme"] == "temperature 1, top-k 40, vllm order"
     mc = doc["monte_carlo"]
     assert mc["samples"] == SAMPLES and 0.1 < doc["p_z"] < 0.9
-    lo, hi = wilson(mc["hits"], mc["samples"])
+    # p_z is the probability of the target's tokens: the samples that drew them, not every sample whose text
+    # starts with the target (a last token ',"' for ',' is a text hit only), of which it is a lower bound
+    lo, hi = wilson(mc["token_hits"], mc["samples"])
     assert lo <= doc["p_z"] <= hi, (doc["p_z"], mc, (lo, hi))
+    assert doc["p_z"] <= wilson(mc["hits"], mc["samples"])[1]
