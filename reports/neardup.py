@@ -18,7 +18,8 @@ CRC-32 premixed with the MurmurHash3 finalizer, then ``a_k h + b_k mod 2^32``
 with ``a_k, b_k`` drawn from ``numpy.random.RandomState(1)``; ``MinHashLSH``'s
 (bands, rows) minimising the equally weighted false-positive and false-negative
 areas), done on arrays instead of one Python object per text: signatures for
-all shingles of a chunk of texts at once, bands grouped with ``numpy.unique``,
+all shingles of a chunk of texts at once (the word 5-grams of ASCII texts found
+on arrays, the CRC-32 of every shingle table-driven on arrays: zlib's values), bands grouped with ``numpy.unique``,
 candidate pairs checked in bulk. The clusters are the connected components of
 "shares a band and agrees on >= threshold x 128 signature values", which is what
 inserting the texts one by one into datasketch's index and joining each with
@@ -81,31 +82,146 @@ def _fmix32(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> s3)
 
 
+@functools.lru_cache(maxsize=1)
+def _crc_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """CRC-32 (zlib's reflected polynomial 0xEDB88320) as lookup tables: one byte, two bytes, and
+    four bytes split in a low and a high half (the register update is linear over GF(2), so four
+    bytes of register ``x`` step to ``LO[x & 0xFFFF] ^ HI[x >> 16]``)."""
+    r = np.arange(256, dtype=np.uint32)
+    for _ in range(8):
+        r = np.where(r & 1, (r >> np.uint32(1)) ^ np.uint32(0xEDB88320), r >> np.uint32(1)).astype(np.uint32)
+    t1 = r
+
+    def zero_bytes(x: np.ndarray, k: int) -> np.ndarray:     # k steps of a zero byte
+        for _ in range(k):
+            x = t1[x & np.uint32(0xFF)] ^ (x >> np.uint32(8))
+        return x
+
+    x = np.arange(65536, dtype=np.uint32)
+    return t1, zero_bytes(x, 2), zero_bytes(x, 4), zero_bytes(x << np.uint32(16), 4)
+
+
+def crc32_many(buf: bytes, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``zlib.crc32(buf[s:s + l])`` for every (start, length), uint32, on arrays: the rows sorted by
+    length, four bytes of every row still running per step (table-driven), then a two-byte and a
+    one-byte step for the rows whose length is not a multiple of four."""
+    n = len(starts)
+    if n == 0:
+        return np.zeros(0, dtype=np.uint32)
+    t1, t2, lo, hi = _crc_tables()
+    padded = bytes(buf) + b"\0\0\0\0"
+    b8 = np.frombuffer(padded, dtype=np.uint8)
+    # the little-endian 32-bit word at every byte offset (an unaligned view: no copy)
+    w32 = np.ndarray((len(padded) - 3,), dtype="<u4", buffer=padded, offset=0, strides=(1,))
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    s = np.asarray(starts, dtype=np.int64)[order]
+    ln = lengths[order]
+    words = ln >> 2
+    reg = np.full(n, 0xFFFFFFFF, dtype=np.uint32)
+    m16, s16 = np.uint32(0xFFFF), np.uint32(16)
+    kmax = int(words[0])
+    # rows with more than k whole words: a prefix of the rows sorted by length (descending)
+    active = np.searchsorted(-words, -np.arange(kmax), side="left")
+    for k in range(kmax):
+        a = int(active[k])
+        x = reg[:a] ^ w32[s[:a] + 4 * k]
+        reg[:a] = lo[x & m16] ^ hi[x >> s16]
+    tail = s + 4 * words
+    rem = ln & 3
+    two = np.flatnonzero(rem >= 2)
+    if len(two):
+        x = reg[two] ^ (w32[tail[two]] & m16)
+        reg[two] = t2[x & m16] ^ (x >> s16)
+        tail[two] += 2
+    one = np.flatnonzero(rem & 1)
+    if len(one):
+        x = reg[one] ^ b8[tail[one]].astype(np.uint32)
+        reg[one] = t1[x & np.uint32(0xFF)] ^ (x >> np.uint32(8))
+    out = np.empty(n, dtype=np.uint32)
+    out[order] = reg ^ np.uint32(0xFFFFFFFF)
+    return out
+
+
+_WORD_LUT = np.zeros(256, dtype=bool)           # \w of a bytes pattern: [A-Za-z0-9_]
+for _c in b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_":
+    _WORD_LUT[_c] = True
+_LOWER_LUT = np.arange(256, dtype=np.uint8)
+_LOWER_LUT[65:91] += 32
+
+
+def _ascii_shingles(texts: list[str]):
+    """Word 5-grams of ASCII texts on arrays, exactly :func:`_shingle_list`'s for texts of >= 5
+    words: the words (lower-cased ``\\w+`` runs) of all texts laid out once, joined by single
+    spaces, and each shingle a (start, length) in that buffer. Returns (buffer, starts, lengths,
+    shingles per text, mask of the texts handled: those of >= 5 words)."""
+    lens = np.fromiter(map(len, texts), np.int64, len(texts))
+    raw = np.frombuffer("\0".join(texts).encode("ascii"), dtype=np.uint8)  # \0 is no word byte
+    tstart = np.cumsum(lens + 1) - lens - 1
+    w = _WORD_LUT[raw]
+    edge = np.diff(w.view(np.int8), prepend=np.int8(0), append=np.int8(0))
+    ws = np.flatnonzero(edge == 1)                      # word starts and ends in the raw text
+    we = np.flatnonzero(edge == -1)
+    wl = we - ws
+    first = np.searchsorted(ws, tstart)                 # each text's first word, and its count
+    nw = np.searchsorted(ws, tstart + lens) - first
+    off = np.cumsum(wl + 1) - wl - 1                    # word k at off[k] in the words joined by spaces
+    buf = np.full(int(off[-1] + wl[-1]) if len(wl) else 0, 32, dtype=np.uint8)
+    buf[np.flatnonzero(w) + np.repeat(off - ws, wl)] = _LOWER_LUT[raw[w]]
+    ok = nw >= 5
+    per = np.where(ok, nw - 4, 0)
+    k = np.arange(int(per.sum()), dtype=np.int64) + np.repeat(first - (np.cumsum(per) - per), per)
+    st = off[k]
+    return buf.tobytes(), st, off[k + 4] + wl[k + 4] - st, per[ok], ok
+
+
 def signatures(texts: list[str], num_perm: int = NUM_PERM, seed: int = SEED) -> np.ndarray:
-    """The MinHash signature of every text, ``(len(texts), num_perm)`` uint32."""
+    """The MinHash signature of every text, ``(len(texts), num_perm)`` uint32. The shingles of
+    ASCII texts of >= 5 words are found on arrays (:func:`_ascii_shingles`), the others' by
+    :func:`_shingle_list`, and all shingles CRC-32-hashed on arrays (:func:`crc32_many`: zlib's
+    values)."""
     a, b = permutations(num_perm, seed)
     out = np.empty((len(texts), num_perm), dtype=np.uint32)
-    crc = zlib.crc32
     i = 0
     while i < len(texts):
-        hashes: list[int] = []
-        counts: list[int] = []
+        asc_rows, asc = [], []
+        slow_rows = []
+        chars = 0
         j = i
-        while j < len(texts) and (j == i or len(hashes) < CHUNK_SHINGLES):
-            sh = _shingle_list(texts[j])
-            hashes.extend(map(crc, sh))
-            counts.append(len(sh))
+        while j < len(texts) and (j == i or chars < 2 * CHUNK_SHINGLES):   # shingles <= characters
+            t = texts[j]
+            if t.isascii():
+                asc_rows.append(j)
+                asc.append(t)
+            else:
+                slow_rows.append(j)
+            chars += len(t)
             j += 1
-        h = _fmix32(np.array(hashes, dtype=np.uint32))
-        starts = np.concatenate([[0], np.cumsum(counts[:-1], dtype=np.int64)])
-        buf = np.empty((min(32, num_perm), len(h)), dtype=np.uint32)
-        with np.errstate(over="ignore"):
-            for lo in range(0, num_perm, 32):      # (32 permutations x shingles) at a time: bounded memory
-                hi = min(lo + 32, num_perm)
-                ph = buf[:hi - lo]
-                np.multiply(a[lo:hi, None], h[None, :], out=ph)
-                np.add(ph, b[lo:hi, None], out=ph)
-                out[i:j, lo:hi] = np.minimum.reduceat(ph, starts, axis=1).T
+        groups = []
+        if asc:
+            buf, st, ln, per, ok = _ascii_shingles(asc)
+            rows = np.asarray(asc_rows, dtype=np.int64)
+            groups.append((rows[ok], crc32_many(buf, st, ln), per))
+            slow_rows += rows[~ok].tolist()
+        if slow_rows:
+            sh = [_shingle_list(texts[r]) for r in slow_rows]
+            flat = [s for x in sh for s in x]
+            ln = np.fromiter(map(len, flat), np.int64, len(flat))
+            groups.append((np.asarray(slow_rows, dtype=np.int64), crc32_many(b"".join(flat), np.cumsum(ln) - ln, ln),
+                           np.fromiter(map(len, sh), np.int64, len(sh))))
+        for rows, crcs, counts in groups:
+            if not len(rows):
+                continue
+            h = _fmix32(crcs)
+            starts = np.cumsum(counts) - counts
+            buf = np.empty((min(32, num_perm), len(h)), dtype=np.uint32)
+            with np.errstate(over="ignore"):
+                for lo in range(0, num_perm, 32):      # (32 permutations x shingles) at a time: bounded memory
+                    hi = min(lo + 32, num_perm)
+                    ph = buf[:hi - lo]
+                    np.multiply(a[lo:hi, None], h[None, :], out=ph)
+                    np.add(ph, b[lo:hi, None], out=ph)
+                    out[rows, lo:hi] = np.minimum.reduceat(ph, starts, axis=1).T
         i = j
     return out
 

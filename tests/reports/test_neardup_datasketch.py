@@ -83,3 +83,65 @@ def test_big_bucket_in_blocks(monkeypatch):
     monkeypatch.setattr(neardup, "CHUNK_PAIRS", 3)
     monkeypatch.setattr(neardup, "CHUNK_SHINGLES", 7)
     assert neardup.cluster_texts(texts)["labels"] == want
+
+
+def test_crc32_many_equals_zlib():
+    """The table-driven CRC-32 on arrays gives zlib.crc32 of every slice: random bytes, UTF-8 of
+    non-ASCII text, every length 0-40 (each remainder mod 4), slices at every alignment, the buffer's end."""
+    rng = random.Random(7)
+    for trial in range(30):
+        if trial % 2:
+            buf = "".join(rng.choice("aé日\x00 ß😀\n") for _ in range(rng.randint(1, 400))).encode("utf-8")
+        else:
+            buf = bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 400)))
+        lens = [rng.choice([0, 1, 2, 3, 4, 5, 6, 7, 8, rng.randint(0, 40)]) for _ in range(rng.randint(1, 200))]
+        lens = [min(n, len(buf)) for n in lens]
+        starts = [rng.randint(0, len(buf) - n) for n in lens]
+        starts[0], lens[0] = len(buf) - lens[0], lens[0]          # a slice ending at the buffer's end
+        got = neardup.crc32_many(buf, np.array(starts), np.array(lens))
+        assert got.dtype == np.uint32
+        assert got.tolist() == [zlib.crc32(buf[s:s + n]) for s, n in zip(starts, lens)]
+    assert neardup.crc32_many(b"", np.zeros(0, np.int64), np.zeros(0, np.int64)).tolist() == []
+
+
+def _adversarial_ascii(seed):
+    rng = random.Random(seed)
+    pieces = ["w1", "A_b", "x", "__", "9", "ABC", " ", "  ", ", ", "\n", "\t", "\x00", "-", "...", "é"[:0]]
+    texts = ["", " ", "a b c d", "a b c d e", " a b c d e ", "\x00a\x00b\x00c\x00d\x00e\x00", "A,B;C.D!E?F",
+             "one two three four five six", "_ _ _ _ _", "x" * 50, "   lead trail   words here now   "]
+    for _ in range(300):
+        texts.append("".join(rng.choice(pieces) for _ in range(rng.randint(0, 40))))
+    return texts
+
+
+def test_ascii_shingles_equal_the_list_path():
+    """Word 5-grams found on arrays equal _shingle_list's for every ASCII text of >= 5 words, in
+    order; texts of fewer words are left to _shingle_list (mask)."""
+    texts = _adversarial_ascii(3)
+    buf, st, ln, per, ok = neardup._ascii_shingles(texts)
+    got = [buf[s:s + n] for s, n in zip(st.tolist(), ln.tolist())]
+    want = []
+    for t, k in zip(texts, ok.tolist()):
+        words = neardup._WORD_BYTES.findall(t.lower().encode("ascii"))
+        assert k == (len(words) >= 5)
+        if k:
+            want.extend(neardup._shingle_list(t))
+    assert got == want
+    assert per.tolist() == [len(neardup._shingle_list(t)) for t, k in zip(texts, ok.tolist()) if k]
+
+
+@pytest.mark.parametrize("chunk", [7, 65_536])
+def test_signatures_equal_one_crc_per_shingle(chunk, monkeypatch):
+    """Signatures on arrays (ASCII and non-ASCII texts mixed, texts of < 5 words, empty texts, chunk
+    boundaries anywhere) equal the straightforward MinHash: zlib.crc32 per shingle, premixed, min per
+    permutation."""
+    monkeypatch.setattr(neardup, "CHUNK_SHINGLES", chunk)
+    texts = _adversarial_ascii(4) + _texts(5)[:120] + ["Ünïcode words here and there", "日本語のテキスト", "é"]
+    random.Random(1).shuffle(texts)
+    a, b = neardup.permutations()
+    want = np.empty((len(texts), 128), dtype=np.uint32)
+    with np.errstate(over="ignore"):
+        for i, t in enumerate(texts):
+            h = neardup._fmix32(np.array([zlib.crc32(s) for s in neardup._shingle_list(t)], dtype=np.uint32))
+            want[i] = (a[:, None] * h[None, :] + b[:, None]).min(axis=1)
+    assert np.array_equal(neardup.signatures(texts), want)
