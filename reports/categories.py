@@ -33,7 +33,11 @@ IP addresses, keys and PEM blocks, credentials in URLs) with ``[EMAIL]``,
 """
 from __future__ import annotations
 
+import bisect
+import functools
 import re
+
+import numpy as np
 
 EMAIL = re.compile(r"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63})*\.[A-Za-z]{2,24}")
 PHONE = re.compile(
@@ -113,35 +117,144 @@ def _phone_ok(s: str) -> bool:
 def find_all(text: str) -> dict[str, list[str]]:
     """Findings per category (the matched strings; for ``code`` and
     ``license_text`` a single marker string when the span qualifies)."""
-    out: dict[str, list[str]] = {c: [] for c in CATEGORIES}
     # cheap pre-checks skip the regular expressions that cannot match (same results, faster)
-    if "@" in text:
-        out["emails"] = EMAIL.findall(text)
-    digits = _DIGIT.search(text) is not None
-    if digits:
-        if _PHONE_HINT.search(text) is not None:
-            out["phone_numbers"] = [m.group(0) for m in PHONE.finditer(text) if _phone_ok(m.group(0))]
-        if "." in text:
-            out["ip_addresses"] = IPV4.findall(text)
-    if "::" in text or text.count(":") >= 7:
-        out["ip_addresses"] += [m for m in IPV6.findall(text) if m.count(":") >= 2]
-    if "://" in text or "www." in text or "WWW." in text:
-        out["urls"] = URL.findall(text)
-    if text.count("-") >= 4:
-        out["uuids"] = UUID.findall(text)
-    if any(k in text for k in _KEY_MARKERS):
-        out["keys"] = KEY_TOKEN.findall(text)
     low = text.lower()
-    if any(k in low for k in _ASSIGN_MARKERS):
-        out["keys"] += [m.group(0) for m in KEY_ASSIGN.finditer(text) if _assign_ok(m)]
-    if "-----BEGIN " in text:
-        out["keys"] += [m.group(0)[:40] for m in PEM.finditer(text)]
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    if len(lines) >= 3 and sum(1 for ln in lines if CODE_LINE.search(ln)) >= 0.3 * len(lines):
-        out["code"] = ["code"]
+    digits = _DIGIT.search(text) is not None
     lic = [p for p in LICENSE_PHRASES if p in low]
-    if lic:
-        out["license_text"] = [lic[0]]
+    return _detect(text, "@" in text, digits, digits and _PHONE_HINT.search(text) is not None, "." in text,
+                   "::" in text or text.count(":") >= 7, "://" in text or "www." in text or "WWW." in text,
+                   text.count("-") >= 4, any(k in text for k in _KEY_MARKERS),
+                   any(k in low for k in _ASSIGN_MARKERS), "-----BEGIN " in text, True, lic[0] if lic else None)
+
+
+def _detect(text: str, at: bool, digits: bool, phone: bool, dot: bool, v6: bool, url: bool, uuid: bool,
+            key: bool, assign: bool, pem: bool, lines_maybe: bool, lic: str | None) -> dict[str, list[str]]:
+    """find_all given its pre-checks (each False only where its regular expression cannot match)."""
+    out: dict[str, list[str]] = {c: [] for c in CATEGORIES}
+    if at:
+        out["emails"] = EMAIL.findall(text)
+    if digits:
+        if phone:
+            out["phone_numbers"] = [m.group(0) for m in PHONE.finditer(text) if _phone_ok(m.group(0))]
+        if dot:
+            out["ip_addresses"] = IPV4.findall(text)
+    if v6:
+        out["ip_addresses"] += [m for m in IPV6.findall(text) if m.count(":") >= 2]
+    if url:
+        out["urls"] = URL.findall(text)
+    if uuid:
+        out["uuids"] = UUID.findall(text)
+    if key:
+        out["keys"] = KEY_TOKEN.findall(text)
+    if assign:
+        out["keys"] += [m.group(0) for m in KEY_ASSIGN.finditer(text) if _assign_ok(m)]
+    if pem:
+        out["keys"] += [m.group(0)[:40] for m in PEM.finditer(text)]
+    if lines_maybe:
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        if len(lines) >= 3 and sum(1 for ln in lines if CODE_LINE.search(ln)) >= 0.3 * len(lines):
+            out["code"] = ["code"]
+    if lic is not None:
+        out["license_text"] = [lic]
+    return out
+
+
+BATCH_CHARS = 1 << 23       # characters of ASCII text per batch of find_all_many (a few bytes of arrays each)
+
+
+def _lut(pattern: str) -> np.ndarray:
+    """The ASCII characters a one-character regular expression (for str) matches, as a lookup table."""
+    rx = re.compile(pattern)
+    return np.array([rx.fullmatch(chr(c)) is not None for c in range(256)]) & (np.arange(256) < 128)
+
+
+_D_LUT = _lut(r"\d")
+_S_LUT = _lut(r"[\s.\-]")
+_BREAK_LUT = np.array([c < 128 and len(("a" + chr(c) + "a").splitlines()) == 2 for c in range(256)])
+
+
+_LOWER_LUT = np.arange(256, dtype=np.uint8)
+_LOWER_LUT[65:91] += 32                             # str.lower of ASCII text
+
+
+def _texts_with(b: np.ndarray, needles: list[str], tstart: np.ndarray) -> list[np.ndarray]:
+    """For each needle (of >= 2 characters, no NUL), which texts (laid end to end in ``b``, NUL
+    after each, starting at ``tstart``) hold it: the positions whose first two bytes start some
+    needle, found by one table look-up over all bytes, then narrowed needle by needle, byte by byte."""
+    enc = [x.encode("ascii") for x in needles]
+    longest = max(map(len, enc))
+    b = np.concatenate([b, np.zeros(longest, dtype=np.uint8)])      # reads past the end find NUL
+    pair = b[:-1].astype(np.uint16) | (b[1:].astype(np.uint16) << np.uint16(8))
+    table = np.zeros(1 << 16, dtype=bool)
+    codes = [x[0] | (x[1] << 8) for x in enc]
+    table[codes] = True
+    cand = np.flatnonzero(table[pair])
+    cpair = pair[cand]
+    out = []
+    for x, code in zip(enc, codes):
+        c = cand[cpair == code]
+        for k in range(2, len(x)):
+            c = c[b[c + k] == x[k]]
+        hit = np.zeros(len(tstart), dtype=bool)
+        hit[np.searchsorted(tstart, c, side="right") - 1] = True
+        out.append(hit)
+    return out
+
+
+def _ascii_hints(texts: list[str]) -> list[tuple]:
+    """find_all's pre-checks for ASCII texts, on all of them at once (each text followed by NUL,
+    which no pre-check's pattern holds): per-character masks (digits, digit-separator-digit, colons,
+    dashes, line breaks) reduced per text, substrings by :func:`_texts_with`."""
+    n = len(texts)
+    lens = np.fromiter(map(len, texts), np.int64, n)
+    b = np.frombuffer("\0".join(texts).encode("ascii") + b"\0", dtype=np.uint8)
+    tstart = np.cumsum(lens + 1) - lens - 1
+    nonempty = lens > 0
+
+    def any_in(mask: np.ndarray) -> np.ndarray:      # mask[p]: a match starts at p
+        return np.logical_or.reduceat(mask, tstart) & nonempty
+
+    def count(mask: np.ndarray) -> np.ndarray:
+        return np.bincount(np.searchsorted(tstart, np.flatnonzero(mask), side="right") - 1, minlength=n)
+
+    d = _D_LUT[b]
+    phone = np.zeros(len(b), dtype=bool)
+    phone[:-2] = d[:-2] & _S_LUT[b[1:-1]] & d[2:]       # a match of \d[\s.\-]\d starts here
+    colons = count(b == 58)
+    at, dot = any_in(b == 64), any_in(b == 46)
+    v6, url1, url2, url3, pem, *key = _texts_with(b, ["::", "://", "www.", "WWW.", "-----BEGIN "]
+                                                  + list(_KEY_MARKERS), tstart)
+    low = _LOWER_LUT[b]
+    got = _texts_with(low, list(_ASSIGN_MARKERS) + list(LICENSE_PHRASES), tstart)
+    assign = np.logical_or.reduce(got[:len(_ASSIGN_MARKERS)])
+    lic = np.full(n, -1, dtype=np.int64)
+    for i in range(len(LICENSE_PHRASES) - 1, -1, -1):   # the first phrase (in LICENSE_PHRASES' order) wins
+        lic[got[len(_ASSIGN_MARKERS) + i]] = i
+    return list(zip(at.tolist(), any_in(d).tolist(), any_in(phone).tolist(), dot.tolist(),
+                    (v6 | (colons >= 7)).tolist(), (url1 | url2 | url3).tolist(), (count(b == 45) >= 4).tolist(),
+                    np.logical_or.reduce(key).tolist(), assign.tolist(), pem.tolist(),
+                    (count(_BREAK_LUT[b]) >= 2).tolist(), [LICENSE_PHRASES[i] if i >= 0 else None for i in lic.tolist()]))
+
+
+def find_all_many(texts: list[str]) -> list[dict[str, list[str]]]:
+    """``[find_all(t) for t in texts]``, with the pre-checks of ASCII texts computed for all of
+    them at once (:func:`_ascii_hints`); each regular expression then runs only on the texts it may
+    match. (A text of fewer than three line breaks cannot hold three lines: no code check.)"""
+    out: list = [None] * len(texts)
+    asc = [i for i, t in enumerate(texts) if t.isascii()]
+    for i in range(len(texts)):
+        if out[i] is None and not texts[i].isascii():
+            out[i] = find_all(texts[i])
+    k = 0
+    while k < len(asc):
+        j, chars = k, 0
+        while j < len(asc) and (j == k or chars < BATCH_CHARS):
+            chars += len(texts[asc[j]]) + 1
+            j += 1
+        batch = [texts[i] for i in asc[k:j]]
+        for i, t, h in zip(asc[k:j], batch, _ascii_hints(batch)):
+            out[i] = _detect(t, *h)
+        k = j
     return out
 
 

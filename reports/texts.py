@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 
 from reports import taxonomy
-from reports.categories import CATEGORIES, find_all
+from reports.categories import CATEGORIES, find_all_many
 from reports.errors import ReportError
 from reports.taxonomy_figures import taxonomy_figures
 
@@ -73,8 +73,7 @@ def content_categories(uniq: dict, totals: dict) -> dict:
     ``category_<name>`` to ``totals``; returns metrics.json's ``categories`` section."""
     cat_spans = {c: 0 for c in CATEGORIES}
     cat_unique: dict[str, set] = {c: set() for c in CATEGORIES}
-    for text, u in uniq.items():
-        found = find_all(text)
+    for (text, u), found in zip(uniq.items(), find_all_many(list(uniq))):
         u["categories"] = [c for c in CATEGORIES if found[c]]
         for c in CATEGORIES:
             if found[c]:

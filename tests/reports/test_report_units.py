@@ -2,6 +2,8 @@
 redaction, near-duplicate clustering, text cleaning."""
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
 
@@ -179,3 +181,63 @@ def test_phone_numbers_with_dots_are_still_phones():
     text = "call 555.010.4477, +1 (555) 010-4477 or 06.12.34.56.78"
     assert find_all(text)["phone_numbers"] == ["555.010.4477", "+1 (555) 010-4477", "06.12.34.56.78"]
     assert redact(text) == "call [PHONE], [PHONE] or [PHONE]"
+
+
+def _find_all_before(text):
+    """reports.categories.find_all as it was before find_all_many (per text, its own pre-checks)."""
+    from reports import categories as c
+    out = {k: [] for k in c.CATEGORIES}
+    if "@" in text:
+        out["emails"] = c.EMAIL.findall(text)
+    if c._DIGIT.search(text) is not None:
+        if c._PHONE_HINT.search(text) is not None:
+            out["phone_numbers"] = [m.group(0) for m in c.PHONE.finditer(text) if c._phone_ok(m.group(0))]
+        if "." in text:
+            out["ip_addresses"] = c.IPV4.findall(text)
+    if "::" in text or text.count(":") >= 7:
+        out["ip_addresses"] += [m for m in c.IPV6.findall(text) if m.count(":") >= 2]
+    if "://" in text or "www." in text or "WWW." in text:
+        out["urls"] = c.URL.findall(text)
+    if text.count("-") >= 4:
+        out["uuids"] = c.UUID.findall(text)
+    if any(k in text for k in c._KEY_MARKERS):
+        out["keys"] = c.KEY_TOKEN.findall(text)
+    low = text.lower()
+    if any(k in low for k in c._ASSIGN_MARKERS):
+        out["keys"] += [m.group(0) for m in c.KEY_ASSIGN.finditer(text) if c._assign_ok(m)]
+    if "-----BEGIN " in text:
+        out["keys"] += [m.group(0)[:40] for m in c.PEM.finditer(text)]
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if len(lines) >= 3 and sum(1 for ln in lines if c.CODE_LINE.search(ln)) >= 0.3 * len(lines):
+        out["code"] = ["code"]
+    lic = [p for p in c.LICENSE_PHRASES if p in low]
+    if lic:
+        out["license_text"] = [lic[0]]
+    return out
+
+
+@pytest.mark.parametrize("batch_chars", [1 << 23, 50])
+def test_find_all_many_equals_find_all(batch_chars, monkeypatch):
+    """Categories of many texts at once (pre-checks of ASCII texts on arrays) equal the per-text
+    detector's, on texts cut at random points out of a stream of findings, so that findings and
+    pre-check patterns straddle text boundaries; empty texts, NUL, line breaks of every kind,
+    upper-case licence phrases and key words, non-ASCII texts mixed in."""
+    from reports import categories
+    monkeypatch.setattr(categories, "BATCH_CHARS", batch_chars)
+    rng = random.Random(11)
+    frags = ["bob.smith@corp.example.com", "+1 (555) 010-9999", "020 7946 0958", "10.0.0.1", "1.2.3.4",
+             "2001:db8::8a2e:370:7334", "a:b:c:d:e:f:g:h", "::", "https://x.io/p?q=1", "WWW.Example.com", "www.",
+             "123e4567-e89b-12d3-a456-426614174000", "sk-" + "a" * 24, "AKIAIOSFODNN7EXAMPLE", "ghp_" + "b" * 36,
+             "xoxb-1234567890ab", "API_KEY = 'x'", "Password: hunter2", "token=" + "c" * 22,
+             "-----BEGIN RSA PRIVATE KEY-----\nabc\n-----END RSA PRIVATE KEY-----", "def f():\n", "  return 1;\n",
+             "}\n", "\r\n", "\r", "\x0b", "\x0c", "\x1c", "\x1e", "\x00", "All Rights Reserved", "GNU General Public "
+             "License", "Creative Commons", "sk", "AKI", "ww", "Ww.", ":/", "-----BEGIN", "all rights", "secre", "PWD", " ", "-", ".", ":", "7", "42", "word", "\t", "é", "日本", "\u2028"]
+    for trial in range(6):
+        stream = "".join(rng.choice(frags) for _ in range(600))
+        if trial % 2:
+            stream = "".join(ch for ch in stream if ch.isascii())
+        cuts = sorted(rng.randint(0, len(stream)) for _ in range(150))
+        texts = [stream[a:b] for a, b in zip([0] + cuts, cuts + [len(stream)])] + ["", "x", "1-2 3"]
+        assert categories.find_all_many(texts) == [_find_all_before(t) for t in texts]
+        assert [categories.find_all(t) for t in texts] == [_find_all_before(t) for t in texts]
+    assert categories.find_all_many([]) == []
