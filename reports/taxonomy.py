@@ -462,23 +462,27 @@ def _coverable_units(ids, vals, valued, kind) -> np.ndarray:
         pos = np.nonzero(kind == k)[0]
         if len(pos) < 3:
             continue
+        # pairs (pos[i], pos[i + j]) of this kind, d <= MAX_PERIOD units apart, and the third copy
+        # 2 pos[i + j] - pos[i]: one pass per j over slices (no index arrays), a look-up of the third
+        # value (NaN past the end, where d is too large: the clip lands on NaN)
         dense = np.full(m + 2 * MAX_PERIOD + 1, np.nan)
         dense[pos] = vals[pos]
         v = vals[pos]
         hit = np.zeros(m + 2 * MAX_PERIOD + 1, dtype=bool)
         for j in range(1, len(pos)):
-            d = pos[j:] - pos[:-j]                    # pairs (i, i + j) of this kind, d units apart
+            pa, pb = pos[:-j], pos[j:]
+            d = pb - pa
             close = d <= MAX_PERIOD
             if not close.any():
                 break
-            a = np.nonzero(close)[0]
-            b = a + j
-            third = pos[b] + d[a]
+            vb = v[j:]
             with np.errstate(invalid="ignore"):
-                ok = dense[third] - v[b] == v[b] - v[a]
-            hit[pos[a[ok]]] = True
-            hit[pos[b[ok]]] = True
-            hit[third[ok]] = True
+                ok = (dense.take(pb + d, mode="clip") - vb == vb - v[:-j]) & close
+            if ok.any():
+                a = np.nonzero(ok)[0]
+                hit[pa[a]] = True
+                hit[pb[a]] = True
+                hit[pb[a] + d[a]] = True
         out |= hit[:m] & (kind == k)
     return out
 

@@ -275,3 +275,54 @@ def test_occurs_twice_by_counting():
             x = rng.integers(0, hi, n, dtype=np.uint64).astype(dtype)
             c = Counter(x.tolist())
             assert occurs_twice(x).tolist() == [c[v] >= 2 for v in x.tolist()]
+
+
+def _coverable_before(ids, vals, valued, kind):
+    """taxonomy._coverable_units as it was (index arrays per partner distance), the reference."""
+    P = taxonomy.MAX_PERIOD
+    m = len(ids)
+    order = np.argsort(ids, kind="stable")
+    same = (ids[order][1:] == ids[order][:-1]) & (np.diff(order) <= P)
+    near = np.zeros(m, dtype=bool)
+    near[order[1:][same]] = True
+    near[order[:-1][same]] = True
+    out = (near & ~valued) | (kind == 2)
+    pos = np.nonzero(kind == 1)[0]
+    if len(pos) < 3:
+        return out
+    dense = np.full(m + 2 * P + 1, np.nan)
+    dense[pos] = vals[pos]
+    v = vals[pos]
+    hit = np.zeros(m + 2 * P + 1, dtype=bool)
+    for j in range(1, len(pos)):
+        d = pos[j:] - pos[:-j]
+        close = d <= P
+        if not close.any():
+            break
+        a = np.nonzero(close)[0]
+        b = a + j
+        third = pos[b] + d[a]
+        with np.errstate(invalid="ignore"):
+            ok = dense[third] - v[b] == v[b] - v[a]
+        hit[pos[a[ok]]] = True
+        hit[pos[b[ok]]] = True
+        hit[third[ok]] = True
+    return out | (hit[:m] & (kind == 1))
+
+
+def test_coverable_units_equal_the_former_loop():
+    """The number-triple bound by slices equals the former index-array loop on random units: dense
+    and sparse numbers (partners up to and past MAX_PERIOD), small values (many constant steps),
+    NaN values (numbers of > 15 digits), numbers near the end (third copy past the last unit)."""
+    rng = np.random.default_rng(3)
+    for trial in range(60):
+        m = int(rng.integers(1, 1500))
+        p_num = [0.05, 0.3, 0.9][trial % 3]
+        kind = rng.choice([0, 1, 2, 4], size=m, p=[(1 - p_num) / 3, p_num, (1 - p_num) / 3, (1 - p_num) / 3])
+        kind = kind.astype(np.int8)
+        vals = np.where(kind == 1, rng.integers(0, [3, 50, 10**6][trial % 3 // 1 % 3], size=m).astype(float), np.nan)
+        vals[(kind == 1) & (rng.random(m) < 0.05)] = np.nan
+        ids = np.where(kind == 1, -1, rng.integers(0, 30, size=m))
+        valued = (kind == 1) | (kind == 2)
+        want = _coverable_before(ids, vals, valued, kind)
+        assert np.array_equal(taxonomy._coverable_units(ids, vals, valued, kind), want), trial
