@@ -77,14 +77,33 @@ def binomial_upper_tail(k: int, m: int, p: float) -> float:
     return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
 
 
+def _per_distinct(arr: pa.Array, fn):
+    """``fn`` (Arrow array -> NumPy array, one value per element) of ``arr`` computed once per
+    distinct value (rows of a run share a few params and extra strings) and spread back to the rows."""
+    enc = pc.dictionary_encode(arr)
+    return fn(enc.dictionary)[enc.indices.to_numpy(zero_copy_only=False)]
+
+
 def _sampled_mask(params: pa.Array) -> np.ndarray:
     """True where the row is sampled (not greedy): params' temperature is not 0 and top_k is not 1."""
-    def number(key):
-        got = pc.extract_regex(params, rf'"{key}"\s*:\s*(?P<v>-?[0-9.eE+]+)')
-        v = pc.struct_field(got, "v") if got.type.num_fields else pa.nulls(len(params), pa.string())
+    def number(values, key):
+        got = pc.extract_regex(values, rf'"{key}"\s*:\s*(?P<v>-?[0-9.eE+]+)')
+        v = pc.struct_field(got, "v") if got.type.num_fields else pa.nulls(len(values), pa.string())
         return pc.cast(v, pa.float64()).to_numpy(zero_copy_only=False)
-    t, k = number("temperature"), number("top_k")
-    return ~((t == 0) | (k == 1))          # NaN (absent) compares False: sampled
+
+    def sampled(values):
+        t, k = number(values, "temperature"), number(values, "top_k")
+        return ~((t == 0) | (k == 1))          # NaN (absent) compares False: sampled
+    return _per_distinct(params, sampled)
+
+
+def _n_choice(extra: pa.Array) -> np.ndarray:
+    """extra's ``n_choice`` per row (int64; -1 where absent)."""
+    def parse(values):
+        got = pc.extract_regex(values, r'"n_choice"\s*:\s*(?P<k>[0-9]+)')
+        k = pc.struct_field(got, "k") if got.type.num_fields else pa.nulls(len(values), pa.string())
+        return pc.fill_null(pc.cast(k, pa.int64()), -1).to_numpy(zero_copy_only=False)
+    return _per_distinct(extra, parse)
 
 
 class RepeatedDraws:
@@ -122,9 +141,8 @@ class RepeatedDraws:
         self.ordinal.append(self.rows_added - n + keep)
         self.g64.append(gd)
         seed = batch.column("seed").take(take) if "seed" in names else pa.nulls(len(keep), pa.int64())
-        nch = pc.extract_regex(col("extra", b"{}").take(take), r'"n_choice"\s*:\s*(?P<k>[0-9]+)')
-        nch = pc.struct_field(nch, "k") if nch.type.num_fields else pa.nulls(len(keep), pa.string())
-        eff = pc.add(pc.cast(seed, pa.int64()), pc.fill_null(pc.cast(nch, pa.int64()), 0))
+        nch = _n_choice(col("extra", b"{}").take(take))
+        eff = pc.add(pc.cast(seed, pa.int64()), pa.array(np.maximum(nch, 0)))
         self.eff.append(np.where(pc.is_valid(eff).to_numpy(zero_copy_only=False),
                                  pc.fill_null(eff, 0).to_numpy(zero_copy_only=False), np.iinfo(np.int64).min))
         self.ctoks.append(pc.fill_null(batch.column("completion_tokens").take(take), 0)
@@ -199,29 +217,33 @@ def fingerprints(completions: pa.Array, rows: np.ndarray) -> np.ndarray:
         length = np.where(arr.is_valid().to_numpy(zero_copy_only=False)[rows], length, 0)
     data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None and len(bufs[2]) else np.zeros(1, np.uint8)
     ar8 = np.arange(8)
-    keep = (ar8[None, :] < length[:, None]).astype(np.uint8)     # bytes past a short row's end: 0
+    # bytes past a short row's end count as 0: the low `length` bytes of each little-endian word kept
+    keep = np.where(length >= 8, np.uint64(0xFFFFFFFFFFFFFFFF),
+                    (np.uint64(1) << (8 * np.minimum(length, 7)).astype(np.uint64)) - np.uint64(1))
     span = np.maximum(length - 8, 0)
     fp = length.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
     with np.errstate(over="ignore"):
         for k in range(8):
             at = start + span * k // 7          # 8 bytes inside the row (a row of >= 8 bytes)
-            word = _eight_bytes(data, at, ar8)
-            word *= keep
-            fp = (fp ^ word.view("<u8").ravel()) * np.uint64(0xBF58476D1CE4E5B9)
+            word = _eight_bytes(data, at, ar8) & keep
+            fp = (fp ^ word) * np.uint64(0xBF58476D1CE4E5B9)
             fp ^= fp >> np.uint64(31)
     return fp
 
 
 def _eight_bytes(data: np.ndarray, at: np.ndarray, ar8: np.ndarray) -> np.ndarray:
-    """``data[at[i]:at[i] + 8]`` for every i as an (n, 8) uint8 array, zeros past the buffer's end."""
+    """``data[at[i]:at[i] + 8]`` for every i as a little-endian uint64, zeros past the buffer's end
+    (read through an unaligned 8-byte view at every offset: one look-up per row)."""
     n = len(data)
     if n < 8:
-        return np.take(data, at[:, None] + ar8[None, :], mode="clip") * (at[:, None] + ar8[None, :] < n)
-    word = np.lib.stride_tricks.sliding_window_view(data, 8)[np.minimum(at, n - 8)]
+        idx = at[:, None] + ar8[None, :]
+        return (np.take(data, idx, mode="clip") * (idx < n)).astype(np.uint8).view("<u8").ravel()
+    w64 = np.ndarray((n - 7,), dtype="<u8", buffer=data, offset=0, strides=(1,))
+    word = w64[np.minimum(at, n - 8)]
     late = np.nonzero(at > n - 8)[0]
     if len(late):
         idx = at[late, None] + ar8[None, :]
-        word[late] = np.take(data, idx, mode="clip") * (idx < n)
+        word[late] = (np.take(data, idx, mode="clip") * (idx < n)).astype(np.uint8).view("<u8").ravel()
     return word
 
 

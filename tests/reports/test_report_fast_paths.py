@@ -326,3 +326,62 @@ def test_coverable_units_equal_the_former_loop():
         valued = (kind == 1) | (kind == 2)
         want = _coverable_before(ids, vals, valued, kind)
         assert np.array_equal(taxonomy._coverable_units(ids, vals, valued, kind), want), trial
+
+
+def _fingerprint_of(b: bytes) -> int:
+    """repeats.fingerprints' definition for one completion, in plain Python integers."""
+    M = (1 << 64) - 1
+    fp = len(b) * 0x9E3779B97F4A7C15 & M
+    span = max(len(b) - 8, 0)
+    for k in range(8):
+        at = span * k // 7
+        fp = ((fp ^ int.from_bytes(b[at:at + 8].ljust(8, b"\0"), "little")) * 0xBF58476D1CE4E5B9) & M
+        fp ^= fp >> 31
+    return fp
+
+
+def test_fingerprints_equal_the_plain_definition():
+    """Fingerprints read through the 8-byte view equal the definition computed row by row: short
+    rows (bytes past their end are 0, whatever follows in the buffer), rows at the buffer's end,
+    nulls (as empty), sliced columns, binary/large_binary/string, any subset of rows."""
+    import pyarrow as pa
+
+    from reports.repeats import fingerprints
+    rng = random.Random(4)
+    for trial in range(120):
+        vals = [None if rng.random() < 0.1 else
+                bytes(rng.randrange(256) for _ in range(rng.choice([0, 1, 3, 7, 8, 9, 15, 16, 40])))
+                for _ in range(rng.randint(1, 30))]
+        typ = (pa.binary(), pa.large_binary())[trial % 2]
+        arr = pa.array(vals, typ)
+        if trial % 3 == 0:
+            arr = pa.array([v.decode("latin-1") if v is not None else None for v in vals], pa.string())
+            vals = [v.decode("latin-1").encode() if v is not None else None for v in vals]
+        cut = rng.randint(0, len(vals) - 1) if trial % 4 == 0 else 0
+        arr, vals = arr.slice(cut), vals[cut:]
+        rows = np.array(sorted(rng.sample(range(len(vals)), rng.randint(0, len(vals)))), dtype=np.int64)
+        got = fingerprints(arr, rows).tolist()
+        assert got == [_fingerprint_of(vals[r] or b"") for r in rows.tolist()], trial
+
+
+def test_params_and_extra_parsed_once_per_distinct_value():
+    """Greedy mask and n_choice computed per distinct params/extra string equal the per-row
+    extraction on every row (repeated values, absent keys, odd spacing, invalid UTF-8, empty)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from reports import repeats
+    rng = random.Random(6)
+    pool = [b"{}", b'{"temperature": 0}', b'{"temperature":1.0,"top_k": 1}', b'{"top_k" :40, "temperature": 0.7}',
+            b'{"temperature": -0.0}', b"\xff\xfe", b"", b'{"n_choice": 3}',
+            b'{"diverged": true, "n_choice":12}', b'{"n_choice": "x"}']
+    for trial in range(20):
+        arr = pa.array([rng.choice(pool) for _ in range(rng.randint(0, 60))], pa.binary())
+        got = pc.extract_regex(arr, r'"temperature"\s*:\s*(?P<v>-?[0-9.eE+]+)')
+        t = pc.cast(pc.struct_field(got, "v"), pa.float64()).to_numpy(zero_copy_only=False)
+        got = pc.extract_regex(arr, r'"top_k"\s*:\s*(?P<v>-?[0-9.eE+]+)')
+        k = pc.cast(pc.struct_field(got, "v"), pa.float64()).to_numpy(zero_copy_only=False)
+        assert repeats._sampled_mask(arr).tolist() == (~((t == 0) | (k == 1))).tolist()
+        got = pc.extract_regex(arr, r'"n_choice"\s*:\s*(?P<k>[0-9]+)')
+        nch = pc.fill_null(pc.cast(pc.struct_field(got, "k"), pa.int64()), -1).to_pylist()
+        assert repeats._n_choice(arr).tolist() == nch
