@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 
 from reports.inputs import (REQUIRED_GEN_COLUMNS, as_string, binary_buffers, iter_batches, open_parquet,
                             raw_bytes, text)
-from reports.repeats import RepeatedDraws
+from reports.repeats import RepeatedDraws, per_distinct
 from reports.spans import THRESHOLDS, MatchIndex, RequestLookup, longest_per, union_added, union_length, union_total
 from reports import windows
 from reports.taxonomy_figures import distinct_count
@@ -196,7 +196,9 @@ def _group_counts(acc: RunAccumulator, batch: pa.RecordBatch, names: list[str], 
             else pa.nulls(n, pa.float64()).fill_null(0.0))
     if extra is not None:
         # divergence rows say "diverged": true (CONTRACTS.md §3); special_chars' "escaped" is no divergence
-        diverged = pc.cast(pc.and_(pc.match_substring_regex(extra, r'"diverged"\s*:\s*true'),
+        said = per_distinct(extra, lambda v: pc.match_substring_regex(v, r'"diverged"\s*:\s*true')
+                            .to_numpy(zero_copy_only=False))
+        diverged = pc.cast(pc.and_(pa.array(said),
                                    pc.is_in(attack, value_set=pa.array([a.encode() for a in DIVERGENCE_ATTACKS],
                                                                        pa.binary()))), pa.int64())
     else:

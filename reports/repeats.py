@@ -77,9 +77,11 @@ def binomial_upper_tail(k: int, m: int, p: float) -> float:
     return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
 
 
-def _per_distinct(arr: pa.Array, fn):
+def per_distinct(arr: pa.Array, fn):
     """``fn`` (Arrow array -> NumPy array, one value per element) of ``arr`` computed once per
     distinct value (rows of a run share a few params and extra strings) and spread back to the rows."""
+    if arr.null_count:              # (callers fill nulls first; with nulls: on every row)
+        return fn(arr)
     enc = pc.dictionary_encode(arr)
     return fn(enc.dictionary)[enc.indices.to_numpy(zero_copy_only=False)]
 
@@ -94,7 +96,7 @@ def _sampled_mask(params: pa.Array) -> np.ndarray:
     def sampled(values):
         t, k = number(values, "temperature"), number(values, "top_k")
         return ~((t == 0) | (k == 1))          # NaN (absent) compares False: sampled
-    return _per_distinct(params, sampled)
+    return per_distinct(params, sampled)
 
 
 def _n_choice(extra: pa.Array) -> np.ndarray:
@@ -103,7 +105,7 @@ def _n_choice(extra: pa.Array) -> np.ndarray:
         got = pc.extract_regex(values, r'"n_choice"\s*:\s*(?P<k>[0-9]+)')
         k = pc.struct_field(got, "k") if got.type.num_fields else pa.nulls(len(values), pa.string())
         return pc.fill_null(pc.cast(k, pa.int64()), -1).to_numpy(zero_copy_only=False)
-    return _per_distinct(extra, parse)
+    return per_distinct(extra, parse)
 
 
 class RepeatedDraws:

@@ -391,6 +391,7 @@ _BYTE_CLASS = np.array([1 if chr(c) in _ASCII_DIGITS else 2 if chr(c) in _ASCII_
                         for c in range(256)], dtype=np.int8)
 _LETTER_CODE = np.array([1 + "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz".find(chr(c)) for c in range(256)],
                         dtype=np.int64)
+_POW10 = 10 ** np.arange(_MAX_DIGITS + 1, dtype=np.int64)
 _PACK_LETTERS = 10          # a run of up to 10 letters packs exactly into 6 bits a letter
 _ID_NUM, _ID_LETTER, _ID_SPACE = 1 << 61, (1 << 61) + 1, (1 << 61) + 2
 _ID_OTHER, _ID_LONG = (1 << 61) + 256, 1 << 62
@@ -425,7 +426,7 @@ def _ascii_units(texts: list[str]):
     # numbers of <= 15 digits: their value (exact: every partial sum is an integer below 2^53)
     short = (c == 1) & (np.repeat(ulen, ulen) <= _MAX_DIGITS)
     if short.any():
-        dig = (buf[short].astype(np.int64) - 48) * (10 ** np.minimum(end_of[short], _MAX_DIGITS))
+        dig = (buf[short].astype(np.int64) - 48) * _POW10[np.minimum(end_of[short], _MAX_DIGITS)]
         got = np.bincount(unit_of[short], weights=dig.astype(np.float64), minlength=n)
         num = (kind == 1) & (ulen <= _MAX_DIGITS)
         vals[num] = got[num]
