@@ -391,7 +391,6 @@ _BYTE_CLASS = np.array([1 if chr(c) in _ASCII_DIGITS else 2 if chr(c) in _ASCII_
                         for c in range(256)], dtype=np.int8)
 _LETTER_CODE = np.array([1 + "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz".find(chr(c)) for c in range(256)],
                         dtype=np.int64)
-_POW10 = 10 ** np.arange(_MAX_DIGITS + 1, dtype=np.int64)
 _PACK_LETTERS = 10          # a run of up to 10 letters packs exactly into 6 bits a letter
 _ID_NUM, _ID_LETTER, _ID_SPACE = 1 << 61, (1 << 61) + 1, (1 << 61) + 2
 _ID_OTHER, _ID_LONG = (1 << 61) + 256, 1 << 62
@@ -421,23 +420,26 @@ def _ascii_units(texts: list[str]):
     ids[other] = _ID_OTHER + buf[starts[other]].astype(np.int64)
     let = kind == 2
     vals[let] = buf[starts[let]]
-    unit_of = np.repeat(np.arange(n), ulen)
-    end_of = np.repeat(starts + ulen, ulen) - 1 - np.arange(len(buf))      # bytes to the unit's end
-    # numbers of <= 15 digits: their value (exact: every partial sum is an integer below 2^53)
-    short = (c == 1) & (np.repeat(ulen, ulen) <= _MAX_DIGITS)
-    if short.any():
-        dig = (buf[short].astype(np.int64) - 48) * _POW10[np.minimum(end_of[short], _MAX_DIGITS)]
-        got = np.bincount(unit_of[short], weights=dig.astype(np.float64), minlength=n)
-        num = (kind == 1) & (ulen <= _MAX_DIGITS)
-        vals[num] = got[num]
-    # runs of 2..10 letters: packed exactly; longer ones numbered through a dict of their bytes
+    # numbers of <= 15 digits: their value (exact in int64 and in float64: below 2^53), and runs of
+    # 2..10 letters packed exactly into 6 bits a letter, both read digit by digit (letter by letter)
+    # over the units of one length at a time: no array per byte
+    def by_length(units: np.ndarray, step):
+        ln = ulen[units]
+        for m in np.unique(ln).tolist():
+            sel = units[ln == m]
+            at = starts[sel]
+            acc = np.zeros(len(sel), dtype=np.int64)
+            for k in range(m):
+                acc = step(acc, buf[at + k])
+            yield sel, acc
+
+    for sel, v in by_length(np.nonzero((kind == 1) & (ulen <= _MAX_DIGITS))[0],
+                            lambda acc, x: acc * 10 + (x.astype(np.int64) - 48)):
+        vals[sel] = v
     word = (ucls == 2) & (ulen >= 2)
-    packed = word & (ulen <= _PACK_LETTERS)
-    inb = packed[unit_of]
-    if inb.any():
-        code = _LETTER_CODE[buf[inb]] << (6 * end_of[inb])
-        first = np.nonzero(np.diff(unit_of[inb], prepend=-1))[0]          # each packed unit's first byte
-        ids[packed] = np.add.reduceat(code, first)
+    for sel, code in by_length(np.nonzero(word & (ulen <= _PACK_LETTERS))[0],
+                               lambda acc, x: (acc << 6) | _LETTER_CODE[x]):
+        ids[sel] = code
     long_ = np.nonzero(word & (ulen > _PACK_LETTERS))[0]
     if len(long_):
         seen: dict = {}
