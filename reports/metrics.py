@@ -87,6 +87,8 @@ memorized-text passes (:mod:`reports.texts`) and the run's own files (:mod:`repo
 """
 from __future__ import annotations
 
+import functools
+import gc
 import os
 import time
 
@@ -198,6 +200,25 @@ def _peak_rss_mb() -> float | None:
         return None
 
 
+def without_gc(fn):
+    """Runs ``fn`` with Python's cyclic garbage collector paused (restored after, as it was). The
+    report allocates millions of short-lived containers (span records, findings, rows) and holds
+    large acyclic structures: each generation-2 collection walks all of them and finds nothing to
+    free (1M generations: 8 full collections, 0 objects collected, ~1.3 s of CPU). Reference
+    counting still frees everything that is not in a cycle."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        was = gc.isenabled()
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if was:
+                gc.enable()
+    return run
+
+
+@without_gc
 def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_threshold: float = 0.5,
                     minhash_max_texts: int = 200_000, top_spans: int = TOP_SPANS, progress: bool = False,
                     recitation_min_occurrences: int = taxonomy.RECITATION_MIN_OCCURRENCES) -> dict:

@@ -241,3 +241,31 @@ def test_find_all_many_equals_find_all(batch_chars, monkeypatch):
         assert categories.find_all_many(texts) == [_find_all_before(t) for t in texts]
         assert [categories.find_all(t) for t in texts] == [_find_all_before(t) for t in texts]
     assert categories.find_all_many([]) == []
+
+
+def test_without_gc_pauses_and_restores():
+    """The report's functions run with the cyclic collector paused and leave it as it was, also
+    after an exception."""
+    import gc
+
+    from reports.metrics import without_gc
+    seen = []
+
+    @without_gc
+    def f(fail=False):
+        seen.append(gc.isenabled())
+        if fail:
+            raise ValueError("x")
+    was = gc.isenabled()
+    try:
+        gc.enable()
+        f()
+        with pytest.raises(ValueError):
+            f(fail=True)
+        assert gc.isenabled()
+        gc.disable()
+        f()
+        assert not gc.isenabled()
+    finally:
+        (gc.enable if was else gc.disable)()
+    assert seen == [False, False, False]
