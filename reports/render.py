@@ -78,8 +78,8 @@ def write_report(run_dir, out_dir=None, redact: bool = False, metrics: dict | No
     files = [(paths.json, json.dumps(m, indent=1, ensure_ascii=False, allow_nan=False, default=str) + "\n")]
     if texts is not None:
         paths.spans = os.path.join(out_dir, "memorized_spans.jsonl")
-        files.append((paths.spans, "".join(
-            json.dumps(redact_tree(x) if redact else x, ensure_ascii=False, allow_nan=False) + "\n" for x in texts)))
+        enc = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode     # json.dumps's output, one encoder
+        files.append((paths.spans, "".join(enc(redact_tree(x) if redact else x) + "\n" for x in texts)))
     files += [(paths.md, render_markdown(m)), (paths.html, render_html(m))]
     # all or nothing: a full disk leaves the previous report whole (storage.WriteError, one line)
     write_texts_atomic(files)
