@@ -30,6 +30,7 @@ diverge), ``diverged_at_token`` (index of the token that holds that byte) and
 """
 from __future__ import annotations
 
+import functools
 import re
 import string
 from bisect import bisect_right
@@ -64,10 +65,19 @@ def _pattern(word: str) -> str:
     return w
 
 
+@functools.lru_cache(maxsize=512)
+def _repetition_re(word: str) -> re.Pattern:
+    return re.compile(r"""^[\s"']*(?:""" + _pattern(word) + _SEPARATORS + r")*", re.IGNORECASE)
+
+
+@functools.lru_cache(maxsize=512)
+def _word_re(word: str) -> re.Pattern:
+    return re.compile(_pattern(word), re.IGNORECASE)
+
+
 def divergence_point(word: str, text: str) -> int | None:
     """Character index where ``text`` stops repeating ``word`` (None: it never diverged)."""
-    pat = re.compile(r"""^[\s"']*(?:""" + _pattern(word) + _SEPARATORS + r")*", re.IGNORECASE)
-    m = pat.match(text)
+    m = _repetition_re(word).match(text)
     end = m.end() if m else 0
     rest = text[end:]
     stripped = rest.lstrip()
@@ -81,7 +91,24 @@ def repeats_before(word: str, text: str, at: int | None) -> int:
     head = text if at is None else text[:at]
     if not word.strip():
         return head.count(word) if word else 0
-    return len(re.findall(_pattern(word), head, re.IGNORECASE))
+    return len(_word_re(word).findall(head))
+
+
+def divergence(word: str, text: str) -> tuple[int | None, int]:
+    """``(divergence_point(word, text), repeats_before(word, text, that point))`` with one match: the head
+    before the point is the match (the word's repetitions and separators) and whitespace, so for an ASCII
+    word of letters and digits in an ASCII head a plain count is the regex's count (a separator holds no
+    letter or digit, so no occurrence spans one; ASCII case-insensitivity is ``lower()``)."""
+    m = _repetition_re(word).match(text)
+    end = m.end() if m else 0
+    rest = text[end:]
+    stripped = rest.lstrip()
+    at = None if not stripped else end + (len(rest) - len(stripped))
+    if word.isascii() and word.isalnum():
+        region = text[:end]
+        if region.isascii():
+            return at, region.lower().count(word.lower())
+    return at, repeats_before(word, text, at)
 
 
 class Divergence(Attack):
@@ -149,9 +176,9 @@ class Divergence(Attack):
         return {"diverged": div, "diverged_rate": div / len(extras)}
 
     def finish(self, job: Job, text: str, token_offsets):
-        at = divergence_point(job.extra["word"], text)
+        at, repeats = divergence(job.extra["word"], text)
         out = {"diverged": at is not None, "diverged_at": None, "diverged_at_token": None,
-               "repeats_before_divergence": repeats_before(job.extra["word"], text, at)}
+               "repeats_before_divergence": repeats}
         if at is not None:
             b = len(text[:at].encode("utf-8"))
             out["diverged_at"] = b

@@ -416,6 +416,12 @@ class HTTPClient:
         s = getattr(self._local, "session", None)
         if s is None:
             s = requests.Session()
+            # the environment (HTTP(S)_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE) read once for the
+            # endpoint, not on every request (~0.1 ms each: requests walks os.environ per call); and no
+            # ~/.netrc, whose entry would replace the API key's Authorization header
+            s.trust_env = False
+            s.proxies.update(self._environment()[0])
+            s.verify = self._environment()[1]
             adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=self.pool_size, max_retries=0)
             s.mount("http://", adapter)
             s.mount("https://", adapter)
@@ -424,6 +430,15 @@ class HTTPClient:
                 s.headers["Authorization"] = "Bearer " + self.__key
             self._local.session = s
         return s
+
+    def _environment(self) -> tuple[dict, bool | str]:
+        """(proxies, verify) for the endpoint from the environment, as requests reads it per request."""
+        env = getattr(self, "_env", None)
+        if env is None:
+            proxies = requests.utils.get_environ_proxies(self.endpoint)
+            verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+            env = self._env = (proxies, verify)
+        return env
 
     def interrupt(self) -> None:
         """Make pending backoff sleeps return at once (used when a run stops)."""

@@ -9,7 +9,7 @@ from extractor.attacks import AttackSpec, get_attack, request_id
 from extractor.attacks.base import _split_list
 from extractor.attacks.corpus_source import DocSource
 from extractor.attacks.discoverable import levenshtein, summarize
-from extractor.attacks.divergence import DEFAULT_WORDS, divergence_point, make_prompt, repeats_before
+from extractor.attacks.divergence import DEFAULT_WORDS, divergence, divergence_point, make_prompt, repeats_before
 from extractor.errors import TrawlError
 from sampler_helpers import write_corpus
 
@@ -38,6 +38,27 @@ def test_prompts():
 def test_divergence_point(word, text, at, reps):
     assert divergence_point(word, text) == at
     assert repeats_before(word, text, at) == reps
+
+
+def test_divergence_in_one_match_equals_the_two_regexes():
+    """The finish step's one-match count (a plain count for ASCII words of letters and digits) against the
+    two regular expressions it replaces, on random texts built from the word in every case, its prefixes and
+    extensions, separators, quotes and non-ASCII look-alikes that case-insensitive matching accepts (the
+    Kelvin sign for k, the long s for s)."""
+    import random
+
+    rng = random.Random(7)
+    words = ["poem", "Company", "k", "s", "a1", "2", "{", "-", "é", "\n", " ", "data", "kss"]
+    for trial in range(3000):
+        word = rng.choice(words)
+        pieces = [word, word.upper(), word.lower(), word[:-1] or "x", word + "s", word + "_", "\u212a", "\u017f",
+                  " ", ", ", ".", "-", "'", '"', "\n", "\t", "and", "é", "x"]
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 14)))
+        at = divergence_point(word, text)
+        assert divergence(word, text) == (at, repeats_before(word, text, at)), (word, text)
+    for word, text, at, reps in [("poem", " poem poem poem, poem and then", 22, 4), ("k", "k K \u212a k.", None, 4),
+                                 ("poem", "poempoem poem", 0, 0)]:
+        assert divergence(word, text) == (at, reps), (word, text)
 
 
 def test_divergence_finish_reports_bytes_and_token():
