@@ -33,8 +33,6 @@ IP addresses, keys and PEM blocks, credentials in URLs) with ``[EMAIL]``,
 """
 from __future__ import annotations
 
-import bisect
-import functools
 import re
 
 import numpy as np

@@ -19,8 +19,8 @@ with ``a_k, b_k`` drawn from ``numpy.random.RandomState(1)``; ``MinHashLSH``'s
 (bands, rows) minimising the equally weighted false-positive and false-negative
 areas), done on arrays instead of one Python object per text: signatures for
 all shingles of a chunk of texts at once (the word 5-grams of ASCII texts found
-on arrays, the CRC-32 of every shingle table-driven on arrays: zlib's values), bands grouped with ``numpy.unique``,
-candidate pairs checked in bulk. The clusters are the connected components of
+on arrays, the CRC-32 of every shingle table-driven on arrays: zlib's values),
+bands grouped with ``numpy.unique``, candidate pairs checked in bulk. The clusters are the connected components of
 "shares a band and agrees on >= threshold x 128 signature values", which is what
 inserting the texts one by one into datasketch's index and joining each with
 its accepted candidates gives, whatever the order (tests/reports check both
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import functools
 import re
-import zlib
 
 import numpy as np
 
