@@ -172,10 +172,41 @@ class MatchIndex:
         return pa.array(list(self.memorized.keys()), type=pa.string())
 
 
+_SHORT_ID = 16      # bytes: ids up to this long are hashed from two 8-byte words
+
+
 def _id_hashes(ids: pa.Array) -> np.ndarray:
-    """A 62-bit hash of each value of a string column (:func:`reports.windows.hash_ranges`)."""
+    """A 64-bit hash of each value of a string column, a function of the value's bytes alone (the
+    lookup compares every candidate in full, so the hash only has to spread). Values of <= 16 bytes
+    (trawl's request ids: 16 hex digits) are mixed from their two little-endian 8-byte words and
+    length, the word read through an unaligned view of the column's bytes; longer ones get the
+    window hash (:func:`reports.windows.hash_ranges`)."""
     data, off = binary_buffers(ids)
-    return hash_ranges(data, off[:-1], off[1:])
+    start, ln = off[:-1], np.diff(off)
+    out = np.zeros(len(ln), dtype=np.uint64)
+    short = ln <= _SHORT_ID
+    if not short.all():
+        long_ = np.nonzero(~short)[0]
+        out[long_] = hash_ranges(data, start[long_], off[1:][long_])
+    rows = np.nonzero(short)[0]
+    if len(rows):
+        pad = np.concatenate([data, np.zeros(_SHORT_ID, dtype=np.uint8)])
+        w64 = np.ndarray((len(pad) - 7,), dtype="<u8", buffer=pad, offset=0, strides=(1,))
+        st, n = start[rows], ln[rows]
+
+        def word(at, m):            # the first m (0..8) bytes at ``at``, little-endian, the rest 0
+            keep = np.where(m >= 8, np.uint64(0xFFFFFFFFFFFFFFFF),
+                            (np.uint64(1) << (8 * np.clip(m, 0, 7)).astype(np.uint64)) - np.uint64(1))
+            return w64[at] & keep
+        with np.errstate(over="ignore"):
+            h = (word(st, n) ^ (n.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))) * np.uint64(0xBF58476D1CE4E5B9)
+            h ^= h >> np.uint64(29)
+            h = (h ^ word(st + 8, n - 8)) * np.uint64(0x94D049BB133111EB)
+            h ^= h >> np.uint64(32)
+            h *= np.uint64(0xD6E8FEB86659FD93)
+            h ^= h >> np.uint64(29)
+        out[rows] = h
+    return out
 
 
 class RequestLookup:
