@@ -167,8 +167,9 @@ def rows_note(check: dict) -> str:
     return (f"not exact for this engine: the scorer's logprobs differ from those the sampler reported while "
             f"generating the same tokens by up to {check['max_abs_diff']:.3g} nats (rows check, "
             f"{check['tokens']} greedy tokens; tolerance {ROWS_TOLERANCE:g}): its logits depend on how requests "
-            f"were batched (vLLM in bfloat16: up to 0.11 nats measured; start it with dtype float32 for exact "
-            f"figures); p_z_as_generated is the scorer's value, and the Monte Carlo rate stands")
+            f"were batched (vLLM in bfloat16: up to 0.11 nats measured; for exact figures run it in float32: "
+            f"trawl sample --backend vllm --dtype float32, a campaign's target.dtype, or trawl serve --vllm-arg=--dtype "
+            f"--vllm-arg=float32); p_z_as_generated is the scorer's value, and the Monte Carlo rate stands")
 
 
 GREEDY_OBSERVED_NOTE = ("greedy on an engine whose logits depend on batching: p_z is what the run's own greedy "
