@@ -134,6 +134,28 @@ def request_id(run_id: str, attack: str, variant: str, prompt: str, sample: int)
     return h.hexdigest()[:16]
 
 
+class RequestIds:
+    """:func:`request_id` for a plan, whose samples of one prompt come in a row: the hash of (run_id,
+    attack, variant, prompt) is kept and copied for each sample, instead of hashing a prompt of
+    thousands of bytes once per sample. The same ids (sha1 is a stream: a copied state continues it)."""
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._prefix = None
+
+    def __call__(self, run_id: str, attack: str, variant: str, prompt: str, sample: int) -> str:
+        key = (run_id, attack, variant, prompt)
+        if key != self._key:
+            h = hashlib.sha1()
+            for part in key:
+                h.update(part.encode("utf-8", "surrogatepass"))
+                h.update(b"\x00")
+            self._key, self._prefix = key, h
+        h = self._prefix.copy()
+        h.update(str(sample).encode("ascii") + b"\x00")
+        return h.hexdigest()[:16]
+
+
 def seed_for(request_id_: str) -> int:
     """The seed of runs frozen before seed scheme 2 (``config.json`` without ``seed_scheme``): a hash
     of the request id (31 bits). Two requests of one prompt whose seeds lie less than ``n`` apart

@@ -167,8 +167,9 @@ def rows_note(check: dict) -> str:
     return (f"not exact for this engine: the scorer's logprobs differ from those the sampler reported while "
             f"generating the same tokens by up to {check['max_abs_diff']:.3g} nats (rows check, "
             f"{check['tokens']} greedy tokens; tolerance {ROWS_TOLERANCE:g}): its logits depend on how requests "
-            f"were batched (vLLM in bfloat16: up to 0.11 nats measured; start it with dtype float32 for exact "
-            f"figures); p_z_as_generated is the scorer's value, and the Monte Carlo rate stands")
+            f"were batched (vLLM in bfloat16: up to 0.11 nats measured; for exact figures run it in float32: "
+            f"trawl sample --backend vllm --dtype float32, a campaign's target.dtype, or trawl serve --vllm-arg=--dtype "
+            f"--vllm-arg=float32); p_z_as_generated is the scorer's value, and the Monte Carlo rate stands")
 
 
 GREEDY_OBSERVED_NOTE = ("greedy on an engine whose logits depend on batching: p_z is what the run's own greedy "
@@ -180,7 +181,8 @@ def rows_check(be, scorer, prompt: str, *, timeout: float | None = None) -> dict
     """Do the scorer's rows equal the ones the sampler draws from? Generates ``ROWS_CHECK_TOKENS``
     greedily from ``prompt`` with ``be`` (one request, alone) asking for its logprobs, scores the same
     text after ``prompt`` with ``scorer``, and compares the tokens both split alike. Returns
-    ``{"tokens", "max_abs_diff", "tolerance", "agree"}``, or None when it cannot be measured (no
+    ``{"tokens", "max_abs_diff", "tolerance", "agree", "prompt_tokens", "completion_tokens"}`` (the last two:
+    the check's own request, billed outside the run's budget), or None when it cannot be measured (no
     logprobs from the backend, fewer than two tokens comparable, an error)."""
     if not hasattr(be, "want_logprobs"):
         return None
@@ -188,7 +190,8 @@ def rows_check(be, scorer, prompt: str, *, timeout: float | None = None) -> dict
     before = be.want_logprobs
     be.want_logprobs = True
     try:
-        ch = be.complete(prompt, {"temperature": 0.0, "max_tokens": ROWS_CHECK_TOKENS}, timeout=timeout).choices[0]
+        res = be.complete(prompt, {"temperature": 0.0, "max_tokens": ROWS_CHECK_TOKENS}, timeout=timeout)
+        ch = res.choices[0]
     except (TrawlError, BackendError):
         return None
     finally:
@@ -210,7 +213,9 @@ def rows_check(be, scorer, prompt: str, *, timeout: float | None = None) -> dict
     if len(diffs) < 2:
         return None
     d = max(diffs)
-    return {"tokens": len(diffs), "max_abs_diff": d, "tolerance": ROWS_TOLERANCE, "agree": d <= ROWS_TOLERANCE}
+    # its one request is made after the run, outside its budget and run.json's counts: its tokens are said here
+    return {"tokens": len(diffs), "max_abs_diff": d, "tolerance": ROWS_TOLERANCE, "agree": d <= ROWS_TOLERANCE,
+            "prompt_tokens": int(res.prompt_tokens or 0), "completion_tokens": int(res.completion_tokens or 0)}
 
 
 def _rows_verdict(server: str | None, check: dict | None) -> tuple[bool, str]:

@@ -45,18 +45,19 @@ DEFAULT_ENGINE_ARGS = {"generation_config": "vllm", "max_model_len": 2048, "seed
 
 
 def get_engine(model: str, **engine_args):
-    """One shared ``vllm.LLM`` per (model, engine_args), with trawl's logits processor."""
+    """One shared ``vllm.LLM`` per (model, engine_args), with trawl's logits processor. An engine already
+    running this model whose arguments include every one given here is reused (none given: any)."""
     try:
         from vllm import LLM
     except ImportError as exc:
         raise TrawlError(f"backend vllm needs vLLM installed in this Python ({exc})") from None
     from extractor.backends.vllm_logits import TemperatureDecay
 
-    if not engine_args:  # no options: any engine already running this model will do
-        with _ENGINES_LOCK:
-            for (m, _), (llm, _) in _ENGINES.items():
-                if m == model:
-                    return llm
+    asked = {(k, repr(v)) for k, v in engine_args.items()}
+    with _ENGINES_LOCK:   # no options: any engine running this model will do; options: one that has them
+        for (m, running), (llm, _) in _ENGINES.items():
+            if m == model and asked <= set(running):
+                return llm
     args = {**DEFAULT_ENGINE_ARGS, **engine_args}
     from extractor.serving.serve import cpu_env, vllm_is_cpu_build
     if vllm_is_cpu_build():  # bind OpenMP to this process's cores; small KV cache; no compilation

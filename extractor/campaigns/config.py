@@ -61,6 +61,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "backend": Key("str", "openai", "openai: OpenAI-compatible servers at endpoints, or embedded = true; vllm: "
                                         "vLLM's engine in the trawl process (vllm.LLM, on a GPU host), no server, "
                                         "no endpoints", choices=("openai", "vllm")),
+        "dtype": Key("str", "auto", "backend = \"vllm\": the engine's dtype (auto: vLLM's choice, bfloat16 on the "
+                                    "CPU build; float32 for exact (n,p), see README)",
+                     choices=("auto", "float32", "bfloat16", "float16")),
         "endpoints": Key("list[str]", [], "base URLs of OpenAI-compatible /v1/completions servers that serve "
                                           "this model (replicas: the load is spread, a dead one is routed around)"),
         "embedded": Key("bool", False, "serve the embedded Gemma-3-270m (or model_path) with the local "
@@ -356,6 +359,9 @@ def finish_target(file: str, where: str, t: dict, base_dir: Path | None = None) 
         if t["version"] is None:
             raise TrawlError(f"missing key '{where}.version' in {file} (the model version or checkpoint label)")
         return t
+    if t["dtype"] != "auto":
+        raise TrawlError(f"{where}.dtype is for backend = \"vllm\" (a server's dtype is set where it is started) "
+                         f"(in {file})")
     if t["embedded"] and t["endpoints"]:
         raise TrawlError(f"{where}: give either endpoints or embedded = true, not both (in {file})")
     if not t["embedded"] and not t["endpoints"]:

@@ -73,7 +73,7 @@ SUMMARY_KEYS = ("generations", "generated_tokens", "memorized_token_fraction", "
 def served_target(target: dict, *, log_path: Path, on_start: Callable[[], None] | None = None) -> Iterator[dict]:
     """Serve a checked ``[target]`` table for the duration of the block; yields the keywords of
     :func:`extractor.sampling.run_attacks` that reach it: ``endpoint``, ``model``, ``api_key_env``,
-    ``backend``, ``tokenizer_file``.
+    ``backend``, ``tokenizer_file`` (and ``dtype`` for ``backend = "vllm"``).
 
     * ``backend = "vllm"``: vLLM's engine in this process; engines of other models are shut down
       first (one model's memory at a time), one already running this model is reused;
@@ -89,7 +89,7 @@ def served_target(target: dict, *, log_path: Path, on_start: Callable[[], None] 
         load = t["model_path"] or t["model"]
         shutdown_engines(keep=load)
         yield {"endpoint": f"vllm://{load}", "model": load, "api_key_env": None, "backend": "vllm",
-               "tokenizer_file": None}
+               "tokenizer_file": None, "dtype": t.get("dtype", "auto")}
     elif t["embedded"]:
         from extractor.serving.embedded import EmbeddedServer
 

@@ -61,6 +61,10 @@ def register(subparsers) -> None:
                    help="openai: any OpenAI-compatible /v1/completions server at --endpoint (default); "
                         "vllm: vLLM's engine in this process (vllm.LLM, on a GPU host), --model being an "
                         "HF folder or hub name, no server and no --endpoint")
+    g.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
+                   help="--backend vllm: the engine's dtype (default: auto, vLLM's choice: bfloat16 on the CPU "
+                        "build). float32 makes a lone request's logits equal the batch's, which exact (n,p) "
+                        "needs (README, 'Exact (n,p)-extraction'); a server's dtype is set where it is started")
     g.add_argument("--endpoint", metavar="URL", action="append",
                    help="server base URL, e.g. http://127.0.0.1:8000 (a trailing /v1 is accepted); repeat it for "
                         "replicas of the same model: the load is spread and a dead replica is routed around")
@@ -156,7 +160,7 @@ def cmd_sample(args) -> int:
                           resume=args.resume,
                           progress=not args.no_progress, api_key_env=args.api_key_env, timeout=args.timeout,
                           max_retries=args.max_retries, run_id=args.run_id, seed=args.seed,
-                          token_info=args.token_info, backend=args.backend, api=args.api)
+                          token_info=args.token_info, backend=args.backend, api=args.api, dtype=args.dtype)
     print(f"trawl: {summary.line()}", file=sys.stderr)
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))

@@ -43,7 +43,7 @@ from extractor.sampling.budget import Budget, Pricing, Usage, stop_reason
 from extractor.sampling.plan import Grouping, Unit
 from extractor.sampling.requests import Done, Sender
 from extractor.sampling.run_folder import PART_TOKENS, RunDir, journal_line, rows_to_table
-from extractor.sampling.summary import RunSummary, attack_summaries
+from extractor.sampling.summary import RunSummary, attack_summaries, reads_back
 
 _DRAINING_STOPS = ("max_seconds", "errors", "crashed", "interrupted")  # requests not yet sent are dropped
 # a row's `extra` as stored: the encoder json.dumps(extra, ensure_ascii=False, sort_keys=True) builds on
@@ -325,6 +325,7 @@ class Engine:
                 break
         rows: list[dict] = []
         lines: list[bytes] = []
+        extras: list = []
         tables: list | None = []
         for kind, d in msgs:
             if kind == "freed":
@@ -340,6 +341,7 @@ class Engine:
             if not done:
                 continue
             rows.extend(done)
+            extras.extend(d.extras if d.extras is not None and len(d.extras) == len(done) else [None] * len(done))
             lines.append(d.journal if d.journal is not None else b"".join([journal_line(r) for r in done]))
             if tables is not None and d.table is not None and d.table.num_rows == len(done):
                 tables.append(d.table)
@@ -347,7 +349,7 @@ class Engine:
                 tables = None    # the run folder converts these rows itself
         if not rows:
             return
-        self.rd.append_many(rows, b"".join(lines), tables)   # the rows in one journal write, then counted
+        self.rd.append_many(rows, b"".join(lines), tables, extras)   # the rows in one journal write, then counted
         self.usage.generations += len(rows)
         self.new += len(rows)
         self.session_completion += sum(row["completion_tokens"] for row in rows)
@@ -404,6 +406,7 @@ class Engine:
         billed_p = d.billed_prompt / max(1, len(rows))
         billed_c = d.billed_completion / max(1, len(rows))
         jobs = {j.request_id: j for j in d.unit.jobs}
+        d.extras = []
         for row in rows:
             job_attack = self.attacks[row["attack"]]
             extra = row.pop("_extra")
@@ -416,6 +419,7 @@ class Engine:
             extra["billed_completion_tokens"] = billed_c
             row["extra"] = _EXTRA_JSON.encode(extra)
             row["cost_usd"] = share
+            d.extras.append(extra if reads_back(extra) else None)   # for the run's summary (attack_summaries)
         return rows
 
     def _prefinish(self, d: Done) -> None:

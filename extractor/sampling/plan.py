@@ -22,8 +22,8 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from extractor.attacks import AttackSpec, Job, PlanContext, get_attack, request_id, seed_for
-from extractor.attacks.base import SEED_SCHEME, apply_common, draw_seed
+from extractor.attacks import AttackSpec, Job, PlanContext, get_attack, seed_for
+from extractor.attacks.base import SEED_SCHEME, RequestIds, apply_common, draw_seed
 from extractor.backends.chat import as_messages, messages_id, messages_key
 from extractor.errors import TrawlError
 from extractor.sampling.budget import Pricing
@@ -83,6 +83,7 @@ def plan_jobs(resolved: list[dict], ctx: PlanContext, caps, endpoint: str, seed_
     """Every planned generation, in plan order, with its request id and seed."""
     jobs: list[Job] = []
     seen: set[str] = set()
+    ids = RequestIds()
     for spec in resolved:
         attack = get_attack(spec["name"])()
         if spec["params"].get("ignore_eos") and not getattr(caps, "ignore_eos", False):
@@ -91,7 +92,7 @@ def plan_jobs(resolved: list[dict], ctx: PlanContext, caps, endpoint: str, seed_
         for job in attack.plan(spec["params"], ctx):
             apply_common(job, spec["params"])
             chat_job(job, caps, endpoint)
-            rid = request_id(ctx.run_id, job.attack, job.variant,
+            rid = ids(ctx.run_id, job.attack, job.variant,
                              job.prompt if job.messages is None else messages_key(job.messages), job.sample)
             if rid in seen:
                 raise TrawlError(f"two planned generations share request id {rid} ({job.attack} {job.variant!r} "

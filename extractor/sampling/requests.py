@@ -35,6 +35,7 @@ class Done:
     cost_usd: float | None = None      # set with the rows made final in the worker (Engine._prefinish)
     journal: bytes | None = None       # then also: the rows' journal lines
     table: object = None               # and the rows as an Arrow table (run_folder.rows_to_table)
+    extras: list | None = None         # each row's extra as a dict where its JSON reads back to it, else None
 
 
 class Sender:

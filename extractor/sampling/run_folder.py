@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import glob
+import itertools
 import json
 import math
 import os
@@ -354,14 +355,14 @@ class RunDir:
         return done
 
     def summary_rows(self) -> list[tuple]:
-        """``(attack, extra, completion_tokens)`` of every stored row, in part order: from what this
-        object wrote or read (every part it read is verified, see :meth:`done_ids`), else read from
-        the parts. The same values either way: a part's cached rows are those of its table."""
+        """``(attack, extra, completion_tokens, parsed)`` of every stored row, in part order: from what
+        this object wrote or read (every part it read is verified, see :meth:`done_ids`), else read
+        from the parts. The same values either way: a part's cached rows are those of its table.
+        ``parsed``: ``extra`` as the dict its JSON reads back to, where the writer knew it; else None."""
         parts = self.part_paths()
         if all(p in self._summaries for p in parts):
             return [row for p in parts for row in self._summaries[p]]
-        t = self.read_generations(columns=list(_SUMMARY_COLUMNS))
-        return list(zip(*(t.column(c).to_pylist() for c in _SUMMARY_COLUMNS)))
+        return _summary_of(self.read_generations(columns=list(_SUMMARY_COLUMNS)))
 
     def _read_part(self, path: str, columns: list[str] | None = None) -> pa.Table:
         """One part; a damaged one (parts are written atomically, so damaged from outside) is a TrawlError."""
@@ -469,13 +470,15 @@ class RunDir:
         """Record one finished generation (durable against kill -9 when this returns)."""
         self.append_many([row])
 
-    def append_many(self, rows: list[dict], lines: bytes | None = None, tables: list[pa.Table] | None = None) -> None:
+    def append_many(self, rows: list[dict], lines: bytes | None = None, tables: list[pa.Table] | None = None,
+                    extras: list | None = None) -> None:
         """Record finished generations in one write (durable against kill -9 when this returns; a
         kill during the write leaves whole lines for some of them and at most one torn last line,
         which :meth:`recover` drops: those generations were never done). ``lines``: the rows'
         :func:`journal_line` s, when the caller encoded them already; ``tables``: the rows as Arrow
         tables (:func:`rows_to_table`, in order), when the caller converted them already (the
-        sampler's workers do, off the dispatch thread). A write that fails (a full disk) raises
+        sampler's workers do, off the dispatch thread); ``extras``: each row's ``extra`` as the dict its
+        JSON reads back to (None where not known), kept for :meth:`summary_rows`. A write that fails (a full disk) raises
         WriteError and none of these rows is counted as done: a torn line is dropped on resume and
         those generations sampled again."""
         if not rows:
@@ -492,7 +495,10 @@ class RunDir:
         self._buffered += len(rows)
         self._buffered_tokens += tokens
         self._unwritten_tokens += tokens + len(rows)
-        self._part_summary.extend([(r.get("attack"), r.get("extra"), r.get("completion_tokens")) for r in rows])
+        if extras is None or len(extras) != len(rows):
+            extras = [None] * len(rows)
+        self._part_summary.extend([(r.get("attack"), r.get("extra"), r.get("completion_tokens"), e)
+                                   for r, e in zip(rows, extras)])
 
     def buffered(self) -> int:
         return self._buffered
@@ -598,7 +604,7 @@ _SUMMARY_COLUMNS = ("attack", "extra", "completion_tokens")
 
 
 def _summary_of(table: pa.Table) -> list[tuple]:
-    return list(zip(*(table.column(c).to_pylist() for c in _SUMMARY_COLUMNS)))
+    return list(zip(*(table.column(c).to_pylist() for c in _SUMMARY_COLUMNS), itertools.repeat(None)))
 
 
 def iter_rows(table: pa.Table) -> Iterable[dict]:

@@ -126,6 +126,8 @@ def _open_backend(endpoint, model: str, cfg: SamplerSettings, pool_log) -> Backe
         extra["api"] = cfg.api
     if cfg.ray and cfg.backend == "vllm":   # one engine per Ray worker; the plan is the same
         extra["ray"] = dict(cfg.ray)
+    if cfg.dtype != "auto":                  # backend vllm (SamplerSettings checks it)
+        extra["engine_args"] = {"dtype": cfg.dtype}
     return make_backend(cfg.backend, endpoint=endpoint, model=model, api_key_env=cfg.api_key_env,
                         timeout=cfg.timeout, max_retries=cfg.max_retries, backoff_base=cfg.backoff_base,
                         backoff_max=cfg.backoff_max, pool_size=min(cfg.concurrency, 4),

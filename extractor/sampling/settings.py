@@ -23,6 +23,9 @@ def _stderr_log(msg: str) -> None:
     print(f"trawl: {visible(msg)}", file=sys.stderr)   # log lines carry server text: no raw control characters
 
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")   # vLLM's --dtype values trawl passes on
+
+
 @dataclass(frozen=True)
 class SamplerSettings:
     """The keyword arguments of :func:`extractor.sampling.run_attacks` beyond the plan and the budget.
@@ -34,7 +37,7 @@ class SamplerSettings:
     ``drain_seconds`` is how long a stopping run waits for the requests in flight;
     ``max_consecutive_failures`` (default ``max(10, 2 * concurrency)``) stops a run whose
     requests keep failing; ``backend``, ``api``, ``api_key_env``, ``token_info`` and ``tokenizer_file``
-    choose and configure the backend; ``log`` receives one-line messages (default: stderr,
+    choose and configure the backend (``dtype``: the in-process vLLM engine's, default its own choice); ``log`` receives one-line messages (default: stderr,
     prefixed ``trawl: ``).
     """
 
@@ -61,6 +64,7 @@ class SamplerSettings:
     tokenizer_file: str | None = None
     api: str = "completions"   # "completions", "chat" or "auto" (backend openai; see backends/chat.py)
     ray: dict | None = None    # backend vllm: an [executor] table with kind = "ray" (backends/vllm_ray.py)
+    dtype: str = "auto"        # backend vllm: the engine's dtype (float32 for exact (n,p), see discoverable_np)
     log: Callable[[str], None] | None = None
 
     def __post_init__(self) -> None:
@@ -85,6 +89,11 @@ class SamplerSettings:
             _num("max_consecutive_failures", lambda v: 1 <= v < float("inf") and v == int(v), "an integer >= 1")
         if self.api not in ("completions", "chat", "auto"):
             raise TrawlError(f"api must be completions, chat or auto, got {self.api!r}")
+        if self.dtype not in DTYPES:
+            raise TrawlError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.dtype != "auto" and self.backend != "vllm":
+            raise TrawlError("dtype is for the in-process vllm backend; a server's dtype is set where it is started "
+                             "(trawl serve MODEL --vllm-arg=--dtype --vllm-arg=float32)")
 
     @property
     def logger(self) -> Callable[[str], None]:

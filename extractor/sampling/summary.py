@@ -8,6 +8,7 @@ every session of the run; each attack gets ``generations`` and ``completion_toke
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 
@@ -34,6 +35,32 @@ def _extra(text: str) -> dict:
         except _OrjsonError:
             pass
     return json.loads(text)
+
+
+def reads_back(value) -> bool:
+    """Does ``value``'s JSON read back (:func:`_extra`) to an equal value of the same types? True for
+    dicts with string keys, lists, strings that UTF-8 can hold, ints, finite floats, booleans and None;
+    False for anything else (a tuple reads back as a list, NaN as a NaN that equals nothing, a lone
+    surrogate not at all). The sampler keeps the rows' ``extra`` dicts for which it holds, so that the
+    run's summary need not parse their JSON again (the same values as parsing it)."""
+    c = value.__class__
+    if c is str:
+        if value.isascii():
+            return True
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if value is None or c is bool or c is int:
+        return True
+    if c is float:
+        return math.isfinite(value)
+    if c is dict:
+        return all(k.__class__ is str and reads_back(k) and reads_back(v) for k, v in value.items())
+    if c is list:
+        return all(reads_back(v) for v in value)
+    return False
 
 
 @dataclass
@@ -68,8 +95,8 @@ def attack_summaries(rd: RunDir, resolved: list[dict] | None = None) -> dict:
     """``{attack: {"generations", "completion_tokens", ...}}`` over the stored rows; the attack's
     parameters for :meth:`Attack.summarize` are those of its first entry in ``resolved``."""
     by: dict = {}
-    for attack, extra, ct in rd.summary_rows():
-        e = _extra(extra) if extra else {}
+    for attack, extra, ct, parsed in rd.summary_rows():
+        e = parsed if parsed is not None else (_extra(extra) if extra else {})
         by.setdefault(attack, []).append((e, ct or 0))
     out: dict = {}
     for attack, items in by.items():

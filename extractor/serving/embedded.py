@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -79,6 +80,34 @@ def default_model_path() -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return target
+
+
+PR_SET_PDEATHSIG = 1   # linux/prctl.h
+
+
+def _dies_with_parent():
+    """A ``preexec_fn`` that makes the server get SIGTERM when trawl dies, even by SIGKILL (where no
+    ``atexit`` or signal handler runs and the server, in its own session, would be left serving):
+    Linux's ``prctl(PR_SET_PDEATHSIG)``, and an exit at once if trawl died before it took effect.
+    The signal follows the *thread* that started the child, so only a start from the main thread
+    (which lives as long as trawl) asks for it; elsewhere, or off Linux, None (``stop`` and
+    ``atexit`` only). ``prctl`` is looked up here, before the fork: the child only calls it."""
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def setup() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return setup
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -174,6 +203,7 @@ class EmbeddedServer:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             env=env,
+            preexec_fn=_dies_with_parent(),
         )
         atexit.register(self.stop)
         try:

@@ -6,7 +6,7 @@ import string
 import pytest
 
 from extractor.attacks import AttackSpec, get_attack, request_id
-from extractor.attacks.base import _split_list
+from extractor.attacks.base import RequestIds, _split_list
 from extractor.attacks.corpus_source import DocSource
 from extractor.attacks.discoverable import levenshtein, summarize
 from extractor.attacks.divergence import DEFAULT_WORDS, divergence, divergence_point, make_prompt, repeats_before
@@ -19,6 +19,21 @@ def test_default_word_list_is_the_125_entry_protocol():
     assert list(DEFAULT_WORDS[25:]) == list(string.printable)
     assert "poem" in DEFAULT_WORDS and "company" in DEFAULT_WORDS
     assert get_attack("divergence").resolve({})["words"] == list(DEFAULT_WORDS)
+
+
+def test_request_ids_of_a_plan_equal_the_contracts_definition():
+    """RequestIds (a prompt's hash kept and copied per sample) gives request_id's ids, whatever the order of
+    prompts (kept, switched, switched back) and for lone surrogates and non-ASCII text."""
+    import random
+
+    rng = random.Random(5)
+    ids = RequestIds()
+    prompts = ["poem " * 300, "p\ud800q", "é€😀", "", "poem " * 300 + "x"]
+    for _ in range(2000):
+        args = (rng.choice(["run-a", "run-b"]), rng.choice(["divergence", "prefix"]), rng.choice(["v", "poem"]),
+                rng.choice(prompts), rng.randrange(100_000))
+        assert ids(*args) == request_id(*args)
+    assert request_id("r", "a", "v", "p", 3) == __import__("hashlib").sha1(b"r\0a\0v\0p\0" + b"3\0").hexdigest()[:16]
 
 
 def test_prompts():

@@ -280,6 +280,7 @@ def test_rows_check_measures_the_largest_difference():
     s = _Sampler([lp, lp + 0.1, lp - 0.03])
     c = rows_check(s, _WordScorer(), "prefix")
     assert c["tokens"] == 3 and c["max_abs_diff"] == pytest.approx(0.1) and c["agree"] is False
+    assert (c["prompt_tokens"], c["completion_tokens"]) == (1, 3)      # the check's own request, said
     assert s.calls == [("prefix", {"temperature": 0.0, "max_tokens": 8}, True)] and s.want_logprobs is False
     assert rows_check(_Sampler([lp, lp + ROWS_TOLERANCE / 2, lp]), _WordScorer(), "p")["agree"] is True
     # the sampler split the text otherwise from the third token on: only the first two are compared

@@ -44,8 +44,9 @@ def be():
 def _run(be, tmp_path, **params):
     from tests.np_helpers import discoverable_run
 
+    # dtype float32 as a user asks for it (trawl sample --dtype float32): the module's float32 engine serves it
     return discoverable_run(tmp_path / "run", tmp_path / "corpus", endpoint="vllm://smollm2", model=be.model,
-                            backend="vllm", concurrency=16, params=params)
+                            backend="vllm", concurrency=16, dtype="float32", params=params)
 
 
 def test_logits_do_not_depend_on_batching_in_float32(be):
@@ -78,6 +79,8 @@ def test_greedy_verbatim_passage_has_pz_one(be, tmp_path):
     assert doc["monte_carlo"] == {"samples": 1, "hits": 1, "p_z": 1.0, "token_hits": 1, "p_z_tokens": 1.0}       # vLLM's greedy run was verbatim
     assert doc["kind"] == "exact" and doc["p_z"] == 1.0 and "basis" not in doc and doc["tokens"] == SUFFIX
     assert out["full_distribution"] is True and out["order"] == "vllm" and out["rows"]["sampler_rows"] is True
+    import json
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["backend"]["engine_args"]["dtype"] == "float32"
     assert out["summary"]["mean_curve"][0] == [1, 1.0]
 
 

@@ -90,7 +90,7 @@ def load_toml_text(text):
 def test_unknown_keys_are_named_with_the_known_ones(tmp_path, index):
     msg = err(tmp_path, good(index, target='[target]\nmodle = "m"\nversion = "v1"\nendpoints = ["http://h:1"]\n'))
     assert msg.startswith("unknown key 'target.modle' in ") and msg.endswith(
-        "(known: model, version, backend, endpoints, embedded, model_path, api_key_env, concurrency, timeout, "
+        "(known: model, version, backend, dtype, endpoints, embedded, model_path, api_key_env, concurrency, timeout, "
         "max_retries, token_info, api)")
     assert "unknown key 'reprot' in" in err(tmp_path, good(index) + "\n[reprot]\nredact = true\n")
     msg = err(tmp_path, good(index, attacks='[[attacks]]\nname = "divergence"\nwrds = ["poem"]\n'))
@@ -185,6 +185,24 @@ def test_vllm_target_resolves_the_model_folder(tmp_path, index):
     assert named.config["target"]["model"] == "acme"
     assert named.config["target"]["model_path"] == str(folder.resolve())
     assert identity(named.config)["model_path"] == str(folder.resolve()) and identity(named.config)["model"] == "acme"
+
+
+def test_dtype_is_for_the_vllm_backend(tmp_path, index):
+    """target.dtype reaches the in-process engine (float32 for exact (n,p)); a server's target refuses it in
+    one line (its dtype is set where it is started), and a value vLLM does not take is named."""
+    from extractor.campaigns.pipeline import served_target
+
+    hf_folder(tmp_path / "models" / "smol")
+    c = load_campaign(write(tmp_path, good(index, target=vllm_target(extra='dtype = "float32"\n'))))
+    assert c.config["target"]["dtype"] == "float32"
+    with served_target(c.config["target"], log_path=tmp_path / "log") as served:
+        assert served["dtype"] == "float32" and served["backend"] == "vllm"
+    assert load_campaign(write(tmp_path, good(index))).config["target"]["dtype"] == "auto"
+    msg = err(tmp_path, good(index, target='[target]\nmodel = "m"\nversion = "v1"\nendpoints = ["http://127.0.0.1:9"]\n'
+                                           'dtype = "float32"\n'))
+    assert msg.startswith('target.dtype is for backend = "vllm"') and "campaign.toml" in msg
+    msg = err(tmp_path, good(index, target=vllm_target(extra='dtype = "float64"\n')))
+    assert "target.dtype" in msg and "float32" in msg
 
 
 def test_vllm_target_errors_name_the_key(tmp_path, index):

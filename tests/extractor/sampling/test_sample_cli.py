@@ -170,7 +170,8 @@ def test_backend_choice_is_checked_in_one_line(tmp_path):
             "--out", str(tmp_path / "r")]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cases = [(base, "--endpoint URL is required"),
-             (base + ["--backend", "vllm", "--endpoint", "http://127.0.0.1:9"], "drop --endpoint")]
+             (base + ["--backend", "vllm", "--endpoint", "http://127.0.0.1:9"], "drop --endpoint"),
+             (base + ["--endpoint", "http://127.0.0.1:9", "--dtype", "float32"], "dtype is for the in-process vllm")]
     if importlib.util.find_spec("vllm") is None:
         cases.append((base + ["--backend", "vllm"], "backend vllm needs vLLM installed"))
     for cmd, message in cases:

@@ -75,3 +75,47 @@ def test_extra_reader_and_encoder_match_the_standard_library():
     for bad in ("", "{", "{'a': 1}", "[1,]", "nul"):
         with pytest.raises(ValueError):
             _extra(bad)
+
+
+def _same(a, b) -> bool:
+    """Equal, and of the same types all the way down."""
+    if a.__class__ is not b.__class__:
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def _nested(rng: random.Random, depth: int = 0):
+    if depth < 3 and rng.random() < 0.3:
+        items = [_nested(rng, depth + 1) for _ in range(rng.randint(0, 4))]
+        kind = rng.choice(["dict", "list", "tuple", "oddkey"])
+        if kind == "dict":
+            return {f"k{i}\u00e9": v for i, v in enumerate(items)}
+        if kind == "oddkey":
+            return {rng.choice([1, True, None, 2.5]): v for v in items}
+        return items if kind == "list" else tuple(items)
+    return rng.choice([_value(rng), "\ud800", -0.0, 2**64, float("-inf")])
+
+
+def test_extras_kept_by_the_sampler_read_back_to_themselves():
+    """reads_back(v): the JSON the sampler stores for ``v`` reads back (the summaries' reader) to a value equal
+    to ``v`` with the same types, so the run's summary may use ``v`` instead of parsing; tuples, NaN,
+    infinities, lone surrogates and non-string keys are refused (they would read back otherwise, or not at all)."""
+    from extractor.sampling.summary import reads_back
+
+    rng = random.Random(11)
+    kept = refused = 0
+    for _ in range(4000):
+        v = {"diverged": rng.random() < 0.5, "x": _nested(rng)}
+        if reads_back(v):
+            kept += 1
+            assert _same(_extra(_EXTRA_JSON.encode(v)), v), v
+        else:
+            refused += 1
+    assert kept > 500 and refused > 500
+    for bad in ({"a": (1,)}, {"a": float("nan")}, {"a": "\udc80"}, {1: 2}, {"a": [float("inf")]}, {"a": {True: 1}}):
+        assert not reads_back(bad), bad
+    assert reads_back({"a": [1, -0.0, 2**70, None, "é", {"b": False}]})

