@@ -86,12 +86,19 @@ def per_distinct(arr: pa.Array, fn):
     return fn(enc.dictionary)[enc.indices.to_numpy(zero_copy_only=False)]
 
 
+_JSON_NUMBER = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?"
+
+
 def _sampled_mask(params: pa.Array) -> np.ndarray:
     """True where the row is sampled (not greedy): params' temperature is not 0 and top_k is not 1."""
     def number(values, key):
-        got = pc.extract_regex(values, rf'"{key}"\s*:\s*(?P<v>-?[0-9.eE+]+)')
+        # a JSON number (a negative exponent included: temperature 1e-3), so that the cast reads every match
+        got = pc.extract_regex(values, rf'"{key}"\s*:\s*(?P<v>{_JSON_NUMBER})')
         v = pc.struct_field(got, "v") if got.type.num_fields else pa.nulls(len(values), pa.string())
-        return pc.cast(v, pa.float64()).to_numpy(zero_copy_only=False)
+        try:
+            return pc.cast(v, pa.float64()).to_numpy(zero_copy_only=False)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):    # e.g. out of float64's range: Python's float
+            return np.array([math.nan if x is None else float(x) for x in v.to_pylist()], dtype=np.float64)
 
     def sampled(values):
         t, k = number(values, "temperature"), number(values, "top_k")

@@ -385,3 +385,24 @@ def test_params_and_extra_parsed_once_per_distinct_value():
         got = pc.extract_regex(arr, r'"n_choice"\s*:\s*(?P<k>[0-9]+)')
         nch = pc.fill_null(pc.cast(pc.struct_field(got, "k"), pa.int64()), -1).to_pylist()
         assert repeats._n_choice(arr).tolist() == nch
+
+
+def test_greedy_check_reads_every_json_number():
+    """params' temperature and top_k as JSON writes them (a negative exponent, an exponent sign, -0.0) decide
+    greedy vs sampled as json.loads would; a damaged params text is never a traceback."""
+    import json
+
+    import pyarrow as pa
+
+    from reports.repeats import _sampled_mask
+
+    texts = ['{"temperature": 1e-3}', '{"temperature": 0}', '{"temperature": 0.0, "top_k": 40}',
+             '{"temperature": 0e+5}', '{"temperature": -0.0}', '{"temperature": 1E-7, "top_k": 1}',
+             '{"temperature": 2.5e10}', '{"top_k": 1}', '{}', '{"temperature": 1e999}', '{"temperature":0.7}']
+    expected = []
+    for t in texts:
+        d = json.loads(t)
+        expected.append(not (d.get("temperature", float("nan")) == 0 or d.get("top_k") == 1))
+    assert _sampled_mask(pa.array(texts, pa.binary())).tolist() == expected
+    for bad in ['{"temperature": 1.2.3}', '{"temperature": e5}', '{"temperature": -}', '{"temperature": 1e}']:
+        assert _sampled_mask(pa.array([bad], pa.binary())).shape == (1,)
