@@ -379,13 +379,26 @@ def threshold_pass(acc: RunAccumulator, mi: MatchIndex) -> dict | None:
     return longest_per(per_gid, None).to_pylist()[0] if per_gid.num_rows else None
 
 
-def uniques_and_freq_per_key(keys: np.ndarray, hashes: np.ndarray) -> tuple[dict[int, int], dict[int, dict[int, int]]]:
+_SMALL_KEYS = 1 << 15       # keys below this sort as int16 (NumPy's stable sort of 16-bit values is a radix sort)
+
+
+def uniques_and_freq_per_key(keys: np.ndarray, hashes: np.ndarray,
+                             hashes_sorted: bool = False) -> tuple[dict[int, int], dict[int, dict[int, int]]]:
     """Per key: the number of distinct hashes, and the frequency counts ``{k: f_k}`` (how many
     distinct hashes occur exactly k times under that key; each entry is one generation's
     incidence already). ``keys`` and ``hashes``: non-negative integers (one int64 sort when
-    ``max(keys) * (max(hashes) + 1)`` fits in int64)."""
+    ``max(keys) * (max(hashes) + 1)`` fits in int64). ``hashes_sorted``: the caller's promise that
+    ``hashes`` is ascending; then keys below 2^15 are ordered by one radix sort instead."""
     if not len(keys):
         return {}, {}
+    if hashes_sorted and int(keys.min()) >= 0 and int(keys.max()) < _SMALL_KEYS:
+        # hashes ascending: a stable sort by the key alone (a radix sort of int16) orders by (key, hash)
+        order = np.argsort(keys.astype(np.int16), kind="stable")
+        k, h = keys[order].astype(np.int64), hashes[order]
+        new = np.ones(len(k), dtype=bool)
+        new[1:] = (k[1:] != k[:-1]) | (h[1:] != h[:-1])
+        starts = np.nonzero(new)[0]
+        return _freq_tail(k[starts], starts, len(keys))
     keys = keys.astype(np.int64)
     span = int(hashes.max()) + 1 if hashes.dtype.kind in "iu" and int(hashes.min()) >= 0 else 0
     if span and int(keys.max()) < (1 << 62) // span and int(keys.min()) >= 0:
@@ -401,7 +414,13 @@ def uniques_and_freq_per_key(keys: np.ndarray, hashes: np.ndarray) -> tuple[dict
         new[1:] = (k[1:] != k[:-1]) | (h[1:] != h[:-1])
         starts = np.nonzero(new)[0]
         run_keys = k[starts]
-    runs = np.diff(np.append(starts, len(keys)))       # incidences of each (key, hash)
+    return _freq_tail(run_keys, starts, len(keys))
+
+
+def _freq_tail(run_keys: np.ndarray, starts: np.ndarray, n: int) -> tuple[dict, dict]:
+    """:func:`uniques_and_freq_per_key` from the (key, hash) runs of its sorted pairs: each run's
+    key and first position, ``n`` pairs in all."""
+    runs = np.diff(np.append(starts, n))       # incidences of each (key, hash)
     ks, n_unique = np.unique(run_keys, return_counts=True)
     # (key, run length) pairs -> f_k per key, vectorised
     base = int(runs.max()) + 1
@@ -424,30 +443,57 @@ def windows_pass(acc: RunAccumulator, run: Group, attacks: list[Group]) -> np.nd
         acc.win_id = np.zeros(0, np.int64)
         return np.zeros(0, np.int64)
     nwin = np.fromiter((r["wins"][1] - r["wins"][0] for r in acc.span_records), np.int64, len(acc.span_records))
-    uh, wid = np.unique(wh, return_inverse=True)
-    wid = wid.ravel().astype(np.int64)
-    acc.win_id = wid
-    # incidences: distinct (window, generation), a window counted once per generation
     ngen = acc.generations + 1
     span_gen = np.frombuffer(acc.span_gen, dtype=np.int64)
-    ks = np.sort(wid * ngen + np.repeat(span_gen, nwin))
-    new = np.ones(len(ks), dtype=bool)
-    new[1:] = ks[1:] != ks[:-1]
-    inc_wid, inc_gen = ks[new] // ngen, ks[new] % ngen
+    win_gen = np.repeat(span_gen, nwin)
+    if bool((win_gen[1:] >= win_gen[:-1]).all()):
+        n_unique, wid, inc_wid, inc_gen = _incidences_stable(wh, win_gen)
+    else:       # not in stream order (not made by read_generations): the general sorts
+        n_unique, wid, inc_wid, inc_gen = _incidences_sorted(wh, win_gen, ngen)
+    acc.win_id = wid
     gid_of_gen = np.zeros(ngen, dtype=np.int64)          # a generation's spans all have its gid
     gid_of_gen[span_gen] = np.frombuffer(acc.iv_gid, dtype=np.uint32)
     inc_gid = gid_of_gen[inc_gen]
-    counts = np.bincount(inc_wid, minlength=len(uh))
+    counts = np.bincount(inc_wid, minlength=n_unique)
     kk, fk = np.unique(counts, return_counts=True)
     run.freq = {int(k): int(f) for k, f in zip(kk, fk)}
-    run.unique_windows = int(len(uh))
+    run.unique_windows = int(n_unique)
     firsts = np.ones(len(inc_wid), dtype=bool)          # sorted by (window, generation): a window's first
     firsts[1:] = inc_wid[1:] != inc_wid[:-1]
     for level, keys in ((acc.groups, inc_gid), (attacks, acc.attack_of_gid()[inc_gid])):
-        uniq, freq = uniques_and_freq_per_key(keys, inc_wid)
+        uniq, freq = uniques_and_freq_per_key(keys, inc_wid, hashes_sorted=True)
         for i, g in enumerate(level):
             g.unique_windows, g.freq = uniq.get(i, 0), freq.get(i, {})
     return np.sort(inc_gen[firsts])
+
+
+def _incidences_sorted(wh: np.ndarray, win_gen: np.ndarray, ngen: int):
+    """``(unique windows, each window's rank among the distinct hashes, incidences' ranks,
+    incidences' generations)``; incidences = distinct (window, generation) pairs, a window counted
+    once per generation, sorted by (rank, generation)."""
+    uh, wid = np.unique(wh, return_inverse=True)
+    wid = wid.ravel().astype(np.int64)
+    ks = np.sort(wid * ngen + win_gen)
+    new = np.ones(len(ks), dtype=bool)
+    new[1:] = ks[1:] != ks[:-1]
+    return len(uh), wid, ks[new] // ngen, ks[new] % ngen
+
+
+def _incidences_stable(wh: np.ndarray, win_gen: np.ndarray):
+    """:func:`_incidences_sorted` for windows whose generations are non-decreasing (stream order):
+    one stable sort of the hashes keeps each hash's windows in generation order, so the (rank,
+    generation) pairs come out sorted without the second sort."""
+    order = np.argsort(wh, kind="stable")
+    sh = wh[order]
+    new = np.ones(len(sh), dtype=bool)
+    new[1:] = sh[1:] != sh[:-1]
+    rank = np.cumsum(new) - 1
+    wid = np.empty(len(sh), dtype=np.int64)
+    wid[order] = rank
+    gs = win_gen[order]
+    inc = new.copy()
+    inc[1:] |= gs[1:] != gs[:-1]
+    return int(rank[-1]) + 1, wid, rank[inc], gs[inc]
 
 
 def bytes_pass(acc: RunAccumulator, run: Group, attacks: list[Group]) -> int:

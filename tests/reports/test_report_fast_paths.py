@@ -406,3 +406,54 @@ def test_greedy_check_reads_every_json_number():
     assert _sampled_mask(pa.array(texts, pa.binary())).tolist() == expected
     for bad in ['{"temperature": 1.2.3}', '{"temperature": e5}', '{"temperature": -}', '{"temperature": 1e}']:
         assert _sampled_mask(pa.array([bad], pa.binary())).shape == (1,)
+
+
+def _windows_cases():
+    """(hashes, non-decreasing generations) pairs: random with repeats, all equal, one window,
+    a window repeated inside one generation, hashes near 2^62."""
+    rng = np.random.default_rng(16)
+    out = []
+    for n, distinct in ((1, 1), (2, 1), (50, 3), (3_000, 40), (20_000, 5_000), (20_000, 20_000)):
+        h = rng.integers(0, 1 << 62, distinct, dtype=np.int64).astype(np.uint64)[rng.integers(0, distinct, n)]
+        gen = np.sort(rng.integers(0, max(1, n // 7), n))
+        out.append((h, gen))
+    out.append((np.full(40, (1 << 62) - 1, np.uint64), np.repeat(np.arange(8), 5)))    # all equal, 5 per gen
+    out.append((np.tile(np.array([5, 3, 5, 9], np.uint64), 6), np.repeat(np.arange(3), 8)))
+    return out
+
+
+def test_window_incidences_stable_sort_equal_the_two_sorts():
+    """windows_pass's one stable sort (windows in stream order) gives the ranks and (window,
+    generation) incidences of np.unique + the sort of the packed pairs."""
+    from reports.passes import _incidences_sorted, _incidences_stable
+    for h, gen in _windows_cases():
+        want = _incidences_sorted(h, gen, int(gen.max()) + 1)
+        got = _incidences_stable(h, gen)
+        assert got[0] == want[0]
+        for a, b in zip(got[1:], want[1:]):
+            assert a.dtype.kind == "i" and np.array_equal(a, b)
+        # brute force: ranks of the distinct values, distinct (rank, gen) pairs in order
+        uniq = sorted(set(h.tolist()))
+        assert got[1].tolist() == [uniq.index(x) for x in h.tolist()]
+        pairs = sorted({(uniq.index(x), g) for x, g in zip(h.tolist(), gen.tolist())})
+        assert list(zip(got[2].tolist(), got[3].tolist())) == pairs
+
+
+@pytest.mark.parametrize("nkeys", [1, 3, 200, (1 << 15) + 5])
+def test_per_key_frequencies_with_sorted_hashes_equal_the_general_sort(nkeys):
+    """The radix path of uniques_and_freq_per_key (hashes ascending, keys < 2^15) and its fallback
+    for larger keys equal the packed-key sort and a dict count."""
+    from collections import Counter
+
+    from reports.passes import uniques_and_freq_per_key
+    rng = np.random.default_rng(nkeys)
+    hashes = np.sort(rng.integers(0, 3_000, 20_000))
+    keys = rng.integers(0, nkeys, 20_000)
+    keys[:5] = nkeys - 1
+    got = uniques_and_freq_per_key(keys, hashes, hashes_sorted=True)
+    assert got == uniques_and_freq_per_key(keys, hashes)
+    runs = Counter(zip(keys.tolist(), hashes.tolist()))
+    uniq, freq = Counter(k for k, _ in runs), {}
+    for (k, _h), c in runs.items():
+        freq.setdefault(k, Counter())[c] += 1
+    assert got == (dict(uniq), {k: dict(v) for k, v in freq.items()})
