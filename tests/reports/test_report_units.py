@@ -269,3 +269,44 @@ def test_without_gc_pauses_and_restores():
     finally:
         (gc.enable if was else gc.disable)()
     assert seen == [False, False, False]
+
+
+def test_large_blocks_kept_sets_and_restores_the_thresholds(monkeypatch):
+    """glibc's thresholds are raised once for the outermost report call (also when one nests in
+    another), set back to glibc's defaults and the heap trimmed after it, also after an exception;
+    without glibc the function just runs."""
+    from reports import metrics
+    calls = []
+    monkeypatch.setattr(metrics, "_glibc_malloc", lambda: (lambda p, v: calls.append((p, v)) or 1,
+                                                           lambda pad: calls.append(("trim", pad)) or 1))
+
+    @metrics.large_blocks_kept
+    def inner(fail=False):
+        calls.append("inner")
+        if fail:
+            raise ValueError("x")
+        return 7
+
+    @metrics.large_blocks_kept
+    def outer():
+        calls.append("outer")
+        return inner()
+    raised = [(-3, 32 << 20), (-1, 1 << 30)]
+    restored = [(-3, 128 * 1024), (-1, 128 * 1024), ("trim", 0)]
+    assert outer() == 7
+    assert calls == raised + ["outer", "inner"] + restored
+    calls.clear()
+    with pytest.raises(ValueError):
+        inner(fail=True)
+    assert calls == raised + ["inner"] + restored and metrics._kept_depth == 0
+    calls.clear()
+    monkeypatch.setattr(metrics, "_glibc_malloc", lambda: None)
+    assert outer() == 7 and calls == ["outer", "inner"]
+
+
+def test_large_blocks_kept_on_this_platform():
+    """The real C library (glibc here, or none found): the call returns its result and the depth
+    is back at 0."""
+    from reports import metrics
+    assert metrics.large_blocks_kept(lambda x: x + 1)(1) == 2
+    assert metrics._kept_depth == 0
