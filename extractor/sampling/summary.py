@@ -44,23 +44,37 @@ def reads_back(value) -> bool:
     surrogate not at all). The sampler keeps the rows' ``extra`` dicts for which it holds, so that the
     run's summary need not parse their JSON again (the same values as parsing it)."""
     c = value.__class__
-    if c is str:
-        if value.isascii():
-            return True
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return False
+    if c is dict:
+        for k, v in value.items():      # the scalars of a flat dict inline (once per generation)
+            if k.__class__ is not str or not (k.isascii() or _utf8(k)):
+                return False
+            vc = v.__class__
+            if vc is bool or vc is int or v is None or (vc is str and v.isascii()):
+                continue
+            if vc is float:
+                if v - v != 0.0:        # inf - inf and nan - nan are NaN
+                    return False
+                continue
+            if not reads_back(v):
+                return False
         return True
+    if c is str:
+        return value.isascii() or _utf8(value)
     if value is None or c is bool or c is int:
         return True
     if c is float:
         return math.isfinite(value)
-    if c is dict:
-        return all(k.__class__ is str and reads_back(k) and reads_back(v) for k, v in value.items())
     if c is list:
         return all(reads_back(v) for v in value)
     return False
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass
