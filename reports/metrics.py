@@ -90,6 +90,7 @@ from __future__ import annotations
 import functools
 import gc
 import os
+import threading
 import time
 
 from corpora import storage
@@ -224,6 +225,7 @@ _GLIBC_DEFAULT_THRESHOLD = 128 * 1024
 REPORT_MMAP_THRESHOLD = 32 << 20      # glibc's largest: blocks below it come from the heap
 REPORT_TRIM_THRESHOLD = 1 << 30       # free heap kept (not trimmed) while the report runs
 _kept_depth = 0
+_kept_lock = threading.Lock()
 
 
 @functools.lru_cache(maxsize=1)
@@ -258,18 +260,20 @@ def large_blocks_kept(fn):
         if lib is None:
             return fn(*args, **kwargs)
         mallopt, trim = lib
-        if _kept_depth == 0:
-            mallopt(_M_MMAP_THRESHOLD, REPORT_MMAP_THRESHOLD)
-            mallopt(_M_TRIM_THRESHOLD, REPORT_TRIM_THRESHOLD)
-        _kept_depth += 1
+        with _kept_lock:            # reports computed in several threads: the outermost one sets and restores
+            if _kept_depth == 0:
+                mallopt(_M_MMAP_THRESHOLD, REPORT_MMAP_THRESHOLD)
+                mallopt(_M_TRIM_THRESHOLD, REPORT_TRIM_THRESHOLD)
+            _kept_depth += 1
         try:
             return fn(*args, **kwargs)
         finally:
-            _kept_depth -= 1
-            if _kept_depth == 0:
-                mallopt(_M_MMAP_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
-                mallopt(_M_TRIM_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
-                trim(0)
+            with _kept_lock:
+                _kept_depth -= 1
+                if _kept_depth == 0:
+                    mallopt(_M_MMAP_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
+                    mallopt(_M_TRIM_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
+                    trim(0)
     return run
 
 

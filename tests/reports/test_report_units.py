@@ -310,3 +310,25 @@ def test_large_blocks_kept_on_this_platform():
     from reports import metrics
     assert metrics.large_blocks_kept(lambda x: x + 1)(1) == 2
     assert metrics._kept_depth == 0
+
+
+def test_large_blocks_kept_across_threads(monkeypatch):
+    """Reports in several threads at once: the thresholds are raised once and restored once, by
+    whichever call ends last."""
+    import threading
+
+    from reports import metrics
+    calls, inside = [], threading.Barrier(4)
+    monkeypatch.setattr(metrics, "_glibc_malloc", lambda: (lambda p, v: calls.append((p, v)) or 1,
+                                                           lambda pad: calls.append(("trim", pad)) or 1))
+
+    @metrics.large_blocks_kept
+    def report():
+        inside.wait(timeout=10)       # all four are inside together
+    threads = [threading.Thread(target=report) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == [(-3, 32 << 20), (-1, 1 << 30), (-3, 128 * 1024), (-1, 128 * 1024), ("trim", 0)]
+    assert metrics._kept_depth == 0
