@@ -420,7 +420,8 @@ def _text_sections(acc: RunAccumulator, totals: dict, per_attack: dict, per_vari
     from reports.neardup import cluster_texts
     uniq = distinct_texts(acc.span_records)
     by_category, tax_section = classify_spans(acc.span_records, uniq, acc.groups, totals, per_attack,
-                                              per_variant, rmin, acc.win_id, acc.win_hash)
+                                              per_variant, rmin, acc.win_id, acc.win_hash,
+                                              acc.win_order)
     tax_section["longest_run"] = (None if longest_run is None else taxonomy.classify(
         longest_run["text"], longest_run["occurrences"], rmin))
     categories = content_categories(uniq, totals)

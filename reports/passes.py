@@ -105,6 +105,7 @@ class RunAccumulator:
     windows_kept: int = 0
     win_id: np.ndarray | None = None
     win_hash: np.ndarray | None = None
+    win_order: np.ndarray | None = None
     span_gen: array = field(default_factory=lambda: array("q"))
     iv_gid: array = field(default_factory=lambda: array("I"))
     iv_doc: array = field(default_factory=lambda: array("q"))
@@ -447,7 +448,7 @@ def windows_pass(acc: RunAccumulator, run: Group, attacks: list[Group]) -> np.nd
     span_gen = np.frombuffer(acc.span_gen, dtype=np.int64)
     win_gen = np.repeat(span_gen, nwin)
     if bool((win_gen[1:] >= win_gen[:-1]).all()):
-        n_unique, wid, inc_wid, inc_gen = _incidences_stable(wh, win_gen)
+        n_unique, wid, inc_wid, inc_gen, acc.win_order = _incidences_stable(wh, win_gen)
     else:       # not in stream order (not made by read_generations): the general sorts
         n_unique, wid, inc_wid, inc_gen = _incidences_sorted(wh, win_gen, ngen)
     acc.win_id = wid
@@ -482,7 +483,8 @@ def _incidences_sorted(wh: np.ndarray, win_gen: np.ndarray, ngen: int):
 def _incidences_stable(wh: np.ndarray, win_gen: np.ndarray):
     """:func:`_incidences_sorted` for windows whose generations are non-decreasing (stream order):
     one stable sort of the hashes keeps each hash's windows in generation order, so the (rank,
-    generation) pairs come out sorted without the second sort."""
+    generation) pairs come out sorted without the second sort. Returns that sort's order too (the
+    windows by rank, then position: ``RunAccumulator.win_order``)."""
     order = np.argsort(wh, kind="stable")
     sh = wh[order]
     new = np.ones(len(sh), dtype=bool)
@@ -493,7 +495,7 @@ def _incidences_stable(wh: np.ndarray, win_gen: np.ndarray):
     gs = win_gen[order]
     inc = new.copy()
     inc[1:] |= gs[1:] != gs[:-1]
-    return int(rank[-1]) + 1, wid, rank[inc], gs[inc]
+    return int(rank[-1]) + 1, wid, rank[inc], gs[inc], order
 
 
 def bytes_pass(acc: RunAccumulator, run: Group, attacks: list[Group]) -> int:

@@ -57,7 +57,8 @@ class SpanPool:
     run's windows as dense ids and as hashes, :func:`reports.passes.windows_pass`), ``doc_id``,
     ``doc_offset``, ``raw``), in arrays, for figures over any subset of them."""
 
-    def __init__(self, records: list[dict], win_id: np.ndarray, win_hash: np.ndarray):
+    def __init__(self, records: list[dict], win_id: np.ndarray, win_hash: np.ndarray,
+                 win_order: np.ndarray | None = None):
         gen_of: dict = {}
         text_of: dict = {}
         n = len(records)
@@ -80,6 +81,13 @@ class SpanPool:
         self.wid = win_id[at] if len(at) else np.zeros(0, np.int64)
         self.wgen = np.repeat(self.gen, lens)
         self.ngen = max(len(gen_of), 1)
+        # the run's windows by rank, then position (windows_pass's sort): when the pool holds every
+        # window in run order and generations ascend, a subset's (window, generation) pairs are
+        # that order filtered, already sorted
+        self.order = None
+        if (win_order is not None and len(win_order) == len(at) == len(win_id)
+                and bool((w0 == self.woff[:-1]).all()) and bool((self.wgen[1:] >= self.wgen[:-1]).all())):
+            self.order = win_order
         self._seen: dict = {}
 
     def _window_freq(self, idx: np.ndarray) -> dict[int, int]:
@@ -90,9 +98,18 @@ class SpanPool:
             return {}
         first = np.repeat(self.woff[idx] - (np.cumsum(lens) - lens), lens)
         pos = np.arange(total, dtype=np.int64) + first
-        inc = np.sort(self.wid[pos] * self.ngen + self.wgen[pos])         # distinct (window, generation):
-        inc = inc[np.concatenate([[True], inc[1:] != inc[:-1]])]           # a sort (numpy's hashed unique is slower)
-        per_window = np.bincount(inc // self.ngen)
+        if self.order is not None:
+            inside = np.zeros(len(self.wid), dtype=bool)
+            inside[pos] = True
+            sel = self.order[inside[self.order]]        # sorted by (window, generation)
+            w, g = self.wid[sel], self.wgen[sel]
+            new = np.ones(len(sel), dtype=bool)
+            new[1:] = (w[1:] != w[:-1]) | (g[1:] != g[:-1])
+            per_window = np.bincount(w[new])
+        else:
+            inc = np.sort(self.wid[pos] * self.ngen + self.wgen[pos])     # distinct (window, generation):
+            inc = inc[np.concatenate([[True], inc[1:] != inc[:-1]])]       # a sort (numpy's hashed unique is slower)
+            per_window = np.bincount(inc // self.ngen)
         fk = np.bincount(per_window[per_window > 0])
         return {int(k): int(f) for k, f in enumerate(fk.tolist()) if f}
 
@@ -141,12 +158,12 @@ class SpanPool:
 
 def taxonomy_figures(records: list[dict], classes: list[str], group_of_record: list[tuple[str, str]],
                      totals: dict, per_attack: dict, per_variant: dict, win_id: np.ndarray,
-                     win_hash: np.ndarray) -> dict:
+                     win_hash: np.ndarray, win_order: np.ndarray | None = None) -> dict:
     """``by_category`` of metrics.json: the figures of each class and of ``nontrivial`` (run-wide);
     and, in place, the ``nontrivial_*`` scalars (:data:`NONTRIVIAL_KEYS`) of ``totals``, of each
     attack in ``per_attack`` and of each variant in ``per_variant``, each against that row's own
-    generations, generated tokens and cost. ``win_id`` / ``win_hash``: :class:`SpanPool`."""
-    pool = SpanPool(records, win_id, win_hash)
+    generations, generated tokens and cost. ``win_id`` / ``win_hash`` / ``win_order``: :class:`SpanPool`."""
+    pool = SpanPool(records, win_id, win_hash, win_order)
     cls = np.array(classes, dtype=object) if records else np.zeros(0, dtype=object)
     nontrivial = np.isin(cls, NONTRIVIAL) if records else np.zeros(0, bool)
 

@@ -40,11 +40,11 @@ def distinct_texts(records: list[dict]) -> dict[str, dict]:
 
 
 def classify_spans(records: list[dict], uniq: dict, groups: list, totals: dict, per_attack: dict,
-                   per_variant: dict, rmin: int, win_id, win_hash) -> tuple[dict, dict]:
+                   per_variant: dict, rmin: int, win_id, win_hash, win_order=None) -> tuple[dict, dict]:
     """Class of every memorized span (``reports.taxonomy``), set on each distinct text as ``taxonomy``;
     returns ``by_category`` (figures per class and non-trivial; ``nontrivial_*`` scalars added to the
     figure dicts in place) and the ``taxonomy`` section (thresholds, definitions, counts);
-    ``win_id`` / ``win_hash``: the run's windows (:class:`reports.taxonomy_figures.SpanPool`)."""
+    ``win_id`` / ``win_hash`` / ``win_order``: the run's windows (:class:`reports.taxonomy_figures.SpanPool`)."""
     keys = list(dict.fromkeys((r["text"], r["occurrences"]) for r in records))
     cache = dict(zip(keys, taxonomy.classify_many([k[0] for k in keys], [k[1] for k in keys], rmin)))
     both = [cache[(r["text"], r["occurrences"])] for r in records]
@@ -52,7 +52,7 @@ def classify_spans(records: list[dict], uniq: dict, groups: list, totals: dict, 
         uniq[r["text"]].setdefault("taxonomy", ours)
     by_category = taxonomy_figures(records, [b[0] for b in both],
                                    [(groups[r["gid"]].attack, groups[r["gid"]].variant) for r in records],
-                                   totals, per_attack, per_variant, win_id, win_hash)
+                                   totals, per_attack, per_variant, win_id, win_hash, win_order)
     section = {
         "reference": "Prashanth et al. 2024, Recite, Reconstruct, Recollect (arXiv 2406.17746)",
         "recitation_min_occurrences": rmin,

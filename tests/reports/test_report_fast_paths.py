@@ -457,3 +457,42 @@ def test_per_key_frequencies_with_sorted_hashes_equal_the_general_sort(nkeys):
     for (k, _h), c in runs.items():
         freq.setdefault(k, Counter())[c] += 1
     assert got == (dict(uniq), {k: dict(v) for k, v in freq.items()})
+
+
+@pytest.mark.parametrize("repeat_rid", [False, True])
+def test_span_pool_window_counts_with_the_run_order_equal_the_sort(repeat_rid):
+    """SpanPool's window frequency counts of any subset of spans are the same with windows_pass's
+    order (filtered, no sort) as with the sort of the subset's pairs; a request id coming back
+    after others (generations not ascending in the pool) falls back to the sort."""
+    from reports.passes import _incidences_stable
+    from reports.taxonomy_figures import SpanPool
+    rng = np.random.default_rng(9)
+    records, w = [], 0
+    rids = [f"r{i:03d}" for i in range(60)]
+    if repeat_rid:
+        rids.append("r005")       # the same id again, later
+    for rid in rids:
+        for _ in range(int(rng.integers(1, 4))):
+            n = int(rng.integers(0, 30))
+            records.append({"request_id": rid, "raw": b"t%d" % rng.integers(0, 20), "tokens": 60, "bytes": 9,
+                            "doc_id": 1, "doc_offset": 0, "tok_range": (0, 60), "wins": (w, w + n)})
+            w += n
+    win_hash = rng.integers(0, 40, w).astype(np.uint64)          # many windows repeat, within and across rows
+    gen_of_win = np.repeat(np.arange(len(records)), [r["wins"][1] - r["wins"][0] for r in records])
+    _n, win_id, _iw, _ig, order = _incidences_stable(win_hash, gen_of_win)
+    fast, plain = SpanPool(records, win_id, win_hash, order), SpanPool(records, win_id, win_hash)
+    assert (fast.order is None) == repeat_rid and plain.order is None
+    subsets = [np.arange(len(records)), np.zeros(0, np.int64), np.array([3]), np.arange(0, len(records), 3)]
+    subsets += [np.sort(rng.choice(len(records), k, replace=False)) for k in (5, 40, len(records) // 2)]
+    for idx in subsets:
+        want = plain._window_freq(idx)
+        assert fast._window_freq(idx) == want
+        # brute force: distinct (window, generation) pairs, then per window its generations
+        pairs = {(int(win_id[p]), fast.gen[i]) for i in idx for p in range(*records[i]["wins"])}
+        per = {}
+        for wid, _g in pairs:
+            per[wid] = per.get(wid, 0) + 1
+        fk = {}
+        for c in per.values():
+            fk[c] = fk.get(c, 0) + 1
+        assert want == fk
