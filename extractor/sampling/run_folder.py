@@ -173,9 +173,9 @@ def journal_line(row: dict) -> bytes:
     else the standard library, whose text ``json.loads`` reads back to the same row either way. The
     checksum covers whichever bytes were written (:func:`read_journal_line`).
 
-    orjson writes every NaN and infinity as ``null``, so a body without the bytes ``null`` had none
-    and is kept as it is; one with them (a None, or the word inside a string) is kept only when
-    :func:`_finite` finds the row's floats finite."""
+    orjson writes every NaN and infinity as ``null``, so its body is kept only when :func:`_finite`
+    finds the row's floats finite (a walk over the row's values, whose cost does not grow with its
+    strings: a search of the body for ``null`` took 7 us for a row carrying a 5 KB prompt)."""
     if not row:
         raise ValueError("a journal row is never empty")
     body = None
@@ -184,7 +184,7 @@ def journal_line(row: dict) -> bytes:
             body = _orjson.dumps(row)
         except TypeError:      # a value orjson does not take (an int past 64 bits, a lone surrogate)
             body = None
-        if body is not None and b"null" in body and not _finite(row):
+        if body is not None and not _finite(row):
             body = None
     if body is None:
         body = json.dumps(row, ensure_ascii=False, allow_nan=True).encode("utf-8")
