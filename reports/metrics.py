@@ -219,66 +219,7 @@ def without_gc(fn):
     return run
 
 
-# glibc's mallopt parameters (malloc.h) and its fixed defaults
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_GLIBC_DEFAULT_THRESHOLD = 128 * 1024
-REPORT_MMAP_THRESHOLD = 32 << 20      # glibc's largest: blocks below it come from the heap
-REPORT_TRIM_THRESHOLD = 1 << 30       # free heap kept (not trimmed) while the report runs
-_kept_depth = 0
-_kept_lock = threading.Lock()
-
-
-@functools.lru_cache(maxsize=1)
-def _glibc_malloc():
-    """``(mallopt, malloc_trim)`` of the process's C library when it is glibc, else None (musl,
-    macOS, Windows: the report runs with their allocator as it is)."""
-    try:
-        import ctypes
-        libc = ctypes.CDLL(None)
-        libc.gnu_get_libc_version      # glibc only
-        mallopt, trim = libc.mallopt, libc.malloc_trim
-        mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-        trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-        return mallopt, trim
-    except (OSError, AttributeError, TypeError):
-        return None
-
-
-def large_blocks_kept(fn):
-    """Runs ``fn`` with glibc's malloc keeping large freed blocks for reuse: blocks up to 32 MB
-    from the heap instead of a fresh ``mmap`` each, and up to 1 GB of freed heap not handed back
-    between two passes. The report's NumPy passes allocate and free arrays of 1-30 MB thousands of
-    times; with glibc's defaults each is mapped anew and every page faulted in again (1M
-    generations: ~210,000 page faults, ~2.2 s of system time, against ~0.9 s with the blocks
-    kept; the bare pyarrow read: 0.9 s). After the outermost call the thresholds are set back to
-    glibc's fixed defaults (128 KiB; glibc has no call that restores its dynamic threshold) and
-    ``malloc_trim(0)`` hands the kept memory back. Elsewhere than glibc: ``fn`` as it is."""
-    @functools.wraps(fn)
-    def run(*args, **kwargs):
-        global _kept_depth
-        lib = _glibc_malloc()
-        if lib is None:
-            return fn(*args, **kwargs)
-        mallopt, trim = lib
-        with _kept_lock:            # reports computed in several threads: the outermost one sets and restores
-            if _kept_depth == 0:
-                mallopt(_M_MMAP_THRESHOLD, REPORT_MMAP_THRESHOLD)
-                mallopt(_M_TRIM_THRESHOLD, REPORT_TRIM_THRESHOLD)
-            _kept_depth += 1
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            with _kept_lock:
-                _kept_depth -= 1
-                if _kept_depth == 0:
-                    mallopt(_M_MMAP_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
-                    mallopt(_M_TRIM_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
-                    trim(0)
-    return run
-
-
 @without_gc
-@large_blocks_kept
 def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_threshold: float = 0.5,
                     minhash_max_texts: int = 200_000, top_spans: int = TOP_SPANS, progress: bool = False,
                     recitation_min_occurrences: int = taxonomy.RECITATION_MIN_OCCURRENCES) -> dict:

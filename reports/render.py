@@ -17,7 +17,7 @@ from corpora.storage import write_texts_atomic
 from reports.categories import PERSONAL
 from reports.categories import redact as _redact
 from reports.errors import ReportError
-from reports.metrics import compute_metrics, large_blocks_kept, without_gc
+from reports.metrics import compute_metrics, without_gc
 from reports.render_html import render_html
 from reports.render_md import render_markdown
 
@@ -55,7 +55,6 @@ def _mask_findings(metrics: dict, m: dict) -> None:
 
 
 @without_gc
-@large_blocks_kept
 def write_report(run_dir, out_dir=None, redact: bool = False, metrics: dict | None = None,
                  window_tokens: int = 50, index=None, recitation_min_occurrences: int = 6) -> ReportPaths:
     """Compute the metrics (unless given) and write ``report.html``, ``report.md`` and
