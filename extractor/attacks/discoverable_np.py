@@ -130,10 +130,16 @@ def document_pz(scorer, prompt: str, target: str, scheme: Scheme, *, timeout: fl
     return _target_pz(scorer, prompt, target, scheme, timeout=timeout)[0]
 
 
+def _as_generated(scorer) -> dict:
+    """The scoring keyword that makes the in-process llama.cpp scorer split the text as llama.cpp
+    generates it (``scores_as_generated``); nothing for other scorers."""
+    return {"as_generated": True} if getattr(scorer, "scores_as_generated", False) else {}
+
+
 def _target_pz(scorer, prompt: str, target: str, scheme: Scheme, *, timeout: float | None = None):
     """(p_z, the target's token offsets as the scorer split it, or None)."""
     full = bool(getattr(scorer.capabilities, "full_distribution", False))
-    kw = {"as_generated": True} if getattr(scorer, "scores_as_generated", False) else {}
+    kw = _as_generated(scorer)
     sc = scorer.score([target], contexts=[prompt], full=full, top_k=0 if full else HTTP_TOP_K, timeout=timeout,
                       **kw)[0]
     offsets = list(sc.token_offsets) if sc.token_offsets is not None else None
@@ -198,7 +204,7 @@ def rows_check(be, scorer, prompt: str, *, timeout: float | None = None) -> dict
         be.want_logprobs = before
     if not ch.text or not ch.token_logprobs or ch.token_offsets is None:
         return None
-    kw = {"as_generated": True} if getattr(scorer, "scores_as_generated", False) else {}
+    kw = _as_generated(scorer)
     try:
         sc = scorer.score([ch.text], contexts=[prompt], timeout=timeout, **kw)[0]
     except (TrawlError, BackendError):

@@ -75,15 +75,19 @@ def _word_re(word: str) -> re.Pattern:
     return re.compile(_pattern(word), re.IGNORECASE)
 
 
-def divergence_point(word: str, text: str) -> int | None:
-    """Character index where ``text`` stops repeating ``word`` (None: it never diverged)."""
+def _repetition_end(word: str, text: str) -> tuple[int, int | None]:
+    """(where the word's repetitions and separators end, the divergence point: that end past any
+    whitespace, None when only whitespace follows)."""
     m = _repetition_re(word).match(text)
     end = m.end() if m else 0
     rest = text[end:]
     stripped = rest.lstrip()
-    if not stripped:
-        return None
-    return end + (len(rest) - len(stripped))
+    return end, (end + (len(rest) - len(stripped)) if stripped else None)
+
+
+def divergence_point(word: str, text: str) -> int | None:
+    """Character index where ``text`` stops repeating ``word`` (None: it never diverged)."""
+    return _repetition_end(word, text)[1]
 
 
 def repeats_before(word: str, text: str, at: int | None) -> int:
@@ -99,11 +103,7 @@ def divergence(word: str, text: str) -> tuple[int | None, int]:
     before the point is the match (the word's repetitions and separators) and whitespace, so for an ASCII
     word of letters and digits in an ASCII head a plain count is the regex's count (a separator holds no
     letter or digit, so no occurrence spans one; ASCII case-insensitivity is ``lower()``)."""
-    m = _repetition_re(word).match(text)
-    end = m.end() if m else 0
-    rest = text[end:]
-    stripped = rest.lstrip()
-    at = None if not stripped else end + (len(rest) - len(stripped))
+    end, at = _repetition_end(word, text)
     if word.isascii() and word.isalnum():
         region = text[:end]
         if region.isascii():

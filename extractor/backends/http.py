@@ -420,8 +420,8 @@ class HTTPClient:
             # endpoint, not on every request (~0.1 ms each: requests walks os.environ per call); and no
             # ~/.netrc, whose entry would replace the API key's Authorization header
             s.trust_env = False
-            s.proxies.update(self._environment()[0])
-            s.verify = self._environment()[1]
+            proxies, s.verify = self._environment()
+            s.proxies.update(proxies)
             adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=self.pool_size, max_retries=0)
             s.mount("http://", adapter)
             s.mount("https://", adapter)

@@ -274,7 +274,7 @@ class RunDir:
         self._written = 0               # of self._tables, how many are in the open part file already
         self._unwritten_tokens = 0
         self._writer = None             # (pq.ParquetWriter, temporary path, part path) while a part is open
-        self._part_summary: list[tuple] = []   # (attack, extra, completion_tokens) of the part's rows
+        self._part_summary: list[tuple] = []   # (attack, extra, completion_tokens, parsed extra) of the part's rows
         self._summaries: dict[str, list[tuple]] = {}   # the same for every part read or written here
         self._journal = None
         self._next_part = 0
