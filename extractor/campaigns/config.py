@@ -26,7 +26,7 @@ from typing import Any
 
 from corpora.locations import is_url
 from extractor.errors import TrawlError
-from extractor.sampling.settings import MAX_CONCURRENCY
+from extractor.sampling.settings import DTYPES, MAX_CONCURRENCY
 
 # ============================================================================ schema
 
@@ -63,7 +63,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                         "no endpoints", choices=("openai", "vllm")),
         "dtype": Key("str", "auto", "backend = \"vllm\": the engine's dtype (auto: vLLM's choice, bfloat16 on the "
                                     "CPU build; float32 for exact (n,p), see README)",
-                     choices=("auto", "float32", "bfloat16", "float16")),
+                     choices=DTYPES),
         "endpoints": Key("list[str]", [], "base URLs of OpenAI-compatible /v1/completions servers that serve "
                                           "this model (replicas: the load is spread, a dead one is routed around)"),
         "embedded": Key("bool", False, "serve the embedded Gemma-3-270m (or model_path) with the local "
