@@ -37,6 +37,8 @@ import re
 
 import numpy as np
 
+from reports.inputs import ASCII_LOWER
+
 EMAIL = re.compile(r"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63})*\.[A-Za-z]{2,24}")
 PHONE = re.compile(
     r"(?<![\w.+\-])(?:\+\d{1,3}[\s.\-]?)?(?:\(\d{2,4}\)[\s.\-]?)?\d{2,4}(?:[\s.\-]\d{2,4}){1,4}(?![\w.\-]?\d)")
@@ -171,8 +173,6 @@ _S_LUT = _lut(r"[\s.\-]")
 _BREAK_LUT = np.array([c < 128 and len(("a" + chr(c) + "a").splitlines()) == 2 for c in range(256)])
 
 
-_LOWER_LUT = np.arange(256, dtype=np.uint8)
-_LOWER_LUT[65:91] += 32                             # str.lower of ASCII text
 
 
 def _texts_with(b: np.ndarray, needles: list[str], tstart: np.ndarray) -> list[np.ndarray]:
@@ -222,7 +222,7 @@ def _ascii_hints(texts: list[str]) -> list[tuple]:
     at, dot = any_in(b == 64), any_in(b == 46)
     v6, url1, url2, url3, pem, *key = _texts_with(b, ["::", "://", "www.", "WWW.", "-----BEGIN "]
                                                   + list(_KEY_MARKERS), tstart)
-    low = _LOWER_LUT[b]
+    low = ASCII_LOWER[b]
     got = _texts_with(low, list(_ASSIGN_MARKERS) + list(LICENSE_PHRASES), tstart)
     assign = np.logical_or.reduce(got[:len(_ASSIGN_MARKERS)])
     lic = np.full(n, -1, dtype=np.int64)

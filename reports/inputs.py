@@ -103,6 +103,24 @@ def binary_buffers(col: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return data, off.astype(np.int64)
 
 
+# -- bytes as arrays (the report's batched text and hash passes) ---------------------------------
+ASCII_LOWER = np.arange(256, dtype=np.uint8)       # a byte's str.lower() for ASCII text (a look-up table)
+ASCII_LOWER[65:91] += 32
+_ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def words_at(buf, width: int = 8) -> np.ndarray:
+    """The little-endian ``width``-byte unsigned word starting at every byte offset of ``buf`` (bytes or
+    a uint8 array; ``len(buf) - width + 1`` of them, overlapping): a view with a 1-byte stride, nothing
+    copied. Callers pad ``buf`` when they read near its end."""
+    return np.ndarray((len(buf) - width + 1,), dtype=f"<u{width}", buffer=buf, offset=0, strides=(1,))
+
+
+def low_bytes_mask(m: np.ndarray) -> np.ndarray:
+    """uint64 masks keeping the low ``m`` bytes of a little-endian word (``m`` clipped to 0..8)."""
+    return np.where(m >= 8, _ALL_ONES, (np.uint64(1) << (8 * np.clip(m, 0, 7)).astype(np.uint64)) - np.uint64(1))
+
+
 def as_string(col: pa.Array) -> pa.Array:
     """The column cast to ``string`` (a no-op when it is one)."""
     return col if col.type == pa.string() else pc.cast(col, pa.string())

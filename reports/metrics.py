@@ -90,7 +90,6 @@ from __future__ import annotations
 import functools
 import gc
 import os
-import threading
 import time
 
 from corpora import storage

@@ -33,6 +33,8 @@ import re
 
 import numpy as np
 
+from reports.inputs import ASCII_LOWER, words_at
+
 NUM_PERM = 128
 SEED = 1
 SHINGLE = "word 5-grams (character 5-grams below 5 words), lower-cased"
@@ -111,7 +113,7 @@ def crc32_many(buf: bytes, starts: np.ndarray, lengths: np.ndarray) -> np.ndarra
     padded = bytes(buf) + b"\0\0\0\0"
     b8 = np.frombuffer(padded, dtype=np.uint8)
     # the little-endian 32-bit word at every byte offset (an unaligned view: no copy)
-    w32 = np.ndarray((len(padded) - 3,), dtype="<u4", buffer=padded, offset=0, strides=(1,))
+    w32 = words_at(padded, 4)
     lengths = np.asarray(lengths, dtype=np.int64)
     order = np.argsort(-lengths, kind="stable")
     s = np.asarray(starts, dtype=np.int64)[order]
@@ -145,8 +147,6 @@ def crc32_many(buf: bytes, starts: np.ndarray, lengths: np.ndarray) -> np.ndarra
 _WORD_LUT = np.zeros(256, dtype=bool)           # \w of a bytes pattern: [A-Za-z0-9_]
 for _c in b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_":
     _WORD_LUT[_c] = True
-_LOWER_LUT = np.arange(256, dtype=np.uint8)
-_LOWER_LUT[65:91] += 32
 
 
 def _ascii_shingles(texts: list[str]):
@@ -166,7 +166,7 @@ def _ascii_shingles(texts: list[str]):
     nw = np.searchsorted(ws, tstart + lens) - first
     off = np.cumsum(wl + 1) - wl - 1                    # word k at off[k] in the words joined by spaces
     buf = np.full(int(off[-1] + wl[-1]) if len(wl) else 0, 32, dtype=np.uint8)
-    buf[np.flatnonzero(w) + np.repeat(off - ws, wl)] = _LOWER_LUT[raw[w]]
+    buf[np.flatnonzero(w) + np.repeat(off - ws, wl)] = ASCII_LOWER[raw[w]]
     ok = nw >= 5
     per = np.where(ok, nw - 4, 0)
     k = np.arange(int(per.sum()), dtype=np.int64) + np.repeat(first - (np.cumsum(per) - per), per)

@@ -395,11 +395,7 @@ def uniques_and_freq_per_key(keys: np.ndarray, hashes: np.ndarray,
     if hashes_sorted and int(keys.min()) >= 0 and int(keys.max()) < _SMALL_KEYS:
         # hashes ascending: a stable sort by the key alone (a radix sort of int16) orders by (key, hash)
         order = np.argsort(keys.astype(np.int16), kind="stable")
-        k, h = keys[order].astype(np.int64), hashes[order]
-        new = np.ones(len(k), dtype=bool)
-        new[1:] = (k[1:] != k[:-1]) | (h[1:] != h[:-1])
-        starts = np.nonzero(new)[0]
-        return _freq_tail(k[starts], starts, len(keys))
+        return _freq_tail(*_pair_runs(keys[order].astype(np.int64), hashes[order]), len(keys))
     keys = keys.astype(np.int64)
     span = int(hashes.max()) + 1 if hashes.dtype.kind in "iu" and int(hashes.min()) >= 0 else 0
     if span and int(keys.max()) < (1 << 62) // span and int(keys.min()) >= 0:
@@ -410,12 +406,16 @@ def uniques_and_freq_per_key(keys: np.ndarray, hashes: np.ndarray,
         run_keys = ck[starts] // span
     else:
         order = np.lexsort((hashes, keys))
-        k, h = keys[order], hashes[order]
-        new = np.ones(len(k), dtype=bool)
-        new[1:] = (k[1:] != k[:-1]) | (h[1:] != h[:-1])
-        starts = np.nonzero(new)[0]
-        run_keys = k[starts]
+        run_keys, starts = _pair_runs(keys[order], hashes[order])
     return _freq_tail(run_keys, starts, len(keys))
+
+
+def _pair_runs(k: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The runs of equal (key, hash) pairs sorted by (key, hash): each run's key and first position."""
+    new = np.ones(len(k), dtype=bool)
+    new[1:] = (k[1:] != k[:-1]) | (h[1:] != h[:-1])
+    starts = np.nonzero(new)[0]
+    return k[starts], starts
 
 
 def _freq_tail(run_keys: np.ndarray, starts: np.ndarray, n: int) -> tuple[dict, dict]:

@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from reports.errors import ReportError
-from reports.inputs import open_parquet
+from reports.inputs import low_bytes_mask, open_parquet, words_at
 
 TAIL_THRESHOLD = 1e-6
 MIN_TOKENS_NO_LOGPROBS = 64
@@ -227,8 +227,7 @@ def fingerprints(completions: pa.Array, rows: np.ndarray) -> np.ndarray:
     data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None and len(bufs[2]) else np.zeros(1, np.uint8)
     ar8 = np.arange(8)
     # bytes past a short row's end count as 0: the low `length` bytes of each little-endian word kept
-    keep = np.where(length >= 8, np.uint64(0xFFFFFFFFFFFFFFFF),
-                    (np.uint64(1) << (8 * np.minimum(length, 7)).astype(np.uint64)) - np.uint64(1))
+    keep = low_bytes_mask(length)
     span = np.maximum(length - 8, 0)
     fp = length.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
     with np.errstate(over="ignore"):
@@ -247,8 +246,7 @@ def _eight_bytes(data: np.ndarray, at: np.ndarray, ar8: np.ndarray) -> np.ndarra
     if n < 8:
         idx = at[:, None] + ar8[None, :]
         return (np.take(data, idx, mode="clip") * (idx < n)).astype(np.uint8).view("<u8").ravel()
-    w64 = np.ndarray((n - 7,), dtype="<u8", buffer=data, offset=0, strides=(1,))
-    word = w64[np.minimum(at, n - 8)]
+    word = words_at(data)[np.minimum(at, n - 8)]
     late = np.nonzero(at > n - 8)[0]
     if len(late):
         idx = at[late, None] + ar8[None, :]

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from reports.errors import ReportError
 from reports.inputs import (REQUIRED_MATCH_COLUMNS, as_string, binary_buffers, completion_bytes, iter_batches,
-                            open_parquet, text)
+                            low_bytes_mask, open_parquet, text, words_at)
 from reports.windows import hash_ranges
 
 THRESHOLDS = (10, 20, 30, 40, 50)
@@ -191,13 +191,11 @@ def _id_hashes(ids: pa.Array) -> np.ndarray:
     rows = np.nonzero(short)[0]
     if len(rows):
         pad = np.concatenate([data, np.zeros(_SHORT_ID, dtype=np.uint8)])
-        w64 = np.ndarray((len(pad) - 7,), dtype="<u8", buffer=pad, offset=0, strides=(1,))
+        w64 = words_at(pad)
         st, n = start[rows], ln[rows]
 
         def word(at, m):            # the first m (0..8) bytes at ``at``, little-endian, the rest 0
-            keep = np.where(m >= 8, np.uint64(0xFFFFFFFFFFFFFFFF),
-                            (np.uint64(1) << (8 * np.clip(m, 0, 7)).astype(np.uint64)) - np.uint64(1))
-            return w64[at] & keep
+            return w64[at] & low_bytes_mask(m)
         with np.errstate(over="ignore"):
             h = (word(st, n) ^ (n.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))) * np.uint64(0xBF58476D1CE4E5B9)
             h ^= h >> np.uint64(29)
