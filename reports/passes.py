@@ -303,7 +303,7 @@ def _memorized(acc: RunAccumulator, batch: pa.RecordBatch, row_gid: np.ndarray, 
                                                        se[sel], W)
         ta[sel], tb[sel], nwin[sel] = a, b, nw
         tokens[rows] = windows.covered_tokens(local[span_row[sel]], a, b, len(rows))
-        acc.win_h.append(windows.hash_windows(data, cstart, np.repeat(span_row[sel], nw), ws, we))
+        acc.win_h.append(windows.hash_span_windows(data, cstart, span_row[sel], nw, ws, we))
     no_off = np.nonzero(ntok == 0)[0]
     acc.no_offsets += len(no_off)
     for j in no_off.tolist():
