@@ -94,7 +94,9 @@ class RunAccumulator:
     span (fields of :class:`reports.taxonomy_figures.SpanPool` plus the text; ``wins``: the range
     of its windows in ``win_h``), a generation's spans contiguous; ``pr_row`` / ``pr_gid``: for each generation whose request id
     has a row in the matches' per-request table, that row and the generation's gid (arrays, one
-    per batch)."""
+    per batch); ``longest_completion``: ``(request id, completion bytes)`` of the first generation
+    holding the per-request table's longest span (:meth:`reports.spans.MatchIndex.longest_row`),
+    None when no generation does."""
 
     gid_of: dict = field(default_factory=dict)
     groups: list = field(default_factory=list)
@@ -112,6 +114,7 @@ class RunAccumulator:
     iv_start: array = field(default_factory=lambda: array("q"))
     iv_end: array = field(default_factory=lambda: array("q"))
     span_records: list = field(default_factory=list)
+    longest_completion: tuple | None = None
     models: set = field(default_factory=set)
     endpoints: set = field(default_factory=set)
     run_ids: set = field(default_factory=set)
@@ -144,8 +147,12 @@ def read_generations(parts: list[str], mi: MatchIndex, W: int, batch_rows: int, 
                      progress: bool = False) -> RunAccumulator:
     """The generations pass: every part streamed once (``progress``: a tqdm bar on stderr)."""
     acc = RunAccumulator()
-    mem_rids = mi.memorized_request_ids()
     lookup = RequestLookup(mi.per_request.column("request_id")) if mi.per_request is not None else None
+    # the per-request table holds every request id with a span, so every memorized one: a generation
+    # is memorized iff its id is found there on a memorized row (the same rows as an is_in on the ids)
+    mem_row = (pc.is_in(mi.per_request.column("request_id"), value_set=mi.memorized_request_ids())
+               .to_numpy(zero_copy_only=False) if lookup is not None and mi.memorized else None)
+    top = mi.longest_row()
     bar = None
     if progress:
         from tqdm import tqdm
@@ -170,9 +177,14 @@ def read_generations(parts: list[str], mi: MatchIndex, W: int, batch_rows: int, 
                 pr, rows = lookup.find(batch.column("request_id"))
                 acc.pr_row.append(pr)
                 acc.pr_gid.append(row_gid[rows])
+                if acc.longest_completion is None and top is not None and (pr == top).any():
+                    at = int(rows[np.argmax(pr == top)])      # rows ascending: the first in file order
+                    acc.longest_completion = (as_string(batch.column("request_id"))[at].as_py(),
+                                              raw_bytes(batch.column("completion").slice(at, 1))[0])
+                if mem_row is not None:
+                    _memorized(acc, batch, row_gid, memorized_rows(batch, pr, rows, mem_row, mi), mi, W)
             if extra is not None:
                 _discoverable(acc, batch, attack, extra, row_gid, top_spans)
-            _memorized(acc, batch, row_gid, mem_rids, mi, W)
             acc.generations += batch.num_rows
             if bar is not None:
                 bar.update(batch.num_rows)
@@ -260,14 +272,19 @@ def _discoverable(acc: RunAccumulator, batch: pa.RecordBatch, attack: pa.Array, 
                     "completion": text(batch.column("completion").slice(i, 1))[0][:2000]})
 
 
-def _memorized(acc: RunAccumulator, batch: pa.RecordBatch, row_gid: np.ndarray, mem_rids: pa.Array,
+def memorized_rows(batch: pa.RecordBatch, pr: np.ndarray, rows: np.ndarray, mem_row: np.ndarray,
+                   mi: MatchIndex) -> np.ndarray:
+    """The rows of the batch whose request id has spans of >= W tokens, ascending: those found in
+    the per-request table (``rows`` ascending, at table rows ``pr``) on a row flagged in ``mem_row``.
+    Equal to ``is_in(request_id, mi.memorized_request_ids())`` (tests/reports: the same rows), without
+    a second hash look-up of every id of the run."""
+    return rows[mem_row[pr]]
+
+
+def _memorized(acc: RunAccumulator, batch: pa.RecordBatch, row_gid: np.ndarray, hit: np.ndarray,
                mi: MatchIndex, W: int) -> None:
-    """The batch's generations holding memorized spans: their tokens, windows and span records,
-    all rows of the batch at once (:mod:`reports.windows`)."""
-    if not len(mem_rids):
-        return
-    hit = np.nonzero(pc.is_in(as_string(batch.column("request_id")), value_set=mem_rids)
-                     .to_numpy(zero_copy_only=False))[0]
+    """The batch's generations holding memorized spans (``hit``: their rows, ascending): their
+    tokens, windows and span records, all rows of the batch at once (:mod:`reports.windows`)."""
     if not len(hit):
         return
     take = pa.array(hit)

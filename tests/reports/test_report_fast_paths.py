@@ -173,6 +173,14 @@ def _straightforward(monkeypatch):
     monkeypatch.setattr(spans, "union_added", lambda *a: None)         # interval unions: the loop
     monkeypatch.setattr(passes, "union_added", lambda *a: None)
     monkeypatch.setattr(spans, "_id_hashes", lambda ids: np.zeros(len(ids), np.uint64))   # request ids: a dict
+    import pyarrow.compute as pc
+
+    from reports import windows
+    monkeypatch.setattr(passes, "memorized_rows", lambda batch, pr, rows, mem_row, mi: np.nonzero(   # every id looked up
+        pc.is_in(batch.column("request_id"), value_set=mi.memorized_request_ids()).to_numpy(zero_copy_only=False))[0])
+    monkeypatch.setattr(windows, "hash_span_windows", lambda data, rs, srow, nw, ws, we:        # whole completions
+                        windows.hash_windows(data, rs, np.repeat(srow, nw), ws, we))
+    monkeypatch.setattr(spans.MatchIndex, "longest_row", lambda self: None)   # the longest span's text read again
 
 
 def test_metrics_json_equals_the_straightforward_computation(tmp_path, monkeypatch):
