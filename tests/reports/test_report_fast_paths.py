@@ -504,3 +504,28 @@ def test_span_pool_window_counts_with_the_run_order_equal_the_sort(repeat_rid):
         for c in per.values():
             fk[c] = fk.get(c, 0) + 1
         assert want == fk
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_group_digests_equal_hashing_every_joined_row(packed, monkeypatch):
+    """Group digests per distinct combination of dictionary codes equal the BLAKE2b of every row's
+    values joined by NUL bytes: NUL bytes and invalid UTF-8 inside values, empty values, one value
+    per column, rows a subset in any order, and the combinations too many to pack (np.unique of rows)."""
+    import hashlib
+
+    import pyarrow as pa
+
+    from reports import repeats
+    if not packed:
+        monkeypatch.setattr(repeats, "_PACKED_LIMIT", 1.0)
+    rng = random.Random(5 + packed)
+    pool = [b"", b"\x00", b"a\x00", b"\x00b", b"\xff\xfe", "\u00e9t\u00e9".encode(), b"x" * 300, b"poem", b"{}"]
+    for trial in range(30):
+        n = rng.randrange(1, 200)
+        cols = [[rng.choice(pool[:rng.randrange(1, len(pool) + 1)]) for _ in range(n)] for _ in range(4)]
+        rows = np.array(sorted(rng.sample(range(n), rng.randrange(1, n + 1))) if trial % 3 else
+                        [rng.randrange(n) for _ in range(n)], dtype=np.int64)
+        got = repeats.group_digests([pa.array(c, pa.binary()) for c in cols], rows).tolist()
+        want = [int.from_bytes(hashlib.blake2b(b"\x00".join(c[r] for c in cols), digest_size=8).digest(), "little")
+                for r in rows.tolist()]
+        assert got == want, trial
