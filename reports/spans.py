@@ -344,14 +344,14 @@ def _merge_per_request(small_aggs: list[pa.Table], longest_parts: list[pa.Table]
         return None
     small_tbl = pa.concat_tables(small_aggs)
     if len(small_aggs) > 1:
-        small_tbl = small_tbl.group_by(["request_id"]).aggregate(
+        small_tbl = small_tbl.group_by(["request_id"], use_threads=False).aggregate(
             [(f"s{i}_sum", "sum") for i in range(len(THRESHOLDS))])
         small_tbl = small_tbl.rename_columns([c[:-4] if c.endswith("_sum_sum") else c
                                               for c in small_tbl.column_names])
     if longest_parts:
         # each request's longest span rides along the per-request table (one join with the groups later)
         small_tbl = small_tbl.join(longest_per(pa.concat_tables(longest_parts), "request_id"), "request_id",
-                                   join_type="left outer")
+                                   join_type="left outer", use_threads=False)
     return small_tbl
 
 
