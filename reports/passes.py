@@ -171,8 +171,7 @@ def read_generations(parts: list[str], mi: MatchIndex, W: int, batch_rows: int, 
             variant = pc.fill_null(pc.cast(batch.column("variant"), pa.binary()), b"")
             extra = pc.fill_null(batch.column("extra"), "") if "extra" in names else None
             _run_info(acc, batch, names)
-            _group_counts(acc, batch, names, attack, variant, extra)
-            row_gid = _row_groups(acc, attack, variant)
+            row_gid = _group_counts(acc, batch, names, attack, variant, extra)
             if lookup is not None:
                 pr, rows = lookup.find(batch.column("request_id"))
                 acc.pr_row.append(pr)
@@ -201,12 +200,22 @@ def _run_info(acc: RunAccumulator, batch: pa.RecordBatch, names: list[str]) -> N
 
 
 def _group_counts(acc: RunAccumulator, batch: pa.RecordBatch, names: list[str], attack: pa.Array,
-                  variant: pa.Array, extra: pa.Array | None) -> None:
-    """Generations, generated tokens, cost and diverged rows of the batch, added per group."""
+                  variant: pa.Array, extra: pa.Array | None) -> np.ndarray:
+    """Generations, generated tokens, cost and diverged rows of the batch, added per group; returns
+    the gid of every row (groups first seen in the batch created here).
+
+    The batch's distinct (attack, variant) byte pairs are its keys (:func:`_row_keys`). When each
+    key's group exists already and no two keys share one (names that decode alike), the sums are
+    taken per key with ``np.bincount``, which adds in row order as Arrow's grouped sum does (the
+    same float sums; integers are exact in float64 below 2^53, else added as Python integers), one
+    addition per group: no aggregation plan per batch. Otherwise (the first batches of a run, or
+    invalid UTF-8 in the names) Arrow's ``group_by`` as before, whose row order creates the new
+    groups and orders the additions to a shared group, so group numbers and float sums stay as
+    they were."""
     n = batch.num_rows
-    ctoks = pc.fill_null(batch.column("completion_tokens"), 0)
-    cost = (pc.fill_null(batch.column("cost_usd"), 0.0) if "cost_usd" in names
-            else pa.nulls(n, pa.float64()).fill_null(0.0))
+    ctoks = pc.cast(pc.fill_null(batch.column("completion_tokens"), 0), pa.int64())
+    cost = pc.cast(pc.fill_null(batch.column("cost_usd"), 0.0) if "cost_usd" in names
+                   else pa.nulls(n, pa.float64()).fill_null(0.0), pa.float64())
     if extra is not None:
         # divergence rows say "diverged": true (CONTRACTS.md §3); special_chars' "escaped" is no divergence
         said = per_distinct(extra, lambda v: pc.match_substring_regex(v, r'"diverged"\s*:\s*true')
@@ -216,10 +225,37 @@ def _group_counts(acc: RunAccumulator, batch: pa.RecordBatch, names: list[str], 
                                                                        pa.binary()))), pa.int64())
     else:
         diverged = pa.array(np.zeros(n, dtype=np.int64))
-    tbl = pa.table({"attack": attack, "variant": variant, "ct": pc.cast(ctoks, pa.int64()),
-                    "cost": pc.cast(cost, pa.float64()), "div": diverged})
-    agg = tbl.group_by(["attack", "variant"], use_threads=False).aggregate([("ct", "sum"), ("cost", "sum"), ("div", "sum"),
-                                                         ("ct", "count")])
+    row_key, key_names = _row_keys(attack, variant)
+    gids = [acc.gid_of.get(k) for k in key_names]
+    if None in gids or len(set(gids)) < len(gids):
+        _grouped_sums(acc, attack, variant, ctoks, cost, diverged)
+        return np.array([acc.gid_of[k] for k in key_names], dtype=np.int32)[row_key]
+    nk = len(gids)
+    cnt = np.bincount(row_key, minlength=nk)
+    ct = ctoks.to_numpy(zero_copy_only=False)
+    if int(np.abs(ct).max()) * n >= 1 << 53:      # beyond float64's exact integers: Python ints
+        cts = [sum(ct[row_key == k].tolist()) for k in range(nk)]
+    else:
+        cts = np.bincount(row_key, weights=ct, minlength=nk).astype(np.int64).tolist()
+    cs = np.bincount(row_key, weights=cost.to_numpy(zero_copy_only=False), minlength=nk).tolist()
+    dv = np.bincount(row_key, weights=diverged.to_numpy(zero_copy_only=False), minlength=nk).astype(np.int64).tolist()
+    for k, g in enumerate(gids):
+        grp = acc.groups[g]
+        grp.generations += int(cnt[k])
+        grp.generated_tokens += cts[k]
+        grp.cost_usd += cs[k]
+        grp.diverged += dv[k]
+        if grp.attack in DIVERGENCE_ATTACKS:
+            grp.divergence_rows += int(cnt[k])
+    return np.array(gids, dtype=np.int32)[row_key]
+
+
+def _grouped_sums(acc: RunAccumulator, attack: pa.Array, variant: pa.Array, ctoks: pa.Array, cost: pa.Array,
+                  diverged: pa.Array) -> None:
+    """:func:`_group_counts` by Arrow's ``group_by``: groups created and added to in its rows' order."""
+    tbl = pa.table({"attack": attack, "variant": variant, "ct": ctoks, "cost": cost, "div": diverged})
+    agg = tbl.group_by(["attack", "variant"], use_threads=False).aggregate([("ct", "sum"), ("cost", "sum"),
+                                                                          ("div", "sum"), ("ct", "count")])
     for a, v, cts, cs, dv, cnt in zip(*(agg.column(c).to_pylist() for c in
                                        ("attack", "variant", "ct_sum", "cost_sum", "div_sum", "ct_count"))):
         grp = acc.groups[acc.group(a.decode("utf-8", "replace"), v.decode("utf-8", "replace"))]
@@ -231,17 +267,17 @@ def _group_counts(acc: RunAccumulator, batch: pa.RecordBatch, names: list[str], 
             grp.divergence_rows += cnt
 
 
-def _row_groups(acc: RunAccumulator, attack: pa.Array, variant: pa.Array) -> np.ndarray:
-    """The gid of every row (vectorised through a dictionary of the batch's groups; the key is
-    length-prefixed, so unambiguous whatever bytes the names hold)."""
+def _row_keys(attack: pa.Array, variant: pa.Array) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """``(key of every row, names of every key)``: the batch's distinct (attack, variant) byte pairs
+    (a length-prefixed key, so unambiguous whatever bytes the names hold) and each pair's names as
+    its group knows them (decoded, U+FFFD for invalid UTF-8)."""
     keys = pc.binary_join_element_wise(pc.cast(pc.cast(pc.binary_length(attack), pa.string()), pa.binary()),
                                        attack, variant, b"\x00")
     uniq = pc.unique(keys)
     first = pc.index_in(uniq, value_set=keys).to_numpy(zero_copy_only=False)
     fa, fv = attack.take(pa.array(first)).to_pylist(), variant.take(pa.array(first)).to_pylist()
-    lut = np.array([acc.gid_of[(a.decode("utf-8", "replace"), v.decode("utf-8", "replace"))]
-                    for a, v in zip(fa, fv)], dtype=np.int32)
-    return lut[pc.index_in(keys, value_set=uniq).to_numpy(zero_copy_only=False)]
+    return (pc.index_in(keys, value_set=uniq).to_numpy(zero_copy_only=False).astype(np.int64),
+            [(a.decode("utf-8", "replace"), v.decode("utf-8", "replace")) for a, v in zip(fa, fv)])
 
 
 def _discoverable(acc: RunAccumulator, batch: pa.RecordBatch, attack: pa.Array, extra: pa.Array,

@@ -529,3 +529,78 @@ def test_group_digests_equal_hashing_every_joined_row(packed, monkeypatch):
         want = [int.from_bytes(hashlib.blake2b(b"\x00".join(c[r] for c in cols), digest_size=8).digest(), "little")
                 for r in rows.tolist()]
         assert got == want, trial
+
+
+def _group_counts_by_aggregation(acc, batch, names, attack, variant, extra):
+    """passes._group_counts before it summed with np.bincount: one Arrow group_by per batch, the
+    groups created in the order of its rows."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from reports.passes import DIVERGENCE_ATTACKS
+    from reports.repeats import per_distinct
+    n = batch.num_rows
+    ctoks = pc.fill_null(batch.column("completion_tokens"), 0)
+    cost = pc.fill_null(batch.column("cost_usd"), 0.0)
+    said = per_distinct(extra, lambda v: pc.match_substring_regex(v, r'"diverged"\s*:\s*true')
+                        .to_numpy(zero_copy_only=False))
+    diverged = pc.cast(pc.and_(pa.array(said), pc.is_in(attack, value_set=pa.array([b"divergence"], pa.binary()))),
+                       pa.int64())
+    tbl = pa.table({"attack": attack, "variant": variant, "ct": pc.cast(ctoks, pa.int64()),
+                    "cost": pc.cast(cost, pa.float64()), "div": diverged})
+    agg = tbl.group_by(["attack", "variant"], use_threads=False).aggregate(
+        [("ct", "sum"), ("cost", "sum"), ("div", "sum"), ("ct", "count")])
+    for a, v, cts, cs, dv, cnt in zip(*(agg.column(c).to_pylist() for c in
+                                       ("attack", "variant", "ct_sum", "cost_sum", "div_sum", "ct_count"))):
+        grp = acc.groups[acc.group(a.decode("utf-8", "replace"), v.decode("utf-8", "replace"))]
+        grp.generations += cnt
+        grp.generated_tokens += cts or 0
+        grp.cost_usd += cs or 0.0
+        grp.diverged += dv or 0
+        if grp.attack in DIVERGENCE_ATTACKS:
+            grp.divergence_rows += cnt
+    assert n == sum(agg.column("ct_count").to_pylist())
+
+
+def test_group_counts_equal_the_grouped_aggregation(monkeypatch):
+    """Per-group generations, tokens, cost (float sums to the last bit) and diverged rows summed by
+    np.bincount equal Arrow's group_by, the groups numbered alike: batches whose groups all exist
+    (np.bincount) and batches bringing new groups or names that decode alike (invalid UTF-8: the
+    group_by again), nulls, empty names, costs over 16 orders of magnitude, null token counts."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from reports import passes
+    grouped = []
+    real = passes._grouped_sums
+    monkeypatch.setattr(passes, "_grouped_sums", lambda *a: grouped.append(1) or real(*a))
+    rng = np.random.default_rng(11)
+    clean = ([b"divergence", b"special_chars", b"", None, "\u00e9".encode()], [b"poem", None, b"", b"company"])
+    odd = ([b"divergence", b"\xff", b"\xfe", b"discoverable", None], [b"poem", b"\xffx", b"\xfex", b""])
+    batches = 0
+    for trial in range(16):
+        names, variants = clean if trial % 2 else odd
+        fast, slow = passes.RunAccumulator(), passes.RunAccumulator()
+        for b in range(5):
+            n = int(rng.integers(1, 400))
+            k = min(len(names), 2 + b) if trial % 4 == 1 else len(names)     # groups first seen late
+            att = [names[i] for i in rng.integers(0, k, n)]
+            var = [variants[i] for i in rng.integers(0, len(variants), n)]
+            cost = (rng.random(n) * 10.0 ** rng.integers(-8, 8, n)).tolist()
+            ct = [None if x < 0.05 else int(x * 300) for x in rng.random(n)]
+            extra = [str(rng.choice(['{"diverged": true}', '{"diverged":false}', "{}", '{"diverged" :true}']))
+                     for _ in range(n)]
+            batch = pa.record_batch({"attack": pa.array(att, pa.binary()), "variant": pa.array(var, pa.binary()),
+                                     "completion_tokens": pa.array(ct, pa.int32()), "cost_usd": pa.array(cost),
+                                     "extra": pa.array(extra)})
+            attack = pc.fill_null(batch.column("attack"), b"")
+            variant = pc.fill_null(batch.column("variant"), b"")
+            ex = pc.fill_null(batch.column("extra"), "")
+            _group_counts_by_aggregation(slow, batch, batch.schema.names, attack, variant, ex)
+            key, key_names = passes._row_keys(attack, variant)
+            slow_gid = [slow.gid_of[key_names[k]] for k in key.tolist()]
+            assert passes._group_counts(fast, batch, batch.schema.names, attack, variant, ex).tolist() == slow_gid
+            batches += 1
+        assert fast.groups == slow.groups and fast.gid_of == slow.gid_of, trial
+        assert all(type(g.cost_usd) is float and type(g.generated_tokens) is int for g in fast.groups)
+    assert 16 <= len(grouped) < batches - 20          # both paths taken, the sums mostly by np.bincount
