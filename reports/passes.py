@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from reports.inputs import (REQUIRED_GEN_COLUMNS, as_string, binary_buffers, iter_batches, open_parquet,
-                            raw_bytes, text)
+                            raw_bytes, read_ahead, text)
 from reports.repeats import RepeatedDraws, per_distinct
 from reports.spans import THRESHOLDS, MatchIndex, RequestLookup, longest_per, union_added, union_length, union_total
 from reports import windows
@@ -158,38 +158,43 @@ def read_generations(parts: list[str], mi: MatchIndex, W: int, batch_rows: int, 
         from tqdm import tqdm
         total_rows = sum(open_parquet(p_, REQUIRED_GEN_COLUMNS).metadata.num_rows for p_ in parts)
         bar = tqdm(total=total_rows, unit=" gen", desc="trawl report", file=sys.stderr, leave=False)
+    for names, batch in read_ahead(_generation_batches(parts, batch_rows)):
+        acc.repeats.add(batch)
+        # as bytes: a stray invalid UTF-8 byte in a name must not fail the report
+        attack = pc.fill_null(pc.cast(batch.column("attack"), pa.binary()), b"")
+        variant = pc.fill_null(pc.cast(batch.column("variant"), pa.binary()), b"")
+        extra = pc.fill_null(batch.column("extra"), "") if "extra" in names else None
+        _run_info(acc, batch, names)
+        row_gid = _group_counts(acc, batch, names, attack, variant, extra)
+        if lookup is not None:
+            pr, rows = lookup.find(batch.column("request_id"))
+            acc.pr_row.append(pr)
+            acc.pr_gid.append(row_gid[rows])
+            if acc.longest_completion is None and top is not None and (pr == top).any():
+                at = int(rows[np.argmax(pr == top)])      # rows ascending: the first in file order
+                acc.longest_completion = (as_string(batch.column("request_id"))[at].as_py(),
+                                          raw_bytes(batch.column("completion").slice(at, 1))[0])
+            if mem_row is not None:
+                _memorized(acc, batch, row_gid, memorized_rows(batch, pr, rows, mem_row, mi), mi, W)
+        if extra is not None:
+            _discoverable(acc, batch, attack, extra, row_gid, top_spans)
+        acc.generations += batch.num_rows
+        if bar is not None:
+            bar.update(batch.num_rows)
+    if bar is not None:
+        bar.close()
+    return acc
+
+
+def _generation_batches(parts: list[str], batch_rows: int):
+    """``(column names of the part, batch)`` of every non-empty record batch of the parts, in order."""
     for path in parts:
         pf = open_parquet(path, REQUIRED_GEN_COLUMNS)
         names = pf.schema_arrow.names
         want = list(REQUIRED_GEN_COLUMNS) + [c for c in OPTIONAL_GEN_COLUMNS if c in names]
         for batch in iter_batches(pf, path, want, batch_rows):
-            if batch.num_rows == 0:
-                continue
-            acc.repeats.add(batch)
-            # as bytes: a stray invalid UTF-8 byte in a name must not fail the report
-            attack = pc.fill_null(pc.cast(batch.column("attack"), pa.binary()), b"")
-            variant = pc.fill_null(pc.cast(batch.column("variant"), pa.binary()), b"")
-            extra = pc.fill_null(batch.column("extra"), "") if "extra" in names else None
-            _run_info(acc, batch, names)
-            row_gid = _group_counts(acc, batch, names, attack, variant, extra)
-            if lookup is not None:
-                pr, rows = lookup.find(batch.column("request_id"))
-                acc.pr_row.append(pr)
-                acc.pr_gid.append(row_gid[rows])
-                if acc.longest_completion is None and top is not None and (pr == top).any():
-                    at = int(rows[np.argmax(pr == top)])      # rows ascending: the first in file order
-                    acc.longest_completion = (as_string(batch.column("request_id"))[at].as_py(),
-                                              raw_bytes(batch.column("completion").slice(at, 1))[0])
-                if mem_row is not None:
-                    _memorized(acc, batch, row_gid, memorized_rows(batch, pr, rows, mem_row, mi), mi, W)
-            if extra is not None:
-                _discoverable(acc, batch, attack, extra, row_gid, top_spans)
-            acc.generations += batch.num_rows
-            if bar is not None:
-                bar.update(batch.num_rows)
-    if bar is not None:
-        bar.close()
-    return acc
+            if batch.num_rows:
+                yield names, batch
 
 
 def _run_info(acc: RunAccumulator, batch: pa.RecordBatch, names: list[str]) -> None:

@@ -604,3 +604,34 @@ def test_group_counts_equal_the_grouped_aggregation(monkeypatch):
         assert fast.groups == slow.groups and fast.gid_of == slow.gid_of, trial
         assert all(type(g.cost_usd) is float and type(g.generated_tokens) is int for g in fast.groups)
     assert 16 <= len(grouped) < batches - 20          # both paths taken, the sums mostly by np.bincount
+
+
+def test_read_ahead_yields_the_items_in_order_and_their_errors_in_place():
+    """read_ahead gives exactly the iterator's items, in order; an exception raised by the iterator
+    reaches the caller after the items before it (as reading without it); a caller stopping early
+    stops the helper thread, which never runs more than one item ahead."""
+    import threading
+
+    from reports.errors import ReportError
+    from reports.inputs import read_ahead
+    produced = []
+
+    def items(n, fail_at=None):
+        for i in range(n):
+            if i == fail_at:
+                raise ReportError(f"part {i}: damaged")
+            produced.append(i)
+            yield i
+    assert list(read_ahead(items(0))) == []
+    assert list(read_ahead(items(50))) == list(range(50))
+    got = []
+    with pytest.raises(ReportError, match="part 7: damaged"):
+        for x in read_ahead(items(20, fail_at=7)):
+            got.append(x)
+    assert got == list(range(7))
+    produced.clear()
+    for x in read_ahead(items(1000)):
+        assert len(produced) <= x + 2          # the caller's item and at most one ready ahead
+        if x == 3:
+            break
+    assert len(produced) <= 5 and not any(t.name == "trawl-report-read-ahead" for t in threading.enumerate())
