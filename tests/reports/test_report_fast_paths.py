@@ -635,3 +635,66 @@ def test_read_ahead_yields_the_items_in_order_and_their_errors_in_place():
         if x == 3:
             break
     assert len(produced) <= 5 and not any(t.name == "trawl-report-read-ahead" for t in threading.enumerate())
+
+
+def _long_ascii_texts(seed: int) -> list[str]:
+    """Texts past PREFIX_MIN_CHARS: random units, patterns (predictable), patterns after or before a
+    random stretch, coverage near the threshold, a number sequence whose third copies lie just past
+    the prefix, a long word cut by the prefix."""
+    rng = random.Random(seed)
+    pieces = ["1", "22", "007", "10", "a", "b", "Z", "ab", "abcdefghijk", ",", ", ", " ", "  ", "\n", "\x1c", "-", ".",
+              "poem ", "x1"]
+
+    def noise(n):
+        return "".join(rng.choice(pieces) for _ in range(n))
+    def prose(n):        # mostly distinct words: ruled out by the prefix
+        return " ".join("".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 9)))
+                        for _ in range(n))
+    texts = [noise(rng.randint(300, 900)) for _ in range(20)] + [prose(rng.randint(110, 400)) for _ in range(20)]
+    texts += [prose(rng.randint(20, 60)) + "poem " * rng.randint(130, 300) for _ in range(5)]
+    texts += ["poem " * rng.randint(130, 400) for _ in range(4)]
+    texts += [", ".join(str(3 * i + 1) for i in range(rng.randint(160, 400))) for _ in range(4)]
+    texts += [noise(rng.randint(5, 120)) + "poem " * rng.randint(130, 500) for _ in range(10)]
+    texts += ["poem " * rng.randint(60, 200) + noise(rng.randint(5, 400)) for _ in range(10)]
+    for share in (0.7, 0.78, 0.8, 0.82, 0.9):                # repeated units mixed with unique words
+        words = [f"w{i}q" if rng.random() > share else "ab" for i in range(700)]
+        texts.append(" ".join(words))
+    n = taxonomy._LOOKAHEAD
+    texts.append("x " * (taxonomy._prefix_chars(2 * n + 1400) // 2 - n) + ", ".join(str(i) for i in range(400)))
+    texts.append("a " * 300 + "b" * 2000)
+    rng.shuffle(texts)
+    return texts
+
+
+@pytest.mark.parametrize("batch_units", [1, 700, 65_536])
+def test_prefix_rule_out_equals_one_at_a_time(batch_units, monkeypatch):
+    """predictable_many with the prefix pre-check equals is_predictable text by text, and the prefix
+    rules out texts (and leaves predictable ones and others to the whole-text path)."""
+    texts = _long_ascii_texts(batch_units) + _ascii_texts(3)[:50]
+    want = np.array([taxonomy.is_predictable(t) for t in texts])
+    monkeypatch.setattr(taxonomy, "BATCH_UNITS", batch_units)
+    ruled = taxonomy._ruled_out_by_prefix(texts)
+    assert not (ruled & want).any()
+    assert np.array_equal(taxonomy.predictable_many(texts), want)
+    long_ = np.array([len(t) > taxonomy.PREFIX_MIN_CHARS for t in texts])
+    assert 0 < ruled.sum() < long_.sum() and 0 < want[long_].sum()     # every path taken
+
+
+def test_prefix_keeps_units_whose_partners_lie_past_the_cut(monkeypatch):
+    """Texts that are predictable only through partners past the prefix: a 30-word cycle (each word's
+    copy 60 units on) and 12-digit numbers stepping by a constant from one 15-number cycle to the next
+    (third copies 90 units on). The prefix keeps them for the whole-text path; with a lookahead shorter
+    than the partners' distance it would wrongly rule them out (what this test guards)."""
+    rng = random.Random(0)
+    words = ["".join(rng.choice("abcdefghij") for _ in range(10)) for _ in range(30)]
+    cycle_words = " ".join(words[i % 30] for i in range(63))
+    base = [rng.randrange(10 ** 11, 10 ** 12 - 10 ** 6) for _ in range(15)]
+    step = [rng.randrange(1, 1000) for _ in range(15)]
+    stepping = ", ".join(str(base[i] + c * step[i]) for c in range(3) for i in range(15))
+    for text, short in ((cycle_words, 30), (stepping, 63)):
+        assert len(text) > taxonomy.PREFIX_MIN_CHARS and taxonomy.is_predictable(text)
+        assert not taxonomy._ruled_out_by_prefix([text])[0] and taxonomy.predictable_many([text, "x"]).tolist() == \
+            [True, False]
+        monkeypatch.setattr(taxonomy, "_LOOKAHEAD", short)
+        assert taxonomy._ruled_out_by_prefix([text])[0]
+        monkeypatch.undo()
