@@ -42,7 +42,8 @@ from extractor.errors import TrawlError
 from extractor.sampling.budget import Budget, Pricing, Usage, stop_reason
 from extractor.sampling.plan import Grouping, Unit
 from extractor.sampling.requests import Done, Sender
-from extractor.sampling.run_folder import PART_TOKENS, RunDir, journal_line, rows_to_table
+from extractor.sampling.journal import journal_record
+from extractor.sampling.run_folder import PART_TOKENS, RunDir, rows_to_table
 from extractor.sampling.summary import RunSummary, attack_summaries, reads_back
 
 _DRAINING_STOPS = ("max_seconds", "errors", "crashed", "interrupted")  # requests not yet sent are dropped
@@ -80,6 +81,17 @@ class _Flight:
         self.reserved[0] += sign * len(unit.jobs)
         self.reserved[1] += sign * unit.reserve_tokens
         self.reserved[2] += sign * unit.reserve_dollars
+
+
+def _table_of(rows: list[dict]):
+    """``rows`` as an Arrow table, or None when there are none or they do not convert (the run
+    folder then journals them as JSON lines, and its part says why they do not convert)."""
+    if not rows:
+        return None
+    try:
+        return rows_to_table(rows)
+    except (ArrowException, TypeError, ValueError, OverflowError):
+        return None
 
 
 class Engine:
@@ -324,7 +336,7 @@ class Engine:
             except queue.Empty:
                 break
         rows: list[dict] = []
-        lines: list[bytes] = []
+        records: list = []
         extras: list = []
         tables: list | None = []
         for kind, d in msgs:
@@ -342,14 +354,17 @@ class Engine:
                 continue
             rows.extend(done)
             extras.extend(d.extras if d.extras is not None and len(d.extras) == len(done) else [None] * len(done))
-            lines.append(d.journal if d.journal is not None else b"".join([journal_line(r) for r in done]))
+            if d.journal is None:   # rows made final here (an hourly price): converted here too
+                d.table = _table_of(done)
+                d.journal = journal_record(done, d.table)
+            records.extend(d.journal)
             if tables is not None and d.table is not None and d.table.num_rows == len(done):
                 tables.append(d.table)
             else:
                 tables = None    # the run folder converts these rows itself
         if not rows:
             return
-        self.rd.append_many(rows, b"".join(lines), tables, extras)   # the rows in one journal write, then counted
+        self.rd.append_many(rows, records, tables, extras)   # the rows in one journal write, then counted
         self.usage.generations += len(rows)
         self.new += len(rows)
         self.session_completion += sum(row["completion_tokens"] for row in rows)
@@ -423,7 +438,7 @@ class Engine:
         return rows
 
     def _prefinish(self, d: Done) -> None:
-        """In the worker that built ``d``'s rows: make them final and encode their journal lines,
+        """In the worker that built ``d``'s rows: make them final and encode their journal record,
         so that the dispatch thread only writes and counts them. Not with an hourly price (a
         request's cost is the wall time since the one recorded before it: the dispatch thread's).
         Its rows also become the Arrow table that goes into the Parquet part (:meth:`RunDir.append_many`)."""
@@ -431,11 +446,8 @@ class Engine:
             return
         cost_total = self.pricing.token_cost(d.billed_prompt, d.billed_completion)
         d.result = self._final_rows(d, cost_total)
-        d.journal = b"".join([journal_line(r) for r in d.result])
-        try:
-            d.table = rows_to_table(d.result) if d.result else None
-        except (ArrowException, TypeError, ValueError, OverflowError):   # the run folder converts them (and says why not)
-            d.table = None
+        d.table = _table_of(d.result)
+        d.journal = journal_record(d.result, d.table)
         d.cost_usd = cost_total
 
     def _endpoint_stats(self) -> dict:
