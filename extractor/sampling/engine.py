@@ -47,9 +47,28 @@ from extractor.sampling.run_folder import PART_TOKENS, RunDir, rows_to_table
 from extractor.sampling.summary import RunSummary, attack_summaries, reads_back
 
 _DRAINING_STOPS = ("max_seconds", "errors", "crashed", "interrupted")  # requests not yet sent are dropped
-# a row's `extra` as stored: the encoder json.dumps(extra, ensure_ascii=False, sort_keys=True) builds on
-# each call, built once (the same text; 10,000 rows were 10,000 encoder constructions)
-_EXTRA_JSON = json.JSONEncoder(ensure_ascii=False, sort_keys=True)
+# a row's `extra` as stored where orjson cannot write it: compact, keys sorted, non-ASCII kept (built once)
+_EXTRA_JSON = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+try:   # optional (pyproject lists it): the same JSON, keys sorted, ~8x faster than the standard library
+    from orjson import OPT_SORT_KEYS as _SORT_KEYS, dumps as _orjson_dumps
+except ImportError:  # pragma: no cover - exercised where orjson is not installed
+    _orjson_dumps = None
+
+
+def extra_json(extra: dict) -> tuple[str, bool]:
+    """``(text, plain)``: a row's ``extra`` as stored (compact JSON, keys sorted, non-ASCII kept) and
+    whether that text reads back to an equal dict of the same types (:func:`reads_back`). orjson
+    writes the plain ones (4 us -> 0.5 us a row with the standard library's encoder: 4 ms of a
+    1,000-generation run); the standard library the rest (NaN, infinities, lone surrogates, ints
+    past 64 bits, non-string keys), with the same separators: ``json.loads`` reads either text to
+    the same values."""
+    plain = reads_back(extra)
+    if plain and _orjson_dumps is not None:
+        try:
+            return _orjson_dumps(extra, option=_SORT_KEYS).decode("utf-8"), True
+        except TypeError:      # an int past 64 bits
+            pass
+    return _EXTRA_JSON.encode(extra), plain
 
 
 def one_line(error: BaseException, *, with_type: bool = False, limit: int = 500) -> str:
@@ -432,9 +451,9 @@ class Engine:
                 extra["finish_error"] = f"{type(exc).__name__}: {exc}"
             extra["billed_prompt_tokens"] = billed_p
             extra["billed_completion_tokens"] = billed_c
-            row["extra"] = _EXTRA_JSON.encode(extra)
+            row["extra"], plain = extra_json(extra)
             row["cost_usd"] = share
-            d.extras.append(extra if reads_back(extra) else None)   # for the run's summary (attack_summaries)
+            d.extras.append(extra if plain else None)   # for the run's summary (attack_summaries)
         return rows
 
     def _prefinish(self, d: Done) -> None:
