@@ -214,3 +214,39 @@ def test_a_record_with_a_matching_checksum_and_the_wrong_content_is_one_line(tmp
         with pytest.raises(TrawlError, match=r"_journal.bin: record 1.*damaged journal") as exc:
             RunDir(str(run)).recover()
         assert "\n" not in str(exc.value)
+
+
+def test_resume_samples_damaged_records_again_and_ends_as_an_undamaged_run(tmp_path):
+    """A killed run's journal with its second record damaged: the resume names it, samples that
+    record's and the later records' generations again, and ends with the rows of an undamaged run."""
+    import shutil
+
+    from draw_server import DrawServer
+    from extractor.attacks import AttackSpec
+    from extractor.sampling import run_attacks
+
+    spec = [AttackSpec("divergence", {"words": ["poem", "data"], "samples": 3, "max_tokens": 5, "repetitions": 3})]
+    quiet = dict(api_key_env=None, progress=False, timeout=5.0, max_retries=2)
+    clean, damaged = tmp_path / "clean", tmp_path / "damaged"
+    log: list[str] = []
+    with DrawServer() as srv:
+        run_attacks(str(clean), endpoint=srv.base_url, model=srv.model, attacks=spec, log=lambda m: None, **quiet)
+        shutil.copytree(clean, damaged)
+        rd = RunDir(str(damaged))
+        table = rd.read_generations()
+        for p in rd.part_paths():   # the rows back in the journal, as a killed run leaves them
+            os.unlink(p)
+        chunks = [table.slice(i, 2) for i in range(0, table.num_rows, 2)]
+        data = bytearray(b"".join(bytes(b) for c in chunks for b in jr.arrow_record(c)))
+        second = data.index(b"trawl-journal ", 1)
+        data[second + 200] ^= 0x10                      # a byte of the second record's payload
+        open(rd.journal_path, "wb").write(bytes(data))
+        run_attacks(str(damaged), endpoint=srv.base_url, model=srv.model, attacks=spec, resume=True,
+                    log=log.append, **quiet)
+
+    def key(run):
+        return sorted((r["request_id"], r["completion"], r["seed"], tuple(r["token_offsets"]))
+                      for r in RunDir(str(run)).read_generations().to_pylist())
+
+    assert key(damaged) == key(clean) and len(key(clean)) == 6
+    assert any("_journal.bin: record 2 (byte" in m and "sampled again" in m for m in log), log
