@@ -53,15 +53,11 @@ def write_corpus(path, docs=DOCS, shards=2) -> str:
 
 
 def stored_count(run_dir) -> int:
-    """Generations a run folder holds now: its journal's whole lines plus its parts' rows (a run
-    killed mid-flight has both)."""
+    """Generations a run folder holds now: its journal's whole records' rows plus its parts' rows (a
+    run killed mid-flight has both)."""
     import pyarrow.parquet as pq
 
     from extractor.sampling.run_folder import RunDir
 
     rd = RunDir(str(run_dir))
-    n = 0
-    if os.path.exists(rd.journal_path):
-        with open(rd.journal_path, "rb") as fh:
-            n += sum(1 for line in fh if line.endswith(b"\n"))
-    return n + sum(pq.read_metadata(p).num_rows for p in rd.part_paths())
+    return rd.read_journal().num_rows + sum(pq.read_metadata(p).num_rows for p in rd.part_paths())

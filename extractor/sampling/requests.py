@@ -33,7 +33,7 @@ class Done:
     pending: list[Pending] | None = None   # completions before token boundaries are filled
     freed: bool = False                # its generation slot was released earlier (a "freed" message)
     cost_usd: float | None = None      # set with the rows made final in the worker (Engine._prefinish)
-    journal: bytes | None = None       # then also: the rows' journal lines
+    journal: list | None = None        # then also: the rows' journal record (journal.journal_record)
     table: object = None               # and the rows as an Arrow table (run_folder.rows_to_table)
     extras: list | None = None         # each row's extra as a dict where its JSON reads back to it, else None
 

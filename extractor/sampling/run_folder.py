@@ -5,11 +5,12 @@ Layout (docs/CONTRACTS.md §3)::
     RUN/
       config.json                    frozen at the first start (no secrets)
       generations/part-00000.parquet ...
-      generations/_journal.jsonl     write-ahead journal of finished generations not yet in a part
+      generations/_journal.bin       write-ahead journal of finished generations not yet in a part
       run.json                       status
 
 Crash safety
-    Every finished generation is appended to ``_journal.jsonl`` and flushed to the
+    Every finished generation is appended to the journal (:mod:`extractor.sampling.journal`:
+    a checksummed record per request, its rows as an Arrow IPC stream) and written to the
     kernel at once (the rows that come back together in one write), so a ``kill -9``
     of the process loses nothing that finished (only a power cut can lose what the
     OS had not yet written; parts are fsynced). Every ``flush_rows`` generations,
@@ -28,18 +29,16 @@ Crash safety
     files, moves journal rows that are not in a part yet into a new part, and
     returns the request ids already done: a crash between writing a part and
     emptying the journal therefore duplicates nothing, and a torn last journal
-    line (a kill in the middle of a write) is dropped because that generation was
+    record (a kill in the middle of a write) is dropped because that generation was
     never counted as done.
 
-Journal rows carry a checksum
-    Each journal line is the row's JSON with one more key at the end,
-    ``"_crc32"``: the CRC-32 of the line's bytes before it (the row's own JSON,
-    :func:`journal_line`). On resume a row whose bytes do not match is dropped,
-    named in the sampler's log (:attr:`RunDir.dropped`), and its generation is
-    sampled again: it was never in a part, and its draw is fixed by its seed, so
-    the run ends with the rows of an undamaged one (a one-line error would ask a
-    person to edit the journal for the same result). Journals written before the
-    checksum (no ``"_crc32"`` in any line) are read as before.
+Journal records carry a checksum
+    On resume a record whose bytes do not match its CRC-32 is dropped with every record after
+    it, named in the sampler's log (:attr:`RunDir.dropped`), and those generations are sampled
+    again: they were never in a part, and each draw is fixed by its seed, so the run ends with
+    the rows of an undamaged one (a one-line error would ask a person to edit the journal for the
+    same result). Journals of earlier versions (``_journal.jsonl``, a checksummed JSON line per
+    row, or without checksums when older still) are read as before, line by line.
 """
 from __future__ import annotations
 
@@ -47,10 +46,7 @@ import datetime as _dt
 import glob
 import itertools
 import json
-import math
 import os
-import re
-import zlib
 from typing import Iterable
 
 import pyarrow as pa
@@ -60,15 +56,11 @@ from corpora.storage import (GENERATIONS_SCHEMA, PARQUET_ERRORS, PARQUET_READ_OP
                              commit_temp, fsync_dir, generation_parts, temp_path, write_parquet_atomic, writing)
 from corpora.storage import write_json_atomic as _write_json_atomic
 from extractor.errors import TrawlError
-
-try:   # optional: a faster JSON writer for the journal (pyproject lists it; the standard library otherwise)
-    import orjson as _orjson
-except ImportError:  # pragma: no cover - exercised where orjson is not installed
-    _orjson = None
+from extractor.sampling.journal import (CRC_KEY, JOURNAL_NAME, LEGACY_JOURNALS, ARROW, journal_line, journal_record,  # noqa: F401
+                                        read_journal_line, read_records, record_rows, record_table, write_records)
 
 # Names in generations/ that are not parts start with "_" or "." so that dataset readers
 # (pyarrow.parquet.read_table("RUN/generations"), DuckDB globs on part-*) skip them.
-JOURNAL_NAME = "_journal.jsonl"
 FORMAT = "trawl-run"      # config.json's and run.json's "format"
 FORMAT_VERSION = 1
 PART_TOKENS = 1 << 20    # token offsets buffered that roll a part even before flush_rows rows
@@ -138,75 +130,9 @@ class RunLock:
         self.release()
 
 
-CRC_KEY = "_crc32"
-_CRC_TAIL = re.compile(rb'(\{.*), "_crc32": (\d{1,10})\}\r?\n?', re.DOTALL)
-
-
-def read_journal_line(line: bytes, checked: bool):
-    """The row a journal line holds, or None when the line is torn, not JSON or (``checked``: the
-    journal carries checksums) does not match its checksum."""
-    if checked:
-        m = _CRC_TAIL.fullmatch(line)
-        if m is None:
-            return None
-        body = m.group(1) + b"}"
-        if zlib.crc32(body) != int(m.group(2)):
-            return None
-        line = body
-    try:
-        row = json.loads(line)
-    except (ValueError, RecursionError):
-        return None
-    return row
-
-
 def write_json_atomic(path: str, obj) -> None:
     """run.json / config.json: indented, non-ASCII kept (see corpora.storage.write_json_atomic)."""
     _write_json_atomic(path, obj, indent=2, ensure_ascii=False)
-
-
-def journal_line(row: dict) -> bytes:
-    """One journal line for ``row``: its JSON (UTF-8, non-ASCII kept, NaN and infinities as Python's
-    ``json`` writes them) with ``"_crc32"`` (the CRC-32 of the bytes of that JSON) added as the last
-    key, and a newline. Writers that put several rows in one write join these lines. orjson writes
-    the JSON when installed and the row is plain (its floats finite: orjson would write NaN as null);
-    else the standard library, whose text ``json.loads`` reads back to the same row either way. The
-    checksum covers whichever bytes were written (:func:`read_journal_line`).
-
-    orjson writes every NaN and infinity as ``null``, so its body is kept only when :func:`_finite`
-    finds the row's floats finite (a walk over the row's values, whose cost does not grow with its
-    strings: a search of the body for ``null`` took 7 us for a row carrying a 5 KB prompt)."""
-    if not row:
-        raise ValueError("a journal row is never empty")
-    body = None
-    if _orjson is not None:
-        try:
-            body = _orjson.dumps(row)
-        except TypeError:      # a value orjson does not take (an int past 64 bits, a lone surrogate)
-            body = None
-        if body is not None and not _finite(row):
-            body = None
-    if body is None:
-        body = json.dumps(row, ensure_ascii=False, allow_nan=True).encode("utf-8")
-    return b"%s, \"%s\": %d}\n" % (body[:-1], CRC_KEY.encode(), zlib.crc32(body))
-
-
-def _finite(row: dict) -> bool:
-    """No NaN or infinity among the row's floats (top level, and in lists of numbers); False too
-    for anything nested deeper (a dict, a list of lists) or a sum that overflows (the slow way)."""
-    total = 0.0
-    try:
-        for v in row.values():
-            c = v.__class__
-            if c is float:
-                total += v
-            elif c is list:
-                total += sum(v)
-            elif c is dict:
-                return False
-    except (TypeError, OverflowError):
-        return False
-    return math.isfinite(total)
 
 
 # The rows' Arrow buffers come from the C library's allocator, not Arrow's default pool (mimalloc):
@@ -265,6 +191,8 @@ class RunDir:
         self.config_path = os.path.join(self.path, "config.json")
         self.status_path = os.path.join(self.path, "run.json")
         self.journal_path = os.path.join(self.gen_dir, JOURNAL_NAME)
+        self.legacy_journal_paths = [os.path.join(self.gen_dir, n) for n in LEGACY_JOURNALS]   # still read
+        self._journal_size = 0          # bytes of whole records in the journal
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
         self._buffered = 0              # rows of the part being built (journaled, not yet in a part)
@@ -385,9 +313,9 @@ class RunDir:
                 pa.schema([GENERATIONS_SCHEMA.field(c) for c in columns]).empty_table()
         return pa.concat_tables([self._read_part(p, columns) for p in parts])
 
-    def _write_part(self, rows: list[dict]) -> str:
-        """One whole part from ``rows`` (recovery: the journal's rows not in a part yet)."""
-        table = rows_to_table(rows)
+    def _write_part(self, rows) -> str:
+        """One whole part from ``rows`` (a table, or dicts; recovery: the journal's rows not in a part yet)."""
+        table = rows if isinstance(rows, pa.Table) else rows_to_table(rows)
         base = f"part-{self._next_part:05d}.parquet"
         name = os.path.join(self.gen_dir, base)
         write_parquet_atomic(table, name, hidden=True, sync_dir=True)
@@ -409,83 +337,142 @@ class RunDir:
         parts = self.part_paths()
         self._next_part = (int(PART_RE.search(parts[-1]).group(1)) + 1) if parts else 0
         done = self.done_ids()
-        pending: list[dict] = []
+        pending, seen = self._journal_tables(done, self.dropped)
+        if pending:
+            # one table, one chunk per column: the part's bytes do not depend on how the rows were journaled
+            self._write_part(pa.concat_tables(pending).combine_chunks())
+            done.update(seen)
+        self._truncate_journal()
+        for old in self.legacy_journal_paths:
+            if os.path.exists(old):
+                os.unlink(old)
+        return done
+
+    def read_journal(self) -> pa.Table:
+        """The rows the journals hold now (each request id once; damaged or torn records left out, as
+        :meth:`recover` leaves them), without changing anything: what a killed run left there."""
+        tables, _ = self._journal_tables(set(), [])
+        return pa.concat_tables(tables) if tables else GENERATIONS_SCHEMA.empty_table()
+
+    def _journal_tables(self, done: set[str], notes: list[str]) -> tuple[list[pa.Table], set[str]]:
+        """The journals' rows whose request ids are not in ``done``, as tables in journal order (legacy
+        JSON-line journals first), and their request ids; a note per damaged row or record is added to
+        ``notes``. A row that cannot be stored is a one-line TrawlError naming the file."""
+        tables: list[pa.Table] = []
         seen: set[str] = set()
-        journals = [self.journal_path, os.path.join(self.gen_dir, "journal.jsonl")]  # + the pre-release name
-        for jpath in journals:
-            if not os.path.exists(jpath):
-                continue
-            with open(jpath, "rb") as fh:
-                lines = fh.readlines()
-            checked = any(f'"{CRC_KEY}": '.encode() in line for line in lines)
-            for lineno, line in enumerate(lines, 1):
-                row = read_journal_line(line, checked)
-                if row is None:
-                    if line.endswith(b"\n") and line.strip():   # not a torn last line: damage
-                        self.dropped.append(f"{jpath}:{lineno}: damaged journal row (its bytes do not match its "
-                                            f"checksum or are not JSON); dropped: that generation is sampled again")
-                    continue  # torn last line: that generation was never done
-                if isinstance(row, dict):
-                    row.pop(CRC_KEY, None)
+
+        def fresh(rid) -> bool:
+            if not isinstance(rid, str) or not rid or rid in done or rid in seen:
+                return False
+            seen.add(rid)
+            return True
+
+        def rows_table(rows: list[tuple[str, dict]]) -> None:
+            kept = []
+            for where, row in rows:
                 rid = row.get("request_id") if isinstance(row, dict) else None
                 if not isinstance(rid, str) or not rid or rid in done or rid in seen:
                     continue
                 problem = row_problem(row)
                 if problem:
-                    raise TrawlError(f"{jpath}:{lineno}: damaged journal row ({problem}); the journal is "
-                                     f"written by trawl, so it was changed outside it: restore it, or delete "
-                                     f"that line to sample the generation again with --resume")
+                    raise TrawlError(f"{where}: damaged journal row ({problem}); the journal is written by trawl, "
+                                     f"so it was changed outside it: restore it, or delete that line to sample the "
+                                     f"generation again with --resume")
                 seen.add(rid)
-                pending.append(row)
-        if pending:
-            self._write_part(pending)
-            done.update(seen)
-        self._truncate_journal()
-        old = journals[1]
-        if os.path.exists(old):
-            os.unlink(old)
-        return done
+                kept.append(row)
+            if kept:
+                tables.append(rows_to_table(kept))
+
+        for jpath in self.legacy_journal_paths:
+            if not os.path.exists(jpath):
+                continue
+            with open(jpath, "rb") as fh:
+                lines = fh.readlines()
+            checked = any(f'"{CRC_KEY}": '.encode() in line for line in lines)
+            rows = []
+            for lineno, line in enumerate(lines, 1):
+                row = read_journal_line(line, checked)
+                if row is None:
+                    if line.endswith(b"\n") and line.strip():   # not a torn last line: damage
+                        notes.append(f"{jpath}:{lineno}: damaged journal row (its bytes do not match its "
+                                     f"checksum or are not JSON); dropped: that generation is sampled again")
+                    continue  # torn last line: that generation was never done
+                if isinstance(row, dict):
+                    row.pop(CRC_KEY, None)
+                rows.append((f"{jpath}:{lineno}", row))
+            rows_table(rows)
+        if os.path.exists(self.journal_path):
+            with open(self.journal_path, "rb") as fh:
+                data = fh.read()
+            records, damaged = read_records(self.journal_path, data)
+            notes.extend(damaged)
+            for number, kind, payload in records:
+                if kind == ARROW:
+                    table = record_table(self.journal_path, number, payload)
+                    keep = [i for i, rid in enumerate(table.column("request_id").to_pylist()) if fresh(rid)]
+                    if len(keep) == table.num_rows:
+                        tables.append(table)
+                    elif keep:
+                        tables.append(table.take(keep))
+                else:
+                    rows_table([(f"{self.journal_path}: record {number} line {lineno}", row)
+                                for lineno, row in record_rows(self.journal_path, number, payload)])
+        return tables, seen
 
     def _close_journal(self) -> None:
-        """Close the journal; what a failed write (a full disk) left in its buffer is dropped, not
-        written again: that row was never counted as done."""
         journal, self._journal = self._journal, None
         if journal is not None:
             try:
                 journal.close()
             except OSError:
-                try:
-                    journal.close()   # the buffer is discarded once a flush has failed
-                except OSError:
-                    pass
+                pass
 
     def _truncate_journal(self) -> None:
         """Empty the journal (its rows are in a fsynced part). Not fsynced itself: should a power cut
         bring the old rows back, :meth:`recover` skips them as done."""
         self._close_journal()
         with writing(self.journal_path):
-            self._journal = open(self.journal_path, "wb")
+            self._journal = open(self.journal_path, "wb", buffering=0)   # records go to the kernel as written
+        self._journal_size = 0
 
     def append(self, row: dict) -> None:
         """Record one finished generation (durable against kill -9 when this returns)."""
         self.append_many([row])
 
-    def append_many(self, rows: list[dict], lines: bytes | None = None, tables: list[pa.Table] | None = None,
+    def append_many(self, rows: list[dict], records: list | None = None, tables: list[pa.Table] | None = None,
                     extras: list | None = None) -> None:
         """Record finished generations in one write (durable against kill -9 when this returns; a
-        kill during the write leaves whole lines for some of them and at most one torn last line,
-        which :meth:`recover` drops: those generations were never done). ``lines``: the rows'
-        :func:`journal_line` s, when the caller encoded them already; ``tables``: the rows as Arrow
-        tables (:func:`rows_to_table`, in order), when the caller converted them already (the
-        sampler's workers do, off the dispatch thread); ``extras``: each row's ``extra`` as the dict its
-        JSON reads back to (None where not known), kept for :meth:`summary_rows`. A write that fails (a full disk) raises
-        WriteError and none of these rows is counted as done: a torn line is dropped on resume and
-        those generations sampled again."""
+        kill during the write leaves whole records for some of them and at most one torn last record,
+        which :meth:`recover` drops: those generations were never done). ``records``: the rows'
+        journal records (:func:`~extractor.sampling.journal.journal_record`, their pieces in order),
+        when the caller made them already; ``tables``: the rows as Arrow tables (:func:`rows_to_table`,
+        in order), when the caller converted them already (the sampler's workers do both, off the
+        dispatch thread); ``extras``: each row's ``extra`` as the dict its JSON reads back to (None
+        where not known), kept for :meth:`summary_rows`. A write that fails (a full disk) raises
+        WriteError, the journal is cut back to its last whole record, and none of these rows is
+        counted as done."""
         if not rows:
             return
+        if records is None:
+            if tables is None:
+                try:
+                    tables = [rows_to_table(rows)]
+                except (pa.ArrowException, TypeError, ValueError, OverflowError):
+                    tables = None          # journaled as JSON lines; the part's conversion says why not
+            records = []
+            for t in (tables or [None]):
+                records.extend(journal_record(rows, t))
+        fd = self._journal.fileno()
         with writing(self.journal_path):
-            self._journal.write(lines if lines is not None else b"".join([journal_line(r) for r in rows]))
-            self._journal.flush()
+            try:
+                self._journal_size += write_records(fd, records)
+            except OSError:
+                try:   # a record is whole or absent: later records must not follow a torn one
+                    os.ftruncate(fd, self._journal_size)
+                    os.lseek(fd, self._journal_size, os.SEEK_SET)
+                except OSError:
+                    pass
+                raise
         if tables is not None:
             self._take_rows()
             self._tables.extend(tables)

@@ -21,6 +21,7 @@ from campaign_helpers import ROOT, make_index, q, qlist, trawl
 from repo import ctrl_c_ready
 from extractor.campaigns.config import load_campaign
 from extractor.campaigns.pipeline import run_campaign
+from extractor.sampling.run_folder import RunDir
 from extractor.serving.embedded import EmbeddedServer
 
 pytestmark = pytest.mark.slow
@@ -34,12 +35,7 @@ def stored(run_dir: Path) -> list[dict]:
     parts = sorted((run_dir / "generations").glob("*.parquet"))
     if parts:
         rows += pq.read_table(parts, columns=["request_id", "endpoint", "completion_tokens"]).to_pylist()
-    for j in (run_dir / "generations").glob("*journal.jsonl"):   # the sampler's write-ahead journal
-        for line in j.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                pass
+    rows += RunDir(str(run_dir)).read_journal().select(["request_id", "endpoint", "completion_tokens"]).to_pylist()
     return list({r["request_id"]: r for r in rows}.values())
 
 

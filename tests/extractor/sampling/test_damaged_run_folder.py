@@ -64,7 +64,7 @@ def test_wrong_type_in_a_journal_row_is_one_line_naming_line_and_key(tmp_path, k
     rd = make(tmp_path / "run")
     good = rows(3)
     bad = dict(good[1], **{key: value})
-    with open(rd.journal_path, "w") as fh:
+    with open(rd.legacy_journal_paths[0], "w") as fh:
         for r in (good[0], bad, good[2]):
             fh.write(json.dumps(r) + "\n")
     with pytest.raises(TrawlError, match=f"_journal.jsonl:2: damaged journal row \\({key!r}"):
@@ -75,7 +75,7 @@ def test_wrong_type_in_a_journal_row_is_one_line_naming_line_and_key(tmp_path, k
 def test_journal_rows_with_unhashable_or_missing_request_ids_are_not_done(tmp_path):
     rd = make(tmp_path / "run")
     good = rows(2)
-    with open(rd.journal_path, "w") as fh:
+    with open(rd.legacy_journal_paths[0], "w") as fh:
         for r in (dict(good[0], request_id=["x"]), dict(good[1], request_id=None), good[1], "just a string"):
             fh.write(json.dumps(r) + "\n")
     assert RunDir(rd.path).recover() == {good[1]["request_id"]}
@@ -108,7 +108,7 @@ def test_fuzz_run_json_config_json_and_journal(tmp_path):
                 b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
                 text = b.decode("utf-8", "replace")
         middle = text if target == "journal" else json.dumps(journal_rows[1])
-        with open(rd.journal_path, "w") as fh:
+        with open(rd.legacy_journal_paths[0], "w") as fh:
             fh.write(json.dumps(journal_rows[0]) + "\n" + middle + "\n" + json.dumps(journal_rows[2]) + "\n")
         if target != "journal":
             open(rd.config_path if target == "config" else rd.status_path, "w").write(text)

@@ -1,6 +1,8 @@
 """Journal rows carry a CRC-32 (issue 17): a row damaged on disk is detected on resume, dropped,
 named in the log and sampled again, so a resumed run never stores silently different rows; a torn
-last line is dropped quietly as before, and journals from before the checksum still read."""
+last line is dropped quietly as before, and journals from before the checksum still read. These are the
+JSON-line journals (``_journal.jsonl``) of earlier versions, which a resume still reads; the records that
+replaced them are tested in test_journal_records.py."""
 from __future__ import annotations
 
 import json
@@ -18,12 +20,12 @@ from test_damaged_parts import rows
 
 
 def _journal(path, written):
+    """A run folder as a kill -9 of an earlier trawl left it: rows in its JSON-line journal, no part."""
     rd = RunDir(str(path))
     rd.recover()
-    for r in written:
-        rd.append(r)
-    rd._journal.close()   # as a kill -9 leaves it: rows in the journal, no part
-    rd._journal = None
+    rd._close_journal()
+    with open(rd.legacy_journal_paths[0], "wb") as fh:
+        fh.write(b"".join(journal_line(r) for r in written))
     return rd
 
 
@@ -42,10 +44,10 @@ def test_journal_line_is_the_row_plus_its_checksum():
 def test_a_changed_character_in_a_journal_row_is_dropped_not_stored(tmp_path):
     written = rows(4)
     rd = _journal(tmp_path / "run", written)
-    text = open(rd.journal_path, encoding="utf-8").read().split("\n")
+    text = open(rd.legacy_journal_paths[0], encoding="utf-8").read().split("\n")
     assert "alpha" in text[1] or "beta" in text[1]
     text[1] = text[1].replace("alpha", "alphb", 1) if "alpha" in text[1] else text[1].replace("beta", "betb", 1)
-    open(rd.journal_path, "w", encoding="utf-8").write("\n".join(text))
+    open(rd.legacy_journal_paths[0], "w", encoding="utf-8").write("\n".join(text))
     fresh = RunDir(rd.path)
     done = fresh.recover()
     assert done == {written[i]["request_id"] for i in (0, 2, 3)}
@@ -57,13 +59,13 @@ def test_a_changed_character_in_a_journal_row_is_dropped_not_stored(tmp_path):
 def test_a_torn_last_line_is_dropped_quietly_and_old_journals_still_read(tmp_path):
     written = rows(3)
     rd = _journal(tmp_path / "run", written)
-    data = open(rd.journal_path, "rb").read()
-    open(rd.journal_path, "wb").write(data[:-25])   # killed in the middle of the last write
+    data = open(rd.legacy_journal_paths[0], "rb").read()
+    open(rd.legacy_journal_paths[0], "wb").write(data[:-25])   # killed in the middle of the last write
     fresh = RunDir(rd.path)
     assert fresh.recover() == {written[0]["request_id"], written[1]["request_id"]} and fresh.dropped == []
     old = RunDir(str(tmp_path / "old"))
     os.makedirs(old.gen_dir)
-    with open(old.journal_path, "w") as fh:
+    with open(old.legacy_journal_paths[0], "w") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in written)
     assert old.recover() == {r["request_id"] for r in written} and old.dropped == []
 
@@ -77,7 +79,7 @@ def test_fuzz_damaged_journal_rows_never_store_different_rows(tmp_path):
     dropped = 0
     for trial in range(200):
         rd = _journal(tmp_path / f"r{trial}", written)
-        lines = open(rd.journal_path, "rb").read().split(b"\n")
+        lines = open(rd.legacy_journal_paths[0], "rb").read().split(b"\n")
         i = rng.randrange(4)   # a whole line (not the torn-last-line case)
         b = bytearray(lines[i])
         how = trial % 4
@@ -91,7 +93,7 @@ def test_fuzz_damaged_journal_rows_never_store_different_rows(tmp_path):
         else:
             b[at:at] = b[at:at + 2]
         lines[i] = bytes(b)
-        open(rd.journal_path, "wb").write(b"\n".join(lines))
+        open(rd.legacy_journal_paths[0], "wb").write(b"\n".join(lines))
         fresh = RunDir(rd.path)
         try:
             done = fresh.recover()
@@ -121,15 +123,15 @@ def test_resume_samples_a_damaged_row_again_and_ends_as_an_undamaged_run(tmp_pat
         table = rd.read_generations().to_pylist()
         for p in rd.part_paths():   # the rows back in the journal, as a killed run leaves them
             os.unlink(p)
-        with open(rd.journal_path, "wb") as fh:
+        with open(rd.legacy_journal_paths[0], "wb") as fh:
             for r in table:
                 fh.write(journal_line(dict(r, created_at=r["created_at"].isoformat())))
-        lines = open(rd.journal_path, encoding="utf-8").read().split("\n")
+        lines = open(rd.legacy_journal_paths[0], encoding="utf-8").read().split("\n")
         victim = json.loads(lines[2])["request_id"]
         damaged_line = re.sub(r'"completion": ?"', lambda m: m.group(0) + "X", lines[2], count=1)
         assert damaged_line != lines[2]
         lines[2] = damaged_line
-        open(rd.journal_path, "w", encoding="utf-8").write("\n".join(lines))
+        open(rd.legacy_journal_paths[0], "w", encoding="utf-8").write("\n".join(lines))
         run_attacks(str(damaged), endpoint=srv.base_url, model=srv.model, attacks=spec, resume=True,
                     log=log.append, **quiet)
 

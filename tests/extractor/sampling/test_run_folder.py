@@ -7,7 +7,8 @@ import os
 import pyarrow.parquet as pq
 
 from corpora.storage import GENERATIONS_SCHEMA, utcnow
-from extractor.sampling.run_folder import RunDir
+from extractor.sampling.journal import journal_record
+from extractor.sampling.run_folder import RunDir, rows_to_table
 
 
 def _row(i):
@@ -25,9 +26,10 @@ def test_append_flush_recover(tmp_path):
     rd.flush()
     for i in range(3, 5):
         rd.append(_row(i))
-    # simulate kill -9: journal has rows 3, 4 and a torn line; a stray temp part exists
-    with open(rd.journal_path, "a") as fh:
-        fh.write('{"request_id": "id9999", "trunc')
+    # simulate kill -9: journal has rows 3, 4 and a torn record; a stray temp part exists
+    record = b"".join(bytes(b) for b in journal_record([_row(9999)], rows_to_table([_row(9999)])))
+    with open(rd.journal_path, "ab") as fh:
+        fh.write(record[:-30])
     open(os.path.join(rd.gen_dir, ".part-00001.parquet.tmp-123"), "wb").write(b"junk")
     rd2 = RunDir(str(tmp_path / "run"))
     done = rd2.recover()
@@ -47,8 +49,7 @@ def test_crash_between_part_and_journal_truncation_duplicates_nothing(tmp_path):
     for r in rows:
         rd.append(r)
     rd._write_part(rows)  # the part is written, then the process dies before truncating
-    with open(rd.journal_path) as fh:
-        assert len(fh.readlines()) == 4
+    assert rd.read_journal().num_rows == 4
     rd2 = RunDir(str(tmp_path / "run"))
     done = rd2.recover()
     assert len(done) == 4
@@ -109,18 +110,23 @@ def test_journal_lines_read_back_as_the_rows_they_encode():
                 assert math.isnan(back[k])
 
 
-def test_a_request_journaled_in_one_write_recovers_its_whole_lines_after_a_torn_write(tmp_path):
-    """kill -9 during the one write of a request's rows: its whole lines are done, the torn one is not."""
-    from extractor.sampling.run_folder import journal_line
-
+def test_requests_journaled_in_one_write_recover_their_whole_records_after_a_torn_write(tmp_path):
+    """kill -9 during the one write of three requests' records: the whole ones are done, the torn one is
+    not, wherever the write was cut (in the last record's header or in its payload)."""
     rd = RunDir(str(tmp_path / "run"))
     rd.recover()
     rd.append_many([_row(i) for i in range(3)])
-    data = b"".join(journal_line(_row(i)) for i in range(3, 6))
-    with open(rd.journal_path, "ab") as fh:
-        fh.write(data[: len(data) - 7])      # rows 3 and 4 whole, row 5 torn
-    done = RunDir(str(tmp_path / "run")).recover()
-    assert done == {f"id{i:04d}" for i in range(5)}
+    rd._journal.close()
+    base = open(rd.journal_path, "rb").read()
+    data = b"".join(bytes(b) for i in range(3, 6) for b in journal_record([_row(i)], rows_to_table([_row(i)])))
+    last = data.rindex(b"trawl-journal ")
+    for cut in (last + 1, last + 20, len(data) - 7):
+        run = tmp_path / f"cut{cut}"
+        os.makedirs(run / "generations")
+        with open(run / "generations" / os.path.basename(rd.journal_path), "wb") as fh:
+            fh.write(base + data[:cut])      # rows 3 and 4 whole, row 5 torn
+        fresh = RunDir(str(run))
+        assert fresh.recover() == {f"id{i:04d}" for i in range(5)} and fresh.dropped == []
 
 
 def test_parts_roll_by_rows_or_by_buffered_tokens(tmp_path, monkeypatch):
@@ -174,8 +180,7 @@ def test_a_part_built_in_row_groups_holds_every_row_once(tmp_path, monkeypatch):
     rd.append(rows[8])
     rd.spill()
     rd.append_many(rows[9:12], tables=[rf.rows_to_table(rows[9:12])])
-    with open(rd.journal_path) as fh:
-        assert len(fh.readlines()) == 12
+    assert sorted(rd.read_journal().column("request_id").to_pylist()) == [r["request_id"] for r in rows]
     name = rd.flush()
     assert rd.part_paths() == [name] and pq.ParquetFile(name).metadata.num_row_groups >= 3
     assert os.path.getsize(rd.journal_path) == 0

@@ -13,7 +13,7 @@ import pytest
 
 from extractor.cli import main
 from flaky_server import FlakyServer
-from sampler_helpers import write_corpus
+from sampler_helpers import stored_count, write_corpus
 from repo import REPO, ROOT, ctrl_c_ready
 
 
@@ -89,9 +89,8 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path):
                 "--param", "max_tokens=5", "--concurrency", "2", "--no-progress"]
         proc = subprocess.Popen([sys.executable, "-m", "extractor.cli", *args], env=ENV, cwd=REPO,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_ready)
-        journal = tmp_path / "run" / "generations" / "_journal.jsonl"
         deadline = time.monotonic() + 60
-        while not (journal.exists() and journal.read_text().count("\n") >= 3):
+        while not ((tmp_path / "run" / "generations").exists() and stored_count(tmp_path / "run") >= 3):
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
