@@ -75,6 +75,53 @@ def iter_batches(pf: pq.ParquetFile, path: str, columns, batch_rows: int):
         raise ReportError(f"{path}: damaged Parquet data ({storage.first_line(exc)})") from None
 
 
+def read_ahead(items):
+    """The items of the iterator ``items``, each produced while the caller works on the one before
+    (a helper thread; at most one item ready ahead of the caller's). Exceptions raised by ``items``
+    reach the caller where the item would have. The caller's pass over a batch and the decoding of
+    the next overlap, and the memory of a batch the caller has let go is reused by the next one at
+    once, before the allocator hands it back to the system to be faulted in again (Arrow's
+    mimalloc returns freed pages after about 10 ms, a batch's work takes longer). Stopping early
+    (an exception in the caller) stops the helper after its current item."""
+    import queue
+    import threading
+
+    ready: queue.Queue = queue.Queue()
+    wanted = threading.Semaphore(1)          # the helper produces an item only when one was taken
+    stop = threading.Event()
+    end = object()
+
+    def work():
+        try:
+            it = iter(items)
+            while True:
+                wanted.acquire()
+                if stop.is_set():
+                    return
+                x = next(it, end)
+                ready.put((True, x))
+                if x is end:
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, raised there
+            ready.put((False, exc))
+
+    helper = threading.Thread(target=work, name="trawl-report-read-ahead", daemon=True)
+    helper.start()
+    try:
+        while True:
+            ok, x = ready.get()
+            if not ok:
+                raise x
+            if x is end:
+                return
+            wanted.release()
+            yield x
+    finally:
+        stop.set()
+        wanted.release()
+        helper.join()
+
+
 def text(col: pa.Array) -> list[str]:
     """Strings of a string column, decoding invalid UTF-8 with U+FFFD instead of failing."""
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):

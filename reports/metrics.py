@@ -269,7 +269,7 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
     totals.update(unique_source_documents=unique_docs, approximate_memorization_hits=run.approx,
                   exact_discoverable_hits=run.exact, same_draw_rows=repeated["same_draw_rows"],
                   implausible_duplicate_rows=repeated["flagged_rows"])
-    longest_run = longest_run_record(longest_span, acc.groups, parts)
+    longest_run = longest_run_record(longest_span, acc.groups, parts, acc.longest_completion)
     run_section = _run_section(run_dir, run_json, config, acc, parts)
     if run_section["state"]["warning"]:
         warnings.insert(0, run_section["state"]["warning"])

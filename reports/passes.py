@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from reports.inputs import (REQUIRED_GEN_COLUMNS, as_string, binary_buffers, iter_batches, open_parquet,
-                            raw_bytes, text)
+                            raw_bytes, read_ahead, text)
 from reports.repeats import RepeatedDraws, per_distinct
 from reports.spans import THRESHOLDS, MatchIndex, RequestLookup, longest_per, union_added, union_length, union_total
 from reports import windows
@@ -94,7 +94,9 @@ class RunAccumulator:
     span (fields of :class:`reports.taxonomy_figures.SpanPool` plus the text; ``wins``: the range
     of its windows in ``win_h``), a generation's spans contiguous; ``pr_row`` / ``pr_gid``: for each generation whose request id
     has a row in the matches' per-request table, that row and the generation's gid (arrays, one
-    per batch)."""
+    per batch); ``longest_completion``: ``(request id, completion bytes)`` of the first generation
+    holding the per-request table's longest span (:meth:`reports.spans.MatchIndex.longest_row`),
+    None when no generation does."""
 
     gid_of: dict = field(default_factory=dict)
     groups: list = field(default_factory=list)
@@ -112,6 +114,7 @@ class RunAccumulator:
     iv_start: array = field(default_factory=lambda: array("q"))
     iv_end: array = field(default_factory=lambda: array("q"))
     span_records: list = field(default_factory=list)
+    longest_completion: tuple | None = None
     models: set = field(default_factory=set)
     endpoints: set = field(default_factory=set)
     run_ids: set = field(default_factory=set)
@@ -144,41 +147,54 @@ def read_generations(parts: list[str], mi: MatchIndex, W: int, batch_rows: int, 
                      progress: bool = False) -> RunAccumulator:
     """The generations pass: every part streamed once (``progress``: a tqdm bar on stderr)."""
     acc = RunAccumulator()
-    mem_rids = mi.memorized_request_ids()
     lookup = RequestLookup(mi.per_request.column("request_id")) if mi.per_request is not None else None
+    # the per-request table holds every request id with a span, so every memorized one: a generation
+    # is memorized iff its id is found there on a memorized row (the same rows as an is_in on the ids)
+    mem_row = (pc.is_in(mi.per_request.column("request_id"), value_set=mi.memorized_request_ids())
+               .to_numpy(zero_copy_only=False) if lookup is not None and mi.memorized else None)
+    top = mi.longest_row()
     bar = None
     if progress:
         from tqdm import tqdm
         total_rows = sum(open_parquet(p_, REQUIRED_GEN_COLUMNS).metadata.num_rows for p_ in parts)
         bar = tqdm(total=total_rows, unit=" gen", desc="trawl report", file=sys.stderr, leave=False)
+    for names, batch in read_ahead(_generation_batches(parts, batch_rows)):
+        acc.repeats.add(batch)
+        # as bytes: a stray invalid UTF-8 byte in a name must not fail the report
+        attack = pc.fill_null(pc.cast(batch.column("attack"), pa.binary()), b"")
+        variant = pc.fill_null(pc.cast(batch.column("variant"), pa.binary()), b"")
+        extra = pc.fill_null(batch.column("extra"), "") if "extra" in names else None
+        _run_info(acc, batch, names)
+        row_gid = _group_counts(acc, batch, names, attack, variant, extra)
+        if lookup is not None:
+            pr, rows = lookup.find(batch.column("request_id"))
+            acc.pr_row.append(pr)
+            acc.pr_gid.append(row_gid[rows])
+            if acc.longest_completion is None and top is not None and (pr == top).any():
+                at = int(rows[np.argmax(pr == top)])      # rows ascending: the first in file order
+                acc.longest_completion = (as_string(batch.column("request_id"))[at].as_py(),
+                                          raw_bytes(batch.column("completion").slice(at, 1))[0])
+            if mem_row is not None:
+                _memorized(acc, batch, row_gid, memorized_rows(batch, pr, rows, mem_row, mi), mi, W)
+        if extra is not None:
+            _discoverable(acc, batch, attack, extra, row_gid, top_spans)
+        acc.generations += batch.num_rows
+        if bar is not None:
+            bar.update(batch.num_rows)
+    if bar is not None:
+        bar.close()
+    return acc
+
+
+def _generation_batches(parts: list[str], batch_rows: int):
+    """``(column names of the part, batch)`` of every non-empty record batch of the parts, in order."""
     for path in parts:
         pf = open_parquet(path, REQUIRED_GEN_COLUMNS)
         names = pf.schema_arrow.names
         want = list(REQUIRED_GEN_COLUMNS) + [c for c in OPTIONAL_GEN_COLUMNS if c in names]
         for batch in iter_batches(pf, path, want, batch_rows):
-            if batch.num_rows == 0:
-                continue
-            acc.repeats.add(batch)
-            # as bytes: a stray invalid UTF-8 byte in a name must not fail the report
-            attack = pc.fill_null(pc.cast(batch.column("attack"), pa.binary()), b"")
-            variant = pc.fill_null(pc.cast(batch.column("variant"), pa.binary()), b"")
-            extra = pc.fill_null(batch.column("extra"), "") if "extra" in names else None
-            _run_info(acc, batch, names)
-            _group_counts(acc, batch, names, attack, variant, extra)
-            row_gid = _row_groups(acc, attack, variant)
-            if lookup is not None:
-                pr, rows = lookup.find(batch.column("request_id"))
-                acc.pr_row.append(pr)
-                acc.pr_gid.append(row_gid[rows])
-            if extra is not None:
-                _discoverable(acc, batch, attack, extra, row_gid, top_spans)
-            _memorized(acc, batch, row_gid, mem_rids, mi, W)
-            acc.generations += batch.num_rows
-            if bar is not None:
-                bar.update(batch.num_rows)
-    if bar is not None:
-        bar.close()
-    return acc
+            if batch.num_rows:
+                yield names, batch
 
 
 def _run_info(acc: RunAccumulator, batch: pa.RecordBatch, names: list[str]) -> None:
@@ -189,12 +205,22 @@ def _run_info(acc: RunAccumulator, batch: pa.RecordBatch, names: list[str]) -> N
 
 
 def _group_counts(acc: RunAccumulator, batch: pa.RecordBatch, names: list[str], attack: pa.Array,
-                  variant: pa.Array, extra: pa.Array | None) -> None:
-    """Generations, generated tokens, cost and diverged rows of the batch, added per group."""
+                  variant: pa.Array, extra: pa.Array | None) -> np.ndarray:
+    """Generations, generated tokens, cost and diverged rows of the batch, added per group; returns
+    the gid of every row (groups first seen in the batch created here).
+
+    The batch's distinct (attack, variant) byte pairs are its keys (:func:`_row_keys`). When each
+    key's group exists already and no two keys share one (names that decode alike), the sums are
+    taken per key with ``np.bincount``, which adds in row order as Arrow's grouped sum does (the
+    same float sums; integers are exact in float64 below 2^53, else added as Python integers), one
+    addition per group: no aggregation plan per batch. Otherwise (the first batches of a run, or
+    invalid UTF-8 in the names) Arrow's ``group_by`` as before, whose row order creates the new
+    groups and orders the additions to a shared group, so group numbers and float sums stay as
+    they were."""
     n = batch.num_rows
-    ctoks = pc.fill_null(batch.column("completion_tokens"), 0)
-    cost = (pc.fill_null(batch.column("cost_usd"), 0.0) if "cost_usd" in names
-            else pa.nulls(n, pa.float64()).fill_null(0.0))
+    ctoks = pc.cast(pc.fill_null(batch.column("completion_tokens"), 0), pa.int64())
+    cost = pc.cast(pc.fill_null(batch.column("cost_usd"), 0.0) if "cost_usd" in names
+                   else pa.nulls(n, pa.float64()).fill_null(0.0), pa.float64())
     if extra is not None:
         # divergence rows say "diverged": true (CONTRACTS.md §3); special_chars' "escaped" is no divergence
         said = per_distinct(extra, lambda v: pc.match_substring_regex(v, r'"diverged"\s*:\s*true')
@@ -204,10 +230,37 @@ def _group_counts(acc: RunAccumulator, batch: pa.RecordBatch, names: list[str], 
                                                                        pa.binary()))), pa.int64())
     else:
         diverged = pa.array(np.zeros(n, dtype=np.int64))
-    tbl = pa.table({"attack": attack, "variant": variant, "ct": pc.cast(ctoks, pa.int64()),
-                    "cost": pc.cast(cost, pa.float64()), "div": diverged})
-    agg = tbl.group_by(["attack", "variant"], use_threads=False).aggregate([("ct", "sum"), ("cost", "sum"), ("div", "sum"),
-                                                         ("ct", "count")])
+    row_key, key_names = _row_keys(attack, variant)
+    gids = [acc.gid_of.get(k) for k in key_names]
+    if None in gids or len(set(gids)) < len(gids):
+        _grouped_sums(acc, attack, variant, ctoks, cost, diverged)
+        return np.array([acc.gid_of[k] for k in key_names], dtype=np.int32)[row_key]
+    nk = len(gids)
+    cnt = np.bincount(row_key, minlength=nk)
+    ct = ctoks.to_numpy(zero_copy_only=False)
+    if int(np.abs(ct).max()) * n >= 1 << 53:      # beyond float64's exact integers: Python ints
+        cts = [sum(ct[row_key == k].tolist()) for k in range(nk)]
+    else:
+        cts = np.bincount(row_key, weights=ct, minlength=nk).astype(np.int64).tolist()
+    cs = np.bincount(row_key, weights=cost.to_numpy(zero_copy_only=False), minlength=nk).tolist()
+    dv = np.bincount(row_key, weights=diverged.to_numpy(zero_copy_only=False), minlength=nk).astype(np.int64).tolist()
+    for k, g in enumerate(gids):
+        grp = acc.groups[g]
+        grp.generations += int(cnt[k])
+        grp.generated_tokens += cts[k]
+        grp.cost_usd += cs[k]
+        grp.diverged += dv[k]
+        if grp.attack in DIVERGENCE_ATTACKS:
+            grp.divergence_rows += int(cnt[k])
+    return np.array(gids, dtype=np.int32)[row_key]
+
+
+def _grouped_sums(acc: RunAccumulator, attack: pa.Array, variant: pa.Array, ctoks: pa.Array, cost: pa.Array,
+                  diverged: pa.Array) -> None:
+    """:func:`_group_counts` by Arrow's ``group_by``: groups created and added to in its rows' order."""
+    tbl = pa.table({"attack": attack, "variant": variant, "ct": ctoks, "cost": cost, "div": diverged})
+    agg = tbl.group_by(["attack", "variant"], use_threads=False).aggregate([("ct", "sum"), ("cost", "sum"),
+                                                                          ("div", "sum"), ("ct", "count")])
     for a, v, cts, cs, dv, cnt in zip(*(agg.column(c).to_pylist() for c in
                                        ("attack", "variant", "ct_sum", "cost_sum", "div_sum", "ct_count"))):
         grp = acc.groups[acc.group(a.decode("utf-8", "replace"), v.decode("utf-8", "replace"))]
@@ -219,17 +272,17 @@ def _group_counts(acc: RunAccumulator, batch: pa.RecordBatch, names: list[str], 
             grp.divergence_rows += cnt
 
 
-def _row_groups(acc: RunAccumulator, attack: pa.Array, variant: pa.Array) -> np.ndarray:
-    """The gid of every row (vectorised through a dictionary of the batch's groups; the key is
-    length-prefixed, so unambiguous whatever bytes the names hold)."""
+def _row_keys(attack: pa.Array, variant: pa.Array) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """``(key of every row, names of every key)``: the batch's distinct (attack, variant) byte pairs
+    (a length-prefixed key, so unambiguous whatever bytes the names hold) and each pair's names as
+    its group knows them (decoded, U+FFFD for invalid UTF-8)."""
     keys = pc.binary_join_element_wise(pc.cast(pc.cast(pc.binary_length(attack), pa.string()), pa.binary()),
                                        attack, variant, b"\x00")
     uniq = pc.unique(keys)
     first = pc.index_in(uniq, value_set=keys).to_numpy(zero_copy_only=False)
     fa, fv = attack.take(pa.array(first)).to_pylist(), variant.take(pa.array(first)).to_pylist()
-    lut = np.array([acc.gid_of[(a.decode("utf-8", "replace"), v.decode("utf-8", "replace"))]
-                    for a, v in zip(fa, fv)], dtype=np.int32)
-    return lut[pc.index_in(keys, value_set=uniq).to_numpy(zero_copy_only=False)]
+    return (pc.index_in(keys, value_set=uniq).to_numpy(zero_copy_only=False).astype(np.int64),
+            [(a.decode("utf-8", "replace"), v.decode("utf-8", "replace")) for a, v in zip(fa, fv)])
 
 
 def _discoverable(acc: RunAccumulator, batch: pa.RecordBatch, attack: pa.Array, extra: pa.Array,
@@ -260,14 +313,19 @@ def _discoverable(acc: RunAccumulator, batch: pa.RecordBatch, attack: pa.Array, 
                     "completion": text(batch.column("completion").slice(i, 1))[0][:2000]})
 
 
-def _memorized(acc: RunAccumulator, batch: pa.RecordBatch, row_gid: np.ndarray, mem_rids: pa.Array,
+def memorized_rows(batch: pa.RecordBatch, pr: np.ndarray, rows: np.ndarray, mem_row: np.ndarray,
+                   mi: MatchIndex) -> np.ndarray:
+    """The rows of the batch whose request id has spans of >= W tokens, ascending: those found in
+    the per-request table (``rows`` ascending, at table rows ``pr``) on a row flagged in ``mem_row``.
+    Equal to ``is_in(request_id, mi.memorized_request_ids())`` (tests/reports: the same rows), without
+    a second hash look-up of every id of the run."""
+    return rows[mem_row[pr]]
+
+
+def _memorized(acc: RunAccumulator, batch: pa.RecordBatch, row_gid: np.ndarray, hit: np.ndarray,
                mi: MatchIndex, W: int) -> None:
-    """The batch's generations holding memorized spans: their tokens, windows and span records,
-    all rows of the batch at once (:mod:`reports.windows`)."""
-    if not len(mem_rids):
-        return
-    hit = np.nonzero(pc.is_in(as_string(batch.column("request_id")), value_set=mem_rids)
-                     .to_numpy(zero_copy_only=False))[0]
+    """The batch's generations holding memorized spans (``hit``: their rows, ascending): their
+    tokens, windows and span records, all rows of the batch at once (:mod:`reports.windows`)."""
     if not len(hit):
         return
     take = pa.array(hit)
@@ -303,7 +361,7 @@ def _memorized(acc: RunAccumulator, batch: pa.RecordBatch, row_gid: np.ndarray, 
                                                        se[sel], W)
         ta[sel], tb[sel], nwin[sel] = a, b, nw
         tokens[rows] = windows.covered_tokens(local[span_row[sel]], a, b, len(rows))
-        acc.win_h.append(windows.hash_windows(data, cstart, np.repeat(span_row[sel], nw), ws, we))
+        acc.win_h.append(windows.hash_span_windows(data, cstart, span_row[sel], nw, ws, we))
     no_off = np.nonzero(ntok == 0)[0]
     acc.no_offsets += len(no_off)
     for j in no_off.tolist():

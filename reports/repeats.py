@@ -49,6 +49,7 @@ COLUMNS = ("request_id", "attack", "variant", "prompt", "params", "seed", "extra
 # kept until the end of the pass: allocated apart from the record batches' buffers (the default
 # pool), so that freeing a batch returns its memory instead of leaving it pinned by small survivors
 _LONG_LIVED = pa.system_memory_pool()
+_PACKED_LIMIT = 2.0 ** 62      # dictionary codes of a row packed into one int64 below this many combinations
 
 RULE = (f"sampled rows (temperature > 0 and top_k != 1 in params) grouped by attack, variant, prompt and params; "
         f"same draw: same seed + extra.n_choice (vLLM: choice k of a request uses seed + k); implausible: k "
@@ -141,20 +142,19 @@ class RepeatedDraws:
         if not len(keep):
             return
         take = pa.array(keep)
-        group = pc.binary_join_element_wise(*(col(c).take(take) for c in ("attack", "variant", "prompt", "params")),
-                                            b"\x00")
-        uniq = pc.unique(group)
-        digests = np.frombuffer(b"".join(hashlib.blake2b(g, digest_size=8).digest() for g in uniq.to_pylist()), "<u8")
-        gd = digests[pc.index_in(group, value_set=uniq).to_numpy(zero_copy_only=False)]
+        every = len(keep) == n      # no greedy row: the columns as they are, no copies
+
+        def rows(c):
+            return c if every else c.take(take)
+        self.g64.append(group_digests([col(c) for c in ("attack", "variant", "prompt", "params")], keep))
         self.fp.append(fingerprints(batch.column("completion"), keep))
         self.ordinal.append(self.rows_added - n + keep)
-        self.g64.append(gd)
-        seed = batch.column("seed").take(take) if "seed" in names else pa.nulls(len(keep), pa.int64())
-        nch = _n_choice(col("extra", b"{}").take(take))
+        seed = rows(batch.column("seed")) if "seed" in names else pa.nulls(len(keep), pa.int64())
+        nch = _n_choice(rows(col("extra", b"{}")))
         eff = pc.add(pc.cast(seed, pa.int64()), pa.array(np.maximum(nch, 0)))
         self.eff.append(np.where(pc.is_valid(eff).to_numpy(zero_copy_only=False),
                                  pc.fill_null(eff, 0).to_numpy(zero_copy_only=False), np.iinfo(np.int64).min))
-        self.ctoks.append(pc.fill_null(batch.column("completion_tokens").take(take), 0)
+        self.ctoks.append(pc.fill_null(rows(batch.column("completion_tokens")), 0)
                           .to_numpy(zero_copy_only=False).astype(np.int64))
         self.rids.append(pc.cast(pc.take(batch.column("request_id"), take, memory_pool=_LONG_LIVED), pa.string(),
                                  memory_pool=_LONG_LIVED))
@@ -205,6 +205,37 @@ class RepeatedDraws:
                 "duplicate_rows": int(len(dup_rows)), "duplicate_completions": len(dup_classes),
                 "same_draw_rows": len(same_set), "flagged_rows": len(flag_set),
                 "repeated_rows": len(same_set | flag_set), "examples": same_examples + examples, "rule": RULE}
+
+
+def group_digests(columns: list[pa.Array], rows: np.ndarray) -> np.ndarray:
+    """The group digest of each of ``rows``: the 64-bit BLAKE2b of its values of ``columns`` (binary,
+    no nulls) joined by NUL bytes. Rows of a run share a few values per column, so each column is
+    dictionary-encoded and each distinct combination of codes joined and hashed once; equal to
+    hashing every row's joined values (tests/reports)."""
+    codes, dicts = [], []
+    for c in columns:
+        enc = pc.dictionary_encode(c)
+        codes.append(enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)[rows])
+        dicts.append(enc.dictionary.to_pylist())
+    key = codes[0]
+    width = [len(d) for d in dicts]
+    if np.prod([float(w) for w in width]) < _PACKED_LIMIT:       # the codes packed in one int64 exactly
+        for c, w in zip(codes[1:], width[1:]):
+            key = key * w + c
+        uniq, inv = np.unique(key, return_inverse=True)
+        combos = []
+        for k in uniq.tolist():
+            parts = []
+            for w in reversed(width[1:]):
+                k, r = divmod(k, w)
+                parts.append(r)
+            combos.append([k] + parts[::-1])
+    else:
+        uniq, inv = np.unique(np.stack(codes, axis=1), axis=0, return_inverse=True)
+        combos = uniq.tolist()
+    digests = np.frombuffer(b"".join(hashlib.blake2b(b"\x00".join(d[i] for d, i in zip(dicts, combo)),
+                                                     digest_size=8).digest() for combo in combos), "<u8")
+    return digests[inv.ravel()] if len(combos) else np.zeros(0, np.uint64)
 
 
 def fingerprints(completions: pa.Array, rows: np.ndarray) -> np.ndarray:

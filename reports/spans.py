@@ -128,13 +128,17 @@ def longest_per(tbl: pa.Table, key: str | None) -> pa.Table:
     return t.filter(pa.array(first))
 
 
-def longest_run_record(span: dict | None, groups: list, parts: list[str]) -> dict | None:
+def longest_run_record(span: dict | None, groups: list, parts: list[str], known: tuple | None = None) -> dict | None:
     """``longest_run`` of metrics.json: the single longest verbatim span the matcher reported
     (``span``: a row of :func:`longest_per` with the ``gid`` of its group in ``groups``), its
-    text cut from its generation's completion."""
+    text cut from its generation's completion: ``known`` (``(request id, completion)`` of the first
+    generation with that id, kept by the generations pass) when it is that span's, else read again."""
     if span is None:
         return None
-    comp = completion_bytes(parts, span["request_id"])
+    if known is not None and known[0] == span["request_id"]:
+        comp = known[1]
+    else:
+        comp = completion_bytes(parts, span["request_id"])
     raw = comp[span["ss"]:span["se"]] if comp is not None else b""
     attack, variant = groups[span["gid"]].attack, groups[span["gid"]].variant
     return {"tokens": int(span["mt"]), "bytes": int(span["mb"]), "text": raw.decode("utf-8", "replace"),
@@ -170,6 +174,17 @@ class MatchIndex:
 
     def memorized_request_ids(self) -> pa.Array:
         return pa.array(list(self.memorized.keys()), type=pa.string())
+
+    def longest_row(self) -> int | None:
+        """The row of ``per_request`` holding the longest tokenized span of the whole file (the order
+        of :func:`longest_per`), None without one. When a generation carries its request id, that
+        span is the run's longest run: the longest over the generations is taken over a subset of
+        these rows that then includes the longest of all."""
+        t = self.per_request
+        if t is None or "mt" not in t.column_names or t.num_rows == 0:
+            return None
+        at = int(pc.sort_indices(t, sort_keys=_LONGEST_ORDER)[0].as_py())    # nulls last
+        return at if t.column("mt")[at].is_valid else None
 
 
 _SHORT_ID = 16      # bytes: ids up to this long are hashed from two 8-byte words
@@ -329,14 +344,14 @@ def _merge_per_request(small_aggs: list[pa.Table], longest_parts: list[pa.Table]
         return None
     small_tbl = pa.concat_tables(small_aggs)
     if len(small_aggs) > 1:
-        small_tbl = small_tbl.group_by(["request_id"]).aggregate(
+        small_tbl = small_tbl.group_by(["request_id"], use_threads=False).aggregate(
             [(f"s{i}_sum", "sum") for i in range(len(THRESHOLDS))])
         small_tbl = small_tbl.rename_columns([c[:-4] if c.endswith("_sum_sum") else c
                                               for c in small_tbl.column_names])
     if longest_parts:
         # each request's longest span rides along the per-request table (one join with the groups later)
         small_tbl = small_tbl.join(longest_per(pa.concat_tables(longest_parts), "request_id"), "request_id",
-                                   join_type="left outer")
+                                   join_type="left outer", use_threads=False)
     return small_tbl
 
 

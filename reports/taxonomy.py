@@ -278,7 +278,72 @@ def classify_many(texts: list[str], occurrences: list[int],
     return out
 
 
+PREFIX_MIN_CHARS = 600          # ASCII texts longer than this are first judged on a prefix (_ruled_out_by_prefix)
+_LOOKAHEAD = 2 * MAX_PERIOD + 1  # units after a unit that decide whether it is coverable (a triple x, x + p, x + 2p)
+_ASCII_WHITESPACE = bytes(c for c in range(128) if chr(c).isspace())
+
+
+def _prefix_chars(n: int) -> int:
+    return n // 4 + 300
+
+
 def predictable_many(texts: list[str]) -> np.ndarray:
+    """:func:`is_predictable` of every text (a bool array). Long ASCII texts are first judged on a
+    prefix (:func:`_ruled_out_by_prefix`, exact); the rest go through :func:`_predictable_all`."""
+    ruled = _ruled_out_by_prefix(texts)
+    if not ruled.any():
+        return _predictable_all(texts)
+    out = np.zeros(len(texts), dtype=bool)
+    rest = np.nonzero(~ruled)[0]
+    if len(rest):
+        out[rest] = _predictable_all([texts[i] for i in rest.tolist()])
+    return out
+
+
+def _ruled_out_by_prefix(texts: list[str]) -> np.ndarray:
+    """True for ASCII texts of more than PREFIX_MIN_CHARS characters that cannot be predictable,
+    shown on a prefix of each (a quarter of it and 300 characters), batched as :func:`_predictable_all`.
+
+    Why it is exact. A text is predictable only if the characters of its coverable units (the units
+    :func:`_coverable_units` keeps, a superset of the covered ones) reach RECONSTRUCTION_MIN_COVERAGE
+    of its non-whitespace characters ``total``. Whether a unit is coverable depends only on the units
+    at most ``2 * MAX_PERIOD`` before or after it (its id again within MAX_PERIOD units; a number in a
+    triple x, x + p, x + 2p with p <= MAX_PERIOD). Cutting a text changes only its last unit (a run
+    of one character class cut short), so every unit at least _LOOKAHEAD units before the prefix's
+    last one is the same unit with the same neighbours up to 2 * MAX_PERIOD after it, and the
+    neighbours before it are all there; units of the text before it in the batch only add partners.
+    So the units of that *region* found not coverable in the prefix are not coverable in the text,
+    and ``total - (their characters)`` bounds the text's coverable characters from above: below the
+    threshold, the text is not predictable. The others are judged on the whole text as before."""
+    out = np.zeros(len(texts), dtype=bool)
+    long_ = [i for i, t in enumerate(texts) if len(t) > PREFIX_MIN_CHARS and t.isascii()]
+    i = 0
+    while i < len(long_):
+        j, size = i, 0
+        while j < len(long_) and (j == i or size < BATCH_UNITS):
+            size += _prefix_chars(len(texts[long_[j]])) + 1
+            j += 1
+        rows = long_[i:j]
+        cut = [texts[r][:_prefix_chars(len(texts[r]))] for r in rows]
+        ids, kind, vals, lens = _ascii_units(cut)
+        seps = np.nonzero(kind == 3)[0]
+        ids[seps] = -4 * MAX_PERIOD - np.arange(len(seps))
+        maybe = _coverable_units(ids, vals, (kind == 1) | (kind == 2), kind)
+        first = np.concatenate([[0], seps + 1])                   # each text's first unit
+        units = np.append(seps, len(ids)) - first                 # and its number of units
+        text_of = np.repeat(np.arange(len(cut)), units + 1)[:len(ids)]
+        local = np.arange(len(ids)) - first[text_of]
+        gone = (local < units[text_of] - _LOOKAHEAD) & ~maybe & (kind != 3)
+        uncovered = np.bincount(text_of[gone], weights=lens[gone], minlength=len(cut)).astype(np.int64)
+        total = np.array([len(texts[r].encode("ascii").translate(None, _ASCII_WHITESPACE)) for r in rows],
+                         dtype=np.int64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[rows] = (total == 0) | ((total - uncovered) / np.maximum(total, 1) < RECONSTRUCTION_MIN_COVERAGE)
+        i = j
+    return out
+
+
+def _predictable_all(texts: list[str]) -> np.ndarray:
     """:func:`is_predictable` of every text (a bool array), computed on batches of texts laid end
     to end with a separator unit between two texts. A separator's id occurs once, so no run
     ``ids[t] == ids[t + p]`` of >= p + 1 positions reaches across it: a run holding a pair that

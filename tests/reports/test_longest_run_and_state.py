@@ -64,6 +64,39 @@ def test_longest_run_ties_more_bytes_then_first_request(tmp_path):
             sorted(m["per_variant"]["divergence"].items())] == [("company", 12, 48), ("poem", 12, 48)]
 
 
+def test_longest_run_text_kept_by_the_pass_equals_reading_it_again(tmp_path, monkeypatch):
+    """The generations pass keeps the completion of the longest span's generation; the record equals the
+    one that reads it again: a request id on two rows (the first row in file order is cut, as the
+    re-read does), and a span whose request id has no generation row (then the text is read again)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from reports import spans
+    from synthetic_runs import MATCHES_SCHEMA
+    runs = [_run(tmp_path, [Gen(FILL + SHORT + FILL, request_id="r-dup"), Gen(FILL + WIDE + FILL, request_id="r-dup"),
+                            Gen(FILL + LONG + FILL, request_id="r-b")], name="dup", parts=2)]
+    ghost = _run(tmp_path, [Gen(FILL + SHORT + FILL, request_id="r-a"), Gen(FILL + LONG + FILL, request_id="r-b")],
+                 name="ghost")
+    path = f"{ghost}/matches.parquet"
+    t = pq.read_table(path)
+    row = dict(t.slice(0, 1).to_pylist()[0], request_id="r-ghost", tokens=40, span_end=200)
+    pq.write_table(pa.concat_tables([t, pa.Table.from_pylist([row], schema=MATCHES_SCHEMA)]).replace_schema_metadata(
+        t.schema.metadata), path)
+    runs.append(ghost)
+    real_read = spans.completion_bytes
+    for run in runs:
+        reads = []
+        monkeypatch.setattr(spans, "completion_bytes", lambda parts, rid: reads.append(rid) or real_read(parts, rid))
+        kept = compute_metrics(run)["longest_run"]
+        assert reads == (["r-a"] if run == ghost else [])
+        monkeypatch.setattr(spans.MatchIndex, "longest_row", lambda self: None)
+        assert compute_metrics(run)["longest_run"] == kept and reads[-1] == kept["request_id"]
+        monkeypatch.undo()
+        if run != ghost:        # the 48-byte span of r-dup's second row, cut from its first row's completion
+            assert (kept["bytes"], kept["text"]) == (48, DOCS[0] + "|" * 5)
+    assert kept["text"] == DOCS[0] and kept["tokens"] == 12
+
+
 def test_longest_run_below_50_tokens_shown_escaped_and_redacted(tmp_path):
     toks = [" <b>x</b>", " jane.roe@example.org"] + [f" c{i}" for i in range(10)]
     docs = DOCS + ["".join(toks)]

@@ -173,6 +173,14 @@ def _straightforward(monkeypatch):
     monkeypatch.setattr(spans, "union_added", lambda *a: None)         # interval unions: the loop
     monkeypatch.setattr(passes, "union_added", lambda *a: None)
     monkeypatch.setattr(spans, "_id_hashes", lambda ids: np.zeros(len(ids), np.uint64))   # request ids: a dict
+    import pyarrow.compute as pc
+
+    from reports import windows
+    monkeypatch.setattr(passes, "memorized_rows", lambda batch, pr, rows, mem_row, mi: np.nonzero(   # every id looked up
+        pc.is_in(batch.column("request_id"), value_set=mi.memorized_request_ids()).to_numpy(zero_copy_only=False))[0])
+    monkeypatch.setattr(windows, "hash_span_windows", lambda data, rs, srow, nw, ws, we:        # whole completions
+                        windows.hash_windows(data, rs, np.repeat(srow, nw), ws, we))
+    monkeypatch.setattr(spans.MatchIndex, "longest_row", lambda self: None)   # the longest span's text read again
 
 
 def test_metrics_json_equals_the_straightforward_computation(tmp_path, monkeypatch):
@@ -496,3 +504,197 @@ def test_span_pool_window_counts_with_the_run_order_equal_the_sort(repeat_rid):
         for c in per.values():
             fk[c] = fk.get(c, 0) + 1
         assert want == fk
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_group_digests_equal_hashing_every_joined_row(packed, monkeypatch):
+    """Group digests per distinct combination of dictionary codes equal the BLAKE2b of every row's
+    values joined by NUL bytes: NUL bytes and invalid UTF-8 inside values, empty values, one value
+    per column, rows a subset in any order, and the combinations too many to pack (np.unique of rows)."""
+    import hashlib
+
+    import pyarrow as pa
+
+    from reports import repeats
+    if not packed:
+        monkeypatch.setattr(repeats, "_PACKED_LIMIT", 1.0)
+    rng = random.Random(5 + packed)
+    pool = [b"", b"\x00", b"a\x00", b"\x00b", b"\xff\xfe", "\u00e9t\u00e9".encode(), b"x" * 300, b"poem", b"{}"]
+    for trial in range(30):
+        n = rng.randrange(1, 200)
+        cols = [[rng.choice(pool[:rng.randrange(1, len(pool) + 1)]) for _ in range(n)] for _ in range(4)]
+        rows = np.array(sorted(rng.sample(range(n), rng.randrange(1, n + 1))) if trial % 3 else
+                        [rng.randrange(n) for _ in range(n)], dtype=np.int64)
+        got = repeats.group_digests([pa.array(c, pa.binary()) for c in cols], rows).tolist()
+        want = [int.from_bytes(hashlib.blake2b(b"\x00".join(c[r] for c in cols), digest_size=8).digest(), "little")
+                for r in rows.tolist()]
+        assert got == want, trial
+
+
+def _group_counts_by_aggregation(acc, batch, names, attack, variant, extra):
+    """passes._group_counts before it summed with np.bincount: one Arrow group_by per batch, the
+    groups created in the order of its rows."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from reports.passes import DIVERGENCE_ATTACKS
+    from reports.repeats import per_distinct
+    n = batch.num_rows
+    ctoks = pc.fill_null(batch.column("completion_tokens"), 0)
+    cost = pc.fill_null(batch.column("cost_usd"), 0.0)
+    said = per_distinct(extra, lambda v: pc.match_substring_regex(v, r'"diverged"\s*:\s*true')
+                        .to_numpy(zero_copy_only=False))
+    diverged = pc.cast(pc.and_(pa.array(said), pc.is_in(attack, value_set=pa.array([b"divergence"], pa.binary()))),
+                       pa.int64())
+    tbl = pa.table({"attack": attack, "variant": variant, "ct": pc.cast(ctoks, pa.int64()),
+                    "cost": pc.cast(cost, pa.float64()), "div": diverged})
+    agg = tbl.group_by(["attack", "variant"], use_threads=False).aggregate(
+        [("ct", "sum"), ("cost", "sum"), ("div", "sum"), ("ct", "count")])
+    for a, v, cts, cs, dv, cnt in zip(*(agg.column(c).to_pylist() for c in
+                                       ("attack", "variant", "ct_sum", "cost_sum", "div_sum", "ct_count"))):
+        grp = acc.groups[acc.group(a.decode("utf-8", "replace"), v.decode("utf-8", "replace"))]
+        grp.generations += cnt
+        grp.generated_tokens += cts or 0
+        grp.cost_usd += cs or 0.0
+        grp.diverged += dv or 0
+        if grp.attack in DIVERGENCE_ATTACKS:
+            grp.divergence_rows += cnt
+    assert n == sum(agg.column("ct_count").to_pylist())
+
+
+def test_group_counts_equal_the_grouped_aggregation(monkeypatch):
+    """Per-group generations, tokens, cost (float sums to the last bit) and diverged rows summed by
+    np.bincount equal Arrow's group_by, the groups numbered alike: batches whose groups all exist
+    (np.bincount) and batches bringing new groups or names that decode alike (invalid UTF-8: the
+    group_by again), nulls, empty names, costs over 16 orders of magnitude, null token counts."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from reports import passes
+    grouped = []
+    real = passes._grouped_sums
+    monkeypatch.setattr(passes, "_grouped_sums", lambda *a: grouped.append(1) or real(*a))
+    rng = np.random.default_rng(11)
+    clean = ([b"divergence", b"special_chars", b"", None, "\u00e9".encode()], [b"poem", None, b"", b"company"])
+    odd = ([b"divergence", b"\xff", b"\xfe", b"discoverable", None], [b"poem", b"\xffx", b"\xfex", b""])
+    batches = 0
+    for trial in range(16):
+        names, variants = clean if trial % 2 else odd
+        fast, slow = passes.RunAccumulator(), passes.RunAccumulator()
+        for b in range(5):
+            n = int(rng.integers(1, 400))
+            k = min(len(names), 2 + b) if trial % 4 == 1 else len(names)     # groups first seen late
+            att = [names[i] for i in rng.integers(0, k, n)]
+            var = [variants[i] for i in rng.integers(0, len(variants), n)]
+            cost = (rng.random(n) * 10.0 ** rng.integers(-8, 8, n)).tolist()
+            ct = [None if x < 0.05 else int(x * 300) for x in rng.random(n)]
+            extra = [str(rng.choice(['{"diverged": true}', '{"diverged":false}', "{}", '{"diverged" :true}']))
+                     for _ in range(n)]
+            batch = pa.record_batch({"attack": pa.array(att, pa.binary()), "variant": pa.array(var, pa.binary()),
+                                     "completion_tokens": pa.array(ct, pa.int32()), "cost_usd": pa.array(cost),
+                                     "extra": pa.array(extra)})
+            attack = pc.fill_null(batch.column("attack"), b"")
+            variant = pc.fill_null(batch.column("variant"), b"")
+            ex = pc.fill_null(batch.column("extra"), "")
+            _group_counts_by_aggregation(slow, batch, batch.schema.names, attack, variant, ex)
+            key, key_names = passes._row_keys(attack, variant)
+            slow_gid = [slow.gid_of[key_names[k]] for k in key.tolist()]
+            assert passes._group_counts(fast, batch, batch.schema.names, attack, variant, ex).tolist() == slow_gid
+            batches += 1
+        assert fast.groups == slow.groups and fast.gid_of == slow.gid_of, trial
+        assert all(type(g.cost_usd) is float and type(g.generated_tokens) is int for g in fast.groups)
+    assert 16 <= len(grouped) < batches - 20          # both paths taken, the sums mostly by np.bincount
+
+
+def test_read_ahead_yields_the_items_in_order_and_their_errors_in_place():
+    """read_ahead gives exactly the iterator's items, in order; an exception raised by the iterator
+    reaches the caller after the items before it (as reading without it); a caller stopping early
+    stops the helper thread, which never runs more than one item ahead."""
+    import threading
+
+    from reports.errors import ReportError
+    from reports.inputs import read_ahead
+    produced = []
+
+    def items(n, fail_at=None):
+        for i in range(n):
+            if i == fail_at:
+                raise ReportError(f"part {i}: damaged")
+            produced.append(i)
+            yield i
+    assert list(read_ahead(items(0))) == []
+    assert list(read_ahead(items(50))) == list(range(50))
+    got = []
+    with pytest.raises(ReportError, match="part 7: damaged"):
+        for x in read_ahead(items(20, fail_at=7)):
+            got.append(x)
+    assert got == list(range(7))
+    produced.clear()
+    for x in read_ahead(items(1000)):
+        assert len(produced) <= x + 2          # the caller's item and at most one ready ahead
+        if x == 3:
+            break
+    assert len(produced) <= 5 and not any(t.name == "trawl-report-read-ahead" for t in threading.enumerate())
+
+
+def _long_ascii_texts(seed: int) -> list[str]:
+    """Texts past PREFIX_MIN_CHARS: random units, patterns (predictable), patterns after or before a
+    random stretch, coverage near the threshold, a number sequence whose third copies lie just past
+    the prefix, a long word cut by the prefix."""
+    rng = random.Random(seed)
+    pieces = ["1", "22", "007", "10", "a", "b", "Z", "ab", "abcdefghijk", ",", ", ", " ", "  ", "\n", "\x1c", "-", ".",
+              "poem ", "x1"]
+
+    def noise(n):
+        return "".join(rng.choice(pieces) for _ in range(n))
+    def prose(n):        # mostly distinct words: ruled out by the prefix
+        return " ".join("".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 9)))
+                        for _ in range(n))
+    texts = [noise(rng.randint(300, 900)) for _ in range(20)] + [prose(rng.randint(110, 400)) for _ in range(20)]
+    texts += [prose(rng.randint(20, 60)) + "poem " * rng.randint(130, 300) for _ in range(5)]
+    texts += ["poem " * rng.randint(130, 400) for _ in range(4)]
+    texts += [", ".join(str(3 * i + 1) for i in range(rng.randint(160, 400))) for _ in range(4)]
+    texts += [noise(rng.randint(5, 120)) + "poem " * rng.randint(130, 500) for _ in range(10)]
+    texts += ["poem " * rng.randint(60, 200) + noise(rng.randint(5, 400)) for _ in range(10)]
+    for share in (0.7, 0.78, 0.8, 0.82, 0.9):                # repeated units mixed with unique words
+        words = [f"w{i}q" if rng.random() > share else "ab" for i in range(700)]
+        texts.append(" ".join(words))
+    n = taxonomy._LOOKAHEAD
+    texts.append("x " * (taxonomy._prefix_chars(2 * n + 1400) // 2 - n) + ", ".join(str(i) for i in range(400)))
+    texts.append("a " * 300 + "b" * 2000)
+    rng.shuffle(texts)
+    return texts
+
+
+@pytest.mark.parametrize("batch_units", [1, 700, 65_536])
+def test_prefix_rule_out_equals_one_at_a_time(batch_units, monkeypatch):
+    """predictable_many with the prefix pre-check equals is_predictable text by text, and the prefix
+    rules out texts (and leaves predictable ones and others to the whole-text path)."""
+    texts = _long_ascii_texts(batch_units) + _ascii_texts(3)[:50]
+    want = np.array([taxonomy.is_predictable(t) for t in texts])
+    monkeypatch.setattr(taxonomy, "BATCH_UNITS", batch_units)
+    ruled = taxonomy._ruled_out_by_prefix(texts)
+    assert not (ruled & want).any()
+    assert np.array_equal(taxonomy.predictable_many(texts), want)
+    long_ = np.array([len(t) > taxonomy.PREFIX_MIN_CHARS for t in texts])
+    assert 0 < ruled.sum() < long_.sum() and 0 < want[long_].sum()     # every path taken
+
+
+def test_prefix_keeps_units_whose_partners_lie_past_the_cut(monkeypatch):
+    """Texts that are predictable only through partners past the prefix: a 30-word cycle (each word's
+    copy 60 units on) and 12-digit numbers stepping by a constant from one 15-number cycle to the next
+    (third copies 90 units on). The prefix keeps them for the whole-text path; with a lookahead shorter
+    than the partners' distance it would wrongly rule them out (what this test guards)."""
+    rng = random.Random(0)
+    words = ["".join(rng.choice("abcdefghij") for _ in range(10)) for _ in range(30)]
+    cycle_words = " ".join(words[i % 30] for i in range(63))
+    base = [rng.randrange(10 ** 11, 10 ** 12 - 10 ** 6) for _ in range(15)]
+    step = [rng.randrange(1, 1000) for _ in range(15)]
+    stepping = ", ".join(str(base[i] + c * step[i]) for c in range(3) for i in range(15))
+    for text, short in ((cycle_words, 30), (stepping, 63)):
+        assert len(text) > taxonomy.PREFIX_MIN_CHARS and taxonomy.is_predictable(text)
+        assert not taxonomy._ruled_out_by_prefix([text])[0] and taxonomy.predictable_many([text, "x"]).tolist() == \
+            [True, False]
+        monkeypatch.setattr(taxonomy, "_LOOKAHEAD", short)
+        assert taxonomy._ruled_out_by_prefix([text])[0]
+        monkeypatch.undo()

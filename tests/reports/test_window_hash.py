@@ -133,6 +133,7 @@ def test_row_windows_equal_the_loop(W, block, request):
                                                    ss, se, W)
     rows_arr = np.array(rows, dtype=np.int64)
     hashes = windows.hash_windows(data, cstart, np.repeat(rows_arr[span_row], nw), ws, we).tolist()
+    assert windows.hash_span_windows(data, cstart, rows_arr[span_row], nw, ws, we).tolist() == hashes
     tokens = windows.covered_tokens(span_row, a, b, len(rows)).tolist()
     k = w = 0
     for r, j in enumerate(rows):
@@ -144,6 +145,38 @@ def test_row_windows_equal_the_loop(W, block, request):
             w += int(nw[k])
             k += 1
     assert w == len(hashes) > 0
+
+
+@pytest.mark.parametrize("block", ["default", "small"])
+def test_span_windows_hash_as_their_rows(block, request):
+    """hash_span_windows (only the bytes under some window, laid end to end) equals hash_windows
+    over whole rows: spans without windows among others, overlapping spans (where packing saves
+    nothing, so whole rows are hashed), empty windows, rows of every length, the buffer's last byte."""
+    if block == "small":
+        request.getfixturevalue("small_block")
+    rng = random.Random(7)
+    for trial in range(60):
+        comps = [bytes(rng.choice(b"ab\x00\xff ") for _ in range(rng.randrange(0, 300))) for _ in range(rng.randrange(1, 8))]
+        data = np.frombuffer(b"".join(comps), dtype=np.uint8)
+        cstart = np.concatenate([[0], np.cumsum([len(c) for c in comps])]).astype(np.int64)
+        span_row, nwin, ws, we = [], [], [], []
+        for r, c in enumerate(comps):
+            for _ in range(rng.randrange(0, 4) if trial % 5 else 2):
+                s = rng.randrange(0, len(c) + 1) if trial % 5 else 0
+                e = rng.randrange(s, len(c) + 1) if trial % 5 else len(c)
+                k = rng.randrange(0, 6) if e > s or trial % 3 else 0
+                starts = sorted(rng.randrange(s, e + 1) for _ in range(k))
+                ends = sorted(rng.randrange(max(starts[-1], s) if starts else s, e + 1) for _ in range(k))
+                ends = np.maximum(ends, starts).tolist() if k else []
+                span_row.append(r)
+                nwin.append(k)
+                ws += starts
+                we += ends
+        args = (np.array(span_row, np.int64), np.array(nwin, np.int64), np.array(ws, np.int64), np.array(we, np.int64))
+        want = windows.hash_windows(data, cstart, np.repeat(args[0], args[1]), args[2], args[3]).tolist()
+        assert windows.hash_span_windows(data, cstart, *args).tolist() == want, trial
+        assert want == [windows.window_hash(comps[r][a:b]) for r, a, b in
+                        zip(np.repeat(args[0], args[1]).tolist(), ws, we)]
 
 
 def _join_by_dict(table_ids, gen_ids):
