@@ -126,8 +126,10 @@ def test_api_key_is_sent_and_never_stored(tmp_path, monkeypatch):
 
 def test_wall_time_and_dollar_caps(tmp_path):
     with FlakyServer(faults=(), delay=0.3) as srv:
+        # 20 generations one per request, 2 at a time, 0.3 s each: at least 3 s of answers, so a 2 s cap
+        # stops the run early; 2 s (not 1 s) leaves a loaded machine time for the probe and first answers
         s = run_attacks(str(tmp_path / "t"), endpoint=srv.base_url, model=srv.model,
-                        attacks=_spec("a,b,c,d", samples=5), budget=Budget(max_seconds=1.0), concurrency=2, **FAST)
+                        attacks=_spec("a,b,c,d", samples=5), budget=Budget(max_seconds=2.0), concurrency=2, **FAST)
         assert s.status == "stopped" and s.stop_reason == "max_seconds" and 0 < s.finished < 20
         st = json.loads((tmp_path / "t" / "run.json").read_text())
         assert st["stopped_early"] and st["stop_reason"] == "max_seconds"
