@@ -31,8 +31,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from pyarrow import ArrowException
-
 from corpora.storage import utcnow
 from extractor.attacks import get_attack
 from extractor.backends import BackendError
@@ -43,7 +41,7 @@ from extractor.sampling.budget import Budget, Pricing, Usage, stop_reason
 from extractor.sampling.plan import Grouping, Unit
 from extractor.sampling.requests import Done, Sender
 from extractor.sampling.journal import journal_record
-from extractor.sampling.run_folder import PART_TOKENS, RunDir, rows_to_table
+from extractor.sampling.run_folder import PART_TOKENS, RunDir, table_or_none
 from extractor.sampling.summary import RunSummary, attack_summaries, reads_back
 
 _DRAINING_STOPS = ("max_seconds", "errors", "crashed", "interrupted")  # requests not yet sent are dropped
@@ -100,17 +98,6 @@ class _Flight:
         self.reserved[0] += sign * len(unit.jobs)
         self.reserved[1] += sign * unit.reserve_tokens
         self.reserved[2] += sign * unit.reserve_dollars
-
-
-def _table_of(rows: list[dict]):
-    """``rows`` as an Arrow table, or None when there are none or they do not convert (the run
-    folder then journals them as JSON lines, and its part says why they do not convert)."""
-    if not rows:
-        return None
-    try:
-        return rows_to_table(rows)
-    except (ArrowException, TypeError, ValueError, OverflowError):
-        return None
 
 
 class Engine:
@@ -383,7 +370,7 @@ class Engine:
             rows.extend(done)
             extras.extend(d.extras if d.extras is not None and len(d.extras) == len(done) else [None] * len(done))
             if d.journal is None:   # rows made final here (an hourly price): converted here too
-                d.table = _table_of(done)
+                d.table = table_or_none(done)
                 d.journal = journal_record(done, d.table)
             records.extend(d.journal)
             if tables is not None and d.table is not None and d.table.num_rows == len(done):
@@ -474,7 +461,7 @@ class Engine:
             return
         cost_total = self.pricing.token_cost(d.billed_prompt, d.billed_completion)
         d.result = self._final_rows(d, cost_total)
-        d.table = _table_of(d.result)
+        d.table = table_or_none(d.result)
         d.journal = journal_record(d.result, d.table)
         d.cost_usd = cost_total
 

@@ -56,8 +56,8 @@ from corpora.storage import (GENERATIONS_SCHEMA, PARQUET_ERRORS, PARQUET_READ_OP
                              commit_temp, fsync_dir, generation_parts, temp_path, write_parquet_atomic, writing)
 from corpora.storage import write_json_atomic as _write_json_atomic
 from extractor.errors import TrawlError
-from extractor.sampling.journal import (CRC_KEY, JOURNAL_NAME, LEGACY_JOURNALS, ARROW, journal_line, journal_record,  # noqa: F401
-                                        read_journal_line, read_records, record_rows, record_table, write_records)
+from extractor.sampling.journal import (ARROW, CRC_KEY, JOURNAL_NAME, LEGACY_JOURNALS, journal_record, read_journal_line,
+                                        read_records, record_rows, record_table, write_records)
 
 # Names in generations/ that are not parts start with "_" or "." so that dataset readers
 # (pyarrow.parquet.read_table("RUN/generations"), DuckDB globs on part-*) skip them.
@@ -165,6 +165,17 @@ def rows_to_table(rows: list[dict]) -> pa.Table:
             out.append(v)
         arrays.append(pa.array(out, type=field.type, memory_pool=_ROWS_POOL))
     return pa.Table.from_arrays(arrays, schema=GENERATIONS_SCHEMA)
+
+
+def table_or_none(rows: list[dict]) -> pa.Table | None:
+    """``rows`` as :func:`rows_to_table` makes them, or None when there are none or they do not
+    convert (they are then journaled as JSON lines, and the part's own conversion says why)."""
+    if not rows:
+        return None
+    try:
+        return rows_to_table(rows)
+    except (pa.ArrowException, TypeError, ValueError, OverflowError):
+        return None
 
 
 def row_problem(row: dict) -> str | None:
@@ -455,10 +466,8 @@ class RunDir:
             return
         if records is None:
             if tables is None:
-                try:
-                    tables = [rows_to_table(rows)]
-                except (pa.ArrowException, TypeError, ValueError, OverflowError):
-                    tables = None          # journaled as JSON lines; the part's conversion says why not
+                table = table_or_none(rows)
+                tables = [table] if table is not None else None
             records = []
             for t in (tables or [None]):
                 records.extend(journal_record(rows, t))

@@ -25,7 +25,7 @@ Like sampling:
 
 The core, :func:`score_texts`, scores any list of keyed texts into a folder (``trawl mia`` uses
 it for its member and non-member sets, in ``OUT``); :func:`score_run` is it over a run's
-generations. Journal lines carry a CRC-32 (:func:`extractor.sampling.run_folder.journal_line`): a
+generations. Journal lines carry a CRC-32 (:func:`extractor.sampling.journal.journal_line`): a
 damaged line is dropped and its text scored again, never read as other numbers.
 
 A text the scorer refuses on its own (too long for the context window, a permanent 4xx) gets an
@@ -50,7 +50,8 @@ from extractor.backends.base import BackendError
 from extractor.backends.http import error_text
 from extractor.errors import TrawlError
 from extractor.sampling.budget import Budget, Pricing, Usage, stop_reason
-from extractor.sampling.run_folder import RunLock, journal_line, read_journal_line
+from extractor.sampling.journal import journal_line, read_journal_line
+from extractor.sampling.run_folder import RunLock
 from reports import ranking
 
 JOURNAL_NAME = "_scores_journal.jsonl"

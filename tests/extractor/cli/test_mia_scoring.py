@@ -17,7 +17,7 @@ import pytest
 
 from extractor.cli import main
 from extractor.cli.mia import text_key
-from extractor.sampling.run_folder import journal_line, read_journal_line
+from extractor.sampling.journal import journal_line, read_journal_line
 from tests.echo_server import EchoServer
 from tests.mia_texts import MEMBERS, NONMEMBERS, write_jsonl
 from tests.repo import REPO, one_line_error, trawl

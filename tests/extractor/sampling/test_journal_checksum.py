@@ -14,7 +14,8 @@ import shutil
 from draw_server import DrawServer
 from extractor.attacks import AttackSpec
 from extractor.sampling import run_attacks
-from extractor.sampling.run_folder import CRC_KEY, RunDir, journal_line
+from extractor.sampling.journal import CRC_KEY, journal_line
+from extractor.sampling.run_folder import RunDir
 from extractor.errors import TrawlError
 from test_damaged_parts import rows
 

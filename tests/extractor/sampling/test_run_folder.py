@@ -85,7 +85,7 @@ def test_journal_lines_read_back_as_the_rows_they_encode():
     import math
     import random
 
-    from extractor.sampling.run_folder import journal_line
+    from extractor.sampling.journal import journal_line
 
     rng = random.Random(7)
     specials = [float("nan"), float("inf"), float("-inf"), 10 ** 30, "\ud800x", "é🙂\n\u2028", -0.0, 1e-300]
