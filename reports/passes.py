@@ -144,8 +144,10 @@ class RunAccumulator:
 # ----------------------------------------------------------------------------------------- generations
 
 def read_generations(parts: list[str], mi: MatchIndex, W: int, batch_rows: int, top_spans: int,
-                     progress: bool = False) -> RunAccumulator:
-    """The generations pass: every part streamed once (``progress``: a tqdm bar on stderr)."""
+                     progress: bool = False, after_batch=None) -> RunAccumulator:
+    """The generations pass: every part streamed once (``progress``: a tqdm bar on stderr).
+    ``after_batch(acc)``, when given, is called after each batch has been added to ``acc`` (while
+    the next batch decodes on the read-ahead thread): work on what the pass has gathered so far."""
     acc = RunAccumulator()
     lookup = RequestLookup(mi.per_request.column("request_id")) if mi.per_request is not None else None
     # the per-request table holds every request id with a span, so every memorized one: a generation
@@ -179,6 +181,8 @@ def read_generations(parts: list[str], mi: MatchIndex, W: int, batch_rows: int, 
         if extra is not None:
             _discoverable(acc, batch, attack, extra, row_gid, top_spans)
         acc.generations += batch.num_rows
+        if after_batch is not None:
+            after_batch(acc)
         if bar is not None:
             bar.update(batch.num_rows)
     if bar is not None:
