@@ -71,6 +71,8 @@ import re
 
 import numpy as np
 
+from reports.inputs import low_bytes_mask, words_at
+
 CLASSES = ("low_information", "reconstruction", "recitation", "recollection")
 TRIVIAL = ("low_information", "reconstruction")
 NONTRIVIAL = ("recitation", "recollection")
@@ -112,6 +114,7 @@ _MAX_DIGITS = 15        # longer numbers are exact no more as float64: they neve
 
 # ASCII text: the same counts with bytes.translate (\w is [A-Za-z0-9_] there, \s the bytes below)
 _ASCII_ALNUM = bytes(c for c in range(128) if chr(c).isalnum())
+_ASCII_WHITESPACE = bytes(c for c in range(128) if chr(c).isspace())
 _ASCII_SPACE_MAP = bytes(32 if chr(c).isspace() else 120 for c in range(256))    # whitespace -> " ", else "x"
 
 
@@ -125,6 +128,52 @@ def alnum_share(text: str) -> float:
         return (len(b) - len(b.translate(None, _ASCII_ALNUM))) / total if total else 0.0
     total = len(_SPACE.sub(" ", text))
     return len(_NOT_ALNUM.sub("", text)) / total if total else 0.0
+
+
+COUNT_CHARS = 1 << 20      # characters of ASCII text per block of _char_counts
+# ASCII byte -> 1 letter or digit, 2 whitespace (Python's \s), 0 any other (a bytes.translate table)
+_CHAR_CLASS = bytes(1 if c < 128 and chr(c).isalnum() else 2 if c < 128 and chr(c).isspace() else 0
+                    for c in range(256))
+
+
+def _char_counts(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(letters and digits, characters with each whitespace run counted as one, non-whitespace
+    characters) of every text: :func:`alnum_share` is the first over the second (0 when that is 0).
+    Non-empty ASCII texts are counted together on their bytes (one ``bytes.translate`` of a block of
+    them, sums per text); the empty ones get 0, 0, 0; the others -1 in the first two (callers count
+    them one by one) and -1 non-whitespace characters."""
+    n = len(texts)
+    alnum = np.full(n, -1, dtype=np.int64)
+    total = np.zeros(n, dtype=np.int64)
+    nonspace = np.zeros(n, dtype=np.int64)
+    lens = np.fromiter(map(len, texts), np.int64, n)
+    fast = [i for i, t in enumerate(texts) if t and t.isascii()]
+    i = 0
+    while i < len(fast):
+        j, chars = i, 0
+        while j < len(fast) and (j == i or chars < COUNT_CHARS):
+            chars += len(texts[fast[j]]) + 1
+            j += 1
+        rows = np.array(fast[i:j], dtype=np.int64)
+        # each text followed by "\0" (no letter, digit or whitespace): a text's whitespace runs are
+        # its whitespace bytes after a byte that is not whitespace, or at its start
+        raw = b"\0".join(texts[r].encode("ascii") for r in rows.tolist())
+        ln = lens[rows]
+        first = np.cumsum(ln + 1) - ln - 1
+        c = np.frombuffer(raw.translate(_CHAR_CLASS), dtype=np.uint8)
+        space = c == 2
+        runs = np.empty(len(c), dtype=bool)
+        runs[0] = space[0]
+        np.greater(space[1:], space[:-1], out=runs[1:])
+        spaces = np.add.reduceat(space, first, dtype=np.int64)
+        alnum[rows] = np.add.reduceat(c == 1, first, dtype=np.int64)
+        total[rows] = ln - spaces + np.add.reduceat(runs, first, dtype=np.int64)
+        nonspace[rows] = ln - spaces
+        i = j
+    alnum[lens == 0] = 0
+    total[alnum < 0] = -1
+    nonspace[alnum < 0] = -1
+    return alnum, total, nonspace
 
 
 def _units(text: str):
@@ -264,9 +313,11 @@ def classify_many(texts: list[str], occurrences: list[int],
     """:func:`classify_both` of every (text, occurrences) pair, the predictable coverage of all
     texts computed together (:func:`predictable_many`); the same classes, one pair at a time."""
     recites = [int(o or 0) >= recitation_min_occurrences for o in occurrences]
-    low = [alnum_share(t) < LOW_INFORMATION_MAX_ALNUM for t in texts]
+    alnum, total, nonspace = _char_counts(texts)
+    low = [((a / t if t else 0.0) if a >= 0 else alnum_share(x)) < LOW_INFORMATION_MAX_ALNUM
+           for a, t, x in zip(alnum.tolist(), total.tolist(), texts)]
     need = [i for i in range(len(texts)) if not (recites[i] and low[i])]
-    pred = dict(zip(need, predictable_many([texts[i] for i in need]).tolist()))
+    pred = dict(zip(need, _predictable_many([texts[i] for i in need], nonspace[need]).tolist()))
     out = []
     for i in range(len(texts)):
         if recites[i] and low[i]:
@@ -280,7 +331,6 @@ def classify_many(texts: list[str], occurrences: list[int],
 
 PREFIX_MIN_CHARS = 600          # ASCII texts longer than this are first judged on a prefix (_ruled_out_by_prefix)
 _LOOKAHEAD = 2 * MAX_PERIOD + 1  # units after a unit that decide whether it is coverable (a triple x, x + p, x + 2p)
-_ASCII_WHITESPACE = bytes(c for c in range(128) if chr(c).isspace())
 
 
 def _prefix_chars(n: int) -> int:
@@ -290,7 +340,12 @@ def _prefix_chars(n: int) -> int:
 def predictable_many(texts: list[str]) -> np.ndarray:
     """:func:`is_predictable` of every text (a bool array). Long ASCII texts are first judged on a
     prefix (:func:`_ruled_out_by_prefix`, exact); the rest go through :func:`_predictable_all`."""
-    ruled = _ruled_out_by_prefix(texts)
+    return _predictable_many(texts, _char_counts(texts)[2])
+
+
+def _predictable_many(texts: list[str], nonspace: np.ndarray) -> np.ndarray:
+    """:func:`predictable_many` given each text's non-whitespace characters (:func:`_char_counts`)."""
+    ruled = _ruled_out_by_prefix(texts, nonspace)
     if not ruled.any():
         return _predictable_all(texts)
     out = np.zeros(len(texts), dtype=bool)
@@ -300,7 +355,7 @@ def predictable_many(texts: list[str]) -> np.ndarray:
     return out
 
 
-def _ruled_out_by_prefix(texts: list[str]) -> np.ndarray:
+def _ruled_out_by_prefix(texts: list[str], nonspace: np.ndarray | None = None) -> np.ndarray:
     """True for ASCII texts of more than PREFIX_MIN_CHARS characters that cannot be predictable,
     shown on a prefix of each (a quarter of it and 300 characters), batched as :func:`_predictable_all`.
 
@@ -314,7 +369,10 @@ def _ruled_out_by_prefix(texts: list[str]) -> np.ndarray:
     neighbours before it are all there; units of the text before it in the batch only add partners.
     So the units of that *region* found not coverable in the prefix are not coverable in the text,
     and ``total - (their characters)`` bounds the text's coverable characters from above: below the
-    threshold, the text is not predictable. The others are judged on the whole text as before."""
+    threshold, the text is not predictable. The others are judged on the whole text as before.
+    ``nonspace``: each text's non-whitespace characters (:func:`_char_counts`, computed when None)."""
+    if nonspace is None:
+        nonspace = _char_counts(texts)[2]
     out = np.zeros(len(texts), dtype=bool)
     long_ = [i for i, t in enumerate(texts) if len(t) > PREFIX_MIN_CHARS and t.isascii()]
     i = 0
@@ -335,8 +393,7 @@ def _ruled_out_by_prefix(texts: list[str]) -> np.ndarray:
         local = np.arange(len(ids)) - first[text_of]
         gone = (local < units[text_of] - _LOOKAHEAD) & ~maybe & (kind != 3)
         uncovered = np.bincount(text_of[gone], weights=lens[gone], minlength=len(cut)).astype(np.int64)
-        total = np.array([len(texts[r].encode("ascii").translate(None, _ASCII_WHITESPACE)) for r in rows],
-                         dtype=np.int64)
+        total = nonspace[rows]
         with np.errstate(invalid="ignore", divide="ignore"):
             out[rows] = (total == 0) | ((total - uncovered) / np.maximum(total, 1) < RECONSTRUCTION_MIN_COVERAGE)
         i = j
@@ -470,42 +527,38 @@ def _ascii_units(texts: list[str]):
     c = _BYTE_CLASS[buf]
     start = np.ones(len(buf), dtype=bool)
     start[1:] = (c[1:] != c[:-1]) | (c[1:] == 0) | (c[1:] == 3)
-    starts = np.nonzero(start)[0]
-    ulen = np.diff(np.append(starts, len(buf)))
+    starts = np.flatnonzero(start)
+    ulen = np.diff(starts, append=len(buf))
     ucls = c[starts]
-    n = len(starts)
-    kind = np.where(ucls == 2, np.where(ulen == 1, 2, 0), ucls).astype(np.int8)   # letter runs: lone or text
-    lens = np.where((kind == 3) | (kind == 4), 0, ulen).astype(np.int64)
-    vals = np.full(n, np.nan)
-    ids = np.zeros(n, dtype=np.int64)
-    ids[kind == 1] = _ID_NUM
-    ids[kind == 2] = _ID_LETTER
-    ids[kind == 4] = _ID_SPACE
-    other = ucls == 0
-    ids[other] = _ID_OTHER + buf[starts[other]].astype(np.int64)
-    let = kind == 2
-    vals[let] = buf[starts[let]]
-    # numbers of <= 15 digits: their value (exact in int64 and in float64: below 2^53), and runs of
-    # 2..10 letters packed exactly into 6 bits a letter, both read digit by digit (letter by letter)
-    # over the units of one length at a time: no array per byte
-    def by_length(units: np.ndarray, step):
-        ln = ulen[units]
+    kind = ucls.copy()                                   # letter runs: lone (2) or text (0)
+    word = (ucls == 2) & (ulen >= 2)
+    kind[word] = 0
+    lens = ulen.copy()
+    lens[kind >= 3] = 0                                  # separators, whitespace runs: no characters
+    # ids and values by one look-up of (kind, first byte): all numbers, lone letters, whitespace runs
+    # one id each, another character its own id; a lone letter's value its code (words: below)
+    at = kind.astype(np.intp) << 8
+    at |= buf[starts]
+    ids = _KIND_BYTE_ID[at]
+    vals = _KIND_BYTE_VALUE[at]
+    # numbers of <= 15 digits: their value (exact in int64 and in float64: below 2^53), parsed eight
+    # digits at a time from the little-endian word ending at the number's last digit (SWAR)
+    num = np.flatnonzero((kind == 1) & (ulen <= _MAX_DIGITS))
+    if len(num):
+        vals[num] = _parse_digits(raw, starts[num], ulen[num])
+    # runs of 2..10 letters packed exactly into 6 bits a letter, letter by letter over the runs of
+    # one length at a time (no array per byte); longer runs numbered through a dict
+    short = np.flatnonzero(word & (ulen <= _PACK_LETTERS))
+    if len(short):
+        ln = ulen[short]
         for m in np.unique(ln).tolist():
-            sel = units[ln == m]
-            at = starts[sel]
+            sel = short[ln == m]
+            p = starts[sel]
             acc = np.zeros(len(sel), dtype=np.int64)
             for k in range(m):
-                acc = step(acc, buf[at + k])
-            yield sel, acc
-
-    for sel, v in by_length(np.nonzero((kind == 1) & (ulen <= _MAX_DIGITS))[0],
-                            lambda acc, x: acc * 10 + (x.astype(np.int64) - 48)):
-        vals[sel] = v
-    word = (ucls == 2) & (ulen >= 2)
-    for sel, code in by_length(np.nonzero(word & (ulen <= _PACK_LETTERS))[0],
-                               lambda acc, x: (acc << 6) | _LETTER_CODE[x]):
-        ids[sel] = code
-    long_ = np.nonzero(word & (ulen > _PACK_LETTERS))[0]
+                acc = (acc << 6) | _LETTER_CODE[buf[p + k]]
+            ids[sel] = acc
+    long_ = np.flatnonzero(word & (ulen > _PACK_LETTERS))
     if len(long_):
         seen: dict = {}
         ids[long_] = [_ID_LONG + seen.setdefault(raw[a:a + m], len(seen))
@@ -513,45 +566,81 @@ def _ascii_units(texts: list[str]):
     return ids, kind, vals, lens
 
 
+_KIND_BYTE_ID = np.zeros(5 << 8, dtype=np.int64)        # [kind << 8 | first byte]: the unit's id (words: set after)
+_KIND_BYTE_ID[0:256] = _ID_OTHER + np.arange(256)
+_KIND_BYTE_ID[1 << 8:2 << 8] = _ID_NUM
+_KIND_BYTE_ID[2 << 8:3 << 8] = _ID_LETTER
+_KIND_BYTE_ID[4 << 8:5 << 8] = _ID_SPACE
+_KIND_BYTE_VALUE = np.full(5 << 8, np.nan)              # a lone letter's value: its code point
+_KIND_BYTE_VALUE[2 << 8:3 << 8] = np.arange(256)
+_LOW_NIBBLES = np.uint64(0x0F0F0F0F0F0F0F0F)
+
+
+def _parse_digits(raw: bytes, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``int(raw[s:s + l])`` of runs of 1..16 ASCII digits, int64, on arrays: each run's last eight
+    digits (and the eight before them, for runs of more than eight) read as one little-endian
+    word, the bytes before the run masked off, and the eight digits combined in three multiply-
+    shift steps (two digits, four, eight: each step exact, no carries between lanes)."""
+    pad = b"0" * 16
+    words = words_at(pad + raw + b"\0" * 8)          # the word at offset o + 16 holds raw[o:o + 8]
+    end = starts + lengths + 8                       # the word ending at a run's end: raw[end - 8:end]
+    out = _eight_digits(words[end], lengths).astype(np.int64)
+    high = np.flatnonzero(lengths > 8)
+    if len(high):
+        out[high] += _eight_digits(words[end[high] - 8], lengths[high] - 8).astype(np.int64) * 100_000_000
+    return out
+
+
+def _eight_digits(w: np.ndarray, ndigits: np.ndarray) -> np.ndarray:
+    """The value of the last ``ndigits`` (<= 8 kept) ASCII digits of each little-endian word."""
+    v = w & (~low_bytes_mask(8 - ndigits) & _LOW_NIBBLES)       # bytes before the run: 0
+    v = ((v * np.uint64(10 * 256 + 1)) >> np.uint64(8)) & np.uint64(0x00FF00FF00FF00FF)
+    v = ((v * np.uint64(100 * 65536 + 1)) >> np.uint64(16)) & np.uint64(0x0000FFFF0000FFFF)
+    return (v * np.uint64(10000 * (1 << 32) + 1)) >> np.uint64(32)
+
+
 def _coverable_units(ids, vals, valued, kind) -> np.ndarray:
-    """Units that could be predictable (a superset of :func:`_covered_units`): a unit of a stretch
-    has its id again within MAX_PERIOD units; a number or lone letter counted as predictable is one
-    of three copies x, x + p, x + 2p (p <= MAX_PERIOD) of its kind with one step. Checked over the
-    whole batch, separators ignored: a pattern across two texts only loosens the bound."""
+    """Units that could be predictable (a superset of :func:`_covered_units`; whitespace runs and
+    separators, which hold no counted character, are left out: False): a unit of a stretch has its
+    id again within MAX_PERIOD units; a number or lone letter counted as predictable is one of
+    three copies x, x + p, x + 2p (p <= MAX_PERIOD) of its kind with one step. Checked over the
+    whole batch, separators ignored: a pattern across two texts only loosens the bound. The ids
+    of other units (kind 0) are never those of a number, lone letter, whitespace run or separator,
+    as :func:`_ascii_units` and :func:`_units_arrow` give them, so only those units are sorted."""
     m = len(ids)
-    order = np.argsort(ids, kind="stable")
-    same = (ids[order][1:] == ids[order][:-1]) & (np.diff(order) <= MAX_PERIOD)
-    near = np.zeros(m, dtype=bool)
-    near[order[1:][same]] = True
-    near[order[:-1][same]] = True
-    out = near & ~valued
-    out |= kind == 2            # lone letters (one character each) are all counted as coverable
-    for k in (1,):
-        pos = np.nonzero(kind == k)[0]
-        if len(pos) < 3:
-            continue
-        # pairs (pos[i], pos[i + j]) of this kind, d <= MAX_PERIOD units apart, and the third copy
-        # 2 pos[i + j] - pos[i]: one pass per j over slices (no index arrays), a look-up of the third
-        # value (NaN past the end, where d is too large: the clip lands on NaN)
-        dense = np.full(m + 2 * MAX_PERIOD + 1, np.nan)
-        dense[pos] = vals[pos]
-        v = vals[pos]
-        hit = np.zeros(m + 2 * MAX_PERIOD + 1, dtype=bool)
-        for j in range(1, len(pos)):
+    out = kind == 2             # lone letters (one character each) are all counted as coverable
+    other = np.flatnonzero(kind == 0)
+    if len(other) > 1:
+        order = np.argsort(ids[other], kind="stable")
+        at = other[order]
+        same = (ids[at[1:]] == ids[at[:-1]]) & (np.diff(at) <= MAX_PERIOD)
+        out[at[1:][same]] = True
+        out[at[:-1][same]] = True
+    pos = np.flatnonzero(kind == 1)
+    if len(pos) < 3:
+        return out
+    # pairs (pos[i], pos[i + j]) of numbers d <= MAX_PERIOD units apart, and the third copy
+    # 2 pos[i + j] - pos[i]: one pass per j over slices (no index arrays), a look-up of the third
+    # value (NaN past the end, where d is too large: the clip lands on NaN); j up to the most
+    # numbers any number has within MAX_PERIOD units after it
+    dense = np.full(m + 2 * MAX_PERIOD + 1, np.nan)
+    v = vals[pos]
+    dense[pos] = v
+    hit = np.zeros(m + 2 * MAX_PERIOD + 1, dtype=bool)
+    jmax = int((np.searchsorted(pos, pos + MAX_PERIOD, side="right") - np.arange(len(pos))).max()) - 1
+    with np.errstate(invalid="ignore"):
+        for j in range(1, min(jmax, len(pos) - 1) + 1):
             pa, pb = pos[:-j], pos[j:]
             d = pb - pa
-            close = d <= MAX_PERIOD
-            if not close.any():
-                break
             vb = v[j:]
-            with np.errstate(invalid="ignore"):
-                ok = (dense.take(pb + d, mode="clip") - vb == vb - v[:-j]) & close
-            if ok.any():
-                a = np.nonzero(ok)[0]
+            ok = dense.take(pb + d, mode="clip") - vb == vb - v[:-j]
+            ok &= d <= MAX_PERIOD
+            a = np.flatnonzero(ok)
+            if len(a):
                 hit[pa[a]] = True
                 hit[pb[a]] = True
                 hit[pb[a] + d[a]] = True
-        out |= hit[:m] & (kind == k)
+    out |= hit[:m] & (kind == 1)
     return out
 
 

@@ -330,10 +330,29 @@ def test_coverable_units_equal_the_former_loop():
         kind = kind.astype(np.int8)
         vals = np.where(kind == 1, rng.integers(0, [3, 50, 10**6][trial % 3 // 1 % 3], size=m).astype(float), np.nan)
         vals[(kind == 1) & (rng.random(m) < 0.05)] = np.nan
-        ids = np.where(kind == 1, -1, rng.integers(0, 30, size=m))
+        # ids as the tokenizers give them: one for all numbers, one for all lone letters, one for all
+        # whitespace runs, other units their own (a few distinct ones: many repeats within MAX_PERIOD)
+        ids = np.select([kind == 1, kind == 2, kind == 4], [-1, -2, -3], rng.integers(0, 30, size=m))
         valued = (kind == 1) | (kind == 2)
         want = _coverable_before(ids, vals, valued, kind)
-        assert np.array_equal(taxonomy._coverable_units(ids, vals, valued, kind), want), trial
+        got = taxonomy._coverable_units(ids, vals, valued, kind)
+        assert np.array_equal(got[kind != 4], want[kind != 4]), trial     # whitespace runs: not judged
+        assert not got[kind == 4].any()
+
+
+def test_coverable_units_of_tokenized_texts_equal_the_former_loop():
+    """On the units of real ASCII batches (separators numbered as the callers do) the bound equals
+    the former loop's for every unit that holds characters."""
+    texts = _ascii_texts(8) + ["w%d " % (i * 7 % 13) * 30 for i in range(5)] + [", ".join(map(str, range(90)))]
+    for lo in range(0, len(texts), 50):
+        ids, kind, vals, lens = taxonomy._ascii_units(texts[lo:lo + 50])
+        seps = np.nonzero(kind == 3)[0]
+        ids[seps] = -4 * taxonomy.MAX_PERIOD - np.arange(len(seps))
+        valued = (kind == 1) | (kind == 2)
+        want = _coverable_before(ids, vals, valued, kind)
+        got = taxonomy._coverable_units(ids, vals, valued, kind)
+        assert np.array_equal(got[lens > 0], want[lens > 0])
+        assert want[kind == 1].any() and not want[kind == 1].all()
 
 
 def _fingerprint_of(b: bytes) -> int:
@@ -698,3 +717,37 @@ def test_prefix_keeps_units_whose_partners_lie_past_the_cut(monkeypatch):
         monkeypatch.setattr(taxonomy, "_LOOKAHEAD", short)
         assert taxonomy._ruled_out_by_prefix([text])[0]
         monkeypatch.undo()
+
+
+def test_char_counts_equal_alnum_share_text_by_text(monkeypatch):
+    """The counts of ASCII texts laid out together give alnum_share and the non-whitespace count of
+    each text alone: empty and whitespace-only texts, whitespace at either end, every ASCII
+    whitespace character, non-ASCII texts (left to the caller), blocks cut after any text."""
+    rng = random.Random(12)
+    spaces = [chr(c) for c in range(128) if chr(c).isspace()]
+    pieces = ["a", "Z", "7", "42", "_", ".", "\x00", "\x7f", "-"] + spaces + ["  ", "\t\n"]
+    texts = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 80))) for _ in range(400)]
+    texts += ["", " ", "\x1c", "a", " a ", "\u00e9t\u00e9 1", "\u2003x", "x" * 5000, " \t" * 700]
+    rng.shuffle(texts)
+    for block in (1, 37, 1 << 20):
+        monkeypatch.setattr(taxonomy, "COUNT_CHARS", block)
+        alnum, total, nonspace = taxonomy._char_counts(texts)
+        for t, a, n, ns in zip(texts, alnum.tolist(), total.tolist(), nonspace.tolist()):
+            if not t.isascii():
+                assert a == n == ns == -1
+                continue
+            assert (a / n if n else 0.0) == taxonomy.alnum_share(t)
+            assert ns == len(t) - sum(c.isspace() for c in t)
+
+
+def test_parse_digits_equals_int():
+    """Digit runs of 1..16 digits (leading zeros, at the buffer's start and end, next to other
+    digits' runs) read as int() reads them."""
+    rng = random.Random(13)
+    runs = ["".join(rng.choice("0123456789") for _ in range(rng.randint(1, 16))) for _ in range(3000)]
+    runs += ["0", "9" * 16, "0" * 16, "1" + "0" * 15, "00000001", "123456789"]
+    seps = [rng.choice([" ", "x", ", "]) for _ in runs]
+    raw = "".join(r + s for r, s in zip(runs, seps))[:-1].encode("ascii")     # the last run ends the buffer
+    lens = np.array([len(r) for r in runs], dtype=np.int64)
+    starts = np.cumsum(lens + np.array([len(s) for s in seps])) - lens - np.array([len(s) for s in seps])
+    assert taxonomy._parse_digits(raw, starts, lens).tolist() == [int(r) for r in runs]
