@@ -88,6 +88,7 @@ class SpanPool:
         if (win_order is not None and len(win_order) == len(at) == len(win_id)
                 and bool((w0 == self.woff[:-1]).all()) and bool((self.wgen[1:] >= self.wgen[:-1]).all())):
             self.order = win_order
+        self._by_order = None   # (span of each window, window id) in that order: made on first use
         self._seen: dict = {}
 
     def _window_freq(self, idx: np.ndarray) -> dict[int, int]:
@@ -96,17 +97,25 @@ class SpanPool:
         total = int(lens.sum())
         if total == 0:
             return {}
-        first = np.repeat(self.woff[idx] - (np.cumsum(lens) - lens), lens)
-        pos = np.arange(total, dtype=np.int64) + first
         if self.order is not None:
-            inside = np.zeros(len(self.wid), dtype=bool)
-            inside[pos] = True
-            sel = self.order[inside[self.order]]        # sorted by (window, generation)
-            w, g = self.wid[sel], self.wgen[sel]
-            new = np.ones(len(sel), dtype=bool)
+            # the order's windows of the spans idx: a look-up of each window's span in a mask of the
+            # spans (the span of each window in that order made once; window ids ascend in it)
+            if self._by_order is None:
+                span = np.repeat(np.arange(len(self.gen), dtype=np.int32), self.woff[1:] - self.woff[:-1])
+                counts = np.bincount(self.wid)
+                self._by_order = span[self.order], np.repeat(np.arange(len(counts), dtype=np.int32), counts)
+            span, wid = self._by_order
+            chosen = np.zeros(len(self.gen), dtype=bool)
+            chosen[idx] = True
+            if not chosen.all():
+                keep = chosen[span]
+                span, wid = span[keep], wid[keep]
+            w, g = wid, self.gen[span]
+            new = np.ones(len(w), dtype=bool)
             new[1:] = (w[1:] != w[:-1]) | (g[1:] != g[:-1])
             per_window = np.bincount(w[new])
         else:
+            pos = np.arange(total, dtype=np.int64) + np.repeat(self.woff[idx] - (np.cumsum(lens) - lens), lens)
             inc = np.sort(self.wid[pos] * self.ngen + self.wgen[pos])     # distinct (window, generation):
             inc = inc[np.concatenate([[True], inc[1:] != inc[:-1]])]       # a sort (numpy's hashed unique is slower)
             per_window = np.bincount(inc // self.ngen)
