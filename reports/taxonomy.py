@@ -511,6 +511,7 @@ _SEP_BYTE = 0xFF
 _BYTE_CLASS = np.array([1 if chr(c) in _ASCII_DIGITS else 2 if chr(c) in _ASCII_LETTERS
                         else 4 if c < 128 and chr(c).isspace() else 3 if c == _SEP_BYTE else 0
                         for c in range(256)], dtype=np.int8)
+_BYTE_CLASS_TABLE = _BYTE_CLASS.tobytes()       # the same as a bytes.translate table
 _LETTER_CODE = np.array([1 + "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz".find(chr(c)) for c in range(256)],
                         dtype=np.int64)
 _PACK_LETTERS = 10          # a run of up to 10 letters packs exactly into 6 bits a letter
@@ -524,12 +525,12 @@ def _ascii_units(texts: list[str]):
     lengths; ids equal exactly for equal units)."""
     raw = b"\xff".join(t.encode("ascii") for t in texts)
     buf = np.frombuffer(raw, dtype=np.uint8)
-    c = _BYTE_CLASS[buf]
+    c = np.frombuffer(raw.translate(_BYTE_CLASS_TABLE), dtype=np.int8)
     start = np.ones(len(buf), dtype=bool)
     start[1:] = (c[1:] != c[:-1]) | (c[1:] == 0) | (c[1:] == 3)
     starts = np.flatnonzero(start)
     ulen = np.diff(starts, append=len(buf))
-    ucls = c[starts]
+    ucls = c.take(starts)
     kind = ucls.copy()                                   # letter runs: lone (2) or text (0)
     word = (ucls == 2) & (ulen >= 2)
     kind[word] = 0
@@ -538,9 +539,9 @@ def _ascii_units(texts: list[str]):
     # ids and values by one look-up of (kind, first byte): all numbers, lone letters, whitespace runs
     # one id each, another character its own id; a lone letter's value its code (words: below)
     at = kind.astype(np.intp) << 8
-    at |= buf[starts]
-    ids = _KIND_BYTE_ID[at]
-    vals = _KIND_BYTE_VALUE[at]
+    at |= buf.take(starts)
+    ids = _KIND_BYTE_ID.take(at)            # take: faster than [] on these gathers
+    vals = _KIND_BYTE_VALUE.take(at)
     # numbers of <= 15 digits: their value (exact in int64 and in float64: below 2^53), parsed eight
     # digits at a time from the little-endian word ending at the number's last digit (SWAR)
     num = np.flatnonzero((kind == 1) & (ulen <= _MAX_DIGITS))
@@ -573,7 +574,8 @@ _KIND_BYTE_ID[2 << 8:3 << 8] = _ID_LETTER
 _KIND_BYTE_ID[4 << 8:5 << 8] = _ID_SPACE
 _KIND_BYTE_VALUE = np.full(5 << 8, np.nan)              # a lone letter's value: its code point
 _KIND_BYTE_VALUE[2 << 8:3 << 8] = np.arange(256)
-_LOW_NIBBLES = np.uint64(0x0F0F0F0F0F0F0F0F)
+# [number of digits, at most 8]: the low nibbles of the last that many bytes of a little-endian word
+_DIGIT_MASK = ~low_bytes_mask(8 - np.arange(9)) & np.uint64(0x0F0F0F0F0F0F0F0F)
 
 
 def _parse_digits(raw: bytes, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -584,16 +586,16 @@ def _parse_digits(raw: bytes, starts: np.ndarray, lengths: np.ndarray) -> np.nda
     pad = b"0" * 16
     words = words_at(pad + raw + b"\0" * 8)          # the word at offset o + 16 holds raw[o:o + 8]
     end = starts + lengths + 8                       # the word ending at a run's end: raw[end - 8:end]
-    out = _eight_digits(words[end], lengths).astype(np.int64)
+    out = _eight_digits(words.take(end), lengths).astype(np.int64)
     high = np.flatnonzero(lengths > 8)
     if len(high):
-        out[high] += _eight_digits(words[end[high] - 8], lengths[high] - 8).astype(np.int64) * 100_000_000
+        out[high] += _eight_digits(words.take(end[high] - 8), lengths[high] - 8).astype(np.int64) * 100_000_000
     return out
 
 
 def _eight_digits(w: np.ndarray, ndigits: np.ndarray) -> np.ndarray:
     """The value of the last ``ndigits`` (<= 8 kept) ASCII digits of each little-endian word."""
-    v = w & (~low_bytes_mask(8 - ndigits) & _LOW_NIBBLES)       # bytes before the run: 0
+    v = w & _DIGIT_MASK.take(np.minimum(ndigits, 8))            # bytes before the run: 0
     v = ((v * np.uint64(10 * 256 + 1)) >> np.uint64(8)) & np.uint64(0x00FF00FF00FF00FF)
     v = ((v * np.uint64(100 * 65536 + 1)) >> np.uint64(16)) & np.uint64(0x0000FFFF0000FFFF)
     return (v * np.uint64(10000 * (1 << 32) + 1)) >> np.uint64(32)
@@ -627,7 +629,8 @@ def _coverable_units(ids, vals, valued, kind) -> np.ndarray:
     v = vals[pos]
     dense[pos] = v
     hit = np.zeros(m + 2 * MAX_PERIOD + 1, dtype=bool)
-    jmax = int((np.searchsorted(pos, pos + MAX_PERIOD, side="right") - np.arange(len(pos))).max()) - 1
+    below = np.cumsum(kind == 1)                  # numbers at or before each unit
+    jmax = int((below.take(np.minimum(pos + MAX_PERIOD, m - 1)) - below.take(pos)).max())
     with np.errstate(invalid="ignore"):
         for j in range(1, min(jmax, len(pos) - 1) + 1):
             pa, pb = pos[:-j], pos[j:]
