@@ -37,7 +37,6 @@ import re
 
 import numpy as np
 
-from reports.inputs import ASCII_LOWER
 
 EMAIL = re.compile(r"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63})*\.[A-Za-z]{2,24}")
 PHONE = re.compile(
@@ -130,7 +129,8 @@ def find_all(text: str) -> dict[str, list[str]]:
 def _detect(text: str, at: bool, digits: bool, phone: bool, dot: bool, v6: bool, url: bool, uuid: bool,
             key: bool, assign: bool, pem: bool, lines_maybe: bool, lic: str | None) -> dict[str, list[str]]:
     """find_all given its pre-checks (each False only where its regular expression cannot match)."""
-    out: dict[str, list[str]] = {c: [] for c in CATEGORIES}
+    out: dict[str, list[str]] = {"emails": [], "phone_numbers": [], "ip_addresses": [], "urls": [], "uuids": [],
+                                 "keys": [], "code": [], "license_text": []}      # CATEGORIES, in order
     if at:
         out["emails"] = EMAIL.findall(text)
     if digits:
@@ -175,24 +175,40 @@ _BREAK_LUT = np.array([c < 128 and len(("a" + chr(c) + "a").splitlines()) == 2 f
 
 
 
-def _texts_with(b: np.ndarray, needles: list[str], tstart: np.ndarray) -> list[np.ndarray]:
-    """For each needle (of >= 2 characters, no NUL), which texts (laid end to end in ``b``, NUL
+# one bytes.translate table for the per-character pre-checks of ASCII text: bit 1 a digit (\d), 2 a
+# phone separator ([\s.\-]), 4 a line break (str.splitlines), 8 ":", 16 "-", 32 "@", 64 "."
+_HINT_BITS = (_D_LUT * 1 | _S_LUT * 2 | _BREAK_LUT * 4).astype(np.uint8)
+for _ch, _bit in ((":", 8), ("-", 16), ("@", 32), (".", 64)):
+    _HINT_BITS[ord(_ch)] |= _bit
+_HINT_TABLE = _HINT_BITS.tobytes()
+_BYTES_WITH = {k: np.flatnonzero(_HINT_BITS & k).tolist() for k in (1, 2, 4, 8, 16, 32, 64)}
+del _ch, _bit
+
+
+def _texts_with(raw: bytes, needles: list[str], tstart: np.ndarray) -> list[np.ndarray]:
+    """For each needle (of >= 2 characters, no NUL), which texts (laid end to end in ``raw``, NUL
     after each, starting at ``tstart``) hold it: the positions whose first two bytes start some
-    needle, found by one table look-up over all bytes, then narrowed needle by needle, byte by byte."""
+    needle, found by one table look-up of every byte pair (the pairs at even and at odd offsets read
+    as two aligned uint16 arrays), then narrowed needle by needle, byte by byte."""
     enc = [x.encode("ascii") for x in needles]
     longest = max(map(len, enc))
-    b = np.concatenate([b, np.zeros(longest, dtype=np.uint8)])      # reads past the end find NUL
-    pair = b[:-1].astype(np.uint16) | (b[1:].astype(np.uint16) << np.uint16(8))
+    raw = raw + b"\0" * (longest + 1)                              # reads past the end find NUL
+    b = np.frombuffer(raw, dtype=np.uint8)
     table = np.zeros(1 << 16, dtype=bool)
     codes = [x[0] | (x[1] << 8) for x in enc]
     table[codes] = True
-    cand = np.flatnonzero(table[pair])
-    cpair = pair[cand]
+    cand, cpair = [], []
+    for odd in (0, 1):
+        pairs = np.frombuffer(raw, dtype="<u2", offset=odd, count=(len(raw) - odd) // 2)
+        at = np.flatnonzero(table.take(pairs))
+        cand.append(2 * at + odd)
+        cpair.append(pairs.take(at))
+    cand, cpair = np.concatenate(cand), np.concatenate(cpair)    # in no particular order
     out = []
     for x, code in zip(enc, codes):
         c = cand[cpair == code]
         for k in range(2, len(x)):
-            c = c[b[c + k] == x[k]]
+            c = c[b.take(c + k) == x[k]]
         hit = np.zeros(len(tstart), dtype=bool)
         hit[np.searchsorted(tstart, c, side="right") - 1] = True
         out.append(hit)
@@ -202,10 +218,12 @@ def _texts_with(b: np.ndarray, needles: list[str], tstart: np.ndarray) -> list[n
 def _ascii_hints(texts: list[str]) -> list[tuple]:
     """find_all's pre-checks for ASCII texts, on all of them at once (each text followed by NUL,
     which no pre-check's pattern holds): per-character masks (digits, digit-separator-digit, colons,
-    dashes, line breaks) reduced per text, substrings by :func:`_texts_with`."""
+    dashes, line breaks: bits of one translated copy of the bytes) reduced per text, substrings by
+    :func:`_texts_with`."""
     n = len(texts)
     lens = np.fromiter(map(len, texts), np.int64, n)
-    b = np.frombuffer("\0".join(texts).encode("ascii") + b"\0", dtype=np.uint8)
+    raw = "\0".join([*texts, ""]).encode("ascii")
+    h = np.frombuffer(raw.translate(_HINT_TABLE), dtype=np.uint8)
     tstart = np.cumsum(lens + 1) - lens - 1
     nonempty = lens > 0
 
@@ -215,23 +233,33 @@ def _ascii_hints(texts: list[str]) -> list[tuple]:
     def count(mask: np.ndarray) -> np.ndarray:
         return np.bincount(np.searchsorted(tstart, np.flatnonzero(mask), side="right") - 1, minlength=n)
 
-    d = _D_LUT[b]
-    phone = np.zeros(len(b), dtype=bool)
-    phone[:-2] = d[:-2] & _S_LUT[b[1:-1]] & d[2:]       # a match of \d[\s.\-]\d starts here
-    colons = count(b == 58)
-    at, dot = any_in(b == 64), any_in(b == 46)
-    v6, url1, url2, url3, pem, *key = _texts_with(b, ["::", "://", "www.", "WWW.", "-----BEGIN "]
+    none = np.zeros(n, dtype=bool)
+
+    def bit(k: int) -> np.ndarray:
+        return (h & k).view(bool) if k == 1 else (h & k) != 0
+
+    def absent(k: int) -> bool:          # no byte of the batch has bit k (one memchr per byte value)
+        return not any(bytes([c]) in raw for c in _BYTES_WITH[k])
+
+    d = bit(1)
+    phone = np.zeros(len(h), dtype=bool)
+    phone[:-2] = d[:-2] & d[2:] & ((h[1:-1] & 2) != 0)   # a match of \d[\s.\-]\d starts here
+    colons = np.zeros(n, np.int64) if absent(8) else count(bit(8))
+    at = none if absent(32) else any_in(bit(32))
+    dot = none if absent(64) else any_in(bit(64))
+    dashes = np.zeros(n, np.int64) if absent(16) else count(bit(16))
+    breaks = np.zeros(n, np.int64) if absent(4) else count(bit(4))
+    v6, url1, url2, url3, pem, *key = _texts_with(raw, ["::", "://", "www.", "WWW.", "-----BEGIN "]
                                                   + list(_KEY_MARKERS), tstart)
-    low = ASCII_LOWER[b]
-    got = _texts_with(low, list(_ASSIGN_MARKERS) + list(LICENSE_PHRASES), tstart)
+    got = _texts_with(raw.lower(), list(_ASSIGN_MARKERS) + list(LICENSE_PHRASES), tstart)
     assign = np.logical_or.reduce(got[:len(_ASSIGN_MARKERS)])
     lic = np.full(n, -1, dtype=np.int64)
     for i in range(len(LICENSE_PHRASES) - 1, -1, -1):   # the first phrase (in LICENSE_PHRASES' order) wins
         lic[got[len(_ASSIGN_MARKERS) + i]] = i
     return list(zip(at.tolist(), any_in(d).tolist(), any_in(phone).tolist(), dot.tolist(),
-                    (v6 | (colons >= 7)).tolist(), (url1 | url2 | url3).tolist(), (count(b == 45) >= 4).tolist(),
+                    (v6 | (colons >= 7)).tolist(), (url1 | url2 | url3).tolist(), (dashes >= 4).tolist(),
                     np.logical_or.reduce(key).tolist(), assign.tolist(), pem.tolist(),
-                    (count(_BREAK_LUT[b]) >= 2).tolist(), [LICENSE_PHRASES[i] if i >= 0 else None for i in lic.tolist()]))
+                    (breaks >= 2).tolist(), [LICENSE_PHRASES[i] if i >= 0 else None for i in lic.tolist()]))
 
 
 def find_all_many(texts: list[str]) -> list[dict[str, list[str]]]:

@@ -269,3 +269,19 @@ def test_without_gc_pauses_and_restores():
     finally:
         (gc.enable if was else gc.disable)()
     assert seen == [False, False, False]
+
+
+@pytest.mark.parametrize("batch_chars", [1 << 23, 300])
+def test_find_all_many_batches_without_some_characters(batch_chars, monkeypatch):
+    """Batches in which "@", ".", ":", "-" or line breaks occur nowhere (their masks skipped) and
+    batches in which one text holds them give the per-text detector's categories."""
+    from reports import categories
+    monkeypatch.setattr(categories, "BATCH_CHARS", batch_chars)
+    rng = random.Random(12)
+    plain = [" ".join(f"w{rng.randrange(5000)}" for _ in range(rng.randint(0, 60))) for _ in range(40)]
+    extras = ["a@b.co", "x.y", "1.2.3.4", "a:b:c:d:e:f:g:h", "1-2-3-4-5", "l1;\nl2;\nl3;\n", "\x1c\x1d",
+              "+1 (555) 010-9999", "2001:db8::1"]
+    for extra in extras:
+        texts = plain + [plain[3] + " " + extra] + plain[:5]
+        assert categories.find_all_many(texts) == [_find_all_before(t) for t in texts], extra
+    assert categories.find_all_many(plain) == [_find_all_before(t) for t in plain]
