@@ -196,22 +196,18 @@ def signatures(texts: list[str], num_perm: int = NUM_PERM, seed: int = SEED) -> 
     :func:`_shingle_list`, and all shingles CRC-32-hashed on arrays (:func:`crc32_many`: zlib's
     values)."""
     a, b = permutations(num_perm, seed)
-    out = np.empty((len(texts), num_perm), dtype=np.uint32)
+    n = len(texts)
+    out = np.empty((n, num_perm), dtype=np.uint32)
+    is_ascii = np.fromiter(map(str.isascii, texts), bool, n)
+    upto = np.concatenate([[0], np.cumsum(np.fromiter(map(len, texts), np.int64, n))])
     i = 0
-    while i < len(texts):
-        asc_rows, asc = [], []
-        slow_rows = []
-        chars = 0
-        j = i
-        while j < len(texts) and (j == i or chars < 2 * CHUNK_SHINGLES):   # shingles <= characters
-            t = texts[j]
-            if t.isascii():
-                asc_rows.append(j)
-                asc.append(t)
-            else:
-                slow_rows.append(j)
-            chars += len(t)
-            j += 1
+    while i < n:
+        # texts i..j-1: up to the first whose characters before it reach 2 CHUNK_SHINGLES (shingles <= characters)
+        j = min(n, max(i + 1, int(np.searchsorted(upto, upto[i] + 2 * CHUNK_SHINGLES, side="left"))))
+        rows = np.arange(i, j)
+        asc_rows = rows[is_ascii[i:j]].tolist()
+        asc = [texts[r] for r in asc_rows]
+        slow_rows = rows[~is_ascii[i:j]].tolist()
         groups = []
         if asc:
             buf, st, ln, per, ok = _ascii_shingles(asc)
@@ -270,19 +266,25 @@ def _bucket_pairs(sig: np.ndarray, bands: int, rows: int):
     band itself); a pair colliding in several bands comes once per band. At most about CHUNK_PAIRS
     pairs per block."""
     for k in range(bands):
-        band = sig[:, k * rows:(k + 1) * rows].astype(np.uint64)
         key = np.zeros(len(sig), dtype=np.uint64)      # a 64-bit mix of the band: equal bands, equal keys
         with np.errstate(over="ignore"):
-            for c in range(rows):
-                key = (key ^ band[:, c]) * np.uint64(0x9E3779B97F4A7C15)
+            for c in range(k * rows, (k + 1) * rows):
+                key ^= sig[:, c]
+                key *= np.uint64(0x9E3779B97F4A7C15)
                 key ^= key >> np.uint64(29)
-        members = np.argsort(key, kind="stable")                  # by bucket (key), then text number
+        # only the texts whose key occurs twice or more: the duplicated keys from one sort, the texts
+        # holding them by a binary search, then those texts by bucket (key), then text number
+        sk = np.sort(key)
+        dup = sk[1:][sk[1:] == sk[:-1]]
+        if not len(dup):
+            continue
+        at = np.minimum(np.searchsorted(dup, key), len(dup) - 1)
+        cand = np.flatnonzero(dup[at] == key)
+        members = cand[np.argsort(key[cand], kind="stable")]
         sk = key[members]
         bounds = np.flatnonzero(np.concatenate([[True], sk[1:] != sk[:-1], [True]]))
         cnt = np.diff(bounds)
-        multi = np.flatnonzero(cnt > 1)
-        if not len(multi):
-            continue
+        multi = np.arange(len(cnt))                 # every bucket left holds >= 2 texts
         # every pair (members[r], members[q]), q < r, of each bucket of >= 2 texts; a bucket of
         # more than CHUNK_PAIRS pairs is cut into runs of rows of its triangle
         size = cnt[multi]

@@ -85,6 +85,23 @@ def test_big_bucket_in_blocks(monkeypatch):
     assert neardup.cluster_texts(texts)["labels"] == want
 
 
+@pytest.mark.parametrize("chunk_pairs", [3, 131_072])
+def test_bucket_pairs_are_the_pairs_of_equal_bands(chunk_pairs, monkeypatch):
+    """Every pair of texts whose band agrees comes exactly once per band (i > j), blocks of any
+    size: signatures with few distinct values, so that buckets of 2, several and many texts occur,
+    bands without any shared bucket, and one signature alone."""
+    monkeypatch.setattr(neardup, "CHUNK_PAIRS", chunk_pairs)
+    rng = np.random.default_rng(5)
+    for n, values in ((300, 2), (300, 5), (200, 1 << 30), (1, 3)):
+        sig = rng.integers(0, values, (n, 12)).astype(np.uint32)
+        sig[n // 2:, 4:8] = sig[0, 4:8]                      # one band shared by half of the texts
+        got = [(k, int(i), int(j)) for k, ii, jj in neardup._bucket_pairs(sig, 3, 4) for i, j in zip(ii, jj)]
+        want = [(k, i, j) for k in range(3) for i in range(n) for j in range(i)
+                if (sig[i, 4 * k:4 * k + 4] == sig[j, 4 * k:4 * k + 4]).all()]
+        assert sorted(got) == want
+        assert len(got) == len(set(got))
+
+
 def test_crc32_many_equals_zlib():
     """The table-driven CRC-32 on arrays gives zlib.crc32 of every slice: random bytes, UTF-8 of
     non-ASCII text, every length 0-40 (each remainder mod 4), slices at every alignment, the buffer's end."""
