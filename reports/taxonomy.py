@@ -147,14 +147,9 @@ def _char_counts(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     total = np.zeros(n, dtype=np.int64)
     nonspace = np.zeros(n, dtype=np.int64)
     lens = np.fromiter(map(len, texts), np.int64, n)
-    fast = [i for i, t in enumerate(texts) if t and t.isascii()]
-    i = 0
-    while i < len(fast):
-        j, chars = i, 0
-        while j < len(fast) and (j == i or chars < COUNT_CHARS):
-            chars += len(texts[fast[j]]) + 1
-            j += 1
-        rows = np.array(fast[i:j], dtype=np.int64)
+    fast = np.flatnonzero(np.fromiter(map(str.isascii, texts), bool, n) & (lens > 0))
+    for i, j in _batches(lens[fast] + 1, COUNT_CHARS):
+        rows = fast[i:j]
         # each text followed by "\0" (no letter, digit or whitespace): a text's whitespace runs are
         # its whitespace bytes after a byte that is not whitespace, or at its start
         raw = b"\0".join(texts[r].encode("ascii") for r in rows.tolist())
@@ -169,7 +164,6 @@ def _char_counts(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         alnum[rows] = np.add.reduceat(c == 1, first, dtype=np.int64)
         total[rows] = ln - spaces + np.add.reduceat(runs, first, dtype=np.int64)
         nonspace[rows] = ln - spaces
-        i = j
     alnum[lens == 0] = 0
     total[alnum < 0] = -1
     nonspace[alnum < 0] = -1
@@ -333,7 +327,8 @@ PREFIX_MIN_CHARS = 600          # ASCII texts longer than this are first judged 
 _LOOKAHEAD = 2 * MAX_PERIOD + 1  # units after a unit that decide whether it is coverable (a triple x, x + p, x + 2p)
 
 
-def _prefix_chars(n: int) -> int:
+def _prefix_chars(n):
+    """The characters of a text of ``n`` characters judged first (an int or an array of them)."""
     return n // 4 + 300
 
 
@@ -374,15 +369,13 @@ def _ruled_out_by_prefix(texts: list[str], nonspace: np.ndarray | None = None) -
     if nonspace is None:
         nonspace = _char_counts(texts)[2]
     out = np.zeros(len(texts), dtype=bool)
-    long_ = [i for i, t in enumerate(texts) if len(t) > PREFIX_MIN_CHARS and t.isascii()]
-    i = 0
-    while i < len(long_):
-        j, size = i, 0
-        while j < len(long_) and (j == i or size < BATCH_UNITS):
-            size += _prefix_chars(len(texts[long_[j]])) + 1
-            j += 1
-        rows = long_[i:j]
-        cut = [texts[r][:_prefix_chars(len(texts[r]))] for r in rows]
+    lens = np.fromiter(map(len, texts), np.int64, len(texts))
+    long_ = np.flatnonzero(lens > PREFIX_MIN_CHARS)
+    long_ = long_[np.fromiter(map(str.isascii, map(texts.__getitem__, long_.tolist())), bool, len(long_))]
+    keep = _prefix_chars(lens[long_])
+    for i, j in _batches(keep + 1, BATCH_UNITS):
+        rows = long_[i:j].tolist()
+        cut = [texts[r][:k] for r, k in zip(rows, keep[i:j].tolist())]
         ids, kind, vals, lens = _ascii_units(cut)
         seps = np.nonzero(kind == 3)[0]
         ids[seps] = -4 * MAX_PERIOD - np.arange(len(seps))
@@ -396,7 +389,6 @@ def _ruled_out_by_prefix(texts: list[str], nonspace: np.ndarray | None = None) -
         total = nonspace[rows]
         with np.errstate(invalid="ignore", divide="ignore"):
             out[rows] = (total == 0) | ((total - uncovered) / np.maximum(total, 1) < RECONSTRUCTION_MIN_COVERAGE)
-        i = j
     return out
 
 
@@ -409,22 +401,29 @@ def _predictable_all(texts: list[str]) -> np.ndarray:
     checked inside a stretch; periods above a text's m // 2 cannot hold a stretch of it. So each
     text's covered units are those :func:`predictable_coverage` finds in it alone."""
     out = np.zeros(len(texts), dtype=bool)
-    i = 0
-    while i < len(texts):
-        j, size = i, 0
-        while j < len(texts) and (j == i or size < BATCH_UNITS):
-            size += len(texts[j]) + 1       # units <= characters
-            j += 1
+    sizes = np.fromiter(map(len, texts), np.int64, len(texts)) + 1      # units <= characters
+    for i, j in _batches(sizes, BATCH_UNITS):
         batch = texts[i:j]
         sep = next((s for s in _SEPARATORS if not any(s in t for t in batch)), None)
         if sep is not None and len(batch) > 1:
             try:
                 out[i:j] = _predictable_batch(batch, sep)
-                i = j
                 continue
             except (UnicodeError, ValueError):   # e.g. a lone surrogate Arrow will not hold: one at a time
                 pass
         out[i:j] = [is_predictable(t) for t in batch]
+    return out
+
+
+def _batches(sizes: np.ndarray, limit: int) -> list[tuple[int, int]]:
+    """(i, j) of consecutive batches of items: each from i up to the first item j whose items
+    before it (from i) reach ``limit`` in size, at least one item each."""
+    upto = np.concatenate([[0], np.cumsum(sizes)])
+    ends = np.searchsorted(upto, upto + limit, side="left").tolist()     # the end of a batch begun anywhere
+    n, i, out = len(sizes), 0, []
+    while i < n:
+        j = min(n, max(i + 1, ends[i]))
+        out.append((i, j))
         i = j
     return out
 

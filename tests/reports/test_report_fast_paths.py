@@ -751,3 +751,21 @@ def test_parse_digits_equals_int():
     lens = np.array([len(r) for r in runs], dtype=np.int64)
     starts = np.cumsum(lens + np.array([len(s) for s in seps])) - lens - np.array([len(s) for s in seps])
     assert taxonomy._parse_digits(raw, starts, lens).tolist() == [int(r) for r in runs]
+
+
+def test_batches_equal_the_item_by_item_loop():
+    """taxonomy._batches cuts where the former loop over items cut: each batch from i takes items
+    while those taken (from i) stay below the limit, at least one; sizes of 0, items above the limit."""
+    rng = random.Random(14)
+    for trial in range(200):
+        sizes = [rng.choice([0, 1, 5, 40, 700, rng.randint(0, 100)]) for _ in range(rng.randint(0, 40))]
+        limit = rng.choice([1, 10, 64, 700, 10_000])
+        want, i = [], 0
+        while i < len(sizes):
+            j, size = i, 0
+            while j < len(sizes) and (j == i or size < limit):
+                size += sizes[j]
+                j += 1
+            want.append((i, j))
+            i = j
+        assert taxonomy._batches(np.array(sizes, dtype=np.int64), limit) == want, (sizes, limit)
