@@ -88,7 +88,7 @@ class SpanPool:
         if (win_order is not None and len(win_order) == len(at) == len(win_id)
                 and bool((w0 == self.woff[:-1]).all()) and bool((self.wgen[1:] >= self.wgen[:-1]).all())):
             self.order = win_order
-        self._by_order = None   # (span of each window, window id) in that order: made on first use
+        self._by_order = None   # (span, window id, generation) of each window in that order: made on first use
         self._seen: dict = {}
 
     def _window_freq(self, idx: np.ndarray) -> dict[int, int]:
@@ -102,18 +102,23 @@ class SpanPool:
             # spans (the span of each window in that order made once; window ids ascend in it)
             if self._by_order is None:
                 span = np.repeat(np.arange(len(self.gen), dtype=np.int32), self.woff[1:] - self.woff[:-1])
+                span = span.take(self.order)
                 counts = np.bincount(self.wid)
-                self._by_order = span[self.order], np.repeat(np.arange(len(counts), dtype=np.int32), counts)
-            span, wid = self._by_order
+                self._by_order = (span, np.repeat(np.arange(len(counts), dtype=np.int32), counts),
+                                  self.gen.astype(np.int32).take(span))
+            span, w, g = self._by_order
             chosen = np.zeros(len(self.gen), dtype=bool)
             chosen[idx] = True
             if not chosen.all():
-                keep = chosen[span]
-                span, wid = span[keep], wid[keep]
-            w, g = wid, self.gen[span]
+                keep = chosen.take(span)
+                w, g = w[keep], g[keep]
+            # distinct (window, generation) pairs, then the generations of each window: the lengths
+            # of the runs of equal windows among those pairs (windows ascend)
             new = np.ones(len(w), dtype=bool)
             new[1:] = (w[1:] != w[:-1]) | (g[1:] != g[:-1])
-            per_window = np.bincount(w[new])
+            wn = w[new]
+            edge = np.flatnonzero(np.concatenate([[True], wn[1:] != wn[:-1], [True]]))
+            per_window = np.diff(edge)
         else:
             pos = np.arange(total, dtype=np.int64) + np.repeat(self.woff[idx] - (np.cumsum(lens) - lens), lens)
             inc = np.sort(self.wid[pos] * self.ngen + self.wgen[pos])     # distinct (window, generation):
