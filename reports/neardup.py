@@ -261,27 +261,29 @@ def lsh_params(threshold: float, num_perm: int = NUM_PERM) -> tuple[int, int]:
 
 
 def _bucket_pairs(sig: np.ndarray, bands: int, rows: int):
-    """Blocks ``(band, i, j)`` of pairs (arrays, i > j) of texts whose band has the same 64-bit key
+    """Blocks ``(band, i, j)`` of pairs (arrays, i > j) of texts whose band has the same 32-bit key
     (every pair agreeing on the whole band, and rarely one that does not: the caller compares the
     band itself); a pair colliding in several bands comes once per band. At most about CHUNK_PAIRS
-    pairs per block."""
+    pairs per block. Texts are numbered below 2^32."""
     for k in range(bands):
+        band = np.ascontiguousarray(sig[:, k * rows:(k + 1) * rows])    # one pass over the rows, not one per column
         key = np.zeros(len(sig), dtype=np.uint64)      # a 64-bit mix of the band: equal bands, equal keys
         with np.errstate(over="ignore"):
-            for c in range(k * rows, (k + 1) * rows):
-                key ^= sig[:, c]
+            for c in range(rows):
+                key ^= band[:, c]
                 key *= np.uint64(0x9E3779B97F4A7C15)
                 key ^= key >> np.uint64(29)
-        # only the texts whose key occurs twice or more: the duplicated keys from one sort, the texts
-        # holding them by a binary search, then those texts by bucket (key), then text number
-        sk = np.sort(key)
-        dup = sk[1:][sk[1:] == sk[:-1]]
-        if not len(dup):
+        # the high 32 bits of the key above the text number: one sort orders the texts by bucket,
+        # then text number; the texts whose key occurs twice or more are the ones kept
+        packed = np.sort((key >> np.uint64(32) << np.uint64(32)) | np.arange(len(key), dtype=np.uint64))
+        sk = packed >> np.uint64(32)
+        twice = np.zeros(len(key) + 1, dtype=bool)
+        twice[1:-1] = sk[1:] == sk[:-1]
+        twice = twice[1:] | twice[:-1]
+        if not twice.any():
             continue
-        at = np.minimum(np.searchsorted(dup, key), len(dup) - 1)
-        cand = np.flatnonzero(dup[at] == key)
-        members = cand[np.argsort(key[cand], kind="stable")]
-        sk = key[members]
+        members = (packed[twice] & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        sk = sk[twice]
         bounds = np.flatnonzero(np.concatenate([[True], sk[1:] != sk[:-1], [True]]))
         cnt = np.diff(bounds)
         multi = np.arange(len(cnt))                 # every bucket left holds >= 2 texts
