@@ -381,11 +381,11 @@ def _ruled_out_by_prefix(texts: list[str], nonspace: np.ndarray | None = None) -
         ids[seps] = -4 * MAX_PERIOD - np.arange(len(seps))
         maybe = _coverable_units(ids, vals, (kind == 1) | (kind == 2), kind)
         first = np.concatenate([[0], seps + 1])                   # each text's first unit
-        units = np.append(seps, len(ids)) - first                 # and its number of units
-        text_of = np.repeat(np.arange(len(cut)), units + 1)[:len(ids)]
-        local = np.arange(len(ids)) - first[text_of]
-        gone = (local < units[text_of] - _LOOKAHEAD) & ~maybe & (kind != 3)
-        uncovered = np.bincount(text_of[gone], weights=lens[gone], minlength=len(cut)).astype(np.int64)
+        end = np.append(seps, len(ids))                           # and the end of its units
+        region = first + np.maximum(end - first - _LOOKAHEAD, 0)  # units before it: the region
+        # characters of the region's units found not coverable: differences of a running sum
+        upto = np.concatenate([[0], np.cumsum(np.where(maybe, 0, lens))])
+        uncovered = upto.take(region) - upto.take(first)
         total = nonspace[rows]
         with np.errstate(invalid="ignore", divide="ignore"):
             out[rows] = (total == 0) | ((total - uncovered) / np.maximum(total, 1) < RECONSTRUCTION_MIN_COVERAGE)
@@ -446,22 +446,26 @@ def _predictable_batch(texts: list[str], sep: str) -> np.ndarray:
     seps = np.nonzero(kind == 3)[0]
     ids[seps] = -4 * MAX_PERIOD - np.arange(len(seps))     # each separator unique (below _runs' end sentinels)
     valued = (kind == 1) | (kind == 2)
-    text_of = np.zeros(n, dtype=np.int64)
-    text_of[seps] = 1
-    text_of = np.cumsum(text_of)
-    total = np.bincount(text_of, weights=lens, minlength=len(texts)).astype(np.int64)
+    first = np.concatenate([[0], seps + 1])         # each text's units: first[i] .. end[i]
+    end = np.append(seps, n)
+
+    def per_text(weights: np.ndarray) -> np.ndarray:   # sums per text, as differences of a running sum
+        upto = np.concatenate([[0], np.cumsum(weights)])
+        return upto.take(end) - upto.take(first)
+
+    total = per_text(lens)
     if n < 2:
         return np.zeros(len(texts), dtype=bool)
     # an exact pre-check, as is_predictable's: the characters that could lie in predictable units
     # bound the covered ones from above; a text whose bound is below the threshold is not predictable
     maybe = _coverable_units(ids, vals, valued, kind)
-    bound = np.bincount(text_of[maybe], weights=lens[maybe], minlength=len(texts)).astype(np.int64)
+    bound = per_text(np.where(maybe, lens, 0))
     with np.errstate(invalid="ignore", divide="ignore"):
         cand = (total > 0) & (bound / np.maximum(total, 1) >= RECONSTRUCTION_MIN_COVERAGE)
     if not cand.any():
         return cand
     covered = _covered_units(ids, vals, valued)
-    got = np.bincount(text_of[covered], weights=lens[covered], minlength=len(texts)).astype(np.int64)
+    got = per_text(np.where(covered, lens, 0))
     with np.errstate(invalid="ignore", divide="ignore"):
         return cand & (total > 0) & (got / np.maximum(total, 1) >= RECONSTRUCTION_MIN_COVERAGE)
 
