@@ -152,7 +152,7 @@ def _char_counts(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rows = fast[i:j]
         # each text followed by "\0" (no letter, digit or whitespace): a text's whitespace runs are
         # its whitespace bytes after a byte that is not whitespace, or at its start
-        raw = b"\0".join(texts[r].encode("ascii") for r in rows.tolist())
+        raw = "\0".join([texts[r] for r in rows.tolist()]).encode("ascii")     # one encode: a copy
         ln = lens[rows]
         first = np.cumsum(ln + 1) - ln - 1
         c = np.frombuffer(raw.translate(_CHAR_CLASS), dtype=np.uint8)
@@ -526,7 +526,7 @@ def _ascii_units(texts: list[str]):
     """:func:`_units_arrow` of ASCII texts, on the bytes with NumPy (the same units as ``_UNIT``:
     ``[0-9]+``, ``[A-Za-z]+``, ``\\s+`` or one other character; the same kinds, values and
     lengths; ids equal exactly for equal units)."""
-    raw = b"\xff".join(t.encode("ascii") for t in texts)
+    raw = "\xff".join(texts).encode("latin-1")          # ASCII texts and U+00FF: one byte each, one copy
     buf = np.frombuffer(raw, dtype=np.uint8)
     c = np.frombuffer(raw.translate(_BYTE_CLASS_TABLE), dtype=np.int8)
     start = np.ones(len(buf), dtype=bool)
