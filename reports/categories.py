@@ -266,19 +266,22 @@ def find_all_many(texts: list[str]) -> list[dict[str, list[str]]]:
     """``[find_all(t) for t in texts]``, with the pre-checks of ASCII texts computed for all of
     them at once (:func:`_ascii_hints`); each regular expression then runs only on the texts it may
     match. (A text of fewer than three line breaks cannot hold three lines: no code check.)"""
-    out: list = [None] * len(texts)
-    asc = [i for i, t in enumerate(texts) if t.isascii()]
-    for i in range(len(texts)):
-        if out[i] is None and not texts[i].isascii():
-            out[i] = find_all(texts[i])
+    n = len(texts)
+    out: list = [None] * n
+    is_ascii = np.fromiter(map(str.isascii, texts), bool, n)
+    for i in np.flatnonzero(~is_ascii).tolist():
+        out[i] = find_all(texts[i])
+    asc = np.flatnonzero(is_ascii)
+    # batches of ASCII texts: each up to the first text whose characters before it (and a NUL
+    # each) reach BATCH_CHARS, one text at least
+    upto = np.concatenate([[0], np.cumsum(np.fromiter(map(len, texts), np.int64, n)[asc] + 1)])
+    ends = np.searchsorted(upto, upto + BATCH_CHARS, side="left").tolist()
     k = 0
     while k < len(asc):
-        j, chars = k, 0
-        while j < len(asc) and (j == k or chars < BATCH_CHARS):
-            chars += len(texts[asc[j]]) + 1
-            j += 1
-        batch = [texts[i] for i in asc[k:j]]
-        for i, t, h in zip(asc[k:j], batch, _ascii_hints(batch)):
+        j = min(len(asc), max(k + 1, ends[k]))
+        rows = asc[k:j].tolist()
+        batch = [texts[i] for i in rows]
+        for i, t, h in zip(rows, batch, _ascii_hints(batch)):
             out[i] = _detect(t, *h)
         k = j
     return out

@@ -189,8 +189,8 @@ def taxonomy_figures(records: list[dict], classes: list[str], group_of_record: l
     _put(totals, out["nontrivial"])
     by_attack: dict = defaultdict(list)
     by_variant: dict = defaultdict(list)
-    for i, (a, v) in enumerate(group_of_record):
-        if nontrivial[i]:
+    for i, (a, v), keep in zip(range(len(records)), group_of_record, nontrivial.tolist()):
+        if keep:
             by_attack[a].append(i)
             by_variant[(a, v)].append(i)
     for a, f in per_attack.items():
