@@ -624,28 +624,32 @@ def _coverable_units(ids, vals, valued, kind) -> np.ndarray:
     pos = np.flatnonzero(kind == 1)
     if len(pos) < 3:
         return out
-    # pairs (pos[i], pos[i + j]) of numbers d <= MAX_PERIOD units apart, and the third copy
+    # pairs (pos[i], pos[i + j]) of numbers d <= MAX_PERIOD units apart, and the third copy at
     # 2 pos[i + j] - pos[i]: one pass per j over slices (no index arrays), a look-up of the third
-    # value (NaN past the end, where d is too large: the clip lands on NaN); j up to the most
-    # numbers any number has within MAX_PERIOD units after it
+    # value (NaN past the end: the clip lands on NaN) compared with 2 v[i + j] - v[i] (exact: the
+    # values are integers below 10^15 < 2^50, or NaN); j up to the most numbers any number has
+    # within MAX_PERIOD units after it, and the distance checked only for the j at which some pair
+    # is farther apart
     dense = np.full(m + 2 * MAX_PERIOD + 1, np.nan)
     v = vals[pos]
     dense[pos] = v
+    v2, p2 = v + v, pos + pos
     hit = np.zeros(m + 2 * MAX_PERIOD + 1, dtype=bool)
     below = np.cumsum(kind == 1)                  # numbers at or before each unit
-    jmax = int((below.take(np.minimum(pos + MAX_PERIOD, m - 1)) - below.take(pos)).max())
+    within = below.take(np.minimum(pos + MAX_PERIOD, m - 1)) - below.take(pos)
+    least = np.minimum.accumulate(within)         # least[i]: the fewest numbers within reach of pos[:i + 1]
     with np.errstate(invalid="ignore"):
-        for j in range(1, min(jmax, len(pos) - 1) + 1):
-            pa, pb = pos[:-j], pos[j:]
-            d = pb - pa
-            vb = v[j:]
-            ok = dense.take(pb + d, mode="clip") - vb == vb - v[:-j]
-            ok &= d <= MAX_PERIOD
+        for j in range(1, min(int(within.max()), len(pos) - 1) + 1):
+            pa = pos[:-j]
+            third = p2[j:] - pa
+            ok = dense.take(third, mode="clip") == v2[j:] - v[:-j]
+            if least[len(pos) - j - 1] < j:       # some pair (pos[i], pos[i + j]) too far apart
+                ok &= pos[j:] - pa <= MAX_PERIOD
             a = np.flatnonzero(ok)
             if len(a):
                 hit[pa[a]] = True
-                hit[pb[a]] = True
-                hit[pb[a] + d[a]] = True
+                hit[pos[j:][a]] = True
+                hit[third[a]] = True
     out |= hit[:m] & (kind == 1)
     return out
 

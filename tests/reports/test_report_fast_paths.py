@@ -340,6 +340,29 @@ def test_coverable_units_equal_the_former_loop():
         assert not got[kind == 4].any()
 
 
+def test_coverable_units_with_fifteen_digit_values_equal_the_former_loop():
+    """Values up to 10^15 - 1 (the largest a number gets) stepping by constants, near misses by one,
+    numbers dense and sparse: the comparison 2 v[b] - v[a] == v[c] stays exact there."""
+    rng = np.random.default_rng(21)
+    top = 10 ** 15 - 1
+    found = 0
+    for trial in range(40):
+        m = int(rng.integers(3, 900))
+        kind = np.where(rng.random(m) < [0.9, 0.4, 0.1][trial % 3], 1, 0).astype(np.int8)
+        step = int(rng.integers(-10 ** 14, 10 ** 14))
+        base = top - abs(step) * m if step > 0 else top
+        vals = np.array([float(base + step * i + int(rng.integers(-1, 2)) * (rng.random() < 0.3))
+                         for i in range(m)])
+        vals = np.where(kind == 1, np.clip(vals, 0, top), np.nan)
+        ids = np.where(kind == 1, -1, rng.integers(0, 30, size=m))
+        valued = kind == 1
+        want = _coverable_before(ids, vals, valued, kind)
+        got = taxonomy._coverable_units(ids, vals, valued, kind)
+        assert np.array_equal(got, want), trial
+        found += bool(want.any()) + bool((~want & valued).any())
+    assert found > 40                     # triples found, and numbers in none, in most trials
+
+
 def test_coverable_units_of_tokenized_texts_equal_the_former_loop():
     """On the units of real ASCII batches (separators numbered as the callers do) the bound equals
     the former loop's for every unit that holds characters."""
