@@ -534,11 +534,9 @@ def _ascii_units(texts: list[str]):
     starts = np.flatnonzero(start)
     ulen = np.diff(starts, append=len(buf))
     ucls = c.take(starts)
-    kind = ucls.copy()                                   # letter runs: lone (2) or text (0)
     word = (ucls == 2) & (ulen >= 2)
-    kind[word] = 0
-    lens = ulen.copy()
-    lens[kind >= 3] = 0                                  # separators, whitespace runs: no characters
+    kind = np.where(word, np.int8(0), ucls)              # letter runs: lone (2) or text (0)
+    lens = np.where(kind >= 3, 0, ulen)                  # separators, whitespace runs: no characters
     # ids and values by one look-up of (kind, first byte): all numbers, lone letters, whitespace runs
     # one id each, another character its own id; a lone letter's value its code (words: below)
     at = kind.astype(np.intp) << 8
