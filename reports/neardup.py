@@ -168,13 +168,11 @@ def _ascii_shingles(texts: list[str]):
     space, and each shingle a (start, length) in that buffer. Returns (buffer, starts, lengths,
     shingles per text, mask of the texts handled: those of >= 5 words)."""
     lens = np.fromiter(map(len, texts), np.int64, len(texts))
-    text = "\0".join(texts).encode("ascii") + b"\0"           # \0 is no word byte: every word ends before it
-    raw = np.frombuffer(text, dtype=np.uint8)
-    tstart = np.cumsum(lens + 1) - lens - 1
+    text = "\0".join(["", *texts, ""]).encode("ascii")   # \0 is no word byte: every word starts and ends inside
+    tstart = np.cumsum(lens + 1) - lens                 # text i at 1 + (its predecessors and their NULs)
     w = np.frombuffer(text.translate(_WORD_BYTE), dtype=bool)
-    edge = np.diff(w.view(np.int8), prepend=np.int8(0))
-    ws = np.flatnonzero(edge == 1)                      # word starts and ends in the raw text
-    we = np.flatnonzero(edge == -1)
+    bounds = np.flatnonzero(w[1:] != w[:-1]) + 1        # word starts and ends in the raw text, alternating
+    ws, we = bounds[0::2], bounds[1::2]
     wl = we - ws
     first = np.searchsorted(ws, tstart)                 # each text's first word, and its count
     nw = np.searchsorted(ws, tstart + lens) - first
@@ -182,12 +180,12 @@ def _ascii_shingles(texts: list[str]):
     # the word bytes and the byte after each word, in order: that byte becomes the joining space
     keep = w.copy()
     keep[we] = True
-    buf = np.frombuffer(text.translate(_JOINED), dtype=np.uint8)[keep]
+    buf = np.frombuffer(text, dtype=np.uint8)[keep].tobytes().translate(_JOINED)
     ok = nw >= 5
     per = np.where(ok, nw - 4, 0)
     k = np.arange(int(per.sum()), dtype=np.int64) + np.repeat(first - (np.cumsum(per) - per), per)
-    st = off[k]
-    return buf.tobytes(), st, off[k + 4] + wl[k + 4] - st, per[ok], ok
+    st = off.take(k)
+    return buf, st, (off + wl).take(k + 4) - st, per[ok], ok
 
 
 def signatures(texts: list[str], num_perm: int = NUM_PERM, seed: int = SEED) -> np.ndarray:
