@@ -37,6 +37,7 @@ import re
 
 import numpy as np
 
+from reports.inputs import ASCII_LOWER
 
 EMAIL = re.compile(r"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63})*\.[A-Za-z]{2,24}")
 PHONE = re.compile(
@@ -185,18 +186,21 @@ _BYTES_WITH = {k: np.flatnonzero(_HINT_BITS & k).tolist() for k in (1, 2, 4, 8, 
 del _ch, _bit
 
 
-def _texts_with(raw: bytes, needles: list[str], tstart: np.ndarray) -> list[np.ndarray]:
+def _texts_with(raw: bytes, needles: list[str], tstart: np.ndarray, fold: list[bool]) -> list[np.ndarray]:
     """For each needle (of >= 2 characters, no NUL), which texts (laid end to end in ``raw``, NUL
-    after each, starting at ``tstart``) hold it: the positions whose first two bytes start some
-    needle, found by one table look-up of every byte pair (the pairs at even and at odd offsets read
-    as two aligned uint16 arrays), then narrowed needle by needle, byte by byte."""
+    after each, starting at ``tstart``) hold it, in any case where ``fold`` (the needle lower-case):
+    the positions whose first two bytes start some needle, found by one table look-up of every byte
+    pair (the pairs at even and at odd offsets read as two aligned uint16 arrays), then narrowed
+    needle by needle, byte by byte."""
     enc = [x.encode("ascii") for x in needles]
     longest = max(map(len, enc))
     raw = raw + b"\0" * (longest + 1)                              # reads past the end find NUL
     b = np.frombuffer(raw, dtype=np.uint8)
     table = np.zeros(1 << 16, dtype=bool)
-    codes = [x[0] | (x[1] << 8) for x in enc]
-    table[codes] = True
+    for x, f in zip(enc, fold):
+        firsts = {x[0], bytes([x[0]]).upper()[0]} if f else {x[0]}
+        seconds = {x[1], bytes([x[1]]).upper()[0]} if f else {x[1]}
+        table[[p | (q << 8) for p in firsts for q in seconds]] = True
     cand, cpair = [], []
     for odd in (0, 1):
         pairs = np.frombuffer(raw, dtype="<u2", offset=odd, count=(len(raw) - odd) // 2)
@@ -204,15 +208,21 @@ def _texts_with(raw: bytes, needles: list[str], tstart: np.ndarray) -> list[np.n
         cand.append(2 * at + odd)
         cpair.append(pairs.take(at))
     cand, cpair = np.concatenate(cand), np.concatenate(cpair)    # in no particular order
+    lpair = _LOWER_PAIR.take(cpair) if any(fold) else cpair
     out = []
-    for x, code in zip(enc, codes):
-        c = cand[cpair == code]
+    for x, f in zip(enc, fold):
+        c = cand[(lpair if f else cpair) == x[0] | (x[1] << 8)]
         for k in range(2, len(x)):
-            c = c[b.take(c + k) == x[k]]
+            got = b.take(c + k)
+            c = c[(ASCII_LOWER.take(got) if f else got) == x[k]]
         hit = np.zeros(len(tstart), dtype=bool)
         hit[np.searchsorted(tstart, c, side="right") - 1] = True
         out.append(hit)
     return out
+
+
+_LOWER_PAIR = (ASCII_LOWER[np.arange(1 << 16) & 0xFF].astype(np.uint16)
+               | (ASCII_LOWER[np.arange(1 << 16) >> 8].astype(np.uint16) << 8))   # both bytes lower-cased
 
 
 def _ascii_hints(texts: list[str]) -> list[tuple]:
@@ -249,9 +259,11 @@ def _ascii_hints(texts: list[str]) -> list[tuple]:
     dot = none if absent(64) else any_in(bit(64))
     dashes = np.zeros(n, np.int64) if absent(16) else count(bit(16))
     breaks = np.zeros(n, np.int64) if absent(4) else count(bit(4))
-    v6, url1, url2, url3, pem, *key = _texts_with(raw, ["::", "://", "www.", "WWW.", "-----BEGIN "]
-                                                  + list(_KEY_MARKERS), tstart)
-    got = _texts_with(raw.lower(), list(_ASSIGN_MARKERS) + list(LICENSE_PHRASES), tstart)
+    exact = ["::", "://", "www.", "WWW.", "-----BEGIN "] + list(_KEY_MARKERS)
+    folded = list(_ASSIGN_MARKERS) + list(LICENSE_PHRASES)          # lower-case, found in any case
+    v6, url1, url2, url3, pem, *rest = _texts_with(raw, exact + folded, tstart,
+                                                   [False] * len(exact) + [True] * len(folded))
+    key, got = rest[:len(_KEY_MARKERS)], rest[len(_KEY_MARKERS):]
     assign = np.logical_or.reduce(got[:len(_ASSIGN_MARKERS)])
     lic = np.full(n, -1, dtype=np.int64)
     for i in range(len(LICENSE_PHRASES) - 1, -1, -1):   # the first phrase (in LICENSE_PHRASES' order) wins
