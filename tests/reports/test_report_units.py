@@ -285,3 +285,22 @@ def test_find_all_many_batches_without_some_characters(batch_chars, monkeypatch)
         texts = plain + [plain[3] + " " + extra] + plain[:5]
         assert categories.find_all_many(texts) == [_find_all_before(t) for t in texts], extra
     assert categories.find_all_many(plain) == [_find_all_before(t) for t in plain]
+
+
+def test_find_all_many_finds_key_words_and_licences_in_any_case():
+    """Key words and licence phrases in mixed case (each letter's case drawn at random), cut across
+    text boundaries and next to near misses, give the per-text detector's findings."""
+    from reports import categories
+    rng = random.Random(13)
+    words = list(categories._ASSIGN_MARKERS) + list(categories.LICENSE_PHRASES) + ["apu_key", "toke", "secrex"]
+    texts = []
+    for _ in range(300):
+        w = rng.choice(words)
+        w = "".join(ch.upper() if rng.random() < 0.5 else ch for ch in w)
+        texts.append(rng.choice(["", "x ", "w12 "]) + w + rng.choice(["", " = 'v'", ": hunter22", "\n"]))
+    joined = "".join(texts)
+    cuts = sorted(rng.randint(0, len(joined)) for _ in range(200))
+    texts += [joined[a:b] for a, b in zip([0] + cuts, cuts + [len(joined)])]
+    got = categories.find_all_many(texts)
+    assert got == [_find_all_before(t) for t in texts]
+    assert sum(bool(g["license_text"]) for g in got) > 50 and sum(bool(g["keys"]) for g in got) > 20
