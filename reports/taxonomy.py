@@ -306,21 +306,24 @@ def classify_many(texts: list[str], occurrences: list[int],
                   recitation_min_occurrences: int = RECITATION_MIN_OCCURRENCES) -> list[tuple[str, str]]:
     """:func:`classify_both` of every (text, occurrences) pair, the predictable coverage of all
     texts computed together (:func:`predictable_many`); the same classes, one pair at a time."""
-    recites = [int(o or 0) >= recitation_min_occurrences for o in occurrences]
+    n = len(texts)
+    recites = np.fromiter((int(o or 0) >= recitation_min_occurrences for o in occurrences), bool, n)
     alnum, total, nonspace = _char_counts(texts)
-    low = [((a / t if t else 0.0) if a >= 0 else alnum_share(x)) < LOW_INFORMATION_MAX_ALNUM
-           for a, t, x in zip(alnum.tolist(), total.tolist(), texts)]
-    need = [i for i in range(len(texts)) if not (recites[i] and low[i])]
-    pred = dict(zip(need, _predictable_many([texts[i] for i in need], nonspace[need]).tolist()))
-    out = []
-    for i in range(len(texts)):
-        if recites[i] and low[i]:
-            out.append(("low_information", "recitation"))
-            continue
-        p = pred[i]
-        out.append(("low_information" if low[i] else "reconstruction" if p else "recitation" if recites[i]
-                     else "recollection", "recitation" if recites[i] else "reconstruction" if p else "recollection"))
-    return out
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(total > 0, alnum / np.maximum(total, 1), 0.0)    # alnum_share: the same division
+    low = share < LOW_INFORMATION_MAX_ALNUM
+    for i in np.flatnonzero(alnum < 0).tolist():                         # not counted on bytes
+        low[i] = alnum_share(texts[i]) < LOW_INFORMATION_MAX_ALNUM
+    need = np.flatnonzero(~(recites & low))
+    pred = np.zeros(n, dtype=bool)
+    pred[need] = _predictable_many([texts[i] for i in need.tolist()], nonspace[need])
+    return list(map(_CLASS_PAIRS.__getitem__, (low * 4 + pred * 2 + recites).tolist()))
+
+
+# [low * 4 + predictable * 2 + recites]: (class in this module's order, class in the paper's order)
+_CLASS_PAIRS = [("low_information" if low else "reconstruction" if p else "recitation" if r else "recollection",
+                 "recitation" if r else "reconstruction" if p else "recollection")
+                for low in (False, True) for p in (False, True) for r in (False, True)]
 
 
 PREFIX_MIN_CHARS = 600          # ASCII texts longer than this are first judged on a prefix (_ruled_out_by_prefix)

@@ -792,3 +792,14 @@ def test_batches_equal_the_item_by_item_loop():
             want.append((i, j))
             i = j
         assert taxonomy._batches(np.array(sizes, dtype=np.int64), limit) == want, (sizes, limit)
+
+
+def test_classify_many_at_the_low_information_boundary():
+    """Alnum shares exactly at, just below and just above LOW_INFORMATION_MAX_ALNUM (whitespace
+    runs counted once, non-ASCII texts counted one by one) get classify_both's classes."""
+    texts = ["ab,,,", "ab.,;", "ab   ,,,", "a" * 40 + "," * 60, "a" * 40 + "," * 61, "a" * 41 + "," * 60,
+             "ab\t\n ,.,", "\u00e9b,,,", "\u00e9\u00e9\u00e9,,", "", "   ", ",", "1, 2, 3, 4, 5", "x, x, x, x"]
+    for occ in (0, 6):
+        want = [taxonomy.classify_both(t, occ) for t in texts]
+        assert taxonomy.classify_many(texts, [occ] * len(texts)) == want
+        assert {w[0] for w in want} >= {"low_information"} and len({w[0] for w in want}) >= 2
