@@ -276,7 +276,7 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
     if run_section["state"]["warning"]:
         warnings.insert(0, run_section["state"]["warning"])
     stage("assemble")
-    texts = _text_sections(acc, work.finish(), totals, per_attack, per_variant, longest_run,
+    texts = _text_sections(acc, work, totals, per_attack, per_variant, longest_run,
                            int(recitation_min_occurrences), minhash_threshold, index, mi.meta, warnings)
     stage("texts")
     rank_sec = _ranking(run_dir, parts, mi, W, warnings)
@@ -359,12 +359,10 @@ def _text_sections(acc: RunAccumulator, work: TextWork, totals: dict, per_attack
                    warnings: list[str]) -> dict:
     """The memorized-text passes (:mod:`reports.texts`): classes, categories, near-duplicates,
     the distinct texts with their documents; figures added to ``totals`` and the tables in place.
-    ``work``: the per-text results of all of ``acc.span_records`` (:class:`reports.texts.TextWork`,
-    finished)."""
+    ``work``: the per-text results of ``acc.span_records`` so far (:class:`reports.texts.TextWork`;
+    finished here)."""
     from reports.neardup import cluster_signatures
-    if work.records_seen != len(acc.span_records):
-        raise ValueError("TextWork has not seen every span record")
-    uniq = work.uniq
+    uniq = work.finish(acc.span_records).uniq
     by_category, tax_section = classify_spans(acc.span_records, uniq, acc.groups, totals, per_attack,
                                               per_variant, rmin, acc.win_id, acc.win_hash,
                                               acc.win_order, classes=work.classes)

@@ -65,7 +65,7 @@ class TextWork:
 
     Called with a :class:`reports.passes.RunAccumulator` (the ``after_batch`` hook of
     ``read_generations``): takes the span records added since the last call; the detectors run once
-    ``min_pending`` new texts are waiting. :meth:`finish` runs them on the rest. Memory: the caches
+    ``min_pending`` new texts are waiting. :meth:`finish` takes the last records and runs them on the rest. Memory: the caches
     hold per-text results only (a signature is ``NUM_PERM`` x 4 = 512 bytes: 15 MB at 30,000 texts,
     100 MB at the 200,000 of ``max_texts``' default, the same array the all-at-once path holds)."""
 
@@ -99,8 +99,10 @@ class TextWork:
         if len(self._new_texts) >= self.min_pending or len(keys) >= self.min_pending:
             self._run()
 
-    def finish(self) -> TextWork:
-        """Runs the detectors on the texts still waiting; returns self."""
+    def finish(self, records: list[dict]) -> TextWork:
+        """Takes the records not taken yet and runs the detectors on every text still waiting;
+        returns self."""
+        self.add(records)
         self._run()
         return self
 
