@@ -30,53 +30,67 @@ from reports.errors import ReportError
 from reports.taxonomy_figures import taxonomy_figures
 
 MIN_PENDING_TEXTS = 256     # TextWork works on at least this many new texts at once (until the last slice)
+_NOTHING_FOUND = {c: [] for c in CATEGORIES}      # find_all's result for a text with nothing found (shared: read only)
 
 
 def distinct_texts(records: list[dict]) -> dict[str, dict]:
     """Text -> its first span record, plus ``generations`` (how many generations emitted it) and
     ``request_ids`` (the first 5)."""
-    uniq: dict[str, dict] = {}
-    add_distinct(uniq, records)
-    return uniq
+    seen: dict[str, list] = {}
+    count_texts(seen, records, 0)
+    return expand_texts(seen, records)
 
 
-def add_distinct(uniq: dict[str, dict], records, new: list | None = None) -> None:
-    """:func:`distinct_texts` continued over ``records`` (the records after those already in
-    ``uniq``); the texts seen for the first time are appended to ``new`` (when given), in order."""
-    for r in records:
-        u = uniq.get(r["text"])
+def count_texts(seen: dict[str, list], records, base: int, new: list | None = None) -> None:
+    """:func:`distinct_texts` in short, continued over ``records`` (the records from number ``base``
+    on; ``seen`` holds the texts of those before): text -> ``[number of its first record,
+    generations, first 5 request ids, last request id]``. The texts seen for the first time are
+    appended to ``new`` (when given), in order."""
+    for i, r in enumerate(records, base):
+        t = r["text"]
+        u = seen.get(t)
         if u is None:
-            u = uniq[r["text"]] = dict(r, generations=0, request_ids=[], last_rid=None)
+            u = seen[t] = [i, 0, [], None]
             if new is not None:
-                new.append(r["text"])
-        if u["last_rid"] != r["request_id"]:       # a generation's spans are contiguous in the records
-            u["last_rid"] = r["request_id"]
-            u["generations"] += 1
-            if len(u["request_ids"]) < 5:
-                u["request_ids"].append(r["request_id"])
+                new.append(t)
+        rid = r["request_id"]
+        if u[3] != rid:                 # a generation's spans are contiguous in the records
+            u[3] = rid
+            u[1] += 1
+            if len(u[2]) < 5:
+                u[2].append(rid)
+
+
+def expand_texts(seen: dict[str, list], records: list[dict]) -> dict[str, dict]:
+    """:func:`distinct_texts` from :func:`count_texts`' short form."""
+    return {t: dict(records[i], generations=g, request_ids=ids, last_rid=last)
+            for t, (i, g, ids, last) in seen.items()}
 
 
 class TextWork:
     """The per-text results of the memorized texts, computed a slice of span records at a time:
-    ``uniq`` (:func:`distinct_texts`), ``classes`` ((text, occurrences) -> :func:`taxonomy.classify_both`
-    pair), ``found`` (:func:`categories.find_all_many` of each distinct text, ``uniq``'s order) and the
-    MinHash signatures of the first ``max_texts`` distinct texts (:func:`neardup.signatures`, ``uniq``'s
-    order: the texts :func:`neardup.cluster_texts` clusters).
+    ``classes`` ((text, occurrences) -> :func:`taxonomy.classify_both` pair), ``found``
+    (:func:`categories.find_all_many` of each distinct text, in the order of first appearance; the
+    texts with nothing found share one read-only result) and the MinHash signatures of the first
+    ``max_texts`` distinct texts (:func:`neardup.signatures`, same order: the texts
+    :func:`neardup.cluster_texts` clusters); after :meth:`finish`, ``uniq`` (:func:`distinct_texts`).
 
     Called with a :class:`reports.passes.RunAccumulator` (the ``after_batch`` hook of
     ``read_generations``): takes the span records added since the last call; the detectors run once
-    ``min_pending`` new texts are waiting. :meth:`finish` takes the last records and runs them on the rest. Memory: the caches
-    hold per-text results only (a signature is ``NUM_PERM`` x 4 = 512 bytes: 15 MB at 30,000 texts,
-    100 MB at the 200,000 of ``max_texts``' default, the same array the all-at-once path holds)."""
+    ``min_pending`` new texts are waiting. :meth:`finish` takes the last records and runs them on
+    the rest. Memory while the generations stream: per-text results only, about 200 bytes a text
+    plus its signature (``NUM_PERM`` x 4 = 512 bytes: 15 MB at 30,000 texts, 100 MB at the 200,000
+    of ``max_texts``' default; the all-at-once path holds the same array, after the stream)."""
 
     def __init__(self, rmin: int, max_texts: int, min_pending: int | None = None):
         self.rmin = int(rmin)
         self.max_texts = int(max_texts)
         self.min_pending = MIN_PENDING_TEXTS if min_pending is None else int(min_pending)
-        self.uniq: dict[str, dict] = {}
+        self.uniq: dict[str, dict] | None = None
         self.classes: dict[tuple, tuple | None] = {}
         self.found: list[dict] = []
         self.records_seen = 0
+        self._seen: dict[str, list] = {}
         self._sig: list = []
         self._sig_rows = 0
         self._new_keys: list[tuple] = []
@@ -88,8 +102,8 @@ class TextWork:
     def add(self, records: list[dict]) -> None:
         """Takes ``records[self.records_seen:]`` (``records`` only grows between calls)."""
         new = records[self.records_seen:]
+        count_texts(self._seen, new, self.records_seen, self._new_texts)
         self.records_seen = len(records)
-        add_distinct(self.uniq, new, self._new_texts)
         classes, keys = self.classes, self._new_keys
         for r in new:
             k = (r["text"], r["occurrences"])
@@ -104,6 +118,7 @@ class TextWork:
         returns self."""
         self.add(records)
         self._run()
+        self.uniq = expand_texts(self._seen, records)
         return self
 
     def signatures(self):
@@ -129,7 +144,8 @@ class TextWork:
             self.classes.update(zip(keys, both))
         texts, self._new_texts = self._new_texts, []
         if texts:
-            self.found += find_all_many(texts)
+            nothing = _NOTHING_FOUND
+            self.found += [nothing if f == nothing else f for f in find_all_many(texts)]
             room = self.max_texts - self._sig_rows
             if room > 0:
                 from reports.neardup import signatures

@@ -124,8 +124,10 @@ def test_findings_must_match_the_texts(text_run):
     records = _records(text_run)
     work = TextWork(6, 100)
     work.add(records[:3])
+    work.finish(records)
+    assert len(work.found) == len(work.uniq)
     with pytest.raises(ValueError):
-        content_categories(dict(work.uniq), {}, work.finish(records).found[:-1])
+        content_categories(work.uniq, {}, work.found[:-1])
 
 
 def _compare(run: str, monkeypatch, **kw) -> None:
