@@ -225,9 +225,19 @@ def _id_hashes(ids: pa.Array) -> np.ndarray:
 class RequestLookup:
     """The rows of the matches' per-request table holding given request ids: the inner join of
     that table with the generations on ``request_id`` (nulls match nothing), one batch of
-    generations at a time. The ids are found by their hashes (binary search in the table's sorted
-    hashes), then every candidate is compared in full, so a hash collision cannot join two
-    different ids; should two of the table's ids share a hash, a dict is used instead."""
+    generations at a time. The ids are found by their hashes, then every candidate is compared in
+    full, so a hash collision cannot join two different ids; should two of the table's ids share a
+    hash, a dict is used instead.
+
+    A hash is looked up in the table's sorted hashes through a bucket table: bucket ``h >> shift``
+    (the top bits) holds the sorted positions ``bucket_start[b] .. bucket_start[b + 1]``, about one
+    hash each with ``2^bits >= 2 n`` buckets, so a look-up reads a bucket's few hashes instead of
+    binary-searching all of them (17 dependent cache misses per id at 120,000 ids: 0.18 s per 1M
+    generations). The table's hashes are distinct here, so the position found is the one
+    ``searchsorted`` finds whenever the hash is present (tests/reports: equal to the binary search);
+    hashes that crowd into a few buckets (not spread over the top bits) use the binary search."""
+
+    MAX_BUCKET = 8          # more hashes than this in one bucket: the binary search instead
 
     def __init__(self, ids):
         ids = as_string(ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids)
@@ -239,6 +249,38 @@ class RequestLookup:
         self.by_id = None
         if len(self.hash) > 1 and bool((self.hash[1:] == self.hash[:-1]).any()):
             self.by_id = {r: i for i, r in enumerate(ids.to_pylist()) if r is not None}
+        self.bucket_start = None
+        if len(self.hash) and self.by_id is None:
+            bits = max(1, min(30, int(2 * len(self.hash) - 1).bit_length()))
+            self.shift = np.uint64(64 - bits)
+            top = (self.hash >> self.shift).astype(np.int64)
+            starts = np.searchsorted(top, np.arange((1 << bits) + 1, dtype=np.int64)).astype(np.int64)
+            if int(np.diff(starts).max()) <= self.MAX_BUCKET:
+                self.bucket_start = starts
+
+    def _positions(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(positions in col, positions in self.hash)`` of the hashes ``h`` present in the table."""
+        if self.bucket_start is None:
+            at = np.minimum(np.searchsorted(self.hash, h), len(self.hash) - 1)
+            pos = np.nonzero(self.hash[at] == h)[0]
+            return pos, at[pos]
+        b = (h >> self.shift).astype(np.int64)
+        lo, hi = self.bucket_start[b], self.bucket_start[b + 1]
+        pending = np.nonzero(hi > lo)[0]
+        lo, hi = lo[pending], hi[pending]
+        found_pos, found_at = [], []
+        while len(pending):             # the j-th hash of every bucket still searched (at most MAX_BUCKET rounds)
+            hit = self.hash[lo] == h[pending]
+            found_pos.append(pending[hit])
+            found_at.append(lo[hit])
+            lo = lo + 1
+            more = ~hit & (lo < hi)
+            pending, lo, hi = pending[more], lo[more], hi[more]
+        if not found_pos:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        pos, at = np.concatenate(found_pos), np.concatenate(found_at)
+        order = np.argsort(pos, kind="stable")
+        return pos[order], at[order]
 
     def find(self, col) -> tuple[np.ndarray, np.ndarray]:
         """``(table rows, positions in col)`` of the values of ``col`` found in the table."""
@@ -250,11 +292,11 @@ class RequestLookup:
             return got[pos], pos
         if not len(self.hash) or not len(col):
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        h = _id_hashes(col)
-        at = np.minimum(np.searchsorted(self.hash, h), len(self.hash) - 1)
-        cand = (self.hash[at] == h) & col.is_valid().to_numpy(zero_copy_only=False)
-        pos = np.nonzero(cand)[0]
-        rows = self.row[at[pos]]
+        pos, at = self._positions(_id_hashes(col))
+        if col.null_count:
+            valid = col.is_valid().to_numpy(zero_copy_only=False)[pos]
+            pos, at = pos[valid], at[valid]
+        rows = self.row[at]
         same = pc.fill_null(pc.equal(self.ids.take(pa.array(rows)), col.take(pa.array(pos))), False)
         keep = same.to_numpy(zero_copy_only=False)
         return rows[keep], pos[keep]
