@@ -276,17 +276,35 @@ def _grouped_sums(acc: RunAccumulator, attack: pa.Array, variant: pa.Array, ctok
             grp.divergence_rows += cnt
 
 
+_DENSE_KEYS = 1 << 20       # (attack, variant) code pairs counted in a dense table below this many
+
+
 def _row_keys(attack: pa.Array, variant: pa.Array) -> tuple[np.ndarray, list[tuple[str, str]]]:
     """``(key of every row, names of every key)``: the batch's distinct (attack, variant) byte pairs
-    (a length-prefixed key, so unambiguous whatever bytes the names hold) and each pair's names as
-    its group knows them (decoded, U+FFFD for invalid UTF-8)."""
-    keys = pc.binary_join_element_wise(pc.cast(pc.cast(pc.binary_length(attack), pa.string()), pa.binary()),
-                                       attack, variant, b"\x00")
-    uniq = pc.unique(keys)
-    first = pc.index_in(uniq, value_set=keys).to_numpy(zero_copy_only=False)
-    fa, fv = attack.take(pa.array(first)).to_pylist(), variant.take(pa.array(first)).to_pylist()
-    return (pc.index_in(keys, value_set=uniq).to_numpy(zero_copy_only=False).astype(np.int64),
-            [(a.decode("utf-8", "replace"), v.decode("utf-8", "replace")) for a, v in zip(fa, fv)])
+    and each pair's names as its group knows them (decoded, U+FFFD for invalid UTF-8).
+
+    Each column is dictionary-encoded (distinct byte strings, so a pair of codes is a distinct byte
+    pair) and a row's pair is ``code_a * len(variants) + code_v``; the pairs present are numbered
+    by a count over those integers (or ``np.unique`` when there are too many to count densely).
+    The keys' numbering is not the order the rows bring them; callers read ``key_names[key]``
+    only, so any numbering of the distinct pairs gives the same groups and sums."""
+    ea, ev = pc.dictionary_encode(attack), pc.dictionary_encode(variant)
+    ca = ea.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    cv = ev.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    nv = len(ev.dictionary)
+    pair = ca * nv + cv
+    if len(ea.dictionary) * nv <= _DENSE_KEYS:
+        present = np.nonzero(np.bincount(pair, minlength=len(ea.dictionary) * nv))[0]
+        number = np.zeros(len(ea.dictionary) * nv, dtype=np.int64)
+        number[present] = np.arange(len(present))
+        row_key = number[pair]
+    else:
+        present, row_key = np.unique(pair, return_inverse=True)
+        row_key = row_key.ravel()
+    da, dv = ea.dictionary.to_pylist(), ev.dictionary.to_pylist()
+    names = [(da[k // nv].decode("utf-8", "replace"), dv[k % nv].decode("utf-8", "replace"))
+             for k in present.tolist()]
+    return row_key, names
 
 
 def _discoverable(acc: RunAccumulator, batch: pa.RecordBatch, attack: pa.Array, extra: pa.Array,

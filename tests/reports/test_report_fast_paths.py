@@ -606,6 +606,47 @@ def test_group_counts_equal_the_grouped_aggregation(monkeypatch):
     assert 16 <= len(grouped) < batches - 20          # both paths taken, the sums mostly by np.bincount
 
 
+def _row_keys_joined(attack, variant):
+    """passes._row_keys as it was before the dictionary codes: a length-prefixed join of the two
+    byte strings per row, numbered in the order the rows bring them."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    keys = pc.binary_join_element_wise(pc.cast(pc.cast(pc.binary_length(attack), pa.string()), pa.binary()),
+                                       attack, variant, b"\x00")
+    uniq = pc.unique(keys)
+    first = pc.index_in(uniq, value_set=keys).to_numpy(zero_copy_only=False)
+    fa, fv = attack.take(pa.array(first)).to_pylist(), variant.take(pa.array(first)).to_pylist()
+    return (pc.index_in(keys, value_set=uniq).to_numpy(zero_copy_only=False).astype(np.int64),
+            [(a.decode("utf-8", "replace"), v.decode("utf-8", "replace")) for a, v in zip(fa, fv)])
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_row_keys_by_dictionary_codes_equal_the_joined_keys(dense, monkeypatch):
+    """Every row gets the same names from the dictionary codes as from the joined byte strings, and
+    rows share a key exactly when they did: random names, pairs that join alike without the length
+    prefix ("a" + "bc", "ab" + "c"), NUL bytes, invalid UTF-8 decoding alike, empty names; both the
+    dense count and np.unique for many pairs."""
+    import pyarrow as pa
+
+    from reports import passes
+    if not dense:
+        monkeypatch.setattr(passes, "_DENSE_KEYS", 0)
+    rng = random.Random(5)
+    pool_a = [b"a", b"ab", b"", b"a\x00", b"\xff", b"\xfe", b"divergence", "\u00e9".encode()]
+    pool_v = [b"bc", b"c", b"", b"\x00c", b"\xffx", b"\xfex", b"poem"] + [str(i).encode() for i in range(40)]
+    for trial in range(30):
+        n = rng.randint(1, 300)
+        att = pa.array([rng.choice(pool_a[:rng.randint(1, len(pool_a))]) for _ in range(n)], pa.binary())
+        var = pa.array([rng.choice(pool_v) for _ in range(n)], pa.binary())
+        key, names = passes._row_keys(att, var)
+        key2, names2 = _row_keys_joined(att, var)
+        assert [names[k] for k in key.tolist()] == [names2[k] for k in key2.tolist()]
+        assert sorted(names) == sorted(names2) and len(names) == len(set(zip(att.to_pylist(), var.to_pylist())))
+        same = key[:, None] == key[None, :]
+        assert np.array_equal(same, key2[:, None] == key2[None, :])
+        assert sorted(set(key.tolist())) == list(range(len(names)))
+
+
 def test_read_ahead_yields_the_items_in_order_and_their_errors_in_place():
     """read_ahead gives exactly the iterator's items, in order; an exception raised by the iterator
     reaches the caller after the items before it (as reading without it); a caller stopping early
