@@ -381,7 +381,62 @@ def _keep_memorized(mi: MatchIndex, batch: pa.RecordBatch, tok: np.ndarray, W: i
 
 
 def _merge_per_request(small_aggs: list[pa.Table], longest_parts: list[pa.Table]) -> pa.Table | None:
-    """One row per request id: the batches' threshold counts summed, its longest span joined on."""
+    """One row per request id: the batches' threshold counts summed, its longest span joined on.
+
+    On arrays: the batches' request ids are dictionary-encoded once (codes in the order of first
+    appearance, the order Arrow's single-threaded ``group_by`` gives its groups), the counts summed
+    per code by ``np.bincount`` (exact below 2^53; beyond, and for a null id, Arrow as before), and each
+    request's longest span (the batches' longest, of :func:`longest_per`) chosen by one stable
+    lexsort of (code, tokens descending, bytes descending, start): within one request id that is
+    :func:`longest_per`'s order, ties to the first in file order as its stable sort. Equal to the
+    ``group_by`` and left ``join`` of Arrow (:func:`_merge_per_request_arrow`, tests/reports) but for
+    the order of the rows, which no figure reads (sums per group, a total order for the longest)."""
+    if not small_aggs:
+        return None
+    small_tbl = pa.concat_tables(small_aggs)
+    sums = [f"s{i}_sum" for i in range(len(THRESHOLDS))]
+    enc = pc.dictionary_encode(small_tbl.column("request_id").combine_chunks())
+    if enc.indices.null_count:          # a null request id (Arrow groups the nulls as one key)
+        return _merge_per_request_arrow(small_aggs, longest_parts)
+    codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    nreq = len(enc.dictionary)
+    if nreq == small_tbl.num_rows:      # each id in one batch only: the rows are the groups, in order
+        merged = small_tbl.select(["request_id"] + sums)
+    else:
+        cols = {"request_id": enc.dictionary}
+        for c in sums:
+            v = small_tbl.column(c).to_numpy(zero_copy_only=False).astype(np.int64)
+            if int(np.abs(v).max()) * len(v) >= 1 << 53:        # beyond float64's exact integers
+                return _merge_per_request_arrow(small_aggs, longest_parts)
+            cols[c] = pa.array(np.bincount(codes, weights=v, minlength=nreq).astype(np.int64))
+        merged = pa.table(cols)
+    if not longest_parts:
+        return merged
+    lt = pa.concat_tables(longest_parts)
+    lcode = pc.index_in(lt.column("request_id"), value_set=merged.column("request_id"))
+    if lcode.null_count:
+        return _merge_per_request_arrow(small_aggs, longest_parts)
+    lcode = lcode.to_numpy(zero_copy_only=False).astype(np.int64)
+    col = {c: lt.column(c).to_numpy(zero_copy_only=False) for c in ("mt", "mb", "ss")}
+    if any(col[c].dtype.kind not in "iu" for c in col) or any(lt.column(c).null_count for c in col):
+        return _merge_per_request_arrow(small_aggs, longest_parts)
+    mt, mb, ss = (col[c].astype(np.int64) for c in ("mt", "mb", "ss"))
+    if any(len(x) and int(x.min()) == np.iinfo(np.int64).min for x in (mt, mb)):
+        return _merge_per_request_arrow(small_aggs, longest_parts)
+    order = np.lexsort((ss, -mb, -mt, lcode))        # stable: the first in file order among ties
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = lcode[order][1:] != lcode[order][:-1]
+    best = np.full(len(merged), -1, dtype=np.int64)
+    best[lcode[order][first]] = order[first]
+    picked = lt.drop_columns(["request_id"]).take(pa.array(best, mask=best < 0))
+    for name in picked.column_names:
+        merged = merged.append_column(name, picked.column(name))
+    return merged
+
+
+def _merge_per_request_arrow(small_aggs: list[pa.Table], longest_parts: list[pa.Table]) -> pa.Table | None:
+    """:func:`_merge_per_request` by Arrow's ``group_by`` and ``join`` (the reference, and the path
+    for a null request id or sums beyond float64's exact integers)."""
     if not small_aggs:
         return None
     small_tbl = pa.concat_tables(small_aggs)

@@ -647,6 +647,46 @@ def test_row_keys_by_dictionary_codes_equal_the_joined_keys(dense, monkeypatch):
         assert sorted(set(key.tolist())) == list(range(len(names)))
 
 
+@pytest.mark.parametrize("case", ["repeated_ids", "ids_once", "null_id", "one_batch"])
+def test_merge_per_request_equals_group_by_and_join(case):
+    """The per-request table merged on arrays equals Arrow's group_by + left join (rows compared by
+    request id): ids spread over batches (summed), each id once, a null id (Arrow's path), one
+    batch; spans tied on tokens, bytes and start (the first in file order wins: another doc_id),
+    requests whose spans are all untokenized (no longest span: nulls)."""
+    import pyarrow as pa
+
+    from reports import spans
+    rng = random.Random(sum(map(ord, case)))
+    small, longest = [], []
+    for b in range(1 if case == "one_batch" else 6):
+        n = rng.randint(1, 400)
+        if case == "ids_once":
+            ids = [f"b{b}-{i}" for i in range(n)]
+        else:
+            ids = [f"r{rng.randrange(300)}\u00e9" for _ in range(n)]
+        if case == "null_id":
+            ids[0] = None
+        tok = np.array([-1 if rng.random() < 0.1 else rng.choice([10, 20, 35, 50, 64]) for _ in range(n)])
+        ss = np.array([rng.choice([0, 5, 9]) for _ in range(n)])
+        batch = pa.record_batch({"request_id": pa.array(ids, pa.string()), "span_start": pa.array(ss),
+                                 "span_end": pa.array(ss + np.array([rng.choice([30, 40]) for _ in range(n)])),
+                                 "tokens": pa.array(tok), "doc_id": pa.array(range(b * 1000, b * 1000 + n)),
+                                 "doc_offset": pa.array([0] * n), "source": pa.array([f"s{b}"] * n)})
+        rids = batch.column("request_id")
+        small.append(spans._threshold_counts(rids, tok))
+        keep = np.nonzero(tok >= 0)[0]
+        if len(keep):
+            longest.append(spans.longest_per(spans.span_table(batch, rids, tok, keep), "request_id"))
+    got = spans._merge_per_request(small, longest)
+    want = spans._merge_per_request_arrow(small, longest)
+    key = [("request_id", "ascending")]
+    assert got.schema == want.schema
+    assert got.sort_by(key).to_pylist() == want.sort_by(key).to_pylist()
+    assert got.num_rows == len({r for t in small for r in t.column("request_id").to_pylist()})
+    assert any(r["mt"] is None for r in got.to_pylist())
+    assert spans._merge_per_request(small, []).sort_by(key).equals(spans._merge_per_request_arrow(small, []).sort_by(key))
+
+
 def test_read_ahead_yields_the_items_in_order_and_their_errors_in_place():
     """read_ahead gives exactly the iterator's items, in order; an exception raised by the iterator
     reaches the caller after the items before it (as reading without it); a caller stopping early
