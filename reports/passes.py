@@ -490,6 +490,29 @@ def uniques_and_freq_per_key(keys: np.ndarray, hashes: np.ndarray,
     return _freq_tail(run_keys, starts, len(keys))
 
 
+_DENSE_COUNT = 1 << 22      # non-negative integers below this (and below 4 per value) are counted, not sorted
+
+
+def value_counts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(values, return_counts=True)`` of integers; non-negative ones in a small range
+    (group numbers, frequency counts) by ``np.bincount`` instead of a sort (tests/reports)."""
+    if len(values) and values.dtype.kind in "iu":
+        lo, hi = int(values.min()), int(values.max())
+        if lo >= 0 and hi < _DENSE_COUNT and hi < 4 * len(values) + 1024:
+            cnt = np.bincount(values.astype(np.int64))
+            present = np.nonzero(cnt)[0]
+            return present.astype(values.dtype), cnt[present]
+    return np.unique(values, return_counts=True)
+
+
+def sorted_small(values: np.ndarray, bound: int) -> np.ndarray:
+    """``np.sort(values)`` of int64 values in ``[0, bound)``, by a count per value when ``bound`` is
+    at most 4 per value (generation ordinals: O(n + bound), no comparison sort)."""
+    if len(values) and bound <= 4 * len(values) + 1024 and int(values.min()) >= 0 and int(values.max()) < bound:
+        return np.repeat(np.arange(bound, dtype=values.dtype), np.bincount(values, minlength=bound))
+    return np.sort(values)
+
+
 def _pair_runs(k: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The runs of equal (key, hash) pairs sorted by (key, hash): each run's key and first position."""
     new = np.ones(len(k), dtype=bool)
@@ -502,10 +525,10 @@ def _freq_tail(run_keys: np.ndarray, starts: np.ndarray, n: int) -> tuple[dict, 
     """:func:`uniques_and_freq_per_key` from the (key, hash) runs of its sorted pairs: each run's
     key and first position, ``n`` pairs in all."""
     runs = np.diff(np.append(starts, n))       # incidences of each (key, hash)
-    ks, n_unique = np.unique(run_keys, return_counts=True)
+    ks, n_unique = value_counts(run_keys)
     # (key, run length) pairs -> f_k per key, vectorised
     base = int(runs.max()) + 1
-    upairs, fk = np.unique(run_keys.astype(np.int64) * base + runs, return_counts=True)
+    upairs, fk = value_counts(run_keys.astype(np.int64) * base + runs)
     freq: dict[int, dict[int, int]] = {}
     for pr, f in zip(upairs.tolist(), fk.tolist()):
         freq.setdefault(pr // base, {})[pr % base] = f
@@ -536,7 +559,7 @@ def windows_pass(acc: RunAccumulator, run: Group, attacks: list[Group]) -> np.nd
     gid_of_gen[span_gen] = np.frombuffer(acc.iv_gid, dtype=np.uint32)
     inc_gid = gid_of_gen[inc_gen]
     counts = np.bincount(inc_wid, minlength=n_unique)
-    kk, fk = np.unique(counts, return_counts=True)
+    kk, fk = value_counts(counts)
     run.freq = {int(k): int(f) for k, f in zip(kk, fk)}
     run.unique_windows = int(n_unique)
     firsts = np.ones(len(inc_wid), dtype=bool)          # sorted by (window, generation): a window's first
@@ -545,7 +568,7 @@ def windows_pass(acc: RunAccumulator, run: Group, attacks: list[Group]) -> np.nd
         uniq, freq = uniques_and_freq_per_key(keys, inc_wid, hashes_sorted=True)
         for i, g in enumerate(level):
             g.unique_windows, g.freq = uniq.get(i, 0), freq.get(i, {})
-    return np.sort(inc_gen[firsts])
+    return sorted_small(inc_gen[firsts], ngen)
 
 
 def _incidences_sorted(wh: np.ndarray, win_gen: np.ndarray, ngen: int):
@@ -560,12 +583,25 @@ def _incidences_sorted(wh: np.ndarray, win_gen: np.ndarray, ngen: int):
     return len(uh), wid, ks[new] // ngen, ks[new] % ngen
 
 
+def stable_argsort_spread(values: np.ndarray) -> np.ndarray:
+    """``np.argsort(values, kind="stable")`` of unsigned integers spread over their range (hashes),
+    faster: a stable radix sort by the top 16 bits first (NumPy sorts 16-bit keys by radix), then
+    the stable sort (timsort) of the values in that order, which finds them nearly sorted. Equal
+    values keep their order through both stable sorts, so the result is the stable argsort's
+    (tests/reports). On the benchmark's 1.6 M window hashes: 0.16 -> 0.07 s."""
+    if len(values) < 1024 or values.dtype.kind != "u":
+        return np.argsort(values, kind="stable")
+    shift = max(int(values.max()).bit_length() - 16, 0)
+    first = np.argsort((values >> np.uint64(shift)).astype(np.uint16), kind="stable")
+    return first[np.argsort(values[first], kind="stable")]
+
+
 def _incidences_stable(wh: np.ndarray, win_gen: np.ndarray):
     """:func:`_incidences_sorted` for windows whose generations are non-decreasing (stream order):
     one stable sort of the hashes keeps each hash's windows in generation order, so the (rank,
     generation) pairs come out sorted without the second sort. Returns that sort's order too (the
     windows by rank, then position: ``RunAccumulator.win_order``)."""
-    order = np.argsort(wh, kind="stable")
+    order = stable_argsort_spread(wh)
     sh = wh[order]
     new = np.ones(len(sh), dtype=bool)
     new[1:] = sh[1:] != sh[:-1]
