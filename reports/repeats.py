@@ -123,6 +123,7 @@ class RepeatedDraws:
     def __init__(self):
         self.g64, self.fp, self.eff, self.ctoks, self.ordinal = [], [], [], [], []
         self.rids: list[pa.Array] = []
+        self.group_rows: dict[int, int] = {}       # group digest -> sampled rows (np.unique of g64, counted as added)
         self.greedy = 0
         self.rows_added = 0
 
@@ -146,7 +147,8 @@ class RepeatedDraws:
 
         def rows(c):
             return c if every else c.take(take)
-        self.g64.append(group_digests([col(c) for c in ("attack", "variant", "prompt", "params")], keep))
+        self.g64.append(group_digests([col(c) for c in ("attack", "variant", "prompt", "params")], keep,
+                                      self.group_rows))
         self.fp.append(fingerprints(batch.column("completion"), keep))
         self.ordinal.append(self.rows_added - n + keep)
         seed = rows(batch.column("seed")) if "seed" in names else pa.nulls(len(keep), pa.int64())
@@ -167,7 +169,6 @@ class RepeatedDraws:
             cat(self.ctoks, np.int64)
         ordinal = cat(self.ordinal, np.int64)
         rids = pa.chunked_array(self.rids, pa.string()) if self.rids else pa.chunked_array([], pa.string())
-        ug, ginv, gsize = np.unique(g64, return_inverse=True, return_counts=True)
         has_seed = eff != np.iinfo(np.int64).min
         # a class of equal keys holds equal second keys: only rows whose seed (fingerprint) occurs twice
         # can be in one, so the two-key sorts run on those alone
@@ -190,7 +191,7 @@ class RepeatedDraws:
             info = {}
         flagged_rows, examples = [], []
         for (rows, _), rep in zip(dup_classes, reps):
-            k, m = len(rows), int(gsize[ginv[rep]])
+            k, m = len(rows), self.group_rows[int(g64[rep])]
             ex = _judge(info.get(rids[rep].as_py(), {}), k, m, int(ctoks[rep]))
             if ex["flagged"]:
                 flagged_rows.extend(rows[1:].tolist())
@@ -201,17 +202,19 @@ class RepeatedDraws:
                           "request_ids": rids.take(pa.array(rows[:5])).to_pylist()}
                          for rows, _ in same_classes[:EXAMPLES]]
         same_set, flag_set = set(same_rows.tolist()), set(flagged_rows)
-        return {"rows_checked": int(len(g64)), "greedy_rows_exempt": int(self.greedy), "groups_checked": int(len(ug)),
+        return {"rows_checked": int(len(g64)), "greedy_rows_exempt": int(self.greedy), "groups_checked": len(self.group_rows),
                 "duplicate_rows": int(len(dup_rows)), "duplicate_completions": len(dup_classes),
                 "same_draw_rows": len(same_set), "flagged_rows": len(flag_set),
                 "repeated_rows": len(same_set | flag_set), "examples": same_examples + examples, "rule": RULE}
 
 
-def group_digests(columns: list[pa.Array], rows: np.ndarray) -> np.ndarray:
+def group_digests(columns: list[pa.Array], rows: np.ndarray, counts: dict | None = None) -> np.ndarray:
     """The group digest of each of ``rows``: the 64-bit BLAKE2b of its values of ``columns`` (binary,
     no nulls) joined by NUL bytes. Rows of a run share a few values per column, so each column is
     dictionary-encoded and each distinct combination of codes joined and hashed once; equal to
-    hashing every row's joined values (tests/reports)."""
+    hashing every row's joined values (tests/reports). ``counts`` (digest -> rows), when given, has
+    the rows of each digest added (combinations hashing alike added together): summed over the
+    batches, the ``np.unique(digests, return_counts=True)`` of all rows without a sort of them."""
     codes, dicts = [], []
     for c in columns:
         enc = pc.dictionary_encode(c)
@@ -235,6 +238,9 @@ def group_digests(columns: list[pa.Array], rows: np.ndarray) -> np.ndarray:
         combos = uniq.tolist()
     digests = np.frombuffer(b"".join(hashlib.blake2b(b"\x00".join(d[i] for d, i in zip(dicts, combo)),
                                                      digest_size=8).digest() for combo in combos), "<u8")
+    if counts is not None and len(combos):
+        for d, c in zip(digests.tolist(), np.bincount(inv.ravel(), minlength=len(combos)).tolist()):
+            counts[d] = counts.get(d, 0) + c
     return digests[inv.ravel()] if len(combos) else np.zeros(0, np.uint64)
 
 
@@ -314,9 +320,15 @@ def _completion_hashes(parts: list[str], ordinals: np.ndarray) -> np.ndarray:
 
 
 def occurs_twice(values: np.ndarray) -> np.ndarray:
-    """True where the value occurs at least twice in ``values`` (one sort)."""
+    """True where the value occurs at least twice in ``values``: one sort, or, for integers in a range
+    of less than 4 values per element (effective seeds are often consecutive), a count per value."""
     if len(values) < 2:
         return np.zeros(len(values), dtype=bool)
+    if values.dtype.kind in "iu" and len(values) >= 64:
+        lo, hi = int(values.min()), int(values.max())
+        if hi - lo < 4 * len(values):
+            at = (values - values.dtype.type(lo)).astype(np.int64)
+            return np.bincount(at)[at] >= 2
     s = np.sort(values)
     dup = s[1:][s[1:] == s[:-1]]
     return np.isin(values, dup) if len(dup) else np.zeros(len(values), dtype=bool)

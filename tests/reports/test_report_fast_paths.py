@@ -278,11 +278,15 @@ def test_occurs_twice_by_counting():
 
     from reports.repeats import occurs_twice
     rng = np.random.default_rng(2)
-    for n, hi in ((0, 5), (1, 5), (2, 1), (50, 10), (500, 10_000), (300, 2 ** 63)):
+    for n, hi in ((0, 5), (1, 5), (2, 1), (50, 10), (500, 10_000), (300, 2 ** 63), (5000, 100), (5000, 19_999),
+                  (5000, 20_001), (64, 255), (64, 256)):
         for dtype in (np.int64, np.uint64):
-            x = rng.integers(0, hi, n, dtype=np.uint64).astype(dtype)
-            c = Counter(x.tolist())
-            assert occurs_twice(x).tolist() == [c[v] >= 2 for v in x.tolist()]
+            for base in (0, 2 ** 62, -(2 ** 62)):          # the counted range far from 0, negative for int64
+                if base < 0 and dtype == np.uint64:
+                    continue
+                x = (rng.integers(0, hi, n, dtype=np.uint64).astype(np.int64) + base).astype(dtype)
+                c = Counter(x.tolist())
+                assert occurs_twice(x).tolist() == [c[v] >= 2 for v in x.tolist()]
 
 
 def _coverable_before(ids, vals, valued, kind):
@@ -525,10 +529,13 @@ def test_group_digests_equal_hashing_every_joined_row(packed, monkeypatch):
         cols = [[rng.choice(pool[:rng.randrange(1, len(pool) + 1)]) for _ in range(n)] for _ in range(4)]
         rows = np.array(sorted(rng.sample(range(n), rng.randrange(1, n + 1))) if trial % 3 else
                         [rng.randrange(n) for _ in range(n)], dtype=np.int64)
-        got = repeats.group_digests([pa.array(c, pa.binary()) for c in cols], rows).tolist()
+        counts = {7: 1} if trial % 2 else {}       # added to what the dict held (the batches before)
+        got = repeats.group_digests([pa.array(c, pa.binary()) for c in cols], rows, counts).tolist()
         want = [int.from_bytes(hashlib.blake2b(b"\x00".join(c[r] for c in cols), digest_size=8).digest(), "little")
                 for r in rows.tolist()]
         assert got == want, trial
+        u, c = np.unique(np.array(want, np.uint64), return_counts=True)     # what result() took from all rows
+        assert counts == {**dict(zip(u.tolist(), c.tolist())), **({7: 1} if trial % 2 else {})}
 
 
 def _group_counts_by_aggregation(acc, batch, names, attack, variant, extra):
@@ -685,6 +692,50 @@ def test_merge_per_request_equals_group_by_and_join(case):
     assert got.num_rows == len({r for t in small for r in t.column("request_id").to_pylist()})
     assert any(r["mt"] is None for r in got.to_pylist())
     assert spans._merge_per_request(small, []).sort_by(key).equals(spans._merge_per_request_arrow(small, []).sort_by(key))
+
+
+@pytest.mark.parametrize("kind", ["spread", "few_values", "small", "top_bits_equal", "zeros", "uint32", "short"])
+def test_stable_argsort_spread_equals_the_stable_argsort(kind):
+    """The two-pass sort (top 16 bits by radix, then timsort) gives exactly the stable argsort:
+    62-bit hashes with repeats, few distinct values (long runs of ties), values below 2^16, values
+    sharing their top bits, all zero, another unsigned width, and arrays too short for the two passes."""
+    from reports.passes import stable_argsort_spread
+    rng = np.random.default_rng(len(kind))
+    n = 50 if kind == "short" else 20_000
+    if kind == "spread":
+        v = rng.integers(0, 1 << 62, n // 2, dtype=np.uint64)[rng.integers(0, n // 2, n)]
+    elif kind == "few_values":
+        v = rng.integers(0, 1 << 63, 7, dtype=np.uint64)[rng.integers(0, 7, n)]
+    elif kind == "small":
+        v = rng.integers(0, 3000, n).astype(np.uint64)
+    elif kind == "top_bits_equal":
+        v = (np.uint64(0xABCD) << np.uint64(48)) | rng.integers(0, 40, n).astype(np.uint64)
+    elif kind == "zeros":
+        v = np.zeros(n, np.uint64)
+    elif kind == "uint32":
+        v = rng.integers(0, 1 << 32, n, dtype=np.uint64).astype(np.uint32)
+    else:
+        v = rng.integers(0, 1 << 62, n, dtype=np.uint64)
+    assert np.array_equal(stable_argsort_spread(v), np.argsort(v, kind="stable"))
+
+
+def test_value_counts_and_sorted_small_equal_unique_and_sort():
+    """Counting instead of sorting gives np.unique's values, counts and dtype, and np.sort's array:
+    dense small ranges (counted), sparse or large or negative values (sorted), empty arrays."""
+    from reports.passes import sorted_small, value_counts
+    rng = np.random.default_rng(4)
+    for n, lo, hi in ((0, 0, 1), (1, 0, 1), (1000, 0, 5), (1000, 0, 4000), (1000, 0, 10 ** 6), (1000, -3, 5),
+                      (5000, 2 ** 22 - 10, 2 ** 22 + 10), (300, 7, 8)):
+        for dtype in (np.int64, np.uint32, np.int32):
+            if lo < 0 and dtype == np.uint32:
+                continue
+            x = rng.integers(lo, hi, n).astype(dtype)
+            got, want = value_counts(x), np.unique(x, return_counts=True)
+            assert got[0].dtype == want[0].dtype and got[0].tolist() == want[0].tolist()
+            assert got[1].tolist() == want[1].tolist()
+        x = rng.integers(max(lo, 0), hi, n).astype(np.int64)
+        for bound in (hi, hi + 1, 10 ** 7):
+            assert np.array_equal(sorted_small(x, bound), np.sort(x)) and sorted_small(x, bound).dtype == np.int64
 
 
 def test_read_ahead_yields_the_items_in_order_and_their_errors_in_place():
