@@ -277,8 +277,36 @@ def fingerprints(completions: pa.Array, rows: np.ndarray) -> np.ndarray:
 
 
 def _eight_bytes(data: np.ndarray, at: np.ndarray, ar8: np.ndarray) -> np.ndarray:
-    """``data[at[i]:at[i] + 8]`` for every i as a little-endian uint64, zeros past the buffer's end
-    (read through an unaligned 8-byte view at every offset: one look-up per row)."""
+    """``data[at[i]:at[i] + 8]`` for every i as a little-endian uint64, zeros past the buffer's end.
+
+    Composed from the two aligned 8-byte words holding those bytes, ``(w[a] >> 8r) | (w[a + 1] <<
+    (64 - 8r))`` with ``a, r = divmod(at - lead, 8)`` (``lead``: bytes before the buffer's first
+    8-byte-aligned address; ``<< 1 << (63 - 8r)`` so that ``r = 0`` shifts by less than 64), both read
+    by ``np.take`` of an aligned view: NumPy copies an unaligned word element by element, a gather
+    of aligned words is a plain load (0.19 -> 0.14 s for the 8M reads of 1M rows, the reads' cache
+    misses are the rest). Offsets outside the aligned words (the buffer's first and last bytes)
+    are read as before (:func:`_eight_bytes_unaligned`); tests/reports compare the two."""
+    n = len(data)
+    lead = (-data.ctypes.data) % 8 if n and data.flags.c_contiguous else 0
+    nw = (n - lead) // 8
+    if n < 8 or not data.flags.c_contiguous or nw < 2:
+        return _eight_bytes_unaligned(data, at, ar8)
+    words = data[lead:lead + nw * 8].view("<u8")
+    q = at - lead
+    a = q >> 3
+    inside = (q >= 0) & (a + 1 < nw)
+    a = np.where(inside, a, 0)
+    r8 = ((q & 7) << 3).astype(np.uint64)
+    word = np.take(words, a) >> r8
+    word |= (np.take(words, a + 1) << np.uint64(1)) << (np.uint64(63) - r8)
+    edge = np.nonzero(~inside)[0]
+    if len(edge):
+        word[edge] = _eight_bytes_unaligned(data, at[edge], ar8)
+    return word
+
+
+def _eight_bytes_unaligned(data: np.ndarray, at: np.ndarray, ar8: np.ndarray) -> np.ndarray:
+    """:func:`_eight_bytes` through an unaligned 8-byte view at every offset (one look-up per row)."""
     n = len(data)
     if n < 8:
         idx = at[:, None] + ar8[None, :]

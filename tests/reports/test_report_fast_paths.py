@@ -376,6 +376,25 @@ def test_fingerprints_equal_the_plain_definition():
         assert got == [_fingerprint_of(vals[r] or b"") for r in rows.tolist()], trial
 
 
+@pytest.mark.parametrize("lead", range(9))
+def test_eight_bytes_from_aligned_words_equal_the_unaligned_reads(lead):
+    """The 8-byte reads composed of two aligned words equal the reads through the unaligned view:
+    buffers starting at every alignment, every offset including the first and last 16 bytes (the
+    unaligned path), offsets past the end (zeros), and short buffers."""
+    from reports.repeats import _eight_bytes, _eight_bytes_unaligned
+    rng = np.random.default_rng(lead)
+    ar8 = np.arange(8)
+    for n in (1, 7, 8, 9, 15, 16, 17, 23, 24, 40, 1000):      # (fingerprints never passes an empty buffer)
+        raw = rng.integers(0, 256, n + 16, dtype=np.uint8)
+        data = raw[lead % 8:lead % 8 + n]
+        at = np.concatenate([np.arange(n + 3), rng.integers(0, max(n, 1), 200)]).astype(np.int64)
+        got = _eight_bytes(data, at, ar8)
+        assert got.dtype == np.uint64
+        assert got.tolist() == _eight_bytes_unaligned(data, at, ar8).tolist(), n
+        assert got.tolist() == [int.from_bytes(data[i:i + 8].tobytes().ljust(8, b"\0"), "little")
+                                for i in at.tolist()], n
+
+
 def test_params_and_extra_parsed_once_per_distinct_value():
     """Greedy mask and n_choice computed per distinct params/extra string equal the per-row
     extraction on every row (repeated values, absent keys, odd spacing, invalid UTF-8, empty)."""
