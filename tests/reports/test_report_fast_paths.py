@@ -381,7 +381,7 @@ def test_eight_bytes_from_aligned_words_equal_the_unaligned_reads(lead):
     """The 8-byte reads composed of two aligned words equal the reads through the unaligned view:
     buffers starting at every alignment, every offset including the first and last 16 bytes (the
     unaligned path), offsets past the end (zeros), and short buffers."""
-    from reports.repeats import _eight_bytes, _eight_bytes_unaligned
+    from reports.inputs import eight_bytes as _eight_bytes, eight_bytes_unaligned as _eight_bytes_unaligned
     rng = np.random.default_rng(lead)
     ar8 = np.arange(8)
     for n in (1, 7, 8, 9, 15, 16, 17, 23, 24, 40, 1000):      # (fingerprints never passes an empty buffer)
