@@ -122,6 +122,31 @@ def read_ahead(items):
         helper.join()
 
 
+def encoded(col: pa.Array, fill: bytes) -> pa.DictionaryArray:
+    """A string or binary column as a dictionary array of binary values without nulls (a null is
+    ``fill``): a dictionary array (a batch's column encoded once, shared by several passes) keeps its
+    codes, its dictionary cast to binary (a null code pointing at ``fill`` appended to it); another
+    column is dictionary-encoded here. The dictionary may hold a value twice (callers that compare codes
+    encode the dictionary itself, which is small)."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if not pa.types.is_dictionary(col.type):
+        return pc.dictionary_encode(pc.fill_null(pc.cast(col, pa.binary()), fill))
+    values = pc.fill_null(pc.cast(col.dictionary, pa.binary()), fill)
+    idx = col.indices
+    if idx.null_count:
+        idx = pc.fill_null(idx, pa.scalar(len(values), idx.type))
+        values = pa.concat_arrays([values, pa.array([fill], pa.binary())])
+    return pa.DictionaryArray.from_arrays(idx, values)
+
+
+def decoded(col: pa.Array) -> pa.Array:
+    """A dictionary array's values row by row (any other array as it is)."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    return col.dictionary_decode() if pa.types.is_dictionary(col.type) else col
+
+
 def text(col: pa.Array) -> list[str]:
     """Strings of a string column, decoding invalid UTF-8 with U+FFFD instead of failing."""
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):

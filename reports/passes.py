@@ -26,8 +26,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from reports.inputs import (REQUIRED_GEN_COLUMNS, as_string, binary_buffers, iter_batches, open_parquet,
-                            raw_bytes, read_ahead, text)
+from reports.inputs import (REQUIRED_GEN_COLUMNS, as_string, binary_buffers, decoded, encoded, iter_batches,
+                            open_parquet, raw_bytes, read_ahead, text)
 from reports.repeats import RepeatedDraws, per_distinct
 from reports.spans import THRESHOLDS, MatchIndex, RequestLookup, longest_per, union_added, union_length, union_total
 from reports import windows
@@ -37,6 +37,11 @@ APPROX_EDIT_RATIO = 0.1
 REPEAT_ATTACKS = ("divergence", "special_chars")   # attacks that carry diverged_generations / divergence_rate
 DIVERGENCE_ATTACKS = ("divergence",)                # ... with a value; special_chars: n/a (Bai et al. define none)
 OPTIONAL_GEN_COLUMNS = ("cost_usd", "extra", "model", "endpoint", "run_id", "prompt", "params", "seed")
+# dictionary-encoded once per batch, the codes shared by the group counts and the repeated-draws check
+# (each grouped rows by them and hashed every row's bytes again: 9 encodings of a batch's columns, now 5);
+# not read as dictionaries from Parquet: pyarrow then ends a batch at every row group, and the sampler
+# writes row groups of GROUP_TOKENS token offsets (about 64 generations of 256 tokens)
+SHARED_ENCODINGS = ("attack", "variant", "extra", "prompt", "params")
 
 
 @dataclass
@@ -161,11 +166,12 @@ def read_generations(parts: list[str], mi: MatchIndex, W: int, batch_rows: int, 
         total_rows = sum(open_parquet(p_, REQUIRED_GEN_COLUMNS).metadata.num_rows for p_ in parts)
         bar = tqdm(total=total_rows, unit=" gen", desc="trawl report", file=sys.stderr, leave=False)
     for names, batch in read_ahead(_generation_batches(parts, batch_rows)):
-        acc.repeats.add(batch)
-        # as bytes: a stray invalid UTF-8 byte in a name must not fail the report
-        attack = pc.fill_null(pc.cast(batch.column("attack"), pa.binary()), b"")
-        variant = pc.fill_null(pc.cast(batch.column("variant"), pa.binary()), b"")
-        extra = pc.fill_null(batch.column("extra"), "") if "extra" in names else None
+        codes = {c: pc.dictionary_encode(batch.column(c)) for c in SHARED_ENCODINGS if c in names}
+        acc.repeats.add(batch, codes)
+        # as bytes: a stray invalid UTF-8 byte in a name must not fail the report (dictionary arrays)
+        attack = encoded(codes.get("attack", batch.column("attack")), b"")
+        variant = encoded(codes.get("variant", batch.column("variant")), b"")
+        extra = encoded(codes.get("extra", batch.column("extra")), b"") if "extra" in names else None
         _run_info(acc, batch, names)
         row_gid = _group_counts(acc, batch, names, attack, variant, extra)
         if lookup is not None:
@@ -229,9 +235,9 @@ def _group_counts(acc: RunAccumulator, batch: pa.RecordBatch, names: list[str], 
         # divergence rows say "diverged": true (CONTRACTS.md §3); special_chars' "escaped" is no divergence
         said = per_distinct(extra, lambda v: pc.match_substring_regex(v, r'"diverged"\s*:\s*true')
                             .to_numpy(zero_copy_only=False))
-        diverged = pc.cast(pc.and_(pa.array(said),
-                                   pc.is_in(attack, value_set=pa.array([a.encode() for a in DIVERGENCE_ATTACKS],
-                                                                       pa.binary()))), pa.int64())
+        named = per_distinct(attack, lambda v: pc.is_in(v, value_set=pa.array([a.encode() for a in DIVERGENCE_ATTACKS],
+                                                                              pa.binary())).to_numpy(zero_copy_only=False))
+        diverged = pa.array((said & named).astype(np.int64))
     else:
         diverged = pa.array(np.zeros(n, dtype=np.int64))
     row_key, key_names = _row_keys(attack, variant)
@@ -262,7 +268,8 @@ def _group_counts(acc: RunAccumulator, batch: pa.RecordBatch, names: list[str], 
 def _grouped_sums(acc: RunAccumulator, attack: pa.Array, variant: pa.Array, ctoks: pa.Array, cost: pa.Array,
                   diverged: pa.Array) -> None:
     """:func:`_group_counts` by Arrow's ``group_by``: groups created and added to in its rows' order."""
-    tbl = pa.table({"attack": attack, "variant": variant, "ct": ctoks, "cost": cost, "div": diverged})
+    tbl = pa.table({"attack": decoded(attack), "variant": decoded(variant), "ct": ctoks, "cost": cost,
+                    "div": diverged})
     agg = tbl.group_by(["attack", "variant"], use_threads=False).aggregate([("ct", "sum"), ("cost", "sum"),
                                                                           ("div", "sum"), ("ct", "count")])
     for a, v, cts, cs, dv, cnt in zip(*(agg.column(c).to_pylist() for c in
@@ -279,29 +286,39 @@ def _grouped_sums(acc: RunAccumulator, attack: pa.Array, variant: pa.Array, ctok
 _DENSE_KEYS = 1 << 20       # (attack, variant) code pairs counted in a dense table below this many
 
 
+def _distinct_codes(col: pa.Array) -> tuple[np.ndarray, list[bytes]]:
+    """``(code of every row, the distinct values)`` of a binary column without nulls: a dictionary
+    array's codes mapped through an encoding of its dictionary (which may hold a value twice, or
+    values no row uses), another column dictionary-encoded."""
+    if pa.types.is_dictionary(col.type):
+        dd = pc.dictionary_encode(col.dictionary)
+        codes = dd.indices.to_numpy(zero_copy_only=False).astype(np.int64)[
+            col.indices.to_numpy(zero_copy_only=False).astype(np.int64)]
+        return codes, dd.dictionary.to_pylist()
+    enc = pc.dictionary_encode(col)
+    return enc.indices.to_numpy(zero_copy_only=False).astype(np.int64), enc.dictionary.to_pylist()
+
+
 def _row_keys(attack: pa.Array, variant: pa.Array) -> tuple[np.ndarray, list[tuple[str, str]]]:
     """``(key of every row, names of every key)``: the batch's distinct (attack, variant) byte pairs
     and each pair's names as its group knows them (decoded, U+FFFD for invalid UTF-8).
 
-    Each column is dictionary-encoded (distinct byte strings, so a pair of codes is a distinct byte
-    pair) and a row's pair is ``code_a * len(variants) + code_v``; the pairs present are numbered
+    Each column is dictionary-encoded (:func:`_distinct_codes`: distinct byte strings, so a pair of
+    codes is a distinct byte pair) and a row's pair is ``code_a * len(variants) + code_v``; the pairs present are numbered
     by a count over those integers (or ``np.unique`` when there are too many to count densely).
     The keys' numbering is not the order the rows bring them; callers read ``key_names[key]``
     only, so any numbering of the distinct pairs gives the same groups and sums."""
-    ea, ev = pc.dictionary_encode(attack), pc.dictionary_encode(variant)
-    ca = ea.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    cv = ev.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    nv = len(ev.dictionary)
+    (ca, da), (cv, dv) = _distinct_codes(attack), _distinct_codes(variant)
+    nv = len(dv)
     pair = ca * nv + cv
-    if len(ea.dictionary) * nv <= _DENSE_KEYS:
-        present = np.nonzero(np.bincount(pair, minlength=len(ea.dictionary) * nv))[0]
-        number = np.zeros(len(ea.dictionary) * nv, dtype=np.int64)
+    if len(da) * nv <= _DENSE_KEYS:
+        present = np.nonzero(np.bincount(pair, minlength=len(da) * nv))[0]
+        number = np.zeros(len(da) * nv, dtype=np.int64)
         number[present] = np.arange(len(present))
         row_key = number[pair]
     else:
         present, row_key = np.unique(pair, return_inverse=True)
         row_key = row_key.ravel()
-    da, dv = ea.dictionary.to_pylist(), ev.dictionary.to_pylist()
     names = [(da[k // nv].decode("utf-8", "replace"), dv[k % nv].decode("utf-8", "replace"))
              for k in present.tolist()]
     return row_key, names
@@ -310,10 +327,11 @@ def _row_keys(attack: pa.Array, variant: pa.Array) -> tuple[np.ndarray, list[tup
 def _discoverable(acc: RunAccumulator, batch: pa.RecordBatch, attack: pa.Array, extra: pa.Array,
                   row_gid: np.ndarray, top_spans: int) -> None:
     """Discoverable rows: exact hits and approximate ones (``edit_distance_ratio`` <= 0.1)."""
-    disc = np.nonzero(pc.equal(attack, pa.scalar(b"discoverable", pa.binary())).to_numpy(zero_copy_only=False))[0]
+    disc = np.nonzero(per_distinct(attack, lambda v: pc.equal(v, pa.scalar(b"discoverable", pa.binary()))
+                                   .to_numpy(zero_copy_only=False)))[0]
     if not len(disc):
         return
-    for i, x in zip(disc.tolist(), text(extra.take(pa.array(disc)))):
+    for i, x in zip(disc.tolist(), text(decoded(extra.take(pa.array(disc))))):
         grp = acc.groups[row_gid[i]]
         grp.discoverable_rows += 1
         try:

@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from reports.errors import ReportError
-from reports.inputs import eight_bytes as _eight_bytes, low_bytes_mask, open_parquet
+from reports.inputs import eight_bytes as _eight_bytes, encoded, low_bytes_mask, open_parquet
 
 TAIL_THRESHOLD = 1e-6
 MIN_TOKENS_NO_LOGPROBS = 64
@@ -80,7 +80,12 @@ def binomial_upper_tail(k: int, m: int, p: float) -> float:
 
 def per_distinct(arr: pa.Array, fn):
     """``fn`` (Arrow array -> NumPy array, one value per element) of ``arr`` computed once per
-    distinct value (rows of a run share a few params and extra strings) and spread back to the rows."""
+    distinct value (rows of a run share a few params and extra strings) and spread back to the rows;
+    a dictionary array (:func:`reports.inputs.encoded`): once per entry of its dictionary."""
+    if pa.types.is_dictionary(arr.type):
+        if arr.indices.null_count or arr.dictionary.null_count:
+            return fn(arr.dictionary_decode())
+        return fn(arr.dictionary)[arr.indices.to_numpy(zero_copy_only=False)]
     if arr.null_count:              # (callers fill nulls first; with nulls: on every row)
         return fn(arr)
     enc = pc.dictionary_encode(arr)
@@ -127,14 +132,18 @@ class RepeatedDraws:
         self.greedy = 0
         self.rows_added = 0
 
-    def add(self, batch: pa.RecordBatch) -> None:
+    def add(self, batch: pa.RecordBatch, codes: dict | None = None) -> None:
+        """Add a batch of generations; ``codes``: some of its columns dictionary-encoded already
+        (``pc.dictionary_encode`` of the column as read, nulls as null codes), used instead of
+        encoding them again."""
         names = batch.schema.names
         n = batch.num_rows
+        codes = codes or {}
 
-        def col(name, default=b""):     # as bytes: invalid UTF-8 must not fail the report
+        def col(name, default=b""):     # as bytes: invalid UTF-8 must not fail the report (a dictionary array)
             if name not in names:
-                return pa.array([default] * n, pa.binary())
-            return pc.fill_null(pc.cast(batch.column(name), pa.binary()), default)
+                return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([default], pa.binary()))
+            return encoded(codes[name] if name in codes else batch.column(name), default)
 
         params = col("params", b"{}")
         keep = np.nonzero(_sampled_mask(params))[0]
@@ -210,14 +219,15 @@ class RepeatedDraws:
 
 def group_digests(columns: list[pa.Array], rows: np.ndarray, counts: dict | None = None) -> np.ndarray:
     """The group digest of each of ``rows``: the 64-bit BLAKE2b of its values of ``columns`` (binary,
-    no nulls) joined by NUL bytes. Rows of a run share a few values per column, so each column is
-    dictionary-encoded and each distinct combination of codes joined and hashed once; equal to
+    no nulls; or dictionary arrays of such values, a value perhaps twice in a dictionary) joined by NUL
+    bytes. Rows of a run share a few values per column, so each column is dictionary-encoded (unless
+    it is a dictionary array) and each distinct combination of codes joined and hashed once; equal to
     hashing every row's joined values (tests/reports). ``counts`` (digest -> rows), when given, has
     the rows of each digest added (combinations hashing alike added together): summed over the
     batches, the ``np.unique(digests, return_counts=True)`` of all rows without a sort of them."""
     codes, dicts = [], []
     for c in columns:
-        enc = pc.dictionary_encode(c)
+        enc = c if pa.types.is_dictionary(c.type) else pc.dictionary_encode(c)
         codes.append(enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)[rows])
         dicts.append(enc.dictionary.to_pylist())
     key = codes[0]

@@ -757,6 +757,81 @@ def test_value_counts_and_sorted_small_equal_unique_and_sort():
             assert np.array_equal(sorted_small(x, bound), np.sort(x)) and sorted_small(x, bound).dtype == np.int64
 
 
+def test_encoded_columns_hold_the_rows_values():
+    """inputs.encoded: a dictionary array of each row's bytes (null: the fill value), from a dense
+    column or from a dictionary array whose dictionary repeats a value, holds unused values or
+    invalid UTF-8, and whose codes are null; per_distinct and _row_keys read it as the dense column."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from reports import passes
+    from reports.inputs import decoded, encoded
+    from reports.repeats import per_distinct
+    vals = [b"a", b"\xffx", b"", b"a", None, b'{"diverged": true}']
+    dense = pa.array(vals, pa.binary())
+    cases = [dense, pa.array([None if v is None else v.decode("utf-8", "replace") for v in vals], pa.string()),
+             pc.dictionary_encode(dense),
+             pa.DictionaryArray.from_arrays(pa.array([0, 1, 2, 3, None, 5], pa.int32()),
+                                            pa.array([b"a", b"\xffx", b"", b"a", b"unused", b'{"diverged": true}'])),
+             pa.DictionaryArray.from_arrays(pa.array([1, 2, 3, 1, 0, 4], pa.int8()),
+                                            pa.array([None, "a", "\ufffdx", "", '{"diverged": true}']))]
+    regex = lambda v: pc.match_substring_regex(v, r'"diverged"\s*:\s*true').to_numpy(zero_copy_only=False)  # noqa: E731
+    for k, col in enumerate(cases):
+        enc = encoded(col, b"FILL")
+        assert pa.types.is_dictionary(enc.type) and enc.null_count == 0 and enc.dictionary.type == pa.binary()
+        want = [(v if v is not None else b"FILL") for v in vals]
+        if k in (1, 4):                            # the string forms hold U+FFFD for the invalid byte
+            want = [w.decode("utf-8", "replace").encode() for w in want]
+        assert decoded(enc).to_pylist() == want, k
+        assert per_distinct(enc, regex).tolist() == [b'"diverged": true' in w for w in want]
+        key, names = passes._row_keys(enc, encoded(dense, b""))
+        key2, names2 = passes._row_keys(pa.array(want, pa.binary()), encoded(dense, b""))
+        assert [names[i] for i in key.tolist()] == [names2[i] for i in key2.tolist()]
+        assert len(names) == len(set(names)) == len(names2)
+
+
+def test_shared_encodings_give_the_same_report(tmp_path, monkeypatch):
+    """The generations pass encoding its text columns once per batch for the group counts and the
+    repeated-draws check gives the report each column's own encoding gives: nulls, invalid UTF-8,
+    names decoding alike, greedy and sampled params, divergence and discoverable rows."""
+    import glob
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from reports import compute_metrics, passes
+    from synthetic_runs import write_planted_run
+    run = tmp_path / "run"
+    write_planted_run(str(run), 1500, memorized_rate=0.06, short_rate=0.1, corpus_docs=30, part_rows=500,
+                      row_group_rows=200)
+    rng = random.Random(8)
+    choices = {"attack": (pa.string(), ["divergence", "special_chars", "discoverable", None, "prefix"]),
+               "variant": (pa.binary(), [b"poem", b"\xffx", b"\xfex", b"", None, b"company"]),
+               "extra": (pa.string(), ['{"diverged": true}', '{"n_choice": 1}', None, '{"exact": true}',
+                                       '{"edit_distance_ratio": 0.05, "target": "x"}', "{}"]),
+               "prompt": (pa.string(), ["p1", "p2", None, ""]),
+               "params": (pa.string(), ['{"temperature": 1.0}', '{"temperature": 0}', None, '{"top_k": 1}']),
+               "seed": (pa.int64(), [1, 2, None])}
+    for k, path in enumerate(sorted(glob.glob(str(run / "generations" / "part-*.parquet")))):
+        t = pq.read_table(path)
+        for name, (typ, pool) in choices.items():
+            pool = pool[:2 + k] if name in ("attack", "variant") else pool       # new values in later parts
+            arr = pa.array([rng.choice(pool) for _ in range(t.num_rows)], typ)
+            t = (t.set_column(t.column_names.index(name), name, arr) if name in t.column_names
+                 else t.append_column(name, arr))
+        pq.write_table(t, path, row_group_size=130)
+    fast = compute_metrics(str(run))
+    monkeypatch.setattr(passes, "SHARED_ENCODINGS", ())
+    slow = compute_metrics(str(run))
+    for m in (fast, slow):
+        for k in ("generated_at", "elapsed_s", "timings"):
+            m.pop(k)
+    assert _diff(fast, slow) == []
+    assert fast.memorized_texts == slow.memorized_texts
+    assert fast["metrics"]["memorized_generations"] > 20 and sum(map(len, fast["per_variant"].values())) > 6
+    assert fast["repeated_draws"]["same_draw_rows"] > 0 and fast["repeated_draws"]["greedy_rows_exempt"] > 0
+
+
 def test_read_ahead_yields_the_items_in_order_and_their_errors_in_place():
     """read_ahead gives exactly the iterator's items, in order; an exception raised by the iterator
     reaches the caller after the items before it (as reading without it); a caller stopping early
