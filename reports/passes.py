@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from reports.inputs import (REQUIRED_GEN_COLUMNS, as_string, binary_buffers, decoded, encoded, iter_batches,
-                            open_parquet, raw_bytes, read_ahead, text)
+                            list_rows, open_parquet, raw_bytes, read_ahead, text)
 from reports.repeats import RepeatedDraws, per_distinct
 from reports.spans import THRESHOLDS, MatchIndex, RequestLookup, longest_per, union_added, union_length, union_total
 from reports import windows
@@ -374,8 +374,7 @@ def _memorized(acc: RunAccumulator, batch: pa.RecordBatch, row_gid: np.ndarray, 
     comps = raw_bytes(comp_col)
     data, cstart = binary_buffers(comp_col)
     clen = np.fromiter(map(len, comps), np.int64, len(comps))
-    toff = batch.column("token_offsets").take(take)
-    ntok = pc.fill_null(pc.list_value_length(toff), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    ntok, vals = list_rows(batch.column("token_offsets"), hit)       # the rows with offsets: their offsets
     span_lists = [mi.memorized.get(r, ()) for r in rids]
     nspan = np.fromiter(map(len, span_lists), np.int64, len(span_lists))
     flat = [sp for spans in span_lists for sp in spans]
@@ -391,8 +390,6 @@ def _memorized(acc: RunAccumulator, batch: pa.RecordBatch, row_gid: np.ndarray, 
     tokens = np.zeros(len(hit), np.int64)
     rows = np.nonzero(ntok > 0)[0]
     if len(rows):
-        vals = pc.list_flatten(toff.filter(pa.array(ntok > 0)))
-        vals = pc.fill_null(vals, 0).to_numpy(zero_copy_only=False)
         rstart = np.concatenate([[0], np.cumsum(ntok[rows])]).astype(np.int64)
         local = np.full(len(hit), -1, np.int64)
         local[rows] = np.arange(len(rows))

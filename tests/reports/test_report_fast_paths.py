@@ -832,6 +832,32 @@ def test_shared_encodings_give_the_same_report(tmp_path, monkeypatch):
     assert fast["repeated_draws"]["same_draw_rows"] > 0 and fast["repeated_draws"]["greedy_rows_exempt"] > 0
 
 
+@pytest.mark.parametrize("typ", ["list32", "large64"])
+def test_list_rows_equal_take_and_flatten(typ):
+    """inputs.list_rows gives the lengths and values that take + list_flatten + fill_null give: null
+    lists (empty), null values (0), empty lists, sliced columns, rows in any order or repeated."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from reports.inputs import list_rows
+    rng = random.Random(len(typ))
+    t = pa.list_(pa.int32()) if typ == "list32" else pa.large_list(pa.int64())
+    for trial in range(60):
+        lists = [None if rng.random() < 0.1 else
+                 [None if rng.random() < 0.05 else rng.randrange(1000) for _ in range(rng.choice([0, 1, 3, 40]))]
+                 for _ in range(rng.randint(1, 50))]
+        col = pa.array(lists, t)
+        cut = rng.randint(0, len(lists) - 1) if trial % 3 == 0 else 0
+        col, lists = col.slice(cut), lists[cut:]
+        rows = np.array(sorted(rng.sample(range(len(lists)), rng.randint(0, len(lists)))) if trial % 2 else
+                        [rng.randrange(len(lists)) for _ in range(rng.randint(0, 30))], dtype=np.int64)
+        n, vals = list_rows(col, rows)
+        taken = col.take(pa.array(rows, pa.int64()))
+        assert n.tolist() == pc.fill_null(pc.list_value_length(taken), 0).to_pylist()
+        assert vals.tolist() == pc.fill_null(pc.list_flatten(taken), 0).to_pylist()
+        assert vals.dtype == (np.int32 if typ == "list32" else np.int64)
+
+
 def test_read_ahead_yields_the_items_in_order_and_their_errors_in_place():
     """read_ahead gives exactly the iterator's items, in order; an exception raised by the iterator
     reaches the caller after the items before it (as reading without it); a caller stopping early
