@@ -395,6 +395,28 @@ def test_eight_bytes_from_aligned_words_equal_the_unaligned_reads(lead):
                                 for i in at.tolist()], n
 
 
+def test_fingerprint_candidates_stay_few_on_shared_prefixes_and_suffixes():
+    """Adversarial completions for a sampled-bytes fingerprint: one long shared prefix and suffix,
+    the same length, different only in a middle band. The fingerprint reads 8 bytes at 8 evenly
+    spaced places (gaps of (len - 8) / 7 bytes), so a band of at least a gap's width always covers
+    one: no false candidate among 600 such rows, only the true copies; equal completions always
+    share a fingerprint, so a repeat can never be missed (the candidates are compared in full)."""
+    import pyarrow as pa
+
+    from reports.repeats import fingerprints, occurs_twice
+    rng = random.Random(13)
+    n_len = 1400
+    for band_at in (0, 100, 600, n_len - 250):
+        prefix = bytes(rng.randrange(97, 123) for _ in range(band_at))
+        band = (n_len - 8) // 7 + 1
+        suffix = bytes(rng.randrange(97, 123) for _ in range(n_len - band_at - band))
+        rows = [prefix + bytes(rng.randrange(97, 123) for _ in range(band)) + suffix for _ in range(600)]
+        rows += rows[:5]                                   # five true copies
+        fp = fingerprints(pa.array(rows, pa.binary()), np.arange(len(rows)))
+        cand = np.nonzero(occurs_twice(fp))[0]
+        assert sorted(cand.tolist()) == [0, 1, 2, 3, 4, 600, 601, 602, 603, 604], band_at
+
+
 def test_params_and_extra_parsed_once_per_distinct_value():
     """Greedy mask and n_choice computed per distinct params/extra string equal the per-row
     extraction on every row (repeated values, absent keys, odd spacing, invalid UTF-8, empty)."""
