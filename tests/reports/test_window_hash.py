@@ -242,6 +242,13 @@ def test_id_hashes_equal_the_plain_definition():
         assert got == [_id_hash_of((v or "").encode()) for v in vals[cut:]], trial
     ids = [f"{rng.getrandbits(64):016x}" for _ in range(2000)]
     assert len(set(spans._id_hashes(pa.array(ids)).tolist())) == 2000
+    # every id 16 bytes (the words read without a gather): the bytes starting at every alignment, 16-byte
+    # ids holding non-ASCII characters, and a column with one shorter id or a null (the general path)
+    for cut in range(9):
+        vals = ids[:50] + ["\u00e9" * 8, "ab\u65e5" + "c" * 11] + ids[50:60]
+        for extra in ([], ["short"], [None]):
+            col = pa.array(["x" * cut] + vals + extra, pa.string()).slice(1)     # the bytes start at cut
+            assert spans._id_hashes(col).tolist() == [_id_hash_of((v or "").encode()) for v in vals + extra]
 
 
 @pytest.mark.parametrize("spread", ["real", "few_buckets", "full_buckets"])
