@@ -29,7 +29,8 @@ import pyarrow.compute as pc
 from reports.inputs import (REQUIRED_GEN_COLUMNS, as_string, binary_buffers, decoded, encoded, iter_batches,
                             list_rows, open_parquet, raw_bytes, read_ahead, text)
 from reports.repeats import RepeatedDraws, per_distinct
-from reports.spans import THRESHOLDS, MatchIndex, RequestLookup, longest_per, union_added, union_length, union_total
+from reports.spans import (THRESHOLDS, MatchIndex, RequestLookup, longest_per, longest_rows, union_added,
+                           union_length, union_total)
 from reports import windows
 from reports.taxonomy_figures import distinct_count
 
@@ -469,7 +470,9 @@ def threshold_pass(acc: RunAccumulator, mi: MatchIndex) -> dict | None:
     # then bytes), whose tokens and bytes are both reported; run-wide, the longest of those
     if "mt" not in joined.column_names:
         return None
-    per_gid = longest_per(joined.filter(pc.is_valid(joined.column("mt"))), "gid")
+    tokenized = joined.filter(pc.is_valid(joined.column("mt")))
+    best = longest_rows(tokenized, tokenized.column("gid").to_numpy())
+    per_gid = tokenized.take(pa.array(best)) if best is not None else longest_per(tokenized, "gid")
     for r in per_gid.to_pylist():
         groups[r["gid"]].longest_run = (r["mt"], r["mb"])
     return longest_per(per_gid, None).to_pylist()[0] if per_gid.num_rows else None

@@ -128,6 +128,48 @@ def longest_per(tbl: pa.Table, key: str | None) -> pa.Table:
     return t.filter(pa.array(first))
 
 
+def longest_rows(tbl: pa.Table, keys: np.ndarray | None = None) -> np.ndarray | None:
+    """The row :func:`longest_per` keeps of ``tbl`` (whose ``mt`` is never null) for each value of
+    the integer array ``keys`` (ascending values; all rows: ``keys=None``), as row indices: the most
+    tokens, then most bytes (one lexsort of integers), ties between those rows only broken by
+    request id (bytes, a null last), span start, then row order, as Arrow's stable sort does. None
+    where the integers cannot stand for Arrow's order (a null ``mb``, a value of -2^63): the caller
+    sorts the table then."""
+    n = tbl.num_rows
+    if not n:
+        return np.zeros(0, np.int64)
+    if tbl.column("mb").null_count or tbl.column("mt").null_count:
+        return None
+    mt = tbl.column("mt").to_numpy().astype(np.int64)
+    mb = tbl.column("mb").to_numpy().astype(np.int64)
+    low = np.iinfo(np.int64).min
+    if int(mt.min()) == low or int(mb.min()) == low:
+        return None
+    k = np.zeros(n, np.int64) if keys is None else np.asarray(keys, dtype=np.int64)
+    order = np.lexsort((-mb, -mt, k))
+    ks, ts, bs = k[order], mt[order], mb[order]
+    first = np.ones(n, dtype=bool)
+    first[1:] = ks[1:] != ks[:-1]
+    head = np.maximum.accumulate(np.where(first, np.arange(n), 0))      # each row's run's first position
+    tied = (ts == ts[head]) & (bs == bs[head])
+    out = order[first].copy()
+    runs = np.cumsum(first) - 1
+    multi = np.nonzero(np.bincount(runs, weights=tied, minlength=len(out)) > 1)[0]
+    if len(multi):
+        rows = np.nonzero(tied & np.isin(runs, multi))[0]
+        at = order[rows]
+        rid = pc.cast(tbl.column("request_id").take(pa.array(at)), pa.binary()).to_pylist()
+        ss = tbl.column("ss").take(pa.array(at)).to_pylist()
+        best: dict = {}
+        for r, i, b, s0 in zip(runs[rows].tolist(), at.tolist(), rid, ss):
+            key = (b is None, b or b"", s0 is None, s0 or 0, i)
+            if r not in best or key < best[r]:
+                best[r] = key
+        for r, key in best.items():
+            out[r] = key[-1]
+    return out
+
+
 def longest_run_record(span: dict | None, groups: list, parts: list[str], known: tuple | None = None) -> dict | None:
     """``longest_run`` of metrics.json: the single longest verbatim span the matcher reported
     (``span``: a row of :func:`longest_per` with the ``gid`` of its group in ``groups``), its
@@ -183,6 +225,13 @@ class MatchIndex:
         t = self.per_request
         if t is None or "mt" not in t.column_names or t.num_rows == 0:
             return None
+        if t.column("mt").null_count:
+            valid = np.nonzero(t.column("mt").is_valid().to_numpy(zero_copy_only=False))[0]
+            got = longest_rows(t.take(pa.array(valid))) if len(valid) else None
+        else:
+            valid, got = np.arange(t.num_rows), longest_rows(t)
+        if got is not None:
+            return int(valid[got[0]])
         at = int(pc.sort_indices(t, sort_keys=_LONGEST_ORDER)[0].as_py())    # nulls last
         return at if t.column("mt")[at].is_valid else None
 

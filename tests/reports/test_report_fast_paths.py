@@ -880,6 +880,34 @@ def test_list_rows_equal_take_and_flatten(typ):
         assert vals.dtype == (np.int32 if typ == "list32" else np.int64)
 
 
+@pytest.mark.parametrize("ties", ["few", "many"])
+def test_longest_rows_equal_the_sorted_longest(ties):
+    """spans.longest_rows picks, per key and run-wide, the row longest_per's sort keeps: most tokens,
+    then bytes, then request id (bytes; a null id last, invalid UTF-8), span start, then row order;
+    tables where everything ties but the request id or the start, and negative and huge values."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from reports import spans
+    rng = random.Random(len(ties))
+    for trial in range(40):
+        n = rng.randint(1, 300)
+        span = 3 if ties == "many" else 10 ** 6
+        tbl = pa.table({"request_id": pa.array([None if rng.random() < 0.05 else rng.choice(["a", "b", "\u00e9", "ab"])
+                                                if ties == "many" else f"r{rng.randrange(10 ** 6)}" for _ in range(n)]),
+                        "mt": pa.array([rng.randrange(span) * (-1 if trial % 7 == 0 else 1) for _ in range(n)], pa.int64()),
+                        "mb": pa.array([rng.randrange(span) + (2 ** 62 if trial % 5 == 0 else 0) for _ in range(n)], pa.int64()),
+                        "ss": pa.array([rng.randrange(3) for _ in range(n)], pa.int64()),
+                        "doc": pa.array(range(n)), "gid": pa.array([rng.randrange(4) for _ in range(n)], pa.int64())})
+        got = spans.longest_rows(tbl, tbl.column("gid").to_numpy())
+        assert tbl.take(pa.array(got)).to_pylist() == spans.longest_per(tbl, "gid").to_pylist(), trial
+        one = spans.longest_rows(tbl)
+        want = int(pc.sort_indices(tbl, sort_keys=spans._LONGEST_ORDER)[0].as_py())
+        assert one.tolist() == [want], trial
+    with_null = pa.table({"request_id": ["a"], "mt": [1], "mb": pa.array([None], pa.int64()), "ss": [0]})
+    assert spans.longest_rows(with_null) is None
+
+
 def test_read_ahead_yields_the_items_in_order_and_their_errors_in_place():
     """read_ahead gives exactly the iterator's items, in order; an exception raised by the iterator
     reaches the caller after the items before it (as reading without it); a caller stopping early
