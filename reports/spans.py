@@ -441,7 +441,7 @@ def _merge_per_request(small_aggs: list[pa.Table], longest_parts: list[pa.Table]
     """One row per request id: the batches' threshold counts summed, its longest span joined on.
 
     On arrays: the batches' request ids are dictionary-encoded once (codes in the order of first
-    appearance, the order Arrow's single-threaded ``group_by`` gives its groups), the counts summed
+    appearance; Arrow's ``group_by`` orders its groups otherwise), the counts summed
     per code by ``np.bincount`` (exact below 2^53; beyond, and for a null id, Arrow as before), and each
     request's longest span (the batches' longest, of :func:`longest_per`) chosen by one stable
     lexsort of (code, tokens descending, bytes descending, start): within one request id that is
