@@ -236,8 +236,8 @@ def _group_counts(acc: RunAccumulator, batch: pa.RecordBatch, names: list[str], 
         # divergence rows say "diverged": true (CONTRACTS.md §3); special_chars' "escaped" is no divergence
         said = per_distinct(extra, lambda v: pc.match_substring_regex(v, r'"diverged"\s*:\s*true')
                             .to_numpy(zero_copy_only=False))
-        named = per_distinct(attack, lambda v: pc.is_in(v, value_set=pa.array([a.encode() for a in DIVERGENCE_ATTACKS],
-                                                                              pa.binary())).to_numpy(zero_copy_only=False))
+        divergence = pa.array([a.encode() for a in DIVERGENCE_ATTACKS], pa.binary())
+        named = per_distinct(attack, lambda v: pc.is_in(v, value_set=divergence).to_numpy(zero_copy_only=False))
         diverged = pa.array((said & named).astype(np.int64))
     else:
         diverged = pa.array(np.zeros(n, dtype=np.int64))
@@ -305,8 +305,9 @@ def _row_keys(attack: pa.Array, variant: pa.Array) -> tuple[np.ndarray, list[tup
     and each pair's names as its group knows them (decoded, U+FFFD for invalid UTF-8).
 
     Each column is dictionary-encoded (:func:`_distinct_codes`: distinct byte strings, so a pair of
-    codes is a distinct byte pair) and a row's pair is ``code_a * len(variants) + code_v``; the pairs present are numbered
-    by a count over those integers (or ``np.unique`` when there are too many to count densely).
+    codes is a distinct byte pair) and a row's pair is ``code_a * len(variants) + code_v``; the pairs
+    present are numbered by a count over those integers (or ``np.unique`` when there are too many to
+    count densely).
     The keys' numbering is not the order the rows bring them; callers read ``key_names[key]``
     only, so any numbering of the distinct pairs gives the same groups and sums."""
     (ca, da), (cv, dv) = _distinct_codes(attack), _distinct_codes(variant)

@@ -211,7 +211,8 @@ class RepeatedDraws:
                           "request_ids": rids.take(pa.array(rows[:5])).to_pylist()}
                          for rows, _ in same_classes[:EXAMPLES]]
         same_set, flag_set = set(same_rows.tolist()), set(flagged_rows)
-        return {"rows_checked": int(len(g64)), "greedy_rows_exempt": int(self.greedy), "groups_checked": len(self.group_rows),
+        return {"rows_checked": int(len(g64)), "greedy_rows_exempt": int(self.greedy),
+                "groups_checked": len(self.group_rows),
                 "duplicate_rows": int(len(dup_rows)), "duplicate_completions": len(dup_classes),
                 "same_draw_rows": len(same_set), "flagged_rows": len(flag_set),
                 "repeated_rows": len(same_set | flag_set), "examples": same_examples + examples, "rule": RULE}

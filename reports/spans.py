@@ -259,7 +259,8 @@ def _id_hashes(ids: pa.Array) -> np.ndarray:
             # every id 16 bytes (trawl's): laid end to end, their words are the bytes read as uint64
             # pairs, no gather (the bytes copied when not 8-byte aligned); the same words as below
             raw = data[int(off[0]):int(off[0]) + _SHORT_ID * len(ln)]
-            pairs = (raw.view("<u8") if raw.ctypes.data % 8 == 0 else np.frombuffer(raw.tobytes(), "<u8")).reshape(-1, 2)
+            words = raw.view("<u8") if raw.ctypes.data % 8 == 0 else np.frombuffer(raw.tobytes(), "<u8")
+            pairs = words.reshape(-1, 2)
             first, second = pairs[:, 0], pairs[:, 1]
         else:
             pad = np.concatenate([data, np.zeros(_SHORT_ID, dtype=np.uint8)])
