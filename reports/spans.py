@@ -312,7 +312,9 @@ class RequestLookup:
             bits = max(1, min(30, int(2 * len(self.hash) - 1).bit_length()))
             self.shift = np.uint64(64 - bits)
             top = (self.hash >> self.shift).astype(np.int64)
-            starts = np.searchsorted(top, np.arange((1 << bits) + 1, dtype=np.int64)).astype(np.int64)
+            # int32 positions: 4-8 bytes per id besides the 16 of the sorted hashes and rows
+            starts = np.searchsorted(top, np.arange((1 << bits) + 1, dtype=np.int64))
+            starts = starts.astype(np.int32 if len(self.hash) < (1 << 31) else np.int64)
             if int(np.diff(starts).max()) <= self.MAX_BUCKET:
                 self.bucket_start = starts
 
