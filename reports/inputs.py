@@ -122,6 +122,56 @@ def read_ahead(items):
         helper.join()
 
 
+def encoded(col: pa.Array, fill: bytes) -> pa.DictionaryArray:
+    """A string or binary column as a dictionary array of binary values without nulls (a null is
+    ``fill``): a dictionary array (a batch's column encoded once, shared by several passes) keeps its
+    codes, its dictionary cast to binary (a null code pointing at ``fill`` appended to it); another
+    column is dictionary-encoded here. The dictionary may hold a value twice (callers that compare codes
+    encode the dictionary itself, which is small)."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if not pa.types.is_dictionary(col.type):
+        return pc.dictionary_encode(pc.fill_null(pc.cast(col, pa.binary()), fill))
+    values = pc.fill_null(pc.cast(col.dictionary, pa.binary()), fill)
+    idx = col.indices
+    if idx.null_count:
+        idx = pc.fill_null(idx, pa.scalar(len(values), idx.type))
+        values = pa.concat_arrays([values, pa.array([fill], pa.binary())])
+    return pa.DictionaryArray.from_arrays(idx, values)
+
+
+def decoded(col: pa.Array) -> pa.Array:
+    """A dictionary array's values row by row (any other array as it is)."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    return col.dictionary_decode() if pa.types.is_dictionary(col.type) else col
+
+
+def list_rows(col: pa.Array, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(each row's list length, the values of the rows' lists laid end to end)`` of a list column
+    for ``rows`` (ascending or not): a null list counts as empty, a null value reads as 0. Gathered
+    through the column's offsets and child values (no copy of the lists as a take would make):
+    equal to ``list_flatten(take(col, rows))`` with nulls filled (tests/reports)."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    rows = np.asarray(rows, dtype=np.int64)
+    off = col.offsets.to_numpy(zero_copy_only=False).astype(np.int64)     # the slice's len + 1 offsets
+    start = off[rows]
+    n = off[rows + 1] - start
+    if col.null_count:
+        n = np.where(col.is_valid().to_numpy(zero_copy_only=False)[rows], n, 0)
+    values = col.values
+    if values.null_count:
+        values = pc.fill_null(values, 0)
+    flat = values.to_numpy(zero_copy_only=False)
+    total = int(n.sum())
+    if not total:
+        return n, flat[:0]
+    first = np.cumsum(n) - n                 # each row's place in the output
+    idx = np.arange(total, dtype=np.int64) + np.repeat(start - first, n)
+    return n, flat[idx]
+
+
 def text(col: pa.Array) -> list[str]:
     """Strings of a string column, decoding invalid UTF-8 with U+FFFD instead of failing."""
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
@@ -161,6 +211,49 @@ def words_at(buf, width: int = 8) -> np.ndarray:
     a uint8 array; ``len(buf) - width + 1`` of them, overlapping): a view with a 1-byte stride, nothing
     copied. Callers pad ``buf`` when they read near its end."""
     return np.ndarray((len(buf) - width + 1,), dtype=f"<u{width}", buffer=buf, offset=0, strides=(1,))
+
+
+def eight_bytes(data: np.ndarray, at: np.ndarray, ar8: np.ndarray) -> np.ndarray:
+    """``data[at[i]:at[i] + 8]`` for every i as a little-endian uint64, zeros past the buffer's end.
+
+    Composed from the two aligned 8-byte words holding those bytes, ``(w[a] >> 8r) | (w[a + 1] <<
+    (64 - 8r))`` with ``a, r = divmod(at - lead, 8)`` (``lead``: bytes before the buffer's first
+    8-byte-aligned address; ``<< 1 << (63 - 8r)`` so that ``r = 0`` shifts by less than 64), both read
+    by ``np.take`` of an aligned view: NumPy copies an unaligned word element by element, a gather
+    of aligned words is a plain load (0.19 -> 0.14 s for the 8M reads of 1M rows' fingerprints, the
+    reads' cache misses are the rest). Offsets outside the aligned words (the buffer's first and last bytes)
+    are read as before (:func:`eight_bytes_unaligned`); tests/reports compare the two."""
+    n = len(data)
+    lead = (-data.ctypes.data) % 8 if n and data.flags.c_contiguous else 0
+    nw = (n - lead) // 8
+    if n < 8 or not data.flags.c_contiguous or nw < 2:
+        return eight_bytes_unaligned(data, at, ar8)
+    words = data[lead:lead + nw * 8].view("<u8")
+    q = at - lead
+    a = q >> 3
+    inside = (q >= 0) & (a + 1 < nw)
+    a = np.where(inside, a, 0)
+    r8 = ((q & 7) << 3).astype(np.uint64)
+    word = np.take(words, a) >> r8
+    word |= (np.take(words, a + 1) << np.uint64(1)) << (np.uint64(63) - r8)
+    edge = np.nonzero(~inside)[0]
+    if len(edge):
+        word[edge] = eight_bytes_unaligned(data, at[edge], ar8)
+    return word
+
+
+def eight_bytes_unaligned(data: np.ndarray, at: np.ndarray, ar8: np.ndarray) -> np.ndarray:
+    """:func:`eight_bytes` through an unaligned 8-byte view at every offset (one look-up per row)."""
+    n = len(data)
+    if n < 8:
+        idx = at[:, None] + ar8[None, :]
+        return (np.take(data, idx, mode="clip") * (idx < n)).astype(np.uint8).view("<u8").ravel()
+    word = words_at(data)[np.minimum(at, n - 8)]
+    late = np.nonzero(at > n - 8)[0]
+    if len(late):
+        idx = at[late, None] + ar8[None, :]
+        word[late] = (np.take(data, idx, mode="clip") * (idx < n)).astype(np.uint8).view("<u8").ravel()
+    return word
 
 
 def low_bytes_mask(m: np.ndarray) -> np.ndarray:

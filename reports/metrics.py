@@ -102,7 +102,7 @@ from reports.passes import (APPROX_EDIT_RATIO, RunAccumulator, bytes_pass, cost_
 from reports.render_np import load_extraction_np
 from reports.run_info import budget_caps, pricing_basis, run_json_cost, run_state
 from reports.spans import THRESHOLDS, MatchIndex, longest_run_record, read_matches
-from reports.texts import classify_spans, content_categories, distinct_texts, lookup_documents, text_records
+from reports.texts import TextWork, classify_spans, content_categories, lookup_documents, text_records
 
 # 1.1: longest_run; run.state, run.pricing_basis, run.budget_caps, run.config pricing/budget
 # 1.2: memorization classes (by_category, taxonomy, nontrivial_*, a span's "taxonomy"), repeated_draws,
@@ -250,7 +250,9 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
     mi = read_matches(run_dir, parts, W, BATCH_ROWS, warnings)
     _release_unused()
     stage("matches")
-    acc = read_generations(parts, mi, W, BATCH_ROWS, top_spans, progress)
+    # the per-text work on the memorized texts runs batch by batch, while the next batch decodes
+    work = TextWork(int(recitation_min_occurrences), minhash_max_texts)
+    acc = read_generations(parts, mi, W, BATCH_ROWS, top_spans, progress, after_batch=work)
     _release_unused()
     warnings += _stream_warnings(acc, mi, W)
     repeated = acc.repeats.result(parts)
@@ -274,8 +276,8 @@ def compute_metrics(run_dir, window_tokens: int = 50, index=None, minhash_thresh
     if run_section["state"]["warning"]:
         warnings.insert(0, run_section["state"]["warning"])
     stage("assemble")
-    texts = _text_sections(acc, totals, per_attack, per_variant, longest_run, int(recitation_min_occurrences),
-                           minhash_threshold, minhash_max_texts, index, mi.meta, warnings)
+    texts = _text_sections(acc, work, totals, per_attack, per_variant, longest_run,
+                           int(recitation_min_occurrences), minhash_threshold, index, mi.meta, warnings)
     stage("texts")
     rank_sec = _ranking(run_dir, parts, mi, W, warnings)
     from reports.render_ranking import best as best_ranking
@@ -352,20 +354,22 @@ def repeated_draws_warning(rd: dict) -> str:
             "generation counts and the Good-Turing / Chao1 figures overstate what was drawn; see Repeated draws")
 
 
-def _text_sections(acc: RunAccumulator, totals: dict, per_attack: dict, per_variant: dict, longest_run,
-                   rmin: int, minhash_threshold: float, minhash_max_texts: int, index, meta: dict,
+def _text_sections(acc: RunAccumulator, work: TextWork, totals: dict, per_attack: dict, per_variant: dict,
+                   longest_run, rmin: int, minhash_threshold: float, index, meta: dict,
                    warnings: list[str]) -> dict:
     """The memorized-text passes (:mod:`reports.texts`): classes, categories, near-duplicates,
-    the distinct texts with their documents; figures added to ``totals`` and the tables in place."""
-    from reports.neardup import cluster_texts
-    uniq = distinct_texts(acc.span_records)
+    the distinct texts with their documents; figures added to ``totals`` and the tables in place.
+    ``work``: the per-text results of ``acc.span_records`` so far (:class:`reports.texts.TextWork`;
+    finished here)."""
+    from reports.neardup import cluster_signatures
+    uniq = work.finish(acc.span_records).uniq
     by_category, tax_section = classify_spans(acc.span_records, uniq, acc.groups, totals, per_attack,
                                               per_variant, rmin, acc.win_id, acc.win_hash,
-                                              acc.win_order)
+                                              acc.win_order, classes=work.classes)
     tax_section["longest_run"] = (None if longest_run is None else taxonomy.classify(
         longest_run["text"], longest_run["occurrences"], rmin))
-    categories = content_categories(uniq, totals)
-    nd = cluster_texts(list(uniq.keys()), threshold=minhash_threshold, max_texts=minhash_max_texts)
+    categories = content_categories(uniq, totals, work.found)
+    nd = cluster_signatures(work.signatures(), len(uniq), threshold=minhash_threshold)
     totals["unique_memorized_documents"] = nd["clusters"]
     all_texts, raws = text_records(uniq, acc.groups)
     lookup = lookup_documents(all_texts, raws, index, meta, warnings)

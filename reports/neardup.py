@@ -337,11 +337,21 @@ def cluster_texts(texts: list[str], threshold: float = 0.5, max_texts: int = 200
 
     Returns ``{"clusters": int, "labels": list[int], "num_perm", "shingle", "summary"}``;
     ``labels[i]`` is the cluster of ``texts[i]`` (the index of its representative: the cluster's
-    first text)."""
-    n = len(texts)
+    first text). The signatures of the first ``max_texts`` texts, then :func:`cluster_signatures`."""
+    m = min(len(texts), max(int(max_texts), 0))
+    sig = signatures(texts[:m]) if m > 1 else np.zeros((m, NUM_PERM), dtype=np.uint32)
+    return cluster_signatures(sig, len(texts), threshold)
+
+
+def cluster_signatures(sig: np.ndarray, n: int, threshold: float = 0.5) -> dict:
+    """:func:`cluster_texts` of ``n`` texts from the signatures of the first ``len(sig)`` of them
+    (:func:`signatures`, in the texts' order: those clustered; the others, when ``n > len(sig)``,
+    each their own cluster, ``capped``)."""
+    m = len(sig)
+    if m > n:
+        raise ValueError(f"{m} signatures for {n} texts")
     parent = list(range(n))
-    capped = n > max_texts
-    m = min(n, max_texts)
+    capped = n > m
 
     def find(i):
         while parent[i] != i:
@@ -350,7 +360,6 @@ def cluster_texts(texts: list[str], threshold: float = 0.5, max_texts: int = 200
         return i
 
     if m > 1:
-        sig = signatures(texts[:m])
         bands, rows = lsh_params(threshold, NUM_PERM)
         need = threshold * NUM_PERM
         root = np.arange(m)
@@ -358,7 +367,7 @@ def cluster_texts(texts: list[str], threshold: float = 0.5, max_texts: int = 200
             keep = root[i] != root[j]              # pairs already joined need no check (exact: union is idempotent)
             i, j = i[keep], j[keep]
             band = slice(k * rows, (k + 1) * rows)
-            same = np.all(sig[i, band] == sig[j, band], axis=1)    # the band itself, not only its 64-bit key
+            same = np.all(sig[i, band] == sig[j, band], axis=1)    # the band itself, not only its key
             i, j = i[same], j[same]
             ok = np.count_nonzero(sig[i] == sig[j], axis=1) >= need
             joined = False

@@ -26,10 +26,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from reports.inputs import (REQUIRED_GEN_COLUMNS, as_string, binary_buffers, iter_batches, open_parquet,
-                            raw_bytes, read_ahead, text)
+from reports.inputs import (REQUIRED_GEN_COLUMNS, as_string, binary_buffers, decoded, encoded, iter_batches,
+                            list_rows, open_parquet, raw_bytes, read_ahead, text)
 from reports.repeats import RepeatedDraws, per_distinct
-from reports.spans import THRESHOLDS, MatchIndex, RequestLookup, longest_per, union_added, union_length, union_total
+from reports.spans import (THRESHOLDS, MatchIndex, RequestLookup, longest_per, longest_rows, union_added,
+                           union_length, union_total)
 from reports import windows
 from reports.taxonomy_figures import distinct_count
 
@@ -37,6 +38,11 @@ APPROX_EDIT_RATIO = 0.1
 REPEAT_ATTACKS = ("divergence", "special_chars")   # attacks that carry diverged_generations / divergence_rate
 DIVERGENCE_ATTACKS = ("divergence",)                # ... with a value; special_chars: n/a (Bai et al. define none)
 OPTIONAL_GEN_COLUMNS = ("cost_usd", "extra", "model", "endpoint", "run_id", "prompt", "params", "seed")
+# dictionary-encoded once per batch, the codes shared by the group counts and the repeated-draws check
+# (each grouped rows by them and hashed every row's bytes again: 9 encodings of a batch's columns, now 5);
+# not read as dictionaries from Parquet: pyarrow then ends a batch at every row group, and the sampler
+# writes row groups of GROUP_TOKENS token offsets (about 64 generations of 256 tokens)
+SHARED_ENCODINGS = ("attack", "variant", "extra", "prompt", "params")
 
 
 @dataclass
@@ -161,11 +167,12 @@ def read_generations(parts: list[str], mi: MatchIndex, W: int, batch_rows: int, 
         total_rows = sum(open_parquet(p_, REQUIRED_GEN_COLUMNS).metadata.num_rows for p_ in parts)
         bar = tqdm(total=total_rows, unit=" gen", desc="trawl report", file=sys.stderr, leave=False)
     for names, batch in read_ahead(_generation_batches(parts, batch_rows)):
-        acc.repeats.add(batch)
-        # as bytes: a stray invalid UTF-8 byte in a name must not fail the report
-        attack = pc.fill_null(pc.cast(batch.column("attack"), pa.binary()), b"")
-        variant = pc.fill_null(pc.cast(batch.column("variant"), pa.binary()), b"")
-        extra = pc.fill_null(batch.column("extra"), "") if "extra" in names else None
+        codes = {c: pc.dictionary_encode(batch.column(c)) for c in SHARED_ENCODINGS if c in names}
+        acc.repeats.add(batch, codes)
+        # as bytes: a stray invalid UTF-8 byte in a name must not fail the report (dictionary arrays)
+        attack = encoded(codes.get("attack", batch.column("attack")), b"")
+        variant = encoded(codes.get("variant", batch.column("variant")), b"")
+        extra = encoded(codes.get("extra", batch.column("extra")), b"") if "extra" in names else None
         _run_info(acc, batch, names)
         row_gid = _group_counts(acc, batch, names, attack, variant, extra)
         if lookup is not None:
@@ -229,9 +236,9 @@ def _group_counts(acc: RunAccumulator, batch: pa.RecordBatch, names: list[str], 
         # divergence rows say "diverged": true (CONTRACTS.md §3); special_chars' "escaped" is no divergence
         said = per_distinct(extra, lambda v: pc.match_substring_regex(v, r'"diverged"\s*:\s*true')
                             .to_numpy(zero_copy_only=False))
-        diverged = pc.cast(pc.and_(pa.array(said),
-                                   pc.is_in(attack, value_set=pa.array([a.encode() for a in DIVERGENCE_ATTACKS],
-                                                                       pa.binary()))), pa.int64())
+        divergence = pa.array([a.encode() for a in DIVERGENCE_ATTACKS], pa.binary())
+        named = per_distinct(attack, lambda v: pc.is_in(v, value_set=divergence).to_numpy(zero_copy_only=False))
+        diverged = pa.array((said & named).astype(np.int64))
     else:
         diverged = pa.array(np.zeros(n, dtype=np.int64))
     row_key, key_names = _row_keys(attack, variant)
@@ -262,7 +269,8 @@ def _group_counts(acc: RunAccumulator, batch: pa.RecordBatch, names: list[str], 
 def _grouped_sums(acc: RunAccumulator, attack: pa.Array, variant: pa.Array, ctoks: pa.Array, cost: pa.Array,
                   diverged: pa.Array) -> None:
     """:func:`_group_counts` by Arrow's ``group_by``: groups created and added to in its rows' order."""
-    tbl = pa.table({"attack": attack, "variant": variant, "ct": ctoks, "cost": cost, "div": diverged})
+    tbl = pa.table({"attack": decoded(attack), "variant": decoded(variant), "ct": ctoks, "cost": cost,
+                    "div": diverged})
     agg = tbl.group_by(["attack", "variant"], use_threads=False).aggregate([("ct", "sum"), ("cost", "sum"),
                                                                           ("div", "sum"), ("ct", "count")])
     for a, v, cts, cs, dv, cnt in zip(*(agg.column(c).to_pylist() for c in
@@ -276,26 +284,56 @@ def _grouped_sums(acc: RunAccumulator, attack: pa.Array, variant: pa.Array, ctok
             grp.divergence_rows += cnt
 
 
+_DENSE_KEYS = 1 << 20       # (attack, variant) code pairs counted in a dense table below this many
+
+
+def _distinct_codes(col: pa.Array) -> tuple[np.ndarray, list[bytes]]:
+    """``(code of every row, the distinct values)`` of a binary column without nulls: a dictionary
+    array's codes mapped through an encoding of its dictionary (which may hold a value twice, or
+    values no row uses), another column dictionary-encoded."""
+    if pa.types.is_dictionary(col.type):
+        dd = pc.dictionary_encode(col.dictionary)
+        codes = dd.indices.to_numpy(zero_copy_only=False).astype(np.int64)[
+            col.indices.to_numpy(zero_copy_only=False).astype(np.int64)]
+        return codes, dd.dictionary.to_pylist()
+    enc = pc.dictionary_encode(col)
+    return enc.indices.to_numpy(zero_copy_only=False).astype(np.int64), enc.dictionary.to_pylist()
+
+
 def _row_keys(attack: pa.Array, variant: pa.Array) -> tuple[np.ndarray, list[tuple[str, str]]]:
     """``(key of every row, names of every key)``: the batch's distinct (attack, variant) byte pairs
-    (a length-prefixed key, so unambiguous whatever bytes the names hold) and each pair's names as
-    its group knows them (decoded, U+FFFD for invalid UTF-8)."""
-    keys = pc.binary_join_element_wise(pc.cast(pc.cast(pc.binary_length(attack), pa.string()), pa.binary()),
-                                       attack, variant, b"\x00")
-    uniq = pc.unique(keys)
-    first = pc.index_in(uniq, value_set=keys).to_numpy(zero_copy_only=False)
-    fa, fv = attack.take(pa.array(first)).to_pylist(), variant.take(pa.array(first)).to_pylist()
-    return (pc.index_in(keys, value_set=uniq).to_numpy(zero_copy_only=False).astype(np.int64),
-            [(a.decode("utf-8", "replace"), v.decode("utf-8", "replace")) for a, v in zip(fa, fv)])
+    and each pair's names as its group knows them (decoded, U+FFFD for invalid UTF-8).
+
+    Each column is dictionary-encoded (:func:`_distinct_codes`: distinct byte strings, so a pair of
+    codes is a distinct byte pair) and a row's pair is ``code_a * len(variants) + code_v``; the pairs
+    present are numbered by a count over those integers (or ``np.unique`` when there are too many to
+    count densely).
+    The keys' numbering is not the order the rows bring them; callers read ``key_names[key]``
+    only, so any numbering of the distinct pairs gives the same groups and sums."""
+    (ca, da), (cv, dv) = _distinct_codes(attack), _distinct_codes(variant)
+    nv = len(dv)
+    pair = ca * nv + cv
+    if len(da) * nv <= _DENSE_KEYS:
+        present = np.nonzero(np.bincount(pair, minlength=len(da) * nv))[0]
+        number = np.zeros(len(da) * nv, dtype=np.int64)
+        number[present] = np.arange(len(present))
+        row_key = number[pair]
+    else:
+        present, row_key = np.unique(pair, return_inverse=True)
+        row_key = row_key.ravel()
+    names = [(da[k // nv].decode("utf-8", "replace"), dv[k % nv].decode("utf-8", "replace"))
+             for k in present.tolist()]
+    return row_key, names
 
 
 def _discoverable(acc: RunAccumulator, batch: pa.RecordBatch, attack: pa.Array, extra: pa.Array,
                   row_gid: np.ndarray, top_spans: int) -> None:
     """Discoverable rows: exact hits and approximate ones (``edit_distance_ratio`` <= 0.1)."""
-    disc = np.nonzero(pc.equal(attack, pa.scalar(b"discoverable", pa.binary())).to_numpy(zero_copy_only=False))[0]
+    disc = np.nonzero(per_distinct(attack, lambda v: pc.equal(v, pa.scalar(b"discoverable", pa.binary()))
+                                   .to_numpy(zero_copy_only=False)))[0]
     if not len(disc):
         return
-    for i, x in zip(disc.tolist(), text(extra.take(pa.array(disc)))):
+    for i, x in zip(disc.tolist(), text(decoded(extra.take(pa.array(disc))))):
         grp = acc.groups[row_gid[i]]
         grp.discoverable_rows += 1
         try:
@@ -338,8 +376,7 @@ def _memorized(acc: RunAccumulator, batch: pa.RecordBatch, row_gid: np.ndarray, 
     comps = raw_bytes(comp_col)
     data, cstart = binary_buffers(comp_col)
     clen = np.fromiter(map(len, comps), np.int64, len(comps))
-    toff = batch.column("token_offsets").take(take)
-    ntok = pc.fill_null(pc.list_value_length(toff), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    ntok, vals = list_rows(batch.column("token_offsets"), hit)       # the rows with offsets: their offsets
     span_lists = [mi.memorized.get(r, ()) for r in rids]
     nspan = np.fromiter(map(len, span_lists), np.int64, len(span_lists))
     flat = [sp for spans in span_lists for sp in spans]
@@ -355,8 +392,6 @@ def _memorized(acc: RunAccumulator, batch: pa.RecordBatch, row_gid: np.ndarray, 
     tokens = np.zeros(len(hit), np.int64)
     rows = np.nonzero(ntok > 0)[0]
     if len(rows):
-        vals = pc.list_flatten(toff.filter(pa.array(ntok > 0)))
-        vals = pc.fill_null(vals, 0).to_numpy(zero_copy_only=False)
         rstart = np.concatenate([[0], np.cumsum(ntok[rows])]).astype(np.int64)
         local = np.full(len(hit), -1, np.int64)
         local[rows] = np.arange(len(rows))
@@ -436,7 +471,9 @@ def threshold_pass(acc: RunAccumulator, mi: MatchIndex) -> dict | None:
     # then bytes), whose tokens and bytes are both reported; run-wide, the longest of those
     if "mt" not in joined.column_names:
         return None
-    per_gid = longest_per(joined.filter(pc.is_valid(joined.column("mt"))), "gid")
+    tokenized = joined.filter(pc.is_valid(joined.column("mt")))
+    best = longest_rows(tokenized, tokenized.column("gid").to_numpy())
+    per_gid = tokenized.take(pa.array(best)) if best is not None else longest_per(tokenized, "gid")
     for r in per_gid.to_pylist():
         groups[r["gid"]].longest_run = (r["mt"], r["mb"])
     return longest_per(per_gid, None).to_pylist()[0] if per_gid.num_rows else None
@@ -472,6 +509,29 @@ def uniques_and_freq_per_key(keys: np.ndarray, hashes: np.ndarray,
     return _freq_tail(run_keys, starts, len(keys))
 
 
+_DENSE_COUNT = 1 << 22      # non-negative integers below this (and below 4 per value) are counted, not sorted
+
+
+def value_counts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(values, return_counts=True)`` of integers; non-negative ones in a small range
+    (group numbers, frequency counts) by ``np.bincount`` instead of a sort (tests/reports)."""
+    if len(values) and values.dtype.kind in "iu":
+        lo, hi = int(values.min()), int(values.max())
+        if lo >= 0 and hi < _DENSE_COUNT and hi < 4 * len(values) + 1024:
+            cnt = np.bincount(values.astype(np.int64))
+            present = np.nonzero(cnt)[0]
+            return present.astype(values.dtype), cnt[present]
+    return np.unique(values, return_counts=True)
+
+
+def sorted_small(values: np.ndarray, bound: int) -> np.ndarray:
+    """``np.sort(values)`` of int64 values in ``[0, bound)``, by a count per value when ``bound`` is
+    at most 4 per value (generation ordinals: O(n + bound), no comparison sort)."""
+    if len(values) and bound <= 4 * len(values) + 1024 and int(values.min()) >= 0 and int(values.max()) < bound:
+        return np.repeat(np.arange(bound, dtype=values.dtype), np.bincount(values, minlength=bound))
+    return np.sort(values)
+
+
 def _pair_runs(k: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The runs of equal (key, hash) pairs sorted by (key, hash): each run's key and first position."""
     new = np.ones(len(k), dtype=bool)
@@ -484,10 +544,10 @@ def _freq_tail(run_keys: np.ndarray, starts: np.ndarray, n: int) -> tuple[dict, 
     """:func:`uniques_and_freq_per_key` from the (key, hash) runs of its sorted pairs: each run's
     key and first position, ``n`` pairs in all."""
     runs = np.diff(np.append(starts, n))       # incidences of each (key, hash)
-    ks, n_unique = np.unique(run_keys, return_counts=True)
+    ks, n_unique = value_counts(run_keys)
     # (key, run length) pairs -> f_k per key, vectorised
     base = int(runs.max()) + 1
-    upairs, fk = np.unique(run_keys.astype(np.int64) * base + runs, return_counts=True)
+    upairs, fk = value_counts(run_keys.astype(np.int64) * base + runs)
     freq: dict[int, dict[int, int]] = {}
     for pr, f in zip(upairs.tolist(), fk.tolist()):
         freq.setdefault(pr // base, {})[pr % base] = f
@@ -518,7 +578,7 @@ def windows_pass(acc: RunAccumulator, run: Group, attacks: list[Group]) -> np.nd
     gid_of_gen[span_gen] = np.frombuffer(acc.iv_gid, dtype=np.uint32)
     inc_gid = gid_of_gen[inc_gen]
     counts = np.bincount(inc_wid, minlength=n_unique)
-    kk, fk = np.unique(counts, return_counts=True)
+    kk, fk = value_counts(counts)
     run.freq = {int(k): int(f) for k, f in zip(kk, fk)}
     run.unique_windows = int(n_unique)
     firsts = np.ones(len(inc_wid), dtype=bool)          # sorted by (window, generation): a window's first
@@ -527,7 +587,7 @@ def windows_pass(acc: RunAccumulator, run: Group, attacks: list[Group]) -> np.nd
         uniq, freq = uniques_and_freq_per_key(keys, inc_wid, hashes_sorted=True)
         for i, g in enumerate(level):
             g.unique_windows, g.freq = uniq.get(i, 0), freq.get(i, {})
-    return np.sort(inc_gen[firsts])
+    return sorted_small(inc_gen[firsts], ngen)
 
 
 def _incidences_sorted(wh: np.ndarray, win_gen: np.ndarray, ngen: int):
@@ -542,12 +602,25 @@ def _incidences_sorted(wh: np.ndarray, win_gen: np.ndarray, ngen: int):
     return len(uh), wid, ks[new] // ngen, ks[new] % ngen
 
 
+def stable_argsort_spread(values: np.ndarray) -> np.ndarray:
+    """``np.argsort(values, kind="stable")`` of unsigned integers spread over their range (hashes),
+    faster: a stable radix sort by the top 16 bits first (NumPy sorts 16-bit keys by radix), then
+    the stable sort (timsort) of the values in that order, which finds them nearly sorted. Equal
+    values keep their order through both stable sorts, so the result is the stable argsort's
+    (tests/reports). On the benchmark's 1.6 M window hashes: 0.16 -> 0.07 s."""
+    if len(values) < 1024 or values.dtype.kind != "u":
+        return np.argsort(values, kind="stable")
+    shift = max(int(values.max()).bit_length() - 16, 0)
+    first = np.argsort((values >> np.uint64(shift)).astype(np.uint16), kind="stable")
+    return first[np.argsort(values[first], kind="stable")]
+
+
 def _incidences_stable(wh: np.ndarray, win_gen: np.ndarray):
     """:func:`_incidences_sorted` for windows whose generations are non-decreasing (stream order):
     one stable sort of the hashes keeps each hash's windows in generation order, so the (rank,
     generation) pairs come out sorted without the second sort. Returns that sort's order too (the
     windows by rank, then position: ``RunAccumulator.win_order``)."""
-    order = np.argsort(wh, kind="stable")
+    order = stable_argsort_spread(wh)
     sh = wh[order]
     new = np.ones(len(sh), dtype=bool)
     new[1:] = sh[1:] != sh[:-1]

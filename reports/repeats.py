@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from reports.errors import ReportError
-from reports.inputs import low_bytes_mask, open_parquet, words_at
+from reports.inputs import eight_bytes as _eight_bytes, encoded, low_bytes_mask, open_parquet
 
 TAIL_THRESHOLD = 1e-6
 MIN_TOKENS_NO_LOGPROBS = 64
@@ -80,7 +80,12 @@ def binomial_upper_tail(k: int, m: int, p: float) -> float:
 
 def per_distinct(arr: pa.Array, fn):
     """``fn`` (Arrow array -> NumPy array, one value per element) of ``arr`` computed once per
-    distinct value (rows of a run share a few params and extra strings) and spread back to the rows."""
+    distinct value (rows of a run share a few params and extra strings) and spread back to the rows;
+    a dictionary array (:func:`reports.inputs.encoded`): once per entry of its dictionary."""
+    if pa.types.is_dictionary(arr.type):
+        if arr.indices.null_count or arr.dictionary.null_count:
+            return fn(arr.dictionary_decode())
+        return fn(arr.dictionary)[arr.indices.to_numpy(zero_copy_only=False)]
     if arr.null_count:              # (callers fill nulls first; with nulls: on every row)
         return fn(arr)
     enc = pc.dictionary_encode(arr)
@@ -123,17 +128,22 @@ class RepeatedDraws:
     def __init__(self):
         self.g64, self.fp, self.eff, self.ctoks, self.ordinal = [], [], [], [], []
         self.rids: list[pa.Array] = []
+        self.group_rows: dict[int, int] = {}       # group digest -> sampled rows (np.unique of g64, counted as added)
         self.greedy = 0
         self.rows_added = 0
 
-    def add(self, batch: pa.RecordBatch) -> None:
+    def add(self, batch: pa.RecordBatch, codes: dict | None = None) -> None:
+        """Add a batch of generations; ``codes``: some of its columns dictionary-encoded already
+        (``pc.dictionary_encode`` of the column as read, nulls as null codes), used instead of
+        encoding them again."""
         names = batch.schema.names
         n = batch.num_rows
+        codes = codes or {}
 
-        def col(name, default=b""):     # as bytes: invalid UTF-8 must not fail the report
+        def col(name, default=b""):     # as bytes: invalid UTF-8 must not fail the report (a dictionary array)
             if name not in names:
-                return pa.array([default] * n, pa.binary())
-            return pc.fill_null(pc.cast(batch.column(name), pa.binary()), default)
+                return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([default], pa.binary()))
+            return encoded(codes[name] if name in codes else batch.column(name), default)
 
         params = col("params", b"{}")
         keep = np.nonzero(_sampled_mask(params))[0]
@@ -146,7 +156,8 @@ class RepeatedDraws:
 
         def rows(c):
             return c if every else c.take(take)
-        self.g64.append(group_digests([col(c) for c in ("attack", "variant", "prompt", "params")], keep))
+        self.g64.append(group_digests([col(c) for c in ("attack", "variant", "prompt", "params")], keep,
+                                      self.group_rows))
         self.fp.append(fingerprints(batch.column("completion"), keep))
         self.ordinal.append(self.rows_added - n + keep)
         seed = rows(batch.column("seed")) if "seed" in names else pa.nulls(len(keep), pa.int64())
@@ -167,7 +178,6 @@ class RepeatedDraws:
             cat(self.ctoks, np.int64)
         ordinal = cat(self.ordinal, np.int64)
         rids = pa.chunked_array(self.rids, pa.string()) if self.rids else pa.chunked_array([], pa.string())
-        ug, ginv, gsize = np.unique(g64, return_inverse=True, return_counts=True)
         has_seed = eff != np.iinfo(np.int64).min
         # a class of equal keys holds equal second keys: only rows whose seed (fingerprint) occurs twice
         # can be in one, so the two-key sorts run on those alone
@@ -190,7 +200,7 @@ class RepeatedDraws:
             info = {}
         flagged_rows, examples = [], []
         for (rows, _), rep in zip(dup_classes, reps):
-            k, m = len(rows), int(gsize[ginv[rep]])
+            k, m = len(rows), self.group_rows[int(g64[rep])]
             ex = _judge(info.get(rids[rep].as_py(), {}), k, m, int(ctoks[rep]))
             if ex["flagged"]:
                 flagged_rows.extend(rows[1:].tolist())
@@ -201,20 +211,24 @@ class RepeatedDraws:
                           "request_ids": rids.take(pa.array(rows[:5])).to_pylist()}
                          for rows, _ in same_classes[:EXAMPLES]]
         same_set, flag_set = set(same_rows.tolist()), set(flagged_rows)
-        return {"rows_checked": int(len(g64)), "greedy_rows_exempt": int(self.greedy), "groups_checked": int(len(ug)),
+        return {"rows_checked": int(len(g64)), "greedy_rows_exempt": int(self.greedy),
+                "groups_checked": len(self.group_rows),
                 "duplicate_rows": int(len(dup_rows)), "duplicate_completions": len(dup_classes),
                 "same_draw_rows": len(same_set), "flagged_rows": len(flag_set),
                 "repeated_rows": len(same_set | flag_set), "examples": same_examples + examples, "rule": RULE}
 
 
-def group_digests(columns: list[pa.Array], rows: np.ndarray) -> np.ndarray:
+def group_digests(columns: list[pa.Array], rows: np.ndarray, counts: dict | None = None) -> np.ndarray:
     """The group digest of each of ``rows``: the 64-bit BLAKE2b of its values of ``columns`` (binary,
-    no nulls) joined by NUL bytes. Rows of a run share a few values per column, so each column is
-    dictionary-encoded and each distinct combination of codes joined and hashed once; equal to
-    hashing every row's joined values (tests/reports)."""
+    no nulls; or dictionary arrays of such values, a value perhaps twice in a dictionary) joined by NUL
+    bytes. Rows of a run share a few values per column, so each column is dictionary-encoded (unless
+    it is a dictionary array) and each distinct combination of codes joined and hashed once; equal to
+    hashing every row's joined values (tests/reports). ``counts`` (digest -> rows), when given, has
+    the rows of each digest added (combinations hashing alike added together): summed over the
+    batches, the ``np.unique(digests, return_counts=True)`` of all rows without a sort of them."""
     codes, dicts = [], []
     for c in columns:
-        enc = pc.dictionary_encode(c)
+        enc = c if pa.types.is_dictionary(c.type) else pc.dictionary_encode(c)
         codes.append(enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)[rows])
         dicts.append(enc.dictionary.to_pylist())
     key = codes[0]
@@ -235,6 +249,9 @@ def group_digests(columns: list[pa.Array], rows: np.ndarray) -> np.ndarray:
         combos = uniq.tolist()
     digests = np.frombuffer(b"".join(hashlib.blake2b(b"\x00".join(d[i] for d, i in zip(dicts, combo)),
                                                      digest_size=8).digest() for combo in combos), "<u8")
+    if counts is not None and len(combos):
+        for d, c in zip(digests.tolist(), np.bincount(inv.ravel(), minlength=len(combos)).tolist()):
+            counts[d] = counts.get(d, 0) + c
     return digests[inv.ravel()] if len(combos) else np.zeros(0, np.uint64)
 
 
@@ -270,21 +287,6 @@ def fingerprints(completions: pa.Array, rows: np.ndarray) -> np.ndarray:
     return fp
 
 
-def _eight_bytes(data: np.ndarray, at: np.ndarray, ar8: np.ndarray) -> np.ndarray:
-    """``data[at[i]:at[i] + 8]`` for every i as a little-endian uint64, zeros past the buffer's end
-    (read through an unaligned 8-byte view at every offset: one look-up per row)."""
-    n = len(data)
-    if n < 8:
-        idx = at[:, None] + ar8[None, :]
-        return (np.take(data, idx, mode="clip") * (idx < n)).astype(np.uint8).view("<u8").ravel()
-    word = words_at(data)[np.minimum(at, n - 8)]
-    late = np.nonzero(at > n - 8)[0]
-    if len(late):
-        idx = at[late, None] + ar8[None, :]
-        word[late] = (np.take(data, idx, mode="clip") * (idx < n)).astype(np.uint8).view("<u8").ravel()
-    return word
-
-
 def _completion_hashes(parts: list[str], ordinals: np.ndarray) -> np.ndarray:
     """The 64-bit hash (Python's, as bytes) of the completion of each row at these stream ordinals
     (ascending), reading only the row groups that hold them, a row group at a time."""
@@ -314,9 +316,15 @@ def _completion_hashes(parts: list[str], ordinals: np.ndarray) -> np.ndarray:
 
 
 def occurs_twice(values: np.ndarray) -> np.ndarray:
-    """True where the value occurs at least twice in ``values`` (one sort)."""
+    """True where the value occurs at least twice in ``values``: one sort, or, for integers in a range
+    of less than 4 values per element (effective seeds are often consecutive), a count per value."""
     if len(values) < 2:
         return np.zeros(len(values), dtype=bool)
+    if values.dtype.kind in "iu" and len(values) >= 64:
+        lo, hi = int(values.min()), int(values.max())
+        if hi - lo < 4 * len(values):
+            at = (values - values.dtype.type(lo)).astype(np.int64)
+            return np.bincount(at)[at] >= 2
     s = np.sort(values)
     dup = s[1:][s[1:] == s[:-1]]
     return np.isin(values, dup) if len(dup) else np.zeros(len(values), dtype=bool)

@@ -12,6 +12,13 @@ Guarantees: a text is classified and scanned once however many spans repeat it (
 depends on the text and its corpus occurrences only; a span's corpus count is the same wherever
 it occurs, so the first record's is used); the look-up never fails the report over the index
 (a warning, then matches.parquet's canonical occurrence).
+
+:class:`TextWork` does the per-text part of these passes (distinct texts, classes, content
+detectors, MinHash signatures) a slice of records at a time, as the generations pass produces
+them (``read_generations(..., after_batch=work)``: while the next batch decodes on the read-ahead
+thread); the passes then only assemble from its caches. Every per-text result depends on the text
+(and its corpus occurrences) alone, and the caches keep the records' order, so the output is the
+same however the records were sliced.
 """
 from __future__ import annotations
 
@@ -22,31 +29,144 @@ from reports.categories import CATEGORIES, find_all_many
 from reports.errors import ReportError
 from reports.taxonomy_figures import taxonomy_figures
 
+MIN_PENDING_TEXTS = 256     # TextWork works on at least this many new texts at once (until the last slice)
+_NOTHING_FOUND = {c: [] for c in CATEGORIES}      # find_all's result for a text with nothing found (shared: read only)
+
 
 def distinct_texts(records: list[dict]) -> dict[str, dict]:
     """Text -> its first span record, plus ``generations`` (how many generations emitted it) and
     ``request_ids`` (the first 5)."""
-    uniq: dict[str, dict] = {}
-    for r in records:
-        u = uniq.get(r["text"])
+    seen: dict[str, list] = {}
+    count_texts(seen, records, 0)
+    return expand_texts(seen, records)
+
+
+def count_texts(seen: dict[str, list], records, base: int, new: list | None = None) -> None:
+    """:func:`distinct_texts` in short, continued over ``records`` (the records from number ``base``
+    on; ``seen`` holds the texts of those before): text -> ``[number of its first record,
+    generations, first 5 request ids, last request id]``. The texts seen for the first time are
+    appended to ``new`` (when given), in order."""
+    for i, r in enumerate(records, base):
+        t = r["text"]
+        u = seen.get(t)
         if u is None:
-            u = uniq[r["text"]] = dict(r, generations=0, request_ids=[], last_rid=None)
-        if u["last_rid"] != r["request_id"]:       # a generation's spans are contiguous in the records
-            u["last_rid"] = r["request_id"]
-            u["generations"] += 1
-            if len(u["request_ids"]) < 5:
-                u["request_ids"].append(r["request_id"])
-    return uniq
+            u = seen[t] = [i, 0, [], None]
+            if new is not None:
+                new.append(t)
+        rid = r["request_id"]
+        if u[3] != rid:                 # a generation's spans are contiguous in the records
+            u[3] = rid
+            u[1] += 1
+            if len(u[2]) < 5:
+                u[2].append(rid)
+
+
+def expand_texts(seen: dict[str, list], records: list[dict]) -> dict[str, dict]:
+    """:func:`distinct_texts` from :func:`count_texts`' short form."""
+    return {t: dict(records[i], generations=g, request_ids=ids, last_rid=last)
+            for t, (i, g, ids, last) in seen.items()}
+
+
+class TextWork:
+    """The per-text results of the memorized texts, computed a slice of span records at a time:
+    ``classes`` ((text, occurrences) -> :func:`taxonomy.classify_both` pair), ``found``
+    (:func:`categories.find_all_many` of each distinct text, in the order of first appearance; the
+    texts with nothing found share one read-only result) and the MinHash signatures of the first
+    ``max_texts`` distinct texts (:func:`neardup.signatures`, same order: the texts
+    :func:`neardup.cluster_texts` clusters); after :meth:`finish`, ``uniq`` (:func:`distinct_texts`).
+
+    Called with a :class:`reports.passes.RunAccumulator` (the ``after_batch`` hook of
+    ``read_generations``): takes the span records added since the last call; the detectors run once
+    ``min_pending`` new texts are waiting. :meth:`finish` takes the last records and runs them on
+    the rest. Memory while the generations stream: per-text results only, about 200 bytes a text
+    plus its signature (``NUM_PERM`` x 4 = 512 bytes: 15 MB at 30,000 texts, 100 MB at the 200,000
+    of ``max_texts``' default; the all-at-once path holds the same array, after the stream)."""
+
+    def __init__(self, rmin: int, max_texts: int, min_pending: int | None = None):
+        self.rmin = int(rmin)
+        self.max_texts = int(max_texts)
+        self.min_pending = MIN_PENDING_TEXTS if min_pending is None else int(min_pending)
+        self.uniq: dict[str, dict] | None = None
+        self.classes: dict[tuple, tuple | None] = {}
+        self.found: list[dict] = []
+        self.records_seen = 0
+        self._seen: dict[str, list] = {}
+        self._sig: list = []
+        self._sig_rows = 0
+        self._new_keys: list[tuple] = []
+        self._new_texts: list[str] = []
+
+    def __call__(self, acc) -> None:
+        self.add(acc.span_records)
+
+    def add(self, records: list[dict]) -> None:
+        """Takes ``records[self.records_seen:]`` (``records`` only grows between calls)."""
+        new = records[self.records_seen:]
+        count_texts(self._seen, new, self.records_seen, self._new_texts)
+        self.records_seen = len(records)
+        classes, keys = self.classes, self._new_keys
+        for r in new:
+            k = (r["text"], r["occurrences"])
+            if k not in classes:
+                classes[k] = None
+                keys.append(k)
+        if len(self._new_texts) >= self.min_pending or len(keys) >= self.min_pending:
+            self._run()
+
+    def finish(self, records: list[dict]) -> TextWork:
+        """Takes the records not taken yet and runs the detectors on every text still waiting;
+        returns self."""
+        self.add(records)
+        self._run()
+        self.uniq = expand_texts(self._seen, records)
+        return self
+
+    def signatures(self):
+        """The signatures of the first ``min(len(uniq), max_texts)`` distinct texts, one array (the
+        blocks copied in and let go one by one: at most one block more than the result)."""
+        import numpy as np
+
+        from reports.neardup import NUM_PERM
+        out = np.empty((self._sig_rows, NUM_PERM), dtype=np.uint32)
+        at = 0
+        blocks, self._sig = self._sig, []
+        while blocks:
+            b = blocks.pop(0)
+            out[at:at + len(b)] = b
+            at += len(b)
+        self._sig = [out]
+        return out
+
+    def _run(self) -> None:
+        keys, self._new_keys = self._new_keys, []
+        if keys:
+            both = taxonomy.classify_many([k[0] for k in keys], [k[1] for k in keys], self.rmin)
+            self.classes.update(zip(keys, both))
+        texts, self._new_texts = self._new_texts, []
+        if texts:
+            nothing = _NOTHING_FOUND
+            self.found += [nothing if f == nothing else f for f in find_all_many(texts)]
+            room = self.max_texts - self._sig_rows
+            if room > 0:
+                from reports.neardup import signatures
+                sig = signatures(texts[:room])
+                self._sig.append(sig)
+                self._sig_rows += len(sig)
 
 
 def classify_spans(records: list[dict], uniq: dict, groups: list, totals: dict, per_attack: dict,
-                   per_variant: dict, rmin: int, win_id, win_hash, win_order=None) -> tuple[dict, dict]:
+                   per_variant: dict, rmin: int, win_id, win_hash, win_order=None,
+                   classes: dict | None = None) -> tuple[dict, dict]:
     """Class of every memorized span (``reports.taxonomy``), set on each distinct text as ``taxonomy``;
     returns ``by_category`` (figures per class and non-trivial; ``nontrivial_*`` scalars added to the
     figure dicts in place) and the ``taxonomy`` section (thresholds, definitions, counts);
-    ``win_id`` / ``win_hash`` / ``win_order``: the run's windows (:class:`reports.taxonomy_figures.SpanPool`)."""
-    keys = list(dict.fromkeys((r["text"], r["occurrences"]) for r in records))
-    cache = dict(zip(keys, taxonomy.classify_many([k[0] for k in keys], [k[1] for k in keys], rmin)))
+    ``win_id`` / ``win_hash`` / ``win_order``: the run's windows (:class:`reports.taxonomy_figures.SpanPool`);
+    ``classes``: the classes of every (text, occurrences) of the records, already computed
+    (:attr:`TextWork.classes`), else computed here."""
+    cache = classes
+    if cache is None:
+        keys = list(dict.fromkeys((r["text"], r["occurrences"]) for r in records))
+        cache = dict(zip(keys, taxonomy.classify_many([k[0] for k in keys], [k[1] for k in keys], rmin)))
     both = [cache[(r["text"], r["occurrences"])] for r in records]
     for r, (ours, _) in zip(records, both):
         uniq[r["text"]].setdefault("taxonomy", ours)
@@ -68,18 +188,24 @@ def classify_spans(records: list[dict], uniq: dict, groups: list, totals: dict, 
     return by_category, section
 
 
-def content_categories(uniq: dict, totals: dict) -> dict:
+def content_categories(uniq: dict, totals: dict, found: list | None = None) -> dict:
     """Runs the content detectors on each distinct text (its ``categories``), adds
-    ``category_<name>`` to ``totals``; returns metrics.json's ``categories`` section."""
+    ``category_<name>`` to ``totals``; returns metrics.json's ``categories`` section. ``found``:
+    the detectors' findings of each text of ``uniq``, in its order (:attr:`TextWork.found`), else
+    found here."""
     cat_spans = {c: 0 for c in CATEGORIES}
     cat_unique: dict[str, set] = {c: set() for c in CATEGORIES}
-    for (text, u), found in zip(uniq.items(), find_all_many(list(uniq))):
-        u["categories"] = [c for c in CATEGORIES if found[c]]
+    if found is None:
+        found = find_all_many(list(uniq))
+    elif len(found) != len(uniq):
+        raise ValueError(f"{len(found)} findings for {len(uniq)} texts")
+    for u, f in zip(uniq.values(), found):
+        u["categories"] = [c for c in CATEGORIES if f[c]]
         for c in CATEGORIES:
-            if found[c]:
+            if f[c]:
                 cat_spans[c] += 1
                 if len(cat_unique[c]) < 10_000:
-                    cat_unique[c].update(found[c])
+                    cat_unique[c].update(f[c])
     for c in CATEGORIES:
         totals[f"category_{c}"] = cat_spans[c]
     return {c: {"spans": cat_spans[c], "unique_values": len(cat_unique[c]),

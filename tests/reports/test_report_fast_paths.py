@@ -278,11 +278,15 @@ def test_occurs_twice_by_counting():
 
     from reports.repeats import occurs_twice
     rng = np.random.default_rng(2)
-    for n, hi in ((0, 5), (1, 5), (2, 1), (50, 10), (500, 10_000), (300, 2 ** 63)):
+    for n, hi in ((0, 5), (1, 5), (2, 1), (50, 10), (500, 10_000), (300, 2 ** 63), (5000, 100), (5000, 19_999),
+                  (5000, 20_001), (64, 255), (64, 256)):
         for dtype in (np.int64, np.uint64):
-            x = rng.integers(0, hi, n, dtype=np.uint64).astype(dtype)
-            c = Counter(x.tolist())
-            assert occurs_twice(x).tolist() == [c[v] >= 2 for v in x.tolist()]
+            for base in (0, 2 ** 62, -(2 ** 62)):          # the counted range far from 0, negative for int64
+                if base < 0 and dtype == np.uint64:
+                    continue
+                x = (rng.integers(0, hi, n, dtype=np.uint64).astype(np.int64) + base).astype(dtype)
+                c = Counter(x.tolist())
+                assert occurs_twice(x).tolist() == [c[v] >= 2 for v in x.tolist()]
 
 
 def _coverable_before(ids, vals, valued, kind):
@@ -412,6 +416,47 @@ def test_fingerprints_equal_the_plain_definition():
         rows = np.array(sorted(rng.sample(range(len(vals)), rng.randint(0, len(vals)))), dtype=np.int64)
         got = fingerprints(arr, rows).tolist()
         assert got == [_fingerprint_of(vals[r] or b"") for r in rows.tolist()], trial
+
+
+@pytest.mark.parametrize("lead", range(9))
+def test_eight_bytes_from_aligned_words_equal_the_unaligned_reads(lead):
+    """The 8-byte reads composed of two aligned words equal the reads through the unaligned view:
+    buffers starting at every alignment, every offset including the first and last 16 bytes (the
+    unaligned path), offsets past the end (zeros), and short buffers."""
+    from reports.inputs import eight_bytes as _eight_bytes, eight_bytes_unaligned as _eight_bytes_unaligned
+    rng = np.random.default_rng(lead)
+    ar8 = np.arange(8)
+    for n in (1, 7, 8, 9, 15, 16, 17, 23, 24, 40, 1000):      # (fingerprints never passes an empty buffer)
+        raw = rng.integers(0, 256, n + 16, dtype=np.uint8)
+        data = raw[lead % 8:lead % 8 + n]
+        at = np.concatenate([np.arange(n + 3), rng.integers(0, max(n, 1), 200)]).astype(np.int64)
+        got = _eight_bytes(data, at, ar8)
+        assert got.dtype == np.uint64
+        assert got.tolist() == _eight_bytes_unaligned(data, at, ar8).tolist(), n
+        assert got.tolist() == [int.from_bytes(data[i:i + 8].tobytes().ljust(8, b"\0"), "little")
+                                for i in at.tolist()], n
+
+
+def test_fingerprint_candidates_stay_few_on_shared_prefixes_and_suffixes():
+    """Adversarial completions for a sampled-bytes fingerprint: one long shared prefix and suffix,
+    the same length, different only in a middle band. The fingerprint reads 8 bytes at 8 evenly
+    spaced places (gaps of (len - 8) / 7 bytes), so a band of at least a gap's width always covers
+    one: no false candidate among 600 such rows, only the true copies; equal completions always
+    share a fingerprint, so a repeat can never be missed (the candidates are compared in full)."""
+    import pyarrow as pa
+
+    from reports.repeats import fingerprints, occurs_twice
+    rng = random.Random(13)
+    n_len = 1400
+    for band_at in (0, 100, 600, n_len - 250):
+        prefix = bytes(rng.randrange(97, 123) for _ in range(band_at))
+        band = (n_len - 8) // 7 + 1
+        suffix = bytes(rng.randrange(97, 123) for _ in range(n_len - band_at - band))
+        rows = [prefix + bytes(rng.randrange(97, 123) for _ in range(band)) + suffix for _ in range(600)]
+        rows += rows[:5]                                   # five true copies
+        fp = fingerprints(pa.array(rows, pa.binary()), np.arange(len(rows)))
+        cand = np.nonzero(occurs_twice(fp))[0]
+        assert sorted(cand.tolist()) == [0, 1, 2, 3, 4, 600, 601, 602, 603, 604], band_at
 
 
 def test_params_and_extra_parsed_once_per_distinct_value():
@@ -567,10 +612,13 @@ def test_group_digests_equal_hashing_every_joined_row(packed, monkeypatch):
         cols = [[rng.choice(pool[:rng.randrange(1, len(pool) + 1)]) for _ in range(n)] for _ in range(4)]
         rows = np.array(sorted(rng.sample(range(n), rng.randrange(1, n + 1))) if trial % 3 else
                         [rng.randrange(n) for _ in range(n)], dtype=np.int64)
-        got = repeats.group_digests([pa.array(c, pa.binary()) for c in cols], rows).tolist()
+        counts = {7: 1} if trial % 2 else {}       # added to what the dict held (the batches before)
+        got = repeats.group_digests([pa.array(c, pa.binary()) for c in cols], rows, counts).tolist()
         want = [int.from_bytes(hashlib.blake2b(b"\x00".join(c[r] for c in cols), digest_size=8).digest(), "little")
                 for r in rows.tolist()]
         assert got == want, trial
+        u, c = np.unique(np.array(want, np.uint64), return_counts=True)     # what result() took from all rows
+        assert counts == {**dict(zip(u.tolist(), c.tolist())), **({7: 1} if trial % 2 else {})}
 
 
 def _group_counts_by_aggregation(acc, batch, names, attack, variant, extra):
@@ -646,6 +694,263 @@ def test_group_counts_equal_the_grouped_aggregation(monkeypatch):
         assert fast.groups == slow.groups and fast.gid_of == slow.gid_of, trial
         assert all(type(g.cost_usd) is float and type(g.generated_tokens) is int for g in fast.groups)
     assert 16 <= len(grouped) < batches - 20          # both paths taken, the sums mostly by np.bincount
+
+
+def _row_keys_joined(attack, variant):
+    """passes._row_keys as it was before the dictionary codes: a length-prefixed join of the two
+    byte strings per row, numbered in the order the rows bring them."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    keys = pc.binary_join_element_wise(pc.cast(pc.cast(pc.binary_length(attack), pa.string()), pa.binary()),
+                                       attack, variant, b"\x00")
+    uniq = pc.unique(keys)
+    first = pc.index_in(uniq, value_set=keys).to_numpy(zero_copy_only=False)
+    fa, fv = attack.take(pa.array(first)).to_pylist(), variant.take(pa.array(first)).to_pylist()
+    return (pc.index_in(keys, value_set=uniq).to_numpy(zero_copy_only=False).astype(np.int64),
+            [(a.decode("utf-8", "replace"), v.decode("utf-8", "replace")) for a, v in zip(fa, fv)])
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_row_keys_by_dictionary_codes_equal_the_joined_keys(dense, monkeypatch):
+    """Every row gets the same names from the dictionary codes as from the joined byte strings, and
+    rows share a key exactly when they did: random names, pairs that join alike without the length
+    prefix ("a" + "bc", "ab" + "c"), NUL bytes, invalid UTF-8 decoding alike, empty names; both the
+    dense count and np.unique for many pairs."""
+    import pyarrow as pa
+
+    from reports import passes
+    if not dense:
+        monkeypatch.setattr(passes, "_DENSE_KEYS", 0)
+    rng = random.Random(5)
+    pool_a = [b"a", b"ab", b"", b"a\x00", b"\xff", b"\xfe", b"divergence", "\u00e9".encode()]
+    pool_v = [b"bc", b"c", b"", b"\x00c", b"\xffx", b"\xfex", b"poem"] + [str(i).encode() for i in range(40)]
+    for trial in range(30):
+        n = rng.randint(1, 300)
+        att = pa.array([rng.choice(pool_a[:rng.randint(1, len(pool_a))]) for _ in range(n)], pa.binary())
+        var = pa.array([rng.choice(pool_v) for _ in range(n)], pa.binary())
+        key, names = passes._row_keys(att, var)
+        key2, names2 = _row_keys_joined(att, var)
+        assert [names[k] for k in key.tolist()] == [names2[k] for k in key2.tolist()]
+        assert sorted(names) == sorted(names2) and len(names) == len(set(zip(att.to_pylist(), var.to_pylist())))
+        same = key[:, None] == key[None, :]
+        assert np.array_equal(same, key2[:, None] == key2[None, :])
+        assert sorted(set(key.tolist())) == list(range(len(names)))
+
+
+@pytest.mark.parametrize("case", ["repeated_ids", "ids_once", "null_id", "one_batch"])
+def test_merge_per_request_equals_group_by_and_join(case):
+    """The per-request table merged on arrays equals Arrow's group_by + left join (rows compared by
+    request id): ids spread over batches (summed), each id once, a null id (Arrow's path), one
+    batch; spans tied on tokens, bytes and start (the first in file order wins: another doc_id),
+    requests whose spans are all untokenized (no longest span: nulls)."""
+    import pyarrow as pa
+
+    from reports import spans
+    rng = random.Random(sum(map(ord, case)))
+    small, longest = [], []
+    for b in range(1 if case == "one_batch" else 6):
+        n = rng.randint(1, 400)
+        if case == "ids_once":
+            ids = [f"b{b}-{i}" for i in range(n)]
+        else:
+            ids = [f"r{rng.randrange(300)}\u00e9" for _ in range(n)]
+        if case == "null_id":
+            ids[0] = None
+        tok = np.array([-1 if rng.random() < 0.1 else rng.choice([10, 20, 35, 50, 64]) for _ in range(n)])
+        ss = np.array([rng.choice([0, 5, 9]) for _ in range(n)])
+        batch = pa.record_batch({"request_id": pa.array(ids, pa.string()), "span_start": pa.array(ss),
+                                 "span_end": pa.array(ss + np.array([rng.choice([30, 40]) for _ in range(n)])),
+                                 "tokens": pa.array(tok), "doc_id": pa.array(range(b * 1000, b * 1000 + n)),
+                                 "doc_offset": pa.array([0] * n), "source": pa.array([f"s{b}"] * n)})
+        rids = batch.column("request_id")
+        small.append(spans._threshold_counts(rids, tok))
+        keep = np.nonzero(tok >= 0)[0]
+        if len(keep):
+            longest.append(spans.longest_per(spans.span_table(batch, rids, tok, keep), "request_id"))
+    got = spans._merge_per_request(small, longest)
+    want = spans._merge_per_request_arrow(small, longest)
+    key = [("request_id", "ascending")]
+    assert got.schema == want.schema
+    assert got.sort_by(key).to_pylist() == want.sort_by(key).to_pylist()
+    assert got.num_rows == len({r for t in small for r in t.column("request_id").to_pylist()})
+    assert any(r["mt"] is None for r in got.to_pylist())
+    no_longest = spans._merge_per_request_arrow(small, []).sort_by(key)
+    assert spans._merge_per_request(small, []).sort_by(key).equals(no_longest)
+
+
+@pytest.mark.parametrize("kind", ["spread", "few_values", "small", "top_bits_equal", "zeros", "uint32", "short"])
+def test_stable_argsort_spread_equals_the_stable_argsort(kind):
+    """The two-pass sort (top 16 bits by radix, then timsort) gives exactly the stable argsort:
+    62-bit hashes with repeats, few distinct values (long runs of ties), values below 2^16, values
+    sharing their top bits, all zero, another unsigned width, and arrays too short for the two passes."""
+    from reports.passes import stable_argsort_spread
+    rng = np.random.default_rng(len(kind))
+    n = 50 if kind == "short" else 20_000
+    if kind == "spread":
+        v = rng.integers(0, 1 << 62, n // 2, dtype=np.uint64)[rng.integers(0, n // 2, n)]
+    elif kind == "few_values":
+        v = rng.integers(0, 1 << 63, 7, dtype=np.uint64)[rng.integers(0, 7, n)]
+    elif kind == "small":
+        v = rng.integers(0, 3000, n).astype(np.uint64)
+    elif kind == "top_bits_equal":
+        v = (np.uint64(0xABCD) << np.uint64(48)) | rng.integers(0, 40, n).astype(np.uint64)
+    elif kind == "zeros":
+        v = np.zeros(n, np.uint64)
+    elif kind == "uint32":
+        v = rng.integers(0, 1 << 32, n, dtype=np.uint64).astype(np.uint32)
+    else:
+        v = rng.integers(0, 1 << 62, n, dtype=np.uint64)
+    assert np.array_equal(stable_argsort_spread(v), np.argsort(v, kind="stable"))
+
+
+def test_value_counts_and_sorted_small_equal_unique_and_sort():
+    """Counting instead of sorting gives np.unique's values, counts and dtype, and np.sort's array:
+    dense small ranges (counted), sparse or large or negative values (sorted), empty arrays."""
+    from reports.passes import sorted_small, value_counts
+    rng = np.random.default_rng(4)
+    for n, lo, hi in ((0, 0, 1), (1, 0, 1), (1000, 0, 5), (1000, 0, 4000), (1000, 0, 10 ** 6), (1000, -3, 5),
+                      (5000, 2 ** 22 - 10, 2 ** 22 + 10), (300, 7, 8)):
+        for dtype in (np.int64, np.uint32, np.int32):
+            if lo < 0 and dtype == np.uint32:
+                continue
+            x = rng.integers(lo, hi, n).astype(dtype)
+            got, want = value_counts(x), np.unique(x, return_counts=True)
+            assert got[0].dtype == want[0].dtype and got[0].tolist() == want[0].tolist()
+            assert got[1].tolist() == want[1].tolist()
+        x = rng.integers(max(lo, 0), hi, n).astype(np.int64)
+        for bound in (hi, hi + 1, 10 ** 7):
+            assert np.array_equal(sorted_small(x, bound), np.sort(x)) and sorted_small(x, bound).dtype == np.int64
+
+
+def test_encoded_columns_hold_the_rows_values():
+    """inputs.encoded: a dictionary array of each row's bytes (null: the fill value), from a dense
+    column or from a dictionary array whose dictionary repeats a value, holds unused values or
+    invalid UTF-8, and whose codes are null; per_distinct and _row_keys read it as the dense column."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from reports import passes
+    from reports.inputs import decoded, encoded
+    from reports.repeats import per_distinct
+    vals = [b"a", b"\xffx", b"", b"a", None, b'{"diverged": true}']
+    dense = pa.array(vals, pa.binary())
+    cases = [dense, pa.array([None if v is None else v.decode("utf-8", "replace") for v in vals], pa.string()),
+             pc.dictionary_encode(dense),
+             pa.DictionaryArray.from_arrays(pa.array([0, 1, 2, 3, None, 5], pa.int32()),
+                                            pa.array([b"a", b"\xffx", b"", b"a", b"unused", b'{"diverged": true}'])),
+             pa.DictionaryArray.from_arrays(pa.array([1, 2, 3, 1, 0, 4], pa.int8()),
+                                            pa.array([None, "a", "\ufffdx", "", '{"diverged": true}']))]
+    regex = lambda v: pc.match_substring_regex(v, r'"diverged"\s*:\s*true').to_numpy(zero_copy_only=False)  # noqa: E731
+    for k, col in enumerate(cases):
+        enc = encoded(col, b"FILL")
+        assert pa.types.is_dictionary(enc.type) and enc.null_count == 0 and enc.dictionary.type == pa.binary()
+        want = [(v if v is not None else b"FILL") for v in vals]
+        if k in (1, 4):                            # the string forms hold U+FFFD for the invalid byte
+            want = [w.decode("utf-8", "replace").encode() for w in want]
+        assert decoded(enc).to_pylist() == want, k
+        assert per_distinct(enc, regex).tolist() == [b'"diverged": true' in w for w in want]
+        key, names = passes._row_keys(enc, encoded(dense, b""))
+        key2, names2 = passes._row_keys(pa.array(want, pa.binary()), encoded(dense, b""))
+        assert [names[i] for i in key.tolist()] == [names2[i] for i in key2.tolist()]
+        assert len(names) == len(set(names)) == len(names2)
+
+
+def test_shared_encodings_give_the_same_report(tmp_path, monkeypatch):
+    """The generations pass encoding its text columns once per batch for the group counts and the
+    repeated-draws check gives the report each column's own encoding gives: nulls, invalid UTF-8,
+    names decoding alike, greedy and sampled params, divergence and discoverable rows."""
+    import glob
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from reports import compute_metrics, passes
+    from synthetic_runs import write_planted_run
+    run = tmp_path / "run"
+    write_planted_run(str(run), 1500, memorized_rate=0.06, short_rate=0.1, corpus_docs=30, part_rows=500,
+                      row_group_rows=200)
+    rng = random.Random(8)
+    choices = {"attack": (pa.string(), ["divergence", "special_chars", "discoverable", None, "prefix"]),
+               "variant": (pa.binary(), [b"poem", b"\xffx", b"\xfex", b"", None, b"company"]),
+               "extra": (pa.string(), ['{"diverged": true}', '{"n_choice": 1}', None, '{"exact": true}',
+                                       '{"edit_distance_ratio": 0.05, "target": "x"}', "{}"]),
+               "prompt": (pa.string(), ["p1", "p2", None, ""]),
+               "params": (pa.string(), ['{"temperature": 1.0}', '{"temperature": 0}', None, '{"top_k": 1}']),
+               "seed": (pa.int64(), [1, 2, None])}
+    for k, path in enumerate(sorted(glob.glob(str(run / "generations" / "part-*.parquet")))):
+        t = pq.read_table(path)
+        for name, (typ, pool) in choices.items():
+            pool = pool[:2 + k] if name in ("attack", "variant") else pool       # new values in later parts
+            arr = pa.array([rng.choice(pool) for _ in range(t.num_rows)], typ)
+            t = (t.set_column(t.column_names.index(name), name, arr) if name in t.column_names
+                 else t.append_column(name, arr))
+        pq.write_table(t, path, row_group_size=130)
+    fast = compute_metrics(str(run))
+    monkeypatch.setattr(passes, "SHARED_ENCODINGS", ())
+    slow = compute_metrics(str(run))
+    for m in (fast, slow):
+        for k in ("generated_at", "elapsed_s", "timings"):
+            m.pop(k)
+    assert _diff(fast, slow) == []
+    assert fast.memorized_texts == slow.memorized_texts
+    assert fast["metrics"]["memorized_generations"] > 20 and sum(map(len, fast["per_variant"].values())) > 6
+    assert fast["repeated_draws"]["same_draw_rows"] > 0 and fast["repeated_draws"]["greedy_rows_exempt"] > 0
+
+
+@pytest.mark.parametrize("typ", ["list32", "large64"])
+def test_list_rows_equal_take_and_flatten(typ):
+    """inputs.list_rows gives the lengths and values that take + list_flatten + fill_null give: null
+    lists (empty), null values (0), empty lists, sliced columns, rows in any order or repeated."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from reports.inputs import list_rows
+    rng = random.Random(len(typ))
+    t = pa.list_(pa.int32()) if typ == "list32" else pa.large_list(pa.int64())
+    for trial in range(60):
+        lists = [None if rng.random() < 0.1 else
+                 [None if rng.random() < 0.05 else rng.randrange(1000) for _ in range(rng.choice([0, 1, 3, 40]))]
+                 for _ in range(rng.randint(1, 50))]
+        col = pa.array(lists, t)
+        cut = rng.randint(0, len(lists) - 1) if trial % 3 == 0 else 0
+        col, lists = col.slice(cut), lists[cut:]
+        rows = np.array(sorted(rng.sample(range(len(lists)), rng.randint(0, len(lists)))) if trial % 2 else
+                        [rng.randrange(len(lists)) for _ in range(rng.randint(0, 30))], dtype=np.int64)
+        n, vals = list_rows(col, rows)
+        taken = col.take(pa.array(rows, pa.int64()))
+        assert n.tolist() == pc.fill_null(pc.list_value_length(taken), 0).to_pylist()
+        assert vals.tolist() == pc.fill_null(pc.list_flatten(taken), 0).to_pylist()
+        assert vals.dtype == (np.int32 if typ == "list32" else np.int64)
+
+
+@pytest.mark.parametrize("ties", ["few", "many"])
+def test_longest_rows_equal_the_sorted_longest(ties):
+    """spans.longest_rows picks, per key and run-wide, the row longest_per's sort keeps: most tokens,
+    then bytes, then request id (bytes; a null id last, invalid UTF-8), span start, then row order;
+    tables where everything ties but the request id or the start, and negative and huge values."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from reports import spans
+    rng = random.Random(len(ties))
+    for trial in range(40):
+        n = rng.randint(1, 300)
+        span = 3 if ties == "many" else 10 ** 6
+        tbl = pa.table({"request_id": pa.array([None if rng.random() < 0.05 else rng.choice(["a", "b", "\u00e9", "ab"])
+                                                if ties == "many" else f"r{rng.randrange(10 ** 6)}" for _ in range(n)]),
+                        "mt": pa.array([rng.randrange(span) * (-1 if trial % 7 == 0 else 1) for _ in range(n)],
+                                       pa.int64()),
+                        "mb": pa.array([rng.randrange(span) + (2 ** 62 if trial % 5 == 0 else 0) for _ in range(n)],
+                                       pa.int64()),
+                        "ss": pa.array([rng.randrange(3) for _ in range(n)], pa.int64()),
+                        "doc": pa.array(range(n)), "gid": pa.array([rng.randrange(4) for _ in range(n)], pa.int64())})
+        got = spans.longest_rows(tbl, tbl.column("gid").to_numpy())
+        assert tbl.take(pa.array(got)).to_pylist() == spans.longest_per(tbl, "gid").to_pylist(), trial
+        one = spans.longest_rows(tbl)
+        want = int(pc.sort_indices(tbl, sort_keys=spans._LONGEST_ORDER)[0].as_py())
+        assert one.tolist() == [want], trial
+    with_null = pa.table({"request_id": ["a"], "mt": [1], "mb": pa.array([None], pa.int64()), "ss": [0]})
+    assert spans.longest_rows(with_null) is None
 
 
 def test_read_ahead_yields_the_items_in_order_and_their_errors_in_place():

@@ -242,3 +242,45 @@ def test_id_hashes_equal_the_plain_definition():
         assert got == [_id_hash_of((v or "").encode()) for v in vals[cut:]], trial
     ids = [f"{rng.getrandbits(64):016x}" for _ in range(2000)]
     assert len(set(spans._id_hashes(pa.array(ids)).tolist())) == 2000
+    # every id 16 bytes (the words read without a gather): the bytes starting at every alignment, 16-byte
+    # ids holding non-ASCII characters, and a column with one shorter id or a null (the general path)
+    for cut in range(9):
+        vals = ids[:50] + ["\u00e9" * 8, "ab\u65e5" + "c" * 11] + ids[50:60]
+        for extra in ([], ["short"], [None]):
+            col = pa.array(["x" * cut] + vals + extra, pa.string()).slice(1)     # the bytes start at cut
+            assert spans._id_hashes(col).tolist() == [_id_hash_of((v or "").encode()) for v in vals + extra]
+
+
+@pytest.mark.parametrize("spread", ["real", "few_buckets", "full_buckets"])
+def test_request_lookup_buckets_equal_the_binary_search(spread, monkeypatch):
+    """The bucket table finds the rows the binary search over the sorted hashes finds: real ids
+    (most buckets hold 0-2 hashes), hashes crowding into one bucket (the binary search is used),
+    and buckets holding exactly MAX_BUCKET hashes, some ids absent between them."""
+    import pyarrow as pa
+
+    from reports import spans
+    rng = random.Random(11)
+    table = list(dict.fromkeys(f"{rng.getrandbits(64):016x}" for _ in range(3000)))
+    if spread != "real":
+        real = spans._id_hashes
+        # every hash keeps its low bits; the top bits choose few buckets (adversarial for the table)
+        fill = spans.RequestLookup.MAX_BUCKET + (1 if spread == "few_buckets" else 0)
+        slot = {r: i // fill for i, r in enumerate(table)}
+        shift = 64 - (2 * (len(table) + 1) - 1).bit_length()        # the table's bucket bits (ids and None)
+
+        def crowded(ids):
+            low = real(ids) & np.uint64((1 << shift) - 1)
+            top = np.array([slot.get(r, rng.randrange(len(table))) if r is not None else 0
+                            for r in ids.to_pylist()], dtype=np.uint64)
+            return (top << np.uint64(shift)) | low
+        monkeypatch.setattr(spans, "_id_hashes", crowded)
+    lookup = spans.RequestLookup(pa.array(table + [None], pa.string()))
+    assert (lookup.bucket_start is None) == (spread == "few_buckets")
+    gen = [rng.choice(table) if rng.random() < 0.4 else f"{rng.getrandbits(64):016x}" for _ in range(5000)]
+    gen += [None, "", table[0]]
+    rows, pos = lookup.find(pa.array(gen, pa.string()))
+    lookup.bucket_start = None                        # the binary search on the same table
+    rows2, pos2 = lookup.find(pa.array(gen, pa.string()))
+    assert rows.tolist() == rows2.tolist() and pos.tolist() == pos2.tolist()
+    assert sorted(zip(rows.tolist(), pos.tolist())) == _join_by_dict(table + [None], gen)
+    assert len(pos) > 1500
