@@ -33,6 +33,7 @@ IP addresses, keys and PEM blocks, credentials in URLs) with ``[EMAIL]``,
 """
 from __future__ import annotations
 
+import functools
 import re
 
 import numpy as np
@@ -192,15 +193,10 @@ def _texts_with(raw: bytes, needles: list[str], tstart: np.ndarray, fold: list[b
     the positions whose first two bytes start some needle, found by one table look-up of every byte
     pair (the pairs at even and at odd offsets read as two aligned uint16 arrays), then narrowed
     needle by needle, byte by byte."""
-    enc = [x.encode("ascii") for x in needles]
+    enc, table = _pair_table(tuple(needles), tuple(fold))
     longest = max(map(len, enc))
     raw = raw + b"\0" * (longest + 1)                              # reads past the end find NUL
     b = np.frombuffer(raw, dtype=np.uint8)
-    table = np.zeros(1 << 16, dtype=bool)
-    for x, f in zip(enc, fold):
-        firsts = {x[0], bytes([x[0]]).upper()[0]} if f else {x[0]}
-        seconds = {x[1], bytes([x[1]]).upper()[0]} if f else {x[1]}
-        table[[p | (q << 8) for p in firsts for q in seconds]] = True
     cand, cpair = [], []
     for odd in (0, 1):
         pairs = np.frombuffer(raw, dtype="<u2", offset=odd, count=(len(raw) - odd) // 2)
@@ -219,6 +215,20 @@ def _texts_with(raw: bytes, needles: list[str], tstart: np.ndarray, fold: list[b
         hit[np.searchsorted(tstart, c, side="right") - 1] = True
         out.append(hit)
     return out
+
+
+@functools.lru_cache(maxsize=4)
+def _pair_table(needles: tuple, fold: tuple) -> tuple[list[bytes], np.ndarray]:
+    """The needles as bytes and the table of the byte pairs that start one (both cases of a folded
+    needle's first two letters), made once per set of needles (batches may hold a few texts)."""
+    enc = [x.encode("ascii") for x in needles]
+    table = np.zeros(1 << 16, dtype=bool)
+    for x, f in zip(enc, fold):
+        firsts = {x[0], bytes([x[0]]).upper()[0]} if f else {x[0]}
+        seconds = {x[1], bytes([x[1]]).upper()[0]} if f else {x[1]}
+        table[[p | (q << 8) for p in firsts for q in seconds]] = True
+    table.flags.writeable = False
+    return enc, table
 
 
 _LOWER_PAIR = (ASCII_LOWER[np.arange(1 << 16) & 0xFF].astype(np.uint16)
