@@ -120,6 +120,15 @@ def _diff(a, b, path="") -> list[str]:
     return [] if a == b and type(a) is type(b) else [f"{path}: {a!r:.80} != {b!r:.80}"]
 
 
+def _assert_same_report(fast, slow) -> None:
+    """Two compute_metrics results are the same report (the clock's fields aside)."""
+    for m in (fast, slow):
+        for k in ("generated_at", "elapsed_s", "timings"):
+            m.pop(k)
+    assert _diff(fast, slow) == []
+    assert fast.memorized_texts == slow.memorized_texts
+
+
 def _straightforward(monkeypatch):
     """Swap the batched paths for the one-at-a-time computations they replace."""
     import zlib
@@ -197,11 +206,7 @@ def test_metrics_json_equals_the_straightforward_computation(tmp_path, monkeypat
     fast = compute_metrics(str(run))
     _straightforward(monkeypatch)
     slow = compute_metrics(str(run))
-    for m in (fast, slow):
-        for k in ("generated_at", "elapsed_s", "timings"):
-            m.pop(k)
-    assert _diff(fast, slow) == []
-    assert fast.memorized_texts == slow.memorized_texts
+    _assert_same_report(fast, slow)
     m = fast["metrics"]
     assert m["memorized_generations"] == info["planted_memorized"] > 100
     assert 0 < m["unique_memorized_documents"] < fast["near_duplicates"]["distinct_texts"]
@@ -888,11 +893,7 @@ def test_shared_encodings_give_the_same_report(tmp_path, monkeypatch):
     fast = compute_metrics(str(run))
     monkeypatch.setattr(passes, "SHARED_ENCODINGS", ())
     slow = compute_metrics(str(run))
-    for m in (fast, slow):
-        for k in ("generated_at", "elapsed_s", "timings"):
-            m.pop(k)
-    assert _diff(fast, slow) == []
-    assert fast.memorized_texts == slow.memorized_texts
+    _assert_same_report(fast, slow)
     assert fast["metrics"]["memorized_generations"] > 20 and sum(map(len, fast["per_variant"].values())) > 6
     assert fast["repeated_draws"]["same_draw_rows"] > 0 and fast["repeated_draws"]["greedy_rows_exempt"] > 0
 
